@@ -1,0 +1,45 @@
+# Everything a newcomer needs: `make demo` and `make test` on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint protos check-protos bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## Generate Python modules and .pyi stubs from protos/ into gen/ (the one generation command).
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py gen
+
+## Fail when the committed stubs differ from what protos/ generates.
+check-protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check gen
+
+lint: $(STAMP) check-protos
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:protos 2>/dev/null; then \
+		$(BIN)/buf breaking --against '.git#branch=main'; fi
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules
