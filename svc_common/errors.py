@@ -1,0 +1,60 @@
+"""The one error type domain code raises. It knows nothing of gRPC: the edge interceptor maps
+`kind` to a status code and `reason` to a `google.rpc.ErrorInfo`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorKind(Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+
+class ServiceError(Exception):
+    """A failure the caller can act on. `message` must never carry DII, hashes, tokens or keys:
+    it is sent to the caller and logged."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        reason: str,
+        message: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.reason = reason
+        self.message = message
+        self.metadata = metadata or {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.reason, self.message, self.metadata))
+
+
+def invalid_argument(reason: str, message: str) -> ServiceError:
+    return ServiceError(ErrorKind.INVALID_ARGUMENT, reason, message)
+
+
+def unauthenticated(reason: str, message: str) -> ServiceError:
+    return ServiceError(ErrorKind.UNAUTHENTICATED, reason, message)
+
+
+def permission_denied(reason: str, message: str) -> ServiceError:
+    return ServiceError(ErrorKind.PERMISSION_DENIED, reason, message)
+
+
+def resource_exhausted(reason: str, message: str) -> ServiceError:
+    return ServiceError(ErrorKind.RESOURCE_EXHAUSTED, reason, message)
+
+
+def unavailable(reason: str, message: str) -> ServiceError:
+    return ServiceError(ErrorKind.UNAVAILABLE, reason, message)

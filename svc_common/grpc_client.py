@@ -1,0 +1,97 @@
+"""Client-side helpers for calls between services: one typed error, and retries with capped,
+jittered exponential backoff on UNAVAILABLE."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+T = TypeVar("T")
+
+
+class RemoteError(Exception):
+    """A peer answered with an error status. `reason` is its ErrorInfo reason, if any."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(f"{code.name} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+    @property
+    def retriable(self) -> bool:
+        return bool(self.code == grpc.StatusCode.UNAVAILABLE)
+
+
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The `google.rpc.ErrorInfo` detail of a failed call, if it carries one."""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def to_remote_error(err: grpc.RpcError) -> RemoteError:
+    info = error_info(err)
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else ""
+    return RemoteError(code, info.reason if info else "", details or "")
+
+
+def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(
+        self,
+        *,
+        base_s: float = 0.05,
+        cap_s: float = 2.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self._rng = rng
+
+    def delay(self, attempt: int) -> float:
+        return float(self._rng() * min(self.cap_s, self.base_s * (2**attempt)))
+
+
+def call_with_retry(
+    call: Callable[..., T],
+    request: Any,
+    *,
+    timeout_s: float,
+    metadata: Any = None,
+    attempts: int = 4,
+    backoff: Backoff | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Calls `call(request)`; retries UNAVAILABLE up to `attempts` times; raises RemoteError."""
+    backoff = backoff or Backoff()
+    for attempt in range(attempts):
+        try:
+            return call(request, timeout=timeout_s, metadata=metadata)
+        except grpc.RpcError as err:
+            remote = to_remote_error(err)
+            if not remote.retriable or attempt == attempts - 1:
+                raise remote from None
+            sleep(backoff.delay(attempt))
+    raise AssertionError("unreachable")

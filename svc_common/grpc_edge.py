@@ -1,0 +1,185 @@
+"""The server edge: one interceptor that binds request context, maps domain errors to gRPC
+statuses with a `google.rpc.ErrorInfo`, and writes one JSON log line per call.
+
+Nothing a client sends may surface as UNKNOWN: a `ServiceError` becomes its status; anything
+else is a bug, logged by type and place only (exception text may carry request data) and
+answered INTERNAL with reason INTERNAL."""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from svc_common.errors import ErrorKind, ServiceError
+
+_log = structlog.get_logger("rpc")
+
+_CODES: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    ErrorKind.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    ErrorKind.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+    ErrorKind.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
+    ErrorKind.NOT_FOUND: code_pb2.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS: code_pb2.ALREADY_EXISTS,
+    ErrorKind.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
+    ErrorKind.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    ErrorKind.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
+}
+
+# Infrastructure services answer often and carry nothing worth a line each.
+_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def status_for(error: ServiceError, domain: str) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    status = status_pb2.Status(code=_CODES[error.kind], message=error.message)
+    status.details.add().Pack(info)
+    return rpc_status.to_status(status)
+
+
+def _internal(domain: str) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+    status.details.add().Pack(info)
+    return rpc_status.to_status(status)
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """`domain` names the service in every ErrorInfo (for example "operator.uid2")."""
+
+    def __init__(self, domain: str) -> None:
+        self._domain = domain
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_QUIET_PREFIXES):
+            return handler
+        request_id = _request_id(handler_call_details.invocation_metadata)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _begin(self, method: str, request_id: str) -> float:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        return time.perf_counter()
+
+    def _fail(self, context: Any, exc: BaseException) -> tuple[str, str]:
+        """Aborts the call for `exc`; returns (code, reason) for the log line."""
+        if isinstance(exc, ServiceError):
+            context.abort_with_status(status_for(exc, self._domain))
+        code = context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            # The servicer aborted on purpose (context.abort); keep its status.
+            return code.name, ""
+        _log.error("unhandled_exception", error_type=type(exc).__name__, where=_where(exc))
+        context.abort_with_status(_internal(self._domain))
+        return "INTERNAL", "INTERNAL"  # pragma: no cover - abort raises
+
+    def _done(self, start: float, code: str, reason: str) -> None:
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if reason:
+            _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
+        else:
+            _log.info("rpc", code=code, latency_ms=latency_ms)
+        structlog.contextvars.clear_contextvars()
+
+    def _unary(self, behavior: Any, method: str, request_id: str) -> Any:
+        def call(request: Any, context: Any) -> Any:
+            start = self._begin(method, request_id)
+            code, reason = "OK", ""
+            try:
+                response = behavior(request, context)
+                c = context.code()
+                if c is not None:
+                    code = c.name
+                return response
+            except ServiceError as exc:
+                code, reason = exc.kind.value, exc.reason
+                self._fail(context, exc)
+                raise  # pragma: no cover - _fail raises
+            except Exception as exc:
+                if not _is_abort(context):
+                    code, reason = "INTERNAL", "INTERNAL"
+                else:
+                    code = context.code().name
+                self._fail(context, exc)
+                raise  # pragma: no cover
+            finally:
+                self._done(start, code, reason)
+
+        return call
+
+    def _stream(self, behavior: Any, method: str, request_id: str) -> Any:
+        def call(request: Any, context: Any) -> Iterator[Any]:
+            start = self._begin(method, request_id)
+            code, reason = "OK", ""
+            try:
+                yield from behavior(request, context)
+            except GeneratorExit:
+                code = "CANCELLED"
+                raise
+            except ServiceError as exc:
+                code, reason = exc.kind.value, exc.reason
+                self._fail(context, exc)
+            except Exception as exc:
+                if not _is_abort(context):
+                    code, reason = "INTERNAL", "INTERNAL"
+                else:
+                    code = context.code().name
+                self._fail(context, exc)
+            finally:
+                self._done(start, code, reason)
+
+        return call
+
+
+def _is_abort(context: Any) -> bool:
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return uuid.uuid4().hex
+
+
+def bearer_token(context: Any) -> str | None:
+    """The API key from `authorization: Bearer <key>`, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
