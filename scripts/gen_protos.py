@@ -52,9 +52,13 @@ def main(argv: list[str]) -> int:
     check = "--check" in argv
     out = Path([a for a in argv if not a.startswith("--")][0]).resolve()
     if not check:
-        if out.exists():
-            shutil.rmtree(out)
-        generate(out)
+        # Generate aside, then swap: a proto that fails to compile leaves gen/ as it was.
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            fresh = Path(tmp) / "gen"
+            generate(fresh)
+            if out.exists():
+                shutil.rmtree(out)
+            fresh.rename(out)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
