@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint protos check-protos bench clean
+.PHONY: setup demo test lint protos check-protos bench clean node-deps
+NODE_STAMP := clients/node/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+## The polyglot (Node.js) client's packages, pinned by package-lock.json, into a local node_modules.
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	@cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
 
 ## Generate Python modules and .pyi stubs from protos/ into gen/ (the one generation command).
 protos: $(STAMP)
@@ -32,7 +40,7 @@ lint: $(STAMP) check-protos
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint node-deps
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
