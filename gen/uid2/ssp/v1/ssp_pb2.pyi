@@ -9,6 +9,7 @@ it holds ID_READER credentials.
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from uid2.ssp.v1 import openrtb_pb2 as _openrtb_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -199,3 +200,65 @@ class SubmitImpressionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitImpressionResponse: _TypeAlias = SubmitImpressionResponse  # noqa: Y015
+
+@_typing.final
+class StreamBidRequestsRequest(_message.Message):
+    """StreamBidRequests's request: an optional filter. Both empty means every bid request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_DOMAIN_FIELD_NUMBER: _builtins.int
+    APP_BUNDLE_FIELD_NUMBER: _builtins.int
+    site_domain: _builtins.str
+    """Only bid requests whose site.domain equals this (case-insensitive)."""
+    app_bundle: _builtins.str
+    """Only bid requests whose app.bundle equals this."""
+    def __init__(
+        self,
+        *,
+        site_domain: _builtins.str = ...,
+        app_bundle: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_bundle", b"app_bundle", "site_domain", b"site_domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBidRequestsRequest: _TypeAlias = StreamBidRequestsRequest  # noqa: Y015
+
+@_typing.final
+class StreamBidRequestsResponse(_message.Message):
+    """One captured bid request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BID_REQUEST_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    DROPPED_SINCE_LAST_FIELD_NUMBER: _builtins.int
+    DROPPED_TOTAL_FIELD_NUMBER: _builtins.int
+    sent_at: _builtins.int
+    """When the SSP sent it, epoch milliseconds."""
+    dropped_since_last: _builtins.int
+    """Bid requests dropped for this subscriber since the previous response (its buffer was full)."""
+    dropped_total: _builtins.int
+    """Bid requests dropped for this subscriber since it subscribed."""
+    @_builtins.property
+    def bid_request(self) -> _openrtb_pb2.BidRequest:
+        """The bid request as sent to bidders."""
+
+    def __init__(
+        self,
+        *,
+        bid_request: _openrtb_pb2.BidRequest | None = ...,
+        sent_at: _builtins.int = ...,
+        dropped_since_last: _builtins.int = ...,
+        dropped_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_request", b"bid_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_request", b"bid_request", "dropped_since_last", b"dropped_since_last", "dropped_total", b"dropped_total", "sent_at", b"sent_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBidRequestsResponse: _TypeAlias = StreamBidRequestsResponse  # noqa: Y015

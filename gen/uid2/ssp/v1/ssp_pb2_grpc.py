@@ -41,6 +41,11 @@ class SspServiceStub:
                 request_serializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionRequest.SerializeToString,
                 response_deserializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionResponse.FromString,
                 _registered_method=True)
+        self.StreamBidRequests = channel.unary_stream(
+                '/uid2.ssp.v1.SspService/StreamBidRequests',
+                request_serializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsRequest.SerializeToString,
+                response_deserializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class SspServiceServicer:
@@ -55,6 +60,15 @@ class SspServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamBidRequests(self, request, context):
+        """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
+        those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
+        too slowly loses requests (never slowing auctions); each response counts what was lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SspServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +76,11 @@ def add_SspServiceServicer_to_server(servicer, server):
                     servicer.SubmitImpression,
                     request_deserializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionRequest.FromString,
                     response_serializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionResponse.SerializeToString,
+            ),
+            'StreamBidRequests': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamBidRequests,
+                    request_deserializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsRequest.FromString,
+                    response_serializer=uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +112,33 @@ class SspService:
             '/uid2.ssp.v1.SspService/SubmitImpression',
             uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionRequest.SerializeToString,
             uid2_dot_ssp_dot_v1_dot_ssp__pb2.SubmitImpressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBidRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/uid2.ssp.v1.SspService/StreamBidRequests',
+            uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsRequest.SerializeToString,
+            uid2_dot_ssp_dot_v1_dot_ssp__pb2.StreamBidRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,11 @@ class SspServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SspServiceAsyncStub: ...
     SubmitImpression: _grpc.UnaryUnaryMultiCallable[_ssp_pb2.SubmitImpressionRequest, _ssp_pb2.SubmitImpressionResponse]
     """Sends one impression to auction. The token travels into the bid stream unchanged."""
+    StreamBidRequests: _grpc.UnaryStreamMultiCallable[_ssp_pb2.StreamBidRequestsRequest, _ssp_pb2.StreamBidRequestsResponse]
+    """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
+    those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
+    too slowly loses requests (never slowing auctions); each response counts what was lost.
+    """
 
 @_typing.type_check_only
 class SspServiceAsyncStub(SspServiceStub):
@@ -50,6 +55,11 @@ class SspServiceAsyncStub(SspServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitImpression: _aio.UnaryUnaryMultiCallable[_ssp_pb2.SubmitImpressionRequest, _ssp_pb2.SubmitImpressionResponse]  # type: ignore[assignment]
     """Sends one impression to auction. The token travels into the bid stream unchanged."""
+    StreamBidRequests: _aio.UnaryStreamMultiCallable[_ssp_pb2.StreamBidRequestsRequest, _ssp_pb2.StreamBidRequestsResponse]  # type: ignore[assignment]
+    """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
+    those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
+    too slowly loses requests (never slowing auctions); each response counts what was lost.
+    """
 
 class SspServiceServicer(metaclass=_abc_1.ABCMeta):
     """The SSP's publisher-facing API. Every call carries `authorization: Bearer <ssp api key>`,
@@ -63,5 +73,16 @@ class SspServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ssp_pb2.SubmitImpressionResponse, _abc.Awaitable[_ssp_pb2.SubmitImpressionResponse]]:
         """Sends one impression to auction. The token travels into the bid stream unchanged."""
+
+    @_abc_1.abstractmethod
+    def StreamBidRequests(
+        self,
+        request: _ssp_pb2.StreamBidRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ssp_pb2.StreamBidRequestsResponse], _abc.AsyncIterator[_ssp_pb2.StreamBidRequestsResponse]]:
+        """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
+        those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
+        too slowly loses requests (never slowing auctions); each response counts what was lost.
+        """
 
 def add_SspServiceServicer_to_server(servicer: SspServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
