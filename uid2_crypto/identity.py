@@ -53,7 +53,7 @@ def normalize_email(s: str) -> str:
 
 
 def normalize_phone(s: str) -> str:
-    """Check that ``s`` is E.164 (``+`` and 10–15 ASCII digits) and return it unchanged."""
+    """Check that ``s`` is E.164 (``+`` and 10 to 15 ASCII digits) and return it unchanged."""
     if len(s) < 11 or len(s) > 16 or s[0] != "+" or not all(c in _ASCII_DIGITS for c in s[1:]):
         raise InvalidIdentifierError("INVALID_PHONE")
     return s

@@ -68,8 +68,8 @@ class DecryptionStatus(Enum):
     VERSION_NOT_SUPPORTED = "token version not supported"
     NOT_AUTHORIZED_FOR_MASTER_KEY = "not authorized for master key"
     NOT_AUTHORIZED_FOR_KEY = "not authorized for key"
-    EXPIRED_TOKEN = "token expired"
-    INVALID_TOKEN_LIFETIME = "invalid token lifetime"
+    EXPIRED_TOKEN = "token expired"  # noqa: S105 (a status, not a secret)
+    INVALID_TOKEN_LIFETIME = "invalid token lifetime"  # noqa: S105
     DOMAIN_OR_APP_NAME_CHECK_FAILED = "domain or app name check failed"
 
 
