@@ -1,0 +1,29 @@
+"""The publisher's configuration, parsed once at the edge (cli.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from publisher_svc.publisher import StorageMode
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    listen: str
+    data_dir: str
+    operator_address: str
+    # The GENERATOR key: this publisher's own, or an SSO / identity provider's key when
+    # on_behalf_of_site_id is set. Never logged (repr=False).
+    operator_api_key: str = field(repr=False)
+    site_id: int
+    ssp_address: str
+    ssp_api_key: str = field(repr=False)
+    storage_mode: StorageMode = StorageMode.SERVER
+    # SSO / identity-provider mode: the publisher site the provider's key generates for.
+    on_behalf_of_site_id: int = 0
+    refresh_workers: int = 8
+    refresh_interval_s: float = 1.0
+    background_refresh: bool = True
+    operator_timeout_s: float = 2.0
+    ssp_timeout_s: float = 2.0
+    log_level: str = "INFO"

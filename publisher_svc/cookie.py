@@ -1,0 +1,60 @@
+"""The client-side identity: the `__uid_2` first-party cookie value, as the UID2 JS SDK keeps it
+(`encodeURIComponent(JSON.stringify(identity))`, times in epoch milliseconds)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from publisher_svc.model import Identity
+from svc_common.errors import invalid_argument
+
+COOKIE_NAME = "__uid_2"
+# encodeURIComponent leaves these unescaped; quote() must do the same to match the SDK byte
+# for byte.
+_URI_COMPONENT_SAFE = "-_.!~*'()"
+_MAX_COOKIE_CHARS = 4096
+_STRING_FIELDS = ("advertising_token", "refresh_token", "refresh_response_key")
+_TIME_FIELDS = ("identity_expires", "refresh_from", "refresh_expires")
+
+
+def encode_cookie(identity: Identity) -> str:
+    body = {
+        "advertising_token": identity.advertising_token,
+        "refresh_token": identity.refresh_token,
+        "identity_expires": identity.identity_expires,
+        "refresh_from": identity.refresh_from,
+        "refresh_expires": identity.refresh_expires,
+        "refresh_response_key": identity.refresh_response_key,
+    }
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return urllib.parse.quote(text, safe=_URI_COMPONENT_SAFE)
+
+
+def decode_cookie(value: str) -> Identity:
+    """The identity in a cookie value; INVALID_ARGUMENT / INVALID_COOKIE when it is not one."""
+    bad = invalid_argument("INVALID_COOKIE", "cookie value is not a UID2 identity")
+    if not value or len(value) > _MAX_COOKIE_CHARS:
+        raise bad
+    try:
+        body: Any = json.loads(urllib.parse.unquote(value, errors="strict"))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(body, dict):
+        raise bad
+    for name in _STRING_FIELDS:
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise bad
+    for name in _TIME_FIELDS:
+        v = body.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise bad
+    return Identity(
+        advertising_token=body["advertising_token"],
+        refresh_token=body["refresh_token"],
+        identity_expires=body["identity_expires"],
+        refresh_from=body["refresh_from"],
+        refresh_expires=body["refresh_expires"],
+        refresh_response_key=body["refresh_response_key"],
+    )

@@ -1,0 +1,133 @@
+"""Plain domain types the publisher works with, and the interfaces of its two peers (the
+operator and the SSP). No gRPC here: the peer clients translate to and from protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A UID2 identity as the operator issued it. Times are epoch milliseconds. The tokens are
+    opaque: never parsed, never changed, never logged."""
+
+    advertising_token: str
+    refresh_token: str
+    identity_expires: int
+    refresh_from: int
+    refresh_expires: int
+    refresh_response_key: str
+
+    def __repr__(self) -> str:  # tokens must never reach a log line by accident
+        return (
+            f"Identity(identity_expires={self.identity_expires}, "
+            f"refresh_from={self.refresh_from}, refresh_expires={self.refresh_expires})"
+        )
+
+
+class DiiKind(Enum):
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+@dataclass(frozen=True)
+class HashedDii:
+    """The normalised DII's SHA-256 in standard base64 (44 characters). The only form of DII
+    that leaves the publisher."""
+
+    kind: DiiKind
+    hash_b64: str
+
+    @property
+    def key(self) -> str:
+        """The key the publisher records operator opt-outs under."""
+        return f"{self.kind.value}:{self.hash_b64}"
+
+    def __repr__(self) -> str:
+        return f"HashedDii(kind={self.kind.value})"
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    transparency_notice_accepted: bool
+    tcf_consent_string: str = ""
+
+
+class GenerateOutcome(Enum):
+    SUCCESS = "SUCCESS"
+    OPTOUT = "OPTOUT"
+    INSUFFICIENT_CONSENT = "INSUFFICIENT_CONSENT"
+
+
+class RefreshOutcome(Enum):
+    SUCCESS = "SUCCESS"
+    OPTOUT = "OPTOUT"
+    EXPIRED_TOKEN = "EXPIRED_TOKEN"  # noqa: S105 - a status name
+    INVALID_TOKEN = "INVALID_TOKEN"  # noqa: S105 - a status name
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    outcome: GenerateOutcome
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    outcome: RefreshOutcome
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class Impression:
+    page_domain: str
+    placement_id: str
+    floor_price: float
+    advertising_token: str  # exactly as received from the operator; "" for none
+
+
+@dataclass(frozen=True)
+class WinningBid:
+    bidder: str
+    price: float
+    ad_markup: str
+    creative_id: str
+
+
+@dataclass(frozen=True)
+class AdDecision:
+    """The SSP's answer. `outcome` and `token_disposition` are the SSP's enum value names
+    without their prefix (for example "FILLED", "PASSED_THROUGH")."""
+
+    auction_id: str
+    outcome: str
+    token_disposition: str
+    bids_received: int
+    winning_bid: WinningBid | None = None
+
+
+class PeerError(Exception):
+    """A peer (operator or SSP) failed. `unavailable` is True when it could not be reached or
+    answered UNAVAILABLE / DEADLINE_EXCEEDED even after retries: worth trying again later.
+    The message never carries request data."""
+
+    def __init__(self, peer: str, code: str, reason: str, *, unavailable: bool) -> None:
+        super().__init__(f"{peer} {code} {reason}".strip())
+        self.peer = peer
+        self.code = code
+        self.reason = reason
+        self.unavailable = unavailable
+
+
+class OperatorPeer(Protocol):
+    def generate(
+        self, dii: HashedDii, privacy: PrivacySettings, on_behalf_of_site_id: int
+    ) -> GenerateResult: ...
+
+    def refresh(self, refresh_token: str) -> RefreshResult: ...
+
+
+class SspPeer(Protocol):
+    def submit_impression(self, impression: Impression) -> AdDecision: ...

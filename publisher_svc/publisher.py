@@ -1,0 +1,365 @@
+"""The publisher's domain logic: login, token upkeep, logout, impressions (reference §1, §7).
+
+Plain class: the store, the peers and the clock are constructor arguments; no gRPC. Errors
+are ServiceError; business outcomes (opt-out, login required) are enum results."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+
+import structlog
+
+from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
+from publisher_svc.model import (
+    AdDecision,
+    DiiKind,
+    GenerateOutcome,
+    HashedDii,
+    Identity,
+    Impression,
+    OperatorPeer,
+    PeerError,
+    PrivacySettings,
+    RefreshOutcome,
+    SspPeer,
+)
+from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
+from publisher_svc.store import SqliteStore, StoredIdentity
+from svc_common.clock import Clock
+from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
+from uid2_crypto.errors import InvalidIdentifierError
+from uid2_crypto.identity import normalize_email, normalize_phone, sha256_b64
+
+_log = structlog.get_logger("publisher")
+
+MAX_USER_ID_CHARS = 256
+
+
+class StorageMode(Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class LoginStatus(Enum):
+    SUCCESS = "SUCCESS"
+    OPTOUT = "OPTOUT"
+    SITE_OPTOUT = "SITE_OPTOUT"
+    INSUFFICIENT_CONSENT = "INSUFFICIENT_CONSENT"
+
+
+class TokenStatus(Enum):
+    SUCCESS = "SUCCESS"
+    NO_IDENTITY = "NO_IDENTITY"
+    OPTOUT = "OPTOUT"
+    LOGIN_REQUIRED = "LOGIN_REQUIRED"
+
+
+class StepKind(Enum):
+    """What one pass of the refresh logic did with an identity."""
+
+    USE = "USE"  # not due: the stored identity as is
+    REFRESHED = "REFRESHED"  # the operator issued a new identity
+    STALE = "STALE"  # due, operator unreachable, token still unexpired: keep using it
+    OPTOUT = "OPTOUT"  # the refresh answered opt-out: the chain is over
+    LOGIN_REQUIRED = "LOGIN_REQUIRED"  # refresh token expired or refused
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class Cookie:
+    name: str
+    value: str
+    expires: int
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    status: LoginStatus
+    cookie: Cookie | None = None
+    refresh_from: int = 0
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    status: TokenStatus
+    advertising_token: str = ""
+    identity_expires: int = 0
+    refreshed: bool = False
+
+
+@dataclass(frozen=True)
+class ClientRefreshResult:
+    status: TokenStatus  # SUCCESS, OPTOUT or LOGIN_REQUIRED
+    cookie: Cookie | None = None
+    refreshed: bool = False
+    advertising_token: str = ""
+
+    @property
+    def clear_cookie(self) -> bool:
+        return self.status is not TokenStatus.SUCCESS
+
+
+@dataclass(frozen=True)
+class AdResult:
+    decision: AdDecision
+    token_sent: bool
+    cookie: Cookie | None = None
+    clear_cookie: bool = False
+
+
+def hash_dii(email: str | None, phone: str | None) -> HashedDii:
+    """Normalises and hashes the DII locally (reference §2); only the hash leaves."""
+    try:
+        if email is not None:
+            return HashedDii(DiiKind.EMAIL, sha256_b64(normalize_email(email)))
+        if phone is not None:
+            return HashedDii(DiiKind.PHONE, sha256_b64(normalize_phone(phone)))
+    except InvalidIdentifierError as exc:
+        raise invalid_argument(exc.reason, str(exc)) from None
+    raise invalid_argument("MISSING_DII", "an email or a phone number is required")
+
+
+def check_user_id(user_id: str) -> str:
+    if not user_id:
+        raise invalid_argument("MISSING_USER_ID", "user_id is required")
+    if len(user_id) > MAX_USER_ID_CHARS:
+        raise invalid_argument("INVALID_USER_ID", f"user_id exceeds {MAX_USER_ID_CHARS} chars")
+    return user_id
+
+
+def cookie_for(identity: Identity) -> Cookie:
+    return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
+
+
+def _operator_failure(err: PeerError) -> ServiceError:
+    if err.unavailable:
+        return unavailable("OPERATOR_UNAVAILABLE", "the UID2 operator cannot be reached")
+    # The operator refused a well-formed request: our credentials or configuration are wrong.
+    return ServiceError(
+        ErrorKind.FAILED_PRECONDITION,
+        "OPERATOR_REJECTED",
+        f"the UID2 operator refused the call ({err.code} {err.reason})".rstrip(),
+    )
+
+
+def _ssp_failure(err: PeerError) -> ServiceError:
+    if err.unavailable:
+        return unavailable("SSP_UNAVAILABLE", "the SSP cannot be reached")
+    return ServiceError(
+        ErrorKind.FAILED_PRECONDITION,
+        "SSP_REJECTED",
+        f"the SSP refused the impression ({err.code} {err.reason})".rstrip(),
+    )
+
+
+class Publisher:
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        operator: OperatorPeer,
+        ssp: SspPeer,
+        clock: Clock,
+        mode: StorageMode = StorageMode.SERVER,
+        on_behalf_of_site_id: int = 0,
+    ) -> None:
+        self.store = store
+        self.operator = operator
+        self.ssp = ssp
+        self.clock = clock
+        self.mode = mode
+        self.on_behalf_of_site_id = on_behalf_of_site_id
+        # Striped per-user locks: one refresh per user at a time, and logout / login / opt-out
+        # never interleave with a refresh of the same user.
+        self._locks = [threading.Lock() for _ in range(256)]
+
+    def user_lock(self, user_id: str) -> threading.Lock:
+        return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
+
+    # -- login / logout / site opt-out ----------------------------------------------------
+
+    def login(
+        self,
+        user_id: str,
+        email: str | None,
+        phone: str | None,
+        privacy: PrivacySettings,
+    ) -> LoginResult:
+        check_user_id(user_id)
+        dii = hash_dii(email, phone)
+        with self.user_lock(user_id):
+            if self.store.is_site_optout(user_id):
+                self.store.delete(user_id)
+                return LoginResult(LoginStatus.SITE_OPTOUT)
+            if self.store.is_operator_optout(dii.key):
+                # Reference §1.7: never call generate again for an opted-out DII.
+                self.store.delete(user_id)
+                return LoginResult(LoginStatus.OPTOUT)
+            try:
+                result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
+            except PeerError as err:
+                raise _operator_failure(err) from None
+            now = self.clock.now_ms()
+            if result.outcome is GenerateOutcome.OPTOUT:
+                self.store.record_operator_optout(dii.key, now)
+                self.store.delete(user_id)
+                _log.info("login_optout")
+                return LoginResult(LoginStatus.OPTOUT)
+            if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
+                return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
+            identity = result.identity
+            if self.mode is StorageMode.CLIENT:
+                return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
+            if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
+                return LoginResult(LoginStatus.SITE_OPTOUT)
+            return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
+
+    def logout(self, user_id: str) -> bool:
+        check_user_id(user_id)
+        with self.user_lock(user_id):
+            return self.store.delete(user_id)
+
+    def set_site_optout(self, user_id: str, opted_out: bool) -> bool:
+        check_user_id(user_id)
+        with self.user_lock(user_id):
+            self.store.set_site_optout(user_id, opted_out, self.clock.now_ms())
+        return opted_out
+
+    # -- refresh --------------------------------------------------------------------------
+
+    def step(self, identity: Identity) -> Step:
+        """One pass of the refresh rules. Raises UNAVAILABLE / OPERATOR_UNAVAILABLE only when
+        the operator is unreachable and the stored token has expired (nothing is lost: the
+        identity stays refreshable until refresh_expires)."""
+        now = self.clock.now_ms()
+        decision = decide(identity, now)
+        if decision is Decision.USE:
+            return Step(StepKind.USE, identity)
+        if decision is Decision.LOGIN_REQUIRED:
+            return Step(StepKind.LOGIN_REQUIRED)
+        try:
+            result = self.operator.refresh(identity.refresh_token)
+        except PeerError as err:
+            if err.unavailable and usable_without_refresh(identity, self.clock.now_ms()):
+                return Step(StepKind.STALE, identity)
+            raise _operator_failure(err) from None
+        if result.outcome is RefreshOutcome.SUCCESS and result.identity is not None:
+            return Step(StepKind.REFRESHED, result.identity)
+        if result.outcome is RefreshOutcome.OPTOUT:
+            return Step(StepKind.OPTOUT)
+        return Step(StepKind.LOGIN_REQUIRED)
+
+    def refresh_stored(self, user_id: str) -> tuple[Step, StoredIdentity | None]:
+        """Applies the refresh rules to a stored identity and persists the outcome. Caller holds
+        the user's lock."""
+        stored = self.store.get(user_id)
+        if stored is None:
+            return Step(StepKind.LOGIN_REQUIRED), None
+        step = self.step(stored.identity)
+        old = stored.identity.refresh_token
+        now = self.clock.now_ms()
+        if step.kind is StepKind.REFRESHED and step.identity is not None:
+            self.store.replace_if_current(user_id, old, step.identity, now)
+        elif step.kind is StepKind.OPTOUT:
+            self.store.record_operator_optout(stored.dii_key, now, user_id)
+            _log.info("refresh_optout")
+        elif step.kind is StepKind.LOGIN_REQUIRED:
+            self.store.delete_if_current(user_id, old)
+        return step, stored
+
+    def get_advertising_token(self, user_id: str) -> TokenResult:
+        check_user_id(user_id)
+        with self.user_lock(user_id):
+            if self.store.get(user_id) is None:
+                return TokenResult(TokenStatus.NO_IDENTITY)
+            step, _ = self.refresh_stored(user_id)
+        return _token_result(step)
+
+    def refresh_client(
+        self, cookie_value: str, email: str | None = None, phone: str | None = None
+    ) -> ClientRefreshResult:
+        identity = decode_cookie(cookie_value)
+        dii = hash_dii(email, phone) if email is not None or phone is not None else None
+        step = self.step(identity)
+        if step.kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
+            assert step.identity is not None
+            return ClientRefreshResult(
+                TokenStatus.SUCCESS,
+                cookie_for(step.identity),
+                step.kind is StepKind.REFRESHED,
+                step.identity.advertising_token,
+            )
+        if step.kind is StepKind.OPTOUT:
+            if dii is not None:
+                self.store.record_operator_optout(dii.key, self.clock.now_ms())
+            return ClientRefreshResult(TokenStatus.OPTOUT)
+        return ClientRefreshResult(TokenStatus.LOGIN_REQUIRED)
+
+    # -- impressions ----------------------------------------------------------------------
+
+    def serve_ad(
+        self,
+        *,
+        user_id: str | None,
+        cookie_value: str | None,
+        placement_id: str,
+        page_domain: str,
+        floor_price: float,
+    ) -> AdResult:
+        if not page_domain:
+            raise invalid_argument("MISSING_PAGE_DOMAIN", "page_domain is required")
+        if not placement_id:
+            raise invalid_argument("MISSING_PLACEMENT_ID", "placement_id is required")
+        if floor_price < 0:
+            raise invalid_argument("INVALID_FLOOR_PRICE", "floor_price must not be negative")
+        token = ""
+        cookie: Cookie | None = None
+        clear = False
+        if user_id:
+            try:
+                result = self.get_advertising_token(user_id)
+                token = result.advertising_token
+            except ServiceError as err:
+                if err.kind is not ErrorKind.UNAVAILABLE:
+                    raise
+                # No usable token while the operator is down: the impression still goes out.
+        elif cookie_value:
+            try:
+                refreshed = self.refresh_client(cookie_value)
+                token = refreshed.advertising_token
+                clear = refreshed.clear_cookie
+                if refreshed.refreshed:
+                    cookie = refreshed.cookie
+            except ServiceError as err:
+                if err.kind is ErrorKind.INVALID_ARGUMENT:
+                    clear = True  # not an identity: tell the caller to drop it
+                elif err.kind is not ErrorKind.UNAVAILABLE:
+                    raise
+        impression = Impression(page_domain, placement_id, floor_price, token)
+        try:
+            decision = self.ssp.submit_impression(impression)
+        except PeerError as err:
+            raise _ssp_failure(err) from None
+        return AdResult(decision, bool(token), cookie, clear)
+
+
+def _token_result(step: Step) -> TokenResult:
+    if step.kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
+        assert step.identity is not None
+        return TokenResult(
+            TokenStatus.SUCCESS,
+            step.identity.advertising_token,
+            step.identity.identity_expires,
+            step.kind is StepKind.REFRESHED,
+        )
+    if step.kind is StepKind.OPTOUT:
+        return TokenResult(TokenStatus.OPTOUT)
+    return TokenResult(TokenStatus.LOGIN_REQUIRED)

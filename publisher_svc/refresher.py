@@ -1,0 +1,174 @@
+"""Background refresh: keeps stored identities fresh so GetAdvertisingToken is a lookup.
+
+A thread polls the store for identities whose next attempt is due (indexed column), and
+refreshes them on a bounded worker pool with the same rules as GetAdvertisingToken. When the
+operator is unreachable the identity keeps its still-valid token and its next attempt is pushed
+back with capped exponential backoff and jitter; the schedule lives in SQLite, so a restart
+carries on where it stopped."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import structlog
+
+from publisher_svc.publisher import Publisher, StepKind
+from svc_common.errors import ServiceError
+from svc_common.grpc_client import Backoff
+
+_log = structlog.get_logger("refresher")
+
+
+@dataclass
+class RefresherStats:
+    refreshed: int = 0
+    optouts: int = 0
+    login_required: int = 0
+    deferred: int = 0  # operator unreachable or refused: tried again later
+    skipped: int = 0  # no longer due or gone by the time a worker got to it
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    passes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self, outcome: str) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+class Refresher:
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        workers: int = 8,
+        poll_interval_s: float = 1.0,
+        batch_size: int = 512,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.publisher = publisher
+        self.workers = workers
+        self.poll_interval_s = poll_interval_s
+        self.batch_size = batch_size
+        # Per-identity retry schedule after UNAVAILABLE: 1 s, 2 s, 4 s ... up to 60 s, jittered.
+        self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
+        self.stats = RefresherStats()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._sleep = sleep
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh")
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                n = self.run_once()
+            except Exception as exc:  # keep refreshing whatever one pass hit
+                _log.error("refresh_pass_failed", error_type=type(exc).__name__)
+                n = 0
+            if n >= self.batch_size:
+                continue  # more are due: go straight on
+            self._pause(self.poll_interval_s)
+
+    def _pause(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Refreshes every identity due now (up to one batch); returns how many were taken."""
+        now = self.publisher.clock.now_ms()
+        due = self.publisher.store.due(now, self.batch_size)
+        if not due:
+            return 0
+        started = time.perf_counter()
+        futures = [self._pool.submit(self.refresh_one, d.user_id) for d in due]
+        wait(futures)
+        self.stats.passes += 1
+        _log.info(
+            "refresh_pass",
+            due=len(due),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            refreshed=self.stats.refreshed,
+            deferred=self.stats.deferred,
+        )
+        return len(due)
+
+    def refresh_one(self, user_id: str) -> str:
+        """Refreshes one stored identity if it is still due; returns the outcome's name."""
+        self.stats.enter()
+        outcome = "skipped"
+        try:
+            outcome = self._refresh(user_id)
+        except Exception as exc:
+            _log.error("refresh_failed", error_type=type(exc).__name__)
+            outcome = "deferred"
+        finally:
+            self.stats.leave(outcome)
+        return outcome
+
+    def _refresh(self, user_id: str) -> str:
+        pub = self.publisher
+        with pub.user_lock(user_id):
+            stored = pub.store.get(user_id)
+            now = pub.clock.now_ms()
+            if stored is None:
+                return "skipped"
+            try:
+                step, _ = pub.refresh_stored(user_id)
+            except ServiceError as err:
+                # Operator unreachable with the token already expired, or it refused the call:
+                # keep the identity (refreshable until refresh_expires) and try again later.
+                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                _log.info("refresh_deferred", reason=err.reason)
+                return "deferred"
+            if step.kind is StepKind.USE:
+                return "skipped"
+            if step.kind is StepKind.STALE:
+                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                return "deferred"
+            if step.kind is StepKind.REFRESHED:
+                return "refreshed"
+            if step.kind is StepKind.OPTOUT:
+                return "optouts"
+            return "login_required"
+
+    def _defer(self, user_id: str, refresh_token: str, failed: int, now: int) -> None:
+        # Equal jitter: half the capped exponential step, plus up to as much again at random,
+        # so a fleet of identities that failed together does not retry together.
+        step_s = min(self.backoff.cap_s, self.backoff.base_s * (2 ** min(failed, 30)))
+        delay_ms = max(50, int((step_s / 2 + self.backoff.delay(failed) / 2) * 1000))
+        self.publisher.store.postpone(user_id, refresh_token, now + delay_ms, failed + 1)

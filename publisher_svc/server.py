@@ -1,0 +1,102 @@
+"""Builds the publisher server: store, peer clients, domain, servicer, background refresher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from publisher_svc.config import PublisherConfig
+from publisher_svc.model import OperatorPeer, SspPeer
+from publisher_svc.operator_client import OperatorClient
+from publisher_svc.publisher import Publisher, StorageMode
+from publisher_svc.refresher import Refresher
+from publisher_svc.servicer import PublisherServicer
+from publisher_svc.ssp_client import SspClient
+from publisher_svc.store import SqliteStore
+from svc_common.clock import Clock, SystemClock
+from svc_common.grpc_server import Served, start_server
+from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
+
+_log = structlog.get_logger("server")
+
+SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
+
+
+@dataclass
+class PublisherRuntime:
+    """A started publisher: the server, and its domain object and refresher (for tests)."""
+
+    served: Served
+    publisher: Publisher
+    refresher: Refresher | None
+
+
+def create_server(config: PublisherConfig) -> tuple[Served, int]:
+    """Starts the publisher on `config.listen`; returns the Served handle and the bound port."""
+    runtime = start(config)
+    return runtime.served, runtime.served.port
+
+
+def start(
+    config: PublisherConfig,
+    *,
+    clock: Clock | None = None,
+    operator: OperatorPeer | None = None,
+    ssp: SspPeer | None = None,
+) -> PublisherRuntime:
+    """Like create_server, with the clock and peer clients injectable (tests, benchmarks)."""
+    store = SqliteStore(config.data_dir)
+    closers: list[Callable[[], None]] = []
+    if operator is None:
+        op_client = OperatorClient(
+            config.operator_address, config.operator_api_key, timeout_s=config.operator_timeout_s
+        )
+        closers.append(op_client.close)
+        operator = op_client
+    if ssp is None:
+        ssp_client = SspClient(
+            config.ssp_address, config.ssp_api_key, timeout_s=config.ssp_timeout_s
+        )
+        closers.append(ssp_client.close)
+        ssp = ssp_client
+    publisher = Publisher(
+        store=store,
+        operator=operator,
+        ssp=ssp,
+        clock=clock or SystemClock(),
+        mode=config.storage_mode,
+        on_behalf_of_site_id=config.on_behalf_of_site_id,
+    )
+    servicer = PublisherServicer(publisher, config.site_id)
+
+    def register(server: grpc.Server) -> None:
+        publisher_pb2_grpc.add_PublisherServiceServicer_to_server(servicer, server)
+
+    served = start_server(
+        listen=config.listen,
+        domain="publisher.uid2",
+        register=register,
+        service_names=[SERVICE_NAME],
+    )
+    served.on_stop.append(store.close)
+    for close in closers:
+        served.on_stop.append(close)
+    refresher = None
+    if config.background_refresh and config.storage_mode is StorageMode.SERVER:
+        refresher = Refresher(
+            publisher, workers=config.refresh_workers, poll_interval_s=config.refresh_interval_s
+        )
+        refresher.start()
+        served.on_stop.append(refresher.stop)  # runs first: stops before the store closes
+    served.set_serving(True)
+    _log.info(
+        "publisher_started",
+        site_id=config.site_id,
+        storage_mode=config.storage_mode.value,
+        on_behalf_of_site_id=config.on_behalf_of_site_id,
+        background_refresh=refresher is not None,
+    )
+    return PublisherRuntime(served, publisher, refresher)

@@ -1,0 +1,158 @@
+"""PublisherService: proto in -> Publisher call -> proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from publisher_svc.model import PrivacySettings
+from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
+from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
+from uid2.ssp.v1 import ssp_pb2
+
+_LOGIN = {
+    LoginStatus.SUCCESS: publisher_pb2.LOGIN_STATUS_SUCCESS,
+    LoginStatus.OPTOUT: publisher_pb2.LOGIN_STATUS_OPTOUT,
+    LoginStatus.SITE_OPTOUT: publisher_pb2.LOGIN_STATUS_SITE_OPTOUT,
+    LoginStatus.INSUFFICIENT_CONSENT: publisher_pb2.LOGIN_STATUS_INSUFFICIENT_CONSENT,
+}
+_TOKEN = {
+    TokenStatus.SUCCESS: publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_SUCCESS,
+    TokenStatus.NO_IDENTITY: publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY,
+    TokenStatus.OPTOUT: publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_OPTOUT,
+    TokenStatus.LOGIN_REQUIRED: publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED,
+}
+_CLIENT = {
+    TokenStatus.SUCCESS: publisher_pb2.REFRESH_CLIENT_IDENTITY_STATUS_SUCCESS,
+    TokenStatus.OPTOUT: publisher_pb2.REFRESH_CLIENT_IDENTITY_STATUS_OPTOUT,
+    TokenStatus.LOGIN_REQUIRED: publisher_pb2.REFRESH_CLIENT_IDENTITY_STATUS_LOGIN_REQUIRED,
+}
+
+
+def _cookie(c: Cookie | None) -> publisher_pb2.ClientCookie | None:
+    if c is None:
+        return None
+    return publisher_pb2.ClientCookie(name=c.name, value=c.value, expires=c.expires)
+
+
+def _dii(request: Any) -> tuple[str | None, str | None]:
+    which = request.WhichOneof("dii")
+    return (
+        request.email if which == "email" else None,
+        request.phone if which == "phone" else None,
+    )
+
+
+def _outcome(name: str) -> ssp_pb2.AuctionOutcome.ValueType:
+    try:
+        return ssp_pb2.AuctionOutcome.Value("AUCTION_OUTCOME_" + name)
+    except ValueError:
+        return ssp_pb2.AUCTION_OUTCOME_UNSPECIFIED
+
+
+def _disposition(name: str) -> ssp_pb2.TokenDisposition.ValueType:
+    try:
+        return ssp_pb2.TokenDisposition.Value("TOKEN_DISPOSITION_" + name)
+    except ValueError:
+        return ssp_pb2.TOKEN_DISPOSITION_UNSPECIFIED
+
+
+class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
+    def __init__(self, publisher: Publisher, site_id: int) -> None:
+        self._pub = publisher
+        self._site_id = site_id
+
+    def _bind(self) -> None:
+        structlog.contextvars.bind_contextvars(site_id=self._site_id)
+
+    def Login(
+        self, request: publisher_pb2.LoginRequest, context: Any
+    ) -> publisher_pb2.LoginResponse:
+        self._bind()
+        email, phone = _dii(request)
+        ps = request.privacy_settings
+        result = self._pub.login(
+            request.user_id,
+            email,
+            phone,
+            PrivacySettings(ps.transparency_notice_accepted, ps.tcf_consent_string),
+        )
+        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        return publisher_pb2.LoginResponse(
+            status=_LOGIN[result.status],
+            cookie=_cookie(result.cookie),
+            refresh_from=result.refresh_from,
+        )
+
+    def GetAdvertisingToken(
+        self, request: publisher_pb2.GetAdvertisingTokenRequest, context: Any
+    ) -> publisher_pb2.GetAdvertisingTokenResponse:
+        self._bind()
+        result = self._pub.get_advertising_token(request.user_id)
+        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        return publisher_pb2.GetAdvertisingTokenResponse(
+            status=_TOKEN[result.status],
+            advertising_token=result.advertising_token,
+            identity_expires=result.identity_expires,
+            refreshed=result.refreshed,
+        )
+
+    def RefreshClientIdentity(
+        self, request: publisher_pb2.RefreshClientIdentityRequest, context: Any
+    ) -> publisher_pb2.RefreshClientIdentityResponse:
+        self._bind()
+        email, phone = _dii(request)
+        result = self._pub.refresh_client(request.cookie_value, email, phone)
+        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        return publisher_pb2.RefreshClientIdentityResponse(
+            status=_CLIENT[result.status],
+            cookie=_cookie(result.cookie),
+            refreshed=result.refreshed,
+            clear_cookie=result.clear_cookie,
+            advertising_token=result.advertising_token,
+        )
+
+    def Logout(
+        self, request: publisher_pb2.LogoutRequest, context: Any
+    ) -> publisher_pb2.LogoutResponse:
+        self._bind()
+        return publisher_pb2.LogoutResponse(deleted=self._pub.logout(request.user_id))
+
+    def ServeAd(
+        self, request: publisher_pb2.ServeAdRequest, context: Any
+    ) -> publisher_pb2.ServeAdResponse:
+        self._bind()
+        which = request.WhichOneof("subject")
+        result = self._pub.serve_ad(
+            user_id=request.user_id if which == "user_id" else None,
+            cookie_value=request.cookie_value if which == "cookie_value" else None,
+            placement_id=request.placement_id,
+            page_domain=request.page_domain,
+            floor_price=request.floor_price,
+        )
+        d = result.decision
+        structlog.contextvars.bind_contextvars(token_sent=result.token_sent, outcome=d.outcome)
+        bid = None
+        if d.winning_bid is not None:
+            w = d.winning_bid
+            bid = ssp_pb2.WinningBid(
+                bidder=w.bidder, price=w.price, ad_markup=w.ad_markup, creative_id=w.creative_id
+            )
+        return publisher_pb2.ServeAdResponse(
+            auction_id=d.auction_id,
+            outcome=_outcome(d.outcome),
+            winning_bid=bid,
+            token_disposition=_disposition(d.token_disposition),
+            bids_received=d.bids_received,
+            token_sent=result.token_sent,
+            cookie=_cookie(result.cookie),
+            clear_cookie=result.clear_cookie,
+        )
+
+    def SetUserOptOut(
+        self, request: publisher_pb2.SetUserOptOutRequest, context: Any
+    ) -> publisher_pb2.SetUserOptOutResponse:
+        self._bind()
+        opted = self._pub.set_site_optout(request.user_id, request.opted_out)
+        return publisher_pb2.SetUserOptOutResponse(opted_out=opted)

@@ -1,0 +1,265 @@
+"""SQLite store (WAL, synchronous=FULL): whatever a call acknowledged survives kill -9.
+
+One connection shared under a lock: every statement is short, and the refresher's writes are
+single-row updates, so a lock costs less than a connection per thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from publisher_svc.model import Identity
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities (
+    user_id TEXT PRIMARY KEY,
+    dii_key TEXT NOT NULL,
+    advertising_token TEXT NOT NULL,
+    refresh_token TEXT NOT NULL,
+    identity_expires INTEGER NOT NULL,
+    refresh_from INTEGER NOT NULL,
+    refresh_expires INTEGER NOT NULL,
+    refresh_response_key TEXT NOT NULL,
+    -- when the background refresher should next try: refresh_from, or later after a failure
+    next_attempt_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identities_refresh_from ON identities (refresh_from);
+CREATE INDEX IF NOT EXISTS identities_next_attempt ON identities (next_attempt_at);
+CREATE TABLE IF NOT EXISTS operator_optouts (
+    dii_key TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS site_optouts (
+    user_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_COLS = (
+    "user_id, dii_key, advertising_token, refresh_token, identity_expires, refresh_from, "
+    "refresh_expires, refresh_response_key, failed_attempts"
+)
+
+
+@dataclass(frozen=True)
+class StoredIdentity:
+    user_id: str
+    dii_key: str
+    identity: Identity
+    failed_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DueIdentity:
+    user_id: str
+    next_attempt_at: int
+
+
+def _row(r: tuple[object, ...]) -> StoredIdentity:
+    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed) = r
+    return StoredIdentity(
+        user_id=str(user_id),
+        dii_key=str(dii_key),
+        identity=Identity(
+            advertising_token=str(at),
+            refresh_token=str(rt),
+            identity_expires=int(ie),  # type: ignore[call-overload]
+            refresh_from=int(rf),  # type: ignore[call-overload]
+            refresh_expires=int(rx),  # type: ignore[call-overload]
+            refresh_response_key=str(rrk),
+        ),
+        failed_attempts=int(failed),  # type: ignore[call-overload]
+    )
+
+
+class SqliteStore:
+    FILE_NAME = "publisher.sqlite3"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path / self.FILE_NAME),
+            check_same_thread=False,
+            isolation_level=None,  # explicit transactions only
+            timeout=30,
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- identities ----------------------------------------------------------------------
+
+    def get(self, user_id: str) -> StoredIdentity | None:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {_COLS} FROM identities WHERE user_id = ?",  # noqa: S608 - constant
+                (user_id,),
+            ).fetchone()
+        return _row(r) if r else None
+
+    def put_unless_site_optout(
+        self, user_id: str, dii_key: str, identity: Identity, now_ms: int
+    ) -> bool:
+        """Stores (or replaces) a user's identity, unless the user opted out of the site in the
+        meantime. Returns whether it was stored."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                opted = self._db.execute(
+                    "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
+                ).fetchone()
+                if opted is None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO identities (user_id, dii_key, advertising_token,"
+                        " refresh_token, identity_expires, refresh_from, refresh_expires,"
+                        " refresh_response_key, next_attempt_at, failed_attempts, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                        (
+                            user_id,
+                            dii_key,
+                            identity.advertising_token,
+                            identity.refresh_token,
+                            identity.identity_expires,
+                            identity.refresh_from,
+                            identity.refresh_expires,
+                            identity.refresh_response_key,
+                            identity.refresh_from,
+                            now_ms,
+                        ),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return opted is None
+
+    def replace_if_current(
+        self, user_id: str, old_refresh_token: str, identity: Identity, now_ms: int
+    ) -> bool:
+        """Swaps in a refreshed identity, only if the stored one is still the one refreshed
+        (a logout, a new login or another refresh in between wins)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE identities SET advertising_token = ?, refresh_token = ?,"
+                " identity_expires = ?, refresh_from = ?, refresh_expires = ?,"
+                " refresh_response_key = ?, next_attempt_at = ?, failed_attempts = 0,"
+                " updated_at = ? WHERE user_id = ? AND refresh_token = ?",
+                (
+                    identity.advertising_token,
+                    identity.refresh_token,
+                    identity.identity_expires,
+                    identity.refresh_from,
+                    identity.refresh_expires,
+                    identity.refresh_response_key,
+                    identity.refresh_from,
+                    now_ms,
+                    user_id,
+                    old_refresh_token,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def delete_if_current(self, user_id: str, old_refresh_token: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM identities WHERE user_id = ? AND refresh_token = ?",
+                (user_id, old_refresh_token),
+            )
+            return cur.rowcount == 1
+
+    def delete(self, user_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+            return cur.rowcount == 1
+
+    def postpone(
+        self, user_id: str, old_refresh_token: str, next_attempt_at: int, failed_attempts: int
+    ) -> None:
+        """Records a failed background refresh: try again at `next_attempt_at`."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE identities SET next_attempt_at = ?, failed_attempts = ?"
+                " WHERE user_id = ? AND refresh_token = ?",
+                (next_attempt_at, failed_attempts, user_id, old_refresh_token),
+            )
+
+    def due(self, now_ms: int, limit: int) -> list[DueIdentity]:
+        """Identities whose next refresh attempt is due, oldest first (uses the index)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, next_attempt_at FROM identities WHERE next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (now_ms, limit),
+            ).fetchall()
+        return [DueIdentity(str(u), int(n)) for u, n in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM identities").fetchone()
+        return int(n)
+
+    # -- opt-outs ------------------------------------------------------------------------
+
+    def record_operator_optout(self, dii_key: str, now_ms: int, user_id: str = "") -> None:
+        """Records that the operator answered opt-out for a DII (and drops the user's stored
+        identity, if any) in one durable transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
+                    (dii_key, now_ms),
+                )
+                if user_id:
+                    self._db.execute(
+                        "DELETE FROM identities WHERE user_id = ? AND dii_key = ?",
+                        (user_id, dii_key),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def is_operator_optout(self, dii_key: str) -> bool:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT 1 FROM operator_optouts WHERE dii_key = ?", (dii_key,)
+            ).fetchone()
+        return r is not None
+
+    def set_site_optout(self, user_id: str, opted_out: bool, now_ms: int) -> None:
+        """Sets or clears the user's site opt-out; setting it also deletes the identity."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if opted_out:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO site_optouts (user_id, at) VALUES (?, ?)",
+                        (user_id, now_ms),
+                    )
+                    self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+                else:
+                    self._db.execute("DELETE FROM site_optouts WHERE user_id = ?", (user_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def is_site_optout(self, user_id: str) -> bool:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return r is not None
