@@ -59,7 +59,7 @@ INVALID_PHONES = [
     "1234567890",
     "",
     "+",
-    "+１２３４５６７８９０１",  # full-width digits are digits to str.isdigit, not to E.164
+    "+" + "\uff11" * 11,  # full-width digits are digits to str.isdigit, not to E.164
 ]
 
 
