@@ -1,0 +1,128 @@
+"""Fan-out of one bid request to every configured bidder at once (BidderService.Bid), each
+call bounded by tmax. A late, failing or garbage-answering bidder is left out; it never fails
+the auction. Uses the stubs' `.future()` calls: no thread per bidder."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from ssp_svc.auction import Candidate
+from ssp_svc.bid_request import CURRENCY
+from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
+
+
+@dataclass(frozen=True)
+class BidderTarget:
+    name: str
+    address: str
+
+
+@dataclass
+class BidderStats:
+    bids: int = 0
+    no_bids: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    garbage: int = 0
+
+
+@dataclass
+class FanOutResult:
+    candidates: list[Candidate] = field(default_factory=list)
+    timeouts: int = 0
+    errors: int = 0
+    garbage: int = 0
+
+
+class GarbageResponse(Exception):
+    """A bid response that breaks the protocol (wrong auction id, unknown imp, a non-finite or
+    negative price, a foreign currency)."""
+
+
+def best_valid_bid(
+    bidder: str, request: openrtb_pb2.BidRequest, response: openrtb_pb2.BidResponse
+) -> Candidate | None:
+    """The bidder's highest well-formed bid; None for a clean no-bid. Raises GarbageResponse."""
+    if response.id != request.id:
+        raise GarbageResponse("auction id mismatch")
+    if response.cur and response.cur != CURRENCY:
+        raise GarbageResponse("foreign currency")
+    imp_ids = {imp.id for imp in request.imp}
+    best: Candidate | None = None
+    for seat in response.seatbid:
+        for bid in seat.bid:
+            if bid.impid not in imp_ids or not math.isfinite(bid.price) or bid.price < 0:
+                raise GarbageResponse("malformed bid")
+            if bid.price == 0:
+                continue
+            if best is None or bid.price > best.price:
+                best = Candidate(bidder, bid.price, bid.id, bid.adm, bid.crid)
+    return best
+
+
+class BidderPool:
+    def __init__(self, targets: Sequence[BidderTarget]) -> None:
+        self.targets = tuple(targets)
+        self._channels = [grpc.insecure_channel(t.address) for t in self.targets]
+        self._stubs = [openrtb_pb2_grpc.BidderServiceStub(c) for c in self._channels]
+        self.stats = {t.name: BidderStats() for t in self.targets}
+        self._lock = threading.Lock()
+
+    def fan_out(self, request: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
+        timeout_s = tmax_ms / 1000
+        deadline = time.monotonic() + timeout_s
+        futures = []
+        for stub in self._stubs:
+            try:
+                futures.append(stub.Bid.future(request, timeout=timeout_s))
+            except Exception:  # a closed channel: treat as a failed bidder
+                futures.append(None)
+        result = FanOutResult()
+        outcomes: list[str] = []
+        for target, fut in zip(self.targets, futures, strict=True):
+            outcome = "error"
+            if fut is not None:
+                try:
+                    response = fut.result(timeout=max(0.0, deadline - time.monotonic()) + 0.005)
+                    best = best_valid_bid(target.name, request, response)
+                    if best is None:
+                        outcome = "no_bid"
+                    else:
+                        result.candidates.append(best)
+                        outcome = "bid"
+                except grpc.FutureTimeoutError:
+                    fut.cancel()
+                    outcome = "timeout"
+                except grpc.RpcError as err:
+                    timed_out = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    outcome = "timeout" if timed_out else "error"
+                except Exception:  # a response that does not parse, or any other surprise
+                    outcome = "garbage"
+            outcomes.append(outcome)
+        with self._lock:
+            for target, outcome in zip(self.targets, outcomes, strict=True):
+                stats = self.stats[target.name]
+                if outcome == "bid":
+                    stats.bids += 1
+                elif outcome == "no_bid":
+                    stats.no_bids += 1
+                elif outcome == "timeout":
+                    stats.timeouts += 1
+                    result.timeouts += 1
+                elif outcome == "garbage":
+                    stats.garbage += 1
+                    result.garbage += 1
+                else:
+                    stats.errors += 1
+                    result.errors += 1
+        return result
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()

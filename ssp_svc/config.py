@@ -1,0 +1,62 @@
+"""The SSP's settings: one frozen dataclass, built once at the edge (cli.py) from flags and
+`UID2_SSP_*` environment variables, validated before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssp_svc.bidders import BidderTarget
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message is one line fit for stderr."""
+
+
+def parse_bidder(spec: str) -> BidderTarget:
+    name, eq, address = spec.partition("=")
+    name, address = name.strip(), address.strip()
+    if not eq or not name or ":" not in address:
+        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {spec!r}")
+    return BidderTarget(name, address)
+
+
+@dataclass(frozen=True)
+class SspConfig:
+    listen: str = "127.0.0.1:0"
+    # Publisher and subscriber API keys: a data dir (SQLite) or a JSON publishers file.
+    data_dir: Path | None = None
+    publishers_file: Path | None = None
+    # Operator ID_READER credentials; without them tokens pass through unchecked.
+    operator: str | None = None
+    operator_api_key: str | None = None
+    bidders: tuple[BidderTarget, ...] = ()
+    tmax_ms: int = 150
+    key_refresh_s: float = 3600.0
+    early_key_refresh_min_s: float = 1.0
+    stream_buffer: int = 1024
+    max_subscribers: int = 16
+    max_workers: int = 32
+
+    def __post_init__(self) -> None:
+        if (self.data_dir is None) == (self.publishers_file is None):
+            raise ConfigError("give exactly one of --data-dir and --publishers-file")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ConfigError(f"data dir {self.data_dir} does not exist")
+        if self.publishers_file is not None and not self.publishers_file.is_file():
+            raise ConfigError(f"publishers file {self.publishers_file} does not exist")
+        if bool(self.operator) != bool(self.operator_api_key):
+            raise ConfigError("--operator and --operator-api-key go together")
+        if not 1 <= self.tmax_ms <= 10_000:
+            raise ConfigError("tmax must be between 1 and 10000 ms")
+        names = [b.name for b in self.bidders]
+        if len(set(names)) != len(names):
+            raise ConfigError("bidder names must be unique")
+        if self.key_refresh_s <= 0 or self.early_key_refresh_min_s < 0:
+            raise ConfigError("key refresh intervals must be positive")
+        if self.stream_buffer < 1 or self.max_subscribers < 1 or self.max_workers < 2:
+            raise ConfigError("stream buffer, subscribers and workers must be positive")
+
+    @property
+    def decrypting(self) -> bool:
+        return bool(self.operator and self.operator_api_key)

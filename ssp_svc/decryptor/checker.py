@@ -1,0 +1,72 @@
+"""Token verdicts for bid-stream decryptors. The raw UID2 is looked at (opt-out) and dropped
+here: nothing this module returns carries it."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ssp_svc.decryptor.key_cache import KeyCache
+from ssp_svc.decryptor.optouts import OptOutSet
+from svc_common.clock import Clock
+from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
+
+
+class Verdict(Enum):
+    VALID = "VALID"  # decrypted, current, not opted out
+    EXPIRED = "EXPIRED"
+    INVALID = "INVALID"  # forged, tampered, unknown key, wrong domain or app, bad lifetime
+    OPTED_OUT = "OPTED_OUT"
+    NO_KEYS = "NO_KEYS"  # no good keys yet: the token could not be checked
+
+
+# Statuses that mean "the token names a key we do not hold": refresh early, then retry once.
+_MISSING_KEY = (
+    DecryptionStatus.NOT_AUTHORIZED_FOR_MASTER_KEY,
+    DecryptionStatus.NOT_AUTHORIZED_FOR_KEY,
+)
+_NO_KEYS = (DecryptionStatus.NOT_INITIALIZED, DecryptionStatus.KEYS_NOT_SYNCED)
+
+
+class TokenChecker:
+    def __init__(
+        self,
+        keys: KeyCache,
+        optouts: OptOutSet,
+        clock: Clock,
+        *,
+        early_refresh_wait_s: float = 0.05,
+    ) -> None:
+        self._keys = keys
+        self._optouts = optouts
+        self._clock = clock
+        self._early_wait_s = early_refresh_wait_s
+        self.counts: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
+
+    def check(self, token: str, domain_or_app: str | None) -> Verdict:
+        verdict = self._check(token, domain_or_app)
+        self.counts[verdict] += 1
+        return verdict
+
+    def _check(self, token: str, domain_or_app: str | None) -> Verdict:
+        result = self._decrypt(self._keys.decoder, token, domain_or_app)
+        if result.status in _MISSING_KEY:
+            generation = self._keys.request_early_refresh()
+            if generation is not None and self._keys.wait_past(generation, self._early_wait_s):
+                result = self._decrypt(self._keys.decoder, token, domain_or_app)
+        status = result.status
+        if status is DecryptionStatus.SUCCESS:
+            if result.raw_uid is not None and self._optouts.opted_out(result.raw_uid):
+                return Verdict.OPTED_OUT
+            return Verdict.VALID
+        if status is DecryptionStatus.EXPIRED_TOKEN:
+            return Verdict.EXPIRED
+        if status in _NO_KEYS:
+            return Verdict.NO_KEYS
+        return Verdict.INVALID
+
+    def _decrypt(
+        self, decoder: TokenDecoder | None, token: str, domain_or_app: str | None
+    ) -> DecryptResult:
+        if decoder is None:
+            return DecryptResult(DecryptionStatus.NOT_INITIALIZED)
+        return decoder.decrypt(token, self._clock.now_ms(), domain_or_app=domain_or_app or None)

@@ -1,0 +1,166 @@
+"""Bid-stream keys kept fresh: fetched at start, then about hourly with jitter, early (rate
+limited) when a token names a key we lack, and kept when a fetch fails — a decryptor goes on
+with its last good keys while the operator is unreachable (uid2-reference §5, §6).
+
+`fetch` returns the key JSON body (see key_json.py) or raises. The clock and randomness are
+injected; `run_due()` is the unit of work, and `KeyRefresher` runs it on a thread."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from svc_common.clock import Clock
+from uid2_crypto.keys import parse_key_container_json
+from uid2_crypto.tokens import TokenDecoder
+
+_log = structlog.get_logger("key_cache")
+
+Fetch = Callable[[], Mapping[str, Any]]
+
+
+class KeyCache:
+    def __init__(
+        self,
+        fetch: Fetch,
+        clock: Clock,
+        *,
+        rng: Callable[[], float] = random.random,
+        interval_s: float = 3600.0,
+        jitter: float = 0.1,
+        early_min_interval_s: float = 1.0,
+        retry_base_s: float = 1.0,
+        retry_cap_s: float = 60.0,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._rng = rng
+        self._interval_ms = interval_s * 1000
+        self._jitter = jitter
+        self._early_min_ms = early_min_interval_s * 1000
+        self._retry_base_ms = retry_base_s * 1000
+        self._retry_cap_ms = retry_cap_s * 1000
+        self._decoder: TokenDecoder | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._fetch_lock = threading.Lock()
+        self._failures = 0
+        self._next_ms: float = clock.now_ms()  # due at once
+        self._last_early_ms: float = -float("inf")
+        self._early_pending = False
+        self.generation = 0  # completed refresh attempts, successful or not
+        self.successes = 0
+        self.last_success_ms: int | None = None
+
+    @property
+    def decoder(self) -> TokenDecoder | None:
+        """The decoder over the last good keys; None until a fetch succeeded."""
+        return self._decoder
+
+    @property
+    def next_refresh_ms(self) -> int:
+        return int(self._next_ms)
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed fetches since the last good one."""
+        return self._failures
+
+    def due(self) -> bool:
+        return self._early_pending or self._clock.now_ms() >= self._next_ms
+
+    def refresh(self) -> bool:
+        """Fetches now (one fetch at a time); keeps the old keys on failure. True on success."""
+        with self._fetch_lock:
+            with self._cond:
+                self._early_pending = False
+            ok, key_count = False, 0
+            try:
+                container = parse_key_container_json(self._fetch())
+                decoder = TokenDecoder.from_container(container)
+                key_count = len(container.keyring)
+                ok = True
+            except Exception as exc:  # the operator down, or a container we cannot parse
+                _log.warning(
+                    "key_refresh_failed", error_type=type(exc).__name__, failures=self._failures + 1
+                )
+            now = self._clock.now_ms()
+            with self._cond:
+                if ok:
+                    self._decoder = decoder
+                    self._failures = 0
+                    self.successes += 1
+                    self.last_success_ms = now
+                    spread = self._interval_ms * self._jitter * (2 * self._rng() - 1)
+                    self._next_ms = now + self._interval_ms + spread
+                else:
+                    self._failures += 1
+                    cap = min(self._retry_cap_ms, self._retry_base_ms * 2 ** (self._failures - 1))
+                    # Half fixed, half jitter: never a tight loop, never a thundering herd.
+                    self._next_ms = now + cap / 2 + self._rng() * cap / 2
+                self.generation += 1
+                self._cond.notify_all()
+            if ok:
+                _log.info("keys_refreshed", keys=key_count)
+            return ok
+
+    def run_due(self) -> bool | None:
+        """Refreshes when due; None when not due."""
+        return self.refresh() if self.due() else None
+
+    def request_early_refresh(self) -> int | None:
+        """Asks for a refresh ahead of schedule (a token named a key we lack). Rate limited:
+        at most one per `early_min_interval_s`. Returns the generation to wait past with
+        `wait_past`, or None when nothing is pending."""
+        now = self._clock.now_ms()
+        with self._cond:
+            if not self._early_pending and now - self._last_early_ms >= self._early_min_ms:
+                self._last_early_ms = now
+                self._early_pending = True
+                self._cond.notify_all()
+            return self.generation if self._early_pending else None
+
+    def wait_past(self, generation: int, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.generation > generation, timeout_s)
+
+    def wait_until_due(self, timeout_s: float) -> None:
+        """Sleeps until a refresh is due, one is requested early, or `timeout_s` passes."""
+        with self._cond:
+            if self._early_pending:
+                return
+            left_s = max(0.0, (self._next_ms - self._clock.now_ms()) / 1000)
+            self._cond.wait(min(timeout_s, left_s))
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class KeyRefresher:
+    """Runs a KeyCache's refreshes on a daemon thread until stopped."""
+
+    def __init__(self, cache: KeyCache, *, poll_s: float = 1.0) -> None:
+        self._cache = cache
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
+
+    def start(self) -> KeyRefresher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._cache.run_due()
+            if self._stop.is_set():
+                return
+            self._cache.wait_until_due(self._poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._cache.wake()
+        self._thread.join(timeout=5)

@@ -1,0 +1,53 @@
+"""The decryptor's client of the operator: GetBidstreamKeys and WatchOptOuts with ID_READER
+credentials. Owns deadlines and retries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from ssp_svc.decryptor.key_json import key_container_to_json
+from svc_common.grpc_client import bearer, call_with_retry
+from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
+
+
+class _WatchCall:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        for item in self._call:
+            yield item.raw_uid, item.opted_out_at
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class OperatorClient:
+    def __init__(self, target: str, api_key: str, *, timeout_s: float = 2.0) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
+        self._metadata = bearer(api_key)
+        self._timeout_s = timeout_s
+
+    def get_bidstream_keys(self) -> dict[str, Any]:
+        """The key JSON body; raises RemoteError."""
+        response: operator_pb2.GetBidstreamKeysResponse = call_with_retry(
+            self._stub.GetBidstreamKeys,
+            operator_pb2.GetBidstreamKeysRequest(),
+            timeout_s=self._timeout_s,
+            metadata=self._metadata,
+            attempts=2,
+        )
+        return key_container_to_json(response.key_container)
+
+    def watch_optouts(self, since_ms: int) -> _WatchCall:
+        call = self._stub.WatchOptOuts(
+            operator_pb2.WatchOptOutsRequest(since=since_ms), metadata=self._metadata
+        )
+        return _WatchCall(call)
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,105 @@
+"""Opt-outs followed live from the operator's WatchOptOuts stream.
+
+`OptOutSet` holds opted-out raw UID2s in memory (reads take no lock). `OptOutWatcher` keeps a
+stream open: on a break it reconnects with capped, jittered backoff and resumes from the last
+`opted_out_at` it saw (duplicates at that millisecond are idempotent)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import structlog
+
+from svc_common.grpc_client import Backoff
+
+_log = structlog.get_logger("optouts")
+
+
+class OptOutSet:
+    def __init__(self) -> None:
+        self._at: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.last_seen_ms = 0
+
+    def add(self, raw_uid: str, opted_out_at_ms: int) -> None:
+        with self._lock:
+            prev = self._at.get(raw_uid)
+            if prev is None or opted_out_at_ms < prev:
+                self._at[raw_uid] = opted_out_at_ms
+            self.last_seen_ms = max(self.last_seen_ms, opted_out_at_ms)
+
+    def opted_out(self, raw_uid: str) -> bool:
+        return raw_uid in self._at
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+class OptOutStream(Protocol):
+    """An open WatchOptOuts call: yields (raw_uid, opted_out_at_ms); `cancel` ends it."""
+
+    def __iter__(self) -> Iterator[tuple[str, int]]: ...
+
+    def cancel(self) -> None: ...
+
+
+OpenStream = Callable[[int], OptOutStream]
+
+
+class OptOutWatcher:
+    def __init__(
+        self,
+        open_stream: OpenStream,
+        optouts: OptOutSet,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._open = open_stream
+        self._optouts = optouts
+        self._backoff = backoff or Backoff(base_s=0.1, cap_s=1.0)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current: OptOutStream | None = None
+        self._thread = threading.Thread(target=self._run, name="optout-watch", daemon=True)
+        self.connects = 0
+        self.connected = threading.Event()
+
+    def start(self) -> OptOutWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                stream = self._open(self._optouts.last_seen_ms)
+                with self._lock:
+                    self._current = stream
+                if self._stop.is_set():
+                    stream.cancel()
+                    return
+                self.connects += 1
+                self.connected.set()
+                for raw_uid, at_ms in stream:
+                    self._optouts.add(raw_uid, at_ms)
+                    attempt = 0
+                # The operator ended the stream (draining): reconnect.
+            except Exception as exc:  # the operator unreachable, or the stream broke
+                if self._stop.is_set():
+                    return
+                _log.warning("optout_stream_broken", error_type=type(exc).__name__)
+            finally:
+                self.connected.clear()
+                with self._lock:
+                    self._current = None
+            self._stop.wait(self._backoff.delay(attempt))
+            attempt += 1

@@ -1,0 +1,134 @@
+"""The SSP's core: one impression in, one auction out.
+
+Validates the impression, decides what happens to the UID2 token (pass through, keep or drop
+after decrypting), builds the bid request, publishes it to the bid-stream capture, fans it out
+to bidders and runs the first-price auction. No gRPC here: bidders arrive as a callable."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ssp_svc.auction import Candidate, run_auction
+from ssp_svc.bid_request import Disposition, Impression, build_bid_request
+from ssp_svc.bidders import FanOutResult
+from ssp_svc.decryptor.checker import TokenChecker, Verdict
+from ssp_svc.store.accounts import Account
+from ssp_svc.stream_hub import StreamHub
+from svc_common.clock import Clock
+from svc_common.errors import ErrorKind, ServiceError, invalid_argument
+from uid2.ssp.v1 import openrtb_pb2
+
+MAX_TOKEN_CHARS = 500
+MAX_FIELD_CHARS = 256
+MAX_FLOOR = 1_000_000.0
+
+FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
+
+_BY_VERDICT = {
+    Verdict.VALID: Disposition.VALID,
+    Verdict.EXPIRED: Disposition.DROPPED_EXPIRED,
+    Verdict.INVALID: Disposition.DROPPED_INVALID,
+    Verdict.OPTED_OUT: Disposition.DROPPED_OPTOUT,
+    # No good keys yet: the token cannot be checked, so it travels as in pass-through mode.
+    Verdict.NO_KEYS: Disposition.PASSED_THROUGH,
+}
+
+
+@dataclass(frozen=True)
+class AuctionReport:
+    auction_id: str
+    winner: Candidate | None
+    disposition: Disposition
+    bids_received: int
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
+    return any(domain == d or domain.endswith("." + d) for d in allowed)
+
+
+class Exchange:
+    def __init__(
+        self,
+        *,
+        checker: TokenChecker | None,
+        fan_out: FanOut,
+        hub: StreamHub[openrtb_pb2.BidRequest],
+        clock: Clock,
+        tmax_ms: int,
+        new_id: Callable[[], str] = _new_id,
+    ) -> None:
+        self._checker = checker
+        self._fan_out = fan_out
+        self._hub = hub
+        self._clock = clock
+        self._tmax_ms = tmax_ms
+        self._new_id = new_id
+
+    @property
+    def decrypting(self) -> bool:
+        return self._checker is not None
+
+    def validate(
+        self,
+        account: Account,
+        *,
+        page_domain: str,
+        app_bundle: str,
+        placement_id: str,
+        floor_price: float,
+        token: str,
+    ) -> Impression:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise invalid_argument("TOKEN_TOO_LONG", f"token exceeds {MAX_TOKEN_CHARS} characters")
+        if not page_domain and not app_bundle:
+            raise invalid_argument("INVENTORY_MISSING", "page_domain or app_bundle is required")
+        if max(len(page_domain), len(app_bundle), len(placement_id)) > MAX_FIELD_CHARS:
+            raise invalid_argument("FIELD_TOO_LONG", f"fields are at most {MAX_FIELD_CHARS} chars")
+        if not math.isfinite(floor_price) or not 0 <= floor_price <= MAX_FLOOR:
+            raise invalid_argument("INVALID_FLOOR", "floor_price must be between 0 and 1e6")
+        domain = page_domain.strip().lower()
+        if domain and account.domains and not _domain_allowed(domain, account.domains):
+            raise ServiceError(
+                ErrorKind.PERMISSION_DENIED,
+                "INVENTORY_NOT_ALLOWED",
+                "page_domain is not one of the publisher's domains",
+            )
+        if app_bundle and account.apps and app_bundle not in account.apps:
+            raise ServiceError(
+                ErrorKind.PERMISSION_DENIED,
+                "INVENTORY_NOT_ALLOWED",
+                "app_bundle is not one of the publisher's apps",
+            )
+        return Impression(
+            publisher_id=account.account_id,
+            publisher_name=account.name,
+            page_domain=domain,
+            app_bundle=app_bundle,
+            placement_id=placement_id,
+            floor_price=floor_price,
+            token=token,
+        )
+
+    def disposition(self, imp: Impression) -> Disposition:
+        if not imp.token:
+            return Disposition.ABSENT
+        if self._checker is None:
+            return Disposition.PASSED_THROUGH
+        verdict = self._checker.check(imp.token, imp.app_bundle or imp.page_domain)
+        return _BY_VERDICT[verdict]
+
+    def run(self, imp: Impression) -> AuctionReport:
+        disposition = self.disposition(imp)
+        auction_id = self._new_id()
+        request = build_bid_request(auction_id, imp, disposition, self._tmax_ms)
+        self._hub.publish(request, self._clock.now_ms())
+        fanned = self._fan_out(request, self._tmax_ms)
+        winner = run_auction(fanned.candidates, imp.floor_price)
+        return AuctionReport(auction_id, winner, disposition, len(fanned.candidates))

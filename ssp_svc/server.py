@@ -1,0 +1,80 @@
+"""Builds and starts the SSP: accounts, bid-stream hub, bidders, and (with operator ID_READER
+credentials) the decryptor; then reports SERVING."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from ssp_svc.bidders import BidderPool
+from ssp_svc.config import SspConfig
+from ssp_svc.decryptor.runtime import start_decryptor
+from ssp_svc.exchange import Exchange
+from ssp_svc.servicer import SspServicer
+from ssp_svc.store.accounts import AccountStore, FileAccountStore, SqliteAccountStore
+from ssp_svc.stream_hub import StreamHub
+from svc_common.clock import Clock, SystemClock
+from svc_common.grpc_server import Served, start_server
+from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
+
+_log = structlog.get_logger("ssp")
+
+SERVICE_NAME = ssp_pb2.DESCRIPTOR.services_by_name["SspService"].full_name
+
+
+def open_accounts(config: SspConfig) -> AccountStore:
+    if config.publishers_file is not None:
+        return FileAccountStore(config.publishers_file)
+    assert config.data_dir is not None
+    return SqliteAccountStore(config.data_dir)
+
+
+def create_server(config: SspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
+    clock = clock or SystemClock()
+    accounts = open_accounts(config)
+    hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(
+        capacity=config.stream_buffer, max_subscribers=config.max_subscribers
+    )
+    pool = BidderPool(config.bidders)
+    decryptor = None
+    if config.operator and config.operator_api_key:
+        decryptor = start_decryptor(
+            config.operator,
+            config.operator_api_key,
+            clock,
+            key_refresh_s=config.key_refresh_s,
+            early_refresh_min_s=config.early_key_refresh_min_s,
+        )
+    exchange = Exchange(
+        checker=decryptor.checker if decryptor else None,
+        fan_out=pool.fan_out,
+        hub=hub,
+        clock=clock,
+        tmax_ms=config.tmax_ms,
+    )
+    servicer = SspServicer(exchange, accounts, hub)
+
+    def register(server: grpc.Server) -> None:
+        ssp_pb2_grpc.add_SspServiceServicer_to_server(servicer, server)
+
+    # Stream subscribers each hold a worker thread: leave room for auctions.
+    served = start_server(
+        listen=config.listen,
+        domain="ssp.uid2",
+        register=register,
+        service_names=[SERVICE_NAME],
+        max_workers=config.max_workers + config.max_subscribers,
+    )
+    served.on_stop.append(accounts.close)
+    served.on_stop.append(pool.close)
+    if decryptor is not None:
+        served.on_stop.append(decryptor.stop)
+    served.on_stop.append(hub.close)
+    served.set_serving(True)
+    _log.info(
+        "ssp_ready",
+        bidders=[b.name for b in config.bidders],
+        mode="decrypt" if decryptor else "pass_through",
+        tmax_ms=config.tmax_ms,
+    )
+    return served, served.port

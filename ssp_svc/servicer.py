@@ -1,0 +1,123 @@
+"""Thin gRPC edge of the SSP: proto in -> Exchange -> proto out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+
+from ssp_svc.bid_request import Disposition
+from ssp_svc.exchange import Exchange
+from ssp_svc.store.accounts import Account, AccountKind, AccountStore
+from ssp_svc.stream_hub import StreamHub
+from svc_common.errors import permission_denied, unauthenticated
+from svc_common.grpc_edge import bearer_token
+from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
+
+_DISPOSITIONS = {
+    Disposition.ABSENT: ssp_pb2.TOKEN_DISPOSITION_ABSENT,
+    Disposition.PASSED_THROUGH: ssp_pb2.TOKEN_DISPOSITION_PASSED_THROUGH,
+    Disposition.VALID: ssp_pb2.TOKEN_DISPOSITION_VALID,
+    Disposition.DROPPED_EXPIRED: ssp_pb2.TOKEN_DISPOSITION_DROPPED_EXPIRED,
+    Disposition.DROPPED_INVALID: ssp_pb2.TOKEN_DISPOSITION_DROPPED_INVALID,
+    Disposition.DROPPED_OPTOUT: ssp_pb2.TOKEN_DISPOSITION_DROPPED_OPTOUT,
+}
+
+POLL_S = 0.25
+
+
+def authenticate(accounts: AccountStore, context: Any) -> Account:
+    api_key = bearer_token(context)
+    if api_key is None:
+        raise unauthenticated("MISSING_API_KEY", "authorization: Bearer <api key> is required")
+    account = accounts.authenticate(api_key)
+    if account is None:
+        raise unauthenticated("UNKNOWN_API_KEY", "the API key is not known")
+    return account
+
+
+class SspServicer(ssp_pb2_grpc.SspServiceServicer):
+    def __init__(
+        self,
+        exchange: Exchange,
+        accounts: AccountStore,
+        hub: StreamHub[openrtb_pb2.BidRequest],
+    ) -> None:
+        self._exchange = exchange
+        self._accounts = accounts
+        self._hub = hub
+
+    def SubmitImpression(
+        self, request: ssp_pb2.SubmitImpressionRequest, context: Any
+    ) -> ssp_pb2.SubmitImpressionResponse:
+        account = authenticate(self._accounts, context)
+        if account.kind is not AccountKind.PUBLISHER:
+            raise permission_denied("NOT_A_PUBLISHER", "the API key is not a publisher's")
+        structlog.contextvars.bind_contextvars(publisher=account.name)
+        imp = self._exchange.validate(
+            account,
+            page_domain=request.page_domain,
+            app_bundle=request.app_bundle,
+            placement_id=request.placement_id,
+            floor_price=request.floor_price,
+            token=request.advertising_token,
+        )
+        report = self._exchange.run(imp)
+        structlog.contextvars.bind_contextvars(
+            auction_id=report.auction_id,
+            token_disposition=report.disposition.value,
+            bids=report.bids_received,
+            filled=report.winner is not None,
+        )
+        response = ssp_pb2.SubmitImpressionResponse(
+            auction_id=report.auction_id,
+            outcome=ssp_pb2.AUCTION_OUTCOME_NO_FILL,
+            token_disposition=_DISPOSITIONS[report.disposition],
+            bids_received=report.bids_received,
+        )
+        if report.winner is not None:
+            response.outcome = ssp_pb2.AUCTION_OUTCOME_FILLED
+            response.winning_bid.CopyFrom(
+                ssp_pb2.WinningBid(
+                    bidder=report.winner.bidder,
+                    price=report.winner.price,
+                    ad_markup=report.winner.ad_markup,
+                    creative_id=report.winner.creative_id,
+                )
+            )
+        return response
+
+    def StreamBidRequests(
+        self, request: ssp_pb2.StreamBidRequestsRequest, context: Any
+    ) -> Iterator[ssp_pb2.StreamBidRequestsResponse]:
+        account = authenticate(self._accounts, context)
+        structlog.contextvars.bind_contextvars(subscriber=account.name)
+        domain = request.site_domain.strip().lower()
+        bundle = request.app_bundle.strip()
+        # A publisher's key sees only its own inventory; a subscriber's sees every auction.
+        own = account.account_id if account.kind is AccountKind.PUBLISHER else None
+
+        def accept(br: openrtb_pb2.BidRequest) -> bool:
+            channel = br.site if br.HasField("site") else br.app
+            if own is not None and channel.publisher.id != own:
+                return False
+            if domain and br.site.domain != domain:
+                return False
+            return not (bundle and br.app.bundle != bundle)
+
+        sub = self._hub.subscribe(accept)
+        context.add_callback(sub.close)
+        with sub:
+            while context.is_active():
+                delivery = sub.get(POLL_S)
+                if delivery is None:
+                    if sub.closed:
+                        return
+                    continue
+                yield ssp_pb2.StreamBidRequestsResponse(
+                    bid_request=delivery.item,
+                    sent_at=delivery.sent_at_ms,
+                    dropped_since_last=delivery.dropped_since_last,
+                    dropped_total=delivery.dropped_total,
+                )

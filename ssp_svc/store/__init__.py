@@ -1,0 +1,1 @@
+"""The SSP's stores: credentials it issued (publishers and bid-stream subscribers)."""

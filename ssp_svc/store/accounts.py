@@ -1,0 +1,192 @@
+"""API keys the SSP issued, to publishers (SubmitImpression) and to bid-stream subscribers
+(StreamBidRequests). Keys are stored only as salted SHA-256 hashes, in SQLite in the data dir;
+a JSON publishers file (`--publishers-file`) is the alternative config."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+DB_NAME = "ssp.sqlite3"
+KEY_PREFIX = "UID2-SSP-"
+
+
+class AccountKind(Enum):
+    PUBLISHER = "publisher"
+    SUBSCRIBER = "subscriber"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    name: str
+    kind: AccountKind
+    domains: tuple[str, ...] = ()
+    apps: tuple[str, ...] = ()
+
+
+class AccountStore(Protocol):
+    def authenticate(self, api_key: str) -> Account | None: ...
+
+    def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """A store problem the CLI reports in one line (no secrets in the message)."""
+
+
+def _hash(salt: bytes, api_key: str) -> bytes:
+    return hashlib.sha256(salt + api_key.encode("utf-8")).digest()
+
+
+def _split(api_key: str) -> str | None:
+    """The public key id inside an API key, or None when it is not one of ours."""
+    if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
+        return None
+    key_id, dot, secret = api_key[len(KEY_PREFIX) :].partition(".")
+    if not dot or not key_id or not secret:
+        return None
+    return key_id
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    key_id     TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    salt       BLOB NOT NULL,
+    key_hash   BLOB NOT NULL,
+    domains    TEXT NOT NULL,
+    apps       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (kind, name)
+);
+"""
+
+
+class SqliteAccountStore:
+    def __init__(self, data_dir: Path, *, create: bool = False) -> None:
+        path = data_dir / DB_NAME
+        if not data_dir.is_dir():
+            if not create:
+                raise StoreError(f"data dir {data_dir} does not exist")
+            data_dir.mkdir(parents=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        self._cache: dict[str, tuple[bytes, bytes, Account]] = {}
+
+    def add(
+        self,
+        name: str,
+        kind: AccountKind,
+        domains: tuple[str, ...] = (),
+        apps: tuple[str, ...] = (),
+    ) -> tuple[Account, str]:
+        """Creates an account; returns it and its API key (shown once, stored hashed)."""
+        key_id = secrets.token_hex(8)
+        api_key = f"{KEY_PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+        salt = secrets.token_bytes(16)
+        account = Account(key_id, name, kind, domains, apps)
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key_id,
+                        name,
+                        kind.value,
+                        salt,
+                        _hash(salt, api_key),
+                        json.dumps(list(domains)),
+                        json.dumps(list(apps)),
+                        time.time_ns() // 1_000_000,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"a {kind.value} named {name!r} already exists") from None
+        return account, api_key
+
+    def authenticate(self, api_key: str) -> Account | None:
+        key_id = _split(api_key)
+        if key_id is None:
+            return None
+        hit = self._cache.get(key_id)
+        if hit is None:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT name, kind, salt, key_hash, domains, apps FROM accounts"
+                    " WHERE key_id = ?",
+                    (key_id,),
+                ).fetchone()
+            if row is None:
+                return None
+            name, kind, salt, key_hash, domains, apps = row
+            account = Account(
+                key_id,
+                name,
+                AccountKind(kind),
+                tuple(json.loads(domains)),
+                tuple(json.loads(apps)),
+            )
+            hit = (bytes(salt), bytes(key_hash), account)
+            self._cache[key_id] = hit
+        salt, key_hash, account = hit
+        if not hmac.compare_digest(_hash(salt, api_key), key_hash):
+            return None
+        return account
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class FileAccountStore:
+    """Accounts from a JSON file: {"publishers": [{"name", "api_key", "domains"?, "apps"?}],
+    "subscribers": [{"name", "api_key"}]}. Keys are hashed in memory on load."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            doc: Any = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
+        if not isinstance(doc, dict):
+            raise StoreError("publishers file must hold a JSON object")
+        self._salt = secrets.token_bytes(16)
+        self._by_hash: dict[bytes, Account] = {}
+        for kind, section in (
+            (AccountKind.PUBLISHER, "publishers"),
+            (AccountKind.SUBSCRIBER, "subscribers"),
+        ):
+            entries = doc.get(section, [])
+            if not isinstance(entries, list):
+                raise StoreError(f"publishers file: {section} must be a list")
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict):
+                    raise StoreError(f"publishers file: {section}[{i}] must be an object")
+                name, key = entry.get("name"), entry.get("api_key")
+                if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
+                    raise StoreError(f"publishers file: {section}[{i}] needs name and api_key")
+                domains = tuple(str(d).lower() for d in entry.get("domains", []))
+                apps = tuple(str(a) for a in entry.get("apps", []))
+                self._by_hash[_hash(self._salt, key)] = Account(
+                    f"{section}-{i}", name, kind, domains, apps
+                )
+
+    def authenticate(self, api_key: str) -> Account | None:
+        return self._by_hash.get(_hash(self._salt, api_key))
+
+    def close(self) -> None:
+        pass
