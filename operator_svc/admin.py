@@ -1,0 +1,321 @@
+"""Administrative writes behind the CLI: init, sites, clients, delegations, key and salt rotation.
+
+Each operation is one store transaction, so a failure leaves nothing half-written, and each bumps
+the change counter of what it touched, so running servers pick it up within their sync interval.
+
+Entry points (all take an open `OperatorStore`, the time and an rng of `n -> n random bytes`):
+`initialise`, `add_site`, `add_client`, `list_clients`, `set_client_disabled`, `grant_delegation`,
+`revoke_delegation`, `rotate_keys`, `rotate_salts`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
+from operator_svc.store.sqlite_store import SCHEMA_VERSION
+from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, REFRESH_KEYSET_ID
+from uid2_crypto.salts import BUCKET_COUNT, SaltSet
+
+Rng = Callable[[int], bytes]
+
+ROLES = ("GENERATOR", "MAPPER", "ID_READER", "SHARER", "OPTOUT", "ADMIN")
+API_KEY_PREFIX = "UID2-C-"
+# A key lives this long unless a rotation shortens it to what its tokens need.
+KEY_LIFETIME_S = 365 * 86_400
+DEFAULT_ACTIVATION_DELAY_S = 3600
+FALLBACK_KEYSET_ID = 2
+FIRST_SITE_KEYSET_ID = 3
+MAX_SITE_ID = 2**31 - 1
+
+
+class AdminError(ValueError):
+    """A mistake in an administrative request; the message is one line for stderr."""
+
+
+@dataclass(frozen=True)
+class NewClient:
+    name: str
+    site_id: int
+    roles: tuple[str, ...]
+    api_key: str
+    secret: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "site_id": self.site_id,
+            "roles": list(self.roles),
+            "api_key": self.api_key,
+            "secret": self.secret,
+        }
+
+
+def hash_api_key(salt: bytes, api_key: str) -> bytes:
+    return hashlib.sha256(salt + api_key.encode("utf-8")).digest()
+
+
+def api_key_id(api_key: str) -> str | None:
+    """The public lookup prefix of an API key `UID2-C-<key_id>-<secret>`, or None."""
+    if not api_key.startswith(API_KEY_PREFIX):
+        return None
+    key_id, sep, rest = api_key[len(API_KEY_PREFIX) :].partition("-")
+    if not sep or not key_id or not rest or len(key_id) > 32:
+        return None
+    return key_id
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    roles: list[str] = []
+    for part in text.split(","):
+        role = part.strip().upper()
+        if role not in ROLES:
+            raise AdminError(f"unknown role {part.strip()!r}; roles are {', '.join(ROLES)}")
+        if role not in roles:
+            roles.append(role)
+    if not roles:
+        raise AdminError("at least one role is needed")
+    return tuple(roles)
+
+
+def check_site_id(site_id: int) -> int:
+    if not 1 <= site_id <= MAX_SITE_ID:
+        raise AdminError(f"site id must be within 1 and {MAX_SITE_ID}")
+    return site_id
+
+
+def _add_key(
+    conn: sqlite3.Connection, keyset_id: int, site_id: int, now_s: int, activates_s: int, rng: Rng
+) -> int:
+    return OperatorStore.insert_key(
+        conn,
+        keyset_id=keyset_id,
+        site_id=site_id,
+        created_s=now_s,
+        activates_s=activates_s,
+        expires_s=activates_s + KEY_LIFETIME_S,
+        secret=rng(32),
+    )
+
+
+def initialise(store: OperatorStore, now_ms: int, rng: Rng, identity_scope: str = "UID2") -> bool:
+    """Creates the first-level salt, 2^20 salt buckets and the master, refresh and fallback
+    keysets with keys active now. Returns False (and changes nothing) when already done."""
+    if store.is_initialised():
+        return False
+    salts = SaltSet.generate(BUCKET_COUNT, rng, now_ms)
+    blobs = salts.to_blobs()
+    now_s = now_ms // 1000
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM meta WHERE k = 'schema_version'").fetchone():
+            return False
+        first_level_salt = base64.b64encode(rng(32)).decode("ascii")
+        OperatorStore.set_meta(conn, "first_level_salt", first_level_salt)
+        OperatorStore.set_meta(conn, "identity_scope", identity_scope)
+        OperatorStore.write_salt_blobs(conn, blobs)
+        for keyset_id, site_id, name in (
+            (MASTER_KEYSET_ID, -1, "master"),
+            (REFRESH_KEYSET_ID, -2, "refresh"),
+            (FALLBACK_KEYSET_ID, FALLBACK_SITE_ID, "fallback"),
+        ):
+            OperatorStore.insert_keyset(
+                conn,
+                KeysetRow(keyset_id, site_id, name, None, True, keyset_id == FALLBACK_KEYSET_ID),
+            )
+            _add_key(conn, keyset_id, site_id, now_s, now_s, rng)
+        OperatorStore.upsert_site(conn, SiteRow(FALLBACK_SITE_ID, "fallback", (), ()))
+        OperatorStore.set_meta(conn, "schema_version", SCHEMA_VERSION)
+    return True
+
+
+def _ensure_site(conn: sqlite3.Connection, site_id: int, name: str, now_s: int, rng: Rng) -> None:
+    """Creates the site's default keyset (with a key active now) if it has none."""
+    if OperatorStore.default_keyset_of(conn, site_id) is not None:
+        return
+    keyset_id = OperatorStore.next_keyset_id(conn, FIRST_SITE_KEYSET_ID)
+    OperatorStore.insert_keyset(conn, KeysetRow(keyset_id, site_id, name, None, True, True))
+    _add_key(conn, keyset_id, site_id, now_s, now_s, rng)
+
+
+def add_site(
+    store: OperatorStore,
+    site_id: int,
+    name: str,
+    domains: Sequence[str],
+    app_names: Sequence[str],
+    now_ms: int,
+    rng: Rng,
+) -> SiteRow:
+    """Creates or updates a site (name, domains, app names) and its default keyset."""
+    check_site_id(site_id)
+    if not name.strip():
+        raise AdminError("site name must not be empty")
+    clean_domains = tuple(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
+    clean_apps = tuple(dict.fromkeys(a.strip() for a in app_names if a.strip()))
+    site = SiteRow(site_id, name.strip(), clean_domains, clean_apps)
+    with store.transaction() as conn:
+        OperatorStore.upsert_site(conn, site)
+        _ensure_site(conn, site_id, site.name, now_ms // 1000, rng)
+    return site
+
+
+def add_client(
+    store: OperatorStore,
+    *,
+    site_id: int,
+    name: str,
+    roles: Sequence[str],
+    now_ms: int,
+    rng: Rng,
+) -> NewClient:
+    """Creates an API client (and its site, if new). The API key is returned once and stored
+    only as a salted hash; `UID2-C-<key_id>-...` lets the server find the row in O(1)."""
+    check_site_id(site_id)
+    name = name.strip()
+    if not name:
+        raise AdminError("client name must not be empty")
+    role_tuple = parse_roles(",".join(roles))
+    secret = base64.b64encode(rng(32)).decode("ascii")
+    with store.transaction() as conn:
+        if not OperatorStore.site_exists(conn, site_id):
+            OperatorStore.upsert_site(conn, SiteRow(site_id, name, (), ()))
+        _ensure_site(conn, site_id, name, now_ms // 1000, rng)
+        for _ in range(5):
+            key_id = rng(6).hex()
+            api_key = (
+                f"{API_KEY_PREFIX}{key_id}-{base64.urlsafe_b64encode(rng(32)).decode().rstrip('=')}"
+            )
+            salt = rng(16)
+            row = ClientRow(
+                client_id=0,
+                key_id=key_id,
+                name=name,
+                site_id=site_id,
+                roles=role_tuple,
+                key_salt=salt,
+                key_hash=hash_api_key(salt, api_key),
+                secret=secret,
+                disabled=False,
+                created_ms=now_ms,
+            )
+            try:
+                OperatorStore.insert_client(conn, row)
+            except sqlite3.IntegrityError:
+                continue
+            return NewClient(name, site_id, role_tuple, api_key, secret)
+    raise StoreError("could not allocate a unique API key id")
+
+
+def list_clients(store: OperatorStore) -> list[dict[str, Any]]:
+    """Clients without their secrets: name, site, roles, key id, disabled."""
+    return [
+        {
+            "name": c.name,
+            "site_id": c.site_id,
+            "roles": list(c.roles),
+            "key_id": c.key_id,
+            "disabled": c.disabled,
+            "created": c.created_ms,
+        }
+        for c in store.clients()
+    ]
+
+
+def set_client_disabled(
+    store: OperatorStore, *, name: str | None, key_id: str | None, disabled: bool
+) -> int:
+    if (name is None) == (key_id is None):
+        raise AdminError("name exactly one of --name or --key-id")
+    with store.transaction() as conn:
+        n = OperatorStore.set_clients_disabled(conn, name=name, key_id=key_id, disabled=disabled)
+        if n == 0:
+            raise AdminError("no such client")
+    return n
+
+
+def grant_delegation(store: OperatorStore, site_id: int, client_name: str, now_ms: int) -> None:
+    """Site `site_id` lets the client(s) named `client_name` generate tokens on its behalf."""
+    check_site_id(site_id)
+    with store.transaction() as conn:
+        if not OperatorStore.site_exists(conn, site_id):
+            raise AdminError(f"no site {site_id}; add it with `uid2-operator site add`")
+        if not OperatorStore.client_name_exists(conn, client_name):
+            raise AdminError("no client with that name")
+        OperatorStore.grant(conn, site_id, client_name, now_ms)
+
+
+def revoke_delegation(store: OperatorStore, site_id: int, client_name: str) -> None:
+    check_site_id(site_id)
+    with store.transaction() as conn:
+        if OperatorStore.revoke(conn, site_id, client_name) == 0:
+            raise AdminError("no such delegation")
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    created: int
+    pruned: int
+    activates: int
+
+    def as_json(self) -> dict[str, int]:
+        return {"created": self.created, "pruned": self.pruned, "activates": self.activates}
+
+
+def rotate_keys(
+    store: OperatorStore,
+    *,
+    now_ms: int,
+    rng: Rng,
+    activation_delay_s: int = DEFAULT_ACTIVATION_DELAY_S,
+    token_lifetime_s: int = 3 * 86_400,
+    refresh_lifetime_s: int = 30 * 86_400,
+    clock_skew_s: int = 1800,
+) -> RotationReport:
+    """Adds to every enabled keyset a key activating `activation_delay_s` from now, so
+    decryptors have it before its first use. Each key it supersedes keeps being published
+    until every token it may have encrypted has expired (successor's activation + the longest
+    lifetime of what it encrypts + clock skew); keys past that are pruned."""
+    if activation_delay_s < 0:
+        raise AdminError("activation delay must not be negative")
+    now_s = now_ms // 1000
+    activates = now_s + activation_delay_s
+    created = 0
+    with store.transaction() as conn:
+        keys = OperatorStore.keys_in(conn)
+        for ks in OperatorStore.keysets_in(conn):
+            if not ks.enabled:
+                continue
+            retention = (
+                refresh_lifetime_s if ks.keyset_id == REFRESH_KEYSET_ID else token_lifetime_s
+            ) + clock_skew_s
+            for k in keys:
+                if k.keyset_id == ks.keyset_id and k.activates_s < activates:
+                    keep_until = activates + retention
+                    if k.expires_s > keep_until:
+                        OperatorStore.set_key_expiry(conn, k.key_id, keep_until)
+            _add_key(conn, ks.keyset_id, ks.site_id, now_s, activates, rng)
+            created += 1
+        expired = [k.key_id for k in OperatorStore.keys_in(conn) if k.expires_s <= now_s]
+        pruned = OperatorStore.delete_keys(conn, expired)
+    return RotationReport(created, pruned, activates)
+
+
+def rotate_salts(store: OperatorStore, fraction: float, now_ms: int, rng: Rng) -> int:
+    """Rotates `fraction` of the salt buckets, those due soonest first; returns how many."""
+    if not 0.0 < fraction <= 1.0:
+        raise AdminError("fraction must be within (0, 1]")
+    salts = SaltSet.from_blobs(store.load_salt_blobs())
+    rotated = salts.rotate(fraction, rng, now_ms)
+    count = min(len(salts), round(fraction * len(salts)))
+    with store.transaction() as conn:
+        OperatorStore.write_salt_blobs(conn, rotated.to_blobs())
+    return count
+
+
+def default_rng(n: int) -> bytes:
+    return secrets.token_bytes(n)

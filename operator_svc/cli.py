@@ -1,0 +1,275 @@
+"""`uid2-operator`: create the store, administer sites, clients, delegations, keys and salts, and
+serve gRPC. Every mistake prints one line on stderr and exits 2, with nothing half-written
+(each command is one transaction)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from operator_svc import admin
+from operator_svc.config import DAY_S, HOUR_S, ConfigError, OperatorConfig
+from operator_svc.store import OperatorStore, StoreError
+
+PROG = "uid2-operator"
+ENV = "UID2_OPERATOR_"
+
+
+class CliError(Exception):
+    pass
+
+
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(ENV + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise CliError(f"environment variable {ENV + name} is not valid") from None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get(ENV + "DATA_DIR"),
+        help="directory holding the operator store (env UID2_OPERATOR_DATA_DIR)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The UID2 Operator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create the store (salts, keysets, keys) if absent")
+    _data_dir(p)
+    p.add_argument("--identity-scope", choices=("UID2", "EUID"), default=None)
+
+    site = sub.add_parser("site", help="manage sites").add_subparsers(dest="action", required=True)
+    p = site.add_parser("add", help="add or update a site and its default keyset")
+    _data_dir(p)
+    p.add_argument("--site-id", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--domain", action="append", default=[], help="repeatable")
+    p.add_argument("--app-name", action="append", default=[], help="repeatable")
+
+    client = sub.add_parser("client", help="manage API clients").add_subparsers(
+        dest="action", required=True
+    )
+    p = client.add_parser("add", help="create an API client; prints its key once")
+    _data_dir(p)
+    p.add_argument("--site-id", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--roles", required=True, help="comma-separated: " + ",".join(admin.ROLES))
+    p = client.add_parser("list", help="list clients (never their keys)")
+    _data_dir(p)
+    for action in ("disable", "enable"):
+        p = client.add_parser(action, help=f"{action} clients by name or key id")
+        _data_dir(p)
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--name")
+        g.add_argument("--key-id")
+
+    deleg = sub.add_parser("delegation", help="on-behalf-of grants").add_subparsers(
+        dest="action", required=True
+    )
+    for action in ("grant", "revoke"):
+        p = deleg.add_parser(action, help=f"{action} generation on behalf of a site")
+        _data_dir(p)
+        p.add_argument("--site-id", type=int, required=True)
+        p.add_argument("--client-name", required=True)
+
+    keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = keys.add_parser("rotate", help="add keys that activate later; prune expired ones")
+    _data_dir(p)
+    p.add_argument(
+        "--activation-delay", type=int, default=admin.DEFAULT_ACTIVATION_DELAY_S, metavar="SECONDS"
+    )
+    p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
+
+    salts = sub.add_parser("salts", help="salt buckets").add_subparsers(
+        dest="action", required=True
+    )
+    p = salts.add_parser("rotate", help="rotate a fraction of the buckets, oldest first")
+    _data_dir(p)
+    p.add_argument("--fraction", type=float, required=True)
+
+    p = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
+    _data_dir(p)
+    p.add_argument("--listen", default=None, help="HOST:PORT (env UID2_OPERATOR_LISTEN)")
+    p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--refresh-from", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--max-bidstream-lifetime", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--sync-interval", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--http-listen", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default=os.environ.get(ENV + "LOG_LEVEL", "INFO"))
+    return parser
+
+
+def _require_dir(args: argparse.Namespace) -> Path:
+    if not args.data_dir:
+        raise CliError("--data-dir is required (or set UID2_OPERATOR_DATA_DIR)")
+    return Path(args.data_dir)
+
+
+def _open(args: argparse.Namespace) -> OperatorStore:
+    directory = _require_dir(args)
+    if not directory.is_dir():
+        raise CliError(f"data dir {directory} does not exist; run `{PROG} init` first")
+    return OperatorStore.open(directory)
+
+
+def serve_config(args: argparse.Namespace) -> OperatorConfig:
+    def pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any]) -> Any:
+        return flag if flag is not None else _env(env, default, cast)
+
+    return OperatorConfig(
+        data_dir=_require_dir(args),
+        listen=pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
+        token_lifetime_s=pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
+        refresh_lifetime_s=pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
+        refresh_from_s=pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
+        max_bidstream_lifetime_s=pick(
+            args.max_bidstream_lifetime, "MAX_BIDSTREAM_LIFETIME_S", 0, int
+        ),
+        allow_clock_skew_s=pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
+        sync_interval_s=pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
+        http_listen=pick(args.http_listen, "HTTP_LISTEN", None, str),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from operator_svc.server import create_server
+    from svc_common.grpc_server import wait_for_signal
+    from svc_common.logging import configure_logging
+
+    config = serve_config(args)
+    directory = config.data_dir
+    if not (directory / "operator.sqlite3").is_file():
+        raise CliError(f"no operator store in {directory}; run `{PROG} init` first")
+    configure_logging(args.log_level, service="operator")
+    import structlog
+
+    log = structlog.get_logger("operator")
+    started = time.perf_counter()
+    served, port = create_server(config)
+    log.info("serving", port=port, startup_ms=round((time.perf_counter() - started) * 1000))
+    wait_for_signal()
+    served.stop()
+    log.info("stopped")
+    return 0
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    rng = admin.default_rng
+    cmd = args.command
+    if cmd == "serve":
+        return _serve(args)
+    if cmd == "init":
+        directory = _require_dir(args)
+        scope = args.identity_scope or _env("IDENTITY_SCOPE", "UID2")
+        if scope not in ("UID2", "EUID"):
+            raise CliError("identity scope must be UID2 or EUID")
+        if directory.exists() and not directory.is_dir():
+            raise CliError(f"{directory} is not a directory")
+        store = OperatorStore.create(directory)
+        try:
+            created = admin.initialise(store, _now_ms(), rng, scope)
+        finally:
+            store.close()
+        _print({"initialised": created, "data_dir": str(directory)})
+        return 0
+    store = _open(args)
+    try:
+        if cmd == "site":
+            site = admin.add_site(
+                store, args.site_id, args.name, args.domain, args.app_name, _now_ms(), rng
+            )
+            _print(
+                {
+                    "site_id": site.site_id,
+                    "name": site.name,
+                    "domains": list(site.domains),
+                    "app_names": list(site.app_names),
+                }
+            )
+        elif cmd == "client" and args.action == "add":
+            new = admin.add_client(
+                store,
+                site_id=args.site_id,
+                name=args.name,
+                roles=[args.roles],
+                now_ms=_now_ms(),
+                rng=rng,
+            )
+            _print(new.as_json())
+        elif cmd == "client" and args.action == "list":
+            for c in admin.list_clients(store):
+                _print(c)
+        elif cmd == "client":
+            n = admin.set_client_disabled(
+                store, name=args.name, key_id=args.key_id, disabled=args.action == "disable"
+            )
+            _print({args.action + "d": n})
+        elif cmd == "delegation" and args.action == "grant":
+            admin.grant_delegation(store, args.site_id, args.client_name, _now_ms())
+            _print({"granted": True, "site_id": args.site_id})
+        elif cmd == "delegation":
+            admin.revoke_delegation(store, args.site_id, args.client_name)
+            _print({"revoked": True, "site_id": args.site_id})
+        elif cmd == "keys":
+            token_s = args.token_lifetime or _env("TOKEN_LIFETIME_S", 3 * DAY_S, int)
+            refresh_s = args.refresh_lifetime or _env("REFRESH_LIFETIME_S", 30 * DAY_S, int)
+            report = admin.rotate_keys(
+                store,
+                now_ms=_now_ms(),
+                rng=rng,
+                activation_delay_s=args.activation_delay,
+                token_lifetime_s=token_s,
+                refresh_lifetime_s=refresh_s,
+            )
+            _print(report.as_json())
+        elif cmd == "salts":
+            n = admin.rotate_salts(store, args.fraction, _now_ms(), rng)
+            _print({"rotated": n})
+        else:  # pragma: no cover - argparse rejects anything else
+            raise CliError(f"unknown command {cmd}")
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (CliError, ConfigError, admin.AdminError, StoreError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc.strerror or type(exc).__name__}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

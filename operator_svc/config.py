@@ -1,0 +1,73 @@
+"""The operator's settings: one frozen dataclass, built once at the edge (cli.py) from flags and
+`UID2_OPERATOR_*` environment variables, validated before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DAY_S = 86_400
+HOUR_S = 3_600
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message is one line fit for stderr."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything `create_server` needs.
+
+    Lifetimes are in seconds; the production defaults are those of the official operator
+    (token 3 days, refresh token 30 days, refresh_from 1 hour after issue)."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:0"
+    identity_scope: str = "UID2"
+    token_lifetime_s: int = 3 * DAY_S
+    refresh_lifetime_s: int = 30 * DAY_S
+    refresh_from_s: int = HOUR_S
+    # 0 means "the advertising token lifetime" (what decryptors accept for bid-stream tokens).
+    max_bidstream_lifetime_s: int = 0
+    max_sharing_lifetime_s: int = 30 * DAY_S
+    allow_clock_skew_s: int = 1800
+    # How often other processes' writes to the same data dir are looked for.
+    sync_interval_s: float = 0.1
+    # Reserved for the HTTP front door (official UID2 HTTP API); None = not served.
+    http_listen: str | None = None
+    max_workers: int = 32
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def bidstream_lifetime_s(self) -> int:
+        return self.max_bidstream_lifetime_s or self.token_lifetime_s
+
+    def validate(self) -> None:
+        if self.identity_scope not in ("UID2", "EUID"):
+            raise ConfigError("identity scope must be UID2 or EUID")
+        for name in ("token_lifetime_s", "refresh_lifetime_s", "refresh_from_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.removesuffix('_s').replace('_', ' ')} must be positive")
+        if not self.refresh_from_s <= self.token_lifetime_s <= self.refresh_lifetime_s:
+            raise ConfigError(
+                "lifetimes must satisfy refresh_from <= token lifetime <= refresh lifetime"
+            )
+        if self.max_bidstream_lifetime_s and self.max_bidstream_lifetime_s < self.token_lifetime_s:
+            raise ConfigError("max bidstream lifetime must be at least the token lifetime")
+        if self.max_sharing_lifetime_s <= 0 or self.allow_clock_skew_s < 0:
+            raise ConfigError("sharing lifetime must be positive and clock skew not negative")
+        if not 0.01 <= self.sync_interval_s <= 60:
+            raise ConfigError("sync interval must be within 0.01 and 60 seconds")
+        if self.max_workers < 1:
+            raise ConfigError("max workers must be positive")
+        _check_listen(self.listen)
+        if self.http_listen is not None:
+            _check_listen(self.http_listen)
+
+
+def _check_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")

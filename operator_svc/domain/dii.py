@@ -1,0 +1,36 @@
+"""DII as the domain sees it: `(kind, value)` with kind one of email, email_hash, phone,
+phone_hash, turned into (identity type, first-level hash)."""
+
+from __future__ import annotations
+
+from svc_common.errors import invalid_argument
+from uid2_crypto.errors import InvalidIdentifierError
+from uid2_crypto.identity import IdentityType, identity_hash
+from uid2_crypto.salts import first_level_hash
+
+KINDS = ("email", "email_hash", "phone", "phone_hash")
+# Longer input is never a valid email, phone or hash; refuse before hashing it.
+MAX_DII_CHARS = 1024
+
+
+def hash_dii(kind: str, value: str) -> tuple[IdentityType, bytes]:
+    """(identity type, identity hash) or ServiceError INVALID_ARGUMENT with the reason
+    MISSING_DII or INVALID_EMAIL / INVALID_PHONE / INVALID_EMAIL_HASH / INVALID_PHONE_HASH."""
+    if kind not in KINDS:
+        raise invalid_argument("MISSING_DII", "exactly one of email, email_hash, phone, phone_hash")
+    try:
+        if len(value) > MAX_DII_CHARS:
+            raise InvalidIdentifierError(
+                {"email": "INVALID_EMAIL", "phone": "INVALID_PHONE"}.get(
+                    kind, "INVALID_" + kind.upper()
+                )
+            )
+        return identity_hash(kind, value)
+    except InvalidIdentifierError as exc:
+        raise invalid_argument(exc.reason, str(exc)) from None
+
+
+def dii_flh(kind: str, value: str, first_level_salt: str) -> tuple[IdentityType, bytes]:
+    """(identity type, first-level hash) of a DII; raises like `hash_dii`."""
+    identity_type, ih = hash_dii(kind, value)
+    return identity_type, first_level_hash(ih, first_level_salt)

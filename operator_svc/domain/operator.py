@@ -1,0 +1,77 @@
+"""The operator's domain, assembled: one object both front doors (gRPC now, the official HTTP API
+later) call. Build it with `Operator.open(config)` (loads all state into memory), then
+`start_sync()`; `close()` ends streams, the sync thread and the store.
+
+- `operator.auth.authenticate(api_key) -> Client`; `require_role(client, *roles)`
+- `operator.tokens.generate / refresh / validate`        (tokens.py)
+- `operator.mapper.map_identity`                          (mapping.py)
+- `operator.optouts.opt_out / opt_out_status / watch`     (optout.py)
+- `operator.keys.bidstream_keys / sharing_keys`           (keys_service.py)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from operator_svc.config import OperatorConfig
+from operator_svc.domain.auth import Authenticator
+from operator_svc.domain.keys_service import KeyService
+from operator_svc.domain.mapping import IdentityMapper
+from operator_svc.domain.optout import OptOutService
+from operator_svc.domain.state import OperatorState, StateLoader, Syncer
+from operator_svc.domain.tokens import TokenService
+from operator_svc.store import OperatorStore
+from svc_common.clock import Clock, SystemClock
+
+
+class Operator:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        store: OperatorStore,
+        *,
+        clock: Clock | None = None,
+        rng: Callable[[int], bytes] | None = None,
+    ) -> None:
+        import os
+
+        self.config = config
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.rng: Callable[[int], bytes] = rng or os.urandom
+        self._loader = StateLoader(store.reader())
+        self.state: OperatorState = self._loader.load()
+        self.auth = Authenticator(self.state)
+        self.tokens = TokenService(self.state, config, self.clock, self.rng)
+        self.mapper = IdentityMapper(self.state, self.clock)
+        self.optouts = OptOutService(self.state, store, self.clock)
+        self.keys = KeyService(self.state, config, self.clock)
+        self._syncer: Syncer | None = None
+
+    @classmethod
+    def open(
+        cls,
+        config: OperatorConfig,
+        *,
+        clock: Clock | None = None,
+        rng: Callable[[int], bytes] | None = None,
+    ) -> Operator:
+        return cls(config, OperatorStore.open(config.data_dir), clock=clock, rng=rng)
+
+    def sync_now(self) -> list[str]:
+        """Picks up other processes' writes at once (the sync thread does it periodically)."""
+        return self._loader.sync(self.state)
+
+    def start_sync(self) -> None:
+        if self._syncer is None:
+            self._syncer = Syncer(self._loader, self.state, self.config.sync_interval_s).start()
+
+    def close_streams(self) -> None:
+        """Ends every WatchOptOuts stream (first step of a graceful stop)."""
+        self.state.optouts.close()
+
+    def close(self) -> None:
+        self.close_streams()
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
+        self.store.close()

@@ -1,0 +1,92 @@
+"""Opt-outs: record, query, stream (reference §3, §7).
+
+Entry points on `OptOutService(state, store, clock)`:
+- `opt_out(client, kind, value) -> int` (OPTOUT role): durable (synced SQLite commit) before
+  it returns, then visible at once to this process's generate, refresh and map; other
+  processes on the same data dir see it within their sync interval. Returns the first opt-out
+  time (epoch ms) of that user.
+- `opt_out_status(client, raw_uids) -> list[(raw_uid, opted_out_at)]` (MAPPER, OPTOUT or
+  ID_READER; at most 5,000 raw UID2s in 44-character standard base64).
+- `watch(client, since_ms, is_active) -> Iterator[(raw_uid, opted_out_at)]` (ID_READER): the
+  backlog at or after `since_ms`, then new opt-outs as they are recorded, until `is_active()`
+  turns false or the service closes.
+
+Opt-outs are keyed by first-level hash, so they survive salt rotation; raw UID2s are those
+under the current salts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterator, Sequence
+
+from operator_svc.domain.auth import require_role
+from operator_svc.domain.dii import dii_flh
+from operator_svc.domain.mapping import check_batch_size
+from operator_svc.domain.state import Client, OperatorState
+from operator_svc.store import OperatorStore, OptOutRow
+from svc_common.clock import Clock
+from svc_common.errors import invalid_argument
+from uid2_crypto.salts import bucket_index, raw_uid2
+
+WATCH_POLL_S = 0.5
+
+
+def _decode_raw_uid(raw_uid: str) -> bytes:
+    if len(raw_uid) == 44:
+        try:
+            raw = binascii.a2b_base64(raw_uid, strict_mode=True)
+        except (ValueError, UnicodeEncodeError):
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    raise invalid_argument("INVALID_RAW_UID", "raw UID2s are 44-character standard base64")
+
+
+class OptOutService:
+    def __init__(self, state: OperatorState, store: OperatorStore, clock: Clock) -> None:
+        self._state = state
+        self._store = store
+        self._clock = clock
+
+    def opt_out(self, client: Client, kind: str, value: str) -> int:
+        require_role(client, "OPTOUT")
+        _, flh = dii_flh(kind, value, self._state.first_level_salt)
+        seq, opted_out_at = self._store.add_optout(flh, self._clock.now_ms())
+        self._state.optouts.add([OptOutRow(seq, flh, opted_out_at)], self._state.salts)
+        return opted_out_at
+
+    def opt_out_status(self, client: Client, raw_uids: Sequence[str]) -> list[tuple[str, int]]:
+        require_role(client, "MAPPER", "OPTOUT", "ID_READER")
+        check_batch_size(len(raw_uids))
+        index = self._state.optouts
+        out: list[tuple[str, int]] = []
+        for raw_uid in raw_uids:
+            ts = index.raw_opted_out_at(_decode_raw_uid(raw_uid))
+            if ts is not None:
+                out.append((raw_uid, ts))
+        return out
+
+    def watch(
+        self, client: Client, since_ms: int, is_active: Callable[[], bool]
+    ) -> Iterator[tuple[str, int]]:
+        require_role(client, "ID_READER")
+        if since_ms < 0:
+            raise invalid_argument("INVALID_SINCE", "since must not be negative")
+        return self._watch(since_ms, is_active)
+
+    def _watch(self, since_ms: int, is_active: Callable[[], bool]) -> Iterator[tuple[str, int]]:
+        index = self._state.optouts
+        position = 0
+        while True:
+            events, position = index.events_from(position)
+            salts = self._state.salts
+            for ts, flh in events:
+                if ts >= since_ms:
+                    raw = raw_uid2(flh, salts.salt(bucket_index(flh)))
+                    yield base64.b64encode(raw).decode("ascii"), ts
+            while not index.wait_beyond(position, WATCH_POLL_S):
+                if not is_active() or index.closed:
+                    return
+            if not is_active() or index.closed:
+                return

@@ -1,0 +1,330 @@
+"""The operator's in-memory state: immutable snapshots of clients, sites, delegations, keys and
+salts, swapped atomically as whole objects, and an append-only opt-out index.
+
+Requests read only this state; nothing on the request path touches the disk except writes.
+`StateLoader.load()` fills it at start; `StateLoader.sync()` (called by a background thread
+every `sync_interval_s`) picks up other processes' commits: it is gated by SQLite's cheap
+`PRAGMA data_version`, then per-table change counters; opt-outs are read incrementally by
+sequence number; salts are reloaded only when their counter moves."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import structlog
+
+from operator_svc.store import ClientRow, OperatorStore, OptOutRow
+from uid2_crypto.identity import IdentityScope, identity_hash
+from uid2_crypto.keys import Key, KeyRing, Keyset
+from uid2_crypto.salts import SaltSet, bucket_index, first_level_hash, raw_uid2
+
+_log = structlog.get_logger("state")
+
+
+@dataclass(frozen=True)
+class Client:
+    """An authenticated API caller."""
+
+    client_id: int
+    key_id: str
+    name: str
+    site_id: int
+    roles: frozenset[str]
+    key_salt: bytes = field(repr=False)
+    key_hash: bytes = field(repr=False)
+    # The HTTP API's shared secret (base64 of 32 bytes); never logged.
+    secret: str = field(repr=False)
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: int
+    name: str
+    domains: tuple[str, ...]
+    app_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    keyring: KeyRing
+    keysets: Mapping[int, Keyset]
+    # site id -> its default keyset id
+    default_keyset: Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class TestIdentities:
+    """First-level hashes of the reference §7 test identities (email and phone forms)."""
+
+    never_optout: frozenset[bytes]
+    always_optout: frozenset[bytes]
+    refresh_optout: frozenset[bytes]
+
+    @classmethod
+    def for_salt(cls, first_level_salt: str) -> TestIdentities:
+        def flh(kind: str, value: str) -> bytes:
+            return first_level_hash(identity_hash(kind, value)[1], first_level_salt)
+
+        return cls(
+            never_optout=frozenset(
+                {flh("email", "validate@example.com"), flh("phone", "+12345678901")}
+            ),
+            always_optout=frozenset(
+                {flh("email", "optout@example.com"), flh("phone", "+00000000000")}
+            ),
+            refresh_optout=frozenset(
+                {flh("email", "refresh-optout@example.com"), flh("phone", "+00000000002")}
+            ),
+        )
+
+
+class OptOutIndex:
+    """Opt-outs by first-level hash, plus their raw UID2s under the current salts (for
+    GetOptOutStatus and WatchOptOuts). Reads are lock-free dict lookups; writers and waiters
+    use `cond`."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._by_flh: dict[bytes, int] = {}
+        self._by_raw: dict[bytes, int] = {}
+        # (opted_out_at ms, first-level hash) in the order they were recorded.
+        self._events: list[tuple[int, bytes]] = []
+        self.seq = 0
+        self.closed = False
+
+    def opted_out_at(self, flh: bytes) -> int | None:
+        return self._by_flh.get(flh)
+
+    def raw_opted_out_at(self, raw_uid: bytes) -> int | None:
+        return self._by_raw.get(raw_uid)
+
+    def __len__(self) -> int:
+        return len(self._by_flh)
+
+    def add(self, rows: list[OptOutRow], salts: SaltSet) -> int:
+        """Adds rows (idempotent by first-level hash); returns how many were new."""
+        new = 0
+        with self.cond:
+            for row in rows:
+                if row.seq > self.seq:
+                    self.seq = row.seq
+                if row.flh in self._by_flh:
+                    continue
+                self._by_flh[row.flh] = row.opted_out_at_ms
+                raw = raw_uid2(row.flh, salts.salt(bucket_index(row.flh)))
+                self._by_raw[raw] = row.opted_out_at_ms
+                self._events.append((row.opted_out_at_ms, row.flh))
+                new += 1
+            if new:
+                self.cond.notify_all()
+        return new
+
+    def rebuild_raw(self, salts: SaltSet) -> None:
+        """Recomputes the raw UID2 index after the salts changed."""
+        with self.cond:
+            self._by_raw = {
+                raw_uid2(flh, salts.salt(bucket_index(flh))): ts for flh, ts in self._by_flh.items()
+            }
+
+    def events_from(self, position: int) -> tuple[list[tuple[int, bytes]], int]:
+        """The events recorded at or after list position `position`, and the next position."""
+        with self.cond:
+            end = len(self._events)
+            return self._events[position:end], end
+
+    def wait_beyond(self, position: int, timeout_s: float) -> bool:
+        """Blocks until an event beyond `position` exists, the index closes, or the timeout."""
+        with self.cond:
+            if len(self._events) > position or self.closed:
+                return True
+            self.cond.wait(timeout_s)
+            return len(self._events) > position
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+class OperatorState:
+    """What the domain services read. Attributes are replaced whole (atomic under the GIL)."""
+
+    def __init__(
+        self,
+        *,
+        first_level_salt: str,
+        identity_scope: IdentityScope,
+        salts: SaltSet,
+        keys: KeySnapshot,
+        clients: Mapping[str, Client],
+        sites: Mapping[int, Site],
+        delegations: frozenset[tuple[int, str]],
+    ) -> None:
+        self.first_level_salt = first_level_salt
+        self.identity_scope = identity_scope
+        self.salts = salts
+        self.keys = keys
+        self.clients = clients
+        self.sites = sites
+        self.delegations = delegations
+        self.optouts = OptOutIndex()
+        self.test_identities = TestIdentities.for_salt(first_level_salt)
+        # Called (no arguments) after keys change, e.g. to drop caches built from them.
+        self.listeners: list[Callable[[], None]] = []
+
+
+def _client(row: ClientRow) -> Client:
+    return Client(
+        client_id=row.client_id,
+        key_id=row.key_id,
+        name=row.name,
+        site_id=row.site_id,
+        roles=frozenset(row.roles),
+        key_salt=row.key_salt,
+        key_hash=row.key_hash,
+        secret=row.secret,
+        disabled=row.disabled,
+    )
+
+
+class StateLoader:
+    """Builds `OperatorState` from the store and keeps it in step with it."""
+
+    def __init__(self, store: OperatorStore) -> None:
+        self._store = store
+        self._versions: dict[str, int] = {}
+        self._data_version = -1
+        self._lock = threading.Lock()
+
+    def load(self) -> OperatorState:
+        store = self._store
+        salt_meta = store.meta("first_level_salt")
+        scope_meta = store.meta("identity_scope")
+        if salt_meta is None:
+            raise RuntimeError("store not initialised")
+        self._versions = store.versions()
+        self._data_version = store.data_version()
+        salts = SaltSet.from_blobs(store.load_salt_blobs())
+        state = OperatorState(
+            first_level_salt=salt_meta.decode(),
+            identity_scope=IdentityScope[(scope_meta or b"UID2").decode()],
+            salts=salts,
+            keys=self._keys(),
+            clients=self._clients(),
+            sites=self._sites(),
+            delegations=frozenset(store.delegations()),
+        )
+        state.optouts.add(store.optouts_after(0), salts)
+        return state
+
+    def _keys(self) -> KeySnapshot:
+        keysets = {
+            r.keyset_id: Keyset(
+                r.keyset_id,
+                r.site_id,
+                r.name,
+                None if r.allowed_sites is None else frozenset(r.allowed_sites),
+                r.enabled,
+                r.is_default,
+            )
+            for r in self._store.keysets()
+        }
+        keys = [
+            Key(r.key_id, r.keyset_id, r.site_id, r.created_s, r.activates_s, r.expires_s, r.secret)
+            for r in self._store.key_rows()
+        ]
+        defaults = {ks.site_id: ks.keyset_id for ks in keysets.values() if ks.is_default}
+        return KeySnapshot(KeyRing(keys), MappingProxyType(keysets), MappingProxyType(defaults))
+
+    def _clients(self) -> Mapping[str, Client]:
+        return MappingProxyType({r.key_id: _client(r) for r in self._store.clients()})
+
+    def _sites(self) -> Mapping[int, Site]:
+        return MappingProxyType(
+            {
+                s.site_id: Site(s.site_id, s.name, s.domains, s.app_names)
+                for s in self._store.sites()
+            }
+        )
+
+    def sync(self, state: OperatorState, force: bool = False) -> list[str]:
+        """Reloads what changed in the store; returns the names of what was reloaded."""
+        with self._lock:
+            store = self._store
+            dv = store.data_version()
+            if dv == self._data_version and not force:
+                return []
+            self._data_version = dv
+            changed: list[str] = []
+            versions = store.versions()
+            old = self._versions
+            self._versions = versions
+            if versions["salts"] != old.get("salts"):
+                salts = SaltSet.from_blobs(store.load_salt_blobs())
+                with state.optouts.cond:
+                    state.salts = salts
+                    state.optouts.rebuild_raw(salts)
+                changed.append("salts")
+            if versions["keys"] != old.get("keys"):
+                state.keys = self._keys()
+                for listener in state.listeners:
+                    listener()
+                changed.append("keys")
+            if versions["clients"] != old.get("clients"):
+                state.clients = self._clients()
+                changed.append("clients")
+            if versions["sites"] != old.get("sites"):
+                state.sites = self._sites()
+                changed.append("sites")
+            if versions["delegations"] != old.get("delegations"):
+                state.delegations = frozenset(store.delegations())
+                changed.append("delegations")
+            rows = store.optouts_after(state.optouts.seq)
+            if rows and state.optouts.add(rows, state.salts):
+                changed.append("optouts")
+            return changed
+
+
+class Syncer:
+    """A daemon thread that calls `StateLoader.sync` every `interval_s` until stopped."""
+
+    def __init__(self, loader: StateLoader, state: OperatorState, interval_s: float) -> None:
+        self._loader = loader
+        self._state = state
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="operator-sync", daemon=True)
+
+    def start(self) -> Syncer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                changed = self._loader.sync(self._state)
+            except Exception as exc:  # keep serving from the last good snapshot
+                _log.warning("sync_failed", error_type=type(exc).__name__)
+                continue
+            if changed:
+                _log.info("state_synced", changed=changed)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+__all__ = [
+    "Client",
+    "KeySnapshot",
+    "OperatorState",
+    "OptOutIndex",
+    "Site",
+    "StateLoader",
+    "Syncer",
+    "TestIdentities",
+]

@@ -1,0 +1,434 @@
+"""The SQLite implementation of the operator store.
+
+Layout: `meta` (first-level salt, identity scope, schema version and one change counter per
+table), `salt_blobs` (the SaltSet's flat buffers), `keysets`, `keys`, `sites`, `clients`,
+`delegations` and `optouts` (first-level hash -> first opt-out time; its rowid is the sequence
+other processes follow incrementally).
+
+One connection serialises this process's writes (a lock); each reader thread (the sync poller)
+opens its own connection with `reader()`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
+
+DB_FILE = "operator.sqlite3"
+SCHEMA_VERSION = 1
+
+# Change counters kept in `meta`, bumped in the same transaction as the change.
+TABLES = ("salts", "keys", "sites", "clients", "delegations")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS salt_blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keysets (
+    keyset_id INTEGER PRIMARY KEY, site_id INTEGER NOT NULL, name TEXT NOT NULL,
+    allowed_sites TEXT, enabled INTEGER NOT NULL, is_default INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id INTEGER PRIMARY KEY, keyset_id INTEGER NOT NULL, site_id INTEGER NOT NULL,
+    created INTEGER NOT NULL, activates INTEGER NOT NULL, expires INTEGER NOT NULL,
+    secret BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sites (
+    site_id INTEGER PRIMARY KEY, name TEXT NOT NULL, domains TEXT NOT NULL,
+    app_names TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id INTEGER PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    site_id INTEGER NOT NULL, roles TEXT NOT NULL, key_salt BLOB NOT NULL,
+    key_hash BLOB NOT NULL, secret TEXT NOT NULL, disabled INTEGER NOT NULL,
+    created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS delegations (
+    site_id INTEGER NOT NULL, client_name TEXT NOT NULL, created INTEGER NOT NULL,
+    PRIMARY KEY (site_id, client_name));
+CREATE TABLE IF NOT EXISTS optouts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, flh BLOB NOT NULL UNIQUE,
+    opted_out_at INTEGER NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked (absent, not initialised, conflicting row)."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class OperatorStore:
+    """Open with `OperatorStore.open(data_dir)` (must be initialised) or `.create(data_dir)`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = threading.Lock()
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: Path | str) -> OperatorStore:
+        path = Path(data_dir) / DB_FILE
+        if not path.is_file():
+            raise StoreError(f"no operator store in {data_dir}; run `uid2-operator init` first")
+        store = cls(_connect(path), path)
+        if store.meta_int("schema_version") != SCHEMA_VERSION:
+            store.close()
+            raise StoreError(f"the store in {data_dir} is not initialised or has another schema")
+        return store
+
+    @classmethod
+    def create(cls, data_dir: Path | str) -> OperatorStore:
+        """Opens the store, creating the file and tables if absent (not the initial data)."""
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / DB_FILE
+        conn = _connect(path)
+        conn.executescript(_SCHEMA)
+        return cls(conn, path)
+
+    def reader(self) -> OperatorStore:
+        """A second connection to the same file, for a background reader thread."""
+        return OperatorStore(_connect(self._path), self._path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, synced), serialised in-process."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- meta and change detection ---------------------------------------------------------
+
+    def data_version(self) -> int:
+        """SQLite's per-connection counter; it moves when another connection commits."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def meta(self, key: str) -> bytes | None:
+        with self._lock:
+            row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        value = row[0]
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    def meta_int(self, key: str) -> int:
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+            except sqlite3.OperationalError:
+                return 0
+        return int(row[0]) if row is not None else 0
+
+    def versions(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT k, v FROM meta WHERE k LIKE 'ver:%'").fetchall()
+        found = {str(k)[4:]: int(v) for k, v in rows}
+        return {t: found.get(t, 0) for t in TABLES}
+
+    @staticmethod
+    def bump(conn: sqlite3.Connection, table: str) -> None:
+        assert table in TABLES
+        conn.execute(
+            "INSERT INTO meta(k, v) VALUES (?, 1) ON CONFLICT(k) DO UPDATE SET v = v + 1",
+            (f"ver:{table}",),
+        )
+
+    @staticmethod
+    def set_meta(conn: sqlite3.Connection, key: str, value: bytes | int | str) -> None:
+        conn.execute(
+            "INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            (key, value),
+        )
+
+    def is_initialised(self) -> bool:
+        return self.meta_int("schema_version") == SCHEMA_VERSION
+
+    # -- salts -----------------------------------------------------------------------------
+
+    def load_salt_blobs(self) -> dict[str, bytes]:
+        with self._lock:
+            rows = self._conn.execute("SELECT name, data FROM salt_blobs").fetchall()
+        return {str(n): bytes(d) for n, d in rows}
+
+    @classmethod
+    def write_salt_blobs(cls, conn: sqlite3.Connection, blobs: Mapping[str, bytes]) -> None:
+        conn.execute("DELETE FROM salt_blobs")
+        conn.executemany("INSERT INTO salt_blobs(name, data) VALUES (?, ?)", list(blobs.items()))
+        cls.bump(conn, "salts")
+
+    # -- sites -----------------------------------------------------------------------------
+
+    def sites(self) -> list[SiteRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT site_id, name, domains, app_names FROM sites ORDER BY site_id"
+            ).fetchall()
+        return [
+            SiteRow(int(s), str(n), tuple(json.loads(d)), tuple(json.loads(a)))
+            for s, n, d, a in rows
+        ]
+
+    @classmethod
+    def upsert_site(cls, conn: sqlite3.Connection, site: SiteRow) -> None:
+        conn.execute(
+            "INSERT INTO sites(site_id, name, domains, app_names) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(site_id) DO UPDATE SET name = excluded.name, "
+            "domains = excluded.domains, app_names = excluded.app_names",
+            (
+                site.site_id,
+                site.name,
+                json.dumps(list(site.domains)),
+                json.dumps(list(site.app_names)),
+            ),
+        )
+        cls.bump(conn, "sites")
+
+    @staticmethod
+    def site_exists(conn: sqlite3.Connection, site_id: int) -> bool:
+        row = conn.execute("SELECT 1 FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+        return row is not None
+
+    # -- keysets and keys ------------------------------------------------------------------
+
+    def keysets(self) -> list[KeysetRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT keyset_id, site_id, name, allowed_sites, enabled, is_default "
+                "FROM keysets ORDER BY keyset_id"
+            ).fetchall()
+        return [_keyset_row(r) for r in rows]
+
+    def key_rows(self) -> list[KeyRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key_id, keyset_id, site_id, created, activates, expires, secret "
+                "FROM keys ORDER BY activates, key_id"
+            ).fetchall()
+        return [_key_row(r) for r in rows]
+
+    @classmethod
+    def insert_keyset(cls, conn: sqlite3.Connection, ks: KeysetRow) -> None:
+        allowed = None if ks.allowed_sites is None else json.dumps(list(ks.allowed_sites))
+        conn.execute(
+            "INSERT INTO keysets(keyset_id, site_id, name, allowed_sites, enabled, is_default) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ks.keyset_id, ks.site_id, ks.name, allowed, int(ks.enabled), int(ks.is_default)),
+        )
+        cls.bump(conn, "keys")
+
+    @staticmethod
+    def next_keyset_id(conn: sqlite3.Connection, minimum: int) -> int:
+        row = conn.execute("SELECT MAX(keyset_id) FROM keysets").fetchone()
+        return max(minimum, int(row[0] or 0) + 1)
+
+    @staticmethod
+    def default_keyset_of(conn: sqlite3.Connection, site_id: int) -> int | None:
+        row = conn.execute(
+            "SELECT keyset_id FROM keysets WHERE site_id = ? AND is_default = 1", (site_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    @staticmethod
+    def keysets_in(conn: sqlite3.Connection) -> list[KeysetRow]:
+        rows = conn.execute(
+            "SELECT keyset_id, site_id, name, allowed_sites, enabled, is_default FROM keysets"
+        ).fetchall()
+        return [_keyset_row(r) for r in rows]
+
+    @staticmethod
+    def keys_in(conn: sqlite3.Connection) -> list[KeyRow]:
+        rows = conn.execute(
+            "SELECT key_id, keyset_id, site_id, created, activates, expires, secret FROM keys"
+        ).fetchall()
+        return [_key_row(r) for r in rows]
+
+    @classmethod
+    def insert_key(
+        cls,
+        conn: sqlite3.Connection,
+        *,
+        keyset_id: int,
+        site_id: int,
+        created_s: int,
+        activates_s: int,
+        expires_s: int,
+        secret: bytes,
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO keys(keyset_id, site_id, created, activates, expires, secret) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (keyset_id, site_id, created_s, activates_s, expires_s, secret),
+        )
+        cls.bump(conn, "keys")
+        return int(cur.lastrowid or 0)
+
+    @classmethod
+    def set_key_expiry(cls, conn: sqlite3.Connection, key_id: int, expires_s: int) -> None:
+        conn.execute("UPDATE keys SET expires = ? WHERE key_id = ?", (expires_s, key_id))
+        cls.bump(conn, "keys")
+
+    @classmethod
+    def delete_keys(cls, conn: sqlite3.Connection, key_ids: Iterable[int]) -> int:
+        ids = [(k,) for k in key_ids]
+        if not ids:
+            return 0
+        conn.executemany("DELETE FROM keys WHERE key_id = ?", ids)
+        cls.bump(conn, "keys")
+        return len(ids)
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def clients(self) -> list[ClientRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT client_id, key_id, name, site_id, roles, key_salt, key_hash, secret, "
+                "disabled, created FROM clients ORDER BY client_id"
+            ).fetchall()
+        return [
+            ClientRow(
+                client_id=int(r[0]),
+                key_id=str(r[1]),
+                name=str(r[2]),
+                site_id=int(r[3]),
+                roles=tuple(x for x in str(r[4]).split(",") if x),
+                key_salt=bytes(r[5]),
+                key_hash=bytes(r[6]),
+                secret=str(r[7]),
+                disabled=bool(r[8]),
+                created_ms=int(r[9]),
+            )
+            for r in rows
+        ]
+
+    @classmethod
+    def insert_client(cls, conn: sqlite3.Connection, c: ClientRow) -> int:
+        cur = conn.execute(
+            "INSERT INTO clients(key_id, name, site_id, roles, key_salt, key_hash, secret, "
+            "disabled, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                c.key_id,
+                c.name,
+                c.site_id,
+                ",".join(c.roles),
+                c.key_salt,
+                c.key_hash,
+                c.secret,
+                int(c.disabled),
+                c.created_ms,
+            ),
+        )
+        cls.bump(conn, "clients")
+        return int(cur.lastrowid or 0)
+
+    @classmethod
+    def set_clients_disabled(
+        cls, conn: sqlite3.Connection, *, name: str | None, key_id: str | None, disabled: bool
+    ) -> int:
+        if key_id is not None:
+            cur = conn.execute(
+                "UPDATE clients SET disabled = ? WHERE key_id = ?", (int(disabled), key_id)
+            )
+        else:
+            cur = conn.execute(
+                "UPDATE clients SET disabled = ? WHERE name = ?", (int(disabled), name)
+            )
+        cls.bump(conn, "clients")
+        return int(cur.rowcount)
+
+    @staticmethod
+    def client_name_exists(conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM clients WHERE name = ?", (name,)).fetchone() is not None
+
+    # -- delegations -----------------------------------------------------------------------
+
+    def delegations(self) -> list[tuple[int, str]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT site_id, client_name FROM delegations").fetchall()
+        return [(int(s), str(n)) for s, n in rows]
+
+    @classmethod
+    def grant(cls, conn: sqlite3.Connection, site_id: int, client_name: str, now_ms: int) -> None:
+        conn.execute(
+            "INSERT INTO delegations(site_id, client_name, created) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (site_id, client_name, now_ms),
+        )
+        cls.bump(conn, "delegations")
+
+    @classmethod
+    def revoke(cls, conn: sqlite3.Connection, site_id: int, client_name: str) -> int:
+        cur = conn.execute(
+            "DELETE FROM delegations WHERE site_id = ? AND client_name = ?", (site_id, client_name)
+        )
+        cls.bump(conn, "delegations")
+        return int(cur.rowcount)
+
+    # -- opt-outs --------------------------------------------------------------------------
+
+    def add_optout(self, flh: bytes, now_ms: int) -> tuple[int, int]:
+        """Records an opt-out durably; returns (its sequence number, the first opt-out time)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO optouts(flh, opted_out_at) VALUES (?, ?) ON CONFLICT(flh) DO NOTHING",
+                (flh, now_ms),
+            )
+            row = conn.execute(
+                "SELECT seq, opted_out_at FROM optouts WHERE flh = ?", (flh,)
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def optouts_after(self, seq: int) -> list[OptOutRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, flh, opted_out_at FROM optouts WHERE seq > ? ORDER BY seq", (seq,)
+            ).fetchall()
+        return [OptOutRow(int(s), bytes(f), int(t)) for s, f, t in rows]
+
+
+def _keyset_row(r: tuple[object, ...]) -> KeysetRow:
+    allowed = None if r[3] is None else tuple(int(x) for x in json.loads(str(r[3])))
+    return KeysetRow(
+        keyset_id=int(str(r[0])),
+        site_id=int(str(r[1])),
+        name=str(r[2]),
+        allowed_sites=allowed,
+        enabled=bool(r[4]),
+        is_default=bool(r[5]),
+    )
+
+
+def _key_row(r: tuple[object, ...]) -> KeyRow:
+    secret = r[6]
+    assert isinstance(secret, bytes)
+    return KeyRow(
+        key_id=int(str(r[0])),
+        keyset_id=int(str(r[1])),
+        site_id=int(str(r[2])),
+        created_s=int(str(r[3])),
+        activates_s=int(str(r[4])),
+        expires_s=int(str(r[5])),
+        secret=secret,
+    )
