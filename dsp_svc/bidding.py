@@ -1,0 +1,95 @@
+"""The sample DSP's bidding logic: decrypts the UID2 token in user.eids with its own keys (the
+shared decryptor), bids higher for identified users, never bids on an opted-out user, and can
+be told to misbehave for tests (slow, failing, garbage)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+from dsp_svc.config import Mode
+from ssp_svc.bid_request import uid2_token
+from ssp_svc.decryptor.checker import TokenChecker, Verdict
+from svc_common.errors import unavailable
+from uid2.ssp.v1 import openrtb_pb2
+
+NBR_UNKNOWN = 0
+NBR_INVALID_REQUEST = 2
+NBR_UNMATCHED_USER = 8
+
+
+class Bidder:
+    def __init__(
+        self,
+        name: str,
+        *,
+        checker: TokenChecker | None,
+        base_price: float,
+        identified_bonus: float,
+        mode: Mode = Mode.NORMAL,
+        delay_ms: int = 0,
+        fail_rate: float = 0.0,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = name
+        self._checker = checker
+        self._base = base_price
+        self._bonus = identified_bonus
+        self._mode = mode
+        self._delay_s = delay_ms / 1000
+        self._fail_rate = fail_rate
+        self._rng = rng
+        self._sleep = sleep
+        self.verdicts: dict[str, int] = {}
+
+    def verdict(self, request: openrtb_pb2.BidRequest) -> Verdict | None:
+        """The token's verdict; None without a token or without keys to check it."""
+        token = uid2_token(request)
+        if token is None or self._checker is None:
+            return None
+        channel = request.app.bundle if request.HasField("app") else request.site.domain
+        return self._checker.check(token, channel or None)
+
+    def bid(self, request: openrtb_pb2.BidRequest) -> openrtb_pb2.BidResponse:
+        if self._delay_s:
+            self._sleep(self._delay_s)
+        if self._mode is Mode.FAIL or (self._fail_rate and self._rng() < self._fail_rate):
+            raise unavailable("BIDDER_FAILING", "the bidder was told to fail")
+        if self._mode is Mode.GARBAGE:
+            return openrtb_pb2.BidResponse(
+                id="not-" + request.id,
+                seatbid=[
+                    openrtb_pb2.SeatBid(
+                        seat=self.name, bid=[openrtb_pb2.Bid(id="x", impid="?", price=math.nan)]
+                    )
+                ],
+            )
+        if not request.imp:
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_INVALID_REQUEST)
+        verdict = self.verdict(request)
+        key = verdict.value if verdict else "NONE"
+        self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        if verdict is Verdict.OPTED_OUT:
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNMATCHED_USER)
+        identified = verdict is Verdict.VALID
+        price = self._base + (self._bonus if identified else 0.0)
+        bids = [
+            openrtb_pb2.Bid(
+                id=uuid.uuid4().hex,
+                impid=imp.id,
+                price=price,
+                adm=f"<div class='ad'>{self.name}</div>",
+                crid=f"{self.name}-{'identified' if identified else 'contextual'}",
+            )
+            for imp in request.imp
+            if price > 0 and price >= imp.bidfloor
+        ]
+        if not bids:
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNKNOWN)
+        return openrtb_pb2.BidResponse(
+            id=request.id, cur="USD", seatbid=[openrtb_pb2.SeatBid(seat=self.name, bid=bids)]
+        )

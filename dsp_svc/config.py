@@ -1,0 +1,53 @@
+"""The sample DSP's settings, built once at the edge (cli.py) from flags and `UID2_DSP_*`
+environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message is one line fit for stderr."""
+
+
+class Mode(Enum):
+    NORMAL = "normal"
+    SLOW = "slow"  # sleeps delay_ms (default 1000) before answering
+    FAIL = "fail"  # answers UNAVAILABLE
+    GARBAGE = "garbage"  # answers a malformed bid response
+
+
+@dataclass(frozen=True)
+class DspConfig:
+    name: str
+    listen: str = "127.0.0.1:0"
+    operator: str | None = None
+    operator_api_key: str | None = None
+    base_price: float = 1.0
+    identified_bonus: float = 1.5
+    delay_ms: int = 0
+    fail_rate: float = 0.0
+    mode: Mode = Mode.NORMAL
+    key_refresh_s: float = 3600.0
+    max_workers: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("--name must not be empty")
+        if bool(self.operator) != bool(self.operator_api_key):
+            raise ConfigError("--operator and --operator-api-key go together")
+        if self.base_price < 0 or self.identified_bonus < 0:
+            raise ConfigError("prices must not be negative")
+        if not 0 <= self.delay_ms <= 60_000:
+            raise ConfigError("delay must be between 0 and 60000 ms")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ConfigError("fail rate must be between 0 and 1")
+        if self.key_refresh_s <= 0:
+            raise ConfigError("key refresh interval must be positive")
+
+    @property
+    def effective_delay_ms(self) -> int:
+        if self.mode is Mode.SLOW and self.delay_ms == 0:
+            return 1000
+        return self.delay_ms

@@ -1,0 +1,57 @@
+"""Builds and starts the sample DSP (BidderService)."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from dsp_svc.bidding import Bidder
+from dsp_svc.config import DspConfig
+from dsp_svc.servicer import BidderServicer
+from ssp_svc.decryptor.runtime import start_decryptor
+from svc_common.clock import Clock, SystemClock
+from svc_common.grpc_server import Served, start_server
+from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
+
+_log = structlog.get_logger("dsp")
+
+SERVICE_NAME = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"].full_name
+
+
+def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
+    clock = clock or SystemClock()
+    decryptor = None
+    if config.operator and config.operator_api_key:
+        decryptor = start_decryptor(
+            config.operator, config.operator_api_key, clock, key_refresh_s=config.key_refresh_s
+        )
+    bidder = Bidder(
+        config.name,
+        checker=decryptor.checker if decryptor else None,
+        base_price=config.base_price,
+        identified_bonus=config.identified_bonus,
+        mode=config.mode,
+        delay_ms=config.effective_delay_ms,
+        fail_rate=config.fail_rate,
+    )
+
+    def register(server: grpc.Server) -> None:
+        openrtb_pb2_grpc.add_BidderServiceServicer_to_server(BidderServicer(bidder), server)
+
+    served = start_server(
+        listen=config.listen,
+        domain="dsp.uid2",
+        register=register,
+        service_names=[SERVICE_NAME],
+        max_workers=config.max_workers,
+    )
+    if decryptor is not None:
+        served.on_stop.append(decryptor.stop)
+    served.set_serving(True)
+    _log.info(
+        "dsp_ready",
+        name=config.name,
+        mode=config.mode.value,
+        decrypting=decryptor is not None,
+    )
+    return served, served.port
