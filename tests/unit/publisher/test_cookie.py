@@ -1,0 +1,68 @@
+"""The `__uid_2` cookie value: the identity JSON, URL-encoded as encodeURIComponent does."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
+from publisher_svc.model import Identity
+from svc_common.errors import ServiceError
+
+IDENT = Identity(
+    advertising_token="A4AAAAB-_xyz+/=",
+    refresh_token="AAAAAQ+/abc=",
+    identity_expires=1_700_000_259_200_000,
+    refresh_from=1_700_000_003_600_000,
+    refresh_expires=1_700_002_592_000_000,
+    refresh_response_key="cmVzcG9uc2Uga2V5IDMyIGJ5dGVzIGxvbmcgISEhISE=",
+)
+
+
+def test_cookie_name() -> None:
+    assert COOKIE_NAME == "__uid_2"
+
+
+def test_round_trip() -> None:
+    assert decode_cookie(encode_cookie(IDENT)) == IDENT
+
+
+def test_shape_is_the_js_sdk_identity_json() -> None:
+    value = encode_cookie(IDENT)
+    body = json.loads(urllib.parse.unquote(value))
+    assert body == {
+        "advertising_token": IDENT.advertising_token,
+        "refresh_token": IDENT.refresh_token,
+        "identity_expires": IDENT.identity_expires,
+        "refresh_from": IDENT.refresh_from,
+        "refresh_expires": IDENT.refresh_expires,
+        "refresh_response_key": IDENT.refresh_response_key,
+    }
+    # encodeURIComponent: no raw JSON / cookie-breaking characters remain
+    for ch in '{}":,;= +/':
+        assert ch not in value
+    assert value.startswith("%7B%22advertising_token%22%3A%22A4AAAAB-_xyz%2B%2F%3D%22")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "not json",
+        "%7B%7D",  # {}
+        urllib.parse.quote('["a"]'),
+        urllib.parse.quote('{"advertising_token":"a","refresh_token":"b"}'),
+        urllib.parse.quote(
+            json.dumps({**json.loads(urllib.parse.unquote(encode_cookie(IDENT))), "refresh_from": "1"})
+        ),
+        "%FF%FE",
+        "x" * 5000,
+    ],
+)
+def test_bad_cookie_is_invalid_argument(value: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        decode_cookie(value)
+    assert exc.value.reason == "INVALID_COOKIE"
+    assert value[:20] not in exc.value.message or not value

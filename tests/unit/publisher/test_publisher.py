@@ -1,0 +1,311 @@
+"""The publisher's domain rules with fake peers and an injected clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from publisher_svc.cookie import decode_cookie
+from publisher_svc.model import DiiKind, PrivacySettings
+from publisher_svc.publisher import LoginStatus, Publisher, StorageMode, TokenStatus
+from publisher_svc.store import SqliteStore
+from svc_common.clock import ManualClock
+from svc_common.errors import ErrorKind, ServiceError
+from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
+
+T0 = 1_700_000_000_000
+OK = PrivacySettings(True, "")
+USER_HASH = "tMmiiTI7IaAcPpQPFQ65uMVCWH8av9jw4cwf/F5HVRQ="  # USER@example.com
+PHONE_HASH = "EObwtHBUqDNZR33LNSMdtt5cafsYFuGmuY4ZLenlue4="  # +12345678901
+
+
+@dataclass
+class Env:
+    clock: ManualClock
+    op: FakeOperator
+    ssp: FakeSsp
+    store: SqliteStore
+    pub: Publisher
+
+
+def _env(tmp_path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -> Env:  # type: ignore[no-untyped-def]
+    clock = ManualClock(T0)
+    op = FakeOperator(clock)
+    ssp = FakeSsp()
+    store = SqliteStore(tmp_path)
+    pub = Publisher(
+        store=store, operator=op, ssp=ssp, clock=clock, mode=mode, on_behalf_of_site_id=obo
+    )
+    return Env(clock, op, ssp, store, pub)
+
+
+@pytest.fixture
+def env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+    e = _env(tmp_path)
+    yield e
+    e.store.close()
+
+
+@pytest.fixture
+def client_env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+    e = _env(tmp_path, StorageMode.CLIENT)
+    yield e
+    e.store.close()
+
+
+def test_login_sends_only_the_normalised_hash(env: Env) -> None:
+    r = env.pub.login("u1", "  USER@example.com", None, OK)
+    assert r.status is LoginStatus.SUCCESS
+    (dii, privacy, obo), = env.op.generate_calls
+    assert dii.kind is DiiKind.EMAIL and dii.hash_b64 == USER_HASH
+    assert privacy == OK and obo == 0
+    assert env.store.get("u1") is not None
+    assert r.refresh_from == T0 + HOUR
+
+
+def test_login_phone(env: Env) -> None:
+    env.pub.login("u1", None, "+12345678901", OK)
+    assert env.op.generate_calls[0][0].hash_b64 == PHONE_HASH
+    assert env.op.generate_calls[0][0].kind is DiiKind.PHONE
+
+
+@pytest.mark.parametrize(
+    ("email", "phone", "reason"),
+    [
+        ("a@ba@z.com", None, "INVALID_EMAIL"),
+        ("", None, "INVALID_EMAIL"),
+        (None, "555-555-5555", "INVALID_PHONE"),
+        (None, None, "MISSING_DII"),
+    ],
+)
+def test_bad_dii_is_invalid_argument(env: Env, email, phone, reason) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", email, phone, OK)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.op.generate_calls == []
+
+
+def test_missing_user_id(env: Env) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("", "a@b.com", None, OK)
+    assert exc.value.reason == "MISSING_USER_ID"
+
+
+def test_privacy_settings_pass_through_and_consent(env: Env) -> None:
+    r = env.pub.login("u1", "a@b.com", None, PrivacySettings(False, "TCFSTRING"))
+    assert r.status is LoginStatus.INSUFFICIENT_CONSENT
+    assert env.op.generate_calls[0][1] == PrivacySettings(False, "TCFSTRING")
+    assert env.store.get("u1") is None
+
+
+def test_operator_optout_is_recorded_and_generate_never_called_again(env: Env) -> None:
+    env.op.optout_keys.add(f"email:{USER_HASH}")
+    assert env.pub.login("u1", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+    assert env.pub.login("u2", "USER@example.com", None, OK).status is LoginStatus.OPTOUT
+    assert len(env.op.generate_calls) == 1
+    assert env.store.is_operator_optout(f"email:{USER_HASH}")
+
+
+def test_site_optout_refuses_login_without_calling_operator(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.pub.set_site_optout("u1", True)
+    assert env.store.get("u1") is None
+    assert env.pub.login("u1", "a@b.com", None, OK).status is LoginStatus.SITE_OPTOUT
+    assert len(env.op.generate_calls) == 1
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.NO_IDENTITY
+    env.pub.set_site_optout("u1", False)
+    assert env.pub.login("u1", "a@b.com", None, OK).status is LoginStatus.SUCCESS
+
+
+def test_operator_unavailable_on_login(env: Env) -> None:
+    env.op.down = True
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", "a@b.com", None, OK)
+    assert exc.value.kind is ErrorKind.UNAVAILABLE and exc.value.reason == "OPERATOR_UNAVAILABLE"
+
+
+def test_operator_refusal_is_failed_precondition(env: Env) -> None:
+    env.op.refuse = True
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", "a@b.com", None, OK)
+    assert exc.value.kind is ErrorKind.FAILED_PRECONDITION
+    assert exc.value.reason == "OPERATOR_REJECTED"
+
+
+def test_delegation_passes_on_behalf_of_site(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    e = _env(tmp_path, obo=77)
+    e.pub.login("u1", "a@b.com", None, OK)
+    assert e.op.generate_calls[0][2] == 77
+    e.store.close()
+
+
+def test_get_token_lookup_then_refresh(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    first = env.pub.get_advertising_token("u1")
+    assert first.status is TokenStatus.SUCCESS and not first.refreshed
+    assert env.op.refresh_calls == []
+    env.clock.advance(HOUR)
+    second = env.pub.get_advertising_token("u1")
+    assert second.refreshed and second.advertising_token != first.advertising_token
+    third = env.pub.get_advertising_token("u1")
+    assert third.advertising_token == second.advertising_token and not third.refreshed
+
+
+def test_get_token_no_identity(env: Env) -> None:
+    assert env.pub.get_advertising_token("nobody").status is TokenStatus.NO_IDENTITY
+
+
+def test_refresh_optout_deletes_and_records(env: Env) -> None:
+    env.pub.login("u1", "user@example.com", None, OK)
+    env.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    env.clock.advance(2 * HOUR)
+    r = env.pub.get_advertising_token("u1")
+    assert r.status is TokenStatus.OPTOUT and r.advertising_token == ""
+    assert env.store.get("u1") is None
+    assert env.pub.login("u1", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+    assert len(env.op.generate_calls) == 1
+
+
+def test_expired_refresh_token_requires_login(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.clock.advance(30 * DAY)
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.LOGIN_REQUIRED
+    assert env.store.get("u1") is None
+    assert env.op.refresh_calls == []
+
+
+def test_operator_says_expired_requires_login(env: Env) -> None:
+    env.op.refresh_ms = 2 * HOUR
+    env.pub.login("u1", "a@b.com", None, OK)
+    # our copy says refresh_expires is later than the operator's view
+    stored = env.store.get("u1")
+    assert stored is not None
+    env.clock.advance(2 * HOUR)
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.LOGIN_REQUIRED
+
+
+def test_operator_down_keeps_valid_token_and_never_returns_expired(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    tok = env.pub.get_advertising_token("u1").advertising_token
+    env.op.down = True
+    env.clock.advance(2 * HOUR)
+    r = env.pub.get_advertising_token("u1")
+    assert r.status is TokenStatus.SUCCESS and r.advertising_token == tok and not r.refreshed
+    env.clock.advance(3 * DAY)
+    with pytest.raises(ServiceError) as exc:
+        env.pub.get_advertising_token("u1")
+    assert exc.value.reason == "OPERATOR_UNAVAILABLE"
+    assert env.store.get("u1") is not None  # nothing lost
+    env.op.down = False
+    assert env.pub.get_advertising_token("u1").refreshed
+
+
+def test_logout_deletes_without_calling_operator(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    calls = (len(env.op.generate_calls), len(env.op.refresh_calls))
+    assert env.pub.logout("u1")
+    assert not env.pub.logout("u1")
+    assert (len(env.op.generate_calls), len(env.op.refresh_calls)) == calls
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.NO_IDENTITY
+
+
+def test_client_mode_login_returns_cookie_and_stores_nothing(client_env: Env) -> None:
+    r = client_env.pub.login("u1", "a@b.com", None, OK)
+    assert r.status is LoginStatus.SUCCESS and r.cookie is not None
+    assert r.cookie.name == "__uid_2"
+    ident = decode_cookie(r.cookie.value)
+    assert r.cookie.expires == ident.refresh_expires
+    assert client_env.store.count() == 0
+
+
+def test_client_refresh_round_trip(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    same = client_env.pub.refresh_client(cookie.value)
+    assert same.status is TokenStatus.SUCCESS and not same.refreshed
+    assert same.cookie is not None and same.cookie.value == cookie.value
+    client_env.clock.advance(HOUR)
+    new = client_env.pub.refresh_client(cookie.value)
+    assert new.refreshed and new.cookie is not None and new.cookie.value != cookie.value
+    assert not new.clear_cookie
+
+
+def test_client_refresh_optout_clears_and_records_when_dii_given(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "user@example.com", None, OK).cookie
+    assert cookie is not None
+    client_env.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    client_env.clock.advance(HOUR)
+    r = client_env.pub.refresh_client(cookie.value, "user@example.com")
+    assert r.status is TokenStatus.OPTOUT and r.clear_cookie and r.cookie is None
+    assert client_env.store.is_operator_optout(f"email:{USER_HASH}")
+
+
+def test_client_refresh_expired_clears(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    client_env.clock.advance(31 * DAY)
+    r = client_env.pub.refresh_client(cookie.value)
+    assert r.status is TokenStatus.LOGIN_REQUIRED and r.clear_cookie
+
+
+def test_serve_ad_sends_token_exactly(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    tok = env.pub.get_advertising_token("u1").advertising_token
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=1.0
+    )
+    assert r.token_sent and env.ssp.impressions[-1].advertising_token == tok
+    assert r.decision.token_disposition == "PASSED_THROUGH"
+
+
+def test_serve_ad_without_identity_still_goes_out(env: Env) -> None:
+    r = env.pub.serve_ad(
+        user_id="nobody", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_serve_ad_operator_down_with_expired_token_goes_out_without(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.op.down = True
+    env.clock.advance(4 * DAY)
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent
+
+
+def test_serve_ad_bad_cookie_goes_out_without_and_clears(client_env: Env) -> None:
+    r = client_env.pub.serve_ad(
+        user_id=None, cookie_value="garbage", placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and r.clear_cookie
+
+
+def test_serve_ad_cookie_refreshes(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    client_env.clock.advance(HOUR)
+    r = client_env.pub.serve_ad(
+        user_id=None, cookie_value=cookie.value, placement_id="p", page_domain="d", floor_price=0
+    )
+    assert r.token_sent and r.cookie is not None
+    assert decode_cookie(r.cookie.value).advertising_token == client_env.ssp.impressions[-1].advertising_token
+
+
+def test_serve_ad_ssp_down_is_unavailable(env: Env) -> None:
+    env.ssp.down = True
+    with pytest.raises(ServiceError) as exc:
+        env.pub.serve_ad(
+            user_id="u", cookie_value=None, placement_id="p", page_domain="d", floor_price=0
+        )
+    assert exc.value.reason == "SSP_UNAVAILABLE"
+
+
+def test_serve_ad_needs_domain_and_placement(env: Env) -> None:
+    for kw in ({"placement_id": "", "page_domain": "d"}, {"placement_id": "p", "page_domain": ""}):
+        with pytest.raises(ServiceError) as exc:
+            env.pub.serve_ad(user_id="u", cookie_value=None, floor_price=0, **kw)  # type: ignore[arg-type]
+        assert exc.value.kind is ErrorKind.INVALID_ARGUMENT

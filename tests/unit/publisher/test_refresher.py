@@ -1,0 +1,163 @@
+"""The background refresher with fake peers and an injected clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from publisher_svc.model import PrivacySettings
+from publisher_svc.publisher import Publisher
+from publisher_svc.refresher import Refresher
+from publisher_svc.store import SqliteStore
+from svc_common.clock import ManualClock
+from svc_common.grpc_client import Backoff
+from tests.support.procs import wait_until
+from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
+
+T0 = 1_700_000_000_000
+OK = PrivacySettings(True, "")
+
+
+def _pub(tmp_path, clock: ManualClock, op: FakeOperator) -> Publisher:  # type: ignore[no-untyped-def]
+    return Publisher(store=SqliteStore(tmp_path), operator=op, ssp=FakeSsp(), clock=clock)
+
+
+@pytest.fixture
+def setup(tmp_path) -> Iterator[tuple[ManualClock, FakeOperator, Publisher]]:  # type: ignore[no-untyped-def]
+    clock = ManualClock(T0)
+    op = FakeOperator(clock)
+    pub = _pub(tmp_path, clock, op)
+    yield clock, op, pub
+    pub.store.close()
+
+
+def _login_many(pub: Publisher, n: int) -> None:
+    for i in range(n):
+        pub.login(f"u{i}", f"user{i}@example.com", None, OK)
+
+
+def test_refreshes_only_due_identities(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 3)
+    clock.advance(30 * 60_000)
+    pub.login("late", "late@example.com", None, OK)  # due 30 min after the others
+    clock.advance(30 * 60_000)
+    r = Refresher(pub, workers=2)
+    try:
+        assert r.run_once() == 3
+        assert r.stats.refreshed == 3 and len(op.refresh_calls) == 3
+        assert r.run_once() == 0  # refreshed ones are due again only in an hour
+        stored = pub.store.get("u0")
+        assert stored is not None and stored.identity.refresh_from == clock.now_ms() + HOUR
+    finally:
+        r.stop()
+
+
+def test_bounded_concurrency(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 40)
+    clock.advance(HOUR)
+    op.delay_s = 0.01
+    r = Refresher(pub, workers=4)
+    try:
+        assert r.run_once() == 40
+    finally:
+        r.stop()
+    assert r.stats.refreshed == 40
+    assert 1 < op.peak_in_flight <= 4
+    assert r.stats.peak_in_flight <= 4
+
+
+def test_operator_down_keeps_token_and_backs_off(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 1)
+    token = pub.get_advertising_token("u0").advertising_token
+    clock.advance(HOUR)
+    op.down = True
+    r = Refresher(pub, workers=1, backoff=Backoff(base_s=1.0, cap_s=8.0, rng=lambda: 1.0))
+    try:
+        delays = []
+        for _ in range(6):
+            assert r.run_once() == 1
+            stored = pub.store.get("u0")
+            assert stored is not None
+            delay = pub.store.due(10**15, 1)[0].next_attempt_at - clock.now_ms()
+            delays.append(delay)
+            clock.advance(delay)
+        # capped exponential: 1 s, 2 s, 4 s, 8 s, 8 s, 8 s (rng fixed at 1.0)
+        assert delays == [1000, 2000, 4000, 8000, 8000, 8000]
+        assert r.stats.deferred == 6
+        # the still-valid token is still served
+        assert pub.get_advertising_token("u0").advertising_token == token
+        op.down = False
+        assert r.run_once() == 1
+        assert r.stats.refreshed == 1
+        assert pub.store.get("u0").failed_attempts == 0  # type: ignore[union-attr]
+    finally:
+        r.stop()
+
+
+def test_jitter_spreads_retries(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 20)
+    clock.advance(HOUR)
+    op.down = True
+    r = Refresher(pub, workers=4)
+    try:
+        r.run_once()
+    finally:
+        r.stop()
+    times = {d.next_attempt_at for d in pub.store.due(10**15, 100)}
+    assert len(times) > 10  # not all at once
+    assert all(clock.now_ms() + 500 <= t <= clock.now_ms() + 1000 for t in times)
+
+
+def test_optout_and_expiry_in_background(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 2)
+    optout_key = op.generate_calls[0][0].key
+    op.refresh_optout_keys.add(optout_key)
+    clock.advance(HOUR)
+    r = Refresher(pub, workers=2)
+    try:
+        r.run_once()
+        assert r.stats.optouts == 1 and r.stats.refreshed == 1
+        assert pub.store.get("u0") is None
+        assert pub.store.is_operator_optout(optout_key)
+        clock.advance(31 * DAY)
+        r.run_once()
+        assert r.stats.login_required == 1
+        assert pub.store.count() == 0
+    finally:
+        r.stop()
+
+
+def test_carries_on_after_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    clock = ManualClock(T0)
+    op = FakeOperator(clock)
+    pub = _pub(tmp_path, clock, op)
+    _login_many(pub, 5)
+    clock.advance(HOUR)
+    pub.store.close()  # "crash" before any refresh
+    pub2 = _pub(tmp_path, clock, op)
+    r = Refresher(pub2, workers=2)
+    try:
+        assert r.run_once() == 5
+        assert r.stats.refreshed == 5
+    finally:
+        r.stop()
+        pub2.store.close()
+
+
+def test_thread_runs_and_stops(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 3)
+    clock.advance(HOUR)
+    r = Refresher(pub, workers=2, poll_interval_s=0.01)
+    r.start()
+    try:
+        assert wait_until(lambda: r.stats.refreshed == 3, 5)
+    finally:
+        r.stop()
+    assert r._thread is not None and not r._thread.is_alive()

@@ -1,0 +1,92 @@
+"""The SQLite store: acknowledged writes survive kill -9; compare-and-set semantics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from publisher_svc.model import Identity
+from publisher_svc.store import SqliteStore
+
+IDENT = Identity("A4tok", "rt-1", 3_000, 1_000, 30_000, "k")
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from publisher_svc.model import Identity
+        from publisher_svc.store import SqliteStore
+        s = SqliteStore({str(tmp_path)!r})
+        s.put_unless_site_optout("u1", "email:h1", Identity("A4tok", "rt-1", 3000, 1000, 30000, "k"), 5)
+        s.record_operator_optout("email:h2", 6)
+        s.set_site_optout("u2", True, 7)
+        print("acked", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.stdout.strip() == "acked"
+    assert proc.returncode == -signal.SIGKILL
+    store = SqliteStore(tmp_path)
+    stored = store.get("u1")
+    assert stored is not None and stored.identity == IDENT and stored.dii_key == "email:h1"
+    assert store.is_operator_optout("email:h2")
+    assert store.is_site_optout("u2")
+    store.close()
+    assert os.path.exists(tmp_path / SqliteStore.FILE_NAME)
+
+
+def test_wal_and_full_sync(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path)
+    with store._lock:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+
+
+def test_replace_and_delete_only_if_current(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("u", "email:h", IDENT, 1)
+    newer = Identity("A4tok2", "rt-2", 6_000, 4_000, 60_000, "k2")
+    assert not store.replace_if_current("u", "rt-other", newer, 2)
+    assert store.replace_if_current("u", "rt-1", newer, 2)
+    assert not store.delete_if_current("u", "rt-1")
+    assert store.get("u").identity == newer  # type: ignore[union-attr]
+    assert store.delete_if_current("u", "rt-2")
+    assert store.get("u") is None
+    store.close()
+
+
+def test_site_optout_blocks_put_and_deletes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("u", "email:h", IDENT, 1)
+    store.set_site_optout("u", True, 2)
+    assert store.get("u") is None
+    assert not store.put_unless_site_optout("u", "email:h", IDENT, 3)
+    store.set_site_optout("u", False, 4)
+    assert store.put_unless_site_optout("u", "email:h", IDENT, 5)
+    store.close()
+
+
+def test_due_uses_next_attempt_and_postpone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("a", "email:a", IDENT, 1)  # refresh_from 1000
+    store.put_unless_site_optout("b", "email:b", Identity("t", "rt-b", 9, 5_000, 9, "k"), 1)
+    assert [d.user_id for d in store.due(1_000, 10)] == ["a"]
+    store.postpone("a", "rt-1", 2_000, 1)
+    assert store.due(1_500, 10) == []
+    assert [d.user_id for d in store.due(5_000, 10)] == ["a", "b"]
+    assert store.get("a").failed_attempts == 1  # type: ignore[union-attr]
+    with store._lock:
+        plan = store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT user_id, next_attempt_at FROM identities"
+            " WHERE next_attempt_at <= 5 ORDER BY next_attempt_at LIMIT 5"
+        ).fetchall()
+    assert "identities_next_attempt" in str(plan)
+    store.close()
