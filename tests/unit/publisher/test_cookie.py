@@ -21,6 +21,10 @@ IDENT = Identity(
 )
 
 
+def _body() -> dict[str, object]:
+    return dict(json.loads(urllib.parse.unquote(encode_cookie(IDENT))))
+
+
 def test_cookie_name() -> None:
     assert COOKIE_NAME == "__uid_2"
 
@@ -54,9 +58,7 @@ def test_shape_is_the_js_sdk_identity_json() -> None:
         "%7B%7D",  # {}
         urllib.parse.quote('["a"]'),
         urllib.parse.quote('{"advertising_token":"a","refresh_token":"b"}'),
-        urllib.parse.quote(
-            json.dumps({**json.loads(urllib.parse.unquote(encode_cookie(IDENT))), "refresh_from": "1"})
-        ),
+        urllib.parse.quote(json.dumps({**_body(), "refresh_from": "1"})),
         "%FF%FE",
         "x" * 5000,
     ],

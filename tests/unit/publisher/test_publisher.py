@@ -58,7 +58,7 @@ def client_env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
 def test_login_sends_only_the_normalised_hash(env: Env) -> None:
     r = env.pub.login("u1", "  USER@example.com", None, OK)
     assert r.status is LoginStatus.SUCCESS
-    (dii, privacy, obo), = env.op.generate_calls
+    ((dii, privacy, obo),) = env.op.generate_calls
     assert dii.kind is DiiKind.EMAIL and dii.hash_b64 == USER_HASH
     assert privacy == OK and obo == 0
     assert env.store.get("u1") is not None
@@ -292,7 +292,8 @@ def test_serve_ad_cookie_refreshes(client_env: Env) -> None:
         user_id=None, cookie_value=cookie.value, placement_id="p", page_domain="d", floor_price=0
     )
     assert r.token_sent and r.cookie is not None
-    assert decode_cookie(r.cookie.value).advertising_token == client_env.ssp.impressions[-1].advertising_token
+    sent = client_env.ssp.impressions[-1].advertising_token
+    assert decode_cookie(r.cookie.value).advertising_token == sent
 
 
 def test_serve_ad_ssp_down_is_unavailable(env: Env) -> None:

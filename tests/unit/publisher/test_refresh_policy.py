@@ -58,7 +58,7 @@ def test_step_before_refresh_from_uses_without_calling(env) -> None:  # type: ig
 
 
 def test_step_between_refresh_from_and_expiry_refreshes(env) -> None:  # type: ignore[no-untyped-def]
-    clock, op, pub, ident = env
+    clock, _op, pub, ident = env
     clock.advance(2 * HOUR)
     step = pub.step(ident)
     assert step.kind is StepKind.REFRESHED
@@ -85,7 +85,7 @@ def test_step_after_identity_expires_operator_down_is_unavailable(env) -> None: 
 
 
 def test_step_after_identity_expires_refreshes(env) -> None:  # type: ignore[no-untyped-def]
-    clock, op, pub, ident = env
+    clock, _op, pub, ident = env
     clock.advance(3 * DAY + 1)
     assert pub.step(ident).kind is StepKind.REFRESHED
 

@@ -151,7 +151,7 @@ def test_carries_on_after_restart(tmp_path) -> None:  # type: ignore[no-untyped-
 
 
 def test_thread_runs_and_stops(setup) -> None:  # type: ignore[no-untyped-def]
-    clock, op, pub = setup
+    clock, _op, pub = setup
     _login_many(pub, 3)
     clock.advance(HOUR)
     r = Refresher(pub, workers=2, poll_interval_s=0.01)

@@ -21,7 +21,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path) -> None:  # type: ignore[n
         from publisher_svc.model import Identity
         from publisher_svc.store import SqliteStore
         s = SqliteStore({str(tmp_path)!r})
-        s.put_unless_site_optout("u1", "email:h1", Identity("A4tok", "rt-1", 3000, 1000, 30000, "k"), 5)
+        ident = Identity("A4tok", "rt-1", 3000, 1000, 30000, "k")
+        s.put_unless_site_optout("u1", "email:h1", ident, 5)
         s.record_operator_optout("email:h2", 6)
         s.set_site_optout("u2", True, 7)
         print("acked", flush=True)
