@@ -1,0 +1,109 @@
+"""Real keys and tokens for SSP/DSP tests, made with uid2_crypto (no mocks)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from uid2.operator.v1 import operator_pb2
+from uid2_crypto.identity import IdentityScope, IdentityType
+from uid2_crypto.keys import MASTER_KEYSET_ID, Key, key_container_json
+from uid2_crypto.tokens import (
+    PRIVACY_BIT_CLIENT_SIDE_GENERATED,
+    TokenPayload,
+    encode_advertising_token_v4,
+)
+
+SITE_ID = 42
+SITE_KEYSET = 10
+DOMAIN = "news.example.com"
+APP = "com.example.news"
+DAY_S = 86_400
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def make_key(key_id: int, keyset_id: int, site_id: int, *, activates: int | None = None) -> Key:
+    t = now_s()
+    return Key(
+        id=key_id,
+        keyset_id=keyset_id,
+        site_id=site_id,
+        created=t - 3600,
+        activates=t - 3600 if activates is None else activates,
+        expires=t + 30 * DAY_S,
+        secret=os.urandom(32),
+    )
+
+
+@dataclass
+class KeySet:
+    """A master key and a site key (site 42), growing as keys rotate."""
+
+    master: Key = field(default_factory=lambda: make_key(101, MASTER_KEYSET_ID, 0))
+    site: Key = field(default_factory=lambda: make_key(201, SITE_KEYSET, SITE_ID))
+    extra: list[Key] = field(default_factory=list)
+
+    def all_keys(self) -> list[Key]:
+        return [self.master, self.site, *self.extra]
+
+    def body(self) -> dict[str, Any]:
+        return key_container_json(
+            caller_site_id=7,
+            default_keyset_id=SITE_KEYSET,
+            keys=self.all_keys(),
+            site_data=[(SITE_ID, [DOMAIN], [APP])],
+            max_bidstream_lifetime_seconds=3 * DAY_S,
+            max_sharing_lifetime_seconds=30 * DAY_S,
+        )
+
+    def container_proto(self) -> operator_pb2.KeyContainer:
+        return json_format.ParseDict(self.body(), operator_pb2.KeyContainer())
+
+    def rotate_site_key(self, key_id: int) -> Key:
+        """A new site key, active now; tokens minted with it name a key decryptors lack."""
+        self.site = make_key(key_id, SITE_KEYSET, SITE_ID)
+        self.extra.append(self.site)
+        return self.site
+
+
+def raw_uid(n: int = 1) -> bytes:
+    return bytes([n]) * 32
+
+
+def raw_uid_b64(n: int = 1) -> str:
+    return base64.b64encode(raw_uid(n)).decode()
+
+
+def mint(
+    keys: KeySet,
+    *,
+    uid: int = 1,
+    expires_in_s: int = 3 * DAY_S,
+    created_ago_s: int = 60,
+    client_side: bool = False,
+    site_key: Key | None = None,
+) -> str:
+    t_ms = now_s() * 1000
+    created = t_ms - created_ago_s * 1000
+    payload = TokenPayload(
+        raw_uid=raw_uid(uid),
+        identity_type=IdentityType.EMAIL,
+        identity_scope=IdentityScope.UID2,
+        site_id=SITE_ID,
+        publisher_id=0,
+        client_key_id=0,
+        privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED if client_side else 0,
+        established_ms=created,
+        refreshed_ms=created,
+        created_ms=created,
+        expires_ms=created + expires_in_s * 1000,
+    )
+    return encode_advertising_token_v4(payload, keys.master, site_key or keys.site)

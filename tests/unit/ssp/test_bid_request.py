@@ -1,0 +1,63 @@
+import pytest
+
+from ssp_svc.bid_request import (
+    Disposition,
+    Impression,
+    build_bid_request,
+    uid2_token,
+)
+
+TOKEN = "A4AAAAs-case_Sensitive+token/with=chars"
+
+
+def imp(**kw: object) -> Impression:
+    base = dict(
+        publisher_id="p1",
+        publisher_name="Pub",
+        page_domain="news.example.com",
+        app_bundle="",
+        placement_id="top",
+        floor_price=1.25,
+        token=TOKEN,
+    )
+    base.update(kw)
+    return Impression(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("disposition", [Disposition.VALID, Disposition.PASSED_THROUGH])
+def test_token_goes_into_eids_unchanged(disposition: Disposition) -> None:
+    br = build_bid_request("auc1", imp(), disposition, 150)
+    assert br.id == "auc1"
+    assert br.tmax == 150 and br.at == 1 and list(br.cur) == ["USD"]
+    assert len(br.imp) == 1
+    assert br.imp[0].tagid == "top" and br.imp[0].bidfloor == 1.25
+    assert br.imp[0].bidfloorcur == "USD"
+    assert br.site.domain == "news.example.com"
+    assert br.site.publisher.id == "p1"
+    assert len(br.user.eids) == 1
+    eid = br.user.eids[0]
+    assert eid.source == "uidapi.com"
+    assert [(u.id, u.atype) for u in eid.uids] == [(TOKEN, 3)]
+    assert uid2_token(br) == TOKEN
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        Disposition.ABSENT,
+        Disposition.DROPPED_EXPIRED,
+        Disposition.DROPPED_INVALID,
+        Disposition.DROPPED_OPTOUT,
+    ],
+)
+def test_dropped_tokens_are_left_out(disposition: Disposition) -> None:
+    br = build_bid_request("auc1", imp(), disposition, 150)
+    assert not br.HasField("user") or not br.user.eids
+    assert TOKEN not in br.SerializeToString().decode("latin-1")
+    assert uid2_token(br) is None
+
+
+def test_app_inventory() -> None:
+    br = build_bid_request("a", imp(page_domain="", app_bundle="com.x"), Disposition.VALID, 100)
+    assert br.WhichOneof("distribution_channel") == "app"
+    assert br.app.bundle == "com.x"

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ssp_svc.decryptor.checker import TokenChecker, Verdict
+from ssp_svc.decryptor.key_cache import KeyCache, KeyRefresher
+from ssp_svc.decryptor.optouts import OptOutSet
+from svc_common.clock import SystemClock
+from tests.unit.ssp.support import APP, DOMAIN, KeySet, mint, raw_uid_b64
+
+
+def checker_for(keys: KeySet, **kw: Any) -> tuple[TokenChecker, KeyCache, OptOutSet]:
+    clock = SystemClock()
+    cache = KeyCache(keys.body, clock, **kw)
+    assert cache.refresh()
+    optouts = OptOutSet()
+    return TokenChecker(cache, optouts, clock), cache, optouts
+
+
+def test_verdicts() -> None:
+    keys = KeySet()
+    checker, _, optouts = checker_for(keys)
+    assert checker.check(mint(keys), DOMAIN) is Verdict.VALID
+    assert checker.check(mint(keys, expires_in_s=30, created_ago_s=60), DOMAIN) is Verdict.EXPIRED
+    assert checker.check("A4" + "x" * 200, DOMAIN) is Verdict.INVALID
+    assert checker.check("garbage!", DOMAIN) is Verdict.INVALID
+    tampered = mint(keys)
+    tampered = tampered[:-5] + ("A" if tampered[-5] != "A" else "B") + tampered[-4:]
+    assert checker.check(tampered, DOMAIN) is Verdict.INVALID
+    optouts.add(raw_uid_b64(1), 123)
+    assert checker.check(mint(keys, uid=1), DOMAIN) is Verdict.OPTED_OUT
+    assert checker.check(mint(keys, uid=2), DOMAIN) is Verdict.VALID
+
+
+def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
+    keys = KeySet()
+    checker, _, _ = checker_for(keys)
+    token = mint(keys, client_side=True)
+    assert checker.check(token, DOMAIN) is Verdict.VALID
+    assert checker.check(token, APP) is Verdict.VALID
+    assert checker.check(token, "evil.example.org") is Verdict.INVALID
+    assert checker.check(token, None) is Verdict.INVALID
+
+
+def test_no_keys_means_no_verdict_on_the_token() -> None:
+    keys = KeySet()
+    cache = KeyCache(keys.body, SystemClock())
+    checker = TokenChecker(cache, OptOutSet(), SystemClock(), early_refresh_wait_s=0.0)
+    assert checker.check(mint(keys), DOMAIN) is Verdict.NO_KEYS
+
+
+def test_unknown_key_triggers_early_refresh_and_the_token_decrypts() -> None:
+    keys = KeySet()
+    checker, cache, _ = checker_for(keys, early_min_interval_s=0.0)
+    refresher = KeyRefresher(cache, poll_s=0.05).start()
+    try:
+        new_key = keys.rotate_site_key(202)
+        assert checker.check(mint(keys, site_key=new_key), DOMAIN) is Verdict.VALID
+        assert cache.successes >= 2
+    finally:
+        refresher.stop()
+
+
+def test_many_threads_share_one_checker() -> None:
+    keys = KeySet()
+    checker, _, _ = checker_for(keys)
+    tokens = [mint(keys, uid=i) for i in range(1, 20)]
+    bad: list[Verdict] = []
+
+    def work() -> None:
+        for t in tokens * 20:
+            v = checker.check(t, DOMAIN)
+            if v is not Verdict.VALID:
+                bad.append(v)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dsp_svc.bidding import NBR_UNMATCHED_USER, Bidder
+from dsp_svc.config import ConfigError, DspConfig, Mode
+from ssp_svc.bid_request import Disposition, Impression, build_bid_request
+from ssp_svc.decryptor.checker import TokenChecker
+from ssp_svc.decryptor.key_cache import KeyCache
+from ssp_svc.decryptor.optouts import OptOutSet
+from svc_common.clock import SystemClock
+from svc_common.errors import ServiceError
+from tests.unit.ssp.support import DOMAIN, KeySet, mint, raw_uid_b64
+
+
+def request(token: str, floor: float = 0.5):
+    imp = Impression("p", "P", DOMAIN, "", "slot", floor, token)
+    return build_bid_request("auc", imp, Disposition.PASSED_THROUGH, 100)
+
+
+def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
+    keys = KeySet()
+    cache = KeyCache(keys.body, SystemClock())
+    cache.refresh()
+    optouts = OptOutSet()
+    b = Bidder(
+        "dsp",
+        checker=TokenChecker(cache, optouts, SystemClock()),
+        base_price=1.0,
+        identified_bonus=2.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    return b, keys, optouts
+
+
+def price(resp) -> float | None:
+    bids = [b for s in resp.seatbid for b in s.bid]
+    return bids[0].price if bids else None
+
+
+def test_bids_higher_for_identified_users_and_never_on_opted_out() -> None:
+    b, keys, optouts = bidder()
+    assert price(b.bid(request(mint(keys, uid=3)))) == 3.0
+    assert price(b.bid(request(""))) == 1.0
+    assert price(b.bid(request("garbage-token"))) == 1.0
+    optouts.add(raw_uid_b64(3), 1)
+    resp = b.bid(request(mint(keys, uid=3)))
+    assert price(resp) is None and resp.nbr == NBR_UNMATCHED_USER and resp.id == "auc"
+
+
+def test_respects_floor() -> None:
+    b, _, _ = bidder()
+    assert price(b.bid(request("", floor=1.5))) is None
+
+
+def test_misbehaviour_modes() -> None:
+    slept: list[float] = []
+    b, _, _ = bidder(mode=Mode.SLOW, delay_ms=250, sleep=slept.append)
+    b.bid(request(""))
+    assert slept == [0.25]
+    failing, _, _ = bidder(mode=Mode.FAIL)
+    with pytest.raises(ServiceError):
+        failing.bid(request(""))
+    flaky, _, _ = bidder(fail_rate=0.5, rng=lambda: 0.4)
+    with pytest.raises(ServiceError):
+        flaky.bid(request(""))
+    garbage, _, _ = bidder(mode=Mode.GARBAGE)
+    resp = garbage.bid(request(""))
+    assert resp.id != "auc" and math.isnan(resp.seatbid[0].bid[0].price)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        DspConfig(name="x", fail_rate=2)
+    assert DspConfig(name="x", mode=Mode.SLOW).effective_delay_ms == 1000

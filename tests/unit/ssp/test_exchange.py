@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+
+from ssp_svc.auction import Candidate
+from ssp_svc.bid_request import Disposition, uid2_token
+from ssp_svc.bidders import FanOutResult
+from ssp_svc.decryptor.checker import TokenChecker
+from ssp_svc.decryptor.key_cache import KeyCache
+from ssp_svc.decryptor.optouts import OptOutSet
+from ssp_svc.exchange import Exchange
+from ssp_svc.store.accounts import Account, AccountKind
+from ssp_svc.stream_hub import StreamHub
+from svc_common.clock import SystemClock
+from svc_common.errors import ServiceError
+from tests.unit.ssp.support import DOMAIN, KeySet, mint, raw_uid_b64
+from uid2.ssp.v1 import openrtb_pb2
+
+PUB = Account("p1", "Pub", AccountKind.PUBLISHER, ("example.com",))
+
+
+class Bidders:
+    def __init__(self, *prices: float) -> None:
+        self.prices = prices
+        self.seen: list[openrtb_pb2.BidRequest] = []
+
+    def __call__(self, req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
+        self.seen.append(req)
+        return FanOutResult([Candidate(f"b{i}", p) for i, p in enumerate(self.prices)])
+
+
+def exchange(
+    bidders: Bidders, checker: TokenChecker | None = None
+) -> tuple[Exchange, StreamHub[openrtb_pb2.BidRequest]]:
+    hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub()
+    ex = Exchange(
+        checker=checker,
+        fan_out=bidders,
+        hub=hub,
+        clock=SystemClock(),
+        tmax_ms=100,
+        new_id=lambda: "auction-1",
+    )
+    return ex, hub
+
+
+def submit(ex: Exchange, token: str = "", floor: float = 1.0, domain: str = DOMAIN):
+    imp = ex.validate(
+        PUB, page_domain=domain, app_bundle="", placement_id="s", floor_price=floor, token=token
+    )
+    return ex.run(imp)
+
+
+def test_pass_through_without_keys_and_first_price_winner() -> None:
+    bidders = Bidders(1.5, 3.0, 2.0)
+    ex, hub = exchange(bidders)
+    sub = hub.subscribe()
+    report = submit(ex, token="opaque-TOKEN")
+    assert report.disposition is Disposition.PASSED_THROUGH
+    assert report.winner == Candidate("b1", 3.0) and report.bids_received == 3
+    assert uid2_token(bidders.seen[0]) == "opaque-TOKEN"
+    captured = sub.get(0.1)
+    assert captured is not None and captured.item.id == "auction-1"
+
+
+def test_no_token_absent_and_no_fill_below_floor() -> None:
+    ex, _ = exchange(Bidders(0.5))
+    report = submit(ex, floor=1.0)
+    assert report.disposition is Disposition.ABSENT and report.winner is None
+
+
+def test_decrypting_drops_bad_tokens() -> None:
+    keys = KeySet()
+    cache = KeyCache(keys.body, SystemClock())
+    cache.refresh()
+    optouts = OptOutSet()
+    checker = TokenChecker(cache, optouts, SystemClock())
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders, checker)
+    good = mint(keys, uid=1)
+    assert submit(ex, token=good).disposition is Disposition.VALID
+    assert uid2_token(bidders.seen[-1]) == good
+    expired = mint(keys, expires_in_s=1, created_ago_s=100)
+    assert submit(ex, token=expired).disposition is Disposition.DROPPED_EXPIRED
+    assert uid2_token(bidders.seen[-1]) is None
+    assert submit(ex, token="A4notatoken" * 5).disposition is Disposition.DROPPED_INVALID
+    optouts.add(raw_uid_b64(1), 1)
+    assert submit(ex, token=good).disposition is Disposition.DROPPED_OPTOUT
+    assert uid2_token(bidders.seen[-1]) is None
+    # The raw UID2 never appears in anything sent.
+    for req in bidders.seen:
+        assert raw_uid_b64(1).encode() not in req.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"token": "x" * 501}, "TOKEN_TOO_LONG"),
+        ({"domain": ""}, "INVENTORY_MISSING"),
+        ({"floor": -1.0}, "INVALID_FLOOR"),
+        ({"floor": float("nan")}, "INVALID_FLOOR"),
+        ({"domain": "evil.org"}, "INVENTORY_NOT_ALLOWED"),
+    ],
+)
+def test_invalid_impressions(kw: dict[str, object], reason: str) -> None:
+    ex, _ = exchange(Bidders())
+    with pytest.raises(ServiceError) as exc:
+        submit(ex, **kw)  # type: ignore[arg-type]
+    assert exc.value.reason == reason
+
+
+def test_token_of_exactly_500_chars_is_accepted() -> None:
+    ex, _ = exchange(Bidders())
+    assert submit(ex, token="y" * 500).disposition is Disposition.PASSED_THROUGH

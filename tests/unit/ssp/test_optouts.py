@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from ssp_svc.decryptor.optouts import OptOutSet, OptOutWatcher
+from svc_common.grpc_client import Backoff
+from tests.support.procs import wait_until
+
+
+class FakeStream:
+    def __init__(self, items: list[tuple[str, int]], fail_after: bool) -> None:
+        self.items = items
+        self.fail_after = fail_after
+        self.cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        yield from self.items
+        if self.fail_after:
+            raise ConnectionError("stream broke")
+        self.cancelled.wait(5)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_reconnects_with_backoff_and_resumes_from_last_seen() -> None:
+    opened: list[int] = []
+    script = [
+        ([("u1", 100), ("u2", 200)], True),
+        ([], True),  # connects, breaks at once
+        ([("u2", 200), ("u3", 300)], False),  # resumes at 200: duplicate is idempotent
+    ]
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        if len(opened) == 2:
+            raise ConnectionError("operator down")
+        items, fail = script[min(len(opened) - 1, 2)] if len(opened) != 3 else script[1]
+        return FakeStream(items, fail)
+
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(open_stream, optouts, backoff=Backoff(base_s=0.01, cap_s=0.02))
+    watcher.start()
+    try:
+        assert wait_until(lambda: optouts.opted_out("u3"), 5)
+    finally:
+        watcher.stop()
+    assert opened[0] == 0
+    assert all(since == 200 for since in opened[1:])
+    assert len(optouts) == 3 and optouts.last_seen_ms == 300
+    assert optouts.opted_out("u1") and not optouts.opted_out("nobody")
+
+
+def test_stop_cancels_an_open_stream() -> None:
+    stream = FakeStream([("u1", 1)], fail_after=False)
+    watcher = OptOutWatcher(lambda since: stream, OptOutSet()).start()
+    assert wait_until(lambda: watcher.connected.is_set(), 2)
+    watcher.stop()
+    assert stream.cancelled.is_set()
+
+
+def test_earliest_opt_out_time_is_kept() -> None:
+    s = OptOutSet()
+    s.add("u", 500)
+    s.add("u", 300)
+    s.add("u", 900)
+    assert s.opted_out("u") and s.last_seen_ms == 900
