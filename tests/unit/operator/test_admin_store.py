@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from operator_svc import admin
+from operator_svc.config import OperatorConfig
+from operator_svc.domain.operator import Operator
+from operator_svc.domain.privacy import Privacy
+from operator_svc.domain.tokens import GenerateStatus
+from operator_svc.store import OperatorStore, StoreError
+from svc_common.clock import ManualClock
+from svc_common.errors import ErrorKind, ServiceError
+from tests.unit.operator.conftest import T0, Env
+from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
+from uid2_crypto.salts import BUCKET_COUNT, SaltSet
+
+DAY_S = 86_400
+
+
+def test_init_is_idempotent(env: Env) -> None:
+    before = env.store.meta("first_level_salt")
+    assert not admin.initialise(env.store, T0, os.urandom)
+    assert env.store.meta("first_level_salt") == before
+    salts = SaltSet.from_blobs(env.store.load_salt_blobs())
+    assert len(salts) == BUCKET_COUNT
+
+
+def test_open_uninitialised(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        OperatorStore.open(tmp_path)
+
+
+def test_api_keys_only_hashed(env: Env) -> None:
+    raw = sqlite3.connect(env.store.path).execute("SELECT * FROM clients").fetchall()
+    text = repr(raw)
+    for new in env.keys.values():
+        assert new.api_key not in text
+        assert new.api_key.split("-", 3)[3] not in text
+
+
+def test_bad_roles_and_sites() -> None:
+    with pytest.raises(admin.AdminError):
+        admin.parse_roles("GENERATOR,NOPE")
+    with pytest.raises(admin.AdminError):
+        admin.check_site_id(0)
+
+
+def test_disable_client_takes_effect_after_sync(env: Env) -> None:
+    extra = admin.add_client(env.store, site_id=60, name="temp", roles=["GENERATOR"], now_ms=T0, rng=os.urandom)
+    env.op.sync_now()
+    assert env.op.auth.authenticate(extra.api_key).name == "temp"
+    admin.set_client_disabled(env.store, name="temp", key_id=None, disabled=True)
+    assert "clients" in env.op.sync_now()
+    with pytest.raises(ServiceError) as exc:
+        env.op.auth.authenticate(extra.api_key)
+    assert exc.value.kind is ErrorKind.UNAUTHENTICATED and exc.value.reason == "CLIENT_DISABLED"
+
+
+def test_revoke_delegation(env: Env) -> None:
+    admin.add_site(env.store, 70, "s70", [], [], T0, os.urandom)
+    admin.grant_delegation(env.store, 70, "sso", T0)
+    env.op.sync_now()
+    ok = Privacy(True, "")
+    sso = env.client("sso")
+    assert env.op.tokens.generate(sso, "email", "x@y.com", ok, 70).status is GenerateStatus.SUCCESS
+    admin.revoke_delegation(env.store, 70, "sso")
+    env.op.sync_now()
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(sso, "email", "x@y.com", ok, 70)
+    assert exc.value.kind is ErrorKind.PERMISSION_DENIED
+    with pytest.raises(admin.AdminError):
+        admin.grant_delegation(env.store, 999, "sso", T0)
+
+
+def test_key_rotation_and_pruning(tmp_path: Path) -> None:
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    t0 = T0 // 1000
+    report = admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=3600)
+    assert report.created == 3 and report.pruned == 0 and report.activates == t0 + 3600
+    rows = store.key_rows()
+    old_master = [k for k in rows if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0][0]
+    old_refresh = [k for k in rows if k.keyset_id == REFRESH_KEYSET_ID and k.activates_s == t0][0]
+    assert old_master.expires_s == t0 + 3600 + 3 * DAY_S + 1800
+    assert old_refresh.expires_s == t0 + 3600 + 30 * DAY_S + 1800
+    # After the old master's tokens all expired, the next rotation prunes it (not the refresh key).
+    later = (old_master.expires_s + 1) * 1000
+    report2 = admin.rotate_keys(store, now_ms=later, rng=os.urandom, activation_delay_s=3600)
+    ids = {k.key_id for k in store.key_rows()}
+    assert old_master.key_id not in ids and old_refresh.key_id in ids
+    assert report2.pruned == 2
+    store.close()
+
+
+def test_two_operators_share_optouts(env: Env) -> None:
+    clock = ManualClock(T0)
+    other = Operator(OperatorConfig(data_dir=env.dir), OperatorStore.open(env.dir), clock=clock)
+    try:
+        env.op.optouts.opt_out(env.client("optout"), "email", "shared@example.com")
+        assert "optouts" in other.sync_now()
+        out = other.tokens.generate(
+            other.auth.authenticate(env.keys["gen"].api_key), "email", "shared@example.com", Privacy(True, "")
+        )
+        assert out.status is GenerateStatus.OPTOUT
+    finally:
+        other.close()

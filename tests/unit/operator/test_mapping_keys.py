@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from operator_svc import admin
+from operator_svc.domain.mapping import UnmappedReason
+from svc_common.errors import ErrorKind, ServiceError
+from tests.unit.operator.conftest import T0, Env
+from uid2_crypto.keys import MASTER_KEYSET_ID, PUBLISHED_MASTER_KEYSET_ID, REFRESH_KEYSET_ID
+
+
+def test_map_identity(env: Env) -> None:
+    items = [("email", "map@example.com"), ("phone", "bad"), ("", ""), ("email", "optout@example.com")]
+    out = env.op.mapper.map_identity(env.client("mapper"), items)
+    assert len(out) == 4
+    assert len(base64.b64decode(out[0].raw_uid)) == 32 and out[0].bucket_id
+    assert out[0].refresh_from > T0 and out[0].previous_raw_uid == ""
+    assert out[1].unmapped is UnmappedReason.INVALID_IDENTIFIER
+    assert out[2].unmapped is UnmappedReason.INVALID_IDENTIFIER
+    assert out[3].unmapped is UnmappedReason.OPTOUT
+
+
+def test_map_limits(env: Env) -> None:
+    assert len(env.op.mapper.map_identity(env.client("mapper"), [("email", "a@b.c")] * 5000)) == 5000
+    with pytest.raises(ServiceError) as exc:
+        env.op.mapper.map_identity(env.client("mapper"), [("email", "a@b.c")] * 5001)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == "TOO_MANY_ITEMS"
+    with pytest.raises(ServiceError):
+        env.op.mapper.map_identity(env.client("gen"), [])
+
+
+def test_salt_rotation_previous_uid(env: Env) -> None:
+    before = env.op.mapper.map_identity(env.client("mapper"), [("email", "rot@example.com")])[0]
+    admin.rotate_salts(env.store, 1.0, T0 + 1000, os.urandom)
+    assert "salts" in env.op.sync_now()
+    env.clock.set(T0 + 2000)
+    after = env.op.mapper.map_identity(env.client("mapper"), [("email", "rot@example.com")])[0]
+    assert after.raw_uid != before.raw_uid and after.previous_raw_uid == before.raw_uid
+    assert after.refresh_from > before.refresh_from or after.refresh_from >= T0 + 1000
+    env.clock.set(T0 + 91 * 86_400_000)
+    late = env.op.mapper.map_identity(env.client("mapper"), [("email", "rot@example.com")])[0]
+    assert late.previous_raw_uid == ""
+
+
+def test_key_access_rules(env: Env) -> None:
+    ring = env.op.state.keys.keyring
+    reader = env.op.keys.bidstream_keys(env.client("reader"))
+    ids = {k["keyset_id"] for k in reader["keys"]}
+    assert PUBLISHED_MASTER_KEYSET_ID in ids
+    assert env.op.state.keys.default_keyset[10] in ids  # unlisted keysets for ID_READER
+    assert all(ring.get(k["id"]).keyset_id != REFRESH_KEYSET_ID for k in reader["keys"])  # type: ignore[union-attr]
+    assert [k["activates"] for k in reader["keys"]] == sorted(k["activates"] for k in reader["keys"])
+    sharer = env.op.keys.sharing_keys(env.client("sharer"))
+    sharer_sets = {k["keyset_id"] for k in sharer["keys"]}
+    assert sharer_sets == {PUBLISHED_MASTER_KEYSET_ID, env.op.state.keys.default_keyset[40]}
+    assert sharer["default_keyset_id"] == env.op.state.keys.default_keyset[40]
+    assert reader["caller_site_id"] == 30 and reader["identity_scope"] == "UID2"
+    assert any(s["id"] == 12 and s["domain_names"] == ["pub.example"] for s in reader["site_data"])
+    for name, call in (("gen", env.op.keys.bidstream_keys), ("gen", env.op.keys.sharing_keys)):
+        with pytest.raises(ServiceError) as exc:
+            call(env.client(name))
+        assert exc.value.kind is ErrorKind.PERMISSION_DENIED
+    assert MASTER_KEYSET_ID not in ids

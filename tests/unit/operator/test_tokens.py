@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from operator_svc.domain.privacy import Privacy
+from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
+from svc_common.errors import ErrorKind, ServiceError
+from tests.unit.operator.conftest import T0, Env
+from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
+from uid2_crypto.identity import identity_hash
+from uid2_crypto.tokens import TokenDecoder
+
+OK = Privacy(transparency_notice_accepted=True)
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+def _raw_uid(env: Env, kind: str, value: str) -> str:
+    flh = first_level_hash(identity_hash(kind, value)[1], env.op.state.first_level_salt)
+    return base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(bucket_index(flh)))).decode()
+
+
+def _decoder(env: Env) -> TokenDecoder:
+    return TokenDecoder(
+        env.op.state.keys.keyring, max_bidstream_lifetime_s=None, max_sharing_lifetime_s=None
+    )
+
+
+def test_generate_lifetimes_and_payload(env: Env) -> None:
+    out = env.op.tokens.generate(env.client("gen"), "email", "Alice@Example.com", OK)
+    assert out.status is GenerateStatus.SUCCESS and out.identity is not None
+    ident = out.identity
+    assert ident.identity_expires == T0 + 3 * DAY
+    assert ident.refresh_from == T0 + HOUR
+    assert ident.refresh_expires == T0 + 30 * DAY
+    assert ident.advertising_token.startswith("A4")
+    assert len(ident.refresh_token) == 388
+    assert len(base64.b64decode(ident.refresh_response_key)) == 32
+    res = _decoder(env).decrypt(ident.advertising_token, T0)
+    assert res.success and res.site_id == 10
+    assert res.raw_uid == _raw_uid(env, "email", "alice@example.com")
+    assert res.privacy_bits == 1 and res.established_ms == T0
+
+
+def test_hash_forms_are_the_same_identity(env: Env) -> None:
+    h = base64.b64encode(identity_hash("phone", "+15551234567")[1]).decode()
+    a = env.op.tokens.generate(env.client("gen"), "phone", "+15551234567", OK)
+    b = env.op.tokens.generate(env.client("gen"), "phone_hash", h, OK)
+    c = env.op.tokens.generate(env.client("gen"), "phone_hash", base64.b64decode(h).hex(), OK)
+    d = _decoder(env)
+    uids = {d.decrypt(x.identity.advertising_token, T0).raw_uid for x in (a, b, c)}  # type: ignore[union-attr]
+    assert len(uids) == 1
+
+
+def test_refresh_chain_keeps_site_and_established(env: Env) -> None:
+    first = env.op.tokens.generate(env.client("gen"), "email", "chain@example.com", OK).identity
+    assert first is not None
+    token, keys = first.refresh_token, {first.refresh_response_key}
+    for i in range(1, 4):
+        env.clock.set(T0 + i * HOUR)
+        out = env.op.tokens.refresh(token)
+        assert out.status is RefreshStatus.SUCCESS and out.identity is not None
+        res = _decoder(env).decrypt(out.identity.advertising_token, T0 + i * HOUR)
+        assert res.site_id == 10 and res.established_ms == T0
+        assert res.raw_uid == _raw_uid(env, "email", "chain@example.com")
+        assert out.identity.refresh_from == T0 + i * HOUR + HOUR
+        keys.add(out.identity.refresh_response_key)
+        token = out.identity.refresh_token
+    assert len(keys) == 4
+
+
+def test_refresh_expired_invalid(env: Env) -> None:
+    ident = env.op.tokens.generate(env.client("gen"), "email", "exp@example.com", OK).identity
+    assert ident is not None
+    env.clock.set(T0 + 31 * DAY)
+    assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.EXPIRED_TOKEN
+    env.clock.set(T0)
+    tampered = ident.refresh_token[:100] + ("A" if ident.refresh_token[100] != "A" else "B") + ident.refresh_token[101:]
+    for bad in ("", "x", tampered, ident.advertising_token, "A" * 388, "é" * 388):
+        assert env.op.tokens.refresh(bad).status is RefreshStatus.INVALID_TOKEN
+
+
+def test_optout_then_generate_refresh_map(env: Env) -> None:
+    ident = env.op.tokens.generate(env.client("gen"), "email", "leaver@example.com", OK).identity
+    assert ident is not None
+    ts = env.op.optouts.opt_out(env.client("optout"), "email", "Leaver@example.com")
+    assert ts == T0
+    assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.OPTOUT
+    assert (
+        env.op.tokens.generate(env.client("gen"), "email", "leaver@example.com", OK).status
+        is GenerateStatus.OPTOUT
+    )
+    env.clock.advance(5000)
+    assert env.op.optouts.opt_out(env.client("optout"), "email", "leaver@example.com") == T0
+    raw = _raw_uid(env, "email", "leaver@example.com")
+    assert env.op.optouts.opt_out_status(env.client("optout"), [raw]) == [(raw, T0)]
+
+
+@pytest.mark.parametrize("kind, value", [("email", "optout@example.com"), ("phone", "+00000000000")])
+def test_test_identity_always_optout(env: Env, kind: str, value: str) -> None:
+    assert env.op.tokens.generate(env.client("gen"), kind, value, OK).status is GenerateStatus.OPTOUT
+    h = base64.b64encode(identity_hash(kind, value)[1]).decode()
+    out = env.op.tokens.generate(env.client("gen"), kind + "_hash", h, OK)
+    assert out.status is GenerateStatus.OPTOUT
+
+
+@pytest.mark.parametrize(
+    "kind, value", [("email", "refresh-optout@example.com"), ("phone", "+00000000002")]
+)
+def test_test_identity_refresh_optout(env: Env, kind: str, value: str) -> None:
+    out = env.op.tokens.generate(env.client("gen"), kind, value, OK)
+    assert out.status is GenerateStatus.SUCCESS and out.identity is not None
+    assert env.op.tokens.refresh(out.identity.refresh_token).status is RefreshStatus.OPTOUT
+
+
+@pytest.mark.parametrize("kind, value", [("email", "validate@example.com"), ("phone", "+12345678901")])
+def test_test_identity_never_optout(env: Env, kind: str, value: str) -> None:
+    env.op.optouts.opt_out(env.client("optout"), kind, value)
+    out = env.op.tokens.generate(env.client("gen"), kind, value, OK)
+    assert out.status is GenerateStatus.SUCCESS and out.identity is not None
+    assert env.op.tokens.refresh(out.identity.refresh_token).status is RefreshStatus.SUCCESS
+
+
+def test_consent_refused(env: Env) -> None:
+    out = env.op.tokens.generate(env.client("gen"), "email", "a@b.com", Privacy(False, ""))
+    assert out.status is GenerateStatus.INSUFFICIENT_CONSENT and out.identity is None
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("gen"), "email", "a@b.com", Privacy(True, "@@"))
+    assert exc.value.reason == "INVALID_TCF_CONSENT_STRING"
+
+
+def test_delegation(env: Env) -> None:
+    out = env.op.tokens.generate(env.client("sso"), "email", "d@example.com", OK, 12)
+    assert out.status is GenerateStatus.SUCCESS and out.identity is not None
+    res = _decoder(env).decrypt(out.identity.advertising_token, T0)
+    assert res.site_id == 12
+    site12_keyset = env.op.state.keys.default_keyset[12]
+    site_key = env.op.state.keys.keyring.active_key(site12_keyset, T0 // 1000)
+    assert site_key is not None and res.site_key_site_id == 12
+    refreshed = env.op.tokens.refresh(out.identity.refresh_token)
+    assert refreshed.site_id == 12
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("other"), "email", "d@example.com", OK, 12)
+    assert exc.value.kind is ErrorKind.PERMISSION_DENIED and exc.value.reason == "NO_DELEGATION"
+
+
+def test_validate(env: Env) -> None:
+    ident = env.op.tokens.generate(env.client("gen"), "email", "v@example.com", OK).identity
+    assert ident is not None
+    tok = ident.advertising_token
+    assert env.op.tokens.validate(env.client("gen"), tok, "email", "V@example.com")
+    assert not env.op.tokens.validate(env.client("gen"), tok, "email", "w@example.com")
+    assert not env.op.tokens.validate(env.client("other"), tok, "email", "v@example.com")
+    assert not env.op.tokens.validate(env.client("gen"), "garbage-token", "email", "v@example.com")
+
+
+@pytest.mark.parametrize(
+    "kind, value, reason",
+    [
+        ("email", "a@ba@z.com", "INVALID_EMAIL"),
+        ("phone", "+123456789", "INVALID_PHONE"),
+        ("email_hash", "abc", "INVALID_EMAIL_HASH"),
+        ("", "", "MISSING_DII"),
+    ],
+)
+def test_invalid_dii(env: Env, kind: str, value: str, reason: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("gen"), kind, value, OK)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+
+
+def test_roles(env: Env) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("mapper"), "email", "a@b.com", OK)
+    assert exc.value.kind is ErrorKind.PERMISSION_DENIED
+    assert env.op.tokens.generate(env.client("admin"), "email", "a@b.com", OK).status is GenerateStatus.SUCCESS
+    for bad in (None, "", "UID2-C-nope-x", env.keys["gen"].api_key + "x", "junk"):
+        with pytest.raises(ServiceError) as exc:
+            env.op.auth.authenticate(bad)
+        assert exc.value.kind is ErrorKind.UNAUTHENTICATED
