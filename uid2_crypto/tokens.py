@@ -401,7 +401,9 @@ class TokenDecoder:
         domain_or_app: str | None,
         client_type: ClientType,
     ) -> DecryptResult:
-        master_key = keys.get(_U32.unpack_from(data, 2)[0]) if len(data) >= 6 else None
+        if len(data) < _HEADER_LEN:
+            return _INVALID_PAYLOAD
+        master_key = keys.get(_U32.unpack_from(data, 2)[0])
         if master_key is None:
             return _NOT_AUTHORIZED_FOR_MASTER_KEY
         if len(data) < _MIN_V3_LEN:
@@ -477,7 +479,9 @@ class TokenDecoder:
     def _decrypt_v2(
         self, data: bytes, keys: dict[int, Key], now_ms: int, client_type: ClientType
     ) -> DecryptResult:
-        master_key = keys.get(_U32.unpack_from(data, 1)[0]) if len(data) >= 5 else None
+        if len(data) < 5:
+            return _INVALID_PAYLOAD
+        master_key = keys.get(_U32.unpack_from(data, 1)[0])
         if master_key is None:
             return _NOT_AUTHORIZED_FOR_MASTER_KEY
         master = _cbc_decrypt(master_key, data[5:21], data[21:])
