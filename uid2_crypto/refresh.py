@@ -25,7 +25,7 @@ import binascii
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from cryptography.exceptions import InvalidTag
@@ -72,7 +72,8 @@ class RefreshPayload:
     established_ms: int
     identity_type: IdentityType
     identity_scope: IdentityScope
-    first_level_hash: bytes
+    # Kept out of repr: the first-level hash is the durable key of a user's opt-out record.
+    first_level_hash: bytes = field(repr=False)
 
 
 def _scope_byte(scope: IdentityScope, identity_type: IdentityType) -> int:

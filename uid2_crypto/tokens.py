@@ -23,7 +23,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 
@@ -80,7 +80,8 @@ class ClientType(Enum):
 
 @dataclass(frozen=True)
 class TokenPayload:
-    raw_uid: bytes
+    # Kept out of repr so a logged payload never carries the identifier.
+    raw_uid: bytes = field(repr=False)
     identity_type: IdentityType
     identity_scope: IdentityScope
     site_id: int
