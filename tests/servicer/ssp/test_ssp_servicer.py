@@ -1,0 +1,149 @@
+"""SspServicer through grpc_testing. grpc_testing has no interceptors, so `Edge` stands in for
+the edge interceptor: a ServiceError becomes context.abort(code, "REASON: message")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc_testing
+import pytest
+
+from ssp_svc.auction import Candidate
+from ssp_svc.bidders import FanOutResult
+from ssp_svc.exchange import Exchange
+from ssp_svc.servicer import SspServicer
+from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
+from ssp_svc.stream_hub import StreamHub
+from svc_common.clock import SystemClock
+from svc_common.errors import ServiceError
+from uid2.ssp.v1 import openrtb_pb2, ssp_pb2
+
+SERVICE = ssp_pb2.DESCRIPTOR.services_by_name["SspService"]
+SUBMIT = SERVICE.methods_by_name["SubmitImpression"]
+STREAM = SERVICE.methods_by_name["StreamBidRequests"]
+
+
+class Edge:
+    def __init__(self, inner: SspServicer) -> None:
+        self._inner = inner
+
+    def SubmitImpression(self, request: Any, context: Any) -> Any:
+        try:
+            return self._inner.SubmitImpression(request, context)
+        except ServiceError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.kind.value), f"{exc.reason}: {exc}")
+
+    def StreamBidRequests(self, request: Any, context: Any) -> Iterator[Any]:
+        try:
+            yield from self._inner.StreamBidRequests(request, context)
+        except ServiceError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.kind.value), f"{exc.reason}: {exc}")
+
+
+def fan_out(req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
+    return FanOutResult([Candidate("dsp-a", 2.0, "b1", "<ad>", "cr1"), Candidate("dsp-b", 1.0)])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    store = SqliteAccountStore(tmp_path)
+    _, pub_key = store.add("pub", AccountKind.PUBLISHER, ("example.com",))
+    _, other_key = store.add("other", AccountKind.PUBLISHER, ())
+    _, sub_key = store.add("analytics", AccountKind.SUBSCRIBER)
+    hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(capacity=8)
+    exchange = Exchange(checker=None, fan_out=fan_out, hub=hub, clock=SystemClock(), tmax_ms=100)
+    server = grpc_testing.server_from_dictionary(
+        {SERVICE: Edge(SspServicer(exchange, store, hub))}, grpc_testing.strict_real_time()
+    )
+    yield {"server": server, "pub": pub_key, "other": other_key, "sub": sub_key, "hub": hub}
+    hub.close()
+    store.close()
+
+
+def submit(env: dict[str, Any], key: str | None, **fields: Any) -> tuple[Any, Any, str]:
+    request = ssp_pb2.SubmitImpressionRequest(
+        page_domain=fields.pop("page_domain", "www.example.com"),
+        placement_id="top",
+        floor_price=fields.pop("floor_price", 1.5),
+        **fields,
+    )
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    rpc = env["server"].invoke_unary_unary(SUBMIT, metadata, request, None)
+    response, _, code, details = rpc.termination()
+    return response, code, details
+
+
+def test_submit_fills_with_the_highest_bid(env: dict[str, Any]) -> None:
+    response, code, _ = submit(env, env["pub"], advertising_token="Tok+en/==")
+    assert code == grpc.StatusCode.OK
+    assert response.outcome == ssp_pb2.AUCTION_OUTCOME_FILLED
+    assert response.winning_bid.bidder == "dsp-a" and response.winning_bid.price == 2.0
+    assert response.winning_bid.ad_markup == "<ad>" and response.winning_bid.creative_id == "cr1"
+    assert response.token_disposition == ssp_pb2.TOKEN_DISPOSITION_PASSED_THROUGH
+    assert response.bids_received == 2 and len(response.auction_id) == 32
+
+
+def test_no_fill_and_absent_token(env: dict[str, Any]) -> None:
+    response, code, _ = submit(env, env["pub"], floor_price=5.0)
+    assert code == grpc.StatusCode.OK
+    assert response.outcome == ssp_pb2.AUCTION_OUTCOME_NO_FILL
+    assert not response.HasField("winning_bid")
+    assert response.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+
+
+@pytest.mark.parametrize(
+    ("key", "fields", "code", "reason"),
+    [
+        (None, {}, grpc.StatusCode.UNAUTHENTICATED, "MISSING_API_KEY"),
+        ("UID2-SSP-abc.def", {}, grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_API_KEY"),
+        ("sub", {}, grpc.StatusCode.PERMISSION_DENIED, "NOT_A_PUBLISHER"),
+        ("pub", {"advertising_token": "x" * 501}, grpc.StatusCode.INVALID_ARGUMENT,
+         "TOKEN_TOO_LONG"),
+        ("pub", {"page_domain": "evil.org"}, grpc.StatusCode.PERMISSION_DENIED,
+         "INVENTORY_NOT_ALLOWED"),
+        ("pub", {"floor_price": -2.0}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FLOOR"),
+    ],
+)  # fmt: skip
+def test_submit_errors(
+    env: dict[str, Any], key: str | None, fields: dict[str, Any], code: Any, reason: str
+) -> None:
+    api_key = env.get(key, key) if key else None
+    _, got, details = submit(env, api_key, **fields)
+    assert got == code and details.startswith(reason)
+    assert "x" * 20 not in details
+
+
+def _stream(env: dict[str, Any], key: str, **filters: str) -> Any:
+    return env["server"].invoke_unary_stream(
+        STREAM,
+        (("authorization", f"Bearer {key}"),),
+        ssp_pb2.StreamBidRequestsRequest(**filters),
+        None,
+    )
+
+
+def test_stream_delivers_bid_requests_filtered(env: dict[str, Any]) -> None:
+    everything = _stream(env, env["sub"])
+    only_other = _stream(env, env["sub"], site_domain="OTHER.example.net")
+    own = _stream(env, env["other"])  # a publisher key sees only its own inventory
+    hub: StreamHub[Any] = env["hub"]
+    assert wait_subscribers(hub, 3)
+    r1, _, _ = submit(env, env["pub"], advertising_token="T1")
+    r2, _, _ = submit(env, env["other"], page_domain="other.example.net")
+    got = [everything.take_response(), everything.take_response()]
+    assert [g.bid_request.id for g in got] == [r1.auction_id, r2.auction_id]
+    assert got[0].bid_request.user.eids[0].uids[0].id == "T1"
+    assert got[0].dropped_since_last == 0 and got[0].sent_at > 0
+    assert only_other.take_response().bid_request.id == r2.auction_id
+    assert own.take_response().bid_request.id == r2.auction_id
+    for rpc in (everything, only_other, own):
+        rpc.cancel()
+
+
+def wait_subscribers(hub: StreamHub[Any], n: int) -> bool:
+    from tests.support.procs import wait_until
+
+    return wait_until(lambda: hub.subscriber_count >= n, 2)
