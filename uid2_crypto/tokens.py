@@ -39,7 +39,11 @@ V4 = "V4"
 VERSION_BYTE_V3 = 112
 VERSION_BYTE_V4 = 128
 OPERATOR_TYPE_SERVICE = 1
-PRIVACY_BIT_CLIENT_SIDE_GENERATED = 1 << 1
+# The client-side-generated flag sits where the official SDK reads it: uid2-client 2.9.0 walks
+# the big-endian privacy field MSB-first, so its "bit 1" is bit 30 of the integer. The reference's
+# vectors pin that reading (privacy bits 3 decrypt as not client-side generated), and matching it
+# keeps our decoder and every SDK-based decryptor agreeing on which tokens need a domain check.
+PRIVACY_BIT_CLIENT_SIDE_GENERATED = 1 << 30
 # Used when a key container states no maximum lifetime (the SDK does the same).
 UNLIMITED_LIFETIME_S = sys.maxsize
 

@@ -27,6 +27,7 @@ from uid2_crypto.keys import (
     parse_key_container_json,
 )
 from uid2_crypto.tokens import (
+    PRIVACY_BIT_CLIENT_SIDE_GENERATED,
     ClientType,
     DecryptionStatus,
     TokenDecoder,
@@ -300,3 +301,15 @@ def test_sdk_raises_where_we_answer() -> None:
     with pytest.raises(EncryptionError):
         sdk(bad, NOW_MS)
     assert OURS.decrypt(bad, NOW_MS).status is DecryptionStatus.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("privacy_bits", [0, 1, 3, PRIVACY_BIT_CLIENT_SIDE_GENERATED | 1])
+def test_client_side_flag_agrees_with_the_sdk(privacy_bits: int) -> None:
+    token = encode_advertising_token_v4(
+        payload(os.urandom(32), privacy_bits=privacy_bits), MASTER, SITE_KEY
+    )
+    theirs = sdk(token, NOW_MS, SdkClientType.SHARING)
+    ours = OURS.decrypt(token, NOW_MS, client_type=ClientType.SHARING)
+    assert ours.status is DecryptionStatus.SUCCESS and theirs.status.name == "SUCCESS"
+    assert ours.is_client_side_generated is theirs.is_client_side_generated
+    assert ours.is_client_side_generated is bool(privacy_bits & PRIVACY_BIT_CLIENT_SIDE_GENERATED)

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 
 from tests.unit.crypto.tokens_helpers import BASE_MS, mint
 from tests.unit.crypto.vectors import NOW_MS, container, token_vectors
-from uid2_crypto.tokens import ClientType, DecryptionStatus, DecryptResult, TokenDecoder
+from uid2_crypto.tokens import (
+    PRIVACY_BIT_CLIENT_SIDE_GENERATED,
+    ClientType,
+    DecryptionStatus,
+    DecryptResult,
+    TokenDecoder,
+)
 
 DECODER = TokenDecoder(
     container().keyring,
@@ -15,7 +21,9 @@ DECODER = TokenDecoder(
     max_bidstream_lifetime_s=3 * 86400,
     max_sharing_lifetime_s=30 * 86400,
 )
-VALID = [mint(), mint(privacy_bits=2)] + [v["token"] for v in token_vectors()]
+VALID = [mint(), mint(privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED)] + [
+    v["token"] for v in token_vectors()
+]
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/="
 
 

@@ -9,6 +9,7 @@ from tests.unit.crypto.vectors import NOW_MS, container, master_key, site_key, t
 from uid2_crypto.identity import IdentityScope, IdentityType
 from uid2_crypto.keys import KeyRing
 from uid2_crypto.tokens import (
+    PRIVACY_BIT_CLIENT_SIDE_GENERATED,
     ClientType,
     DecryptionStatus,
     TokenDecoder,
@@ -138,21 +139,23 @@ def test_unlimited_lifetime_when_container_has_none() -> None:
 
 def test_domain_check_only_for_client_side_bidstream() -> None:
     d = decoder(site_data={9000: (["pub.example"], [])})
-    cstg = mint(privacy_bits=0b11)
+    cstg = mint(privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED | 1)
     assert d.decrypt(cstg, BASE_MS).status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
     assert d.decrypt(cstg, BASE_MS, domain_or_app="PUB.example").status is DecryptionStatus.SUCCESS
     shared = d.decrypt(cstg, BASE_MS, client_type=ClientType.SHARING)
     assert shared.status is DecryptionStatus.SUCCESS and shared.is_client_side_generated
     server_side = mint(privacy_bits=0b01)
     assert d.decrypt(server_side, BASE_MS).status is DecryptionStatus.SUCCESS
-    other_site = mint(privacy_bits=0b10, site_id=9001)
+    other_site = mint(privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED, site_id=9001)
     r = d.decrypt(other_site, BASE_MS, domain_or_app="pub.example")
     assert r.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
 
 
 def test_domain_check_comes_before_lifetime() -> None:
     d = decoder()
-    token = mint(privacy_bits=2, expires_ms=BASE_MS + 100 * DAY_S * 1000)
+    token = mint(
+        privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED, expires_ms=BASE_MS + 100 * DAY_S * 1000
+    )
     assert d.decrypt(token, BASE_MS).status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
 
 
@@ -206,7 +209,7 @@ def test_every_status_is_produced() -> None:
         decoder([master_key()]).decrypt(mint(), BASE_MS).status,
         d.decrypt(mint(expires_ms=BASE_MS), BASE_MS + 1).status,
         d.decrypt(mint(expires_ms=BASE_MS + 10**12), BASE_MS).status,
-        d.decrypt(mint(privacy_bits=2), BASE_MS).status,
+        d.decrypt(mint(privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED), BASE_MS).status,
     }
     assert seen == set(DecryptionStatus)
 
