@@ -1,1 +1,3 @@
-"""`make demo`: the publisher workflow across real processes, and the stack launcher e2e tests reuse."""
+"""`make demo`: the publisher workflow across real processes.
+
+Also home of the stack launcher the end-to-end tests reuse."""
