@@ -1,0 +1,169 @@
+"""The operator as real processes: SIGTERM, kill -9 durability, two processes on one data dir."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.integration.operator.conftest import OK_PRIVACY, add_client, init_dir, md
+from tests.support.procs import ServiceProcess, run_cli, wait_until
+from uid2.operator.v1 import operator_pb2 as pb
+from uid2.operator.v1 import operator_pb2_grpc as pbg
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("proc")
+    init_dir(d)
+    return d
+
+
+def _serve(d: Path) -> ServiceProcess:
+    return ServiceProcess(
+        ["uid2-operator", "serve", "--data-dir", str(d), "--listen", "127.0.0.1:0"]
+    ).wait_ready(30)
+
+
+@pytest.fixture
+def proc(data_dir: Path) -> Iterator[ServiceProcess]:
+    p = _serve(data_dir)
+    yield p
+    p.kill()
+
+
+def _stub(p: ServiceProcess) -> pbg.OperatorServiceStub:
+    return pbg.OperatorServiceStub(grpc.insecure_channel(p.address))
+
+
+def _status(stub: pbg.OperatorServiceStub, meta: object, email: str) -> int:
+    req = pb.GenerateTokenRequest(dii=pb.Dii(email=email), privacy_settings=OK_PRIVACY)
+    return stub.GenerateToken(req, metadata=meta, timeout=5).status  # type: ignore[no-any-return]
+
+
+def test_cli_mistakes_exit_2(tmp_path: Path) -> None:
+    for args in (
+        ["client", "add", "--data-dir", str(tmp_path / "absent"), "--site-id", "1", "--name", "n", "--roles", "GENERATOR"],
+        ["client", "add", "--data-dir", str(tmp_path), "--site-id", "1", "--name", "n", "--roles", "GENERATOR"],
+        ["serve", "--data-dir", str(tmp_path / "absent"), "--listen", "127.0.0.1:0"],
+        ["serve", "--data-dir", str(tmp_path), "--listen", "nope"],
+        ["nonsense"],
+    ):
+        r = run_cli(["uid2-operator", *args])
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) >= 1
+    assert not (tmp_path / "absent").exists()
+
+
+def test_client_add_prints_contract_json(data_dir: Path) -> None:
+    r = run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "7", "--name", "c", "--roles", "GENERATOR,MAPPER"])
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert list(obj) == ["name", "site_id", "roles", "api_key", "secret"]
+    assert obj["site_id"] == 7 and obj["roles"] == ["GENERATOR", "MAPPER"]
+    bad = run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "7", "--name", "c", "--roles", "GENERATOR,BOSS"])
+    assert bad.returncode == 2 and "BOSS" in bad.stderr
+
+
+def test_sigterm_drains_and_exits_zero(proc: ServiceProcess, data_dir: Path) -> None:
+    c = add_client(data_dir, 10, "term", ["ID_READER", "GENERATOR"])
+    stub = _stub(proc)
+    assert wait_until(lambda: _ok(stub, md(c)), 1.0)
+    stream = stub.WatchOptOuts(pb.WatchOptOutsRequest(since=0), metadata=md(c))
+    t = threading.Thread(target=lambda: [None for _ in stream], daemon=True)
+    started = time.monotonic()
+    try:
+        t.start()
+        time.sleep(0.2)
+        assert proc.terminate(15) == 0
+    finally:
+        stream.cancel()
+    assert time.monotonic() - started < 5
+    log = proc.log_text()
+    assert "term@example.com" not in log and c.api_key not in log
+    assert any(e.get("event") == "rpc" and "request_id" in e and "latency_ms" in e for e in proc.events)
+
+
+def test_kill9_keeps_acknowledged_writes(data_dir: Path) -> None:
+    p = _serve(data_dir)
+    c = add_client(data_dir, 11, "durable", ["OPTOUT", "GENERATOR", "ID_READER"])
+    stub = _stub(p)
+    assert wait_until(lambda: _ok(stub, md(c)), 1.0)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            email = f"kill{i}@example.com"
+            try:
+                stub.OptOut(pb.OptOutRequest(dii=pb.Dii(email=email)), metadata=md(c), timeout=5)
+            except grpc.RpcError:
+                return
+            acked.append(email)
+            i += 1
+
+    threads = [threading.Thread(target=writer, daemon=True) for _ in range(1)]
+    for t in threads:
+        t.start()
+    new_client = json.loads(
+        run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "12", "--name", "late", "--roles", "GENERATOR"]).stdout
+    )
+    assert run_cli(["uid2-operator", "keys", "rotate", "--data-dir", str(data_dir), "--activation-delay", "60"]).returncode == 0
+    assert wait_until(lambda: len(acked) > 20, 10)
+    keys_before = {k.id for k in stub.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
+    p.kill()  # SIGKILL mid-write
+    stop.set()
+    for t in threads:
+        t.join(5)
+    q = _serve(data_dir)
+    try:
+        stub2 = _stub(q)
+        for email in acked:
+            assert _status(stub2, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT, email
+        late = (("authorization", "Bearer " + new_client["api_key"]),)
+        assert _status(stub2, late, "fine@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
+        after = {k.id for k in stub2.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
+        assert keys_before <= after
+    finally:
+        q.terminate()
+
+
+def test_two_processes_see_each_other_within_1s(data_dir: Path) -> None:
+    a, b = _serve(data_dir), _serve(data_dir)
+    try:
+        c = add_client(data_dir, 13, "twins", ["OPTOUT", "GENERATOR", "ID_READER"])
+        sa, sb = _stub(a), _stub(b)
+        assert wait_until(lambda: _ok(sb, md(c)), 1.0)
+        for i, (src, dst) in enumerate(((sa, sb), (sb, sa))):
+            email = f"twin{i}@example.com"
+            assert _status(dst, md(c), email) == pb.GENERATE_TOKEN_STATUS_SUCCESS
+            src.OptOut(pb.OptOutRequest(dii=pb.Dii(email=email)), metadata=md(c), timeout=5)
+            assert _status(src, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT
+            t0 = time.monotonic()
+            assert wait_until(lambda e=email, d=dst: _status(d, md(c), e) == pb.GENERATE_TOKEN_STATUS_OPTOUT, 1.0)
+            assert time.monotonic() - t0 < 1.0
+        before = {k.id for k in sb.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
+        assert run_cli(["uid2-operator", "keys", "rotate", "--data-dir", str(data_dir)]).returncode == 0
+        assert wait_until(
+            lambda: len({k.id for k in sb.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys} - before) >= 2,
+            1.0,
+        )
+    finally:
+        a.terminate()
+        b.terminate()
+
+
+def _ok(stub: pbg.OperatorServiceStub, meta: object) -> bool:
+    try:
+        _status(stub, meta, "probe@example.com")
+    except grpc.RpcError:
+        return False
+    return True
