@@ -30,7 +30,12 @@ def add_client(d: Path, site_id: int, name: str, roles: list[str]) -> admin.NewC
     store = OperatorStore.open(d)
     try:
         return admin.add_client(
-            store, site_id=site_id, name=name, roles=roles, now_ms=SystemClock().now_ms(), rng=os.urandom
+            store,
+            site_id=site_id,
+            name=name,
+            roles=roles,
+            now_ms=SystemClock().now_ms(),
+            rng=os.urandom,
         )
     finally:
         store.close()
@@ -70,7 +75,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     clients = {role: add_client(d, 100 + i, role.lower(), [role]) for i, role in enumerate(ROLES)}
     clients["pub"] = add_client(d, 200, "pub", ["GENERATOR", "MAPPER", "OPTOUT"])
     clients["reader"] = add_client(d, 300, "reader", ["ID_READER"])
-    served, port = create_server(OperatorConfig(data_dir=d, listen="127.0.0.1:0", sync_interval_s=0.05))
+    served, port = create_server(
+        OperatorConfig(data_dir=d, listen="127.0.0.1:0", sync_interval_s=0.05)
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield Live(d, served, port, channel, pbg.OperatorServiceStub(channel), clients)
     channel.close()

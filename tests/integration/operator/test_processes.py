@@ -50,8 +50,30 @@ def _status(stub: pbg.OperatorServiceStub, meta: object, email: str) -> int:
 
 def test_cli_mistakes_exit_2(tmp_path: Path) -> None:
     for args in (
-        ["client", "add", "--data-dir", str(tmp_path / "absent"), "--site-id", "1", "--name", "n", "--roles", "GENERATOR"],
-        ["client", "add", "--data-dir", str(tmp_path), "--site-id", "1", "--name", "n", "--roles", "GENERATOR"],
+        [
+            "client",
+            "add",
+            "--data-dir",
+            str(tmp_path / "absent"),
+            "--site-id",
+            "1",
+            "--name",
+            "n",
+            "--roles",
+            "GENERATOR",
+        ],
+        [
+            "client",
+            "add",
+            "--data-dir",
+            str(tmp_path),
+            "--site-id",
+            "1",
+            "--name",
+            "n",
+            "--roles",
+            "GENERATOR",
+        ],
         ["serve", "--data-dir", str(tmp_path / "absent"), "--listen", "127.0.0.1:0"],
         ["serve", "--data-dir", str(tmp_path), "--listen", "nope"],
         ["nonsense"],
@@ -63,12 +85,40 @@ def test_cli_mistakes_exit_2(tmp_path: Path) -> None:
 
 
 def test_client_add_prints_contract_json(data_dir: Path) -> None:
-    r = run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "7", "--name", "c", "--roles", "GENERATOR,MAPPER"])
+    r = run_cli(
+        [
+            "uid2-operator",
+            "client",
+            "add",
+            "--data-dir",
+            str(data_dir),
+            "--site-id",
+            "7",
+            "--name",
+            "c",
+            "--roles",
+            "GENERATOR,MAPPER",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
     assert list(obj) == ["name", "site_id", "roles", "api_key", "secret"]
     assert obj["site_id"] == 7 and obj["roles"] == ["GENERATOR", "MAPPER"]
-    bad = run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "7", "--name", "c", "--roles", "GENERATOR,BOSS"])
+    bad = run_cli(
+        [
+            "uid2-operator",
+            "client",
+            "add",
+            "--data-dir",
+            str(data_dir),
+            "--site-id",
+            "7",
+            "--name",
+            "c",
+            "--roles",
+            "GENERATOR,BOSS",
+        ]
+    )
     assert bad.returncode == 2 and "BOSS" in bad.stderr
 
 
@@ -88,7 +138,9 @@ def test_sigterm_drains_and_exits_zero(proc: ServiceProcess, data_dir: Path) -> 
     assert time.monotonic() - started < 5
     log = proc.log_text()
     assert "term@example.com" not in log and c.api_key not in log
-    assert any(e.get("event") == "rpc" and "request_id" in e and "latency_ms" in e for e in proc.events)
+    assert any(
+        e.get("event") == "rpc" and "request_id" in e and "latency_ms" in e for e in proc.events
+    )
 
 
 def test_kill9_keeps_acknowledged_writes(data_dir: Path) -> None:
@@ -114,11 +166,43 @@ def test_kill9_keeps_acknowledged_writes(data_dir: Path) -> None:
     for t in threads:
         t.start()
     new_client = json.loads(
-        run_cli(["uid2-operator", "client", "add", "--data-dir", str(data_dir), "--site-id", "12", "--name", "late", "--roles", "GENERATOR"]).stdout
+        run_cli(
+            [
+                "uid2-operator",
+                "client",
+                "add",
+                "--data-dir",
+                str(data_dir),
+                "--site-id",
+                "12",
+                "--name",
+                "late",
+                "--roles",
+                "GENERATOR",
+            ]
+        ).stdout
     )
-    assert run_cli(["uid2-operator", "keys", "rotate", "--data-dir", str(data_dir), "--activation-delay", "60"]).returncode == 0
+    assert (
+        run_cli(
+            [
+                "uid2-operator",
+                "keys",
+                "rotate",
+                "--data-dir",
+                str(data_dir),
+                "--activation-delay",
+                "60",
+            ]
+        ).returncode
+        == 0
+    )
     assert wait_until(lambda: len(acked) > 20, 10)
-    keys_before = {k.id for k in stub.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
+    keys_before = {
+        k.id
+        for k in stub.GetBidstreamKeys(
+            pb.GetBidstreamKeysRequest(), metadata=md(c)
+        ).key_container.keys
+    }
     p.kill()  # SIGKILL mid-write
     stop.set()
     for t in threads:
@@ -130,7 +214,12 @@ def test_kill9_keeps_acknowledged_writes(data_dir: Path) -> None:
             assert _status(stub2, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT, email
         late = (("authorization", "Bearer " + new_client["api_key"]),)
         assert _status(stub2, late, "fine@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
-        after = {k.id for k in stub2.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
+        after = {
+            k.id
+            for k in stub2.GetBidstreamKeys(
+                pb.GetBidstreamKeysRequest(), metadata=md(c)
+            ).key_container.keys
+        }
         assert keys_before <= after
     finally:
         q.terminate()
@@ -148,12 +237,33 @@ def test_two_processes_see_each_other_within_1s(data_dir: Path) -> None:
             src.OptOut(pb.OptOutRequest(dii=pb.Dii(email=email)), metadata=md(c), timeout=5)
             assert _status(src, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT
             t0 = time.monotonic()
-            assert wait_until(lambda e=email, d=dst: _status(d, md(c), e) == pb.GENERATE_TOKEN_STATUS_OPTOUT, 1.0)
+            assert wait_until(
+                lambda e=email, d=dst: _status(d, md(c), e) == pb.GENERATE_TOKEN_STATUS_OPTOUT, 1.0
+            )
             assert time.monotonic() - t0 < 1.0
-        before = {k.id for k in sb.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys}
-        assert run_cli(["uid2-operator", "keys", "rotate", "--data-dir", str(data_dir)]).returncode == 0
+        before = {
+            k.id
+            for k in sb.GetBidstreamKeys(
+                pb.GetBidstreamKeysRequest(), metadata=md(c)
+            ).key_container.keys
+        }
+        assert (
+            run_cli(["uid2-operator", "keys", "rotate", "--data-dir", str(data_dir)]).returncode
+            == 0
+        )
         assert wait_until(
-            lambda: len({k.id for k in sb.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=md(c)).key_container.keys} - before) >= 2,
+            lambda: (
+                len(
+                    {
+                        k.id
+                        for k in sb.GetBidstreamKeys(
+                            pb.GetBidstreamKeysRequest(), metadata=md(c)
+                        ).key_container.keys
+                    }
+                    - before
+                )
+                >= 2
+            ),
             1.0,
         )
     finally:

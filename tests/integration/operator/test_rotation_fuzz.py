@@ -30,7 +30,9 @@ def test_key_rotation_while_sdk_decrypts(live: Live) -> None:
 
     def refresher() -> None:
         while not stop.is_set():
-            keys = live.stub.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=live.md("reader"))
+            keys = live.stub.GetBidstreamKeys(
+                pb.GetBidstreamKeysRequest(), metadata=live.md("reader")
+            )
             with lock:
                 sdk._refresh_json(key_json_text(keys.key_container))
             stop.wait(0.2)
@@ -41,7 +43,9 @@ def test_key_rotation_while_sdk_decrypts(live: Live) -> None:
     t = threading.Thread(target=refresher, daemon=True)
     t.start()
     store = OperatorStore.open(live.dir)
-    report = admin.rotate_keys(store, now_ms=SystemClock().now_ms(), rng=os.urandom, activation_delay_s=1)
+    report = admin.rotate_keys(
+        store, now_ms=SystemClock().now_ms(), rng=os.urandom, activation_delay_s=1
+    )
     store.close()
     failures = 0
     decrypted = 0
@@ -98,7 +102,9 @@ def test_malformed_requests_never_unknown(
     m = live.md("ADMIN")
     gen = pb.GenerateTokenRequest(
         dii=d,
-        privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True, tcf_consent_string=tcf),
+        privacy_settings=pb.PrivacySettings(
+            transparency_notice_accepted=True, tcf_consent_string=tcf
+        ),
         on_behalf_of_site_id=site,
     )
     codes = [

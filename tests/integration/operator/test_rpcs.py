@@ -20,7 +20,10 @@ EMAIL = pb.Dii(email="matrix@example.com")
 RAW = "A" * 43 + "="
 
 CALLS: dict[str, tuple[Any, set[str]]] = {
-    "GenerateToken": (pb.GenerateTokenRequest(dii=EMAIL, privacy_settings=OK_PRIVACY), {"GENERATOR"}),
+    "GenerateToken": (
+        pb.GenerateTokenRequest(dii=EMAIL, privacy_settings=OK_PRIVACY),
+        {"GENERATOR"},
+    ),
     "ValidateToken": (pb.ValidateTokenRequest(token="AAAA", dii=EMAIL), {"GENERATOR"}),
     "MapIdentity": (pb.MapIdentityRequest(dii=[EMAIL]), {"MAPPER"}),
     "OptOut": (pb.OptOutRequest(dii=pb.Dii(email="matrix-out@example.com")), {"OPTOUT"}),
@@ -72,11 +75,15 @@ def test_unauthenticated(live: Live, method: str, metadata: Any) -> None:
 def test_disabled_client_is_unauthenticated(live: Live) -> None:
     c = add_client(live.dir, 400, "soon-disabled", ["GENERATOR"])
     assert _wait_code(live, "GenerateToken", c.api_key, grpc.StatusCode.OK)
-    assert cli.main(["client", "disable", "--data-dir", str(live.dir), "--name", "soon-disabled"]) == 0
+    assert (
+        cli.main(["client", "disable", "--data-dir", str(live.dir), "--name", "soon-disabled"]) == 0
+    )
     assert _wait_code(live, "GenerateToken", c.api_key, grpc.StatusCode.UNAUTHENTICATED)
 
 
-def _wait_code(live: Live, method: str, api_key: str, want: grpc.StatusCode, timeout_s: float = 1.0) -> bool:
+def _wait_code(
+    live: Live, method: str, api_key: str, want: grpc.StatusCode, timeout_s: float = 1.0
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
         code, _ = _code(live, method, CALLS[method][0], (("authorization", "Bearer " + api_key),))
@@ -123,20 +130,25 @@ def test_test_identities(live: Live, dii: pb.Dii, generate: str, refresh: str | 
     )
     assert pb.GenerateTokenStatus.Name(resp.status) == "GENERATE_TOKEN_STATUS_" + generate
     if refresh:
-        r = live.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=resp.identity.refresh_token))
+        r = live.stub.RefreshToken(
+            pb.RefreshTokenRequest(refresh_token=resp.identity.refresh_token)
+        )
         assert pb.RefreshTokenStatus.Name(r.status) == "REFRESH_TOKEN_STATUS_" + refresh
 
 
 def test_consent(live: Live) -> None:
     resp = live.stub.GenerateToken(
-        pb.GenerateTokenRequest(dii=EMAIL, privacy_settings=pb.PrivacySettings()), metadata=live.md("pub")
+        pb.GenerateTokenRequest(dii=EMAIL, privacy_settings=pb.PrivacySettings()),
+        metadata=live.md("pub"),
     )
     assert resp.status == pb.GENERATE_TOKEN_STATUS_INSUFFICIENT_CONSENT
     with pytest.raises(grpc.RpcError) as exc:
         live.stub.GenerateToken(
             pb.GenerateTokenRequest(
                 dii=EMAIL,
-                privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True, tcf_consent_string="%%"),
+                privacy_settings=pb.PrivacySettings(
+                    transparency_notice_accepted=True, tcf_consent_string="%%"
+                ),
             ),
             metadata=live.md("pub"),
         )
@@ -147,7 +159,23 @@ def test_consent(live: Live) -> None:
 def test_delegation_granted_missing_revoked(live: Live) -> None:
     sso = add_client(live.dir, 500, "sso-idp", ["GENERATOR"])
     d = str(live.dir)
-    assert cli.main(["site", "add", "--data-dir", d, "--site-id", "501", "--name", "pub501", "--domain", "pub501.example"]) == 0
+    assert (
+        cli.main(
+            [
+                "site",
+                "add",
+                "--data-dir",
+                d,
+                "--site-id",
+                "501",
+                "--name",
+                "pub501",
+                "--domain",
+                "pub501.example",
+            ]
+        )
+        == 0
+    )
     req = pb.GenerateTokenRequest(dii=EMAIL, privacy_settings=OK_PRIVACY, on_behalf_of_site_id=501)
 
     def code() -> grpc.StatusCode:
@@ -158,7 +186,12 @@ def test_delegation_granted_missing_revoked(live: Live) -> None:
         return grpc.StatusCode.OK
 
     assert _until(lambda: code() is grpc.StatusCode.PERMISSION_DENIED)
-    assert cli.main(["delegation", "grant", "--data-dir", d, "--site-id", "501", "--client-name", "sso-idp"]) == 0
+    assert (
+        cli.main(
+            ["delegation", "grant", "--data-dir", d, "--site-id", "501", "--client-name", "sso-idp"]
+        )
+        == 0
+    )
     assert _until(lambda: code() is grpc.StatusCode.OK)
     resp = live.stub.GenerateToken(req, metadata=(("authorization", "Bearer " + sso.api_key),))
     keys = live.stub.GetBidstreamKeys(pb.GetBidstreamKeysRequest(), metadata=live.md("reader"))
@@ -166,7 +199,21 @@ def test_delegation_granted_missing_revoked(live: Live) -> None:
     sdk._refresh_json(key_json_text(keys.key_container))
     res = sdk.decrypt_token_into_raw_uid(resp.identity.advertising_token, "pub501.example")
     assert res.success and res.site_id == 501
-    assert cli.main(["delegation", "revoke", "--data-dir", d, "--site-id", "501", "--client-name", "sso-idp"]) == 0
+    assert (
+        cli.main(
+            [
+                "delegation",
+                "revoke",
+                "--data-dir",
+                d,
+                "--site-id",
+                "501",
+                "--client-name",
+                "sso-idp",
+            ]
+        )
+        == 0
+    )
     assert _until(lambda: code() is grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -188,7 +235,9 @@ def test_sizes(live: Live) -> None:
     ok = live.stub.MapIdentity(pb.MapIdentityRequest(dii=[EMAIL] * 5000), metadata=live.md("pub"))
     assert len(ok.results) == 5000
     with pytest.raises(grpc.RpcError) as exc:
-        live.stub.GetOptOutStatus(pb.GetOptOutStatusRequest(raw_uids=[RAW] * 5001), metadata=live.md("pub"))
+        live.stub.GetOptOutStatus(
+            pb.GetOptOutStatusRequest(raw_uids=[RAW] * 5001), metadata=live.md("pub")
+        )
     assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     huge = pb.MapIdentityRequest(dii=[pb.Dii(email="x" * 1000)] * 5000)
     with pytest.raises(grpc.RpcError) as exc:
@@ -211,12 +260,16 @@ def test_watch_live_and_resume(live: Live) -> None:
     t = threading.Thread(target=consume, daemon=True)
     t.start()
     time.sleep(0.1)
-    out = live.stub.OptOut(pb.OptOutRequest(dii=pb.Dii(email="stream@example.com")), metadata=live.md("pub"))
+    out = live.stub.OptOut(
+        pb.OptOutRequest(dii=pb.Dii(email="stream@example.com")), metadata=live.md("pub")
+    )
     assert _until(lambda: any(g.opted_out_at == out.opted_out_at for g in got), 1.0)
     stream.cancel()
     t.join(2)
     # Resume from the last time seen: the backlog includes it.
-    again = live.stub.WatchOptOuts(pb.WatchOptOutsRequest(since=out.opted_out_at), metadata=live.md("reader"), timeout=0.5)
+    again = live.stub.WatchOptOuts(
+        pb.WatchOptOutsRequest(since=out.opted_out_at), metadata=live.md("reader"), timeout=0.5
+    )
     seen = []
     with pytest.raises(grpc.RpcError):
         for item in again:
@@ -231,7 +284,9 @@ def test_watch_live_and_resume(live: Live) -> None:
 def test_validate_own_site_only(live: Live) -> None:
     tok = live.generate("pub", "val@example.com").identity.advertising_token
     dii = pb.Dii(email="val@example.com")
-    assert live.stub.ValidateToken(pb.ValidateTokenRequest(token=tok, dii=dii), metadata=live.md("pub")).valid
+    assert live.stub.ValidateToken(
+        pb.ValidateTokenRequest(token=tok, dii=dii), metadata=live.md("pub")
+    ).valid
     assert not live.stub.ValidateToken(
         pb.ValidateTokenRequest(token=tok, dii=dii), metadata=live.md("GENERATOR")
     ).valid

@@ -48,8 +48,12 @@ def h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     admin.initialise(store, clock.now_ms(), os.urandom)
     keys = {
         "all": admin.add_client(
-            store, site_id=10, name="all", roles=["GENERATOR", "MAPPER", "OPTOUT", "ID_READER", "SHARER"],
-            now_ms=clock.now_ms(), rng=os.urandom,
+            store,
+            site_id=10,
+            name="all",
+            roles=["GENERATOR", "MAPPER", "OPTOUT", "ID_READER", "SHARER"],
+            now_ms=clock.now_ms(),
+            rng=os.urandom,
         ),
     }
     op = Operator(OperatorConfig(data_dir=d), store)
@@ -62,7 +66,8 @@ def h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 def _gen(h: Harness, email: str) -> pb.GenerateTokenResponse:
     req = pb.GenerateTokenRequest(
-        dii=pb.Dii(email=email), privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True)
+        dii=pb.Dii(email=email),
+        privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
     )
     resp, code = h.unary("GenerateToken", req)
     assert code is grpc.StatusCode.OK
@@ -72,14 +77,18 @@ def _gen(h: Harness, email: str) -> pb.GenerateTokenResponse:
 def test_generate_refresh_validate(h: Harness) -> None:
     resp = _gen(h, "svc@example.com")
     assert resp.status == pb.GENERATE_TOKEN_STATUS_SUCCESS
-    assert resp.identity.refresh_from < resp.identity.identity_expires < resp.identity.refresh_expires
+    assert (
+        resp.identity.refresh_from < resp.identity.identity_expires < resp.identity.refresh_expires
+    )
     refreshed, code = h.unary(
         "RefreshToken", pb.RefreshTokenRequest(refresh_token=resp.identity.refresh_token), who=None
     )
     assert code is grpc.StatusCode.OK and refreshed.status == pb.REFRESH_TOKEN_STATUS_SUCCESS
     valid, _ = h.unary(
         "ValidateToken",
-        pb.ValidateTokenRequest(token=refreshed.identity.advertising_token, dii=pb.Dii(email="svc@example.com")),
+        pb.ValidateTokenRequest(
+            token=refreshed.identity.advertising_token, dii=pb.Dii(email="svc@example.com")
+        ),
     )
     assert valid.valid
     bad, _ = h.unary("RefreshToken", pb.RefreshTokenRequest(refresh_token="nope"), who=None)
@@ -95,9 +104,22 @@ def test_optout_statuses(h: Harness) -> None:
         "RefreshToken", pb.RefreshTokenRequest(refresh_token=resp.identity.refresh_token), who=None
     )
     assert refreshed.status == pb.REFRESH_TOKEN_STATUS_OPTOUT
-    mapped, _ = h.unary("MapIdentity", pb.MapIdentityRequest(dii=[pb.Dii(email="gone@example.com"), pb.Dii(phone="x"), pb.Dii(email="ok@example.com")]))
+    mapped, _ = h.unary(
+        "MapIdentity",
+        pb.MapIdentityRequest(
+            dii=[
+                pb.Dii(email="gone@example.com"),
+                pb.Dii(phone="x"),
+                pb.Dii(email="ok@example.com"),
+            ]
+        ),
+    )
     reasons = [r.unmapped_reason for r in mapped.results]
-    assert reasons == [pb.UNMAPPED_REASON_OPTOUT, pb.UNMAPPED_REASON_INVALID_IDENTIFIER, pb.UNMAPPED_REASON_UNSPECIFIED]
+    assert reasons == [
+        pb.UNMAPPED_REASON_OPTOUT,
+        pb.UNMAPPED_REASON_INVALID_IDENTIFIER,
+        pb.UNMAPPED_REASON_UNSPECIFIED,
+    ]
     assert mapped.results[2].raw_uid and mapped.results[2].bucket_id
 
 
@@ -120,7 +142,9 @@ def test_key_containers_render_for_the_sdk(h: Harness) -> None:
     assert isinstance(body["keys"][0]["id"], int) and isinstance(body["token_expiry_seconds"], int)
     master = [k for k in body["keys"] if k["keyset_id"] == 9999999]
     assert master and all("site_id" not in k for k in master)
-    client = uid2_client.BidstreamClient("http://unused", h.keys["all"].api_key, h.keys["all"].secret)
+    client = uid2_client.BidstreamClient(
+        "http://unused", h.keys["all"].api_key, h.keys["all"].secret
+    )
     client._refresh_json(key_json_text(resp.key_container))
     tok = _gen(h, "sdk@example.com").identity.advertising_token
     res = client.decrypt_token_into_raw_uid(tok, "example.com")

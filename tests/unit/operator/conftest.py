@@ -45,7 +45,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ("admin", 50, ["ADMIN"]),
         ("other", 11, ["GENERATOR"]),
     ):
-        keys[name] = admin.add_client(store, site_id=site, name=name, roles=roles, now_ms=T0, rng=os.urandom)
+        keys[name] = admin.add_client(
+            store, site_id=site, name=name, roles=roles, now_ms=T0, rng=os.urandom
+        )
     admin.add_site(store, 12, "delegating", ["pub.example"], ["com.pub.app"], T0, os.urandom)
     admin.grant_delegation(store, 12, "sso", T0)
     clock = ManualClock(T0)

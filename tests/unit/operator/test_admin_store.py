@@ -50,7 +50,9 @@ def test_bad_roles_and_sites() -> None:
 
 
 def test_disable_client_takes_effect_after_sync(env: Env) -> None:
-    extra = admin.add_client(env.store, site_id=60, name="temp", roles=["GENERATOR"], now_ms=T0, rng=os.urandom)
+    extra = admin.add_client(
+        env.store, site_id=60, name="temp", roles=["GENERATOR"], now_ms=T0, rng=os.urandom
+    )
     env.op.sync_now()
     assert env.op.auth.authenticate(extra.api_key).name == "temp"
     admin.set_client_disabled(env.store, name="temp", key_id=None, disabled=True)
@@ -83,8 +85,8 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     report = admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=3600)
     assert report.created == 3 and report.pruned == 0 and report.activates == t0 + 3600
     rows = store.key_rows()
-    old_master = [k for k in rows if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0][0]
-    old_refresh = [k for k in rows if k.keyset_id == REFRESH_KEYSET_ID and k.activates_s == t0][0]
+    old_master = next(k for k in rows if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0)
+    old_refresh = next(k for k in rows if k.keyset_id == REFRESH_KEYSET_ID and k.activates_s == t0)
     assert old_master.expires_s == t0 + 3600 + 3 * DAY_S + 1800
     assert old_refresh.expires_s == t0 + 3600 + 30 * DAY_S + 1800
     # After the old master's tokens all expired, the next rotation prunes it (not the refresh key).
@@ -103,7 +105,10 @@ def test_two_operators_share_optouts(env: Env) -> None:
         env.op.optouts.opt_out(env.client("optout"), "email", "shared@example.com")
         assert "optouts" in other.sync_now()
         out = other.tokens.generate(
-            other.auth.authenticate(env.keys["gen"].api_key), "email", "shared@example.com", Privacy(True, "")
+            other.auth.authenticate(env.keys["gen"].api_key),
+            "email",
+            "shared@example.com",
+            Privacy(True, ""),
         )
         assert out.status is GenerateStatus.OPTOUT
     finally:

@@ -52,7 +52,11 @@ def test_tcf_purpose_one() -> None:
     assert tcf_grants_purpose_1(_tcf(True))
     assert not tcf_grants_purpose_1(_tcf(False))
     # A real-world TCF v2 string granting purpose 1.
-    real = "CPXxRfAPXxRfAAfKABENB-CgAP_AAH_AAAqIHJNd_X__bX9n-_7_6ft0eY1f9_r37uQzDhfNs-8F3L_W_LwX32E7NF36tq4KmR4ku1bBIQNtHMnUDUmxaolVrzHsak2cpyNKJ_BkknsZe2dYGF9Pn9lD-YKZ7_5_9_f52T_9_9_-39z3_9f___dv_-__-vjf_599n_v9fV_78_Kf9______-____________8A"
+    real = (
+        "CPXxRfAPXxRfAAfKABENB-CgAP_AAH_AAAqIHJNd_X__bX9n-_7_6ft0eY1f9_r37uQzDhfNs-8F3L_W_LwX32E"
+        "7NF36tq4KmR4ku1bBIQNtHMnUDUmxaolVrzHsak2cpyNKJ_BkknsZe2dYGF9Pn9lD-YKZ7_5_9_f52T_9_9_-3"
+        "9z3_9f___dv_-__-vjf_599n_v9fV_78_Kf9______-____________8A"
+    )
     assert tcf_grants_purpose_1(real)
 
 

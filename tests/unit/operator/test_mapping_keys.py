@@ -13,7 +13,12 @@ from uid2_crypto.keys import MASTER_KEYSET_ID, PUBLISHED_MASTER_KEYSET_ID, REFRE
 
 
 def test_map_identity(env: Env) -> None:
-    items = [("email", "map@example.com"), ("phone", "bad"), ("", ""), ("email", "optout@example.com")]
+    items = [
+        ("email", "map@example.com"),
+        ("phone", "bad"),
+        ("", ""),
+        ("email", "optout@example.com"),
+    ]
     out = env.op.mapper.map_identity(env.client("mapper"), items)
     assert len(out) == 4
     assert len(base64.b64decode(out[0].raw_uid)) == 32 and out[0].bucket_id
@@ -24,7 +29,9 @@ def test_map_identity(env: Env) -> None:
 
 
 def test_map_limits(env: Env) -> None:
-    assert len(env.op.mapper.map_identity(env.client("mapper"), [("email", "a@b.c")] * 5000)) == 5000
+    assert (
+        len(env.op.mapper.map_identity(env.client("mapper"), [("email", "a@b.c")] * 5000)) == 5000
+    )
     with pytest.raises(ServiceError) as exc:
         env.op.mapper.map_identity(env.client("mapper"), [("email", "a@b.c")] * 5001)
     assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == "TOO_MANY_ITEMS"
@@ -52,7 +59,9 @@ def test_key_access_rules(env: Env) -> None:
     assert PUBLISHED_MASTER_KEYSET_ID in ids
     assert env.op.state.keys.default_keyset[10] in ids  # unlisted keysets for ID_READER
     assert all(ring.get(k["id"]).keyset_id != REFRESH_KEYSET_ID for k in reader["keys"])  # type: ignore[union-attr]
-    assert [k["activates"] for k in reader["keys"]] == sorted(k["activates"] for k in reader["keys"])
+    assert [k["activates"] for k in reader["keys"]] == sorted(
+        k["activates"] for k in reader["keys"]
+    )
     sharer = env.op.keys.sharing_keys(env.client("sharer"))
     sharer_sets = {k["keyset_id"] for k in sharer["keys"]}
     assert sharer_sets == {PUBLISHED_MASTER_KEYSET_ID, env.op.state.keys.default_keyset[40]}

@@ -8,8 +8,8 @@ from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
-from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
 from uid2_crypto.identity import identity_hash
+from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
 from uid2_crypto.tokens import TokenDecoder
 
 OK = Privacy(transparency_notice_accepted=True)
@@ -77,7 +77,11 @@ def test_refresh_expired_invalid(env: Env) -> None:
     env.clock.set(T0 + 31 * DAY)
     assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.EXPIRED_TOKEN
     env.clock.set(T0)
-    tampered = ident.refresh_token[:100] + ("A" if ident.refresh_token[100] != "A" else "B") + ident.refresh_token[101:]
+    tampered = (
+        ident.refresh_token[:100]
+        + ("A" if ident.refresh_token[100] != "A" else "B")
+        + ident.refresh_token[101:]
+    )
     for bad in ("", "x", tampered, ident.advertising_token, "A" * 388, "é" * 388):
         assert env.op.tokens.refresh(bad).status is RefreshStatus.INVALID_TOKEN
 
@@ -98,9 +102,13 @@ def test_optout_then_generate_refresh_map(env: Env) -> None:
     assert env.op.optouts.opt_out_status(env.client("optout"), [raw]) == [(raw, T0)]
 
 
-@pytest.mark.parametrize("kind, value", [("email", "optout@example.com"), ("phone", "+00000000000")])
+@pytest.mark.parametrize(
+    "kind, value", [("email", "optout@example.com"), ("phone", "+00000000000")]
+)
 def test_test_identity_always_optout(env: Env, kind: str, value: str) -> None:
-    assert env.op.tokens.generate(env.client("gen"), kind, value, OK).status is GenerateStatus.OPTOUT
+    assert (
+        env.op.tokens.generate(env.client("gen"), kind, value, OK).status is GenerateStatus.OPTOUT
+    )
     h = base64.b64encode(identity_hash(kind, value)[1]).decode()
     out = env.op.tokens.generate(env.client("gen"), kind + "_hash", h, OK)
     assert out.status is GenerateStatus.OPTOUT
@@ -115,7 +123,9 @@ def test_test_identity_refresh_optout(env: Env, kind: str, value: str) -> None:
     assert env.op.tokens.refresh(out.identity.refresh_token).status is RefreshStatus.OPTOUT
 
 
-@pytest.mark.parametrize("kind, value", [("email", "validate@example.com"), ("phone", "+12345678901")])
+@pytest.mark.parametrize(
+    "kind, value", [("email", "validate@example.com"), ("phone", "+12345678901")]
+)
 def test_test_identity_never_optout(env: Env, kind: str, value: str) -> None:
     env.op.optouts.opt_out(env.client("optout"), kind, value)
     out = env.op.tokens.generate(env.client("gen"), kind, value, OK)
@@ -175,7 +185,10 @@ def test_roles(env: Env) -> None:
     with pytest.raises(ServiceError) as exc:
         env.op.tokens.generate(env.client("mapper"), "email", "a@b.com", OK)
     assert exc.value.kind is ErrorKind.PERMISSION_DENIED
-    assert env.op.tokens.generate(env.client("admin"), "email", "a@b.com", OK).status is GenerateStatus.SUCCESS
+    assert (
+        env.op.tokens.generate(env.client("admin"), "email", "a@b.com", OK).status
+        is GenerateStatus.SUCCESS
+    )
     for bad in (None, "", "UID2-C-nope-x", env.keys["gen"].api_key + "x", "junk"):
         with pytest.raises(ServiceError) as exc:
             env.op.auth.authenticate(bad)
