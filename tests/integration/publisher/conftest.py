@@ -31,6 +31,7 @@ from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 SITE_ID = 101
 OTHER_SITE_ID = 102  # has not delegated to the provider
 PROVIDER_SITE_ID = 201
+SSP_SITE_ID = 301
 
 
 def op_cli(*args: str) -> dict[str, Any]:
@@ -165,6 +166,10 @@ def world(tmp_path: Path) -> Iterator[World]:
         "provider": op_cli(
             "client", "add", "--data-dir", d, "--site-id", str(PROVIDER_SITE_ID),
             "--name", "sso", "--roles", "GENERATOR",
+        )["api_key"],
+        "ssp": op_cli(
+            "client", "add", "--data-dir", d, "--site-id", str(SSP_SITE_ID),
+            "--name", "ssp-reader", "--roles", "ID_READER",
         )["api_key"],
     }  # fmt: skip
     op_cli(

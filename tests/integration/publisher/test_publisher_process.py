@@ -1,0 +1,137 @@
+"""`uid2-publisher serve` as a real process against `uid2-operator serve` as a real process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from publisher_svc.cookie import decode_cookie
+from tests.integration.publisher.conftest import RecordingSsp
+from tests.support.procs import ServiceProcess, run_cli
+from uid2.publisher.v1 import publisher_pb2 as pb
+from uid2.publisher.v1 import publisher_pb2_grpc
+from uid2.ssp.v1 import ssp_pb2_grpc
+from uid2_crypto.identity import normalize_email, sha256_b64
+
+pytestmark = pytest.mark.slow
+EMAIL = "Process.User@Example.com"
+
+
+@pytest.fixture
+def operator_proc(tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
+    d = str(tmp_path / "op")
+    assert run_cli(["uid2-operator", "init", "--data-dir", d]).returncode == 0
+    assert (
+        run_cli(
+            ["uid2-operator", "site", "add", "--data-dir", d, "--site-id", "101", "--name", "p"]
+        )
+    ).returncode == 0
+    out = run_cli(
+        ["uid2-operator", "client", "add", "--data-dir", d, "--site-id", "101", "--name", "g",
+         "--roles", "GENERATOR"]
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    key = json.loads(out.stdout)["api_key"]
+    proc = ServiceProcess(
+        ["uid2-operator", "serve", "--data-dir", d, "--listen", "127.0.0.1:0"]
+    ).wait_ready()
+    yield proc, key
+    proc.terminate()
+
+
+@pytest.fixture
+def recording_ssp() -> Iterator[tuple[RecordingSsp, int]]:
+    ssp = RecordingSsp()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ssp_pb2_grpc.add_SspServiceServicer_to_server(ssp, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield ssp, port
+    server.stop(0)
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_serve_as_process(
+    tmp_path: Path,
+    operator_proc: tuple[ServiceProcess, str],
+    recording_ssp: tuple[RecordingSsp, int],
+    mode: str,
+) -> None:
+    op, key = operator_proc
+    ssp, ssp_port = recording_ssp
+    env = {
+        "UID2_PUBLISHER_OPERATOR_API_KEY": key,
+        "UID2_PUBLISHER_SSP_API_KEY": "ssp-secret-key",
+        "UID2_PUBLISHER_SITE_ID": "101",
+    }
+    pub = ServiceProcess(
+        ["uid2-publisher", "serve", "--data-dir", str(tmp_path / "pub"),
+         "--listen", "127.0.0.1:0", "--operator-address", op.address,
+         "--ssp-address", f"127.0.0.1:{ssp_port}", "--storage-mode", mode],
+        env=env,
+    ).wait_ready()  # fmt: skip
+    try:
+        with grpc.insecure_channel(pub.address) as ch:
+            stub = publisher_pb2_grpc.PublisherServiceStub(ch)
+            r = stub.Login(
+                pb.LoginRequest(
+                    user_id="proc-user",
+                    email=EMAIL,
+                    privacy_settings={"transparency_notice_accepted": True},
+                ),
+                timeout=10,
+            )
+            assert r.status == pb.LOGIN_STATUS_SUCCESS
+            if mode == "server":
+                tok = stub.GetAdvertisingToken(
+                    pb.GetAdvertisingTokenRequest(user_id="proc-user"), timeout=10
+                ).advertising_token
+                subject = {"user_id": "proc-user"}
+            else:
+                tok = decode_cookie(r.cookie.value).advertising_token
+                subject = {"cookie_value": r.cookie.value}
+            ad = stub.ServeAd(
+                pb.ServeAdRequest(placement_id="s", page_domain="example.com", **subject),
+                timeout=10,
+            )
+            assert ad.token_sent and ssp.requests[-1].advertising_token == tok
+    finally:
+        assert pub.terminate() == 0
+    logs = pub.log_text()
+    serving = [e for e in pub.events if e.get("event") == "serving"]
+    assert len(serving) == 1 and serving[0]["port"] == pub.port
+    assert serving[0]["service"] == "publisher"
+    # no DII, hashes, tokens or keys in the logs
+    for secret in (
+        EMAIL,
+        EMAIL.lower(),
+        sha256_b64(normalize_email(EMAIL)),
+        tok,
+        tok[:40],
+        key,
+        "ssp-secret-key",
+    ):
+        assert secret not in logs
+
+
+def test_cli_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
+    r = run_cli(["uid2-publisher", "serve"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--data-dir" in r.stderr
+    r = run_cli(
+        ["uid2-publisher", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+         "--operator-address", "127.0.0.1:1", "--operator-api-key", "k", "--site-id", "5",
+         "--ssp-address", "127.0.0.1:2", "--ssp-api-key", "s", "--storage-mode", "cookie"]
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "uid2-publisher: error: --storage-mode must be server or client"
+    ]
+    r = run_cli(["uid2-publisher", "bogus"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert run_cli(["uid2-publisher", "serve", "--help"]).returncode == 0
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

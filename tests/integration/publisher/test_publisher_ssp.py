@@ -1,0 +1,79 @@
+"""ServeAd through the real SSP (ssp_svc), which decrypts tokens with operator keys."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ssp_svc.cli import main as ssp_cli
+from ssp_svc.config import SspConfig
+from ssp_svc.server import create_server as create_ssp
+from tests.integration.publisher.conftest import World, wait_for
+from uid2.publisher.v1 import publisher_pb2 as pb
+from uid2.ssp.v1 import ssp_pb2
+
+HOUR = 3_600_000
+OK = {"transparency_notice_accepted": True}
+
+
+@pytest.fixture
+def real_ssp(world: World) -> Iterator[tuple[int, str]]:
+    ssp_dir = world.tmp / "ssp"
+    ssp_dir.mkdir()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = ssp_cli(
+            ["publisher", "add", "--data-dir", str(ssp_dir), "--name", "pub",
+             "--domain", "news.example.com"]
+        )  # fmt: skip
+    assert rc == 0
+    api_key = json.loads(out.getvalue())["api_key"]
+    served, port = create_ssp(
+        SspConfig(
+            listen="127.0.0.1:0",
+            data_dir=ssp_dir,
+            operator=world.op_address,
+            operator_api_key=world.keys["ssp"],
+        ),
+        clock=world.clock,
+    )
+    yield port, api_key
+    served.stop(0)
+
+
+def _ad(stub: Any, user: str) -> pb.ServeAdResponse:
+    return stub.ServeAd(
+        pb.ServeAdRequest(user_id=user, placement_id="slot-1", page_domain="news.example.com")
+    )
+
+
+def test_serve_ad_through_the_real_ssp(world: World, real_ssp: tuple[int, str]) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("real-ssp", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    stub.Login(pb.LoginRequest(user_id="al", email="al@example.com", privacy_settings=OK))
+    # the SSP loads keys in the background: wait until it decrypts
+    assert wait_for(
+        lambda: _ad(stub, "al").token_disposition == ssp_pb2.TOKEN_DISPOSITION_VALID, 10
+    )
+    ad = _ad(stub, "al")
+    assert ad.token_sent and ad.auction_id
+    assert ad.outcome == ssp_pb2.AUCTION_OUTCOME_NO_FILL  # no bidders configured
+
+    stub.Login(
+        pb.LoginRequest(user_id="ro", email="refresh-optout@example.com", privacy_settings=OK)
+    )
+    assert _ad(stub, "ro").token_disposition == ssp_pb2.TOKEN_DISPOSITION_VALID
+    world.clock.advance(HOUR)
+    ad = _ad(stub, "ro")  # the refresh answers opt-out: no token goes out
+    assert not ad.token_sent and ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+    assert _ad(stub, "al").token_disposition == ssp_pb2.TOKEN_DISPOSITION_VALID  # refreshed
+
+    stub.Logout(pb.LogoutRequest(user_id="al"))
+    assert _ad(stub, "al").token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
