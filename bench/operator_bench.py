@@ -1,0 +1,266 @@
+"""The operator over gRPC, beside a bare gRPC echo server measured in the same run.
+
+Both servers run as separate processes (sync grpc, 32 worker threads) on loopback; the same
+client drives them: one process, one channel, a closed loop keeping 1 or 32 calls in flight with
+`future()` callbacks, for a fixed duration after a warm-up. The echo server is a generic unary
+handler returning the request bytes (no interceptor, no (de)serialisation); it gets the very
+bytes of a GenerateTokenRequest. Figures: throughput (calls/s), p50/p99 latency (ms), the
+operator/echo throughput ratio; MapIdentity of 5,000 DIIs end to end (median of 10); `init`
+time, time to SERVING and resident memory with 2^20 salt buckets.
+
+Run: `make bench` or `.venv/bin/python -m bench.operator_bench`. Writes bench/results/operator.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+RESULTS = Path(__file__).resolve().parent / "results" / "operator.json"
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DURATION_S = float(os.environ.get("OPERATOR_BENCH_SECONDS", "3"))
+WARMUP_S = 0.5
+TARGET_RATIO = 0.8
+TARGET_MAP_MS = 100.0
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+# -- the echo server (run as `python bench/operator_bench.py --echo`) -------------------------
+
+
+def _echo_server() -> None:
+    def echo(request: bytes, _context: Any) -> bytes:
+        return request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sys.stdout.write(json.dumps({"event": "serving", "port": port}) + "\n")
+    sys.stdout.flush()
+    server.wait_for_termination()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _closed_loop(call: Any, requests: list[Any], in_flight: int, duration_s: float) -> dict[str, Any]:
+    """Keeps `in_flight` calls outstanding for `duration_s`; returns throughput and latency."""
+    lock = threading.Lock()
+    done = threading.Event()
+    latencies: list[float] = []
+    errors = [0]
+    counter = [0]
+    state = {"record": False, "stop": False, "outstanding": 0}
+
+    def issue() -> None:
+        with lock:
+            i = counter[0]
+            counter[0] += 1
+            state["outstanding"] += 1
+        start = time.perf_counter()
+        fut = call.future(requests[i % len(requests)], timeout=30)
+
+        def finished(f: Any) -> None:
+            elapsed = time.perf_counter() - start
+            if f.exception() is not None:
+                errors[0] += 1
+            with lock:
+                state["outstanding"] -= 1
+                if state["record"]:
+                    latencies.append(elapsed)
+                stop = state["stop"]
+                if stop and state["outstanding"] == 0:
+                    done.set()
+            if not stop:
+                issue()
+
+        fut.add_done_callback(finished)
+
+    for _ in range(in_flight):
+        issue()
+    time.sleep(WARMUP_S)
+    with lock:
+        state["record"] = True
+    t0 = time.perf_counter()
+    time.sleep(duration_s)
+    with lock:
+        state["record"] = False
+        state["stop"] = True
+        elapsed = time.perf_counter() - t0
+        n = len(latencies)
+    done.wait(30)
+    lat = sorted(latencies)
+    return {
+        "in_flight": in_flight,
+        "calls": n,
+        "errors": errors[0],
+        "throughput_per_s": round(n / elapsed, 1),
+        "p50_ms": round(lat[len(lat) // 2] * 1000, 3) if lat else None,
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 3) if lat else None,
+    }
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "uid2-operator"), *args], capture_output=True, text=True, check=True
+    )
+
+
+def run() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from uid2.operator.v1 import operator_pb2 as pb
+    from uid2.operator.v1 import operator_pb2_grpc as pbg
+
+    results: dict[str, Any] = {"duration_s": DURATION_S, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="opbench") as tmp:
+        data = Path(tmp) / "data"
+        t = time.perf_counter()
+        _cli("init", "--data-dir", str(data))
+        results["init_s"] = round(time.perf_counter() - t, 3)
+        client = json.loads(
+            _cli(
+                "client", "add", "--data-dir", str(data), "--site-id", "10", "--name", "bench",
+                "--roles", "GENERATOR,MAPPER",
+            ).stdout
+        )
+        log_path = Path(tmp) / "operator.log"
+        t = time.perf_counter()
+        with log_path.open("w") as log_file:
+            op = subprocess.Popen(
+                [
+                    str(BIN / "uid2-operator"), "serve", "--data-dir", str(data),
+                    "--listen", "127.0.0.1:0",
+                ],
+                stdout=subprocess.DEVNULL, stderr=log_file,
+            )
+        op_port, startup_ms = _wait_serving(log_path)
+        results["startup"] = {
+            "process_to_serving_s": round(time.perf_counter() - t, 3),
+            "server_startup_ms": startup_ms,
+            "rss_mb_at_ready": _rss_mb(op.pid),
+        }
+        echo = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--echo"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert echo.stdout is not None
+            echo_port = int(json.loads(echo.stdout.readline())["port"])
+            md = (("authorization", "Bearer " + client["api_key"]),)
+            op_channel = grpc.insecure_channel(f"127.0.0.1:{op_port}")
+            stub = pbg.OperatorServiceStub(op_channel)
+            gen_reqs = [
+                pb.GenerateTokenRequest(
+                    dii=pb.Dii(email=f"user{i}@example.com"),
+                    privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
+                )
+                for i in range(1000)
+            ]
+            refresh_reqs = [
+                pb.RefreshTokenRequest(
+                    refresh_token=stub.GenerateToken(r, metadata=md).identity.refresh_token
+                )
+                for r in gen_reqs[:200]
+            ]
+            echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")
+            echo_call = echo_channel.unary_unary(ECHO_METHOD)
+            echo_reqs = [r.SerializeToString() for r in gen_reqs]
+
+            class _WithMeta:
+                def __init__(self, call: Any) -> None:
+                    self._call = call
+
+                def future(self, request: Any, timeout: float) -> Any:
+                    return self._call.future(request, timeout=timeout, metadata=md)
+
+            runs: dict[str, list[dict[str, Any]]] = {"echo": [], "generate": [], "refresh": []}
+            for in_flight in (1, 32):
+                runs["echo"].append(_closed_loop(echo_call, echo_reqs, in_flight, DURATION_S))
+                runs["generate"].append(
+                    _closed_loop(_WithMeta(stub.GenerateToken), gen_reqs, in_flight, DURATION_S)
+                )
+                runs["refresh"].append(
+                    _closed_loop(stub.RefreshToken, refresh_reqs, in_flight, DURATION_S)
+                )
+            results["unary"] = runs
+            ratios: dict[str, float] = {}
+            for name in ("generate", "refresh"):
+                for mine, base in zip(runs[name], runs["echo"], strict=True):
+                    ratios[f"{name}_{mine['in_flight']}"] = round(
+                        mine["throughput_per_s"] / base["throughput_per_s"], 3
+                    )
+            results["ratio_to_echo"] = ratios
+            results["ratio_target"] = TARGET_RATIO
+
+            batch = pb.MapIdentityRequest(
+                dii=[pb.Dii(email=f"map{i}@example.com") for i in range(5000)]
+            )
+            stub.MapIdentity(batch, metadata=md)
+            times = []
+            for _ in range(10):
+                t = time.perf_counter()
+                resp = stub.MapIdentity(batch, metadata=md, timeout=30)
+                times.append((time.perf_counter() - t) * 1000)
+                assert len(resp.results) == 5000
+            results["map_identity_5000"] = {
+                "median_ms": round(statistics.median(times), 1),
+                "max_ms": round(max(times), 1),
+                "target_ms": TARGET_MAP_MS,
+            }
+            results["startup"]["rss_mb_after_load"] = _rss_mb(op.pid)
+            op_channel.close()
+            echo_channel.close()
+        finally:
+            echo.kill()
+            echo.wait(10)
+            op.terminate()
+            results["operator_exit_code"] = op.wait(30)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return results
+
+
+def _wait_serving(log_path: Path, timeout_s: float = 30.0) -> tuple[int, int]:
+    """(port, server-side start-up ms) from the operator's `serving` log line."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "serving":
+                return int(event["port"]), int(event.get("startup_ms", 0))
+        time.sleep(0.01)
+    raise RuntimeError("the operator did not start:\n" + log_path.read_text()[-2000:])
+
+
+if __name__ == "__main__":
+    if "--echo" in sys.argv:
+        _echo_server()
+    else:
+        run()
