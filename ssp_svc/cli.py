@@ -69,8 +69,8 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
         return fail("uid2-ssp: --name must not be empty")
     if not data_dir.is_dir():
         return fail(f"uid2-ssp: data dir {data_dir} does not exist")
-    domains = tuple(d.strip().lower() for d in args.domain if d.strip())
-    apps = tuple(a.strip() for a in args.app if a.strip())
+    domains = tuple(d.strip().lower() for d in getattr(args, "domain", []) if d.strip())
+    apps = tuple(a.strip() for a in getattr(args, "app", []) if a.strip())
     store = SqliteAccountStore(data_dir)
     try:
         account, api_key = store.add(name, kind, domains, apps)
