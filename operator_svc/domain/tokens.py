@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from operator_svc.config import OperatorConfig
@@ -79,6 +79,9 @@ class RefreshOutcome:
     status: RefreshStatus
     identity: IdentityTokens | None = None
     site_id: int = 0
+    # The refresh_response_key carried by the presented token (what the caller holds to read
+    # the HTTP API's answer); "" when the token did not decode.
+    response_key: str = field(default="", repr=False)
 
 
 class TokenService:
@@ -226,17 +229,19 @@ class TokenService:
         if not refresh_token or len(refresh_token) > MAX_TOKEN_CHARS:
             return RefreshOutcome(RefreshStatus.INVALID_TOKEN)
         state = self._state
-        status, payload, _ = decode_refresh_token(refresh_token, state.keys.keyring)
-        if status is not RefreshDecodeStatus.OK or payload is None:
+        status, payload, key = decode_refresh_token(refresh_token, state.keys.keyring)
+        if status is not RefreshDecodeStatus.OK or payload is None or key is None:
             return RefreshOutcome(RefreshStatus.INVALID_TOKEN)
         if payload.identity_scope is not state.identity_scope:
             return RefreshOutcome(RefreshStatus.INVALID_TOKEN)
         now = self._clock.now_ms()
         if payload.expires_ms < now:
-            return RefreshOutcome(RefreshStatus.EXPIRED_TOKEN, site_id=payload.site_id)
+            return RefreshOutcome(
+                RefreshStatus.EXPIRED_TOKEN, site_id=payload.site_id, response_key=key
+            )
         flh = payload.first_level_hash
         if flh in state.test_identities.refresh_optout or self._is_opted_out(flh):
-            return RefreshOutcome(RefreshStatus.OPTOUT, site_id=payload.site_id)
+            return RefreshOutcome(RefreshStatus.OPTOUT, site_id=payload.site_id, response_key=key)
         identity = self._issue(
             flh=flh,
             identity_type=payload.identity_type,
@@ -245,7 +250,7 @@ class TokenService:
             privacy_bits=payload.privacy_bits,
             established_ms=payload.established_ms,
         )
-        return RefreshOutcome(RefreshStatus.SUCCESS, identity, payload.site_id)
+        return RefreshOutcome(RefreshStatus.SUCCESS, identity, payload.site_id, key)
 
     def _token_decoder(self) -> TokenDecoder:
         snap = self._state.keys
