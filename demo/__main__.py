@@ -1,0 +1,290 @@
+"""`make demo`: the UID2 publisher workflow, step by step, across real processes.
+
+Starts the operator, a DSP bidder, the SSP and the publisher (twice: server-side and client-side
+storage) on free loopback ports with SQLite in a temporary directory (`DATA_DIR=...` keeps it),
+walks the seed document's eight steps, prints what happened, and stops everything — also on
+Ctrl-C. Tokens are shown shortened; nothing secret is printed."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from demo.stack import (
+    PUBLISHER_DOMAIN,
+    Lifetimes,
+    Stack,
+    StackError,
+    bearer,
+    keep_data_dir,
+    running_stack,
+)
+from uid2.operator.v1 import operator_pb2
+from uid2.publisher.v1 import publisher_pb2
+from uid2.ssp.v1 import ssp_pb2
+
+ALICE = ("alice", "Alice.Example@example.com")
+BOB = ("bob", "bob@example.com")
+CHARLIE = ("charlie", "+14155550123")
+CONSENT = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
+
+
+def short(token: str) -> str:
+    return f"{token[:10]}…{token[-4:]} ({len(token)} chars)" if token else "(none)"
+
+
+def enum_name(enum: Any, value: int) -> str:
+    name: str = enum.Name(value)
+    return name.split("_STATUS_")[-1] if "_STATUS_" in name else name
+
+
+class Printer:
+    def heading(self, label: str, text: str) -> None:
+        print(f"\n[{label}] {text}", flush=True)
+
+    def say(self, text: str) -> None:
+        print(f"    {text}", flush=True)
+
+
+class BidStreamTap:
+    """Subscribes to the SSP's bid-stream capture, as an analytics partner would."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.requests: dict[str, Any] = {}
+        self._call = stack.ssp().StreamBidRequests(
+            ssp_pb2.StreamBidRequestsRequest(site_domain=PUBLISHER_DOMAIN),
+            metadata=bearer(stack.creds.ssp_subscriber_key),
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self._call:
+                self.requests[item.bid_request.id] = item.bid_request
+        except grpc.RpcError:
+            return
+
+    def wait_for(self, auction_id: str, timeout_s: float = 3.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while auction_id not in self.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests.get(auction_id)
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def describe_impression(p: Printer, resp: Any, tap: BidStreamTap) -> None:
+    disposition = ssp_pb2.TokenDisposition.Name(resp.token_disposition)
+    sent = "with" if resp.token_sent else "without"
+    p.say(f"the publisher sent the impression to the SSP {sent} a UID2 token")
+    captured = tap.wait_for(resp.auction_id)
+    if captured is not None:
+        eids = [
+            f'{{source: "{e.source}", uids: [{{id: {short(u.id)}, atype: {u.atype}}}]}}'
+            for e in captured.user.eids
+            for u in e.uids
+        ]
+        p.say(f"bid request {captured.id[:8]}… user.eids = [{', '.join(eids)}]")
+    p.say(f"SSP token check: {disposition}; bids received: {resp.bids_received}")
+    if resp.outcome == ssp_pb2.AUCTION_OUTCOME_FILLED:
+        w = resp.winning_bid
+        p.say(f"auction: {w.bidder} wins at ${w.price:.2f} CPM (creative {w.creative_id})")
+    else:
+        p.say("auction: no fill")
+
+
+def walk(stack: Stack) -> None:
+    p = Printer()
+    pub = stack.publisher("publisher")
+    web = stack.publisher("publisher-web")
+    op = stack.operator()
+    tap = BidStreamTap(stack)
+    try:
+        _walk(p, stack, pub, web, op, tap)
+    finally:
+        tap.close()
+
+
+def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamTap) -> None:
+    user, email = ALICE
+    p.heading("step 1", f"A user ({user}) visits {PUBLISHER_DOMAIN}")
+    p.heading("step 2", "The publisher explains the value exchange and asks them to log in")
+    p.say("they log in and accept the transparency notice")
+
+    p.heading("step 3", "The publisher sends the DII and privacy settings to the UID2 operator")
+    login = pub.Login(
+        publisher_pb2.LoginRequest(user_id=user, email=email, privacy_settings=CONSENT)
+    )
+    p.say("the email was normalised and SHA-256 hashed inside the publisher; only the hash and")
+    p.say("the privacy settings (transparency notice accepted) went to the operator")
+    p.say(f"login status: {enum_name(publisher_pb2.LoginStatus, login.status)}")
+
+    p.heading("step 4", "The operator salts, hashes and encrypts, and returns a UID2 identity")
+    first = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=user))
+    p.say(f"advertising token: {short(first.advertising_token)}")
+    p.say(f"refresh due in {max(0, login.refresh_from - int(time.time() * 1000)) / 1000:.1f} s")
+
+    p.heading("step 5", "The publisher stores the token")
+    p.say(f"server side: in its mapping table, keyed by user id '{user}'")
+    bob, bob_email = BOB
+    bob_login = web.Login(
+        publisher_pb2.LoginRequest(user_id=bob, email=bob_email, privacy_settings=CONSENT)
+    )
+    cookie = bob_login.cookie
+    identity = urllib.parse.unquote(cookie.value)
+    p.say(
+        f"client side, for a second user ({bob}): first-party cookie {cookie.name} = "
+        f"{urllib.parse.quote(identity[:40])}… (URL-encoded identity JSON), expiring with the "
+        "refresh token"
+    )
+
+    p.heading("step 6", "At the impression the publisher sends the token to the SSP, as received")
+    ad = pub.ServeAd(
+        publisher_pb2.ServeAdRequest(
+            user_id=user, placement_id="top-banner", page_domain=PUBLISHER_DOMAIN, floor_price=0.5
+        )
+    )
+    p.heading("step 7", "The SSP places a bid request carrying the token in the bid stream")
+    describe_impression(p, ad, tap)
+    bob_ad = web.ServeAd(
+        publisher_pb2.ServeAdRequest(
+            cookie_value=cookie.value,
+            placement_id="sidebar",
+            page_domain=PUBLISHER_DOMAIN,
+            floor_price=0.5,
+        )
+    )
+    p.say(f"{bob}'s impression (token from the cookie):")
+    describe_impression(p, bob_ad, tap)
+
+    p.heading("step 8", "The publisher refreshes the identity with the refresh token")
+    wait_s = stack.lifetimes.refresh_from_s + 0.5
+    p.say(
+        f"waiting {wait_s:.1f} s for refresh_from to pass "
+        "(the demo's operator uses short lifetimes)"
+    )
+    time.sleep(wait_s)
+    renewed = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=user))
+    changed = renewed.advertising_token != first.advertising_token
+    p.say(
+        f"status {enum_name(publisher_pb2.GetAdvertisingTokenStatus, renewed.status)}; "
+        f"new token {short(renewed.advertising_token)}; "
+        f"{'renewed' if changed else 'unchanged'} (background refresher or on demand)"
+    )
+    bob_refresh = web.RefreshClientIdentity(
+        publisher_pb2.RefreshClientIdentityRequest(cookie_value=cookie.value, email=bob_email)
+    )
+    p.say(
+        f"{bob}'s cookie refresh: "
+        f"{enum_name(publisher_pb2.RefreshClientIdentityStatus, bob_refresh.status)}"
+    )
+
+    p.heading(
+        "step 8, opt-out", f"{user} opts out (at the opt-out portal, which calls the operator)"
+    )
+    out = op.OptOut(
+        operator_pb2.OptOutRequest(dii=operator_pb2.Dii(email=email)),
+        metadata=bearer(stack.creds.optout_portal["api_key"]),
+    )
+    p.say(
+        "opt-out recorded durably at "
+        f"{time.strftime('%H:%M:%S', time.gmtime(out.opted_out_at / 1000))} UTC"
+    )
+    time.sleep(1.0)
+    ad = pub.ServeAd(
+        publisher_pb2.ServeAdRequest(
+            user_id=user, placement_id="top-banner", page_domain=PUBLISHER_DOMAIN, floor_price=0.5
+        )
+    )
+    p.say("within a second the SSP knows (operator's opt-out stream); the next impression:")
+    describe_impression(p, ad, tap)
+
+    def chain_ended() -> bool:
+        r = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=user))
+        return bool(r.status == publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_OPTOUT) or (
+            r.status == publisher_pb2.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+        )
+
+    ended = wait_until(chain_ended, stack.lifetimes.refresh_from_s + 3)
+    p.say(
+        "the publisher's next refresh answered OPTOUT: identity deleted, chain ended"
+        if ended
+        else "the refresh chain did NOT end (unexpected)"
+    )
+    ad = pub.ServeAd(
+        publisher_pb2.ServeAdRequest(
+            user_id=user, placement_id="top-banner", page_domain=PUBLISHER_DOMAIN, floor_price=0.5
+        )
+    )
+    p.say("the next impression:")
+    describe_impression(p, ad, tap)
+    again = pub.Login(
+        publisher_pb2.LoginRequest(user_id=user, email=email, privacy_settings=CONSENT)
+    )
+    p.say(
+        f"{user} logs in again: {enum_name(publisher_pb2.LoginStatus, again.status)} "
+        "(the publisher never calls generate again for an opted-out DII)"
+    )
+
+    charlie, phone = CHARLIE
+    p.heading("logout", f"{charlie} logs in with a phone number, then logs out")
+    pub.Login(publisher_pb2.LoginRequest(user_id=charlie, phone=phone, privacy_settings=CONSENT))
+    logout = pub.Logout(publisher_pb2.LogoutRequest(user_id=charlie))
+    after = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=charlie))
+    p.say(
+        f"identity deleted: {logout.deleted}; token afterwards: "
+        f"{enum_name(publisher_pb2.GetAdvertisingTokenStatus, after.status)} "
+        "(the operator was not called)"
+    )
+    if not (ended and changed):
+        raise StackError("the workflow did not behave as expected (see above)")
+
+
+def main() -> int:
+    # SIGTERM ends the demo like Ctrl-C does: through the finally blocks that stop every service.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    started = time.monotonic()
+    print("UID2 publisher workflow — operator, SSP, DSP bidder and publisher as real processes")
+    data_dir = keep_data_dir()
+    try:
+        with running_stack(data_dir, Lifetimes()) as stack:
+            ports = ", ".join(f"{n} :{p.port}" for n, p in stack.procs.items())
+            print(f"services up ({ports}); data in {data_dir or 'a temporary directory'}")
+            walk(stack)
+            print("\nstopping services (SIGTERM, graceful drain) …", flush=True)
+            codes = stack.stop_all()
+        print("exit codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()))
+        if any(code != 0 for code in codes.values()):
+            print("a service did not stop cleanly", file=sys.stderr)
+            return 1
+        print(f"done in {time.monotonic() - started:.1f} s; no service left running")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: every service stopped", file=sys.stderr)
+        return 130
+    except (StackError, grpc.RpcError) as err:
+        detail = err.details() if isinstance(err, grpc.RpcError) else str(err)
+        print(f"\ndemo failed: {detail}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The whole suite as real processes on free loopback ports: operator, a DSP bidder, the SSP and
+two publishers (server-side and client-side storage). `make demo` walks the workflow on it; the
+end-to-end tests assert on it.
+
+Everything is set up through the console scripts, as a newcomer would: `uid2-operator init`,
+`site add`, `client add`, `uid2-ssp publisher add`, then each service's `serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from demo.processes import ServiceProcess, run_cli
+from uid2.operator.v1 import operator_pb2_grpc
+from uid2.publisher.v1 import publisher_pb2_grpc
+from uid2.ssp.v1 import ssp_pb2_grpc
+
+PUBLISHER_SITE_ID = 101
+PUBLISHER_DOMAIN = "news.example.com"
+SSO_SITE_ID = 150
+SSP_SITE_ID = 201
+DSP_SITE_ID = 301
+OPTOUT_PORTAL_SITE_ID = 401
+
+
+class StackError(RuntimeError):
+    """A setup step failed; the message says which, with the command's own error line."""
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """Short lifetimes so a demo sees refreshes within seconds (production: 1 h, 3 d, 30 d)."""
+
+    refresh_from_s: int = 2
+    token_lifetime_s: int = 60
+    refresh_lifetime_s: int = 120
+
+
+@dataclass
+class Credentials:
+    """What `client add` and `uid2-ssp publisher add` printed; held in memory only."""
+
+    publisher: dict[str, Any] = field(default_factory=dict)
+    sso_provider: dict[str, Any] = field(default_factory=dict)
+    ssp_reader: dict[str, Any] = field(default_factory=dict)
+    dsp_reader: dict[str, Any] = field(default_factory=dict)
+    optout_portal: dict[str, Any] = field(default_factory=dict)
+    mapper: dict[str, Any] = field(default_factory=dict)
+    ssp_publisher_key: str = ""
+    ssp_client_publisher_key: str = ""
+    ssp_subscriber_key: str = ""
+
+
+class Stack:
+    def __init__(self, data_dir: Path, lifetimes: Lifetimes | None = None) -> None:
+        self.data_dir = data_dir
+        self.lifetimes = lifetimes or Lifetimes()
+        self.creds = Credentials()
+        self.procs: dict[str, ServiceProcess] = {}
+        self._channels: list[grpc.Channel] = []
+
+    # -- set-up through the CLIs -------------------------------------------------------------
+
+    def _cli(self, *args: str) -> str:
+        result = run_cli(list(args))
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise StackError(f"{args[0]} {args[1]} failed: {last}")
+        return result.stdout
+
+    def _client(self, site_id: int, name: str, roles: str) -> dict[str, Any]:
+        out = self._cli(
+            "uid2-operator", "client", "add", "--data-dir", str(self.operator_dir),
+            "--site-id", str(site_id), "--name", name, "--roles", roles,
+        )  # fmt: skip
+        parsed: dict[str, Any] = json.loads(out)
+        return parsed
+
+    @property
+    def operator_dir(self) -> Path:
+        return self.data_dir / "operator"
+
+    def provision(self) -> None:
+        """Creates the operator's store, sites and API clients, and the SSP's publisher keys."""
+        op = str(self.operator_dir)
+        self._cli("uid2-operator", "init", "--data-dir", op)
+        self._cli(
+            "uid2-operator", "site", "add", "--data-dir", op, "--site-id",
+            str(PUBLISHER_SITE_ID), "--name", "Example News", "--domain", PUBLISHER_DOMAIN,
+        )  # fmt: skip
+        c = self.creds
+        c.publisher = self._client(PUBLISHER_SITE_ID, "example-news", "GENERATOR")
+        c.sso_provider = self._client(SSO_SITE_ID, "example-sso", "GENERATOR")
+        self._cli(
+            "uid2-operator", "delegation", "grant", "--data-dir", op,
+            "--site-id", str(PUBLISHER_SITE_ID), "--client-name", "example-sso",
+        )  # fmt: skip
+        c.ssp_reader = self._client(SSP_SITE_ID, "example-ssp", "ID_READER")
+        c.dsp_reader = self._client(DSP_SITE_ID, "example-dsp", "ID_READER")
+        c.optout_portal = self._client(OPTOUT_PORTAL_SITE_ID, "optout-portal", "OPTOUT")
+        c.mapper = self._client(PUBLISHER_SITE_ID, "example-news-mapper", "MAPPER")
+        ssp_dir = self.data_dir / "ssp"
+        ssp_dir.mkdir(parents=True, exist_ok=True)
+        for attr, name in (
+            ("ssp_publisher_key", "example-news"),
+            ("ssp_client_publisher_key", "example-news-web"),
+        ):
+            out = self._cli(
+                "uid2-ssp", "publisher", "add", "--data-dir", str(ssp_dir), "--name", name,
+                "--domain", PUBLISHER_DOMAIN,
+            )  # fmt: skip
+            setattr(c, attr, json.loads(out)["api_key"])
+        out = self._cli(
+            "uid2-ssp", "subscriber", "add", "--data-dir", str(ssp_dir), "--name", "analytics"
+        )
+        c.ssp_subscriber_key = json.loads(out)["api_key"]
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.procs[name] = ServiceProcess(args, env=env).wait_ready()
+
+    def start_operator(self, port: int = 0) -> None:
+        lt = self.lifetimes
+        self._start(
+            "operator",
+            [
+                "uid2-operator", "serve", "--data-dir", str(self.operator_dir),
+                "--listen", f"127.0.0.1:{port}",
+                "--refresh-from", str(lt.refresh_from_s),
+                "--token-lifetime", str(lt.token_lifetime_s),
+                "--refresh-lifetime", str(lt.refresh_lifetime_s),
+            ],
+        )  # fmt: skip
+
+    def start_all(self, *, bidder_mode: str = "normal") -> None:
+        self.start_operator()
+        op = self.procs["operator"].address
+        c = self.creds
+        self._start(
+            "dsp",
+            [
+                "uid2-dsp", "serve", "--listen", "127.0.0.1:0", "--name", "example-dsp",
+                "--operator", op, "--mode", bidder_mode,
+            ],
+            env={"UID2_DSP_OPERATOR_API_KEY": c.dsp_reader["api_key"]},
+        )  # fmt: skip
+        self._start(
+            "ssp",
+            [
+                "uid2-ssp", "serve", "--data-dir", str(self.data_dir / "ssp"),
+                "--listen", "127.0.0.1:0", "--operator", op,
+                "--bidder", f"example-dsp={self.procs['dsp'].address}", "--tmax-ms", "300",
+            ],
+            env={"UID2_SSP_OPERATOR_API_KEY": c.ssp_reader["api_key"]},
+        )  # fmt: skip
+        self.start_publisher("publisher", "server", c.ssp_publisher_key)
+        self.start_publisher("publisher-web", "client", c.ssp_client_publisher_key)
+
+    def start_publisher(self, name: str, mode: str, ssp_key: str) -> None:
+        data = self.data_dir / name
+        data.mkdir(parents=True, exist_ok=True)
+        self._start(
+            name,
+            [
+                "uid2-publisher", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data),
+                "--operator-address", self.procs["operator"].address,
+                "--site-id", str(PUBLISHER_SITE_ID),
+                "--ssp-address", self.procs["ssp"].address, "--storage-mode", mode,
+            ],
+            # Keys travel in the environment, not argv, where `ps` would show them.
+            env={
+                "UID2_PUBLISHER_OPERATOR_API_KEY": self.creds.publisher["api_key"],
+                "UID2_PUBLISHER_SSP_API_KEY": ssp_key,
+            },
+        )  # fmt: skip
+
+    def stop(self, name: str, *, hard: bool = False) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if hard:
+            proc.kill()
+            return proc.proc.returncode
+        return proc.terminate()
+
+    def stop_all(self) -> dict[str, int | None]:
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.procs)):
+            try:
+                codes[name] = self.stop(name)
+            except Exception:  # keep stopping the others; the caller sees None for this one
+                codes[name] = None
+        return codes
+
+    def logs(self) -> str:
+        return "".join(p.log_text() for p in self.procs.values())
+
+    # -- stubs ----------------------------------------------------------------------------------
+
+    def _channel(self, name: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.procs[name].address)
+        self._channels.append(channel)
+        return channel
+
+    def publisher(self, name: str = "publisher") -> publisher_pb2_grpc.PublisherServiceStub:
+        return publisher_pb2_grpc.PublisherServiceStub(self._channel(name))
+
+    def operator(self) -> operator_pb2_grpc.OperatorServiceStub:
+        return operator_pb2_grpc.OperatorServiceStub(self._channel("operator"))
+
+    def ssp(self) -> ssp_pb2_grpc.SspServiceStub:
+        return ssp_pb2_grpc.SspServiceStub(self._channel("ssp"))
+
+
+def bearer(api_key: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {api_key}"),)
+
+
+@contextmanager
+def running_stack(
+    data_dir: Path | None = None, lifetimes: Lifetimes | None = None, **start: Any
+) -> Iterator[Stack]:
+    """A provisioned, started stack, stopped on exit whatever happens."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="uid2-demo-") as tmp:
+        root = data_dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        stack = Stack(root, lifetimes)
+        try:
+            stack.provision()
+            stack.start_all(**start)
+            yield stack
+        finally:
+            stack.stop_all()
+
+
+def keep_data_dir() -> Path | None:
+    value = os.environ.get("DATA_DIR", "").strip()
+    return Path(value).resolve() if value else None
