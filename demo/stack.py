@@ -64,6 +64,8 @@ class Stack:
         self.lifetimes = lifetimes or Lifetimes()
         self.creds = Credentials()
         self.procs: dict[str, ServiceProcess] = {}
+        # Stopped processes stay here so their logs can still be read (privacy checks).
+        self.stopped: list[ServiceProcess] = []
         self._channels: list[grpc.Channel] = []
 
     # -- set-up through the CLIs -------------------------------------------------------------
@@ -186,6 +188,7 @@ class Stack:
         proc = self.procs.pop(name, None)
         if proc is None:
             return None
+        self.stopped.append(proc)
         if hard:
             proc.kill()
             return proc.proc.returncode
@@ -204,7 +207,8 @@ class Stack:
         return codes
 
     def logs(self) -> str:
-        return "".join(p.log_text() for p in self.procs.values())
+        """Everything every service process (running or stopped) wrote."""
+        return "".join(p.log_text() for p in [*self.stopped, *self.procs.values()])
 
     # -- stubs ----------------------------------------------------------------------------------
 
