@@ -40,11 +40,22 @@ ECHO_METHOD = "/bench.Echo/Echo"
 # -- the echo server (run as `python bench/operator_bench.py --echo`) -------------------------
 
 
-def _echo_server() -> None:
+def _echo_server(edge: bool) -> None:
+    """`edge`: with the suite's EdgeInterceptor and its one JSON log line per call, as every
+    service has; a second baseline that shows what the shared edge costs by itself."""
+    interceptors: list[Any] = []
+    if edge:
+        sys.path.insert(0, str(ROOT))
+        from svc_common.grpc_edge import EdgeInterceptor
+        from svc_common.logging import configure_logging
+
+        configure_logging("INFO", service="echo")
+        interceptors.append(EdgeInterceptor("echo"))
+
     def echo(request: bytes, _context: Any) -> bytes:
         return request
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), interceptors=interceptors)
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
     )
@@ -66,7 +77,9 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _closed_loop(call: Any, requests: list[Any], in_flight: int, duration_s: float) -> dict[str, Any]:
+def _closed_loop(
+    call: Any, requests: list[Any], in_flight: int, duration_s: float
+) -> dict[str, Any]:
     """Keeps `in_flight` calls outstanding for `duration_s`; returns throughput and latency."""
     lock = threading.Lock()
     done = threading.Event()
@@ -142,8 +155,16 @@ def run() -> dict[str, Any]:
         results["init_s"] = round(time.perf_counter() - t, 3)
         client = json.loads(
             _cli(
-                "client", "add", "--data-dir", str(data), "--site-id", "10", "--name", "bench",
-                "--roles", "GENERATOR,MAPPER",
+                "client",
+                "add",
+                "--data-dir",
+                str(data),
+                "--site-id",
+                "10",
+                "--name",
+                "bench",
+                "--roles",
+                "GENERATOR,MAPPER",
             ).stdout
         )
         log_path = Path(tmp) / "operator.log"
@@ -151,10 +172,15 @@ def run() -> dict[str, Any]:
         with log_path.open("w") as log_file:
             op = subprocess.Popen(
                 [
-                    str(BIN / "uid2-operator"), "serve", "--data-dir", str(data),
-                    "--listen", "127.0.0.1:0",
+                    str(BIN / "uid2-operator"),
+                    "serve",
+                    "--data-dir",
+                    str(data),
+                    "--listen",
+                    "127.0.0.1:0",
                 ],
-                stdout=subprocess.DEVNULL, stderr=log_file,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
             )
         op_port, startup_ms = _wait_serving(log_path)
         results["startup"] = {
@@ -164,11 +190,19 @@ def run() -> dict[str, Any]:
         }
         echo = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--echo"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        echo_edge = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--echo", "--edge"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         try:
-            assert echo.stdout is not None
+            assert echo.stdout is not None and echo_edge.stdout is not None
             echo_port = int(json.loads(echo.stdout.readline())["port"])
+            edge_port = int(json.loads(echo_edge.stdout.readline())["port"])
             md = (("authorization", "Bearer " + client["api_key"]),)
             op_channel = grpc.insecure_channel(f"127.0.0.1:{op_port}")
             stub = pbg.OperatorServiceStub(op_channel)
@@ -187,6 +221,8 @@ def run() -> dict[str, Any]:
             ]
             echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")
             echo_call = echo_channel.unary_unary(ECHO_METHOD)
+            edge_channel = grpc.insecure_channel(f"127.0.0.1:{edge_port}")
+            edge_call = edge_channel.unary_unary(ECHO_METHOD)
             echo_reqs = [r.SerializeToString() for r in gen_reqs]
 
             class _WithMeta:
@@ -196,9 +232,17 @@ def run() -> dict[str, Any]:
                 def future(self, request: Any, timeout: float) -> Any:
                     return self._call.future(request, timeout=timeout, metadata=md)
 
-            runs: dict[str, list[dict[str, Any]]] = {"echo": [], "generate": [], "refresh": []}
+            runs: dict[str, list[dict[str, Any]]] = {
+                "echo": [],
+                "echo_with_edge": [],
+                "generate": [],
+                "refresh": [],
+            }
             for in_flight in (1, 32):
                 runs["echo"].append(_closed_loop(echo_call, echo_reqs, in_flight, DURATION_S))
+                runs["echo_with_edge"].append(
+                    _closed_loop(edge_call, echo_reqs, in_flight, DURATION_S)
+                )
                 runs["generate"].append(
                     _closed_loop(_WithMeta(stub.GenerateToken), gen_reqs, in_flight, DURATION_S)
                 )
@@ -213,6 +257,13 @@ def run() -> dict[str, Any]:
                         mine["throughput_per_s"] / base["throughput_per_s"], 3
                     )
             results["ratio_to_echo"] = ratios
+            results["ratio_to_echo_with_edge"] = {
+                f"{name}_{mine['in_flight']}": round(
+                    mine["throughput_per_s"] / base["throughput_per_s"], 3
+                )
+                for name in ("generate", "refresh")
+                for mine, base in zip(runs[name], runs["echo_with_edge"], strict=True)
+            }
             results["ratio_target"] = TARGET_RATIO
 
             batch = pb.MapIdentityRequest(
@@ -233,9 +284,11 @@ def run() -> dict[str, Any]:
             results["startup"]["rss_mb_after_load"] = _rss_mb(op.pid)
             op_channel.close()
             echo_channel.close()
+            edge_channel.close()
         finally:
-            echo.kill()
-            echo.wait(10)
+            for proc in (echo, echo_edge):
+                proc.kill()
+                proc.wait(10)
             op.terminate()
             results["operator_exit_code"] = op.wait(30)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +314,6 @@ def _wait_serving(log_path: Path, timeout_s: float = 30.0) -> tuple[int, int]:
 
 if __name__ == "__main__":
     if "--echo" in sys.argv:
-        _echo_server()
+        _echo_server(edge="--edge" in sys.argv)
     else:
         run()
