@@ -1,4 +1,4 @@
-"""Generate Python modules, gRPC stubs and .pyi type stubs from protos/ (the one generation command).
+"""Generate Python modules, gRPC stubs and .pyi stubs from protos/ (the one generation command).
 
 Usage: gen_protos.py OUT_DIR          regenerate OUT_DIR from protos/
        gen_protos.py --check OUT_DIR  exit 1 when OUT_DIR differs from what protos/ generates
@@ -45,12 +45,13 @@ def generate(out: Path) -> None:
 
 
 def tree(d: Path) -> set[str]:
-    return {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    files = (p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return {str(p.relative_to(d)) for p in files}
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    out = Path([a for a in argv if not a.startswith("--")][0]).resolve()
+    out = Path(next(a for a in argv if not a.startswith("--"))).resolve()
     if not check:
         # Generate aside, then swap: a proto that fails to compile leaves gen/ as it was.
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> int:
         generate(fresh)
         want, have = tree(fresh), tree(out) if out.exists() else set()
         drift = sorted(want ^ have)
-        drift += sorted(f for f in want & have if not filecmp.cmp(fresh / f, out / f, shallow=False))
+        changed = (f for f in want & have if not filecmp.cmp(fresh / f, out / f, shallow=False))
+        drift += sorted(changed)
         if drift:
             print("generated stubs drift from protos/ (run `make protos`):", *drift, sep="\n  ")
             return 1
