@@ -1,0 +1,377 @@
+"""The HTTP front door: routes, the edge middleware, and `HttpFrontDoor`, which serves an
+aiohttp application on its own asyncio loop in a dedicated thread of the operator process.
+
+Why aiohttp: asyncio-native, long maintained, already a pinned dependency, with a small
+low-level surface (`AppRunner`/`TCPSite`) that runs happily on a private loop in a thread. The
+gRPC server is sync (thread pool), so the HTTP side keeps its own loop; both call the same
+`Operator` (same snapshots, same rules). Domain calls are short CPU work and run on the loop,
+except durable writes and big batches (logout's opt-out, identity map, buckets), which go to a
+small thread pool.
+
+Every request gets one JSON log line `http` (method, path, HTTP status, API status, reason,
+latency, request id, site). Nothing a client sends yields a 500: `HttpError` and `ServiceError`
+become their official status; anything else is a bug, logged by type and place only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from operator_svc.domain.operator import Operator
+from operator_svc.domain.state import Client
+from operator_svc.domain.tokens import RefreshStatus
+from operator_svc.http import handlers
+from operator_svc.http.envelope_io import (
+    BINARY,
+    MAX_BODY_BYTES,
+    decode_secret,
+    error_body,
+    open_request,
+    seal_refresh_response,
+    seal_response,
+)
+from operator_svc.http.errors import (
+    CLIENT_ERROR,
+    ERROR,
+    EXPIRED_TOKEN,
+    INVALID_TOKEN,
+    OPTOUT,
+    SUCCESS,
+    HttpError,
+    from_service_error,
+)
+from svc_common.errors import ServiceError
+
+_log = structlog.get_logger("http")
+
+Handler = Callable[[Operator, Client, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    # Run in the blocking pool (durable writes, big batches) rather than on the loop.
+    blocking: bool = False
+
+
+ROUTES: dict[str, Route] = {
+    "/v2/token/generate": Route(handlers.generate),
+    "/v2/token/validate": Route(handlers.validate),
+    "/v2/token/logout": Route(handlers.logout, blocking=True),
+    "/v2/identity/map": Route(handlers.identity_map_v2, blocking=True),
+    "/v3/identity/map": Route(handlers.identity_map_v3, blocking=True),
+    "/v2/identity/buckets": Route(handlers.identity_buckets, blocking=True),
+    "/v2/optout/status": Route(handlers.optout_status),
+    "/v2/key/sharing": Route(handlers.key_sharing),
+    "/v2/key/bidstream": Route(handlers.key_bidstream),
+}
+REFRESH_PATH = "/v2/token/refresh"
+HEALTH_PATH = "/ops/healthcheck"
+# Paths a browser calls directly (the JavaScript SDK refreshes from the page).
+CORS_PATHS = frozenset({REFRESH_PATH})
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, X-UID2-Client-Version",
+    "Access-Control-Max-Age": "86400",
+}
+_KNOWN_PATHS = frozenset({*ROUTES, REFRESH_PATH, HEALTH_PATH})
+_TEXT = "text/plain"
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _request_id(header: str | None) -> str:
+    if header and 0 < len(header) <= 64 and header.isascii() and header.isprintable():
+        return header
+    return uuid.uuid4().hex
+
+
+def _error_response(error: HttpError) -> web.Response:
+    return web.Response(
+        status=error.http_status, body=error_body(error), content_type="application/json"
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> HttpError:
+    if exc.status == 413:
+        return HttpError(
+            413,
+            CLIENT_ERROR,
+            f"the body is larger than {MAX_BODY_BYTES} bytes: send fewer items per call",
+            "BODY_TOO_LARGE",
+        )
+    if exc.status == 404:
+        return HttpError(
+            404, CLIENT_ERROR, "unknown path: see the UID2 HTTP API's endpoints", "UNKNOWN_PATH"
+        )
+    if exc.status == 405:
+        return HttpError(
+            405, CLIENT_ERROR, "method not allowed: the API's endpoints take POST", "BAD_METHOD"
+        )
+    return HttpError(exc.status, CLIENT_ERROR, exc.reason or "bad request", "HTTP_ERROR")
+
+
+class HttpApi:
+    """The aiohttp application over one `Operator`."""
+
+    def __init__(
+        self,
+        operator: Operator,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        blocking: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self._op = operator
+        self._clock = operator.clock
+        self._rng = rng
+        self._blocking = blocking
+        self.serving = True
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._edge], client_max_size=MAX_BODY_BYTES)
+        for path, route in ROUTES.items():
+            app.router.add_post(path, self._enveloped(route))
+        app.router.add_post(REFRESH_PATH, self._refresh)
+        app.router.add_route("OPTIONS", REFRESH_PATH, self._preflight)
+        app.router.add_get(HEALTH_PATH, self._health)
+        return app
+
+    # -- edge -------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _edge(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        start = time.perf_counter()
+        request_id = _request_id(request.headers.get("X-Request-Id"))
+        path = request.path if request.path in _KNOWN_PATHS else "<unknown>"
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        error: HttpError | None = None
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            error = exc
+        except ServiceError as exc:
+            error = from_service_error(exc)
+        except web.HTTPException as exc:
+            error = _from_http_exception(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.error("unhandled_exception", error_type=type(exc).__name__, where=_where(exc))
+            error = HttpError(500, ERROR, "internal error", "INTERNAL")
+        if error is not None:
+            response = _error_response(error)
+        response.headers["X-Request-Id"] = request_id
+        if request.path in CORS_PATHS:
+            response.headers.update(_CORS_HEADERS)
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": path,
+            "http_status": response.status,
+            "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+        }
+        if error is not None:
+            fields["status"] = error.status
+            fields["reason"] = error.reason
+        _log.info("http", **fields)
+        structlog.contextvars.clear_contextvars()
+        return response
+
+    async def _read(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=length)
+        return await request.read()
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def _enveloped(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+        op = self._op
+
+        async def handle(request: web.Request) -> web.Response:
+            client = op.auth.authenticate(_bearer(request.headers.get("Authorization")))
+            structlog.contextvars.bind_contextvars(site_id=client.site_id)
+            body = await self._read(request)
+            binary = request.content_type == BINARY
+            secret = decode_secret(client.secret)
+            opened = open_request(secret, body, binary=binary, now_ms=self._clock.now_ms())
+            if route.blocking:
+                loop = asyncio.get_running_loop()
+                answer = await loop.run_in_executor(
+                    self._blocking, route.handler, op, client, opened.payload
+                )
+            else:
+                answer = route.handler(op, client, opened.payload)
+            structlog.contextvars.bind_contextvars(status=answer["status"])
+            sealed = seal_response(
+                secret, opened, answer, now_ms=self._clock.now_ms(), rng=self._rng
+            )
+            return web.Response(body=sealed, content_type=BINARY if binary else _TEXT)
+
+        return handle
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        """The body is the bare refresh token; no API key. A success or opt-out answer is
+        sealed under the presented token's refresh_response_key; invalid and expired tokens
+        are plain JSON errors (400)."""
+        body = await self._read(request)
+        try:
+            token = body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            token = ""
+        outcome = self._op.tokens.refresh(token)
+        if outcome.site_id:
+            structlog.contextvars.bind_contextvars(site_id=outcome.site_id)
+        if outcome.status is RefreshStatus.INVALID_TOKEN or not outcome.response_key:
+            raise HttpError(
+                400,
+                INVALID_TOKEN,
+                "the refresh token is not valid: send the refresh_token exactly as received, "
+                "as the whole body",
+                "INVALID_TOKEN",
+            )
+        if outcome.status is RefreshStatus.EXPIRED_TOKEN:
+            raise HttpError(
+                400,
+                EXPIRED_TOKEN,
+                "the refresh token has expired: generate a new identity",
+                "EXPIRED_TOKEN",
+            )
+        structlog.contextvars.bind_contextvars(status=outcome.status.value)
+        answer: dict[str, Any]
+        if outcome.status is RefreshStatus.SUCCESS and outcome.identity is not None:
+            answer = {"status": SUCCESS, "body": handlers.identity_json(outcome.identity)}
+        else:
+            answer = {"status": OPTOUT}
+        sealed = seal_refresh_response(outcome.response_key, answer, rng=self._rng)
+        return web.Response(body=sealed, content_type=_TEXT)
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self.serving:
+            return web.Response(text="OK", content_type=_TEXT)
+        return web.Response(status=503, text="NOT_SERVING", content_type=_TEXT)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HttpFrontDoor:
+    """Serves `HttpApi` on `listen` (HOST:PORT; port 0 picks one) from a dedicated thread with
+    its own event loop. `start()` returns the bound port; `stop()` drains and joins."""
+
+    def __init__(
+        self,
+        operator: Operator,
+        listen: str,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        blocking_workers: int = 4,
+    ) -> None:
+        self._listen = listen
+        self._blocking = ThreadPoolExecutor(
+            max_workers=blocking_workers, thread_name_prefix="http-blocking"
+        )
+        self.api = HttpApi(operator, rng=rng, blocking=self._blocking)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def start(self) -> int:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="http-front-door", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._blocking.shutdown(wait=False)
+            exc = failure[0]
+            if isinstance(exc, OSError):
+                raise OSError(f"cannot listen on {self._listen} (HTTP): {exc.strerror}") from exc
+            raise exc
+        return self.port
+
+    async def _start(self) -> None:
+        host, port = _split_listen(self._listen)
+        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        self.port = int(addresses[0][1]) if addresses else port
+
+    def stop(self) -> None:
+        """Refuses new connections, lets in-flight requests finish, stops the loop."""
+        loop, thread, runner = self._loop, self._thread, self._runner
+        if loop is None or thread is None:
+            return
+        self.api.serving = False
+        self._loop = None
+        if runner is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+            try:
+                future.result(timeout=10)
+            except Exception as exc:  # still stop the loop below
+                _log.warning("http_stop_failed", error_type=type(exc).__name__)
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._blocking.shutdown(wait=True)
