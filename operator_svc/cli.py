@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bidstream-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
     p.add_argument("--sync-interval", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--http-listen", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--http-listen",
+        default=None,
+        help="also serve the official UID2 HTTP API on HOST:PORT (env UID2_OPERATOR_HTTP_LISTEN)",
+    )
     p.add_argument("--log-level", default=os.environ.get(ENV + "LOG_LEVEL", "INFO"))
     return parser
 
@@ -168,7 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("operator")
     started = time.perf_counter()
     served, port = create_server(config)
-    log.info("serving", port=port, startup_ms=round((time.perf_counter() - started) * 1000))
+    extra = {} if served.http_port is None else {"http_port": served.http_port}
+    log.info(
+        "serving", port=port, startup_ms=round((time.perf_counter() - started) * 1000), **extra
+    )
     wait_for_signal()
     served.stop()
     log.info("stopped")

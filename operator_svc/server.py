@@ -3,6 +3,7 @@ the edge interceptor), start the cross-process sync thread, then report SERVING.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class OperatorServed(Served):
 
     before_drain: list[Callable[[], None]] = field(default_factory=list)
     operator: Operator | None = None
+    # The official HTTP API's bound port when `config.http_listen` is set (operator_svc.http).
+    http_port: int | None = None
 
     def stop(self, grace_s: float = 5.0) -> None:
         for callback in self.before_drain:
@@ -69,6 +72,17 @@ def create_server(
     )
     served.before_drain.append(operator.close_streams)
     served.on_stop.append(operator.close)
+    if config.http_listen is not None:
+        from operator_svc.http.app import HttpFrontDoor
+
+        front = HttpFrontDoor(operator, config.http_listen, rng=rng or os.urandom)
+        try:
+            served.http_port = front.start()
+        except BaseException:
+            served.stop(0)
+            raise
+        # Runs before operator.close (on_stop runs in reverse), so HTTP drains first.
+        served.on_stop.append(front.stop)
     operator.start_sync()
     served.set_serving(True)
     return served, served.port
