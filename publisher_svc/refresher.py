@@ -56,6 +56,7 @@ class Refresher:
         batch_size: int = 512,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] | None = None,
+        circuit_open_s: float = 1.0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -65,6 +66,10 @@ class Refresher:
         self.batch_size = batch_size
         # Per-identity retry schedule after UNAVAILABLE: 1 s, 2 s, 4 s ... up to 60 s, jittered.
         self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
+        # While the operator is known to be unreachable, the rest of a pass is deferred
+        # without calling it (a circuit breaker), for `circuit_open_s` of real time.
+        self.circuit_open_s = circuit_open_s
+        self._circuit_until = 0.0
         self.stats = RefresherStats()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -132,7 +137,8 @@ class Refresher:
         self.stats.enter()
         outcome = "skipped"
         try:
-            outcome = self._refresh(user_id)
+            if not self._stop.is_set():
+                outcome = self._refresh(user_id)
         except Exception as exc:
             _log.error("refresh_failed", error_type=type(exc).__name__)
             outcome = "deferred"
@@ -147,24 +153,35 @@ class Refresher:
             now = pub.clock.now_ms()
             if stored is None:
                 return "skipped"
+            if time.monotonic() < self._circuit_until:
+                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                return "deferred"
             try:
                 step, _ = pub.refresh_stored(user_id)
             except ServiceError as err:
                 # Operator unreachable with the token already expired, or it refused the call:
                 # keep the identity (refreshable until refresh_expires) and try again later.
                 self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                if err.reason == "OPERATOR_UNAVAILABLE":
+                    self._open_circuit()
                 _log.info("refresh_deferred", reason=err.reason)
                 return "deferred"
             if step.kind is StepKind.USE:
                 return "skipped"
             if step.kind is StepKind.STALE:
                 self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                self._open_circuit()
                 return "deferred"
             if step.kind is StepKind.REFRESHED:
                 return "refreshed"
             if step.kind is StepKind.OPTOUT:
                 return "optouts"
             return "login_required"
+
+    def _open_circuit(self) -> None:
+        if time.monotonic() >= self._circuit_until:
+            _log.warning("operator_unavailable", retry_in_s=self.circuit_open_s)
+        self._circuit_until = time.monotonic() + self.circuit_open_s
 
     def _defer(self, user_id: str, refresh_token: str, failed: int, now: int) -> None:
         # Equal jitter: half the capped exponential step, plus up to as much again at random,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
@@ -48,7 +48,7 @@ _COLS = (
 @dataclass(frozen=True)
 class StoredIdentity:
     user_id: str
-    dii_key: str
+    dii_key: str = field(repr=False)  # a DII hash: never in a log line
     identity: Identity
     failed_attempts: int = 0
 

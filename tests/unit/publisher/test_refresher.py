@@ -75,7 +75,8 @@ def test_operator_down_keeps_token_and_backs_off(setup) -> None:  # type: ignore
     token = pub.get_advertising_token("u0").advertising_token
     clock.advance(HOUR)
     op.down = True
-    r = Refresher(pub, workers=1, backoff=Backoff(base_s=1.0, cap_s=8.0, rng=lambda: 1.0))
+    backoff = Backoff(base_s=1.0, cap_s=8.0, rng=lambda: 1.0)
+    r = Refresher(pub, workers=1, backoff=backoff, circuit_open_s=0)
     try:
         delays = []
         for _ in range(6):
@@ -161,3 +162,17 @@ def test_thread_runs_and_stops(setup) -> None:  # type: ignore[no-untyped-def]
     finally:
         r.stop()
     assert r._thread is not None and not r._thread.is_alive()
+
+
+def test_circuit_breaker_spares_a_down_operator(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 30)
+    clock.advance(HOUR)
+    op.down = True
+    r = Refresher(pub, workers=1, circuit_open_s=60)
+    try:
+        assert r.run_once() == 30
+    finally:
+        r.stop()
+    assert len(op.refresh_calls) == 1  # the first failure opens the circuit
+    assert r.stats.deferred == 30 and pub.store.count() == 30
