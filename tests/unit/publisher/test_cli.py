@@ -1,0 +1,52 @@
+"""`uid2-publisher serve` flag / environment parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from publisher_svc.cli import UsageError, _parser, parse_config
+from publisher_svc.publisher import StorageMode
+
+FLAGS = [
+    "serve", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:0",
+    "--operator-address", "127.0.0.1:5000", "--site-id", "7", "--ssp-address", "127.0.0.1:6000",
+]  # fmt: skip
+
+
+def test_environment_fallbacks_and_no_keys_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_OPERATOR_API_KEY", "op-secret")
+    monkeypatch.setenv("UID2_PUBLISHER_SSP_API_KEY", "ssp-secret")
+    monkeypatch.setenv("UID2_PUBLISHER_STORAGE_MODE", "client")
+    monkeypatch.setenv("UID2_PUBLISHER_ON_BEHALF_OF_SITE_ID", "42")
+    monkeypatch.setenv("UID2_PUBLISHER_REFRESH_WORKERS", "3")
+    config = parse_config(_parser().parse_args(FLAGS))
+    assert config.operator_api_key == "op-secret" and config.ssp_api_key == "ssp-secret"
+    assert config.storage_mode is StorageMode.CLIENT
+    assert config.on_behalf_of_site_id == 42 and config.refresh_workers == 3
+    assert config.site_id == 7 and config.background_refresh
+    assert "secret" not in repr(config)
+
+
+def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_SITE_ID", "9")
+    args = _parser().parse_args(
+        [*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s", "--no-background-refresh"]
+    )
+    config = parse_config(args)
+    assert config.site_id == 7 and not config.background_refresh
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--operator-api-key"),
+        (["--operator-api-key", "k", "--ssp-api-key", "s", "--refresh-workers", "0"], "at least"),
+        (["--operator-api-key", "k", "--ssp-api-key", "s", "--site-id", "x"], "integer"),
+    ],
+)
+def test_mistakes(monkeypatch: pytest.MonkeyPatch, extra: list[str], message: str) -> None:
+    for name in ("OPERATOR_API_KEY", "SSP_API_KEY"):
+        monkeypatch.delenv("UID2_PUBLISHER_" + name, raising=False)
+    with pytest.raises(UsageError) as exc:
+        parse_config(_parser().parse_args([*FLAGS, *extra]))
+    assert message in str(exc.value)
