@@ -113,6 +113,14 @@ def _request_id(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def _is_binary(content_type: str | None) -> bool:
+    # Not request.content_type: aiohttp reports application/octet-stream when the header is
+    # absent, and a body without one is base64 text for the official API.
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == BINARY
+
+
 def _error_response(error: HttpError) -> web.Response:
     return web.Response(
         status=error.http_status, body=error_body(error), content_type="application/json"
@@ -222,7 +230,7 @@ class HttpApi:
             client = op.auth.authenticate(_bearer(request.headers.get("Authorization")))
             structlog.contextvars.bind_contextvars(site_id=client.site_id)
             body = await self._read(request)
-            binary = request.content_type == BINARY
+            binary = _is_binary(request.headers.get("Content-Type"))
             secret = decode_secret(client.secret)
             opened = open_request(secret, body, binary=binary, now_ms=self._clock.now_ms())
             if route.blocking:

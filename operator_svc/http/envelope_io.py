@@ -119,7 +119,7 @@ def parse_json(payload: bytes) -> dict[str, Any]:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return json.dumps(obj).encode("utf-8")
 
 
 def seal_response(
