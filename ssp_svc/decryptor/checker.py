@@ -48,10 +48,13 @@ class TokenChecker:
         return verdict
 
     def _check(self, token: str, domain_or_app: str | None) -> Verdict:
+        seen = self._keys.generation
         result = self._decrypt(self._keys.decoder, token, domain_or_app)
         if result.status in _MISSING_KEY:
             generation = self._keys.request_early_refresh()
-            if generation is not None and self._keys.wait_past(generation, self._early_wait_s):
+            if self._keys.generation > seen or (
+                generation is not None and self._keys.wait_past(generation, self._early_wait_s)
+            ):
                 result = self._decrypt(self._keys.decoder, token, domain_or_app)
         status = result.status
         if status is DecryptionStatus.SUCCESS:

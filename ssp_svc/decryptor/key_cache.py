@@ -51,6 +51,7 @@ class KeyCache:
         self._next_ms: float = clock.now_ms()  # due at once
         self._last_early_ms: float = -float("inf")
         self._early_pending = False
+        self._fetching = False
         self.generation = 0  # completed refresh attempts, successful or not
         self.successes = 0
         self.last_success_ms: int | None = None
@@ -77,6 +78,7 @@ class KeyCache:
         with self._fetch_lock:
             with self._cond:
                 self._early_pending = False
+                self._fetching = True
             ok, key_count = False, 0
             try:
                 container = parse_key_container_json(self._fetch())
@@ -102,6 +104,7 @@ class KeyCache:
                     # Half fixed, half jitter: never a tight loop, never a thundering herd.
                     self._next_ms = now + cap / 2 + self._rng() * cap / 2
                 self.generation += 1
+                self._fetching = False
                 self._cond.notify_all()
             if ok:
                 _log.info("keys_refreshed", keys=key_count)
@@ -114,14 +117,14 @@ class KeyCache:
     def request_early_refresh(self) -> int | None:
         """Asks for a refresh ahead of schedule (a token named a key we lack). Rate limited:
         at most one per `early_min_interval_s`. Returns the generation to wait past with
-        `wait_past`, or None when nothing is pending."""
+        `wait_past`, or None when no refresh is pending or running."""
         now = self._clock.now_ms()
         with self._cond:
             if not self._early_pending and now - self._last_early_ms >= self._early_min_ms:
                 self._last_early_ms = now
                 self._early_pending = True
                 self._cond.notify_all()
-            return self.generation if self._early_pending else None
+            return self.generation if self._early_pending or self._fetching else None
 
     def wait_past(self, generation: int, timeout_s: float) -> bool:
         with self._cond:

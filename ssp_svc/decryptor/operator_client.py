@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from ssp_svc.decryptor.key_json import key_container_to_json
+from operator_svc.key_json import key_container_dict
 from svc_common.grpc_client import bearer, call_with_retry
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -41,7 +41,7 @@ class OperatorClient:
             metadata=self._metadata,
             attempts=2,
         )
-        return key_container_to_json(response.key_container)
+        return key_container_dict(response.key_container)
 
     def watch_optouts(self, since_ms: int) -> _WatchCall:
         call = self._stub.WatchOptOuts(

@@ -69,9 +69,10 @@ class KeySet:
 
     def rotate_site_key(self, key_id: int) -> Key:
         """A new site key, active now; tokens minted with it name a key decryptors lack."""
-        self.site = make_key(key_id, SITE_KEYSET, SITE_ID)
-        self.extra.append(self.site)
-        return self.site
+        new = make_key(key_id, SITE_KEYSET, SITE_ID)
+        self.extra.append(self.site)  # the old key stays published
+        self.site = new
+        return new
 
 
 def raw_uid(n: int = 1) -> bytes:
