@@ -1,0 +1,229 @@
+"""What a caller gets wrong gets the official status, a plain JSON message that says what to fix,
+and never a 500."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import time
+
+import pytest
+
+from tests.integration.operator_http.conftest import HttpLive, Reply
+from uid2_crypto.envelope import encrypt_request
+
+PATHS = [
+    "/v2/token/generate",
+    "/v2/token/validate",
+    "/v2/token/logout",
+    "/v2/identity/map",
+    "/v3/identity/map",
+    "/v2/identity/buckets",
+    "/v2/optout/status",
+    "/v2/key/sharing",
+    "/v2/key/bidstream",
+]
+
+
+def _error(reply: Reply, http_status: int, status: str) -> str:
+    assert reply.status == http_status, reply.body
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert body["status"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    return str(body["message"])
+
+
+def _post(live: HttpLive, path: str, body: bytes, name: str = "all", **headers: str) -> Reply:
+    return live.raw(path, body, headers={**live.auth(name), **headers})
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_or_unknown_api_key_is_401(live: HttpLive, path: str) -> None:
+    body = base64.b64encode(live.envelope("all", {}))
+    _error(live.raw(path, body), 401, "unauthorized")
+    _error(
+        live.raw(path, body, headers={"Authorization": "Bearer UID2-C-nope-x"}), 401, "unauthorized"
+    )
+    _error(live.raw(path, body, headers={"Authorization": "Basic abc"}), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v2/identity/map", {"email": ["a@b.com"]}),
+        ("/v3/identity/map", {"email": ["a@b.com"]}),
+        ("/v2/key/bidstream", {}),
+        ("/v2/key/sharing", {}),
+        ("/v2/token/logout", {"email": "a@b.com"}),
+        ("/v2/optout/status", {"advertising_ids": []}),
+    ],
+)
+def test_key_without_the_role_is_401(live: HttpLive, path: str, payload: object) -> None:
+    status, answer = live.call("gen", path, payload)
+    assert status == 401 and answer["status"] == "unauthorized"
+    assert "role" in answer["message"]
+
+
+def test_wrong_secret(live: HttpLive) -> None:
+    body = base64.b64encode(live.envelope("all", {"email": "a@b.com"}, secret=os.urandom(32)))
+    msg = _error(_post(live, "/v2/token/generate", body), 400, "client_error")
+    assert "client secret" in msg
+
+
+def test_another_clients_secret(live: HttpLive) -> None:
+    secret = base64.b64decode(live.clients["gen"].secret)
+    body = base64.b64encode(live.envelope("all", {"email": "a@b.com"}, secret=secret))
+    _error(_post(live, "/v2/token/generate", body), 400, "client_error")
+
+
+@pytest.mark.parametrize("at", [0, 1, 12, 20, 40, -1])
+def test_tampered_envelope(live: HttpLive, at: int) -> None:
+    raw = bytearray(live.envelope("all", {"email": "a@b.com"}))
+    raw[at] ^= 0x80
+    _error(_post(live, "/v2/token/generate", base64.b64encode(raw)), 400, "client_error")
+    _error(
+        _post(
+            live, "/v2/token/generate", bytes(raw), **{"Content-Type": "application/octet-stream"}
+        ),
+        400,
+        "client_error",
+    )
+
+
+@pytest.mark.parametrize("offset_s", [-300, -61, 61, 3600])
+def test_stale_or_future_timestamp(live: HttpLive, offset_s: int) -> None:
+    body = base64.b64encode(
+        live.envelope("all", {"email": "a@b.com"}, ts_ms=_now() + offset_s * 1000)
+    )
+    msg = _error(_post(live, "/v2/token/generate", body), 400, "client_error")
+    assert "timestamp" in msg and "clock" in msg
+
+
+def test_wrong_version_byte(live: HttpLive) -> None:
+    raw = bytearray(live.envelope("all", {"email": "a@b.com"}))
+    raw[0] = 2
+    msg = _error(_post(live, "/v2/token/generate", base64.b64encode(raw)), 400, "client_error")
+    assert "version 1" in msg
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        (b"%%% not base64 %%%", "base64"),
+        (b"", "empty"),
+        (base64.b64encode(b"\x01short"), "too short"),
+        (b"\x00\xff" * 50, "base64"),
+    ],
+)
+def test_garbage_bodies(live: HttpLive, body: bytes, hint: str) -> None:
+    msg = _error(_post(live, "/v2/token/generate", body), 400, "client_error")
+    assert hint in msg
+
+
+@pytest.mark.parametrize(
+    ("payload", "hint"),
+    [
+        (b"not json", "JSON"),
+        (b"[1]", "object"),
+        (b"[" * 50_000, "JSON"),
+        (b'{"email": "\\udc00"}', "surrogate"),
+        ({}, "exactly one"),
+        ({"email": "a@b.com", "phone": "+14155550100"}, "exactly one"),
+        ({"email": 5}, "string"),
+        ({"email": "not an email"}, "email"),
+        ({"phone": "555-555-5555"}, "phone"),
+        ({"email_hash": "abc"}, "hash"),
+        ({"email": "a@b.com", "tcf_consent_string": 7}, "tcf_consent_string"),
+        ({"email": "a@b.com", "tcf_consent_string": "!!!"}, "TCF"),
+    ],
+)
+def test_bad_generate_requests(live: HttpLive, payload: object, hint: str) -> None:
+    status, answer = live.call("all", "/v2/token/generate", payload)
+    assert (status, answer["status"]) == (400, "client_error")
+    assert hint in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v2/identity/map", {}),
+        ("/v2/identity/map", {"email": "a@b.com"}),
+        ("/v2/identity/map", {"email": [1, 2]}),
+        ("/v3/identity/map", {"phone_hash": None}),
+        ("/v2/optout/status", {}),
+        ("/v2/optout/status", {"advertising_ids": ["short"]}),
+        ("/v2/identity/buckets", {}),
+        ("/v2/identity/buckets", {"since_timestamp": "yesterday"}),
+        ("/v2/identity/buckets", {"since_timestamp": 5}),
+        ("/v2/token/validate", {"token": "", "email": "a@b.com"}),
+        ("/v2/token/validate", {"token": 5, "email": "a@b.com"}),
+        ("/v2/token/logout", {"email": "nope"}),
+    ],
+)
+def test_bad_requests_elsewhere(live: HttpLive, path: str, payload: object) -> None:
+    status, answer = live.call("all", path, payload)
+    assert (status, answer["status"]) == (400, "client_error"), answer
+
+
+def test_body_over_one_megabyte_is_413(live: HttpLive) -> None:
+    body = base64.b64encode(os.urandom(800_000))
+    msg = _error(_post(live, "/v2/identity/map", body), 413, "client_error")
+    assert "1048576" in msg
+
+
+def test_more_than_5000_identity_map_items(live: HttpLive) -> None:
+    hashes = [
+        base64.b64encode(hashlib.sha256(str(i).encode()).digest()).decode() for i in range(5001)
+    ]
+    for path in ("/v2/identity/map", "/v3/identity/map"):
+        status, answer = live.call("all", path, {"email_hash": hashes})
+        assert (status, answer["status"]) == (400, "client_error")
+        assert "5000" in answer["message"]
+    status, answer = live.call("all", "/v3/identity/map", {"email_hash": hashes[:5000]})
+    assert status == 200 and len(answer["body"]["email_hash"]) == 5000
+
+
+def test_unknown_path_and_method(live: HttpLive) -> None:
+    _error(live.raw("/v2/nope", b"x"), 404, "client_error")
+    _error(live.raw("/v1/token/generate", b"x"), 404, "client_error")
+    _error(live.raw("/v2/token/generate", method="GET"), 405, "client_error")
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"garbage", b"\xff\xfe\x00", b"A" * 388, b"A" * 5000, b"\x00" * 388]
+)
+def test_refresh_garbage_is_invalid_token(live: HttpLive, body: bytes) -> None:
+    msg = _error(live.raw("/v2/token/refresh", body), 400, "invalid_token")
+    assert "refresh token" in msg
+
+
+def test_random_bodies_never_500(live: HttpLive) -> None:
+    rnd = random.Random(7)
+    secret = base64.b64decode(live.clients["all"].secret)
+    for i in range(150):
+        path = rnd.choice([*PATHS, "/v2/token/refresh"])
+        kind = i % 3
+        if kind == 0:
+            body = rnd.randbytes(rnd.randrange(0, 600))
+        elif kind == 1:
+            body = base64.b64encode(rnd.randbytes(rnd.randrange(0, 600)))
+        else:
+            junk = json.dumps(rnd.choice([None, 1, "x", [], {"email": []}, {"email_hash": [None]}]))
+            body = base64.b64encode(
+                encrypt_request(
+                    secret, junk.encode(), now_ms=_now(), nonce=b"n" * 8, iv=os.urandom(12)
+                )
+            )
+        headers = {"Content-Type": "application/octet-stream"} if rnd.random() < 0.3 else {}
+        reply = _post(live, path, body, **headers)
+        assert reply.status < 500, (path, reply.body)
+        if reply.status != 200:
+            assert reply.json()["status"] in {"client_error", "unauthorized", "invalid_token"}

@@ -1,0 +1,61 @@
+"""`uid2-operator serve --http-listen` as a real process: both front doors in one process, the
+`serving` event carries `http_port`, SIGTERM drains both and exits 0, and the log holds one line
+per HTTP request with no key, secret, DII or token in it."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from uid2_client import TokenGenerateInput, Uid2PublisherClient
+
+from tests.integration.operator.conftest import add_client, init_dir
+from tests.support.procs import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
+    init_dir(tmp_path)
+    client = add_client(tmp_path, 100, "pub", ["GENERATOR"])
+    args = ["uid2-operator", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+    env = {"UID2_OPERATOR_HTTP_LISTEN": "127.0.0.1:0"} if via_env else None
+    if not via_env:
+        args += ["--http-listen", "127.0.0.1:0"]
+    proc = ServiceProcess(args, env=env).wait_ready(30)
+    try:
+        serving = next(e for e in proc.events if e.get("event") == "serving")
+        http_port = serving["http_port"]
+        assert http_port and http_port != serving["port"]
+        base = f"http://127.0.0.1:{http_port}"
+        with urllib.request.urlopen(base + "/ops/healthcheck", timeout=5) as resp:  # noqa: S310
+            assert resp.read() == b"OK"
+        email = "process-user@example.com"
+        sdk = Uid2PublisherClient(base, client.api_key, client.secret)
+        generated = sdk.generate_token(TokenGenerateInput.from_email(email))
+        assert generated.is_success()
+        identity = generated.get_identity()
+        assert sdk.refresh_token(identity).is_success()
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+    log = proc.log_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    http = [e for e in lines if e.get("event") == "http"]
+    assert [(e["path"], e["http_status"]) for e in http] == [
+        ("/ops/healthcheck", 200),
+        ("/v2/token/generate", 200),
+        ("/v2/token/refresh", 200),
+    ]
+    assert all("request_id" in e and "latency_ms" in e for e in http)
+    for secret in (
+        client.api_key,
+        client.secret,
+        email,
+        identity.get_advertising_token(),
+        identity.get_refresh_token(),
+    ):
+        assert secret not in log
