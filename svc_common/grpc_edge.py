@@ -7,9 +7,9 @@ answered INTERNAL with reason INTERNAL."""
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,32 +65,42 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
     def __init__(self, domain: str) -> None:
         self._domain = domain
+        # Wrapped handlers per method: services are registered once, so each handler is built
+        # once instead of on every call (this sits on every RPC's hot path).
+        self._wrapped: dict[str, Any] = {}
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
-        handler = continuation(handler_call_details)
         method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(handler_call_details)
         if handler is None or method.startswith(_QUIET_PREFIXES):
             return handler
-        request_id = _request_id(handler_call_details.invocation_metadata)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, request_id),
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, request_id),
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        else:
+            return handler
+        self._wrapped[method] = wrapped
+        return wrapped
 
-    def _begin(self, method: str, request_id: str) -> float:
+    def _begin(self, method: str, context: Any) -> float:
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        structlog.contextvars.bind_contextvars(
+            request_id=_request_id(context.invocation_metadata()), method=method
+        )
         return time.perf_counter()
 
     def _fail(self, context: Any, exc: BaseException) -> tuple[str, str]:
@@ -113,9 +123,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             _log.info("rpc", code=code, latency_ms=latency_ms)
         structlog.contextvars.clear_contextvars()
 
-    def _unary(self, behavior: Any, method: str, request_id: str) -> Any:
+    def _unary(self, behavior: Any, method: str) -> Any:
         def call(request: Any, context: Any) -> Any:
-            start = self._begin(method, request_id)
+            start = self._begin(method, context)
             code, reason = "OK", ""
             try:
                 response = behavior(request, context)
@@ -139,9 +149,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
         return call
 
-    def _stream(self, behavior: Any, method: str, request_id: str) -> Any:
+    def _stream(self, behavior: Any, method: str) -> Any:
         def call(request: Any, context: Any) -> Iterator[Any]:
-            start = self._begin(method, request_id)
+            start = self._begin(method, context)
             code, reason = "OK", ""
             try:
                 yield from behavior(request, context)
@@ -172,7 +182,7 @@ def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
             return value
-    return uuid.uuid4().hex
+    return os.urandom(8).hex()
 
 
 def bearer_token(context: Any) -> str | None:

@@ -152,3 +152,14 @@ def test_retry_does_not_retry_other_codes(stub: Any) -> None:
     with pytest.raises(RemoteError) as caught:
         call_with_retry(call, req, timeout_s=2.0, sleep=lambda _: None)
     assert caught.value.reason == "INVALID_EMAIL" and calls == [1]
+
+
+def test_caller_request_id_is_logged(stub: Any, capsys: Any) -> None:
+    configure_logging(service="test")
+    capsys.readouterr()
+    stub.GenerateToken(
+        operator_pb2.GenerateTokenRequest(dii=operator_pb2.Dii(phone_hash="ok")),
+        metadata=(("x-request-id", "req-123"),),
+    )
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    assert [x["request_id"] for x in lines if x.get("event") == "rpc"] == ["req-123"]
