@@ -117,10 +117,13 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
     def _done(self, start: float, code: str, reason: str) -> None:
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
-        if reason:
-            _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
-        else:
-            _log.info("rpc", code=code, latency_ms=latency_ms)
+        try:
+            if reason:
+                _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
+            else:
+                _log.info("rpc", code=code, latency_ms=latency_ms)
+        except (OSError, ValueError):
+            pass  # a broken log stream must not turn an answered call into UNKNOWN
         structlog.contextvars.clear_contextvars()
 
     def _unary(self, behavior: Any, method: str) -> Any:

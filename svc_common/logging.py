@@ -29,7 +29,7 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
 
@@ -40,3 +40,20 @@ def _add_service(service: str) -> Any:
         return event
 
     return processor
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever `sys.stderr` is at the time of the call, so cached
+    loggers keep working when stderr is swapped (test capture, daemonisation)."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _StderrLoggerFactory:
+    def __call__(self, *args: Any) -> _StderrLogger:
+        return _StderrLogger()
