@@ -34,7 +34,7 @@ class TokenChecker:
         optouts: OptOutSet,
         clock: Clock,
         *,
-        early_refresh_wait_s: float = 0.05,
+        early_refresh_wait_s: float = 0.1,
     ) -> None:
         self._keys = keys
         self._optouts = optouts
