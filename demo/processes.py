@@ -82,7 +82,9 @@ class ServiceProcess:
             self.proc.wait(10)
 
     def log_text(self) -> str:
-        self._reader.join(timeout=2)
+        """What the process wrote so far (all of it, once it has exited)."""
+        if self.proc.poll() is not None:
+            self._reader.join(timeout=2)
         return "".join(self.lines)
 
 
