@@ -50,6 +50,7 @@ class World:
     op_stub: operator_pb2_grpc.OperatorServiceStub
     ssp_stub: ssp_pb2_grpc.SspServiceStub
     keys: dict[str, str]
+    issued: list[str]
 
     def op(self, method: str, request: Any, role: str) -> Any:
         return getattr(self.op_stub, method)(
@@ -66,6 +67,7 @@ class World:
             "generator",
         )
         assert r.status == operator_pb2.GENERATE_TOKEN_STATUS_SUCCESS
+        self.issued.append(r.identity.advertising_token)
         return str(r.identity.advertising_token)
 
     def submit(self, token: str) -> Any:
@@ -121,7 +123,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         procs.append(ssp)
         op_channel = grpc.insecure_channel(operator.address)
         ssp_channel = grpc.insecure_channel(ssp.address)
-        yield World(
+        world = World(
             op_dir,
             operator,
             ssp,
@@ -129,14 +131,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             operator_pb2_grpc.OperatorServiceStub(op_channel),
             ssp_pb2_grpc.SspServiceStub(ssp_channel),
             keys,
+            [],
         )
+        yield world
         op_channel.close()
         ssp_channel.close()
         for p in reversed(procs):
             assert p.terminate() == 0
-        for p in procs:
+        for p in (ssp, alpha, slow):
             text = p.log_text()
             assert keys["ssp_reader"] not in text and keys["publisher"] not in text
+            assert keys["dsp_reader"] not in text
+            assert not any(t in text for t in world.issued)  # no token in any log line
     finally:
         for p in procs:
             p.kill()
