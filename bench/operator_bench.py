@@ -1,12 +1,14 @@
-"""The operator over gRPC, beside a bare gRPC echo server measured in the same run.
+"""The operator over gRPC, beside bare gRPC echo servers measured in the same run.
 
-Both servers run as separate processes (sync grpc, 32 worker threads) on loopback; the same
-client drives them: one process, one channel, a closed loop keeping 1 or 32 calls in flight with
-`future()` callbacks, for a fixed duration after a warm-up. The echo server is a generic unary
-handler returning the request bytes (no interceptor, no (de)serialisation); it gets the very
-bytes of a GenerateTokenRequest. Figures: throughput (calls/s), p50/p99 latency (ms), the
-operator/echo throughput ratio; MapIdentity of 5,000 DIIs end to end (median of 10); `init`
-time, time to SERVING and resident memory with 2^20 salt buckets.
+The operator runs as its own process (`uid2-operator serve`, grpc.aio); the same client drives
+every server: one process, one channel, a closed loop keeping 1 or 32 calls in flight with
+`future()` callbacks, for a fixed duration after a warm-up. Three echo baselines, each a generic
+unary handler returning the request bytes (no (de)serialisation), fed the very bytes of a
+GenerateTokenRequest: a bare sync echo (32 worker threads: the reference figure), a bare aio echo
+(the operator's server model) and an aio echo behind the suite's edge (ErrorInfo mapping and one
+JSON log line per call), which shows what the edge costs by itself. Figures: throughput
+(calls/s), p50/p99 latency (ms), operator/echo throughput ratios; MapIdentity of 5,000 DIIs end to
+end (median of 10); `init` time, time to SERVING and resident memory with 2^20 salt buckets.
 
 Run: `make bench` or `.venv/bin/python -m bench.operator_bench`. Writes bench/results/operator.json.
 """
@@ -40,30 +42,59 @@ ECHO_METHOD = "/bench.Echo/Echo"
 # -- the echo server (run as `python bench/operator_bench.py --echo`) -------------------------
 
 
-def _echo_server(edge: bool) -> None:
-    """`edge`: with the suite's EdgeInterceptor and its one JSON log line per call, as every
-    service has; a second baseline that shows what the shared edge costs by itself."""
-    interceptors: list[Any] = []
-    if edge:
-        sys.path.insert(0, str(ROOT))
-        from svc_common.grpc_edge import EdgeInterceptor
-        from svc_common.logging import configure_logging
+def _echo_server(edge: bool, aio: bool) -> None:
+    """A bare unary echo. `edge`: with the suite's edge interceptor and its one JSON log line per
+    call; `aio`: on grpc.aio, the operator's server model (svc_common.grpc_aio)."""
+    sys.path.insert(0, str(ROOT))
+    from svc_common.logging import configure_logging
 
-        configure_logging("INFO", service="echo")
-        interceptors.append(EdgeInterceptor("echo"))
+    configure_logging("INFO", service="echo")
 
-    def echo(request: bytes, _context: Any) -> bytes:
+    def announce(port: int) -> None:
+        sys.stdout.write(json.dumps({"event": "serving", "port": port}) + "\n")
+        sys.stdout.flush()
+
+    if aio:
+        import asyncio
+
+        from svc_common.grpc_aio import AioEdgeInterceptor
+
+        async def serve() -> None:
+            async def echo(request: bytes, _context: Any) -> bytes:
+                return request
+
+            server = grpc.aio.server(interceptors=[AioEdgeInterceptor("echo")] if edge else [])
+            server.add_generic_rpc_handlers(
+                (
+                    grpc.method_handlers_generic_handler(
+                        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+                    ),
+                )
+            )
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            announce(port)
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+        return
+
+    from svc_common.grpc_edge import EdgeInterceptor
+
+    def echo_sync(request: bytes, _context: Any) -> bytes:
         return request
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), interceptors=interceptors)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32),
+        interceptors=[EdgeInterceptor("echo")] if edge else [],
+    )
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo_sync)}
     )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    sys.stdout.write(json.dumps({"event": "serving", "port": port}) + "\n")
-    sys.stdout.flush()
+    announce(port)
     server.wait_for_termination()
 
 
@@ -188,21 +219,30 @@ def run() -> dict[str, Any]:
             "server_startup_ms": startup_ms,
             "rss_mb_at_ready": _rss_mb(op.pid),
         }
-        echo = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--echo"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        echo_edge = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--echo", "--edge"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        # The baselines: the bare sync echo (the reference figure), a bare aio echo (the
+        # operator's server model) and an aio echo with the edge's one log line per call.
+        echo_flags = {
+            "echo": [],
+            "echo_aio": ["--aio"],
+            "echo_aio_with_edge": ["--aio", "--edge"],
+        }
+        echoes = {
+            name: subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--echo", *flags],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for name, flags in echo_flags.items()
+        }
         try:
-            assert echo.stdout is not None and echo_edge.stdout is not None
-            echo_port = int(json.loads(echo.stdout.readline())["port"])
-            edge_port = int(json.loads(echo_edge.stdout.readline())["port"])
+            echo_calls = {}
+            for name, proc in echoes.items():
+                assert proc.stdout is not None
+                port = int(json.loads(proc.stdout.readline())["port"])
+                echo_calls[name] = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary(
+                    ECHO_METHOD
+                )
             md = (("authorization", "Bearer " + client["api_key"]),)
             op_channel = grpc.insecure_channel(f"127.0.0.1:{op_port}")
             stub = pbg.OperatorServiceStub(op_channel)
@@ -219,10 +259,6 @@ def run() -> dict[str, Any]:
                 )
                 for r in gen_reqs[:200]
             ]
-            echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")
-            echo_call = echo_channel.unary_unary(ECHO_METHOD)
-            edge_channel = grpc.insecure_channel(f"127.0.0.1:{edge_port}")
-            edge_call = edge_channel.unary_unary(ECHO_METHOD)
             echo_reqs = [r.SerializeToString() for r in gen_reqs]
 
             class _WithMeta:
@@ -233,16 +269,11 @@ def run() -> dict[str, Any]:
                     return self._call.future(request, timeout=timeout, metadata=md)
 
             runs: dict[str, list[dict[str, Any]]] = {
-                "echo": [],
-                "echo_with_edge": [],
-                "generate": [],
-                "refresh": [],
+                name: [] for name in (*echo_calls, "generate", "refresh")
             }
             for in_flight in (1, 32):
-                runs["echo"].append(_closed_loop(echo_call, echo_reqs, in_flight, DURATION_S))
-                runs["echo_with_edge"].append(
-                    _closed_loop(edge_call, echo_reqs, in_flight, DURATION_S)
-                )
+                for name, call in echo_calls.items():
+                    runs[name].append(_closed_loop(call, echo_reqs, in_flight, DURATION_S))
                 runs["generate"].append(
                     _closed_loop(_WithMeta(stub.GenerateToken), gen_reqs, in_flight, DURATION_S)
                 )
@@ -250,20 +281,15 @@ def run() -> dict[str, Any]:
                     _closed_loop(stub.RefreshToken, refresh_reqs, in_flight, DURATION_S)
                 )
             results["unary"] = runs
-            ratios: dict[str, float] = {}
-            for name in ("generate", "refresh"):
-                for mine, base in zip(runs[name], runs["echo"], strict=True):
-                    ratios[f"{name}_{mine['in_flight']}"] = round(
+            for base_name in echo_calls:
+                key = "ratio_to_" + base_name
+                results[key] = {
+                    f"{name}_{mine['in_flight']}": round(
                         mine["throughput_per_s"] / base["throughput_per_s"], 3
                     )
-            results["ratio_to_echo"] = ratios
-            results["ratio_to_echo_with_edge"] = {
-                f"{name}_{mine['in_flight']}": round(
-                    mine["throughput_per_s"] / base["throughput_per_s"], 3
-                )
-                for name in ("generate", "refresh")
-                for mine, base in zip(runs[name], runs["echo_with_edge"], strict=True)
-            }
+                    for name in ("generate", "refresh")
+                    for mine, base in zip(runs[name], runs[base_name], strict=True)
+                }
             results["ratio_target"] = TARGET_RATIO
 
             batch = pb.MapIdentityRequest(
@@ -283,18 +309,32 @@ def run() -> dict[str, Any]:
             }
             results["startup"]["rss_mb_after_load"] = _rss_mb(op.pid)
             op_channel.close()
-            echo_channel.close()
-            edge_channel.close()
         finally:
-            for proc in (echo, echo_edge):
+            for proc in echoes.values():
                 proc.kill()
                 proc.wait(10)
             op.terminate()
             results["operator_exit_code"] = op.wait(30)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    _print_table(results)
     return results
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    print("operator over gRPC (calls/s, p50/p99 ms), same run, same client:")
+    for name, rows in results["unary"].items():
+        cells = [
+            f"{r['in_flight']:>2} in flight {r['throughput_per_s']:>8.0f}/s "
+            f"{r['p50_ms']}/{r['p99_ms']}"
+            for r in rows
+        ]
+        print(f"  {name:<20} " + "   ".join(cells))
+    for key, ratios in results.items():
+        if key.startswith("ratio_to_"):
+            print(f"  {key:<26} {ratios}")
+    print(f"  MapIdentity 5,000: {results['map_identity_5000']}")
+    print(f"  start-up: {results['startup']}")
 
 
 def _wait_serving(log_path: Path, timeout_s: float = 30.0) -> tuple[int, int]:
@@ -314,6 +354,6 @@ def _wait_serving(log_path: Path, timeout_s: float = 30.0) -> tuple[int, int]:
 
 if __name__ == "__main__":
     if "--echo" in sys.argv:
-        _echo_server(edge="--edge" in sys.argv)
+        _echo_server(edge="--edge" in sys.argv, aio="--aio" in sys.argv)
     else:
         run()

@@ -1,20 +1,25 @@
 """`create_server(config)`: load all state into memory, start the gRPC server (health, reflection,
-the edge interceptor), start the cross-process sync thread, then report SERVING."""
+the edge interceptor), start the cross-process sync thread, then report SERVING.
+
+The operator runs on grpc.aio (svc_common.grpc_aio): its request path reads only in-memory
+snapshots, so token calls run inline on the event loop; durable writes and 5,000-item scans go to
+a thread pool, WatchOptOuts streams to a pool of their own."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-import grpc
 import structlog
 
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.servicer import OperatorServicer
 from svc_common.clock import Clock
-from svc_common.grpc_server import Served, start_server
+from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 _log = structlog.get_logger("operator")
@@ -23,20 +28,19 @@ SERVICE_NAME = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_
 ERROR_DOMAIN = "operator.uid2"
 
 
-@dataclass
-class OperatorServed(Served):
-    """A `Served` that ends opt-out streams before draining, so a stop never waits on them."""
+# Unary calls that write to disk or walk up to 5,000 items: kept off the event loop.
+BLOCKING_METHODS = frozenset({"OptOut", "MapIdentity", "GetOptOutStatus"})
+# Each open WatchOptOuts stream holds one of these threads while it waits for opt-outs.
+MAX_STREAMS = 64
 
-    before_drain: list[Callable[[], None]] = field(default_factory=list)
+
+@dataclass
+class OperatorServed(AioServed):
+    """The operator's server handle: ends opt-out streams before draining (`before_drain`)."""
+
     operator: Operator | None = None
     # The official HTTP API's bound port when `config.http_listen` is set (operator_svc.http).
     http_port: int | None = None
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        for callback in self.before_drain:
-            callback()
-        self.before_drain.clear()
-        super().stop(grace_s)
 
 
 def create_server(
@@ -49,29 +53,40 @@ def create_server(
     operator = Operator.open(config, clock=clock, rng=rng)
     servicer = OperatorServicer(operator)
 
-    def register(server: grpc.Server) -> None:
-        operator_pb2_grpc.add_OperatorServiceServicer_to_server(servicer, server)
+    pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="op-blocking")
+    stream_pool = ThreadPoolExecutor(MAX_STREAMS, thread_name_prefix="op-stream")
+    adapter = SyncServicerAdapter(
+        servicer,
+        operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
+        blocking=BLOCKING_METHODS,
+        pool=pool,
+        stream_pool=stream_pool,
+    )
+
+    def register(server: Any) -> None:
+        # The adapter has the servicer's methods, as coroutines (duck-typed for grpc.aio).
+        operator_pb2_grpc.add_OperatorServiceServicer_to_server(adapter, server)  # type: ignore[arg-type]
+
+    def shut_pools() -> None:
+        pool.shutdown(wait=True)
+        stream_pool.shutdown(wait=True)
 
     try:
-        base = start_server(
+        served = start_aio_server(
             listen=config.listen,
             domain=ERROR_DOMAIN,
             register=register,
             service_names=(SERVICE_NAME,),
-            max_workers=config.max_workers,
+            served_class=OperatorServed,
         )
     except BaseException:
+        shut_pools()
         operator.close()
         raise
-    served = OperatorServed(
-        server=base.server,
-        port=base.port,
-        health=base.health,
-        service_names=base.service_names,
-        operator=operator,
-    )
+    served.operator = operator
     served.before_drain.append(operator.close_streams)
     served.on_stop.append(operator.close)
+    served.on_stop.append(shut_pools)
     if config.http_listen is not None:
         from operator_svc.http.app import HttpFrontDoor
 

@@ -45,14 +45,15 @@ def status_for(error: ServiceError, domain: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def _internal(domain: str) -> grpc.Status:
+def internal_status(domain: str) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)
     status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     status.details.add().Pack(info)
     return rpc_status.to_status(status)
 
 
-def _where(exc: BaseException) -> str:
+def where(exc: BaseException) -> str:
+    """File and line an exception came from: what a log may say of it (its text may not)."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "?"
@@ -77,7 +78,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         if wrapped is not None:
             return wrapped
         handler = continuation(handler_call_details)
-        if handler is None or method.startswith(_QUIET_PREFIXES):
+        if handler is None or is_quiet(method):
             return handler
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
@@ -97,11 +98,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         return wrapped
 
     def _begin(self, method: str, context: Any) -> float:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=_request_id(context.invocation_metadata()), method=method
-        )
-        return time.perf_counter()
+        return begin_call(method, context.invocation_metadata())
 
     def _fail(self, context: Any, exc: BaseException) -> tuple[str, str]:
         """Aborts the call for `exc`; returns (code, reason) for the log line."""
@@ -111,20 +108,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         if code is not None and code != grpc.StatusCode.OK:
             # The servicer aborted on purpose (context.abort); keep its status.
             return code.name, ""
-        _log.error("unhandled_exception", error_type=type(exc).__name__, where=_where(exc))
-        context.abort_with_status(_internal(self._domain))
+        log_unhandled(exc)
+        context.abort_with_status(internal_status(self._domain))
         return "INTERNAL", "INTERNAL"  # pragma: no cover - abort raises
 
     def _done(self, start: float, code: str, reason: str) -> None:
-        latency_ms = round((time.perf_counter() - start) * 1000, 3)
-        try:
-            if reason:
-                _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
-            else:
-                _log.info("rpc", code=code, latency_ms=latency_ms)
-        except (OSError, ValueError):
-            pass  # a broken log stream must not turn an answered call into UNKNOWN
-        structlog.contextvars.clear_contextvars()
+        end_call(start, code, reason)
 
     def _unary(self, behavior: Any, method: str) -> Any:
         def call(request: Any, context: Any) -> Any:
@@ -174,6 +163,35 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
                 self._done(start, code, reason)
 
         return call
+
+
+def begin_call(method: str, metadata: Any) -> float:
+    """Binds the call's log context (request id, method); returns its start time."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=_request_id(metadata), method=method)
+    return time.perf_counter()
+
+
+def end_call(start: float, code: str, reason: str) -> None:
+    """Writes the call's one log line and clears its context."""
+    latency_ms = round((time.perf_counter() - start) * 1000, 3)
+    try:
+        if reason:
+            _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
+        else:
+            _log.info("rpc", code=code, latency_ms=latency_ms)
+    except (OSError, ValueError):
+        pass  # a broken log stream must not turn an answered call into UNKNOWN
+    structlog.contextvars.clear_contextvars()
+
+
+def log_unhandled(exc: BaseException) -> None:
+    _log.error("unhandled_exception", error_type=type(exc).__name__, where=where(exc))
+
+
+def is_quiet(method: str) -> bool:
+    """Health checks and reflection: not worth a log line each."""
+    return method.startswith(_QUIET_PREFIXES)
 
 
 def _is_abort(context: Any) -> bool:

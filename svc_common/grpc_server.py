@@ -27,10 +27,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class Served:
     """A started server with its bound port and health servicer."""
 
-    server: grpc.Server
+    server: Any
     port: int
-    health: health.HealthServicer
+    health: Any
     service_names: tuple[str, ...]
+    # Run first on stop, before draining: ends long-lived streams so the drain need not wait.
+    before_drain: list[Callable[[], None]] = field(default_factory=list)
+    # Run last on stop: the service's own clean-up (background threads, stores), newest first.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def set_serving(self, serving: bool) -> None:
@@ -40,16 +43,25 @@ class Served:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *self.service_names):
-            self.health.set(name, status)
+            self._set_health(name, status)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Refuses new calls, lets in-flight ones finish for up to `grace_s`, then runs the
-        service's own clean-up (background threads, stores) in reverse order of registration."""
+        """Ends streams, refuses new calls, lets in-flight ones finish for up to `grace_s`,
+        then runs the service's clean-up."""
+        for callback in self.before_drain:
+            callback()
+        self.before_drain.clear()
         self.set_serving(False)
-        self.server.stop(grace_s).wait()
+        self._stop_server(grace_s)
         for callback in reversed(self.on_stop):
             callback()
         self.on_stop.clear()
+
+    def _set_health(self, name: str, status: int) -> None:
+        self.health.set(name, status)
+
+    def _stop_server(self, grace_s: float) -> None:
+        self.server.stop(grace_s).wait()
 
 
 def start_server(

@@ -1,11 +1,14 @@
-"""The edge interceptor on a real server: domain errors become statuses with ErrorInfo, bugs
-become INTERNAL without leaking their text, and every call logs one line without payloads."""
+"""The edge on real servers, sync and aio (the aio one driving a sync servicer through
+SyncServicerAdapter): domain errors become statuses with ErrorInfo, bugs become INTERNAL
+without leaking their text, and every call logs one line without payloads."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -13,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
+from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
 from svc_common.grpc_server import Served, start_server
 from svc_common.logging import configure_logging
@@ -37,17 +41,37 @@ class _Servicer(operator_pb2_grpc.OperatorServiceServicer):
         raise ServiceError(ErrorKind.PERMISSION_DENIED, "ROLE_REQUIRED", "needs ID_READER")
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    s = start_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-            _Servicer(), srv
-        ),
-        service_names=["uid2.operator.v1.OperatorService"],
-        max_workers=4,
-    )
+SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
+
+
+@pytest.fixture(scope="module", params=["sync", "aio"])
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    if request.param == "sync":
+        s: Served = start_server(
+            listen="127.0.0.1:0",
+            domain="test.uid2",
+            register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+                _Servicer(), srv
+            ),
+            service_names=[SERVICE.full_name],
+            max_workers=4,
+        )
+    else:
+        pool = ThreadPoolExecutor(2)
+        adapter = SyncServicerAdapter(
+            _Servicer(), SERVICE, blocking={"OptOut"}, pool=pool, stream_pool=pool
+        )
+        s = start_aio_server(
+            listen="127.0.0.1:0",
+            domain="test.uid2",
+            register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+                adapter,  # type: ignore[arg-type]
+                srv,
+            ),
+            service_names=[SERVICE.full_name],
+            served_class=AioServed,
+        )
+        s.on_stop.append(pool.shutdown)
     yield s
     s.stop(0)
 
@@ -78,7 +102,9 @@ def test_unexpected_exception_is_internal_without_its_text(stub: Any) -> None:
     assert error_info(caught.value).reason == "INTERNAL"  # type: ignore[union-attr]
 
 
-def test_servicer_abort_keeps_its_status(stub: Any) -> None:
+def test_servicer_abort_keeps_its_status(stub: Any, served: Served) -> None:
+    if isinstance(served, AioServed):
+        pytest.skip("sync servicers raise ServiceError; context.abort is sync-server only")
     with pytest.raises(grpc.RpcError) as caught:
         _gen(stub, email_hash="h")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -107,16 +133,21 @@ def test_health_not_serving_until_set(served: Served) -> None:
 def test_one_log_line_per_call_without_payload(stub: Any, capsys: Any) -> None:
     configure_logging(service="test")
     capsys.readouterr()
+    bad = operator_pb2.GenerateTokenRequest(dii=operator_pb2.Dii(email=SECRET_EMAIL))
     with contextlib.suppress(grpc.RpcError):
-        _gen(stub, email=SECRET_EMAIL)
-    _gen(stub, phone_hash="ok")
+        stub.GenerateToken(bad, metadata=(("x-request-id", "one"),))
+    good = operator_pb2.GenerateTokenRequest(dii=operator_pb2.Dii(phone_hash="ok"))
+    stub.GenerateToken(good, metadata=(("x-request-id", "two"),))
+    time.sleep(0.1)  # an aborted call's line follows its status by a moment
     err = capsys.readouterr().err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    rpc_lines = [line for line in lines if line.get("event") == "rpc"]
-    assert [line["code"] for line in rpc_lines] == ["INVALID_ARGUMENT", "OK"]
-    assert rpc_lines[0]["reason"] == "INVALID_EMAIL"
-    assert all(line["method"].endswith("/GenerateToken") for line in rpc_lines)
-    assert len({line["request_id"] for line in rpc_lines}) == 2
+    ours = [x for x in lines if x.get("event") == "rpc" and x["request_id"] in ("one", "two")]
+    assert sorted((x["request_id"], x["code"]) for x in ours) == [
+        ("one", "INVALID_ARGUMENT"),
+        ("two", "OK"),
+    ]
+    assert [x["reason"] for x in ours if x["request_id"] == "one"] == ["INVALID_EMAIL"]
+    assert all(x["method"].endswith("/GenerateToken") for x in ours)
     assert SECRET_EMAIL not in err
 
 
@@ -162,4 +193,43 @@ def test_caller_request_id_is_logged(stub: Any, capsys: Any) -> None:
         metadata=(("x-request-id", "req-123"),),
     )
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-    assert [x["request_id"] for x in lines if x.get("event") == "rpc"] == ["req-123"]
+    # (An aborted call's line is written just after its status goes out, so an earlier test's
+    # line may land here: count this call's lines only.)
+    ours = [x for x in lines if x.get("event") == "rpc" and x["request_id"] == "req-123"]
+    assert len(ours) == 1 and ours[0]["code"] == "OK"
+
+
+class _Blocking(_Servicer):
+    def OptOut(self, request: Any, context: Any) -> Any:
+        time.sleep(0.3)
+        return operator_pb2.OptOutResponse(opted_out_at=7)
+
+
+def test_aio_blocking_method_runs_off_the_event_loop() -> None:
+    """While one call sleeps in the pool, an inline call still answers at once."""
+    pool = ThreadPoolExecutor(2)
+    adapter = SyncServicerAdapter(
+        _Blocking(), SERVICE, blocking={"OptOut"}, pool=pool, stream_pool=pool
+    )
+    s = start_aio_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+            adapter,  # type: ignore[arg-type]
+            srv,
+        ),
+        service_names=[SERVICE.full_name],
+        served_class=AioServed,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            slow = stub.OptOut.future(operator_pb2.OptOutRequest())
+            time.sleep(0.05)
+            started = time.monotonic()
+            _gen(stub, phone_hash="ok")
+            assert time.monotonic() - started < 0.2
+            assert slow.result(timeout=5).opted_out_at == 7
+    finally:
+        s.stop(0)
+        pool.shutdown()
