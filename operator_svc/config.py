@@ -35,6 +35,8 @@ class OperatorConfig:
     sync_interval_s: float = 0.1
     # Reserved for the HTTP front door (official UID2 HTTP API); None = not served.
     http_listen: str | None = None
+    # Threads for the calls that block (durable opt-out writes, 5,000-item scans); token calls
+    # run on the event loop.
     max_workers: int = 32
 
     def __post_init__(self) -> None:

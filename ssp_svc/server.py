@@ -69,7 +69,8 @@ def create_server(config: SspConfig, *, clock: Clock | None = None) -> tuple[Ser
     served.on_stop.append(pool.close)
     if decryptor is not None:
         served.on_stop.append(decryptor.stop)
-    served.on_stop.append(hub.close)
+    # Subscribers' streams end first, so a stop never waits out the grace period on them.
+    served.before_drain.append(hub.close)
     served.set_serving(True)
     _log.info(
         "ssp_ready",

@@ -128,3 +128,14 @@ def test_a_subscriber_that_never_reads_does_not_slow_auctions(fast_stack: Stack)
     # gRPC's own transport buffers absorb what the stuck subscriber does not read.)
     stuck.cancel()
     reader.cancel()
+
+
+def test_stop_ends_subscriber_streams_without_waiting_out_the_grace(fast_stack: Stack) -> None:
+    reader = fast_stack.reader()
+    stack = fast_stack
+    stack.submit(mint(stack.keys))
+    assert reader.get() is not None
+    started = time.perf_counter()
+    stack.ssp.stop(5.0)
+    assert time.perf_counter() - started < 2.0
+    reader.cancel()
