@@ -26,7 +26,13 @@ def _parser() -> OneLineParser:
     s = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     s.add_argument("--listen", default=env("UID2_DSP_LISTEN", "127.0.0.1:0"))
     s.add_argument("--name", default=env("UID2_DSP_NAME"))
-    s.add_argument("--operator", default=env("UID2_DSP_OPERATOR"), help="HOST:PORT")
+    s.add_argument(
+        "--operator",
+        "--operator-address",
+        dest="operator",
+        default=env("UID2_DSP_OPERATOR"),
+        help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
+    )
     s.add_argument("--operator-api-key", default=env("UID2_DSP_OPERATOR_API_KEY"))
     s.add_argument("--base-price", type=float, default=None)
     s.add_argument("--identified-bonus", type=float, default=None)

@@ -47,7 +47,13 @@ def _parser() -> OneLineParser:
         help="JSON publishers/subscribers file instead of a data dir",
     )  # fmt: skip
     serve.add_argument("--listen", default=env("UID2_SSP_LISTEN", "127.0.0.1:0"))
-    serve.add_argument("--operator", default=env("UID2_SSP_OPERATOR"), help="HOST:PORT")
+    serve.add_argument(
+        "--operator",
+        "--operator-address",
+        dest="operator",
+        default=env("UID2_SSP_OPERATOR"),
+        help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
+    )
     serve.add_argument(
         "--operator-api-key", default=env("UID2_SSP_OPERATOR_API_KEY"), help="ID_READER key"
     )
