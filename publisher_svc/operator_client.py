@@ -16,18 +16,9 @@ from publisher_svc.model import (
     RefreshOutcome,
     RefreshResult,
 )
-from svc_common.grpc_client import Backoff, RemoteError, bearer, call_with_retry
+from publisher_svc.peer import PeerClient
+from svc_common.grpc_client import Backoff
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
-
-# Reconnect quickly once the operator is back (gRPC's default backoff grows to two minutes).
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_retries", 0),
-)
-
-_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 _GENERATE = {
     operator_pb2.GENERATE_TOKEN_STATUS_SUCCESS: GenerateOutcome.SUCCESS,
@@ -53,11 +44,9 @@ def _identity(msg: operator_pb2.Identity) -> Identity:
     )
 
 
-def peer_error(peer: str, err: RemoteError) -> PeerError:
-    return PeerError(peer, err.code.name, err.reason, unavailable=err.code in _UNAVAILABLE_CODES)
+class OperatorClient(PeerClient):
+    peer = "operator"
 
-
-class OperatorClient:
     def __init__(
         self,
         address: str,
@@ -68,15 +57,11 @@ class OperatorClient:
         backoff: Backoff | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        super().__init__(
+            address, api_key, timeout_s=timeout_s, attempts=attempts, backoff=backoff,
+            channel=channel,
+        )  # fmt: skip
         self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
-        self._metadata = bearer(api_key)
-        self._timeout_s = timeout_s
-        self._attempts = attempts
-        self._backoff = backoff or Backoff(base_s=0.05, cap_s=0.5)
-
-    def close(self) -> None:
-        self._channel.close()
 
     def generate(
         self, dii: HashedDii, privacy: PrivacySettings, on_behalf_of_site_id: int
@@ -94,17 +79,7 @@ class OperatorClient:
             ),
             on_behalf_of_site_id=on_behalf_of_site_id,
         )
-        try:
-            response = call_with_retry(
-                self._stub.GenerateToken,
-                request,
-                timeout_s=self._timeout_s,
-                metadata=self._metadata,
-                attempts=self._attempts,
-                backoff=self._backoff,
-            )
-        except RemoteError as err:
-            raise peer_error("operator", err) from None
+        response = self._call(self._stub.GenerateToken, request)
         outcome = _GENERATE.get(response.status)
         if outcome is None:
             raise PeerError("operator", "UNKNOWN_STATUS", "", unavailable=False)
@@ -114,16 +89,8 @@ class OperatorClient:
 
     def refresh(self, refresh_token: str) -> RefreshResult:
         request = operator_pb2.RefreshTokenRequest(refresh_token=refresh_token)
-        try:
-            response = call_with_retry(
-                self._stub.RefreshToken,
-                request,
-                timeout_s=self._timeout_s,
-                attempts=self._attempts,
-                backoff=self._backoff,
-            )
-        except RemoteError as err:
-            raise peer_error("operator", err) from None
+        # The refresh token is the credential: no API key travels with it.
+        response = self._call(self._stub.RefreshToken, request, with_key=False)
         outcome = _REFRESH.get(response.status)
         if outcome is None:
             raise PeerError("operator", "UNKNOWN_STATUS", "", unavailable=False)

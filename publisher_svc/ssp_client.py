@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 
 from publisher_svc.model import AdDecision, Impression, WinningBid
-from publisher_svc.operator_client import CHANNEL_OPTIONS, peer_error
-from svc_common.grpc_client import Backoff, RemoteError, bearer, call_with_retry
+from publisher_svc.peer import PeerClient
+from svc_common.grpc_client import Backoff
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 
 
@@ -20,7 +20,9 @@ def _name(enum: object, value: int, prefix: str) -> str:
     return full[len(prefix) :] if full.startswith(prefix) else full
 
 
-class SspClient:
+class SspClient(PeerClient):
+    peer = "ssp"
+
     def __init__(
         self,
         address: str,
@@ -31,15 +33,11 @@ class SspClient:
         backoff: Backoff | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        super().__init__(
+            address, api_key, timeout_s=timeout_s, attempts=attempts, backoff=backoff,
+            channel=channel,
+        )  # fmt: skip
         self._stub = ssp_pb2_grpc.SspServiceStub(self._channel)
-        self._metadata = bearer(api_key)
-        self._timeout_s = timeout_s
-        self._attempts = attempts
-        self._backoff = backoff or Backoff(base_s=0.05, cap_s=0.5)
-
-    def close(self) -> None:
-        self._channel.close()
 
     def submit_impression(self, impression: Impression) -> AdDecision:
         request = ssp_pb2.SubmitImpressionRequest(
@@ -48,17 +46,7 @@ class SspClient:
             floor_price=impression.floor_price,
             advertising_token=impression.advertising_token,
         )
-        try:
-            response = call_with_retry(
-                self._stub.SubmitImpression,
-                request,
-                timeout_s=self._timeout_s,
-                metadata=self._metadata,
-                attempts=self._attempts,
-                backoff=self._backoff,
-            )
-        except RemoteError as err:
-            raise peer_error("ssp", err) from None
+        response = self._call(self._stub.SubmitImpression, request)
         bid = None
         if response.HasField("winning_bid"):
             w = response.winning_bid

@@ -1,0 +1,67 @@
+"""What the publisher's clients of its peers (operator, SSP) share: one channel that reconnects
+quickly, the bearer key, the deadline and retry policy, and one typed error (PeerError)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from publisher_svc.model import PeerError
+from svc_common.grpc_client import Backoff, RemoteError, bearer, call_with_retry
+
+T = TypeVar("T")
+
+# Reconnect quickly once a peer is back (gRPC's default backoff grows to two minutes).
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+
+_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def peer_error(peer: str, err: RemoteError) -> PeerError:
+    return PeerError(peer, err.code.name, err.reason, unavailable=err.code in _UNAVAILABLE_CODES)
+
+
+class PeerClient:
+    """Base of one peer's typed client; `peer` names it in errors ("operator", "ssp")."""
+
+    peer = "peer"
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        attempts: int,
+        backoff: Backoff | None,
+        channel: grpc.Channel | None,
+    ) -> None:
+        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._metadata = bearer(api_key)
+        self._timeout_s = timeout_s
+        self._attempts = attempts
+        self._backoff = backoff or Backoff(base_s=0.05, cap_s=0.5)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, *, with_key: bool = True) -> T:
+        """Calls with the deadline and retries; any failure becomes a PeerError."""
+        try:
+            return call_with_retry(
+                method,
+                request,
+                timeout_s=self._timeout_s,
+                metadata=self._metadata if with_key else None,
+                attempts=self._attempts,
+                backoff=self._backoff,
+            )
+        except RemoteError as err:
+            raise peer_error(self.peer, err) from None
