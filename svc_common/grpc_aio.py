@@ -32,6 +32,7 @@ from svc_common.grpc_edge import (
     is_quiet,
     log_unhandled,
     status_for,
+    wrap_handler,
 )
 from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served
 
@@ -53,20 +54,9 @@ class AioEdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         handler = await continuation(handler_call_details)
         if handler is None or is_quiet(method):
             return handler
-        if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        else:
-            return handler
+        wrapped = wrap_handler(
+            handler, lambda b: self._unary(b, method), lambda b: self._stream(b, method)
+        )
         self._wrapped[method] = wrapped
         return wrapped
 
