@@ -259,8 +259,10 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
 
 
 def main() -> int:
-    # SIGTERM ends the demo like Ctrl-C does: through the finally blocks that stop every service.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both end the demo through the finally blocks that stop every service
+    # (SIGINT explicitly: a shell starting us in the background would have it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     print("UID2 publisher workflow — operator, SSP, DSP bidder and publisher as real processes")
     data_dir = keep_data_dir()

@@ -1,0 +1,69 @@
+"""`make demo` itself: it walks the workflow and exits 0, and Ctrl-C mid-way stops every service
+it started (their ports close) and exits 130."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "demo"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": str(Path(sys.executable).parent), "DATA_DIR": str(tmp_path / "data")},
+    )
+
+
+def _ports(line: str) -> list[int]:
+    return [int(p) for p in re.findall(r":(\d+)", line)]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_walks_the_workflow_and_exits_0(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    for step in range(1, 9):
+        assert f"[step {step}]" in out
+    assert "TOKEN_DISPOSITION_VALID" in out and "TOKEN_DISPOSITION_DROPPED_OPTOUT" in out
+    assert "chain ended" in out and "no service left running" in out
+    up = next(line for line in out.splitlines() if line.startswith("services up"))
+    assert not any(_listening(p) for p in _ports(up))
+
+
+def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    assert proc.stdout is not None
+    up = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not up:
+        line = proc.stdout.readline()
+        if line.startswith("services up"):
+            up = line
+    ports = _ports(up)
+    assert len(ports) == 5 and all(_listening(p) for p in ports)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "every service stopped" in rest
+    assert not any(_listening(p) for p in ports)
