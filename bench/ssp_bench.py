@@ -206,6 +206,14 @@ def run() -> dict[str, Any]:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    d = result["decrypt_in_process"]
+    print(
+        f"impression -> auction, 2 bidders, {auction['concurrency']} in flight: "
+        f"{auction['throughput_per_s']}/s, p50 {auction['latency']['p50_ms']} ms, "
+        f"p99 {auction['latency']['p99_ms']} ms\n"
+        f"decrypt per token: ours {d['ours_us_per_token']} µs, official SDK "
+        f"{d['official_sdk_us_per_token']} µs ({d['speedup_vs_sdk']}x)"
+    )
     return result
 
 
