@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -132,6 +133,10 @@ class _ThreadSideContext:
 _END = object()
 
 
+def _next_or_end(items: Iterator[Any]) -> Any:
+    return next(items, _END)
+
+
 class SyncServicerAdapter:
     """Exposes a sync servicer's methods (named by `service`, a ServiceDescriptor) as the
     coroutines grpc.aio calls. `blocking` names unary methods to run in `pool`."""
@@ -166,9 +171,23 @@ def _offloaded(
     method: Callable[[Any, Any], Any], pool: concurrent.futures.Executor
 ) -> Callable[[Any, Any], Any]:
     async def call(request: Any, context: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, method, request, context)
+        # The method runs in a copy of this call's context (so what it binds for the log line,
+        # such as the caller's site, neither leaks into the pool thread nor gets lost).
+        ctx = contextvars.copy_context()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, ctx.run, method, request, context
+            )
+        finally:
+            _adopt(ctx)
 
     return call
+
+
+def _adopt(ctx: contextvars.Context) -> None:
+    """Carries the variables a worker thread set in `ctx` back into the running task."""
+    for var, value in ctx.items():
+        var.set(value)
 
 
 def _pumped(
@@ -177,10 +196,11 @@ def _pumped(
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         side = _ThreadSideContext(context)
+        ctx = contextvars.copy_context()
         items = iter(method(request, side))
         try:
             while True:
-                item = await loop.run_in_executor(pool, next, items, _END)
+                item = await loop.run_in_executor(pool, ctx.run, _next_or_end, items)
                 if item is _END:
                     return
                 yield item
@@ -188,6 +208,7 @@ def _pumped(
             # The sync generator polls is_active() and ends by itself; closing it from here
             # could race the thread still running it.
             side.end()
+            _adopt(ctx)
 
     return call
 

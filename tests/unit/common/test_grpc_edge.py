@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
@@ -201,12 +202,15 @@ def test_caller_request_id_is_logged(stub: Any, capsys: Any) -> None:
 
 class _Blocking(_Servicer):
     def OptOut(self, request: Any, context: Any) -> Any:
+        structlog.contextvars.bind_contextvars(site_id=42)
         time.sleep(0.3)
         return operator_pb2.OptOutResponse(opted_out_at=7)
 
 
-def test_aio_blocking_method_runs_off_the_event_loop() -> None:
-    """While one call sleeps in the pool, an inline call still answers at once."""
+def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
+    """While one call sleeps in the pool, an inline call still answers at once; what the pooled
+    method binds for the log (its caller's site) reaches the call's log line."""
+    configure_logging(service="test")
     pool = ThreadPoolExecutor(2)
     adapter = SyncServicerAdapter(
         _Blocking(), SERVICE, blocking={"OptOut"}, pool=pool, stream_pool=pool
@@ -230,6 +234,9 @@ def test_aio_blocking_method_runs_off_the_event_loop() -> None:
             _gen(stub, phone_hash="ok")
             assert time.monotonic() - started < 0.2
             assert slow.result(timeout=5).opted_out_at == 7
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+        optout = [x for x in lines if x.get("method", "").endswith("/OptOut")]
+        assert [x.get("site_id") for x in optout] == [42]
     finally:
         s.stop(0)
         pool.shutdown()
