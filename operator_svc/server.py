@@ -61,6 +61,7 @@ def create_server(
         blocking=BLOCKING_METHODS,
         pool=pool,
         stream_pool=stream_pool,
+        max_streams=MAX_STREAMS,
     )
 
     def register(server: Any) -> None:

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svc_common.errors import ServiceError
+from svc_common.errors import ServiceError, resource_exhausted
 from svc_common.grpc_edge import (
     begin_call,
     end_call,
@@ -149,11 +149,15 @@ class SyncServicerAdapter:
         blocking: Collection[str],
         pool: concurrent.futures.Executor,
         stream_pool: concurrent.futures.Executor,
+        max_streams: int = 64,
     ) -> None:
+        # Each open stream holds a `stream_pool` thread: past the limit a new stream is refused
+        # (RESOURCE_EXHAUSTED) rather than left waiting for a thread without a word.
+        streams = _StreamLimit(max_streams)
         for m in service.methods:
             method = getattr(servicer, m.name)
             if m.server_streaming:
-                setattr(self, m.name, _pumped(method, stream_pool))
+                setattr(self, m.name, _pumped(method, stream_pool, streams))
             elif m.name in blocking:
                 setattr(self, m.name, _offloaded(method, pool))
             else:
@@ -190,27 +194,58 @@ def _adopt(ctx: contextvars.Context) -> None:
         var.set(value)
 
 
+class _StreamLimit:
+    """Open streams of one adapter; touched only on the event loop thread, so no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
 def _pumped(
-    method: Callable[[Any, Any], Any], pool: concurrent.futures.Executor
+    method: Callable[[Any, Any], Any],
+    pool: concurrent.futures.Executor,
+    streams: _StreamLimit,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        side = _ThreadSideContext(context)
-        ctx = contextvars.copy_context()
-        items = iter(method(request, side))
+        if streams.open >= streams.limit:
+            raise resource_exhausted(
+                "TOO_MANY_STREAMS",
+                f"at most {streams.limit} streams may be open at once; retry later",
+            )
+        streams.open += 1
         try:
-            while True:
-                item = await loop.run_in_executor(pool, ctx.run, _next_or_end, items)
-                if item is _END:
-                    return
+            async for item in _pump(method, pool, request, context):
                 yield item
         finally:
-            # The sync generator polls is_active() and ends by itself; closing it from here
-            # could race the thread still running it.
-            side.end()
-            _adopt(ctx)
+            streams.open -= 1
 
     return call
+
+
+async def _pump(
+    method: Callable[[Any, Any], Any],
+    pool: concurrent.futures.Executor,
+    request: Any,
+    context: Any,
+) -> AsyncIterator[Any]:
+    """Runs the sync generator `method` in `pool`, one item at a time, in a copy of the call's
+    context (carried back at the end, as for pooled unary calls)."""
+    loop = asyncio.get_running_loop()
+    side = _ThreadSideContext(context)
+    ctx = contextvars.copy_context()
+    items = iter(method(request, side))
+    try:
+        while True:
+            item = await loop.run_in_executor(pool, ctx.run, _next_or_end, items)
+            if item is _END:
+                return
+            yield item
+    finally:
+        # The sync generator polls is_active() and ends by itself; closing it from here
+        # could race the thread still running it.
+        side.end()
+        _adopt(ctx)
 
 
 @dataclass

@@ -240,3 +240,44 @@ def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
     finally:
         s.stop(0)
         pool.shutdown()
+
+
+class _Waiting(_Servicer):
+    def WatchOptOuts(self, request: Any, context: Any) -> Iterator[Any]:
+        yield operator_pb2.WatchOptOutsResponse(raw_uid="first", opted_out_at=1)
+        while context.is_active():
+            time.sleep(0.02)
+
+
+def test_aio_streams_past_the_limit_are_refused_not_left_hanging() -> None:
+    pool = ThreadPoolExecutor(4)
+    adapter = SyncServicerAdapter(
+        _Waiting(), SERVICE, blocking=(), pool=pool, stream_pool=pool, max_streams=1
+    )
+    s = start_aio_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+            adapter,  # type: ignore[arg-type]
+            srv,
+        ),
+        service_names=[SERVICE.full_name],
+        served_class=AioServed,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            first = stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest())
+            assert next(first).raw_uid == "first"
+            with pytest.raises(grpc.RpcError) as caught:
+                next(stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest(), timeout=5))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_info(caught.value).reason == "TOO_MANY_STREAMS"  # type: ignore[union-attr]
+            first.cancel()
+            time.sleep(0.2)
+            again = stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest(), timeout=5)
+            assert next(again).raw_uid == "first"
+            again.cancel()
+    finally:
+        s.stop(0)
+        pool.shutdown()
