@@ -25,13 +25,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from svc_common.edge_log import end_call, log_unhandled
 from svc_common.errors import ServiceError, resource_exhausted
 from svc_common.grpc_edge import (
     begin_call,
-    end_call,
     internal_status,
     is_quiet,
-    log_unhandled,
     status_for,
     wrap_handler,
 )

@@ -7,20 +7,15 @@ answered INTERNAL with reason INTERNAL."""
 
 from __future__ import annotations
 
-import os
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-import structlog
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from svc_common import edge_log
 from svc_common.errors import ErrorKind, ServiceError
-
-_log = structlog.get_logger("rpc")
 
 _CODES: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
@@ -50,15 +45,6 @@ def internal_status(domain: str) -> grpc.Status:
     status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     status.details.add().Pack(info)
     return rpc_status.to_status(status)
-
-
-def where(exc: BaseException) -> str:
-    """File and line an exception came from: what a log may say of it (its text may not)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
 def wrap_handler(handler: Any, unary: Callable[[Any], Any], stream: Callable[[Any], Any]) -> Any:
@@ -114,12 +100,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         if code is not None and code != grpc.StatusCode.OK:
             # The servicer aborted on purpose (context.abort); keep its status.
             return code.name, ""
-        log_unhandled(exc)
+        edge_log.log_unhandled(exc)
         context.abort_with_status(internal_status(self._domain))
         return "INTERNAL", "INTERNAL"  # pragma: no cover - abort raises
 
     def _done(self, start: float, code: str, reason: str) -> None:
-        end_call(start, code, reason)
+        edge_log.end_call(start, code, reason)
 
     def _unary(self, behavior: Any, method: str) -> Any:
         def call(request: Any, context: Any) -> Any:
@@ -172,27 +158,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
 
 def begin_call(method: str, metadata: Any) -> float:
-    """Binds the call's log context (request id, method); returns its start time."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=_request_id(metadata), method=method)
-    return time.perf_counter()
-
-
-def end_call(start: float, code: str, reason: str) -> None:
-    """Writes the call's one log line and clears its context."""
-    latency_ms = round((time.perf_counter() - start) * 1000, 3)
-    try:
-        if reason:
-            _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
-        else:
-            _log.info("rpc", code=code, latency_ms=latency_ms)
-    except (OSError, ValueError):
-        pass  # a broken log stream must not turn an answered call into UNKNOWN
-    structlog.contextvars.clear_contextvars()
-
-
-def log_unhandled(exc: BaseException) -> None:
-    _log.error("unhandled_exception", error_type=type(exc).__name__, where=where(exc))
+    """Binds the call's log context (request id from `x-request-id`, method)."""
+    rid = edge_log.request_id(_metadata_value(metadata, "x-request-id"))
+    return edge_log.begin_call(method, rid)
 
 
 def is_quiet(method: str) -> bool:
@@ -205,11 +173,11 @@ def _is_abort(context: Any) -> bool:
     return code is not None and code != grpc.StatusCode.OK
 
 
-def _request_id(metadata: Any) -> str:
+def _metadata_value(metadata: Any, name: str) -> str | None:
     for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
+        if key == name and isinstance(value, str):
             return value
-    return os.urandom(8).hex()
+    return None
 
 
 def bearer_token(context: Any) -> str | None:

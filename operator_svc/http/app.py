@@ -18,8 +18,6 @@ import asyncio
 import os
 import threading
 import time
-import traceback
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from operator_svc.http.errors import (
     HttpError,
     from_service_error,
 )
+from svc_common.edge_log import log_unhandled, request_id
 from svc_common.errors import ServiceError
 
 _log = structlog.get_logger("http")
@@ -90,14 +89,6 @@ _KNOWN_PATHS = frozenset({*ROUTES, REFRESH_PATH, HEALTH_PATH})
 _TEXT = "text/plain"
 
 
-def _where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
-
-
 def _bearer(header: str | None) -> str | None:
     if not header:
         return None
@@ -105,12 +96,6 @@ def _bearer(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-def _request_id(header: str | None) -> str:
-    if header and 0 < len(header) <= 64 and header.isascii() and header.isprintable():
-        return header
-    return uuid.uuid4().hex
 
 
 def _is_binary(content_type: str | None) -> bool:
@@ -178,10 +163,10 @@ class HttpApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         start = time.perf_counter()
-        request_id = _request_id(request.headers.get("X-Request-Id"))
+        rid = request_id(request.headers.get("X-Request-Id"))
         path = request.path if request.path in _KNOWN_PATHS else "<unknown>"
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(request_id=rid)
         error: HttpError | None = None
         response: web.StreamResponse
         try:
@@ -195,11 +180,11 @@ class HttpApi:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            _log.error("unhandled_exception", error_type=type(exc).__name__, where=_where(exc))
+            log_unhandled(exc)
             error = HttpError(500, ERROR, "internal error", "INTERNAL")
         if error is not None:
             response = _error_response(error)
-        response.headers["X-Request-Id"] = request_id
+        response.headers["X-Request-Id"] = rid
         if request.path in CORS_PATHS:
             response.headers.update(_CORS_HEADERS)
         fields: dict[str, Any] = {

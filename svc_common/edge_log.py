@@ -1,0 +1,52 @@
+"""What every front door (gRPC sync, gRPC aio, HTTP) logs the same way: one line per call with its
+request id, and a bug logged by type and place only (exception text may carry request data)."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+import structlog
+
+_log = structlog.get_logger("rpc")
+
+
+def request_id(candidate: str | None) -> str:
+    """The caller's request id when it is a sane one (short printable ASCII), else a new one."""
+    if candidate and 0 < len(candidate) <= 64 and candidate.isascii() and candidate.isprintable():
+        return candidate
+    return os.urandom(8).hex()
+
+
+def begin_call(method: str, rid: str) -> float:
+    """Binds the call's log context (request id, method); returns its start time."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid, method=method)
+    return time.perf_counter()
+
+
+def end_call(start: float, code: str, reason: str) -> None:
+    """Writes the call's one log line and clears its context."""
+    latency_ms = round((time.perf_counter() - start) * 1000, 3)
+    try:
+        if reason:
+            _log.info("rpc", code=code, reason=reason, latency_ms=latency_ms)
+        else:
+            _log.info("rpc", code=code, latency_ms=latency_ms)
+    except (OSError, ValueError):
+        pass  # a broken log stream must not turn an answered call into an error
+    structlog.contextvars.clear_contextvars()
+
+
+def where(exc: BaseException) -> str:
+    """File and line an exception came from: what a log may say of it (its text may not)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+def log_unhandled(exc: BaseException) -> None:
+    _log.error("unhandled_exception", error_type=type(exc).__name__, where=where(exc))
