@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from bench.common import write_results
 from uid2_crypto.identity import IdentityScope, IdentityType
 from uid2_crypto.keys import (
     MASTER_KEYSET_ID,
@@ -34,7 +33,6 @@ from uid2_crypto.tokens import (
     encode_advertising_token_v4,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results" / "crypto.json"
 ROUNDS = 7
 TARGETS_US = {"encode_v4": 15.0, "decrypt_ours": 9.0, "derive_raw_uid2": 5.0}
 TARGET_SPEEDUP = 20.0
@@ -149,8 +147,7 @@ def run() -> dict[str, Any]:
         print(f"{name:34} {value:9.2f} {'' if target is None else f'<= {target:g}':>9}")
     print(f"{'SDK / ours (decrypt)':34} {speedup:8.1f}x {f'>= {TARGET_SPEEDUP:g}x':>9}")
     print("meets targets:", "yes" if result["meets_targets"] else "NO")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results("crypto", result)
     return result
 
 

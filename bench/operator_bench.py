@@ -29,7 +29,10 @@ from typing import Any
 
 import grpc
 
-RESULTS = Path(__file__).resolve().parent / "results" / "operator.json"
+# Also run as a script (the echo servers): make the repository importable first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import cli, wait_serving, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DURATION_S = float(os.environ.get("OPERATOR_BENCH_SECONDS", "3"))
@@ -167,12 +170,6 @@ def _closed_loop(
     }
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "uid2-operator"), *args], capture_output=True, text=True, check=True
-    )
-
-
 def run() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from uid2.operator.v1 import operator_pb2 as pb
@@ -182,21 +179,20 @@ def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="opbench") as tmp:
         data = Path(tmp) / "data"
         t = time.perf_counter()
-        _cli("init", "--data-dir", str(data))
+        cli("uid2-operator", "init", "--data-dir", str(data))
         results["init_s"] = round(time.perf_counter() - t, 3)
-        client = json.loads(
-            _cli(
-                "client",
-                "add",
-                "--data-dir",
-                str(data),
-                "--site-id",
-                "10",
-                "--name",
-                "bench",
-                "--roles",
-                "GENERATOR,MAPPER",
-            ).stdout
+        client = cli(
+            "uid2-operator",
+            "client",
+            "add",
+            "--data-dir",
+            str(data),
+            "--site-id",
+            "10",
+            "--name",
+            "bench",
+            "--roles",
+            "GENERATOR,MAPPER",
         )
         log_path = Path(tmp) / "operator.log"
         t = time.perf_counter()
@@ -213,7 +209,8 @@ def run() -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
             )
-        op_port, startup_ms = _wait_serving(log_path)
+        serving = wait_serving(log_path)
+        op_port, startup_ms = int(serving["port"]), int(serving.get("startup_ms", 0))
         results["startup"] = {
             "process_to_serving_s": round(time.perf_counter() - t, 3),
             "server_startup_ms": startup_ms,
@@ -315,8 +312,7 @@ def run() -> dict[str, Any]:
                 proc.wait(10)
             op.terminate()
             results["operator_exit_code"] = op.wait(30)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results("operator", results)
     _print_table(results)
     return results
 
@@ -335,21 +331,6 @@ def _print_table(results: dict[str, Any]) -> None:
             print(f"  {key:<26} {ratios}")
     print(f"  MapIdentity 5,000: {results['map_identity_5000']}")
     print(f"  start-up: {results['startup']}")
-
-
-def _wait_serving(log_path: Path, timeout_s: float = 30.0) -> tuple[int, int]:
-    """(port, server-side start-up ms) from the operator's `serving` log line."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "serving":
-                return int(event["port"]), int(event.get("startup_ms", 0))
-        time.sleep(0.01)
-    raise RuntimeError("the operator did not start:\n" + log_path.read_text()[-2000:])
 
 
 if __name__ == "__main__":

@@ -26,33 +26,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "operator_http.json"
+from bench.common import cli, wait_serving, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DURATION_S = float(os.environ.get("OPERATOR_HTTP_BENCH_SECONDS", "3"))
 WARMUP_S = 0.5
 CONCURRENCY = (1, 16)
 EMAILS = [f"bench-user-{i}@example.com" for i in range(1000)]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "uid2-operator"), *args], capture_output=True, text=True, check=True
-    )
-
-
-def _wait_serving(log_path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "serving":
-                return dict(event)
-        time.sleep(0.02)
-    raise RuntimeError("the operator did not start:\n" + log_path.read_text()[-2000:])
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
@@ -167,20 +148,19 @@ def run() -> dict[str, Any]:
     results: dict[str, Any] = {"duration_s": DURATION_S, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="ophttpbench") as tmp:
         data = Path(tmp) / "data"
-        _cli("init", "--data-dir", str(data))
-        client = json.loads(
-            _cli(
-                "client",
-                "add",
-                "--data-dir",
-                str(data),
-                "--site-id",
-                "10",
-                "--name",
-                "bench",
-                "--roles",
-                "GENERATOR",
-            ).stdout
+        cli("uid2-operator", "init", "--data-dir", str(data))
+        client = cli(
+            "uid2-operator",
+            "client",
+            "add",
+            "--data-dir",
+            str(data),
+            "--site-id",
+            "10",
+            "--name",
+            "bench",
+            "--roles",
+            "GENERATOR",
         )
         log_path = Path(tmp) / "operator.log"
         with log_path.open("w") as log_file:
@@ -199,7 +179,7 @@ def run() -> dict[str, Any]:
                 stderr=log_file,
             )
         try:
-            serving = _wait_serving(log_path)
+            serving = wait_serving(log_path)
             measured = asyncio.run(
                 _drive(
                     int(serving["port"]),
@@ -217,8 +197,7 @@ def run() -> dict[str, Any]:
         for h, g in zip(measured["http"], measured["grpc"], strict=True)
         if g["throughput_per_s"]
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results("operator_http", results)
     print(json.dumps(results, indent=2))
     return results
 

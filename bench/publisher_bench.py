@@ -13,7 +13,6 @@ import io
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from bench.common import latency_summary, write_results
 from operator_svc.cli import main as operator_cli
 from operator_svc.config import OperatorConfig
 from operator_svc.server import create_server as create_operator
@@ -36,7 +36,6 @@ from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.publisher.v1 import publisher_pb2_grpc
 from uid2_crypto.identity import sha256_b64
 
-RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
 HOUR_MS = 3_600_000
 LOOKUPS = 3000
 DUE_CALLS = 1000
@@ -50,16 +49,6 @@ def _op_cli(*args: str) -> dict[str, Any]:
         assert operator_cli(list(args)) == 0
     text = out.getvalue().strip()
     return dict(json.loads(text)) if text.startswith("{") else {}
-
-
-def _pct(samples_ms: list[float]) -> dict[str, float]:
-    s = sorted(samples_ms)
-    return {
-        "n": len(s),
-        "p50_ms": round(statistics.median(s), 3),
-        "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))], 3),
-        "max_ms": round(s[-1], 3),
-    }
 
 
 def run() -> dict[str, Any]:
@@ -158,8 +147,8 @@ def run() -> dict[str, Any]:
         "refresh, against a real in-process operator (same process, 2 shared cores)",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "store": "SQLite WAL, synchronous=FULL, in a temporary directory",
-        "get_advertising_token_not_due": _pct(lookups),
-        "get_advertising_token_due_one_refresh": _pct(due),
+        "get_advertising_token_not_due": latency_summary(lookups),
+        "get_advertising_token_due_one_refresh": latency_summary(due),
         "background_refresh": {
             "identities_due": due_now,
             "refreshed": stats.refreshed,
@@ -171,8 +160,7 @@ def run() -> dict[str, Any]:
             "seeding_seconds": round(seed_s, 2),
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("publisher", result)
     print(json.dumps(result, indent=2))
     return result
 

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from uid2_client.client_type import ClientType as SdkClientType
 from uid2_client.encryption import decrypt_token as sdk_decrypt
 from uid2_client.refresh_keys_util import parse_keys_json
 
+from bench.common import cli, latency_summary, write_results
 from demo.processes import ServiceProcess
 from operator_svc.key_json import key_container_dict
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
@@ -36,7 +36,6 @@ from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 from uid2_crypto.keys import parse_key_container_json
 from uid2_crypto.tokens import TokenDecoder
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ssp.json"
 BIN = Path(sys.executable).parent
 SITE = 42
 DOMAIN = "news.example.com"
@@ -44,23 +43,6 @@ TOKENS = 200
 IMPRESSIONS = 3000
 CONCURRENCY = 16
 DECRYPT_ROUNDS = 25
-
-
-def _cli(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, check=True, timeout=60
-    )
-    return dict(json.loads(done.stdout)) if done.stdout.strip().startswith("{") else {}
-
-
-def _pct(samples_ms: list[float]) -> dict[str, float]:
-    s = sorted(samples_ms)
-    return {
-        "n": len(s),
-        "p50_ms": round(statistics.median(s), 3),
-        "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))], 3),
-        "max_ms": round(s[-1], 3),
-    }
 
 
 def _auth(key: str) -> tuple[tuple[str, str], ...]:
@@ -90,7 +72,7 @@ def _auctions(ssp: ssp_pb2_grpc.SspServiceStub, pub_key: str, tokens: list[str])
         "concurrency": CONCURRENCY,
         "bidders": 2,
         "throughput_per_s": round(IMPRESSIONS / wall, 1),
-        "latency": _pct([ms for ms, _, _ in results]),
+        "latency": latency_summary([ms for ms, _, _ in results]),
         "tokens_valid": valid,
         "mean_bids_received": round(statistics.fmean(b for _, _, b in results), 3),
     }
@@ -134,8 +116,8 @@ def run() -> dict[str, Any]:
         op_dir, ssp_dir = Path(tmp, "operator"), Path(tmp, "ssp")
         op_dir.mkdir()
         ssp_dir.mkdir()
-        _cli("uid2-operator", "init", "--data-dir", str(op_dir))
-        _cli("uid2-operator", "site", "add", "--data-dir", str(op_dir), "--site-id", str(SITE),
+        cli("uid2-operator", "init", "--data-dir", str(op_dir))
+        cli("uid2-operator", "site", "add", "--data-dir", str(op_dir), "--site-id", str(SITE),
              "--name", "news", "--domain", "example.com")  # fmt: skip
         keys = {}
         for name, site, roles in (
@@ -143,10 +125,10 @@ def run() -> dict[str, Any]:
             ("ssp", 100, "ID_READER"),
             ("dsp", 101, "ID_READER"),
         ):
-            added = _cli("uid2-operator", "client", "add", "--data-dir", str(op_dir),
+            added = cli("uid2-operator", "client", "add", "--data-dir", str(op_dir),
                          "--site-id", str(site), "--name", name, "--roles", roles)  # fmt: skip
             keys[name] = str(added["api_key"])
-        pub_key = str(_cli("uid2-ssp", "publisher", "add", "--data-dir", str(ssp_dir),
+        pub_key = str(cli("uid2-ssp", "publisher", "add", "--data-dir", str(ssp_dir),
                            "--name", "news")["api_key"])  # fmt: skip
         quiet = {"UID2_OPERATOR_LOG_LEVEL": "WARNING"}
         try:
@@ -204,8 +186,7 @@ def run() -> dict[str, Any]:
         "impression_to_auction": auction,
         "decrypt_in_process": _decrypt(key_container_dict(container), tokens),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("ssp", result)
     d = result["decrypt_in_process"]
     print(
         f"impression -> auction, 2 bidders, {auction['concurrency']} in flight: "
