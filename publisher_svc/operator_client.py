@@ -3,8 +3,6 @@ error (PeerError). Sends only hashed DII."""
 
 from __future__ import annotations
 
-import grpc
-
 from publisher_svc.model import (
     DiiKind,
     GenerateOutcome,
@@ -17,7 +15,6 @@ from publisher_svc.model import (
     RefreshResult,
 )
 from publisher_svc.peer import PeerClient
-from svc_common.grpc_client import Backoff
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 _GENERATE = {
@@ -46,22 +43,8 @@ def _identity(msg: operator_pb2.Identity) -> Identity:
 
 class OperatorClient(PeerClient):
     peer = "operator"
-
-    def __init__(
-        self,
-        address: str,
-        api_key: str,
-        *,
-        timeout_s: float = 2.0,
-        attempts: int = 3,
-        backoff: Backoff | None = None,
-        channel: grpc.Channel | None = None,
-    ) -> None:
-        super().__init__(
-            address, api_key, timeout_s=timeout_s, attempts=attempts, backoff=backoff,
-            channel=channel,
-        )  # fmt: skip
-        self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
+    stub_class = operator_pb2_grpc.OperatorServiceStub
+    default_attempts = 3
 
     def generate(
         self, dii: HashedDii, privacy: PrivacySettings, on_behalf_of_site_id: int

@@ -29,24 +29,28 @@ def peer_error(peer: str, err: RemoteError) -> PeerError:
 
 
 class PeerClient:
-    """Base of one peer's typed client; `peer` names it in errors ("operator", "ssp")."""
+    """Base of one peer's typed client. Subclasses name the peer (in errors), its stub class and
+    how many attempts a call gets by default."""
 
     peer = "peer"
+    stub_class: Callable[[grpc.Channel], Any]
+    default_attempts = 3
 
     def __init__(
         self,
         address: str,
         api_key: str,
         *,
-        timeout_s: float,
-        attempts: int,
-        backoff: Backoff | None,
-        channel: grpc.Channel | None,
+        timeout_s: float = 2.0,
+        attempts: int | None = None,
+        backoff: Backoff | None = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
         self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = type(self).stub_class(self._channel)
         self._metadata = bearer(api_key)
         self._timeout_s = timeout_s
-        self._attempts = attempts
+        self._attempts = attempts if attempts is not None else self.default_attempts
         self._backoff = backoff or Backoff(base_s=0.05, cap_s=0.5)
 
     def close(self) -> None:

@@ -3,11 +3,8 @@ typed error (PeerError). The token goes out exactly as received."""
 
 from __future__ import annotations
 
-import grpc
-
 from publisher_svc.model import AdDecision, Impression, WinningBid
 from publisher_svc.peer import PeerClient
-from svc_common.grpc_client import Backoff
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 
 
@@ -22,22 +19,8 @@ def _name(enum: object, value: int, prefix: str) -> str:
 
 class SspClient(PeerClient):
     peer = "ssp"
-
-    def __init__(
-        self,
-        address: str,
-        api_key: str,
-        *,
-        timeout_s: float = 2.0,
-        attempts: int = 2,
-        backoff: Backoff | None = None,
-        channel: grpc.Channel | None = None,
-    ) -> None:
-        super().__init__(
-            address, api_key, timeout_s=timeout_s, attempts=attempts, backoff=backoff,
-            channel=channel,
-        )  # fmt: skip
-        self._stub = ssp_pb2_grpc.SspServiceStub(self._channel)
+    stub_class = ssp_pb2_grpc.SspServiceStub
+    default_attempts = 2
 
     def submit_impression(self, impression: Impression) -> AdDecision:
         request = ssp_pb2.SubmitImpressionRequest(
