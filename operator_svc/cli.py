@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
     except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc.strerror or type(exc).__name__}\n")
+        sys.stderr.write(f"{PROG}: error: {exc.strerror or str(exc) or type(exc).__name__}\n")
         return 2
 
 

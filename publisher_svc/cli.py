@@ -190,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _serve(config)
     except OSError as exc:
-        _fail(f"cannot start: {exc.strerror or type(exc).__name__}")
-        return 1
+        _fail(f"cannot start: {exc.strerror or str(exc) or type(exc).__name__}")
+        return 2
 
 
 def _fail(message: str, **_: Any) -> None:

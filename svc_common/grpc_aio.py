@@ -34,7 +34,7 @@ from svc_common.grpc_edge import (
     status_for,
     wrap_handler,
 )
-from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served
+from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served, bind_port
 
 
 class AioEdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -289,7 +289,12 @@ def start_aio_server(
     async def start() -> tuple[Any, int, Any]:
         server = grpc.aio.server(
             interceptors=[AioEdgeInterceptor(domain)],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            # No SO_REUSEPORT (grpc's default turns it on): a second server started on a port in
+            # use must fail, not silently take half the connections.
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
         )
         register(server)
         health_servicer = health.aio.HealthServicer()
@@ -297,9 +302,7 @@ def start_aio_server(
         reflection.enable_server_reflection(
             (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+        port = bind_port(server, listen)
         await server.start()
         return server, port, health_servicer
 

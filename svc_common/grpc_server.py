@@ -64,6 +64,18 @@ class Served:
         self.server.stop(grace_s).wait()
 
 
+def bind_port(server: Any, listen: str) -> int:
+    """Binds `listen` (HOST:PORT) on a sync or aio server; the bound port. OSError, which the
+    CLIs report in one line with exit 2, when the address is taken or cannot be bound."""
+    try:
+        port = int(server.add_insecure_port(listen))
+    except RuntimeError:  # grpc's "Failed to bind to address ..."
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}: address in use or not available")
+    return port
+
+
 def start_server(
     *,
     listen: str,
@@ -91,9 +103,7 @@ def start_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    port = bind_port(server, listen)
     served = Served(server=server, port=port, health=health_servicer, service_names=names)
     served.set_serving(False)
     server.start()

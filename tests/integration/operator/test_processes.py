@@ -143,6 +143,17 @@ def test_sigterm_drains_and_exits_zero(proc: ServiceProcess, data_dir: Path) -> 
     )
 
 
+def test_a_port_in_use_is_refused_not_shared(proc: ServiceProcess, data_dir: Path) -> None:
+    # grpc turns SO_REUSEPORT on by default: a second operator on the same address would then
+    # silently take half the connections. It must fail at start instead (one line, exit 2).
+    r = run_cli(["uid2-operator", "serve", "--data-dir", str(data_dir), "--listen", proc.address])
+    assert r.returncode == 2
+    assert f"uid2-operator: error: cannot listen on {proc.address}" in r.stderr
+    assert "Traceback" not in r.stderr
+    c = add_client(data_dir, 10, "still-serving", ["GENERATOR"])
+    assert wait_until(lambda: _ok(_stub(proc), md(c)), 1.0)
+
+
 def test_kill9_keeps_acknowledged_writes(data_dir: Path) -> None:
     p = _serve(data_dir)
     c = add_client(data_dir, 11, "durable", ["OPTOUT", "GENERATOR", "ID_READER"])

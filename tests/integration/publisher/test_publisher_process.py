@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -131,7 +132,20 @@ def test_cli_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "uid2-publisher: error: --storage-mode must be server or client"
     ]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written by a usage error
+    # An address in use: one line and exit 2 (the store it opened first is whole and reusable).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = run_cli(
+            ["uid2-publisher", "serve", "--data-dir", str(tmp_path / "bound"), "--listen", address,
+             "--operator-address", "127.0.0.1:1", "--operator-api-key", "k", "--site-id", "5",
+             "--ssp-address", "127.0.0.1:2", "--ssp-api-key", "s"]
+        )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"uid2-publisher: error: cannot start: cannot listen on {address}" in r.stderr
     r = run_cli(["uid2-publisher", "bogus"])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert run_cli(["uid2-publisher", "serve", "--help"]).returncode == 0
-    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["bound"]
