@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from dsp_svc.bidding import Bidder
+from svc_common import call_context
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 
@@ -15,7 +14,7 @@ class BidderServicer(openrtb_pb2_grpc.BidderServiceServicer):
         self._bidder = bidder
 
     def Bid(self, request: openrtb_pb2.BidRequest, context: Any) -> openrtb_pb2.BidResponse:
-        structlog.contextvars.bind_contextvars(auction_id=request.id[:64])
+        call_context.bind(auction_id=request.id[:64])
         response = self._bidder.bid(request)
-        structlog.contextvars.bind_contextvars(bids=sum(len(s.bid) for s in response.seatbid))
+        call_context.bind(bids=sum(len(s.bid) for s in response.seatbid))
         return response

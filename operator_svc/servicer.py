@@ -6,13 +6,12 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
-import structlog
-
 from operator_svc.domain.mapping import UnmappedReason
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import GenerateStatus, IdentityTokens, RefreshStatus
+from svc_common import call_context
 from svc_common.grpc_edge import bearer_token
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -92,7 +91,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     def _client(self, context: Any) -> Client:
         client = self._op.auth.authenticate(bearer_token(context))
-        structlog.contextvars.bind_contextvars(site_id=client.site_id)
+        call_context.bind(site_id=client.site_id)
         return client
 
     def GenerateToken(
@@ -108,7 +107,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             client, kind, value, privacy, request.on_behalf_of_site_id
         )
         if outcome.site_id != client.site_id:
-            structlog.contextvars.bind_contextvars(on_behalf_of_site_id=outcome.site_id)
+            call_context.bind(on_behalf_of_site_id=outcome.site_id)
         response = operator_pb2.GenerateTokenResponse(status=_GENERATE[outcome.status])
         if outcome.identity is not None:
             fill_identity(response.identity, outcome.identity)
@@ -119,7 +118,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     ) -> operator_pb2.RefreshTokenResponse:
         outcome = self._op.tokens.refresh(request.refresh_token)
         if outcome.site_id:
-            structlog.contextvars.bind_contextvars(site_id=outcome.site_id)
+            call_context.bind(site_id=outcome.site_id)
         response = operator_pb2.RefreshTokenResponse(status=_REFRESH[outcome.status])
         if outcome.identity is not None:
             fill_identity(response.identity, outcome.identity)
@@ -150,7 +149,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 )
             else:
                 add(unmapped_reason=_UNMAPPED[r.unmapped])
-        structlog.contextvars.bind_contextvars(items=len(results))
+        call_context.bind(items=len(results))
         return response
 
     def OptOut(
@@ -170,7 +169,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         response = operator_pb2.GetOptOutStatusResponse()
         for raw_uid, ts in found:
             response.opted_out.add(raw_uid=raw_uid, opted_out_at=ts)
-        structlog.contextvars.bind_contextvars(items=len(request.raw_uids))
+        call_context.bind(items=len(request.raw_uids))
         return response
 
     def WatchOptOuts(

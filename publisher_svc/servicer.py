@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
+from svc_common import call_context
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2
 
@@ -64,7 +63,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
         self._site_id = site_id
 
     def _bind(self) -> None:
-        structlog.contextvars.bind_contextvars(site_id=self._site_id)
+        call_context.bind(site_id=self._site_id)
 
     def Login(
         self, request: publisher_pb2.LoginRequest, context: Any
@@ -78,7 +77,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             phone,
             PrivacySettings(ps.transparency_notice_accepted, ps.tcf_consent_string),
         )
-        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        call_context.bind(outcome=result.status.value)
         return publisher_pb2.LoginResponse(
             status=_LOGIN[result.status],
             cookie=_cookie(result.cookie),
@@ -90,7 +89,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
     ) -> publisher_pb2.GetAdvertisingTokenResponse:
         self._bind()
         result = self._pub.get_advertising_token(request.user_id)
-        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        call_context.bind(outcome=result.status.value)
         return publisher_pb2.GetAdvertisingTokenResponse(
             status=_TOKEN[result.status],
             advertising_token=result.advertising_token,
@@ -104,7 +103,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
         self._bind()
         email, phone = _dii(request)
         result = self._pub.refresh_client(request.cookie_value, email, phone)
-        structlog.contextvars.bind_contextvars(outcome=result.status.value)
+        call_context.bind(outcome=result.status.value)
         return publisher_pb2.RefreshClientIdentityResponse(
             status=_CLIENT[result.status],
             cookie=_cookie(result.cookie),
@@ -132,7 +131,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             floor_price=request.floor_price,
         )
         d = result.decision
-        structlog.contextvars.bind_contextvars(token_sent=result.token_sent, outcome=d.outcome)
+        call_context.bind(token_sent=result.token_sent, outcome=d.outcome)
         bid = None
         if d.winning_bid is not None:
             w = d.winning_bid

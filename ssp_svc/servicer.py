@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import structlog
-
 from ssp_svc.bid_request import Disposition
 from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind, AccountStore
 from ssp_svc.stream_hub import StreamHub
+from svc_common import call_context
 from svc_common.errors import permission_denied, unauthenticated
 from svc_common.grpc_edge import bearer_token
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
@@ -54,7 +53,7 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
         account = authenticate(self._accounts, context)
         if account.kind is not AccountKind.PUBLISHER:
             raise permission_denied("NOT_A_PUBLISHER", "the API key is not a publisher's")
-        structlog.contextvars.bind_contextvars(publisher=account.name)
+        call_context.bind(publisher=account.name)
         imp = self._exchange.validate(
             account,
             page_domain=request.page_domain,
@@ -64,7 +63,7 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
             token=request.advertising_token,
         )
         report = self._exchange.run(imp)
-        structlog.contextvars.bind_contextvars(
+        call_context.bind(
             auction_id=report.auction_id,
             token_disposition=report.disposition.value,
             bids=report.bids_received,
@@ -92,7 +91,7 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
         self, request: ssp_pb2.StreamBidRequestsRequest, context: Any
     ) -> Iterator[ssp_pb2.StreamBidRequestsResponse]:
         account = authenticate(self._accounts, context)
-        structlog.contextvars.bind_contextvars(subscriber=account.name)
+        call_context.bind(subscriber=account.name)
         domain = request.site_domain.strip().lower()
         bundle = request.app_bundle.strip()
         # A publisher's key sees only its own inventory; a subscriber's sees every auction.

@@ -9,6 +9,7 @@ import traceback
 
 import structlog
 
+from svc_common import call_context
 from svc_common.logging import write_call_line
 
 _log = structlog.get_logger("rpc")
@@ -22,16 +23,15 @@ def request_id(candidate: str | None) -> str:
 
 
 def begin_call(method: str, rid: str) -> float:
-    """Binds the call's log context (request id, method); returns its start time."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=rid, method=method)
+    """Starts the call's log context (request id, method); returns its start time."""
+    call_context.begin(request_id=rid, method=method)
     return time.perf_counter()
 
 
 def end_call(start: float, code: str, reason: str) -> None:
-    """Writes the call's one log line and clears its context."""
+    """Ends the call's context and writes its one log line."""
     latency_ms = round((time.perf_counter() - start) * 1000, 3)
-    fields = structlog.contextvars.get_contextvars()
+    fields = call_context.end()
     fields["code"] = code
     if reason:
         fields["reason"] = reason
@@ -41,7 +41,6 @@ def end_call(start: float, code: str, reason: str) -> None:
         write_call_line(fields)
     except (OSError, ValueError):
         pass  # a broken log stream must not turn an answered call into an error
-    structlog.contextvars.clear_contextvars()
 
 
 def where(exc: BaseException) -> str:

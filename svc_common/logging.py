@@ -2,7 +2,7 @@
 
 What is logged is chosen at each call site; by rule no call site passes DII, hashes, raw UID2s,
 tokens, API keys or secrets. Request context (request id, method, caller site) is bound once per
-RPC by the edge interceptor through structlog's contextvars.
+RPC by the edge (svc_common.call_context) and merged into every event logged during the call.
 
 The one line per RPC (`write_call_line`) does not go through structlog's processor chain: it is
 the hottest line by far, and on a busy operator the chain (bound logger, processors, stdlib json)
@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import structlog
 
+from svc_common import call_context
+
 # What `configure_logging` set; `write_call_line` reads it instead of asking structlog each call.
 _service = ""
 _info_enabled = True
@@ -31,7 +33,7 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     _service, _info_enabled = service, lvl <= logging.INFO
     processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        call_context.merge_into_event,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

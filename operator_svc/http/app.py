@@ -49,6 +49,7 @@ from operator_svc.http.errors import (
     HttpError,
     from_service_error,
 )
+from svc_common import call_context
 from svc_common.edge_log import log_unhandled, request_id
 from svc_common.errors import ServiceError
 
@@ -165,8 +166,7 @@ class HttpApi:
         start = time.perf_counter()
         rid = request_id(request.headers.get("X-Request-Id"))
         path = request.path if request.path in _KNOWN_PATHS else "<unknown>"
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        call_context.begin(request_id=rid)
         error: HttpError | None = None
         response: web.StreamResponse
         try:
@@ -197,7 +197,7 @@ class HttpApi:
             fields["status"] = error.status
             fields["reason"] = error.reason
         _log.info("http", **fields)
-        structlog.contextvars.clear_contextvars()
+        call_context.end()
         return response
 
     async def _read(self, request: web.Request) -> bytes:
@@ -213,7 +213,7 @@ class HttpApi:
 
         async def handle(request: web.Request) -> web.Response:
             client = op.auth.authenticate(_bearer(request.headers.get("Authorization")))
-            structlog.contextvars.bind_contextvars(site_id=client.site_id)
+            call_context.bind(site_id=client.site_id)
             body = await self._read(request)
             binary = _is_binary(request.headers.get("Content-Type"))
             secret = decode_secret(client.secret)
@@ -225,7 +225,7 @@ class HttpApi:
                 )
             else:
                 answer = route.handler(op, client, opened.payload)
-            structlog.contextvars.bind_contextvars(status=answer["status"])
+            call_context.bind(status=answer["status"])
             sealed = seal_response(
                 secret, opened, answer, now_ms=self._clock.now_ms(), rng=self._rng
             )
@@ -244,7 +244,7 @@ class HttpApi:
             token = ""
         outcome = self._op.tokens.refresh(token)
         if outcome.site_id:
-            structlog.contextvars.bind_contextvars(site_id=outcome.site_id)
+            call_context.bind(site_id=outcome.site_id)
         if outcome.status is RefreshStatus.INVALID_TOKEN or not outcome.response_key:
             raise HttpError(
                 400,
@@ -260,7 +260,7 @@ class HttpApi:
                 "the refresh token has expired: generate a new identity",
                 "EXPIRED_TOKEN",
             )
-        structlog.contextvars.bind_contextvars(status=outcome.status.value)
+        call_context.bind(status=outcome.status.value)
         answer: dict[str, Any]
         if outcome.status is RefreshStatus.SUCCESS and outcome.identity is not None:
             answer = {"status": SUCCESS, "body": handlers.identity_json(outcome.identity)}

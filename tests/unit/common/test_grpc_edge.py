@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from svc_common import call_context
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
@@ -202,7 +202,7 @@ def test_caller_request_id_is_logged(stub: Any, capsys: Any) -> None:
 
 class _Blocking(_Servicer):
     def OptOut(self, request: Any, context: Any) -> Any:
-        structlog.contextvars.bind_contextvars(site_id=42)
+        call_context.bind(site_id=42)
         time.sleep(0.3)
         return operator_pb2.OptOutResponse(opted_out_at=7)
 

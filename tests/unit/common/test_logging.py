@@ -4,6 +4,7 @@ level, and never lose a line to a value orjson cannot render."""
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
 import re
@@ -11,7 +12,7 @@ import re
 import pytest
 import structlog
 
-from svc_common import edge_log
+from svc_common import call_context, edge_log
 from svc_common.logging import configure_logging, dumps, write_call_line
 
 
@@ -22,14 +23,15 @@ def _lines(err: str) -> list[dict[str, object]]:
 @pytest.fixture(autouse=True)
 def _reset_logging():  # type: ignore[no-untyped-def]
     yield
-    structlog.contextvars.clear_contextvars()
+    call_context.end()
     configure_logging("INFO")
 
 
 def test_call_line_has_the_shape_of_a_structlog_event(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", service="operator")
-    structlog.get_logger("t").info("other", site_id=7)
-    write_call_line({"site_id": 7, "code": "OK"})
+    call_context.begin(request_id="r-1", site_id=7)
+    structlog.get_logger("t").info("other")
+    write_call_line({**call_context.end(), "code": "OK"})
     other, call = _lines(capsys.readouterr().err)
     assert call["event"] == "rpc"
     assert call["level"] == other["level"] == "info"
@@ -51,6 +53,34 @@ def test_call_line_is_not_written_above_info(capsys: pytest.CaptureFixture[str])
     assert [line["event"] for line in _lines(capsys.readouterr().err)] == ["kept"]
 
 
+def test_events_during_a_call_carry_its_context_and_nothing_leaks_after(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO")
+    log = structlog.get_logger("t")
+    call_context.bind(site_id=1)  # outside a call: ignored
+    start = edge_log.begin_call("/pkg.Service/A", "req-a")
+    call_context.bind(site_id=5)
+    log.warning("inside", site_id=99)  # the event's own keys win
+    edge_log.end_call(start, "OK", "")
+    log.info("after")
+    inside, line, after = _lines(capsys.readouterr().err)
+    assert inside["request_id"] == "req-a" and inside["site_id"] == 99
+    assert line["site_id"] == 5
+    assert "request_id" not in after and "site_id" not in after
+
+
+def test_a_copied_context_shares_the_call_so_worker_binds_reach_the_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO")
+    start = edge_log.begin_call("/pkg.Service/B", "req-b")
+    contextvars.copy_context().run(call_context.bind, items=3)
+    edge_log.end_call(start, "OK", "")
+    (line,) = _lines(capsys.readouterr().err)
+    assert line["items"] == 3
+
+
 def test_values_orjson_rejects_fall_back_to_json() -> None:
     assert json.loads(dumps({"n": 2**70})) == {"n": 2**70}
     assert json.loads(dumps({"p": object})) == {"p": str(object)}
@@ -61,7 +91,7 @@ def test_end_call_writes_the_bound_context_and_outcome_then_clears_it(
 ) -> None:
     configure_logging("INFO", service="svc")
     start = edge_log.begin_call("/pkg.Service/Method", "req-1")
-    structlog.contextvars.bind_contextvars(site_id=10)
+    call_context.bind(site_id=10)
     edge_log.end_call(start, "INVALID_ARGUMENT", "INVALID_EMAIL")
     (line,) = _lines(capsys.readouterr().err)
     assert line["request_id"] == "req-1"
@@ -70,4 +100,4 @@ def test_end_call_writes_the_bound_context_and_outcome_then_clears_it(
     assert line["code"] == "INVALID_ARGUMENT"
     assert line["reason"] == "INVALID_EMAIL"
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
-    assert structlog.contextvars.get_contextvars() == {}
+    assert call_context.current() == {}
