@@ -74,17 +74,15 @@ def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
     if aio:
         import asyncio
 
-        from svc_common.grpc_aio import AioEdgeInterceptor
+        from svc_common.grpc_aio import AioEdge, EdgeRegistrar
 
         async def serve() -> None:
             async def echo(request: bytes, _context: Any) -> bytes:
                 return request
 
-            server = grpc.aio.server(interceptors=[AioEdgeInterceptor("echo")] if edge else [])
+            server = grpc.aio.server()
             if canned is None:
-                handlers = grpc.method_handlers_generic_handler(
-                    "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-                )
+                service, methods = "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
             else:
                 from uid2.operator.v1 import operator_pb2 as pb
 
@@ -93,17 +91,17 @@ def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
                 async def generate(_request: Any, _context: Any) -> Any:
                     return response
 
-                handlers = grpc.method_handlers_generic_handler(
-                    "uid2.operator.v1.OperatorService",
-                    {
-                        "GenerateToken": grpc.unary_unary_rpc_method_handler(
-                            generate,
-                            request_deserializer=pb.GenerateTokenRequest.FromString,
-                            response_serializer=pb.GenerateTokenResponse.SerializeToString,
-                        )
-                    },
-                )
-            server.add_generic_rpc_handlers((handlers,))
+                service = "uid2.operator.v1.OperatorService"
+                methods = {
+                    "GenerateToken": grpc.unary_unary_rpc_method_handler(
+                        generate,
+                        request_deserializer=pb.GenerateTokenRequest.FromString,
+                        response_serializer=pb.GenerateTokenResponse.SerializeToString,
+                    )
+                }
+            # The edge as the operator has it: wrapped around the handler at registration.
+            target = EdgeRegistrar(server, AioEdge("echo")) if edge else server
+            _register(target, service, methods)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             announce(port)
@@ -121,14 +119,18 @@ def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
         futures.ThreadPoolExecutor(max_workers=32),
         interceptors=[EdgeInterceptor("echo")] if edge else [],
     )
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo_sync)}
-    )
-    server.add_generic_rpc_handlers((handler,))
+    _register(server, "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo_sync)})
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     announce(port)
     server.wait_for_termination()
+
+
+def _register(server: Any, service: str, methods: dict[str, Any]) -> None:
+    """As generated code registers a service: by name and as registered methods (the faster
+    path, which the bench clients take like generated stubs do)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+    server.add_registered_method_handlers(service, methods)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -313,7 +315,8 @@ def run() -> dict[str, Any]:
                     canned_stub = pbg.OperatorServiceStub(channel)
                     calls[name] = (_WithMeta(canned_stub.GenerateToken), gen_reqs)
                 else:
-                    calls[name] = (channel.unary_unary(ECHO_METHOD), echo_reqs)
+                    echo_call = channel.unary_unary(ECHO_METHOD, _registered_method=True)
+                    calls[name] = (echo_call, echo_reqs)
             calls["generate"] = (_WithMeta(stub.GenerateToken), gen_reqs)
             calls["refresh"] = (stub.RefreshToken, refresh_reqs)
 

@@ -37,28 +37,22 @@ from svc_common.grpc_edge import (
 from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served, bind_port
 
 
-class AioEdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """The aio twin of `EdgeInterceptor`: same ErrorInfo mapping, same one line per call."""
+class AioEdge:
+    """The aio twin of `EdgeInterceptor`: same ErrorInfo mapping, same one line per call.
+
+    Not a grpc.aio interceptor: those run a coroutine on every call just to pick the handler.
+    The edge wraps each method handler once, as services register (`EdgeRegistrar`)."""
 
     def __init__(self, domain: str) -> None:
         self._domain = domain
-        self._wrapped: dict[str, Any] = {}
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
-        method: str = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
+    def wrap(self, method: str, handler: Any) -> Any:
+        """`handler` of `method` ("/pkg.Service/Method") behind the edge; quiet ones as is."""
         if handler is None or is_quiet(method):
             return handler
-        wrapped = wrap_handler(
+        return wrap_handler(
             handler, lambda b: self._unary(b, method), lambda b: self._stream(b, method)
         )
-        self._wrapped[method] = wrapped
-        return wrapped
 
     async def _abort(self, context: Any, start: float, exc: BaseException) -> None:
         """Logs the call's line, then aborts it with the status `exc` maps to. The line goes
@@ -105,6 +99,49 @@ class AioEdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             end_call(start, "OK", "")
 
         return call
+
+
+class _EdgeGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """A generic handler (calls by method name: reflection clients, grpc-js, buf curl) whose
+    handlers are wrapped by the edge, once per method."""
+
+    def __init__(self, inner: Any, edge: AioEdge) -> None:
+        self._inner = inner
+        self._edge = edge
+        self._wrapped: dict[str, Any] = {}
+
+    def service(self, handler_call_details: Any) -> Any:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._edge.wrap(method, self._inner.service(handler_call_details))
+            if wrapped is not None:
+                self._wrapped[method] = wrapped
+        return wrapped
+
+
+class EdgeRegistrar:
+    """Stands in for a grpc.aio server while services register on it: every handler they add
+    goes behind `edge`. Registered methods (what generated stubs call) are wrapped here, once;
+    anything else reaches the server unchanged."""
+
+    def __init__(self, server: Any, edge: AioEdge) -> None:
+        self._server = server
+        self._edge = edge
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {name: self._edge.wrap(f"/{service}/{name}", h) for name, h in handlers.items()},
+        )
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_EdgeGenericHandler(h, self._edge) for h in handlers)
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def _code_name(context: Any) -> str:
@@ -288,7 +325,6 @@ def start_aio_server(
 
     async def start() -> tuple[Any, int, Any]:
         server = grpc.aio.server(
-            interceptors=[AioEdgeInterceptor(domain)],
             # No SO_REUSEPORT (grpc's default turns it on): a second server started on a port in
             # use must fail, not silently take half the connections.
             options=[
@@ -296,7 +332,7 @@ def start_aio_server(
                 ("grpc.so_reuseport", 0),
             ],
         )
-        register(server)
+        register(EdgeRegistrar(server, AioEdge(domain)))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
