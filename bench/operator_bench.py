@@ -45,7 +45,7 @@ from bench.common import cli, wait_serving, write_results
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DURATION_S = float(os.environ.get("OPERATOR_BENCH_SECONDS", "2"))
-ROUNDS = int(os.environ.get("OPERATOR_BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("OPERATOR_BENCH_ROUNDS", "5"))
 WARMUP_S = 0.5
 TARGET_RATIO = 0.8
 TARGET_MAP_MS = 100.0
