@@ -74,18 +74,19 @@ def write_call_line(fields: dict[str, Any]) -> None:
 
 
 # The date-and-time part changes once a second; rendering it once per second saves most of the
-# timestamp's cost. Same text as structlog's TimeStamper(fmt="iso", utc=True).
-_second = -1
-_second_text = ""
+# timestamp's cost. Same text as structlog's TimeStamper(fmt="iso", utc=True). One tuple, replaced
+# whole, so a thread never pairs one second with another second's text.
+_stamp: tuple[int, str] = (-1, "")
 
 
 def _utc_now_iso() -> str:
-    global _second, _second_text
+    global _stamp
     now = time.time()
     sec = int(now)
-    if sec != _second:
-        _second, _second_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second_text}.{int((now - sec) * 1_000_000):06d}Z"
+    stamp = _stamp
+    if stamp[0] != sec:
+        stamp = _stamp = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{stamp[1]}.{int((now - sec) * 1_000_000):06d}Z"
 
 
 def _add_service(service: str) -> Any:

@@ -46,6 +46,19 @@ def test_call_line_has_the_shape_of_a_structlog_event(capsys: pytest.CaptureFixt
     assert abs((now - stamped).total_seconds()) < 5
 
 
+def test_timestamp_text_follows_the_clock_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from svc_common import logging as svc_logging
+
+    for now, text in (
+        (1000.5, "1970-01-01T00:16:40.500000Z"),
+        (1000.75, "1970-01-01T00:16:40.750000Z"),
+        (1001.25, "1970-01-01T00:16:41.250000Z"),
+        (999.0, "1970-01-01T00:16:39.000000Z"),
+    ):
+        monkeypatch.setattr(svc_logging.time, "time", lambda now=now: now)
+        assert svc_logging._utc_now_iso() == text
+
+
 def test_call_line_is_not_written_above_info(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("WARNING", service="operator")
     write_call_line({"code": "OK"})
