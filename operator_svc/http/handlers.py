@@ -9,7 +9,9 @@ that the official API imposes:
   rule. `optout_check` / `policy` are accepted and ignored (opt-out is always checked). A refused
   consent answers 200 `insufficient_user_consent`, as the official operator does.
 - logout: the official /v2/token/logout (OPTOUT role) records an opt-out for the DII, answering
-  `{"optout": "OK"}`; here it is the domain's `opt_out`, durable before the answer.
+  `{"optout": "OK"}` (checked against the official operator's source: UIDOperatorVerticle's
+  handleLogoutAsyncV2 calls invalidateTokensAsync, its opt-out); here it is the domain's
+  `opt_out`, durable before the answer.
 - identity/buckets: salt buckets rotated after `since_timestamp` (ISO 8601; a local time is UTC).
 """
 
