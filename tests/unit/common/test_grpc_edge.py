@@ -110,6 +110,17 @@ def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         info = error_info(caught.value)
         assert info is not None and info.domain == "test.uid2"
+        stream_by_name = channel.unary_stream(
+            f"/{SERVICE.full_name}/WatchOptOuts",
+            request_serializer=operator_pb2.WatchOptOutsRequest.SerializeToString,
+            response_deserializer=operator_pb2.WatchOptOutsResponse.FromString,
+        )
+        got = []
+        with pytest.raises(grpc.RpcError) as caught:
+            for item in stream_by_name(operator_pb2.WatchOptOutsRequest()):
+                got.append(item.raw_uid)
+        assert got == ["a"] and caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert to_remote_error(caught.value).reason == "ROLE_REQUIRED"
         unknown = channel.unary_unary(f"/{SERVICE.full_name}/NoSuchMethod")
         for _ in range(2):  # the second time too: nothing about it was cached
             with pytest.raises(grpc.RpcError) as caught:
