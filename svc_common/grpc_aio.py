@@ -211,23 +211,15 @@ def _offloaded(
     method: Callable[[Any, Any], Any], pool: concurrent.futures.Executor
 ) -> Callable[[Any, Any], Any]:
     async def call(request: Any, context: Any) -> Any:
-        # The method runs in a copy of this call's context (so what it binds for the log line,
-        # such as the caller's site, neither leaks into the pool thread nor gets lost).
+        # The method runs in a copy of this call's context: nothing leaks into the pool thread,
+        # and the copy shares the call's log context (svc_common.call_context), so what the
+        # method binds, such as the caller's site, still reaches the call's line.
         ctx = contextvars.copy_context()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, ctx.run, method, request, context
-            )
-        finally:
-            _adopt(ctx)
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, ctx.run, method, request, context
+        )
 
     return call
-
-
-def _adopt(ctx: contextvars.Context) -> None:
-    """Carries the variables a worker thread set in `ctx` back into the running task."""
-    for var, value in ctx.items():
-        var.set(value)
 
 
 class _StreamLimit:
@@ -266,7 +258,7 @@ async def _pump(
     context: Any,
 ) -> AsyncIterator[Any]:
     """Runs the sync generator `method` in `pool`, one item at a time, in a copy of the call's
-    context (carried back at the end, as for pooled unary calls)."""
+    context (as for pooled unary calls)."""
     loop = asyncio.get_running_loop()
     side = _ThreadSideContext(context)
     ctx = contextvars.copy_context()
@@ -281,7 +273,6 @@ async def _pump(
         # The sync generator polls is_active() and ends by itself; closing it from here
         # could race the thread still running it.
         side.end()
-        _adopt(ctx)
 
 
 @dataclass

@@ -239,10 +239,14 @@ class _Blocking(_Servicer):
         time.sleep(0.3)
         return operator_pb2.OptOutResponse(opted_out_at=7)
 
+    def WatchOptOuts(self, request: Any, context: Any) -> Iterator[Any]:
+        call_context.bind(site_id=43)  # runs in a stream-pool thread
+        yield operator_pb2.WatchOptOutsResponse(raw_uid="a", opted_out_at=1)
+
 
 def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
-    """While one call sleeps in the pool, an inline call still answers at once; what the pooled
-    method binds for the log (its caller's site) reaches the call's log line."""
+    """While one call sleeps in the pool, an inline call still answers at once; what a pooled
+    method or a pumped stream binds for the log (its caller's site) reaches the call's line."""
     configure_logging(service="test")
     pool = ThreadPoolExecutor(2)
     adapter = SyncServicerAdapter(
@@ -267,9 +271,14 @@ def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
             _gen(stub, phone_hash="ok")
             assert time.monotonic() - started < 0.2
             assert slow.result(timeout=5).opted_out_at == 7
+            assert [i.raw_uid for i in stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest())] == [
+                "a"
+            ]
         lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
         optout = [x for x in lines if x.get("method", "").endswith("/OptOut")]
         assert [x.get("site_id") for x in optout] == [42]
+        watch = [x for x in lines if x.get("method", "").endswith("/WatchOptOuts")]
+        assert [x.get("site_id") for x in watch] == [43]
     finally:
         s.stop(0)
         pool.shutdown()
