@@ -25,6 +25,14 @@ def cli(*args: str) -> dict[str, Any]:
     return dict(json.loads(out)) if out.startswith("{") else {}
 
 
+def add_client(data_dir: Path | str, site_id: int, name: str, roles: str) -> dict[str, Any]:
+    """`uid2-operator client add` on `data_dir`; its JSON (api_key, secret, ...)."""
+    return cli(
+        "uid2-operator", "client", "add", "--data-dir", str(data_dir),
+        "--site-id", str(site_id), "--name", name, "--roles", roles,
+    )  # fmt: skip
+
+
 def wait_serving(log_path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
     """The `serving` event a service logs once ready (it carries the bound `port`)."""
     deadline = time.monotonic() + timeout_s

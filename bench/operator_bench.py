@@ -40,7 +40,7 @@ import grpc
 
 # Also run as a script (the echo servers): make the repository importable first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cli, wait_serving, write_results
+from bench.common import add_client, cli, wait_serving, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -226,19 +226,7 @@ def run() -> dict[str, Any]:
         t = time.perf_counter()
         cli("uid2-operator", "init", "--data-dir", str(data))
         results["init_s"] = round(time.perf_counter() - t, 3)
-        client = cli(
-            "uid2-operator",
-            "client",
-            "add",
-            "--data-dir",
-            str(data),
-            "--site-id",
-            "10",
-            "--name",
-            "bench",
-            "--roles",
-            "GENERATOR,MAPPER",
-        )
+        client = add_client(data, 10, "bench", "GENERATOR,MAPPER")
         log_path = Path(tmp) / "operator.log"
         t = time.perf_counter()
         with log_path.open("w") as log_file:

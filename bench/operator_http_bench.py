@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import cli, wait_serving, write_results
+from bench.common import add_client, cli, wait_serving, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -149,19 +149,7 @@ def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ophttpbench") as tmp:
         data = Path(tmp) / "data"
         cli("uid2-operator", "init", "--data-dir", str(data))
-        client = cli(
-            "uid2-operator",
-            "client",
-            "add",
-            "--data-dir",
-            str(data),
-            "--site-id",
-            "10",
-            "--name",
-            "bench",
-            "--roles",
-            "GENERATOR",
-        )
+        client = add_client(data, 10, "bench", "GENERATOR")
         log_path = Path(tmp) / "operator.log"
         with log_path.open("w") as log_file:
             op = subprocess.Popen(

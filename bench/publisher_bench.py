@@ -8,8 +8,6 @@ Writes bench/results/publisher.json and returns the same dict."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import platform
@@ -21,8 +19,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import latency_summary, write_results
-from operator_svc.cli import main as operator_cli
+from bench.common import add_client, cli, latency_summary, write_results
 from operator_svc.config import OperatorConfig
 from operator_svc.server import create_server as create_operator
 from publisher_svc.config import PublisherConfig
@@ -43,26 +40,15 @@ BACKGROUND = 10_000
 WORKERS = 8
 
 
-def _op_cli(*args: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert operator_cli(list(args)) == 0
-    text = out.getvalue().strip()
-    return dict(json.loads(text)) if text.startswith("{") else {}
-
-
 def run() -> dict[str, Any]:
     configure_logging("WARNING", service="publisher-bench")
     with tempfile.TemporaryDirectory(prefix="pubbench-") as tmp:
         root = Path(tmp)
         d = str(root / "op")
         os.mkdir(d)
-        _op_cli("init", "--data-dir", d)
-        _op_cli("site", "add", "--data-dir", d, "--site-id", "101", "--name", "pub")
-        key = _op_cli(
-            "client", "add", "--data-dir", d, "--site-id", "101", "--name", "g",
-            "--roles", "GENERATOR",
-        )["api_key"]  # fmt: skip
+        cli("uid2-operator", "init", "--data-dir", d)
+        cli("uid2-operator", "site", "add", "--data-dir", d, "--site-id", "101", "--name", "pub")
+        key = add_client(d, 101, "g", "GENERATOR")["api_key"]
         clock = ManualClock(time.time_ns() // 1_000_000)
         op_served, op_port = create_operator(
             OperatorConfig(data_dir=Path(d), listen="127.0.0.1:0"), clock=clock

@@ -28,7 +28,7 @@ from uid2_client.client_type import ClientType as SdkClientType
 from uid2_client.encryption import decrypt_token as sdk_decrypt
 from uid2_client.refresh_keys_util import parse_keys_json
 
-from bench.common import cli, latency_summary, write_results
+from bench.common import add_client, cli, latency_summary, write_results
 from demo.processes import ServiceProcess
 from operator_svc.key_json import key_container_dict
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
@@ -125,9 +125,7 @@ def run() -> dict[str, Any]:
             ("ssp", 100, "ID_READER"),
             ("dsp", 101, "ID_READER"),
         ):
-            added = cli("uid2-operator", "client", "add", "--data-dir", str(op_dir),
-                         "--site-id", str(site), "--name", name, "--roles", roles)  # fmt: skip
-            keys[name] = str(added["api_key"])
+            keys[name] = str(add_client(op_dir, site, name, roles)["api_key"])
         pub_key = str(cli("uid2-ssp", "publisher", "add", "--data-dir", str(ssp_dir),
                            "--name", "news")["api_key"])  # fmt: skip
         quiet = {"UID2_OPERATOR_LOG_LEVEL": "WARNING"}
