@@ -182,6 +182,14 @@ def add_client(
     role_tuple = parse_roles(",".join(roles))
     secret = base64.b64encode(rng(32)).decode("ascii")
     with store.transaction() as conn:
+        # A name is a participant: several keys may share it (key rotation), all on one site,
+        # so that `client disable --name` and a delegation to that name mean one participant.
+        other_sites = OperatorStore.client_name_sites(conn, name) - {site_id}
+        if other_sites:
+            raise AdminError(
+                f"client name {name!r} already belongs to site {min(other_sites)}; "
+                "a name is one participant on one site"
+            )
         if not OperatorStore.site_exists(conn, site_id):
             OperatorStore.upsert_site(conn, SiteRow(site_id, name, (), ()))
         _ensure_site(conn, site_id, name, now_ms // 1000, rng)

@@ -362,6 +362,12 @@ class OperatorStore:
     def client_name_exists(conn: sqlite3.Connection, name: str) -> bool:
         return conn.execute("SELECT 1 FROM clients WHERE name = ?", (name,)).fetchone() is not None
 
+    @staticmethod
+    def client_name_sites(conn: sqlite3.Connection, name: str) -> set[int]:
+        """The sites of the clients named `name` (one, unless a data dir predates the rule)."""
+        rows = conn.execute("SELECT DISTINCT site_id FROM clients WHERE name = ?", (name,))
+        return {int(r[0]) for r in rows}
+
     # -- delegations -----------------------------------------------------------------------
 
     def delegations(self) -> list[tuple[int, str]]:

@@ -62,6 +62,22 @@ def test_disable_client_takes_effect_after_sync(env: Env) -> None:
     assert exc.value.kind is ErrorKind.UNAUTHENTICATED and exc.value.reason == "CLIENT_DISABLED"
 
 
+def test_client_name_is_one_participant_on_one_site(env: Env) -> None:
+    def add(site: int) -> admin.NewClient:
+        return admin.add_client(
+            env.store, site_id=site, name="rotating", roles=["GENERATOR"], now_ms=T0, rng=os.urandom
+        )
+
+    first, second = add(61), add(61)
+    assert first.api_key != second.api_key
+    with pytest.raises(admin.AdminError, match="already belongs to site 61"):
+        add(62)
+    assert [c["site_id"] for c in admin.list_clients(env.store) if c["name"] == "rotating"] == [
+        61,
+        61,
+    ]
+
+
 def test_revoke_delegation(env: Env) -> None:
     admin.add_site(env.store, 70, "s70", [], [], T0, os.urandom)
     admin.grant_delegation(env.store, 70, "sso", T0)
