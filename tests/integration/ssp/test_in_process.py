@@ -6,11 +6,15 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from tests.integration.ssp.conftest import Stack
+import grpc
+
+from tests.integration.ssp.conftest import Reader, Stack
 from tests.support.procs import wait_until
 from tests.unit.ssp.support import mint, now_s, raw_uid_b64
-from uid2.ssp.v1 import ssp_pb2
+from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 
 VALID = ssp_pb2.TOKEN_DISPOSITION_VALID
 
@@ -124,10 +128,76 @@ def test_a_subscriber_that_never_reads_does_not_slow_auctions(fast_stack: Stack)
     assert statistics.median(with_stuck) < max(3 * baseline, baseline + 0.01)
     got = [reader.get() for _ in range(300)]
     assert all(g is not None for g in got)  # a reading subscriber misses nothing
-    # (Drop accounting once a subscriber's buffer fills is covered in tests/unit/ssp: here
-    # gRPC's own transport buffers absorb what the stuck subscriber does not read.)
     stuck.cancel()
     reader.cancel()
+
+
+def test_a_stalled_subscriber_is_told_exactly_how_many_it_lost(fast_stack: Stack) -> None:
+    stack = fast_stack
+    # A receive window that stays small (no BDP growth), so the transport absorbs little.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.ssp.port}", options=options)
+    stalled = GatedReader(
+        ssp_pb2_grpc.SspServiceStub(channel).StreamBidRequests(
+            ssp_pb2.StreamBidRequestsRequest(),
+            metadata=(("authorization", f"Bearer {stack.sub_key}"),),
+        )
+    )
+    submitted: list[str] = []
+    deadline = time.monotonic() + 5
+    while not stalled.first.wait(0.05):  # subscribed once it has seen an auction
+        assert time.monotonic() < deadline, "stream subscription never became active"
+        submitted.append(stack.submit().auction_id)
+    # Stalled: more auctions than the SSP's buffer (16) plus what gRPC's transport absorbs.
+    submitted += [stack.submit().auction_id for _ in range(800)]
+    stalled.resume()
+    received = [stalled.first_item]
+    while (item := stalled.get(1.0)) is not None:
+        received.append(item)
+    stalled.cancel()
+    channel.close()
+
+    first = received[0]
+    assert first.dropped_total == 0
+    after_first = submitted[submitted.index(first.bid_request.id) + 1 :]
+    later = [r.bid_request.id for r in received[1:]]
+    assert later == [i for i in after_first if i in set(later)]  # in order, never duplicated
+    lost = received[-1].dropped_total
+    assert lost > 0
+    assert len(later) + lost == len(after_first)  # each auction is either delivered or counted
+    assert sum(r.dropped_since_last for r in received) == lost
+    assert max(r.dropped_since_last for r in received) == lost  # reported on the next delivery
+
+
+class GatedReader:
+    """Reads a stream's first item, then stops reading until `resume()`: a subscriber that
+    stalls, so the SSP's buffer for it (and gRPC's transport buffers) fill up."""
+
+    def __init__(self, call: Any) -> None:
+        self.first = threading.Event()
+        self.first_item: Any = None
+        self._go = threading.Event()
+        self._reader = Reader(self._gated(call))
+        self._call = call
+
+    def _gated(self, call: Any) -> Iterator[Any]:
+        for n, item in enumerate(call):
+            if n == 0:
+                self.first_item = item
+                self.first.set()
+                self._go.wait(30)
+                continue
+            yield item
+
+    def resume(self) -> None:
+        self._go.set()
+
+    def get(self, timeout_s: float) -> Any:
+        return self._reader.get(timeout_s)
+
+    def cancel(self) -> None:
+        self._go.set()
+        self._call.cancel()
 
 
 def test_stop_ends_subscriber_streams_without_waiting_out_the_grace(fast_stack: Stack) -> None:
