@@ -28,9 +28,11 @@ from grpc_reflection.v1alpha import reflection
 from svc_common.edge_log import end_call, log_unhandled
 from svc_common.errors import ServiceError, resource_exhausted
 from svc_common.grpc_edge import (
+    Parse,
     begin_call,
     internal_status,
     is_quiet,
+    parse_request,
     status_for,
     wrap_handler,
 )
@@ -51,7 +53,9 @@ class AioEdge:
         if handler is None or is_quiet(method):
             return handler
         return wrap_handler(
-            handler, lambda b: self._unary(b, method), lambda b: self._stream(b, method)
+            handler,
+            lambda b, parse: self._unary(b, parse, method),
+            lambda b, parse: self._stream(b, parse, method),
         )
 
     async def _abort(self, context: Any, start: float, exc: BaseException) -> None:
@@ -64,11 +68,11 @@ class AioEdge:
         end_call(start, "INTERNAL", "INTERNAL")
         await context.abort_with_status(internal_status(self._domain))
 
-    def _unary(self, behavior: Any, method: str) -> Any:
-        async def call(request: Any, context: Any) -> Any:
+    def _unary(self, behavior: Any, parse: Parse, method: str) -> Any:
+        async def call(raw: bytes, context: Any) -> Any:
             start = begin_call(method, context.invocation_metadata())
             try:
-                response = await behavior(request, context)
+                response = await behavior(parse_request(parse, raw), context)
             except asyncio.CancelledError:
                 end_call(start, "CANCELLED", "")
                 raise
@@ -82,11 +86,11 @@ class AioEdge:
 
         return call
 
-    def _stream(self, behavior: Any, method: str) -> Any:
-        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+    def _stream(self, behavior: Any, parse: Parse, method: str) -> Any:
+        async def call(raw: bytes, context: Any) -> AsyncIterator[Any]:
             start = begin_call(method, context.invocation_metadata())
             try:
-                async for item in behavior(request, context):
+                async for item in behavior(parse_request(parse, raw), context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit):
                 end_call(start, "CANCELLED", "")

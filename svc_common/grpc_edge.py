@@ -3,7 +3,9 @@ statuses with a `google.rpc.ErrorInfo`, and writes one JSON log line per call.
 
 Nothing a client sends may surface as UNKNOWN: a `ServiceError` becomes its status; anything
 else is a bug, logged by type and place only (exception text may carry request data) and
-answered INTERNAL with reason INTERNAL."""
+answered INTERNAL with reason INTERNAL. Requests are parsed here too, not by grpc (which answers
+bytes that are not the message with INTERNAL or UNKNOWN and no log line): a malformed one is
+INVALID_ARGUMENT, reason MALFORMED_REQUEST, like any other bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from svc_common import edge_log
-from svc_common.errors import ErrorKind, ServiceError
+from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 
 _CODES: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
@@ -47,21 +49,40 @@ def internal_status(domain: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def wrap_handler(handler: Any, unary: Callable[[Any], Any], stream: Callable[[Any], Any]) -> Any:
-    """`handler` with its behaviour wrapped by `unary` or `stream` (other kinds unchanged)."""
+Parse = Callable[[bytes], Any]
+Wrap = Callable[[Any, Parse], Any]
+
+
+def wrap_handler(handler: Any, unary: Wrap, stream: Wrap) -> Any:
+    """`handler` with its behaviour wrapped by `unary` or `stream` (other kinds unchanged).
+    The wrapped behaviour gets the request's bytes and the handler's parser (`parse_request`)."""
+    parse = handler.request_deserializer or _as_is
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            unary(handler.unary_unary, parse),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            stream(handler.unary_stream, parse),
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def parse_request(parse: Parse, raw: bytes) -> Any:
+    """The request message from the bytes the client sent. Any failure is the client's
+    malformed input (DecodeError, invalid UTF-8 in a string field, ...), never a server fault."""
+    try:
+        return parse(raw)
+    except Exception:
+        raise invalid_argument(
+            "MALFORMED_REQUEST", "the request is not a well-formed message of this method"
+        ) from None
+
+
+def _as_is(raw: bytes) -> bytes:
+    return raw
 
 
 class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -84,7 +105,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         if handler is None or is_quiet(method):
             return handler
         wrapped = wrap_handler(
-            handler, lambda b: self._unary(b, method), lambda b: self._stream(b, method)
+            handler,
+            lambda b, parse: self._unary(b, parse, method),
+            lambda b, parse: self._stream(b, parse, method),
         )
         self._wrapped[method] = wrapped
         return wrapped
@@ -107,12 +130,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
     def _done(self, start: float, code: str, reason: str) -> None:
         edge_log.end_call(start, code, reason)
 
-    def _unary(self, behavior: Any, method: str) -> Any:
-        def call(request: Any, context: Any) -> Any:
+    def _unary(self, behavior: Any, parse: Parse, method: str) -> Any:
+        def call(raw: bytes, context: Any) -> Any:
             start = self._begin(method, context)
             code, reason = "OK", ""
             try:
-                response = behavior(request, context)
+                response = behavior(parse_request(parse, raw), context)
                 c = context.code()
                 if c is not None:
                     code = c.name
@@ -133,12 +156,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
         return call
 
-    def _stream(self, behavior: Any, method: str) -> Any:
-        def call(request: Any, context: Any) -> Iterator[Any]:
+    def _stream(self, behavior: Any, parse: Parse, method: str) -> Any:
+        def call(raw: bytes, context: Any) -> Iterator[Any]:
             start = self._begin(method, context)
             code, reason = "OK", ""
             try:
-                yield from behavior(request, context)
+                yield from behavior(parse_request(parse, raw), context)
             except GeneratorExit:
                 code = "CANCELLED"
                 raise

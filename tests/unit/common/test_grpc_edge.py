@@ -128,6 +128,46 @@ def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+# A truncated varint, a length past the end, and bytes that are no protobuf at all: malformed
+# for any message. For GenerateToken also a string (Dii.email) holding invalid UTF-8.
+MALFORMED = (b"\x08", b"\x0a\x05", b"\xff\xff")
+BAD_UTF8 = b"\x0a\x03\x0a\x01\xff"
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_malformed_request_bytes_are_invalid_argument(
+    served: Served, registered: bool, capsys: Any
+) -> None:
+    """grpc's own parsing would answer these INTERNAL or UNKNOWN and log nothing; the edge
+    parses instead. Unary and streaming, registered methods and calls by name alike."""
+    configure_logging(service="test")
+    capsys.readouterr()
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        unary = channel.unary_unary(
+            f"/{SERVICE.full_name}/GenerateToken", _registered_method=registered
+        )
+        stream = channel.unary_stream(
+            f"/{SERVICE.full_name}/WatchOptOuts", _registered_method=registered
+        )
+        calls = [
+            (unary, (*MALFORMED, BAD_UTF8)),
+            (lambda raw, **kw: next(stream(raw, **kw)), MALFORMED),
+        ]
+        for call, inputs in calls:
+            for raw in inputs:
+                with pytest.raises(grpc.RpcError) as caught:
+                    call(raw, timeout=5, metadata=(("x-request-id", "malformed"),))
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+                assert to_remote_error(caught.value).reason == "MALFORMED_REQUEST"
+                assert "DecodeError" not in (caught.value.details() or "")
+    time.sleep(0.1)  # an aborted call's line follows its status by a moment
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    ours = [x for x in lines if x.get("request_id") == "malformed"]
+    assert [(x["code"], x["reason"]) for x in ours] == [
+        ("INVALID_ARGUMENT", "MALFORMED_REQUEST")
+    ] * 7
+
+
 def test_unexpected_exception_is_internal_without_its_text(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         _gen(stub, phone="+15551234567")
