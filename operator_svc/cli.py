@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -131,11 +132,15 @@ def _require_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir)
 
 
-def _open(args: argparse.Namespace) -> OperatorStore:
+def _existing_dir(args: argparse.Namespace) -> Path:
     directory = _require_dir(args)
-    if not directory.is_dir():
+    if not directory.exists():
         raise CliError(f"data dir {directory} does not exist; run `{PROG} init` first")
-    return OperatorStore.open(directory)
+    return directory
+
+
+def _open(args: argparse.Namespace) -> OperatorStore:
+    return OperatorStore.open(_existing_dir(args))
 
 
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
@@ -163,9 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
     from svc_common.logging import configure_logging
 
     config = serve_config(args)
-    directory = config.data_dir
-    if not (directory / "operator.sqlite3").is_file():
-        raise CliError(f"no operator store in {directory}; run `{PROG} init` first")
+    # Fails before logging and the listener start, as one plain line, on a store `init` did not
+    # make usable.
+    OperatorStore.open(_existing_dir(args)).close()
     configure_logging(args.log_level, service="operator")
     import structlog
 
@@ -197,8 +202,6 @@ def _run(args: argparse.Namespace) -> int:
         scope = args.identity_scope or _env("IDENTITY_SCOPE", "UID2")
         if scope not in ("UID2", "EUID"):
             raise CliError("identity scope must be UID2 or EUID")
-        if directory.exists() and not directory.is_dir():
-            raise CliError(f"{directory} is not a directory")
         store = OperatorStore.create(directory)
         try:
             created = admin.initialise(store, _now_ms(), rng, scope)
@@ -272,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except (CliError, ConfigError, admin.AdminError, StoreError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except sqlite3.Error as exc:
+        # A valid SQLite file whose tables are not the operator's gets past opening.
+        sys.stderr.write(f"{PROG}: error: the store in {args.data_dir} cannot be used: {exc}\n")
         return 2
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: {exc.strerror or str(exc) or type(exc).__name__}\n")
