@@ -143,22 +143,24 @@ def _open(args: argparse.Namespace) -> OperatorStore:
     return OperatorStore.open(_existing_dir(args))
 
 
-def serve_config(args: argparse.Namespace) -> OperatorConfig:
-    def pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any]) -> Any:
-        return flag if flag is not None else _env(env, default, cast)
+def _pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    # `is not None`, not `or`: an explicit 0 must reach validation, not become the default.
+    return flag if flag is not None else _env(env, default, cast)
 
+
+def serve_config(args: argparse.Namespace) -> OperatorConfig:
     return OperatorConfig(
         data_dir=_require_dir(args),
-        listen=pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
-        token_lifetime_s=pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
-        refresh_lifetime_s=pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
-        refresh_from_s=pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
-        max_bidstream_lifetime_s=pick(
+        listen=_pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
+        token_lifetime_s=_pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
+        refresh_lifetime_s=_pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
+        refresh_from_s=_pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
+        max_bidstream_lifetime_s=_pick(
             args.max_bidstream_lifetime, "MAX_BIDSTREAM_LIFETIME_S", 0, int
         ),
-        allow_clock_skew_s=pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
-        sync_interval_s=pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
-        http_listen=pick(args.http_listen, "HTTP_LISTEN", None, str),
+        allow_clock_skew_s=_pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
+        sync_interval_s=_pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
+        http_listen=_pick(args.http_listen, "HTTP_LISTEN", None, str),
     )
 
 
@@ -199,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         return _serve(args)
     if cmd == "init":
         directory = _require_dir(args)
-        scope = args.identity_scope or _env("IDENTITY_SCOPE", "UID2")
+        scope = _pick(args.identity_scope, "IDENTITY_SCOPE", "UID2")
         if scope not in ("UID2", "EUID"):
             raise CliError("identity scope must be UID2 or EUID")
         store = OperatorStore.create(directory)
@@ -248,8 +250,8 @@ def _run(args: argparse.Namespace) -> int:
             admin.revoke_delegation(store, args.site_id, args.client_name)
             _print({"revoked": True, "site_id": args.site_id})
         elif cmd == "keys":
-            token_s = args.token_lifetime or _env("TOKEN_LIFETIME_S", 3 * DAY_S, int)
-            refresh_s = args.refresh_lifetime or _env("REFRESH_LIFETIME_S", 30 * DAY_S, int)
+            token_s = _pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int)
+            refresh_s = _pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int)
             report = admin.rotate_keys(
                 store,
                 now_ms=_now_ms(),
