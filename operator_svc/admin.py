@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from operator_svc.config import check_lifetimes
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, REFRESH_KEYSET_ID
@@ -29,6 +30,8 @@ API_KEY_PREFIX = "UID2-C-"
 # A key lives this long unless a rotation shortens it to what its tokens need.
 KEY_LIFETIME_S = 365 * 86_400
 DEFAULT_ACTIVATION_DELAY_S = 3600
+# A key announced years ahead is a typo, not a plan (and must fit SQLite's int64).
+MAX_ACTIVATION_DELAY_S = 365 * 86_400
 FALLBACK_KEYSET_ID = 2
 FIRST_SITE_KEYSET_ID = 3
 MAX_SITE_ID = 2**31 - 1
@@ -288,8 +291,11 @@ def rotate_keys(
     decryptors have it before its first use. Each key it supersedes keeps being published
     until every token it may have encrypted has expired (successor's activation + the longest
     lifetime of what it encrypts + clock skew); keys past that are pruned."""
-    if activation_delay_s < 0:
-        raise AdminError("activation delay must not be negative")
+    if not 0 <= activation_delay_s <= MAX_ACTIVATION_DELAY_S:
+        raise AdminError(
+            f"activation delay must be within 0 and {MAX_ACTIVATION_DELAY_S} seconds (a year)"
+        )
+    check_lifetimes(token_lifetime_s, refresh_lifetime_s)
     now_s = now_ms // 1000
     activates = now_s + activation_delay_s
     created = 0

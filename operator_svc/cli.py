@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -131,29 +132,35 @@ def _require_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir)
 
 
-def _open(args: argparse.Namespace) -> OperatorStore:
+def _existing_dir(args: argparse.Namespace) -> Path:
     directory = _require_dir(args)
-    if not directory.is_dir():
+    if not directory.exists():
         raise CliError(f"data dir {directory} does not exist; run `{PROG} init` first")
-    return OperatorStore.open(directory)
+    return directory
+
+
+def _open(args: argparse.Namespace) -> OperatorStore:
+    return OperatorStore.open(_existing_dir(args))
+
+
+def _pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    # `is not None`, not `or`: an explicit 0 must reach validation, not become the default.
+    return flag if flag is not None else _env(env, default, cast)
 
 
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
-    def pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any]) -> Any:
-        return flag if flag is not None else _env(env, default, cast)
-
     return OperatorConfig(
         data_dir=_require_dir(args),
-        listen=pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
-        token_lifetime_s=pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
-        refresh_lifetime_s=pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
-        refresh_from_s=pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
-        max_bidstream_lifetime_s=pick(
+        listen=_pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
+        token_lifetime_s=_pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
+        refresh_lifetime_s=_pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
+        refresh_from_s=_pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
+        max_bidstream_lifetime_s=_pick(
             args.max_bidstream_lifetime, "MAX_BIDSTREAM_LIFETIME_S", 0, int
         ),
-        allow_clock_skew_s=pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
-        sync_interval_s=pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
-        http_listen=pick(args.http_listen, "HTTP_LISTEN", None, str),
+        allow_clock_skew_s=_pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
+        sync_interval_s=_pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
+        http_listen=_pick(args.http_listen, "HTTP_LISTEN", None, str),
     )
 
 
@@ -163,9 +170,9 @@ def _serve(args: argparse.Namespace) -> int:
     from svc_common.logging import configure_logging
 
     config = serve_config(args)
-    directory = config.data_dir
-    if not (directory / "operator.sqlite3").is_file():
-        raise CliError(f"no operator store in {directory}; run `{PROG} init` first")
+    # Fails before logging and the listener start, as one plain line, on a store `init` did not
+    # make usable.
+    OperatorStore.open(_existing_dir(args)).close()
     configure_logging(args.log_level, service="operator")
     import structlog
 
@@ -194,11 +201,9 @@ def _run(args: argparse.Namespace) -> int:
         return _serve(args)
     if cmd == "init":
         directory = _require_dir(args)
-        scope = args.identity_scope or _env("IDENTITY_SCOPE", "UID2")
+        scope = _pick(args.identity_scope, "IDENTITY_SCOPE", "UID2")
         if scope not in ("UID2", "EUID"):
             raise CliError("identity scope must be UID2 or EUID")
-        if directory.exists() and not directory.is_dir():
-            raise CliError(f"{directory} is not a directory")
         store = OperatorStore.create(directory)
         try:
             created = admin.initialise(store, _now_ms(), rng, scope)
@@ -245,8 +250,8 @@ def _run(args: argparse.Namespace) -> int:
             admin.revoke_delegation(store, args.site_id, args.client_name)
             _print({"revoked": True, "site_id": args.site_id})
         elif cmd == "keys":
-            token_s = args.token_lifetime or _env("TOKEN_LIFETIME_S", 3 * DAY_S, int)
-            refresh_s = args.refresh_lifetime or _env("REFRESH_LIFETIME_S", 30 * DAY_S, int)
+            token_s = _pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int)
+            refresh_s = _pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int)
             report = admin.rotate_keys(
                 store,
                 now_ms=_now_ms(),
@@ -272,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except (CliError, ConfigError, admin.AdminError, StoreError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except sqlite3.Error as exc:
+        # A valid SQLite file whose tables are not the operator's gets past opening.
+        sys.stderr.write(f"{PROG}: error: the store in {args.data_dir} cannot be used: {exc}\n")
         return 2
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: {exc.strerror or str(exc) or type(exc).__name__}\n")

@@ -8,6 +8,9 @@ from pathlib import Path
 
 DAY_S = 86_400
 HOUR_S = 3_600
+# Far beyond any deployment's lifetimes (the official ones are days), and small enough that
+# epoch milliseconds plus a lifetime still fit SQLite's and protobuf's int64.
+MAX_LIFETIME_S = 10 * 365 * DAY_S
 
 
 class ConfigError(ValueError):
@@ -49,17 +52,22 @@ class OperatorConfig:
     def validate(self) -> None:
         if self.identity_scope not in ("UID2", "EUID"):
             raise ConfigError("identity scope must be UID2 or EUID")
-        for name in ("token_lifetime_s", "refresh_lifetime_s", "refresh_from_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.removesuffix('_s').replace('_', ' ')} must be positive")
-        if not self.refresh_from_s <= self.token_lifetime_s <= self.refresh_lifetime_s:
+        check_lifetimes(self.token_lifetime_s, self.refresh_lifetime_s)
+        if self.refresh_from_s <= 0:
+            raise ConfigError("refresh from must be positive")
+        if self.refresh_from_s > self.token_lifetime_s:
+            raise ConfigError("refresh from must not exceed the token lifetime")
+        if self.max_bidstream_lifetime_s and not (
+            self.token_lifetime_s <= self.max_bidstream_lifetime_s <= MAX_LIFETIME_S
+        ):
             raise ConfigError(
-                "lifetimes must satisfy refresh_from <= token lifetime <= refresh lifetime"
+                "max bidstream lifetime must be at least the token lifetime"
+                f" and at most {MAX_LIFETIME_S} seconds"
             )
-        if self.max_bidstream_lifetime_s and self.max_bidstream_lifetime_s < self.token_lifetime_s:
-            raise ConfigError("max bidstream lifetime must be at least the token lifetime")
-        if self.max_sharing_lifetime_s <= 0 or self.allow_clock_skew_s < 0:
-            raise ConfigError("sharing lifetime must be positive and clock skew not negative")
+        if not 0 < self.max_sharing_lifetime_s <= MAX_LIFETIME_S:
+            raise ConfigError(f"sharing lifetime must be within 1 and {MAX_LIFETIME_S} seconds")
+        if not 0 <= self.allow_clock_skew_s <= MAX_LIFETIME_S:
+            raise ConfigError(f"clock skew must be within 0 and {MAX_LIFETIME_S} seconds")
         if not 0.01 <= self.sync_interval_s <= 60:
             raise ConfigError("sync interval must be within 0.01 and 60 seconds")
         if self.max_workers < 1:
@@ -67,6 +75,18 @@ class OperatorConfig:
         _check_listen(self.listen)
         if self.http_listen is not None:
             _check_listen(self.http_listen)
+
+
+def check_lifetimes(token_lifetime_s: int, refresh_lifetime_s: int) -> None:
+    """The rules on the two lifetimes that both serving and key rotation depend on: rotation
+    keeps a superseded key only that long, so a non-positive one prunes keys still in use."""
+    for name, value in (("token", token_lifetime_s), ("refresh", refresh_lifetime_s)):
+        if value <= 0:
+            raise ConfigError(f"{name} lifetime must be positive")
+        if value > MAX_LIFETIME_S:
+            raise ConfigError(f"{name} lifetime must be at most {MAX_LIFETIME_S} seconds")
+    if token_lifetime_s > refresh_lifetime_s:
+        raise ConfigError("token lifetime must not exceed the refresh lifetime")
 
 
 def _check_listen(listen: str) -> None:

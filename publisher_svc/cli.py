@@ -21,6 +21,7 @@ import structlog
 
 from publisher_svc.config import PublisherConfig
 from publisher_svc.publisher import StorageMode
+from publisher_svc.store import StoreError
 from svc_common.logging import configure_logging
 
 ENV_PREFIX = "UID2_PUBLISHER_"
@@ -189,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, service="publisher")
     try:
         return _serve(config)
+    except StoreError as exc:
+        _fail(f"cannot start: {exc}")
+        return 2
     except OSError as exc:
         _fail(f"cannot start: {exc.strerror or str(exc) or type(exc).__name__}")
         return 2

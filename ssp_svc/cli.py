@@ -73,17 +73,16 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     name: str = args.name.strip()
     if not name:
         return fail("uid2-ssp: --name must not be empty")
-    if not data_dir.is_dir():
-        return fail(f"uid2-ssp: data dir {data_dir} does not exist")
     domains = tuple(d.strip().lower() for d in getattr(args, "domain", []) if d.strip())
     apps = tuple(a.strip() for a in getattr(args, "app", []) if a.strip())
-    store = SqliteAccountStore(data_dir)
     try:
-        account, api_key = store.add(name, kind, domains, apps)
+        store = SqliteAccountStore(data_dir)
+        try:
+            account, api_key = store.add(name, kind, domains, apps)
+        finally:
+            store.close()
     except StoreError as exc:
         return fail(f"uid2-ssp: {exc}")
-    finally:
-        store.close()
     out: dict[str, object] = {"name": account.name, "api_key": api_key}
     if kind is AccountKind.PUBLISHER:
         out["domains"] = list(domains)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssp_svc.bidders import BidderTarget
+from svc_common.sqlite_db import require_data_dir
 
 
 class ConfigError(ValueError):
@@ -41,8 +42,8 @@ class SspConfig:
     def __post_init__(self) -> None:
         if (self.data_dir is None) == (self.publishers_file is None):
             raise ConfigError("give exactly one of --data-dir and --publishers-file")
-        if self.data_dir is not None and not self.data_dir.is_dir():
-            raise ConfigError(f"data dir {self.data_dir} does not exist")
+        if self.data_dir is not None:
+            require_data_dir(self.data_dir, ConfigError)
         if self.publishers_file is not None and not self.publishers_file.is_file():
             raise ConfigError(f"publishers file {self.publishers_file} does not exist")
         if bool(self.operator) != bool(self.operator_api_key):

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
+from svc_common.sqlite_db import open_db, require_data_dir
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
@@ -53,15 +54,8 @@ CREATE TABLE IF NOT EXISTS optouts (
 
 
 class StoreError(Exception):
-    """The store cannot be used as asked (absent, not initialised, conflicting row)."""
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    """The store cannot be used as asked (absent, unreadable, not initialised, conflicting
+    row); the message is one line for stderr."""
 
 
 class OperatorStore:
@@ -76,10 +70,12 @@ class OperatorStore:
 
     @classmethod
     def open(cls, data_dir: Path | str) -> OperatorStore:
-        path = Path(data_dir) / DB_FILE
-        if not path.is_file():
+        directory = Path(data_dir)
+        require_data_dir(directory, StoreError)
+        path = directory / DB_FILE
+        if not path.exists():
             raise StoreError(f"no operator store in {data_dir}; run `uid2-operator init` first")
-        store = cls(_connect(path), path)
+        store = cls(open_db(path, StoreError), path)
         if store.meta_int("schema_version") != SCHEMA_VERSION:
             store.close()
             raise StoreError(f"the store in {data_dir} is not initialised or has another schema")
@@ -89,15 +85,13 @@ class OperatorStore:
     def create(cls, data_dir: Path | str) -> OperatorStore:
         """Opens the store, creating the file and tables if absent (not the initial data)."""
         directory = Path(data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
+        require_data_dir(directory, StoreError, create=True)
         path = directory / DB_FILE
-        conn = _connect(path)
-        conn.executescript(_SCHEMA)
-        return cls(conn, path)
+        return cls(open_db(path, StoreError, schema=_SCHEMA), path)
 
     def reader(self) -> OperatorStore:
         """A second connection to the same file, for a background reader thread."""
-        return OperatorStore(_connect(self._path), self._path)
+        return OperatorStore(open_db(self._path, StoreError), self._path)
 
     def close(self) -> None:
         with self._lock:

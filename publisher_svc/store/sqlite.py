@@ -5,12 +5,12 @@ single-row updates, so a lock costs less than a connection per thread."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
+from svc_common.sqlite_db import open_db, require_data_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -43,6 +43,10 @@ _COLS = (
     "user_id, dii_key, advertising_token, refresh_token, identity_expires, refresh_from, "
     "refresh_expires, refresh_response_key, failed_attempts"
 )
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the message is one line for stderr."""
 
 
 @dataclass(frozen=True)
@@ -81,19 +85,9 @@ class SqliteStore:
 
     def __init__(self, data_dir: str | Path) -> None:
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(path / self.FILE_NAME),
-            check_same_thread=False,
-            isolation_level=None,  # explicit transactions only
-            timeout=30,
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from svc_common.sqlite_db import open_db, require_data_dir
+
 DB_NAME = "ssp.sqlite3"
 KEY_PREFIX = "UID2-SSP-"
 
@@ -75,17 +77,10 @@ CREATE TABLE IF NOT EXISTS accounts (
 
 class SqliteAccountStore:
     def __init__(self, data_dir: Path, *, create: bool = False) -> None:
-        path = data_dir / DB_NAME
-        if not data_dir.is_dir():
-            if not create:
-                raise StoreError(f"data dir {data_dir} does not exist")
-            data_dir.mkdir(parents=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        require_data_dir(data_dir, StoreError, create=create)
+        self._path = data_dir / DB_NAME
+        self._conn = open_db(self._path, StoreError, schema=_SCHEMA)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
         self._cache: dict[str, tuple[bytes, bytes, Account]] = {}
 
     def add(
@@ -117,6 +112,9 @@ class SqliteAccountStore:
                 )
         except sqlite3.IntegrityError:
             raise StoreError(f"a {kind.value} named {name!r} already exists") from None
+        except sqlite3.Error as exc:
+            # A valid SQLite file whose accounts table is not ours gets past opening.
+            raise StoreError(f"store {self._path} cannot be written: {exc}") from None
         return account, api_key
 
     def authenticate(self, api_key: str) -> Account | None:

@@ -13,6 +13,7 @@ import pytest
 
 from publisher_svc.cookie import decode_cookie
 from tests.integration.publisher.conftest import RecordingSsp
+from tests.support.bad_stores import one_error_line, unusable_store
 from tests.support.procs import ServiceProcess, run_cli
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.publisher.v1 import publisher_pb2_grpc
@@ -149,3 +150,15 @@ def test_cli_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert run_cli(["uid2-publisher", "serve", "--help"]).returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == ["bound"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "directory", "uncreatable"])
+def test_unusable_store_is_one_line_exit_2(tmp_path: Path, kind: str) -> None:
+    data_dir, named = unusable_store(tmp_path, "publisher.sqlite3", kind)
+    r = run_cli(
+        ["uid2-publisher", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+         "--operator-address", "127.0.0.1:1", "--operator-api-key", "k", "--site-id", "5",
+         "--ssp-address", "127.0.0.1:2", "--ssp-api-key", "s"]
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert str(named) in one_error_line(r.stderr, "uid2-publisher: error: cannot start: ")

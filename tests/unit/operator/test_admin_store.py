@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from operator_svc import admin
-from operator_svc.config import OperatorConfig
+from operator_svc.config import ConfigError, OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.tokens import GenerateStatus
@@ -111,6 +111,28 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     ids = {k.key_id for k in store.key_rows()}
     assert old_master.key_id not in ids and old_refresh.key_id in ids
     assert report2.pruned == 2
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"activation_delay_s": 10**20},
+        {"activation_delay_s": -1},
+        {"token_lifetime_s": -100_000, "refresh_lifetime_s": -100_000},
+        {"token_lifetime_s": 0},
+        {"refresh_lifetime_s": 10**20},
+    ],
+)
+def test_key_rotation_rejects_lifetimes_that_would_prune_live_keys(
+    tmp_path: Path, kwargs: dict[str, int]
+) -> None:
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    before = store.key_rows()
+    with pytest.raises((admin.AdminError, ConfigError)):
+        admin.rotate_keys(store, now_ms=T0, rng=os.urandom, **kwargs)  # type: ignore[arg-type]
+    assert store.key_rows() == before
     store.close()
 
 

@@ -27,6 +27,8 @@ def test_production_defaults() -> None:
         {"refresh_from_s": 7200, "token_lifetime_s": 3600},
         {"token_lifetime_s": 10, "refresh_lifetime_s": 5, "refresh_from_s": 1},
         {"token_lifetime_s": 0},
+        {"token_lifetime_s": 10**20, "refresh_lifetime_s": 10**21},
+        {"allow_clock_skew_s": 10**20},
         {"listen": "nohost"},
         {"listen": "h:99999"},
         {"identity_scope": "XYZ"},

@@ -1,0 +1,58 @@
+"""Opening a service's SQLite file in its data dir, the one way all three services do it (WAL,
+synchronous=FULL, autocommit with explicit transactions, shared across threads under the store's
+own lock).
+
+Whatever goes wrong while opening (a missing or non-directory data dir, a directory or garbage
+where the database should be, a directory SQLite cannot write to) is raised as the caller's own
+store error with a one-line message naming the path, so each CLI reports it as a usage mistake
+(exit 2) instead of a traceback."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+ErrorFactory = Callable[[str], Exception]
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = False) -> None:
+    """Checks that `directory` is a directory, making it (and its parents) when `create`."""
+    if directory.is_dir():
+        return
+    if directory.exists():
+        raise error(f"data dir {directory} is not a directory")
+    if not create:
+        raise error(f"data dir {directory} does not exist")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"data dir {directory} cannot be created: {_os_reason(exc)}") from None
+
+
+def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Connection:
+    """Connects to `path` (created if absent), sets the pragmas and runs `schema` if given."""
+    if path.exists() and not path.is_file():
+        raise error(f"store {path} is not a regular file")
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        # A garbage file passes connect(); the first statement is what reads the header.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        if schema:
+            conn.executescript(schema)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise error(f"store {path} cannot be opened: {exc}") from None
+    return conn
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -1,0 +1,48 @@
+"""Data dirs whose SQLite store cannot be used, one of each kind, for the CLI tests of all three
+services (each must answer with one stderr line naming the path and exit 2)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+# /proc takes no new files or directories, whoever asks (root included).
+UNWRITABLE_DIR = Path("/proc/self")
+UNCREATABLE_DIR = Path("/proc/nonexistent/data")
+
+
+def unusable_store(
+    tmp_path: Path, db_name: str, kind: str, table: str = "meta"
+) -> tuple[Path, Path]:
+    """Makes a data dir of `kind`; returns it (for --data-dir) and the path the error must name.
+
+    Kinds: garbage (not SQLite), directory (where the file goes), foreign (SQLite with someone
+    else's `table`), unwritable, file (the data dir is a file), uncreatable, absent."""
+    db = tmp_path / db_name
+    if kind == "garbage":
+        db.write_text("garbage\n")
+    elif kind == "directory":
+        db.mkdir()
+    elif kind == "foreign":
+        with sqlite3.connect(db) as conn:
+            conn.execute(f"CREATE TABLE {table} (x)")
+    elif kind == "unwritable":
+        return UNWRITABLE_DIR, UNWRITABLE_DIR / db_name
+    elif kind == "file":
+        a_file = tmp_path / "a-file"
+        a_file.write_text("x")
+        return a_file, a_file
+    elif kind == "uncreatable":
+        return UNCREATABLE_DIR, UNCREATABLE_DIR
+    elif kind == "absent":
+        return tmp_path / "absent", tmp_path / "absent"
+    else:
+        raise ValueError(kind)
+    return tmp_path, db
+
+
+def one_error_line(stderr: str, prefix: str) -> str:
+    """The only line of `stderr`, which must start with `prefix`."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), stderr
+    return lines[0]

@@ -1,0 +1,50 @@
+"""Opening a data dir's SQLite file: every way it can be unusable is the caller's error type with
+one line naming the path, never a bare sqlite3 or OS exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from svc_common.sqlite_db import open_db, require_data_dir
+from tests.support.bad_stores import unusable_store
+
+
+class Bad(Exception):
+    pass
+
+
+def test_opens_creates_and_applies_schema(tmp_path: Path) -> None:
+    require_data_dir(tmp_path / "a" / "b", Bad, create=True)
+    conn = open_db(tmp_path / "a" / "b" / "x.sqlite3", Bad, schema="CREATE TABLE t (v INTEGER);")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_data_dir_mistakes_name_the_dir(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (tmp_path / "absent", False, "does not exist"),
+        (a_file, False, "is not a directory"),
+        (a_file, True, "is not a directory"),
+        (a_file / "sub", True, "cannot be created"),
+    ]
+    for directory, create, problem in cases:
+        with pytest.raises(Bad) as exc:
+            require_data_dir(directory, Bad, create=create)
+        assert str(directory) in str(exc.value) and problem in str(exc.value)
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "directory", "unwritable"])
+def test_unusable_database_names_the_file(tmp_path: Path, kind: str) -> None:
+    _, path = unusable_store(tmp_path, "x.sqlite3", kind)
+    with pytest.raises(Bad) as exc:
+        open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    message = str(exc.value)
+    assert str(path) in message and "\n" not in message

@@ -1,0 +1,121 @@
+"""`uid2-operator` in-process: a bad store, data dir or number is one line on stderr and exit 2,
+and a rejected `keys rotate` leaves every key where it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from operator_svc import cli
+from operator_svc.store import KeyRow, OperatorStore
+from tests.support.bad_stores import one_error_line, unusable_store
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs the CLI; asserts exit 2 with exactly one stderr line, which it returns."""
+    rc = cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    return one_error_line(err, "uid2-operator: error: ")
+
+
+@pytest.fixture
+def initialised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    d = tmp_path / "op"
+    assert cli.main(["init", "--data-dir", str(d)]) == 0
+    capsys.readouterr()
+    return d
+
+
+def _key_rows(d: Path) -> list[KeyRow]:
+    store = OperatorStore.open(d)
+    try:
+        return store.key_rows()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [["init"], ["client", "list"], ["serve"]])
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("garbage", "file is not a database"),
+        ("directory", "is not a regular file"),
+        ("foreign", ""),
+        ("unwritable", ""),
+        ("file", "is not a directory"),
+        ("uncreatable", ""),
+    ],
+)
+def test_unusable_store(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    kind: str,
+    problem: str,
+) -> None:
+    data_dir, named = unusable_store(tmp_path, "operator.sqlite3", kind)
+    extra = ["--listen", "127.0.0.1:0"] if command == ["serve"] else []
+    line = _fails(capsys, *command, "--data-dir", str(data_dir), *extra)
+    assert str(named if problem else data_dir) in line and problem in line
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("foreign", "cannot be used: no such column"),
+        ("unwritable", "/proc/self/operator.sqlite3 cannot be opened"),
+        ("uncreatable", "data dir /proc/nonexistent/data cannot be created"),
+    ],
+)
+def test_init_says_what_is_wrong_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, problem: str
+) -> None:
+    data_dir, _ = unusable_store(tmp_path, "operator.sqlite3", kind)
+    line = _fails(capsys, "init", "--data-dir", str(data_dir))
+    assert problem in line and str(data_dir) in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--activation-delay", "99999999999999999999"], "activation delay"),
+        (["--activation-delay", "-1"], "activation delay"),
+        (
+            ["--activation-delay", "0", "--token-lifetime", "-100000",
+             "--refresh-lifetime", "-100000"],
+            "token lifetime must be positive",
+        ),
+        (["--token-lifetime", "0"], "token lifetime must be positive"),
+        (["--refresh-lifetime", "0"], "refresh lifetime must be positive"),
+        (["--token-lifetime", "99999999999999999999"], "token lifetime must be at most"),
+        (["--token-lifetime", "100", "--refresh-lifetime", "50"], "must not exceed"),
+    ],
+)  # fmt: skip
+def test_keys_rotate_rejects_what_serve_rejects(
+    initialised: Path, capsys: pytest.CaptureFixture[str], flags: list[str], problem: str
+) -> None:
+    before = _key_rows(initialised)
+    assert problem in _fails(capsys, "keys", "rotate", "--data-dir", str(initialised), *flags)
+    assert _key_rows(initialised) == before
+
+
+def test_zero_from_the_environment_is_not_the_default(
+    initialised: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UID2_OPERATOR_TOKEN_LIFETIME_S", "0")
+    before = _key_rows(initialised)
+    line = _fails(capsys, "keys", "rotate", "--data-dir", str(initialised))
+    assert "token lifetime must be positive" in line
+    assert _key_rows(initialised) == before
+    # The same setting stops `serve` too, with the same words.
+    assert line == _fails(capsys, "serve", "--data-dir", str(initialised))
+
+
+def test_keys_rotate_with_valid_lifetimes(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["keys", "rotate", "--data-dir", str(initialised), "--token-lifetime", "60"]
+    assert cli.main([*argv, "--refresh-lifetime", "120", "--activation-delay", "0"]) == 0
+    assert '"created": 3' in capsys.readouterr().out
