@@ -19,6 +19,8 @@ from operator_svc.config import DAY_S, HOUR_S, ConfigError, OperatorConfig
 from operator_svc.store import OperatorStore, StoreError
 
 PROG = "uid2-operator"
+# gRPC's customary port, as in the README; 8080 is where the README puts the HTTP API.
+DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV = "UID2_OPERATOR_"
 
 
@@ -110,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     _data_dir(p)
-    p.add_argument("--listen", default=None, help="HOST:PORT (env UID2_OPERATOR_LISTEN)")
+    p.add_argument(
+        "--listen", default=None, help=f"HOST:PORT (env UID2_OPERATOR_LISTEN; {DEFAULT_LISTEN})"
+    )
     p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--refresh-from", type=int, default=None, metavar="SECONDS")
@@ -151,7 +155,7 @@ def _pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any] = str) -
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
     return OperatorConfig(
         data_dir=_require_dir(args),
-        listen=_pick(args.listen, "LISTEN", "127.0.0.1:8080", str),
+        listen=_pick(args.listen, "LISTEN", DEFAULT_LISTEN, str),
         token_lifetime_s=_pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
         refresh_lifetime_s=_pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
         refresh_from_s=_pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
