@@ -59,12 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-scope", choices=("UID2", "EUID"), default=None)
 
     site = sub.add_parser("site", help="manage sites").add_subparsers(dest="action", required=True)
-    p = site.add_parser("add", help="add or update a site and its default keyset")
+    p = site.add_parser(
+        "add",
+        help="add or update a site and its default keyset",
+        description="Adds the site, or updates an existing one: its name, domains and app names "
+        "become the ones given here (list every domain and app the site keeps).",
+    )
     _data_dir(p)
     p.add_argument("--site-id", type=int, required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--domain", action="append", default=[], help="repeatable")
-    p.add_argument("--app-name", action="append", default=[], help="repeatable")
+    p.add_argument("--domain", action="append", default=[], help="repeatable; replaces the list")
+    p.add_argument("--app-name", action="append", default=[], help="repeatable; replaces the list")
 
     client = sub.add_parser("client", help="manage API clients").add_subparsers(
         dest="action", required=True
