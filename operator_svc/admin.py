@@ -20,6 +20,7 @@ from typing import Any
 from operator_svc.config import check_lifetimes
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
+from svc_common.names import check_app_name, normalise_domain
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 
@@ -158,8 +159,11 @@ def add_site(
     check_site_id(site_id)
     if not name.strip():
         raise AdminError("site name must not be empty")
-    clean_domains = tuple(dict.fromkeys(d.strip().lower() for d in domains if d.strip()))
-    clean_apps = tuple(dict.fromkeys(a.strip() for a in app_names if a.strip()))
+    try:
+        clean_domains = tuple(dict.fromkeys(normalise_domain(d) for d in domains))
+        clean_apps = tuple(dict.fromkeys(check_app_name(a) for a in app_names))
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
     site = SiteRow(site_id, name.strip(), clean_domains, clean_apps)
     with store.transaction() as conn:
         OperatorStore.upsert_site(conn, site)

@@ -78,6 +78,19 @@ def test_client_name_is_one_participant_on_one_site(env: Env) -> None:
     ]
 
 
+def test_site_domains_and_apps_are_checked_and_normalised(env: Env) -> None:
+    site = admin.add_site(
+        env.store, 71, "s71", [" News.Example.COM", "news.example.com."], ["com.s71.app"], T0,
+        os.urandom,
+    )  # fmt: skip
+    assert site.domains == ("news.example.com",) and site.app_names == ("com.s71.app",)
+    for domains, apps in ((["https://x.example/"], []), ([""], []), ([], ["com s71"])):
+        with pytest.raises(admin.AdminError, match="not a"):
+            admin.add_site(env.store, 71, "s71", domains, apps, T0, os.urandom)
+    env.op.sync_now()
+    assert env.op.state.sites[71].domains == ("news.example.com",)  # unchanged by the refusals
+
+
 def test_revoke_delegation(env: Env) -> None:
     admin.add_site(env.store, 70, "s70", [], [], T0, os.urandom)
     admin.grant_delegation(env.store, 70, "sso", T0)

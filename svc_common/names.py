@@ -1,0 +1,35 @@
+"""Site domains and app names as admins type them: checked and normalised once, where they are
+registered, so what the services store and publish (the operator's key JSON, the SSP's
+inventory allow-lists) is always a plain host name or app id."""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Android package names, iOS bundle ids, numeric App Store ids.
+_APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def normalise_domain(text: str) -> str:
+    """`text` as a lower-case ASCII host name (IDNs in punycode); ValueError if it is not one."""
+    host = text.strip().rstrip(".").lower()
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{text.strip()[:80]!r} is not a domain name") from None
+    labels = host.split(".")
+    if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"{text.strip()[:80]!r} is not a domain name (like news.example.com: "
+            "no scheme, port or path)"
+        )
+    return host
+
+
+def check_app_name(text: str) -> str:
+    """`text` stripped, if it looks like an app id (com.example.app, 123456789)."""
+    name = text.strip()
+    if not _APP.match(name):
+        raise ValueError(f"{name[:80]!r} is not an app name (like com.example.app)")
+    return name
