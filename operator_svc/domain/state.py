@@ -87,8 +87,12 @@ class OptOutIndex:
     GetOptOutStatus and WatchOptOuts). Reads are lock-free dict lookups; writers and waiters
     use `cond`."""
 
-    def __init__(self) -> None:
+    def __init__(self, never_opted_out: frozenset[bytes] = frozenset()) -> None:
         self.cond = threading.Condition()
+        # The never-opt-out test identities (reference §7): their opt-outs are recorded and
+        # acknowledged, as the official operator does, but never shown as opt-outs (status,
+        # stream), or readers would reject tokens the operator keeps issuing for them.
+        self._never = never_opted_out
         self._by_flh: dict[bytes, int] = {}
         self._by_raw: dict[bytes, int] = {}
         # (opted_out_at ms, first-level hash) in the order they were recorded.
@@ -115,6 +119,8 @@ class OptOutIndex:
                 if row.flh in self._by_flh:
                     continue
                 self._by_flh[row.flh] = row.opted_out_at_ms
+                if row.flh in self._never:
+                    continue
                 raw = raw_uid2(row.flh, salts.salt(bucket_index(row.flh)))
                 self._by_raw[raw] = row.opted_out_at_ms
                 self._events.append((row.opted_out_at_ms, row.flh))
@@ -127,7 +133,9 @@ class OptOutIndex:
         """Recomputes the raw UID2 index after the salts changed."""
         with self.cond:
             self._by_raw = {
-                raw_uid2(flh, salts.salt(bucket_index(flh))): ts for flh, ts in self._by_flh.items()
+                raw_uid2(flh, salts.salt(bucket_index(flh))): ts
+                for flh, ts in self._by_flh.items()
+                if flh not in self._never
             }
 
     def events_from(self, position: int) -> tuple[list[tuple[int, bytes]], int]:
@@ -171,8 +179,8 @@ class OperatorState:
         self.clients = clients
         self.sites = sites
         self.delegations = delegations
-        self.optouts = OptOutIndex()
         self.test_identities = TestIdentities.for_salt(first_level_salt)
+        self.optouts = OptOutIndex(self.test_identities.never_optout)
         # Called (no arguments) after keys change, e.g. to drop caches built from them.
         self.listeners: list[Callable[[], None]] = []
 

@@ -127,10 +127,19 @@ def test_test_identity_refresh_optout(env: Env, kind: str, value: str) -> None:
     "kind, value", [("email", "validate@example.com"), ("phone", "+12345678901")]
 )
 def test_test_identity_never_optout(env: Env, kind: str, value: str) -> None:
-    env.op.optouts.opt_out(env.client("optout"), kind, value)
+    """Its opt-out is acknowledged, as the official operator does, yet it shows nowhere: not in
+    generate, refresh or map, and not in opt-out status or the stream readers act on."""
+    optouts = env.op.optouts
+    assert optouts.opt_out(env.client("optout"), kind, value) == T0
     out = env.op.tokens.generate(env.client("gen"), kind, value, OK)
     assert out.status is GenerateStatus.SUCCESS and out.identity is not None
     assert env.op.tokens.refresh(out.identity.refresh_token).status is RefreshStatus.SUCCESS
+    raw_uid = env.op.mapper.map_identity(env.client("mapper"), [(kind, value)])[0].raw_uid
+    assert raw_uid
+    optouts.opt_out(env.client("optout"), "email", f"leaver-{kind}@example.com")  # a real one
+    assert optouts.opt_out_status(env.client("reader"), [raw_uid]) == []
+    streamed = [raw for raw, _ in optouts.watch(env.client("reader"), T0, lambda: False)]
+    assert streamed and raw_uid not in streamed
 
 
 def test_consent_refused(env: Env) -> None:
