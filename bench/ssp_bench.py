@@ -127,7 +127,7 @@ def run() -> dict[str, Any]:
         ):
             keys[name] = str(add_client(op_dir, site, name, roles)["api_key"])
         pub_key = str(cli("uid2-ssp", "publisher", "add", "--data-dir", str(ssp_dir),
-                           "--name", "news")["api_key"])  # fmt: skip
+                           "--name", "news", "--domain", DOMAIN)["api_key"])  # fmt: skip
         quiet = {"UID2_OPERATOR_LOG_LEVEL": "WARNING"}
         try:
             operator = ServiceProcess(

@@ -1,6 +1,6 @@
 """`uid2-ssp`: manage publisher / subscriber API keys and serve the SSP.
 
-    uid2-ssp publisher add  --data-dir DIR --name NAME [--domain D]... [--app BUNDLE]...
+    uid2-ssp publisher add  --data-dir DIR --name NAME (--domain D | --app BUNDLE)...  (>= 1)
     uid2-ssp subscriber add --data-dir DIR --name NAME
     uid2-ssp serve (--data-dir DIR | --publishers-file FILE) --listen HOST:PORT
                    [--operator HOST:PORT --operator-api-key KEY] [--bidder NAME=HOST:PORT]...
@@ -21,7 +21,12 @@ import structlog
 
 from ssp_svc.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
 from ssp_svc.config import ConfigError, SspConfig, parse_bidder
-from ssp_svc.store.accounts import AccountKind, SqliteAccountStore, StoreError
+from ssp_svc.store.accounts import (
+    AccountKind,
+    SqliteAccountStore,
+    StoreError,
+    normalise_inventory,
+)
 from svc_common.grpc_server import wait_for_signal
 from svc_common.logging import configure_logging
 
@@ -73,8 +78,10 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     name: str = args.name.strip()
     if not name:
         return fail("uid2-ssp: --name must not be empty")
-    domains = tuple(d.strip().lower() for d in getattr(args, "domain", []) if d.strip())
-    apps = tuple(a.strip() for a in getattr(args, "app", []) if a.strip())
+    domains, apps = normalise_inventory(getattr(args, "domain", []), getattr(args, "app", []))
+    if kind is AccountKind.PUBLISHER and not domains and not apps:
+        # It may sell only inventory it registered, so without any it could sell nothing.
+        return fail("uid2-ssp: a publisher needs at least one --domain or --app")
     try:
         store = SqliteAccountStore(data_dir)
         try:

@@ -94,13 +94,15 @@ class Exchange:
         if not math.isfinite(floor_price) or not 0 <= floor_price <= MAX_FLOOR:
             raise invalid_argument("INVALID_FLOOR", "floor_price must be between 0 and 1e6")
         domain = page_domain.strip().lower()
-        if domain and account.domains and not _domain_allowed(domain, account.domains):
+        # A publisher sells only inventory it registered: one registered only with domains has
+        # no app inventory to sell, and the other way round.
+        if domain and not _domain_allowed(domain, account.domains):
             raise ServiceError(
                 ErrorKind.PERMISSION_DENIED,
                 "INVENTORY_NOT_ALLOWED",
                 "page_domain is not one of the publisher's domains",
             )
-        if app_bundle and account.apps and app_bundle not in account.apps:
+        if app_bundle and app_bundle not in account.apps:
             raise ServiceError(
                 ErrorKind.PERMISSION_DENIED,
                 "INVENTORY_NOT_ALLOWED",

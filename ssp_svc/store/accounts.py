@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -34,6 +35,17 @@ class Account:
     kind: AccountKind
     domains: tuple[str, ...] = ()
     apps: tuple[str, ...] = ()
+
+
+def normalise_inventory(
+    domains: Iterable[str], apps: Iterable[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A publisher's allowed domains (trimmed, lower case) and app bundles (trimmed), blanks and
+    repeats dropped: one rule for `publisher add` and the publishers file."""
+    return (
+        tuple(dict.fromkeys(d.strip().lower() for d in domains if d.strip())),
+        tuple(dict.fromkeys(a.strip() for a in apps if a.strip())),
+    )
 
 
 class AccountStore(Protocol):
@@ -153,7 +165,11 @@ class SqliteAccountStore:
 
 class FileAccountStore:
     """Accounts from a JSON file: {"publishers": [{"name", "api_key", "domains"?, "apps"?}],
-    "subscribers": [{"name", "api_key"}]}. Keys are hashed in memory on load."""
+    "subscribers": [{"name", "api_key"}]}. Keys are hashed in memory on load.
+
+    A publisher must register at least one domain or app (it sells only inventory it
+    registered), and an API key names one account: a key listed twice is refused rather than
+    letting the later entry silently take it over."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -164,6 +180,7 @@ class FileAccountStore:
             raise StoreError("publishers file must hold a JSON object")
         self._salt = secrets.token_bytes(16)
         self._by_hash: dict[bytes, Account] = {}
+        where_of: dict[bytes, str] = {}
         for kind, section in (
             (AccountKind.PUBLISHER, "publishers"),
             (AccountKind.SUBSCRIBER, "subscribers"),
@@ -172,19 +189,39 @@ class FileAccountStore:
             if not isinstance(entries, list):
                 raise StoreError(f"publishers file: {section} must be a list")
             for i, entry in enumerate(entries):
+                where = f"{section}[{i}]"
                 if not isinstance(entry, dict):
-                    raise StoreError(f"publishers file: {section}[{i}] must be an object")
+                    raise StoreError(f"publishers file: {where} must be an object")
                 name, key = entry.get("name"), entry.get("api_key")
                 if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
-                    raise StoreError(f"publishers file: {section}[{i}] needs name and api_key")
-                domains = tuple(str(d).lower() for d in entry.get("domains", []))
-                apps = tuple(str(a) for a in entry.get("apps", []))
-                self._by_hash[_hash(self._salt, key)] = Account(
-                    f"{section}-{i}", name, kind, domains, apps
+                    raise StoreError(f"publishers file: {where} needs name and api_key")
+                where = f"{where} ({name!r})"
+                domains, apps = normalise_inventory(
+                    _strings(entry, "domains", where), _strings(entry, "apps", where)
                 )
+                if kind is AccountKind.PUBLISHER and not domains and not apps:
+                    raise StoreError(
+                        f"publishers file: {where} registers no domains or apps, so it could "
+                        "sell nothing"
+                    )
+                key_hash = _hash(self._salt, key)
+                if key_hash in where_of:
+                    raise StoreError(
+                        f"publishers file: {where} has the same api_key as {where_of[key_hash]}"
+                    )
+                where_of[key_hash] = where
+                self._by_hash[key_hash] = Account(f"{section}-{i}", name, kind, domains, apps)
 
     def authenticate(self, api_key: str) -> Account | None:
         return self._by_hash.get(_hash(self._salt, api_key))
 
     def close(self) -> None:
         pass
+
+
+def _strings(entry: dict[str, Any], field: str, where: str) -> list[str]:
+    # A bare string would otherwise be iterated into one-character domains.
+    value = entry.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StoreError(f"publishers file: {where}: {field} must be a list of strings")
+    return value

@@ -51,7 +51,7 @@ def fan_out(req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
 def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     store = SqliteAccountStore(tmp_path)
     _, pub_key = store.add("pub", AccountKind.PUBLISHER, ("example.com",))
-    _, other_key = store.add("other", AccountKind.PUBLISHER, ())
+    _, other_key = store.add("other", AccountKind.PUBLISHER, ("other.example.net",))
     _, sub_key = store.add("analytics", AccountKind.SUBSCRIBER)
     hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(capacity=8)
     exchange = Exchange(checker=None, fan_out=fan_out, hub=hub, clock=SystemClock(), tmax_ms=100)
@@ -105,6 +105,9 @@ def test_no_fill_and_absent_token(env: dict[str, Any]) -> None:
         ("pub", {"page_domain": "evil.org"}, grpc.StatusCode.PERMISSION_DENIED,
          "INVENTORY_NOT_ALLOWED"),
         ("pub", {"floor_price": -2.0}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FLOOR"),
+        # A domain-only publisher has no app inventory to sell.
+        ("pub", {"page_domain": "", "app_bundle": "com.x"}, grpc.StatusCode.PERMISSION_DENIED,
+         "INVENTORY_NOT_ALLOWED"),
     ],
 )  # fmt: skip
 def test_submit_errors(

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from ssp_svc.cli import main as ssp_main
 from ssp_svc.store.accounts import (
     AccountKind,
     FileAccountStore,
@@ -37,3 +38,77 @@ def test_publishers_file(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(StoreError):
         FileAccountStore(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"domains": 5}, "domains must be a list of strings"),
+        ({"domains": None}, "domains must be a list of strings"),
+        ({"domains": "news.example.com"}, "domains must be a list of strings"),
+        ({"domains": ["a.com", 7]}, "domains must be a list of strings"),
+        ({"domains": ["a.com"], "apps": "com.x"}, "apps must be a list of strings"),
+        ({}, "registers no domains or apps"),
+        ({"domains": [" "], "apps": []}, "registers no domains or apps"),
+    ],
+)
+def test_publishers_file_entry_mistakes_name_the_entry(
+    tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "pubs.json"
+    ok = {"name": "fine", "api_key": "k0", "domains": ["ok.com"]}
+    path.write_text(json.dumps({"publishers": [ok, {"name": "news", "api_key": "k1", **entry}]}))
+    with pytest.raises(StoreError) as exc:
+        FileAccountStore(path)
+    assert "publishers[1] ('news')" in str(exc.value) and message in str(exc.value)
+
+
+def test_publishers_file_refuses_an_api_key_listed_twice(tmp_path: Path) -> None:
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1", "apps": ["com.x"]}],
+                                "subscribers": [{"name": "a", "api_key": "k1"}]}))  # fmt: skip
+    with pytest.raises(StoreError) as exc:
+        FileAccountStore(path)
+    assert "subscribers[0] ('a')" in str(exc.value) and "publishers[0] ('n')" in str(exc.value)
+    assert "k1" not in str(exc.value)
+
+
+def test_publishers_file_inventory_is_normalised_like_publisher_add(tmp_path: Path) -> None:
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1",
+                                                "domains": [" News.Example.com ", ""],
+                                                "apps": [" com.x "]}]}))  # fmt: skip
+    pub = FileAccountStore(path).authenticate("k1")
+    assert pub is not None and pub.domains == ("news.example.com",) and pub.apps == ("com.x",)
+
+
+@pytest.mark.parametrize(
+    "publishers",
+    [
+        [{"name": "n", "api_key": "k1", "domains": 5}],
+        [{"name": "n", "api_key": "k1", "domains": None}],
+        [{"name": "n", "api_key": "k1", "domains": "news.example.com"}],
+        [{"name": "n", "api_key": "k1", "domains": ["a.com"]},
+         {"name": "m", "api_key": "k1", "domains": ["b.com"]}],
+    ],
+)  # fmt: skip
+def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], publishers: list[dict[str, object]]
+) -> None:
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": publishers}))
+    assert ssp_main(["serve", "--publishers-file", str(path), "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "publishers[" in err
+
+
+def test_publisher_add_needs_a_domain_or_an_app(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "n"]) == 2
+    assert "--domain or --app" in capsys.readouterr().err
+    assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "n",
+                     "--app", "com.x"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["apps"] == ["com.x"]
+    assert ssp_main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "s"]) == 0

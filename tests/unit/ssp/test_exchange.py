@@ -12,7 +12,7 @@ from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import SystemClock
-from svc_common.errors import ServiceError
+from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.ssp.support import DOMAIN, KeySet, mint, raw_uid_b64
 from uid2.ssp.v1 import openrtb_pb2
 
@@ -112,3 +112,32 @@ def test_invalid_impressions(kw: dict[str, object], reason: str) -> None:
 def test_token_of_exactly_500_chars_is_accepted() -> None:
     ex, _ = exchange(Bidders())
     assert submit(ex, token="y" * 500).disposition is Disposition.PASSED_THROUGH
+
+
+@pytest.mark.parametrize(
+    ("account", "inventory"),
+    [
+        (PUB, {"page_domain": "", "app_bundle": "com.x"}),
+        (PUB, {"page_domain": DOMAIN, "app_bundle": "com.x"}),
+        (Account("p2", "App", AccountKind.PUBLISHER, (), ("com.x",)),
+         {"page_domain": DOMAIN, "app_bundle": ""}),
+        (Account("p3", "None", AccountKind.PUBLISHER), {"page_domain": DOMAIN, "app_bundle": ""}),
+    ],
+)  # fmt: skip
+def test_a_publisher_sells_only_the_kind_of_inventory_it_registered(
+    account: Account, inventory: dict[str, str]
+) -> None:
+    ex, _ = exchange(Bidders(2.0))
+    with pytest.raises(ServiceError) as exc:
+        ex.validate(account, placement_id="p1", floor_price=0.0, token="", **inventory)
+    assert exc.value.reason == "INVENTORY_NOT_ALLOWED"
+    assert exc.value.kind is ErrorKind.PERMISSION_DENIED
+
+
+def test_an_app_publisher_sells_its_registered_bundle() -> None:
+    ex, _ = exchange(Bidders(2.0))
+    app_pub = Account("p2", "App", AccountKind.PUBLISHER, (), ("com.x",))
+    imp = ex.validate(
+        app_pub, page_domain="", app_bundle="com.x", placement_id="p1", floor_price=0.0, token=""
+    )
+    assert ex.run(imp).winner == Candidate("b0", 2.0)
