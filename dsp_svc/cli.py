@@ -18,6 +18,7 @@ from dsp_svc.config import ConfigError, DspConfig, Mode
 from ssp_svc.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
 from svc_common.grpc_server import wait_for_signal
 from svc_common.logging import configure_logging
+from svc_common.settings import finite_float, log_level
 
 
 def _parser() -> OneLineParser:
@@ -34,14 +35,14 @@ def _parser() -> OneLineParser:
         help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
     )
     s.add_argument("--operator-api-key", default=env("UID2_DSP_OPERATOR_API_KEY"))
-    s.add_argument("--base-price", type=float, default=None)
-    s.add_argument("--identified-bonus", type=float, default=None)
+    s.add_argument("--base-price", type=finite_float, default=None)
+    s.add_argument("--identified-bonus", type=finite_float, default=None)
     s.add_argument("--delay-ms", type=int, default=None)
-    s.add_argument("--key-refresh-s", type=float, default=None)
+    s.add_argument("--key-refresh-s", type=finite_float, default=None)
     group = s.add_mutually_exclusive_group()
-    group.add_argument("--fail-rate", type=float, default=None)
+    group.add_argument("--fail-rate", type=finite_float, default=None)
     group.add_argument("--mode", choices=[m.value for m in Mode], default=None)
-    s.add_argument("--log-level", default=env("UID2_DSP_LOG_LEVEL", "INFO"))
+    s.add_argument("--log-level", type=log_level, default=env("UID2_DSP_LOG_LEVEL", "INFO"))
     return p
 
 

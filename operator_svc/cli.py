@@ -177,12 +177,17 @@ def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
     from svc_common.grpc_server import wait_for_signal
     from svc_common.logging import configure_logging
+    from svc_common.settings import SettingError, log_level
 
     config = serve_config(args)
+    try:
+        level = log_level(args.log_level)
+    except SettingError as exc:
+        raise CliError(f"--log-level (or {ENV}LOG_LEVEL): {exc}") from None
     # Fails before logging and the listener start, as one plain line, on a store `init` did not
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()
-    configure_logging(args.log_level, service="operator")
+    configure_logging(level, service="operator")
     import structlog
 
     log = structlog.get_logger("operator")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
@@ -23,8 +23,11 @@ from publisher_svc.config import PublisherConfig
 from publisher_svc.publisher import StorageMode
 from publisher_svc.store import StoreError
 from svc_common.logging import configure_logging
+from svc_common.settings import SettingError, boolean, finite_float, log_level
 
 ENV_PREFIX = "UID2_PUBLISHER_"
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -36,8 +39,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
 def _env(flag: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+    return os.environ.get(_env_name(flag))
 
 
 def _parser() -> _Parser:
@@ -95,8 +102,7 @@ def _value(args: argparse.Namespace, flag: str, default: str | None = None) -> s
 def _required(args: argparse.Namespace, flag: str) -> str:
     v = _value(args, flag)
     if v is None:
-        env = ENV_PREFIX + flag.upper().replace("-", "_")
-        raise UsageError(f"--{flag} (or {env}) is required")
+        raise UsageError(f"--{flag} (or {_env_name(flag)}) is required")
     return v
 
 
@@ -111,12 +117,16 @@ def _int(args: argparse.Namespace, flag: str, default: str, *, minimum: int = 0)
     return n
 
 
-def _float(args: argparse.Namespace, flag: str, default: str) -> float:
+def _parsed(parse: Callable[[str], T], args: argparse.Namespace, flag: str, default: str) -> T:
     text = _value(args, flag, default) or default
     try:
-        x = float(text)
-    except ValueError:
-        raise UsageError(f"--{flag} must be a number") from None
+        return parse(text)
+    except SettingError as exc:
+        raise UsageError(f"--{flag} (or {_env_name(flag)}): {exc}") from None
+
+
+def _float(args: argparse.Namespace, flag: str, default: str) -> float:
+    x = _parsed(finite_float, args, flag, default)
     if not x > 0:
         raise UsageError(f"--{flag} must be positive")
     return x
@@ -136,9 +146,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         mode = StorageMode(mode_text)
     except ValueError:
         raise UsageError("--storage-mode must be server or client") from None
-    no_bg = args.no_background_refresh
-    if no_bg is None:
-        no_bg = (_env("no-background-refresh") or "").lower() in ("1", "true", "yes")
+    no_bg = _parsed(boolean, args, "no-background-refresh", "false")
     data_dir = _required(args, "data-dir")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError("--data-dir is not a directory")
@@ -160,7 +168,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         background_refresh=not no_bg,
         operator_timeout_s=_float(args, "operator-timeout", "2"),
         ssp_timeout_s=_float(args, "ssp-timeout", "2"),
-        log_level=_value(args, "log-level", "INFO") or "INFO",
+        log_level=_parsed(log_level, args, "log-level", "INFO"),
     )
 
 

@@ -29,6 +29,7 @@ from ssp_svc.store.accounts import (
 )
 from svc_common.grpc_server import wait_for_signal
 from svc_common.logging import configure_logging
+from svc_common.settings import finite_float, log_level
 
 
 def _parser() -> OneLineParser:
@@ -67,9 +68,9 @@ def _parser() -> OneLineParser:
         help="a BidderService to call (repeatable)",
     )  # fmt: skip
     serve.add_argument("--tmax-ms", type=int, default=None)
-    serve.add_argument("--key-refresh-s", type=float, default=None)
+    serve.add_argument("--key-refresh-s", type=finite_float, default=None)
     serve.add_argument("--stream-buffer", type=int, default=None)
-    serve.add_argument("--log-level", default=env("UID2_SSP_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", type=log_level, default=env("UID2_SSP_LOG_LEVEL", "INFO"))
     return p
 
 

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import NoReturn
 
+from svc_common.settings import SettingError, finite_float
+
 
 class UsageError(Exception):
     """A CLI mistake; printed as one line, exit 2."""
@@ -38,9 +40,9 @@ def env_float(name: str, default: float) -> float:
     if value is None:
         return default
     try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"{name} must be a number") from None
+        return finite_float(value)
+    except SettingError as exc:
+        raise UsageError(f"{name}: {exc}") from None
 
 
 def fail(message: str) -> int:

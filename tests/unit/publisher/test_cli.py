@@ -50,3 +50,22 @@ def test_mistakes(monkeypatch: pytest.MonkeyPatch, extra: list[str], message: st
     with pytest.raises(UsageError) as exc:
         parse_config(_parser().parse_args([*FLAGS, *extra]))
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(("text", "background"), [("YES", False), ("1", False), ("false", True)])
+def test_no_background_refresh_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, text: str, background: bool
+) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_NO_BACKGROUND_REFRESH", text)
+    args = _parser().parse_args([*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"])
+    assert parse_config(args).background_refresh is background
+
+
+@pytest.mark.parametrize("value", ["maybe", "nope"])
+def test_unclear_no_background_refresh_is_a_mistake(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_NO_BACKGROUND_REFRESH", value)
+    args = _parser().parse_args([*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"])
+    with pytest.raises(UsageError, match="NO_BACKGROUND_REFRESH"):
+        parse_config(args)

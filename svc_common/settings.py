@@ -1,0 +1,52 @@
+"""Setting values every service's CLI parses the same way (flags and environment variables), so
+that the four `serve` commands agree on what they accept and refuse it in one line, at start-up.
+
+Each function raises SettingError, whose message is one line fit for stderr; it is also an
+`argparse.ArgumentTypeError`, so the functions serve as argparse `type=` callables as they are."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+# Levels configure_logging understands; it falls back to INFO on anything else, so a typo would
+# otherwise go unnoticed.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no"})
+
+
+class SettingError(argparse.ArgumentTypeError, ValueError):
+    """A setting value that cannot be used; the message is one line."""
+
+
+def log_level(text: str) -> str:
+    """The canonical name of a log level given in any case, e.g. "info" -> "INFO"."""
+    name = text.strip().upper()
+    if name not in LOG_LEVELS:
+        raise SettingError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return name
+
+
+def finite_float(text: str) -> float:
+    """A number; NaN and infinities are refused: every comparison with NaN is false, so a NaN
+    price or interval passes range checks and then silently never matches (a DSP that never
+    bids), and an infinite deadline never fires."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SettingError(f"{text!r} is not a finite number")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """1/0, true/false, yes/no in any case. Anything else is refused rather than read as false:
+    a typo in a switch should not quietly turn a feature on or off."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingError(f"{text!r} is not a boolean (1/0, true/false, yes/no)")

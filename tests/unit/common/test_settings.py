@@ -1,0 +1,125 @@
+"""Setting values the four `serve` commands share (svc_common.settings): a log level, a number
+or a switch that cannot be used is one line on stderr and exit 2, before anything starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from dsp_svc.cli import main as dsp_main
+from operator_svc.cli import main as operator_main
+from publisher_svc.cli import main as publisher_main
+from ssp_svc.cli import main as ssp_main
+from svc_common.settings import SettingError, boolean, finite_float, log_level
+
+Main = Callable[[Sequence[str] | None], int]
+
+PUBLISHER = [
+    "serve", "--listen", "127.0.0.1:0", "--operator-address", "127.0.0.1:1",
+    "--operator-api-key", "k", "--site-id", "1", "--ssp-address", "127.0.0.1:2",
+    "--ssp-api-key", "k",
+]  # fmt: skip
+
+
+def test_log_level_is_one_of_the_five_names_in_any_case() -> None:
+    assert log_level("warning") == "WARNING" and log_level(" Debug ") == "DEBUG"
+    for bad in ("LOUD", "", "NOTSET", "20"):
+        with pytest.raises(SettingError):
+            log_level(bad)
+
+
+def test_finite_float_refuses_nan_and_infinities() -> None:
+    assert finite_float("1.5") == 1.5 and finite_float("-2") == -2.0
+    for bad in ("nan", "NaN", "inf", "-inf", "Infinity", "1e999", "x", ""):
+        with pytest.raises(SettingError):
+            finite_float(bad)
+
+
+def test_boolean_accepts_only_clear_words() -> None:
+    for word in ("1", "true", "TRUE", "yes", "Yes"):
+        assert boolean(word) is True
+    for word in ("0", "false", "False", "no", "NO"):
+        assert boolean(word) is False
+    for bad in ("maybe", "", "on", "2", "y"):
+        with pytest.raises(SettingError):
+            boolean(bad)
+
+
+def _one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], main: Main, argv: list[str], *words: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def _serve_argv(tmp_path: Path) -> dict[str, tuple[Main, list[str]]]:
+    (tmp_path / "ssp").mkdir()
+    return {
+        "operator": (operator_main, ["serve", "--data-dir", str(tmp_path / "op")]),
+        "publisher": (publisher_main, [*PUBLISHER, "--data-dir", str(tmp_path / "pub")]),
+        "ssp": (ssp_main, ["serve", "--data-dir", str(tmp_path / "ssp")]),
+        "dsp": (dsp_main, ["serve", "--name", "d"]),
+    }
+
+
+@pytest.mark.parametrize("service", ["operator", "publisher", "ssp", "dsp"])
+def test_every_serve_refuses_an_unknown_log_level(
+    service: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main, argv = _serve_argv(tmp_path)[service]
+    _one_line_exit_2(capsys, main, [*argv, "--log-level", "LOUD"], "log level", "LOUD")
+
+
+@pytest.mark.parametrize("service", ["operator", "publisher", "ssp", "dsp"])
+def test_every_serve_refuses_an_unknown_log_level_from_the_environment(
+    service: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(f"UID2_{service.upper()}_LOG_LEVEL", "loud")
+    main, argv = _serve_argv(tmp_path)[service]
+    _one_line_exit_2(capsys, main, argv, "log level", "loud")
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "env"),
+    [
+        (dsp_main, ["serve", "--name", "d", "--base-price", "nan"], {}),
+        (dsp_main, ["serve", "--name", "d", "--base-price", "inf"], {}),
+        (dsp_main, ["serve", "--name", "d"], {"UID2_DSP_BASE_PRICE": "inf"}),
+        (dsp_main, ["serve", "--name", "d"], {"UID2_DSP_IDENTIFIED_BONUS": "nan"}),
+        (ssp_main, ["serve", "--data-dir", ".", "--key-refresh-s", "inf"], {}),
+        (ssp_main, ["serve", "--data-dir", "."], {"UID2_SSP_KEY_REFRESH_S": "nan"}),
+        (publisher_main, [*PUBLISHER, "--data-dir", "pub", "--ssp-timeout", "inf"], {}),
+        (publisher_main, [*PUBLISHER, "--data-dir", "pub"],
+         {"UID2_PUBLISHER_OPERATOR_TIMEOUT": "inf"}),
+        (publisher_main, [*PUBLISHER, "--data-dir", "pub", "--refresh-interval", "nan"], {}),
+    ],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_at_start_up(
+    main: Main,
+    argv: list[str],
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _one_line_exit_2(capsys, main, argv, "finite")
+
+
+def test_publisher_switch_from_the_environment_must_be_a_clear_boolean(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_NO_BACKGROUND_REFRESH", "maybe")
+    argv = [*PUBLISHER, "--data-dir", str(tmp_path / "pub")]
+    _one_line_exit_2(capsys, publisher_main, argv, "UID2_PUBLISHER_NO_BACKGROUND_REFRESH", "maybe")
