@@ -5,6 +5,7 @@ are ServiceError; business outcomes (opt-out, login required) are enum results."
 
 from __future__ import annotations
 
+import base64
 import threading
 import zlib
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from publisher_svc.refresh_policy import Decision, decide, usable_without_refres
 from publisher_svc.store import SqliteStore, StoredIdentity
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
+from svc_common.impression_limits import check_field_lengths, check_floor_price
 from uid2_crypto.errors import InvalidIdentifierError
-from uid2_crypto.identity import normalize_email, normalize_phone, sha256_b64
+from uid2_crypto.identity import identity_hash
 
 _log = structlog.get_logger("publisher")
 
@@ -116,15 +118,20 @@ class AdResult:
 
 
 def hash_dii(email: str | None, phone: str | None) -> HashedDii:
-    """Normalises and hashes the DII locally (reference §2); only the hash leaves."""
+    """Normalises and hashes the DII locally (reference §2); only the hash leaves. The same
+    function as the operator's, so what the operator would refuse as DII (too long, not an
+    email) is refused here with the same reason, not hashed into a valid-looking hash."""
+    if email is not None:
+        kind, value = DiiKind.EMAIL, email
+    elif phone is not None:
+        kind, value = DiiKind.PHONE, phone
+    else:
+        raise invalid_argument("MISSING_DII", "an email or a phone number is required")
     try:
-        if email is not None:
-            return HashedDii(DiiKind.EMAIL, sha256_b64(normalize_email(email)))
-        if phone is not None:
-            return HashedDii(DiiKind.PHONE, sha256_b64(normalize_phone(phone)))
+        _, digest = identity_hash(kind.value, value)
     except InvalidIdentifierError as exc:
         raise invalid_argument(exc.reason, str(exc)) from None
-    raise invalid_argument("MISSING_DII", "an email or a phone number is required")
+    return HashedDii(kind, base64.b64encode(digest).decode("ascii"))
 
 
 def check_user_id(user_id: str) -> str:
@@ -139,9 +146,13 @@ def cookie_for(identity: Identity) -> Cookie:
     return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
 
 
-def _operator_failure(err: PeerError) -> ServiceError:
+def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
     if err.unavailable:
         return unavailable("OPERATOR_UNAVAILABLE", "the UID2 operator cannot be reached")
+    if caller_input and err.code == "INVALID_ARGUMENT" and err.reason:
+        # The operator judged input the caller gave us and passed on unchanged (the privacy
+        # settings): the caller's mistake, which it can fix, with the operator's reason.
+        return invalid_argument(err.reason, f"the UID2 operator refused the input ({err.reason})")
     # The operator refused a well-formed request: our credentials or configuration are wrong.
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
@@ -206,7 +217,9 @@ class Publisher:
             try:
                 result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
             except PeerError as err:
-                raise _operator_failure(err) from None
+                # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
+                # caller's privacy settings.
+                raise _operator_failure(err, caller_input=True) from None
             now = self.clock.now_ms()
             if result.outcome is GenerateOutcome.OPTOUT:
                 self.store.record_operator_optout(dii.key, now)
@@ -318,8 +331,10 @@ class Publisher:
             raise invalid_argument("MISSING_PAGE_DOMAIN", "page_domain is required")
         if not placement_id:
             raise invalid_argument("MISSING_PLACEMENT_ID", "placement_id is required")
-        if floor_price < 0:
-            raise invalid_argument("INVALID_FLOOR_PRICE", "floor_price must not be negative")
+        # The SSP's own limits, checked here so the caller hears of its mistake as such rather
+        # than as an SSP refusal of ours.
+        check_field_lengths(placement_id=placement_id, page_domain=page_domain)
+        check_floor_price(floor_price, "INVALID_FLOOR_PRICE")
         token = ""
         cookie: Cookie | None = None
         clear = False

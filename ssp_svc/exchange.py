@@ -6,7 +6,6 @@ to bidders and runs the first-price auction. No gRPC here: bidders arrive as a c
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +18,10 @@ from ssp_svc.store.accounts import Account
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
+from svc_common.impression_limits import check_field_lengths, check_floor_price
 from uid2.ssp.v1 import openrtb_pb2
 
 MAX_TOKEN_CHARS = 500
-MAX_FIELD_CHARS = 256
-MAX_FLOOR = 1_000_000.0
 
 FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
 
@@ -89,10 +87,10 @@ class Exchange:
             raise invalid_argument("TOKEN_TOO_LONG", f"token exceeds {MAX_TOKEN_CHARS} characters")
         if not page_domain and not app_bundle:
             raise invalid_argument("INVENTORY_MISSING", "page_domain or app_bundle is required")
-        if max(len(page_domain), len(app_bundle), len(placement_id)) > MAX_FIELD_CHARS:
-            raise invalid_argument("FIELD_TOO_LONG", f"fields are at most {MAX_FIELD_CHARS} chars")
-        if not math.isfinite(floor_price) or not 0 <= floor_price <= MAX_FLOOR:
-            raise invalid_argument("INVALID_FLOOR", "floor_price must be between 0 and 1e6")
+        check_field_lengths(
+            page_domain=page_domain, app_bundle=app_bundle, placement_id=placement_id
+        )
+        check_floor_price(floor_price, "INVALID_FLOOR")
         domain = page_domain.strip().lower()
         # A publisher sells only inventory it registered: one registered only with domains has
         # no app inventory to sell, and the other way round.

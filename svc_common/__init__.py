@@ -1,2 +1,3 @@
 """Pieces every service shares: the error model, the edge interceptor, logging, server bootstrap,
-clocks and the client-side retry policy. Domain code may import `errors` and `clock` only."""
+clocks, the client-side retry policy and setting parsers. Domain code may import `errors`, `clock`
+and `impression_limits` only."""

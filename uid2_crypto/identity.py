@@ -29,6 +29,16 @@ _UPPER_TO_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopq
 _ASCII_DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
+# Longer input is never a valid email, phone or hash. The operator and the publisher (which
+# hashes locally and sends only the hash) refuse it alike, before normalising or hashing it.
+MAX_DII_CHARS = 1024
+_INVALID_REASON = {
+    "email": "INVALID_EMAIL",
+    "phone": "INVALID_PHONE",
+    "email_hash": "INVALID_EMAIL_HASH",
+    "phone_hash": "INVALID_PHONE_HASH",
+}
+
 
 def normalize_email(s: str) -> str:
     """Return the Operator's normal form of an email address, or raise InvalidIdentifierError."""
@@ -81,13 +91,17 @@ def parse_hash(s: str, identity_type: IdentityType) -> bytes:
 
 
 def identity_hash(kind: str, value: str) -> tuple[IdentityType, bytes]:
-    """The identity type and SHA-256 of the normalised DII, for any of the four input kinds."""
+    """The identity type and SHA-256 of the normalised DII, for any of the four input kinds.
+    Input longer than MAX_DII_CHARS is invalid for its kind."""
+    reason = _INVALID_REASON.get(kind)
+    if reason is None:
+        raise ValueError("unknown identity kind")
+    if len(value) > MAX_DII_CHARS:
+        raise InvalidIdentifierError(reason)
     if kind == "email":
         return IdentityType.EMAIL, hashlib.sha256(normalize_email(value).encode("utf-8")).digest()
     if kind == "phone":
         return IdentityType.PHONE, hashlib.sha256(normalize_phone(value).encode("utf-8")).digest()
     if kind == "email_hash":
         return IdentityType.EMAIL, parse_hash(value, IdentityType.EMAIL)
-    if kind == "phone_hash":
-        return IdentityType.PHONE, parse_hash(value, IdentityType.PHONE)
-    raise ValueError("unknown identity kind")
+    return IdentityType.PHONE, parse_hash(value, IdentityType.PHONE)

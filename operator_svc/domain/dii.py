@@ -12,8 +12,6 @@ from uid2_crypto.identity import IdentityType, identity_hash
 from uid2_crypto.salts import first_level_hash
 
 KINDS = ("email", "email_hash", "phone", "phone_hash")
-# Longer input is never a valid email, phone or hash; refuse before hashing it.
-MAX_DII_CHARS = 1024
 
 
 def hash_dii(kind: str, value: str) -> tuple[IdentityType, bytes]:
@@ -22,12 +20,6 @@ def hash_dii(kind: str, value: str) -> tuple[IdentityType, bytes]:
     if kind not in KINDS:
         raise invalid_argument("MISSING_DII", "exactly one of email, email_hash, phone, phone_hash")
     try:
-        if len(value) > MAX_DII_CHARS:
-            raise InvalidIdentifierError(
-                {"email": "INVALID_EMAIL", "phone": "INVALID_PHONE"}.get(
-                    kind, "INVALID_" + kind.upper()
-                )
-            )
         return identity_hash(kind, value)
     except InvalidIdentifierError as exc:
         raise invalid_argument(exc.reason, str(exc)) from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from operator_svc.domain.auth import require_role
-from operator_svc.domain.dii import KINDS, MAX_DII_CHARS
+from operator_svc.domain.dii import KINDS
 from operator_svc.domain.state import Client, OperatorState
 from svc_common.clock import Clock
 from svc_common.errors import invalid_argument
@@ -103,7 +103,7 @@ class IdentityMapper:
         out: list[MappedIdentity] = []
         append = out.append
         for kind, value in items:
-            if kind not in KINDS or len(value) > MAX_DII_CHARS:
+            if kind not in KINDS:
                 append(_INVALID)
                 continue
             try:

@@ -293,3 +293,38 @@ def test_bad_dii_is_invalid_argument(world: World) -> None:
             stub.Login(pb.LoginRequest(user_id="x", privacy_settings=OK, **kw))
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info(exc.value).reason == reason  # type: ignore[union-attr]
+
+
+def test_callers_bad_input_is_its_own_invalid_argument_not_a_peer_refusal(world: World) -> None:
+    _, stub = world.publisher(world.config("inputs"))
+    cases = [
+        # The operator judges the TCF string; its reason reaches the caller unchanged.
+        (lambda: stub.Login(pb.LoginRequest(
+            user_id="u", email="u@example.com",
+            privacy_settings=operator_pb2.PrivacySettings(
+                transparency_notice_accepted=True, tcf_consent_string="not-a-tcf-string")),
+        ), "INVALID_TCF_CONSENT_STRING"),
+        # Over the operator's DII limit: refused here, not hashed into a valid-looking hash.
+        (lambda: login(stub, "u", "a" * 100_000 + "@example.com"), "INVALID_EMAIL"),
+        # The SSP's limits, checked before the impression leaves.
+        (lambda: stub.ServeAd(pb.ServeAdRequest(
+            placement_id="p" * 100_000, page_domain="news.example.com")), "FIELD_TOO_LONG"),
+        (lambda: stub.ServeAd(pb.ServeAdRequest(
+            placement_id="p", page_domain="news.example.com", floor_price=float("nan"))),
+         "INVALID_FLOOR_PRICE"),
+        (lambda: stub.ServeAd(pb.ServeAdRequest(
+            placement_id="p", page_domain="news.example.com", floor_price=float("inf"))),
+         "INVALID_FLOOR_PRICE"),
+        (lambda: stub.ServeAd(pb.ServeAdRequest(
+            placement_id="p", page_domain="news.example.com", floor_price=1e300)),
+         "INVALID_FLOOR_PRICE"),
+    ]  # fmt: skip
+    for call, reason in cases:
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (reason, exc.value.details())
+        info = error_info(exc.value)
+        assert info is not None and info.reason == reason
+    assert stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="u")).status == (
+        pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+    )

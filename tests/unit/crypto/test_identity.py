@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from tests.unit.crypto.vectors import VECTORS
 from uid2_crypto.errors import InvalidIdentifierError
 from uid2_crypto.identity import (
+    MAX_DII_CHARS,
     IdentityType,
     identity_hash,
     normalize_email,
@@ -207,3 +208,17 @@ def test_identity_hash_only_raises_invalid_identifier(s: str, kind: str) -> None
     except InvalidIdentifierError:
         return
     assert len(digest) == 32
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("email", "INVALID_EMAIL"), ("phone", "INVALID_PHONE"),
+     ("email_hash", "INVALID_EMAIL_HASH"), ("phone_hash", "INVALID_PHONE_HASH")],
+)  # fmt: skip
+def test_identity_hash_refuses_input_over_the_dii_limit(kind: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifierError) as exc:
+        identity_hash(kind, "a" * (MAX_DII_CHARS - 12) + "@example.com" + "x")
+    assert exc.value.reason == reason
+    assert identity_hash("email", "a" * (MAX_DII_CHARS - 12) + "@example.com")[0] == (
+        IdentityType.EMAIL
+    )

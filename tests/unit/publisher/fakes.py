@@ -36,6 +36,7 @@ class FakeOperator:
     consent_required: bool = True
     down: bool = False
     refuse: bool = False  # answer PERMISSION_DENIED
+    invalid_input_reason: str = ""  # generate answers INVALID_ARGUMENT with this reason
     delay_s: float = 0.0
     generate_calls: list[tuple[HashedDii, PrivacySettings, int]] = field(default_factory=list)
     refresh_calls: list[str] = field(default_factory=list)
@@ -83,6 +84,10 @@ class FakeOperator:
         try:
             self.generate_calls.append((dii, privacy, on_behalf_of_site_id))
             self._check()
+            if self.invalid_input_reason:
+                raise PeerError(
+                    "operator", "INVALID_ARGUMENT", self.invalid_input_reason, unavailable=False
+                )
             if dii.key in self.optout_keys:
                 return GenerateResult(GenerateOutcome.OPTOUT)
             if self.consent_required and not privacy.transparency_notice_accepted:

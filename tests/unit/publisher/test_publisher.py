@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
+from uid2_crypto.identity import identity_hash
 
 T0 = 1_700_000_000_000
 OK = PrivacySettings(True, "")
@@ -310,3 +312,78 @@ def test_serve_ad_needs_domain_and_placement(env: Env) -> None:
         with pytest.raises(ServiceError) as exc:
             env.pub.serve_ad(user_id="u", cookie_value=None, floor_price=0, **kw)  # type: ignore[arg-type]
         assert exc.value.kind is ErrorKind.INVALID_ARGUMENT
+
+
+def test_operator_refusing_the_callers_privacy_settings_is_invalid_argument(env: Env) -> None:
+    env.op.invalid_input_reason = "INVALID_TCF_CONSENT_STRING"
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", "a@b.com", None, PrivacySettings(True, "not-tcf"))
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT
+    assert exc.value.reason == "INVALID_TCF_CONSENT_STRING"
+    assert env.store.get("u1") is None
+
+
+@pytest.mark.parametrize(
+    ("email", "phone", "reason"),
+    [
+        ("a" * 100_000 + "@example.com", None, "INVALID_EMAIL"),
+        ("a" * 1013 + "@example.com", None, "INVALID_EMAIL"),  # 1025 characters
+        (None, "+1" + "2" * 100_000, "INVALID_PHONE"),
+    ],
+)
+def test_dii_over_the_operators_limit_is_refused_before_hashing(
+    env: Env, email: str | None, phone: str | None, reason: str
+) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", email, phone, OK)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.op.generate_calls == []
+
+
+def test_dii_at_the_operators_limit_is_hashed(env: Env) -> None:
+    email = "a" * 1012 + "@example.com"  # 1024 characters
+    assert env.pub.login("u1", email, None, OK).status is LoginStatus.SUCCESS
+
+
+@pytest.mark.parametrize("email", ["a\x00b@example.com", "a\nb@example.com", "a@example.com\n"])
+def test_control_characters_in_an_email_are_hashed_as_the_operator_would(
+    env: Env, email: str
+) -> None:
+    # Reference §2 keeps every character but ASCII letters (lower-cased) and spaces (dropped
+    # from the local part, trimmed from the end): NUL and newline are not invalid there, so the
+    # publisher hashes exactly what the operator would for the same address.
+    assert env.pub.login("u1", email, None, OK).status is LoginStatus.SUCCESS
+    expected = base64.b64encode(identity_hash("email", email)[1]).decode()
+    assert env.op.generate_calls[0][0].hash_b64 == expected
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"floor_price": float("nan")}, "INVALID_FLOOR_PRICE"),
+        ({"floor_price": float("inf")}, "INVALID_FLOOR_PRICE"),
+        ({"floor_price": -1.0}, "INVALID_FLOOR_PRICE"),
+        ({"floor_price": 1e7}, "INVALID_FLOOR_PRICE"),
+        ({"placement_id": "p" * 100_000}, "FIELD_TOO_LONG"),
+        ({"page_domain": "d" * 257 + ".com"}, "FIELD_TOO_LONG"),
+    ],
+)
+def test_serve_ad_refuses_what_the_ssp_would_before_calling_it(
+    env: Env, kw: dict[str, object], reason: str
+) -> None:
+    args: dict[str, object] = {
+        "user_id": None, "cookie_value": None, "placement_id": "p1",
+        "page_domain": "news.example.com", "floor_price": 0.5, **kw,
+    }  # fmt: skip
+    with pytest.raises(ServiceError) as exc:
+        env.pub.serve_ad(**args)  # type: ignore[arg-type]
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.ssp.impressions == []
+
+
+def test_serve_ad_accepts_the_ssps_largest_floor(env: Env) -> None:
+    env.pub.serve_ad(
+        user_id=None, cookie_value=None, placement_id="p" * 256, page_domain="d.com",
+        floor_price=1e6,
+    )  # fmt: skip
+    assert env.ssp.impressions[0].floor_price == 1e6
