@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -21,6 +22,17 @@ PUBLISHER = [
     "--operator-api-key", "k", "--site-id", "1", "--ssp-address", "127.0.0.1:2",
     "--ssp-api-key", "k",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every case here must stop at parsing; a regression would otherwise serve until killed.
+    def started(*_: object, **__: object) -> NoReturn:
+        raise AssertionError("the service started")
+
+    for module in ("operator_svc.server", "publisher_svc.server", "ssp_svc.server",
+                   "dsp_svc.server"):  # fmt: skip
+        monkeypatch.setattr(f"{module}.create_server", started)
 
 
 def test_log_level_is_one_of_the_five_names_in_any_case() -> None:

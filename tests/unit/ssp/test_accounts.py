@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -93,8 +94,13 @@ def test_publishers_file_inventory_is_normalised_like_publisher_add(tmp_path: Pa
     ],
 )  # fmt: skip
 def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], publishers: list[dict[str, object]]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    publishers: list[dict[str, object]],
 ) -> None:
+    # Should the file be accepted, fail at once instead of serving until killed.
+    monkeypatch.setattr("ssp_svc.cli.wait_for_signal", _never)
     path = tmp_path / "pubs.json"
     path.write_text(json.dumps({"publishers": publishers}))
     assert ssp_main(["serve", "--publishers-file", str(path), "--listen", "127.0.0.1:0"]) == 2
@@ -112,3 +118,7 @@ def test_publisher_add_needs_a_domain_or_an_app(
                      "--app", "com.x"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["apps"] == ["com.x"]
     assert ssp_main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "s"]) == 0
+
+
+def _never() -> NoReturn:
+    raise AssertionError("the SSP started serving")
