@@ -79,7 +79,10 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     name: str = args.name.strip()
     if not name:
         return fail("uid2-ssp: --name must not be empty")
-    domains, apps = normalise_inventory(getattr(args, "domain", []), getattr(args, "app", []))
+    try:
+        domains, apps = normalise_inventory(getattr(args, "domain", []), getattr(args, "app", []))
+    except ValueError as exc:
+        return fail(f"uid2-ssp: {exc}")
     if kind is AccountKind.PUBLISHER and not domains and not apps:
         # It may sell only inventory it registered, so without any it could sell nothing.
         return fail("uid2-ssp: a publisher needs at least one --domain or --app")

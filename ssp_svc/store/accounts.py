@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from svc_common.names import check_app_name, normalise_domain
 from svc_common.sqlite_db import open_db, require_data_dir
 
 DB_NAME = "ssp.sqlite3"
@@ -40,11 +41,12 @@ class Account:
 def normalise_inventory(
     domains: Iterable[str], apps: Iterable[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """A publisher's allowed domains (trimmed, lower case) and app bundles (trimmed), blanks and
-    repeats dropped: one rule for `publisher add` and the publishers file."""
+    """A publisher's allowed domains and app bundles as svc_common.names normalises them (the
+    operator's `site add` rules), blanks and repeats dropped: one rule for `publisher add` and
+    the publishers file. ValueError (one line) names a value that is no domain or app name."""
     return (
-        tuple(dict.fromkeys(d.strip().lower() for d in domains if d.strip())),
-        tuple(dict.fromkeys(a.strip() for a in apps if a.strip())),
+        tuple(dict.fromkeys(normalise_domain(d) for d in domains if d.strip())),
+        tuple(dict.fromkeys(check_app_name(a) for a in apps if a.strip())),
     )
 
 
@@ -196,9 +198,12 @@ class FileAccountStore:
                 if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
                     raise StoreError(f"publishers file: {where} needs name and api_key")
                 where = f"{where} ({name!r})"
-                domains, apps = normalise_inventory(
-                    _strings(entry, "domains", where), _strings(entry, "apps", where)
-                )
+                try:
+                    domains, apps = normalise_inventory(
+                        _strings(entry, "domains", where), _strings(entry, "apps", where)
+                    )
+                except ValueError as exc:
+                    raise StoreError(f"publishers file: {where}: {exc}") from None
                 if kind is AccountKind.PUBLISHER and not domains and not apps:
                     raise StoreError(
                         f"publishers file: {where} registers no domains or apps, so it could "

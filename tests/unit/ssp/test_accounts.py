@@ -50,6 +50,8 @@ def test_publishers_file(tmp_path: Path) -> None:
         ({"domains": ["a.com", 7]}, "domains must be a list of strings"),
         ({"domains": ["a.com"], "apps": "com.x"}, "apps must be a list of strings"),
         ({}, "registers no domains or apps"),
+        ({"domains": ["https://news.example.com/"]}, "is not a domain name"),
+        ({"apps": ["com.x app"]}, "is not an app name"),
         ({"domains": [" "], "apps": []}, "registers no domains or apps"),
     ],
 )
@@ -117,6 +119,9 @@ def test_publisher_add_needs_a_domain_or_an_app(
     assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "n",
                      "--app", "com.x"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["apps"] == ["com.x"]
+    assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "m",
+                     "--domain", "news.example.com:443"]) == 2  # fmt: skip
+    assert "is not a domain name" in capsys.readouterr().err
     assert ssp_main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "s"]) == 0
 
 

@@ -18,7 +18,9 @@ def test_publisher_add_bad_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
     data_dir, named = unusable_store(tmp_path, "ssp.sqlite3", kind, table="accounts")
-    rc = cli.main(["publisher", "add", "--data-dir", str(data_dir), "--name", "news"])
+    rc = cli.main(
+        ["publisher", "add", "--data-dir", str(data_dir), "--name", "news", "--domain", "a.com"]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert str(named) in one_error_line(err, "uid2-ssp: ")
