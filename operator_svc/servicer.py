@@ -176,8 +176,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.WatchOptOutsRequest, context: Any
     ) -> Iterator[operator_pb2.WatchOptOutsResponse]:
         client = self._client(context)
-        for raw_uid, ts in self._op.optouts.watch(client, request.since, context.is_active):
-            yield operator_pb2.WatchOptOutsResponse(raw_uid=raw_uid, opted_out_at=ts)
+        for item in self._op.optouts.watch(client, request.since, context.is_active):
+            if item is None:  # optout.BACKLOG_SENT: all on record when the call began is out
+                yield operator_pb2.WatchOptOutsResponse(backlog_sent=True)
+            else:
+                yield operator_pb2.WatchOptOutsResponse(raw_uid=item[0], opted_out_at=item[1])
 
     def GetBidstreamKeys(
         self, request: operator_pb2.GetBidstreamKeysRequest, context: Any

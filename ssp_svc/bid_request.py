@@ -26,6 +26,7 @@ class Disposition(Enum):
     DROPPED_EXPIRED = "DROPPED_EXPIRED"
     DROPPED_INVALID = "DROPPED_INVALID"
     DROPPED_OPTOUT = "DROPPED_OPTOUT"
+    DROPPED_UNVERIFIED = "DROPPED_UNVERIFIED"
 
     @property
     def carries_token(self) -> bool:

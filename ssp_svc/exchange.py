@@ -30,6 +30,8 @@ _BY_VERDICT = {
     Verdict.EXPIRED: Disposition.DROPPED_EXPIRED,
     Verdict.INVALID: Disposition.DROPPED_INVALID,
     Verdict.OPTED_OUT: Disposition.DROPPED_OPTOUT,
+    # Privacy first: a token is not sent on while an opt-out for it might still be on its way.
+    Verdict.OPTOUTS_LOADING: Disposition.DROPPED_UNVERIFIED,
     # No good keys yet: the token cannot be checked, so it travels as in pass-through mode.
     Verdict.NO_KEYS: Disposition.PASSED_THROUGH,
 }

@@ -170,13 +170,6 @@ class _ThreadSideContext:
         self._active = False
 
 
-_END = object()
-
-
-def _next_or_end(items: Iterator[Any]) -> Any:
-    return next(items, _END)
-
-
 class SyncServicerAdapter:
     """Exposes a sync servicer's methods (named by `service`, a ServiceDescriptor) as the
     coroutines grpc.aio calls. `blocking` names unary methods to run in `pool`."""
@@ -261,22 +254,102 @@ async def _pump(
     request: Any,
     context: Any,
 ) -> AsyncIterator[Any]:
-    """Runs the sync generator `method` in `pool`, one item at a time, in a copy of the call's
-    context (as for pooled unary calls)."""
+    """Runs the sync generator `method` in `pool`, in a copy of the call's context (as for
+    pooled unary calls). The thread runs ahead of the loop through a bounded `_Relay`: one
+    executor hop per item capped a stream at ~4k messages/s (an opt-out backlog replay)."""
     loop = asyncio.get_running_loop()
     side = _ThreadSideContext(context)
+    relay = _Relay(loop)
     ctx = contextvars.copy_context()
     items = iter(method(request, side))
+    pool.submit(ctx.run, relay.feed, items)
     try:
-        while True:
-            item = await loop.run_in_executor(pool, ctx.run, _next_or_end, items)
-            if item is _END:
-                return
-            yield item
+        while (batch := await relay.take()) is not None:
+            for item in batch:
+                yield item
     finally:
         # The sync generator polls is_active() and ends by itself; closing it from here
-        # could race the thread still running it.
+        # could race the thread still running it. `close` wakes a thread waiting for room.
         side.end()
+        relay.close()
+
+
+class _Relay:
+    """A bounded hand-off from one producer thread to the event loop: the thread blocks while
+    `capacity` items wait; the loop takes whatever has arrived in one go."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 512) -> None:
+        self._loop = loop
+        self._capacity = capacity
+        self._items: list[Any] = []
+        self._cond = threading.Condition()
+        self._waiter: asyncio.Future[None] | None = None
+        self._finished = False
+        self._error: BaseException | None = None
+        self._closed = False
+
+    # -- producer thread -----------------------------------------------------------------
+
+    def feed(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    # The call is gone; close the generator here, in the thread running it.
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        close()
+                    return
+        except BaseException as exc:  # handed to the loop side, which raises it in the call
+            self._finish(exc)
+        else:
+            self._finish(None)
+
+    def _put(self, item: Any) -> bool:
+        with self._cond:
+            while len(self._items) >= self._capacity and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+        return True
+
+    def _finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self._finished = True
+            self._error = error
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+
+    # -- event loop ----------------------------------------------------------------------
+
+    async def take(self) -> list[Any] | None:
+        """Every item that has arrived (waiting for one); None once the producer is done."""
+        while True:
+            with self._cond:
+                if self._items:
+                    batch, self._items = self._items, []
+                    self._cond.notify_all()
+                    return batch
+                if self._finished:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass

@@ -7,9 +7,9 @@ Entry points on `OptOutService(state, store, clock)`:
   time (epoch ms) of that user.
 - `opt_out_status(client, raw_uids) -> list[(raw_uid, opted_out_at)]` (MAPPER, OPTOUT or
   ID_READER; at most 5,000 raw UID2s in 44-character standard base64).
-- `watch(client, since_ms, is_active) -> Iterator[(raw_uid, opted_out_at)]` (ID_READER): the
-  backlog at or after `since_ms`, then new opt-outs as they are recorded, until `is_active()`
-  turns false or the service closes.
+- `watch(client, since_ms, is_active) -> Iterator[(raw_uid, opted_out_at) | BACKLOG_SENT]`
+  (ID_READER): the backlog at or after `since_ms`, then `BACKLOG_SENT` once, then new opt-outs
+  as they are recorded, until `is_active()` turns false or the service closes.
 
 Opt-outs are keyed by first-level hash, so they survive salt rotation; raw UID2s are those
 under the current salts."""
@@ -30,6 +30,10 @@ from svc_common.errors import invalid_argument
 from uid2_crypto.salts import bucket_index, raw_uid2
 
 WATCH_POLL_S = 0.5
+# How often a long backlog replay looks up from its work to see whether the call is still on.
+_CHECK_EVERY = 256
+# Marks the end of the backlog in `watch`: everything on record when the stream opened is out.
+BACKLOG_SENT = None
 
 
 def _decode_raw_uid(raw_uid: str) -> bytes:
@@ -69,22 +73,31 @@ class OptOutService:
 
     def watch(
         self, client: Client, since_ms: int, is_active: Callable[[], bool]
-    ) -> Iterator[tuple[str, int]]:
+    ) -> Iterator[tuple[str, int] | None]:
         require_role(client, "ID_READER")
         if since_ms < 0:
             raise invalid_argument("INVALID_SINCE", "since must not be negative")
         return self._watch(since_ms, is_active)
 
-    def _watch(self, since_ms: int, is_active: Callable[[], bool]) -> Iterator[tuple[str, int]]:
+    def _watch(
+        self, since_ms: int, is_active: Callable[[], bool]
+    ) -> Iterator[tuple[str, int] | None]:
         index = self._state.optouts
         position = 0
+        backlog = True
         while True:
             events, position = index.events_from(position)
             salts = self._state.salts
-            for ts, flh in events:
+            for n, (ts, flh) in enumerate(events, 1):
                 if ts >= since_ms:
                     raw = raw_uid2(flh, salts.salt(bucket_index(flh)))
                     yield base64.b64encode(raw).decode("ascii"), ts
+                # A replay of a long backlog must still end promptly on cancel or shutdown.
+                if n % _CHECK_EVERY == 0 and (not is_active() or index.closed):
+                    return
+            if backlog:
+                backlog = False
+                yield BACKLOG_SENT
             while not index.wait_beyond(position, WATCH_POLL_S):
                 if not is_active() or index.closed:
                     return

@@ -17,6 +17,8 @@ class Verdict(Enum):
     INVALID = "INVALID"  # forged, tampered, unknown key, wrong domain or app, bad lifetime
     OPTED_OUT = "OPTED_OUT"
     NO_KEYS = "NO_KEYS"  # no good keys yet: the token could not be checked
+    # Decrypted, but the operator's opt-outs are not all in yet (just started): not vouched for.
+    OPTOUTS_LOADING = "OPTOUTS_LOADING"
 
 
 # Statuses that mean "the token names a key we do not hold": refresh early, then retry once.
@@ -60,6 +62,8 @@ class TokenChecker:
         if status is DecryptionStatus.SUCCESS:
             if result.raw_uid is not None and self._optouts.opted_out(result.raw_uid):
                 return Verdict.OPTED_OUT
+            if not self._optouts.loaded.is_set():
+                return Verdict.OPTOUTS_LOADING
             return Verdict.VALID
         if status is DecryptionStatus.EXPIRED_TOKEN:
             return Verdict.EXPIRED

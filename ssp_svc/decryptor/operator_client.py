@@ -17,9 +17,9 @@ class _WatchCall:
     def __init__(self, call: Any) -> None:
         self._call = call
 
-    def __iter__(self) -> Iterator[tuple[str, int]]:
+    def __iter__(self) -> Iterator[tuple[str, int] | None]:
         for item in self._call:
-            yield item.raw_uid, item.opted_out_at
+            yield None if item.backlog_sent else (item.raw_uid, item.opted_out_at)
 
     def cancel(self) -> None:
         self._call.cancel()

@@ -1,8 +1,9 @@
 """Opt-outs followed live from the operator's WatchOptOuts stream.
 
-`OptOutSet` holds opted-out raw UID2s in memory (reads take no lock). `OptOutWatcher` keeps a
-stream open: on a break it reconnects with capped, jittered backoff and resumes from the last
-`opted_out_at` it saw (duplicates at that millisecond are idempotent)."""
+`OptOutSet` holds opted-out raw UID2s in memory (reads take no lock) and says whether it is
+`loaded`: the operator's whole backlog has arrived once. `OptOutWatcher` keeps a stream open: on
+a break it reconnects with capped, jittered backoff and resumes `RESUME_MARGIN_MS` before the
+last `opted_out_at` it saw (repeats are idempotent)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,18 @@ from svc_common.grpc_client import Backoff
 
 _log = structlog.get_logger("optouts")
 
+# Opt-outs reach a stream in the order that operator learnt of them, not strictly by time: one
+# recorded by another operator process arrives up to its sync interval (0.1 s by default) after
+# later-stamped ones. Resuming this far back re-reads a few seconds instead of missing any.
+RESUME_MARGIN_MS = 10_000
+
 
 class OptOutSet:
     def __init__(self) -> None:
         self._at: dict[str, int] = {}
         self._lock = threading.Lock()
         self.last_seen_ms = 0
+        self.loaded = threading.Event()
 
     def add(self, raw_uid: str, opted_out_at_ms: int) -> None:
         with self._lock:
@@ -38,9 +45,10 @@ class OptOutSet:
 
 
 class OptOutStream(Protocol):
-    """An open WatchOptOuts call: yields (raw_uid, opted_out_at_ms); `cancel` ends it."""
+    """An open WatchOptOuts call: yields (raw_uid, opted_out_at_ms), and None once the backlog
+    is out; `cancel` ends it."""
 
-    def __iter__(self) -> Iterator[tuple[str, int]]: ...
+    def __iter__(self) -> Iterator[tuple[str, int] | None]: ...
 
     def cancel(self) -> None: ...
 
@@ -81,7 +89,8 @@ class OptOutWatcher:
         attempt = 0
         while not self._stop.is_set():
             try:
-                stream = self._open(self._optouts.last_seen_ms)
+                seen = self._optouts.last_seen_ms
+                stream = self._open(max(0, seen - RESUME_MARGIN_MS) if seen else 0)
                 with self._lock:
                     self._current = stream
                 if self._stop.is_set():
@@ -89,9 +98,14 @@ class OptOutWatcher:
                     return
                 self.connects += 1
                 self.connected.set()
-                for raw_uid, at_ms in stream:
-                    self._optouts.add(raw_uid, at_ms)
+                for item in stream:
                     attempt = 0
+                    if item is None:  # the backlog is in: the set is complete from now on
+                        if not self._optouts.loaded.is_set():
+                            self._optouts.loaded.set()
+                            _log.info("optouts_loaded", optouts=len(self._optouts))
+                        continue
+                    self._optouts.add(*item)
                 # The operator ended the stream (draining): reconnect.
             except Exception as exc:  # the operator unreachable, or the stream broke
                 if self._stop.is_set():

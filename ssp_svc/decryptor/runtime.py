@@ -38,10 +38,11 @@ def start_decryptor(
     *,
     key_refresh_s: float = 3600.0,
     early_refresh_min_s: float = 1.0,
-    connect_wait_s: float = 1.0,
+    optouts_wait_s: float = 10.0,
 ) -> Decryptor:
-    """Fetches keys once before returning (so the service starts decrypting), then keeps them
-    and the opt-outs fresh on background threads. A failed first fetch is retried there."""
+    """Fetches keys once and waits up to `optouts_wait_s` for the operator's opt-out backlog
+    before returning (so the service starts vouching for tokens at once), then keeps both fresh
+    on background threads. Until the backlog is in, decrypted tokens are OPTOUTS_LOADING."""
     client = OperatorClient(operator, api_key)
     keys = KeyCache(
         client.get_bidstream_keys,
@@ -53,8 +54,8 @@ def start_decryptor(
         _log.warning("keys_unavailable_at_start")
     optouts = OptOutSet()
     watcher = OptOutWatcher(client.watch_optouts, optouts).start()
-    # Give the opt-out backlog a moment to start arriving before the first tokens are checked.
-    watcher.connected.wait(connect_wait_s)
+    if not optouts.loaded.wait(optouts_wait_s):
+        _log.warning("optouts_not_loaded_at_start", waited_s=optouts_wait_s)
     refresher = KeyRefresher(keys).start()
     checker = TokenChecker(keys, optouts, clock)
     return Decryptor(checker, keys, optouts, refresher, watcher, client)

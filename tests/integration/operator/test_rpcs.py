@@ -266,15 +266,18 @@ def test_watch_live_and_resume(live: Live) -> None:
     assert _until(lambda: any(g.opted_out_at == out.opted_out_at for g in got), 1.0)
     stream.cancel()
     t.join(2)
-    # Resume from the last time seen: the backlog includes it.
+    # Nothing on record from `start`: the end-of-backlog mark first, then the live opt-out.
+    assert [(g.backlog_sent, g.raw_uid == "") for g in got[:1]] == [(True, True)]
+    assert not got[-1].backlog_sent and got[-1].raw_uid
+    # Resume from the last time seen: the backlog includes it, then comes the mark.
     again = live.stub.WatchOptOuts(
         pb.WatchOptOutsRequest(since=out.opted_out_at), metadata=live.md("reader"), timeout=0.5
     )
     seen = []
     with pytest.raises(grpc.RpcError):
         for item in again:
-            seen.append(item.raw_uid)
-    assert got[-1].raw_uid in seen
+            seen.append("<mark>" if item.backlog_sent else item.raw_uid)
+    assert seen[-2:] == [got[-1].raw_uid, "<mark>"]
     status = live.stub.GetOptOutStatus(
         pb.GetOptOutStatusRequest(raw_uids=[got[-1].raw_uid, RAW]), metadata=live.md("reader")
     )

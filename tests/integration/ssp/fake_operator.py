@@ -41,14 +41,18 @@ class FakeOperator(operator_pb2_grpc.OperatorServiceServicer):
         self._auth(context)
         self.watches += 1
         sent = 0
+        backlog = True
         while context.is_active() and not self._closed:
             with self._cond:
                 pending = [o for o in self._optouts[sent:] if o[1] >= request.since]
                 sent = len(self._optouts)
-                if not pending:
+                if not pending and not backlog:
                     self._cond.wait(0.1)
             for raw_uid, at in pending:
                 yield operator_pb2.WatchOptOutsResponse(raw_uid=raw_uid, opted_out_at=at)
+            if backlog:  # as the operator does: the mark once the backlog is out
+                backlog = False
+                yield operator_pb2.WatchOptOutsResponse(backlog_sent=True)
 
     def opt_out(self, raw_uid: str, at_ms: int) -> None:
         with self._cond:

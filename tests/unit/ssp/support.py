@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from ssp_svc.decryptor.optouts import OptOutSet
 from uid2.operator.v1 import operator_pb2
 from uid2_crypto.identity import IdentityScope, IdentityType
 from uid2_crypto.keys import MASTER_KEYSET_ID, Key, key_container_json
@@ -108,3 +109,10 @@ def mint(
         expires_ms=created + expires_in_s * 1000,
     )
     return encode_advertising_token_v4(payload, keys.master, site_key or keys.site)
+
+
+def loaded_optouts() -> OptOutSet:
+    """An opt-out set whose operator backlog is in (as a running decryptor's soon is)."""
+    optouts = OptOutSet()
+    optouts.loaded.set()
+    return optouts

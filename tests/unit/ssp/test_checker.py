@@ -7,14 +7,14 @@ from ssp_svc.decryptor.checker import TokenChecker, Verdict
 from ssp_svc.decryptor.key_cache import KeyCache, KeyRefresher
 from ssp_svc.decryptor.optouts import OptOutSet
 from svc_common.clock import SystemClock
-from tests.unit.ssp.support import APP, DOMAIN, KeySet, mint, raw_uid_b64
+from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
 
 
 def checker_for(keys: KeySet, **kw: Any) -> tuple[TokenChecker, KeyCache, OptOutSet]:
     clock = SystemClock()
     cache = KeyCache(keys.body, clock, **kw)
     assert cache.refresh()
-    optouts = OptOutSet()
+    optouts = loaded_optouts()
     return TokenChecker(cache, optouts, clock), cache, optouts
 
 
@@ -33,6 +33,20 @@ def test_verdicts() -> None:
     assert checker.check(mint(keys, uid=2), DOMAIN) is Verdict.VALID
 
 
+def test_tokens_are_not_vouched_for_until_the_opt_out_backlog_is_in() -> None:
+    keys = KeySet()
+    clock = SystemClock()
+    cache = KeyCache(keys.body, clock)
+    assert cache.refresh()
+    optouts = OptOutSet()
+    checker = TokenChecker(cache, optouts, clock)
+    assert checker.check(mint(keys, uid=3), DOMAIN) is Verdict.OPTOUTS_LOADING
+    optouts.add(raw_uid_b64(4), 123)  # what has arrived already counts
+    assert checker.check(mint(keys, uid=4), DOMAIN) is Verdict.OPTED_OUT
+    optouts.loaded.set()
+    assert checker.check(mint(keys, uid=3), DOMAIN) is Verdict.VALID
+
+
 def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
     keys = KeySet()
     checker, _, _ = checker_for(keys)
@@ -46,7 +60,7 @@ def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
 def test_no_keys_means_no_verdict_on_the_token() -> None:
     keys = KeySet()
     cache = KeyCache(keys.body, SystemClock())
-    checker = TokenChecker(cache, OptOutSet(), SystemClock(), early_refresh_wait_s=0.0)
+    checker = TokenChecker(cache, loaded_optouts(), SystemClock(), early_refresh_wait_s=0.0)
     assert checker.check(mint(keys), DOMAIN) is Verdict.NO_KEYS
 
 

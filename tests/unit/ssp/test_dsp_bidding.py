@@ -12,7 +12,7 @@ from ssp_svc.decryptor.key_cache import KeyCache
 from ssp_svc.decryptor.optouts import OptOutSet
 from svc_common.clock import SystemClock
 from svc_common.errors import ServiceError
-from tests.unit.ssp.support import DOMAIN, KeySet, mint, raw_uid_b64
+from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
 
 
 def request(token: str, floor: float = 0.5):
@@ -24,7 +24,7 @@ def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
     keys = KeySet()
     cache = KeyCache(keys.body, SystemClock())
     cache.refresh()
-    optouts = OptOutSet()
+    optouts = loaded_optouts()
     b = Bidder(
         "dsp",
         checker=TokenChecker(cache, optouts, SystemClock()),

@@ -7,13 +7,12 @@ from ssp_svc.bid_request import Disposition, uid2_token
 from ssp_svc.bidders import FanOutResult
 from ssp_svc.decryptor.checker import TokenChecker
 from ssp_svc.decryptor.key_cache import KeyCache
-from ssp_svc.decryptor.optouts import OptOutSet
 from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import SystemClock
 from svc_common.errors import ErrorKind, ServiceError
-from tests.unit.ssp.support import DOMAIN, KeySet, mint, raw_uid_b64
+from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
 from uid2.ssp.v1 import openrtb_pb2
 
 PUB = Account("p1", "Pub", AccountKind.PUBLISHER, ("example.com",))
@@ -73,7 +72,7 @@ def test_decrypting_drops_bad_tokens() -> None:
     keys = KeySet()
     cache = KeyCache(keys.body, SystemClock())
     cache.refresh()
-    optouts = OptOutSet()
+    optouts = loaded_optouts()
     checker = TokenChecker(cache, optouts, SystemClock())
     bidders = Bidders(2.0)
     ex, _ = exchange(bidders, checker)

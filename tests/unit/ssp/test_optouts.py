@@ -3,18 +3,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ssp_svc.decryptor.optouts import OptOutSet, OptOutWatcher
+from ssp_svc.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
 from svc_common.grpc_client import Backoff
 from tests.support.procs import wait_until
 
 
 class FakeStream:
-    def __init__(self, items: list[tuple[str, int]], fail_after: bool) -> None:
+    def __init__(self, items: list[tuple[str, int] | None], fail_after: bool) -> None:
         self.items = items
         self.fail_after = fail_after
         self.cancelled = threading.Event()
 
-    def __iter__(self) -> Iterator[tuple[str, int]]:
+    def __iter__(self) -> Iterator[tuple[str, int] | None]:
         yield from self.items
         if self.fail_after:
             raise ConnectionError("stream broke")
@@ -24,12 +24,15 @@ class FakeStream:
         self.cancelled.set()
 
 
-def test_reconnects_with_backoff_and_resumes_from_last_seen() -> None:
+T = 1_800_000_000_000  # epoch ms
+
+
+def test_reconnects_with_backoff_and_resumes_a_margin_before_the_last_seen() -> None:
     opened: list[int] = []
-    script = [
-        ([("u1", 100), ("u2", 200)], True),
+    script: list[tuple[list[tuple[str, int] | None], bool]] = [
+        ([("u1", T + 100), ("u2", T + 200)], True),  # breaks before the backlog is out
         ([], True),  # connects, breaks at once
-        ([("u2", 200), ("u3", 300)], False),  # resumes at 200: duplicate is idempotent
+        ([("u2", T + 200), None, ("u3", T + 300)], False),  # repeats are idempotent
     ]
 
     def open_stream(since: int) -> FakeStream:
@@ -47,9 +50,29 @@ def test_reconnects_with_backoff_and_resumes_from_last_seen() -> None:
     finally:
         watcher.stop()
     assert opened[0] == 0
-    assert all(since == 200 for since in opened[1:])
-    assert len(optouts) == 3 and optouts.last_seen_ms == 300
+    # An opt-out another operator process recorded just before T + 200 may still be on its way.
+    assert all(since == T + 200 - RESUME_MARGIN_MS for since in opened[1:])
+    assert len(optouts) == 3 and optouts.last_seen_ms == T + 300
     assert optouts.opted_out("u1") and not optouts.opted_out("nobody")
+    assert optouts.loaded.is_set()
+
+
+def test_loaded_only_once_the_backlog_mark_arrives() -> None:
+    stream = FakeStream([("u1", T)], fail_after=False)
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(lambda since: stream, optouts).start()
+    try:
+        assert wait_until(lambda: optouts.opted_out("u1"), 2)
+        assert not optouts.loaded.wait(0.2)
+    finally:
+        watcher.stop()
+    marked = FakeStream([("u1", T), None], fail_after=False)
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(lambda since: marked, optouts).start()
+    try:
+        assert optouts.loaded.wait(2)
+    finally:
+        watcher.stop()
 
 
 def test_stop_cancels_an_open_stream() -> None:

@@ -605,7 +605,9 @@ class WatchOptOutsRequest(_message.Message):
     since: _builtins.int
     """Epoch milliseconds: opt-outs recorded at or after this time are sent first, then new
     ones as they come. 0 sends every opt-out on record. To resume, pass the last
-    opted_out_at seen (duplicates at that millisecond are possible; treat them as idempotent).
+    opted_out_at seen minus a margin of a few seconds: opt-outs are sent in the order this
+    operator learnt of them, and one recorded by another operator process on the same data
+    can arrive up to its sync interval after a later-stamped one. Repeats are idempotent.
     """
     def __init__(
         self,
@@ -622,25 +624,32 @@ Global___WatchOptOutsRequest: _TypeAlias = WatchOptOutsRequest  # noqa: Y015
 
 @_typing.final
 class WatchOptOutsResponse(_message.Message):
-    """One opt-out in the WatchOptOuts stream."""
+    """One opt-out in the WatchOptOuts stream, or the end-of-backlog mark."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RAW_UID_FIELD_NUMBER: _builtins.int
     OPTED_OUT_AT_FIELD_NUMBER: _builtins.int
+    BACKLOG_SENT_FIELD_NUMBER: _builtins.int
     raw_uid: _builtins.str
-    """The opted-out user's current raw UID2, 44-character standard base64."""
+    """The opted-out user's current raw UID2, 44-character standard base64. Empty on the mark."""
     opted_out_at: _builtins.int
-    """When the user opted out, epoch milliseconds."""
+    """When the user opted out, epoch milliseconds. 0 on the mark."""
+    backlog_sent: _builtins.bool
+    """True on one message, the mark, sent once every opt-out on record when the stream opened
+    (from `since` on) has been sent; it carries no opt-out. A reader that must not act on an
+    incomplete set (an SSP checking tokens) waits for it.
+    """
     def __init__(
         self,
         *,
         raw_uid: _builtins.str = ...,
         opted_out_at: _builtins.int = ...,
+        backlog_sent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["opted_out_at", b"opted_out_at", "raw_uid", b"raw_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_sent", b"backlog_sent", "opted_out_at", b"opted_out_at", "raw_uid", b"raw_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from uid2.ssp.v1 import openrtb_pb2 as uid2_dot_ssp_dot_v1_dot_openrtb__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15uid2/ssp/v1/ssp.proto\x12\x0buid2.ssp.v1\x1a\x19uid2/ssp/v1/openrtb.proto\"\x99\x01\n\x17SubmitImpressionRequest\x12\x15\n\x0bpage_domain\x18\x01 \x01(\tH\x00\x12\x14\n\napp_bundle\x18\x02 \x01(\tH\x00\x12\x14\n\x0cplacement_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66loor_price\x18\x04 \x01(\x01\x12\x19\n\x11\x61\x64vertising_token\x18\x05 \x01(\tB\x0b\n\tinventory\"S\n\nWinningBid\x12\x0e\n\x06\x62idder\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x11\n\tad_markup\x18\x03 \x01(\t\x12\x13\n\x0b\x63reative_id\x18\x04 \x01(\t\"\xdb\x01\n\x18SubmitImpressionResponse\x12\x12\n\nauction_id\x18\x01 \x01(\t\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.uid2.ssp.v1.AuctionOutcome\x12,\n\x0bwinning_bid\x18\x03 \x01(\x0b\x32\x17.uid2.ssp.v1.WinningBid\x12\x38\n\x11token_disposition\x18\x04 \x01(\x0e\x32\x1d.uid2.ssp.v1.TokenDisposition\x12\x15\n\rbids_received\x18\x05 \x01(\x05\"C\n\x18StreamBidRequestsRequest\x12\x13\n\x0bsite_domain\x18\x01 \x01(\t\x12\x12\n\napp_bundle\x18\x02 \x01(\t\"\x8d\x01\n\x19StreamBidRequestsResponse\x12,\n\x0b\x62id_request\x18\x01 \x01(\x0b\x32\x17.uid2.ssp.v1.BidRequest\x12\x0f\n\x07sent_at\x18\x02 \x01(\x03\x12\x1a\n\x12\x64ropped_since_last\x18\x03 \x01(\x03\x12\x15\n\rdropped_total\x18\x04 \x01(\x03*\x8a\x02\n\x10TokenDisposition\x12!\n\x1dTOKEN_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1c\n\x18TOKEN_DISPOSITION_ABSENT\x10\x01\x12$\n TOKEN_DISPOSITION_PASSED_THROUGH\x10\x02\x12\x1b\n\x17TOKEN_DISPOSITION_VALID\x10\x03\x12%\n!TOKEN_DISPOSITION_DROPPED_EXPIRED\x10\x04\x12%\n!TOKEN_DISPOSITION_DROPPED_INVALID\x10\x05\x12$\n TOKEN_DISPOSITION_DROPPED_OPTOUT\x10\x06*j\n\x0e\x41uctionOutcome\x12\x1f\n\x1b\x41UCTION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UCTION_OUTCOME_FILLED\x10\x01\x12\x1b\n\x17\x41UCTION_OUTCOME_NO_FILL\x10\x02\x32\xd3\x01\n\nSspService\x12_\n\x10SubmitImpression\x12$.uid2.ssp.v1.SubmitImpressionRequest\x1a%.uid2.ssp.v1.SubmitImpressionResponse\x12\x64\n\x11StreamBidRequests\x12%.uid2.ssp.v1.StreamBidRequestsRequest\x1a&.uid2.ssp.v1.StreamBidRequestsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15uid2/ssp/v1/ssp.proto\x12\x0buid2.ssp.v1\x1a\x19uid2/ssp/v1/openrtb.proto\"\x99\x01\n\x17SubmitImpressionRequest\x12\x15\n\x0bpage_domain\x18\x01 \x01(\tH\x00\x12\x14\n\napp_bundle\x18\x02 \x01(\tH\x00\x12\x14\n\x0cplacement_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66loor_price\x18\x04 \x01(\x01\x12\x19\n\x11\x61\x64vertising_token\x18\x05 \x01(\tB\x0b\n\tinventory\"S\n\nWinningBid\x12\x0e\n\x06\x62idder\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x11\n\tad_markup\x18\x03 \x01(\t\x12\x13\n\x0b\x63reative_id\x18\x04 \x01(\t\"\xdb\x01\n\x18SubmitImpressionResponse\x12\x12\n\nauction_id\x18\x01 \x01(\t\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.uid2.ssp.v1.AuctionOutcome\x12,\n\x0bwinning_bid\x18\x03 \x01(\x0b\x32\x17.uid2.ssp.v1.WinningBid\x12\x38\n\x11token_disposition\x18\x04 \x01(\x0e\x32\x1d.uid2.ssp.v1.TokenDisposition\x12\x15\n\rbids_received\x18\x05 \x01(\x05\"C\n\x18StreamBidRequestsRequest\x12\x13\n\x0bsite_domain\x18\x01 \x01(\t\x12\x12\n\napp_bundle\x18\x02 \x01(\t\"\x8d\x01\n\x19StreamBidRequestsResponse\x12,\n\x0b\x62id_request\x18\x01 \x01(\x0b\x32\x17.uid2.ssp.v1.BidRequest\x12\x0f\n\x07sent_at\x18\x02 \x01(\x03\x12\x1a\n\x12\x64ropped_since_last\x18\x03 \x01(\x03\x12\x15\n\rdropped_total\x18\x04 \x01(\x03*\xb4\x02\n\x10TokenDisposition\x12!\n\x1dTOKEN_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1c\n\x18TOKEN_DISPOSITION_ABSENT\x10\x01\x12$\n TOKEN_DISPOSITION_PASSED_THROUGH\x10\x02\x12\x1b\n\x17TOKEN_DISPOSITION_VALID\x10\x03\x12%\n!TOKEN_DISPOSITION_DROPPED_EXPIRED\x10\x04\x12%\n!TOKEN_DISPOSITION_DROPPED_INVALID\x10\x05\x12$\n TOKEN_DISPOSITION_DROPPED_OPTOUT\x10\x06\x12(\n$TOKEN_DISPOSITION_DROPPED_UNVERIFIED\x10\x07*j\n\x0e\x41uctionOutcome\x12\x1f\n\x1b\x41UCTION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UCTION_OUTCOME_FILLED\x10\x01\x12\x1b\n\x17\x41UCTION_OUTCOME_NO_FILL\x10\x02\x32\xd3\x01\n\nSspService\x12_\n\x10SubmitImpression\x12$.uid2.ssp.v1.SubmitImpressionRequest\x1a%.uid2.ssp.v1.SubmitImpressionResponse\x12\x64\n\x11StreamBidRequests\x12%.uid2.ssp.v1.StreamBidRequestsRequest\x1a&.uid2.ssp.v1.StreamBidRequestsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'uid2.ssp.v1.ssp_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKENDISPOSITION']._serialized_start=742
-  _globals['_TOKENDISPOSITION']._serialized_end=1008
-  _globals['_AUCTIONOUTCOME']._serialized_start=1010
-  _globals['_AUCTIONOUTCOME']._serialized_end=1116
+  _globals['_TOKENDISPOSITION']._serialized_end=1050
+  _globals['_AUCTIONOUTCOME']._serialized_start=1052
+  _globals['_AUCTIONOUTCOME']._serialized_end=1158
   _globals['_SUBMITIMPRESSIONREQUEST']._serialized_start=66
   _globals['_SUBMITIMPRESSIONREQUEST']._serialized_end=219
   _globals['_WINNINGBID']._serialized_start=221
@@ -46,6 +46,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMBIDREQUESTSREQUEST']._serialized_end=595
   _globals['_STREAMBIDREQUESTSRESPONSE']._serialized_start=598
   _globals['_STREAMBIDREQUESTSRESPONSE']._serialized_end=739
-  _globals['_SSPSERVICE']._serialized_start=1119
-  _globals['_SSPSERVICE']._serialized_end=1330
+  _globals['_SSPSERVICE']._serialized_start=1161
+  _globals['_SSPSERVICE']._serialized_end=1372
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,10 @@ class _TokenDispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Toke
     """The token did not decrypt (forged, tampered, unknown key, wrong domain): left out."""
     TOKEN_DISPOSITION_DROPPED_OPTOUT: _TokenDisposition.ValueType  # 6
     """The user opted out: left out."""
+    TOKEN_DISPOSITION_DROPPED_UNVERIFIED: _TokenDisposition.ValueType  # 7
+    """The token decrypted, but the SSP (just started) has not yet received every opt-out from
+    the operator, so it cannot vouch for it: left out.
+    """
 
 class TokenDisposition(_TokenDisposition, metaclass=_TokenDispositionEnumTypeWrapper):
     """What happened to the impression's token on its way into the bid stream."""
@@ -59,6 +63,10 @@ TOKEN_DISPOSITION_DROPPED_INVALID: TokenDisposition.ValueType  # 5
 """The token did not decrypt (forged, tampered, unknown key, wrong domain): left out."""
 TOKEN_DISPOSITION_DROPPED_OPTOUT: TokenDisposition.ValueType  # 6
 """The user opted out: left out."""
+TOKEN_DISPOSITION_DROPPED_UNVERIFIED: TokenDisposition.ValueType  # 7
+"""The token decrypted, but the SSP (just started) has not yet received every opt-out from
+the operator, so it cannot vouch for it: left out.
+"""
 Global___TokenDisposition: _TypeAlias = TokenDisposition  # noqa: Y015
 
 class _AuctionOutcome:
