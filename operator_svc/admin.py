@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operator_svc.config import check_lifetimes
+from operator_svc.config import MAX_SYNC_INTERVAL_S, check_lifetimes
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, normalise_domain
@@ -33,6 +34,9 @@ KEY_LIFETIME_S = 365 * 86_400
 DEFAULT_ACTIVATION_DELAY_S = 3600
 # A key announced years ahead is a typo, not a plan (and must fit SQLite's int64).
 MAX_ACTIVATION_DELAY_S = 365 * 86_400
+# Every serve process on the data dir must hold a new key before any of them uses it: a refresh
+# token under a key another process has not loaded yet would be INVALID_TOKEN there (final).
+MIN_ACTIVATION_DELAY_S = math.ceil(2 * MAX_SYNC_INTERVAL_S)
 FALLBACK_KEYSET_ID = 2
 FIRST_SITE_KEYSET_ID = 3
 MAX_SITE_ID = 2**31 - 1
@@ -295,9 +299,10 @@ def rotate_keys(
     decryptors have it before its first use. Each key it supersedes keeps being published
     until every token it may have encrypted has expired (successor's activation + the longest
     lifetime of what it encrypts + clock skew); keys past that are pruned."""
-    if not 0 <= activation_delay_s <= MAX_ACTIVATION_DELAY_S:
+    if not MIN_ACTIVATION_DELAY_S <= activation_delay_s <= MAX_ACTIVATION_DELAY_S:
         raise AdminError(
-            f"activation delay must be within 0 and {MAX_ACTIVATION_DELAY_S} seconds (a year)"
+            f"activation delay must be within {MIN_ACTIVATION_DELAY_S} (so every operator "
+            f"process has the key before it is used) and {MAX_ACTIVATION_DELAY_S} seconds"
         )
     check_lifetimes(token_lifetime_s, refresh_lifetime_s)
     now_s = now_ms // 1000

@@ -103,7 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     p = keys.add_parser("rotate", help="add keys that activate later; prune expired ones")
     _data_dir(p)
     p.add_argument(
-        "--activation-delay", type=int, default=admin.DEFAULT_ACTIVATION_DELAY_S, metavar="SECONDS"
+        "--activation-delay",
+        type=int,
+        default=admin.DEFAULT_ACTIVATION_DELAY_S,
+        metavar="SECONDS",
+        help=f"when the new keys start being used (default {admin.DEFAULT_ACTIVATION_DELAY_S}, "
+        f"at least {admin.MIN_ACTIVATION_DELAY_S})",
     )
     p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
@@ -125,7 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh-from", type=int, default=None, metavar="SECONDS")
     p.add_argument("--max-bidstream-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--sync-interval", type=float, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--sync-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often other processes' writes are picked up (default 0.1, at most 1)",
+    )
     p.add_argument(
         "--http-listen",
         default=None,

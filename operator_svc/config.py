@@ -11,6 +11,8 @@ HOUR_S = 3_600
 # Far beyond any deployment's lifetimes (the official ones are days), and small enough that
 # epoch milliseconds plus a lifetime still fit SQLite's and protobuf's int64.
 MAX_LIFETIME_S = 10 * 365 * DAY_S
+# Another process's writes (an opt-out, a client, a key) are used within this; the 1 s promise.
+MAX_SYNC_INTERVAL_S = 1.0
 
 
 class ConfigError(ValueError):
@@ -68,8 +70,10 @@ class OperatorConfig:
             raise ConfigError(f"sharing lifetime must be within 1 and {MAX_LIFETIME_S} seconds")
         if not 0 <= self.allow_clock_skew_s <= MAX_LIFETIME_S:
             raise ConfigError(f"clock skew must be within 0 and {MAX_LIFETIME_S} seconds")
-        if not 0.01 <= self.sync_interval_s <= 60:
-            raise ConfigError("sync interval must be within 0.01 and 60 seconds")
+        if not 0.01 <= self.sync_interval_s <= MAX_SYNC_INTERVAL_S:
+            raise ConfigError(
+                f"sync interval must be within 0.01 and {MAX_SYNC_INTERVAL_S:g} seconds"
+            )
         if self.max_workers < 1:
             raise ConfigError("max workers must be positive")
         _check_listen(self.listen)

@@ -241,10 +241,11 @@ def test_key_rotation_during_traffic_gives_zero_decrypt_failures(world: World) -
         w.start()
     try:
         time.sleep(0.3)
-        # Keys that activate at once: tokens name them before any scheduled refresh.
+        # Keys that activate as soon as allowed: tokens name them long before the SSP's
+        # scheduled (hourly) key refresh, so it must fetch them when it first meets them.
         _cli("uid2-operator", "keys", "rotate", "--data-dir", str(world.op_dir),
-             "--activation-delay", "0")  # fmt: skip
-        time.sleep(1.5)
+             "--activation-delay", "2")  # fmt: skip
+        time.sleep(3.5)
     finally:
         done.set()
         for w in workers:

@@ -132,6 +132,7 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     [
         {"activation_delay_s": 10**20},
         {"activation_delay_s": -1},
+        {"activation_delay_s": 0},
         {"token_lifetime_s": -100_000, "refresh_lifetime_s": -100_000},
         {"token_lifetime_s": 0},
         {"refresh_lifetime_s": 10**20},

@@ -34,6 +34,7 @@ def test_production_defaults() -> None:
         {"identity_scope": "XYZ"},
         {"max_bidstream_lifetime_s": 10},
         {"sync_interval_s": 0},
+        {"sync_interval_s": 1.5},  # other processes' writes must be used within 1 s
     ],
 )
 def test_invalid_config(kwargs: dict[str, object]) -> None:
