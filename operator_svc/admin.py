@@ -332,12 +332,13 @@ def rotate_salts(store: OperatorStore, fraction: float, now_ms: int, rng: Rng) -
     """Rotates `fraction` of the salt buckets, those due soonest first; returns how many."""
     if not 0.0 < fraction <= 1.0:
         raise AdminError("fraction must be within (0, 1]")
-    salts = SaltSet.from_blobs(store.load_salt_blobs())
-    rotated = salts.rotate(fraction, rng, now_ms)
-    count = min(len(salts), round(fraction * len(salts)))
+    # Read inside the write transaction: two rotations at once then run one after the other,
+    # each rotating what the other left, instead of the second overwriting the first.
     with store.transaction() as conn:
+        salts = SaltSet.from_blobs(OperatorStore.read_salt_blobs(conn))
+        rotated = salts.rotate(fraction, rng, now_ms)
         OperatorStore.write_salt_blobs(conn, rotated.to_blobs())
-    return count
+    return min(len(salts), round(fraction * len(salts)))
 
 
 def default_rng(n: int) -> bytes:

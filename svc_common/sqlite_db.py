@@ -16,6 +16,7 @@ from pathlib import Path
 ErrorFactory = Callable[[str], Exception]
 
 BUSY_TIMEOUT_S = 30.0
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = False) -> None:
@@ -44,6 +45,9 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
         # A garbage file passes connect(); the first statement is what reads the header.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # A salt rotation writes tens of MB through the WAL; without a limit the file keeps
+        # that size after every checkpoint.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         if schema:
             conn.executescript(schema)

@@ -164,7 +164,12 @@ class OperatorStore:
 
     def load_salt_blobs(self) -> dict[str, bytes]:
         with self._lock:
-            rows = self._conn.execute("SELECT name, data FROM salt_blobs").fetchall()
+            return self.read_salt_blobs(self._conn)
+
+    @staticmethod
+    def read_salt_blobs(conn: sqlite3.Connection) -> dict[str, bytes]:
+        """Inside a transaction: the salts a read-modify-write starts from."""
+        rows = conn.execute("SELECT name, data FROM salt_blobs").fetchall()
         return {str(n): bytes(d) for n, d in rows}
 
     @classmethod

@@ -3,11 +3,12 @@ one line naming the path, never a bare sqlite3 or OS exception."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from svc_common.sqlite_db import open_db, require_data_dir
+from svc_common.sqlite_db import WAL_SIZE_LIMIT_BYTES, open_db, require_data_dir
 from tests.support.bad_stores import unusable_store
 
 
@@ -48,3 +49,13 @@ def test_unusable_database_names_the_file(tmp_path: Path, kind: str) -> None:
         open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
     message = str(exc.value)
     assert str(path) in message and "\n" not in message
+
+
+def test_the_wal_is_cut_back_after_a_checkpoint(tmp_path: Path) -> None:
+    """A big write (a salt rotation) must not leave a WAL file of its size behind for good."""
+    conn = open_db(tmp_path / "big.sqlite3", Bad, schema="CREATE TABLE t (b BLOB);")
+    conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3 * WAL_SIZE_LIMIT_BYTES),))
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    conn.execute("INSERT INTO t VALUES (x'00')")  # the WAL restarts from its beginning
+    assert (tmp_path / "big.sqlite3-wal").stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    conn.close()

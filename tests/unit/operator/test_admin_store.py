@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,28 @@ def test_two_operators_share_optouts(env: Env) -> None:
         assert out.status is GenerateStatus.OPTOUT
     finally:
         other.close()
+
+
+def test_concurrent_salt_rotations_both_count(tmp_path: Path) -> None:
+    """Two `salts rotate --fraction 0.5` at once (two connections, as two CLI runs) rotate every
+    bucket between them: neither overwrites the other's work."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    before = SaltSet.from_blobs(store.load_salt_blobs())
+    stores = [OperatorStore.open(tmp_path) for _ in range(2)]
+    start = threading.Barrier(2)
+
+    def rotate(s: OperatorStore) -> None:
+        start.wait()
+        admin.rotate_salts(s, 0.5, T0 + DAY_S * 1000, os.urandom)
+
+    threads = [threading.Thread(target=rotate, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = SaltSet.from_blobs(store.load_salt_blobs())
+    sample = range(0, BUCKET_COUNT, 997)
+    assert all(after.salt(i) != before.salt(i) for i in sample)
+    for s in (store, *stores):
+        s.close()
