@@ -16,7 +16,7 @@ import structlog
 
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from ssp_svc.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
-from svc_common.grpc_server import wait_for_signal
+from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 from svc_common.logging import configure_logging
 from svc_common.settings import finite_float, log_level
 
@@ -81,12 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = structlog.get_logger("dsp")
     from dsp_svc.server import create_server
 
+    stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     try:
         served, port = create_server(config)
     except OSError as exc:
         return fail(f"uid2-dsp: cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen, name=config.name)
-    wait_for_signal()
+    wait_for_signal(stop)
     served.stop()
     log.info("stopped")
     return 0

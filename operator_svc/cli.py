@@ -186,7 +186,7 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
-    from svc_common.grpc_server import wait_for_signal
+    from svc_common.grpc_server import catch_stop_signals, wait_for_signal
     from svc_common.logging import configure_logging
     from svc_common.settings import SettingError, log_level
 
@@ -203,12 +203,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     log = structlog.get_logger("operator")
     started = time.perf_counter()
+    stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
     served, port = create_server(config)
     extra = {} if served.http_port is None else {"http_port": served.http_port}
     log.info(
         "serving", port=port, startup_ms=round((time.perf_counter() - started) * 1000), **extra
     )
-    wait_for_signal()
+    wait_for_signal(stop)
     served.stop()
     log.info("stopped")
     return 0

@@ -174,13 +174,14 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
 
 def _serve(config: PublisherConfig) -> int:
     from publisher_svc.server import create_server
-    from svc_common.grpc_server import wait_for_signal
+    from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 
     log = structlog.get_logger("cli")
+    stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     served, port = create_server(config)
     log.info("serving", port=port, storage_mode=config.storage_mode.value)
     try:
-        wait_for_signal()
+        wait_for_signal(stop)
     finally:
         log.info("stopping")
         served.stop(5.0)

@@ -27,7 +27,7 @@ from ssp_svc.store.accounts import (
     StoreError,
     normalise_inventory,
 )
-from svc_common.grpc_server import wait_for_signal
+from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 from svc_common.logging import configure_logging
 from svc_common.settings import finite_float, log_level
 
@@ -136,12 +136,13 @@ def _serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("ssp")
     from ssp_svc.server import create_server
 
+    stop = catch_stop_signals()  # a stop during start-up (the opt-out backlog) still drains
     try:
         served, port = create_server(config)
     except (StoreError, OSError) as exc:
         return fail(f"uid2-ssp: cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen)
-    wait_for_signal()
+    wait_for_signal(stop)
     served.stop()
     log.info("stopped")
     return 0

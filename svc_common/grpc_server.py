@@ -110,8 +110,9 @@ def start_server(
     return served
 
 
-def wait_for_signal() -> None:
-    """Blocks the main thread until SIGINT or SIGTERM."""
+def catch_stop_signals() -> threading.Event:
+    """From now on SIGINT and SIGTERM set the returned event instead of killing the process.
+    Called first thing in `serve`, so a stop during start-up still drains and exits 0."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
@@ -120,4 +121,10 @@ def wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    stop.wait()
+    return stop
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> None:
+    """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
+    `catch_stop_signals`, is set)."""
+    (stop or catch_stop_signals()).wait()
