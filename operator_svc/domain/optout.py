@@ -57,7 +57,7 @@ class OptOutService:
         require_role(client, "OPTOUT")
         _, flh = dii_flh(kind, value, self._state.first_level_salt)
         seq, opted_out_at = self._store.add_optout(flh, self._clock.now_ms())
-        self._state.optouts.add([OptOutRow(seq, flh, opted_out_at)], self._state.salts)
+        self._state.optouts.add([OptOutRow(seq, flh, opted_out_at)])
         return opted_out_at
 
     def opt_out_status(self, client: Client, raw_uids: Sequence[str]) -> list[tuple[str, int]]:

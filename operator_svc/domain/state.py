@@ -87,8 +87,12 @@ class OptOutIndex:
     GetOptOutStatus and WatchOptOuts). Reads are lock-free dict lookups; writers and waiters
     use `cond`."""
 
-    def __init__(self, never_opted_out: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, salts: SaltSet, never_opted_out: frozenset[bytes] = frozenset()) -> None:
         self.cond = threading.Condition()
+        # The salts raw UID2s are computed under; changed only with `use_salts`, under `cond`,
+        # so an opt-out added while the salts rotate is indexed under the salts it will be
+        # looked up with.
+        self._salts = salts
         # The never-opt-out test identities (reference §7): their opt-outs are recorded and
         # acknowledged, as the official operator does, but never shown as opt-outs (status,
         # stream), or readers would reject tokens the operator keeps issuing for them.
@@ -109,10 +113,11 @@ class OptOutIndex:
     def __len__(self) -> int:
         return len(self._by_flh)
 
-    def add(self, rows: list[OptOutRow], salts: SaltSet) -> int:
+    def add(self, rows: list[OptOutRow]) -> int:
         """Adds rows (idempotent by first-level hash); returns how many were new."""
         new = 0
         with self.cond:
+            salts = self._salts
             for row in rows:
                 if row.seq > self.seq:
                     self.seq = row.seq
@@ -129,9 +134,10 @@ class OptOutIndex:
                 self.cond.notify_all()
         return new
 
-    def rebuild_raw(self, salts: SaltSet) -> None:
-        """Recomputes the raw UID2 index after the salts changed."""
+    def use_salts(self, salts: SaltSet) -> None:
+        """Switches to new salts and recomputes the raw UID2 index under them."""
         with self.cond:
+            self._salts = salts
             self._by_raw = {
                 raw_uid2(flh, salts.salt(bucket_index(flh))): ts
                 for flh, ts in self._by_flh.items()
@@ -180,7 +186,7 @@ class OperatorState:
         self.sites = sites
         self.delegations = delegations
         self.test_identities = TestIdentities.for_salt(first_level_salt)
-        self.optouts = OptOutIndex(self.test_identities.never_optout)
+        self.optouts = OptOutIndex(salts, self.test_identities.never_optout)
         # Called (no arguments) after keys change, e.g. to drop caches built from them.
         self.listeners: list[Callable[[], None]] = []
 
@@ -226,7 +232,7 @@ class StateLoader:
             sites=self._sites(),
             delegations=frozenset(store.delegations()),
         )
-        state.optouts.add(store.optouts_after(0), salts)
+        state.optouts.add(store.optouts_after(0))
         return state
 
     def _keys(self) -> KeySnapshot:
@@ -275,7 +281,7 @@ class StateLoader:
                 salts = SaltSet.from_blobs(store.load_salt_blobs())
                 with state.optouts.cond:
                     state.salts = salts
-                    state.optouts.rebuild_raw(salts)
+                    state.optouts.use_salts(salts)
                 changed.append("salts")
             if versions["keys"] != old.get("keys"):
                 state.keys = self._keys()
@@ -292,7 +298,7 @@ class StateLoader:
                 state.delegations = frozenset(store.delegations())
                 changed.append("delegations")
             rows = store.optouts_after(state.optouts.seq)
-            if rows and state.optouts.add(rows, state.salts):
+            if rows and state.optouts.add(rows):
                 changed.append("optouts")
             return changed
 
