@@ -18,7 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operator_svc.config import MAX_SYNC_INTERVAL_S, check_lifetimes
+from operator_svc.config import (
+    DEFAULT_CLOCK_SKEW_S,
+    MAX_SYNC_INTERVAL_S,
+    check_clock_skew,
+    check_lifetimes,
+)
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, normalise_domain
@@ -293,7 +298,7 @@ def rotate_keys(
     activation_delay_s: int = DEFAULT_ACTIVATION_DELAY_S,
     token_lifetime_s: int = 3 * 86_400,
     refresh_lifetime_s: int = 30 * 86_400,
-    clock_skew_s: int = 1800,
+    clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
 ) -> RotationReport:
     """Adds to every enabled keyset a key activating `activation_delay_s` from now, so
     decryptors have it before its first use. Each key it supersedes keeps being published
@@ -305,6 +310,7 @@ def rotate_keys(
             f"process has the key before it is used) and {MAX_ACTIVATION_DELAY_S} seconds"
         )
     check_lifetimes(token_lifetime_s, refresh_lifetime_s)
+    check_clock_skew(clock_skew_s)
     now_s = now_ms // 1000
     activates = now_s + activation_delay_s
     created = 0

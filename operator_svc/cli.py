@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from operator_svc import admin
-from operator_svc.config import DAY_S, HOUR_S, ConfigError, OperatorConfig
+from operator_svc.config import DAY_S, DEFAULT_CLOCK_SKEW_S, HOUR_S, ConfigError, OperatorConfig
 from operator_svc.store import OperatorStore, StoreError
 
 PROG = "uid2-operator"
@@ -110,8 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"when the new keys start being used (default {admin.DEFAULT_ACTIVATION_DELAY_S}, "
         f"at least {admin.MIN_ACTIVATION_DELAY_S})",
     )
+    # The same settings (and variables) as `serve`'s: they decide how long old keys are kept.
     p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
     p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
+    p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
 
     salts = sub.add_parser("salts", help="salt buckets").add_subparsers(
         dest="action", required=True
@@ -168,6 +170,10 @@ def _pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any] = str) -
     return flag if flag is not None else _env(env, default, cast)
 
 
+def _clock_skew(args: argparse.Namespace) -> int:
+    return int(_pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", DEFAULT_CLOCK_SKEW_S, int))
+
+
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
     return OperatorConfig(
         data_dir=_require_dir(args),
@@ -178,7 +184,7 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
         max_bidstream_lifetime_s=_pick(
             args.max_bidstream_lifetime, "MAX_BIDSTREAM_LIFETIME_S", 0, int
         ),
-        allow_clock_skew_s=_pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", 1800, int),
+        allow_clock_skew_s=_clock_skew(args),
         sync_interval_s=_pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
         http_listen=_pick(args.http_listen, "HTTP_LISTEN", None, str),
     )
@@ -285,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
                 activation_delay_s=args.activation_delay,
                 token_lifetime_s=token_s,
                 refresh_lifetime_s=refresh_s,
+                clock_skew_s=_clock_skew(args),
             )
             _print(report.as_json())
         elif cmd == "salts":

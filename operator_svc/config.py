@@ -13,6 +13,7 @@ HOUR_S = 3_600
 MAX_LIFETIME_S = 10 * 365 * DAY_S
 # Another process's writes (an opt-out, a client, a key) are used within this; the 1 s promise.
 MAX_SYNC_INTERVAL_S = 1.0
+DEFAULT_CLOCK_SKEW_S = 1800
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class OperatorConfig:
     # 0 means "the advertising token lifetime" (what decryptors accept for bid-stream tokens).
     max_bidstream_lifetime_s: int = 0
     max_sharing_lifetime_s: int = 30 * DAY_S
-    allow_clock_skew_s: int = 1800
+    allow_clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
     # How often other processes' writes to the same data dir are looked for.
     sync_interval_s: float = 0.1
     # Reserved for the HTTP front door (official UID2 HTTP API); None = not served.
@@ -68,8 +69,7 @@ class OperatorConfig:
             )
         if not 0 < self.max_sharing_lifetime_s <= MAX_LIFETIME_S:
             raise ConfigError(f"sharing lifetime must be within 1 and {MAX_LIFETIME_S} seconds")
-        if not 0 <= self.allow_clock_skew_s <= MAX_LIFETIME_S:
-            raise ConfigError(f"clock skew must be within 0 and {MAX_LIFETIME_S} seconds")
+        check_clock_skew(self.allow_clock_skew_s)
         if not 0.01 <= self.sync_interval_s <= MAX_SYNC_INTERVAL_S:
             raise ConfigError(
                 f"sync interval must be within 0.01 and {MAX_SYNC_INTERVAL_S:g} seconds"
@@ -79,6 +79,12 @@ class OperatorConfig:
         _check_listen(self.listen)
         if self.http_listen is not None:
             _check_listen(self.http_listen)
+
+
+def check_clock_skew(allow_clock_skew_s: int) -> None:
+    """The rule `serve` and `keys rotate` share: keys outlive their tokens by this much."""
+    if not 0 <= allow_clock_skew_s <= MAX_LIFETIME_S:
+        raise ConfigError(f"clock skew must be within 0 and {MAX_LIFETIME_S} seconds")
 
 
 def check_lifetimes(token_lifetime_s: int, refresh_lifetime_s: int) -> None:

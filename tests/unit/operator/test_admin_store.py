@@ -128,6 +128,18 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     store.close()
 
 
+def test_key_retention_follows_the_clock_skew_serve_allows(tmp_path: Path) -> None:
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    t0 = T0 // 1000
+    admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=60, clock_skew_s=7200)
+    old_master = next(
+        k for k in store.key_rows() if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0
+    )
+    assert old_master.expires_s == t0 + 60 + 3 * DAY_S + 7200
+    store.close()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -137,6 +149,7 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
         {"token_lifetime_s": -100_000, "refresh_lifetime_s": -100_000},
         {"token_lifetime_s": 0},
         {"refresh_lifetime_s": 10**20},
+        {"clock_skew_s": -1},
     ],
 )
 def test_key_rotation_rejects_lifetimes_that_would_prune_live_keys(
