@@ -10,7 +10,6 @@ Entry points (all take an open `OperatorStore`, the time and an rng of `n -> n r
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import secrets
 import sqlite3
@@ -24,6 +23,7 @@ from operator_svc.config import (
     check_clock_skew,
     check_lifetimes,
 )
+from operator_svc.domain.api_keys import API_KEY_PREFIX, hash_api_key
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, normalise_domain
@@ -33,7 +33,6 @@ from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 Rng = Callable[[int], bytes]
 
 ROLES = ("GENERATOR", "MAPPER", "ID_READER", "SHARER", "OPTOUT", "ADMIN")
-API_KEY_PREFIX = "UID2-C-"
 # A key lives this long unless a rotation shortens it to what its tokens need.
 KEY_LIFETIME_S = 365 * 86_400
 DEFAULT_ACTIVATION_DELAY_S = 3600
@@ -67,20 +66,6 @@ class NewClient:
             "api_key": self.api_key,
             "secret": self.secret,
         }
-
-
-def hash_api_key(salt: bytes, api_key: str) -> bytes:
-    return hashlib.sha256(salt + api_key.encode("utf-8")).digest()
-
-
-def api_key_id(api_key: str) -> str | None:
-    """The public lookup prefix of an API key `UID2-C-<key_id>-<secret>`, or None."""
-    if not api_key.startswith(API_KEY_PREFIX):
-        return None
-    key_id, sep, rest = api_key[len(API_KEY_PREFIX) :].partition("-")
-    if not sep or not key_id or not rest or len(key_id) > 32:
-        return None
-    return key_id
 
 
 def parse_roles(text: str) -> tuple[str, ...]:

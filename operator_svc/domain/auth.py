@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 
-from operator_svc.admin import api_key_id, hash_api_key
+from operator_svc.domain.api_keys import api_key_id, hash_api_key
 from operator_svc.domain.state import Client, OperatorState
 from svc_common.errors import permission_denied, unauthenticated
 
