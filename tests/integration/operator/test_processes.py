@@ -45,7 +45,7 @@ def _stub(p: ServiceProcess) -> pbg.OperatorServiceStub:
 
 def _status(stub: pbg.OperatorServiceStub, meta: object, email: str) -> int:
     req = pb.GenerateTokenRequest(dii=pb.Dii(email=email), privacy_settings=OK_PRIVACY)
-    return stub.GenerateToken(req, metadata=meta, timeout=5).status  # type: ignore[no-any-return]
+    return stub.GenerateToken(req, metadata=meta, timeout=5).status  # type: ignore[no-any-return]  # grpc is untyped: its calls return Any
 
 
 def test_cli_mistakes_exit_2(tmp_path: Path) -> None:
