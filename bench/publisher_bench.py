@@ -29,6 +29,7 @@ from publisher_svc.refresher import Refresher
 from publisher_svc.server import start
 from svc_common.clock import ManualClock
 from svc_common.logging import configure_logging
+from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.publisher.v1 import publisher_pb2_grpc
 from uid2_crypto.identity import sha256_b64
@@ -66,7 +67,8 @@ def run() -> dict[str, Any]:
         rt = start(config, clock=clock)
         channel = grpc.insecure_channel(f"127.0.0.1:{rt.served.port}")
         stub = publisher_pb2_grpc.PublisherServiceStub(channel)
-        ok = pb.LoginRequest(privacy_settings={"transparency_notice_accepted": True})
+        accepted = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
+        ok = pb.LoginRequest(privacy_settings=accepted)
         try:
             # -- not due: a lookup ------------------------------------------------------------
             req = pb.LoginRequest()

@@ -177,7 +177,7 @@ def run() -> dict[str, Any]:
                     p.terminate()
                 except Exception:
                     p.kill()
-    result = {
+    result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "setup": "uid2-operator, uid2-ssp (decrypting, tmax 150 ms) and 2 uid2-dsp (decrypting) "
         "as processes on loopback; client threads in the bench process",

@@ -39,7 +39,8 @@ class OperatorConfig:
     allow_clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
     # How often other processes' writes to the same data dir are looked for.
     sync_interval_s: float = 0.1
-    # Reserved for the HTTP front door (official UID2 HTTP API); None = not served.
+    # Where the HTTP front door (official UID2 HTTP API, operator_svc/http) listens; None = not
+    # served.
     http_listen: str | None = None
     # Threads for the calls that block (durable opt-out writes, 5,000-item scans); token calls
     # run on the event loop.

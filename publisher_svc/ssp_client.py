@@ -3,17 +3,22 @@ typed error (PeerError). The token goes out exactly as received."""
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import EnumDescriptor
+
 from publisher_svc.model import AdDecision, Impression, WinningBid
 from publisher_svc.peer import PeerClient
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 
+_OUTCOMES = ssp_pb2.AuctionOutcome.DESCRIPTOR
+_DISPOSITIONS = ssp_pb2.TokenDisposition.DESCRIPTOR
 
-def _name(enum: object, value: int, prefix: str) -> str:
+
+def _name(enum: EnumDescriptor, value: int, prefix: str) -> str:
     """An SSP enum value's name without its prefix; "UNSPECIFIED" for values newer than us."""
-    try:
-        full: str = enum.Name(value)  # type: ignore[attr-defined]
-    except ValueError:
+    known = enum.values_by_number.get(value)
+    if known is None:
         return "UNSPECIFIED"
+    full = known.name
     return full[len(prefix) :] if full.startswith(prefix) else full
 
 
@@ -36,9 +41,9 @@ class SspClient(PeerClient):
             bid = WinningBid(w.bidder, w.price, w.ad_markup, w.creative_id)
         return AdDecision(
             auction_id=response.auction_id,
-            outcome=_name(ssp_pb2.AuctionOutcome, response.outcome, "AUCTION_OUTCOME_"),
+            outcome=_name(_OUTCOMES, response.outcome, "AUCTION_OUTCOME_"),
             token_disposition=_name(
-                ssp_pb2.TokenDisposition, response.token_disposition, "TOKEN_DISPOSITION_"
+                _DISPOSITIONS, response.token_disposition, "TOKEN_DISPOSITION_"
             ),
             bids_received=response.bids_received,
             winning_bid=bid,

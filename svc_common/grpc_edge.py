@@ -150,7 +150,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
                 else:
                     code = context.code().name
                 self._fail(context, exc)
-                raise  # pragma: no cover
+                raise  # pragma: no cover - _fail raises
             finally:
                 self._done(start, code, reason)
 

@@ -3,10 +3,10 @@ aiohttp application on its own asyncio loop in a dedicated thread of the operato
 
 Why aiohttp: asyncio-native, long maintained, already a pinned dependency, with a small
 low-level surface (`AppRunner`/`TCPSite`) that runs happily on a private loop in a thread. The
-gRPC server is sync (thread pool), so the HTTP side keeps its own loop; both call the same
-`Operator` (same snapshots, same rules). Domain calls are short CPU work and run on the loop,
-except durable writes and big batches (logout's opt-out, identity map, buckets), which go to a
-small thread pool.
+gRPC server runs on grpc.aio with a loop and thread of its own (svc_common.grpc_aio); the HTTP
+side likewise keeps its own loop, and both call the same `Operator` (same snapshots, same
+rules). Domain calls are short CPU work and run on the loop, except durable writes and big
+batches (logout's opt-out, identity map, buckets), which go to a small thread pool.
 
 Every request gets one JSON log line `http` (method, path, HTTP status, API status, reason,
 latency, request id, site). Nothing a client sends yields a 500: `HttpError` and `ServiceError`

@@ -63,20 +63,24 @@ class DueIdentity:
     next_attempt_at: int
 
 
-def _row(r: tuple[object, ...]) -> StoredIdentity:
+# A row of `SELECT {_COLS}`, as sqlite3 returns it for the TEXT and INTEGER NOT NULL columns.
+_IdentityRow = tuple[str, str, str, str, int, int, int, str, int]
+
+
+def _row(r: _IdentityRow) -> StoredIdentity:
     (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed) = r
     return StoredIdentity(
-        user_id=str(user_id),
-        dii_key=str(dii_key),
+        user_id=user_id,
+        dii_key=dii_key,
         identity=Identity(
-            advertising_token=str(at),
-            refresh_token=str(rt),
-            identity_expires=int(ie),  # type: ignore[call-overload]
-            refresh_from=int(rf),  # type: ignore[call-overload]
-            refresh_expires=int(rx),  # type: ignore[call-overload]
-            refresh_response_key=str(rrk),
+            advertising_token=at,
+            refresh_token=rt,
+            identity_expires=ie,
+            refresh_from=rf,
+            refresh_expires=rx,
+            refresh_response_key=rrk,
         ),
-        failed_attempts=int(failed),  # type: ignore[call-overload]
+        failed_attempts=failed,
     )
 
 

@@ -182,7 +182,7 @@ def test_delegation_granted_missing_revoked(live: Live) -> None:
         try:
             live.stub.GenerateToken(req, metadata=(("authorization", "Bearer " + sso.api_key),))
         except grpc.RpcError as err:
-            return err.code()  # type: ignore[no-any-return]
+            return err.code()
         return grpc.StatusCode.OK
 
     assert _until(lambda: code() is grpc.StatusCode.PERMISSION_DENIED)

@@ -65,12 +65,12 @@ def test_buckets_since_and_previous_raw_uid(timed: tuple[HttpLive, ManualClock])
         metadata=live.grpc_md("all"),
         timeout=10,
     ).results
-    store = OperatorStore.open(live.served.operator.config.data_dir)  # type: ignore[union-attr]
+    store = OperatorStore.open(live.served.operator.config.data_dir)  # type: ignore[union-attr]  # the gRPC operator is served here
     try:
         rotated = admin.rotate_salts(store, 0.01, clock.now_ms(), os.urandom)
     finally:
         store.close()
-    live.served.operator.sync_now()  # type: ignore[union-attr]
+    live.served.operator.sync_now()  # type: ignore[union-attr]  # the gRPC operator is served here
 
     buckets = client.get_identity_buckets(before).buckets
     assert len(buckets) == rotated

@@ -72,7 +72,7 @@ def _decrypt(live: HttpLive, token: str) -> object:
 def test_publisher_generates_for_email_phone_and_hashes(
     live: HttpLive, make: object, dii: pb.Dii
 ) -> None:
-    response = _pub(live).generate_token(make())  # type: ignore[operator]
+    response = _pub(live).generate_token(make())  # type: ignore[operator]  # make is a parametrized factory
     assert response.is_success()
     identity = response.get_identity()
     now_ms = dt.datetime.now(tz=dt.UTC).timestamp() * 1000
@@ -80,10 +80,10 @@ def test_publisher_generates_for_email_phone_and_hashes(
     assert identity.get_identity_expires() <= identity.get_refresh_expires()
     assert len(identity.get_refresh_token()) == 388
     decrypted = _decrypt(live, identity.get_advertising_token())
-    assert decrypted.status is DecryptionStatus.SUCCESS  # type: ignore[attr-defined]
-    assert decrypted.site_id == 100  # type: ignore[attr-defined]
+    assert decrypted.status is DecryptionStatus.SUCCESS  # type: ignore[attr-defined]  # _decrypt returns the SDK's result as object
+    assert decrypted.site_id == 100  # type: ignore[attr-defined]  # _decrypt returns the SDK's result as object
     # The same raw UID2 the gRPC front door maps the DII to: one domain behind both.
-    assert decrypted.uid == _grpc_raw_uid(live, dii)  # type: ignore[attr-defined]
+    assert decrypted.uid == _grpc_raw_uid(live, dii)  # type: ignore[attr-defined]  # _decrypt returns the SDK's result as object
 
 
 def test_publisher_refresh_chain(live: HttpLive) -> None:
@@ -91,7 +91,7 @@ def test_publisher_refresh_chain(live: HttpLive) -> None:
     identity = client.generate_token(
         TokenGenerateInput.from_email("chain@example.com")
     ).get_identity()
-    first_uid = _decrypt(live, identity.get_advertising_token()).uid  # type: ignore[attr-defined]
+    first_uid = _decrypt(live, identity.get_advertising_token()).uid  # type: ignore[attr-defined]  # _decrypt returns the SDK's result as object
     for _ in range(3):
         refreshed = client.refresh_token(identity)
         assert refreshed.is_success()
@@ -99,7 +99,7 @@ def test_publisher_refresh_chain(live: HttpLive) -> None:
         assert new.get_refresh_token() != identity.get_refresh_token()
         assert new.get_refresh_response_key() != identity.get_refresh_response_key()
         identity = new
-    assert _decrypt(live, identity.get_advertising_token()).uid == first_uid  # type: ignore[attr-defined]
+    assert _decrypt(live, identity.get_advertising_token()).uid == first_uid  # type: ignore[attr-defined]  # _decrypt returns the SDK's result as object
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_publisher_refresh_chain(live: HttpLive) -> None:
     ],
 )
 def test_publisher_gets_optout_for_optout_test_identities(live: HttpLive, make: object) -> None:
-    response = _pub(live).generate_token(make())  # type: ignore[operator]
+    response = _pub(live).generate_token(make())  # type: ignore[operator]  # make is a parametrized factory
     assert response.is_optout()
     assert response.get_identity() is None
 
@@ -124,7 +124,7 @@ def test_publisher_gets_optout_for_optout_test_identities(live: HttpLive, make: 
 )
 def test_refresh_optout_test_identities(live: HttpLive, make: object) -> None:
     client = _pub(live)
-    generated = client.generate_token(make())  # type: ignore[operator]
+    generated = client.generate_token(make())  # type: ignore[operator]  # make is a parametrized factory
     assert generated.is_success()
     refreshed = client.refresh_token(generated.get_identity())
     assert refreshed.is_optout()

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 import pytest
 from uid2_client import AdvertisingTokenVersion, IdentityScope
+from uid2_client.client_type import ClientType
+from uid2_client.encryption import decrypt_token
 from uid2_client.refresh_keys_util import parse_keys_json
 from uid2_client.uid2_token_generator import UID2TokenGenerator
 
@@ -224,36 +226,72 @@ def test_opted_out_token_stops_appearing_within_one_second(world: World) -> None
     assert time.monotonic() - t0 < 1.0
 
 
+def _key_container(world: World) -> dict[str, Any]:
+    container = world.op(
+        "GetBidstreamKeys", operator_pb2.GetBidstreamKeysRequest(), "ssp_reader"
+    ).key_container
+    return key_container_dict(container)
+
+
+def _under_keys(token: str, keys: Any) -> bool:
+    """Whether the official SDK decrypts `token` with `keys` alone: both its master key and its
+    site key are among them."""
+    now = dt.datetime.now(tz=dt.UTC)
+    return bool(decrypt_token(token, keys, DOMAIN, ClientType.BIDSTREAM, now).success)
+
+
 def test_key_rotation_during_traffic_gives_zero_decrypt_failures(world: World) -> None:
+    submitted: list[str] = []  # tokens the SSP answered VALID, in order
     failures: list[int] = []
-    count = [0]
     done = threading.Event()
 
     def traffic() -> None:
         while not done.is_set():
-            r = world.submit(world.token())
-            count[0] += 1
-            if r.token_disposition != VALID:
+            token = world.token()
+            r = world.submit(token)
+            if r.token_disposition == VALID:
+                submitted.append(token)
+            else:
                 failures.append(r.token_disposition)
 
+    before = {k["id"] for k in _key_container(world)["keys"]}
     workers = [threading.Thread(target=traffic) for _ in range(2)]
     for w in workers:
         w.start()
     try:
-        time.sleep(0.3)
+        assert wait_until(lambda: len(submitted) >= 10, 10)  # traffic under the old keys
+        under_old_keys = list(submitted)
         # Keys that activate as soon as allowed: tokens name them long before the SSP's
         # scheduled (hourly) key refresh, so it must fetch them when it first meets them.
         _cli("uid2-operator", "keys", "rotate", "--data-dir", str(world.op_dir),
              "--activation-delay", "2")  # fmt: skip
-        time.sleep(3.5)
+        body: dict[str, Any] = {}
+
+        def published() -> bool:
+            body.update(_key_container(world))
+            body["keys"] = [k for k in body["keys"] if k["id"] not in before]
+            return bool(body["keys"])
+
+        assert wait_until(published, 5), "the rotated keys were never published"
+        # Only the keys the rotation added: a token decrypts with these alone only if the
+        # operator minted it under the new master key and the new site key.
+        new_only = parse_keys_json(body).keys
+        assert not any(_under_keys(t, new_only) for t in under_old_keys)  # the check can tell
+        scanned, under_new = [0], [0]
+
+        def tokens_under_new_keys() -> int:
+            batch = submitted[scanned[0] :]
+            scanned[0] += len(batch)
+            under_new[0] += sum(_under_keys(t, new_only) for t in batch)
+            return under_new[0]
+
+        # Past the 2 s activation, tokens under the new keys must come back VALID.
+        assert wait_until(lambda: tokens_under_new_keys() >= 10, 15), "no token used new keys"
     finally:
         done.set()
         for w in workers:
             w.join()
-    assert count[0] > 10
     assert failures == []
-    _, site = _sdk_keys(world)
-    assert site.key_id  # the rotated keys are published
 
 
 def test_auctions_go_on_with_the_operator_stopped(world: World) -> None:

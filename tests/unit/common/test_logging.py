@@ -8,6 +8,7 @@ import contextvars
 import datetime
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -21,7 +22,7 @@ def _lines(err: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture(autouse=True)
-def _reset_logging():  # type: ignore[no-untyped-def]
+def _reset_logging() -> Iterator[None]:
     yield
     call_context.end()
     configure_logging("INFO")

@@ -35,7 +35,7 @@ def payload(**kw: object) -> RefreshPayload:
         first_level_hash=bytes(range(100, 132)),
     )
     fields.update(kw)
-    return RefreshPayload(**fields)  # type: ignore[arg-type]
+    return RefreshPayload(**fields)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
 
 
 @pytest.mark.parametrize("scope", list(IdentityScope))

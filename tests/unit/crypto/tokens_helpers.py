@@ -41,4 +41,4 @@ def payload(
 
 
 def mint(**kw: object) -> str:
-    return encode_advertising_token_v4(payload(**kw), master_key(), site_key(), os.urandom)  # type: ignore[arg-type]
+    return encode_advertising_token_v4(payload(**kw), master_key(), site_key(), os.urandom)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields

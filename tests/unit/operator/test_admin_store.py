@@ -159,7 +159,7 @@ def test_key_rotation_rejects_lifetimes_that_would_prune_live_keys(
     admin.initialise(store, T0, os.urandom)
     before = store.key_rows()
     with pytest.raises((admin.AdminError, ConfigError)):
-        admin.rotate_keys(store, now_ms=T0, rng=os.urandom, **kwargs)  # type: ignore[arg-type]
+        admin.rotate_keys(store, now_ms=T0, rng=os.urandom, **kwargs)
     assert store.key_rows() == before
     store.close()
 

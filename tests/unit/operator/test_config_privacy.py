@@ -39,7 +39,7 @@ def test_production_defaults() -> None:
 )
 def test_invalid_config(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
-        OperatorConfig(data_dir=Path("/x"), **kwargs)  # type: ignore[arg-type]
+        OperatorConfig(data_dir=Path("/x"), **kwargs)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
 
 
 def _tcf(purpose1: bool, version: int = 2) -> str:

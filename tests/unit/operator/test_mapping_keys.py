@@ -58,7 +58,7 @@ def test_key_access_rules(env: Env) -> None:
     ids = {k["keyset_id"] for k in reader["keys"]}
     assert PUBLISHED_MASTER_KEYSET_ID in ids
     assert env.op.state.keys.default_keyset[10] in ids  # unlisted keysets for ID_READER
-    assert all(ring.get(k["id"]).keyset_id != REFRESH_KEYSET_ID for k in reader["keys"])  # type: ignore[union-attr]
+    assert all(ring.get(k["id"]).keyset_id != REFRESH_KEYSET_ID for k in reader["keys"])  # type: ignore[union-attr]  # a None fails the test here anyway
     assert [k["activates"] for k in reader["keys"]] == sorted(
         k["activates"] for k in reader["keys"]
     )

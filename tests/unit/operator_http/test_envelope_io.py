@@ -60,7 +60,7 @@ def test_seals_the_reference_response_byte_exact() -> None:
         opened,
         json.loads(ENV["response_json"]),
         now_ms=ENV["response_timestamp_ms"],
-        rng=_fixed(bytes.fromhex(ENV["response_gcm_iv_hex"])),  # type: ignore[arg-type]
+        rng=_fixed(bytes.fromhex(ENV["response_gcm_iv_hex"])),  # type: ignore[arg-type]  # a fixed-IV rng, not os.urandom
     )
     assert sealed.decode() == ENV["response_body_base64"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ class Env:
     pub: Publisher
 
 
-def _env(tmp_path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -> Env:  # type: ignore[no-untyped-def]
+def _env(tmp_path: Path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -> Env:
     clock = ManualClock(T0)
     op = FakeOperator(clock)
     ssp = FakeSsp()
@@ -44,14 +45,14 @@ def _env(tmp_path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -> Env:
 
 
 @pytest.fixture
-def env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+def env(tmp_path: Path) -> Iterator[Env]:
     e = _env(tmp_path)
     yield e
     e.store.close()
 
 
 @pytest.fixture
-def client_env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+def client_env(tmp_path: Path) -> Iterator[Env]:
     e = _env(tmp_path, StorageMode.CLIENT)
     yield e
     e.store.close()
@@ -82,7 +83,9 @@ def test_login_phone(env: Env) -> None:
         (None, None, "MISSING_DII"),
     ],
 )
-def test_bad_dii_is_invalid_argument(env: Env, email, phone, reason) -> None:  # type: ignore[no-untyped-def]
+def test_bad_dii_is_invalid_argument(
+    env: Env, email: str | None, phone: str | None, reason: str
+) -> None:
     with pytest.raises(ServiceError) as exc:
         env.pub.login("u1", email, phone, OK)
     assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
@@ -136,7 +139,7 @@ def test_operator_refusal_is_failed_precondition(env: Env) -> None:
     assert exc.value.reason == "OPERATOR_REJECTED"
 
 
-def test_delegation_passes_on_behalf_of_site(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_delegation_passes_on_behalf_of_site(tmp_path: Path) -> None:
     e = _env(tmp_path, obo=77)
     e.pub.login("u1", "a@b.com", None, OK)
     assert e.op.generate_calls[0][2] == 77
@@ -310,7 +313,7 @@ def test_serve_ad_ssp_down_is_unavailable(env: Env) -> None:
 def test_serve_ad_needs_domain_and_placement(env: Env) -> None:
     for kw in ({"placement_id": "", "page_domain": "d"}, {"placement_id": "p", "page_domain": ""}):
         with pytest.raises(ServiceError) as exc:
-            env.pub.serve_ad(user_id="u", cookie_value=None, floor_price=0, **kw)  # type: ignore[arg-type]
+            env.pub.serve_ad(user_id="u", cookie_value=None, floor_price=0, **kw)
         assert exc.value.kind is ErrorKind.INVALID_ARGUMENT
 
 
@@ -376,7 +379,7 @@ def test_serve_ad_refuses_what_the_ssp_would_before_calling_it(
         "page_domain": "news.example.com", "floor_price": 0.5, **kw,
     }  # fmt: skip
     with pytest.raises(ServiceError) as exc:
-        env.pub.serve_ad(**args)  # type: ignore[arg-type]
+        env.pub.serve_ad(**args)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
     assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
     assert env.ssp.impressions == []
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from publisher_svc.model import Identity
@@ -13,6 +16,7 @@ from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
 
 T0 = 1_700_000_000_000
+PolicyEnv = tuple[ManualClock, FakeOperator, Publisher, Identity]
 IDENT = Identity("A4tok", "rt", T0 + 3 * DAY, T0 + HOUR, T0 + 30 * DAY, "k")
 
 
@@ -40,7 +44,7 @@ def test_expired_token_is_never_used_even_with_a_late_refresh_from() -> None:
 
 
 @pytest.fixture
-def env(tmp_path):  # type: ignore[no-untyped-def]
+def env(tmp_path: Path) -> Iterator[PolicyEnv]:
     clock = ManualClock(T0)
     op = FakeOperator(clock)
     store = SqliteStore(tmp_path)
@@ -50,14 +54,14 @@ def env(tmp_path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def test_step_before_refresh_from_uses_without_calling(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_before_refresh_from_uses_without_calling(env: PolicyEnv) -> None:
     clock, op, pub, ident = env
     clock.advance(HOUR - 1)
     assert pub.step(ident).kind is StepKind.USE
     assert op.refresh_calls == []
 
 
-def test_step_between_refresh_from_and_expiry_refreshes(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_between_refresh_from_and_expiry_refreshes(env: PolicyEnv) -> None:
     clock, _op, pub, ident = env
     clock.advance(2 * HOUR)
     step = pub.step(ident)
@@ -65,7 +69,7 @@ def test_step_between_refresh_from_and_expiry_refreshes(env) -> None:  # type: i
     assert step.identity is not None and step.identity.refresh_token != ident.refresh_token
 
 
-def test_step_between_refresh_from_and_expiry_operator_down_keeps_token(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_between_refresh_from_and_expiry_operator_down_keeps_token(env: PolicyEnv) -> None:
     clock, op, pub, ident = env
     clock.advance(2 * HOUR)
     op.down = True
@@ -74,7 +78,7 @@ def test_step_between_refresh_from_and_expiry_operator_down_keeps_token(env) -> 
     assert step.identity == ident
 
 
-def test_step_after_identity_expires_operator_down_is_unavailable(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_after_identity_expires_operator_down_is_unavailable(env: PolicyEnv) -> None:
     clock, op, pub, ident = env
     clock.advance(3 * DAY)
     op.down = True
@@ -84,13 +88,13 @@ def test_step_after_identity_expires_operator_down_is_unavailable(env) -> None: 
     assert exc.value.reason == "OPERATOR_UNAVAILABLE"
 
 
-def test_step_after_identity_expires_refreshes(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_after_identity_expires_refreshes(env: PolicyEnv) -> None:
     clock, _op, pub, ident = env
     clock.advance(3 * DAY + 1)
     assert pub.step(ident).kind is StepKind.REFRESHED
 
 
-def test_step_after_refresh_expires_needs_login_without_calling(env) -> None:  # type: ignore[no-untyped-def]
+def test_step_after_refresh_expires_needs_login_without_calling(env: PolicyEnv) -> None:
     clock, op, pub, ident = env
     clock.advance(30 * DAY)
     assert pub.step(ident).kind is StepKind.LOGIN_REQUIRED

@@ -21,7 +21,7 @@ def imp(**kw: object) -> Impression:
         token=TOKEN,
     )
     base.update(kw)
-    return Impression(**base)  # type: ignore[arg-type]
+    return Impression(**base)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
 
 
 @pytest.mark.parametrize("disposition", [Disposition.VALID, Disposition.PASSED_THROUGH])

@@ -30,7 +30,7 @@ def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
         checker=TokenChecker(cache, optouts, SystemClock()),
         base_price=1.0,
         identified_bonus=2.0,
-        **kw,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
     )
     return b, keys, optouts
 

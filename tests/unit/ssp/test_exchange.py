@@ -104,7 +104,7 @@ def test_decrypting_drops_bad_tokens() -> None:
 def test_invalid_impressions(kw: dict[str, object], reason: str) -> None:
     ex, _ = exchange(Bidders())
     with pytest.raises(ServiceError) as exc:
-        submit(ex, **kw)  # type: ignore[arg-type]
+        submit(ex, **kw)  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
     assert exc.value.reason == reason
 
 

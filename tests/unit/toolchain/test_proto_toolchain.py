@@ -1,8 +1,10 @@
 """The proto toolchain's guards can fail: stub drift is caught, buf lint rejects a
-non-STANDARD proto, and buf's FILE breaking check rejects a removed field."""
+non-STANDARD proto, and `make lint`'s FILE breaking check, against the committed baseline
+(protos/baseline.binpb), rejects a removed field."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,15 +47,38 @@ def test_buf_lint_rejects_a_non_standard_enum(tmp_path: Path) -> None:
     assert result.returncode != 0 and "_UNSPECIFIED" in result.stdout + result.stderr
 
 
-def test_buf_breaking_rejects_a_removed_field(tmp_path: Path) -> None:
-    before = _module_copy(tmp_path, "before")
+def _lint_breaking_command() -> list[str]:
+    """The `buf breaking` command `make lint` runs, as make would run it (dry run)."""
+    dry = _run("make", "--dry-run", "--always-make", "lint")
+    lines = [line for line in dry.stdout.splitlines() if "buf breaking" in line]
+    assert len(lines) == 1, dry.stdout + dry.stderr
+    argv = shlex.split(lines[0])
+    assert Path(argv[0]).name == "buf" and argv[1] == "breaking"
+    return [str(BIN / "buf"), *argv[1:]]
+
+
+def test_lint_checks_breaking_changes_against_the_committed_baseline() -> None:
+    command = _lint_breaking_command()
+    against = command[command.index("--against") + 1]
+    # A file in the repository (so a clean clone has it), not a git ref that may be absent.
+    assert (REPO / against).is_file()
+    tracked = _run("git", "ls-files", "--error-unmatch", against)
+    assert tracked.returncode == 0, f"{against} is not committed"
+    # buf lints and formats only .proto files: the baseline image is not part of the module.
+    listed = _run(str(BIN / "buf"), "ls-files")
+    assert listed.returncode == 0 and against not in listed.stdout
+    same = _run(*command)
+    assert same.returncode == 0, same.stdout + same.stderr
+
+
+def test_lint_rejects_a_removed_field_even_once_committed(tmp_path: Path) -> None:
+    # A copy of the module with the field gone stands for a commit that removed it: the check
+    # reads only the files and the committed baseline, so it fails there as on a clean clone.
     after = _module_copy(tmp_path, "after")
     proto = after / "protos" / "uid2" / "operator" / "v1" / "operator.proto"
     text = proto.read_text()
     field = "  string refresh_response_key = 6;\n"
     assert field in text
     proto.write_text(text.replace(field, ""))
-    result = _run(str(BIN / "buf"), "breaking", str(after), "--against", str(before))
+    result = _run(*_lint_breaking_command(), cwd=after)
     assert result.returncode != 0 and "refresh_response_key" in result.stdout + result.stderr
-    same = _run(str(BIN / "buf"), "breaking", str(before), "--against", str(before))
-    assert same.returncode == 0, same.stderr
