@@ -360,7 +360,8 @@ class AioServed(Served):
     thread: threading.Thread | None = None
 
     def _on_loop(self, coro: Any) -> Any:
-        assert self.loop is not None
+        if self.loop is None:
+            raise RuntimeError("the server's event loop is gone")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def _set_health(self, name: str, status: int) -> None:

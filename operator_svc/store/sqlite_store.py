@@ -144,7 +144,8 @@ class OperatorStore:
 
     @staticmethod
     def bump(conn: sqlite3.Connection, table: str) -> None:
-        assert table in TABLES
+        if table not in TABLES:  # a typo would bump a counter no process watches
+            raise ValueError(f"unknown table {table!r}")
         conn.execute(
             "INSERT INTO meta(k, v) VALUES (?, 1) ON CONFLICT(k) DO UPDATE SET v = v + 1",
             (f"ver:{table}",),
@@ -427,7 +428,8 @@ def _keyset_row(r: tuple[object, ...]) -> KeysetRow:
 
 def _key_row(r: tuple[object, ...]) -> KeyRow:
     secret = r[6]
-    assert isinstance(secret, bytes)
+    if not isinstance(secret, bytes):
+        raise StoreError("a key secret in the store is not a blob; the store is damaged")
     return KeyRow(
         key_id=int(str(r[0])),
         keyset_id=int(str(r[1])),
