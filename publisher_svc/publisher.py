@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import structlog
@@ -78,7 +78,7 @@ class Step:
 @dataclass(frozen=True)
 class Cookie:
     name: str
-    value: str
+    value: str = field(repr=False)  # the encoded identity, tokens and all
     expires: int
 
 
@@ -92,7 +92,7 @@ class LoginResult:
 @dataclass(frozen=True)
 class TokenResult:
     status: TokenStatus
-    advertising_token: str = ""
+    advertising_token: str = field(default="", repr=False)
     identity_expires: int = 0
     refreshed: bool = False
 
@@ -102,7 +102,7 @@ class ClientRefreshResult:
     status: TokenStatus  # SUCCESS, OPTOUT or LOGIN_REQUIRED
     cookie: Cookie | None = None
     refreshed: bool = False
-    advertising_token: str = ""
+    advertising_token: str = field(default="", repr=False)
 
     @property
     def clear_cookie(self) -> bool:

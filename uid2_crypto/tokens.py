@@ -104,7 +104,8 @@ class TokenPayload:
 @dataclass(frozen=True, slots=True)
 class DecryptResult:
     status: DecryptionStatus
-    raw_uid: str | None = None
+    # Kept out of repr: a decrypted result is what a bid path is most tempted to log.
+    raw_uid: str | None = field(default=None, repr=False)
     site_id: int | None = None
     site_key_site_id: int | None = None
     identity_type: IdentityType | None = None
