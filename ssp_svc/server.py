@@ -3,6 +3,8 @@ credentials) the decryptor; then reports SERVING."""
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import structlog
 
@@ -11,7 +13,7 @@ from ssp_svc.config import SspConfig
 from ssp_svc.decryptor.runtime import start_decryptor
 from ssp_svc.exchange import Exchange
 from ssp_svc.servicer import SspServicer
-from ssp_svc.store.accounts import AccountStore, FileAccountStore, SqliteAccountStore
+from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAccountStore
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_server import Served, start_server
@@ -22,16 +24,20 @@ _log = structlog.get_logger("ssp")
 SERVICE_NAME = ssp_pb2.DESCRIPTOR.services_by_name["SspService"].full_name
 
 
-def open_accounts(config: SspConfig) -> AccountStore:
+def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
     if config.publishers_file is not None:
-        return FileAccountStore(config.publishers_file)
+        return FileAccountStore(config.publishers_file, rng=rng)
     assert config.data_dir is not None
-    return SqliteAccountStore(config.data_dir)
+    return SqliteAccountStore(config.data_dir, rng=rng, clock=clock)
 
 
-def create_server(config: SspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
+def create_server(
+    config: SspConfig, *, clock: Clock | None = None, rng: Rng | None = None
+) -> tuple[Served, int]:
+    """Starts the SSP. Without a clock or rng the system's are used: this is the edge where
+    those defaults belong."""
     clock = clock or SystemClock()
-    accounts = open_accounts(config)
+    accounts = open_accounts(config, rng=os.urandom if rng is None else rng, clock=clock)
     hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(
         capacity=config.stream_buffer, max_subscribers=config.max_subscribers
     )
