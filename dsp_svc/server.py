@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import structlog
 
@@ -33,6 +35,7 @@ def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Ser
         mode=config.mode,
         delay_ms=config.effective_delay_ms,
         fail_rate=config.fail_rate,
+        new_id=lambda: uuid.uuid4().hex,
     )
 
     def register(server: grpc.Server) -> None:
