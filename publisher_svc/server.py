@@ -16,7 +16,7 @@ from publisher_svc.refresher import Refresher
 from publisher_svc.servicer import PublisherServicer
 from publisher_svc.ssp_client import SspClient
 from publisher_svc.store import SqliteStore
-from svc_common.clock import Clock, SystemClock
+from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.grpc_server import Served, start_server
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 
@@ -44,10 +44,12 @@ def start(
     config: PublisherConfig,
     *,
     clock: Clock | None = None,
+    monotonic: Monotonic | None = None,
     operator: OperatorPeer | None = None,
     ssp: SspPeer | None = None,
 ) -> PublisherRuntime:
-    """Like create_server, with the clock and peer clients injectable (tests, benchmarks)."""
+    """Like create_server, with the clocks and peer clients injectable (tests, benchmarks).
+    `monotonic` times the background refresher's circuit breaker; the system's by default."""
     store = SqliteStore(config.data_dir)
     closers: list[Callable[[], None]] = []
     if operator is None:
@@ -87,7 +89,10 @@ def start(
     refresher = None
     if config.background_refresh and config.storage_mode is StorageMode.SERVER:
         refresher = Refresher(
-            publisher, workers=config.refresh_workers, poll_interval_s=config.refresh_interval_s
+            publisher,
+            workers=config.refresh_workers,
+            poll_interval_s=config.refresh_interval_s,
+            monotonic=SystemClock() if monotonic is None else monotonic,
         )
         refresher.start()
         served.on_stop.append(refresher.stop)  # runs first: stops before the store closes
