@@ -52,8 +52,8 @@ def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Ser
             register=register,
             service_names=[SERVICE_NAME],
             max_workers=config.max_workers,
+            owns=opened,
         )
-        served.on_stop.append(opened.pop_all().close)
     served.set_serving(True)
     _log.info(
         "dsp_ready",

@@ -87,9 +87,8 @@ def start(
             domain="publisher.uid2",
             register=register,
             service_names=[SERVICE_NAME],
+            owns=opened,
         )
-        # Started: from here the server's stop closes them (channels, then the store).
-        served.on_stop.append(opened.pop_all().close)
     refresher = None
     if config.background_refresh and config.storage_mode is StorageMode.SERVER:
         refresher = Refresher(

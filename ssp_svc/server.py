@@ -79,10 +79,8 @@ def create_server(
             register=register,
             service_names=[SERVICE_NAME],
             max_workers=config.max_workers + config.max_subscribers,
+            owns=opened,
         )
-        # Started: from here the server's stop closes them (decryptor, pool, store: newest
-        # first, as the ExitStack would).
-        served.on_stop.append(opened.pop_all().close)
     # Subscribers' streams end first, so a stop never waits out the grace period on them.
     served.before_drain.append(hub.close)
     served.set_serving(True)

@@ -29,64 +29,37 @@ from publisher_svc.publisher import ClientRefreshResult, Cookie, TokenResult, To
 from publisher_svc.store.sqlite import StoredIdentity
 from ssp_svc.bid_request import Impression as SspImpression
 from ssp_svc.config import SspConfig
-from uid2_crypto.identity import IdentityScope, IdentityType
-from uid2_crypto.refresh import RefreshPayload
-from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenPayload
+from tests.unit.crypto.test_refresh import payload as refresh_payload
+from tests.unit.crypto.tokens_helpers import payload as token_payload
+from uid2_crypto.tokens import DecryptionStatus, DecryptResult
 
 S = "SENTINEL"
 
 
+# One set of sentinel tokens for both the operator's and the publisher's identity types.
+_TOKENS: dict[str, Any] = dict(
+    advertising_token=f"{S}-advertising-token",
+    refresh_token=f"{S}-refresh-token",
+    identity_expires=1,
+    refresh_from=2,
+    refresh_expires=3,
+    refresh_response_key=f"{S}-response-key",
+)
+
+
 def _identity_tokens() -> IdentityTokens:
-    return IdentityTokens(
-        advertising_token=f"{S}-advertising-token",
-        refresh_token=f"{S}-refresh-token",
-        identity_expires=1,
-        refresh_from=2,
-        refresh_expires=3,
-        refresh_response_key=f"{S}-response-key",
-    )
+    return IdentityTokens(**_TOKENS)
 
 
 def _publisher_identity() -> Identity:
-    return Identity(
-        advertising_token=f"{S}-advertising-token",
-        refresh_token=f"{S}-refresh-token",
-        identity_expires=1,
-        refresh_from=2,
-        refresh_expires=3,
-        refresh_response_key=f"{S}-response-key",
-    )
+    return Identity(**_TOKENS)
 
 
 def _objects(tmp_path: Path) -> list[Any]:
     return [
         DecryptResult(DecryptionStatus.SUCCESS, raw_uid=f"{S}-raw-uid", site_id=5),
-        TokenPayload(
-            raw_uid=f"{S}-raw-uid-bytes-padded-to-32".encode(),
-            identity_type=IdentityType.EMAIL,
-            identity_scope=IdentityScope.UID2,
-            site_id=1,
-            publisher_id=0,
-            client_key_id=0,
-            privacy_bits=0,
-            established_ms=0,
-            refreshed_ms=0,
-            created_ms=0,
-            expires_ms=0,
-        ),
-        RefreshPayload(
-            expires_ms=0,
-            created_ms=0,
-            operator_site_id=0,
-            site_id=1,
-            publisher_id=0,
-            client_key_id=0,
-            privacy_bits=0,
-            established_ms=0,
-            identity_type=IdentityType.EMAIL,
-            identity_scope=IdentityScope.UID2,
-            first_level_hash=f"{S}-first-level-hash-32-bytes!!".encode(),
-        ),
+        token_payload(raw_uid=f"{S}-raw-uid-bytes-padded-to-32".encode()),
+        refresh_payload(first_level_hash=f"{S}-first-level-hash-32-bytes!!".encode()),
         _identity_tokens(),
         GenerateOutcome(GenerateStatus.SUCCESS, _identity_tokens(), site_id=5),
         RefreshOutcome(
