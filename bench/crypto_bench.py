@@ -83,7 +83,7 @@ def _setup() -> dict[str, Any]:
         "site": site,
         "body": body,
         "payload": payload,
-        "token": encode_advertising_token_v4(payload, master, site),
+        "token": encode_advertising_token_v4(payload, master, site, os.urandom),
         "ring": KeyRing([master, site]),
     }
 
@@ -114,7 +114,9 @@ def run() -> dict[str, Any]:
 
     payload, master, site = s["payload"], s["master"], s["site"]
     ns = {
-        "encode_v4": measure(lambda: encode_advertising_token_v4(payload, master, site), 20_000),
+        "encode_v4": measure(
+            lambda: encode_advertising_token_v4(payload, master, site, os.urandom), 20_000
+        ),
         "decrypt_ours": measure(lambda: decoder.decrypt(token, now_ms), 20_000),
         "decrypt_sdk": measure(
             lambda: sdk_decrypt(token, sdk_keys, None, SdkClientType.BIDSTREAM, sdk_now), 2_000

@@ -61,7 +61,7 @@ def main() -> int:
         created_ms=now_ms,
         expires_ms=now_ms + 3 * DAY_MS,
     )
-    token = encode_advertising_token_v4(payload, master, site_key)
+    token = encode_advertising_token_v4(payload, master, site_key, os.urandom)
     print(f"   Token ({len(token)} characters, opaque to the publisher): {short(token, 16)}")
 
     print("4. An SSP or DSP holding the keys decrypts it in the bid stream.")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 import random
 import time
-import uuid
 from collections.abc import Callable
 
 from dsp_svc.config import Mode
 from ssp_svc.bid_request import uid2_token
 from ssp_svc.decryptor.checker import TokenChecker, Verdict
 from svc_common.errors import unavailable
+from svc_common.tally import Tally
 from uid2.ssp.v1 import openrtb_pb2
 
 NBR_UNKNOWN = 0
@@ -32,6 +32,7 @@ class Bidder:
         mode: Mode = Mode.NORMAL,
         delay_ms: int = 0,
         fail_rate: float = 0.0,
+        new_id: Callable[[], str],
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -44,7 +45,15 @@ class Bidder:
         self._fail_rate = fail_rate
         self._rng = rng
         self._sleep = sleep
-        self.verdicts: dict[str, int] = {}
+        # Bid ids: the caller's source, so a test can predict them.
+        self._new_id = new_id
+        # Bumped by every RPC thread that bids: a Tally, so no count is lost.
+        self._verdicts: Tally[str] = Tally()
+
+    @property
+    def verdicts(self) -> dict[str, int]:
+        """Requests seen per token verdict ("NONE" without one), a copy."""
+        return self._verdicts.snapshot()
 
     def verdict(self, request: openrtb_pb2.BidRequest) -> Verdict | None:
         """The token's verdict; None without a token or without keys to check it."""
@@ -71,15 +80,14 @@ class Bidder:
         if not request.imp:
             return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_INVALID_REQUEST)
         verdict = self.verdict(request)
-        key = verdict.value if verdict else "NONE"
-        self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        self._verdicts.add(verdict.value if verdict else "NONE")
         if verdict is Verdict.OPTED_OUT:
             return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNMATCHED_USER)
         identified = verdict is Verdict.VALID
         price = self._base + (self._bonus if identified else 0.0)
         bids = [
             openrtb_pb2.Bid(
-                id=uuid.uuid4().hex,
+                id=self._new_id(),
                 impid=imp.id,
                 price=price,
                 adm=f"<div class='ad'>{self.name}</div>",

@@ -3,7 +3,7 @@ environment variables."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -23,7 +23,7 @@ class DspConfig:
     name: str
     listen: str = "127.0.0.1:0"
     operator: str | None = None
-    operator_api_key: str | None = None
+    operator_api_key: str | None = field(default=None, repr=False)  # never logged
     base_price: float = 1.0
     identified_bonus: float = 1.5
     delay_ms: int = 0

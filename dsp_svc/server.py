@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from contextlib import ExitStack
+
 import grpc
 import structlog
 
@@ -20,33 +23,37 @@ SERVICE_NAME = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"].full_nam
 
 def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
     clock = clock or SystemClock()
-    decryptor = None
-    if config.operator and config.operator_api_key:
-        decryptor = start_decryptor(
-            config.operator, config.operator_api_key, clock, key_refresh_s=config.key_refresh_s
+    # If the server cannot start (the port is taken), the decryptor's threads and operator
+    # channel are stopped before the error propagates.
+    with ExitStack() as opened:
+        decryptor = None
+        if config.operator and config.operator_api_key:
+            decryptor = start_decryptor(
+                config.operator, config.operator_api_key, clock, key_refresh_s=config.key_refresh_s
+            )
+            opened.callback(decryptor.stop)
+        bidder = Bidder(
+            config.name,
+            checker=decryptor.checker if decryptor else None,
+            base_price=config.base_price,
+            identified_bonus=config.identified_bonus,
+            mode=config.mode,
+            delay_ms=config.effective_delay_ms,
+            fail_rate=config.fail_rate,
+            new_id=lambda: uuid.uuid4().hex,
         )
-    bidder = Bidder(
-        config.name,
-        checker=decryptor.checker if decryptor else None,
-        base_price=config.base_price,
-        identified_bonus=config.identified_bonus,
-        mode=config.mode,
-        delay_ms=config.effective_delay_ms,
-        fail_rate=config.fail_rate,
-    )
 
-    def register(server: grpc.Server) -> None:
-        openrtb_pb2_grpc.add_BidderServiceServicer_to_server(BidderServicer(bidder), server)
+        def register(server: grpc.Server) -> None:
+            openrtb_pb2_grpc.add_BidderServiceServicer_to_server(BidderServicer(bidder), server)
 
-    served = start_server(
-        listen=config.listen,
-        domain="dsp.uid2",
-        register=register,
-        service_names=[SERVICE_NAME],
-        max_workers=config.max_workers,
-    )
-    if decryptor is not None:
-        served.on_stop.append(decryptor.stop)
+        served = start_server(
+            listen=config.listen,
+            domain="dsp.uid2",
+            register=register,
+            service_names=[SERVICE_NAME],
+            max_workers=config.max_workers,
+            owns=opened,
+        )
     served.set_serving(True)
     _log.info(
         "dsp_ready",

@@ -18,7 +18,7 @@ import structlog
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.servicer import OperatorServicer
-from svc_common.clock import Clock
+from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -49,8 +49,13 @@ def create_server(
     clock: Clock | None = None,
     rng: Callable[[int], bytes] | None = None,
 ) -> tuple[OperatorServed, int]:
-    """Returns the started server (SERVING once state is loaded) and its bound port."""
-    operator = Operator.open(config, clock=clock, rng=rng)
+    """Returns the started server (SERVING once state is loaded) and its bound port. Without a
+    clock or rng, the system's are used: this is the edge where those defaults belong."""
+    operator = Operator.open(
+        config,
+        clock=SystemClock() if clock is None else clock,
+        rng=os.urandom if rng is None else rng,
+    )
     servicer = OperatorServicer(operator)
 
     pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="op-blocking")
@@ -91,7 +96,7 @@ def create_server(
     if config.http_listen is not None:
         from operator_svc.http.app import HttpFrontDoor
 
-        front = HttpFrontDoor(operator, config.http_listen, rng=rng or os.urandom)
+        front = HttpFrontDoor(operator, config.http_listen)
         try:
             served.http_port = front.start()
         except BaseException:

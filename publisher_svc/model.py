@@ -3,7 +3,7 @@ operator and the SSP). No gRPC here: the peer clients translate to and from prot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -85,7 +85,8 @@ class Impression:
     page_domain: str
     placement_id: str
     floor_price: float
-    advertising_token: str  # exactly as received from the operator; "" for none
+    # Exactly as received from the operator; "" for none. Never in repr.
+    advertising_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)

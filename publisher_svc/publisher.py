@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import structlog
@@ -69,16 +69,32 @@ class StepKind(Enum):
     LOGIN_REQUIRED = "LOGIN_REQUIRED"  # refresh token expired or refused
 
 
+_SERVING_KINDS = frozenset({StepKind.USE, StepKind.STALE, StepKind.REFRESHED})
+
+
 @dataclass(frozen=True)
 class Step:
     kind: StepKind
     identity: Identity | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here, once, with a real exception (an assert vanishes under python -O), so
+        # every reader of `serving` can trust it.
+        if (self.kind in _SERVING_KINDS) != (self.identity is not None):
+            raise ValueError(
+                f"a {self.kind.value} step must carry an identity exactly when it keeps one in use"
+            )
+
+    @property
+    def serving(self) -> Identity | None:
+        """The identity to keep serving (USE, STALE, REFRESHED); None when the chain ended."""
+        return self.identity
+
 
 @dataclass(frozen=True)
 class Cookie:
     name: str
-    value: str
+    value: str = field(repr=False)  # the encoded identity, tokens and all
     expires: int
 
 
@@ -92,7 +108,7 @@ class LoginResult:
 @dataclass(frozen=True)
 class TokenResult:
     status: TokenStatus
-    advertising_token: str = ""
+    advertising_token: str = field(default="", repr=False)
     identity_expires: int = 0
     refreshed: bool = False
 
@@ -102,7 +118,7 @@ class ClientRefreshResult:
     status: TokenStatus  # SUCCESS, OPTOUT or LOGIN_REQUIRED
     cookie: Cookie | None = None
     refreshed: bool = False
-    advertising_token: str = ""
+    advertising_token: str = field(default="", repr=False)
 
     @property
     def clear_cookie(self) -> bool:
@@ -302,13 +318,13 @@ class Publisher:
         identity = decode_cookie(cookie_value)
         dii = hash_dii(email, phone) if email is not None or phone is not None else None
         step = self.step(identity)
-        if step.kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
-            assert step.identity is not None
+        serving = step.serving
+        if serving is not None:
             return ClientRefreshResult(
                 TokenStatus.SUCCESS,
-                cookie_for(step.identity),
+                cookie_for(serving),
                 step.kind is StepKind.REFRESHED,
-                step.identity.advertising_token,
+                serving.advertising_token,
             )
         if step.kind is StepKind.OPTOUT:
             if dii is not None:
@@ -367,12 +383,12 @@ class Publisher:
 
 
 def _token_result(step: Step) -> TokenResult:
-    if step.kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
-        assert step.identity is not None
+    serving = step.serving
+    if serving is not None:
         return TokenResult(
             TokenStatus.SUCCESS,
-            step.identity.advertising_token,
-            step.identity.identity_expires,
+            serving.advertising_token,
+            serving.identity_expires,
             step.kind is StepKind.REFRESHED,
         )
     if step.kind is StepKind.OPTOUT:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from publisher_svc.publisher import Publisher, StepKind
+from svc_common.clock import Monotonic, SystemClock
 from svc_common.errors import ServiceError
 from svc_common.grpc_client import Backoff
 
@@ -57,6 +58,7 @@ class Refresher:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] | None = None,
         circuit_open_s: float = 1.0,
+        monotonic: Monotonic | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -67,8 +69,10 @@ class Refresher:
         # Per-identity retry schedule after UNAVAILABLE: 1 s, 2 s, 4 s ... up to 60 s, jittered.
         self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
         # While the operator is known to be unreachable, the rest of a pass is deferred
-        # without calling it (a circuit breaker), for `circuit_open_s` of real time.
+        # without calling it (a circuit breaker), for `circuit_open_s` on the `monotonic`
+        # clock (the system's unless a test passes a hand-moved one).
         self.circuit_open_s = circuit_open_s
+        self._monotonic: Monotonic = SystemClock() if monotonic is None else monotonic
         self._circuit_until = 0.0
         self.stats = RefresherStats()
         self._stop = threading.Event()
@@ -153,7 +157,7 @@ class Refresher:
             now = pub.clock.now_ms()
             if stored is None:
                 return "skipped"
-            if time.monotonic() < self._circuit_until:
+            if self._monotonic.monotonic_s() < self._circuit_until:
                 self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
                 return "deferred"
             try:
@@ -179,9 +183,10 @@ class Refresher:
             return "login_required"
 
     def _open_circuit(self) -> None:
-        if time.monotonic() >= self._circuit_until:
+        now_s = self._monotonic.monotonic_s()
+        if now_s >= self._circuit_until:
             _log.warning("operator_unavailable", retry_in_s=self.circuit_open_s)
-        self._circuit_until = time.monotonic() + self.circuit_open_s
+        self._circuit_until = now_s + self.circuit_open_s
 
     def _defer(self, user_id: str, refresh_token: str, failed: int, now: int) -> None:
         # Equal jitter: half the capped exponential step, plus up to as much again at random,

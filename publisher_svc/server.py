@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import grpc
@@ -16,7 +16,7 @@ from publisher_svc.refresher import Refresher
 from publisher_svc.servicer import PublisherServicer
 from publisher_svc.ssp_client import SspClient
 from publisher_svc.store import SqliteStore
-from svc_common.clock import Clock, SystemClock
+from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.grpc_server import Served, start_server
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 
@@ -44,50 +44,58 @@ def start(
     config: PublisherConfig,
     *,
     clock: Clock | None = None,
+    monotonic: Monotonic | None = None,
     operator: OperatorPeer | None = None,
     ssp: SspPeer | None = None,
 ) -> PublisherRuntime:
-    """Like create_server, with the clock and peer clients injectable (tests, benchmarks)."""
-    store = SqliteStore(config.data_dir)
-    closers: list[Callable[[], None]] = []
-    if operator is None:
-        op_client = OperatorClient(
-            config.operator_address, config.operator_api_key, timeout_s=config.operator_timeout_s
+    """Like create_server, with the clocks and peer clients injectable (tests, benchmarks).
+    `monotonic` times the background refresher's circuit breaker; the system's by default."""
+    # If any step fails (the port is taken), what the earlier ones opened (the store, the peer
+    # channels) is closed before the error propagates, so a retry finds nothing held open.
+    with ExitStack() as opened:
+        store = SqliteStore(config.data_dir)
+        opened.callback(store.close)
+        if operator is None:
+            op_client = OperatorClient(
+                config.operator_address,
+                config.operator_api_key,
+                timeout_s=config.operator_timeout_s,
+            )
+            opened.callback(op_client.close)
+            operator = op_client
+        if ssp is None:
+            ssp_client = SspClient(
+                config.ssp_address, config.ssp_api_key, timeout_s=config.ssp_timeout_s
+            )
+            opened.callback(ssp_client.close)
+            ssp = ssp_client
+        publisher = Publisher(
+            store=store,
+            operator=operator,
+            ssp=ssp,
+            clock=clock or SystemClock(),
+            mode=config.storage_mode,
+            on_behalf_of_site_id=config.on_behalf_of_site_id,
         )
-        closers.append(op_client.close)
-        operator = op_client
-    if ssp is None:
-        ssp_client = SspClient(
-            config.ssp_address, config.ssp_api_key, timeout_s=config.ssp_timeout_s
+        servicer = PublisherServicer(publisher, config.site_id)
+
+        def register(server: grpc.Server) -> None:
+            publisher_pb2_grpc.add_PublisherServiceServicer_to_server(servicer, server)
+
+        served = start_server(
+            listen=config.listen,
+            domain="publisher.uid2",
+            register=register,
+            service_names=[SERVICE_NAME],
+            owns=opened,
         )
-        closers.append(ssp_client.close)
-        ssp = ssp_client
-    publisher = Publisher(
-        store=store,
-        operator=operator,
-        ssp=ssp,
-        clock=clock or SystemClock(),
-        mode=config.storage_mode,
-        on_behalf_of_site_id=config.on_behalf_of_site_id,
-    )
-    servicer = PublisherServicer(publisher, config.site_id)
-
-    def register(server: grpc.Server) -> None:
-        publisher_pb2_grpc.add_PublisherServiceServicer_to_server(servicer, server)
-
-    served = start_server(
-        listen=config.listen,
-        domain="publisher.uid2",
-        register=register,
-        service_names=[SERVICE_NAME],
-    )
-    served.on_stop.append(store.close)
-    for close in closers:
-        served.on_stop.append(close)
     refresher = None
     if config.background_refresh and config.storage_mode is StorageMode.SERVER:
         refresher = Refresher(
-            publisher, workers=config.refresh_workers, poll_interval_s=config.refresh_interval_s
+            publisher,
+            workers=config.refresh_workers,
+            poll_interval_s=config.refresh_interval_s,
+            monotonic=SystemClock() if monotonic is None else monotonic,
         )
         refresher.start()
         served.on_stop.append(refresher.stop)  # runs first: stops before the store closes

@@ -6,7 +6,7 @@ UID2s stay inside the SSP."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from uid2.ssp.v1 import openrtb_pb2
@@ -43,7 +43,7 @@ class Impression:
     app_bundle: str
     placement_id: str
     floor_price: float
-    token: str
+    token: str = field(repr=False)  # the user's advertising token: never logged
 
 
 IMP_ID = "1"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from ssp_svc.store.accounts import (
     StoreError,
     normalise_inventory,
 )
+from svc_common.clock import SystemClock
 from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 from svc_common.logging import configure_logging
 from svc_common.settings import finite_float, log_level
@@ -87,7 +89,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
         # It may sell only inventory it registered, so without any it could sell nothing.
         return fail("uid2-ssp: a publisher needs at least one --domain or --app")
     try:
-        store = SqliteAccountStore(data_dir)
+        store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
         try:
             account, api_key = store.add(name, kind, domains, apps)
         finally:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssp_svc.bidders import BidderTarget
@@ -30,7 +30,7 @@ class SspConfig:
     publishers_file: Path | None = None
     # Operator ID_READER credentials; without them tokens pass through unchecked.
     operator: str | None = None
-    operator_api_key: str | None = None
+    operator_api_key: str | None = field(default=None, repr=False)  # never logged
     bidders: tuple[BidderTarget, ...] = ()
     tmax_ms: int = 150
     key_refresh_s: float = 3600.0

@@ -3,15 +3,18 @@ credentials) the decryptor; then reports SERVING."""
 
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack
+
 import grpc
 import structlog
 
 from ssp_svc.bidders import BidderPool
-from ssp_svc.config import SspConfig
+from ssp_svc.config import ConfigError, SspConfig
 from ssp_svc.decryptor.runtime import start_decryptor
 from ssp_svc.exchange import Exchange
 from ssp_svc.servicer import SspServicer
-from ssp_svc.store.accounts import AccountStore, FileAccountStore, SqliteAccountStore
+from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAccountStore
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_server import Served, start_server
@@ -22,53 +25,62 @@ _log = structlog.get_logger("ssp")
 SERVICE_NAME = ssp_pb2.DESCRIPTOR.services_by_name["SspService"].full_name
 
 
-def open_accounts(config: SspConfig) -> AccountStore:
+def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
+    if config.data_dir is not None:
+        return SqliteAccountStore(config.data_dir, rng=rng, clock=clock)
     if config.publishers_file is not None:
-        return FileAccountStore(config.publishers_file)
-    assert config.data_dir is not None
-    return SqliteAccountStore(config.data_dir)
+        return FileAccountStore(config.publishers_file, rng=rng)
+    # SspConfig refuses this already; checked again because `python -O` drops asserts.
+    raise ConfigError("give exactly one of --data-dir and --publishers-file")
 
 
-def create_server(config: SspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
+def create_server(
+    config: SspConfig, *, clock: Clock | None = None, rng: Rng | None = None
+) -> tuple[Served, int]:
+    """Starts the SSP. Without a clock or rng the system's are used: this is the edge where
+    those defaults belong. If any step fails (the port is taken, the operator refuses), what
+    the earlier steps opened (the store, bidder channels, the decryptor's threads) is closed
+    before the error propagates."""
     clock = clock or SystemClock()
-    accounts = open_accounts(config)
-    hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(
-        capacity=config.stream_buffer, max_subscribers=config.max_subscribers
-    )
-    pool = BidderPool(config.bidders)
-    decryptor = None
-    if config.operator and config.operator_api_key:
-        decryptor = start_decryptor(
-            config.operator,
-            config.operator_api_key,
-            clock,
-            key_refresh_s=config.key_refresh_s,
-            early_refresh_min_s=config.early_key_refresh_min_s,
+    with ExitStack() as opened:
+        accounts = open_accounts(config, rng=os.urandom if rng is None else rng, clock=clock)
+        opened.callback(accounts.close)
+        hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(
+            capacity=config.stream_buffer, max_subscribers=config.max_subscribers
         )
-    exchange = Exchange(
-        checker=decryptor.checker if decryptor else None,
-        fan_out=pool.fan_out,
-        hub=hub,
-        clock=clock,
-        tmax_ms=config.tmax_ms,
-    )
-    servicer = SspServicer(exchange, accounts, hub)
+        pool = BidderPool(config.bidders)
+        opened.callback(pool.close)
+        decryptor = None
+        if config.operator and config.operator_api_key:
+            decryptor = start_decryptor(
+                config.operator,
+                config.operator_api_key,
+                clock,
+                key_refresh_s=config.key_refresh_s,
+                early_refresh_min_s=config.early_key_refresh_min_s,
+            )
+            opened.callback(decryptor.stop)
+        exchange = Exchange(
+            checker=decryptor.checker if decryptor else None,
+            fan_out=pool.fan_out,
+            hub=hub,
+            clock=clock,
+            tmax_ms=config.tmax_ms,
+        )
+        servicer = SspServicer(exchange, accounts, hub)
 
-    def register(server: grpc.Server) -> None:
-        ssp_pb2_grpc.add_SspServiceServicer_to_server(servicer, server)
+        def register(server: grpc.Server) -> None:
+            ssp_pb2_grpc.add_SspServiceServicer_to_server(servicer, server)
 
-    # Stream subscribers each hold a worker thread: leave room for auctions.
-    served = start_server(
-        listen=config.listen,
-        domain="ssp.uid2",
-        register=register,
-        service_names=[SERVICE_NAME],
-        max_workers=config.max_workers + config.max_subscribers,
-    )
-    served.on_stop.append(accounts.close)
-    served.on_stop.append(pool.close)
-    if decryptor is not None:
-        served.on_stop.append(decryptor.stop)
+        # Stream subscribers each hold a worker thread: leave room for auctions.
+        served = start_server(
+            listen=config.listen,
+            domain="ssp.uid2",
+            register=register,
+            service_names=[SERVICE_NAME],
+            max_workers=config.max_workers + config.max_subscribers,
+            owns=opened,
+        )
     # Subscribers' streams end first, so a stop never waits out the grace period on them.
     served.before_drain.append(hub.close)
     served.set_serving(True)

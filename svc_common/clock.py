@@ -11,9 +11,19 @@ class Clock(Protocol):
     def now_ms(self) -> int: ...
 
 
+class Monotonic(Protocol):
+    """Seconds for measuring intervals (timeouts, circuit breakers): never jumps with the wall
+    clock. Only differences between two readings mean anything."""
+
+    def monotonic_s(self) -> float: ...
+
+
 class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+    def monotonic_s(self) -> float:
+        return time.monotonic()
 
 
 class ManualClock:
@@ -25,6 +35,10 @@ class ManualClock:
 
     def now_ms(self) -> int:
         return self._now
+
+    def monotonic_s(self) -> float:
+        # The same hand-moved time, so one `advance` moves dates and intervals together.
+        return self._now / 1000
 
     def advance(self, ms: int) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +85,15 @@ def start_server(
     service_names: Sequence[str],
     max_workers: int = 32,
     extra_interceptors: Sequence[Any] = (),
+    owns: ExitStack | None = None,
 ) -> Served:
     """Builds, binds and starts a server that reports NOT_SERVING until `set_serving(True)`.
 
-    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`."""
+    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`.
+
+    `owns` holds the clean-ups of what the service opened for this server (stores, channels,
+    threads). Once the server has started they move to its stop (newest first); if it cannot
+    start (the port is taken) they stay in the stack, whose `with` block closes them."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[EdgeInterceptor(domain), *extra_interceptors],
@@ -107,6 +113,8 @@ def start_server(
     served = Served(server=server, port=port, health=health_servicer, service_names=names)
     served.set_serving(False)
     server.start()
+    if owns is not None:
+        served.on_stop.append(owns.pop_all().close)
     return served
 
 

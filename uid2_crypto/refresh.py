@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ def _scope_byte(scope: IdentityScope, identity_type: IdentityType) -> int:
 
 
 def encode_refresh_token(
-    payload: RefreshPayload, refresh_key: Key, rng: Callable[[int], bytes] = os.urandom
+    payload: RefreshPayload, refresh_key: Key, rng: Callable[[int], bytes]
 ) -> tuple[str, str]:
     """(refresh token, refresh_response_key as base64). rng draws: response key, inner, outer."""
     if refresh_key.keyset_id != REFRESH_KEYSET_ID:

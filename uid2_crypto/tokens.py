@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -104,7 +103,8 @@ class TokenPayload:
 @dataclass(frozen=True, slots=True)
 class DecryptResult:
     status: DecryptionStatus
-    raw_uid: str | None = None
+    # Kept out of repr: a decrypted result is what a bid path is most tempted to log.
+    raw_uid: str | None = field(default=None, repr=False)
     site_id: int | None = None
     site_key_site_id: int | None = None
     identity_type: IdentityType | None = None
@@ -170,7 +170,7 @@ def encode_advertising_token_v4(
     payload: TokenPayload,
     master_key: Key,
     site_key: Key,
-    rng: Callable[[int], bytes] = os.urandom,
+    rng: Callable[[int], bytes],
 ) -> str:
     """The token the Operator issues: base64url without padding."""
     raw = _encode_v3_bytes(payload, master_key, site_key, VERSION_BYTE_V4, rng)
@@ -181,7 +181,7 @@ def encode_advertising_token_v3(
     payload: TokenPayload,
     master_key: Key,
     site_key: Key,
-    rng: Callable[[int], bytes] = os.urandom,
+    rng: Callable[[int], bytes],
 ) -> str:
     """Same bytes as v4 with version 112, in standard base64."""
     raw = _encode_v3_bytes(payload, master_key, site_key, VERSION_BYTE_V3, rng)
@@ -203,7 +203,7 @@ def encode_advertising_token_v2(
     expires_ms: int,
     established_ms: int,
     privacy_bits: int = 0,
-    rng: Callable[[int], bytes] = os.urandom,
+    rng: Callable[[int], bytes],
 ) -> str:
     """Legacy v2 token, for testing decoders only; IVs are drawn outer first, as in the vectors."""
     outer_iv = rng(16)

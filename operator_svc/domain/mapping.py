@@ -15,7 +15,7 @@ import base64
 import bisect
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from operator_svc.domain.auth import require_role
@@ -38,10 +38,11 @@ class UnmappedReason(Enum):
 
 @dataclass(frozen=True, slots=True)
 class MappedIdentity:
-    raw_uid: str = ""
+    # Raw UID2s stay out of repr: they are the user's identifier.
+    raw_uid: str = field(default="", repr=False)
     bucket_id: str = ""
     refresh_from: int = 0
-    previous_raw_uid: str = ""
+    previous_raw_uid: str = field(default="", repr=False)
     unmapped: UnmappedReason = UnmappedReason.NONE
 
 

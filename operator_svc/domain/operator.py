@@ -1,6 +1,8 @@
-"""The operator's domain, assembled: one object both front doors (gRPC now, the official HTTP API
-later) call. Build it with `Operator.open(config)` (loads all state into memory), then
-`start_sync()`; `close()` ends streams, the sync thread and the store.
+"""The operator's domain, assembled: one object both front doors (the gRPC service and the
+official HTTP API, operator_svc.http) call. Build it with `Operator.open(config, clock=, rng=)`
+(loads all state into memory), then `start_sync()`; `close()` ends streams, the sync thread and
+the store. The clock and the randomness are always the caller's: the system ones are chosen at
+the edge (server.create_server), never here, so tests can fix both.
 
 - `operator.auth.authenticate(api_key) -> Client`; `require_role(client, *roles)`
 - `operator.tokens.generate / refresh / validate`        (tokens.py)
@@ -20,7 +22,7 @@ from operator_svc.domain.optout import OptOutService
 from operator_svc.domain.state import OperatorState, StateLoader, Syncer
 from operator_svc.domain.tokens import TokenService
 from operator_svc.store import OperatorStore
-from svc_common.clock import Clock, SystemClock
+from svc_common.clock import Clock
 
 
 class Operator:
@@ -29,15 +31,13 @@ class Operator:
         config: OperatorConfig,
         store: OperatorStore,
         *,
-        clock: Clock | None = None,
-        rng: Callable[[int], bytes] | None = None,
+        clock: Clock,
+        rng: Callable[[int], bytes],
     ) -> None:
-        import os
-
         self.config = config
         self.store = store
-        self.clock: Clock = clock or SystemClock()
-        self.rng: Callable[[int], bytes] = rng or os.urandom
+        self.clock = clock
+        self.rng = rng
         self._loader = StateLoader(store.reader())
         self.state: OperatorState = self._loader.load()
         self.auth = Authenticator(self.state)
@@ -52,8 +52,8 @@ class Operator:
         cls,
         config: OperatorConfig,
         *,
-        clock: Clock | None = None,
-        rng: Callable[[int], bytes] | None = None,
+        clock: Clock,
+        rng: Callable[[int], bytes],
     ) -> Operator:
         return cls(config, OperatorStore.open(config.data_dir), clock=clock, rng=rng)
 

@@ -44,14 +44,15 @@ MAX_TOKEN_CHARS = 2048
 
 @dataclass(frozen=True)
 class IdentityTokens:
-    """What a publisher keeps. Times are epoch milliseconds."""
+    """What a publisher keeps. Times are epoch milliseconds. The tokens and the response key
+    are credentials for the user's identity, so they stay out of repr (and any log line)."""
 
-    advertising_token: str
-    refresh_token: str
+    advertising_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
     identity_expires: int
     refresh_from: int
     refresh_expires: int
-    refresh_response_key: str
+    refresh_response_key: str = field(repr=False)
 
 
 class GenerateStatus(Enum):

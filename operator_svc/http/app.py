@@ -15,7 +15,6 @@ become their official status; anything else is a bug, logged by type and place o
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -139,12 +138,12 @@ class HttpApi:
         self,
         operator: Operator,
         *,
-        rng: Callable[[int], bytes] = os.urandom,
         blocking: ThreadPoolExecutor | None = None,
     ) -> None:
         self._op = operator
+        # The operator's own clock and randomness, so both front doors share what the edge chose.
         self._clock = operator.clock
-        self._rng = rng
+        self._rng = operator.rng
         self._blocking = blocking
         self.serving = True
 
@@ -292,14 +291,13 @@ class HttpFrontDoor:
         operator: Operator,
         listen: str,
         *,
-        rng: Callable[[int], bytes] = os.urandom,
         blocking_workers: int = 4,
     ) -> None:
         self._listen = listen
         self._blocking = ThreadPoolExecutor(
             max_workers=blocking_workers, thread_name_prefix="http-blocking"
         )
-        self.api = HttpApi(operator, rng=rng, blocking=self._blocking)
+        self.api = HttpApi(operator, blocking=self._blocking)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None

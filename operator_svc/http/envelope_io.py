@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,7 +35,8 @@ _IV = 12
 class OpenedRequest:
     """A decrypted request: its JSON object ({} for an empty payload), nonce and form."""
 
-    payload: dict[str, Any]
+    # The decrypted JSON carries DII and tokens: never in repr.
+    payload: dict[str, Any] = field(repr=False)
     nonce: bytes
     timestamp_ms: int
     binary: bool

@@ -1,8 +1,11 @@
-"""Plain rows the store reads and writes. Domain code turns them into snapshots."""
+"""Plain rows the store reads and writes. Domain code turns them into snapshots.
+
+Key secrets, API-key salts and hashes, client secrets and first-level hashes are kept out of
+repr, so a row in a log line or a traceback never carries them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class KeyRow:
     created_s: int
     activates_s: int
     expires_s: int
-    secret: bytes
+    secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,9 @@ class ClientRow:
     name: str
     site_id: int
     roles: tuple[str, ...]
-    key_salt: bytes
-    key_hash: bytes
-    secret: str
+    key_salt: bytes = field(repr=False)
+    key_hash: bytes = field(repr=False)
+    secret: str = field(repr=False)
     disabled: bool
     created_ms: int
 
@@ -51,5 +54,5 @@ class ClientRow:
 @dataclass(frozen=True)
 class OptOutRow:
     seq: int
-    flh: bytes
+    flh: bytes = field(repr=False)
     opted_out_at_ms: int

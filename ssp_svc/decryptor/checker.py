@@ -8,6 +8,7 @@ from enum import Enum
 from ssp_svc.decryptor.key_cache import KeyCache
 from ssp_svc.decryptor.optouts import OptOutSet
 from svc_common.clock import Clock
+from svc_common.tally import Tally
 from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
 
 
@@ -42,11 +43,17 @@ class TokenChecker:
         self._optouts = optouts
         self._clock = clock
         self._early_wait_s = early_refresh_wait_s
-        self.counts: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
+        # Bumped by every RPC thread that checks a token: a Tally, so no count is lost.
+        self._counts: Tally[Verdict] = Tally(Verdict)
+
+    @property
+    def counts(self) -> dict[Verdict, int]:
+        """Verdicts given so far (a copy)."""
+        return self._counts.snapshot()
 
     def check(self, token: str, domain_or_app: str | None) -> Verdict:
         verdict = self._check(token, domain_or_app)
-        self.counts[verdict] += 1
+        self._counts.add(verdict)
         return verdict
 
     def _check(self, token: str, domain_or_app: str | None) -> Verdict:

@@ -1,27 +1,35 @@
 """API keys the SSP issued, to publishers (SubmitImpression) and to bid-stream subscribers
 (StreamBidRequests). Keys are stored only as salted SHA-256 hashes, in SQLite in the data dir;
-a JSON publishers file (`--publishers-file`) is the alternative config."""
+a JSON publishers file (`--publishers-file`) is the alternative config.
+
+Key material (key ids, key secrets, salts) comes from the `rng` and creation times from the
+`clock` the caller passes: the CLI and the server pass the system ones."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
-import secrets
+import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from svc_common.clock import Clock, SystemClock
 from svc_common.names import check_app_name, normalise_domain
 from svc_common.sqlite_db import open_db, require_data_dir
 
 DB_NAME = "ssp.sqlite3"
 KEY_PREFIX = "UID2-SSP-"
+_KEY_ID_BYTES = 8
+_KEY_SECRET_BYTES = 32
+_SALT_BYTES = 16
+Rng = Callable[[int], bytes]
 
 
 class AccountKind(Enum):
@@ -90,8 +98,19 @@ CREATE TABLE IF NOT EXISTS accounts (
 
 
 class SqliteAccountStore:
-    def __init__(self, data_dir: Path, *, create: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        create: bool = False,
+        rng: Rng | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         require_data_dir(data_dir, StoreError, create=create)
+        # TODO: make rng and clock required once every caller passes them (the CLI and the
+        # server do; tests/servicer/ssp/test_ssp_servicer.py still builds the store bare).
+        self._rng: Rng = os.urandom if rng is None else rng
+        self._clock: Clock = SystemClock() if clock is None else clock
         self._path = data_dir / DB_NAME
         self._conn = open_db(self._path, StoreError, schema=_SCHEMA)
         self._lock = threading.Lock()
@@ -105,9 +124,10 @@ class SqliteAccountStore:
         apps: tuple[str, ...] = (),
     ) -> tuple[Account, str]:
         """Creates an account; returns it and its API key (shown once, stored hashed)."""
-        key_id = secrets.token_hex(8)
-        api_key = f"{KEY_PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
-        salt = secrets.token_bytes(16)
+        key_id = self._rng(_KEY_ID_BYTES).hex()
+        secret = base64.urlsafe_b64encode(self._rng(_KEY_SECRET_BYTES)).rstrip(b"=").decode()
+        api_key = f"{KEY_PREFIX}{key_id}.{secret}"
+        salt = self._rng(_SALT_BYTES)
         account = Account(key_id, name, kind, domains, apps)
         try:
             with self._lock:
@@ -121,7 +141,7 @@ class SqliteAccountStore:
                         _hash(salt, api_key),
                         json.dumps(list(domains)),
                         json.dumps(list(apps)),
-                        time.time_ns() // 1_000_000,
+                        self._clock.now_ms(),
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -173,14 +193,14 @@ class FileAccountStore:
     registered), and an API key names one account: a key listed twice is refused rather than
     letting the later entry silently take it over."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, rng: Rng) -> None:
         try:
             doc: Any = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
         if not isinstance(doc, dict):
             raise StoreError("publishers file must hold a JSON object")
-        self._salt = secrets.token_bytes(16)
+        self._salt = rng(_SALT_BYTES)
         self._by_hash: dict[bytes, Account] = {}
         where_of: dict[bytes, str] = {}
         for kind, section in (

@@ -143,7 +143,8 @@ class World:
             operator = CountingOperator(
                 OperatorClient(config.operator_address, config.operator_api_key)
             )
-        rt = start(config, clock=self.clock, operator=operator)
+        # One hand-moved clock for dates and for the refresher's circuit breaker.
+        rt = start(config, clock=self.clock, monotonic=self.clock, operator=operator)
         self.publishers.append(rt)
         ch = grpc.insecure_channel(f"127.0.0.1:{rt.served.port}")
         self.channels.append(ch)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -17,6 +18,7 @@ from ssp_svc.bidders import BidderTarget
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
 from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
+from svc_common.clock import SystemClock
 from svc_common.grpc_server import Served
 from tests.integration.ssp.fake_operator import API_KEY, FakeOperator, serve_fake_operator
 from tests.unit.ssp.support import DOMAIN, KeySet
@@ -93,7 +95,7 @@ class Reader:
 
 
 def accounts(data_dir: Path) -> tuple[str, str]:
-    store = SqliteAccountStore(data_dir)
+    store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
     try:
         _, pub = store.add("news", AccountKind.PUBLISHER, ("example.com",))
         _, sub = store.add("analytics", AccountKind.SUBSCRIBER)

@@ -18,16 +18,17 @@ from operator_svc.domain.operator import Operator
 from operator_svc.key_json import key_container_dict, key_json_text
 from operator_svc.servicer import OperatorServicer
 from operator_svc.store import OperatorStore
-from svc_common.clock import SystemClock
+from svc_common.clock import ManualClock, SystemClock
 from uid2.operator.v1 import operator_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["OperatorService"]
 
 
 class Harness:
-    def __init__(self, server: Any, keys: dict[str, admin.NewClient]) -> None:
+    def __init__(self, server: Any, keys: dict[str, admin.NewClient], clock: ManualClock) -> None:
         self.server = server
         self.keys = keys
+        self.clock = clock
 
     def unary(self, method: str, request: Any, who: str | None = "all") -> tuple[Any, Any]:
         md = () if who is None else (("authorization", "Bearer " + self.keys[who].api_key),)
@@ -44,7 +45,9 @@ class Harness:
 def h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     d = tmp_path_factory.mktemp("svc")
     store = OperatorStore.create(d)
-    clock = SystemClock()
+    # Held at the real time once: the SDK checks tokens against the wall clock, while the
+    # operator's own clock is fixed so the run does not depend on how long it takes.
+    clock = ManualClock(SystemClock().now_ms())
     admin.initialise(store, clock.now_ms(), os.urandom)
     keys = {
         "all": admin.add_client(
@@ -56,11 +59,11 @@ def h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             rng=os.urandom,
         ),
     }
-    op = Operator(OperatorConfig(data_dir=d), store)
+    op = Operator(OperatorConfig(data_dir=d), store, clock=clock, rng=os.urandom)
     server = grpc_testing.server_from_dictionary(
         {SERVICE: OperatorServicer(op)}, grpc_testing.strict_real_time()
     )
-    yield Harness(server, keys)
+    yield Harness(server, keys, clock)
     op.close()
 
 
@@ -127,6 +130,8 @@ def test_watch_backlog(h: Harness) -> None:
     h.unary("OptOut", pb.OptOutRequest(dii=pb.Dii(email="w1@example.com")))
     mapped, _ = h.unary("MapIdentity", pb.MapIdentityRequest(dii=[pb.Dii(email="w2@example.com")]))
     raw = mapped.results[0].raw_uid
+    # A millisecond later than every earlier opt-out, so a watch from its time starts with it.
+    h.clock.advance(1)
     out, _ = h.unary("OptOut", pb.OptOutRequest(dii=pb.Dii(email="w2@example.com")))
     status, _ = h.unary("GetOptOutStatus", pb.GetOptOutStatusRequest(raw_uids=[raw]))
     assert [(o.raw_uid, o.opted_out_at) for o in status.opted_out] == [(raw, out.opted_out_at)]

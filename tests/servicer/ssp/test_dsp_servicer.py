@@ -13,7 +13,9 @@ BID = SERVICE.methods_by_name["Bid"]
 
 
 def test_bid_without_keys_bids_base_price() -> None:
-    bidder = Bidder("dsp", checker=None, base_price=1.25, identified_bonus=1.0)
+    bidder = Bidder(
+        "dsp", checker=None, base_price=1.25, identified_bonus=1.0, new_id=lambda: "bid-1"
+    )
     server = grpc_testing.server_from_dictionary(
         {SERVICE: BidderServicer(bidder)}, grpc_testing.strict_real_time()
     )
@@ -25,3 +27,4 @@ def test_bid_without_keys_bids_base_price() -> None:
     bid = response.seatbid[0].bid[0]
     assert response.seatbid[0].seat == "dsp"
     assert bid.impid == "1" and bid.price == 1.25 and bid.crid == "dsp-contextual"
+    assert bid.id == "bid-1"

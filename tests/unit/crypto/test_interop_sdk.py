@@ -119,8 +119,8 @@ def test_our_v4_and_v3_tokens_decrypt_with_the_sdk(
     raw = os.urandom(raw_len)
     p = payload(raw, identity_type=identity_type)
     for token in (
-        encode_advertising_token_v4(p, MASTER, SITE_KEY),
-        encode_advertising_token_v3(p, MASTER, SITE_KEY),
+        encode_advertising_token_v4(p, MASTER, SITE_KEY, os.urandom),
+        encode_advertising_token_v3(p, MASTER, SITE_KEY, os.urandom),
     ):
         theirs = sdk(token, NOW_MS)
         assert theirs.status.name == "SUCCESS"
@@ -139,7 +139,7 @@ def test_our_v4_token_through_the_sdk_clients() -> None:
     now = dt.datetime.now(tz=dt.UTC)
     now_ms = ms_of(now)
     p = payload(raw, created_ms=now_ms - 1000, expires_ms=now_ms + 3_600_000)
-    token = encode_advertising_token_v4(p, MASTER, SITE_KEY)
+    token = encode_advertising_token_v4(p, MASTER, SITE_KEY, os.urandom)
     key_json = json.dumps({"status": "success", "body": BODY})
     bid = BidstreamClient("http://x", "k", "AAAA")
     bid._refresh_json(key_json)
@@ -246,7 +246,7 @@ def test_lifetime_and_skew_boundaries_agree(
 ) -> None:
     raw = os.urandom(32)
     p = payload(raw, created_ms=NOW_MS + created, expires_ms=NOW_MS + expires, privacy_bits=0)
-    token = encode_advertising_token_v4(p, MASTER, SITE_KEY)
+    token = encode_advertising_token_v4(p, MASTER, SITE_KEY, os.urandom)
     sdk_type = SdkClientType[client_type.name]
     theirs = sdk(token, NOW_MS + now, sdk_type)
     ours = OURS.decrypt(token, NOW_MS + now, client_type=client_type)
@@ -271,9 +271,9 @@ def test_sdk_minted_v2_remaining_lifetime_agrees() -> None:
 
 def test_unknown_keys_agree() -> None:
     stranger = Key(5555, 7, 7, NOW_S - 10, NOW_S - 10, NOW_S + 1000, os.urandom(32))
-    token = encode_advertising_token_v4(payload(os.urandom(32)), MASTER, stranger)
+    token = encode_advertising_token_v4(payload(os.urandom(32)), MASTER, stranger, os.urandom)
     assert OURS.decrypt(token, NOW_MS).status.name == sdk(token, NOW_MS).status.name
-    token = encode_advertising_token_v4(payload(os.urandom(32)), stranger, SITE_KEY)
+    token = encode_advertising_token_v4(payload(os.urandom(32)), stranger, SITE_KEY, os.urandom)
     assert OURS.decrypt(token, NOW_MS).status.name == sdk(token, NOW_MS).status.name
 
 
@@ -294,7 +294,7 @@ def test_sdk_raises_where_we_answer() -> None:
     """The SDK raises on a bad GCM tag; we return INVALID_PAYLOAD (reference §6)."""
     from uid2_client.encryption import EncryptionError
 
-    token = encode_advertising_token_v4(payload(os.urandom(32)), MASTER, SITE_KEY)
+    token = encode_advertising_token_v4(payload(os.urandom(32)), MASTER, SITE_KEY, os.urandom)
     raw = bytearray(base64.urlsafe_b64decode(token + "=="))
     raw[-1] ^= 1
     bad = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
@@ -306,7 +306,7 @@ def test_sdk_raises_where_we_answer() -> None:
 @pytest.mark.parametrize("privacy_bits", [0, 1, 3, PRIVACY_BIT_CLIENT_SIDE_GENERATED | 1])
 def test_client_side_flag_agrees_with_the_sdk(privacy_bits: int) -> None:
     token = encode_advertising_token_v4(
-        payload(os.urandom(32), privacy_bits=privacy_bits), MASTER, SITE_KEY
+        payload(os.urandom(32), privacy_bits=privacy_bits), MASTER, SITE_KEY, os.urandom
     )
     theirs = sdk(token, NOW_MS, SdkClientType.SHARING)
     ours = OURS.decrypt(token, NOW_MS, client_type=ClientType.SHARING)

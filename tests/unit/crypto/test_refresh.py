@@ -42,7 +42,7 @@ def payload(**kw: object) -> RefreshPayload:
 @pytest.mark.parametrize("identity_type", list(IdentityType))
 def test_round_trip_and_exact_length(scope: IdentityScope, identity_type: IdentityType) -> None:
     p = payload(identity_scope=scope, identity_type=identity_type)
-    token, response_key = encode_refresh_token(p, KEY)
+    token, response_key = encode_refresh_token(p, KEY, os.urandom)
     assert len(token) == REFRESH_TOKEN_LENGTH == 388
     assert len(base64.b64decode(response_key)) == 32
     assert decode_refresh_token(token, RING) == (RefreshDecodeStatus.OK, p, response_key)
@@ -56,21 +56,23 @@ def test_deterministic_with_injected_rng() -> None:
 
 
 def test_fresh_randomness_per_token() -> None:
-    assert encode_refresh_token(payload(), KEY) != encode_refresh_token(payload(), KEY)
+    assert encode_refresh_token(payload(), KEY, os.urandom) != encode_refresh_token(
+        payload(), KEY, os.urandom
+    )
 
 
 def test_foreign_key_ring_and_wrong_keyset() -> None:
-    token, _ = encode_refresh_token(payload(), KEY)
+    token, _ = encode_refresh_token(payload(), KEY, os.urandom)
     assert decode_refresh_token(token, KeyRing([OTHER]))[0] is RefreshDecodeStatus.INVALID
     assert decode_refresh_token(token, KeyRing([]))[0] is RefreshDecodeStatus.INVALID
     advertising = Key(301, 5, 9000, 0, 0, 2**40, bytes(range(32)))
     assert decode_refresh_token(token, KeyRing([advertising]))[0] is RefreshDecodeStatus.INVALID
     with pytest.raises(ValueError):
-        encode_refresh_token(payload(), advertising)
+        encode_refresh_token(payload(), advertising, os.urandom)
 
 
 def test_every_byte_is_authenticated() -> None:
-    token, _ = encode_refresh_token(payload(), KEY)
+    token, _ = encode_refresh_token(payload(), KEY, os.urandom)
     raw = base64.b64decode(token)
     for pos in range(len(raw)):
         bad = bytearray(raw)
@@ -81,7 +83,7 @@ def test_every_byte_is_authenticated() -> None:
 
 def test_rejects_bad_payload_values() -> None:
     with pytest.raises(ValueError):
-        encode_refresh_token(payload(first_level_hash=b"short"), KEY)
+        encode_refresh_token(payload(first_level_hash=b"short"), KEY, os.urandom)
 
 
 @settings(max_examples=300, deadline=None)

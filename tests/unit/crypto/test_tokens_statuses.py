@@ -1,6 +1,7 @@
 """Every DecryptionStatus, the order of checks, and the lifetime / clock-skew boundaries."""
 
 import base64
+import os
 
 import pytest
 
@@ -161,11 +162,17 @@ def test_domain_check_comes_before_lifetime() -> None:
 
 def test_v3_and_v2_statuses() -> None:
     p = payload()
-    v3 = encode_advertising_token_v3(p, master_key(), site_key())
+    v3 = encode_advertising_token_v3(p, master_key(), site_key(), os.urandom)
     r = decoder().decrypt(v3, BASE_MS)
     assert (r.status, r.version, r.raw_uid) == (DecryptionStatus.SUCCESS, "V3", UID_B64)
     v2 = encode_advertising_token_v2(
-        UID_B64, 9000, master_key(), site_key(), expires_ms=BASE_MS + 1000, established_ms=BASE_MS
+        UID_B64,
+        9000,
+        master_key(),
+        site_key(),
+        expires_ms=BASE_MS + 1000,
+        established_ms=BASE_MS,
+        rng=os.urandom,
     )
     r = decoder().decrypt(v2, BASE_MS)
     assert (r.status, r.version, r.raw_uid, r.identity_type) == (
@@ -189,6 +196,7 @@ def test_v3_and_v2_statuses() -> None:
         site_key(),
         expires_ms=BASE_MS + BIDSTREAM_S * 1000 + 1,
         established_ms=BASE_MS,
+        rng=os.urandom,
     )
     assert decoder().decrypt(long_v2, BASE_MS).status is DecryptionStatus.INVALID_TOKEN_LIFETIME
     assert decoder().decrypt(long_v2, BASE_MS + 1).status is DecryptionStatus.SUCCESS

@@ -51,7 +51,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     admin.add_site(store, 12, "delegating", ["pub.example"], ["com.pub.app"], T0, os.urandom)
     admin.grant_delegation(store, 12, "sso", T0)
     clock = ManualClock(T0)
-    op = Operator(OperatorConfig(data_dir=d), store, clock=clock)
+    op = Operator(OperatorConfig(data_dir=d), store, clock=clock, rng=os.urandom)
     yield Env(d, store, clock, op, keys)
     op.close()
 

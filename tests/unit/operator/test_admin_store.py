@@ -166,7 +166,9 @@ def test_key_rotation_rejects_lifetimes_that_would_prune_live_keys(
 
 def test_two_operators_share_optouts(env: Env) -> None:
     clock = ManualClock(T0)
-    other = Operator(OperatorConfig(data_dir=env.dir), OperatorStore.open(env.dir), clock=clock)
+    other = Operator(
+        OperatorConfig(data_dir=env.dir), OperatorStore.open(env.dir), clock=clock, rng=os.urandom
+    )
     try:
         env.op.optouts.opt_out(env.client("optout"), "email", "shared@example.com")
         assert "optouts" in other.sync_now()

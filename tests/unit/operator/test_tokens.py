@@ -4,8 +4,12 @@ import base64
 
 import pytest
 
+from operator_svc.config import OperatorConfig
+from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
+from operator_svc.store import OperatorStore
+from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
 from uid2_crypto.identity import identity_hash
@@ -203,3 +207,28 @@ def test_roles(env: Env) -> None:
         with pytest.raises(ServiceError) as exc:
             env.op.auth.authenticate(bad)
         assert exc.value.kind is ErrorKind.UNAUTHENTICATED
+
+
+def test_clock_and_randomness_come_from_the_constructor(env: Env) -> None:
+    """Two operators given the same clock and the same byte source issue byte-identical
+    identities: nothing inside the domain reads the system clock or os.urandom."""
+
+    def zeros(n: int) -> bytes:
+        return bytes(n)
+
+    clock = ManualClock(T0 + 5 * HOUR)
+    issued = []
+    for _ in range(2):
+        op = Operator(
+            OperatorConfig(data_dir=env.dir), OperatorStore.open(env.dir), clock=clock, rng=zeros
+        )
+        try:
+            client = op.auth.authenticate(env.keys["gen"].api_key)
+            out = op.tokens.generate(client, "email", "fixed@example.com", OK)
+        finally:
+            op.close()
+        assert out.identity is not None
+        issued.append(out.identity)
+    assert issued[0] == issued[1]
+    assert issued[0].identity_expires == T0 + 5 * HOUR + 3 * DAY
+    assert base64.b64decode(issued[0].refresh_response_key) == bytes(32)

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.cookie import decode_cookie
-from publisher_svc.model import DiiKind, PrivacySettings
-from publisher_svc.publisher import LoginStatus, Publisher, StorageMode, TokenStatus
+from publisher_svc.model import DiiKind, Identity, PrivacySettings
+from publisher_svc.publisher import (
+    LoginStatus,
+    Publisher,
+    Step,
+    StepKind,
+    StorageMode,
+    TokenStatus,
+)
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
@@ -390,3 +397,15 @@ def test_serve_ad_accepts_the_ssps_largest_floor(env: Env) -> None:
         floor_price=1e6,
     )  # fmt: skip
     assert env.ssp.impressions[0].floor_price == 1e6
+
+
+def test_a_step_carries_an_identity_exactly_when_it_keeps_one_in_use() -> None:
+    ident = Identity("adv", "ref", 3, 2, 4, "key")
+    for kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
+        assert Step(kind, ident).serving is ident
+        with pytest.raises(ValueError, match="must carry an identity"):
+            Step(kind)
+    for kind in (StepKind.OPTOUT, StepKind.LOGIN_REQUIRED):
+        assert Step(kind).serving is None
+        with pytest.raises(ValueError, match="must carry an identity"):
+            Step(kind, ident)

@@ -178,3 +178,26 @@ def test_circuit_breaker_spares_a_down_operator(setup: Setup) -> None:
         r.stop()
     assert len(op.refresh_calls) == 1  # the first failure opens the circuit
     assert r.stats.deferred == 30 and pub.store.count() == 30
+
+
+def test_circuit_closes_after_its_window_on_the_injected_clock(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    _login_many(pub, 5)
+    clock.advance(HOUR)
+    op.down = True
+    r = Refresher(pub, workers=1, circuit_open_s=60, monotonic=clock)
+    try:
+        assert r.run_once() == 5
+        assert len(op.refresh_calls) == 1 and r.stats.deferred == 5
+        op.down = False
+        # Past every identity's backoff (at most 2 s here) but inside the 60 s window: still
+        # deferred without a call, however long the test really takes.
+        clock.advance(30_000)
+        assert r.run_once() == 5
+        assert len(op.refresh_calls) == 1 and r.stats.deferred == 10
+        # Past the window: the operator is tried again and every identity refreshed.
+        clock.advance(31_000)
+        assert r.run_once() == 5
+        assert len(op.refresh_calls) == 6 and r.stats.refreshed == 5
+    finally:
+        r.stop()

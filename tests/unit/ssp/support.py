@@ -108,7 +108,7 @@ def mint(
         created_ms=created,
         expires_ms=created + expires_in_s * 1000,
     )
-    return encode_advertising_token_v4(payload, keys.master, site_key or keys.site)
+    return encode_advertising_token_v4(payload, keys.master, site_key or keys.site, os.urandom)
 
 
 def loaded_optouts() -> OptOutSet:

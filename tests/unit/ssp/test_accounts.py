@@ -1,4 +1,6 @@
 import json
+import os
+import sqlite3
 from pathlib import Path
 from typing import NoReturn
 
@@ -11,10 +13,13 @@ from ssp_svc.store.accounts import (
     SqliteAccountStore,
     StoreError,
 )
+from svc_common.clock import ManualClock
+
+T0 = 1_800_000_000_000
 
 
 def test_sqlite_keys_are_stored_hashed(tmp_path: Path) -> None:
-    store = SqliteAccountStore(tmp_path)
+    store = SqliteAccountStore(tmp_path, rng=os.urandom, clock=ManualClock(T0))
     account, key = store.add("news", AccountKind.PUBLISHER, ("example.com",))
     assert store.authenticate(key) == account
     assert store.authenticate(key + "x") is None and store.authenticate("nope") is None
@@ -24,12 +29,48 @@ def test_sqlite_keys_are_stored_hashed(tmp_path: Path) -> None:
     assert key.encode() not in (tmp_path / "ssp.sqlite3").read_bytes()
 
 
+def test_sqlite_key_material_and_times_come_from_the_injected_sources(tmp_path: Path) -> None:
+    """Key id, key secret and salt are drawn from `rng` in that order, the creation time read
+    from `clock`: nothing in the store reads the system's randomness or time."""
+    draws: list[int] = []
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return bytes([len(draws)]) * n
+
+    store = SqliteAccountStore(tmp_path, rng=counting, clock=ManualClock(T0 + 42))
+    account, key = store.add("news", AccountKind.PUBLISHER, ("example.com",))
+    assert draws == [8, 32, 16]
+    assert account.account_id == "01" * 8
+    assert key == "UID2-SSP-" + "01" * 8 + "." + "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"
+    assert store.authenticate(key) == account
+    store.close()
+    with sqlite3.connect(tmp_path / "ssp.sqlite3") as db:
+        row = db.execute("SELECT salt, created_ms FROM accounts").fetchone()
+    assert row == (b"\x03" * 16, T0 + 42)
+
+
+def test_file_store_hashes_with_the_injected_salt(tmp_path: Path) -> None:
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"subscribers": [{"name": "a", "api_key": "k2"}]}))
+    draws: list[int] = []
+
+    def recording(n: int) -> bytes:
+        draws.append(n)
+        return bytes(n)
+
+    store = FileAccountStore(path, rng=recording)
+    assert draws == [16]
+    account = store.authenticate("k2")
+    assert account is not None and account.name == "a"
+
+
 def test_publishers_file(tmp_path: Path) -> None:
     path = tmp_path / "pubs.json"
     path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1",
                                                 "domains": ["Example.com"]}],
                                 "subscribers": [{"name": "a", "api_key": "k2"}]}))  # fmt: skip
-    store = FileAccountStore(path)
+    store = FileAccountStore(path, rng=os.urandom)
     pub = store.authenticate("k1")
     assert pub is not None and pub.kind is AccountKind.PUBLISHER
     assert pub.domains == ("example.com",)
@@ -38,7 +79,7 @@ def test_publishers_file(tmp_path: Path) -> None:
     assert store.authenticate("k3") is None
     path.write_text("[]")
     with pytest.raises(StoreError):
-        FileAccountStore(path)
+        FileAccountStore(path, rng=os.urandom)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +103,7 @@ def test_publishers_file_entry_mistakes_name_the_entry(
     ok = {"name": "fine", "api_key": "k0", "domains": ["ok.com"]}
     path.write_text(json.dumps({"publishers": [ok, {"name": "news", "api_key": "k1", **entry}]}))
     with pytest.raises(StoreError) as exc:
-        FileAccountStore(path)
+        FileAccountStore(path, rng=os.urandom)
     assert "publishers[1] ('news')" in str(exc.value) and message in str(exc.value)
 
 
@@ -71,7 +112,7 @@ def test_publishers_file_refuses_an_api_key_listed_twice(tmp_path: Path) -> None
     path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1", "apps": ["com.x"]}],
                                 "subscribers": [{"name": "a", "api_key": "k1"}]}))  # fmt: skip
     with pytest.raises(StoreError) as exc:
-        FileAccountStore(path)
+        FileAccountStore(path, rng=os.urandom)
     assert "subscribers[0] ('a')" in str(exc.value) and "publishers[0] ('n')" in str(exc.value)
     assert "k1" not in str(exc.value)
 
@@ -81,7 +122,7 @@ def test_publishers_file_inventory_is_normalised_like_publisher_add(tmp_path: Pa
     path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1",
                                                 "domains": [" News.Example.com ", ""],
                                                 "apps": [" com.x "]}]}))  # fmt: skip
-    pub = FileAccountStore(path).authenticate("k1")
+    pub = FileAccountStore(path, rng=os.urandom).authenticate("k1")
     assert pub is not None and pub.domains == ("news.example.com",) and pub.apps == ("com.x",)
 
 

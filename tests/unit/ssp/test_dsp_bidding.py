@@ -30,6 +30,7 @@ def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
         checker=TokenChecker(cache, optouts, SystemClock()),
         base_price=1.0,
         identified_bonus=2.0,
+        new_id=kw.pop("new_id", lambda: "bid"),
         **kw,  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
     )
     return b, keys, optouts
@@ -48,6 +49,15 @@ def test_bids_higher_for_identified_users_and_never_on_opted_out() -> None:
     optouts.add(raw_uid_b64(3), 1)
     resp = b.bid(request(mint(keys, uid=3)))
     assert price(resp) is None and resp.nbr == NBR_UNMATCHED_USER and resp.id == "auc"
+
+
+def test_bid_ids_come_from_the_id_source_and_verdicts_are_counted() -> None:
+    ids = iter(["id-1", "id-2"])
+    b, keys, _ = bidder(new_id=lambda: next(ids))
+    first = b.bid(request(mint(keys, uid=4)))
+    second = b.bid(request(""))
+    assert [r.seatbid[0].bid[0].id for r in (first, second)] == ["id-1", "id-2"]
+    assert b.verdicts == {"VALID": 1, "NONE": 1}
 
 
 def test_respects_floor() -> None:

@@ -1,0 +1,78 @@
+"""An SSP or DSP whose port is taken fails to start and leaves nothing running behind it: the
+decryptor's threads are stopped and its store and channels closed before the error surfaces."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsp_svc.config import DspConfig
+from dsp_svc.server import create_server as create_dsp
+from ssp_svc.config import SspConfig
+from ssp_svc.server import create_server as create_ssp
+from ssp_svc.store.accounts import SqliteAccountStore
+from svc_common.grpc_server import Served
+from tests.integration.ssp.fake_operator import API_KEY, FakeOperator, serve_fake_operator
+from tests.support.procs import wait_until
+from tests.unit.ssp.support import KeySet
+
+DECRYPTOR_THREADS = {"key-refresh", "optout-watch"}
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def operator() -> Iterator[str]:
+    served: Served = serve_fake_operator(FakeOperator(KeySet()))
+    yield f"127.0.0.1:{served.port}"
+    served.stop(0)
+
+
+def _decryptor_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in DECRYPTOR_THREADS and t.is_alive()]
+
+
+def _fails_to_start(start: Callable[[], Any]) -> None:
+    assert _decryptor_threads() == []
+    with pytest.raises(OSError, match="cannot listen"):
+        start()
+    assert wait_until(lambda: _decryptor_threads() == [], 5), _decryptor_threads()
+
+
+def test_ssp_on_a_taken_port_stops_what_it_started(
+    tmp_path: Path, held_port: int, operator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    real_close = SqliteAccountStore.close
+
+    def recording_close(self: SqliteAccountStore) -> None:
+        closed.append("accounts")
+        real_close(self)
+
+    monkeypatch.setattr(SqliteAccountStore, "close", recording_close)
+    config = SspConfig(
+        listen=f"127.0.0.1:{held_port}",
+        data_dir=tmp_path,
+        operator=operator,
+        operator_api_key=API_KEY,
+    )
+    _fails_to_start(lambda: create_ssp(config))
+    assert closed == ["accounts"]
+
+
+def test_dsp_on_a_taken_port_stops_its_decryptor(held_port: int, operator: str) -> None:
+    config = DspConfig(
+        name="d", listen=f"127.0.0.1:{held_port}", operator=operator, operator_api_key=API_KEY
+    )
+    _fails_to_start(lambda: create_dsp(config))
