@@ -14,7 +14,7 @@ import math
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from operator_svc.config import (
@@ -55,8 +55,9 @@ class NewClient:
     name: str
     site_id: int
     roles: tuple[str, ...]
-    api_key: str
-    secret: str
+    # Printed once by `client add` (as_json), never in a repr.
+    api_key: str = field(repr=False)
+    secret: str = field(repr=False)
 
     def as_json(self) -> dict[str, Any]:
         return {

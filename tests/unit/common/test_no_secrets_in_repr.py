@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dsp_svc.config import DspConfig
+from operator_svc.admin import NewClient
 from operator_svc.domain.mapping import MappedIdentity
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import (
@@ -114,6 +115,7 @@ def _objects(tmp_path: Path) -> list[Any]:
         SspImpression("pub", "Pub", "example.com", "", "slot", 1.0, token=f"{S}-token"),
         SspConfig(data_dir=tmp_path, operator="127.0.0.1:1", operator_api_key=f"{S}-key"),
         DspConfig(name="dsp", operator="127.0.0.1:1", operator_api_key=f"{S}-key"),
+        NewClient("c", 5, ("GENERATOR",), api_key=f"{S}-api-key", secret=f"{S}-secret"),
     ]
 
 
