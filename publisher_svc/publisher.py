@@ -87,6 +87,8 @@ class LoginResult:
     status: LoginStatus
     cookie: Cookie | None = None
     refresh_from: int = 0
+    # Client-side mode: every refusal also ends the identity the caller may hold as a cookie.
+    clear_cookie: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,33 +209,45 @@ class Publisher:
         check_user_id(user_id)
         dii = hash_dii(email, phone)
         with self.user_lock(user_id):
-            if self.store.is_site_optout(user_id):
-                self.store.delete(user_id)
-                return LoginResult(LoginStatus.SITE_OPTOUT)
-            if self.store.is_operator_optout(dii.key):
-                # Reference §1.7: never call generate again for an opted-out DII.
-                self.store.delete(user_id)
-                return LoginResult(LoginStatus.OPTOUT)
-            try:
-                result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
-            except PeerError as err:
-                # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
-                # caller's privacy settings.
-                raise _operator_failure(err, caller_input=True) from None
-            now = self.clock.now_ms()
-            if result.outcome is GenerateOutcome.OPTOUT:
-                self.store.record_operator_optout(dii.key, now)
-                self.store.delete(user_id)
-                _log.info("login_optout")
-                return LoginResult(LoginStatus.OPTOUT)
-            if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
-                return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
-            identity = result.identity
-            if self.mode is StorageMode.CLIENT:
-                return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
-            if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
-                return LoginResult(LoginStatus.SITE_OPTOUT)
-            return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
+            result = self._login(user_id, dii, privacy)
+        if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
+            return LoginResult(result.status, clear_cookie=True)
+        return result
+
+    def _login(self, user_id: str, dii: HashedDii, privacy: PrivacySettings) -> LoginResult:
+        """Login's rules; the caller holds the user's lock. Every refusal deletes the stored
+        identity: whatever the user had before must not outlive a refusal."""
+        if self.store.is_site_optout(user_id):
+            self.store.delete(user_id)
+            return LoginResult(LoginStatus.SITE_OPTOUT)
+        if self.store.is_operator_optout(dii.key):
+            # Reference §1.7: never call generate again for an opted-out DII.
+            self.store.delete(user_id)
+            return LoginResult(LoginStatus.OPTOUT)
+        try:
+            result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
+        except PeerError as err:
+            # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
+            # caller's privacy settings.
+            raise _operator_failure(err, caller_input=True) from None
+        now = self.clock.now_ms()
+        if result.outcome is GenerateOutcome.OPTOUT:
+            self.store.record_operator_optout(dii.key, now)
+            self.store.delete(user_id)
+            _log.info("login_optout")
+            return LoginResult(LoginStatus.OPTOUT)
+        if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
+            # Consent withdrawn (or never given): the identity generated under the earlier
+            # consent must no longer be sent, nor refreshed in the background.
+            self.store.delete(user_id)
+            _log.info("login_insufficient_consent")
+            return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
+        identity = result.identity
+        if self.mode is StorageMode.CLIENT:
+            return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
+        if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
+            return LoginResult(LoginStatus.SITE_OPTOUT)
+        return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
 
     def logout(self, user_id: str) -> bool:
         check_user_id(user_id)

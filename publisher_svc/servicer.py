@@ -82,6 +82,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             status=_LOGIN[result.status],
             cookie=_cookie(result.cookie),
             refresh_from=result.refresh_from,
+            clear_cookie=result.clear_cookie,
         )
 
     def GetAdvertisingToken(

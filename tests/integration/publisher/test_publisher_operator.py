@@ -116,6 +116,25 @@ def test_insufficient_consent(world: World) -> None:
     assert r.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT
 
 
+def test_consent_withdrawn_at_relogin_ends_the_identity(world: World) -> None:
+    rt, stub = world.publisher(world.config("withdrawn", background_refresh=True))
+    assert login(stub, "dee", "dee@example.com").status == pb.LOGIN_STATUS_SUCCESS
+    assert serve_ad(stub, user_id="dee").token_sent
+    r = stub.Login(
+        pb.LoginRequest(
+            user_id="dee",
+            email="dee@example.com",
+            privacy_settings=operator_pb2.PrivacySettings(transparency_notice_accepted=False),
+        )
+    )
+    assert r.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and not r.clear_cookie
+    got = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="dee"))
+    assert got.status == pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+    assert not serve_ad(stub, user_id="dee").token_sent
+    assert world.ssp.requests[-1].advertising_token == ""
+    assert rt.publisher.store.get("dee") is None  # nothing left for the refresher
+
+
 def test_site_level_optout(world: World) -> None:
     rt, stub = world.publisher(world.config("site"), counting=True)
     assert login(stub, "erin", "erin@example.com").status == pb.LOGIN_STATUS_SUCCESS

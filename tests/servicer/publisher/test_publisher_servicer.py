@@ -155,3 +155,19 @@ def test_serve_ad_maps_the_ssp_decision(tmp_path: Any) -> None:
         assert imp == Impression("d.com", "p", 0.5, "A4tok-1_x-Y")
     finally:
         h.store.close()
+
+
+def test_consent_refused_at_relogin(h: Harness, hc: Harness) -> None:
+    h.call("Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=OK))
+    refused = {"transparency_notice_accepted": False}
+    resp, _ = h.call(
+        "Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=refused)
+    )
+    assert resp.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and not resp.clear_cookie
+    tok, _ = h.call("GetAdvertisingToken", pb.GetAdvertisingTokenRequest(user_id="u"))
+    assert tok.status == pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+    resp, _ = hc.call(
+        "Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=refused)
+    )
+    assert resp.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and resp.clear_cookie
+    assert not resp.HasField("cookie")

@@ -387,3 +387,32 @@ def test_serve_ad_accepts_the_ssps_largest_floor(env: Env) -> None:
         floor_price=1e6,
     )  # fmt: skip
     assert env.ssp.impressions[0].floor_price == 1e6
+
+
+@pytest.mark.parametrize(
+    "refused", [PrivacySettings(False, ""), PrivacySettings(False, "TCFSTRING")]
+)
+def test_consent_refused_at_relogin_ends_the_stored_identity(
+    env: Env, refused: PrivacySettings
+) -> None:
+    assert env.pub.login("u1", "a@b.com", None, OK).status is LoginStatus.SUCCESS
+    r = env.pub.login("u1", "a@b.com", None, refused)
+    assert r.status is LoginStatus.INSUFFICIENT_CONSENT and not r.clear_cookie
+    assert env.store.get("u1") is None  # the background refresher has nothing left to refresh
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.NO_IDENTITY
+    ad = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not ad.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_client_mode_login_refusals_tell_the_caller_to_clear_the_cookie(client_env: Env) -> None:
+    assert not client_env.pub.login("u1", "a@b.com", None, OK).clear_cookie
+    r = client_env.pub.login("u1", "a@b.com", None, PrivacySettings(False, ""))
+    assert r.status is LoginStatus.INSUFFICIENT_CONSENT and r.clear_cookie and r.cookie is None
+    client_env.op.optout_keys.add(f"email:{USER_HASH}")
+    r = client_env.pub.login("u1", "user@example.com", None, OK)
+    assert r.status is LoginStatus.OPTOUT and r.clear_cookie
+    client_env.pub.set_site_optout("u1", True)
+    r = client_env.pub.login("u1", "a@b.com", None, OK)
+    assert r.status is LoginStatus.SITE_OPTOUT and r.clear_cookie

@@ -37,7 +37,10 @@ class _LoginStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoginStat
     LOGIN_STATUS_SITE_OPTOUT: _LoginStatus.ValueType  # 3
     """The user opted out of this publisher's site: the operator was not called."""
     LOGIN_STATUS_INSUFFICIENT_CONSENT: _LoginStatus.ValueType  # 4
-    """The privacy settings do not allow a token: no identity."""
+    """The privacy settings do not allow a token: no identity, and any earlier identity of the
+    user is ended (deleted in server-side mode; `clear_cookie` in client-side mode), since the
+    user no longer consents to it being used or refreshed.
+    """
 
 class LoginStatus(_LoginStatus, metaclass=_LoginStatusEnumTypeWrapper):
     """The outcome of Login."""
@@ -51,7 +54,10 @@ LOGIN_STATUS_OPTOUT: LoginStatus.ValueType  # 2
 LOGIN_STATUS_SITE_OPTOUT: LoginStatus.ValueType  # 3
 """The user opted out of this publisher's site: the operator was not called."""
 LOGIN_STATUS_INSUFFICIENT_CONSENT: LoginStatus.ValueType  # 4
-"""The privacy settings do not allow a token: no identity."""
+"""The privacy settings do not allow a token: no identity, and any earlier identity of the
+user is ended (deleted in server-side mode; `clear_cookie` in client-side mode), since the
+user no longer consents to it being used or refreshed.
+"""
 Global___LoginStatus: _TypeAlias = LoginStatus  # noqa: Y015
 
 class _GetAdvertisingTokenStatus:
@@ -194,10 +200,16 @@ class LoginResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     COOKIE_FIELD_NUMBER: _builtins.int
     REFRESH_FROM_FIELD_NUMBER: _builtins.int
+    CLEAR_COOKIE_FIELD_NUMBER: _builtins.int
     status: Global___LoginStatus.ValueType
     """Whether the user now has an identity."""
     refresh_from: _builtins.int
     """With LOGIN_STATUS_SUCCESS: when the identity is next due for refresh, epoch milliseconds."""
+    clear_cookie: _builtins.bool
+    """Client-side mode: true when the caller must delete any `__uid_2` cookie it holds for the
+    user (every status but LOGIN_STATUS_SUCCESS: a refusal ends the earlier identity too).
+    Server-side mode keeps no cookie: the stored identity is deleted instead, and this is false.
+    """
     @_builtins.property
     def cookie(self) -> Global___ClientCookie:
         """Client-side mode with LOGIN_STATUS_SUCCESS: the cookie to set. Unset otherwise."""
@@ -208,10 +220,11 @@ class LoginResponse(_message.Message):
         status: Global___LoginStatus.ValueType = ...,
         cookie: Global___ClientCookie | None = ...,
         refresh_from: _builtins.int = ...,
+        clear_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "refresh_from", b"refresh_from", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_cookie", b"clear_cookie", "cookie", b"cookie", "refresh_from", b"refresh_from", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
