@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from publisher_svc.publisher import StorageMode
 from ssp_svc.cli import main as ssp_cli
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
@@ -77,3 +79,26 @@ def test_serve_ad_through_the_real_ssp(world: World, real_ssp: tuple[int, str]) 
 
     stub.Logout(pb.LogoutRequest(user_id="al"))
     assert _ad(stub, "al").token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+
+
+def test_an_over_long_cookie_token_loses_no_impression(
+    world: World, real_ssp: tuple[int, str]
+) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config(
+            "tampered",
+            ssp_address=f"127.0.0.1:{port}",
+            ssp_api_key=api_key,
+            storage_mode=StorageMode.CLIENT,
+        )
+    )
+    r = stub.Login(pb.LoginRequest(user_id="tt", email="tt@example.com", privacy_settings=OK))
+    body = json.loads(urllib.parse.unquote(r.cookie.value))
+    body["advertising_token"] = "A4" + "x" * 900  # 902 chars: the SSP refuses over 500
+    bad = urllib.parse.quote(json.dumps(body))
+    ad = stub.ServeAd(
+        pb.ServeAdRequest(cookie_value=bad, placement_id="slot-1", page_domain="news.example.com")
+    )
+    assert ad.auction_id and not ad.token_sent and ad.clear_cookie
+    assert ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -416,3 +418,23 @@ def test_client_mode_login_refusals_tell_the_caller_to_clear_the_cookie(client_e
     client_env.pub.set_site_optout("u1", True)
     r = client_env.pub.login("u1", "a@b.com", None, OK)
     assert r.status is LoginStatus.SITE_OPTOUT and r.clear_cookie
+
+
+def _tampered(cookie_value: str, **fields: object) -> str:
+    body = json.loads(urllib.parse.unquote(cookie_value))
+    body.update(fields)
+    return urllib.parse.quote(json.dumps(body))
+
+
+def test_an_over_long_cookie_token_is_dropped_and_the_ad_still_served(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    bad = _tampered(cookie.value, advertising_token="A4" + "x" * 900)
+    with pytest.raises(ServiceError) as exc:
+        client_env.pub.refresh_client(bad)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == "INVALID_COOKIE"
+    r = client_env.pub.serve_ad(
+        user_id=None, cookie_value=bad, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and r.clear_cookie and r.cookie is None
+    assert client_env.ssp.impressions[-1].advertising_token == ""
