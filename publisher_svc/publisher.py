@@ -8,8 +8,12 @@ from __future__ import annotations
 import base64
 import threading
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeVar
 
 import structlog
 
@@ -38,6 +42,14 @@ from uid2_crypto.identity import identity_hash
 _log = structlog.get_logger("publisher")
 
 MAX_USER_ID_CHARS = 256
+# How long an impression may wait for a due refresh before it goes out with the held token,
+# or without one when that has expired.
+DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
+# Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
+# that (an operator that hangs) impressions go out without starting more.
+_MAX_PENDING_REFRESHES = 256
+
+T = TypeVar("T")
 
 
 class StorageMode(Enum):
@@ -183,6 +195,7 @@ class Publisher:
         clock: Clock,
         mode: StorageMode = StorageMode.SERVER,
         on_behalf_of_site_id: int = 0,
+        serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S,
     ) -> None:
         self.store = store
         self.operator = operator
@@ -193,6 +206,16 @@ class Publisher:
         # Striped per-user locks: one refresh per user at a time, and logout / login / opt-out
         # never interleave with a refresh of the same user.
         self._locks = [threading.Lock() for _ in range(256)]
+        self.serve_refresh_budget_s = serve_refresh_budget_s
+        # Refreshes an impression starts: they outlive its wait (their result is stored, in
+        # server mode), one per user / cookie at a time.
+        self._serve_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="serve-refresh")
+        self._pending: dict[str, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stops the impressions' refreshes (those running finish; queued ones are dropped)."""
+        self._serve_pool.shutdown(wait=True, cancel_futures=True)
 
     def user_lock(self, user_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
@@ -303,10 +326,26 @@ class Publisher:
         return step, stored
 
     def get_advertising_token(self, user_id: str) -> TokenResult:
+        """The current token, refreshed first when due: the caller asked for the freshest, so
+        this waits for the operator (up to its deadline) and for a refresh of the same user
+        already in flight; an unreachable operator still yields the held unexpired token."""
         check_user_id(user_id)
+        return self._current_token(user_id)
+
+    def _current_token(self, user_id: str, *, respect_backoff: bool = False) -> TokenResult:
+        """`respect_backoff`: while a failed refresh is backing off (next attempt not yet due)
+        and the held token is unexpired, use it rather than call the operator again."""
         with self.user_lock(user_id):
-            if self.store.get(user_id) is None:
+            stored = self.store.get(user_id)
+            if stored is None:
                 return TokenResult(TokenStatus.NO_IDENTITY)
+            now = self.clock.now_ms()
+            if (
+                respect_backoff
+                and stored.next_attempt_at > now
+                and usable_without_refresh(stored.identity, now)
+            ):
+                return _token_result(Step(StepKind.STALE, stored.identity))
             step, _ = self.refresh_stored(user_id)
         return _token_result(step)
 
@@ -353,31 +392,106 @@ class Publisher:
         cookie: Cookie | None = None
         clear = False
         if user_id:
-            try:
-                result = self.get_advertising_token(user_id)
-                token = result.advertising_token
-            except ServiceError as err:
-                if err.kind is not ErrorKind.UNAVAILABLE:
-                    raise
-                # No usable token while the operator is down: the impression still goes out.
+            token = self._impression_token(check_user_id(user_id))
         elif cookie_value:
-            try:
-                refreshed = self.refresh_client(cookie_value)
-                token = refreshed.advertising_token
-                clear = refreshed.clear_cookie
-                if refreshed.refreshed:
-                    cookie = refreshed.cookie
-            except ServiceError as err:
-                if err.kind is ErrorKind.INVALID_ARGUMENT:
-                    clear = True  # not an identity: tell the caller to drop it
-                elif err.kind is not ErrorKind.UNAVAILABLE:
-                    raise
+            token, cookie, clear = self._impression_cookie(cookie_value)
         impression = Impression(page_domain, placement_id, floor_price, token)
         try:
             decision = self.ssp.submit_impression(impression)
         except PeerError as err:
             raise _ssp_failure(err) from None
         return AdResult(decision, bool(token), cookie, clear)
+
+    # An impression never waits long on a refresh. The one that finds the refresh due starts it
+    # and waits serve_refresh_budget_s at most (a healthy operator answers well within it, so an
+    # opt-out is honoured at once); past that, or when a refresh of the same identity is already
+    # in flight, it goes out with the held token if that is unexpired (as when the operator is
+    # unreachable), else without one. The refresh runs on; in server mode its result is stored.
+
+    def _impression_token(self, user_id: str) -> str:
+        stored = self.store.get(user_id)
+        if stored is None:
+            return ""
+        identity, now = stored.identity, self.clock.now_ms()
+        if decide(identity, now) is Decision.USE:
+            return identity.advertising_token
+        held = identity.advertising_token if usable_without_refresh(identity, now) else ""
+        job, new = self._start(
+            "user:" + user_id, lambda: self._current_token(user_id, respect_backoff=True)
+        )
+        if held and not new:
+            return held
+        result = self._within_budget(job)
+        return result.advertising_token if result is not None else held
+
+    def _impression_cookie(self, cookie_value: str) -> tuple[str, Cookie | None, bool]:
+        """(token, new cookie or None, clear the cookie) for an impression in client mode."""
+        try:
+            identity = decode_cookie(cookie_value)
+        except ServiceError:
+            return "", None, True  # not an identity: tell the caller to drop it
+        now = self.clock.now_ms()
+        decision = decide(identity, now)
+        if decision is Decision.USE:
+            return identity.advertising_token, None, False
+        if decision is Decision.LOGIN_REQUIRED:
+            return "", None, True
+        held = identity.advertising_token if usable_without_refresh(identity, now) else ""
+        # A new identity can reach the caller only in this response: one that comes later than
+        # the budget is dropped (the cookie's refresh token stays valid) and the next impression
+        # or RefreshClientIdentity refreshes again.
+        job, new = self._start(
+            "cookie:" + identity.refresh_token, lambda: self.refresh_client(cookie_value)
+        )
+        if held and not new:
+            return held, None, False
+        try:
+            refreshed = self._within_budget(job)
+        except ServiceError as err:
+            if err.kind is ErrorKind.INVALID_ARGUMENT:
+                return "", None, True
+            raise
+        if refreshed is None:
+            return held, None, False
+        cookie = refreshed.cookie if refreshed.refreshed else None
+        return refreshed.advertising_token, cookie, refreshed.clear_cookie
+
+    def _start(self, key: str, job: Callable[[], T]) -> tuple[Future[T] | None, bool]:
+        """(`job` on the impressions' pool, True), or (the one already in flight for `key`,
+        False); (None, False) when too many are in flight (the operator hangs) or the
+        publisher is stopping."""
+        with self._pending_lock:
+            running = self._pending.get(key)
+            if running is not None:
+                return running, False
+            if len(self._pending) >= _MAX_PENDING_REFRESHES:
+                return None, False
+            try:
+                future = self._serve_pool.submit(job)
+            except RuntimeError:  # shut down
+                return None, False
+            self._pending[key] = future
+        future.add_done_callback(lambda f: self._forget(key, f))
+        return future, True
+
+    def _forget(self, key: str, future: Future[Any]) -> None:
+        with self._pending_lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _within_budget(self, job: Future[T] | None) -> T | None:
+        """The job's result if it comes within the budget, else None. An unreachable operator
+        is None too (the impression goes out without a token); other errors propagate."""
+        if job is None:
+            return None
+        try:
+            return job.result(timeout=self.serve_refresh_budget_s)
+        except FutureTimeout:
+            return None
+        except ServiceError as err:
+            if err.kind is ErrorKind.UNAVAILABLE:
+                return None
+            raise
 
 
 def _token_result(step: Step) -> TokenResult:

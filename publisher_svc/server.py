@@ -69,6 +69,7 @@ def start(
         clock=clock or SystemClock(),
         mode=config.storage_mode,
         on_behalf_of_site_id=config.on_behalf_of_site_id,
+        serve_refresh_budget_s=config.serve_refresh_budget_s,
     )
     servicer = PublisherServicer(publisher, config.site_id)
 
@@ -84,6 +85,7 @@ def start(
     served.on_stop.append(store.close)
     for close in closers:
         served.on_stop.append(close)
+    served.on_stop.append(publisher.close)  # before the peers and the store close
     refresher = None
     if config.background_refresh and config.storage_mode is StorageMode.SERVER:
         refresher = Refresher(

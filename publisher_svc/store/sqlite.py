@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS site_optouts (
 
 _COLS = (
     "user_id, dii_key, advertising_token, refresh_token, identity_expires, refresh_from, "
-    "refresh_expires, refresh_response_key, failed_attempts"
+    "refresh_expires, refresh_response_key, failed_attempts, next_attempt_at"
 )
 
 
@@ -55,6 +55,8 @@ class StoredIdentity:
     dii_key: str = field(repr=False)  # a DII hash: never in a log line
     identity: Identity
     failed_attempts: int = 0
+    # When a refresh is next due: refresh_from, or later while backing off after failures.
+    next_attempt_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class DueIdentity:
 
 
 def _row(r: tuple[object, ...]) -> StoredIdentity:
-    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed) = r
+    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed, next_at) = r
     return StoredIdentity(
         user_id=str(user_id),
         dii_key=str(dii_key),
@@ -77,6 +79,7 @@ def _row(r: tuple[object, ...]) -> StoredIdentity:
             refresh_response_key=str(rrk),
         ),
         failed_attempts=int(failed),  # type: ignore[call-overload]
+        next_attempt_at=int(next_at),  # type: ignore[call-overload]
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ def _env(tmp_path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -> Env:
 def env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
     e = _env(tmp_path)
     yield e
+    e.pub.close()
     e.store.close()
 
 
@@ -56,6 +58,7 @@ def env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
 def client_env(tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
     e = _env(tmp_path, StorageMode.CLIENT)
     yield e
+    e.pub.close()
     e.store.close()
 
 
@@ -438,3 +441,84 @@ def test_an_over_long_cookie_token_is_dropped_and_the_ad_still_served(client_env
     )
     assert not r.token_sent and r.clear_cookie and r.cookie is None
     assert client_env.ssp.impressions[-1].advertising_token == ""
+
+
+def _ad(e: Env, **subject: str | None) -> tuple[float, object]:
+    args: dict[str, str | None] = {"user_id": None, "cookie_value": None, **subject}
+    started = time.monotonic()
+    r = e.pub.serve_ad(placement_id="p", page_domain="d.com", floor_price=0, **args)  # type: ignore[arg-type]
+    return time.monotonic() - started, r
+
+
+def _wait(predicate: object, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_hung_operator_does_not_hold_up_an_impression_with_an_unexpired_token(
+    env: Env,
+) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    held = env.pub.get_advertising_token("u1").advertising_token
+    env.clock.advance(HOUR)  # due for refresh, token valid for 3 days
+    env.op.delay_s = 1.0  # the operator hangs
+    took, r = _ad(env, user_id="u1")
+    assert took < 0.5 and r.token_sent  # type: ignore[attr-defined]
+    assert env.ssp.impressions[-1].advertising_token == held
+    # the refresh went on in the background and its result is stored for the next impression
+    assert _wait(lambda: env.store.get("u1").identity.advertising_token != held)  # type: ignore[union-attr]
+    env.op.delay_s = 0
+    _ad(env, user_id="u1")
+    assert env.ssp.impressions[-1].advertising_token not in ("", held)
+
+
+def test_an_impression_does_not_wait_on_a_refresh_in_flight_for_the_same_user(env: Env) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    held = env.pub.get_advertising_token("u1").advertising_token
+    env.clock.advance(HOUR)
+    with env.pub.user_lock("u1"):  # as the background refresher does around its call
+        took, r = _ad(env, user_id="u1")
+        assert took < 0.5 and env.ssp.impressions[-1].advertising_token == held
+        env.clock.advance(3 * DAY)  # now the token has expired: wait the budget, no longer
+        took, r = _ad(env, user_id="u1")
+        assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
+    assert _wait(lambda: env.store.get("u1").identity.identity_expires > env.clock.now_ms())  # type: ignore[union-attr]
+    took, r = _ad(env, user_id="u1")
+    assert r.token_sent  # type: ignore[attr-defined]
+
+
+def test_an_impression_waits_the_budget_for_an_expired_token_then_goes_without(env: Env) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.clock.advance(3 * DAY)
+    env.op.delay_s = 1.0
+    took, r = _ad(env, user_id="u1")
+    assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
+    # a second impression meanwhile joins the refresh in flight rather than start another
+    _ad(env, user_id="u1")
+    assert env.op.peak_in_flight == 1
+    env.op.delay_s = 0.0
+    assert _wait(lambda: env.op.in_flight == 0 and env.store.get("u1") is not None)
+    time.sleep(0.05)
+    took, r = _ad(env, user_id="u1")
+    assert r.token_sent  # type: ignore[attr-defined]
+
+
+def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -> None:
+    client_env.pub.serve_refresh_budget_s = 0.1
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    client_env.clock.advance(HOUR)
+    client_env.op.delay_s = 1.0
+    took, r = _ad(client_env, cookie_value=cookie.value)
+    assert took < 0.5 and r.token_sent and r.cookie is None and not r.clear_cookie  # type: ignore[attr-defined]
+    assert (
+        client_env.ssp.impressions[-1].advertising_token
+        == decode_cookie(cookie.value).advertising_token
+    )

@@ -105,6 +105,8 @@ class PublisherServiceServicer:
     def ServeAd(self, request, context):
         """Sends one impression to the SSP with the user's advertising token, exactly as received,
         or without a token when the user has no usable identity; returns the SSP's decision.
+        Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+        --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

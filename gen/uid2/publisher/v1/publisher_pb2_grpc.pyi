@@ -53,6 +53,8 @@ class PublisherServiceStub:
     ServeAd: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.ServeAdRequest, _publisher_pb2.ServeAdResponse]
     """Sends one impression to the SSP with the user's advertising token, exactly as received,
     or without a token when the user has no usable identity; returns the SSP's decision.
+    Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+    --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
     """
     SetUserOptOut: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -81,6 +83,8 @@ class PublisherServiceAsyncStub(PublisherServiceStub):
     ServeAd: _aio.UnaryUnaryMultiCallable[_publisher_pb2.ServeAdRequest, _publisher_pb2.ServeAdResponse]  # type: ignore[assignment]
     """Sends one impression to the SSP with the user's advertising token, exactly as received,
     or without a token when the user has no usable identity; returns the SSP's decision.
+    Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+    --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
     """
     SetUserOptOut: _aio.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]  # type: ignore[assignment]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -136,6 +140,8 @@ class PublisherServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_publisher_pb2.ServeAdResponse, _abc.Awaitable[_publisher_pb2.ServeAdResponse]]:
         """Sends one impression to the SSP with the user's advertising token, exactly as received,
         or without a token when the user has no usable identity; returns the SSP's decision.
+        Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+        --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
         """
 
     @_abc_1.abstractmethod
