@@ -160,28 +160,50 @@ def cookie_for(identity: Identity) -> Cookie:
     return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
 
 
-def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+_PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
+
+
+def _peer_failure(
+    err: PeerError, peer: str, *, caller_input: Callable[[PeerError], bool] | None = None
+) -> ServiceError:
+    """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
+
+    Unreachable: UNAVAILABLE <peer>_UNAVAILABLE. A refusal of input the caller gave us and we
+    passed on unchanged (`caller_input` says which): the caller's own mistake, which it can
+    fix, with the peer's code and reason. Any other refusal of a well-formed request means our
+    credentials or configuration are wrong: FAILED_PRECONDITION <peer>_REJECTED, with the
+    peer's code and reason in the ErrorInfo metadata (peerCode, peerReason)."""
+    name = _PEER_NAMES[peer]
     if err.unavailable:
-        return unavailable("OPERATOR_UNAVAILABLE", "the UID2 operator cannot be reached")
-    if caller_input and err.code == "INVALID_ARGUMENT" and err.reason:
-        # The operator judged input the caller gave us and passed on unchanged (the privacy
-        # settings): the caller's mistake, which it can fix, with the operator's reason.
-        return invalid_argument(err.reason, f"the UID2 operator refused the input ({err.reason})")
-    # The operator refused a well-formed request: our credentials or configuration are wrong.
+        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
+    if caller_input is not None and err.reason and caller_input(err):
+        return ServiceError(
+            ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"
+        )
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
-        "OPERATOR_REJECTED",
-        f"the UID2 operator refused the call ({err.code} {err.reason})".rstrip(),
+        f"{peer}_REJECTED",
+        f"{name} refused the call ({err.code} {err.reason})".rstrip(),
+        {"peerCode": err.code, "peerReason": err.reason},
     )
 
 
-def _ssp_failure(err: PeerError) -> ServiceError:
-    if err.unavailable:
-        return unavailable("SSP_UNAVAILABLE", "the SSP cannot be reached")
-    return ServiceError(
-        ErrorKind.FAILED_PRECONDITION,
-        "SSP_REJECTED",
-        f"the SSP refused the impression ({err.code} {err.reason})".rstrip(),
+def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+    # With caller_input, the operator judged the privacy settings the caller gave us.
+    return _peer_failure(
+        err, "OPERATOR", caller_input=_is_invalid_argument if caller_input else None
+    )
+
+
+def _is_invalid_argument(err: PeerError) -> bool:
+    return err.code == "INVALID_ARGUMENT"
+
+
+def _ssp_input_refused(err: PeerError) -> bool:
+    """The SSP judged the impression the caller described (its floor, its fields, a page
+    domain or app that is not the publisher's), not our key or account."""
+    return err.code == "INVALID_ARGUMENT" or (
+        err.code == "PERMISSION_DENIED" and err.reason == "INVENTORY_NOT_ALLOWED"
     )
 
 
@@ -399,7 +421,7 @@ class Publisher:
         try:
             decision = self.ssp.submit_impression(impression)
         except PeerError as err:
-            raise _ssp_failure(err) from None
+            raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
         return AdResult(decision, bool(token), cookie, clear)
 
     # An impression never waits long on a refresh. The one that finds the refresh due starts it

@@ -273,6 +273,7 @@ def test_delegation_mode(world: World) -> None:
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(exc.value)
     assert info is not None and info.reason == "OPERATOR_REJECTED"
+    assert dict(info.metadata) == {"peerCode": "PERMISSION_DENIED", "peerReason": "NO_DELEGATION"}
 
 
 def test_operator_unreachable_is_unavailable_and_nothing_lost(world: World) -> None:

@@ -9,12 +9,14 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from publisher_svc.publisher import StorageMode
 from ssp_svc.cli import main as ssp_cli
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
+from svc_common.grpc_client import error_info
 from tests.integration.publisher.conftest import World, wait_for
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.ssp.v1 import ssp_pb2
@@ -102,3 +104,27 @@ def test_an_over_long_cookie_token_loses_no_impression(
     )
     assert ad.auction_id and not ad.token_sent and ad.clear_cookie
     assert ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+
+
+def test_the_ssp_refusing_the_callers_inventory_passes_through(
+    world: World, real_ssp: tuple[int, str]
+) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("inventory", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ServeAd(pb.ServeAdRequest(placement_id="s", page_domain="not-ours.example.org"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "INVENTORY_NOT_ALLOWED"
+    # a key the SSP does not know is the publisher's misconfiguration, with the SSP's reason
+    _, wrong = world.publisher(
+        world.config("wrong-key", ssp_address=f"127.0.0.1:{port}", ssp_api_key="nope")
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        wrong.ServeAd(pb.ServeAdRequest(placement_id="s", page_domain="news.example.com"))
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "SSP_REJECTED"
+    assert info.metadata["peerCode"] == "UNAUTHENTICATED" and info.metadata["peerReason"]

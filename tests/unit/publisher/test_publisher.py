@@ -522,3 +522,42 @@ def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -
         client_env.ssp.impressions[-1].advertising_token
         == decode_cookie(cookie.value).advertising_token
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "kind"),
+    [
+        ("INVALID_ARGUMENT", "TOKEN_TOO_LONG", ErrorKind.INVALID_ARGUMENT),
+        ("INVALID_ARGUMENT", "INVALID_FLOOR", ErrorKind.INVALID_ARGUMENT),
+        ("PERMISSION_DENIED", "INVENTORY_NOT_ALLOWED", ErrorKind.PERMISSION_DENIED),
+    ],
+)
+def test_the_ssp_refusing_the_callers_input_passes_through(
+    env: Env, code: str, reason: str, kind: ErrorKind
+) -> None:
+    env.ssp.refusal = (code, reason)
+    with pytest.raises(ServiceError) as exc:
+        _ad(env, user_id="u1")
+    assert exc.value.kind is kind and exc.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [("UNAUTHENTICATED", "UNKNOWN_API_KEY"), ("PERMISSION_DENIED", "NOT_A_PUBLISHER")],
+)
+def test_the_ssp_refusing_our_account_is_failed_precondition_with_its_reason(
+    env: Env, code: str, reason: str
+) -> None:
+    env.ssp.refusal = (code, reason)
+    with pytest.raises(ServiceError) as exc:
+        _ad(env, user_id="u1")
+    assert exc.value.kind is ErrorKind.FAILED_PRECONDITION and exc.value.reason == "SSP_REJECTED"
+    assert exc.value.metadata == {"peerCode": code, "peerReason": reason}
+
+
+def test_the_operator_refusing_our_key_carries_its_reason(env: Env) -> None:
+    env.op.refuse = True
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", "a@b.com", None, OK)
+    assert exc.value.reason == "OPERATOR_REJECTED"
+    assert exc.value.metadata == {"peerCode": "PERMISSION_DENIED", "peerReason": "ROLE_REQUIRED"}

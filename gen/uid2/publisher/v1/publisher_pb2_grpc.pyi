@@ -55,6 +55,11 @@ class PublisherServiceStub:
     or without a token when the user has no usable identity; returns the SSP's decision.
     Never held up by a slow operator: a due refresh gets a short budget (the publisher's
     --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+    When the SSP refuses the impression the caller described (a page domain or app that is not
+    the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+    PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+    account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason).
     """
     SetUserOptOut: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -85,6 +90,11 @@ class PublisherServiceAsyncStub(PublisherServiceStub):
     or without a token when the user has no usable identity; returns the SSP's decision.
     Never held up by a slow operator: a due refresh gets a short budget (the publisher's
     --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+    When the SSP refuses the impression the caller described (a page domain or app that is not
+    the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+    PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+    account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason).
     """
     SetUserOptOut: _aio.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]  # type: ignore[assignment]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -142,6 +152,11 @@ class PublisherServiceServicer(metaclass=_abc_1.ABCMeta):
         or without a token when the user has no usable identity; returns the SSP's decision.
         Never held up by a slow operator: a due refresh gets a short budget (the publisher's
         --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+        When the SSP refuses the impression the caller described (a page domain or app that is not
+        the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+        PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+        account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+        metadata (peerCode, peerReason).
         """
 
     @_abc_1.abstractmethod
