@@ -344,7 +344,7 @@ class Publisher:
             self.store.record_operator_optout(stored.dii_key, now, user_id)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
-            self.store.delete_if_current(user_id, old)
+            self.store.end_if_current(user_id, old, now)
         return step, stored
 
     def get_advertising_token(self, user_id: str) -> TokenResult:
@@ -360,7 +360,10 @@ class Publisher:
         with self.user_lock(user_id):
             stored = self.store.get(user_id)
             if stored is None:
-                return TokenResult(TokenStatus.NO_IDENTITY)
+                # A refresh (perhaps the background refresher's) that ended the identity is
+                # reported as this call's own would have been, until the user logs in again.
+                ended = self.store.ended_status(user_id)
+                return TokenResult(TokenStatus(ended) if ended else TokenStatus.NO_IDENTITY)
             now = self.clock.now_ms()
             if (
                 respect_backoff

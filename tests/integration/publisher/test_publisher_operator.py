@@ -249,6 +249,9 @@ def test_background_refresh_optout(world: World) -> None:
     rt.refresher.wake()  # type: ignore[union-attr]
     assert wait_for(lambda: rt.publisher.store.get("h") is None, 10)
     assert not serve_ad(stub, user_id="h").token_sent
+    # the caller hears it was an opt-out (do not prompt), not "never logged in"
+    got = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="h"))
+    assert got.status == pb.GET_ADVERTISING_TOKEN_STATUS_OPTOUT
     assert login(stub, "h", "refresh-optout@example.com").status == pb.LOGIN_STATUS_OPTOUT
 
 

@@ -71,11 +71,19 @@ class _GetAdvertisingTokenStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrap
     GET_ADVERTISING_TOKEN_STATUS_SUCCESS: _GetAdvertisingTokenStatus.ValueType  # 1
     """A current, unexpired advertising token is returned."""
     GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY: _GetAdvertisingTokenStatus.ValueType  # 2
-    """The user has no stored identity (never logged in, logged out, or site opt-out)."""
+    """The user has no stored identity (never logged in, logged out, login refused, or site
+    opt-out).
+    """
     GET_ADVERTISING_TOKEN_STATUS_OPTOUT: _GetAdvertisingTokenStatus.ValueType  # 3
-    """The refresh answered opt-out: the identity was deleted and the opt-out recorded."""
+    """A refresh answered opt-out: the identity was deleted and the opt-out recorded; do not
+    prompt the user to log in. Whether this call's refresh or an earlier one (the background
+    refresher's) found it: answered until the user logs in again, logs out or opts out of the
+    site.
+    """
     GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED: _GetAdvertisingTokenStatus.ValueType  # 4
-    """The refresh token expired or was refused: the identity was deleted; log in again."""
+    """The refresh token expired or was refused: the identity was deleted; log in again. Like
+    OPTOUT, also when an earlier (background) refresh found it, until the next login.
+    """
 
 class GetAdvertisingTokenStatus(_GetAdvertisingTokenStatus, metaclass=_GetAdvertisingTokenStatusEnumTypeWrapper):
     """The outcome of GetAdvertisingToken."""
@@ -85,11 +93,19 @@ GET_ADVERTISING_TOKEN_STATUS_UNSPECIFIED: GetAdvertisingTokenStatus.ValueType  #
 GET_ADVERTISING_TOKEN_STATUS_SUCCESS: GetAdvertisingTokenStatus.ValueType  # 1
 """A current, unexpired advertising token is returned."""
 GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY: GetAdvertisingTokenStatus.ValueType  # 2
-"""The user has no stored identity (never logged in, logged out, or site opt-out)."""
+"""The user has no stored identity (never logged in, logged out, login refused, or site
+opt-out).
+"""
 GET_ADVERTISING_TOKEN_STATUS_OPTOUT: GetAdvertisingTokenStatus.ValueType  # 3
-"""The refresh answered opt-out: the identity was deleted and the opt-out recorded."""
+"""A refresh answered opt-out: the identity was deleted and the opt-out recorded; do not
+prompt the user to log in. Whether this call's refresh or an earlier one (the background
+refresher's) found it: answered until the user logs in again, logs out or opts out of the
+site.
+"""
 GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED: GetAdvertisingTokenStatus.ValueType  # 4
-"""The refresh token expired or was refused: the identity was deleted; log in again."""
+"""The refresh token expired or was refused: the identity was deleted; log in again. Like
+OPTOUT, also when an earlier (background) refresh found it, until the next login.
+"""
 Global___GetAdvertisingTokenStatus: _TypeAlias = GetAdvertisingTokenStatus  # noqa: Y015
 
 class _RefreshClientIdentityStatus:
