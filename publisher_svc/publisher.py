@@ -37,7 +37,7 @@ from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
 from svc_common.impression_limits import check_field_lengths, check_floor_price
 from uid2_crypto.errors import InvalidIdentifierError
-from uid2_crypto.identity import identity_hash
+from uid2_crypto.identity import IdentityType, identity_hash
 
 _log = structlog.get_logger("publisher")
 
@@ -131,21 +131,28 @@ class AdResult:
     clear_cookie: bool = False
 
 
-def hash_dii(email: str | None, phone: str | None) -> HashedDii:
+def hash_dii(
+    email: str | None,
+    phone: str | None,
+    email_hash: str | None = None,
+    phone_hash: str | None = None,
+) -> HashedDii:
     """Normalises and hashes the DII locally (reference §2); only the hash leaves. The same
     function as the operator's, so what the operator would refuse as DII (too long, not an
-    email) is refused here with the same reason, not hashed into a valid-looking hash."""
-    if email is not None:
-        kind, value = DiiKind.EMAIL, email
-    elif phone is not None:
-        kind, value = DiiKind.PHONE, phone
-    else:
+    email) is refused here with the same reason, not hashed into a valid-looking hash. A hash
+    given instead (base64 or hex SHA-256 of the normalised DII, as the operator's Dii takes)
+    comes out in the one canonical base64 spelling, so it keys the same opt-out record as the
+    DII it is the hash of."""
+    given = (("email", email), ("phone", phone), ("email_hash", email_hash))
+    kind, value = next(((k, v) for k, v in given if v is not None), ("phone_hash", phone_hash))
+    if value is None:
         raise invalid_argument("MISSING_DII", "an email or a phone number is required")
     try:
-        _, digest = identity_hash(kind.value, value)
+        identity_type, digest = identity_hash(kind, value)
     except InvalidIdentifierError as exc:
         raise invalid_argument(exc.reason, str(exc)) from None
-    return HashedDii(kind, base64.b64encode(digest).decode("ascii"))
+    dii_kind = DiiKind.EMAIL if identity_type is IdentityType.EMAIL else DiiKind.PHONE
+    return HashedDii(dii_kind, base64.b64encode(digest).decode("ascii"))
 
 
 def check_user_id(user_id: str) -> str:
@@ -250,9 +257,12 @@ class Publisher:
         email: str | None,
         phone: str | None,
         privacy: PrivacySettings,
+        *,
+        email_hash: str | None = None,
+        phone_hash: str | None = None,
     ) -> LoginResult:
         check_user_id(user_id)
-        dii = hash_dii(email, phone)
+        dii = hash_dii(email, phone, email_hash, phone_hash)
         with self.user_lock(user_id):
             result = self._login(user_id, dii, privacy)
         if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
@@ -375,10 +385,17 @@ class Publisher:
         return _token_result(step)
 
     def refresh_client(
-        self, cookie_value: str, email: str | None = None, phone: str | None = None
+        self,
+        cookie_value: str,
+        email: str | None = None,
+        phone: str | None = None,
+        *,
+        email_hash: str | None = None,
+        phone_hash: str | None = None,
     ) -> ClientRefreshResult:
         identity = decode_cookie(cookie_value)
-        dii = hash_dii(email, phone) if email is not None or phone is not None else None
+        given = (email, phone, email_hash, phone_hash)
+        dii = hash_dii(*given) if any(v is not None for v in given) else None
         step = self.step(identity)
         if step.kind in (StepKind.USE, StepKind.STALE, StepKind.REFRESHED):
             assert step.identity is not None

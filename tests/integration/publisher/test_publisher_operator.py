@@ -20,6 +20,7 @@ from tests.integration.publisher.conftest import (
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.ssp.v1 import ssp_pb2
+from uid2_crypto.identity import sha256_b64
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -133,6 +134,25 @@ def test_consent_withdrawn_at_relogin_ends_the_identity(world: World) -> None:
     assert not serve_ad(stub, user_id="dee").token_sent
     assert world.ssp.requests[-1].advertising_token == ""
     assert rt.publisher.store.get("dee") is None  # nothing left for the refresher
+
+
+def test_login_by_hash(world: World) -> None:
+    rt, stub = world.publisher(world.config("hash"), counting=True)
+    r = stub.Login(
+        pb.LoginRequest(
+            user_id="hh", email_hash=sha256_b64("hash.user@example.com"), privacy_settings=OK
+        )
+    )
+    assert r.status == pb.LOGIN_STATUS_SUCCESS
+    tok = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="hh")).advertising_token
+    assert validate(world, tok, "Hash.User@example.com")  # the same UID2 as the DII's
+    optout_hash = sha256_b64("optout@example.com")
+    r = stub.Login(pb.LoginRequest(user_id="ho", email_hash=optout_hash, privacy_settings=OK))
+    assert r.status == pb.LOGIN_STATUS_OPTOUT
+    generates = rt.publisher.operator.generates  # type: ignore[attr-defined]
+    # the opt-out recorded for the hash holds for the DII: generate is not called again
+    assert login(stub, "ho", "OptOut@example.com").status == pb.LOGIN_STATUS_OPTOUT
+    assert rt.publisher.operator.generates == generates  # type: ignore[attr-defined]
 
 
 def test_site_level_optout(world: World) -> None:

@@ -561,3 +561,45 @@ def test_the_operator_refusing_our_key_carries_its_reason(env: Env) -> None:
         env.pub.login("u1", "a@b.com", None, OK)
     assert exc.value.reason == "OPERATOR_REJECTED"
     assert exc.value.metadata == {"peerCode": "PERMISSION_DENIED", "peerReason": "ROLE_REQUIRED"}
+
+
+def test_login_with_a_hash_sends_it_and_shares_the_dii_opt_out_record(env: Env) -> None:
+    r = env.pub.login("u1", None, None, OK, email_hash=USER_HASH)
+    assert r.status is LoginStatus.SUCCESS
+    dii = env.op.generate_calls[-1][0]
+    assert dii.kind is DiiKind.EMAIL and dii.hash_b64 == USER_HASH
+    hex_phone = base64.b64decode(PHONE_HASH).hex().upper()  # hex is canonicalised to base64
+    env.pub.login("u2", None, None, OK, phone_hash=hex_phone)
+    dii = env.op.generate_calls[-1][0]
+    assert dii.kind is DiiKind.PHONE and dii.hash_b64 == PHONE_HASH
+    # an opt-out met through the DII holds for its hash, and the other way round
+    env.op.optout_keys.add(f"email:{USER_HASH}")
+    assert env.pub.login("u3", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+    calls = len(env.op.generate_calls)
+    assert env.pub.login("u4", None, None, OK, email_hash=USER_HASH).status is LoginStatus.OPTOUT
+    assert len(env.op.generate_calls) == calls
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"email_hash": "not-a-hash"}, "INVALID_EMAIL_HASH"),
+        ({"email_hash": USER_HASH[:-2] + "R="}, "INVALID_EMAIL_HASH"),  # non-canonical
+        ({"phone_hash": ""}, "INVALID_PHONE_HASH"),
+    ],
+)
+def test_a_bad_hash_is_invalid_argument(env: Env, kw: dict[str, str], reason: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", None, None, OK, **kw)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.op.generate_calls == []
+
+
+def test_client_refresh_records_an_opt_out_against_a_hash(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", None, None, OK, email_hash=USER_HASH).cookie
+    assert cookie is not None
+    client_env.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    client_env.clock.advance(HOUR)
+    r = client_env.pub.refresh_client(cookie.value, email_hash=USER_HASH)
+    assert r.status is TokenStatus.OPTOUT
+    assert client_env.pub.login("u1", "user@example.com", None, OK).status is LoginStatus.OPTOUT

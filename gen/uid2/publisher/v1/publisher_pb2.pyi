@@ -178,6 +178,8 @@ class LoginRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_HASH_FIELD_NUMBER: _builtins.int
+    PHONE_HASH_FIELD_NUMBER: _builtins.int
     PRIVACY_SETTINGS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The publisher's own id for the user (not DII); keys the stored identity."""
@@ -185,6 +187,12 @@ class LoginRequest(_message.Message):
     """An email address."""
     phone: _builtins.str
     """A phone number in E.164 form (`+` then 10 to 15 digits)."""
+    email_hash: _builtins.str
+    """SHA-256 of the normalised email (reference §2): 44-character standard base64 or 64 hex
+    characters.
+    """
+    phone_hash: _builtins.str
+    """SHA-256 of the E.164 phone number: 44-character standard base64 or 64 hex characters."""
     @_builtins.property
     def privacy_settings(self) -> _operator_pb2.PrivacySettings:
         """The user's privacy settings, passed to the operator unchanged."""
@@ -195,13 +203,15 @@ class LoginRequest(_message.Message):
         user_id: _builtins.str = ...,
         email: _builtins.str = ...,
         phone: _builtins.str = ...,
+        email_hash: _builtins.str = ...,
+        phone_hash: _builtins.str = ...,
         privacy_settings: _operator_pb2.PrivacySettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone", "privacy_settings", b"privacy_settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash", "privacy_settings", b"privacy_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone", "privacy_settings", b"privacy_settings", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash", "privacy_settings", b"privacy_settings", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone"]  # noqa: Y015
+    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone", "email_hash", "phone_hash"]  # noqa: Y015
     _WhichOneofArgType_dii: _TypeAlias = _typing.Literal["dii", b"dii"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_dii) -> _WhichOneofReturnType_dii | None: ...
 
@@ -311,24 +321,32 @@ class RefreshClientIdentityRequest(_message.Message):
     COOKIE_VALUE_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_HASH_FIELD_NUMBER: _builtins.int
+    PHONE_HASH_FIELD_NUMBER: _builtins.int
     cookie_value: _builtins.str
     """The `__uid_2` cookie value, as Login or an earlier refresh returned it."""
     email: _builtins.str
     """An email address."""
     phone: _builtins.str
     """A phone number in E.164 form."""
+    email_hash: _builtins.str
+    """SHA-256 of the normalised email: 44-character standard base64 or 64 hex characters."""
+    phone_hash: _builtins.str
+    """SHA-256 of the E.164 phone number: 44-character standard base64 or 64 hex characters."""
     def __init__(
         self,
         *,
         cookie_value: _builtins.str = ...,
         email: _builtins.str = ...,
         phone: _builtins.str = ...,
+        email_hash: _builtins.str = ...,
+        phone_hash: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "dii", b"dii", "email", b"email", "phone", b"phone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone"]  # noqa: Y015
+    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone", "email_hash", "phone_hash"]  # noqa: Y015
     _WhichOneofArgType_dii: _TypeAlias = _typing.Literal["dii", b"dii"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_dii) -> _WhichOneofReturnType_dii | None: ...
 
