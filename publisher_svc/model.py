@@ -86,6 +86,7 @@ class Impression:
     placement_id: str
     floor_price: float
     advertising_token: str  # exactly as received from the operator; "" for none
+    app_bundle: str = ""  # app / CTV inventory: set instead of page_domain (then "")
 
 
 @dataclass(frozen=True)

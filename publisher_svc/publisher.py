@@ -421,14 +421,23 @@ class Publisher:
         placement_id: str,
         page_domain: str,
         floor_price: float,
+        app_bundle: str = "",
     ) -> AdResult:
-        if not page_domain:
-            raise invalid_argument("MISSING_PAGE_DOMAIN", "page_domain is required")
+        if not page_domain and not app_bundle:
+            raise invalid_argument(
+                "MISSING_PAGE_DOMAIN", "page_domain (web) or app_bundle (app, CTV) is required"
+            )
+        if page_domain and app_bundle:
+            raise invalid_argument(
+                "CONFLICTING_INVENTORY", "give either page_domain or app_bundle, not both"
+            )
         if not placement_id:
             raise invalid_argument("MISSING_PLACEMENT_ID", "placement_id is required")
         # The SSP's own limits, checked here so the caller hears of its mistake as such rather
         # than as an SSP refusal of ours.
-        check_field_lengths(placement_id=placement_id, page_domain=page_domain)
+        check_field_lengths(
+            placement_id=placement_id, page_domain=page_domain, app_bundle=app_bundle
+        )
         check_floor_price(floor_price, "INVALID_FLOOR_PRICE")
         token = ""
         cookie: Cookie | None = None
@@ -437,7 +446,7 @@ class Publisher:
             token = self._impression_token(check_user_id(user_id))
         elif cookie_value:
             token, cookie, clear = self._impression_cookie(cookie_value)
-        impression = Impression(page_domain, placement_id, floor_price, token)
+        impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
         try:
             decision = self.ssp.submit_impression(impression)
         except PeerError as err:

@@ -142,6 +142,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             placement_id=request.placement_id,
             page_domain=request.page_domain,
             floor_price=request.floor_price,
+            app_bundle=request.app_bundle,
         )
         d = result.decision
         call_context.bind(token_sent=result.token_sent, outcome=d.outcome)

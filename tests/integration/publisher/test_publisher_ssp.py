@@ -33,7 +33,7 @@ def real_ssp(world: World) -> Iterator[tuple[int, str]]:
     with contextlib.redirect_stdout(out):
         rc = ssp_cli(
             ["publisher", "add", "--data-dir", str(ssp_dir), "--name", "pub",
-             "--domain", "news.example.com"]
+             "--domain", "news.example.com", "--app", "com.example.news"]
         )  # fmt: skip
     assert rc == 0
     api_key = json.loads(out.getvalue())["api_key"]
@@ -128,3 +128,24 @@ def test_the_ssp_refusing_the_callers_inventory_passes_through(
     info = error_info(exc.value)
     assert info is not None and info.reason == "SSP_REJECTED"
     assert info.metadata["peerCode"] == "UNAUTHENTICATED" and info.metadata["peerReason"]
+
+
+def test_app_inventory_reaches_the_ssp(world: World, real_ssp: tuple[int, str]) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("app", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    ad = stub.ServeAd(pb.ServeAdRequest(placement_id="ctv-1", app_bundle="com.example.news"))
+    assert ad.auction_id and ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+    with pytest.raises(grpc.RpcError) as exc:  # an app the publisher did not register
+        stub.ServeAd(pb.ServeAdRequest(placement_id="ctv-1", app_bundle="com.other.app"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(exc.value).reason == "INVENTORY_NOT_ALLOWED"  # type: ignore[union-attr]
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ServeAd(
+            pb.ServeAdRequest(
+                placement_id="p", page_domain="news.example.com", app_bundle="com.example.news"
+            )
+        )
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(exc.value).reason == "CONFLICTING_INVENTORY"  # type: ignore[union-attr]

@@ -194,3 +194,9 @@ def test_login_and_client_refresh_by_hash(h: Harness, hc: Harness) -> None:
     with pytest.raises(ServiceError) as exc:
         h.servicer.Login(pb.LoginRequest(user_id="u", phone_hash="nope"), None)
     assert exc.value.reason == "INVALID_PHONE_HASH"
+
+
+def test_serve_ad_passes_the_app_bundle(h: Harness) -> None:
+    _, code = h.call("ServeAd", pb.ServeAdRequest(placement_id="p", app_bundle="com.a.b"))
+    assert code is grpc.StatusCode.OK
+    assert h.ssp.impressions[-1] == Impression("", "p", 0.0, "", "com.a.b")

@@ -603,3 +603,34 @@ def test_client_refresh_records_an_opt_out_against_a_hash(client_env: Env) -> No
     r = client_env.pub.refresh_client(cookie.value, email_hash=USER_HASH)
     assert r.status is TokenStatus.OPTOUT
     assert client_env.pub.login("u1", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+
+
+def test_serve_ad_for_app_inventory(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="", floor_price=0,
+        app_bundle="com.example.news",
+    )  # fmt: skip
+    assert r.token_sent
+    imp = env.ssp.impressions[-1]
+    assert imp.app_bundle == "com.example.news" and imp.page_domain == ""
+
+
+@pytest.mark.parametrize(
+    ("page_domain", "app_bundle", "reason"),
+    [
+        ("", "", "MISSING_PAGE_DOMAIN"),
+        ("d.com", "com.example.news", "CONFLICTING_INVENTORY"),
+        ("", "b" * 257, "FIELD_TOO_LONG"),
+    ],
+)
+def test_serve_ad_needs_exactly_one_kind_of_inventory(
+    env: Env, page_domain: str, app_bundle: str, reason: str
+) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.serve_ad(
+            user_id=None, cookie_value=None, placement_id="p", page_domain=page_domain,
+            floor_price=0, app_bundle=app_bundle,
+        )  # fmt: skip
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.ssp.impressions == []

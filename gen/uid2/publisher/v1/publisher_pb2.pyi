@@ -447,6 +447,7 @@ class ServeAdRequest(_message.Message):
     PLACEMENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_DOMAIN_FIELD_NUMBER: _builtins.int
     FLOOR_PRICE_FIELD_NUMBER: _builtins.int
+    APP_BUNDLE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Server-side mode: the publisher's id for the user."""
     cookie_value: _builtins.str
@@ -454,9 +455,16 @@ class ServeAdRequest(_message.Message):
     placement_id: _builtins.str
     """The publisher's placement (ad slot) id."""
     page_domain: _builtins.str
-    """The domain of the page the ad shows on."""
+    """Web inventory: the domain of the page the ad shows on. Exactly one of page_domain and
+    app_bundle is set (INVALID_ARGUMENT otherwise: MISSING_PAGE_DOMAIN when neither is,
+    CONFLICTING_INVENTORY when both are).
+    """
     floor_price: _builtins.float
     """The lowest price accepted, CPM in USD."""
+    app_bundle: _builtins.str
+    """App / CTV inventory: the app's bundle id (for example "com.example.news"), sent to the SSP
+    as SubmitImpressionRequest.app_bundle; the app must be registered with the SSP.
+    """
     def __init__(
         self,
         *,
@@ -465,10 +473,11 @@ class ServeAdRequest(_message.Message):
         placement_id: _builtins.str = ...,
         page_domain: _builtins.str = ...,
         floor_price: _builtins.float = ...,
+        app_bundle: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "floor_price", b"floor_price", "page_domain", b"page_domain", "placement_id", b"placement_id", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_bundle", b"app_bundle", "cookie_value", b"cookie_value", "floor_price", b"floor_price", "page_domain", b"page_domain", "placement_id", b"placement_id", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["user_id", "cookie_value"]  # noqa: Y015
     _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
