@@ -4,7 +4,8 @@
         --operator-address HOST:PORT --operator-api-key KEY --site-id N
         --ssp-address HOST:PORT --ssp-api-key KEY [--storage-mode server|client]
         [--on-behalf-of-site-id N] [--refresh-workers N] [--refresh-interval S]
-        [--no-background-refresh] [--operator-timeout S] [--ssp-timeout S] [--log-level L]
+        [--no-background-refresh] [--operator-timeout S] [--ssp-timeout S]
+        [--serve-refresh-budget S] [--log-level L]
 
 Every flag falls back to an environment variable UID2_PUBLISHER_<FLAG> (for example
 UID2_PUBLISHER_OPERATOR_API_KEY); prefer the environment for keys, which `ps` would show."""
@@ -88,6 +89,11 @@ def _parser() -> _Parser:
     )
     serve.add_argument("--operator-timeout", help="operator call deadline, seconds (default 2)")
     serve.add_argument("--ssp-timeout", help="SSP call deadline, seconds (default 2)")
+    serve.add_argument(
+        "--serve-refresh-budget",
+        help="seconds ServeAd waits for the refresh of an expired token before serving the "
+        "impression without one (default 0.3); an unexpired token is sent at once",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     return parser
 
@@ -168,6 +174,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         background_refresh=not no_bg,
         operator_timeout_s=_float(args, "operator-timeout", "2"),
         ssp_timeout_s=_float(args, "ssp-timeout", "2"),
+        serve_refresh_budget_s=_float(args, "serve-refresh-budget", "0.3"),
         log_level=_parsed(log_level, args, "log-level", "INFO"),
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from publisher_svc.publisher import StorageMode
+from publisher_svc.publisher import DEFAULT_SERVE_REFRESH_BUDGET_S, StorageMode
 
 
 @dataclass(frozen=True)
@@ -26,4 +26,6 @@ class PublisherConfig:
     background_refresh: bool = True
     operator_timeout_s: float = 2.0
     ssp_timeout_s: float = 2.0
+    # How long ServeAd waits for the refresh of an expired token before serving without one.
+    serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S
     log_level: str = "INFO"

@@ -9,6 +9,7 @@ from typing import Any
 
 from publisher_svc.model import Identity
 from svc_common.errors import invalid_argument
+from svc_common.impression_limits import MAX_TOKEN_CHARS
 
 COOKIE_NAME = "__uid_2"
 # encodeURIComponent leaves these unescaped; quote() must do the same to match the SDK byte
@@ -46,6 +47,10 @@ def decode_cookie(value: str) -> Identity:
     for name in _STRING_FIELDS:
         if not isinstance(body.get(name), str) or not body[name]:
             raise bad
+    # Tampered or corrupt: no operator issues a longer one, and the SSP would refuse the
+    # impression that carried it.
+    if len(body["advertising_token"]) > MAX_TOKEN_CHARS:
+        raise bad
     for name in _TIME_FIELDS:
         v = body.get(name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:

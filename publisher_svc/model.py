@@ -87,6 +87,7 @@ class Impression:
     floor_price: float
     # Exactly as received from the operator; "" for none. Never in repr.
     advertising_token: str = field(repr=False)
+    app_bundle: str = ""  # app / CTV inventory: set instead of page_domain (then "")
 
 
 @dataclass(frozen=True)

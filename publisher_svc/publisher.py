@@ -8,8 +8,12 @@ from __future__ import annotations
 import base64
 import threading
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,11 +37,19 @@ from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
 from svc_common.impression_limits import check_field_lengths, check_floor_price
 from uid2_crypto.errors import InvalidIdentifierError
-from uid2_crypto.identity import identity_hash
+from uid2_crypto.identity import IdentityType, identity_hash
 
 _log = structlog.get_logger("publisher")
 
 MAX_USER_ID_CHARS = 256
+# How long an impression may wait for a due refresh before it goes out with the held token,
+# or without one when that has expired.
+DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
+# Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
+# that (an operator that hangs) impressions go out without starting more.
+_MAX_PENDING_REFRESHES = 256
+
+T = TypeVar("T")
 
 
 class StorageMode(Enum):
@@ -103,6 +115,8 @@ class LoginResult:
     status: LoginStatus
     cookie: Cookie | None = None
     refresh_from: int = 0
+    # Client-side mode: every refusal also ends the identity the caller may hold as a cookie.
+    clear_cookie: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,21 +147,28 @@ class AdResult:
     clear_cookie: bool = False
 
 
-def hash_dii(email: str | None, phone: str | None) -> HashedDii:
+def hash_dii(
+    email: str | None,
+    phone: str | None,
+    email_hash: str | None = None,
+    phone_hash: str | None = None,
+) -> HashedDii:
     """Normalises and hashes the DII locally (reference §2); only the hash leaves. The same
     function as the operator's, so what the operator would refuse as DII (too long, not an
-    email) is refused here with the same reason, not hashed into a valid-looking hash."""
-    if email is not None:
-        kind, value = DiiKind.EMAIL, email
-    elif phone is not None:
-        kind, value = DiiKind.PHONE, phone
-    else:
+    email) is refused here with the same reason, not hashed into a valid-looking hash. A hash
+    given instead (base64 or hex SHA-256 of the normalised DII, as the operator's Dii takes)
+    comes out in the one canonical base64 spelling, so it keys the same opt-out record as the
+    DII it is the hash of."""
+    given = (("email", email), ("phone", phone), ("email_hash", email_hash))
+    kind, value = next(((k, v) for k, v in given if v is not None), ("phone_hash", phone_hash))
+    if value is None:
         raise invalid_argument("MISSING_DII", "an email or a phone number is required")
     try:
-        _, digest = identity_hash(kind.value, value)
+        identity_type, digest = identity_hash(kind, value)
     except InvalidIdentifierError as exc:
         raise invalid_argument(exc.reason, str(exc)) from None
-    return HashedDii(kind, base64.b64encode(digest).decode("ascii"))
+    dii_kind = DiiKind.EMAIL if identity_type is IdentityType.EMAIL else DiiKind.PHONE
+    return HashedDii(dii_kind, base64.b64encode(digest).decode("ascii"))
 
 
 def check_user_id(user_id: str) -> str:
@@ -162,28 +183,50 @@ def cookie_for(identity: Identity) -> Cookie:
     return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
 
 
-def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+_PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
+
+
+def _peer_failure(
+    err: PeerError, peer: str, *, caller_input: Callable[[PeerError], bool] | None = None
+) -> ServiceError:
+    """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
+
+    Unreachable: UNAVAILABLE <peer>_UNAVAILABLE. A refusal of input the caller gave us and we
+    passed on unchanged (`caller_input` says which): the caller's own mistake, which it can
+    fix, with the peer's code and reason. Any other refusal of a well-formed request means our
+    credentials or configuration are wrong: FAILED_PRECONDITION <peer>_REJECTED, with the
+    peer's code and reason in the ErrorInfo metadata (peerCode, peerReason)."""
+    name = _PEER_NAMES[peer]
     if err.unavailable:
-        return unavailable("OPERATOR_UNAVAILABLE", "the UID2 operator cannot be reached")
-    if caller_input and err.code == "INVALID_ARGUMENT" and err.reason:
-        # The operator judged input the caller gave us and passed on unchanged (the privacy
-        # settings): the caller's mistake, which it can fix, with the operator's reason.
-        return invalid_argument(err.reason, f"the UID2 operator refused the input ({err.reason})")
-    # The operator refused a well-formed request: our credentials or configuration are wrong.
+        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
+    if caller_input is not None and err.reason and caller_input(err):
+        return ServiceError(
+            ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"
+        )
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
-        "OPERATOR_REJECTED",
-        f"the UID2 operator refused the call ({err.code} {err.reason})".rstrip(),
+        f"{peer}_REJECTED",
+        f"{name} refused the call ({err.code} {err.reason})".rstrip(),
+        {"peerCode": err.code, "peerReason": err.reason},
     )
 
 
-def _ssp_failure(err: PeerError) -> ServiceError:
-    if err.unavailable:
-        return unavailable("SSP_UNAVAILABLE", "the SSP cannot be reached")
-    return ServiceError(
-        ErrorKind.FAILED_PRECONDITION,
-        "SSP_REJECTED",
-        f"the SSP refused the impression ({err.code} {err.reason})".rstrip(),
+def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+    # With caller_input, the operator judged the privacy settings the caller gave us.
+    return _peer_failure(
+        err, "OPERATOR", caller_input=_is_invalid_argument if caller_input else None
+    )
+
+
+def _is_invalid_argument(err: PeerError) -> bool:
+    return err.code == "INVALID_ARGUMENT"
+
+
+def _ssp_input_refused(err: PeerError) -> bool:
+    """The SSP judged the impression the caller described (its floor, its fields, a page
+    domain or app that is not the publisher's), not our key or account."""
+    return err.code == "INVALID_ARGUMENT" or (
+        err.code == "PERMISSION_DENIED" and err.reason == "INVENTORY_NOT_ALLOWED"
     )
 
 
@@ -197,6 +240,7 @@ class Publisher:
         clock: Clock,
         mode: StorageMode = StorageMode.SERVER,
         on_behalf_of_site_id: int = 0,
+        serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S,
     ) -> None:
         self.store = store
         self.operator = operator
@@ -207,6 +251,16 @@ class Publisher:
         # Striped per-user locks: one refresh per user at a time, and logout / login / opt-out
         # never interleave with a refresh of the same user.
         self._locks = [threading.Lock() for _ in range(256)]
+        self.serve_refresh_budget_s = serve_refresh_budget_s
+        # Refreshes an impression starts: they outlive its wait (their result is stored, in
+        # server mode), one per user / cookie at a time.
+        self._serve_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="serve-refresh")
+        self._pending: dict[str, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stops the impressions' refreshes (those running finish; queued ones are dropped)."""
+        self._serve_pool.shutdown(wait=True, cancel_futures=True)
 
     def user_lock(self, user_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
@@ -219,37 +273,52 @@ class Publisher:
         email: str | None,
         phone: str | None,
         privacy: PrivacySettings,
+        *,
+        email_hash: str | None = None,
+        phone_hash: str | None = None,
     ) -> LoginResult:
         check_user_id(user_id)
-        dii = hash_dii(email, phone)
+        dii = hash_dii(email, phone, email_hash, phone_hash)
         with self.user_lock(user_id):
-            if self.store.is_site_optout(user_id):
-                self.store.delete(user_id)
-                return LoginResult(LoginStatus.SITE_OPTOUT)
-            if self.store.is_operator_optout(dii.key):
-                # Reference §1.7: never call generate again for an opted-out DII.
-                self.store.delete(user_id)
-                return LoginResult(LoginStatus.OPTOUT)
-            try:
-                result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
-            except PeerError as err:
-                # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
-                # caller's privacy settings.
-                raise _operator_failure(err, caller_input=True) from None
-            now = self.clock.now_ms()
-            if result.outcome is GenerateOutcome.OPTOUT:
-                self.store.record_operator_optout(dii.key, now)
-                self.store.delete(user_id)
-                _log.info("login_optout")
-                return LoginResult(LoginStatus.OPTOUT)
-            if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
-                return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
-            identity = result.identity
-            if self.mode is StorageMode.CLIENT:
-                return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
-            if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
-                return LoginResult(LoginStatus.SITE_OPTOUT)
-            return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
+            result = self._login(user_id, dii, privacy)
+        if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
+            return LoginResult(result.status, clear_cookie=True)
+        return result
+
+    def _login(self, user_id: str, dii: HashedDii, privacy: PrivacySettings) -> LoginResult:
+        """Login's rules; the caller holds the user's lock. Every refusal deletes the stored
+        identity: whatever the user had before must not outlive a refusal."""
+        if self.store.is_site_optout(user_id):
+            self.store.delete(user_id)
+            return LoginResult(LoginStatus.SITE_OPTOUT)
+        if self.store.is_operator_optout(dii.key):
+            # Reference §1.7: never call generate again for an opted-out DII.
+            self.store.delete(user_id)
+            return LoginResult(LoginStatus.OPTOUT)
+        try:
+            result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
+        except PeerError as err:
+            # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
+            # caller's privacy settings.
+            raise _operator_failure(err, caller_input=True) from None
+        now = self.clock.now_ms()
+        if result.outcome is GenerateOutcome.OPTOUT:
+            self.store.record_operator_optout(dii.key, now)
+            self.store.delete(user_id)
+            _log.info("login_optout")
+            return LoginResult(LoginStatus.OPTOUT)
+        if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
+            # Consent withdrawn (or never given): the identity generated under the earlier
+            # consent must no longer be sent, nor refreshed in the background.
+            self.store.delete(user_id)
+            _log.info("login_insufficient_consent")
+            return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
+        identity = result.identity
+        if self.mode is StorageMode.CLIENT:
+            return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
+        if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
+            return LoginResult(LoginStatus.SITE_OPTOUT)
+        return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
 
     def logout(self, user_id: str) -> bool:
         check_user_id(user_id)
@@ -301,22 +370,48 @@ class Publisher:
             self.store.record_operator_optout(stored.dii_key, now, user_id)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
-            self.store.delete_if_current(user_id, old)
+            self.store.end_if_current(user_id, old, now)
         return step, stored
 
     def get_advertising_token(self, user_id: str) -> TokenResult:
+        """The current token, refreshed first when due: the caller asked for the freshest, so
+        this waits for the operator (up to its deadline) and for a refresh of the same user
+        already in flight; an unreachable operator still yields the held unexpired token."""
         check_user_id(user_id)
+        return self._current_token(user_id)
+
+    def _current_token(self, user_id: str, *, respect_backoff: bool = False) -> TokenResult:
+        """`respect_backoff`: while a failed refresh is backing off (next attempt not yet due)
+        and the held token is unexpired, use it rather than call the operator again."""
         with self.user_lock(user_id):
-            if self.store.get(user_id) is None:
-                return TokenResult(TokenStatus.NO_IDENTITY)
+            stored = self.store.get(user_id)
+            if stored is None:
+                # A refresh (perhaps the background refresher's) that ended the identity is
+                # reported as this call's own would have been, until the user logs in again.
+                ended = self.store.ended_status(user_id)
+                return TokenResult(TokenStatus(ended) if ended else TokenStatus.NO_IDENTITY)
+            now = self.clock.now_ms()
+            if (
+                respect_backoff
+                and stored.next_attempt_at > now
+                and usable_without_refresh(stored.identity, now)
+            ):
+                return _token_result(Step(StepKind.STALE, stored.identity))
             step, _ = self.refresh_stored(user_id)
         return _token_result(step)
 
     def refresh_client(
-        self, cookie_value: str, email: str | None = None, phone: str | None = None
+        self,
+        cookie_value: str,
+        email: str | None = None,
+        phone: str | None = None,
+        *,
+        email_hash: str | None = None,
+        phone_hash: str | None = None,
     ) -> ClientRefreshResult:
         identity = decode_cookie(cookie_value)
-        dii = hash_dii(email, phone) if email is not None or phone is not None else None
+        given = (email, phone, email_hash, phone_hash)
+        dii = hash_dii(*given) if any(v is not None for v in given) else None
         step = self.step(identity)
         serving = step.serving
         if serving is not None:
@@ -342,44 +437,128 @@ class Publisher:
         placement_id: str,
         page_domain: str,
         floor_price: float,
+        app_bundle: str = "",
     ) -> AdResult:
-        if not page_domain:
-            raise invalid_argument("MISSING_PAGE_DOMAIN", "page_domain is required")
+        if not page_domain and not app_bundle:
+            raise invalid_argument(
+                "MISSING_PAGE_DOMAIN", "page_domain (web) or app_bundle (app, CTV) is required"
+            )
+        if page_domain and app_bundle:
+            raise invalid_argument(
+                "CONFLICTING_INVENTORY", "give either page_domain or app_bundle, not both"
+            )
         if not placement_id:
             raise invalid_argument("MISSING_PLACEMENT_ID", "placement_id is required")
         # The SSP's own limits, checked here so the caller hears of its mistake as such rather
         # than as an SSP refusal of ours.
-        check_field_lengths(placement_id=placement_id, page_domain=page_domain)
+        check_field_lengths(
+            placement_id=placement_id, page_domain=page_domain, app_bundle=app_bundle
+        )
         check_floor_price(floor_price, "INVALID_FLOOR_PRICE")
         token = ""
         cookie: Cookie | None = None
         clear = False
         if user_id:
-            try:
-                result = self.get_advertising_token(user_id)
-                token = result.advertising_token
-            except ServiceError as err:
-                if err.kind is not ErrorKind.UNAVAILABLE:
-                    raise
-                # No usable token while the operator is down: the impression still goes out.
+            token = self._impression_token(check_user_id(user_id))
         elif cookie_value:
-            try:
-                refreshed = self.refresh_client(cookie_value)
-                token = refreshed.advertising_token
-                clear = refreshed.clear_cookie
-                if refreshed.refreshed:
-                    cookie = refreshed.cookie
-            except ServiceError as err:
-                if err.kind is ErrorKind.INVALID_ARGUMENT:
-                    clear = True  # not an identity: tell the caller to drop it
-                elif err.kind is not ErrorKind.UNAVAILABLE:
-                    raise
-        impression = Impression(page_domain, placement_id, floor_price, token)
+            token, cookie, clear = self._impression_cookie(cookie_value)
+        impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
         try:
             decision = self.ssp.submit_impression(impression)
         except PeerError as err:
-            raise _ssp_failure(err) from None
+            raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
         return AdResult(decision, bool(token), cookie, clear)
+
+    # An impression never waits long on a refresh. The one that finds the refresh due starts it
+    # and waits serve_refresh_budget_s at most (a healthy operator answers well within it, so an
+    # opt-out is honoured at once); past that, or when a refresh of the same identity is already
+    # in flight, it goes out with the held token if that is unexpired (as when the operator is
+    # unreachable), else without one. The refresh runs on; in server mode its result is stored.
+
+    def _impression_token(self, user_id: str) -> str:
+        stored = self.store.get(user_id)
+        if stored is None:
+            return ""
+        identity, now = stored.identity, self.clock.now_ms()
+        if decide(identity, now) is Decision.USE:
+            return identity.advertising_token
+        held = identity.advertising_token if usable_without_refresh(identity, now) else ""
+        job, new = self._start(
+            "user:" + user_id, lambda: self._current_token(user_id, respect_backoff=True)
+        )
+        if held and not new:
+            return held
+        result = self._within_budget(job)
+        return result.advertising_token if result is not None else held
+
+    def _impression_cookie(self, cookie_value: str) -> tuple[str, Cookie | None, bool]:
+        """(token, new cookie or None, clear the cookie) for an impression in client mode."""
+        try:
+            identity = decode_cookie(cookie_value)
+        except ServiceError:
+            return "", None, True  # not an identity: tell the caller to drop it
+        now = self.clock.now_ms()
+        decision = decide(identity, now)
+        if decision is Decision.USE:
+            return identity.advertising_token, None, False
+        if decision is Decision.LOGIN_REQUIRED:
+            return "", None, True
+        held = identity.advertising_token if usable_without_refresh(identity, now) else ""
+        # A new identity can reach the caller only in this response: one that comes later than
+        # the budget is dropped (the cookie's refresh token stays valid) and the next impression
+        # or RefreshClientIdentity refreshes again.
+        job, new = self._start(
+            "cookie:" + identity.refresh_token, lambda: self.refresh_client(cookie_value)
+        )
+        if held and not new:
+            return held, None, False
+        try:
+            refreshed = self._within_budget(job)
+        except ServiceError as err:
+            if err.kind is ErrorKind.INVALID_ARGUMENT:
+                return "", None, True
+            raise
+        if refreshed is None:
+            return held, None, False
+        cookie = refreshed.cookie if refreshed.refreshed else None
+        return refreshed.advertising_token, cookie, refreshed.clear_cookie
+
+    def _start(self, key: str, job: Callable[[], T]) -> tuple[Future[T] | None, bool]:
+        """(`job` on the impressions' pool, True), or (the one already in flight for `key`,
+        False); (None, False) when too many are in flight (the operator hangs) or the
+        publisher is stopping."""
+        with self._pending_lock:
+            running = self._pending.get(key)
+            if running is not None:
+                return running, False
+            if len(self._pending) >= _MAX_PENDING_REFRESHES:
+                return None, False
+            try:
+                future = self._serve_pool.submit(job)
+            except RuntimeError:  # shut down
+                return None, False
+            self._pending[key] = future
+        future.add_done_callback(lambda f: self._forget(key, f))
+        return future, True
+
+    def _forget(self, key: str, future: Future[Any]) -> None:
+        with self._pending_lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _within_budget(self, job: Future[T] | None) -> T | None:
+        """The job's result if it comes within the budget, else None. An unreachable operator
+        is None too (the impression goes out without a token); other errors propagate."""
+        if job is None:
+            return None
+        try:
+            return job.result(timeout=self.serve_refresh_budget_s)
+        except FutureTimeout:
+            return None
+        except ServiceError as err:
+            if err.kind is ErrorKind.UNAVAILABLE:
+                return None
+            raise
 
 
 def _token_result(step: Step) -> TokenResult:

@@ -76,7 +76,9 @@ def start(
             clock=clock or SystemClock(),
             mode=config.storage_mode,
             on_behalf_of_site_id=config.on_behalf_of_site_id,
+            serve_refresh_budget_s=config.serve_refresh_budget_s,
         )
+        opened.callback(publisher.close)  # closed first (last in): before the peers and store
         servicer = PublisherServicer(publisher, config.site_id)
 
         def register(server: grpc.Server) -> None:

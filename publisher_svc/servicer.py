@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
@@ -35,12 +35,16 @@ def _cookie(c: Cookie | None) -> publisher_pb2.ClientCookie | None:
     return publisher_pb2.ClientCookie(name=c.name, value=c.value, expires=c.expires)
 
 
-def _dii(request: Any) -> tuple[str | None, str | None]:
+class _Dii(NamedTuple):
+    email: str | None
+    phone: str | None
+    email_hash: str | None
+    phone_hash: str | None
+
+
+def _dii(request: Any) -> _Dii:
     which = request.WhichOneof("dii")
-    return (
-        request.email if which == "email" else None,
-        request.phone if which == "phone" else None,
-    )
+    return _Dii(*(getattr(request, f) if f == which else None for f in _Dii._fields))
 
 
 def _outcome(name: str) -> ssp_pb2.AuctionOutcome.ValueType:
@@ -69,19 +73,22 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
         self, request: publisher_pb2.LoginRequest, context: Any
     ) -> publisher_pb2.LoginResponse:
         self._bind()
-        email, phone = _dii(request)
+        dii = _dii(request)
         ps = request.privacy_settings
         result = self._pub.login(
             request.user_id,
-            email,
-            phone,
+            dii.email,
+            dii.phone,
             PrivacySettings(ps.transparency_notice_accepted, ps.tcf_consent_string),
+            email_hash=dii.email_hash,
+            phone_hash=dii.phone_hash,
         )
         call_context.bind(outcome=result.status.value)
         return publisher_pb2.LoginResponse(
             status=_LOGIN[result.status],
             cookie=_cookie(result.cookie),
             refresh_from=result.refresh_from,
+            clear_cookie=result.clear_cookie,
         )
 
     def GetAdvertisingToken(
@@ -101,8 +108,14 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
         self, request: publisher_pb2.RefreshClientIdentityRequest, context: Any
     ) -> publisher_pb2.RefreshClientIdentityResponse:
         self._bind()
-        email, phone = _dii(request)
-        result = self._pub.refresh_client(request.cookie_value, email, phone)
+        dii = _dii(request)
+        result = self._pub.refresh_client(
+            request.cookie_value,
+            dii.email,
+            dii.phone,
+            email_hash=dii.email_hash,
+            phone_hash=dii.phone_hash,
+        )
         call_context.bind(outcome=result.status.value)
         return publisher_pb2.RefreshClientIdentityResponse(
             status=_CLIENT[result.status],
@@ -129,6 +142,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             placement_id=request.placement_id,
             page_domain=request.page_domain,
             floor_price=request.floor_price,
+            app_bundle=request.app_bundle,
         )
         d = result.decision
         call_context.bind(token_sent=result.token_sent, outcome=d.outcome)

@@ -28,8 +28,14 @@ class SspClient(PeerClient):
     default_attempts = 2
 
     def submit_impression(self, impression: Impression) -> AdDecision:
+        # `inventory` is a oneof: set only the one given (setting "" would still select it).
+        inventory = (
+            {"app_bundle": impression.app_bundle}
+            if impression.app_bundle
+            else {"page_domain": impression.page_domain}
+        )
         request = ssp_pb2.SubmitImpressionRequest(
-            page_domain=impression.page_domain,
+            **inventory,
             placement_id=impression.placement_id,
             floor_price=impression.floor_price,
             advertising_token=impression.advertising_token,

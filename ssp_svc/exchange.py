@@ -18,10 +18,8 @@ from ssp_svc.store.accounts import Account
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
-from svc_common.impression_limits import check_field_lengths, check_floor_price
+from svc_common.impression_limits import MAX_TOKEN_CHARS, check_field_lengths, check_floor_price
 from uid2.ssp.v1 import openrtb_pb2
-
-MAX_TOKEN_CHARS = 500
 
 FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
 

@@ -10,6 +10,10 @@ import math
 from svc_common.errors import invalid_argument
 
 MAX_FIELD_CHARS = 256
+# A UID2 advertising token is opaque and at most 500 characters (uid2-reference.md): the SSP
+# refuses a longer one (TOKEN_TOO_LONG), and the publisher treats a cookie holding one as not
+# an identity rather than send it.
+MAX_TOKEN_CHARS = 500
 MAX_FLOOR_PRICE = 1_000_000.0
 
 

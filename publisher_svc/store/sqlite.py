@@ -37,11 +37,18 @@ CREATE TABLE IF NOT EXISTS site_optouts (
     user_id TEXT PRIMARY KEY,
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- why a user's identity ended when a refresh ended it (OPTOUT or LOGIN_REQUIRED), kept until
+-- the user logs in again, logs out or opts out of the site
+CREATE TABLE IF NOT EXISTS ended_identities (
+    user_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _COLS = (
     "user_id, dii_key, advertising_token, refresh_token, identity_expires, refresh_from, "
-    "refresh_expires, refresh_response_key, failed_attempts"
+    "refresh_expires, refresh_response_key, failed_attempts, next_attempt_at"
 )
 
 
@@ -55,6 +62,8 @@ class StoredIdentity:
     dii_key: str = field(repr=False)  # a DII hash: never in a log line
     identity: Identity
     failed_attempts: int = 0
+    # When a refresh is next due: refresh_from, or later while backing off after failures.
+    next_attempt_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,11 @@ class DueIdentity:
 
 
 # A row of `SELECT {_COLS}`, as sqlite3 returns it for the TEXT and INTEGER NOT NULL columns.
-_IdentityRow = tuple[str, str, str, str, int, int, int, str, int]
+_IdentityRow = tuple[str, str, str, str, int, int, int, str, int, int]
 
 
 def _row(r: _IdentityRow) -> StoredIdentity:
-    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed) = r
+    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed, next_at) = r
     return StoredIdentity(
         user_id=user_id,
         dii_key=dii_key,
@@ -81,6 +90,7 @@ def _row(r: _IdentityRow) -> StoredIdentity:
             refresh_response_key=rrk,
         ),
         failed_attempts=failed,
+        next_attempt_at=next_at,
     )
 
 
@@ -119,6 +129,7 @@ class SqliteStore:
                     "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
                 ).fetchone()
                 if opted is None:
+                    self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
                     self._db.execute(
                         "INSERT OR REPLACE INTO identities (user_id, dii_key, advertising_token,"
                         " refresh_token, identity_expires, refresh_from, refresh_expires,"
@@ -169,17 +180,50 @@ class SqliteStore:
             )
             return cur.rowcount == 1
 
-    def delete_if_current(self, user_id: str, old_refresh_token: str) -> bool:
+    def end_if_current(self, user_id: str, old_refresh_token: str, now_ms: int) -> bool:
+        """Deletes an identity whose refresh answered login required, if it is still the one
+        refreshed, and remembers why (ended_status) in the same transaction."""
+        return self._delete_and_mark(
+            "DELETE FROM identities WHERE user_id = ? AND refresh_token = ?",
+            (user_id, old_refresh_token),
+            user_id,
+            "LOGIN_REQUIRED",
+            now_ms,
+        )
+
+    def _delete_and_mark(
+        self, delete: str, args: tuple[str, ...], user_id: str, status: str, now_ms: int
+    ) -> bool:
         with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM identities WHERE user_id = ? AND refresh_token = ?",
-                (user_id, old_refresh_token),
-            )
-            return cur.rowcount == 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute(delete, args).rowcount == 1
+                if deleted:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
+                        " VALUES (?, ?, ?)",
+                        (user_id, status, now_ms),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return deleted
+
+    def ended_status(self, user_id: str) -> str | None:
+        """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has
+        not logged in, logged out or opted out of the site since; None otherwise."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT status FROM ended_identities WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return str(r[0]) if r else None
 
     def delete(self, user_id: str) -> bool:
+        """Deletes the user's identity, and the record of how an earlier one ended."""
         with self._lock:
             cur = self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+            self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
             return cur.rowcount == 1
 
     def postpone(
@@ -212,7 +256,7 @@ class SqliteStore:
 
     def record_operator_optout(self, dii_key: str, now_ms: int, user_id: str = "") -> None:
         """Records that the operator answered opt-out for a DII (and drops the user's stored
-        identity, if any) in one durable transaction."""
+        identity, if any, remembering why: ended_status) in one durable transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -220,10 +264,17 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
                     (dii_key, now_ms),
                 )
-                if user_id:
-                    self._db.execute(
+                if (
+                    user_id
+                    and self._db.execute(
                         "DELETE FROM identities WHERE user_id = ? AND dii_key = ?",
                         (user_id, dii_key),
+                    ).rowcount
+                ):
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
+                        " VALUES (?, 'OPTOUT', ?)",
+                        (user_id, now_ms),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -248,6 +299,7 @@ class SqliteStore:
                         (user_id, now_ms),
                     )
                     self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+                    self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
                 else:
                     self._db.execute("DELETE FROM site_optouts WHERE user_id = ?", (user_id,))
                 self._db.execute("COMMIT")

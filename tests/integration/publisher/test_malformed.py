@@ -39,11 +39,11 @@ requests = st.one_of(
         text, text,
     ),
     st.builds(
-        lambda u, c, d, f: ("ServeAd", pb.ServeAdRequest(
+        lambda u, c, d, f, b: ("ServeAd", pb.ServeAdRequest(
             **({"user_id": u} if c is None else {"cookie_value": c}),
-            placement_id="p", page_domain=d, floor_price=f)),
+            placement_id="p", page_domain=d, floor_price=f, app_bundle=b)),
         text, st.none() | text, text,
-        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(allow_nan=True, allow_infinity=True), text,
     ),
     st.builds(lambda u, o: ("SetUserOptOut", pb.SetUserOptOutRequest(user_id=u, opted_out=o)),
               text, st.booleans()),

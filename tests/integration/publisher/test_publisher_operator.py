@@ -19,6 +19,7 @@ from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.publisher.v1 import publisher_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2
+from uid2_crypto.identity import sha256_b64
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -119,6 +120,44 @@ def test_insufficient_consent(world: World) -> None:
     _, stub = world.publisher(world.config("consent"))
     r = stub.Login(pb.LoginRequest(user_id="d", email="d@example.com"))
     assert r.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT
+
+
+def test_consent_withdrawn_at_relogin_ends_the_identity(world: World) -> None:
+    rt, stub = world.publisher(world.config("withdrawn", background_refresh=True))
+    assert login(stub, "dee", "dee@example.com").status == pb.LOGIN_STATUS_SUCCESS
+    assert serve_ad(stub, user_id="dee").token_sent
+    r = stub.Login(
+        pb.LoginRequest(
+            user_id="dee",
+            email="dee@example.com",
+            privacy_settings=operator_pb2.PrivacySettings(transparency_notice_accepted=False),
+        )
+    )
+    assert r.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and not r.clear_cookie
+    got = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="dee"))
+    assert got.status == pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+    assert not serve_ad(stub, user_id="dee").token_sent
+    assert world.ssp.requests[-1].advertising_token == ""
+    assert rt.publisher.store.get("dee") is None  # nothing left for the refresher
+
+
+def test_login_by_hash(world: World) -> None:
+    rt, stub = world.publisher(world.config("hash"), counting=True)
+    r = stub.Login(
+        pb.LoginRequest(
+            user_id="hh", email_hash=sha256_b64("hash.user@example.com"), privacy_settings=OK
+        )
+    )
+    assert r.status == pb.LOGIN_STATUS_SUCCESS
+    tok = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="hh")).advertising_token
+    assert validate(world, tok, "Hash.User@example.com")  # the same UID2 as the DII's
+    optout_hash = sha256_b64("optout@example.com")
+    r = stub.Login(pb.LoginRequest(user_id="ho", email_hash=optout_hash, privacy_settings=OK))
+    assert r.status == pb.LOGIN_STATUS_OPTOUT
+    generates = rt.publisher.operator.generates  # type: ignore[attr-defined]
+    # the opt-out recorded for the hash holds for the DII: generate is not called again
+    assert login(stub, "ho", "OptOut@example.com").status == pb.LOGIN_STATUS_OPTOUT
+    assert rt.publisher.operator.generates == generates  # type: ignore[attr-defined]
 
 
 def test_site_level_optout(world: World) -> None:
@@ -236,6 +275,9 @@ def test_background_refresh_optout(world: World) -> None:
     rt.refresher.wake()  # type: ignore[union-attr]  # this config runs a refresher
     assert wait_for(lambda: rt.publisher.store.get("h") is None, 10)
     assert not serve_ad(stub, user_id="h").token_sent
+    # the caller hears it was an opt-out (do not prompt), not "never logged in"
+    got = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="h"))
+    assert got.status == pb.GET_ADVERTISING_TOKEN_STATUS_OPTOUT
     assert login(stub, "h", "refresh-optout@example.com").status == pb.LOGIN_STATUS_OPTOUT
 
 
@@ -260,6 +302,7 @@ def test_delegation_mode(world: World) -> None:
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(exc.value)
     assert info is not None and info.reason == "OPERATOR_REJECTED"
+    assert dict(info.metadata) == {"peerCode": "PERMISSION_DENIED", "peerReason": "NO_DELEGATION"}
 
 
 def test_operator_unreachable_is_unavailable_and_nothing_lost(world: World) -> None:

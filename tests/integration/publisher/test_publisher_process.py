@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -24,8 +27,7 @@ pytestmark = pytest.mark.slow
 EMAIL = "Process.User@Example.com"
 
 
-@pytest.fixture
-def operator_proc(tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
+def _start_operator(tmp_path: Path, *serve_flags: str) -> tuple[ServiceProcess, str]:
     d = str(tmp_path / "op")
     assert run_cli(["uid2-operator", "init", "--data-dir", d]).returncode == 0
     assert (
@@ -40,8 +42,30 @@ def operator_proc(tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
     assert out.returncode == 0, out.stderr
     key = json.loads(out.stdout)["api_key"]
     proc = ServiceProcess(
-        ["uid2-operator", "serve", "--data-dir", d, "--listen", "127.0.0.1:0"]
+        ["uid2-operator", "serve", "--data-dir", d, "--listen", "127.0.0.1:0", *serve_flags]
     ).wait_ready()
+    return proc, key
+
+
+def _start_publisher(
+    tmp_path: Path, op: ServiceProcess, key: str, ssp_port: int, *flags: str
+) -> ServiceProcess:
+    env = {
+        "UID2_PUBLISHER_OPERATOR_API_KEY": key,
+        "UID2_PUBLISHER_SSP_API_KEY": "ssp-secret-key",
+        "UID2_PUBLISHER_SITE_ID": "101",
+    }
+    return ServiceProcess(
+        ["uid2-publisher", "serve", "--data-dir", str(tmp_path / "pub"),
+         "--listen", "127.0.0.1:0", "--operator-address", op.address,
+         "--ssp-address", f"127.0.0.1:{ssp_port}", *flags],
+        env=env,
+    ).wait_ready()  # fmt: skip
+
+
+@pytest.fixture
+def operator_proc(tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
+    proc, key = _start_operator(tmp_path)
     yield proc, key
     proc.terminate()
 
@@ -66,17 +90,7 @@ def test_serve_as_process(
 ) -> None:
     op, key = operator_proc
     ssp, ssp_port = recording_ssp
-    env = {
-        "UID2_PUBLISHER_OPERATOR_API_KEY": key,
-        "UID2_PUBLISHER_SSP_API_KEY": "ssp-secret-key",
-        "UID2_PUBLISHER_SITE_ID": "101",
-    }
-    pub = ServiceProcess(
-        ["uid2-publisher", "serve", "--data-dir", str(tmp_path / "pub"),
-         "--listen", "127.0.0.1:0", "--operator-address", op.address,
-         "--ssp-address", f"127.0.0.1:{ssp_port}", "--storage-mode", mode],
-        env=env,
-    ).wait_ready()  # fmt: skip
+    pub = _start_publisher(tmp_path, op, key, ssp_port, "--storage-mode", mode)
     try:
         with grpc.insecure_channel(pub.address) as ch:
             stub = publisher_pb2_grpc.PublisherServiceStub(ch)
@@ -162,3 +176,59 @@ def test_unusable_store_is_one_line_exit_2(tmp_path: Path, kind: str) -> None:
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert str(named) in one_error_line(r.stderr, "uid2-publisher: error: cannot start: ")
+
+
+def test_a_hung_operator_does_not_hold_up_impressions(
+    tmp_path: Path, recording_ssp: tuple[RecordingSsp, int]
+) -> None:
+    # Tokens due for refresh after 1 s and expired after 3 s; the operator is then SIGSTOPped
+    # (it accepts connections but never answers: each call waits out the 2 s deadline).
+    op, key = _start_operator(tmp_path, "--refresh-from", "1", "--token-lifetime", "3")
+    ssp, ssp_port = recording_ssp
+    pub = _start_publisher(
+        tmp_path, op, key, ssp_port, "--refresh-interval", "0.1", "--serve-refresh-budget", "0.2"
+    )
+    stopped = False
+    try:
+        with grpc.insecure_channel(pub.address) as ch:
+            stub = publisher_pb2_grpc.PublisherServiceStub(ch)
+            ok = {"transparency_notice_accepted": True}
+            stub.Login(pb.LoginRequest(user_id="h", email=EMAIL, privacy_settings=ok), timeout=10)
+            logged_in = time.monotonic()
+            held = stub.GetAdvertisingToken(
+                pb.GetAdvertisingTokenRequest(user_id="h"), timeout=10
+            ).advertising_token
+            os.kill(op.proc.pid, signal.SIGSTOP)  # before any refresh is due
+            stopped = True
+            time.sleep(max(0.0, logged_in + 1.2 - time.monotonic()))  # past refresh_from
+
+            def ad() -> tuple[float, pb.ServeAdResponse]:
+                started = time.monotonic()
+                r = stub.ServeAd(
+                    pb.ServeAdRequest(user_id="h", placement_id="s", page_domain="example.com"),
+                    timeout=10,
+                )
+                return time.monotonic() - started, r
+
+            # Due, unexpired: the held token goes out at once, refresher in flight or not.
+            while time.monotonic() < logged_in + 2.5:
+                took, r = ad()
+                assert took < 0.6 and r.token_sent, took
+                assert ssp.requests[-1].advertising_token == held
+                time.sleep(0.1)
+            time.sleep(max(0.0, logged_in + 3.2 - time.monotonic()))  # the token has expired
+            for _ in range(3):
+                took, r = ad()
+                assert took < 0.6 and not r.token_sent, took
+            os.kill(op.proc.pid, signal.SIGCONT)
+            stopped = False
+            deadline = time.monotonic() + 15
+            while not ad()[1].token_sent:  # refreshed once the operator answers again
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert ssp.requests[-1].advertising_token != held
+    finally:
+        if stopped:
+            os.kill(op.proc.pid, signal.SIGCONT)
+        assert pub.terminate() == 0
+        op.terminate()

@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
+from publisher_svc.publisher import StorageMode
 from ssp_svc.cli import main as ssp_cli
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
+from svc_common.grpc_client import error_info
 from tests.integration.publisher.conftest import World, wait_for
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.ssp.v1 import ssp_pb2
@@ -29,7 +33,7 @@ def real_ssp(world: World) -> Iterator[tuple[int, str]]:
     with contextlib.redirect_stdout(out):
         rc = ssp_cli(
             ["publisher", "add", "--data-dir", str(ssp_dir), "--name", "pub",
-             "--domain", "news.example.com"]
+             "--domain", "news.example.com", "--app", "com.example.news"]
         )  # fmt: skip
     assert rc == 0
     api_key = json.loads(out.getvalue())["api_key"]
@@ -77,3 +81,71 @@ def test_serve_ad_through_the_real_ssp(world: World, real_ssp: tuple[int, str]) 
 
     stub.Logout(pb.LogoutRequest(user_id="al"))
     assert _ad(stub, "al").token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+
+
+def test_an_over_long_cookie_token_loses_no_impression(
+    world: World, real_ssp: tuple[int, str]
+) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config(
+            "tampered",
+            ssp_address=f"127.0.0.1:{port}",
+            ssp_api_key=api_key,
+            storage_mode=StorageMode.CLIENT,
+        )
+    )
+    r = stub.Login(pb.LoginRequest(user_id="tt", email="tt@example.com", privacy_settings=OK))
+    body = json.loads(urllib.parse.unquote(r.cookie.value))
+    body["advertising_token"] = "A4" + "x" * 900  # 902 chars: the SSP refuses over 500
+    bad = urllib.parse.quote(json.dumps(body))
+    ad = stub.ServeAd(
+        pb.ServeAdRequest(cookie_value=bad, placement_id="slot-1", page_domain="news.example.com")
+    )
+    assert ad.auction_id and not ad.token_sent and ad.clear_cookie
+    assert ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+
+
+def test_the_ssp_refusing_the_callers_inventory_passes_through(
+    world: World, real_ssp: tuple[int, str]
+) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("inventory", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ServeAd(pb.ServeAdRequest(placement_id="s", page_domain="not-ours.example.org"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "INVENTORY_NOT_ALLOWED"
+    # a key the SSP does not know is the publisher's misconfiguration, with the SSP's reason
+    _, wrong = world.publisher(
+        world.config("wrong-key", ssp_address=f"127.0.0.1:{port}", ssp_api_key="nope")
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        wrong.ServeAd(pb.ServeAdRequest(placement_id="s", page_domain="news.example.com"))
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "SSP_REJECTED"
+    assert info.metadata["peerCode"] == "UNAUTHENTICATED" and info.metadata["peerReason"]
+
+
+def test_app_inventory_reaches_the_ssp(world: World, real_ssp: tuple[int, str]) -> None:
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("app", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    ad = stub.ServeAd(pb.ServeAdRequest(placement_id="ctv-1", app_bundle="com.example.news"))
+    assert ad.auction_id and ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_ABSENT
+    with pytest.raises(grpc.RpcError) as exc:  # an app the publisher did not register
+        stub.ServeAd(pb.ServeAdRequest(placement_id="ctv-1", app_bundle="com.other.app"))
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(exc.value).reason == "INVENTORY_NOT_ALLOWED"  # type: ignore[union-attr]
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ServeAd(
+            pb.ServeAdRequest(
+                placement_id="p", page_domain="news.example.com", app_bundle="com.example.news"
+            )
+        )
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(exc.value).reason == "CONFLICTING_INVENTORY"  # type: ignore[union-attr]

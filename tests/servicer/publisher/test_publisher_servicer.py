@@ -155,3 +155,48 @@ def test_serve_ad_maps_the_ssp_decision(tmp_path: Any) -> None:
         assert imp == Impression("d.com", "p", 0.5, "A4tok-1_x-Y")
     finally:
         h.store.close()
+
+
+def test_consent_refused_at_relogin(h: Harness, hc: Harness) -> None:
+    h.call("Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=OK))
+    refused = {"transparency_notice_accepted": False}
+    resp, _ = h.call(
+        "Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=refused)
+    )
+    assert resp.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and not resp.clear_cookie
+    tok, _ = h.call("GetAdvertisingToken", pb.GetAdvertisingTokenRequest(user_id="u"))
+    assert tok.status == pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
+    resp, _ = hc.call(
+        "Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=refused)
+    )
+    assert resp.status == pb.LOGIN_STATUS_INSUFFICIENT_CONSENT and resp.clear_cookie
+    assert not resp.HasField("cookie")
+
+
+def test_login_and_client_refresh_by_hash(h: Harness, hc: Harness) -> None:
+    email_hash = "tMmiiTI7IaAcPpQPFQ65uMVCWH8av9jw4cwf/F5HVRQ="  # user@example.com
+    resp, _ = h.call(
+        "Login", pb.LoginRequest(user_id="u", email_hash=email_hash, privacy_settings=OK)
+    )
+    assert resp.status == pb.LOGIN_STATUS_SUCCESS
+    assert h.op.generate_calls[-1][0].key == f"email:{email_hash}"
+    resp, _ = hc.call(
+        "Login", pb.LoginRequest(user_id="u", email_hash=email_hash, privacy_settings=OK)
+    )
+    hc.op.refresh_optout_keys.add(f"email:{email_hash}")
+    hc.clock.advance(HOUR)
+    r, _ = hc.call(
+        "RefreshClientIdentity",
+        pb.RefreshClientIdentityRequest(cookie_value=resp.cookie.value, email_hash=email_hash),
+    )
+    assert r.status == pb.REFRESH_CLIENT_IDENTITY_STATUS_OPTOUT
+    assert hc.store.is_operator_optout(f"email:{email_hash}")
+    with pytest.raises(ServiceError) as exc:
+        h.servicer.Login(pb.LoginRequest(user_id="u", phone_hash="nope"), None)
+    assert exc.value.reason == "INVALID_PHONE_HASH"
+
+
+def test_serve_ad_passes_the_app_bundle(h: Harness) -> None:
+    _, code = h.call("ServeAd", pb.ServeAdRequest(placement_id="p", app_bundle="com.a.b"))
+    assert code is grpc.StatusCode.OK
+    assert h.ssp.impressions[-1] == Impression("", "p", 0.0, "", "com.a.b")

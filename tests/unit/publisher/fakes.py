@@ -120,10 +120,13 @@ class FakeOperator:
 class FakeSsp:
     impressions: list[Impression] = field(default_factory=list)
     down: bool = False
+    refusal: tuple[str, str] | None = None  # (code, reason) to refuse every impression with
 
     def submit_impression(self, impression: Impression) -> AdDecision:
         if self.down:
             raise PeerError("ssp", "UNAVAILABLE", "", unavailable=True)
+        if self.refusal is not None:
+            raise PeerError("ssp", *self.refusal, unavailable=False)
         self.impressions.append(impression)
         token = impression.advertising_token
         return AdDecision(

@@ -34,6 +34,18 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     config = parse_config(args)
     assert config.site_id == 7 and not config.background_refresh
+    assert config.serve_refresh_budget_s == 0.3
+
+
+def test_serve_refresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_PUBLISHER_SERVE_REFRESH_BUDGET", "0.05")
+    args = _parser().parse_args([*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"])
+    assert parse_config(args).serve_refresh_budget_s == 0.05
+    args = _parser().parse_args(
+        [*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s", "--serve-refresh-budget", "0"]
+    )
+    with pytest.raises(UsageError):
+        parse_config(args)
 
 
 @pytest.mark.parametrize(

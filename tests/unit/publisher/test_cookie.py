@@ -10,6 +10,7 @@ import pytest
 from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
 from publisher_svc.model import Identity
 from svc_common.errors import ServiceError
+from svc_common.impression_limits import MAX_TOKEN_CHARS
 
 IDENT = Identity(
     advertising_token="A4AAAAB-_xyz+/=",
@@ -68,3 +69,14 @@ def test_bad_cookie_is_invalid_argument(value: str) -> None:
         decode_cookie(value)
     assert exc.value.reason == "INVALID_COOKIE"
     assert value[:20] not in exc.value.message or not value
+
+
+def test_an_advertising_token_over_the_reference_limit_is_not_an_identity() -> None:
+    body = _body()
+    body["advertising_token"] = "A4" + "x" * 498  # 500: the limit
+    ok = urllib.parse.quote(json.dumps(body))
+    assert len(decode_cookie(ok).advertising_token) == MAX_TOKEN_CHARS
+    body["advertising_token"] = "A4" + "x" * 900  # 902, as an audit saw
+    with pytest.raises(ServiceError) as exc:
+        decode_cookie(urllib.parse.quote(json.dumps(body)))
+    assert exc.value.reason == "INVALID_COOKIE"

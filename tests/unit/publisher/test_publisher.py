@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,7 @@ def _env(tmp_path: Path, mode: StorageMode = StorageMode.SERVER, obo: int = 0) -
 def env(tmp_path: Path) -> Iterator[Env]:
     e = _env(tmp_path)
     yield e
+    e.pub.close()
     e.store.close()
 
 
@@ -62,6 +66,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 def client_env(tmp_path: Path) -> Iterator[Env]:
     e = _env(tmp_path, StorageMode.CLIENT)
     yield e
+    e.pub.close()
     e.store.close()
 
 
@@ -409,3 +414,245 @@ def test_a_step_carries_an_identity_exactly_when_it_keeps_one_in_use() -> None:
         assert Step(kind).serving is None
         with pytest.raises(ValueError, match="must carry an identity"):
             Step(kind, ident)
+
+
+@pytest.mark.parametrize(
+    "refused", [PrivacySettings(False, ""), PrivacySettings(False, "TCFSTRING")]
+)
+def test_consent_refused_at_relogin_ends_the_stored_identity(
+    env: Env, refused: PrivacySettings
+) -> None:
+    assert env.pub.login("u1", "a@b.com", None, OK).status is LoginStatus.SUCCESS
+    r = env.pub.login("u1", "a@b.com", None, refused)
+    assert r.status is LoginStatus.INSUFFICIENT_CONSENT and not r.clear_cookie
+    assert env.store.get("u1") is None  # the background refresher has nothing left to refresh
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.NO_IDENTITY
+    ad = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not ad.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_client_mode_login_refusals_tell_the_caller_to_clear_the_cookie(client_env: Env) -> None:
+    assert not client_env.pub.login("u1", "a@b.com", None, OK).clear_cookie
+    r = client_env.pub.login("u1", "a@b.com", None, PrivacySettings(False, ""))
+    assert r.status is LoginStatus.INSUFFICIENT_CONSENT and r.clear_cookie and r.cookie is None
+    client_env.op.optout_keys.add(f"email:{USER_HASH}")
+    r = client_env.pub.login("u1", "user@example.com", None, OK)
+    assert r.status is LoginStatus.OPTOUT and r.clear_cookie
+    client_env.pub.set_site_optout("u1", True)
+    r = client_env.pub.login("u1", "a@b.com", None, OK)
+    assert r.status is LoginStatus.SITE_OPTOUT and r.clear_cookie
+
+
+def _tampered(cookie_value: str, **fields: object) -> str:
+    body = json.loads(urllib.parse.unquote(cookie_value))
+    body.update(fields)
+    return urllib.parse.quote(json.dumps(body))
+
+
+def test_an_over_long_cookie_token_is_dropped_and_the_ad_still_served(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    bad = _tampered(cookie.value, advertising_token="A4" + "x" * 900)
+    with pytest.raises(ServiceError) as exc:
+        client_env.pub.refresh_client(bad)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == "INVALID_COOKIE"
+    r = client_env.pub.serve_ad(
+        user_id=None, cookie_value=bad, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and r.clear_cookie and r.cookie is None
+    assert client_env.ssp.impressions[-1].advertising_token == ""
+
+
+def _ad(e: Env, **subject: str | None) -> tuple[float, object]:
+    args: dict[str, str | None] = {"user_id": None, "cookie_value": None, **subject}
+    started = time.monotonic()
+    r = e.pub.serve_ad(placement_id="p", page_domain="d.com", floor_price=0, **args)  # type: ignore[arg-type]
+    return time.monotonic() - started, r
+
+
+def _wait(predicate: object, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_hung_operator_does_not_hold_up_an_impression_with_an_unexpired_token(
+    env: Env,
+) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    held = env.pub.get_advertising_token("u1").advertising_token
+    env.clock.advance(HOUR)  # due for refresh, token valid for 3 days
+    env.op.delay_s = 1.0  # the operator hangs
+    took, r = _ad(env, user_id="u1")
+    assert took < 0.5 and r.token_sent  # type: ignore[attr-defined]
+    assert env.ssp.impressions[-1].advertising_token == held
+    # the refresh went on in the background and its result is stored for the next impression
+    assert _wait(lambda: env.store.get("u1").identity.advertising_token != held)  # type: ignore[union-attr]
+    env.op.delay_s = 0
+    _ad(env, user_id="u1")
+    assert env.ssp.impressions[-1].advertising_token not in ("", held)
+
+
+def test_an_impression_does_not_wait_on_a_refresh_in_flight_for_the_same_user(env: Env) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    held = env.pub.get_advertising_token("u1").advertising_token
+    env.clock.advance(HOUR)
+    with env.pub.user_lock("u1"):  # as the background refresher does around its call
+        took, r = _ad(env, user_id="u1")
+        assert took < 0.5 and env.ssp.impressions[-1].advertising_token == held
+        env.clock.advance(3 * DAY)  # now the token has expired: wait the budget, no longer
+        took, r = _ad(env, user_id="u1")
+        assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
+    assert _wait(lambda: env.store.get("u1").identity.identity_expires > env.clock.now_ms())  # type: ignore[union-attr]
+    took, r = _ad(env, user_id="u1")
+    assert r.token_sent  # type: ignore[attr-defined]
+
+
+def test_an_impression_waits_the_budget_for_an_expired_token_then_goes_without(env: Env) -> None:
+    env.pub.serve_refresh_budget_s = 0.1
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.clock.advance(3 * DAY)
+    env.op.delay_s = 1.0
+    took, r = _ad(env, user_id="u1")
+    assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
+    # a second impression meanwhile joins the refresh in flight rather than start another
+    _ad(env, user_id="u1")
+    assert env.op.peak_in_flight == 1
+    env.op.delay_s = 0.0
+    assert _wait(lambda: env.op.in_flight == 0 and env.store.get("u1") is not None)
+    time.sleep(0.05)
+    took, r = _ad(env, user_id="u1")
+    assert r.token_sent  # type: ignore[attr-defined]
+
+
+def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -> None:
+    client_env.pub.serve_refresh_budget_s = 0.1
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    client_env.clock.advance(HOUR)
+    client_env.op.delay_s = 1.0
+    took, r = _ad(client_env, cookie_value=cookie.value)
+    assert took < 0.5 and r.token_sent and r.cookie is None and not r.clear_cookie  # type: ignore[attr-defined]
+    assert (
+        client_env.ssp.impressions[-1].advertising_token
+        == decode_cookie(cookie.value).advertising_token
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "kind"),
+    [
+        ("INVALID_ARGUMENT", "TOKEN_TOO_LONG", ErrorKind.INVALID_ARGUMENT),
+        ("INVALID_ARGUMENT", "INVALID_FLOOR", ErrorKind.INVALID_ARGUMENT),
+        ("PERMISSION_DENIED", "INVENTORY_NOT_ALLOWED", ErrorKind.PERMISSION_DENIED),
+    ],
+)
+def test_the_ssp_refusing_the_callers_input_passes_through(
+    env: Env, code: str, reason: str, kind: ErrorKind
+) -> None:
+    env.ssp.refusal = (code, reason)
+    with pytest.raises(ServiceError) as exc:
+        _ad(env, user_id="u1")
+    assert exc.value.kind is kind and exc.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [("UNAUTHENTICATED", "UNKNOWN_API_KEY"), ("PERMISSION_DENIED", "NOT_A_PUBLISHER")],
+)
+def test_the_ssp_refusing_our_account_is_failed_precondition_with_its_reason(
+    env: Env, code: str, reason: str
+) -> None:
+    env.ssp.refusal = (code, reason)
+    with pytest.raises(ServiceError) as exc:
+        _ad(env, user_id="u1")
+    assert exc.value.kind is ErrorKind.FAILED_PRECONDITION and exc.value.reason == "SSP_REJECTED"
+    assert exc.value.metadata == {"peerCode": code, "peerReason": reason}
+
+
+def test_the_operator_refusing_our_key_carries_its_reason(env: Env) -> None:
+    env.op.refuse = True
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", "a@b.com", None, OK)
+    assert exc.value.reason == "OPERATOR_REJECTED"
+    assert exc.value.metadata == {"peerCode": "PERMISSION_DENIED", "peerReason": "ROLE_REQUIRED"}
+
+
+def test_login_with_a_hash_sends_it_and_shares_the_dii_opt_out_record(env: Env) -> None:
+    r = env.pub.login("u1", None, None, OK, email_hash=USER_HASH)
+    assert r.status is LoginStatus.SUCCESS
+    dii = env.op.generate_calls[-1][0]
+    assert dii.kind is DiiKind.EMAIL and dii.hash_b64 == USER_HASH
+    hex_phone = base64.b64decode(PHONE_HASH).hex().upper()  # hex is canonicalised to base64
+    env.pub.login("u2", None, None, OK, phone_hash=hex_phone)
+    dii = env.op.generate_calls[-1][0]
+    assert dii.kind is DiiKind.PHONE and dii.hash_b64 == PHONE_HASH
+    # an opt-out met through the DII holds for its hash, and the other way round
+    env.op.optout_keys.add(f"email:{USER_HASH}")
+    assert env.pub.login("u3", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+    calls = len(env.op.generate_calls)
+    assert env.pub.login("u4", None, None, OK, email_hash=USER_HASH).status is LoginStatus.OPTOUT
+    assert len(env.op.generate_calls) == calls
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"email_hash": "not-a-hash"}, "INVALID_EMAIL_HASH"),
+        ({"email_hash": USER_HASH[:-2] + "R="}, "INVALID_EMAIL_HASH"),  # non-canonical
+        ({"phone_hash": ""}, "INVALID_PHONE_HASH"),
+    ],
+)
+def test_a_bad_hash_is_invalid_argument(env: Env, kw: dict[str, str], reason: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.login("u1", None, None, OK, **kw)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.op.generate_calls == []
+
+
+def test_client_refresh_records_an_opt_out_against_a_hash(client_env: Env) -> None:
+    cookie = client_env.pub.login("u1", None, None, OK, email_hash=USER_HASH).cookie
+    assert cookie is not None
+    client_env.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    client_env.clock.advance(HOUR)
+    r = client_env.pub.refresh_client(cookie.value, email_hash=USER_HASH)
+    assert r.status is TokenStatus.OPTOUT
+    assert client_env.pub.login("u1", "user@example.com", None, OK).status is LoginStatus.OPTOUT
+
+
+def test_serve_ad_for_app_inventory(env: Env) -> None:
+    env.pub.login("u1", "a@b.com", None, OK)
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="", floor_price=0,
+        app_bundle="com.example.news",
+    )  # fmt: skip
+    assert r.token_sent
+    imp = env.ssp.impressions[-1]
+    assert imp.app_bundle == "com.example.news" and imp.page_domain == ""
+
+
+@pytest.mark.parametrize(
+    ("page_domain", "app_bundle", "reason"),
+    [
+        ("", "", "MISSING_PAGE_DOMAIN"),
+        ("d.com", "com.example.news", "CONFLICTING_INVENTORY"),
+        ("", "b" * 257, "FIELD_TOO_LONG"),
+    ],
+)
+def test_serve_ad_needs_exactly_one_kind_of_inventory(
+    env: Env, page_domain: str, app_bundle: str, reason: str
+) -> None:
+    with pytest.raises(ServiceError) as exc:
+        env.pub.serve_ad(
+            user_id=None, cookie_value=None, placement_id="p", page_domain=page_domain,
+            floor_price=0, app_bundle=app_bundle,
+        )  # fmt: skip
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
+    assert env.ssp.impressions == []

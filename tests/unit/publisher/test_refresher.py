@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import Publisher
+from publisher_svc.publisher import LoginStatus, Publisher, TokenStatus
 from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
@@ -201,3 +201,27 @@ def test_circuit_closes_after_its_window_on_the_injected_clock(setup) -> None:  
         assert len(op.refresh_calls) == 6 and r.stats.refreshed == 5
     finally:
         r.stop()
+
+
+def test_an_identity_the_refresher_ended_is_reported_as_such(setup) -> None:  # type: ignore[no-untyped-def]
+    clock, op, pub = setup
+    for user in ("oo", "ex", "lo"):
+        pub.login(user, f"{user}@example.com", None, OK)
+    op.refresh_optout_keys.add(pub.store.get("oo").dii_key)  # type: ignore[union-attr]
+    r = Refresher(pub, workers=2)
+    try:
+        clock.advance(HOUR)
+        r.run_once()  # oo: opt-out; the others refreshed
+        clock.advance(31 * DAY)
+        r.run_once()  # the others' refresh tokens have expired
+    finally:
+        r.stop()
+    assert r.stats.optouts == 1 and r.stats.login_required == 2
+    assert pub.get_advertising_token("oo").status is TokenStatus.OPTOUT
+    assert pub.get_advertising_token("ex").status is TokenStatus.LOGIN_REQUIRED
+    assert pub.get_advertising_token("nobody").status is TokenStatus.NO_IDENTITY
+    pub.logout("lo")  # a logout forgets it
+    assert pub.get_advertising_token("lo").status is TokenStatus.NO_IDENTITY
+    # and so does a new login
+    assert pub.login("ex", "ex@example.com", None, OK).status is LoginStatus.SUCCESS
+    assert pub.get_advertising_token("ex").status is TokenStatus.SUCCESS

@@ -58,10 +58,32 @@ def test_replace_and_delete_only_if_current(tmp_path: Path) -> None:
     newer = Identity("A4tok2", "rt-2", 6_000, 4_000, 60_000, "k2")
     assert not store.replace_if_current("u", "rt-other", newer, 2)
     assert store.replace_if_current("u", "rt-1", newer, 2)
-    assert not store.delete_if_current("u", "rt-1")
+    assert not store.end_if_current("u", "rt-1", 3)
     assert store.get("u").identity == newer  # type: ignore[union-attr]  # a None fails the test here anyway
-    assert store.delete_if_current("u", "rt-2")
-    assert store.get("u") is None
+    assert store.ended_status("u") is None
+    assert store.end_if_current("u", "rt-2", 3)
+    assert store.get("u") is None and store.ended_status("u") == "LOGIN_REQUIRED"
+    store.close()
+
+
+def test_how_an_identity_ended_is_kept_until_login_logout_or_site_optout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("u", "email:h", IDENT, 1)
+    store.record_operator_optout("email:other", 2, "u")  # another DII's: not this identity
+    assert store.get("u") is not None and store.ended_status("u") is None
+    store.record_operator_optout("email:h", 2, "u")
+    assert store.get("u") is None and store.ended_status("u") == "OPTOUT"
+    store.close()
+    store = SqliteStore(tmp_path)  # durable
+    assert store.ended_status("u") == "OPTOUT"
+    store.put_unless_site_optout("u", "email:h2", IDENT, 3)
+    assert store.ended_status("u") is None
+    for clear in (lambda: store.delete("u"), lambda: store.set_site_optout("u", True, 5)):
+        store.put_unless_site_optout("u", "email:h", IDENT, 4)
+        assert store.end_if_current("u", IDENT.refresh_token, 4)
+        assert store.ended_status("u") == "LOGIN_REQUIRED"
+        clear()
+        assert store.ended_status("u") is None
     store.close()
 
 

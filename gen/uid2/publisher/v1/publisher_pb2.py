@@ -26,45 +26,45 @@ from uid2.operator.v1 import operator_pb2 as uid2_dot_operator_dot_v1_dot_operat
 from uid2.ssp.v1 import ssp_pb2 as uid2_dot_ssp_dot_v1_dot_ssp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!uid2/publisher/v1/publisher.proto\x12\x11uid2.publisher.v1\x1a\x1fuid2/operator/v1/operator.proto\x1a\x15uid2/ssp/v1/ssp.proto\"<\n\x0c\x43lientCookie\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\x03\"\x85\x01\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x05\x65mail\x18\x02 \x01(\tH\x00\x12\x0f\n\x05phone\x18\x03 \x01(\tH\x00\x12;\n\x10privacy_settings\x18\x04 \x01(\x0b\x32!.uid2.operator.v1.PrivacySettingsB\x05\n\x03\x64ii\"\x86\x01\n\rLoginResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.uid2.publisher.v1.LoginStatus\x12/\n\x06\x63ookie\x18\x02 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x14\n\x0crefresh_from\x18\x03 \x01(\x03\"-\n\x1aGetAdvertisingTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xa3\x01\n\x1bGetAdvertisingTokenResponse\x12<\n\x06status\x18\x01 \x01(\x0e\x32,.uid2.publisher.v1.GetAdvertisingTokenStatus\x12\x19\n\x11\x61\x64vertising_token\x18\x02 \x01(\t\x12\x18\n\x10identity_expires\x18\x03 \x01(\x03\x12\x11\n\trefreshed\x18\x04 \x01(\x08\"]\n\x1cRefreshClientIdentityRequest\x12\x14\n\x0c\x63ookie_value\x18\x01 \x01(\t\x12\x0f\n\x05\x65mail\x18\x02 \x01(\tH\x00\x12\x0f\n\x05phone\x18\x03 \x01(\tH\x00\x42\x05\n\x03\x64ii\"\xd4\x01\n\x1dRefreshClientIdentityResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..uid2.publisher.v1.RefreshClientIdentityStatus\x12/\n\x06\x63ookie\x18\x02 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x11\n\trefreshed\x18\x03 \x01(\x08\x12\x14\n\x0c\x63lear_cookie\x18\x04 \x01(\x08\x12\x19\n\x11\x61\x64vertising_token\x18\x05 \x01(\t\" \n\rLogoutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"!\n\x0eLogoutResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x86\x01\n\x0eServeAdRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x63ookie_value\x18\x02 \x01(\tH\x00\x12\x14\n\x0cplacement_id\x18\x03 \x01(\t\x12\x13\n\x0bpage_domain\x18\x04 \x01(\t\x12\x13\n\x0b\x66loor_price\x18\x05 \x01(\x01\x42\t\n\x07subject\"\xad\x02\n\x0fServeAdResponse\x12\x12\n\nauction_id\x18\x01 \x01(\t\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.uid2.ssp.v1.AuctionOutcome\x12,\n\x0bwinning_bid\x18\x03 \x01(\x0b\x32\x17.uid2.ssp.v1.WinningBid\x12\x38\n\x11token_disposition\x18\x04 \x01(\x0e\x32\x1d.uid2.ssp.v1.TokenDisposition\x12\x15\n\rbids_received\x18\x05 \x01(\x05\x12\x12\n\ntoken_sent\x18\x06 \x01(\x08\x12/\n\x06\x63ookie\x18\x07 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x14\n\x0c\x63lear_cookie\x18\x08 \x01(\x08\":\n\x14SetUserOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\topted_out\x18\x02 \x01(\x08\"*\n\x15SetUserOptOutResponse\x12\x11\n\topted_out\x18\x01 \x01(\x08*\xa3\x01\n\x0bLoginStatus\x12\x1c\n\x18LOGIN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LOGIN_STATUS_SUCCESS\x10\x01\x12\x17\n\x13LOGIN_STATUS_OPTOUT\x10\x02\x12\x1c\n\x18LOGIN_STATUS_SITE_OPTOUT\x10\x03\x12%\n!LOGIN_STATUS_INSUFFICIENT_CONSENT\x10\x04*\xfb\x01\n\x19GetAdvertisingTokenStatus\x12,\n(GET_ADVERTISING_TOKEN_STATUS_UNSPECIFIED\x10\x00\x12(\n$GET_ADVERTISING_TOKEN_STATUS_SUCCESS\x10\x01\x12,\n(GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY\x10\x02\x12\'\n#GET_ADVERTISING_TOKEN_STATUS_OPTOUT\x10\x03\x12/\n+GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED\x10\x04*\xd7\x01\n\x1bRefreshClientIdentityStatus\x12.\n*REFRESH_CLIENT_IDENTITY_STATUS_UNSPECIFIED\x10\x00\x12*\n&REFRESH_CLIENT_IDENTITY_STATUS_SUCCESS\x10\x01\x12)\n%REFRESH_CLIENT_IDENTITY_STATUS_OPTOUT\x10\x02\x12\x31\n-REFRESH_CLIENT_IDENTITY_STATUS_LOGIN_REQUIRED\x10\x03\x32\xd5\x04\n\x10PublisherService\x12J\n\x05Login\x12\x1f.uid2.publisher.v1.LoginRequest\x1a .uid2.publisher.v1.LoginResponse\x12t\n\x13GetAdvertisingToken\x12-.uid2.publisher.v1.GetAdvertisingTokenRequest\x1a..uid2.publisher.v1.GetAdvertisingTokenResponse\x12z\n\x15RefreshClientIdentity\x12/.uid2.publisher.v1.RefreshClientIdentityRequest\x1a\x30.uid2.publisher.v1.RefreshClientIdentityResponse\x12M\n\x06Logout\x12 .uid2.publisher.v1.LogoutRequest\x1a!.uid2.publisher.v1.LogoutResponse\x12P\n\x07ServeAd\x12!.uid2.publisher.v1.ServeAdRequest\x1a\".uid2.publisher.v1.ServeAdResponse\x12\x62\n\rSetUserOptOut\x12\'.uid2.publisher.v1.SetUserOptOutRequest\x1a(.uid2.publisher.v1.SetUserOptOutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!uid2/publisher/v1/publisher.proto\x12\x11uid2.publisher.v1\x1a\x1fuid2/operator/v1/operator.proto\x1a\x15uid2/ssp/v1/ssp.proto\"<\n\x0c\x43lientCookie\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\x03\"\xb1\x01\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x05\x65mail\x18\x02 \x01(\tH\x00\x12\x0f\n\x05phone\x18\x03 \x01(\tH\x00\x12\x14\n\nemail_hash\x18\x05 \x01(\tH\x00\x12\x14\n\nphone_hash\x18\x06 \x01(\tH\x00\x12;\n\x10privacy_settings\x18\x04 \x01(\x0b\x32!.uid2.operator.v1.PrivacySettingsB\x05\n\x03\x64ii\"\x9c\x01\n\rLoginResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.uid2.publisher.v1.LoginStatus\x12/\n\x06\x63ookie\x18\x02 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x14\n\x0crefresh_from\x18\x03 \x01(\x03\x12\x14\n\x0c\x63lear_cookie\x18\x04 \x01(\x08\"-\n\x1aGetAdvertisingTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xa3\x01\n\x1bGetAdvertisingTokenResponse\x12<\n\x06status\x18\x01 \x01(\x0e\x32,.uid2.publisher.v1.GetAdvertisingTokenStatus\x12\x19\n\x11\x61\x64vertising_token\x18\x02 \x01(\t\x12\x18\n\x10identity_expires\x18\x03 \x01(\x03\x12\x11\n\trefreshed\x18\x04 \x01(\x08\"\x89\x01\n\x1cRefreshClientIdentityRequest\x12\x14\n\x0c\x63ookie_value\x18\x01 \x01(\t\x12\x0f\n\x05\x65mail\x18\x02 \x01(\tH\x00\x12\x0f\n\x05phone\x18\x03 \x01(\tH\x00\x12\x14\n\nemail_hash\x18\x04 \x01(\tH\x00\x12\x14\n\nphone_hash\x18\x05 \x01(\tH\x00\x42\x05\n\x03\x64ii\"\xd4\x01\n\x1dRefreshClientIdentityResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..uid2.publisher.v1.RefreshClientIdentityStatus\x12/\n\x06\x63ookie\x18\x02 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x11\n\trefreshed\x18\x03 \x01(\x08\x12\x14\n\x0c\x63lear_cookie\x18\x04 \x01(\x08\x12\x19\n\x11\x61\x64vertising_token\x18\x05 \x01(\t\" \n\rLogoutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"!\n\x0eLogoutResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x9a\x01\n\x0eServeAdRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x63ookie_value\x18\x02 \x01(\tH\x00\x12\x14\n\x0cplacement_id\x18\x03 \x01(\t\x12\x13\n\x0bpage_domain\x18\x04 \x01(\t\x12\x13\n\x0b\x66loor_price\x18\x05 \x01(\x01\x12\x12\n\napp_bundle\x18\x06 \x01(\tB\t\n\x07subject\"\xad\x02\n\x0fServeAdResponse\x12\x12\n\nauction_id\x18\x01 \x01(\t\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.uid2.ssp.v1.AuctionOutcome\x12,\n\x0bwinning_bid\x18\x03 \x01(\x0b\x32\x17.uid2.ssp.v1.WinningBid\x12\x38\n\x11token_disposition\x18\x04 \x01(\x0e\x32\x1d.uid2.ssp.v1.TokenDisposition\x12\x15\n\rbids_received\x18\x05 \x01(\x05\x12\x12\n\ntoken_sent\x18\x06 \x01(\x08\x12/\n\x06\x63ookie\x18\x07 \x01(\x0b\x32\x1f.uid2.publisher.v1.ClientCookie\x12\x14\n\x0c\x63lear_cookie\x18\x08 \x01(\x08\":\n\x14SetUserOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\topted_out\x18\x02 \x01(\x08\"*\n\x15SetUserOptOutResponse\x12\x11\n\topted_out\x18\x01 \x01(\x08*\xa3\x01\n\x0bLoginStatus\x12\x1c\n\x18LOGIN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LOGIN_STATUS_SUCCESS\x10\x01\x12\x17\n\x13LOGIN_STATUS_OPTOUT\x10\x02\x12\x1c\n\x18LOGIN_STATUS_SITE_OPTOUT\x10\x03\x12%\n!LOGIN_STATUS_INSUFFICIENT_CONSENT\x10\x04*\xfb\x01\n\x19GetAdvertisingTokenStatus\x12,\n(GET_ADVERTISING_TOKEN_STATUS_UNSPECIFIED\x10\x00\x12(\n$GET_ADVERTISING_TOKEN_STATUS_SUCCESS\x10\x01\x12,\n(GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY\x10\x02\x12\'\n#GET_ADVERTISING_TOKEN_STATUS_OPTOUT\x10\x03\x12/\n+GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED\x10\x04*\xd7\x01\n\x1bRefreshClientIdentityStatus\x12.\n*REFRESH_CLIENT_IDENTITY_STATUS_UNSPECIFIED\x10\x00\x12*\n&REFRESH_CLIENT_IDENTITY_STATUS_SUCCESS\x10\x01\x12)\n%REFRESH_CLIENT_IDENTITY_STATUS_OPTOUT\x10\x02\x12\x31\n-REFRESH_CLIENT_IDENTITY_STATUS_LOGIN_REQUIRED\x10\x03\x32\xd5\x04\n\x10PublisherService\x12J\n\x05Login\x12\x1f.uid2.publisher.v1.LoginRequest\x1a .uid2.publisher.v1.LoginResponse\x12t\n\x13GetAdvertisingToken\x12-.uid2.publisher.v1.GetAdvertisingTokenRequest\x1a..uid2.publisher.v1.GetAdvertisingTokenResponse\x12z\n\x15RefreshClientIdentity\x12/.uid2.publisher.v1.RefreshClientIdentityRequest\x1a\x30.uid2.publisher.v1.RefreshClientIdentityResponse\x12M\n\x06Logout\x12 .uid2.publisher.v1.LogoutRequest\x1a!.uid2.publisher.v1.LogoutResponse\x12P\n\x07ServeAd\x12!.uid2.publisher.v1.ServeAdRequest\x1a\".uid2.publisher.v1.ServeAdResponse\x12\x62\n\rSetUserOptOut\x12\'.uid2.publisher.v1.SetUserOptOutRequest\x1a(.uid2.publisher.v1.SetUserOptOutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'uid2.publisher.v1.publisher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGINSTATUS']._serialized_start=1585
-  _globals['_LOGINSTATUS']._serialized_end=1748
-  _globals['_GETADVERTISINGTOKENSTATUS']._serialized_start=1751
-  _globals['_GETADVERTISINGTOKENSTATUS']._serialized_end=2002
-  _globals['_REFRESHCLIENTIDENTITYSTATUS']._serialized_start=2005
-  _globals['_REFRESHCLIENTIDENTITYSTATUS']._serialized_end=2220
+  _globals['_LOGINSTATUS']._serialized_start=1716
+  _globals['_LOGINSTATUS']._serialized_end=1879
+  _globals['_GETADVERTISINGTOKENSTATUS']._serialized_start=1882
+  _globals['_GETADVERTISINGTOKENSTATUS']._serialized_end=2133
+  _globals['_REFRESHCLIENTIDENTITYSTATUS']._serialized_start=2136
+  _globals['_REFRESHCLIENTIDENTITYSTATUS']._serialized_end=2351
   _globals['_CLIENTCOOKIE']._serialized_start=112
   _globals['_CLIENTCOOKIE']._serialized_end=172
   _globals['_LOGINREQUEST']._serialized_start=175
-  _globals['_LOGINREQUEST']._serialized_end=308
-  _globals['_LOGINRESPONSE']._serialized_start=311
-  _globals['_LOGINRESPONSE']._serialized_end=445
-  _globals['_GETADVERTISINGTOKENREQUEST']._serialized_start=447
-  _globals['_GETADVERTISINGTOKENREQUEST']._serialized_end=492
-  _globals['_GETADVERTISINGTOKENRESPONSE']._serialized_start=495
-  _globals['_GETADVERTISINGTOKENRESPONSE']._serialized_end=658
-  _globals['_REFRESHCLIENTIDENTITYREQUEST']._serialized_start=660
-  _globals['_REFRESHCLIENTIDENTITYREQUEST']._serialized_end=753
-  _globals['_REFRESHCLIENTIDENTITYRESPONSE']._serialized_start=756
-  _globals['_REFRESHCLIENTIDENTITYRESPONSE']._serialized_end=968
-  _globals['_LOGOUTREQUEST']._serialized_start=970
-  _globals['_LOGOUTREQUEST']._serialized_end=1002
-  _globals['_LOGOUTRESPONSE']._serialized_start=1004
-  _globals['_LOGOUTRESPONSE']._serialized_end=1037
-  _globals['_SERVEADREQUEST']._serialized_start=1040
-  _globals['_SERVEADREQUEST']._serialized_end=1174
-  _globals['_SERVEADRESPONSE']._serialized_start=1177
-  _globals['_SERVEADRESPONSE']._serialized_end=1478
-  _globals['_SETUSEROPTOUTREQUEST']._serialized_start=1480
-  _globals['_SETUSEROPTOUTREQUEST']._serialized_end=1538
-  _globals['_SETUSEROPTOUTRESPONSE']._serialized_start=1540
-  _globals['_SETUSEROPTOUTRESPONSE']._serialized_end=1582
-  _globals['_PUBLISHERSERVICE']._serialized_start=2223
-  _globals['_PUBLISHERSERVICE']._serialized_end=2820
+  _globals['_LOGINREQUEST']._serialized_end=352
+  _globals['_LOGINRESPONSE']._serialized_start=355
+  _globals['_LOGINRESPONSE']._serialized_end=511
+  _globals['_GETADVERTISINGTOKENREQUEST']._serialized_start=513
+  _globals['_GETADVERTISINGTOKENREQUEST']._serialized_end=558
+  _globals['_GETADVERTISINGTOKENRESPONSE']._serialized_start=561
+  _globals['_GETADVERTISINGTOKENRESPONSE']._serialized_end=724
+  _globals['_REFRESHCLIENTIDENTITYREQUEST']._serialized_start=727
+  _globals['_REFRESHCLIENTIDENTITYREQUEST']._serialized_end=864
+  _globals['_REFRESHCLIENTIDENTITYRESPONSE']._serialized_start=867
+  _globals['_REFRESHCLIENTIDENTITYRESPONSE']._serialized_end=1079
+  _globals['_LOGOUTREQUEST']._serialized_start=1081
+  _globals['_LOGOUTREQUEST']._serialized_end=1113
+  _globals['_LOGOUTRESPONSE']._serialized_start=1115
+  _globals['_LOGOUTRESPONSE']._serialized_end=1148
+  _globals['_SERVEADREQUEST']._serialized_start=1151
+  _globals['_SERVEADREQUEST']._serialized_end=1305
+  _globals['_SERVEADRESPONSE']._serialized_start=1308
+  _globals['_SERVEADRESPONSE']._serialized_end=1609
+  _globals['_SETUSEROPTOUTREQUEST']._serialized_start=1611
+  _globals['_SETUSEROPTOUTREQUEST']._serialized_end=1669
+  _globals['_SETUSEROPTOUTRESPONSE']._serialized_start=1671
+  _globals['_SETUSEROPTOUTRESPONSE']._serialized_end=1713
+  _globals['_PUBLISHERSERVICE']._serialized_start=2354
+  _globals['_PUBLISHERSERVICE']._serialized_end=2951
 # @@protoc_insertion_point(module_scope)

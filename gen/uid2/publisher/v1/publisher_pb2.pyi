@@ -37,7 +37,10 @@ class _LoginStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoginStat
     LOGIN_STATUS_SITE_OPTOUT: _LoginStatus.ValueType  # 3
     """The user opted out of this publisher's site: the operator was not called."""
     LOGIN_STATUS_INSUFFICIENT_CONSENT: _LoginStatus.ValueType  # 4
-    """The privacy settings do not allow a token: no identity."""
+    """The privacy settings do not allow a token: no identity, and any earlier identity of the
+    user is ended (deleted in server-side mode; `clear_cookie` in client-side mode), since the
+    user no longer consents to it being used or refreshed.
+    """
 
 class LoginStatus(_LoginStatus, metaclass=_LoginStatusEnumTypeWrapper):
     """The outcome of Login."""
@@ -51,7 +54,10 @@ LOGIN_STATUS_OPTOUT: LoginStatus.ValueType  # 2
 LOGIN_STATUS_SITE_OPTOUT: LoginStatus.ValueType  # 3
 """The user opted out of this publisher's site: the operator was not called."""
 LOGIN_STATUS_INSUFFICIENT_CONSENT: LoginStatus.ValueType  # 4
-"""The privacy settings do not allow a token: no identity."""
+"""The privacy settings do not allow a token: no identity, and any earlier identity of the
+user is ended (deleted in server-side mode; `clear_cookie` in client-side mode), since the
+user no longer consents to it being used or refreshed.
+"""
 Global___LoginStatus: _TypeAlias = LoginStatus  # noqa: Y015
 
 class _GetAdvertisingTokenStatus:
@@ -65,11 +71,19 @@ class _GetAdvertisingTokenStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrap
     GET_ADVERTISING_TOKEN_STATUS_SUCCESS: _GetAdvertisingTokenStatus.ValueType  # 1
     """A current, unexpired advertising token is returned."""
     GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY: _GetAdvertisingTokenStatus.ValueType  # 2
-    """The user has no stored identity (never logged in, logged out, or site opt-out)."""
+    """The user has no stored identity (never logged in, logged out, login refused, or site
+    opt-out).
+    """
     GET_ADVERTISING_TOKEN_STATUS_OPTOUT: _GetAdvertisingTokenStatus.ValueType  # 3
-    """The refresh answered opt-out: the identity was deleted and the opt-out recorded."""
+    """A refresh answered opt-out: the identity was deleted and the opt-out recorded; do not
+    prompt the user to log in. Whether this call's refresh or an earlier one (the background
+    refresher's) found it: answered until the user logs in again, logs out or opts out of the
+    site.
+    """
     GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED: _GetAdvertisingTokenStatus.ValueType  # 4
-    """The refresh token expired or was refused: the identity was deleted; log in again."""
+    """The refresh token expired or was refused: the identity was deleted; log in again. Like
+    OPTOUT, also when an earlier (background) refresh found it, until the next login.
+    """
 
 class GetAdvertisingTokenStatus(_GetAdvertisingTokenStatus, metaclass=_GetAdvertisingTokenStatusEnumTypeWrapper):
     """The outcome of GetAdvertisingToken."""
@@ -79,11 +93,19 @@ GET_ADVERTISING_TOKEN_STATUS_UNSPECIFIED: GetAdvertisingTokenStatus.ValueType  #
 GET_ADVERTISING_TOKEN_STATUS_SUCCESS: GetAdvertisingTokenStatus.ValueType  # 1
 """A current, unexpired advertising token is returned."""
 GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY: GetAdvertisingTokenStatus.ValueType  # 2
-"""The user has no stored identity (never logged in, logged out, or site opt-out)."""
+"""The user has no stored identity (never logged in, logged out, login refused, or site
+opt-out).
+"""
 GET_ADVERTISING_TOKEN_STATUS_OPTOUT: GetAdvertisingTokenStatus.ValueType  # 3
-"""The refresh answered opt-out: the identity was deleted and the opt-out recorded."""
+"""A refresh answered opt-out: the identity was deleted and the opt-out recorded; do not
+prompt the user to log in. Whether this call's refresh or an earlier one (the background
+refresher's) found it: answered until the user logs in again, logs out or opts out of the
+site.
+"""
 GET_ADVERTISING_TOKEN_STATUS_LOGIN_REQUIRED: GetAdvertisingTokenStatus.ValueType  # 4
-"""The refresh token expired or was refused: the identity was deleted; log in again."""
+"""The refresh token expired or was refused: the identity was deleted; log in again. Like
+OPTOUT, also when an earlier (background) refresh found it, until the next login.
+"""
 Global___GetAdvertisingTokenStatus: _TypeAlias = GetAdvertisingTokenStatus  # noqa: Y015
 
 class _RefreshClientIdentityStatus:
@@ -156,6 +178,8 @@ class LoginRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_HASH_FIELD_NUMBER: _builtins.int
+    PHONE_HASH_FIELD_NUMBER: _builtins.int
     PRIVACY_SETTINGS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The publisher's own id for the user (not DII); keys the stored identity."""
@@ -163,6 +187,12 @@ class LoginRequest(_message.Message):
     """An email address."""
     phone: _builtins.str
     """A phone number in E.164 form (`+` then 10 to 15 digits)."""
+    email_hash: _builtins.str
+    """SHA-256 of the normalised email (reference §2): 44-character standard base64 or 64 hex
+    characters.
+    """
+    phone_hash: _builtins.str
+    """SHA-256 of the E.164 phone number: 44-character standard base64 or 64 hex characters."""
     @_builtins.property
     def privacy_settings(self) -> _operator_pb2.PrivacySettings:
         """The user's privacy settings, passed to the operator unchanged."""
@@ -173,13 +203,15 @@ class LoginRequest(_message.Message):
         user_id: _builtins.str = ...,
         email: _builtins.str = ...,
         phone: _builtins.str = ...,
+        email_hash: _builtins.str = ...,
+        phone_hash: _builtins.str = ...,
         privacy_settings: _operator_pb2.PrivacySettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone", "privacy_settings", b"privacy_settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash", "privacy_settings", b"privacy_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone", "privacy_settings", b"privacy_settings", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash", "privacy_settings", b"privacy_settings", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone"]  # noqa: Y015
+    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone", "email_hash", "phone_hash"]  # noqa: Y015
     _WhichOneofArgType_dii: _TypeAlias = _typing.Literal["dii", b"dii"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_dii) -> _WhichOneofReturnType_dii | None: ...
 
@@ -194,10 +226,16 @@ class LoginResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     COOKIE_FIELD_NUMBER: _builtins.int
     REFRESH_FROM_FIELD_NUMBER: _builtins.int
+    CLEAR_COOKIE_FIELD_NUMBER: _builtins.int
     status: Global___LoginStatus.ValueType
     """Whether the user now has an identity."""
     refresh_from: _builtins.int
     """With LOGIN_STATUS_SUCCESS: when the identity is next due for refresh, epoch milliseconds."""
+    clear_cookie: _builtins.bool
+    """Client-side mode: true when the caller must delete any `__uid_2` cookie it holds for the
+    user (every status but LOGIN_STATUS_SUCCESS: a refusal ends the earlier identity too).
+    Server-side mode keeps no cookie: the stored identity is deleted instead, and this is false.
+    """
     @_builtins.property
     def cookie(self) -> Global___ClientCookie:
         """Client-side mode with LOGIN_STATUS_SUCCESS: the cookie to set. Unset otherwise."""
@@ -208,10 +246,11 @@ class LoginResponse(_message.Message):
         status: Global___LoginStatus.ValueType = ...,
         cookie: Global___ClientCookie | None = ...,
         refresh_from: _builtins.int = ...,
+        clear_cookie: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "refresh_from", b"refresh_from", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_cookie", b"clear_cookie", "cookie", b"cookie", "refresh_from", b"refresh_from", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,24 +321,32 @@ class RefreshClientIdentityRequest(_message.Message):
     COOKIE_VALUE_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_HASH_FIELD_NUMBER: _builtins.int
+    PHONE_HASH_FIELD_NUMBER: _builtins.int
     cookie_value: _builtins.str
     """The `__uid_2` cookie value, as Login or an earlier refresh returned it."""
     email: _builtins.str
     """An email address."""
     phone: _builtins.str
     """A phone number in E.164 form."""
+    email_hash: _builtins.str
+    """SHA-256 of the normalised email: 44-character standard base64 or 64 hex characters."""
+    phone_hash: _builtins.str
+    """SHA-256 of the E.164 phone number: 44-character standard base64 or 64 hex characters."""
     def __init__(
         self,
         *,
         cookie_value: _builtins.str = ...,
         email: _builtins.str = ...,
         phone: _builtins.str = ...,
+        email_hash: _builtins.str = ...,
+        phone_hash: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "phone", b"phone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "dii", b"dii", "email", b"email", "phone", b"phone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "dii", b"dii", "email", b"email", "email_hash", b"email_hash", "phone", b"phone", "phone_hash", b"phone_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone"]  # noqa: Y015
+    _WhichOneofReturnType_dii: _TypeAlias = _typing.Literal["email", "phone", "email_hash", "phone_hash"]  # noqa: Y015
     _WhichOneofArgType_dii: _TypeAlias = _typing.Literal["dii", b"dii"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_dii) -> _WhichOneofReturnType_dii | None: ...
 
@@ -400,6 +447,7 @@ class ServeAdRequest(_message.Message):
     PLACEMENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_DOMAIN_FIELD_NUMBER: _builtins.int
     FLOOR_PRICE_FIELD_NUMBER: _builtins.int
+    APP_BUNDLE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Server-side mode: the publisher's id for the user."""
     cookie_value: _builtins.str
@@ -407,9 +455,16 @@ class ServeAdRequest(_message.Message):
     placement_id: _builtins.str
     """The publisher's placement (ad slot) id."""
     page_domain: _builtins.str
-    """The domain of the page the ad shows on."""
+    """Web inventory: the domain of the page the ad shows on. Exactly one of page_domain and
+    app_bundle is set (INVALID_ARGUMENT otherwise: MISSING_PAGE_DOMAIN when neither is,
+    CONFLICTING_INVENTORY when both are).
+    """
     floor_price: _builtins.float
     """The lowest price accepted, CPM in USD."""
+    app_bundle: _builtins.str
+    """App / CTV inventory: the app's bundle id (for example "com.example.news"), sent to the SSP
+    as SubmitImpressionRequest.app_bundle; the app must be registered with the SSP.
+    """
     def __init__(
         self,
         *,
@@ -418,10 +473,11 @@ class ServeAdRequest(_message.Message):
         placement_id: _builtins.str = ...,
         page_domain: _builtins.str = ...,
         floor_price: _builtins.float = ...,
+        app_bundle: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_value", b"cookie_value", "floor_price", b"floor_price", "page_domain", b"page_domain", "placement_id", b"placement_id", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_bundle", b"app_bundle", "cookie_value", b"cookie_value", "floor_price", b"floor_price", "page_domain", b"page_domain", "placement_id", b"placement_id", "subject", b"subject", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["user_id", "cookie_value"]  # noqa: Y015
     _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015

@@ -105,6 +105,13 @@ class PublisherServiceServicer:
     def ServeAd(self, request, context):
         """Sends one impression to the SSP with the user's advertising token, exactly as received,
         or without a token when the user has no usable identity; returns the SSP's decision.
+        Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+        --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+        When the SSP refuses the impression the caller described (a page domain or app that is not
+        the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+        PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+        account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+        metadata (peerCode, peerReason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

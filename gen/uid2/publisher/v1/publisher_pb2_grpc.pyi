@@ -53,6 +53,13 @@ class PublisherServiceStub:
     ServeAd: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.ServeAdRequest, _publisher_pb2.ServeAdResponse]
     """Sends one impression to the SSP with the user's advertising token, exactly as received,
     or without a token when the user has no usable identity; returns the SSP's decision.
+    Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+    --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+    When the SSP refuses the impression the caller described (a page domain or app that is not
+    the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+    PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+    account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason).
     """
     SetUserOptOut: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -81,6 +88,13 @@ class PublisherServiceAsyncStub(PublisherServiceStub):
     ServeAd: _aio.UnaryUnaryMultiCallable[_publisher_pb2.ServeAdRequest, _publisher_pb2.ServeAdResponse]  # type: ignore[assignment]
     """Sends one impression to the SSP with the user's advertising token, exactly as received,
     or without a token when the user has no usable identity; returns the SSP's decision.
+    Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+    --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+    When the SSP refuses the impression the caller described (a page domain or app that is not
+    the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+    PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+    account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason).
     """
     SetUserOptOut: _aio.UnaryUnaryMultiCallable[_publisher_pb2.SetUserOptOutRequest, _publisher_pb2.SetUserOptOutResponse]  # type: ignore[assignment]
     """Sets or clears a user's opt-out of this publisher's own site. An opted-out user gets no
@@ -136,6 +150,13 @@ class PublisherServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_publisher_pb2.ServeAdResponse, _abc.Awaitable[_publisher_pb2.ServeAdResponse]]:
         """Sends one impression to the SSP with the user's advertising token, exactly as received,
         or without a token when the user has no usable identity; returns the SSP's decision.
+        Never held up by a slow operator: a due refresh gets a short budget (the publisher's
+        --serve-refresh-budget), then the held token goes out if it is unexpired, else none.
+        When the SSP refuses the impression the caller described (a page domain or app that is not
+        the publisher's, a bad floor), the caller gets the SSP's code and reason (e.g.
+        PERMISSION_DENIED INVENTORY_NOT_ALLOWED); when it refuses the publisher's own key or
+        account, FAILED_PRECONDITION SSP_REJECTED with the SSP's code and reason in the ErrorInfo
+        metadata (peerCode, peerReason).
         """
 
     @_abc_1.abstractmethod
