@@ -74,7 +74,7 @@ def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
     if aio:
         import asyncio
 
-        from svc_common.grpc_aio import AioEdge, EdgeRegistrar
+        from svc_common.aio_edge import AioEdge, EdgeRegistrar
 
         async def serve() -> None:
             async def echo(request: bytes, _context: Any) -> bytes:

@@ -18,8 +18,9 @@ import structlog
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.servicer import OperatorServicer
+from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.clock import Clock, SystemClock
-from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
+from svc_common.grpc_aio import AioServed, start_aio_server
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 _log = structlog.get_logger("operator")

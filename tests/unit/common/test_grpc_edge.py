@@ -16,8 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import call_context
+from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
-from svc_common.grpc_aio import AioServed, SyncServicerAdapter, start_aio_server
+from svc_common.grpc_aio import AioServed, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
 from svc_common.grpc_server import Served, start_server
 from svc_common.logging import configure_logging

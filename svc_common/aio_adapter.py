@@ -1,0 +1,214 @@
+"""Plain sync servicers on the grpc.aio server. `SyncServicerAdapter` presents one to the aio
+server: methods that only compute run inline on the loop; methods that block (durable writes, long
+scans) run in a thread pool; server-streaming methods run in a worker thread that feeds the loop
+through a bounded relay. Servicers stay sync classes, so grpc_testing drives them as they are."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from typing import Any
+
+from svc_common.errors import resource_exhausted
+
+
+class _ThreadSideContext:
+    """What a sync streaming method sees of its call while it runs in a worker thread."""
+
+    def __init__(self, context: Any) -> None:
+        self._metadata = context.invocation_metadata()
+        self._active = True
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def end(self) -> None:
+        self._active = False
+
+
+class SyncServicerAdapter:
+    """Exposes a sync servicer's methods (named by `service`, a ServiceDescriptor) as the
+    coroutines grpc.aio calls. `blocking` names unary methods to run in `pool`."""
+
+    def __init__(
+        self,
+        servicer: Any,
+        service: Any,
+        *,
+        blocking: Collection[str],
+        pool: concurrent.futures.Executor,
+        stream_pool: concurrent.futures.Executor,
+        max_streams: int = 64,
+    ) -> None:
+        # Each open stream holds a `stream_pool` thread: past the limit a new stream is refused
+        # (RESOURCE_EXHAUSTED) rather than left waiting for a thread without a word.
+        streams = _StreamLimit(max_streams)
+        for m in service.methods:
+            method = getattr(servicer, m.name)
+            if m.server_streaming:
+                setattr(self, m.name, _pumped(method, stream_pool, streams))
+            elif m.name in blocking:
+                setattr(self, m.name, _offloaded(method, pool))
+            else:
+                setattr(self, m.name, _inline(method))
+
+
+def _inline(method: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    async def call(request: Any, context: Any) -> Any:
+        return method(request, context)
+
+    return call
+
+
+def _offloaded(
+    method: Callable[[Any, Any], Any], pool: concurrent.futures.Executor
+) -> Callable[[Any, Any], Any]:
+    async def call(request: Any, context: Any) -> Any:
+        # The method runs in a copy of this call's context: nothing leaks into the pool thread,
+        # and the copy shares the call's log context (svc_common.call_context), so what the
+        # method binds, such as the caller's site, still reaches the call's line.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, ctx.run, method, request, context
+        )
+
+    return call
+
+
+class _StreamLimit:
+    """Open streams of one adapter; touched only on the event loop thread, so no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+def _pumped(
+    method: Callable[[Any, Any], Any],
+    pool: concurrent.futures.Executor,
+    streams: _StreamLimit,
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+        if streams.open >= streams.limit:
+            raise resource_exhausted(
+                "TOO_MANY_STREAMS",
+                f"at most {streams.limit} streams may be open at once; retry later",
+            )
+        streams.open += 1
+        try:
+            async for item in _pump(method, pool, request, context):
+                yield item
+        finally:
+            streams.open -= 1
+
+    return call
+
+
+async def _pump(
+    method: Callable[[Any, Any], Any],
+    pool: concurrent.futures.Executor,
+    request: Any,
+    context: Any,
+) -> AsyncIterator[Any]:
+    """Runs the sync generator `method` in `pool`, in a copy of the call's context (as for
+    pooled unary calls). The thread runs ahead of the loop through a bounded `_Relay`: one
+    executor hop per item capped a stream at ~4k messages/s (an opt-out backlog replay)."""
+    loop = asyncio.get_running_loop()
+    side = _ThreadSideContext(context)
+    relay = _Relay(loop)
+    ctx = contextvars.copy_context()
+    items = iter(method(request, side))
+    pool.submit(ctx.run, relay.feed, items)
+    try:
+        while (batch := await relay.take()) is not None:
+            for item in batch:
+                yield item
+    finally:
+        # The sync generator polls is_active() and ends by itself; closing it from here
+        # could race the thread still running it. `close` wakes a thread waiting for room.
+        side.end()
+        relay.close()
+
+
+class _Relay:
+    """A bounded hand-off from one producer thread to the event loop: the thread blocks while
+    `capacity` items wait; the loop takes whatever has arrived in one go."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 512) -> None:
+        self._loop = loop
+        self._capacity = capacity
+        self._items: list[Any] = []
+        self._cond = threading.Condition()
+        self._waiter: asyncio.Future[None] | None = None
+        self._finished = False
+        self._error: BaseException | None = None
+        self._closed = False
+
+    # -- producer thread -----------------------------------------------------------------
+
+    def feed(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    # The call is gone; close the generator here, in the thread running it.
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        close()
+                    return
+        except BaseException as exc:  # handed to the loop side, which raises it in the call
+            self._finish(exc)
+        else:
+            self._finish(None)
+
+    def _put(self, item: Any) -> bool:
+        with self._cond:
+            while len(self._items) >= self._capacity and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+        return True
+
+    def _finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self._finished = True
+            self._error = error
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+
+    # -- event loop ----------------------------------------------------------------------
+
+    async def take(self) -> list[Any] | None:
+        """Every item that has arrived (waiting for one); None once the producer is done."""
+        while True:
+            with self._cond:
+                if self._items:
+                    batch, self._items = self._items, []
+                    self._cond.notify_all()
+                    return batch
+                if self._finished:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
