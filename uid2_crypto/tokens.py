@@ -72,7 +72,7 @@ class DecryptionStatus(Enum):
     NOT_AUTHORIZED_FOR_MASTER_KEY = "not authorized for master key"
     NOT_AUTHORIZED_FOR_KEY = "not authorized for key"
     EXPIRED_TOKEN = "token expired"  # noqa: S105 (a status, not a secret)
-    INVALID_TOKEN_LIFETIME = "invalid token lifetime"  # noqa: S105
+    INVALID_TOKEN_LIFETIME = "invalid token lifetime"  # noqa: S105  # a status name, no password
     DOMAIN_OR_APP_NAME_CHECK_FAILED = "domain or app name check failed"
 
 
