@@ -29,8 +29,8 @@ from uid2_client.encryption import decrypt_token as sdk_decrypt
 from uid2_client.refresh_keys_util import parse_keys_json
 
 from bench.common import add_client, cli, latency_summary, write_results
+from bidstream.key_json import key_container_dict
 from demo.processes import ServiceProcess
-from operator_svc.key_json import key_container_dict
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 from uid2_crypto.keys import parse_key_container_json

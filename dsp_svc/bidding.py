@@ -9,9 +9,9 @@ import random
 import time
 from collections.abc import Callable
 
+from bidstream.decryptor.checker import TokenChecker, Verdict
+from bidstream.eids import uid2_token
 from dsp_svc.config import Mode
-from ssp_svc.bid_request import uid2_token
-from ssp_svc.decryptor.checker import TokenChecker, Verdict
 from svc_common.errors import unavailable
 from svc_common.tally import Tally
 from uid2.ssp.v1 import openrtb_pb2

@@ -8,10 +8,10 @@ from contextlib import ExitStack
 import grpc
 import structlog
 
+from bidstream.decryptor.runtime import start_decryptor
 from dsp_svc.bidding import Bidder
 from dsp_svc.config import DspConfig
 from dsp_svc.servicer import BidderServicer
-from ssp_svc.decryptor.runtime import start_decryptor
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_server import Served, start_server
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc

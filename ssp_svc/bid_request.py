@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from bidstream.eids import ATYPE_PERSON, UID2_SOURCE
 from uid2.ssp.v1 import openrtb_pb2
 
-UID2_SOURCE = "uidapi.com"
-ATYPE_PERSON = 3
 FIRST_PRICE = 1
 CURRENCY = "USD"
 
@@ -79,13 +78,3 @@ def build_bid_request(
             )
         )
     return request
-
-
-def uid2_token(request: openrtb_pb2.BidRequest) -> str | None:
-    """The UID2 token in a bid request's user.eids, or None (for bidders)."""
-    for eid in request.user.eids:
-        if eid.source == UID2_SOURCE:
-            for uid in eid.uids:
-                if uid.id:
-                    return uid.id
-    return None

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import structlog
 
-from ssp_svc.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
 from ssp_svc.config import ConfigError, SspConfig, parse_bidder
 from ssp_svc.store.accounts import (
     AccountKind,
@@ -28,6 +27,7 @@ from ssp_svc.store.accounts import (
     StoreError,
     normalise_inventory,
 )
+from svc_common.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
 from svc_common.clock import SystemClock
 from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 from svc_common.logging import configure_logging

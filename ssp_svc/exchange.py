@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bidstream.decryptor.checker import TokenChecker, Verdict
 from ssp_svc.auction import Candidate, run_auction
 from ssp_svc.bid_request import Disposition, Impression, build_bid_request
 from ssp_svc.bidders import FanOutResult
-from ssp_svc.decryptor.checker import TokenChecker, Verdict
 from ssp_svc.store.accounts import Account
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock

@@ -9,9 +9,9 @@ from contextlib import ExitStack
 import grpc
 import structlog
 
+from bidstream.decryptor.runtime import start_decryptor
 from ssp_svc.bidders import BidderPool
 from ssp_svc.config import ConfigError, SspConfig
-from ssp_svc.decryptor.runtime import start_decryptor
 from ssp_svc.exchange import Exchange
 from ssp_svc.servicer import SspServicer
 from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAccountStore

@@ -11,8 +11,8 @@ import uid2_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bidstream.key_json import key_json_text
 from operator_svc import admin
-from operator_svc.key_json import key_json_text
 from operator_svc.store import OperatorStore
 from svc_common.clock import SystemClock
 from tests.integration.operator.conftest import Live

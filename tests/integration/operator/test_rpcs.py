@@ -10,8 +10,8 @@ import grpc
 import pytest
 import uid2_client
 
+from bidstream.key_json import key_json_text
 from operator_svc import cli
-from operator_svc.key_json import key_json_text
 from svc_common.grpc_client import error_info
 from tests.integration.operator.conftest import OK_PRIVACY, ROLES, Live, add_client
 from uid2.operator.v1 import operator_pb2 as pb

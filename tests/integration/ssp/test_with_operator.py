@@ -24,7 +24,7 @@ from uid2_client.encryption import decrypt_token
 from uid2_client.refresh_keys_util import parse_keys_json
 from uid2_client.uid2_token_generator import UID2TokenGenerator
 
-from operator_svc.key_json import key_container_dict
+from bidstream.key_json import key_container_dict
 from tests.support.procs import ServiceProcess, run_cli, wait_until
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc

@@ -12,10 +12,10 @@ import grpc_testing
 import pytest
 import uid2_client
 
+from bidstream.key_json import key_container_dict, key_json_text
 from operator_svc import admin
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
-from operator_svc.key_json import key_container_dict, key_json_text
 from operator_svc.servicer import OperatorServicer
 from operator_svc.store import OperatorStore
 from svc_common.clock import ManualClock, SystemClock

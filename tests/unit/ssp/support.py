@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from ssp_svc.decryptor.optouts import OptOutSet
+from bidstream.decryptor.optouts import OptOutSet
 from uid2.operator.v1 import operator_pb2
 from uid2_crypto.identity import IdentityScope, IdentityType
 from uid2_crypto.keys import MASTER_KEYSET_ID, Key, key_container_json

@@ -1,10 +1,10 @@
 import pytest
 
+from bidstream.eids import uid2_token
 from ssp_svc.bid_request import (
     Disposition,
     Impression,
     build_bid_request,
-    uid2_token,
 )
 
 TOKEN = "A4AAAAs-case_Sensitive+token/with=chars"

@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ssp_svc.decryptor.checker import TokenChecker, Verdict
-from ssp_svc.decryptor.key_cache import KeyCache, KeyRefresher
-from ssp_svc.decryptor.optouts import OptOutSet
+from bidstream.decryptor.checker import TokenChecker, Verdict
+from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
+from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import SystemClock
 from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
 

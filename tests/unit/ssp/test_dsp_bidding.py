@@ -4,12 +4,12 @@ import math
 
 import pytest
 
+from bidstream.decryptor.checker import TokenChecker
+from bidstream.decryptor.key_cache import KeyCache
+from bidstream.decryptor.optouts import OptOutSet
 from dsp_svc.bidding import NBR_UNMATCHED_USER, Bidder
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from ssp_svc.bid_request import Disposition, Impression, build_bid_request
-from ssp_svc.decryptor.checker import TokenChecker
-from ssp_svc.decryptor.key_cache import KeyCache
-from ssp_svc.decryptor.optouts import OptOutSet
 from svc_common.clock import SystemClock
 from svc_common.errors import ServiceError
 from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 
+from bidstream.decryptor.checker import TokenChecker
+from bidstream.decryptor.key_cache import KeyCache
+from bidstream.eids import uid2_token
 from ssp_svc.auction import Candidate
-from ssp_svc.bid_request import Disposition, uid2_token
+from ssp_svc.bid_request import Disposition
 from ssp_svc.bidders import FanOutResult
-from ssp_svc.decryptor.checker import TokenChecker
-from ssp_svc.decryptor.key_cache import KeyCache
 from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssp_svc.decryptor.key_cache import KeyCache
+from bidstream.decryptor.key_cache import KeyCache
 from svc_common.clock import ManualClock
 from tests.unit.ssp.support import KeySet
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ssp_svc.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
+from bidstream.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
 from svc_common.grpc_client import Backoff
 from tests.support.procs import wait_until
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from operator_svc.key_json import key_container_dict
+from bidstream.key_json import key_container_dict
 from svc_common.grpc_client import bearer, call_with_retry
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from ssp_svc.decryptor.checker import TokenChecker
-from ssp_svc.decryptor.key_cache import KeyCache, KeyRefresher
-from ssp_svc.decryptor.operator_client import OperatorClient
-from ssp_svc.decryptor.optouts import OptOutSet, OptOutWatcher
+from bidstream.decryptor.checker import TokenChecker
+from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
+from bidstream.decryptor.operator_client import OperatorClient
+from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from svc_common.clock import Clock
 
 _log = structlog.get_logger("decryptor")

@@ -2,7 +2,7 @@
 limited) when a token names a key we lack, and kept when a fetch fails — a decryptor goes on
 with its last good keys while the operator is unreachable (uid2-reference §5, §6).
 
-`fetch` returns the key JSON body (see operator_svc/key_json.py) or raises. The clock and
+`fetch` returns the key JSON body (see bidstream/key_json.py) or raises. The clock and
 randomness are injected; `run_due()` is the unit of work, and `KeyRefresher` runs it on a
 thread."""
 

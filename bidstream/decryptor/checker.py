@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from ssp_svc.decryptor.key_cache import KeyCache
-from ssp_svc.decryptor.optouts import OptOutSet
+from bidstream.decryptor.key_cache import KeyCache
+from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import Clock
 from svc_common.tally import Tally
 from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
