@@ -73,8 +73,16 @@ class ServiceProcess:
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            # Ask for its thread stacks (svc_common.grpc_server.catch_stop_signals), then end it.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             self.kill()
-            raise
+            self._reader.join(timeout=2)
+            tail = "".join(self.lines[-80:])
+            raise RuntimeError(
+                f"{self.args[0]} did not stop within {timeout_s} s of SIGTERM; its last output, "
+                f"thread stacks at the end:\n{tail}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:

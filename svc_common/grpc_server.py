@@ -3,6 +3,7 @@ graceful stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -122,6 +123,9 @@ def catch_stop_signals() -> threading.Event:
     """From now on SIGINT and SIGTERM set the returned event instead of killing the process.
     Called first thing in `serve`, so a stop during start-up still drains and exits 0."""
     stop = threading.Event()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a service that
+    # will not stop (or answer) is stuck, without a debugger.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def handler(signum: int, _frame: Any) -> None:
         _log.info("signal_received", signal=signal.Signals(signum).name)

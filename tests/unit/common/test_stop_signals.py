@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ def restore_handlers() -> Iterator[None]:
     yield
     for s, h in saved.items():
         signal.signal(s, h)
+    faulthandler.unregister(signal.SIGUSR1)
 
 
 @pytest.mark.usefixtures("restore_handlers")
@@ -26,3 +28,11 @@ def test_a_signal_before_serving_is_not_lost(signum: signal.Signals) -> None:
     os.kill(os.getpid(), signum)  # "during start-up": before anyone waits
     assert stop.wait(5)
     wait_for_signal(stop)  # returns at once instead of blocking
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_sigusr1_dumps_every_threads_stack(capfd: pytest.CaptureFixture[str]) -> None:
+    catch_stop_signals()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    err = capfd.readouterr().err
+    assert "most recent call first" in err and "test_stop_signals.py" in err
