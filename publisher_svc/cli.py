@@ -131,10 +131,15 @@ def _parsed(parse: Callable[[str], T], args: argparse.Namespace, flag: str, defa
         raise UsageError(f"--{flag} (or {_env_name(flag)}): {exc}") from None
 
 
+# Every float flag is a duration in seconds; past an hour none makes sense, and a huge one
+# overflows the platform's timeouts (time_t) when it is waited on.
+_MAX_SECONDS = 3600.0
+
+
 def _float(args: argparse.Namespace, flag: str, default: str) -> float:
     x = _parsed(finite_float, args, flag, default)
-    if not x > 0:
-        raise UsageError(f"--{flag} must be positive")
+    if not 0 < x <= _MAX_SECONDS:
+        raise UsageError(f"--{flag} must be positive and at most {_MAX_SECONDS:g} seconds")
     return x
 
 

@@ -9,7 +9,7 @@ import base64
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import Enum
@@ -206,7 +206,7 @@ def _peer_failure(
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
         f"{peer}_REJECTED",
-        f"{name} refused the call ({err.code} {err.reason})".rstrip(),
+        f"{name} refused the call ({' '.join(filter(None, (err.code, err.reason)))})",
         {"peerCode": err.code, "peerReason": err.reason},
     )
 
@@ -257,9 +257,14 @@ class Publisher:
         self._serve_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="serve-refresh")
         self._pending: dict[str, Future[Any]] = {}
         self._pending_lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
         """Stops the impressions' refreshes (those running finish; queued ones are dropped)."""
+        # Flag first, under the lock `_start` submits under: no submit can then race shutdown,
+        # which holds the pool's lock while cancelling jobs whose callbacks take ours.
+        with self._pending_lock:
+            self._closed = True
         self._serve_pool.shutdown(wait=True, cancel_futures=True)
 
     def user_lock(self, user_id: str) -> threading.Lock:
@@ -488,7 +493,7 @@ class Publisher:
         )
         if held and not new:
             return held
-        result = self._within_budget(job)
+        result, _ = self._within_budget(job)
         return result.advertising_token if result is not None else held
 
     def _impression_cookie(self, cookie_value: str) -> tuple[str, Cookie | None, bool]:
@@ -512,12 +517,9 @@ class Publisher:
         )
         if held and not new:
             return held, None, False
-        try:
-            refreshed = self._within_budget(job)
-        except ServiceError as err:
-            if err.kind is ErrorKind.INVALID_ARGUMENT:
-                return "", None, True
-            raise
+        refreshed, error = self._within_budget(job)
+        if isinstance(error, ServiceError) and error.kind is ErrorKind.INVALID_ARGUMENT:
+            return "", None, True
         if refreshed is None:
             return held, None, False
         cookie = refreshed.cookie if refreshed.refreshed else None
@@ -528,6 +530,8 @@ class Publisher:
         False); (None, False) when too many are in flight (the operator hangs) or the
         publisher is stopping."""
         with self._pending_lock:
+            if self._closed:
+                return None, False
             running = self._pending.get(key)
             if running is not None:
                 return running, False
@@ -545,20 +549,30 @@ class Publisher:
         with self._pending_lock:
             if self._pending.get(key) is future:
                 del self._pending[key]
+        if future.cancelled():
+            return
+        error = future.exception()
+        # Nobody may be waiting any more: the failure is logged here, once, by kind only.
+        if isinstance(error, ServiceError) and error.kind is not ErrorKind.UNAVAILABLE:
+            _log.warning("impression_refresh_failed", code=error.kind.value, reason=error.reason)
+        elif error is not None and not isinstance(error, ServiceError):
+            _log.error("impression_refresh_failed", error_type=type(error).__name__)
 
-    def _within_budget(self, job: Future[T] | None) -> T | None:
-        """The job's result if it comes within the budget, else None. An unreachable operator
-        is None too (the impression goes out without a token); other errors propagate."""
+    def _within_budget(
+        self, job: Future[T] | None
+    ) -> tuple[T, None] | tuple[None, BaseException | None]:
+        """(the job's result, None) if it comes within the budget; else (None, its error or
+        None). Whatever went wrong, the impression goes out with the held token if unexpired,
+        else without one, as when the operator is unreachable; the failure is logged once,
+        by `_forget`."""
         if job is None:
-            return None
+            return None, None
         try:
-            return job.result(timeout=self.serve_refresh_budget_s)
-        except FutureTimeout:
-            return None
-        except ServiceError as err:
-            if err.kind is ErrorKind.UNAVAILABLE:
-                return None
-            raise
+            return job.result(timeout=self.serve_refresh_budget_s), None
+        except (FutureTimeout, CancelledError):  # slow, or the publisher is stopping
+            return None, None
+        except Exception as exc:
+            return None, exc
 
 
 def _token_result(step: Step) -> TokenResult:

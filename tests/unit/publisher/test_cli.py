@@ -54,6 +54,12 @@ def test_serve_refresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         ([], "--operator-api-key"),
         (["--operator-api-key", "k", "--ssp-api-key", "s", "--refresh-workers", "0"], "at least"),
         (["--operator-api-key", "k", "--ssp-api-key", "s", "--site-id", "x"], "integer"),
+        # Waited on as a timeout: a huge one would overflow time_t at the first due impression.
+        (
+            ["--operator-api-key", "k", "--ssp-api-key", "s", "--serve-refresh-budget", "1e10"],
+            "at most 3600",
+        ),
+        (["--operator-api-key", "k", "--ssp-api-key", "s", "--ssp-timeout", "1e300"], "at most"),
     ],
 )
 def test_mistakes(monkeypatch: pytest.MonkeyPatch, extra: list[str], message: str) -> None:

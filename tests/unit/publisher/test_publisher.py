@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from publisher_svc.publisher import (
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
+from svc_common.logging import configure_logging
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
 from uid2_crypto.identity import identity_hash
 
@@ -656,3 +659,51 @@ def test_serve_ad_needs_exactly_one_kind_of_inventory(
         )  # fmt: skip
     assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == reason
     assert env.ssp.impressions == []
+
+
+def test_close_does_not_deadlock_with_an_impression_starting_a_refresh(env: Env) -> None:
+    """An impression submits its refresh holding the pending-refresh lock; close() cancels queued
+    refreshes, whose callbacks take that lock. close() must not hold the pool's lock while it
+    waits for ours (the order once deadlocked: a publisher that never stopped on SIGTERM)."""
+    pub = env.pub
+    pub._serve_pool.shutdown()
+    pub._serve_pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    blocker, _ = pub._start("busy", lambda: release.wait(5))
+    queued, _ = pub._start("queued", lambda: None)  # waits behind the busy one, cancellable
+    assert blocker is not None and queued is not None
+    submitted = threading.Event()
+    with pub._pending_lock:  # as an impression's _start does around submit
+        closer = threading.Thread(target=pub.close, daemon=True)
+        closer.start()
+        time.sleep(0.2)  # let close() get as far as it can
+        submitter = threading.Thread(
+            target=lambda: (pub._serve_pool.submit(lambda: None), submitted.set()), daemon=True
+        )
+        submitter.start()
+        assert submitted.wait(2), "close() holds the pool while waiting for the pending lock"
+    release.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert pub._start("later", lambda: None) == (None, False)  # closed: nothing new starts
+
+
+def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whichever impression started the refresh, an unexpired held token goes out; the refusal
+    is logged once, by kind, for whoever watches the logs (nobody may be waiting on it)."""
+    env.pub.login("u1", "a@b.com", None, OK)
+    held = env.pub.get_advertising_token("u1").advertising_token
+    env.clock.advance(HOUR)  # due for refresh, valid for days
+    env.op.refuse = True
+    configure_logging(service="test")
+    capsys.readouterr()
+    _, r = _ad(env, user_id="u1")
+    assert r.token_sent and env.ssp.impressions[-1].advertising_token == held  # type: ignore[attr-defined]
+    seen: list[str] = []
+    assert _wait(
+        lambda: seen.append(capsys.readouterr().err) or "impression_refresh_failed" in "".join(seen)
+    )
+    line = next(x for x in "".join(seen).splitlines() if "impression_refresh_failed" in x)
+    assert json.loads(line)["reason"] == "OPERATOR_REJECTED" and "a@b.com" not in line
