@@ -3,8 +3,10 @@ graceful stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -125,7 +127,11 @@ def catch_stop_signals() -> threading.Event:
     stop = threading.Event()
     # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a service that
     # will not stop (or answer) is stuck, without a debugger.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    real_stderr = sys.__stderr__
+    # Without a real stderr (embedded, or captured in a test) there is nowhere to dump to.
+    with contextlib.suppress(ValueError, OSError):
+        if real_stderr is not None:
+            faulthandler.register(signal.SIGUSR1, file=real_stderr, all_threads=True)
 
     def handler(signum: int, _frame: Any) -> None:
         _log.info("signal_received", signal=signal.Signals(signum).name)
