@@ -298,7 +298,7 @@ class Publisher:
             return LoginResult(LoginStatus.SITE_OPTOUT)
         if self.store.is_operator_optout(dii.key):
             # Reference §1.7: never call generate again for an opted-out DII.
-            self.store.delete(user_id)
+            self.store.end_as_opted_out(user_id, self.clock.now_ms())
             return LoginResult(LoginStatus.OPTOUT)
         try:
             result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
@@ -309,7 +309,8 @@ class Publisher:
         now = self.clock.now_ms()
         if result.outcome is GenerateOutcome.OPTOUT:
             self.store.record_operator_optout(dii.key, now)
-            self.store.delete(user_id)
+            # GetAdvertisingToken then says OPTOUT (not NO_IDENTITY) until the next login.
+            self.store.end_as_opted_out(user_id, now)
             _log.info("login_optout")
             return LoginResult(LoginStatus.OPTOUT)
         if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:

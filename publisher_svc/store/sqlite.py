@@ -210,6 +210,23 @@ class SqliteStore:
                 raise
         return deleted
 
+    def end_as_opted_out(self, user_id: str, now_ms: int) -> None:
+        """A login answered opt-out: drops whatever identity the user had and remembers why
+        (ended_status), in one transaction, until the user logs in again."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
+                    " VALUES (?, 'OPTOUT', ?)",
+                    (user_id, now_ms),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has
         not logged in, logged out or opted out of the site since; None otherwise."""

@@ -126,6 +126,11 @@ def test_operator_optout_is_recorded_and_generate_never_called_again(env: Env) -
     assert env.pub.login("u2", "USER@example.com", None, OK).status is LoginStatus.OPTOUT
     assert len(env.op.generate_calls) == 1
     assert env.store.is_operator_optout(f"email:{USER_HASH}")
+    # Both users' later token requests say why there is none, until they log in again.
+    for user in ("u1", "u2"):
+        assert env.pub.get_advertising_token(user).status is TokenStatus.OPTOUT
+    assert env.pub.login("u1", "other@example.com", None, OK).status is LoginStatus.SUCCESS
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.SUCCESS
 
 
 def test_site_optout_refuses_login_without_calling_operator(env: Env) -> None:
