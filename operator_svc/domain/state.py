@@ -101,7 +101,10 @@ class OptOutIndex:
         self._by_raw: dict[bytes, int] = {}
         # (opted_out_at ms, first-level hash) in the order they were recorded.
         self._events: list[tuple[int, bytes]] = []
-        self.seq = 0
+        # The store's rows up to this sequence number have all been read (`add_synced`). This
+        # process's own opt-outs (`add`) do not move it: rows other processes committed just
+        # before them, with lower numbers, must still be read at the next sync.
+        self.synced_seq = 0
         self.closed = False
 
     def opted_out_at(self, flh: bytes) -> int | None:
@@ -113,14 +116,21 @@ class OptOutIndex:
     def __len__(self) -> int:
         return len(self._by_flh)
 
+    def add_synced(self, rows: list[OptOutRow]) -> int:
+        """Adds every store row after `synced_seq` (in sequence order) and moves it past them;
+        returns how many were new."""
+        with self.cond:
+            new = self.add(rows)
+            if rows:
+                self.synced_seq = max(self.synced_seq, rows[-1].seq)
+            return new
+
     def add(self, rows: list[OptOutRow]) -> int:
         """Adds rows (idempotent by first-level hash); returns how many were new."""
         new = 0
         with self.cond:
             salts = self._salts
             for row in rows:
-                if row.seq > self.seq:
-                    self.seq = row.seq
                 if row.flh in self._by_flh:
                     continue
                 self._by_flh[row.flh] = row.opted_out_at_ms
@@ -232,7 +242,7 @@ class StateLoader:
             sites=self._sites(),
             delegations=frozenset(store.delegations()),
         )
-        state.optouts.add(store.optouts_after(0))
+        state.optouts.add_synced(store.optouts_after(0))
         return state
 
     def _keys(self) -> KeySnapshot:
@@ -297,8 +307,8 @@ class StateLoader:
             if versions["delegations"] != old.get("delegations"):
                 state.delegations = frozenset(store.delegations())
                 changed.append("delegations")
-            rows = store.optouts_after(state.optouts.seq)
-            if rows and state.optouts.add(rows):
+            rows = store.optouts_after(state.optouts.synced_seq)
+            if rows and state.optouts.add_synced(rows):
                 changed.append("optouts")
             return changed
 

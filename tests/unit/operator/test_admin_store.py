@@ -164,6 +164,31 @@ def test_key_rotation_rejects_lifetimes_that_would_prune_live_keys(
     store.close()
 
 
+def test_an_own_opt_out_does_not_hide_another_processs_earlier_one(env: Env) -> None:
+    """B records an opt-out before it has synced one A recorded just earlier (a lower sequence
+    number): B's next sync must still read A's. (Once, B's own moved its read position past it,
+    and B issued tokens for A's opted-out user for good.)"""
+    other = Operator(
+        OperatorConfig(data_dir=env.dir),
+        OperatorStore.open(env.dir),
+        clock=ManualClock(T0),
+        rng=os.urandom,
+    )
+    try:
+        other.sync_now()
+        env.op.optouts.opt_out(env.client("optout"), "email", "via-a@example.com")
+        other.optouts.opt_out(
+            other.auth.authenticate(env.keys["optout"].api_key), "email", "via-b@example.com"
+        )
+        other.sync_now()
+        gen = other.auth.authenticate(env.keys["gen"].api_key)
+        for email in ("via-a@example.com", "via-b@example.com"):
+            out = other.tokens.generate(gen, "email", email, Privacy(True, ""))
+            assert out.status is GenerateStatus.OPTOUT, email
+    finally:
+        other.close()
+
+
 def test_two_operators_share_optouts(env: Env) -> None:
     clock = ManualClock(T0)
     other = Operator(
