@@ -30,8 +30,9 @@ _BY_VERDICT = {
     Verdict.OPTED_OUT: Disposition.DROPPED_OPTOUT,
     # Privacy first: a token is not sent on while an opt-out for it might still be on its way.
     Verdict.OPTOUTS_LOADING: Disposition.DROPPED_UNVERIFIED,
-    # No good keys yet: the token cannot be checked, so it travels as in pass-through mode.
-    Verdict.NO_KEYS: Disposition.PASSED_THROUGH,
+    # An SSP that checks tokens but holds no keys yet (the operator unreachable since it
+    # started) cannot tell an opted-out user's token from any other: it sends none on.
+    Verdict.NO_KEYS: Disposition.DROPPED_UNVERIFIED,
 }
 
 

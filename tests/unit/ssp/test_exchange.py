@@ -92,6 +92,19 @@ def test_decrypting_drops_bad_tokens() -> None:
         assert raw_uid_b64(1).encode() not in req.SerializeToString()
 
 
+def test_a_checking_ssp_without_keys_sends_no_token_on() -> None:
+    """Operator credentials but no keys yet (the operator unreachable since start): an opted-out
+    user's token cannot be told from any other, so none goes to bidders."""
+    keys = KeySet()
+    checker = TokenChecker(
+        KeyCache(keys.body, SystemClock()), loaded_optouts(), SystemClock(), early_refresh_wait_s=0
+    )
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders, checker)
+    assert submit(ex, token=mint(keys)).disposition is Disposition.DROPPED_UNVERIFIED
+    assert uid2_token(bidders.seen[-1]) is None
+
+
 @pytest.mark.parametrize(
     ("kw", "reason"),
     [

@@ -32,7 +32,9 @@ class _TokenDispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Toke
     TOKEN_DISPOSITION_ABSENT: _TokenDisposition.ValueType  # 1
     """No token came with the impression."""
     TOKEN_DISPOSITION_PASSED_THROUGH: _TokenDisposition.ValueType  # 2
-    """The SSP holds no decryption keys: the token went into user.eids untouched, unchecked."""
+    """The SSP runs without operator credentials (it checks no tokens): the token went into
+    user.eids untouched, unchecked.
+    """
     TOKEN_DISPOSITION_VALID: _TokenDisposition.ValueType  # 3
     """The token decrypted and is current: it went into user.eids unchanged."""
     TOKEN_DISPOSITION_DROPPED_EXPIRED: _TokenDisposition.ValueType  # 4
@@ -42,8 +44,9 @@ class _TokenDispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Toke
     TOKEN_DISPOSITION_DROPPED_OPTOUT: _TokenDisposition.ValueType  # 6
     """The user opted out: left out."""
     TOKEN_DISPOSITION_DROPPED_UNVERIFIED: _TokenDisposition.ValueType  # 7
-    """The token decrypted, but the SSP (just started) has not yet received every opt-out from
-    the operator, so it cannot vouch for it: left out.
+    """The SSP checks tokens but cannot vouch for this one yet: it has not received every opt-out
+    from the operator (just started), or it holds no keys (the operator unreachable since it
+    started). Left out.
     """
 
 class TokenDisposition(_TokenDisposition, metaclass=_TokenDispositionEnumTypeWrapper):
@@ -54,7 +57,9 @@ TOKEN_DISPOSITION_UNSPECIFIED: TokenDisposition.ValueType  # 0
 TOKEN_DISPOSITION_ABSENT: TokenDisposition.ValueType  # 1
 """No token came with the impression."""
 TOKEN_DISPOSITION_PASSED_THROUGH: TokenDisposition.ValueType  # 2
-"""The SSP holds no decryption keys: the token went into user.eids untouched, unchecked."""
+"""The SSP runs without operator credentials (it checks no tokens): the token went into
+user.eids untouched, unchecked.
+"""
 TOKEN_DISPOSITION_VALID: TokenDisposition.ValueType  # 3
 """The token decrypted and is current: it went into user.eids unchanged."""
 TOKEN_DISPOSITION_DROPPED_EXPIRED: TokenDisposition.ValueType  # 4
@@ -64,8 +69,9 @@ TOKEN_DISPOSITION_DROPPED_INVALID: TokenDisposition.ValueType  # 5
 TOKEN_DISPOSITION_DROPPED_OPTOUT: TokenDisposition.ValueType  # 6
 """The user opted out: left out."""
 TOKEN_DISPOSITION_DROPPED_UNVERIFIED: TokenDisposition.ValueType  # 7
-"""The token decrypted, but the SSP (just started) has not yet received every opt-out from
-the operator, so it cannot vouch for it: left out.
+"""The SSP checks tokens but cannot vouch for this one yet: it has not received every opt-out
+from the operator (just started), or it holds no keys (the operator unreachable since it
+started). Left out.
 """
 Global___TokenDisposition: _TypeAlias = TokenDisposition  # noqa: Y015
 
