@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import grpc
 
 from publisher_svc.model import PeerError
-from svc_common.grpc_client import Backoff, RemoteError, bearer, call_with_retry
+from svc_common.backoff import Backoff
+from svc_common.grpc_client import RemoteError, bearer, call_with_retry
 
 T = TypeVar("T")
 

@@ -33,6 +33,7 @@ from publisher_svc.model import (
 )
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
 from publisher_svc.store import SqliteStore, StoredIdentity
+from svc_common.backoff import Backoff
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
 from svc_common.impression_limits import check_field_lengths, check_floor_price
@@ -241,8 +242,12 @@ class Publisher:
         mode: StorageMode = StorageMode.SERVER,
         on_behalf_of_site_id: int = 0,
         serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S,
+        retry_backoff: Backoff | None = None,
     ) -> None:
         self.store = store
+        # When an impression's failed refresh is tried again (the background refresher has its
+        # own, configurable): without it every later impression would start another.
+        self.retry_backoff = retry_backoff or Backoff(base_s=1.0, cap_s=60.0)
         self.operator = operator
         self.ssp = ssp
         self.clock = clock
@@ -403,8 +408,23 @@ class Publisher:
                 and usable_without_refresh(stored.identity, now)
             ):
                 return _token_result(Step(StepKind.STALE, stored.identity))
-            step, _ = self.refresh_stored(user_id)
+            try:
+                step, _ = self.refresh_stored(user_id)
+            except ServiceError:
+                if respect_backoff:
+                    self.postpone_refresh(user_id, stored, now, self.retry_backoff)
+                raise
+            if respect_backoff and step.kind is StepKind.STALE:  # the operator unreachable
+                self.postpone_refresh(user_id, stored, now, self.retry_backoff)
         return _token_result(step)
+
+    def postpone_refresh(
+        self, user_id: str, stored: StoredIdentity, now_ms: int, backoff: Backoff
+    ) -> None:
+        """A refresh of `stored` failed: the next attempt waits (its identity unchanged)."""
+        failed = stored.failed_attempts
+        delay_ms = max(50, int(backoff.equal_jitter_delay(failed) * 1000))
+        self.store.postpone(user_id, stored.identity.refresh_token, now_ms + delay_ms, failed + 1)
 
     def refresh_client(
         self,

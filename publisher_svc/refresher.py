@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from publisher_svc.publisher import Publisher, StepKind
+from publisher_svc.store import StoredIdentity
+from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock
 from svc_common.errors import ServiceError
-from svc_common.grpc_client import Backoff
 
 _log = structlog.get_logger("refresher")
 
@@ -158,14 +159,14 @@ class Refresher:
             if stored is None:
                 return "skipped"
             if self._monotonic.monotonic_s() < self._circuit_until:
-                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                self._defer(user_id, stored, now)
                 return "deferred"
             try:
                 step, _ = pub.refresh_stored(user_id)
             except ServiceError as err:
                 # Operator unreachable with the token already expired, or it refused the call:
                 # keep the identity (refreshable until refresh_expires) and try again later.
-                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                self._defer(user_id, stored, now)
                 if err.reason == "OPERATOR_UNAVAILABLE":
                     self._open_circuit()
                 _log.info("refresh_deferred", reason=err.reason)
@@ -173,7 +174,7 @@ class Refresher:
             if step.kind is StepKind.USE:
                 return "skipped"
             if step.kind is StepKind.STALE:
-                self._defer(user_id, stored.identity.refresh_token, stored.failed_attempts, now)
+                self._defer(user_id, stored, now)
                 self._open_circuit()
                 return "deferred"
             if step.kind is StepKind.REFRESHED:
@@ -188,9 +189,5 @@ class Refresher:
             _log.warning("operator_unavailable", retry_in_s=self.circuit_open_s)
         self._circuit_until = now_s + self.circuit_open_s
 
-    def _defer(self, user_id: str, refresh_token: str, failed: int, now: int) -> None:
-        # Equal jitter: half the capped exponential step, plus up to as much again at random,
-        # so a fleet of identities that failed together does not retry together.
-        step_s = min(self.backoff.cap_s, self.backoff.base_s * (2 ** min(failed, 30)))
-        delay_ms = max(50, int((step_s / 2 + self.backoff.delay(failed) / 2) * 1000))
-        self.publisher.store.postpone(user_id, refresh_token, now + delay_ms, failed + 1)
+    def _defer(self, user_id: str, stored: StoredIdentity, now: int) -> None:
+        self.publisher.postpone_refresh(user_id, stored, now, self.backoff)

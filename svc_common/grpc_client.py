@@ -3,7 +3,6 @@ jittered exponential backoff on UNAVAILABLE."""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,6 +10,8 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from svc_common.backoff import Backoff
 
 T = TypeVar("T")
 
@@ -54,24 +55,6 @@ def to_remote_error(err: grpc.RpcError) -> RemoteError:
 
 def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),)
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(
-        self,
-        *,
-        base_s: float = 0.05,
-        cap_s: float = 2.0,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self._rng = rng
-
-    def delay(self, attempt: int) -> float:
-        return float(self._rng() * min(self.cap_s, self.base_s * (2**attempt)))
 
 
 def call_with_retry(

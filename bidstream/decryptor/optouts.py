@@ -13,7 +13,7 @@ from typing import Protocol
 
 import structlog
 
-from svc_common.grpc_client import Backoff
+from svc_common.backoff import Backoff
 
 _log = structlog.get_logger("optouts")
 

@@ -25,6 +25,7 @@ from publisher_svc.publisher import (
     TokenStatus,
 )
 from publisher_svc.store import SqliteStore
+from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from svc_common.logging import configure_logging
@@ -712,3 +713,25 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
     )
     line = next(x for x in "".join(seen).splitlines() if "impression_refresh_failed" in x)
     assert json.loads(line)["reason"] == "OPERATOR_REJECTED" and "a@b.com" not in line
+
+
+def test_a_failed_impression_refresh_backs_off_before_the_next_attempt(env: Env) -> None:
+    """One refused refresh postpones the next attempt (the stored identity records it); the
+    impressions meanwhile send the held token without calling the operator again."""
+    env.pub.retry_backoff = Backoff(base_s=10.0, cap_s=60.0, rng=lambda: 0.0)  # 5 s, exactly
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.clock.advance(HOUR)
+    env.op.refuse = True
+    _ad(env, user_id="u1")
+    stored = env.store.get("u1")
+    assert stored is not None and stored.failed_attempts == 1
+    assert stored.next_attempt_at == env.clock.now_ms() + 5_000
+    calls = len(env.op.refresh_calls)
+    env.op.refuse = False
+    for _ in range(3):
+        _, r = _ad(env, user_id="u1")
+        assert r.token_sent  # type: ignore[attr-defined]  # the held, unexpired token
+    assert len(env.op.refresh_calls) == calls
+    env.clock.advance(5_001)  # past the backoff: refreshed again, and it works now
+    _ad(env, user_id="u1")
+    assert _wait(lambda: len(env.op.refresh_calls) == calls + 1)

@@ -11,8 +11,8 @@ from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import LoginStatus, Publisher, TokenStatus
 from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
+from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock
-from svc_common.grpc_client import Backoff
 from tests.support.procs import wait_until
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
 

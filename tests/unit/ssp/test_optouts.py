@@ -4,7 +4,7 @@ import threading
 from collections.abc import Iterator
 
 from bidstream.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
-from svc_common.grpc_client import Backoff
+from svc_common.backoff import Backoff
 from tests.support.procs import wait_until
 
 
