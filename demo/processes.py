@@ -73,7 +73,7 @@ class ServiceProcess:
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            # Ask for its thread stacks (svc_common.grpc_server.catch_stop_signals), then end it.
+            # Ask for its thread stacks (svc_common.stop_signals.catch_stop_signals), then end it.
             self.proc.send_signal(signal.SIGUSR1)
             time.sleep(1.0)
             self.kill()

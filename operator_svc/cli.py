@@ -192,9 +192,9 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
-    from svc_common.grpc_server import catch_stop_signals, wait_for_signal
     from svc_common.logging import configure_logging
     from svc_common.settings import SettingError, log_level
+    from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
     config = serve_config(args)
     try:

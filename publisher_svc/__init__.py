@@ -8,3 +8,10 @@ exactly as received to the SSP at each impression.
 Modules: `publisher` (domain rules), `refresh_policy` (the pure refresh decision), `cookie`,
 `store/` (SQLite), `operator_client` / `ssp_client` (peers), `refresher`, `servicer`, `server`,
 `config`, `cli`."""
+
+
+def console() -> int:
+    """The `uid2-publisher` console script: stop signals are caught before the CLI's imports."""
+    from svc_common.stop_signals import run_console
+
+    return run_console("publisher_svc.cli")

@@ -186,7 +186,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
 
 def _serve(config: PublisherConfig) -> int:
     from publisher_svc.server import create_server
-    from svc_common.grpc_server import catch_stop_signals, wait_for_signal
+    from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
     log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0

@@ -29,9 +29,9 @@ from ssp_svc.store.accounts import (
 )
 from svc_common.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
 from svc_common.clock import SystemClock
-from svc_common.grpc_server import catch_stop_signals, wait_for_signal
 from svc_common.logging import configure_logging
 from svc_common.settings import finite_float, log_level
+from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 
 def _parser() -> OneLineParser:

@@ -3,11 +3,6 @@ graceful stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
-import signal
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from contextlib import ExitStack
@@ -119,30 +114,3 @@ def start_server(
     if owns is not None:
         served.on_stop.append(owns.pop_all().close)
     return served
-
-
-def catch_stop_signals() -> threading.Event:
-    """From now on SIGINT and SIGTERM set the returned event instead of killing the process.
-    Called first thing in `serve`, so a stop during start-up still drains and exits 0."""
-    stop = threading.Event()
-    # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a service that
-    # will not stop (or answer) is stuck, without a debugger.
-    real_stderr = sys.__stderr__
-    # Without a real stderr (embedded, or captured in a test) there is nowhere to dump to.
-    with contextlib.suppress(ValueError, OSError):
-        if real_stderr is not None:
-            faulthandler.register(signal.SIGUSR1, file=real_stderr, all_threads=True)
-
-    def handler(signum: int, _frame: Any) -> None:
-        _log.info("signal_received", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def wait_for_signal(stop: threading.Event | None = None) -> None:
-    """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
-    `catch_stop_signals`, is set)."""
-    (stop or catch_stop_signals()).wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import grpc
 import pytest
 
 from tests.integration.operator.conftest import OK_PRIVACY, add_client, init_dir, md
-from tests.support.procs import ServiceProcess, run_cli, wait_until
+from tests.support.procs import BIN, ServiceProcess, run_cli, wait_until
 from uid2.operator.v1 import operator_pb2 as pb
 from uid2.operator.v1 import operator_pb2_grpc as pbg
 
@@ -291,3 +293,24 @@ def _ok(stub: pbg.OperatorServiceStub, meta: object) -> bool:
     except grpc.RpcError:
         return False
     return True
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.1])
+def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) -> None:
+    """SIGTERM before the service is up (while Python still imports grpc and cryptography, or
+    while state loads) drains and exits 0: the console script catches stop signals first."""
+    proc = subprocess.Popen(
+        [
+            str(BIN / "uid2-operator"),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0

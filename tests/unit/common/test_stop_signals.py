@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from svc_common.grpc_server import catch_stop_signals, wait_for_signal
+from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 
 @pytest.fixture
