@@ -23,6 +23,7 @@ def run_console(cli_module: str) -> int:
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda _signum, _frame: _early_stop.set())
+        _dump_stacks_on_usr1()
     return int(importlib.import_module(cli_module).main())
 
 
@@ -32,13 +33,7 @@ def catch_stop_signals() -> threading.Event:
     stop = threading.Event()
     if _early_stop.is_set():  # a stop that came while the service was still importing
         stop.set()
-    # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a service that
-    # will not stop (or answer) is stuck, without a debugger.
-    real_stderr = sys.__stderr__
-    # Without a real stderr (embedded, or captured in a test) there is nowhere to dump to.
-    with contextlib.suppress(ValueError, OSError):
-        if real_stderr is not None:
-            faulthandler.register(signal.SIGUSR1, file=real_stderr, all_threads=True)
+    _dump_stacks_on_usr1()
 
     def handler(signum: int, _frame: Any) -> None:
         import structlog  # the entry imports nothing heavy before its handlers
@@ -55,3 +50,13 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
     """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
     `catch_stop_signals`, is set)."""
     (stop or catch_stop_signals()).wait()
+
+
+def _dump_stacks_on_usr1() -> None:
+    """`kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a service that
+    will not stop (or answer) is stuck, without a debugger."""
+    real_stderr = sys.__stderr__
+    # Without a real stderr (embedded, or captured in a test) there is nowhere to dump to.
+    with contextlib.suppress(ValueError, OSError):
+        if real_stderr is not None:
+            faulthandler.register(signal.SIGUSR1, file=real_stderr, all_threads=True)
