@@ -26,13 +26,13 @@ def assert_every_method_rejects_malformed_bytes(
         if method.server_streaming:
             stream = channel.unary_stream(path)
 
-            def call(raw: bytes, stream: Any = stream) -> Any:
-                return next(stream(raw, timeout=5, metadata=metadata))
+            def call(raw: bytes, rpc: Any = stream) -> Any:
+                return next(rpc(raw, timeout=5, metadata=metadata))
         else:
             unary = channel.unary_unary(path)
 
-            def call(raw: bytes, unary: Any = unary) -> Any:
-                return unary(raw, timeout=5, metadata=metadata)
+            def call(raw: bytes, rpc: Any = unary) -> Any:
+                return rpc(raw, timeout=5, metadata=metadata)
 
         for raw in MALFORMED:
             try:

@@ -153,7 +153,9 @@ def test_consent(live: Live) -> None:
             metadata=live.md("pub"),
         )
     assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(exc.value).reason == "INVALID_TCF_CONSENT_STRING"
+    info = error_info(exc.value)
+    assert info is not None
+    assert info.reason == "INVALID_TCF_CONSENT_STRING"
 
 
 def test_delegation_granted_missing_revoked(live: Live) -> None:
@@ -231,7 +233,9 @@ def test_sizes(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         live.stub.MapIdentity(many, metadata=live.md("pub"))
     assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(exc.value).reason == "TOO_MANY_ITEMS"
+    info = error_info(exc.value)
+    assert info is not None
+    assert info.reason == "TOO_MANY_ITEMS"
     ok = live.stub.MapIdentity(pb.MapIdentityRequest(dii=[EMAIL] * 5000), metadata=live.md("pub"))
     assert len(ok.results) == 5000
     with pytest.raises(grpc.RpcError) as exc:

@@ -180,7 +180,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     op_served, op_port = create_operator(
         OperatorConfig(data_dir=op_dir, listen="127.0.0.1:0"), clock=clock
     )
-    ssp = RecordingSsp()
+    ssp = RecordingSsp()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     ssp_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     ssp_pb2_grpc.add_SspServiceServicer_to_server(ssp, ssp_server)
     ssp_port = ssp_server.add_insecure_port("127.0.0.1:0")

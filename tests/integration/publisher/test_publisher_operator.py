@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 import pytest
 
@@ -36,7 +39,7 @@ def login(
     return response
 
 
-def serve_ad(stub: publisher_pb2_grpc.PublisherServiceStub, **subject: str) -> pb.ServeAdResponse:
+def serve_ad(stub: publisher_pb2_grpc.PublisherServiceStub, **subject: Any) -> pb.ServeAdResponse:
     response: pb.ServeAdResponse = stub.ServeAd(
         pb.ServeAdRequest(placement_id="slot-1", page_domain="news.example.com", **subject)
     )
@@ -323,7 +326,9 @@ def test_operator_unreachable_is_unavailable_and_nothing_lost(world: World) -> N
 
     def refreshed() -> bool:  # the channel reconnects within its backoff (at most 1 s)
         try:
-            r = stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="jo"))
+            r: pb.GetAdvertisingTokenResponse = stub.GetAdvertisingToken(
+                pb.GetAdvertisingTokenRequest(user_id="jo")
+            )
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE
             return False
@@ -346,7 +351,7 @@ def test_bad_dii_is_invalid_argument(world: World) -> None:
 
 def test_callers_bad_input_is_its_own_invalid_argument_not_a_peer_refusal(world: World) -> None:
     _, stub = world.publisher(world.config("inputs"))
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         # The operator judges the TCF string; its reason reaches the caller unchanged.
         (lambda: stub.Login(pb.LoginRequest(
             user_id="u", email="u@example.com",

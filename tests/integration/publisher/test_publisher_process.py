@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from publisher_svc.cookie import decode_cookie
 from tests.integration.publisher.conftest import RecordingSsp
 from tests.support.bad_stores import one_error_line, unusable_store
 from tests.support.procs import ServiceProcess, run_cli
+from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.publisher.v1 import publisher_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2_grpc
@@ -72,7 +74,7 @@ def operator_proc(tmp_path: Path) -> Iterator[tuple[ServiceProcess, str]]:
 
 @pytest.fixture
 def recording_ssp() -> Iterator[tuple[RecordingSsp, int]]:
-    ssp = RecordingSsp()
+    ssp = RecordingSsp()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     ssp_pb2_grpc.add_SspServiceServicer_to_server(ssp, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -98,7 +100,9 @@ def test_serve_as_process(
                 pb.LoginRequest(
                     user_id="proc-user",
                     email=EMAIL,
-                    privacy_settings={"transparency_notice_accepted": True},
+                    privacy_settings=operator_pb2.PrivacySettings(
+                        transparency_notice_accepted=True
+                    ),
                 ),
                 timeout=10,
             )
@@ -107,7 +111,7 @@ def test_serve_as_process(
                 tok = stub.GetAdvertisingToken(
                     pb.GetAdvertisingTokenRequest(user_id="proc-user"), timeout=10
                 ).advertising_token
-                subject = {"user_id": "proc-user"}
+                subject: dict[str, Any] = {"user_id": "proc-user"}
             else:
                 tok = decode_cookie(r.cookie.value).advertising_token
                 subject = {"cookie_value": r.cookie.value}
@@ -192,7 +196,7 @@ def test_a_hung_operator_does_not_hold_up_impressions(
     try:
         with grpc.insecure_channel(pub.address) as ch:
             stub = publisher_pb2_grpc.PublisherServiceStub(ch)
-            ok = {"transparency_notice_accepted": True}
+            ok = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
             stub.Login(pb.LoginRequest(user_id="h", email=EMAIL, privacy_settings=ok), timeout=10)
             logged_in = time.monotonic()
             held = stub.GetAdvertisingToken(

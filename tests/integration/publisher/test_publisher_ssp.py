@@ -18,11 +18,12 @@ from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
 from svc_common.grpc_client import error_info
 from tests.integration.publisher.conftest import World, wait_for
+from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.ssp.v1 import ssp_pb2
 
 HOUR = 3_600_000
-OK = {"transparency_notice_accepted": True}
+OK = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
 
 
 @pytest.fixture
@@ -51,9 +52,10 @@ def real_ssp(world: World) -> Iterator[tuple[int, str]]:
 
 
 def _ad(stub: Any, user: str) -> pb.ServeAdResponse:
-    return stub.ServeAd(
+    response: pb.ServeAdResponse = stub.ServeAd(
         pb.ServeAdRequest(user_id=user, placement_id="slot-1", page_domain="news.example.com")
     )
+    return response
 
 
 def test_serve_ad_through_the_real_ssp(world: World, real_ssp: tuple[int, str]) -> None:

@@ -106,7 +106,7 @@ def accounts(data_dir: Path) -> tuple[str, str]:
 
 def build_stack(tmp_path: Path, *, with_slow: bool) -> Stack:
     keys = KeySet()
-    fake = FakeOperator(keys)
+    fake = FakeOperator(keys)  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     operator = serve_fake_operator(fake)
     op = f"127.0.0.1:{operator.port}"
     fast, _ = create_dsp(

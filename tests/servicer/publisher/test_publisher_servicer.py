@@ -18,12 +18,13 @@ from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ServiceError
 from tests.unit.publisher.fakes import HOUR, FakeOperator, FakeSsp
+from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
 from uid2.ssp.v1 import ssp_pb2
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PublisherService"]
 T0 = 1_700_000_000_000
-OK = {"transparency_notice_accepted": True, "tcf_consent_string": "CP-tcf"}
+OK = operator_pb2.PrivacySettings(transparency_notice_accepted=True, tcf_consent_string="CP-tcf")
 
 
 class FillingSsp(FakeSsp):
@@ -159,7 +160,7 @@ def test_serve_ad_maps_the_ssp_decision(tmp_path: Any) -> None:
 
 def test_consent_refused_at_relogin(h: Harness, hc: Harness) -> None:
     h.call("Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=OK))
-    refused = {"transparency_notice_accepted": False}
+    refused = operator_pb2.PrivacySettings(transparency_notice_accepted=False)
     resp, _ = h.call(
         "Login", pb.LoginRequest(user_id="u", email="a@b.com", privacy_settings=refused)
     )

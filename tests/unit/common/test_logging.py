@@ -8,6 +8,7 @@ import contextvars
 import datetime
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -56,7 +57,8 @@ def test_timestamp_text_follows_the_clock_across_seconds(monkeypatch: pytest.Mon
         (1001.25, "1970-01-01T00:16:41.250000Z"),
         (999.0, "1970-01-01T00:16:39.000000Z"),
     ):
-        monkeypatch.setattr(svc_logging.time, "time", lambda now=now: now)
+        # svc_common.logging reads the wall clock through the `time` module
+        monkeypatch.setattr(time, "time", lambda now=now: now)
         assert svc_logging._utc_now_iso() == text
 
 

@@ -209,6 +209,7 @@ def test_sdk_minted_tokens_decrypt_with_us(
     if version is AdvertisingTokenVersion.ADVERTISING_TOKEN_V2:
         assert ours.identity_type is None and ours.version == "V2"
     else:
+        assert ours.identity_type is not None and ours.identity_scope is not None
         assert int(ours.identity_type) == theirs.identity_type.value
         assert int(ours.identity_scope) == int(scope)
         assert ours.created_ms == ms_of(generated)

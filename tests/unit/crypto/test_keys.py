@@ -1,5 +1,7 @@
 import base64
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,12 @@ def mk(key_id: int, keyset_id: int, site_id: int, activates: int, expires: int) 
     return Key(key_id, keyset_id, site_id, activates - 10, activates, expires, bytes([key_id]) * 32)
 
 
+def found(key: Key | None) -> Key:
+    """The key a lookup must have found (a None fails the test here)."""
+    assert key is not None
+    return key
+
+
 def test_key_secret_hidden_and_aead_cached() -> None:
     k = mk(1, 5, 7, 100, 200)
     assert "secret" not in repr(k) and "aead" not in repr(k)
@@ -44,13 +52,13 @@ def test_active_key_is_latest_activating_unexpired() -> None:
     )
     assert [k.id for k in ring.keys] == [1, 4, 2, 3]
     assert ring.active_key(10, 99) is None
-    assert ring.active_key(10, 100).id == 1
-    assert ring.active_key(10, 200).id == 2
-    assert ring.active_key(10, 250).id == 1  # key 2 expired; fall back to the older one
-    assert ring.active_key(10, 300).id == 3
+    assert found(ring.active_key(10, 100)).id == 1
+    assert found(ring.active_key(10, 200)).id == 2
+    assert found(ring.active_key(10, 250)).id == 1  # key 2 expired; fall back to the older one
+    assert found(ring.active_key(10, 300)).id == 3
     assert ring.active_key(10, 1000) is None
     assert ring.active_key(99, 500) is None
-    assert ring.get(4).site_id == 8 and ring.get(5) is None
+    assert found(ring.get(4)).site_id == 8 and ring.get(5) is None
     assert len(ring) == 4 and 3 in ring and ring.latest_expires == 1000
 
 
@@ -112,7 +120,7 @@ def test_key_container_json_shape_and_round_trip() -> None:
     c = parse_key_container_json(body)
     assert c.master_keyset_id == MASTER_KEYSET_ID
     assert c.keyring.keys == ring.keys
-    assert c.keyring.get(11).keyset_id == MASTER_KEYSET_ID
+    assert found(c.keyring.get(11)).keyset_id == MASTER_KEYSET_ID
     assert c.site_data[9000] == (("example.com",), ("com.example.app",))
     assert c.max_bidstream_lifetime_seconds == 3 * 86400
     assert c.identity_scope is IdentityScope.UID2
@@ -133,8 +141,8 @@ def test_refresh_keys_never_published() -> None:
 def test_parses_the_vector_containers() -> None:
     c = container()
     assert c.caller_site_id == 9000 and c.default_keyset_id == 99999
-    assert c.keyring.get(164).keyset_id == MASTER_KEYSET_ID  # published as 1 there
-    assert c.keyring.get(164).site_id == -1
+    assert found(c.keyring.get(164)).keyset_id == MASTER_KEYSET_ID  # published as 1 there
+    assert found(c.keyring.get(164)).site_id == -1
     assert c.max_bidstream_lifetime_seconds is None
     assert container("EUID").identity_scope is IdentityScope.EUID
 
@@ -152,7 +160,9 @@ def test_parses_the_vector_containers() -> None:
         lambda b: b.update(site_data=[{"id": 1, "domain_names": "x.com"}]),
     ],
 )
-def test_malformed_container_raises_key_container_error(mutate) -> None:
+def test_malformed_container_raises_key_container_error(
+    mutate: Callable[[dict[str, Any]], object],
+) -> None:
     body = json.loads(json.dumps(VECTORS["key_json_uid2"]["body"]))
     mutate(body)
     with pytest.raises(KeyContainerError):

@@ -2,6 +2,7 @@ import base64
 import hashlib
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +21,7 @@ NOW = 1_700_000_000_000
 FIRST_LEVEL_SALT = "first-level-salt-for-tests"
 
 
-def det_rng(seed: bytes = b"seed"):
+def det_rng(seed: bytes = b"seed") -> Callable[[int], bytes]:
     """A deterministic byte stream (SHA-256 in counter mode), so tests are repeatable."""
     counter = 0
 

@@ -2,13 +2,15 @@
 
 import base64
 import os
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
 from tests.unit.crypto.tokens_helpers import BASE_MS, RAW_UID, mint, payload
 from tests.unit.crypto.vectors import NOW_MS, container, master_key, site_key, token_vectors
 from uid2_crypto.identity import IdentityScope, IdentityType
-from uid2_crypto.keys import KeyRing
+from uid2_crypto.keys import Key, KeyRing
 from uid2_crypto.tokens import (
     PRIVACY_BIT_CLIENT_SIDE_GENERATED,
     ClientType,
@@ -25,7 +27,7 @@ SKEW_S = 1800
 UID_B64 = base64.b64encode(RAW_UID).decode()
 
 
-def decoder(keys=None, **kw) -> TokenDecoder:
+def decoder(keys: Iterable[Key] | None = None, **kw: Any) -> TokenDecoder:
     ring = KeyRing(keys) if keys is not None else container().keyring
     kw.setdefault("max_bidstream_lifetime_s", BIDSTREAM_S)
     kw.setdefault("max_sharing_lifetime_s", SHARING_S)
@@ -49,6 +51,7 @@ def test_phone_euid_and_v3_raw_uid() -> None:
     r = decoder().decrypt(token, BASE_MS)
     assert r.status is DecryptionStatus.SUCCESS
     assert r.identity_type is IdentityType.PHONE and r.identity_scope is IdentityScope.EUID
+    assert r.raw_uid is not None
     assert base64.b64decode(r.raw_uid) == raw
     assert token[:2] == "F4"  # EUID phone
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def iso_ms(s: str) -> int:
     return int(dt.datetime.fromisoformat(s).timestamp() * 1000)
 
 
-def token_vectors(prefix: str = "") -> Iterable[dict[str, Any]]:
+def token_vectors(prefix: str = "") -> list[dict[str, Any]]:
     return [t for t in VECTORS["tokens"] if t["name"].startswith(prefix)]
 
 

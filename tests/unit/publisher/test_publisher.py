@@ -683,9 +683,12 @@ def test_close_does_not_deadlock_with_an_impression_starting_a_refresh(env: Env)
         closer = threading.Thread(target=pub.close, daemon=True)
         closer.start()
         time.sleep(0.2)  # let close() get as far as it can
-        submitter = threading.Thread(
-            target=lambda: (pub._serve_pool.submit(lambda: None), submitted.set()), daemon=True
-        )
+
+        def submit() -> None:
+            pub._serve_pool.submit(lambda: None)
+            submitted.set()
+
+        submitter = threading.Thread(target=submit, daemon=True)
         submitter.start()
         assert submitted.wait(2), "close() holds the pool while waiting for the pending lock"
     release.set()
@@ -708,9 +711,12 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
     _, r = _ad(env, user_id="u1")
     assert r.token_sent and env.ssp.impressions[-1].advertising_token == held  # type: ignore[attr-defined]
     seen: list[str] = []
-    assert _wait(
-        lambda: seen.append(capsys.readouterr().err) or "impression_refresh_failed" in "".join(seen)
-    )
+
+    def logged() -> bool:
+        seen.append(capsys.readouterr().err)
+        return "impression_refresh_failed" in "".join(seen)
+
+    assert _wait(logged)
     line = next(x for x in "".join(seen).splitlines() if "impression_refresh_failed" in x)
     assert json.loads(line)["reason"] == "OPERATOR_REJECTED" and "a@b.com" not in line
 

@@ -207,7 +207,7 @@ def test_an_identity_the_refresher_ended_is_reported_as_such(setup) -> None:  # 
     clock, op, pub = setup
     for user in ("oo", "ex", "lo"):
         pub.login(user, f"{user}@example.com", None, OK)
-    op.refresh_optout_keys.add(pub.store.get("oo").dii_key)  # type: ignore[union-attr]
+    op.refresh_optout_keys.add(pub.store.get("oo").dii_key)
     r = Refresher(pub, workers=2)
     try:
         clock.advance(HOUR)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
@@ -13,9 +15,10 @@ from ssp_svc.bid_request import Disposition, Impression, build_bid_request
 from svc_common.clock import SystemClock
 from svc_common.errors import ServiceError
 from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
+from uid2.ssp.v1 import openrtb_pb2
 
 
-def request(token: str, floor: float = 0.5):
+def request(token: str, floor: float = 0.5) -> openrtb_pb2.BidRequest:
     imp = Impression("p", "P", DOMAIN, "", "slot", floor, token)
     return build_bid_request("auc", imp, Disposition.PASSED_THROUGH, 100)
 
@@ -30,13 +33,13 @@ def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
         checker=TokenChecker(cache, optouts, SystemClock()),
         base_price=1.0,
         identified_bonus=2.0,
-        new_id=kw.pop("new_id", lambda: "bid"),
+        new_id=cast(Callable[[], str], kw.pop("new_id", lambda: "bid")),
         **kw,  # type: ignore[arg-type]  # deliberately wrong or loosely typed fields
     )
     return b, keys, optouts
 
 
-def price(resp) -> float | None:
+def price(resp: openrtb_pb2.BidResponse) -> float | None:
     bids = [b for s in resp.seatbid for b in s.bid]
     return bids[0].price if bids else None
 

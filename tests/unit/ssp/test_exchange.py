@@ -8,7 +8,7 @@ from bidstream.eids import uid2_token
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import Disposition
 from ssp_svc.bidders import FanOutResult
-from ssp_svc.exchange import Exchange
+from ssp_svc.exchange import AuctionReport, Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import SystemClock
@@ -44,7 +44,9 @@ def exchange(
     return ex, hub
 
 
-def submit(ex: Exchange, token: str = "", floor: float = 1.0, domain: str = DOMAIN):
+def submit(
+    ex: Exchange, token: str = "", floor: float = 1.0, domain: str = DOMAIN
+) -> AuctionReport:
     imp = ex.validate(
         PUB, page_domain=domain, app_bundle="", placement_id="s", floor_price=floor, token=token
     )
