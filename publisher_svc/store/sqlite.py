@@ -5,7 +5,10 @@ single-row updates, so a lock costs less than a connection per thread."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,36 +125,30 @@ class SqliteStore:
     ) -> bool:
         """Stores (or replaces) a user's identity, unless the user opted out of the site in the
         meantime. Returns whether it was stored."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                opted = self._db.execute(
-                    "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
-                ).fetchone()
-                if opted is None:
-                    self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO identities (user_id, dii_key, advertising_token,"
-                        " refresh_token, identity_expires, refresh_from, refresh_expires,"
-                        " refresh_response_key, next_attempt_at, failed_attempts, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                        (
-                            user_id,
-                            dii_key,
-                            identity.advertising_token,
-                            identity.refresh_token,
-                            identity.identity_expires,
-                            identity.refresh_from,
-                            identity.refresh_expires,
-                            identity.refresh_response_key,
-                            identity.refresh_from,
-                            now_ms,
-                        ),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            opted = db.execute(
+                "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if opted is None:
+                db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
+                db.execute(
+                    "INSERT OR REPLACE INTO identities (user_id, dii_key, advertising_token,"
+                    " refresh_token, identity_expires, refresh_from, refresh_expires,"
+                    " refresh_response_key, next_attempt_at, failed_attempts, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (
+                        user_id,
+                        dii_key,
+                        identity.advertising_token,
+                        identity.refresh_token,
+                        identity.identity_expires,
+                        identity.refresh_from,
+                        identity.refresh_expires,
+                        identity.refresh_response_key,
+                        identity.refresh_from,
+                        now_ms,
+                    ),
+                )
         return opted is None
 
     def replace_if_current(
@@ -183,49 +180,36 @@ class SqliteStore:
     def end_if_current(self, user_id: str, old_refresh_token: str, now_ms: int) -> bool:
         """Deletes an identity whose refresh answered login required, if it is still the one
         refreshed, and remembers why (ended_status) in the same transaction."""
-        return self._delete_and_mark(
-            "DELETE FROM identities WHERE user_id = ? AND refresh_token = ?",
-            (user_id, old_refresh_token),
-            user_id,
-            "LOGIN_REQUIRED",
-            now_ms,
-        )
-
-    def _delete_and_mark(
-        self, delete: str, args: tuple[str, ...], user_id: str, status: str, now_ms: int
-    ) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = self._db.execute(delete, args).rowcount == 1
-                if deleted:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
-                        " VALUES (?, ?, ?)",
-                        (user_id, status, now_ms),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            deleted = (
+                db.execute(
+                    "DELETE FROM identities WHERE user_id = ? AND refresh_token = ?",
+                    (user_id, old_refresh_token),
+                ).rowcount
+                == 1
+            )
+            if deleted:
+                _mark_ended(db, user_id, "LOGIN_REQUIRED", now_ms)
         return deleted
 
     def end_as_opted_out(self, user_id: str, now_ms: int) -> None:
         """A login answered opt-out: drops whatever identity the user had and remembers why
         (ended_status), in one transaction, until the user logs in again."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+            _mark_ended(db, user_id, "OPTOUT", now_ms)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, synced before it returns)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
-                self._db.execute(
-                    "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
-                    " VALUES (?, 'OPTOUT', ?)",
-                    (user_id, now_ms),
-                )
-                self._db.execute("COMMIT")
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._db.execute("COMMIT")
 
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has
@@ -238,10 +222,10 @@ class SqliteStore:
 
     def delete(self, user_id: str) -> bool:
         """Deletes the user's identity, and the record of how an earlier one ended."""
-        with self._lock:
-            cur = self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
-            self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
-            return cur.rowcount == 1
+        with self._transaction() as db:
+            cur = db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
+        return cur.rowcount == 1
 
     def postpone(
         self, user_id: str, old_refresh_token: str, next_attempt_at: int, failed_attempts: int
@@ -274,29 +258,19 @@ class SqliteStore:
     def record_operator_optout(self, dii_key: str, now_ms: int, user_id: str = "") -> None:
         """Records that the operator answered opt-out for a DII (and drops the user's stored
         identity, if any, remembering why: ended_status) in one durable transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
-                    (dii_key, now_ms),
-                )
-                if (
-                    user_id
-                    and self._db.execute(
-                        "DELETE FROM identities WHERE user_id = ? AND dii_key = ?",
-                        (user_id, dii_key),
-                    ).rowcount
-                ):
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO ended_identities (user_id, status, at)"
-                        " VALUES (?, 'OPTOUT', ?)",
-                        (user_id, now_ms),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
+                (dii_key, now_ms),
+            )
+            if (
+                user_id
+                and db.execute(
+                    "DELETE FROM identities WHERE user_id = ? AND dii_key = ?",
+                    (user_id, dii_key),
+                ).rowcount
+            ):
+                _mark_ended(db, user_id, "OPTOUT", now_ms)
 
     def is_operator_optout(self, dii_key: str) -> bool:
         with self._lock:
@@ -307,22 +281,16 @@ class SqliteStore:
 
     def set_site_optout(self, user_id: str, opted_out: bool, now_ms: int) -> None:
         """Sets or clears the user's site opt-out; setting it also deletes the identity."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if opted_out:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO site_optouts (user_id, at) VALUES (?, ?)",
-                        (user_id, now_ms),
-                    )
-                    self._db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
-                    self._db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
-                else:
-                    self._db.execute("DELETE FROM site_optouts WHERE user_id = ?", (user_id,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if opted_out:
+                db.execute(
+                    "INSERT OR IGNORE INTO site_optouts (user_id, at) VALUES (?, ?)",
+                    (user_id, now_ms),
+                )
+                db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+                db.execute("DELETE FROM ended_identities WHERE user_id = ?", (user_id,))
+            else:
+                db.execute("DELETE FROM site_optouts WHERE user_id = ?", (user_id,))
 
     def is_site_optout(self, user_id: str) -> bool:
         with self._lock:
@@ -330,3 +298,11 @@ class SqliteStore:
                 "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
             ).fetchone()
         return r is not None
+
+
+def _mark_ended(db: sqlite3.Connection, user_id: str, status: str, now_ms: int) -> None:
+    """Remembers how the user's identity ended (ended_status), inside the caller's transaction."""
+    db.execute(
+        "INSERT OR REPLACE INTO ended_identities (user_id, status, at) VALUES (?, ?, ?)",
+        (user_id, status, now_ms),
+    )

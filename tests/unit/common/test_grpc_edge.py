@@ -46,6 +46,25 @@ class _Servicer(operator_pb2_grpc.OperatorServiceServicer):
 SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
 
 
+def _aio_served(servicer: Any, pool_size: int, **adapter: Any) -> AioServed:
+    """`servicer` on grpc.aio through SyncServicerAdapter, as the operator serves; the pool is
+    shut down when the server stops."""
+    pool = ThreadPoolExecutor(pool_size)
+    adapted = SyncServicerAdapter(servicer, SERVICE, pool=pool, stream_pool=pool, **adapter)
+    s = start_aio_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+            adapted,  # type: ignore[arg-type]  # the adapter stands in for the servicer base
+            srv,
+        ),
+        service_names=[SERVICE.full_name],
+        served_class=AioServed,
+    )
+    s.on_stop.append(pool.shutdown)
+    return s
+
+
 @pytest.fixture(scope="module", params=["sync", "aio"])
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     servicer = _Servicer()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
@@ -60,21 +79,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
             max_workers=4,
         )
     else:
-        pool = ThreadPoolExecutor(2)
-        adapter = SyncServicerAdapter(
-            servicer, SERVICE, blocking={"OptOut"}, pool=pool, stream_pool=pool
-        )
-        s = start_aio_server(
-            listen="127.0.0.1:0",
-            domain="test.uid2",
-            register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-                adapter,  # type: ignore[arg-type]  # the adapter stands in for the servicer base
-                srv,
-            ),
-            service_names=[SERVICE.full_name],
-            served_class=AioServed,
-        )
-        s.on_stop.append(pool.shutdown)
+        s = _aio_served(servicer, 2, blocking={"OptOut"})
     yield s
     s.stop(0)
 
@@ -290,21 +295,8 @@ def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
     """While one call sleeps in the pool, an inline call still answers at once; what a pooled
     method or a pumped stream binds for the log (its caller's site) reaches the call's line."""
     configure_logging(service="test")
-    pool = ThreadPoolExecutor(2)
     servicer = _Blocking()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
-    adapter = SyncServicerAdapter(
-        servicer, SERVICE, blocking={"OptOut"}, pool=pool, stream_pool=pool
-    )
-    s = start_aio_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-            adapter,  # type: ignore[arg-type]  # the adapter stands in for the servicer base
-            srv,
-        ),
-        service_names=[SERVICE.full_name],
-        served_class=AioServed,
-    )
+    s = _aio_served(servicer, 2, blocking={"OptOut"})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
             stub = operator_pb2_grpc.OperatorServiceStub(channel)
@@ -324,7 +316,6 @@ def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
         assert [x.get("site_id") for x in watch] == [43]
     finally:
         s.stop(0)
-        pool.shutdown()
 
 
 class _Waiting(_Servicer):
@@ -335,21 +326,8 @@ class _Waiting(_Servicer):
 
 
 def test_aio_streams_past_the_limit_are_refused_not_left_hanging() -> None:
-    pool = ThreadPoolExecutor(4)
     servicer = _Waiting()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
-    adapter = SyncServicerAdapter(
-        servicer, SERVICE, blocking=(), pool=pool, stream_pool=pool, max_streams=1
-    )
-    s = start_aio_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-            adapter,  # type: ignore[arg-type]  # the adapter stands in for the servicer base
-            srv,
-        ),
-        service_names=[SERVICE.full_name],
-        served_class=AioServed,
-    )
+    s = _aio_served(servicer, 4, blocking=(), max_streams=1)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
             stub = operator_pb2_grpc.OperatorServiceStub(channel)
@@ -366,4 +344,3 @@ def test_aio_streams_past_the_limit_are_refused_not_left_hanging() -> None:
             again.cancel()
     finally:
         s.stop(0)
-        pool.shutdown()
