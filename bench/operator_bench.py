@@ -17,7 +17,8 @@ operator can only close the gap between it and the echo by doing less than nothi
 
 Figures: throughput (calls/s), p50/p99 latency (ms), operator/echo throughput ratios; MapIdentity
 of 5,000 DIIs end to end (median of 10); `init` time, time to SERVING and resident memory with
-2^20 salt buckets.
+2^20 salt buckets; how fast WatchOptOuts replays a backlog of 100,000 opt-outs (what a starting
+SSP or DSP waits for).
 
 Run: `make bench` or `.venv/bin/python -m bench.operator_bench`. Writes bench/results/operator.json.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DURATION_S = float(os.environ.get("OPERATOR_BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("OPERATOR_BENCH_ROUNDS", "5"))
+REPLAY_OPTOUTS = int(os.environ.get("OPERATOR_BENCH_REPLAY_OPTOUTS", "100000"))
 WARMUP_S = 0.5
 TARGET_RATIO = 0.8
 TARGET_MAP_MS = 100.0
@@ -360,9 +363,56 @@ def run() -> dict[str, Any]:
                 proc.wait(10)
             op.terminate()
             results["operator_exit_code"] = op.wait(30)
+    results["watch_optouts_replay"] = _optout_replay(REPLAY_OPTOUTS)
     write_results("operator", results)
     _print_table(results)
     return results
+
+
+def _optout_replay(n: int) -> dict[str, Any]:
+    """How fast WatchOptOuts replays a backlog of `n` opt-outs: what a starting SSP or DSP
+    waits for before it vouches for any token. The rows go straight into a fresh store."""
+    sys.path.insert(0, str(ROOT))
+    from uid2.operator.v1 import operator_pb2 as pb
+    from uid2.operator.v1 import operator_pb2_grpc as pbg
+
+    with tempfile.TemporaryDirectory(prefix="opreplay") as tmp:
+        data = Path(tmp) / "data"
+        cli("uid2-operator", "init", "--data-dir", str(data))
+        reader = add_client(data, 20, "replay-reader", "ID_READER")
+        with sqlite3.connect(data / "operator.sqlite3") as conn:
+            conn.executemany(
+                "INSERT INTO optouts(flh, opted_out_at) VALUES (?, ?)",
+                ((os.urandom(32), 1_790_000_000_000 + i) for i in range(n)),
+            )
+        log_path = Path(tmp) / "operator.log"
+        with log_path.open("w") as log_file:
+            op = subprocess.Popen(
+                [str(BIN / "uid2-operator"), "serve", "--data-dir", str(data),
+                 "--listen", "127.0.0.1:0"],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )  # fmt: skip
+        try:
+            port = int(wait_serving(log_path)["port"])
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stream = pbg.OperatorServiceStub(channel).WatchOptOuts(
+                    pb.WatchOptOutsRequest(since=0),
+                    metadata=(("authorization", "Bearer " + reader["api_key"]),),
+                    timeout=600,
+                )
+                t = time.perf_counter()
+                got = 0
+                for item in stream:
+                    if item.backlog_sent:
+                        break
+                    got += 1
+                seconds = time.perf_counter() - t
+                stream.cancel()
+        finally:
+            op.terminate()
+            op.wait(30)
+    return {"opt_outs": got, "seconds": round(seconds, 2), "per_second": round(got / seconds)}
 
 
 def _print_table(results: dict[str, Any]) -> None:
@@ -378,6 +428,7 @@ def _print_table(results: dict[str, Any]) -> None:
         if key.startswith("ratio_to_"):
             print(f"  {key:<26} {ratios}")
     print(f"  MapIdentity 5,000: {results['map_identity_5000']}")
+    print(f"  WatchOptOuts backlog replay: {results['watch_optouts_replay']}")
     print(f"  start-up: {results['startup']}")
 
 

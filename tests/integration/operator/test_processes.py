@@ -314,3 +314,27 @@ def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) 
     time.sleep(delay_s)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
+
+
+def test_a_stack_dump_request_while_starting_does_not_kill_the_service(data_dir: Path) -> None:
+    """SIGUSR1 (dump every thread's stack) is armed before the imports too."""
+    proc = subprocess.Popen(
+        [
+            str(BIN / "uid2-operator"),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "most recent call first" in err
