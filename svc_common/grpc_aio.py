@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
+from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served, bind_port
 
 
@@ -93,6 +94,7 @@ def start_aio_server(
             loop.close()
             return
         loop.run_forever()
+        finish_pending_tasks(loop)
         loop.close()
 
     thread = threading.Thread(target=run, name="grpc-aio", daemon=True)

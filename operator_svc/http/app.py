@@ -51,6 +51,7 @@ from operator_svc.http.errors import (
 from svc_common import call_context
 from svc_common.edge_log import log_unhandled, request_id
 from svc_common.errors import ServiceError
+from svc_common.event_loop import finish_pending_tasks
 
 _log = structlog.get_logger("http")
 
@@ -319,7 +320,7 @@ class HttpFrontDoor:
                 return
             ready.set()
             loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            finish_pending_tasks(loop)
             loop.close()
 
         self._loop = loop

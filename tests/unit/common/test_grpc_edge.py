@@ -4,6 +4,7 @@ without leaking their text, and every call logs one line without payloads."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -344,3 +345,24 @@ def test_aio_streams_past_the_limit_are_refused_not_left_hanging() -> None:
             again.cancel()
     finally:
         s.stop(0)
+
+
+def test_aio_stop_leaves_no_task_pending_for_the_garbage_collector() -> None:
+    # grpc can leave an RPC's task pending when the loop stops; destroyed later by the garbage
+    # collector it printed a GeneratorExit traceback into another test's stderr (a CI failure).
+    s = _aio_served(_Servicer(), 1, blocking=())  # type: ignore[abstract]  # a partial fake
+    assert s.loop is not None
+    ended: list[str] = []
+
+    async def left_behind() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    task = asyncio.run_coroutine_threadsafe(left_behind(), s.loop)
+    time.sleep(0.05)
+    s.stop(0)
+    assert ended == ["cancelled"] and task.cancelled()
+    assert not [t for t in asyncio.all_tasks(s.loop) if not t.done()]

@@ -1,0 +1,44 @@
+"""finish_pending_tasks: a stopped loop's leftover tasks are cancelled and run to their end
+before the loop closes, so none is left for the garbage collector to destroy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from svc_common.event_loop import finish_pending_tasks
+
+
+def test_leftover_tasks_are_cancelled_and_their_cleanup_awaited() -> None:
+    loop = asyncio.new_event_loop()
+    steps: list[str] = []
+
+    async def left_behind() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # cleanup that needs the loop again
+            steps.append("cleaned up")
+            raise
+
+    async def finished() -> None:
+        steps.append("finished")
+
+    try:
+        task = loop.create_task(left_behind())
+        done = loop.create_task(finished())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done() and done.done()
+        finish_pending_tasks(loop)
+        assert task.cancelled() and steps == ["finished", "cleaned up"]
+        assert not [t for t in asyncio.all_tasks(loop) if not t.done()]
+    finally:
+        loop.close()
+
+
+def test_a_loop_with_nothing_pending_is_left_as_it_was() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        finish_pending_tasks(loop)
+        assert not loop.is_closed() and not asyncio.all_tasks(loop)
+    finally:
+        loop.close()
