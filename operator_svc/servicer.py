@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,12 @@ from operator_svc.domain.tokens import GenerateStatus, IdentityTokens, RefreshSt
 from svc_common import call_context
 from svc_common.grpc_edge import bearer_token
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
+from uid2_crypto.keys import (
+    MASTER_KEYSET_ID,
+    PUBLISHED_MASTER_KEYSET_ID,
+    PublishedKeys,
+    published_keyset_id,
+)
 
 _GENERATE = {
     GenerateStatus.SUCCESS: operator_pb2.GENERATE_TOKEN_STATUS_SUCCESS,
@@ -52,35 +57,33 @@ def fill_identity(target: operator_pb2.Identity, identity: IdentityTokens) -> No
     target.refresh_response_key = identity.refresh_response_key
 
 
-def key_container_proto(body: dict[str, Any]) -> operator_pb2.KeyContainer:
-    """The official key-container dict (uid2_crypto.keys.key_container_json) as a proto."""
+def key_container_proto(published: PublishedKeys) -> operator_pb2.KeyContainer:
+    """The keys a caller may have, as the proto twin of the official key JSON."""
     return operator_pb2.KeyContainer(
-        caller_site_id=body["caller_site_id"],
-        master_keyset_id=body["master_keyset_id"],
-        default_keyset_id=body["default_keyset_id"],
-        token_expiry_seconds=body["token_expiry_seconds"],
-        identity_scope=body["identity_scope"],
-        allow_clock_skew_seconds=body["allow_clock_skew_seconds"],
-        max_bidstream_lifetime_seconds=body["max_bidstream_lifetime_seconds"],
-        max_sharing_lifetime_seconds=body["max_sharing_lifetime_seconds"],
+        caller_site_id=published.caller_site_id,
+        master_keyset_id=PUBLISHED_MASTER_KEYSET_ID,
+        default_keyset_id=published_keyset_id(published.default_keyset_id),
+        token_expiry_seconds=published.token_expiry_seconds,
+        identity_scope=published.identity_scope,
+        allow_clock_skew_seconds=published.allow_clock_skew_seconds,
+        max_bidstream_lifetime_seconds=published.max_bidstream_lifetime_seconds,
+        max_sharing_lifetime_seconds=published.max_sharing_lifetime_seconds,
         keys=[
             operator_pb2.Key(
-                id=k["id"],
-                keyset_id=k["keyset_id"],
+                id=k.id,
+                keyset_id=published_keyset_id(k.keyset_id),
                 # Master keys carry no site (0 is not rendered; the SDKs then assume -1).
-                site_id=k.get("site_id", 0),
-                created=k["created"],
-                activates=k["activates"],
-                expires=k["expires"],
-                secret=base64.b64decode(k["secret"]),
+                site_id=0 if k.keyset_id == MASTER_KEYSET_ID else k.site_id,
+                created=k.created,
+                activates=k.activates,
+                expires=k.expires,
+                secret=k.secret,
             )
-            for k in body["keys"]
+            for k in published.keys
         ],
         site_data=[
-            operator_pb2.SiteData(
-                id=s["id"], domain_names=s["domain_names"], app_names=s["app_names"]
-            )
-            for s in body["site_data"]
+            operator_pb2.SiteData(id=sid, domain_names=domains, app_names=apps)
+            for sid, domains, apps in published.site_data
         ],
     )
 
@@ -186,12 +189,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: operator_pb2.GetBidstreamKeysRequest, context: Any
     ) -> operator_pb2.GetBidstreamKeysResponse:
         client = self._client(context)
-        body = self._op.keys.bidstream_keys(client)
-        return operator_pb2.GetBidstreamKeysResponse(key_container=key_container_proto(body))
+        published = self._op.keys.bidstream_keys(client)
+        return operator_pb2.GetBidstreamKeysResponse(key_container=key_container_proto(published))
 
     def GetSharingKeys(
         self, request: operator_pb2.GetSharingKeysRequest, context: Any
     ) -> operator_pb2.GetSharingKeysResponse:
         client = self._client(context)
-        body = self._op.keys.sharing_keys(client)
-        return operator_pb2.GetSharingKeysResponse(key_container=key_container_proto(body))
+        published = self._op.keys.sharing_keys(client)
+        return operator_pb2.GetSharingKeysResponse(key_container=key_container_proto(published))

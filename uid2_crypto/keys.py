@@ -154,8 +154,61 @@ def keys_for_caller(
     return out
 
 
-def _published_keyset_id(keyset_id: int) -> int:
+def published_keyset_id(keyset_id: int) -> int:
+    """The keyset id a decryptor sees: the master keyset's internal -1 is published as 9999999."""
     return PUBLISHED_MASTER_KEYSET_ID if keyset_id == MASTER_KEYSET_ID else keyset_id
+
+
+@dataclass(frozen=True)
+class PublishedKeys:
+    """What one key/sharing or key/bidstream answer publishes to a caller, before it is rendered:
+    as the official JSON by `to_json` (the HTTP API, the SDKs) or as a proto by the operator's
+    gRPC servicer. Keys are sorted by activation because the SDK's keyset lookup bisects
+    without sorting; keyset ids stay internal (`published_keyset_id` maps the master's)."""
+
+    caller_site_id: int
+    default_keyset_id: int
+    keys: tuple[Key, ...]
+    site_data: tuple[tuple[int, tuple[str, ...], tuple[str, ...]], ...]
+    max_bidstream_lifetime_seconds: int
+    max_sharing_lifetime_seconds: int
+    identity_scope: str = "UID2"
+    token_expiry_seconds: int = 30 * 86400
+    allow_clock_skew_seconds: int = 1800
+
+    def __post_init__(self) -> None:
+        if any(k.keyset_id == REFRESH_KEYSET_ID for k in self.keys):
+            raise ValueError("refresh keys are never published")
+        object.__setattr__(self, "keys", tuple(sorted(self.keys, key=_order)))
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of the answer, as the official SDKs parse it. Master keys carry no
+        ``site_id`` (the SDK then assumes -1, as for the Operator's own JSON)."""
+        rendered: list[dict[str, Any]] = []
+        for k in self.keys:
+            entry: dict[str, Any] = {"id": k.id, "keyset_id": published_keyset_id(k.keyset_id)}
+            if k.keyset_id != MASTER_KEYSET_ID:
+                entry["site_id"] = k.site_id
+            entry["created"] = k.created
+            entry["activates"] = k.activates
+            entry["expires"] = k.expires
+            entry["secret"] = base64.b64encode(k.secret).decode("ascii")
+            rendered.append(entry)
+        return {
+            "caller_site_id": self.caller_site_id,
+            "master_keyset_id": PUBLISHED_MASTER_KEYSET_ID,
+            "default_keyset_id": published_keyset_id(self.default_keyset_id),
+            "token_expiry_seconds": self.token_expiry_seconds,
+            "identity_scope": self.identity_scope,
+            "allow_clock_skew_seconds": self.allow_clock_skew_seconds,
+            "max_bidstream_lifetime_seconds": self.max_bidstream_lifetime_seconds,
+            "max_sharing_lifetime_seconds": self.max_sharing_lifetime_seconds,
+            "keys": rendered,
+            "site_data": [
+                {"id": sid, "domain_names": list(domains), "app_names": list(apps)}
+                for sid, domains, apps in self.site_data
+            ],
+        }
 
 
 def key_container_json(
@@ -170,38 +223,18 @@ def key_container_json(
     max_bidstream_lifetime_seconds: int,
     max_sharing_lifetime_seconds: int,
 ) -> dict[str, Any]:
-    """The body of a key/sharing or key/bidstream answer, as the official SDKs parse it.
-
-    Master keys carry no ``site_id`` (the SDK then assumes -1, as for the Operator's own JSON);
-    keys are sorted by activation because the SDK's keyset lookup bisects without sorting.
-    """
-    if any(k.keyset_id == REFRESH_KEYSET_ID for k in keys):
-        raise ValueError("refresh keys are never published")
-    rendered: list[dict[str, Any]] = []
-    for k in sorted(keys, key=_order):
-        entry: dict[str, Any] = {"id": k.id, "keyset_id": _published_keyset_id(k.keyset_id)}
-        if k.keyset_id != MASTER_KEYSET_ID:
-            entry["site_id"] = k.site_id
-        entry["created"] = k.created
-        entry["activates"] = k.activates
-        entry["expires"] = k.expires
-        entry["secret"] = base64.b64encode(k.secret).decode("ascii")
-        rendered.append(entry)
-    return {
-        "caller_site_id": caller_site_id,
-        "master_keyset_id": PUBLISHED_MASTER_KEYSET_ID,
-        "default_keyset_id": _published_keyset_id(default_keyset_id),
-        "token_expiry_seconds": token_expiry_seconds,
-        "identity_scope": identity_scope,
-        "allow_clock_skew_seconds": allow_clock_skew_seconds,
-        "max_bidstream_lifetime_seconds": max_bidstream_lifetime_seconds,
-        "max_sharing_lifetime_seconds": max_sharing_lifetime_seconds,
-        "keys": rendered,
-        "site_data": [
-            {"id": sid, "domain_names": list(domains), "app_names": list(apps)}
-            for sid, domains, apps in site_data
-        ],
-    }
+    """`PublishedKeys(...).to_json()`, for callers holding the parts (tests, benches)."""
+    return PublishedKeys(
+        caller_site_id=caller_site_id,
+        default_keyset_id=default_keyset_id,
+        keys=tuple(keys),
+        site_data=tuple((sid, tuple(d), tuple(a)) for sid, d, a in site_data),
+        identity_scope=identity_scope,
+        token_expiry_seconds=token_expiry_seconds,
+        allow_clock_skew_seconds=allow_clock_skew_seconds,
+        max_bidstream_lifetime_seconds=max_bidstream_lifetime_seconds,
+        max_sharing_lifetime_seconds=max_sharing_lifetime_seconds,
+    ).to_json()
 
 
 @dataclass(frozen=True)

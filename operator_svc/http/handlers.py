@@ -172,8 +172,8 @@ def optout_status(operator: Operator, client: Client, payload: dict[str, Any]) -
 
 
 def key_sharing(operator: Operator, client: Client, payload: dict[str, Any]) -> Answer:
-    return {"status": SUCCESS, "body": operator.keys.sharing_keys(client)}
+    return {"status": SUCCESS, "body": operator.keys.sharing_keys(client).to_json()}
 
 
 def key_bidstream(operator: Operator, client: Client, payload: dict[str, Any]) -> Answer:
-    return {"status": SUCCESS, "body": operator.keys.bidstream_keys(client)}
+    return {"status": SUCCESS, "body": operator.keys.bidstream_keys(client).to_json()}

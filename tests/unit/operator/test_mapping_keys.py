@@ -4,11 +4,14 @@ import base64
 import os
 
 import pytest
+from google.protobuf import json_format
 
 from operator_svc import admin
 from operator_svc.domain.mapping import UnmappedReason
+from operator_svc.servicer import key_container_proto
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
+from uid2.operator.v1 import operator_pb2
 from uid2_crypto.keys import MASTER_KEYSET_ID, PUBLISHED_MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 
 
@@ -54,7 +57,7 @@ def test_salt_rotation_previous_uid(env: Env) -> None:
 
 def test_key_access_rules(env: Env) -> None:
     ring = env.op.state.keys.keyring
-    reader = env.op.keys.bidstream_keys(env.client("reader"))
+    reader = env.op.keys.bidstream_keys(env.client("reader")).to_json()
     ids = {k["keyset_id"] for k in reader["keys"]}
     assert PUBLISHED_MASTER_KEYSET_ID in ids
     assert env.op.state.keys.default_keyset[10] in ids  # unlisted keysets for ID_READER
@@ -62,7 +65,7 @@ def test_key_access_rules(env: Env) -> None:
     assert [k["activates"] for k in reader["keys"]] == sorted(
         k["activates"] for k in reader["keys"]
     )
-    sharer = env.op.keys.sharing_keys(env.client("sharer"))
+    sharer = env.op.keys.sharing_keys(env.client("sharer")).to_json()
     sharer_sets = {k["keyset_id"] for k in sharer["keys"]}
     assert sharer_sets == {PUBLISHED_MASTER_KEYSET_ID, env.op.state.keys.default_keyset[40]}
     assert sharer["default_keyset_id"] == env.op.state.keys.default_keyset[40]
@@ -73,3 +76,18 @@ def test_key_access_rules(env: Env) -> None:
             call(env.client(name))
         assert exc.value.kind is ErrorKind.PERMISSION_DENIED
     assert MASTER_KEYSET_ID not in ids
+
+
+def test_grpc_and_http_publish_the_same_key_container(env: Env) -> None:
+    # One PublishedKeys, two renderings: the servicer's proto must carry exactly what the
+    # official JSON carries (secrets as bytes, the master keyset as 9999999 with no site).
+    for name, call in (
+        ("reader", env.op.keys.bidstream_keys),
+        ("sharer", env.op.keys.sharing_keys),
+    ):
+        published = call(env.client(name))
+        proto = key_container_proto(published)
+        assert proto == json_format.ParseDict(published.to_json(), operator_pb2.KeyContainer())
+        assert len(proto.keys) == len(published.keys) > 1
+        masters = [k for k in proto.keys if k.keyset_id == PUBLISHED_MASTER_KEYSET_ID]
+        assert masters and all(k.site_id == 0 and len(k.secret) == 32 for k in masters)
