@@ -98,14 +98,36 @@ class WinningBid:
     creative_id: str
 
 
+class AuctionOutcome(Enum):
+    """How the SSP's auction ended (uid2.ssp.v1.AuctionOutcome, one member per proto value).
+    UNSPECIFIED also stands for a value from an SSP on a newer schema."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    FILLED = "FILLED"
+    NO_FILL = "NO_FILL"
+
+
+class TokenDisposition(Enum):
+    """What the SSP did with the token (uid2.ssp.v1.TokenDisposition, one member per proto
+    value). UNSPECIFIED also stands for a value from an SSP on a newer schema."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    ABSENT = "ABSENT"
+    PASSED_THROUGH = "PASSED_THROUGH"
+    VALID = "VALID"
+    DROPPED_EXPIRED = "DROPPED_EXPIRED"
+    DROPPED_INVALID = "DROPPED_INVALID"
+    DROPPED_OPTOUT = "DROPPED_OPTOUT"
+    DROPPED_UNVERIFIED = "DROPPED_UNVERIFIED"
+
+
 @dataclass(frozen=True)
 class AdDecision:
-    """The SSP's answer. `outcome` and `token_disposition` are the SSP's enum value names
-    without their prefix (for example "FILLED", "PASSED_THROUGH")."""
+    """The SSP's answer to one impression."""
 
     auction_id: str
-    outcome: str
-    token_disposition: str
+    outcome: AuctionOutcome
+    token_disposition: TokenDisposition
     bids_received: int
     winning_bid: WinningBid | None = None
 

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
+from publisher_svc.ssp_enums import disposition_to_proto, outcome_to_proto
 from svc_common import call_context
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2
@@ -45,20 +46,6 @@ class _Dii(NamedTuple):
 def _dii(request: Any) -> _Dii:
     which = request.WhichOneof("dii")
     return _Dii(*(getattr(request, f) if f == which else None for f in _Dii._fields))
-
-
-def _outcome(name: str) -> ssp_pb2.AuctionOutcome.ValueType:
-    try:
-        return ssp_pb2.AuctionOutcome.Value("AUCTION_OUTCOME_" + name)
-    except ValueError:
-        return ssp_pb2.AUCTION_OUTCOME_UNSPECIFIED
-
-
-def _disposition(name: str) -> ssp_pb2.TokenDisposition.ValueType:
-    try:
-        return ssp_pb2.TokenDisposition.Value("TOKEN_DISPOSITION_" + name)
-    except ValueError:
-        return ssp_pb2.TOKEN_DISPOSITION_UNSPECIFIED
 
 
 class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
@@ -145,7 +132,7 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             app_bundle=request.app_bundle,
         )
         d = result.decision
-        call_context.bind(token_sent=result.token_sent, outcome=d.outcome)
+        call_context.bind(token_sent=result.token_sent, outcome=d.outcome.name)
         bid = None
         if d.winning_bid is not None:
             w = d.winning_bid
@@ -154,9 +141,9 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             )
         return publisher_pb2.ServeAdResponse(
             auction_id=d.auction_id,
-            outcome=_outcome(d.outcome),
+            outcome=outcome_to_proto(d.outcome),
             winning_bid=bid,
-            token_disposition=_disposition(d.token_disposition),
+            token_disposition=disposition_to_proto(d.token_disposition),
             bids_received=d.bids_received,
             token_sent=result.token_sent,
             cookie=_cookie(result.cookie),

@@ -3,23 +3,10 @@ typed error (PeerError). The token goes out exactly as received."""
 
 from __future__ import annotations
 
-from google.protobuf.descriptor import EnumDescriptor
-
 from publisher_svc.model import AdDecision, Impression, WinningBid
 from publisher_svc.peer import PeerClient
+from publisher_svc.ssp_enums import disposition_from_proto, outcome_from_proto
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
-
-_OUTCOMES = ssp_pb2.AuctionOutcome.DESCRIPTOR
-_DISPOSITIONS = ssp_pb2.TokenDisposition.DESCRIPTOR
-
-
-def _name(enum: EnumDescriptor, value: int, prefix: str) -> str:
-    """An SSP enum value's name without its prefix; "UNSPECIFIED" for values newer than us."""
-    known = enum.values_by_number.get(value)
-    if known is None:
-        return "UNSPECIFIED"
-    full = known.name
-    return full[len(prefix) :] if full.startswith(prefix) else full
 
 
 class SspClient(PeerClient):
@@ -47,10 +34,8 @@ class SspClient(PeerClient):
             bid = WinningBid(w.bidder, w.price, w.ad_markup, w.creative_id)
         return AdDecision(
             auction_id=response.auction_id,
-            outcome=_name(_OUTCOMES, response.outcome, "AUCTION_OUTCOME_"),
-            token_disposition=_name(
-                _DISPOSITIONS, response.token_disposition, "TOKEN_DISPOSITION_"
-            ),
+            outcome=outcome_from_proto(response.outcome),
+            token_disposition=disposition_from_proto(response.token_disposition),
             bids_received=response.bids_received,
             winning_bid=bid,
         )

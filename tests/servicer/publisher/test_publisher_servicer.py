@@ -11,7 +11,14 @@ import grpc
 import grpc_testing
 import pytest
 
-from publisher_svc.model import AdDecision, Impression, PrivacySettings, WinningBid
+from publisher_svc.model import (
+    AdDecision,
+    AuctionOutcome,
+    Impression,
+    PrivacySettings,
+    TokenDisposition,
+    WinningBid,
+)
 from publisher_svc.publisher import Publisher, StorageMode
 from publisher_svc.servicer import PublisherServicer
 from publisher_svc.store import SqliteStore
@@ -30,7 +37,8 @@ OK = operator_pb2.PrivacySettings(transparency_notice_accepted=True, tcf_consent
 class FillingSsp(FakeSsp):
     def submit_impression(self, impression: Impression) -> AdDecision:
         self.impressions.append(impression)
-        return AdDecision("auc-1", "FILLED", "VALID", 2, WinningBid("dsp-a", 1.5, "<ad/>", "cr-1"))
+        bid = WinningBid("dsp-a", 1.5, "<ad/>", "cr-1")
+        return AdDecision("auc-1", AuctionOutcome.FILLED, TokenDisposition.VALID, 2, bid)
 
 
 @dataclass

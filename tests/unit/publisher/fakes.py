@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from publisher_svc.model import (
     AdDecision,
+    AuctionOutcome,
     GenerateOutcome,
     GenerateResult,
     HashedDii,
@@ -18,6 +19,7 @@ from publisher_svc.model import (
     PrivacySettings,
     RefreshOutcome,
     RefreshResult,
+    TokenDisposition,
 )
 from svc_common.clock import Clock
 
@@ -131,7 +133,7 @@ class FakeSsp:
         token = impression.advertising_token
         return AdDecision(
             auction_id=f"auction-{len(self.impressions)}",
-            outcome="NO_FILL",
-            token_disposition="PASSED_THROUGH" if token else "ABSENT",
+            outcome=AuctionOutcome.NO_FILL,
+            token_disposition=TokenDisposition.PASSED_THROUGH if token else TokenDisposition.ABSENT,
             bids_received=0,
         )

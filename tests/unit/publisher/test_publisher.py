@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.cookie import decode_cookie
-from publisher_svc.model import DiiKind, Identity, PrivacySettings
+from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
 from publisher_svc.publisher import (
     LoginStatus,
     Publisher,
@@ -287,7 +287,7 @@ def test_serve_ad_sends_token_exactly(env: Env) -> None:
         user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=1.0
     )
     assert r.token_sent and env.ssp.impressions[-1].advertising_token == tok
-    assert r.decision.token_disposition == "PASSED_THROUGH"
+    assert r.decision.token_disposition is TokenDisposition.PASSED_THROUGH
 
 
 def test_serve_ad_without_identity_still_goes_out(env: Env) -> None:
