@@ -46,10 +46,22 @@ def catch_stop_signals() -> threading.Event:
     return stop
 
 
+# How often the waiting main thread wakes to run Python's signal handlers (see wait_for_signal).
+_SIGNAL_POLL_S = 0.2
+
+
 def wait_for_signal(stop: threading.Event | None = None) -> None:
     """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
-    `catch_stop_signals`, is set)."""
-    (stop or catch_stop_signals()).wait()
+    `catch_stop_signals`, is set).
+
+    Why a timed wait in a loop: the kernel may deliver a process's SIGTERM to any thread that
+    does not block it (grpc's, the refresher's, a pool's). Python then only flags it, and runs
+    the handler when the main thread next executes bytecode; an untimed wait is never woken,
+    so the service ignored the stop (seen: a publisher still serving 15 s after SIGTERM in a
+    loaded test run)."""
+    event = stop or catch_stop_signals()
+    while not event.wait(_SIGNAL_POLL_S):
+        pass
 
 
 def _dump_stacks_on_usr1() -> None:

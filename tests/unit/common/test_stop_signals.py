@@ -5,6 +5,8 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +38,25 @@ def test_sigusr1_dumps_every_threads_stack(capfd: pytest.CaptureFixture[str]) ->
     os.kill(os.getpid(), signal.SIGUSR1)
     err = capfd.readouterr().err
     assert "most recent call first" in err and "test_stop_signals.py" in err
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_a_stop_signal_delivered_to_another_thread_still_ends_the_wait() -> None:
+    # The kernel may hand a process's SIGTERM to any thread; Python runs the handler only when
+    # the main thread runs bytecode, which an untimed wait never did (a publisher ignored a
+    # SIGTERM that way). A watchdog ends the wait after 5 s so the old code fails, not hangs.
+    stop = catch_stop_signals()
+    sleeper = threading.Thread(target=time.sleep, args=(10,), daemon=True)
+    sleeper.start()
+    assert sleeper.ident is not None
+    poke = threading.Timer(0.1, signal.pthread_kill, (sleeper.ident, signal.SIGTERM))
+    watchdog = threading.Timer(5.0, stop.set)
+    poke.start()
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        wait_for_signal(stop)
+    finally:
+        watchdog.cancel()
+        poke.cancel()
+    assert time.monotonic() - started < 4.0, "the wait ended only by the watchdog"
