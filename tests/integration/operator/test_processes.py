@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -338,3 +340,35 @@ def test_a_stack_dump_request_while_starting_does_not_kill_the_service(data_dir:
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert "most recent call first" in err
+
+
+def _threads_taking(pid: int, signum: int) -> list[int]:
+    """The process's threads other than the main one that do not block `signum`: those the
+    kernel may hand a process-directed signal to."""
+    found = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text("ascii")
+        blocked = int(
+            next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16
+        )
+        if tid != pid and not blocked & (1 << (signum - 1)):
+            found.append(tid)
+    return found
+
+
+def test_a_sigterm_delivered_to_a_worker_thread_stops_the_service(data_dir: Path) -> None:
+    """Linux may hand `kill`'s SIGTERM to any thread not blocking it; Python then runs the handler
+    only when the main thread runs bytecode. The service must stop all the same (it ignored
+    such a SIGTERM while the main thread sat in an untimed wait)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("this libc has no tgkill")
+    p = _serve(data_dir)
+    try:
+        workers = _threads_taking(p.proc.pid, signal.SIGTERM)
+        assert workers, "no thread but the main one takes SIGTERM"
+        assert libc.tgkill(p.proc.pid, workers[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+        assert p.proc.wait(5) == 0
+        assert wait_until(lambda: any(e.get("event") == "stopped" for e in p.events), 2.0)
+    finally:
+        p.kill()
