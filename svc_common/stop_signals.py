@@ -13,8 +13,23 @@ import sys
 import threading
 from typing import Any
 
+
+class StopEvent(threading.Event):
+    """Set by SIGINT or SIGTERM; `signal_name` says which arrived first."""
+
+    signal_name: str | None = None
+
+    def record(self, signum: int, _frame: Any = None) -> None:
+        """The signal handler. No I/O here: it runs in the main thread wherever that was,
+        possibly inside a write to stderr a signal interrupted, and writing to the same stream
+        from here raises "reentrant call" into that code. wait_for_signal logs it instead."""
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+        self.set()
+
+
 # Set by the early handlers `run_console` installs, until `catch_stop_signals` replaces them.
-_early_stop = threading.Event()
+_early_stop = StopEvent()
 
 
 def run_console(cli_module: str) -> int:
@@ -22,27 +37,21 @@ def run_console(cli_module: str) -> int:
     service's CLI (`cli_module`.main) is imported and run."""
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda _signum, _frame: _early_stop.set())
+            signal.signal(signum, _early_stop.record)
         _dump_stacks_on_usr1()
     return int(importlib.import_module(cli_module).main())
 
 
-def catch_stop_signals() -> threading.Event:
+def catch_stop_signals() -> StopEvent:
     """From now on SIGINT and SIGTERM set the returned event instead of killing the process.
     Called first thing in `serve`, so a stop during start-up still drains and exits 0."""
-    stop = threading.Event()
+    stop = StopEvent()
     if _early_stop.is_set():  # a stop that came while the service was still importing
+        stop.signal_name = _early_stop.signal_name
         stop.set()
     _dump_stacks_on_usr1()
-
-    def handler(signum: int, _frame: Any) -> None:
-        import structlog  # the entry imports nothing heavy before its handlers
-
-        structlog.get_logger("server").info("signal_received", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, stop.record)
+    signal.signal(signal.SIGTERM, stop.record)
     return stop
 
 
@@ -62,6 +71,11 @@ def wait_for_signal(stop: threading.Event | None = None) -> None:
     event = stop or catch_stop_signals()
     while not event.wait(_SIGNAL_POLL_S):
         pass
+    import structlog  # the entry imports nothing heavy before its handlers
+
+    structlog.get_logger("server").info(
+        "signal_received", signal=getattr(event, "signal_name", None)
+    )
 
 
 def _dump_stacks_on_usr1() -> None:

@@ -370,5 +370,7 @@ def test_a_sigterm_delivered_to_a_worker_thread_stops_the_service(data_dir: Path
         assert libc.tgkill(p.proc.pid, workers[-1], signal.SIGTERM) == 0, ctypes.get_errno()
         assert p.proc.wait(5) == 0
         assert wait_until(lambda: any(e.get("event") == "stopped" for e in p.events), 2.0)
+        received = [e for e in p.events if e.get("event") == "signal_received"]
+        assert [e.get("signal") for e in received] == ["SIGTERM"]
     finally:
         p.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from svc_common.logging import configure_logging
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 
@@ -60,3 +62,20 @@ def test_a_stop_signal_delivered_to_another_thread_still_ends_the_wait() -> None
         watchdog.cancel()
         poke.cancel()
     assert time.monotonic() - started < 4.0, "the wait ended only by the watchdog"
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_the_handler_writes_nothing_and_the_wait_logs_which_signal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A handler that logs can land inside an interrupted write to stderr and raise "reentrant
+    # call" into it; so it only records, and the wait logs once the main thread is its own.
+    configure_logging(service="test")
+    stop = catch_stop_signals()
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.wait(5)
+    assert capsys.readouterr().err == ""
+    wait_for_signal(stop)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["event"], e["signal"]) for e in lines] == [("signal_received", "SIGINT")]
