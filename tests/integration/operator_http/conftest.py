@@ -18,6 +18,7 @@ import pytest
 from operator_svc import admin
 from operator_svc.config import OperatorConfig
 from operator_svc.server import OperatorServed, create_server
+from svc_common.clock import ManualClock, SystemClock
 from tests.integration.operator.conftest import add_client, init_dir
 from uid2.operator.v1 import operator_pb2_grpc as pbg
 from uid2_crypto.envelope import decrypt_response, encrypt_request
@@ -43,6 +44,8 @@ class HttpLive:
     stub: pbg.OperatorServiceStub
     channel: grpc.Channel
     clients: dict[str, admin.NewClient] = field(default_factory=dict)
+    # The operator's clock when started with `manual_clock=True`.
+    clock: ManualClock | None = None
 
     @property
     def base_url(self) -> str:
@@ -97,13 +100,18 @@ class HttpLive:
         return {"Authorization": "Bearer " + self.clients[name].api_key}
 
 
-def start(tmp: Any, **config: Any) -> HttpLive:
+def start(tmp: Any, *, manual_clock: bool = False, **config: Any) -> HttpLive:
     init_dir(tmp)
     clients = {
         "all": add_client(tmp, 100, "all", ALL_ROLES),
         "gen": add_client(tmp, 101, "gen", ["GENERATOR"]),
         "reader": add_client(tmp, 300, "reader", ["ID_READER"]),
     }
+    clock = None
+    if manual_clock:
+        # Held from after `init` and `client add`: their keys activate at the real second they
+        # ran, so a clock read before them (a slow init crossing a second) had no active key.
+        clock = config["clock"] = ManualClock(SystemClock().now_ms())
     served, port = create_server(
         OperatorConfig(
             data_dir=tmp, listen="127.0.0.1:0", http_listen="127.0.0.1:0", sync_interval_s=0.05
@@ -113,7 +121,7 @@ def start(tmp: Any, **config: Any) -> HttpLive:
     assert served.http_port
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     return HttpLive(
-        served, port, served.http_port, pbg.OperatorServiceStub(channel), channel, clients
+        served, port, served.http_port, pbg.OperatorServiceStub(channel), channel, clients, clock
     )
 
 

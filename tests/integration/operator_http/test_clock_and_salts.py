@@ -12,7 +12,7 @@ from uid2_client import IdentityMapClient, IdentityMapV3Client, IdentityMapV3Inp
 
 from operator_svc import admin
 from operator_svc.store import OperatorStore
-from svc_common.clock import ManualClock, SystemClock
+from svc_common.clock import ManualClock
 from tests.integration.operator_http.conftest import HttpLive, start
 from uid2.operator.v1 import operator_pb2 as pb
 
@@ -21,9 +21,9 @@ DAY_MS = 86_400_000
 
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpLive, ManualClock]]:
-    clock = ManualClock(SystemClock().now_ms())
-    lv = start(tmp_path_factory.mktemp("timed"), clock=clock)
-    yield lv, clock
+    lv = start(tmp_path_factory.mktemp("timed"), manual_clock=True)
+    assert lv.clock is not None
+    yield lv, lv.clock
     lv.channel.close()
     lv.served.stop(1.0)
 
