@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     try:
-        served, port = create_server(config)
+        served, port = create_server(config, stop=stop)
     except OSError as exc:
         return fail(f"uid2-dsp: cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen, name=config.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from contextlib import ExitStack
 
@@ -21,7 +22,11 @@ _log = structlog.get_logger("dsp")
 SERVICE_NAME = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"].full_name
 
 
-def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Served, int]:
+def create_server(
+    config: DspConfig, *, clock: Clock | None = None, stop: threading.Event | None = None
+) -> tuple[Served, int]:
+    """Starts the bidder. `stop` set during start-up cuts short the wait for the operator's
+    opt-out backlog; the caller then stops the server it gets."""
     clock = clock or SystemClock()
     # If the server cannot start (the port is taken), the decryptor's threads and operator
     # channel are stopped before the error propagates.
@@ -29,7 +34,11 @@ def create_server(config: DspConfig, *, clock: Clock | None = None) -> tuple[Ser
         decryptor = None
         if config.operator and config.operator_api_key:
             decryptor = start_decryptor(
-                config.operator, config.operator_api_key, clock, key_refresh_s=config.key_refresh_s
+                config.operator,
+                config.operator_api_key,
+                clock,
+                key_refresh_s=config.key_refresh_s,
+                give_up=stop,
             )
             opened.callback(decryptor.stop)
         bidder = Bidder(

@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     stop = catch_stop_signals()  # a stop during start-up (the opt-out backlog) still drains
     try:
-        served, port = create_server(config)
+        served, port = create_server(config, stop=stop)
     except (StoreError, OSError) as exc:
         return fail(f"uid2-ssp: cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen)

@@ -4,6 +4,7 @@ credentials) the decryptor; then reports SERVING."""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import ExitStack
 
 import grpc
@@ -35,12 +36,17 @@ def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
 
 
 def create_server(
-    config: SspConfig, *, clock: Clock | None = None, rng: Rng | None = None
+    config: SspConfig,
+    *,
+    clock: Clock | None = None,
+    rng: Rng | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[Served, int]:
     """Starts the SSP. Without a clock or rng the system's are used: this is the edge where
     those defaults belong. If any step fails (the port is taken, the operator refuses), what
     the earlier steps opened (the store, bidder channels, the decryptor's threads) is closed
-    before the error propagates."""
+    before the error propagates. `stop` set during start-up cuts short the wait for the
+    operator's opt-out backlog; the caller then stops the server it gets."""
     clock = clock or SystemClock()
     with ExitStack() as opened:
         accounts = open_accounts(config, rng=os.urandom if rng is None else rng, clock=clock)
@@ -58,6 +64,7 @@ def create_server(
                 clock,
                 key_refresh_s=config.key_refresh_s,
                 early_refresh_min_s=config.early_key_refresh_min_s,
+                give_up=stop,
             )
             opened.callback(decryptor.stop)
         exchange = Exchange(

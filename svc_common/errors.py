@@ -58,3 +58,18 @@ def resource_exhausted(reason: str, message: str) -> ServiceError:
 
 def unavailable(reason: str, message: str) -> ServiceError:
     return ServiceError(ErrorKind.UNAVAILABLE, reason, message)
+
+
+def failure_fields(exc: BaseException) -> dict[str, str]:
+    """What to log about a failure: the exception's type and, when it carries them (a peer's
+    RemoteError, a ServiceError), its status code and reason. Never its message, which may be a
+    peer's text. Duck-typed so that code knowing nothing of gRPC can log a gRPC failure."""
+    fields = {"error_type": type(exc).__name__}
+    code = getattr(exc, "code", None)
+    name = code if isinstance(code, str) else getattr(code, "name", None)
+    if isinstance(name, str) and name:
+        fields["code"] = name
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        fields["reason"] = reason
+    return fields

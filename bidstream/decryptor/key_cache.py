@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from svc_common.clock import Clock
+from svc_common.errors import failure_fields
 from uid2_crypto.keys import parse_key_container_json
 from uid2_crypto.tokens import TokenDecoder
 
@@ -88,7 +89,7 @@ class KeyCache:
                 ok = True
             except Exception as exc:  # the operator down, or a container we cannot parse
                 _log.warning(
-                    "key_refresh_failed", error_type=type(exc).__name__, failures=self._failures + 1
+                    "key_refresh_failed", failures=self._failures + 1, **failure_fields(exc)
                 )
             now = self._clock.now_ms()
             with self._cond:

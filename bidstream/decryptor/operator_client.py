@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from bidstream.key_json import key_container_dict
-from svc_common.grpc_client import bearer, call_with_retry
+from svc_common.grpc_client import bearer, call_with_retry, to_remote_error
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 
@@ -18,8 +18,12 @@ class _WatchCall:
         self._call = call
 
     def __iter__(self) -> Iterator[tuple[str, int] | None]:
-        for item in self._call:
-            yield None if item.backlog_sent else (item.raw_uid, item.opted_out_at)
+        """Items until the operator ends the stream; a broken stream raises RemoteError."""
+        try:
+            for item in self._call:
+                yield None if item.backlog_sent else (item.raw_uid, item.opted_out_at)
+        except grpc.RpcError as err:
+            raise to_remote_error(err) from None
 
     def cancel(self) -> None:
         self._call.cancel()

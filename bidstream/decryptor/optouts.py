@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from svc_common.backoff import Backoff
+from svc_common.errors import failure_fields
 
 _log = structlog.get_logger("optouts")
 
@@ -112,7 +113,7 @@ class OptOutWatcher:
             except Exception as exc:  # the operator unreachable, or the stream broke
                 if self._stop.is_set():
                     return
-                _log.warning("optout_stream_broken", error_type=type(exc).__name__)
+                _log.warning("optout_stream_broken", **failure_fields(exc))
             finally:
                 self.connected.clear()
                 with self._lock:

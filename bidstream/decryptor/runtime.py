@@ -3,6 +3,8 @@ its refresher, opt-out set and its watcher, and the token checker over them."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -14,6 +16,10 @@ from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from svc_common.clock import Clock
 
 _log = structlog.get_logger("decryptor")
+
+# The start-up wait for the opt-out backlog is taken in slices this long, so that a stop
+# (`give_up`) ends it promptly, and so that a caller on the main thread runs its signal handlers.
+_WAIT_SLICE_S = 0.1
 
 
 @dataclass
@@ -39,10 +45,13 @@ def start_decryptor(
     key_refresh_s: float = 3600.0,
     early_refresh_min_s: float = 1.0,
     optouts_wait_s: float = 10.0,
+    give_up: threading.Event | None = None,
 ) -> Decryptor:
     """Fetches keys once and waits up to `optouts_wait_s` for the operator's opt-out backlog
     before returning (so the service starts vouching for tokens at once), then keeps both fresh
-    on background threads. Until the backlog is in, decrypted tokens are OPTOUTS_LOADING."""
+    on background threads. Until the backlog is in, decrypted tokens are OPTOUTS_LOADING.
+    `give_up` (the service's stop event) ends that wait early: a service asked to stop while
+    its operator is unreachable must not sit out the whole wait first."""
     client = OperatorClient(operator, api_key)
     keys = KeyCache(
         client.get_bidstream_keys,
@@ -54,8 +63,14 @@ def start_decryptor(
         _log.warning("keys_unavailable_at_start")
     optouts = OptOutSet()
     watcher = OptOutWatcher(client.watch_optouts, optouts).start()
-    if not optouts.loaded.wait(optouts_wait_s):
-        _log.warning("optouts_not_loaded_at_start", waited_s=optouts_wait_s)
+    deadline = time.monotonic() + optouts_wait_s
+    while not optouts.loaded.wait(_WAIT_SLICE_S):
+        if give_up is not None and give_up.is_set():
+            _log.info("optouts_wait_given_up")
+            break
+        if time.monotonic() >= deadline:
+            _log.warning("optouts_not_loaded_at_start", waited_s=optouts_wait_s)
+            break
     refresher = KeyRefresher(keys).start()
     checker = TokenChecker(keys, optouts, clock)
     return Decryptor(checker, keys, optouts, refresher, watcher, client)
