@@ -8,13 +8,14 @@ last `opted_out_at` it saw (repeats are idempotent)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import structlog
 
 from svc_common.backoff import Backoff
-from svc_common.errors import failure_fields
+from svc_common.failure_streak import FailureStreak
 
 _log = structlog.get_logger("optouts")
 
@@ -66,6 +67,7 @@ class OptOutWatcher:
         optouts: OptOutSet,
         *,
         backoff: Backoff | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open = open_stream
         self._optouts = optouts
@@ -76,6 +78,10 @@ class OptOutWatcher:
         self._thread = threading.Thread(target=self._run, name="optout-watch", daemon=True)
         self.connects = 0
         self.connected = threading.Event()
+        # While the operator is down the stream breaks about once a second: one line per 30 s.
+        self._breaks = FailureStreak(
+            _log, "optout_stream_broken", "optout_stream_restored", monotonic=monotonic
+        )
 
     def start(self) -> OptOutWatcher:
         self._thread.start()
@@ -103,6 +109,7 @@ class OptOutWatcher:
                 self.connected.set()
                 for item in stream:
                     attempt = 0
+                    self._breaks.succeeded()
                     if item is None:  # the backlog is in: the set is complete from now on
                         if not self._optouts.loaded.is_set():
                             self._optouts.loaded.set()
@@ -113,7 +120,7 @@ class OptOutWatcher:
             except Exception as exc:  # the operator unreachable, or the stream broke
                 if self._stop.is_set():
                     return
-                _log.warning("optout_stream_broken", **failure_fields(exc))
+                self._breaks.failed(exc)
             finally:
                 self.connected.clear()
                 with self._lock:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from structlog.testing import capture_logs
+
 from bidstream.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
 from svc_common.backoff import Backoff
 from tests.support.procs import wait_until
@@ -89,3 +91,25 @@ def test_earliest_opt_out_time_is_kept() -> None:
     s.add("u", 300)
     s.add("u", 900)
     assert s.opted_out("u") and s.last_seen_ms == 900
+
+
+def test_a_down_operator_is_logged_once_and_its_return_once() -> None:
+    # The stream retries about once a second while the operator is down; the log must not.
+    opened: list[int] = []
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        if len(opened) <= 5:
+            raise ConnectionError("operator down")
+        return FakeStream([None], False)
+
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(open_stream, optouts, backoff=Backoff(base_s=0.001, cap_s=0.002))
+    with capture_logs() as logs:
+        watcher.start()
+        try:
+            assert wait_until(optouts.loaded.is_set, 5)
+        finally:
+            watcher.stop()
+    streak = [(e["event"], e.get("failures")) for e in logs if "stream" in e["event"]]
+    assert streak == [("optout_stream_broken", 1), ("optout_stream_restored", 5)]
