@@ -7,6 +7,7 @@ Ctrl-C. Tokens are shown shortened; nothing secret is printed."""
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -263,11 +264,15 @@ def main() -> int:
     # (SIGINT explicitly: a shell starting us in the background would have it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # `kill -USR1` shows where the demo is, as it does for the services.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     started = time.monotonic()
+    stack: Stack | None = None
     print("UID2 publisher workflow — operator, SSP, DSP bidder and publisher as real processes")
     data_dir = keep_data_dir()
     try:
-        with running_stack(data_dir, Lifetimes()) as stack:
+        with running_stack(data_dir, Lifetimes()) as started_stack:
+            stack = started_stack
             ports = ", ".join(f"{n} :{p.port}" for n, p in stack.procs.items())
             print(f"services up ({ports}); data in {data_dir or 'a temporary directory'}")
             walk(stack)
@@ -275,17 +280,27 @@ def main() -> int:
             codes = stack.stop_all()
         print("exit codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()))
         if any(code != 0 for code in codes.values()):
+            _report_stop_failures(stack)
             print("a service did not stop cleanly", file=sys.stderr)
             return 1
         print(f"done in {time.monotonic() - started:.1f} s; no service left running")
         return 0
     except KeyboardInterrupt:
+        _report_stop_failures(stack)
         print("\ninterrupted: every service stopped", file=sys.stderr)
         return 130
     except (StackError, grpc.RpcError) as err:
+        _report_stop_failures(stack)
         detail = err.details() if isinstance(err, grpc.RpcError) else str(err)
         print(f"\ndemo failed: {detail}", file=sys.stderr)
         return 1
+
+
+def _report_stop_failures(stack: Stack | None) -> None:
+    """A service that ignored SIGTERM was killed after 15 s; say which, with its last output and
+    thread stacks (ServiceProcess.terminate), instead of only a bad exit code."""
+    for name, why in (stack.stop_failures if stack else {}).items():
+        print(f"{name} did not stop cleanly (killed): {why}", file=sys.stderr)
 
 
 if __name__ == "__main__":

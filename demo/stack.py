@@ -67,6 +67,8 @@ class Stack:
         # Stopped processes stay here so their logs can still be read (privacy checks).
         self.stopped: list[ServiceProcess] = []
         self._channels: list[grpc.Channel] = []
+        # Why a service did not stop cleanly in stop_all (its last output and thread stacks).
+        self.stop_failures: dict[str, str] = {}
 
     # -- set-up through the CLIs -------------------------------------------------------------
 
@@ -195,15 +197,18 @@ class Stack:
         return proc.terminate()
 
     def stop_all(self) -> dict[str, int | None]:
-        for channel in self._channels:
-            channel.close()
-        self._channels.clear()
         codes: dict[str, int | None] = {}
         for name in reversed(list(self.procs)):
             try:
                 codes[name] = self.stop(name)
-            except Exception:  # keep stopping the others; the caller sees None for this one
+            except Exception as exc:  # keep stopping the others; the caller sees None for this one
                 codes[name] = None
+                self.stop_failures[name] = str(exc)
+        # Channels last: after a call interrupted by Ctrl-C, grpc's close() has been known to
+        # hang (grpc/grpc#19973), and the services must be stopped whatever happens here.
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
         return codes
 
     def logs(self) -> str:

@@ -3,6 +3,8 @@ it started (their ports close) and exits 130."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import socket
@@ -29,6 +31,24 @@ def _start(tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
+def _finish(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The demo's whole output once it exits. If it does not within `timeout_s`, fail with its
+    output and thread stacks (SIGUSR1), and kill what it started rather than leave it running."""
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        return out
+    except subprocess.TimeoutExpired:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        proc.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+        pytest.fail(f"the demo did not end within {timeout_s} s; its output:\n{out[-8000:]}")
+
+
 def _ports(line: str) -> list[int]:
     return [int(p) for p in re.findall(r":(\d+)", line)]
 
@@ -41,7 +61,7 @@ def _listening(port: int) -> bool:
 
 def test_demo_walks_the_workflow_and_exits_0(tmp_path: Path) -> None:
     proc = _start(tmp_path)
-    out, _ = proc.communicate(timeout=120)
+    out = _finish(proc, 120)
     assert proc.returncode == 0, out
     for step in range(1, 9):
         assert f"[step {step}]" in out
@@ -63,7 +83,7 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     ports = _ports(up)
     assert len(ports) == 5 and all(_listening(p) for p in ports)
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=60)
+    rest = _finish(proc, 60)
     assert proc.returncode == 130, rest
     assert "every service stopped" in rest
     assert not any(_listening(p) for p in ports)
