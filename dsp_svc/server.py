@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from contextlib import ExitStack
 
@@ -15,6 +14,7 @@ from dsp_svc.config import DspConfig
 from dsp_svc.servicer import BidderServicer
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_server import Served, start_server
+from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 _log = structlog.get_logger("dsp")
@@ -23,7 +23,7 @@ SERVICE_NAME = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"].full_nam
 
 
 def create_server(
-    config: DspConfig, *, clock: Clock | None = None, stop: threading.Event | None = None
+    config: DspConfig, *, clock: Clock | None = None, stop: StopRequested | None = None
 ) -> tuple[Served, int]:
     """Starts the bidder. `stop` set during start-up cuts short the wait for the operator's
     opt-out backlog; the caller then stops the server it gets."""

@@ -4,7 +4,6 @@ credentials) the decryptor; then reports SERVING."""
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import ExitStack
 
 import grpc
@@ -19,6 +18,7 @@ from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAc
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_server import Served, start_server
+from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
 _log = structlog.get_logger("ssp")
@@ -40,7 +40,7 @@ def create_server(
     *,
     clock: Clock | None = None,
     rng: Rng | None = None,
-    stop: threading.Event | None = None,
+    stop: StopRequested | None = None,
 ) -> tuple[Served, int]:
     """Starts the SSP. Without a clock or rng the system's are used: this is the edge where
     those defaults belong. If any step fails (the port is taken, the operator refuses), what

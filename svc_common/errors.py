@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
 
@@ -60,16 +61,26 @@ def unavailable(reason: str, message: str) -> ServiceError:
     return ServiceError(ErrorKind.UNAVAILABLE, reason, message)
 
 
+# ErrorInfo reasons are UPPER_SNAKE_CASE codes; a peer's is logged only if it looks like one.
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
 def failure_fields(exc: BaseException) -> dict[str, str]:
     """What to log about a failure: the exception's type and, when it carries them (a peer's
-    RemoteError, a ServiceError), its status code and reason. Never its message, which may be a
-    peer's text. Duck-typed so that code knowing nothing of gRPC can log a gRPC failure."""
+    RemoteError, a raw grpc.RpcError, a ServiceError), its status code and reason. Never its
+    message, which may be a peer's text, and a peer's reason only if it has the shape of one.
+    Duck-typed so that code knowing nothing of gRPC can log a gRPC failure."""
     fields = {"error_type": type(exc).__name__}
-    code = getattr(exc, "code", None)
+    code: Any = exc.kind if isinstance(exc, ServiceError) else getattr(exc, "code", None)
+    if callable(code):  # grpc.RpcError.code() is a method
+        try:
+            code = code()
+        except Exception:  # a failure object that cannot say; the type is logged all the same
+            code = None
     name = code if isinstance(code, str) else getattr(code, "name", None)
     if isinstance(name, str) and name:
         fields["code"] = name
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason:
-        fields["reason"] = reason
+        fields["reason"] = reason if _REASON.fullmatch(reason) else "UNRECOGNISED"
     return fields

@@ -10,22 +10,54 @@ import faulthandler
 import importlib
 import signal
 import sys
-import threading
-from typing import Any
+import time
+from typing import Any, Protocol
+
+# How often a waiting main thread wakes to run Python's signal handlers (see wait_for_signal).
+_SIGNAL_POLL_S = 0.2
 
 
-class StopEvent(threading.Event):
-    """Set by SIGINT or SIGTERM; `signal_name` says which arrived first."""
+class StopRequested(Protocol):
+    """What start-up code polls to give up early: a StopEvent, or a threading.Event in tests."""
 
-    signal_name: str | None = None
+    def is_set(self) -> bool: ...
+
+
+class StopEvent:
+    """Set by SIGINT or SIGTERM (`record`, the handler) or by code (`set`); `signal_name` says
+    which signal came first.
+
+    Why not a threading.Event: a handler runs in the main thread between two bytecodes, which
+    may be inside that thread's own `Event.wait()` while it holds the event's lock; `set()` from
+    the handler then waits for that lock forever (seen in a stress run). Setting a plain
+    attribute takes no lock. No I/O in the handler either: inside an interrupted write to
+    stderr, writing to it again raises "reentrant call" into that code; `wait_for_signal` logs."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self.signal_name: str | None = None
 
     def record(self, signum: int, _frame: Any = None) -> None:
-        """The signal handler. No I/O here: it runs in the main thread wherever that was,
-        possibly inside a write to stderr a signal interrupted, and writing to the same stream
-        from here raises "reentrant call" into that code. wait_for_signal logs it instead."""
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-        self.set()
+        self._set = True
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once set; False if `timeout_s` passes first. Polls in short sleeps, which also
+        lets the main thread run the handler of a signal another thread received."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._set:
+            left = _SIGNAL_POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(_SIGNAL_POLL_S, left))
+        return True
 
 
 # Set by the early handlers `run_console` installs, until `catch_stop_signals` replaces them.
@@ -46,36 +78,35 @@ def catch_stop_signals() -> StopEvent:
     """From now on SIGINT and SIGTERM set the returned event instead of killing the process.
     Called first thing in `serve`, so a stop during start-up still drains and exits 0."""
     stop = StopEvent()
-    if _early_stop.is_set():  # a stop that came while the service was still importing
-        stop.signal_name = _early_stop.signal_name
-        stop.set()
     _dump_stacks_on_usr1()
     signal.signal(signal.SIGINT, stop.record)
     signal.signal(signal.SIGTERM, stop.record)
+    # Only now, with the new handlers in place: a stop that came while the service was still
+    # importing. Looked at earlier, one arriving in between would have been lost.
+    if _early_stop.is_set():
+        stop.signal_name = _early_stop.signal_name
+        stop.set()
     return stop
 
 
-# How often the waiting main thread wakes to run Python's signal handlers (see wait_for_signal).
-_SIGNAL_POLL_S = 0.2
-
-
-def wait_for_signal(stop: threading.Event | None = None) -> None:
+def wait_for_signal(stop: StopEvent | None = None) -> None:
     """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
-    `catch_stop_signals`, is set).
+    `catch_stop_signals`, is set), then logs which.
 
-    Why a timed wait in a loop: the kernel may deliver a process's SIGTERM to any thread that
-    does not block it (grpc's, the refresher's, a pool's). Python then only flags it, and runs
-    the handler when the main thread next executes bytecode; an untimed wait is never woken,
+    Why short sleeps, not one long wait: the kernel may deliver a process's SIGTERM to any thread
+    that does not block it (grpc's, the refresher's, a pool's). Python then only flags it, and
+    runs the handler when the main thread next executes bytecode; an untimed wait is never woken,
     so the service ignored the stop (seen: a publisher still serving 15 s after SIGTERM in a
     loaded test run)."""
     event = stop or catch_stop_signals()
-    while not event.wait(_SIGNAL_POLL_S):
-        pass
+    event.wait()
     import structlog  # the entry imports nothing heavy before its handlers
 
-    structlog.get_logger("server").info(
-        "signal_received", signal=getattr(event, "signal_name", None)
-    )
+    log = structlog.get_logger("server")
+    if event.signal_name is None:
+        log.info("stop_requested")
+    else:
+        log.info("signal_received", signal=event.signal_name)
 
 
 def _dump_stacks_on_usr1() -> None:

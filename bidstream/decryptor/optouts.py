@@ -78,7 +78,7 @@ class OptOutWatcher:
         self._thread = threading.Thread(target=self._run, name="optout-watch", daemon=True)
         self.connects = 0
         self.connected = threading.Event()
-        # While the operator is down the stream breaks about once a second: one line per 30 s.
+        # While the operator is down the stream breaks every second or sooner: one line per 30 s.
         self._breaks = FailureStreak(
             _log, "optout_stream_broken", "optout_stream_restored", monotonic=monotonic
         )

@@ -3,7 +3,6 @@ its refresher, opt-out set and its watcher, and the token checker over them."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
 from bidstream.decryptor.operator_client import OperatorClient
 from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from svc_common.clock import Clock
+from svc_common.stop_signals import StopRequested
 
 _log = structlog.get_logger("decryptor")
 
@@ -45,13 +45,18 @@ def start_decryptor(
     key_refresh_s: float = 3600.0,
     early_refresh_min_s: float = 1.0,
     optouts_wait_s: float = 10.0,
-    give_up: threading.Event | None = None,
+    give_up: StopRequested | None = None,
 ) -> Decryptor:
     """Fetches keys once and waits up to `optouts_wait_s` for the operator's opt-out backlog
     before returning (so the service starts vouching for tokens at once), then keeps both fresh
     on background threads. Until the backlog is in, decrypted tokens are OPTOUTS_LOADING.
-    `give_up` (the service's stop event) ends that wait early: a service asked to stop while
-    its operator is unreachable must not sit out the whole wait first."""
+    `give_up` (the service's stop event) ends that wait early, and skips the first key fetch
+    when already set: a service asked to stop while its operator is unreachable must not sit out
+    the whole wait first. (A key fetch in flight still runs to its deadline, about 2 s.)"""
+
+    def stopping() -> bool:
+        return give_up is not None and give_up.is_set()
+
     client = OperatorClient(operator, api_key)
     keys = KeyCache(
         client.get_bidstream_keys,
@@ -59,18 +64,20 @@ def start_decryptor(
         interval_s=key_refresh_s,
         early_min_interval_s=early_refresh_min_s,
     )
-    if not keys.refresh():
+    if not stopping() and not keys.refresh():
         _log.warning("keys_unavailable_at_start")
     optouts = OptOutSet()
     watcher = OptOutWatcher(client.watch_optouts, optouts).start()
     deadline = time.monotonic() + optouts_wait_s
-    while not optouts.loaded.wait(_WAIT_SLICE_S):
-        if give_up is not None and give_up.is_set():
+    while not optouts.loaded.is_set():
+        if stopping():
             _log.info("optouts_wait_given_up")
             break
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             _log.warning("optouts_not_loaded_at_start", waited_s=optouts_wait_s)
             break
+        optouts.loaded.wait(min(_WAIT_SLICE_S, left))
     refresher = KeyRefresher(keys).start()
     checker = TokenChecker(keys, optouts, clock)
     return Decryptor(checker, keys, optouts, refresher, watcher, client)

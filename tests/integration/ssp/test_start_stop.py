@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from bidstream.decryptor.runtime import start_decryptor
 from dsp_svc.config import DspConfig
 from dsp_svc.server import create_server as create_dsp
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
+from svc_common.clock import SystemClock
 from tests.support.procs import ServiceProcess, run_cli, wait_until
 
 
@@ -26,6 +28,25 @@ def dead_operator() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def silent_operator() -> Iterator[str]:
+    # Listening but never answering: a key request waits out its whole deadline.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_decryptor_started_after_the_stop_does_not_wait_for_keys(silent_operator: str) -> None:
+    stop = threading.Event()
+    stop.set()
+    began = time.monotonic()
+    decryptor = start_decryptor(silent_operator, "k", SystemClock(), give_up=stop)
+    took = time.monotonic() - began
+    decryptor.stop()
+    assert took < 1.0  # a key request to this operator takes its 2 s deadline, or more
 
 
 def _started_despite_stop(start: Callable[[threading.Event], tuple[Any, int]]) -> float:

@@ -25,4 +25,24 @@ def test_an_unavailable_peer_without_reason_gives_the_code_only() -> None:
 def test_other_errors_give_their_type_and_what_they_carry() -> None:
     assert failure_fields(ValueError("user@example.com")) == {"error_type": "ValueError"}
     service = ServiceError(ErrorKind.INVALID_ARGUMENT, "BAD_DII", "user@example.com is bad")
-    assert failure_fields(service) == {"error_type": "ServiceError", "reason": "BAD_DII"}
+    assert failure_fields(service) == {
+        "error_type": "ServiceError",
+        "code": "INVALID_ARGUMENT",
+        "reason": "BAD_DII",
+    }
+
+
+def test_a_raw_grpc_error_gives_its_code() -> None:
+    # Shaped like grpc's call errors, whose code() is a method (grpc.RpcError itself is untyped).
+    class _Raw(Exception):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    assert failure_fields(_Raw()) == {"error_type": "_Raw", "code": "DEADLINE_EXCEEDED"}
+
+
+def test_a_peers_reason_that_is_not_a_code_is_not_logged() -> None:
+    # ErrorInfo.reason is the peer's text too: only an UPPER_SNAKE_CASE code goes in the log.
+    for odd in ("user@example.com", "lower_case", "X" * 65, "TWO WORDS"):
+        err = RemoteError(grpc.StatusCode.INVALID_ARGUMENT, odd, "")
+        assert failure_fields(err)["reason"] == "UNRECOGNISED"

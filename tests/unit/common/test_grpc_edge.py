@@ -361,8 +361,8 @@ def test_aio_stop_leaves_no_task_pending_for_the_garbage_collector() -> None:
             ended.append("cancelled")
             raise
 
-    task = asyncio.run_coroutine_threadsafe(left_behind(), s.loop)
+    future = asyncio.run_coroutine_threadsafe(left_behind(), s.loop)
     time.sleep(0.05)
     s.stop(0)
-    assert ended == ["cancelled"] and task.cancelled()
+    assert ended == ["cancelled"] and future.cancelled()
     assert not [t for t in asyncio.all_tasks(s.loop) if not t.done()]

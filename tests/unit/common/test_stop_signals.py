@@ -9,11 +9,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
+from svc_common import stop_signals
 from svc_common.logging import configure_logging
-from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+from svc_common.stop_signals import StopEvent, catch_stop_signals, wait_for_signal
 
 
 @pytest.fixture
@@ -79,3 +81,39 @@ def test_the_handler_writes_nothing_and_the_wait_logs_which_signal(
     wait_for_signal(stop)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["event"], e["signal"]) for e in lines] == [("signal_received", "SIGINT")]
+
+
+def test_a_signal_handled_inside_the_wait_ends_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The handler runs in the main thread between two bytecodes, which may be inside that
+    # thread's own wait. With a threading.Event, set() then needed the lock the wait held and
+    # the service hung (a stress run showed it); StopEvent takes no lock. Here the "signal"
+    # arrives from within the wait's sleep.
+    stop = StopEvent()
+
+    def sleep(_seconds: float) -> None:
+        stop.record(signal.SIGTERM)
+
+    monkeypatch.setattr(
+        stop_signals, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic)
+    )
+    assert stop.wait(5) and stop.signal_name == "SIGTERM"
+
+
+def test_wait_times_out_when_nothing_comes() -> None:
+    stop = StopEvent()
+    began = time.monotonic()
+    assert not stop.wait(0.3)
+    assert 0.25 < time.monotonic() - began < 3.0
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_a_stop_arriving_while_the_handlers_are_swapped_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Until catch_stop_signals installs its handlers, the early one records into _early_stop;
+    # a signal landing there mid-swap must still reach the returned event.
+    early = StopEvent()
+    monkeypatch.setattr(stop_signals, "_early_stop", early)
+    monkeypatch.setattr(stop_signals, "_dump_stacks_on_usr1", lambda: early.record(signal.SIGTERM))
+    stop = catch_stop_signals()
+    assert stop.is_set() and stop.signal_name == "SIGTERM"
