@@ -37,6 +37,38 @@ CHARLIE = ("charlie", "+14155550123")
 CONSENT = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
 
 
+class _Interrupts:
+    """Ctrl-C and SIGTERM during the walk, as a flag the walk checks between its calls.
+
+    Why not KeyboardInterrupt there: raised between two bytecodes of grpc's own code, it once
+    left a grpc lock held (a context manager entered but never exited), and the demo then hung
+    for good in Channel.close() with every service still running (seen in a loaded test run).
+    `check()` raises it from the demo's code instead; every gRPC call has a deadline
+    (demo.stack), so a check is never far off."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handler(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+INTERRUPTS = _Interrupts()
+
+
+def pause(seconds: float) -> None:
+    """time.sleep that a Ctrl-C ends (the handler only sets a flag; a sleep would run on)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        INTERRUPTS.check()
+        time.sleep(min(0.05, left))
+    INTERRUPTS.check()
+
+
 def short(token: str) -> str:
     return f"{token[:10]}…{token[-4:]} ({len(token)} chars)" if token else "(none)"
 
@@ -48,9 +80,11 @@ def enum_name(enum: Any, value: int) -> str:
 
 class Printer:
     def heading(self, label: str, text: str) -> None:
+        INTERRUPTS.check()
         print(f"\n[{label}] {text}", flush=True)
 
     def say(self, text: str) -> None:
+        INTERRUPTS.check()
         print(f"    {text}", flush=True)
 
 
@@ -76,7 +110,7 @@ class BidStreamTap:
     def wait_for(self, auction_id: str, timeout_s: float = 3.0) -> Any:
         deadline = time.monotonic() + timeout_s
         while auction_id not in self.requests and time.monotonic() < deadline:
-            time.sleep(0.02)
+            pause(0.02)
         return self.requests.get(auction_id)
 
     def close(self) -> None:
@@ -88,7 +122,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.1)
+        pause(0.1)
     return predicate()
 
 
@@ -182,7 +216,7 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
         f"waiting {wait_s:.1f} s for refresh_from to pass "
         "(the demo's operator uses short lifetimes)"
     )
-    time.sleep(wait_s)
+    pause(wait_s)
     renewed = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=user))
     changed = renewed.advertising_token != first.advertising_token
     p.say(
@@ -209,7 +243,7 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
         "opt-out recorded durably at "
         f"{time.strftime('%H:%M:%S', time.gmtime(out.opted_out_at / 1000))} UTC"
     )
-    time.sleep(1.0)
+    pause(1.0)
     ad = pub.ServeAd(
         publisher_pb2.ServeAdRequest(
             user_id=user, placement_id="top-banner", page_domain=PUBLISHER_DOMAIN, floor_price=0.5
@@ -261,7 +295,9 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
 
 def main() -> int:
     # Ctrl-C and SIGTERM both end the demo through the finally blocks that stop every service
-    # (SIGINT explicitly: a shell starting us in the background would have it ignored).
+    # (SIGINT explicitly: a shell starting us in the background would have it ignored). While
+    # the services start, no gRPC call runs here, so KeyboardInterrupt may strike anywhere; the
+    # walk switches to the flag (_Interrupts).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # `kill -USR1` shows where the demo is, as it does for the services.
@@ -274,8 +310,11 @@ def main() -> int:
         with running_stack(data_dir, Lifetimes()) as started_stack:
             stack = started_stack
             ports = ", ".join(f"{n} :{p.port}" for n, p in stack.procs.items())
+            signal.signal(signal.SIGINT, INTERRUPTS.handler)
+            signal.signal(signal.SIGTERM, INTERRUPTS.handler)
             print(f"services up ({ports}); data in {data_dir or 'a temporary directory'}")
             walk(stack)
+            INTERRUPTS.check()
             print("\nstopping services (SIGTERM, graceful drain) …", flush=True)
             codes = stack.stop_all()
         print("exit codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()))

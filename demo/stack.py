@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,6 +199,12 @@ class Stack:
         return proc.terminate()
 
     def stop_all(self) -> dict[str, int | None]:
+        # A second Ctrl-C while stopping would abort this loop and leave the rest running (they
+        # sit in their own sessions, out of the terminal's reach): stopping is not interruptible.
+        with _stop_signals_ignored():
+            return self._stop_all()
+
+    def _stop_all(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
         for name in reversed(list(self.procs)):
             try:
@@ -220,7 +228,7 @@ class Stack:
     def _channel(self, name: str) -> grpc.Channel:
         channel = grpc.insecure_channel(self.procs[name].address)
         self._channels.append(channel)
-        return channel
+        return grpc.intercept_channel(channel, _DefaultDeadline(UNARY_DEADLINE_S))
 
     def publisher(self, name: str = "publisher") -> publisher_pb2_grpc.PublisherServiceStub:
         return publisher_pb2_grpc.PublisherServiceStub(self._channel(name))
@@ -232,8 +240,39 @@ class Stack:
         return ssp_pb2_grpc.SspServiceStub(self._channel("ssp"))
 
 
+# Every unary call the demo and its tests make gets this deadline unless it sets its own: a
+# service that hangs then fails the call instead of the whole run, and the demo's Ctrl-C check
+# (demo.__main__._Interrupts) is never more than this far away. Streams keep none.
+UNARY_DEADLINE_S = 10.0
+
+
+class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc is untyped
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.timeout is None:
+            details = details._replace(timeout=self._timeout_s)
+        return continuation(details, request)
+
+
 def bearer(api_key: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {api_key}"),)
+
+
+@contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may change signal handlers; it is the one they interrupt
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 @contextmanager
