@@ -46,7 +46,7 @@ def test_a_decryptor_started_after_the_stop_does_not_wait_for_keys(silent_operat
     decryptor = start_decryptor(silent_operator, "k", SystemClock(), give_up=stop)
     took = time.monotonic() - began
     decryptor.stop()
-    assert took < 1.0  # a key request to this operator takes its 2 s deadline, or more
+    assert took < 1.5  # a key request to this operator takes its 2 s deadline, or more
 
 
 def _started_despite_stop(start: Callable[[threading.Event], tuple[Any, int]]) -> float:
