@@ -27,6 +27,7 @@ from demo.stack import (
     keep_data_dir,
     running_stack,
 )
+from svc_common.stop_signals import StopEvent
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2
 from uid2.ssp.v1 import ssp_pb2
@@ -37,36 +38,24 @@ CHARLIE = ("charlie", "+14155550123")
 CONSENT = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
 
 
-class _Interrupts:
-    """Ctrl-C and SIGTERM during the walk, as a flag the walk checks between its calls.
-
-    Why not KeyboardInterrupt there: raised between two bytecodes of grpc's own code, it once
-    left a grpc lock held (a context manager entered but never exited), and the demo then hung
-    for good in Channel.close() with every service still running (seen in a loaded test run).
-    `check()` raises it from the demo's code instead; every gRPC call has a deadline
-    (demo.stack), so a check is never far off."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def handler(self, _signum: int, _frame: Any) -> None:
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+# Ctrl-C and SIGTERM during the walk, as a flag the walk checks between its calls (the
+# services' own lock-free StopEvent). Why not KeyboardInterrupt there: raised between two
+# bytecodes of grpc's own code, it once left a grpc lock held (a context manager entered but
+# never exited), and the demo then hung for good in Channel.close() with every service still
+# running (seen in a loaded test run). `check_interrupt` raises it from the demo's code instead;
+# every gRPC call has a deadline (demo.stack), so a check is never far off.
+INTERRUPTS = StopEvent()
 
 
-INTERRUPTS = _Interrupts()
+def check_interrupt() -> None:
+    if INTERRUPTS.is_set():
+        raise KeyboardInterrupt
 
 
 def pause(seconds: float) -> None:
     """time.sleep that a Ctrl-C ends (the handler only sets a flag; a sleep would run on)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        INTERRUPTS.check()
-        time.sleep(min(0.05, left))
-    INTERRUPTS.check()
+    if INTERRUPTS.wait(seconds):
+        raise KeyboardInterrupt
 
 
 def short(token: str) -> str:
@@ -80,11 +69,11 @@ def enum_name(enum: Any, value: int) -> str:
 
 class Printer:
     def heading(self, label: str, text: str) -> None:
-        INTERRUPTS.check()
+        check_interrupt()
         print(f"\n[{label}] {text}", flush=True)
 
     def say(self, text: str) -> None:
-        INTERRUPTS.check()
+        check_interrupt()
         print(f"    {text}", flush=True)
 
 
@@ -297,7 +286,7 @@ def main() -> int:
     # Ctrl-C and SIGTERM both end the demo through the finally blocks that stop every service
     # (SIGINT explicitly: a shell starting us in the background would have it ignored). While
     # the services start, no gRPC call runs here, so KeyboardInterrupt may strike anywhere; the
-    # walk switches to the flag (_Interrupts).
+    # walk switches to the flag (INTERRUPTS).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # `kill -USR1` shows where the demo is, as it does for the services.
@@ -310,11 +299,11 @@ def main() -> int:
         with running_stack(data_dir, Lifetimes()) as started_stack:
             stack = started_stack
             ports = ", ".join(f"{n} :{p.port}" for n, p in stack.procs.items())
-            signal.signal(signal.SIGINT, INTERRUPTS.handler)
-            signal.signal(signal.SIGTERM, INTERRUPTS.handler)
+            signal.signal(signal.SIGINT, INTERRUPTS.record)
+            signal.signal(signal.SIGTERM, INTERRUPTS.record)
             print(f"services up ({ports}); data in {data_dir or 'a temporary directory'}")
             walk(stack)
-            INTERRUPTS.check()
+            check_interrupt()
             print("\nstopping services (SIGTERM, graceful drain) …", flush=True)
             codes = stack.stop_all()
         print("exit codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()))

@@ -297,11 +297,10 @@ def _ok(stub: pbg.OperatorServiceStub, meta: object) -> bool:
     return True
 
 
-@pytest.mark.parametrize("delay_s", [0.05, 0.1])
-def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) -> None:
-    """SIGTERM before the service is up (while Python still imports grpc and cryptography, or
-    while state loads) drains and exits 0: the console script catches stop signals first."""
-    proc = subprocess.Popen(
+def _serve_raw(data_dir: Path, *, stderr: int) -> subprocess.Popen[str]:
+    """`uid2-operator serve` as a bare process, for signals sent before it is up (ServiceProcess
+    waits for it to serve)."""
+    return subprocess.Popen(
         [
             str(BIN / "uid2-operator"),
             "serve",
@@ -311,8 +310,16 @@ def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) 
             "127.0.0.1:0",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
     )
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.1])
+def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) -> None:
+    """SIGTERM before the service is up (while Python still imports grpc and cryptography, or
+    while state loads) drains and exits 0: the console script catches stop signals first."""
+    proc = _serve_raw(data_dir, stderr=subprocess.DEVNULL)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
@@ -320,19 +327,7 @@ def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) 
 
 def test_a_stack_dump_request_while_starting_does_not_kill_the_service(data_dir: Path) -> None:
     """SIGUSR1 (dump every thread's stack) is armed before the imports too."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "uid2-operator"),
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _serve_raw(data_dir, stderr=subprocess.PIPE)
     time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     time.sleep(0.3)

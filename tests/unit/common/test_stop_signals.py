@@ -117,3 +117,14 @@ def test_a_stop_arriving_while_the_handlers_are_swapped_is_kept(
     monkeypatch.setattr(stop_signals, "_dump_stacks_on_usr1", lambda: early.record(signal.SIGTERM))
     stop = catch_stop_signals()
     assert stop.is_set() and stop.signal_name == "SIGTERM"
+
+
+def test_a_stop_set_by_code_is_logged_as_requested_not_as_a_signal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(service="test")
+    stop = StopEvent()
+    stop.set()
+    wait_for_signal(stop)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [e["event"] for e in lines] == ["stop_requested"]
