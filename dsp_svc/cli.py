@@ -15,69 +15,73 @@ from collections.abc import Sequence
 import structlog
 
 from dsp_svc.config import ConfigError, DspConfig, Mode
-from svc_common.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
+from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import finite_float, log_level
+from svc_common.settings import SettingError, finite_float, integer, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+
+PROG = "uid2-dsp"
 
 
 def _parser() -> OneLineParser:
-    p = OneLineParser(prog="uid2-dsp", description="Sample UID2 DSP bidder (BidderService).")
+    p = OneLineParser(prog=PROG, description="Sample UID2 DSP bidder (BidderService).")
     sub = p.add_subparsers(dest="command", required=True)
+    # Each falls back to UID2_DSP_<FLAG> (FlagsWithEnv).
     s = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
-    s.add_argument("--listen", default=env("UID2_DSP_LISTEN", "127.0.0.1:0"))
-    s.add_argument("--name", default=env("UID2_DSP_NAME"))
+    s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
+    s.add_argument("--name", help="the bidder's name in the SSP's auctions (required)")
     s.add_argument(
         "--operator",
         "--operator-address",
         dest="operator",
-        default=env("UID2_DSP_OPERATOR"),
         help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
     )
-    s.add_argument("--operator-api-key", default=env("UID2_DSP_OPERATOR_API_KEY"))
-    s.add_argument("--base-price", type=finite_float, default=None)
-    s.add_argument("--identified-bonus", type=finite_float, default=None)
-    s.add_argument("--delay-ms", type=int, default=None)
-    s.add_argument("--key-refresh-s", type=finite_float, default=None)
+    s.add_argument("--operator-api-key", help="ID_READER key")
+    s.add_argument("--base-price", help="bid for an anonymous impression (default 1.0)")
+    s.add_argument("--identified-bonus", help="added for a decrypted UID2 (default 1.5)")
+    s.add_argument("--delay-ms", help="wait before answering (default 0)")
+    s.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
     group = s.add_mutually_exclusive_group()
-    group.add_argument("--fail-rate", type=finite_float, default=None)
-    group.add_argument("--mode", choices=[m.value for m in Mode], default=None)
-    s.add_argument("--log-level", type=log_level, default=env("UID2_DSP_LOG_LEVEL", "INFO"))
+    group.add_argument("--fail-rate", help="share of calls answered with an error (default 0)")
+    group.add_argument("--mode", help="normal (default), slow, fail or garbage")
+    s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     return p
 
 
-def _config(args: argparse.Namespace) -> DspConfig:
-    if not args.name:
-        raise UsageError("--name is required")
+def _mode(text: str) -> Mode:
+    try:
+        return Mode(text.strip().lower())
+    except ValueError:
+        raise SettingError("must be one of normal, slow, fail, garbage") from None
 
-    def f(value: float | None, env_name: str, default: float) -> float:
-        return value if value is not None else env_float(env_name, default)
 
-    mode = args.mode or env("UID2_DSP_MODE", "normal")
-    if mode not in {m.value for m in Mode}:
-        raise UsageError("mode must be one of normal, slow, fail, garbage")
+def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
+    return FlagsWithEnv(args, "UID2_DSP_")
+
+
+def _config(settings: FlagsWithEnv) -> DspConfig:
     return DspConfig(
-        name=args.name,
-        listen=args.listen,
-        operator=args.operator or None,
-        operator_api_key=args.operator_api_key or None,
-        base_price=f(args.base_price, "UID2_DSP_BASE_PRICE", 1.0),
-        identified_bonus=f(args.identified_bonus, "UID2_DSP_IDENTIFIED_BONUS", 1.5),
-        delay_ms=args.delay_ms if args.delay_ms is not None else env_int("UID2_DSP_DELAY_MS", 0),
-        fail_rate=f(args.fail_rate, "UID2_DSP_FAIL_RATE", 0.0),
-        mode=Mode(mode),
-        key_refresh_s=f(args.key_refresh_s, "UID2_DSP_KEY_REFRESH_S", 3600.0),
+        name=settings.required("name"),
+        listen=settings.text("listen", "127.0.0.1:0") or "127.0.0.1:0",
+        operator=settings.text("operator"),
+        operator_api_key=settings.text("operator-api-key"),
+        base_price=settings.value("base-price", finite_float, 1.0),
+        identified_bonus=settings.value("identified-bonus", finite_float, 1.5),
+        delay_ms=settings.value("delay-ms", integer, 0),
+        fail_rate=settings.value("fail-rate", finite_float, 0.0),
+        mode=settings.value("mode", _mode, Mode.NORMAL),
+        key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
-        config = _config(args)
+        settings = settings_of(_parser().parse_args(argv))
+        config = _config(settings)
+        level = settings.value("log-level", log_level, "INFO")
     except (UsageError, ConfigError) as exc:
-        msg = str(exc)
-        return fail(msg if msg.startswith("uid2-dsp") else f"uid2-dsp: {msg}")
-    configure_logging(args.log_level, service="dsp")
+        return fail(PROG, str(exc))
+    configure_logging(level, service="dsp")
     log = structlog.get_logger("dsp")
     from dsp_svc.server import create_server
 
@@ -85,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         served, port = create_server(config, stop=stop)
     except OSError as exc:
-        return fail(f"uid2-dsp: cannot start: {exc}")
+        return fail(PROG, f"cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen, name=config.name)
     wait_for_signal(stop)
     served.stop()

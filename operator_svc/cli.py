@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from operator_svc import admin
 from operator_svc.config import DAY_S, DEFAULT_CLOCK_SKEW_S, HOUR_S, ConfigError, OperatorConfig
 from operator_svc.store import OperatorStore, StoreError
+from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.settings import SettingError, finite_float, integer, log_level
 
 PROG = "uid2-operator"
 # gRPC's customary port, as in the README; 8080 is where the README puts the HTTP API.
@@ -24,18 +25,22 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV = "UID2_OPERATOR_"
 
 
-class CliError(Exception):
-    pass
+# The variables whose names are not ENV + the flag's: seconds say so in their names.
+_ENV_NAMES = {
+    flag: ENV + flag.upper().replace("-", "_") + "_S"
+    for flag in (
+        "token-lifetime",
+        "refresh-lifetime",
+        "refresh-from",
+        "max-bidstream-lifetime",
+        "allow-clock-skew",
+        "sync-interval",
+    )
+}
 
 
-def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(ENV + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise CliError(f"environment variable {ENV + name} is not valid") from None
+def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
+    return FlagsWithEnv(args, ENV, _ENV_NAMES)
 
 
 def _now_ms() -> int:
@@ -44,19 +49,17 @@ def _now_ms() -> int:
 
 def _data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--data-dir",
-        default=os.environ.get(ENV + "DATA_DIR"),
-        help="directory holding the operator store (env UID2_OPERATOR_DATA_DIR)",
+        "--data-dir", help="directory holding the operator store (env UID2_OPERATOR_DATA_DIR)"
     )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The UID2 Operator.")
+    parser = OneLineParser(prog=PROG, description="The UID2 Operator.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="create the store (salts, keysets, keys) if absent")
     _data_dir(p)
-    p.add_argument("--identity-scope", choices=("UID2", "EUID"), default=None)
+    p.add_argument("--identity-scope", help="UID2 or EUID (env UID2_OPERATOR_IDENTITY_SCOPE)")
 
     site = sub.add_parser("site", help="manage sites").add_subparsers(dest="action", required=True)
     p = site.add_parser(
@@ -111,9 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         f"at least {admin.MIN_ACTIVATION_DELAY_S})",
     )
     # The same settings (and variables) as `serve`'s: they decide how long old keys are kept.
-    p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
+    _seconds(p, "--token-lifetime", "--refresh-lifetime", "--allow-clock-skew")
 
     salts = sub.add_parser("salts", help="salt buckets").add_subparsers(
         dest="action", required=True
@@ -127,37 +128,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen", default=None, help=f"HOST:PORT (env UID2_OPERATOR_LISTEN; {DEFAULT_LISTEN})"
     )
-    p.add_argument("--token-lifetime", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--refresh-lifetime", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--refresh-from", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--max-bidstream-lifetime", type=int, default=None, metavar="SECONDS")
-    p.add_argument("--allow-clock-skew", type=int, default=None, metavar="SECONDS")
+    _seconds(
+        p,
+        "--token-lifetime",
+        "--refresh-lifetime",
+        "--refresh-from",
+        "--max-bidstream-lifetime",
+        "--allow-clock-skew",
+    )
     p.add_argument(
         "--sync-interval",
-        type=float,
-        default=None,
         metavar="SECONDS",
         help="how often other processes' writes are picked up (default 0.1, at most 1)",
     )
     p.add_argument(
         "--http-listen",
-        default=None,
         help="also serve the official UID2 HTTP API on HOST:PORT (env UID2_OPERATOR_HTTP_LISTEN)",
     )
-    p.add_argument("--log-level", default=os.environ.get(ENV + "LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", help="env UID2_OPERATOR_LOG_LEVEL; INFO")
     return parser
 
 
+def _seconds(p: argparse.ArgumentParser, *flags: str) -> None:
+    for flag in flags:
+        p.add_argument(flag, metavar="SECONDS", help=f"env {_ENV_NAMES[flag[2:]]}")
+
+
 def _require_dir(args: argparse.Namespace) -> Path:
-    if not args.data_dir:
-        raise CliError("--data-dir is required (or set UID2_OPERATOR_DATA_DIR)")
-    return Path(args.data_dir)
+    return Path(settings_of(args).required("data-dir"))
 
 
 def _existing_dir(args: argparse.Namespace) -> Path:
     directory = _require_dir(args)
     if not directory.exists():
-        raise CliError(f"data dir {directory} does not exist; run `{PROG} init` first")
+        raise UsageError(f"data dir {directory} does not exist; run `{PROG} init` first")
     return directory
 
 
@@ -165,42 +169,39 @@ def _open(args: argparse.Namespace) -> OperatorStore:
     return OperatorStore.open(_existing_dir(args))
 
 
-def _pick(flag: Any, env: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
-    # `is not None`, not `or`: an explicit 0 must reach validation, not become the default.
-    return flag if flag is not None else _env(env, default, cast)
-
-
-def _clock_skew(args: argparse.Namespace) -> int:
-    return int(_pick(args.allow_clock_skew, "ALLOW_CLOCK_SKEW_S", DEFAULT_CLOCK_SKEW_S, int))
+def _lifetimes(settings: FlagsWithEnv) -> tuple[int, int, int]:
+    """Token and refresh-token lifetimes and the clock skew: `serve` and `keys rotate` share
+    them (and their variables), since they decide how long old keys are kept."""
+    return (
+        settings.value("token-lifetime", integer, 3 * DAY_S),
+        settings.value("refresh-lifetime", integer, 30 * DAY_S),
+        settings.value("allow-clock-skew", integer, DEFAULT_CLOCK_SKEW_S),
+    )
 
 
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
+    settings = settings_of(args)
+    token_s, refresh_s, skew_s = _lifetimes(settings)
     return OperatorConfig(
         data_dir=_require_dir(args),
-        listen=_pick(args.listen, "LISTEN", DEFAULT_LISTEN, str),
-        token_lifetime_s=_pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int),
-        refresh_lifetime_s=_pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int),
-        refresh_from_s=_pick(args.refresh_from, "REFRESH_FROM_S", HOUR_S, int),
-        max_bidstream_lifetime_s=_pick(
-            args.max_bidstream_lifetime, "MAX_BIDSTREAM_LIFETIME_S", 0, int
-        ),
-        allow_clock_skew_s=_clock_skew(args),
-        sync_interval_s=_pick(args.sync_interval, "SYNC_INTERVAL_S", 0.1, float),
-        http_listen=_pick(args.http_listen, "HTTP_LISTEN", None, str),
+        listen=settings.text("listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        token_lifetime_s=token_s,
+        refresh_lifetime_s=refresh_s,
+        refresh_from_s=settings.value("refresh-from", integer, HOUR_S),
+        max_bidstream_lifetime_s=settings.value("max-bidstream-lifetime", integer, 0),
+        allow_clock_skew_s=skew_s,
+        sync_interval_s=settings.value("sync-interval", finite_float, 0.1),
+        http_listen=settings.text("http-listen"),
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
     from svc_common.logging import configure_logging
-    from svc_common.settings import SettingError, log_level
     from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
     config = serve_config(args)
-    try:
-        level = log_level(args.log_level)
-    except SettingError as exc:
-        raise CliError(f"--log-level (or {ENV}LOG_LEVEL): {exc}") from None
+    level = settings_of(args).value("log-level", log_level, "INFO")
     # Fails before logging and the listener start, as one plain line, on a store `init` did not
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()
@@ -233,9 +234,7 @@ def _run(args: argparse.Namespace) -> int:
         return _serve(args)
     if cmd == "init":
         directory = _require_dir(args)
-        scope = _pick(args.identity_scope, "IDENTITY_SCOPE", "UID2")
-        if scope not in ("UID2", "EUID"):
-            raise CliError("identity scope must be UID2 or EUID")
+        scope = settings_of(args).value("identity-scope", _identity_scope, "UID2")
         store = OperatorStore.create(directory)
         try:
             created = admin.initialise(store, _now_ms(), rng, scope)
@@ -282,8 +281,7 @@ def _run(args: argparse.Namespace) -> int:
             admin.revoke_delegation(store, args.site_id, args.client_name)
             _print({"revoked": True, "site_id": args.site_id})
         elif cmd == "keys":
-            token_s = _pick(args.token_lifetime, "TOKEN_LIFETIME_S", 3 * DAY_S, int)
-            refresh_s = _pick(args.refresh_lifetime, "REFRESH_LIFETIME_S", 30 * DAY_S, int)
+            token_s, refresh_s, skew_s = _lifetimes(settings_of(args))
             report = admin.rotate_keys(
                 store,
                 now_ms=_now_ms(),
@@ -291,33 +289,40 @@ def _run(args: argparse.Namespace) -> int:
                 activation_delay_s=args.activation_delay,
                 token_lifetime_s=token_s,
                 refresh_lifetime_s=refresh_s,
-                clock_skew_s=_clock_skew(args),
+                clock_skew_s=skew_s,
             )
             _print(report.as_json())
         elif cmd == "salts":
             n = admin.rotate_salts(store, args.fraction, _now_ms(), rng)
             _print({"rotated": n})
         else:  # pragma: no cover - argparse rejects anything else
-            raise CliError(f"unknown command {cmd}")
+            raise UsageError(f"unknown command {cmd}")
     finally:
         store.close()
     return 0
 
 
+def _identity_scope(text: str) -> str:
+    scope = text.strip().upper()
+    if scope not in ("UID2", "EUID"):
+        raise SettingError(f"must be UID2 or EUID, got {text!r}")
+    return scope
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return fail(PROG, str(exc))
     try:
         return _run(args)
-    except (CliError, ConfigError, admin.AdminError, StoreError) as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+    except (UsageError, ConfigError, admin.AdminError, StoreError) as exc:
+        return fail(PROG, str(exc))
     except sqlite3.Error as exc:
         # A valid SQLite file whose tables are not the operator's gets past opening.
-        sys.stderr.write(f"{PROG}: error: the store in {args.data_dir} cannot be used: {exc}\n")
-        return 2
+        return fail(PROG, f"the store in {_require_dir(args)} cannot be used: {exc}")
     except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc.strerror or str(exc) or type(exc).__name__}\n")
-        return 2
+        return fail(PROG, exc.strerror or str(exc) or type(exc).__name__)
 
 
 if __name__ == "__main__":

@@ -15,42 +15,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Sequence
 
 import structlog
 
 from publisher_svc.config import PublisherConfig
 from publisher_svc.publisher import StorageMode
 from publisher_svc.store import StoreError
+from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import SettingError, boolean, finite_float, log_level
+from svc_common.settings import SettingError, boolean, finite_float, integer_at_least, log_level
 
+PROG = "uid2-publisher"
 ENV_PREFIX = "UID2_PUBLISHER_"
 
-T = TypeVar("T")
 
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.upper().replace("-", "_")
-
-
-def _env(flag: str) -> str | None:
-    return os.environ.get(_env_name(flag))
-
-
-def _parser() -> _Parser:
-    parser = _Parser(prog="uid2-publisher", description="The UID2 publisher gRPC service.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="uid2-publisher", description="The UID2 publisher gRPC service.")
+    sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
         help="serve PublisherService until SIGINT / SIGTERM",
@@ -98,89 +80,59 @@ def _parser() -> _Parser:
     return parser
 
 
-def _value(args: argparse.Namespace, flag: str, default: str | None = None) -> str | None:
-    v = getattr(args, flag.replace("-", "_"))
-    if v is None:
-        v = _env(flag)
-    return default if v is None or v == "" else str(v)
-
-
-def _required(args: argparse.Namespace, flag: str) -> str:
-    v = _value(args, flag)
-    if v is None:
-        raise UsageError(f"--{flag} (or {_env_name(flag)}) is required")
-    return v
-
-
-def _int(args: argparse.Namespace, flag: str, default: str, *, minimum: int = 0) -> int:
-    text = _value(args, flag, default) or default
-    try:
-        n = int(text)
-    except ValueError:
-        raise UsageError(f"--{flag} must be an integer") from None
-    if n < minimum:
-        raise UsageError(f"--{flag} must be at least {minimum}")
-    return n
-
-
-def _parsed(parse: Callable[[str], T], args: argparse.Namespace, flag: str, default: str) -> T:
-    text = _value(args, flag, default) or default
-    try:
-        return parse(text)
-    except SettingError as exc:
-        raise UsageError(f"--{flag} (or {_env_name(flag)}): {exc}") from None
-
-
 # Every float flag is a duration in seconds; past an hour none makes sense, and a huge one
 # overflows the platform's timeouts (time_t) when it is waited on.
 _MAX_SECONDS = 3600.0
 
 
-def _float(args: argparse.Namespace, flag: str, default: str) -> float:
-    x = _parsed(finite_float, args, flag, default)
+def _seconds(text: str) -> float:
+    x = finite_float(text)
     if not 0 < x <= _MAX_SECONDS:
-        raise UsageError(f"--{flag} must be positive and at most {_MAX_SECONDS:g} seconds")
+        raise SettingError(f"must be positive and at most {_MAX_SECONDS:g} seconds")
     return x
 
 
-def _address(args: argparse.Namespace, flag: str) -> str:
-    v = _required(args, flag)
+def _address(settings: FlagsWithEnv, flag: str) -> str:
+    v = settings.required(flag)
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"--{flag} must be HOST:PORT")
     return v
 
 
-def parse_config(args: argparse.Namespace) -> PublisherConfig:
-    mode_text = (_value(args, "storage-mode", "server") or "server").lower()
+def _storage_mode(text: str) -> StorageMode:
     try:
-        mode = StorageMode(mode_text)
+        return StorageMode(text.strip().lower())
     except ValueError:
-        raise UsageError("--storage-mode must be server or client") from None
-    no_bg = _parsed(boolean, args, "no-background-refresh", "false")
-    data_dir = _required(args, "data-dir")
+        raise SettingError("must be server or client") from None
+
+
+def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
+    return FlagsWithEnv(args, ENV_PREFIX)
+
+
+def parse_config(args: argparse.Namespace) -> PublisherConfig:
+    settings = settings_of(args)
+    data_dir = settings.required("data-dir")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError("--data-dir is not a directory")
-    site_id = _int(args, "site-id", "0", minimum=1) if _value(args, "site-id") else None
-    if site_id is None:
-        raise UsageError(f"--site-id (or {ENV_PREFIX}SITE_ID) is required")
     return PublisherConfig(
-        listen=_address(args, "listen"),
+        listen=_address(settings, "listen"),
         data_dir=data_dir,
-        operator_address=_address(args, "operator-address"),
-        operator_api_key=_required(args, "operator-api-key"),
-        site_id=site_id,
-        ssp_address=_address(args, "ssp-address"),
-        ssp_api_key=_required(args, "ssp-api-key"),
-        storage_mode=mode,
-        on_behalf_of_site_id=_int(args, "on-behalf-of-site-id", "0"),
-        refresh_workers=_int(args, "refresh-workers", "8", minimum=1),
-        refresh_interval_s=_float(args, "refresh-interval", "1"),
-        background_refresh=not no_bg,
-        operator_timeout_s=_float(args, "operator-timeout", "2"),
-        ssp_timeout_s=_float(args, "ssp-timeout", "2"),
-        serve_refresh_budget_s=_float(args, "serve-refresh-budget", "0.3"),
-        log_level=_parsed(log_level, args, "log-level", "INFO"),
+        operator_address=_address(settings, "operator-address"),
+        operator_api_key=settings.required("operator-api-key"),
+        site_id=settings.required_value("site-id", integer_at_least(1)),
+        ssp_address=_address(settings, "ssp-address"),
+        ssp_api_key=settings.required("ssp-api-key"),
+        storage_mode=settings.value("storage-mode", _storage_mode, StorageMode.SERVER),
+        on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_at_least(0), 0),
+        refresh_workers=settings.value("refresh-workers", integer_at_least(1), 8),
+        refresh_interval_s=settings.value("refresh-interval", _seconds, 1.0),
+        background_refresh=not settings.value("no-background-refresh", boolean, False),
+        operator_timeout_s=settings.value("operator-timeout", _seconds, 2.0),
+        ssp_timeout_s=settings.value("ssp-timeout", _seconds, 2.0),
+        serve_refresh_budget_s=settings.value("serve-refresh-budget", _seconds, 0.3),
+        log_level=settings.value("log-level", log_level, "INFO"),
     )
 
 
@@ -206,21 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(list(argv) if argv is not None else None)
         config = parse_config(args)
     except UsageError as exc:
-        print(f"uid2-publisher: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(exc))
     configure_logging(config.log_level, service="publisher")
     try:
         return _serve(config)
     except StoreError as exc:
-        _fail(f"cannot start: {exc}")
-        return 2
+        return fail(PROG, f"cannot start: {exc}")
     except OSError as exc:
-        _fail(f"cannot start: {exc.strerror or str(exc) or type(exc).__name__}")
-        return 2
-
-
-def _fail(message: str, **_: Any) -> None:
-    print(f"uid2-publisher: error: {message}", file=sys.stderr)
+        return fail(PROG, f"cannot start: {exc.strerror or str(exc) or type(exc).__name__}")
 
 
 if __name__ == "__main__":

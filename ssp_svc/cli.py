@@ -27,15 +27,17 @@ from ssp_svc.store.accounts import (
     StoreError,
     normalise_inventory,
 )
-from svc_common.cli_common import OneLineParser, UsageError, env, env_float, env_int, fail
+from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging
-from svc_common.settings import finite_float, log_level
+from svc_common.settings import finite_float, integer, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+
+PROG = "uid2-ssp"
 
 
 def _parser() -> OneLineParser:
-    p = OneLineParser(prog="uid2-ssp", description="UID2 SSP: impressions, auctions, bid stream.")
+    p = OneLineParser(prog=PROG, description="UID2 SSP: impressions, auctions, bid stream.")
     sub = p.add_subparsers(dest="command", required=True)
 
     for noun, kind in (("publisher", "publisher"), ("subscriber", "bid-stream subscriber")):
@@ -48,31 +50,28 @@ def _parser() -> OneLineParser:
             add.add_argument("--domain", action="append", default=[], help="allowed page domain")
             add.add_argument("--app", action="append", default=[], help="allowed app bundle")
 
+    # Each falls back to UID2_SSP_<FLAG> (FlagsWithEnv), --bidder to UID2_SSP_BIDDERS.
     serve = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
-    serve.add_argument("--data-dir", type=Path, default=env("UID2_SSP_DATA_DIR"))
+    serve.add_argument("--data-dir")
     serve.add_argument(
-        "--publishers-file", type=Path, default=env("UID2_SSP_PUBLISHERS_FILE"),
-        help="JSON publishers/subscribers file instead of a data dir",
-    )  # fmt: skip
-    serve.add_argument("--listen", default=env("UID2_SSP_LISTEN", "127.0.0.1:0"))
+        "--publishers-file", help="JSON publishers/subscribers file instead of a data dir"
+    )
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
     serve.add_argument(
         "--operator",
         "--operator-address",
         dest="operator",
-        default=env("UID2_SSP_OPERATOR"),
         help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
     )
-    serve.add_argument(
-        "--operator-api-key", default=env("UID2_SSP_OPERATOR_API_KEY"), help="ID_READER key"
-    )
+    serve.add_argument("--operator-api-key", help="ID_READER key")
     serve.add_argument(
         "--bidder", action="append", default=None, metavar="NAME=HOST:PORT",
         help="a BidderService to call (repeatable)",
     )  # fmt: skip
-    serve.add_argument("--tmax-ms", type=int, default=None)
-    serve.add_argument("--key-refresh-s", type=finite_float, default=None)
-    serve.add_argument("--stream-buffer", type=int, default=None)
-    serve.add_argument("--log-level", type=log_level, default=env("UID2_SSP_LOG_LEVEL", "INFO"))
+    serve.add_argument("--tmax-ms", help="auction deadline (default 150)")
+    serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
+    serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     return p
 
 
@@ -80,14 +79,14 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     data_dir: Path = args.data_dir
     name: str = args.name.strip()
     if not name:
-        return fail("uid2-ssp: --name must not be empty")
+        return fail(PROG, "--name must not be empty")
     try:
         domains, apps = normalise_inventory(getattr(args, "domain", []), getattr(args, "app", []))
     except ValueError as exc:
-        return fail(f"uid2-ssp: {exc}")
+        return fail(PROG, str(exc))
     if kind is AccountKind.PUBLISHER and not domains and not apps:
         # It may sell only inventory it registered, so without any it could sell nothing.
-        return fail("uid2-ssp: a publisher needs at least one --domain or --app")
+        return fail(PROG, "a publisher needs at least one --domain or --app")
     try:
         store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
         try:
@@ -95,7 +94,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
         finally:
             store.close()
     except StoreError as exc:
-        return fail(f"uid2-ssp: {exc}")
+        return fail(PROG, str(exc))
     out: dict[str, object] = {"name": account.name, "api_key": api_key}
     if kind is AccountKind.PUBLISHER:
         out["domains"] = list(domains)
@@ -104,37 +103,39 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> SspConfig:
-    bidder_specs: list[str] | None = args.bidder
+def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
+    return FlagsWithEnv(args, "UID2_SSP_", {"bidder": "UID2_SSP_BIDDERS"})
+
+
+def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig:
+    # --bidder repeats; its variable lists NAME=HOST:PORTs comma-separated.
+    bidder_specs = bidder_flags
     if bidder_specs is None:
-        bidder_specs = [s for s in (env("UID2_SSP_BIDDERS", "") or "").split(",") if s.strip()]
-
-    def pick_int(flag: str, env_name: str, default: int) -> int:
-        value: int | None = getattr(args, flag)
-        return value if value is not None else env_int(env_name, default)
-
-    key_refresh: float | None = args.key_refresh_s
+        listed = settings.text("bidder") or ""
+        bidder_specs = [spec for spec in listed.split(",") if spec.strip()]
+    data_dir = settings.text("data-dir")
+    publishers_file = settings.text("publishers-file")
     return SspConfig(
-        listen=args.listen,
-        data_dir=args.data_dir,
-        publishers_file=args.publishers_file,
-        operator=args.operator or None,
-        operator_api_key=args.operator_api_key or None,
+        listen=settings.text("listen", "127.0.0.1:0") or "127.0.0.1:0",
+        data_dir=None if data_dir is None else Path(data_dir),
+        publishers_file=None if publishers_file is None else Path(publishers_file),
+        operator=settings.text("operator"),
+        operator_api_key=settings.text("operator-api-key"),
         bidders=tuple(parse_bidder(s) for s in bidder_specs),
-        tmax_ms=pick_int("tmax_ms", "UID2_SSP_TMAX_MS", 150),
-        key_refresh_s=(
-            key_refresh if key_refresh is not None else env_float("UID2_SSP_KEY_REFRESH_S", 3600.0)
-        ),
-        stream_buffer=pick_int("stream_buffer", "UID2_SSP_STREAM_BUFFER", 1024),
+        tmax_ms=settings.value("tmax-ms", integer, 150),
+        key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),
+        stream_buffer=settings.value("stream-buffer", integer, 1024),
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
     try:
-        config = _config(args)
+        config = _config(settings, args.bidder)
+        level = settings.value("log-level", log_level, "INFO")
     except (ConfigError, UsageError) as exc:
-        return fail(f"uid2-ssp: {exc}")
-    configure_logging(args.log_level, service="ssp")
+        return fail(PROG, str(exc))
+    configure_logging(level, service="ssp")
     log = structlog.get_logger("ssp")
     from ssp_svc.server import create_server
 
@@ -142,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         served, port = create_server(config, stop=stop)
     except (StoreError, OSError) as exc:
-        return fail(f"uid2-ssp: cannot start: {exc}")
+        return fail(PROG, f"cannot start: {exc}")
     log.info("serving", port=port, listen=config.listen)
     wait_for_signal(stop)
     served.stop()
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except UsageError as exc:
-        return fail(str(exc))
+        return fail(PROG, str(exc))
     if args.command == "serve":
         return _serve(args)
     kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER

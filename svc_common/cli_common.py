@@ -1,14 +1,23 @@
-"""CLI plumbing shared by `uid2-ssp` and `uid2-dsp`: one-line errors (exit 2) and environment
-fallbacks for flags."""
+"""CLI plumbing every console script shares: one-line usage errors (exit 2), and where a `serve`
+setting comes from.
+
+A setting is its flag when given, else its environment variable when set and not empty, else
+its default; the flag's text and the variable's go through the same parser, and a value either
+place gives that does not parse is one line naming both (`--tmax-ms (or UID2_SSP_TMAX_MS): ...`).
+One resolver for the four services, so they agree on precedence, on what counts as unset, and
+on how a mistake reads."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import NoReturn, TypeVar
 
-from svc_common.settings import SettingError, finite_float
+from svc_common.settings import SettingError
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -16,35 +25,60 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
+    """argparse without its usage block: a mistake is a UsageError, printed as one line."""
+
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message)
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+class FlagsWithEnv:
+    """The settings of one parsed command line, each falling back to `<prefix><FLAG>` (flag
+    `--tmax-ms`, prefix `UID2_SSP_`: `UID2_SSP_TMAX_MS`) unless `env_names` spells the
+    variable otherwise. Flags must be declared without a type or default, so their text reaches
+    the parser here, as the variable's does."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        prefix: str,
+        env_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self._args = args
+        self._prefix = prefix
+        self._env_names = dict(env_names or {})
+
+    def env_name(self, flag: str) -> str:
+        return self._env_names.get(flag) or self._prefix + flag.upper().replace("-", "_")
+
+    def text(self, flag: str, default: str | None = None) -> str | None:
+        """The setting's text; an empty flag or variable counts as not given."""
+        value = getattr(self._args, flag.replace("-", "_"))
+        if value is None or value == "":
+            value = os.environ.get(self.env_name(flag))
+        return default if value is None or value == "" else str(value)
+
+    def required(self, flag: str) -> str:
+        value = self.text(flag)
+        if value is None:
+            raise UsageError(f"--{flag} (or {self.env_name(flag)}) is required")
+        return value
+
+    def value(self, flag: str, parse: Callable[[str], T], default: T) -> T:
+        """The setting parsed; `default` as it is when neither place gives one."""
+        text = self.text(flag)
+        return default if text is None else self._parsed(flag, parse, text)
+
+    def required_value(self, flag: str, parse: Callable[[str], T]) -> T:
+        return self._parsed(flag, parse, self.required(flag))
+
+    def _parsed(self, flag: str, parse: Callable[[str], T], text: str) -> T:
+        try:
+            return parse(text)
+        except SettingError as exc:
+            raise UsageError(f"--{flag} (or {self.env_name(flag)}): {exc}") from None
 
 
-def env_int(name: str, default: int) -> int:
-    value = env(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{name} must be an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    value = env(name)
-    if value is None:
-        return default
-    try:
-        return finite_float(value)
-    except SettingError as exc:
-        raise UsageError(f"{name}: {exc}") from None
-
-
-def fail(message: str) -> int:
-    print(message, file=sys.stderr)
+def fail(prog: str, message: str) -> int:
+    """Prints `prog: error: message` on stderr; returns the exit status for a mistake."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2

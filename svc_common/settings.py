@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 # Levels configure_logging understands; it falls back to INFO on anything else, so a typo would
 # otherwise go unnoticed.
@@ -39,6 +40,26 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise SettingError(f"{text!r} is not a finite number")
     return value
+
+
+def integer(text: str) -> int:
+    """A whole number in decimal."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise SettingError(f"{text!r} is not an integer") from None
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """`integer`, refusing anything below `minimum`."""
+
+    def parse(text: str) -> int:
+        value = integer(text)
+        if value < minimum:
+            raise SettingError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def boolean(text: str) -> bool:

@@ -149,7 +149,8 @@ def test_cli_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
          "--ssp-address", "127.0.0.1:2", "--ssp-api-key", "s", "--storage-mode", "cookie"]
     )  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "uid2-publisher: error: --storage-mode must be server or client"
+        "uid2-publisher: error: --storage-mode (or UID2_PUBLISHER_STORAGE_MODE): "
+        "must be server or client"
     ]
     assert list(tmp_path.iterdir()) == []  # nothing half-written by a usage error
     # An address in use: one line and exit 2 (the store it opened first is whole and reusable).

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from publisher_svc.cli import UsageError, _parser, parse_config
+from publisher_svc.cli import _parser, parse_config
 from publisher_svc.publisher import StorageMode
+from svc_common.cli_common import UsageError
 
 FLAGS = [
     "serve", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:0",

@@ -1,0 +1,68 @@
+"""Where a `serve` setting comes from, for all four services: the flag, else its environment
+variable, else the default; a bad value from either place is one line naming both."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError
+from svc_common.settings import integer, integer_at_least
+
+
+def _settings(**flags: object) -> FlagsWithEnv:
+    return FlagsWithEnv(argparse.Namespace(**flags), "UID2_T_", {"tick": "UID2_T_TICK_S"})
+
+
+def test_flag_then_variable_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_T_MAX_ITEMS", "7")
+    assert _settings(max_items="3").value("max-items", integer, 1) == 3
+    assert _settings(max_items=None).value("max-items", integer, 1) == 7
+    monkeypatch.delenv("UID2_T_MAX_ITEMS")
+    assert _settings(max_items=None).value("max-items", integer, 1) == 1
+
+
+def test_an_explicit_zero_is_not_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings(max_items="0").value("max-items", integer, 5) == 0
+    monkeypatch.setenv("UID2_T_MAX_ITEMS", "0")
+    assert _settings(max_items=None).value("max-items", integer, 5) == 0
+
+
+def test_empty_counts_as_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_T_NAME", "from-env")
+    assert _settings(name="").text("name") == "from-env"
+    monkeypatch.setenv("UID2_T_NAME", "")
+    assert _settings(name=None).text("name", "dflt") == "dflt"
+    with pytest.raises(UsageError, match=r"^--name \(or UID2_T_NAME\) is required$"):
+        _settings(name=None).required("name")
+
+
+def test_a_named_variable_replaces_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UID2_T_TICK_S", "9")
+    monkeypatch.setenv("UID2_T_TICK", "1")
+    assert _settings(tick=None).value("tick", integer, 0) == 9
+
+
+@pytest.mark.parametrize(("flag", "env"), [("x", None), (None, "x")])
+def test_a_bad_value_names_the_flag_and_the_variable(
+    monkeypatch: pytest.MonkeyPatch, flag: str | None, env: str | None
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("UID2_T_MAX_ITEMS", env)
+    with pytest.raises(UsageError) as exc:
+        _settings(max_items=flag).value("max-items", integer, 1)
+    assert str(exc.value) == "--max-items (or UID2_T_MAX_ITEMS): 'x' is not an integer"
+
+
+def test_required_value_parses() -> None:
+    assert _settings(n="4").required_value("n", integer_at_least(1)) == 4
+    with pytest.raises(UsageError, match="must be at least 1, got 0"):
+        _settings(n="0").required_value("n", integer_at_least(1))
+
+
+def test_parser_mistakes_are_one_line_usage_errors() -> None:
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--n", type=int)
+    with pytest.raises(UsageError, match="argument --n: invalid int value"):
+        parser.parse_args(["--n", "x"])
