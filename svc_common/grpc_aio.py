@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
-from svc_common.grpc_server import MAX_MESSAGE_BYTES, Served, bind_port
+from svc_common.grpc_edge import TRANSPORT_MAX_BYTES
+from svc_common.grpc_server import Served, bind_port
 
 
 @dataclass
@@ -71,7 +72,7 @@ def start_aio_server(
             # No SO_REUSEPORT (grpc's default turns it on): a second server started on a port in
             # use must fail, not silently take half the connections.
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )

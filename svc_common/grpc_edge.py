@@ -17,7 +17,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from svc_common import edge_log
-from svc_common.errors import ErrorKind, ServiceError, invalid_argument
+from svc_common.errors import ErrorKind, ServiceError, invalid_argument, resource_exhausted
+
+# The largest request a service accepts (5,000 DIIs fit). The transport lets through up to
+# TRANSPORT_MAX_BYTES so that the edge, not gRPC core, refuses what lies in between: core's own
+# refusal carries no google.rpc.ErrorInfo, which the contract requires on every error.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+TRANSPORT_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
 
 _CODES: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
@@ -73,6 +79,10 @@ def wrap_handler(handler: Any, unary: Wrap, stream: Wrap) -> Any:
 def parse_request(parse: Parse, raw: bytes) -> Any:
     """The request message from the bytes the client sent. Any failure is the client's
     malformed input (DecodeError, invalid UTF-8 in a string field, ...), never a server fault."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise resource_exhausted(
+            "REQUEST_TOO_LARGE", f"requests are at most {MAX_MESSAGE_BYTES} bytes; send fewer items"
+        )
     try:
         return parse(raw)
     except Exception:

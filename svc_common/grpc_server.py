@@ -14,12 +14,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from svc_common.grpc_edge import EdgeInterceptor
+from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
 
 _log = structlog.get_logger("server")
-
-# Requests above this are refused by gRPC itself with RESOURCE_EXHAUSTED (5,000 DIIs fit).
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -96,7 +93,7 @@ def start_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[EdgeInterceptor(domain), *extra_interceptors],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -247,6 +247,9 @@ def test_sizes(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         live.stub.MapIdentity(huge, metadata=live.md("pub"))
     assert exc.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(exc.value)
+    assert info is not None
+    assert info.reason == "REQUEST_TOO_LARGE"
 
 
 def test_watch_live_and_resume(live: Live) -> None:

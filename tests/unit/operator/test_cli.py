@@ -121,3 +121,22 @@ def test_keys_rotate_with_valid_lifetimes(
     argv = ["keys", "rotate", "--data-dir", str(initialised), "--token-lifetime", "60"]
     assert cli.main([*argv, "--refresh-lifetime", "120", "--activation-delay", "2"]) == 0
     assert '"created": 3' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        ([], "required: command"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["site", "add", "--site-id", "abc", "--name", "x"], "--site-id: invalid int value"),
+        (["client", "add", "--site-id", "5", "--name", "x"], "required: --roles"),
+        (["client", "disable"], "--name --key-id is required"),
+        (["serve", "--token-lifetime", "1e3"], "'1e3' is not an integer"),
+        (["init", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_argument_mistakes_are_one_line(
+    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse's own error prints its usage block; the contract wants one line and exit 2.
+    assert problem in _fails(capsys, *argv)
