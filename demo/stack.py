@@ -131,7 +131,13 @@ class Stack:
     # -- processes ----------------------------------------------------------------------------
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.procs[name] = ServiceProcess(args, env=env).wait_ready()
+        # Registered before the wait for its `serving` line, and a Ctrl-C (KeyboardInterrupt)
+        # held back until it is: a process spawned but not in self.procs is beyond stop_all's
+        # reach and, in its own session, would run on after the demo exits.
+        with _stop_signals_deferred():
+            proc = ServiceProcess(args, env=env)
+            self.procs[name] = proc
+        proc.wait_ready()
 
     def start_operator(self, port: int = 0) -> None:
         lt = self.lifetimes
@@ -273,6 +279,25 @@ def _stop_signals_ignored() -> Iterator[None]:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def _stop_signals_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM during the block reach their handler only once it has ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    if caught and callable(handler := saved[signal.Signals(caught[0])]):
+        handler(caught[0], None)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ graceful stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from contextlib import ExitStack
@@ -60,9 +61,38 @@ class Served:
         self.server.stop(grace_s).wait()
 
 
+def probe_listen(listen: str) -> None:
+    """OSError saying why `listen` (HOST:PORT) cannot be bound, found with plain sockets
+    before grpc tries: grpc core logs its own multi-line complaint to stderr on a failed
+    bind, and a CLI mistake is to be one line. Mirrors grpc: SO_REUSEADDR, and fine when at
+    least one of the addresses the host resolves to binds. A race with another process
+    remains; `bind_port` still reports it, with core's lines before it."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise OSError(f"cannot listen on {listen}: not HOST:PORT")
+    try:
+        found = socket.getaddrinfo(
+            host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OSError(f"cannot listen on {listen}: {host!r} does not resolve") from exc
+    problems: list[str] = []
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                problems.append(exc.strerror or type(exc).__name__)
+    raise OSError(f"cannot listen on {listen}: {problems[0] if problems else 'no address'}")
+
+
 def bind_port(server: Any, listen: str) -> int:
     """Binds `listen` (HOST:PORT) on a sync or aio server; the bound port. OSError, which the
     CLIs report in one line with exit 2, when the address is taken or cannot be bound."""
+    probe_listen(listen)
     try:
         port = int(server.add_insecure_port(listen))
     except RuntimeError:  # grpc's "Failed to bind to address ..."

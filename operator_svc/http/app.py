@@ -204,7 +204,17 @@ class HttpApi:
         length = request.content_length
         if length is not None and length > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=length)
-        return await request.read()
+        try:
+            return await request.read()
+        except ConnectionResetError:
+            # The caller hung up mid-body (aiohttp cancels the read so): a truncated request,
+            # not a bug; nobody is left to read the answer, but the log line says what it was.
+            raise HttpError(
+                400,
+                CLIENT_ERROR,
+                "the connection closed before the whole body arrived",
+                "INCOMPLETE_BODY",
+            ) from None
 
     # -- endpoints --------------------------------------------------------------------------
 

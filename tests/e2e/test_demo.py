@@ -101,3 +101,38 @@ def test_ctrl_c_stops_every_service(tmp_path: Path, presses: int) -> None:
     assert proc.returncode == 130, rest
     assert "every service stopped" in rest
     assert not any(_listening(p) for p in ports)
+
+
+def _services_of(data_dir: Path) -> list[int]:
+    """Pids of the processes whose command line names `data_dir` (the demo's services)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if str(data_dir) in cmdline and " serve" in cmdline.replace("\0", " "):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_ctrl_c_while_a_service_starts_leaves_none_running(tmp_path: Path) -> None:
+    """The press lands after a service was spawned but before it logged `serving`."""
+    proc = _start(tmp_path)
+    data_dir = tmp_path / "data"
+    assert wait_until(
+        lambda: any(
+            "uid2-publisher" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+            for p in _services_of(data_dir)
+        ),
+        60,
+        interval_s=0.005,
+    )
+    proc.send_signal(signal.SIGINT)
+    rest = _finish(proc, 60)
+    assert proc.returncode == 130, rest
+    left = _services_of(data_dir)
+    for pid in left:  # do not leave them behind for the next test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} service(s) still running after Ctrl-C"

@@ -8,11 +8,14 @@ import hashlib
 import json
 import os
 import random
+import socket
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.integration.operator_http.conftest import HttpLive, Reply
+from tests.support.procs import wait_until
 from uid2_crypto.envelope import encrypt_request
 
 PATHS = [
@@ -227,3 +230,22 @@ def test_random_bodies_never_500(live: HttpLive) -> None:
         assert reply.status < 500, (path, reply.body)
         if reply.status != 200:
             assert reply.json()["status"] in {"client_error", "unauthorized", "invalid_token"}
+
+
+def test_a_body_cut_off_mid_upload_is_the_callers_fault_not_a_500(live: HttpLive) -> None:
+    # Content-Length promises more than arrives before the caller hangs up. Nobody is left to
+    # read an answer, so what matters is the log: a client error, not an "unhandled" bug.
+    key = live.clients["all"].api_key
+    head = (
+        "POST /v2/token/generate HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    with capture_logs() as logs:
+        with socket.create_connection(("127.0.0.1", live.http_port), timeout=5) as conn:
+            conn.sendall(head + b"A" * 10)
+            time.sleep(0.1)  # the handler is reading the body when the connection goes
+        assert wait_until(lambda: any(e.get("event") == "http" for e in logs), 5.0)
+    events = [e for e in logs if e.get("event") in ("http", "unhandled_exception")]
+    assert [(e["event"], e.get("http_status"), e.get("reason")) for e in events] == [
+        ("http", 400, "INCOMPLETE_BODY")
+    ]
