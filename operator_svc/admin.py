@@ -27,7 +27,7 @@ from operator_svc.domain.api_keys import API_KEY_PREFIX, hash_api_key
 from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, normalise_domain
-from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, REFRESH_KEYSET_ID
+from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, MAX_SITE_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 
 Rng = Callable[[int], bytes]
@@ -43,7 +43,6 @@ MAX_ACTIVATION_DELAY_S = 365 * 86_400
 MIN_ACTIVATION_DELAY_S = math.ceil(2 * MAX_SYNC_INTERVAL_S)
 FALLBACK_KEYSET_ID = 2
 FIRST_SITE_KEYSET_ID = 3
-MAX_SITE_ID = 2**31 - 1
 
 
 class AdminError(ValueError):

@@ -24,7 +24,14 @@ from publisher_svc.publisher import StorageMode
 from publisher_svc.store import StoreError
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import SettingError, boolean, finite_float, integer_at_least, log_level
+from svc_common.settings import (
+    SettingError,
+    boolean,
+    finite_float,
+    integer_in,
+    log_level,
+)
+from uid2_crypto.keys import MAX_SITE_ID
 
 PROG = "uid2-publisher"
 ENV_PREFIX = "UID2_PUBLISHER_"
@@ -121,12 +128,12 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         data_dir=data_dir,
         operator_address=_address(settings, "operator-address"),
         operator_api_key=settings.required("operator-api-key"),
-        site_id=settings.required_value("site-id", integer_at_least(1)),
+        site_id=settings.required_value("site-id", integer_in(1, MAX_SITE_ID)),
         ssp_address=_address(settings, "ssp-address"),
         ssp_api_key=settings.required("ssp-api-key"),
         storage_mode=settings.value("storage-mode", _storage_mode, StorageMode.SERVER),
-        on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_at_least(0), 0),
-        refresh_workers=settings.value("refresh-workers", integer_at_least(1), 8),
+        on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_in(0, MAX_SITE_ID), 0),
+        refresh_workers=settings.value("refresh-workers", integer_in(1), 8),
         refresh_interval_s=settings.value("refresh-interval", _seconds, 1.0),
         background_refresh=not settings.value("no-background-refresh", boolean, False),
         operator_timeout_s=settings.value("operator-timeout", _seconds, 2.0),

@@ -18,6 +18,17 @@ _URI_COMPONENT_SAFE = "-_.!~*'()"
 _MAX_COOKIE_CHARS = 4096
 _STRING_FIELDS = ("advertising_token", "refresh_token", "refresh_response_key")
 _TIME_FIELDS = ("identity_expires", "refresh_from", "refresh_expires")
+# The times go back out in int64 proto fields (ClientCookie.expires) and the strings in proto
+# string fields (UTF-8): a cookie that cannot is not an identity, not a server fault.
+_MAX_INT64 = 2**63 - 1
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+        return False
+    return True
 
 
 def encode_cookie(identity: Identity) -> str:
@@ -45,7 +56,7 @@ def decode_cookie(value: str) -> Identity:
     if not isinstance(body, dict):
         raise bad
     for name in _STRING_FIELDS:
-        if not isinstance(body.get(name), str) or not body[name]:
+        if not isinstance(body.get(name), str) or not body[name] or not _utf8(body[name]):
             raise bad
     # Tampered or corrupt: no operator issues a longer one, and the SSP would refuse the
     # impression that carried it.
@@ -53,7 +64,7 @@ def decode_cookie(value: str) -> Identity:
         raise bad
     for name in _TIME_FIELDS:
         v = body.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_INT64:
             raise bad
     return Identity(
         advertising_token=body["advertising_token"],

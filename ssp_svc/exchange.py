@@ -86,7 +86,9 @@ class Exchange:
     ) -> Impression:
         if len(token) > MAX_TOKEN_CHARS:
             raise invalid_argument("TOKEN_TOO_LONG", f"token exceeds {MAX_TOKEN_CHARS} characters")
-        if not page_domain and not app_bundle:
+        # Blank inventory is no inventory: a page_domain of spaces must not slip past the
+        # allow-list below (which it would, stripped to "") and sell a site with no domain.
+        if not page_domain.strip() and not app_bundle.strip():
             raise invalid_argument("INVENTORY_MISSING", "page_domain or app_bundle is required")
         check_field_lengths(
             page_domain=page_domain, app_bundle=app_bundle, placement_id=placement_id

@@ -50,13 +50,15 @@ def integer(text: str) -> int:
         raise SettingError(f"{text!r} is not an integer") from None
 
 
-def integer_at_least(minimum: int) -> Callable[[str], int]:
-    """`integer`, refusing anything below `minimum`."""
+def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """`integer`, refusing anything below `minimum` or above `maximum`."""
 
     def parse(text: str) -> int:
         value = integer(text)
         if value < minimum:
             raise SettingError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SettingError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse

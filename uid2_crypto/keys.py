@@ -23,6 +23,8 @@ REFRESH_KEYSET_ID = -2
 # The master keyset's id as the SDKs see it (the Operator's internal id is -1).
 PUBLISHED_MASTER_KEYSET_ID = 9999999
 FALLBACK_SITE_ID = 2
+# Site ids are signed 32-bit in tokens (v4 payload) and in every proto that carries one.
+MAX_SITE_ID = 2**31 - 1
 SECRET_BYTES = 32
 ID_READER_ROLE = "ID_READER"
 

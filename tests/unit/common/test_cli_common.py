@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError
-from svc_common.settings import integer, integer_at_least
+from svc_common.settings import integer, integer_in
 
 
 def _settings(**flags: object) -> FlagsWithEnv:
@@ -56,9 +56,9 @@ def test_a_bad_value_names_the_flag_and_the_variable(
 
 
 def test_required_value_parses() -> None:
-    assert _settings(n="4").required_value("n", integer_at_least(1)) == 4
+    assert _settings(n="4").required_value("n", integer_in(1)) == 4
     with pytest.raises(UsageError, match="must be at least 1, got 0"):
-        _settings(n="0").required_value("n", integer_at_least(1))
+        _settings(n="0").required_value("n", integer_in(1))
 
 
 def test_parser_mistakes_are_one_line_usage_errors() -> None:

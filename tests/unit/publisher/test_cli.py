@@ -55,6 +55,26 @@ def test_serve_refresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         ([], "--operator-api-key"),
         (["--operator-api-key", "k", "--ssp-api-key", "s", "--refresh-workers", "0"], "at least"),
         (["--operator-api-key", "k", "--ssp-api-key", "s", "--site-id", "x"], "integer"),
+        # int32 in the protos: a larger one started fine and then failed every Login, INTERNAL
+        (
+            ["--operator-api-key", "k", "--ssp-api-key", "s", "--site-id", "2147483648"],
+            "at most 2147483647",
+        ),
+        (
+            ["--operator-api-key", "k", "--ssp-api-key", "s", "--on-behalf-of-site-id", "1e11"],
+            "is not an integer",
+        ),
+        (
+            [
+                "--operator-api-key",
+                "k",
+                "--ssp-api-key",
+                "s",
+                "--on-behalf-of-site-id",
+                "99999999999",
+            ],
+            "--on-behalf-of-site-id (or UID2_PUBLISHER_ON_BEHALF_OF_SITE_ID): must be at most",
+        ),
         # Waited on as a timeout: a huge one would overflow time_t at the first due impression.
         (
             ["--operator-api-key", "k", "--ssp-api-key", "s", "--serve-refresh-budget", "1e10"],

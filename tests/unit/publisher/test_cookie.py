@@ -62,6 +62,11 @@ def test_shape_is_the_js_sdk_identity_json() -> None:
         urllib.parse.quote(json.dumps({**_body(), "refresh_from": "1"})),
         "%FF%FE",
         "x" * 5000,
+        # times past int64 (ClientCookie.expires) and lone surrogates (not UTF-8): both once
+        # reached the response or a peer's request and came out as INTERNAL
+        urllib.parse.quote(json.dumps({**_body(), "refresh_expires": 2**63})),
+        urllib.parse.quote(json.dumps({**_body(), "advertising_token": "\ud800"})),
+        urllib.parse.quote(json.dumps({**_body(), "refresh_token": "\udfff"})),
     ],
 )
 def test_bad_cookie_is_invalid_argument(value: str) -> None:

@@ -112,6 +112,8 @@ def test_a_checking_ssp_without_keys_sends_no_token_on() -> None:
     [
         ({"token": "x" * 501}, "TOKEN_TOO_LONG"),
         ({"domain": ""}, "INVENTORY_MISSING"),
+        ({"domain": "   "}, "INVENTORY_MISSING"),
+        ({"domain": "\t"}, "INVENTORY_MISSING"),
         ({"floor": -1.0}, "INVALID_FLOOR"),
         ({"floor": float("nan")}, "INVALID_FLOOR"),
         ({"domain": "evil.org"}, "INVENTORY_NOT_ALLOWED"),
