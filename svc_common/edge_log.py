@@ -4,6 +4,7 @@ request id, and a bug logged by type and place only (exception text may carry re
 from __future__ import annotations
 
 import os
+import re
 import time
 import traceback
 
@@ -15,9 +16,22 @@ from svc_common.logging import write_call_line
 _log = structlog.get_logger("rpc")
 
 
+# A caller's request id is logged as it came, so it must not be able to carry what the logs
+# never hold: no '@' (an email), '+', '/' or '=' (a phone number, a base64 hash), no spaces.
+_CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_DIGITS = re.compile(r"[0-9]+")  # a phone number without its '+', or another numeric identifier
+_HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")  # a hash of DII in hex
+
+
 def request_id(candidate: str | None) -> str:
-    """The caller's request id when it is a sane one (short printable ASCII), else a new one."""
-    if candidate and 0 < len(candidate) <= 64 and candidate.isascii() and candidate.isprintable():
+    """The caller's request id (x-request-id) when it has the shape of an id and not of DII or
+    a hash of it (UUIDs, trace ids, "req-123" pass), else a new one."""
+    if (
+        candidate
+        and _CALLER_ID.fullmatch(candidate)
+        and not _DIGITS.fullmatch(candidate)
+        and not _HEX_SHA256.fullmatch(candidate)
+    ):
         return candidate
     return os.urandom(8).hex()
 

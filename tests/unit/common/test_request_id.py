@@ -1,0 +1,48 @@
+"""A caller's x-request-id is logged as it came, so only id shapes are kept: never one that
+could be DII or a hash of it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from svc_common.edge_log import request_id
+
+_SHA = hashlib.sha256(b"user@example.com").digest()
+
+
+@pytest.mark.parametrize(
+    "rid",
+    [
+        "req-123",
+        "one",
+        "3f2b8c1e-0d4a-4c55-9b7e-1a2b3c4d5e6f",  # a UUID
+        "4bf92f3577b34da6a3ce929d0e0e4736",  # a W3C trace id
+        "0123456789abcdef",
+        "svc.publisher:login-42",
+    ],
+)
+def test_id_shapes_are_kept(rid: str) -> None:
+    assert request_id(rid) == rid
+
+
+@pytest.mark.parametrize(
+    "rid",
+    [
+        "user@example.com",
+        "+15551234567",
+        "15551234567",
+        base64.b64encode(_SHA).decode(),
+        _SHA.hex(),
+        "has space",
+        "x" * 65,
+        "caf\u00e9",
+        "",
+        None,
+    ],
+)
+def test_anything_else_gets_a_new_id(rid: str | None) -> None:
+    new = request_id(rid)
+    assert new != rid and len(new) == 16 and int(new, 16) >= 0
