@@ -17,6 +17,7 @@ from operator_svc import admin
 from operator_svc.config import DAY_S, DEFAULT_CLOCK_SKEW_S, HOUR_S, ConfigError, OperatorConfig
 from operator_svc.store import OperatorStore, StoreError
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.errors import ServiceError
 from svc_common.settings import SettingError, finite_float, integer, log_level
 
 PROG = "uid2-operator"
@@ -316,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(exc))
     try:
         return _run(args)
-    except (UsageError, ConfigError, admin.AdminError, StoreError) as exc:
+    # StoreBusy (a ServiceError): another process held the write lock past the busy timeout.
+    except (UsageError, ConfigError, admin.AdminError, StoreError, ServiceError) as exc:
         return fail(PROG, str(exc))
     except sqlite3.Error as exc:
         # A valid SQLite file whose tables are not the operator's gets past opening.

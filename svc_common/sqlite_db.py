@@ -10,13 +10,63 @@ store error with a one-line message naming the path, so each CLI reports it as a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from svc_common.errors import ErrorKind, ServiceError
 
 ErrorFactory = Callable[[str], Exception]
 
 BUSY_TIMEOUT_S = 30.0
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+class StoreBusy(ServiceError):
+    """Another process held the store's write lock past the busy timeout: the write did not
+    happen, and the caller may retry (UNAVAILABLE), as opposed to a bug (INTERNAL)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorKind.UNAVAILABLE,
+            "STORE_BUSY",
+            f"the store stayed locked by another process for {BUSY_TIMEOUT_S:g} s; retry",
+        )
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    # Extended result codes keep the primary one in the low byte.
+    code: int = getattr(exc, "sqlite_errorcode", 0)
+    return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+@contextmanager
+def write_transaction(
+    conn: sqlite3.Connection, lock: threading.Lock
+) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a connection from `open_db` (BEGIN IMMEDIATE ... COMMIT,
+    synced before it returns), serialised in-process by `lock`. StoreBusy when another
+    process keeps the write lock past the busy timeout."""
+    with lock:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise StoreBusy() from None
+            raise
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            conn.execute("ROLLBACK")
+            raise StoreBusy() from None
 
 
 def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = False) -> None:

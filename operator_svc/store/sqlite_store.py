@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
-from svc_common.sqlite_db import open_db, require_data_dir
+from svc_common.sqlite_db import open_db, require_data_dir, write_transaction
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
@@ -101,17 +101,9 @@ class OperatorStore:
     def path(self) -> Path:
         return self._path
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, synced), serialised in-process."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
+        return write_transaction(self._conn, self._lock)
 
     # -- meta and change detection ---------------------------------------------------------
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
-from svc_common.sqlite_db import open_db, require_data_dir
+from svc_common.sqlite_db import open_db, require_data_dir, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -199,17 +198,9 @@ class SqliteStore:
             db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
             _mark_ended(db, user_id, "OPTOUT", now_ms)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, synced before it returns)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
+        return write_transaction(self._db, self._lock)
 
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has

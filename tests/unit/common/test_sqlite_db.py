@@ -4,11 +4,19 @@ one line naming the path, never a bare sqlite3 or OS exception."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from svc_common.sqlite_db import WAL_SIZE_LIMIT_BYTES, open_db, require_data_dir
+from svc_common.errors import ErrorKind
+from svc_common.sqlite_db import (
+    WAL_SIZE_LIMIT_BYTES,
+    StoreBusy,
+    open_db,
+    require_data_dir,
+    write_transaction,
+)
 from tests.support.bad_stores import unusable_store
 
 
@@ -59,3 +67,38 @@ def test_the_wal_is_cut_back_after_a_checkpoint(tmp_path: Path) -> None:
     conn.execute("INSERT INTO t VALUES (x'00')")  # the WAL restarts from its beginning
     assert (tmp_path / "big.sqlite3-wal").stat().st_size <= WAL_SIZE_LIMIT_BYTES
     conn.close()
+
+
+def test_a_write_lock_held_elsewhere_is_store_busy_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "x.sqlite3"
+    ours = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    other = open_db(path, Bad)
+    ours.execute("PRAGMA busy_timeout=50")  # the real 30 s, shortened for the test
+    lock = threading.Lock()
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
+        with pytest.raises(StoreBusy) as caught, write_transaction(ours, lock) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        assert caught.value.kind is ErrorKind.UNAVAILABLE and caught.value.reason == "STORE_BUSY"
+        assert not lock.locked()
+        other.execute("ROLLBACK")
+        with write_transaction(ours, lock) as conn:  # usable again once the lock is gone
+            conn.execute("INSERT INTO t VALUES (2)")
+        assert other.execute("SELECT v FROM t").fetchall() == [(2,)]
+    finally:
+        ours.close()
+        other.close()
+
+
+def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "x.sqlite3", Bad, schema="CREATE TABLE t (v INTEGER);")
+    try:
+        with pytest.raises(ValueError), write_transaction(conn, threading.Lock()) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+            raise ValueError("half-way")
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+        assert not conn.in_transaction
+    finally:
+        conn.close()
