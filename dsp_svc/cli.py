@@ -17,7 +17,7 @@ import structlog
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import SettingError, finite_float, integer, log_level
+from svc_common.settings import SettingError, api_key, finite_float, integer, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 PROG = "uid2-dsp"
@@ -64,7 +64,7 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         name=settings.required("name"),
         listen=settings.text("listen", "127.0.0.1:0") or "127.0.0.1:0",
         operator=settings.text("operator"),
-        operator_api_key=settings.text("operator-api-key"),
+        operator_api_key=settings.value("operator-api-key", api_key, None),
         base_price=settings.value("base-price", finite_float, 1.0),
         identified_bonus=settings.value("identified-bonus", finite_float, 1.5),
         delay_ms=settings.value("delay-ms", integer, 0),

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message is one line fit for stderr."""
@@ -43,8 +45,8 @@ class DspConfig:
             raise ConfigError("delay must be between 0 and 60000 ms")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError("fail rate must be between 0 and 1")
-        if self.key_refresh_s <= 0:
-            raise ConfigError("key refresh interval must be positive")
+        if not MIN_KEY_REFRESH_S <= self.key_refresh_s <= MAX_KEY_REFRESH_S:
+            raise ConfigError(KEY_REFRESH_RANGE)
 
     @property
     def effective_delay_ms(self) -> int:

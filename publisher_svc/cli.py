@@ -26,6 +26,7 @@ from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
 from svc_common.settings import (
     SettingError,
+    api_key,
     boolean,
     finite_float,
     integer_in,
@@ -92,6 +93,15 @@ def _parser() -> OneLineParser:
 _MAX_SECONDS = 3600.0
 
 
+def _poll_seconds(text: str) -> float:
+    # How often the refresher looks for due identities: below 10 ms it would poll the store
+    # in a busy loop.
+    x = _seconds(text)
+    if x < 0.01:
+        raise SettingError("must be at least 0.01 seconds")
+    return x
+
+
 def _seconds(text: str) -> float:
     x = finite_float(text)
     if not 0 < x <= _MAX_SECONDS:
@@ -127,14 +137,14 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         listen=_address(settings, "listen"),
         data_dir=data_dir,
         operator_address=_address(settings, "operator-address"),
-        operator_api_key=settings.required("operator-api-key"),
+        operator_api_key=settings.required_value("operator-api-key", api_key),
         site_id=settings.required_value("site-id", integer_in(1, MAX_SITE_ID)),
         ssp_address=_address(settings, "ssp-address"),
-        ssp_api_key=settings.required("ssp-api-key"),
+        ssp_api_key=settings.required_value("ssp-api-key", api_key),
         storage_mode=settings.value("storage-mode", _storage_mode, StorageMode.SERVER),
         on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_in(0, MAX_SITE_ID), 0),
         refresh_workers=settings.value("refresh-workers", integer_in(1), 8),
-        refresh_interval_s=settings.value("refresh-interval", _seconds, 1.0),
+        refresh_interval_s=settings.value("refresh-interval", _poll_seconds, 1.0),
         background_refresh=not settings.value("no-background-refresh", boolean, False),
         operator_timeout_s=settings.value("operator-timeout", _seconds, 2.0),
         ssp_timeout_s=settings.value("ssp-timeout", _seconds, 2.0),

@@ -30,7 +30,7 @@ from ssp_svc.store.accounts import (
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging
-from svc_common.settings import finite_float, integer, log_level
+from svc_common.settings import api_key, finite_float, integer, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 PROG = "uid2-ssp"
@@ -120,7 +120,7 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         data_dir=None if data_dir is None else Path(data_dir),
         publishers_file=None if publishers_file is None else Path(publishers_file),
         operator=settings.text("operator"),
-        operator_api_key=settings.text("operator-api-key"),
+        operator_api_key=settings.value("operator-api-key", api_key, None),
         bidders=tuple(parse_bidder(s) for s in bidder_specs),
         tmax_ms=settings.value("tmax-ms", integer, 150),
         key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),

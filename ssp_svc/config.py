@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 from ssp_svc.bidders import BidderTarget
 from svc_common.sqlite_db import require_data_dir
 
@@ -53,8 +54,10 @@ class SspConfig:
         names = [b.name for b in self.bidders]
         if len(set(names)) != len(names):
             raise ConfigError("bidder names must be unique")
-        if self.key_refresh_s <= 0 or self.early_key_refresh_min_s < 0:
-            raise ConfigError("key refresh intervals must be positive")
+        if not MIN_KEY_REFRESH_S <= self.key_refresh_s <= MAX_KEY_REFRESH_S:
+            raise ConfigError(KEY_REFRESH_RANGE)
+        if self.early_key_refresh_min_s < 0:
+            raise ConfigError("the early key refresh interval must not be negative")
         if self.stream_buffer < 1 or self.max_subscribers < 1 or self.max_workers < 2:
             raise ConfigError("stream buffer, subscribers and workers must be positive")
 

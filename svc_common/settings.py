@@ -64,6 +64,15 @@ def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]
     return parse
 
 
+def api_key(text: str) -> str:
+    """An API key as sent in gRPC metadata (`authorization: Bearer KEY`), which carries printable
+    ASCII only: a key with a newline or a non-ASCII character would start fine and then fail
+    every call. The message never repeats the key."""
+    if not text or not all("!" <= ch <= "~" for ch in text):
+        raise SettingError("must be printable ASCII without spaces (is it the whole key?)")
+    return text
+
+
 def boolean(text: str) -> bool:
     """1/0, true/false, yes/no in any case. Anything else is refused rather than read as false:
     a typo in a switch should not quietly turn a feature on or off."""

@@ -75,6 +75,10 @@ class TokenChecker:
         if status is DecryptionStatus.EXPIRED_TOKEN:
             return Verdict.EXPIRED
         if status in _NO_KEYS:
+            # No keys at all (the operator was down at start): fetch at once, as for a key we
+            # lack, rather than at the failure backoff's next try, up to a minute away. Not
+            # waited for: with the operator still down every impression would pay the wait.
+            self._keys.request_early_refresh()
             return Verdict.NO_KEYS
         return Verdict.INVALID
 

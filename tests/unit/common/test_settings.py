@@ -14,7 +14,7 @@ from dsp_svc.cli import main as dsp_main
 from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
 from ssp_svc.cli import main as ssp_main
-from svc_common.settings import SettingError, boolean, finite_float, log_level
+from svc_common.settings import SettingError, api_key, boolean, finite_float, log_level
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -62,7 +62,7 @@ def test_boolean_accepts_only_clear_words() -> None:
 
 def _one_line_exit_2(
     capsys: pytest.CaptureFixture[str], main: Main, argv: list[str], *words: str
-) -> None:
+) -> str:
     # Garbage an earlier test left (a destroyed task, an unclosed socket) may print when the
     # collector runs; let it print before the output under test is captured, not inside it.
     gc.collect()
@@ -73,6 +73,7 @@ def _one_line_exit_2(
     assert "Traceback" not in err
     for word in words:
         assert word in err
+    return err
 
 
 def _serve_argv(tmp_path: Path) -> dict[str, tuple[Main, list[str]]]:
@@ -140,3 +141,53 @@ def test_publisher_switch_from_the_environment_must_be_a_clear_boolean(
     monkeypatch.setenv("UID2_PUBLISHER_NO_BACKGROUND_REFRESH", "maybe")
     argv = [*PUBLISHER, "--data-dir", str(tmp_path / "pub")]
     _one_line_exit_2(capsys, publisher_main, argv, "UID2_PUBLISHER_NO_BACKGROUND_REFRESH", "maybe")
+
+
+@pytest.mark.parametrize("key", ["", "UID2-C-L-1\n", "UID2 key", "cl\u00e9"])
+def test_an_api_key_that_metadata_cannot_carry_is_refused_without_echoing_it(key: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        api_key(key)
+    assert key.strip() == "" or key.strip() not in str(caught.value)
+
+
+def test_a_whole_api_key_passes() -> None:
+    assert api_key("UID2-C-L-123-abc+/=") == "UID2-C-L-123-abc+/="
+
+
+_READER = ["--operator", "127.0.0.1:1", "--operator-api-key", "k"]
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "env", "words"),
+    [
+        # A key refresh every microsecond: 3,000 calls to the operator in 4 s from one DSP.
+        (dsp_main, ["serve", "--name", "d", *_READER, "--key-refresh-s", "0.000001"], {},
+         ["between 1 and 86400"]),
+        (ssp_main, ["serve", "--data-dir", ".", "--key-refresh-s", "1e7"], {},
+         ["between 1 and 86400"]),
+        (publisher_main, [*PUBLISHER, "--data-dir", "pub", "--refresh-interval", "1e-300"], {},
+         ["--refresh-interval", "at least 0.01"]),
+        # Keys metadata cannot carry: they started, then failed every call.
+        (publisher_main, [*PUBLISHER[:5], *PUBLISHER[7:], "--data-dir", "pub"],
+         {"UID2_PUBLISHER_OPERATOR_API_KEY": "UID2-C-L-1-secret\n"},
+         ["UID2_PUBLISHER_OPERATOR_API_KEY", "printable ASCII"]),
+        (dsp_main, ["serve", "--name", "d", "--operator", "127.0.0.1:1"],
+         {"UID2_DSP_OPERATOR_API_KEY": "secr\u00e9t"}, ["printable ASCII"]),
+        (ssp_main, ["serve", "--data-dir", ".", "--operator", "127.0.0.1:1",
+                    "--operator-api-key", "two words"], {}, ["printable ASCII"]),
+    ],
+)  # fmt: skip
+def test_settings_that_would_misbehave_later_are_refused_at_start_up(
+    main: Main,
+    argv: list[str],
+    env: dict[str, str],
+    words: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    err = _one_line_exit_2(capsys, main, argv, *words)
+    assert "secr" not in err and "two words" not in err  # a key is never repeated

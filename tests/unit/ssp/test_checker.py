@@ -6,7 +6,7 @@ from typing import Any
 from bidstream.decryptor.checker import TokenChecker, Verdict
 from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
 from bidstream.decryptor.optouts import OptOutSet
-from svc_common.clock import SystemClock
+from svc_common.clock import ManualClock, SystemClock
 from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
 
 
@@ -94,3 +94,35 @@ def test_many_threads_share_one_checker() -> None:
     for t in threads:
         t.join()
     assert bad == []
+
+
+def test_no_keys_asks_for_a_fetch_now_not_at_the_backoffs_next_try() -> None:
+    # The operator was down at start: the first fetch failed and the next is backed off.
+    keys = KeySet()
+    up = False
+
+    def fetch() -> Any:
+        if not up:
+            raise ConnectionError("operator down")
+        return keys.body()
+
+    clock = ManualClock(SystemClock().now_ms())  # mint() stamps tokens with the real time
+    cache = KeyCache(fetch, clock, rng=lambda: 0.5, retry_base_s=30.0)
+    assert cache.run_due() is False
+    assert not cache.due()
+    checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
+    token = mint(keys)
+    assert checker.check(token, DOMAIN) is Verdict.NO_KEYS
+    assert cache.due()  # without waiting out the backoff
+    up = True
+    assert cache.run_due() is True
+    assert checker.check(token, DOMAIN) is Verdict.VALID
+    # Rate limited as any early refresh: a flood of impressions is not a flood of fetches.
+    up = False
+    cache2 = KeyCache(fetch, clock, rng=lambda: 0.5, retry_base_s=30.0)
+    cache2.run_due()
+    checker2 = TokenChecker(cache2, loaded_optouts(), clock, early_refresh_wait_s=0.0)
+    checker2.check(token, DOMAIN)
+    assert cache2.run_due() is False
+    checker2.check(token, DOMAIN)
+    assert not cache2.due()
