@@ -1,7 +1,8 @@
 """`make demo`: the UID2 publisher workflow, step by step, across real processes.
 
 Starts the operator, a DSP bidder, the SSP and the publisher (twice: server-side and client-side
-storage) on free loopback ports with SQLite in a temporary directory (`DATA_DIR=...` keeps it),
+storage) on free loopback ports with SQLite in a temporary directory (`DATA_DIR=...`, new or
+empty, keeps it),
 walks the seed document's eight steps, prints what happened, and stops everything — also on
 Ctrl-C. Tokens are shown shortened; nothing secret is printed."""
 
@@ -294,7 +295,11 @@ def main() -> int:
     started = time.monotonic()
     stack: Stack | None = None
     print("UID2 publisher workflow — operator, SSP, DSP bidder and publisher as real processes")
-    data_dir = keep_data_dir()
+    try:
+        data_dir = keep_data_dir()
+    except StackError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 2
     try:
         with running_stack(data_dir, Lifetimes()) as started_stack:
             stack = started_stack

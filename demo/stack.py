@@ -320,5 +320,16 @@ def running_stack(
 
 
 def keep_data_dir() -> Path | None:
+    """DATA_DIR, where the demo keeps its stack's data; None for a temporary directory. It must
+    be new or empty: the walk provisions a fresh stack, and a second run would find the first
+    one's publisher account and opt-outs there and fail half-way."""
     value = os.environ.get("DATA_DIR", "").strip()
-    return Path(value).resolve() if value else None
+    if not value:
+        return None
+    path = Path(value).resolve()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise StackError(
+            f"DATA_DIR {path} is not an empty directory; give a new one (each run provisions "
+            "its own stack)"
+        )
+    return path

@@ -136,3 +136,16 @@ def test_ctrl_c_while_a_service_starts_leaves_none_running(tmp_path: Path) -> No
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} service(s) still running after Ctrl-C"
+
+
+def test_a_data_dir_already_used_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # A second run on the first one's data found its publisher account and opt-outs there
+    # and failed half-way; now it says so at once and starts nothing.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "operator").mkdir()
+    proc = _start(tmp_path)
+    out = _finish(proc, 30)
+    assert proc.returncode == 2, out
+    assert f"demo: DATA_DIR {tmp_path / 'data'} is not an empty directory" in out
+    assert "services up" not in out
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["operator"]
