@@ -241,6 +241,14 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
     )
     p.say("within a second the SSP knows (operator's opt-out stream); the next impression:")
     describe_impression(p, ad, tap)
+    # The publisher may have refreshed already and ended the identity itself (no token sent);
+    # a token that did go out must have been dropped by the SSP.
+    ssp_knew = ad.token_disposition in (
+        ssp_pb2.TOKEN_DISPOSITION_DROPPED_OPTOUT,
+        ssp_pb2.TOKEN_DISPOSITION_ABSENT,
+    )
+    if not ssp_knew:
+        p.say("the SSP did NOT drop the opted-out user's token (unexpected)")
 
     def chain_ended() -> bool:
         r = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=user))
@@ -261,26 +269,59 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
     )
     p.say("the next impression:")
     describe_impression(p, ad, tap)
+    generated = _operator_calls(stack, "GenerateToken")
     again = pub.Login(
         publisher_pb2.LoginRequest(user_id=user, email=email, privacy_settings=CONSENT)
     )
+    no_generate = (
+        generated > 0  # the logins above were seen: the count is not blind
+        and again.status == publisher_pb2.LOGIN_STATUS_OPTOUT
+        and _operator_calls(stack, "GenerateToken", settle_s=0.3) == generated
+    )
     p.say(
         f"{user} logs in again: {enum_name(publisher_pb2.LoginStatus, again.status)} "
-        "(the publisher never calls generate again for an opted-out DII)"
+        + (
+            "(the publisher did not call generate again for an opted-out DII)"
+            if no_generate
+            else "(unexpected: the publisher called generate, or did not answer OPTOUT)"
+        )
     )
 
     charlie, phone = CHARLIE
     p.heading("logout", f"{charlie} logs in with a phone number, then logs out")
     pub.Login(publisher_pb2.LoginRequest(user_id=charlie, phone=phone, privacy_settings=CONSENT))
+    # Any operator call but a background refresh (another user's may fall in this window).
+    calls = _operator_calls(stack, *_NOT_REFRESH, settle_s=0.3)
     logout = pub.Logout(publisher_pb2.LogoutRequest(user_id=charlie))
     after = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=charlie))
+    not_called = calls > 0 and _operator_calls(stack, *_NOT_REFRESH, settle_s=0.3) == calls
     p.say(
         f"identity deleted: {logout.deleted}; token afterwards: "
         f"{enum_name(publisher_pb2.GetAdvertisingTokenStatus, after.status)} "
-        "(the operator was not called)"
+        + (
+            "(the operator was not called)"
+            if not_called
+            else "(unexpected: the operator was called)"
+        )
     )
-    if not (ended and changed):
+    if not (ended and changed and ssp_knew and no_generate and not_called and logout.deleted):
         raise StackError("the workflow did not behave as expected (see above)")
+
+
+# Every OperatorService method the publisher could call, but RefreshToken.
+_NOT_REFRESH = ("GenerateToken", "ValidateToken", "MapIdentity", "OptOut", "GetOptOutStatus")
+
+
+def _operator_calls(stack: Stack, *methods: str, settle_s: float = 0.0) -> int:
+    """How many calls of `methods` the operator has logged (one line per RPC). `settle_s`
+    first lets a just-answered call's line, written after its response, reach the log."""
+    if settle_s:
+        pause(settle_s)
+    return sum(
+        1
+        for e in list(stack.procs["operator"].events)
+        if e.get("event") == "rpc" and str(e.get("method", "")).rsplit("/", 1)[-1] in methods
+    )
 
 
 def main() -> int:
