@@ -484,7 +484,9 @@ class Publisher:
         token = ""
         cookie: Cookie | None = None
         clear = False
-        if user_id:
+        # An explicit empty user_id is the caller's lookup gone wrong, not an anonymous visitor
+        # (who sends no subject); an empty cookie is a browser without one.
+        if user_id is not None:
             token = self._impression_token(check_user_id(user_id))
         elif cookie_value:
             token, cookie, clear = self._impression_cookie(cookie_value)

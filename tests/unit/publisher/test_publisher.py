@@ -297,6 +297,18 @@ def test_serve_ad_without_identity_still_goes_out(env: Env) -> None:
     assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
 
 
+def test_serve_ad_anonymous_goes_out_but_an_empty_user_id_is_a_mistake(env: Env) -> None:
+    r = env.pub.serve_ad(
+        user_id=None, cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and len(env.ssp.impressions) == 1
+    with pytest.raises(ServiceError) as exc:
+        env.pub.serve_ad(
+            user_id="", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+        )
+    assert exc.value.reason == "MISSING_USER_ID" and len(env.ssp.impressions) == 1
+
+
 def test_serve_ad_operator_down_with_expired_token_goes_out_without(env: Env) -> None:
     env.pub.login("u1", "a@b.com", None, OK)
     env.op.down = True

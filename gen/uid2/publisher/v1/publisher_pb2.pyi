@@ -449,9 +449,11 @@ class ServeAdRequest(_message.Message):
     FLOOR_PRICE_FIELD_NUMBER: _builtins.int
     APP_BUNDLE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """Server-side mode: the publisher's id for the user."""
+    """Server-side mode: the publisher's id for the user; set but empty is INVALID_ARGUMENT
+    MISSING_USER_ID.
+    """
     cookie_value: _builtins.str
-    """Client-side mode: the user's `__uid_2` cookie value."""
+    """Client-side mode: the user's `__uid_2` cookie value; empty is a visitor without one."""
     placement_id: _builtins.str
     """The publisher's placement (ad slot) id."""
     page_domain: _builtins.str
