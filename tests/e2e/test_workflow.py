@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -338,7 +339,27 @@ def test_buf_curl_against_the_operator_with_reflection(stack: Stack) -> None:
     assert json.loads(result.stdout)["status"] == "REFRESH_TOKEN_STATUS_INVALID_TOKEN"
 
 
+def _stored_by_publishers(stack: Stack) -> list[str]:
+    """What the publishers hold and no RPC shows: server-side users' refresh tokens and
+    response keys, and the DII hashes the tables are keyed by."""
+    values: list[str] = []
+    for path in stack.data_dir.rglob("publisher.sqlite3"):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for row in db.execute(
+                "SELECT advertising_token, refresh_token, refresh_response_key, dii_key"
+                " FROM identities UNION ALL SELECT dii_key, '', '', '' FROM operator_optouts"
+            ):
+                values.extend(str(v) for v in row if v)
+        finally:
+            db.close()
+    return values
+
+
 def test_logs_of_every_service_carry_no_identifier_or_secret(stack: Stack) -> None:
+    stored = _stored_by_publishers(stack)
+    assert len(stored) >= 4  # at least one stored identity was read
+    SEEN.add(*stored)
     logs = stack.logs()
     assert '"event": "rpc"' in logs or '"event":"rpc"' in logs  # the scan read real logs
     assert len(SEEN.values) > 30
