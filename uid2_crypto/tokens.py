@@ -40,8 +40,9 @@ VERSION_BYTE_V4 = 128
 OPERATOR_TYPE_SERVICE = 1
 # The client-side-generated flag sits where the official SDK reads it: uid2-client 2.9.0 walks
 # the big-endian privacy field MSB-first, so its "bit 1" is bit 30 of the integer. The reference's
-# vectors pin that reading (privacy bits 3 decrypt as not client-side generated), and matching it
-# keeps our decoder and every SDK-based decryptor agreeing on which tokens need a domain check.
+# vectors pin that reading (privacy bits 3 decrypt as not client-side generated), so
+# is_client_side_generated agrees with the SDK's. The domain / app-name check runs on the same
+# bit; uid2-client 2.9.0 itself checks no domain at all (its check is a TODO returning True).
 PRIVACY_BIT_CLIENT_SIDE_GENERATED = 1 << 30
 # Used when a key container states no maximum lifetime (the SDK does the same).
 UNLIMITED_LIFETIME_S = sys.maxsize
@@ -414,7 +415,8 @@ class TokenDecoder:
         if len(data) < _MIN_V3_LEN:
             return _INVALID_PAYLOAD
         prefix = data[0]
-        identity_type = _TYPES[(prefix >> 2) & 1]
+        # The type field is bits 2-3 of the prefix; like the SDK, anything but 0 is a phone.
+        identity_type = _TYPES[1 if prefix & 0x0C else 0]
         scope = _SCOPES[(prefix >> 4) & 1]
         try:
             master = master_key.aead.decrypt(data[6:18], data[18:], None)

@@ -314,3 +314,21 @@ def test_client_side_flag_agrees_with_the_sdk(privacy_bits: int) -> None:
     assert ours.status is DecryptionStatus.SUCCESS and theirs.status.name == "SUCCESS"
     assert ours.is_client_side_generated is theirs.is_client_side_generated
     assert ours.is_client_side_generated is bool(privacy_bits & PRIVACY_BIT_CLIENT_SIDE_GENERATED)
+
+
+@pytest.mark.parametrize("prefix", [0x03, 0x07, 0x0B, 0x0F, 0x13, 0x17, 0x1B, 0x1F])
+def test_identity_type_read_from_the_prefix_as_the_sdk_reads_it(prefix: int) -> None:
+    # The prefix byte is not authenticated: any value decrypts, so both must read it alike.
+    raw = bytearray(
+        base64.urlsafe_b64decode(
+            encode_advertising_token_v4(payload(os.urandom(32)), MASTER, SITE_KEY, os.urandom)
+            + "=="
+        )
+    )
+    raw[0] = prefix
+    token = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    theirs = sdk(token, NOW_MS)
+    ours = OURS.decrypt(token, NOW_MS)
+    assert theirs.status.name == ours.status.name == "SUCCESS"
+    assert ours.identity_type is not None
+    assert int(ours.identity_type) == theirs.identity_type.value
