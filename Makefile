@@ -10,8 +10,9 @@ NODE_STAMP := clients/node/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dev]'
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --upgrade pip
+	@# PIP_CONSTRAINT reaches the isolated build of our own package too (setuptools, wheel).
+	@PIP_CONSTRAINT=$(abspath constraints.txt) $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
