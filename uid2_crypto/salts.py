@@ -150,6 +150,11 @@ class SaltSet:
         rotated = self._rotated_at[index]
         if rotated == 0 or now_ms - rotated > PREVIOUS_SALT_TTL_MS:
             return None
+        return self.last_previous_salt(index)
+
+    def last_previous_salt(self, index: int) -> str | None:
+        """The salt before the last rotation, however long ago that was; None if never rotated.
+        Tokens issued under it carry the raw UID2 it gives until they expire."""
         start = index * SALT_BYTES
         prev = self._previous[start : start + SALT_BYTES]
         if prev == _NO_SALT:

@@ -56,7 +56,7 @@ class OptOutService:
     def opt_out(self, client: Client, kind: str, value: str) -> int:
         require_role(client, "OPTOUT")
         _, flh = dii_flh(kind, value, self._state.first_level_salt)
-        seq, opted_out_at = self._store.add_optout(flh, self._clock.now_ms())
+        seq, opted_out_at = self._store.add_optout(flh, self._clock.now_ms)
         self._state.optouts.add([OptOutRow(seq, flh, opted_out_at)])
         return opted_out_at
 
@@ -88,10 +88,17 @@ class OptOutService:
         while True:
             events, position = index.events_from(position)
             salts = self._state.salts
+            now = self._clock.now_ms()
             for n, (ts, flh) in enumerate(events, 1):
                 if ts >= since_ms:
-                    raw = raw_uid2(flh, salts.salt(bucket_index(flh)))
+                    bucket = bucket_index(flh)
+                    raw = raw_uid2(flh, salts.salt(bucket))
                     yield base64.b64encode(raw).decode("ascii"), ts
+                    # Tokens issued before the bucket's last rotation carry the raw UID2 under
+                    # the previous salt until they expire: readers must know that one too.
+                    previous = salts.previous_salt(bucket, now)
+                    if previous:
+                        yield base64.b64encode(raw_uid2(flh, previous)).decode("ascii"), ts
                 # A replay of a long backlog must still end promptly on cancel or shutdown.
                 if n % _CHECK_EVERY == 0 and (not is_active() or index.closed):
                     return

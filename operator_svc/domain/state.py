@@ -82,10 +82,19 @@ class TestIdentities:
         )
 
 
+def _raw_uids(flh: bytes, salts: SaltSet) -> tuple[bytes, ...]:
+    """The raw UID2s an opted-out first-level hash is known by: under the bucket's salt, and
+    under the salt before its last rotation, which tokens issued before it still carry."""
+    bucket = bucket_index(flh)
+    current = raw_uid2(flh, salts.salt(bucket))
+    previous = salts.last_previous_salt(bucket)
+    return (current,) if previous is None else (current, raw_uid2(flh, previous))
+
+
 class OptOutIndex:
-    """Opt-outs by first-level hash, plus their raw UID2s under the current salts (for
-    GetOptOutStatus and WatchOptOuts). Reads are lock-free dict lookups; writers and waiters
-    use `cond`."""
+    """Opt-outs by first-level hash, plus their raw UID2s under the current salts and the ones
+    before the buckets' last rotation (for GetOptOutStatus). Reads are lock-free dict lookups;
+    writers and waiters use `cond`."""
 
     def __init__(self, salts: SaltSet, never_opted_out: frozenset[bytes] = frozenset()) -> None:
         self.cond = threading.Condition()
@@ -136,8 +145,8 @@ class OptOutIndex:
                 self._by_flh[row.flh] = row.opted_out_at_ms
                 if row.flh in self._never:
                     continue
-                raw = raw_uid2(row.flh, salts.salt(bucket_index(row.flh)))
-                self._by_raw[raw] = row.opted_out_at_ms
+                for raw in _raw_uids(row.flh, salts):
+                    self._by_raw[raw] = row.opted_out_at_ms
                 self._events.append((row.opted_out_at_ms, row.flh))
                 new += 1
             if new:
@@ -149,9 +158,10 @@ class OptOutIndex:
         with self.cond:
             self._salts = salts
             self._by_raw = {
-                raw_uid2(flh, salts.salt(bucket_index(flh))): ts
+                raw: ts
                 for flh, ts in self._by_flh.items()
                 if flh not in self._never
+                for raw in _raw_uids(flh, salts)
             }
 
     def events_from(self, position: int) -> tuple[list[tuple[int, bytes]], int]:

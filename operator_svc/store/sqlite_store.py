@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -386,12 +386,22 @@ class OperatorStore:
 
     # -- opt-outs --------------------------------------------------------------------------
 
-    def add_optout(self, flh: bytes, now_ms: int) -> tuple[int, int]:
-        """Records an opt-out durably; returns (its sequence number, the first opt-out time)."""
+    def add_optout(self, flh: bytes, now_ms: Callable[[], int]) -> tuple[int, int]:
+        """Records an opt-out durably; returns (its sequence number, the first opt-out time).
+
+        The time is read once the write lock is held, and never below the last row's: opt-out
+        times then rise with the sequence (commit) order across every process on the data, which
+        is what a WatchOptOuts reader resuming at "last time seen minus a margin" relies on. A
+        time read before waiting for the lock (up to the busy timeout) could be committed after
+        later-stamped rows and fall behind a resuming reader's margin."""
         with self.transaction() as conn:
+            last = conn.execute(
+                "SELECT opted_out_at FROM optouts ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            stamp = max(now_ms(), int(last[0]) if last else 0)
             conn.execute(
                 "INSERT INTO optouts(flh, opted_out_at) VALUES (?, ?) ON CONFLICT(flh) DO NOTHING",
-                (flh, now_ms),
+                (flh, stamp),
             )
             row = conn.execute(
                 "SELECT seq, opted_out_at FROM optouts WHERE flh = ?", (flh,)

@@ -26,7 +26,13 @@ def test_rows_added_after_a_salt_change_use_the_new_salts() -> None:
     index.add([OptOutRow(2, second, T0 + 1)])
     for flh in (first, second):
         assert index.raw_opted_out_at(_raw(flh, new)) is not None
+        # Under the salt before the rotation too: tokens issued before it carry that one.
+        assert index.raw_opted_out_at(_raw(flh, old)) is not None
+    newer = new.rotate(1.0, os.urandom, T0 + 2)
+    index.use_salts(newer)
+    for flh in (first, second):  # only the last rotation's previous salt is kept
         assert index.raw_opted_out_at(_raw(flh, old)) is None
+        assert index.raw_opted_out_at(_raw(flh, newer)) is not None
     assert index.opted_out_at(second) == T0 + 1
 
 

@@ -632,7 +632,11 @@ class WatchOptOutsResponse(_message.Message):
     OPTED_OUT_AT_FIELD_NUMBER: _builtins.int
     BACKLOG_SENT_FIELD_NUMBER: _builtins.int
     raw_uid: _builtins.str
-    """The opted-out user's current raw UID2, 44-character standard base64. Empty on the mark."""
+    """An opted-out user's raw UID2, 44-character standard base64; empty on the mark. Sent under
+    the bucket's current salt, and again with the same opted_out_at under the salt before its
+    last rotation while that rotation is at most 90 days old: tokens issued before it carry
+    that one until they expire.
+    """
     opted_out_at: _builtins.int
     """When the user opted out, epoch milliseconds. 0 on the mark."""
     backlog_sent: _builtins.bool

@@ -1,0 +1,47 @@
+"""WatchOptOuts after a salt rotation: tokens issued before it still carry the raw UID2 under
+the previous salt, so the stream sends that one too (audit: optout_after_salt_rotation)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from operator_svc import admin
+from operator_svc.domain.dii import dii_flh
+from tests.unit.operator.conftest import T0, Env
+from uid2_crypto.salts import bucket_index, raw_uid2
+
+
+def _backlog(env: Env) -> set[str]:
+    out: set[str] = set()
+    for item in env.op.optouts.watch(env.client("reader"), 0, lambda: True):
+        if item is None:
+            return out
+        out.add(item[0])
+    return out
+
+
+def test_stream_sends_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None:
+    _, flh = dii_flh("email", "rotated@example.com", env.op.state.first_level_salt)
+    b = bucket_index(flh)
+    before = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
+    env.op.optouts.opt_out(env.client("optout"), "email", "rotated@example.com")
+    assert before in _backlog(env)
+    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    env.op.sync_now()
+    after = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
+    assert after != before
+    assert {before, after} <= _backlog(env)
+
+
+def test_status_knows_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None:
+    _, flh = dii_flh("email", "status@example.com", env.op.state.first_level_salt)
+    b = bucket_index(flh)
+    before = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
+    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    env.op.sync_now()
+    after = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
+    # Opted out after the rotation: a token issued before it still carries `before`.
+    at = env.op.optouts.opt_out(env.client("optout"), "email", "status@example.com")
+    status = env.op.optouts.opt_out_status(env.client("reader"), [before, after])
+    assert sorted(status) == sorted([(before, at), (after, at)])
