@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from svc_common.errors import resource_exhausted
+from svc_common.tally import Tally
 
 T = TypeVar("T")
 
@@ -84,8 +85,8 @@ class StreamHub(Generic[T]):
         self._subs: tuple[Subscription[T], ...] = ()
         self._lock = threading.Lock()
         self._closed = False
-        self.published = 0
-        self.dropped = 0
+        # Bumped by every auction thread at once: a Tally, so no count is lost.
+        self._counts: Tally[str] = Tally(("published", "dropped"))
 
     def subscribe(self, accept: Callable[[T], bool] = lambda _: True) -> Subscription[T]:
         sub = Subscription(self, accept, self._capacity)
@@ -97,10 +98,19 @@ class StreamHub(Generic[T]):
 
     def publish(self, item: T, sent_at_ms: int) -> None:
         subs = self._subs  # an immutable snapshot: publishing takes no hub lock
-        self.published += 1
+        self._counts.add("published")
         for sub in subs:
             if not sub.offer(item, sent_at_ms):
-                self.dropped += 1
+                self._counts.add("dropped")
+
+    @property
+    def published(self) -> int:
+        return self._counts.snapshot()["published"]
+
+    @property
+    def dropped(self) -> int:
+        """Entries dropped from full subscriber buffers, all subscribers together."""
+        return self._counts.snapshot()["dropped"]
 
     @property
     def subscriber_count(self) -> int:
