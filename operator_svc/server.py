@@ -75,8 +75,11 @@ def create_server(
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(adapter, server)  # type: ignore[arg-type]
 
     def shut_pools() -> None:
-        pool.shutdown(wait=True)
-        stream_pool.shutdown(wait=True)
+        # Not waited for: the drain's grace is over, and a write still waiting on another
+        # process's SQLite lock (up to the 30 s busy timeout) must not hold the stop up. Its
+        # caller was already answered UNAVAILABLE; the process exit bounds the rest.
+        pool.shutdown(wait=False, cancel_futures=True)
+        stream_pool.shutdown(wait=False, cancel_futures=True)
 
     try:
         served = start_aio_server(

@@ -32,6 +32,9 @@ class Served:
     before_drain: list[Callable[[], None]] = field(default_factory=list)
     # Run last on stop: the service's own clean-up (background threads, stores), newest first.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Set by the first `stop`: a second one (a test's fixture after a failed start, a caller's
+    # `finally`) returns at once instead of touching a server (or event loop) already gone.
+    stopped: bool = field(default=False, init=False, repr=False)
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -44,7 +47,10 @@ class Served:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Ends streams, refuses new calls, lets in-flight ones finish for up to `grace_s`,
-        then runs the service's clean-up."""
+        then runs the service's clean-up. Idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
         for callback in self.before_drain:
             callback()
         self.before_drain.clear()

@@ -8,13 +8,20 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import importlib
+import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Protocol
 
 # How often a waiting main thread wakes to run Python's signal handlers (see wait_for_signal).
 _SIGNAL_POLL_S = 0.2
+# Once `serve` has drained and cleaned up, how long the interpreter's own exit may take. It joins
+# every worker thread (grpc's pool, the services' pools), and a handler past the drain's grace
+# (a bidder's delay, a write waiting on another process's SQLite lock) would keep a process
+# that already logged `stopped` alive for as long as that handler runs.
+EXIT_AFTER_STOP_S = 2.0
 
 
 class StopRequested(Protocol):
@@ -71,7 +78,25 @@ def run_console(cli_module: str) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _early_stop.record)
         _dump_stacks_on_usr1()
+        rc = int(importlib.import_module(cli_module).main())
+        _exit_anyway_after(EXIT_AFTER_STOP_S, rc)
+        return rc
     return int(importlib.import_module(cli_module).main())
+
+
+def _exit_anyway_after(delay_s: float, rc: int) -> None:
+    """Lets the interpreter exit as usual, but ends the process with `rc` after `delay_s` if
+    that exit is still waiting on a thread (daemon: it never holds the exit up itself)."""
+
+    def force() -> None:
+        time.sleep(delay_s)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        os._exit(rc)
+
+    threading.Thread(target=force, name="exit-watchdog", daemon=True).start()
 
 
 def catch_stop_signals() -> StopEvent:

@@ -39,7 +39,11 @@ class Operator:
         self.clock = clock
         self.rng = rng
         self._loader = StateLoader(store.reader())
-        self.state: OperatorState = self._loader.load()
+        try:
+            self.state: OperatorState = self._loader.load()
+        except BaseException:
+            self._loader.close()
+            raise
         self.auth = Authenticator(self.state)
         self.tokens = TokenService(self.state, config, self.clock, self.rng)
         self.mapper = IdentityMapper(self.state, self.clock)
@@ -55,7 +59,12 @@ class Operator:
         clock: Clock,
         rng: Callable[[int], bytes],
     ) -> Operator:
-        return cls(config, OperatorStore.open(config.data_dir), clock=clock, rng=rng)
+        store = OperatorStore.open(config.data_dir)
+        try:
+            return cls(config, store, clock=clock, rng=rng)
+        except BaseException:
+            store.close()
+            raise
 
     def sync_now(self) -> list[str]:
         """Picks up other processes' writes at once (the sync thread does it periodically)."""
@@ -74,4 +83,5 @@ class Operator:
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
+        self._loader.close()
         self.store.close()

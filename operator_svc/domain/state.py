@@ -234,6 +234,12 @@ class StateLoader:
         self._data_version = -1
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Closes the loader's own connection (from `OperatorStore.reader()`); after the
+        sync thread has stopped, under the lock a running sync holds."""
+        with self._lock:
+            self._store.close()
+
     def load(self) -> OperatorState:
         store = self._store
         salt_meta = store.meta("first_level_salt")

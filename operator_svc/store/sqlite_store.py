@@ -93,9 +93,16 @@ class OperatorStore:
         """A second connection to the same file, for a background reader thread."""
         return OperatorStore(open_db(self._path, StoreError), self._path)
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, wait_s: float = 2.0) -> None:
+        """Closes the connection once no write holds it; if one still does after `wait_s`
+        (waiting on another process's lock), leaves it to the process exit rather than hang
+        the stop."""
+        if not self._lock.acquire(timeout=wait_s):
+            return
+        try:
             self._conn.close()
+        finally:
+            self._lock.release()
 
     @property
     def path(self) -> Path:
