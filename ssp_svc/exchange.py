@@ -19,6 +19,7 @@ from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 from svc_common.impression_limits import MAX_TOKEN_CHARS, check_field_lengths, check_floor_price
+from svc_common.names import normalise_domain
 from uid2.ssp.v1 import openrtb_pb2
 
 FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
@@ -94,7 +95,16 @@ class Exchange:
             page_domain=page_domain, app_bundle=app_bundle, placement_id=placement_id
         )
         check_floor_price(floor_price, "INVALID_FLOOR")
-        domain = page_domain.strip().lower()
+        domain = ""
+        if page_domain.strip():
+            # Only a host name can be inventory: anything else ("victim.com/.example.com")
+            # would pass the suffix match below while naming someone else's site.
+            try:
+                domain = normalise_domain(page_domain)
+            except ValueError:
+                raise invalid_argument(
+                    "INVALID_PAGE_DOMAIN", "page_domain must be a host name like news.example.com"
+                ) from None
         # A publisher sells only inventory it registered: one registered only with domains has
         # no app inventory to sell, and the other way round.
         if domain and not _domain_allowed(domain, account.domains):

@@ -106,7 +106,7 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
                 return False
             return not (bundle and br.app.bundle != bundle)
 
-        sub = self._hub.subscribe(accept)
+        sub = self._hub.subscribe(accept, owner=f"{account.kind.value}:{account.account_id}")
         context.add_callback(sub.close)
         with sub:
             while context.is_active():

@@ -27,8 +27,11 @@ class Delivery(Generic[T]):
 class Subscription(Generic[T]):
     """One subscriber's bounded buffer. `get` is called by the subscriber's own thread only."""
 
-    def __init__(self, hub: StreamHub[T], accept: Callable[[T], bool], capacity: int) -> None:
+    def __init__(
+        self, hub: StreamHub[T], accept: Callable[[T], bool], capacity: int, owner: str = ""
+    ) -> None:
         self._hub = hub
+        self.owner = owner
         self._accept = accept
         self._buf: deque[tuple[T, int]] = deque()
         self._capacity = capacity
@@ -79,20 +82,32 @@ class Subscription(Generic[T]):
 
 
 class StreamHub(Generic[T]):
-    def __init__(self, *, capacity: int = 1024, max_subscribers: int = 16) -> None:
+    def __init__(
+        self, *, capacity: int = 1024, max_subscribers: int = 16, max_per_owner: int = 4
+    ) -> None:
         self._capacity = capacity
         self._max = max_subscribers
+        # One account may hold only a few of the slots, so no single key (a publisher's
+        # included) can lock every other subscriber out of the bid stream.
+        self._max_per_owner = max_per_owner
         self._subs: tuple[Subscription[T], ...] = ()
         self._lock = threading.Lock()
         self._closed = False
         # Bumped by every auction thread at once: a Tally, so no count is lost.
         self._counts: Tally[str] = Tally(("published", "dropped"))
 
-    def subscribe(self, accept: Callable[[T], bool] = lambda _: True) -> Subscription[T]:
-        sub = Subscription(self, accept, self._capacity)
+    def subscribe(
+        self, accept: Callable[[T], bool] = lambda _: True, *, owner: str = ""
+    ) -> Subscription[T]:
+        sub = Subscription(self, accept, self._capacity, owner)
         with self._lock:
             if self._closed or len(self._subs) >= self._max:
                 raise resource_exhausted("TOO_MANY_SUBSCRIBERS", "too many bid-stream subscribers")
+            if owner and sum(s.owner == owner for s in self._subs) >= self._max_per_owner:
+                raise resource_exhausted(
+                    "TOO_MANY_STREAMS_FOR_ACCOUNT",
+                    f"an account may hold at most {self._max_per_owner} bid-stream subscriptions",
+                )
             self._subs = (*self._subs, sub)
         return sub
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 from operator_svc.domain.auth import require_role
 from operator_svc.domain.dii import dii_flh
@@ -26,7 +27,7 @@ from operator_svc.domain.mapping import check_batch_size
 from operator_svc.domain.state import Client, OperatorState
 from operator_svc.store import OperatorStore, OptOutRow
 from svc_common.clock import Clock
-from svc_common.errors import invalid_argument
+from svc_common.errors import invalid_argument, resource_exhausted
 from uid2_crypto.salts import bucket_index, raw_uid2
 
 WATCH_POLL_S = 0.5
@@ -34,6 +35,10 @@ WATCH_POLL_S = 0.5
 _CHECK_EVERY = 256
 # Marks the end of the backlog in `watch`: everything on record when the stream opened is out.
 BACKLOG_SENT = None
+# Open WatchOptOuts streams one participant (client name) may hold: the server-wide cap (64)
+# must not be one reader's to fill, or no other SSP or DSP could load or resume its opt-outs.
+# A quarter of it: an SSP or DSP runs several decryptor processes on one key.
+MAX_WATCH_STREAMS_PER_CLIENT = 16
 
 
 def _decode_raw_uid(raw_uid: str) -> bytes:
@@ -48,10 +53,20 @@ def _decode_raw_uid(raw_uid: str) -> bytes:
 
 
 class OptOutService:
-    def __init__(self, state: OperatorState, store: OperatorStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        state: OperatorState,
+        store: OperatorStore,
+        clock: Clock,
+        *,
+        max_streams_per_client: int = MAX_WATCH_STREAMS_PER_CLIENT,
+    ) -> None:
         self._state = state
         self._store = store
         self._clock = clock
+        self._max_streams = max_streams_per_client
+        self._streams: dict[str, int] = {}
+        self._streams_lock = threading.Lock()
 
     def opt_out(self, client: Client, kind: str, value: str) -> int:
         require_role(client, "OPTOUT")
@@ -73,11 +88,36 @@ class OptOutService:
 
     def watch(
         self, client: Client, since_ms: int, is_active: Callable[[], bool]
-    ) -> Iterator[tuple[str, int] | None]:
+    ) -> Generator[tuple[str, int] | None, None, None]:
         require_role(client, "ID_READER")
         if since_ms < 0:
             raise invalid_argument("INVALID_SINCE", "since must not be negative")
-        return self._watch(since_ms, is_active)
+        return self._held_watch(client.name, since_ms, is_active)
+
+    def open_streams(self, client_name: str) -> int:
+        return self._streams.get(client_name, 0)
+
+    def _held_watch(
+        self, client_name: str, since_ms: int, is_active: Callable[[], bool]
+    ) -> Generator[tuple[str, int] | None, None, None]:
+        # Taken when the stream starts and given back however it ends (generator close too).
+        with self._streams_lock:
+            held = self._streams.get(client_name, 0)
+            if held >= self._max_streams:
+                raise resource_exhausted(
+                    "TOO_MANY_STREAMS_FOR_CLIENT",
+                    f"a client may hold at most {self._max_streams} opt-out streams at once",
+                )
+            self._streams[client_name] = held + 1
+        try:
+            yield from self._watch(since_ms, is_active)
+        finally:
+            with self._streams_lock:
+                left = self._streams[client_name] - 1
+                if left:
+                    self._streams[client_name] = left
+                else:
+                    del self._streams[client_name]
 
     def _watch(
         self, since_ms: int, is_active: Callable[[], bool]

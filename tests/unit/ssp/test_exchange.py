@@ -158,3 +158,32 @@ def test_an_app_publisher_sells_its_registered_bundle() -> None:
         app_pub, page_domain="", app_bundle="com.x", placement_id="p1", floor_price=0.0, token=""
     )
     assert ex.run(imp).winner == Candidate("b0", 2.0)
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "victim.com/.example.com",
+        "victim.com .example.com",
+        "victim.com#.example.com",
+        "victim.com?x=.example.com",
+        "victim.com:443.example.com",
+        "a..example.com",
+    ],
+)
+def test_a_page_domain_that_is_no_host_name_is_refused(domain: str) -> None:
+    """Security: the suffix match must not let a publisher of example.com sell inventory under a
+    string that only ends with ".example.com" (a DSP parsing it as a URL sees victim.com)."""
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders)
+    with pytest.raises(ServiceError) as exc:
+        submit(ex, domain=domain)
+    assert exc.value.reason == "INVALID_PAGE_DOMAIN"
+    assert bidders.seen == []
+
+
+def test_a_page_domain_is_sent_on_normalised() -> None:
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders)
+    submit(ex, domain=" News.Example.COM. ")
+    assert bidders.seen[-1].site.domain == "news.example.com"

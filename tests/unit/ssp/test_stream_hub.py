@@ -81,3 +81,18 @@ def test_subscriber_limit() -> None:
     with pytest.raises(ServiceError) as exc:
         hub.subscribe()
     assert exc.value.reason == "TOO_MANY_SUBSCRIBERS"
+
+
+def test_one_owner_cannot_take_every_subscriber_slot() -> None:
+    """Security: a single API key (a publisher's, say) must not lock real subscribers out."""
+    hub: StreamHub[int] = StreamHub(capacity=4, max_subscribers=16, max_per_owner=2)
+    held = [hub.subscribe(owner="publisher:p1") for _ in range(2)]
+    with pytest.raises(ServiceError) as exc:
+        hub.subscribe(owner="publisher:p1")
+    assert exc.value.reason == "TOO_MANY_STREAMS_FOR_ACCOUNT"
+    other = hub.subscribe(owner="subscriber:s1")
+    held[0].close()
+    again = hub.subscribe(owner="publisher:p1")
+    for s in (held[1], other, again):
+        s.close()
+    assert hub.subscriber_count == 0
