@@ -21,6 +21,7 @@ from publisher_svc.store import StoredIdentity
 from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock
 from svc_common.errors import ServiceError
+from svc_common.sqlite_db import StoreBusy
 
 _log = structlog.get_logger("refresher")
 
@@ -163,6 +164,11 @@ class Refresher:
                 return "deferred"
             try:
                 step, _ = pub.refresh_stored(user_id)
+            except StoreBusy:
+                # Another process holds the store: deferring would be a second write into the
+                # same lock. The identity is unchanged; the next poll finds it due again.
+                _log.info("refresh_deferred", reason="STORE_BUSY")
+                return "deferred"
             except ServiceError as err:
                 # Operator unreachable with the token already expired, or it refused the call:
                 # keep the identity (refreshable until refresh_expires) and try again later.

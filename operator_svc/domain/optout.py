@@ -24,11 +24,10 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from operator_svc.domain.auth import require_role
 from operator_svc.domain.dii import dii_flh
 from operator_svc.domain.mapping import check_batch_size
-from operator_svc.domain.state import Client, OperatorState
+from operator_svc.domain.state import Client, OperatorState, raw_uids
 from operator_svc.store import OperatorStore, OptOutRow
 from svc_common.clock import Clock
 from svc_common.errors import invalid_argument, resource_exhausted
-from uid2_crypto.salts import bucket_index, raw_uid2
 
 WATCH_POLL_S = 0.5
 # How often a long backlog replay looks up from its work to see whether the call is still on.
@@ -128,17 +127,12 @@ class OptOutService:
         while True:
             events, position = index.events_from(position)
             salts = self._state.salts
-            now = self._clock.now_ms()
             for n, (ts, flh) in enumerate(events, 1):
                 if ts >= since_ms:
-                    bucket = bucket_index(flh)
-                    raw = raw_uid2(flh, salts.salt(bucket))
-                    yield base64.b64encode(raw).decode("ascii"), ts
-                    # Tokens issued before the bucket's last rotation carry the raw UID2 under
-                    # the previous salt until they expire: readers must know that one too.
-                    previous = salts.previous_salt(bucket, now)
-                    if previous:
-                        yield base64.b64encode(raw_uid2(flh, previous)).decode("ascii"), ts
+                    # What GetOptOutStatus matches too: the current salt's raw UID2 and the
+                    # previous salt's, which tokens issued before the last rotation carry.
+                    for raw in raw_uids(flh, salts):
+                        yield base64.b64encode(raw).decode("ascii"), ts
                 # A replay of a long backlog must still end promptly on cancel or shutdown.
                 if n % _CHECK_EVERY == 0 and (not is_active() or index.closed):
                     return

@@ -82,9 +82,10 @@ class TestIdentities:
         )
 
 
-def _raw_uids(flh: bytes, salts: SaltSet) -> tuple[bytes, ...]:
+def raw_uids(flh: bytes, salts: SaltSet) -> tuple[bytes, ...]:
     """The raw UID2s an opted-out first-level hash is known by: under the bucket's salt, and
-    under the salt before its last rotation, which tokens issued before it still carry."""
+    under the salt before its last rotation, which tokens issued before it still carry. The one
+    rule for GetOptOutStatus (OptOutIndex) and WatchOptOuts (OptOutService.watch)."""
     bucket = bucket_index(flh)
     current = raw_uid2(flh, salts.salt(bucket))
     previous = salts.last_previous_salt(bucket)
@@ -145,7 +146,7 @@ class OptOutIndex:
                 self._by_flh[row.flh] = row.opted_out_at_ms
                 if row.flh in self._never:
                     continue
-                for raw in _raw_uids(row.flh, salts):
+                for raw in raw_uids(row.flh, salts):
                     self._by_raw[raw] = row.opted_out_at_ms
                 self._events.append((row.opted_out_at_ms, row.flh))
                 new += 1
@@ -161,7 +162,7 @@ class OptOutIndex:
                 raw: ts
                 for flh, ts in self._by_flh.items()
                 if flh not in self._never
-                for raw in _raw_uids(flh, salts)
+                for raw in raw_uids(flh, salts)
             }
 
     def events_from(self, position: int) -> tuple[list[tuple[int, bytes]], int]:

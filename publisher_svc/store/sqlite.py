@@ -155,8 +155,8 @@ class SqliteStore:
     ) -> bool:
         """Swaps in a refreshed identity, only if the stored one is still the one refreshed
         (a logout, a new login or another refresh in between wins)."""
-        with self._lock:
-            cur = self._db.execute(
+        with self._transaction() as db:
+            cur = db.execute(
                 "UPDATE identities SET advertising_token = ?, refresh_token = ?,"
                 " identity_expires = ?, refresh_from = ?, refresh_expires = ?,"
                 " refresh_response_key = ?, next_attempt_at = ?, failed_attempts = 0,"
@@ -222,8 +222,8 @@ class SqliteStore:
         self, user_id: str, old_refresh_token: str, next_attempt_at: int, failed_attempts: int
     ) -> None:
         """Records a failed background refresh: try again at `next_attempt_at`."""
-        with self._lock:
-            self._db.execute(
+        with self._transaction() as db:
+            db.execute(
                 "UPDATE identities SET next_attempt_at = ?, failed_attempts = ?"
                 " WHERE user_id = ? AND refresh_token = ?",
                 (next_attempt_at, failed_attempts, user_id, old_refresh_token),

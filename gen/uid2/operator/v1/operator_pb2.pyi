@@ -634,8 +634,8 @@ class WatchOptOutsResponse(_message.Message):
     raw_uid: _builtins.str
     """An opted-out user's raw UID2, 44-character standard base64; empty on the mark. Sent under
     the bucket's current salt, and again with the same opted_out_at under the salt before its
-    last rotation while that rotation is at most 90 days old: tokens issued before it carry
-    that one until they expire.
+    last rotation (as GetOptOutStatus matches both): tokens issued before it carry that one
+    until they expire.
     """
     opted_out_at: _builtins.int
     """When the user opted out, epoch milliseconds. 0 on the mark."""
