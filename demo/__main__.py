@@ -289,9 +289,12 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
 
     charlie, phone = CHARLIE
     p.heading("logout", f"{charlie} logs in with a phone number, then logs out")
+    generated = _operator_calls(stack, "GenerateToken")
     pub.Login(publisher_pb2.LoginRequest(user_id=charlie, phone=phone, privacy_settings=CONSENT))
-    # Any operator call but a background refresh (another user's may fall in this window).
-    calls = _operator_calls(stack, *_NOT_REFRESH, settle_s=0.3)
+    # The login's own line first (it is written after its response), then the count: any
+    # operator call but a background refresh (another user's may fall in this window).
+    wait_until(lambda: _operator_calls(stack, "GenerateToken") > generated, 5.0)
+    calls = _operator_calls(stack, *_NOT_REFRESH)
     logout = pub.Logout(publisher_pb2.LogoutRequest(user_id=charlie))
     after = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id=charlie))
     not_called = calls > 0 and _operator_calls(stack, *_NOT_REFRESH, settle_s=0.3) == calls

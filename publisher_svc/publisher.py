@@ -271,7 +271,7 @@ class Publisher:
         # which holds the pool's lock while cancelling jobs whose callbacks take ours.
         with self._pending_lock:
             self._closed = True
-        self._serve_pool.shutdown(wait=True, cancel_futures=True)
+        self._serve_pool.shutdown(wait=False, cancel_futures=True)
 
     def user_lock(self, user_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]

@@ -19,8 +19,12 @@ _log = structlog.get_logger("rpc")
 # A caller's request id is logged as it came, so it must not be able to carry what the logs
 # never hold: no '@' (an email), '+', '/' or '=' (a phone number, a base64 hash), no spaces.
 _CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_DIGITS = re.compile(r"[0-9]+")  # a phone number without its '+', or another numeric identifier
+# A phone number without its '+', however grouped (555-123-4567, 44.20.7946.0958), or another
+# numeric identifier: digits and separators only.
+_DIGITS = re.compile(r"[0-9][0-9._:-]*")
 _HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")  # a hash of DII in hex
+# A SHA-256 in unpadded base64url (43 characters): has '-' or '_' where base64 has '+' '/'.
+_B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def request_id(candidate: str | None) -> str:
@@ -31,6 +35,7 @@ def request_id(candidate: str | None) -> str:
         and _CALLER_ID.fullmatch(candidate)
         and not _DIGITS.fullmatch(candidate)
         and not _HEX_SHA256.fullmatch(candidate)
+        and not _B64URL_SHA256.fullmatch(candidate)
     ):
         return candidate
     return os.urandom(8).hex()

@@ -78,7 +78,7 @@ class TokenChecker:
             # No keys at all (the operator was down at start): fetch at once, as for a key we
             # lack, rather than at the failure backoff's next try, up to a minute away. Not
             # waited for: with the operator still down every impression would pay the wait.
-            self._keys.request_early_refresh()
+            self._keys.request_early_refresh(backing_off=True)
             return Verdict.NO_KEYS
         return Verdict.INVALID
 

@@ -33,6 +33,10 @@ KEY_REFRESH_RANGE = (
     f"key refresh interval must be between {MIN_KEY_REFRESH_S:g} and {MAX_KEY_REFRESH_S:g} s"
 )
 
+# With no keys at all, how long at most a failing operator is left alone while impressions
+# keep asking for keys (the scheduled retry backs off further, up to retry_cap_s).
+NO_KEYS_RETRY_CAP_S = 8.0
+
 
 class KeyCache:
     def __init__(
@@ -125,13 +129,20 @@ class KeyCache:
         """Refreshes when due; None when not due."""
         return self.refresh() if self.due() else None
 
-    def request_early_refresh(self) -> int | None:
+    def request_early_refresh(self, *, backing_off: bool = False) -> int | None:
         """Asks for a refresh ahead of schedule (a token named a key we lack). Rate limited:
-        at most one per `early_min_interval_s`. Returns the generation to wait past with
-        `wait_past`, or None when no refresh is pending or running."""
+        at most one per `early_min_interval_s`; with `backing_off` (no keys at all, the operator
+        likely down) also by the failure backoff, capped at NO_KEYS_RETRY_CAP_S, so traffic
+        cannot turn an outage into one fetch (and one warning) per second. Returns the
+        generation to wait past with `wait_past`, or None when no refresh is pending or
+        running."""
         now = self._clock.now_ms()
         with self._cond:
-            if not self._early_pending and now - self._last_early_ms >= self._early_min_ms:
+            gap = self._early_min_ms
+            if backing_off and self._failures:
+                backoff = self._retry_base_ms * 2 ** (self._failures - 1)
+                gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, backoff))
+            if not self._early_pending and now - self._last_early_ms >= gap:
                 self._last_early_ms = now
                 self._early_pending = True
                 self._cond.notify_all()

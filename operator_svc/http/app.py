@@ -376,4 +376,6 @@ class HttpFrontDoor:
         if loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
-        self._blocking.shutdown(wait=True)
+        # Not waited for: an opt-out (/v2/token/logout) still waiting on another process's
+        # SQLite lock must not hold the stop up (as operator_svc/server.shut_pools).
+        self._blocking.shutdown(wait=False, cancel_futures=True)

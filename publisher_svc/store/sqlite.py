@@ -105,9 +105,15 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, wait_s: float = 2.0) -> None:
+        """Closes the connection once no write holds it; one still waiting on another
+        process's lock after `wait_s` is left to the process exit (as OperatorStore.close)."""
+        if not self._lock.acquire(timeout=wait_s):
+            return
+        try:
             self._db.close()
+        finally:
+            self._lock.release()
 
     # -- identities ----------------------------------------------------------------------
 

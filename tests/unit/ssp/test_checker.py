@@ -4,7 +4,7 @@ import threading
 from typing import Any
 
 from bidstream.decryptor.checker import TokenChecker, Verdict
-from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
+from bidstream.decryptor.key_cache import NO_KEYS_RETRY_CAP_S, KeyCache, KeyRefresher
 from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import ManualClock, SystemClock
 from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
@@ -126,3 +126,26 @@ def test_no_keys_asks_for_a_fetch_now_not_at_the_backoffs_next_try() -> None:
     assert cache2.run_due() is False
     checker2.check(token, DOMAIN)
     assert not cache2.due()
+
+
+def test_an_outage_with_traffic_is_not_a_fetch_per_impression() -> None:
+    # No keys, the operator down for 5 minutes, an impression every second: the early
+    # refreshes follow the failure backoff (capped at NO_KEYS_RETRY_CAP_S), not the
+    # once-a-second limit of early refreshes for a missing key.
+    keys = KeySet()
+    fetches = 0
+
+    def fetch() -> Any:
+        nonlocal fetches
+        fetches += 1
+        raise ConnectionError("operator down")
+
+    clock = ManualClock(SystemClock().now_ms())
+    cache = KeyCache(fetch, clock, rng=lambda: 0.5)
+    checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
+    token = mint(keys)
+    for _ in range(300):
+        assert checker.check(token, DOMAIN) is Verdict.NO_KEYS
+        cache.run_due()
+        clock.advance(1000)
+    assert 300 / NO_KEYS_RETRY_CAP_S <= fetches <= 300 / NO_KEYS_RETRY_CAP_S * 1.5
