@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from svc_common.settings import SettingError, split_host_port
+
 DAY_S = 86_400
 HOUR_S = 3_600
 # Far beyond any deployment's lifetimes (the official ones are days), and small enough that
@@ -101,6 +103,7 @@ def check_lifetimes(token_lifetime_s: int, refresh_lifetime_s: int) -> None:
 
 
 def _check_listen(listen: str) -> None:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
+    try:
+        split_host_port(listen)
+    except SettingError as exc:
+        raise ConfigError(f"listen address {exc}") from None

@@ -29,6 +29,7 @@ from svc_common.settings import (
     api_key,
     boolean,
     finite_float,
+    host_port,
     integer_in,
     log_level,
 )
@@ -109,14 +110,6 @@ def _seconds(text: str) -> float:
     return x
 
 
-def _address(settings: FlagsWithEnv, flag: str) -> str:
-    v = settings.required(flag)
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--{flag} must be HOST:PORT")
-    return v
-
-
 def _storage_mode(text: str) -> StorageMode:
     try:
         return StorageMode(text.strip().lower())
@@ -134,12 +127,12 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError("--data-dir is not a directory")
     return PublisherConfig(
-        listen=_address(settings, "listen"),
+        listen=settings.required_value("listen", host_port),
         data_dir=data_dir,
-        operator_address=_address(settings, "operator-address"),
+        operator_address=settings.required_value("operator-address", host_port),
         operator_api_key=settings.required_value("operator-api-key", api_key),
         site_id=settings.required_value("site-id", integer_in(1, MAX_SITE_ID)),
-        ssp_address=_address(settings, "ssp-address"),
+        ssp_address=settings.required_value("ssp-address", host_port),
         ssp_api_key=settings.required_value("ssp-api-key", api_key),
         storage_mode=settings.value("storage-mode", _storage_mode, StorageMode.SERVER),
         on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_in(0, MAX_SITE_ID), 0),

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
+from svc_common.settings import SettingError, split_host_port
 
 _log = structlog.get_logger("server")
 
@@ -73,14 +74,12 @@ def probe_listen(listen: str) -> None:
     bind, and a CLI mistake is to be one line. Mirrors grpc: SO_REUSEADDR, and fine when at
     least one of the addresses the host resolves to binds. A race with another process
     remains; `bind_port` still reports it, with core's lines before it."""
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise OSError(f"cannot listen on {listen}: not HOST:PORT")
     try:
-        found = socket.getaddrinfo(
-            host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        host, port = split_host_port(listen)
+    except SettingError:
+        raise OSError(f"cannot listen on {listen}: not HOST:PORT") from None
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise OSError(f"cannot listen on {listen}: {host!r} does not resolve") from exc
     problems: list[str] = []

@@ -64,6 +64,22 @@ def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]
     return parse
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 50051) from "127.0.0.1:50051"; IPv6 hosts in brackets ("[::1]:0" gives
+    "::1"). Port 0 means "pick a free one" where an address is bound."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingError(f"must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def host_port(text: str) -> str:
+    """`text`, once `split_host_port` accepts it."""
+    split_host_port(text)
+    return text.strip()
+
+
 def api_key(text: str) -> str:
     """An API key as sent in gRPC metadata (`authorization: Bearer KEY`), which carries printable
     ASCII only: a key with a newline or a non-ASCII character would start fine and then fail

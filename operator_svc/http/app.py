@@ -52,6 +52,7 @@ from svc_common import call_context
 from svc_common.edge_log import log_unhandled, request_id
 from svc_common.errors import ServiceError
 from svc_common.event_loop import finish_pending_tasks
+from svc_common.settings import split_host_port
 
 _log = structlog.get_logger("http")
 
@@ -288,11 +289,6 @@ class HttpApi:
         return web.Response(status=503, text="NOT_SERVING", content_type=_TEXT)
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class HttpFrontDoor:
     """Serves `HttpApi` on `listen` (HOST:PORT; port 0 picks one) from a dedicated thread with
     its own event loop. `start()` returns the bound port; `stop()` drains and joins."""
@@ -347,7 +343,7 @@ class HttpFrontDoor:
         return self.port
 
     async def _start(self) -> None:
-        host, port = _split_listen(self._listen)
+        host, port = split_host_port(self._listen)
         runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:

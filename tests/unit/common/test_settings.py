@@ -14,7 +14,14 @@ from dsp_svc.cli import main as dsp_main
 from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
 from ssp_svc.cli import main as ssp_main
-from svc_common.settings import SettingError, api_key, boolean, finite_float, log_level
+from svc_common.settings import (
+    SettingError,
+    api_key,
+    boolean,
+    finite_float,
+    log_level,
+    split_host_port,
+)
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -191,3 +198,17 @@ def test_settings_that_would_misbehave_later_are_refused_at_start_up(
         monkeypatch.setenv(name, value)
     err = _one_line_exit_2(capsys, main, argv, *words)
     assert "secr" not in err and "two words" not in err  # a key is never repeated
+
+
+@pytest.mark.parametrize(
+    ("text", "split"),
+    [("127.0.0.1:50051", ("127.0.0.1", 50051)), ("[::1]:0", ("::1", 0)), ("h:65535", ("h", 65535))],
+)
+def test_host_port_splits(text: str, split: tuple[str, int]) -> None:
+    assert split_host_port(text) == split
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "h:-1", "h:65536", "h:x", "unix:/tmp/s"])
+def test_host_port_refuses_what_is_not_one(text: str) -> None:
+    with pytest.raises(SettingError, match="must be HOST:PORT"):
+        split_host_port(text)
