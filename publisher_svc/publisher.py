@@ -578,6 +578,11 @@ class Publisher:
         if future.cancelled():
             return
         error = future.exception()
+        if error is not None and self._closed:
+            # A job that outlived close (the pool is not waited for): its store or channel
+            # may be closed under it.
+            _log.info("impression_refresh_abandoned", error_type=type(error).__name__)
+            return
         # Nobody may be waiting any more: the failure is logged here, once, by kind only.
         if isinstance(error, ServiceError) and error.kind is not ErrorKind.UNAVAILABLE:
             _log.warning("impression_refresh_failed", code=error.kind.value, reason=error.reason)

@@ -146,7 +146,12 @@ class Refresher:
             if not self._stop.is_set():
                 outcome = self._refresh(user_id)
         except Exception as exc:
-            _log.error("refresh_failed", error_type=type(exc).__name__)
+            if self._stop.is_set():
+                # Outlived the stop (pools are shut down without waiting): the store or the
+                # operator channel may be closed under it. Not a failure worth an error line.
+                _log.info("refresh_abandoned", reason="STOPPING", error_type=type(exc).__name__)
+            else:
+                _log.error("refresh_failed", error_type=type(exc).__name__)
             outcome = "deferred"
         finally:
             self.stats.leave(outcome)
@@ -196,4 +201,10 @@ class Refresher:
         self._circuit_until = now_s + self.circuit_open_s
 
     def _defer(self, user_id: str, stored: StoredIdentity, now: int) -> None:
-        self.publisher.postpone_refresh(user_id, stored, now, self.backoff)
+        try:
+            self.publisher.postpone_refresh(user_id, stored, now, self.backoff)
+        except StoreBusy:
+            # Not recorded: the identity stays due and the next poll tries again. Raising would
+            # skip opening the circuit (the operator is then called for every identity) and
+            # log the pass as an error.
+            _log.info("refresh_postpone_skipped", reason="STORE_BUSY")

@@ -21,7 +21,7 @@ _log = structlog.get_logger("rpc")
 _CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # A phone number without its '+', however grouped (555-123-4567, 44.20.7946.0958), or another
 # numeric identifier: digits and separators only.
-_DIGITS = re.compile(r"[0-9][0-9._:-]*")
+_DIGITS = re.compile(r"[._:-]*[0-9][0-9._:-]*")  # a leading separator hides no less
 _HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")  # a hash of DII in hex
 # A SHA-256 in unpadded base64url (43 characters): has '-' or '_' where base64 has '+' '/'.
 _B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")

@@ -69,7 +69,9 @@ def split_host_port(text: str) -> tuple[str, int]:
     "::1"). Port 0 means "pick a free one" where an address is bound."""
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # isascii: str.isdigit() is true for '²' (int() then raises ValueError, a traceback
+    # instead of one line and exit 2) and for other scripts' digits (U+0665), which gRPC rejects.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise SettingError(f"must be HOST:PORT, got {text!r}")
     return host, int(port)
 

@@ -36,6 +36,9 @@ KEY_REFRESH_RANGE = (
 # With no keys at all, how long at most a failing operator is left alone while impressions
 # keep asking for keys (the scheduled retry backs off further, up to retry_cap_s).
 NO_KEYS_RETRY_CAP_S = 8.0
+# Doublings past this add nothing (2**30 s is decades) and keep `base * 2**n` a finite float:
+# 1000.0 * 2**1024 raises OverflowError, which a long outage would otherwise reach.
+_MAX_DOUBLINGS = 30
 
 
 class KeyCache:
@@ -115,7 +118,7 @@ class KeyCache:
                     self._next_ms = now + self._interval_ms + spread
                 else:
                     self._failures += 1
-                    cap = min(self._retry_cap_ms, self._retry_base_ms * 2 ** (self._failures - 1))
+                    cap = min(self._retry_cap_ms, self._backoff_ms())
                     # Half fixed, half jitter: never a tight loop, never a thundering herd.
                     self._next_ms = now + cap / 2 + self._rng() * cap / 2
                 self.generation += 1
@@ -124,6 +127,10 @@ class KeyCache:
             if ok:
                 _log.info("keys_refreshed", keys=key_count)
             return ok
+
+    def _backoff_ms(self) -> float:
+        """The failure backoff before its cap; caller holds `_cond`."""
+        return float(self._retry_base_ms * 2 ** min(self._failures - 1, _MAX_DOUBLINGS))
 
     def run_due(self) -> bool | None:
         """Refreshes when due; None when not due."""
@@ -140,8 +147,7 @@ class KeyCache:
         with self._cond:
             gap = self._early_min_ms
             if backing_off and self._failures:
-                backoff = self._retry_base_ms * 2 ** (self._failures - 1)
-                gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, backoff))
+                gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, self._backoff_ms()))
             if not self._early_pending and now - self._last_early_ms >= gap:
                 self._last_early_ms = now
                 self._early_pending = True

@@ -64,7 +64,10 @@ class OptOutService:
         self._store = store
         self._clock = clock
         self._max_streams = max_streams_per_client
-        self._streams: dict[str, int] = {}
+        # Per client, the `is_active` of each open stream: one whose call has ended (the
+        # client went away) no longer counts, though its thread may take up to WATCH_POLL_S to
+        # notice, so a reconnect after a break is not refused meanwhile.
+        self._streams: dict[str, list[Callable[[], bool]]] = {}
         self._streams_lock = threading.Lock()
 
     def opt_out(self, client: Client, kind: str, value: str) -> int:
@@ -94,28 +97,30 @@ class OptOutService:
         return self._held_watch(client.name, since_ms, is_active)
 
     def open_streams(self, client_name: str) -> int:
-        return self._streams.get(client_name, 0)
+        with self._streams_lock:
+            return len(self._streams.get(client_name, ()))
 
     def _held_watch(
         self, client_name: str, since_ms: int, is_active: Callable[[], bool]
     ) -> Generator[tuple[str, int] | None, None, None]:
         # Taken when the stream starts and given back however it ends (generator close too).
         with self._streams_lock:
-            held = self._streams.get(client_name, 0)
-            if held >= self._max_streams:
+            held = self._streams.setdefault(client_name, [])
+            if sum(1 for active in held if active()) >= self._max_streams:
+                if not held:
+                    del self._streams[client_name]
                 raise resource_exhausted(
                     "TOO_MANY_STREAMS_FOR_CLIENT",
                     f"a client may hold at most {self._max_streams} opt-out streams at once",
                 )
-            self._streams[client_name] = held + 1
+            held.append(is_active)
         try:
             yield from self._watch(since_ms, is_active)
         finally:
             with self._streams_lock:
-                left = self._streams[client_name] - 1
-                if left:
-                    self._streams[client_name] = left
-                else:
+                held = self._streams[client_name]
+                held.remove(is_active)
+                if not held:
                     del self._streams[client_name]
 
     def _watch(

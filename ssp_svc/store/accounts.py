@@ -58,6 +58,16 @@ def normalise_inventory(
     )
 
 
+def _as_registered(domain: str) -> str:
+    """A stored allow-list entry as SubmitImpression compares page domains (normalised): a
+    store written before `publisher add` normalised holds them as typed ("bücher.example",
+    "news.example.com."), which would otherwise never match again."""
+    try:
+        return normalise_domain(domain)
+    except ValueError:
+        return domain
+
+
 class AccountStore(Protocol):
     def authenticate(self, api_key: str) -> Account | None: ...
 
@@ -170,7 +180,7 @@ class SqliteAccountStore:
                 key_id,
                 name,
                 AccountKind(kind),
-                tuple(json.loads(domains)),
+                tuple(_as_registered(d) for d in json.loads(domains)),
                 tuple(json.loads(apps)),
             )
             hit = (bytes(salt), bytes(key_hash), account)

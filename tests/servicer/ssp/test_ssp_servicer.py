@@ -46,7 +46,9 @@ def fan_out(req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
 def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     store = SqliteAccountStore(tmp_path)
     _, pub_key = store.add("pub", AccountKind.PUBLISHER, ("example.com",))
-    _, other_key = store.add("other", AccountKind.PUBLISHER, ("other.example.net",))
+    _, other_key = store.add(
+        "other", AccountKind.PUBLISHER, ("other.example.net", "b\u00fccher.example")
+    )
     _, sub_key = store.add("analytics", AccountKind.SUBSCRIBER)
     hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(capacity=8)
     exchange = Exchange(checker=None, fan_out=fan_out, hub=hub, clock=SystemClock(), tmax_ms=100)
@@ -161,3 +163,20 @@ def wait_subscribers(hub: StreamHub[Any], n: int) -> bool:
     from tests.support.procs import wait_until
 
     return wait_until(lambda: hub.subscriber_count >= n, 2)
+
+
+@pytest.mark.parametrize(
+    ("page_domain", "site_domain"),
+    [("b\u00fccher.example", "b\u00fccher.example"), ("other.example.net", "Other.Example.NET.")],
+)
+def test_a_site_filter_matches_as_the_page_domain_is_normalised(
+    env: dict[str, Any], page_domain: str, site_domain: str
+) -> None:
+    """Review: SubmitImpression sends page_domain on normalised (punycode, no trailing dot);
+    a filter compared as typed never matched the same site."""
+    filtered = _stream(env, env["sub"], site_domain=site_domain)
+    assert wait_subscribers(env["hub"], 1)
+    response, code, _ = submit(env, env["other"], page_domain=page_domain)
+    assert code == grpc.StatusCode.OK
+    assert filtered.take_response().bid_request.id == response.auction_id
+    filtered.cancel()

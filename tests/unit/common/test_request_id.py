@@ -39,6 +39,8 @@ def test_id_shapes_are_kept(rid: str) -> None:
         base64.urlsafe_b64encode(_SHA).decode().rstrip("="),
         "1-800-555-0199",
         "555.123.4567",
+        "-15551234567",
+        ".5551234567",
         "has space",
         "x" * 65,
         "caf\u00e9",

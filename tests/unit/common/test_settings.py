@@ -208,7 +208,9 @@ def test_host_port_splits(text: str, split: tuple[str, int]) -> None:
     assert split_host_port(text) == split
 
 
-@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "h:-1", "h:65536", "h:x", "unix:/tmp/s"])
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1", ":80", "h:-1", "h:65536", "h:x", "unix:/tmp/s", "h:\u00b2", "h:\u0665"]
+)
 def test_host_port_refuses_what_is_not_one(text: str) -> None:
     with pytest.raises(SettingError, match="must be HOST:PORT"):
         split_host_port(text)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 
 import pytest
 
@@ -38,5 +39,22 @@ def test_a_client_holds_at_most_its_share_of_opt_out_streams(env: Env) -> None:
     streams[0].close()
     again = _opened(env.op.optouts.watch(reader, 0, lambda: True))
     for s in (*streams[1:], again):
+        s.close()
+    assert env.op.optouts.open_streams(reader.name) == 0
+
+
+def _active(ended: threading.Event) -> Callable[[], bool]:
+    return lambda: not ended.is_set()
+
+
+def test_a_stream_whose_call_ended_does_not_count_while_it_winds_down(env: Env) -> None:
+    """Review: a decryptor reconnecting after a break was refused for up to WATCH_POLL_S, until
+    its old stream's thread noticed the call had ended."""
+    reader = env.client("reader")
+    calls = [threading.Event() for _ in range(MAX_WATCH_STREAMS_PER_CLIENT)]
+    streams = [_opened(env.op.optouts.watch(reader, 0, _active(c))) for c in calls]
+    calls[0].set()  # the call is gone; its generator has not run again yet
+    again = _opened(env.op.optouts.watch(reader, 0, lambda: True))
+    for s in (*streams, again):
         s.close()
     assert env.op.optouts.open_streams(reader.name) == 0

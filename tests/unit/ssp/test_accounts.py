@@ -168,3 +168,14 @@ def test_publisher_add_needs_a_domain_or_an_app(
 
 def _never() -> NoReturn:
     raise AssertionError("the SSP started serving")
+
+
+def test_domains_stored_as_typed_are_compared_normalised(tmp_path: Path) -> None:
+    """Review: `publisher add` before c26b225 stored domains as typed (stripped, lower case);
+    SubmitImpression now compares the normalised page domain, so they must load normalised."""
+    store = SqliteAccountStore(tmp_path, rng=os.urandom, clock=ManualClock(T0))
+    _, key = store.add("news", AccountKind.PUBLISHER, ("b\u00fccher.example", "news.example.com."))
+    account = store.authenticate(key)
+    assert account is not None
+    assert account.domains == ("xn--bcher-kva.example", "news.example.com")
+    store.close()

@@ -149,3 +149,20 @@ def test_an_outage_with_traffic_is_not_a_fetch_per_impression() -> None:
         cache.run_due()
         clock.advance(1000)
     assert 300 / NO_KEYS_RETRY_CAP_S <= fetches <= 300 / NO_KEYS_RETRY_CAP_S * 1.5
+
+
+def test_a_long_outage_does_not_overflow_the_backoff() -> None:
+    # Review: 1000.0 * 2**1024 raised OverflowError after 1,025 failed fetches (~2.3 h of
+    # outage with traffic): the refresher thread died and every impression got INTERNAL.
+    def fetch() -> Any:
+        raise ConnectionError("operator down")
+
+    clock = ManualClock(SystemClock().now_ms())
+    cache = KeyCache(fetch, clock, rng=lambda: 0.5)
+    checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
+    token = mint(KeySet())
+    for _ in range(1100):
+        assert checker.check(token, DOMAIN) is Verdict.NO_KEYS
+        assert cache.refresh() is False
+        clock.advance(int(NO_KEYS_RETRY_CAP_S * 1000))
+    assert cache.failures == 1100

@@ -1,0 +1,50 @@
+"""Review: the refresher's and the impressions' pools are shut down without waiting, so a job
+can outlive the store's close; it must not log an error (or worse) when it then fails."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from publisher_svc.model import PrivacySettings
+from publisher_svc.publisher import Publisher
+from publisher_svc.refresher import Refresher
+from publisher_svc.store import SqliteStore
+from svc_common.clock import ManualClock
+from tests.support.procs import wait_until
+from tests.unit.publisher.fakes import HOUR, FakeOperator, FakeSsp
+
+
+class _HeldOperator(FakeOperator):
+    """Refresh waits until released: a call still in flight when the stop comes."""
+
+    release: threading.Event
+
+    def refresh(self, refresh_token: str):  # type: ignore[no-untyped-def]
+        self.in_flight += 1
+        self.release.wait(5)
+        return super().refresh(refresh_token)
+
+
+def test_a_refresh_that_outlives_the_stop_logs_no_error(tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_000_000)
+    op = _HeldOperator(clock)
+    op.release = threading.Event()
+    store = SqliteStore(tmp_path)
+    pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
+    pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
+    clock.advance(HOUR)
+    refresher = Refresher(pub, workers=1, poll_interval_s=0.05)
+    with capture_logs() as logs:
+        refresher.start()
+        assert wait_until(lambda: op.in_flight > 0, 5)
+        refresher.stop(timeout_s=0.1)  # its join gives up, as on a stuck stop
+        pub.close()
+        store.close()  # as Served.stop's clean-up does next
+        op.release.set()
+        assert wait_until(lambda: refresher.stats.deferred + refresher.stats.refreshed > 0, 5)
+        time.sleep(0.1)
+    assert [e for e in logs if e["log_level"] == "error"] == []
