@@ -134,7 +134,9 @@ class OperatorServiceServicer:
 
     def WatchOptOuts(self, request, context):
         """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
-        Needs the ID_READER role.
+        Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
+        and 64 in all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,9 @@ class OperatorServiceStub:
     """
     WatchOptOuts: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchOptOutsRequest, _operator_pb2.WatchOptOutsResponse]
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
-    Needs the ID_READER role.
+    Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
+    and 64 in all.
     """
     GetBidstreamKeys: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetBidstreamKeysRequest, _operator_pb2.GetBidstreamKeysResponse]
     """The keys a bid-stream decryptor may hold. Needs the ID_READER role."""
@@ -88,7 +90,9 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     WatchOptOuts: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchOptOutsRequest, _operator_pb2.WatchOptOutsResponse]  # type: ignore[assignment]
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
-    Needs the ID_READER role.
+    Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
+    and 64 in all.
     """
     GetBidstreamKeys: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetBidstreamKeysRequest, _operator_pb2.GetBidstreamKeysResponse]  # type: ignore[assignment]
     """The keys a bid-stream decryptor may hold. Needs the ID_READER role."""
@@ -159,7 +163,9 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operator_pb2.WatchOptOutsResponse], _abc.AsyncIterator[_operator_pb2.WatchOptOutsResponse]]:
         """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
-        Needs the ID_READER role.
+        Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
+        and 64 in all.
         """
 
     @_abc_1.abstractmethod

@@ -111,7 +111,11 @@ class SubmitImpressionRequest(_message.Message):
     FLOOR_PRICE_FIELD_NUMBER: _builtins.int
     ADVERTISING_TOKEN_FIELD_NUMBER: _builtins.int
     page_domain: _builtins.str
-    """The domain of the page, for example "news.example.com"."""
+    """The domain of the page, for example "news.example.com": a host name (else
+    INVALID_ARGUMENT INVALID_PAGE_DOMAIN), sent to bidders normalised (lower case, punycode,
+    no trailing dot); it must be a registered domain or under one (else PERMISSION_DENIED
+    INVENTORY_NOT_ALLOWED).
+    """
     app_bundle: _builtins.str
     """The app's bundle id, for example "com.example.news"."""
     placement_id: _builtins.str
@@ -224,7 +228,9 @@ class StreamBidRequestsRequest(_message.Message):
     SITE_DOMAIN_FIELD_NUMBER: _builtins.int
     APP_BUNDLE_FIELD_NUMBER: _builtins.int
     site_domain: _builtins.str
-    """Only bid requests whose site.domain equals this (case-insensitive)."""
+    """Only bid requests whose site.domain equals this, normalised as page_domain is (a host
+    name, else INVALID_ARGUMENT INVALID_SITE_DOMAIN).
+    """
     app_bundle: _builtins.str
     """Only bid requests whose app.bundle equals this."""
     def __init__(

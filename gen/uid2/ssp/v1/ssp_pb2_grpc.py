@@ -64,6 +64,8 @@ class SspServiceServicer:
         """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
         those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
         too slowly loses requests (never slowing auctions); each response counts what was lost.
+        At most 4 open streams per key (RESOURCE_EXHAUSTED TOO_MANY_STREAMS_FOR_ACCOUNT) and 16 in
+        all (TOO_MANY_SUBSCRIBERS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

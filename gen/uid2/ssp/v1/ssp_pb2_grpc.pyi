@@ -44,6 +44,8 @@ class SspServiceStub:
     """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
     those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
     too slowly loses requests (never slowing auctions); each response counts what was lost.
+    At most 4 open streams per key (RESOURCE_EXHAUSTED TOO_MANY_STREAMS_FOR_ACCOUNT) and 16 in
+    all (TOO_MANY_SUBSCRIBERS).
     """
 
 @_typing.type_check_only
@@ -59,6 +61,8 @@ class SspServiceAsyncStub(SspServiceStub):
     """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
     those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
     too slowly loses requests (never slowing auctions); each response counts what was lost.
+    At most 4 open streams per key (RESOURCE_EXHAUSTED TOO_MANY_STREAMS_FOR_ACCOUNT) and 16 in
+    all (TOO_MANY_SUBSCRIBERS).
     """
 
 class SspServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +87,8 @@ class SspServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams every bid request the SSP sends to bidders (bid-stream capture), optionally only
         those of one site domain or app bundle. Needs a subscriber key. A subscriber that reads
         too slowly loses requests (never slowing auctions); each response counts what was lost.
+        At most 4 open streams per key (RESOURCE_EXHAUSTED TOO_MANY_STREAMS_FOR_ACCOUNT) and 16 in
+        all (TOO_MANY_SUBSCRIBERS).
         """
 
 def add_SspServiceServicer_to_server(servicer: SspServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
