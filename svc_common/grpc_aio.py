@@ -23,8 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
-from svc_common.grpc_edge import TRANSPORT_MAX_BYTES
-from svc_common.grpc_server import Served, bind_port
+from svc_common.grpc_server import Served, bind_port, server_options
 
 
 @dataclass
@@ -68,14 +67,7 @@ def start_aio_server(
     names = tuple(service_names)
 
     async def start() -> tuple[Any, int, Any]:
-        server = grpc.aio.server(
-            # No SO_REUSEPORT (grpc's default turns it on): a second server started on a port in
-            # use must fail, not silently take half the connections.
-            options=[
-                ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = grpc.aio.server(options=server_options())
         register(EdgeRegistrar(server, AioEdge(domain)))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
