@@ -4,10 +4,12 @@ its own lines to stderr first), and stays out of the way when it can."""
 from __future__ import annotations
 
 import socket
+from concurrent import futures
 
+import grpc
 import pytest
 
-from svc_common.grpc_server import probe_listen
+from svc_common.grpc_server import bind_port, probe_listen
 
 
 def test_a_taken_port_is_refused() -> None:
@@ -49,3 +51,11 @@ def test_a_closed_port_still_in_time_wait_passes_as_grpc_would_bind_it() -> None
         accepted.close()  # the server side closes first: its end waits in TIME_WAIT
         client.close()
     probe_listen(f"127.0.0.1:{port}")
+
+
+def test_bind_port_binds_what_the_settings_accept_with_spaces_around() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        assert bind_port(server, " 127.0.0.1:0 ") > 0
+    finally:
+        server.stop(None)
