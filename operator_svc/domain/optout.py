@@ -27,7 +27,7 @@ from operator_svc.domain.mapping import check_batch_size
 from operator_svc.domain.state import Client, OperatorState, raw_uids
 from operator_svc.store import OperatorStore, OptOutRow
 from svc_common.clock import Clock
-from svc_common.errors import invalid_argument, resource_exhausted
+from svc_common.errors import invalid_argument, resource_exhausted, unauthenticated
 
 WATCH_POLL_S = 0.5
 # How often a long backlog replay looks up from its work to see whether the call is still on.
@@ -38,6 +38,13 @@ BACKLOG_SENT = None
 # must not be one reader's to fill, or no other SSP or DSP could load or resume its opt-outs.
 # A quarter of it: an SSP or DSP runs several decryptor processes on one key.
 MAX_WATCH_STREAMS_PER_CLIENT = 16
+
+
+def _end_if(revoked: bool) -> None:
+    if revoked:
+        raise unauthenticated(
+            "CLIENT_DISABLED", "the API key was disabled while the stream was open"
+        )
 
 
 def _decode_raw_uid(raw_uid: str) -> bytes:
@@ -94,15 +101,21 @@ class OptOutService:
         require_role(client, "ID_READER")
         if since_ms < 0:
             raise invalid_argument("INVALID_SINCE", "since must not be negative")
-        return self._held_watch(client.name, since_ms, is_active)
+        return self._held_watch(client, since_ms, is_active)
 
     def open_streams(self, client_name: str) -> int:
         with self._streams_lock:
             return len(self._streams.get(client_name, ()))
 
+    def _revoked(self, key_id: str) -> bool:
+        """The key was disabled, removed or lost ID_READER since the stream opened."""
+        client = self._state.clients.get(key_id)
+        return client is None or client.disabled or "ID_READER" not in client.roles
+
     def _held_watch(
-        self, client_name: str, since_ms: int, is_active: Callable[[], bool]
+        self, client: Client, since_ms: int, is_active: Callable[[], bool]
     ) -> Generator[tuple[str, int] | None, None, None]:
+        client_name = client.name
         # Taken when the stream starts and given back however it ends (generator close too).
         with self._streams_lock:
             held = self._streams.setdefault(client_name, [])
@@ -115,7 +128,7 @@ class OptOutService:
                 )
             held.append(is_active)
         try:
-            yield from self._watch(since_ms, is_active)
+            yield from self._watch(since_ms, is_active, lambda: self._revoked(client.key_id))
         finally:
             with self._streams_lock:
                 held = self._streams[client_name]
@@ -124,8 +137,11 @@ class OptOutService:
                     del self._streams[client_name]
 
     def _watch(
-        self, since_ms: int, is_active: Callable[[], bool]
+        self, since_ms: int, is_active: Callable[[], bool], revoked: Callable[[], bool]
     ) -> Iterator[tuple[str, int] | None]:
+        """The key is checked at the start only by the edge; a stream lives for days, so it is
+        checked again here, every WATCH_POLL_S, and a disabled key's stream ends UNAUTHENTICATED
+        within that."""
         index = self._state.optouts
         position = 0
         backlog = True
@@ -147,5 +163,7 @@ class OptOutService:
             while not index.wait_beyond(position, WATCH_POLL_S):
                 if not is_active() or index.closed:
                     return
+                _end_if(revoked())
             if not is_active() or index.closed:
                 return
+            _end_if(revoked())

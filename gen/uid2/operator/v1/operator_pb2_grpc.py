@@ -136,7 +136,8 @@ class OperatorServiceServicer:
         """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
         Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
         TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
-        and 64 in all.
+        and 64 in all. A key disabled while its stream is open ends it within a second
+        (UNAUTHENTICATED CLIENT_DISABLED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,8 @@ class OperatorServiceStub:
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
     Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
     TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
-    and 64 in all.
+    and 64 in all. A key disabled while its stream is open ends it within a second
+    (UNAUTHENTICATED CLIENT_DISABLED).
     """
     GetBidstreamKeys: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetBidstreamKeysRequest, _operator_pb2.GetBidstreamKeysResponse]
     """The keys a bid-stream decryptor may hold. Needs the ID_READER role."""
@@ -92,7 +93,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
     Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
     TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
-    and 64 in all.
+    and 64 in all. A key disabled while its stream is open ends it within a second
+    (UNAUTHENTICATED CLIENT_DISABLED).
     """
     GetBidstreamKeys: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetBidstreamKeysRequest, _operator_pb2.GetBidstreamKeysResponse]  # type: ignore[assignment]
     """The keys a bid-stream decryptor may hold. Needs the ID_READER role."""
@@ -165,7 +167,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
         Needs the ID_READER role. At most 16 open streams per client (RESOURCE_EXHAUSTED
         TOO_MANY_STREAMS_FOR_CLIENT: a participant running more decryptors needs more clients)
-        and 64 in all.
+        and 64 in all. A key disabled while its stream is open ends it within a second
+        (UNAUTHENTICATED CLIENT_DISABLED).
         """
 
     @_abc_1.abstractmethod
