@@ -317,11 +317,24 @@ def _serve_raw(data_dir: Path, *, stderr: int) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.parametrize("delay_s", [0.05, 0.1])
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text("ascii")
+    except OSError:
+        return False
+    mask = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask.split()[1], 16) & (1 << (signum - 1)))
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
 def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) -> None:
     """SIGTERM before the service is up (while Python still imports grpc and cryptography, or
-    while state loads) drains and exits 0: the console script catches stop signals first."""
+    while state loads) drains and exits 0: the console script catches stop signals first.
+    Sent once the handler is in: before that, no program could catch it (the interpreter is
+    still starting; on a loaded box that alone took over 50 ms)."""
     proc = _serve_raw(data_dir, stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: _catches(proc.pid, signal.SIGTERM), 10.0, interval_s=0.001)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
@@ -330,7 +343,7 @@ def test_a_stop_while_starting_still_exits_zero(data_dir: Path, delay_s: float) 
 def test_a_stack_dump_request_while_starting_does_not_kill_the_service(data_dir: Path) -> None:
     """SIGUSR1 (dump every thread's stack) is armed before the imports too."""
     proc = _serve_raw(data_dir, stderr=subprocess.PIPE)
-    time.sleep(0.05)
+    assert wait_until(lambda: _catches(proc.pid, signal.SIGUSR1), 10.0, interval_s=0.001)
     proc.send_signal(signal.SIGUSR1)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
