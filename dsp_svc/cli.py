@@ -17,7 +17,7 @@ import structlog
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import SettingError, api_key, finite_float, integer, log_level
+from svc_common.settings import api_key, choice, finite_float, integer, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 PROG = "uid2-dsp"
@@ -48,13 +48,6 @@ def _parser() -> OneLineParser:
     return p
 
 
-def _mode(text: str) -> Mode:
-    try:
-        return Mode(text.strip().lower())
-    except ValueError:
-        raise SettingError("must be one of normal, slow, fail, garbage") from None
-
-
 def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
     return FlagsWithEnv(args, "UID2_DSP_")
 
@@ -69,7 +62,7 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         identified_bonus=settings.value("identified-bonus", finite_float, 1.5),
         delay_ms=settings.value("delay-ms", integer, 0),
         fail_rate=settings.value("fail-rate", finite_float, 0.0),
-        mode=settings.value("mode", _mode, Mode.NORMAL),
+        mode=settings.value("mode", choice(Mode), Mode.NORMAL),
         key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),
     )
 

@@ -28,6 +28,7 @@ from svc_common.settings import (
     SettingError,
     api_key,
     boolean,
+    choice,
     finite_float,
     host_port,
     integer_in,
@@ -110,13 +111,6 @@ def _seconds(text: str) -> float:
     return x
 
 
-def _storage_mode(text: str) -> StorageMode:
-    try:
-        return StorageMode(text.strip().lower())
-    except ValueError:
-        raise SettingError("must be server or client") from None
-
-
 def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
     return FlagsWithEnv(args, ENV_PREFIX)
 
@@ -134,7 +128,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         site_id=settings.required_value("site-id", integer_in(1, MAX_SITE_ID)),
         ssp_address=settings.required_value("ssp-address", host_port),
         ssp_api_key=settings.required_value("ssp-api-key", api_key),
-        storage_mode=settings.value("storage-mode", _storage_mode, StorageMode.SERVER),
+        storage_mode=settings.value("storage-mode", choice(StorageMode), StorageMode.SERVER),
         on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_in(0, MAX_SITE_ID), 0),
         refresh_workers=settings.value("refresh-workers", integer_in(1), 8),
         refresh_interval_s=settings.value("refresh-interval", _poll_seconds, 1.0),

@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from enum import Enum
+from typing import TypeVar
 
 # Levels configure_logging understands; it falls back to INFO on anything else, so a typo would
 # otherwise go unnoticed.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
+
+
+E = TypeVar("E", bound=Enum)
 
 
 class SettingError(argparse.ArgumentTypeError, ValueError):
@@ -80,6 +85,21 @@ def host_port(text: str) -> str:
     """`text`, once `split_host_port` accepts it."""
     split_host_port(text)
     return text.strip()
+
+
+def choice(enum_type: type[E]) -> Callable[[str], E]:
+    """A parser for one of `enum_type`'s values, in any case."""
+    values = [member.value for member in enum_type]
+    names = " or ".join(values) if len(values) == 2 else "one of " + ", ".join(values)
+
+    def parse(text: str) -> E:
+        word = text.strip().lower()
+        for member in enum_type:
+            if member.value.lower() == word:
+                return member
+        raise SettingError(f"must be {names}")
+
+    return parse
 
 
 def api_key(text: str) -> str:

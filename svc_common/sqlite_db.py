@@ -69,6 +69,17 @@ def write_transaction(
             raise StoreBusy() from None
 
 
+def close_when_free(conn: sqlite3.Connection, lock: threading.Lock, wait_s: float) -> None:
+    """Closes `conn` once no write holds `lock`; if one still does after `wait_s` (waiting on
+    another process's lock), leaves it to the process exit rather than hang the stop."""
+    if not lock.acquire(timeout=wait_s):
+        return
+    try:
+        conn.close()
+    finally:
+        lock.release()
+
+
 def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = False) -> None:
     """Checks that `directory` is a directory, making it (and its parents) when `create`."""
     if directory.is_dir():

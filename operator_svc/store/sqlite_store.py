@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
-from svc_common.sqlite_db import open_db, require_data_dir, write_transaction
+from svc_common.sqlite_db import close_when_free, open_db, require_data_dir, write_transaction
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
@@ -94,15 +94,7 @@ class OperatorStore:
         return OperatorStore(open_db(self._path, StoreError), self._path)
 
     def close(self, wait_s: float = 2.0) -> None:
-        """Closes the connection once no write holds it; if one still does after `wait_s`
-        (waiting on another process's lock), leaves it to the process exit rather than hang
-        the stop."""
-        if not self._lock.acquire(timeout=wait_s):
-            return
-        try:
-            self._conn.close()
-        finally:
-            self._lock.release()
+        close_when_free(self._conn, self._lock, wait_s)
 
     @property
     def path(self) -> Path:

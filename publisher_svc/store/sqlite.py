@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
-from svc_common.sqlite_db import open_db, require_data_dir, write_transaction
+from svc_common.sqlite_db import close_when_free, open_db, require_data_dir, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -106,14 +106,7 @@ class SqliteStore:
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
 
     def close(self, wait_s: float = 2.0) -> None:
-        """Closes the connection once no write holds it; one still waiting on another
-        process's lock after `wait_s` is left to the process exit (as OperatorStore.close)."""
-        if not self._lock.acquire(timeout=wait_s):
-            return
-        try:
-            self._db.close()
-        finally:
-            self._lock.release()
+        close_when_free(self._db, self._lock, wait_s)
 
     # -- identities ----------------------------------------------------------------------
 

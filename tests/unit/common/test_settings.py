@@ -13,11 +13,13 @@ import pytest
 from dsp_svc.cli import main as dsp_main
 from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
+from publisher_svc.publisher import StorageMode
 from ssp_svc.cli import main as ssp_main
 from svc_common.settings import (
     SettingError,
     api_key,
     boolean,
+    choice,
     finite_float,
     log_level,
     split_host_port,
@@ -83,6 +85,12 @@ def _one_line_exit_2(
     return err
 
 
+def _run_in(tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 def _serve_argv(tmp_path: Path) -> dict[str, tuple[Main, list[str]]]:
     (tmp_path / "ssp").mkdir()
     return {
@@ -136,9 +144,7 @@ def test_non_finite_numbers_are_refused_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _run_in(tmp_path, env, monkeypatch)
     _one_line_exit_2(capsys, main, argv, "finite")
 
 
@@ -193,9 +199,7 @@ def test_settings_that_would_misbehave_later_are_refused_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _run_in(tmp_path, env, monkeypatch)
     err = _one_line_exit_2(capsys, main, argv, *words)
     assert "secr" not in err and "two words" not in err  # a key is never repeated
 
@@ -214,3 +218,10 @@ def test_host_port_splits(text: str, split: tuple[str, int]) -> None:
 def test_host_port_refuses_what_is_not_one(text: str) -> None:
     with pytest.raises(SettingError, match="must be HOST:PORT"):
         split_host_port(text)
+
+
+def test_choice_reads_an_enum_value_in_any_case() -> None:
+    parse = choice(StorageMode)
+    assert parse(" Client ") is StorageMode.CLIENT
+    with pytest.raises(SettingError, match=r"^must be server or client$"):
+        parse("cookie")
