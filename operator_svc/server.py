@@ -106,7 +106,9 @@ def create_server(
         except BaseException:
             served.stop(0)
             raise
-        # Runs before operator.close (on_stop runs in reverse), so HTTP drains first.
+        # The HTTP drain starts with the gRPC one, so their graces overlap; its end runs
+        # before operator.close (on_stop runs in reverse).
+        served.before_drain.append(front.begin_stop)
         served.on_stop.append(front.stop)
     operator.start_sync()
     served.set_serving(True)

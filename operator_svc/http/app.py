@@ -15,6 +15,7 @@ become their official status; anything else is a bug, logged by type and place o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,9 @@ from svc_common.event_loop import finish_pending_tasks
 from svc_common.settings import split_host_port
 
 _log = structlog.get_logger("http")
+
+# What in-flight requests get to finish on a stop, as the gRPC drain gives its calls.
+DRAIN_GRACE_S = 5.0
 
 Handler = Callable[[Operator, Client, dict[str, Any]], dict[str, Any]]
 
@@ -148,6 +152,8 @@ class HttpApi:
         self._rng = operator.rng
         self._blocking = blocking
         self.serving = True
+        # The tasks serving requests now: what a stop cancels once the drain's grace is over.
+        self.in_flight: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=MAX_BODY_BYTES)
@@ -170,6 +176,9 @@ class HttpApi:
         call_context.begin(request_id=rid)
         error: HttpError | None = None
         response: web.StreamResponse
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
         try:
             response = await handler(request)
         except HttpError as exc:
@@ -179,10 +188,21 @@ class HttpApi:
         except web.HTTPException as exc:
             error = _from_http_exception(exc)
         except asyncio.CancelledError:
+            # Cancelled by a stop past its grace (or the caller hung up): nothing is answered.
+            _log.info(
+                "http",
+                method=request.method,
+                path=path,
+                reason="CANCELLED",
+                latency_ms=round((time.perf_counter() - start) * 1000, 3),
+            )
+            call_context.end()
             raise
         except Exception as exc:
             log_unhandled(exc)
             error = HttpError(500, ERROR, "internal error", "INTERNAL")
+        finally:
+            self.in_flight.discard(task)
         if error is not None:
             response = _error_response(error)
         response.headers["X-Request-Id"] = rid
@@ -308,6 +328,7 @@ class HttpFrontDoor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._stopping: concurrent.futures.Future[None] | None = None
         self.port = 0
 
     def start(self) -> int:
@@ -344,7 +365,7 @@ class HttpFrontDoor:
 
     async def _start(self) -> None:
         host, port = split_host_port(self._listen)
-        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=5.0)
+        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=DRAIN_GRACE_S)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -356,17 +377,40 @@ class HttpFrontDoor:
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else port
 
-    def stop(self) -> None:
-        """Refuses new connections, lets in-flight requests finish, stops the loop."""
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
+    def begin_stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
+        """Starts the stop without waiting for it: refuses new connections at once, gives
+        in-flight requests `grace_s`, then cancels them. Runs beside the gRPC drain (the
+        operator calls it before that drain), so the two graces overlap instead of adding up."""
+        loop, runner = self._loop, self._runner
+        if loop is None or self._stopping is not None:
             return
         self.api.serving = False
-        self._loop = None
         if runner is not None and loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+            self._stopping = asyncio.run_coroutine_threadsafe(self._shutdown(runner, grace_s), loop)
+
+    async def _shutdown(self, runner: web.AppRunner, grace_s: float) -> None:
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=grace_s)
+        if not done:
+            # aiohttp itself would wait its timeout (shutdown_timeout) a second time for a
+            # handler it does not cancel (one awaiting a blocked opt-out write, say).
+            for task in list(self.api.in_flight):
+                task.cancel()
+        await cleanup
+
+    def stop(self) -> None:
+        """Finishes the stop (`begin_stop` if nobody did): waits for the drain, stops the loop,
+        joins its thread."""
+        self.begin_stop()
+        loop, thread, stopping = self._loop, self._thread, self._stopping
+        if loop is None or thread is None:
+            return
+        self._loop = None
+        if stopping is not None:
             try:
-                future.result(timeout=10)
+                # The grace, and at worst aiohttp's second wait for handlers that ignore the
+                # cancel.
+                stopping.result(timeout=2 * DRAIN_GRACE_S + 1)
             except Exception as exc:  # still stop the loop below
                 _log.warning("http_stop_failed", error_type=type(exc).__name__)
         if loop.is_running():
