@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import idna
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Android package names, iOS bundle ids, numeric App Store ids.
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -15,8 +17,8 @@ def normalise_domain(text: str) -> str:
     """`text` as a lower-case ASCII host name (IDNs in punycode); ValueError if it is not one."""
     host = text.strip().rstrip(".").lower()
     try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError:
+        host = _to_ascii(host)
+    except UnicodeError:  # idna.IDNAError is one
         raise ValueError(f"{text.strip()[:80]!r} is not a domain name") from None
     labels = host.split(".")
     if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
@@ -25,6 +27,21 @@ def normalise_domain(text: str) -> str:
             "no scheme, port or path)"
         )
     return host
+
+
+def _to_ascii(host: str) -> str:
+    """Non-ASCII labels as browsers send them: UTS #46 non-transitional mapping, then punycode
+    (IDNA 2008). Python's own "idna" codec is IDNA 2003, which maps "straße.de" to "strasse.de"
+    where a browser's location.hostname says "xn--strae-oqa.de": an allow-list would then miss
+    the pages it was meant for. ASCII labels are left to the caller's check: IDNA 2008 refuses
+    hyphens in places browsers accept ("r1---sn-abc.example")."""
+    if host.isascii():
+        return host
+    mapped = idna.uts46_remap(host, std3_rules=False, transitional=False).rstrip(".")
+    return ".".join(
+        label if label.isascii() else idna.alabel(label).decode("ascii")
+        for label in mapped.split(".")
+    )
 
 
 def check_app_name(text: str) -> str:

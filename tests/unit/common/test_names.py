@@ -13,6 +13,15 @@ from svc_common.names import check_app_name, normalise_domain
         ("localhost", "localhost"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("a-b.c0m", "a-b.c0m"),
+        # As browsers (UTS #46 non-transitional, IDNA 2008) write them in location.hostname;
+        # IDNA 2003 made the first "strasse.de" and the second "xn--4xa.gr".
+        ("straße.de", "xn--strae-oqa.de"),
+        ("ς.gr", "xn--3xa.gr"),
+        ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25\uff0ecom", "example.com"),  # full width
+        ("例え.テスト.", "xn--r8jz45g.xn--zckzah"),
+        # ASCII labels are not held to IDNA 2008's hyphen rule, in a mixed name neither.
+        ("r1---sn-abc.example", "r1---sn-abc.example"),
+        ("r1---sn.bücher.example", "r1---sn.xn--bcher-kva.example"),
     ],
 )
 def test_domains_are_normalised(typed: str, stored: str) -> None:
@@ -34,6 +43,9 @@ def test_domains_are_normalised(typed: str, stored: str) -> None:
         "x" * 64 + ".com",
         ("abc." * 64) + "com",
         "a\x00b.com",
+        "bü cher.example",
+        "-bücher.example",
+        "bücher..example",
     ],
 )
 def test_non_domains_are_refused(typed: str) -> None:
