@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 import structlog
 
-from dsp_svc.config import ConfigError, DspConfig, Mode
+from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
+from dsp_svc.config import MAX_DELAY_MS, ConfigError, DspConfig, Mode
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.logging import configure_logging
-from svc_common.settings import api_key, choice, finite_float, integer, log_level
+from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 PROG = "uid2-dsp"
@@ -55,15 +56,15 @@ def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
 def _config(settings: FlagsWithEnv) -> DspConfig:
     return DspConfig(
         name=settings.required("name"),
-        listen=settings.text("listen", "127.0.0.1:0") or "127.0.0.1:0",
+        listen=settings.value("listen", host_port, "127.0.0.1:0"),
         operator=settings.text("operator"),
         operator_api_key=settings.value("operator-api-key", api_key, None),
-        base_price=settings.value("base-price", finite_float, 1.0),
-        identified_bonus=settings.value("identified-bonus", finite_float, 1.5),
-        delay_ms=settings.value("delay-ms", integer, 0),
-        fail_rate=settings.value("fail-rate", finite_float, 0.0),
+        base_price=settings.value("base-price", number_in(0.0), 1.0),
+        identified_bonus=settings.value("identified-bonus", number_in(0.0), 1.5),
+        delay_ms=settings.value("delay-ms", integer_in(0, MAX_DELAY_MS), 0),
+        fail_rate=settings.value("fail-rate", number_in(0.0, 1.0), 0.0),
         mode=settings.value("mode", choice(Mode), Mode.NORMAL),
-        key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),
+        key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
     )
 
 

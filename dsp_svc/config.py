@@ -8,6 +8,9 @@ from enum import Enum
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 
+# The longest wait before answering --delay-ms accepts.
+MAX_DELAY_MS = 60_000
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message is one line fit for stderr."""
@@ -41,8 +44,8 @@ class DspConfig:
             raise ConfigError("--operator and --operator-api-key go together")
         if self.base_price < 0 or self.identified_bonus < 0:
             raise ConfigError("prices must not be negative")
-        if not 0 <= self.delay_ms <= 60_000:
-            raise ConfigError("delay must be between 0 and 60000 ms")
+        if not 0 <= self.delay_ms <= MAX_DELAY_MS:
+            raise ConfigError(f"delay must be between 0 and {MAX_DELAY_MS} ms")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError("fail rate must be between 0 and 1")
         if not MIN_KEY_REFRESH_S <= self.key_refresh_s <= MAX_KEY_REFRESH_S:

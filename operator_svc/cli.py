@@ -14,11 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from operator_svc import admin
-from operator_svc.config import DAY_S, DEFAULT_CLOCK_SKEW_S, HOUR_S, ConfigError, OperatorConfig
+from operator_svc.config import (
+    DAY_S,
+    DEFAULT_CLOCK_SKEW_S,
+    HOUR_S,
+    MAX_LIFETIME_S,
+    MAX_SYNC_INTERVAL_S,
+    MIN_SYNC_INTERVAL_S,
+    ConfigError,
+    OperatorConfig,
+)
 from operator_svc.store import OperatorStore, StoreError
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.errors import ServiceError
-from svc_common.settings import SettingError, finite_float, integer, log_level
+from svc_common.settings import (
+    SettingError,
+    host_port,
+    integer,
+    integer_in,
+    log_level,
+    number_in,
+)
 
 PROG = "uid2-operator"
 # gRPC's customary port, as in the README; 8080 is where the README puts the HTTP API.
@@ -174,9 +190,9 @@ def _lifetimes(settings: FlagsWithEnv) -> tuple[int, int, int]:
     """Token and refresh-token lifetimes and the clock skew: `serve` and `keys rotate` share
     them (and their variables), since they decide how long old keys are kept."""
     return (
-        settings.value("token-lifetime", integer, 3 * DAY_S),
-        settings.value("refresh-lifetime", integer, 30 * DAY_S),
-        settings.value("allow-clock-skew", integer, DEFAULT_CLOCK_SKEW_S),
+        settings.value("token-lifetime", integer_in(1, MAX_LIFETIME_S), 3 * DAY_S),
+        settings.value("refresh-lifetime", integer_in(1, MAX_LIFETIME_S), 30 * DAY_S),
+        settings.value("allow-clock-skew", integer_in(0, MAX_LIFETIME_S), DEFAULT_CLOCK_SKEW_S),
     )
 
 
@@ -185,14 +201,16 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
     token_s, refresh_s, skew_s = _lifetimes(settings)
     return OperatorConfig(
         data_dir=_require_dir(args),
-        listen=settings.text("listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        listen=settings.value("listen", host_port, DEFAULT_LISTEN),
         token_lifetime_s=token_s,
         refresh_lifetime_s=refresh_s,
-        refresh_from_s=settings.value("refresh-from", integer, HOUR_S),
+        refresh_from_s=settings.value("refresh-from", integer_in(1), HOUR_S),
         max_bidstream_lifetime_s=settings.value("max-bidstream-lifetime", integer, 0),
         allow_clock_skew_s=skew_s,
-        sync_interval_s=settings.value("sync-interval", finite_float, 0.1),
-        http_listen=settings.text("http-listen"),
+        sync_interval_s=settings.value(
+            "sync-interval", number_in(MIN_SYNC_INTERVAL_S, MAX_SYNC_INTERVAL_S, " s"), 0.1
+        ),
+        http_listen=settings.value("http-listen", host_port, None),
     )
 
 

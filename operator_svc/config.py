@@ -14,6 +14,7 @@ HOUR_S = 3_600
 # epoch milliseconds plus a lifetime still fit SQLite's and protobuf's int64.
 MAX_LIFETIME_S = 10 * 365 * DAY_S
 # Another process's writes (an opt-out, a client, a key) are used within this; the 1 s promise.
+MIN_SYNC_INTERVAL_S = 0.01
 MAX_SYNC_INTERVAL_S = 1.0
 DEFAULT_CLOCK_SKEW_S = 1800
 
@@ -73,9 +74,10 @@ class OperatorConfig:
         if not 0 < self.max_sharing_lifetime_s <= MAX_LIFETIME_S:
             raise ConfigError(f"sharing lifetime must be within 1 and {MAX_LIFETIME_S} seconds")
         check_clock_skew(self.allow_clock_skew_s)
-        if not 0.01 <= self.sync_interval_s <= MAX_SYNC_INTERVAL_S:
+        if not MIN_SYNC_INTERVAL_S <= self.sync_interval_s <= MAX_SYNC_INTERVAL_S:
             raise ConfigError(
-                f"sync interval must be within 0.01 and {MAX_SYNC_INTERVAL_S:g} seconds"
+                f"sync interval must be within {MIN_SYNC_INTERVAL_S:g}"
+                f" and {MAX_SYNC_INTERVAL_S:g} seconds"
             )
         if self.max_workers < 1:
             raise ConfigError("max workers must be positive")

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import structlog
 
-from ssp_svc.config import ConfigError, SspConfig, parse_bidder
+from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
+from ssp_svc.bidders import BidderTarget
+from ssp_svc.config import MAX_TMAX_MS, ConfigError, SspConfig, parse_bidder
 from ssp_svc.store.accounts import (
     AccountKind,
     SqliteAccountStore,
@@ -30,7 +32,7 @@ from ssp_svc.store.accounts import (
 from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging
-from svc_common.settings import api_key, finite_float, integer, log_level
+from svc_common.settings import api_key, host_port, integer_in, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
 PROG = "uid2-ssp"
@@ -116,16 +118,23 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
     data_dir = settings.text("data-dir")
     publishers_file = settings.text("publishers-file")
     return SspConfig(
-        listen=settings.text("listen", "127.0.0.1:0") or "127.0.0.1:0",
+        listen=settings.value("listen", host_port, "127.0.0.1:0"),
         data_dir=None if data_dir is None else Path(data_dir),
         publishers_file=None if publishers_file is None else Path(publishers_file),
         operator=settings.text("operator"),
         operator_api_key=settings.value("operator-api-key", api_key, None),
-        bidders=tuple(parse_bidder(s) for s in bidder_specs),
-        tmax_ms=settings.value("tmax-ms", integer, 150),
-        key_refresh_s=settings.value("key-refresh-s", finite_float, 3600.0),
-        stream_buffer=settings.value("stream-buffer", integer, 1024),
+        bidders=_bidders(settings, bidder_specs),
+        tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),
+        key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
+        stream_buffer=settings.value("stream-buffer", integer_in(1), 1024),
     )
+
+
+def _bidders(settings: FlagsWithEnv, specs: list[str]) -> tuple[BidderTarget, ...]:
+    try:
+        return tuple(parse_bidder(spec) for spec in specs)
+    except ConfigError as exc:
+        raise UsageError(f"--bidder (or {settings.env_name('bidder')}): {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ from ssp_svc.bidders import BidderTarget
 from svc_common.settings import SettingError, split_host_port
 from svc_common.sqlite_db import require_data_dir
 
+# The longest auction deadline --tmax-ms accepts.
+MAX_TMAX_MS = 10_000
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message is one line fit for stderr."""
@@ -54,8 +57,8 @@ class SspConfig:
             raise ConfigError(f"publishers file {self.publishers_file} does not exist")
         if bool(self.operator) != bool(self.operator_api_key):
             raise ConfigError("--operator and --operator-api-key go together")
-        if not 1 <= self.tmax_ms <= 10_000:
-            raise ConfigError("tmax must be between 1 and 10000 ms")
+        if not 1 <= self.tmax_ms <= MAX_TMAX_MS:
+            raise ConfigError(f"tmax must be between 1 and {MAX_TMAX_MS} ms")
         names = [b.name for b in self.bidders]
         if len(set(names)) != len(names):
             raise ConfigError("bidder names must be unique")

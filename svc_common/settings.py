@@ -69,6 +69,26 @@ def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]
     return parse
 
 
+def number_in(
+    minimum: float, maximum: float | None = None, unit: str = ""
+) -> Callable[[str], float]:
+    """`finite_float`, refusing anything below `minimum` or above `maximum` (`unit` follows the
+    bounds in the message, e.g. " s")."""
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = (
+                f"at least {minimum:g}{unit}"
+                if maximum is None
+                else f"between {minimum:g} and {maximum:g}{unit}"
+            )
+            raise SettingError(f"must be {bounds}, got {value:g}")
+        return value
+
+    return parse
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """("127.0.0.1", 50051) from "127.0.0.1:50051"; IPv6 hosts in brackets ("[::1]:0" gives
     "::1"). Port 0 means "pick a free one" where an address is bound."""

@@ -17,6 +17,7 @@ import structlog
 
 from svc_common.clock import Clock
 from svc_common.errors import failure_fields
+from svc_common.settings import number_in
 from uid2_crypto.keys import parse_key_container_json
 from uid2_crypto.tokens import TokenDecoder
 
@@ -29,6 +30,9 @@ Fetch = Callable[[], Mapping[str, Any]]
 # holding keys the operator pruned long ago.
 MIN_KEY_REFRESH_S = 1.0
 MAX_KEY_REFRESH_S = 86_400.0
+# The parser of a service's --key-refresh-s: out of range is a one-line usage error naming the
+# flag and its variable.
+KEY_REFRESH_SECONDS = number_in(MIN_KEY_REFRESH_S, MAX_KEY_REFRESH_S, " s")
 KEY_REFRESH_RANGE = (
     f"key refresh interval must be between {MIN_KEY_REFRESH_S:g} and {MAX_KEY_REFRESH_S:g} s"
 )

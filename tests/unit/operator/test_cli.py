@@ -87,11 +87,11 @@ def test_init_says_what_is_wrong_where(
         (
             ["--activation-delay", "2", "--token-lifetime", "-100000",
              "--refresh-lifetime", "-100000"],
-            "token lifetime must be positive",
+            "--token-lifetime (or UID2_OPERATOR_TOKEN_LIFETIME_S): must be at least 1",
         ),
-        (["--token-lifetime", "0"], "token lifetime must be positive"),
-        (["--refresh-lifetime", "0"], "refresh lifetime must be positive"),
-        (["--token-lifetime", "99999999999999999999"], "token lifetime must be at most"),
+        (["--token-lifetime", "0"], "--token-lifetime (or UID2_OPERATOR_TOKEN_LIFETIME_S): must"),
+        (["--refresh-lifetime", "0"], "--refresh-lifetime (or UID2_OPERATOR_REFRESH_LIFETIME_S)"),
+        (["--token-lifetime", "99999999999999999999"], "TOKEN_LIFETIME_S): must be at most"),
         (["--token-lifetime", "100", "--refresh-lifetime", "50"], "must not exceed"),
     ],
 )  # fmt: skip
@@ -109,7 +109,7 @@ def test_zero_from_the_environment_is_not_the_default(
     monkeypatch.setenv("UID2_OPERATOR_TOKEN_LIFETIME_S", "0")
     before = _key_rows(initialised)
     line = _fails(capsys, "keys", "rotate", "--data-dir", str(initialised))
-    assert "token lifetime must be positive" in line
+    assert "--token-lifetime (or UID2_OPERATOR_TOKEN_LIFETIME_S): must be at least 1" in line
     assert _key_rows(initialised) == before
     # The same setting stops `serve` too, with the same words.
     assert line == _fails(capsys, "serve", "--data-dir", str(initialised))

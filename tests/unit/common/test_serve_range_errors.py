@@ -1,0 +1,96 @@
+"""A `serve` setting out of its range is refused like one that does not parse: one line on
+stderr, exit 2, naming the flag and its variable (README, Configuration), whichever of the two
+gave it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from dsp_svc import cli as dsp_cli
+from operator_svc import cli as operator_cli
+from ssp_svc import cli as ssp_cli
+
+Main = Callable[[Sequence[str] | None], int]
+
+
+def _ssp(tmp_path: Path) -> list[str]:
+    return ["serve", "--data-dir", str(tmp_path)]
+
+
+def _dsp(tmp_path: Path) -> list[str]:
+    return ["serve", "--name", "d"]
+
+
+def _operator(tmp_path: Path) -> list[str]:
+    return ["serve", "--data-dir", str(tmp_path)]
+
+
+CASES = [
+    (ssp_cli.main, _ssp, "UID2_SSP_", "key-refresh-s", "0"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "key-refresh-s", "86401"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "tmax-ms", "0"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "stream-buffer", "0"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "listen", "nonsense"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "bidder", "no-address"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "key-refresh-s", "0.5"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "delay-ms", "-5"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "fail-rate", "2"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "base-price", "-1"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "identified-bonus", "-1"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "listen", "nonsense"),
+    (operator_cli.main, _operator, "UID2_OPERATOR_", "listen", "nonsense"),
+    (operator_cli.main, _operator, "UID2_OPERATOR_", "http-listen", "nonsense"),
+]
+
+
+@pytest.mark.parametrize("from_env", [False, True], ids=["flag", "env"])
+@pytest.mark.parametrize(("main", "base", "prefix", "flag", "value"), CASES)
+def test_an_out_of_range_setting_names_the_flag_and_its_variable(
+    main: Main,
+    base: Callable[[Path], list[str]],
+    prefix: str,
+    flag: str,
+    value: str,
+    from_env: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    variable = "UID2_SSP_BIDDERS" if flag == "bidder" else prefix + flag.upper().replace("-", "_")
+    argv = base(tmp_path)
+    if from_env:
+        monkeypatch.setenv(variable, value)
+    else:
+        argv += [f"--{flag}={value}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f": error: --{flag} (or {variable}): " in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "value"),
+    [
+        ("sync-interval", "UID2_OPERATOR_SYNC_INTERVAL_S", "2"),
+        ("allow-clock-skew", "UID2_OPERATOR_ALLOW_CLOCK_SKEW_S", "-1"),
+        ("token-lifetime", "UID2_OPERATOR_TOKEN_LIFETIME_S", "0"),
+        ("refresh-lifetime", "UID2_OPERATOR_REFRESH_LIFETIME_S", "0"),
+        ("refresh-from", "UID2_OPERATOR_REFRESH_FROM_S", "0"),
+    ],
+)
+def test_the_operators_own_ranges_name_the_flag_and_its_variable(
+    flag: str,
+    variable: str,
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert operator_cli.main(["serve", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f": error: --{flag} (or {variable}): " in err, err
