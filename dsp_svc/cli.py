@@ -45,7 +45,7 @@ def _parser() -> OneLineParser:
     group = s.add_mutually_exclusive_group()
     group.add_argument("--fail-rate", help="share of calls answered with an error (default 0)")
     group.add_argument("--mode", help="normal (default), slow, fail or garbage")
-    s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
 

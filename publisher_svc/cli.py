@@ -83,10 +83,10 @@ def _parser() -> OneLineParser:
     serve.add_argument("--ssp-timeout", help="SSP call deadline, seconds (default 2)")
     serve.add_argument(
         "--serve-refresh-budget",
-        help="seconds ServeAd waits for the refresh of an expired token before serving the "
-        "impression without one (default 0.3); an unexpired token is sent at once",
+        help="seconds ServeAd waits for a due refresh (default 0.3) before sending the held "
+        "token if unexpired, else none; a refresh already in flight is not waited on",
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return parser
 
 

@@ -73,7 +73,7 @@ def _parser() -> OneLineParser:
     serve.add_argument("--tmax-ms", help="auction deadline (default 150)")
     serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
     serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
-    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
 
