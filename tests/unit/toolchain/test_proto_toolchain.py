@@ -1,6 +1,6 @@
 """The proto toolchain's guards can fail: stub drift is caught, buf lint rejects a
-non-STANDARD proto, and `make lint`'s FILE breaking check, against the committed baseline
-(protos/baseline.binpb), rejects a removed field."""
+non-STANDARD proto and a field without a comment, and `make lint`'s FILE breaking check,
+against the committed baseline (protos/baseline.binpb), rejects a removed field."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def test_buf_lint_rejects_a_non_standard_enum(tmp_path: Path) -> None:
     proto.write_text(proto.read_text() + "\n// A bad enum.\nenum Bad {\n  // x\n  FIRST = 0;\n}\n")
     result = _run(str(BIN / "buf"), "lint", cwd=root)
     assert result.returncode != 0 and "_UNSPECIFIED" in result.stdout + result.stderr
+
+
+def test_buf_lint_rejects_a_field_without_a_comment(tmp_path: Path) -> None:
+    root = _module_copy(tmp_path, "comments")
+    proto = root / "protos" / "uid2" / "operator" / "v1" / "operator.proto"
+    proto.write_text(
+        proto.read_text()
+        + "\n// A message whose field says nothing.\nmessage Bare {\n  int32 n = 1;\n}\n"
+    )
+    result = _run(str(BIN / "buf"), "lint", cwd=root)
+    assert result.returncode != 0 and 'Field "n" should have a non-empty comment' in result.stdout
 
 
 def _lint_breaking_command() -> list[str]:
