@@ -13,7 +13,11 @@ very bytes of a GenerateTokenRequest (no (de)serialisation); an aio echo behind 
 and `canned_generate`: an aio server with the edge that parses a real GenerateTokenRequest (with
 its API key metadata) and answers a pre-built GenerateTokenResponse of the operator's real size,
 doing no work at all. That one is the ceiling for any GenerateToken on this stack and box: the
-operator can only close the gap between it and the echo by doing less than nothing.
+operator can only close the gap between it and the echo by doing less than nothing. From the
+operator itself, `refresh_invalid` (RefreshToken with a tampered token: decoded, refused by its
+AES-GCM check, answered INVALID_TOKEN) is the cheapest call it answers, and
+`generate_in_handler_p50_ms` the time GenerateToken spends inside its handler (from the
+operator's own log lines), against the latency its client sees.
 
 Figures: throughput (calls/s), p50/p99 latency (ms), operator/echo throughput ratios; MapIdentity
 of 5,000 DIIs end to end (median of 10); `init` time, time to SERVING and resident memory with
@@ -205,6 +209,31 @@ def _closed_loop(
     }
 
 
+def _tampered(request: Any) -> Any:
+    """The request with its refresh token's last character changed: the operator decodes it and
+    fails its AES-GCM check, answering INVALID_TOKEN. The cheapest call the real operator
+    process answers with a real check, so its ratio to the echo shows what is left for work."""
+    token = request.refresh_token
+    last = "A" if token[-1] != "A" else "B"
+    return type(request)(refresh_token=token[:-1] + last)
+
+
+def _handler_latencies(log_path: Path, offset: int, method: str) -> list[float]:
+    """latency_ms of the `rpc` lines for `method` written to the log after `offset`."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        lines = log.read().splitlines()
+    out: list[float] = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "rpc" and str(event.get("method", "")).endswith("/" + method):
+            out.append(float(event["latency_ms"]))
+    return out
+
+
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One server's rounds at one concurrency: medians, plus every round's throughput."""
     return {
@@ -310,18 +339,27 @@ def run() -> dict[str, Any]:
                     calls[name] = (echo_call, echo_reqs)
             calls["generate"] = (_WithMeta(stub.GenerateToken), gen_reqs)
             calls["refresh"] = (stub.RefreshToken, refresh_reqs)
+            calls["refresh_invalid"] = (stub.RefreshToken, [_tampered(r) for r in refresh_reqs])
 
-            rounds = {
-                in_flight: [
-                    {
-                        name: _closed_loop(call, reqs, in_flight, DURATION_S)
-                        for name, (call, reqs) in calls.items()
-                    }
-                    for _ in range(ROUNDS)
-                ]
-                for in_flight in IN_FLIGHT
-            }
+            # The operator's own log line per call holds the time inside its handler
+            # (latency_ms): read back for the calls of each measured GenerateToken run.
+            handler_ms: dict[int, list[float]] = {n: [] for n in IN_FLIGHT}
+            rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in IN_FLIGHT}
+            for in_flight in IN_FLIGHT:
+                for _ in range(ROUNDS):
+                    measured: dict[str, Any] = {}
+                    for name, (call, reqs) in calls.items():
+                        offset = log_path.stat().st_size
+                        measured[name] = _closed_loop(call, reqs, in_flight, DURATION_S)
+                        if name == "generate":
+                            handler_ms[in_flight] += _handler_latencies(
+                                log_path, offset, "GenerateToken"
+                            )
+                    rounds[in_flight].append(measured)
             results["rounds"] = ROUNDS
+            results["generate_in_handler_p50_ms"] = {
+                str(n): round(statistics.median(handler_ms[n]), 3) for n in IN_FLIGHT
+            }
             results["unary"] = {
                 name: [_median_run([r[name] for r in rounds[n]]) for n in IN_FLIGHT]
                 for name in calls
@@ -335,7 +373,7 @@ def run() -> dict[str, Any]:
                         ),
                         3,
                     )
-                    for name in ("generate", "refresh", "canned_generate")
+                    for name in ("generate", "refresh", "refresh_invalid", "canned_generate")
                     for n in IN_FLIGHT
                 }
             results["ratio_target"] = TARGET_RATIO
@@ -427,6 +465,7 @@ def _print_table(results: dict[str, Any]) -> None:
     for key, ratios in results.items():
         if key.startswith("ratio_to_"):
             print(f"  {key:<26} {ratios}")
+    print(f"  GenerateToken in its handler, p50 ms: {results['generate_in_handler_p50_ms']}")
     print(f"  MapIdentity 5,000: {results['map_identity_5000']}")
     print(f"  WatchOptOuts backlog replay: {results['watch_optouts_replay']}")
     print(f"  start-up: {results['startup']}")
