@@ -72,7 +72,7 @@ def create_server(
 
     def register(server: Any) -> None:
         # The adapter has the servicer's methods, as coroutines (duck-typed for grpc.aio).
-        operator_pb2_grpc.add_OperatorServiceServicer_to_server(adapter, server)  # type: ignore[arg-type]
+        operator_pb2_grpc.add_OperatorServiceServicer_to_server(adapter, server)  # type: ignore[arg-type]  # duck-typed servicer
 
     def shut_pools() -> None:
         # Not waited for: the drain's grace is over, and a write still waiting on another

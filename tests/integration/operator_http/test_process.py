@@ -31,7 +31,7 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         http_port = serving["http_port"]
         assert http_port and http_port != serving["port"]
         base = f"http://127.0.0.1:{http_port}"
-        with urllib.request.urlopen(base + "/ops/healthcheck", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(base + "/ops/healthcheck", timeout=5) as resp:  # noqa: S310  # a fixed http://127.0.0.1 URL
             assert resp.read() == b"OK"
         email = "process-user@example.com"
         sdk = Uid2PublisherClient(base, client.api_key, client.secret)

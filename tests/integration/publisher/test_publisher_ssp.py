@@ -142,7 +142,8 @@ def test_app_inventory_reaches_the_ssp(world: World, real_ssp: tuple[int, str]) 
     with pytest.raises(grpc.RpcError) as exc:  # an app the publisher did not register
         stub.ServeAd(pb.ServeAdRequest(placement_id="ctv-1", app_bundle="com.other.app"))
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_info(exc.value).reason == "INVENTORY_NOT_ALLOWED"  # type: ignore[union-attr]
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "INVENTORY_NOT_ALLOWED"
     with pytest.raises(grpc.RpcError) as exc:
         stub.ServeAd(
             pb.ServeAdRequest(
@@ -150,4 +151,5 @@ def test_app_inventory_reaches_the_ssp(world: World, real_ssp: tuple[int, str]) 
             )
         )
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(exc.value).reason == "CONFLICTING_INVENTORY"  # type: ignore[union-attr]
+    info = error_info(exc.value)
+    assert info is not None and info.reason == "CONFLICTING_INVENTORY"

@@ -4,7 +4,9 @@ and both peer channels are closed before the error surfaces."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,9 +24,9 @@ def test_publisher_on_a_taken_port_closes_what_it_opened(
     for cls, name in ((SqliteStore, "store"), (OperatorClient, "operator"), (SspClient, "ssp")):
         real = cls.close
 
-        def recording(self: object, _real: object = real, _name: str = name) -> None:
+        def recording(self: object, _real: Callable[[Any], None] = real, _name: str = name) -> None:
             closed.append(_name)
-            _real(self)  # type: ignore[operator]
+            _real(self)
 
         monkeypatch.setattr(cls, "close", recording)
     with socket.socket() as held:

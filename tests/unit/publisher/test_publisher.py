@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import pytest
 from publisher_svc.cookie import decode_cookie
 from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
 from publisher_svc.publisher import (
+    AdResult,
     LoginStatus,
     Publisher,
     Step,
@@ -473,17 +474,28 @@ def test_an_over_long_cookie_token_is_dropped_and_the_ad_still_served(client_env
     assert client_env.ssp.impressions[-1].advertising_token == ""
 
 
-def _ad(e: Env, **subject: str | None) -> tuple[float, object]:
-    args: dict[str, str | None] = {"user_id": None, "cookie_value": None, **subject}
+def _ad(
+    e: Env, *, user_id: str | None = None, cookie_value: str | None = None
+) -> tuple[float, AdResult]:
     started = time.monotonic()
-    r = e.pub.serve_ad(placement_id="p", page_domain="d.com", floor_price=0, **args)  # type: ignore[arg-type]
+    r = e.pub.serve_ad(
+        user_id=user_id, cookie_value=cookie_value, placement_id="p", page_domain="d.com",
+        floor_price=0,
+    )  # fmt: skip
     return time.monotonic() - started, r
 
 
-def _wait(predicate: object, timeout_s: float = 5.0) -> bool:
+def _stored(e: Env, user_id: str) -> Identity:
+    """The identity stored for a user the test logged in (and nothing has ended since)."""
+    stored = e.store.get(user_id)
+    assert stored is not None, f"no identity stored for {user_id}"
+    return stored.identity
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.01)
     return False
@@ -498,10 +510,10 @@ def test_a_hung_operator_does_not_hold_up_an_impression_with_an_unexpired_token(
     env.clock.advance(HOUR)  # due for refresh, token valid for 3 days
     env.op.delay_s = 1.0  # the operator hangs
     took, r = _ad(env, user_id="u1")
-    assert took < 0.5 and r.token_sent  # type: ignore[attr-defined]
+    assert took < 0.5 and r.token_sent
     assert env.ssp.impressions[-1].advertising_token == held
     # the refresh went on in the background and its result is stored for the next impression
-    assert _wait(lambda: env.store.get("u1").identity.advertising_token != held)  # type: ignore[union-attr]
+    assert _wait(lambda: _stored(env, "u1").advertising_token != held)
     env.op.delay_s = 0
     _ad(env, user_id="u1")
     assert env.ssp.impressions[-1].advertising_token not in ("", held)
@@ -517,10 +529,10 @@ def test_an_impression_does_not_wait_on_a_refresh_in_flight_for_the_same_user(en
         assert took < 0.5 and env.ssp.impressions[-1].advertising_token == held
         env.clock.advance(3 * DAY)  # now the token has expired: wait the budget, no longer
         took, r = _ad(env, user_id="u1")
-        assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
-    assert _wait(lambda: env.store.get("u1").identity.identity_expires > env.clock.now_ms())  # type: ignore[union-attr]
+        assert 0.09 < took < 0.5 and not r.token_sent
+    assert _wait(lambda: _stored(env, "u1").identity_expires > env.clock.now_ms())
     took, r = _ad(env, user_id="u1")
-    assert r.token_sent  # type: ignore[attr-defined]
+    assert r.token_sent
 
 
 def test_an_impression_waits_the_budget_for_an_expired_token_then_goes_without(env: Env) -> None:
@@ -529,7 +541,7 @@ def test_an_impression_waits_the_budget_for_an_expired_token_then_goes_without(e
     env.clock.advance(3 * DAY)
     env.op.delay_s = 1.0
     took, r = _ad(env, user_id="u1")
-    assert 0.09 < took < 0.5 and not r.token_sent  # type: ignore[attr-defined]
+    assert 0.09 < took < 0.5 and not r.token_sent
     # a second impression meanwhile joins the refresh in flight rather than start another
     _ad(env, user_id="u1")
     assert env.op.peak_in_flight == 1
@@ -537,7 +549,7 @@ def test_an_impression_waits_the_budget_for_an_expired_token_then_goes_without(e
     assert _wait(lambda: env.op.in_flight == 0 and env.store.get("u1") is not None)
     time.sleep(0.05)
     took, r = _ad(env, user_id="u1")
-    assert r.token_sent  # type: ignore[attr-defined]
+    assert r.token_sent
 
 
 def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -> None:
@@ -547,7 +559,7 @@ def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -
     client_env.clock.advance(HOUR)
     client_env.op.delay_s = 1.0
     took, r = _ad(client_env, cookie_value=cookie.value)
-    assert took < 0.5 and r.token_sent and r.cookie is None and not r.clear_cookie  # type: ignore[attr-defined]
+    assert took < 0.5 and r.token_sent and r.cookie is None and not r.clear_cookie
     assert (
         client_env.ssp.impressions[-1].advertising_token
         == decode_cookie(cookie.value).advertising_token
@@ -708,7 +720,7 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
     configure_logging(service="test")
     capsys.readouterr()
     _, r = _ad(env, user_id="u1")
-    assert r.token_sent and env.ssp.impressions[-1].advertising_token == held  # type: ignore[attr-defined]
+    assert r.token_sent and env.ssp.impressions[-1].advertising_token == held
     seen: list[str] = []
 
     def logged() -> bool:
@@ -735,7 +747,7 @@ def test_a_failed_impression_refresh_backs_off_before_the_next_attempt(env: Env)
     env.op.refuse = False
     for _ in range(3):
         _, r = _ad(env, user_id="u1")
-        assert r.token_sent  # type: ignore[attr-defined]  # the held, unexpired token
+        assert r.token_sent  # the held, unexpired token
     assert len(env.op.refresh_calls) == calls
     env.clock.advance(5_001)  # past the backoff: refreshed again, and it works now
     _ad(env, user_id="u1")

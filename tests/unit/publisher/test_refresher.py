@@ -180,7 +180,7 @@ def test_circuit_breaker_spares_a_down_operator(setup: Setup) -> None:
     assert r.stats.deferred == 30 and pub.store.count() == 30
 
 
-def test_circuit_closes_after_its_window_on_the_injected_clock(setup) -> None:  # type: ignore[no-untyped-def]
+def test_circuit_closes_after_its_window_on_the_injected_clock(setup: Setup) -> None:
     clock, op, pub = setup
     _login_many(pub, 5)
     clock.advance(HOUR)
@@ -203,11 +203,13 @@ def test_circuit_closes_after_its_window_on_the_injected_clock(setup) -> None:  
         r.stop()
 
 
-def test_an_identity_the_refresher_ended_is_reported_as_such(setup) -> None:  # type: ignore[no-untyped-def]
+def test_an_identity_the_refresher_ended_is_reported_as_such(setup: Setup) -> None:
     clock, op, pub = setup
     for user in ("oo", "ex", "lo"):
         pub.login(user, f"{user}@example.com", None, OK)
-    op.refresh_optout_keys.add(pub.store.get("oo").dii_key)
+    stored = pub.store.get("oo")
+    assert stored is not None  # just logged in
+    op.refresh_optout_keys.add(stored.dii_key)
     r = Refresher(pub, workers=2)
     try:
         clock.advance(HOUR)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from publisher_svc.model import PrivacySettings
+from publisher_svc.model import PrivacySettings, RefreshResult
 from publisher_svc.publisher import Publisher
 from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
@@ -23,7 +23,7 @@ class _HeldOperator(FakeOperator):
 
     release: threading.Event
 
-    def refresh(self, refresh_token: str):  # type: ignore[no-untyped-def]
+    def refresh(self, refresh_token: str) -> RefreshResult:
         self.in_flight += 1
         self.release.wait(5)
         return super().refresh(refresh_token)

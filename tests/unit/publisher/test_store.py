@@ -66,7 +66,7 @@ def test_replace_and_delete_only_if_current(tmp_path: Path) -> None:
     store.close()
 
 
-def test_how_an_identity_ended_is_kept_until_login_logout_or_site_optout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_how_an_identity_ended_is_kept_until_login_logout_or_site_optout(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.put_unless_site_optout("u", "email:h", IDENT, 1)
     store.record_operator_optout("email:other", 2, "u")  # another DII's: not this identity

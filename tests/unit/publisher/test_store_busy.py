@@ -68,8 +68,10 @@ def test_an_unreachable_operator_opens_the_circuit_even_when_the_store_is_busy(
 ) -> None:
     # The token has expired, so an unreachable operator is OPERATOR_UNAVAILABLE; recording the
     # deferral then meets the locked store.
-    locked.clock.advance(4 * 24 * HOUR)  # type: ignore[attr-defined]
-    locked.operator.down = True  # type: ignore[attr-defined]
+    clock, operator = locked.clock, locked.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    clock.advance(4 * 24 * HOUR)
+    operator.down = True
     refresher = Refresher(locked, workers=1)
     with capture_logs() as logs:
         assert refresher.refresh_one("u0") == "deferred"
