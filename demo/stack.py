@@ -45,6 +45,16 @@ class Lifetimes:
     refresh_lifetime_s: int = 120
 
 
+@dataclass(frozen=True)
+class StackTls:
+    """PEM files that turn TLS on for every service and every connection between them: each
+    serves with `cert`/`key` and trusts `ca` for the others (and so do the stack's stubs)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 @dataclass
 class Credentials:
     """What `client add` and `uid2-ssp publisher add` printed; held in memory only."""
@@ -61,9 +71,12 @@ class Credentials:
 
 
 class Stack:
-    def __init__(self, data_dir: Path, lifetimes: Lifetimes | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, lifetimes: Lifetimes | None = None, tls: StackTls | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.lifetimes = lifetimes or Lifetimes()
+        self.tls = tls
         self.creds = Credentials()
         self.procs: dict[str, ServiceProcess] = {}
         # Stopped processes stay here so their logs can still be read (privacy checks).
@@ -131,6 +144,8 @@ class Stack:
     # -- processes ----------------------------------------------------------------------------
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        if self.tls is not None:
+            args, env = self._with_tls(args, env or {})
         # Registered before the wait for its `serving` line, and a Ctrl-C (KeyboardInterrupt)
         # held back until it is: a process spawned but not in self.procs is beyond stop_all's
         # reach and, in its own session, would run on after the demo exits.
@@ -194,6 +209,20 @@ class Stack:
             },
         )  # fmt: skip
 
+    def _with_tls(self, args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        """`serve`'s TLS settings: the certificate and key through the environment, the CAs
+        to trust through the flag (both ways a deployment may use)."""
+        assert self.tls is not None
+        prefix = "UID2_" + args[0].removeprefix("uid2-").upper() + "_"
+        env = {
+            **env,
+            prefix + "TLS_CERT": str(self.tls.cert),
+            prefix + "TLS_KEY": str(self.tls.key),
+        }
+        if args[0] != "uid2-operator":  # the only service that calls no other
+            args = [*args, "--peer-ca", str(self.tls.ca)]
+        return args, env
+
     def stop(self, name: str, *, hard: bool = False) -> int | None:
         proc = self.procs.pop(name, None)
         if proc is None:
@@ -232,7 +261,12 @@ class Stack:
     # -- stubs ----------------------------------------------------------------------------------
 
     def _channel(self, name: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(self.procs[name].address)
+        address = self.procs[name].address
+        if self.tls is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            roots = self.tls.ca.read_bytes()
+            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots))
         self._channels.append(channel)
         return grpc.intercept_channel(channel, _DefaultDeadline(UNARY_DEADLINE_S))
 

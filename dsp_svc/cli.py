@@ -16,7 +16,15 @@ import structlog
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
 from dsp_svc.config import MAX_DELAY_MS, ConfigError, DspConfig, Mode
-from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.cli_common import (
+    FlagsWithEnv,
+    OneLineParser,
+    UsageError,
+    add_tls_flags,
+    fail,
+    peer_tls,
+    server_tls,
+)
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
@@ -45,6 +53,7 @@ def _parser() -> OneLineParser:
     group = s.add_mutually_exclusive_group()
     group.add_argument("--fail-rate", help="share of calls answered with an error (default 0)")
     group.add_argument("--mode", help="normal (default), slow, fail or garbage")
+    add_tls_flags(s, peers="the operator")
     s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
@@ -65,6 +74,8 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         fail_rate=settings.value("fail-rate", number_in(0.0, 1.0), 0.0),
         mode=settings.value("mode", choice(Mode), Mode.NORMAL),
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
+        tls=server_tls(settings),
+        peer_tls=peer_tls(settings),
     )
 
 
@@ -84,7 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         served, port = create_server(config, stop=stop)
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info("serving", port=port, listen=config.listen, name=config.name)
+    log.info(
+        "serving",
+        port=port,
+        listen=config.listen,
+        name=config.name,
+        tls=config.tls is not None,
+        peer_tls=config.peer_tls is not None,
+    )
     wait_for_signal(stop)
     served.stop()
     log.info("stopped")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
+from svc_common.tls import PeerTls, ServerTls
 
 # The longest wait before answering --delay-ms accepts.
 MAX_DELAY_MS = 60_000
@@ -36,6 +37,10 @@ class DspConfig:
     mode: Mode = Mode.NORMAL
     key_refresh_s: float = 3600.0
     max_workers: int = 32
+    # TLS: what this service serves with, and the CAs it trusts for the servers it calls
+    # (svc_common.tls); None = plaintext.
+    tls: ServerTls | None = None
+    peer_tls: PeerTls | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():

@@ -39,6 +39,7 @@ def create_server(
                 clock,
                 key_refresh_s=config.key_refresh_s,
                 give_up=stop,
+                tls=config.peer_tls,
             )
             opened.callback(decryptor.stop)
         bidder = Bidder(
@@ -62,6 +63,7 @@ def create_server(
             service_names=[SERVICE_NAME],
             max_workers=config.max_workers,
             owns=opened,
+            tls=config.tls,
         )
     served.set_serving(True)
     _log.info(

@@ -25,7 +25,14 @@ from operator_svc.config import (
     OperatorConfig,
 )
 from operator_svc.store import OperatorStore, StoreError
-from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.cli_common import (
+    FlagsWithEnv,
+    OneLineParser,
+    UsageError,
+    add_tls_flags,
+    fail,
+    server_tls,
+)
 from svc_common.errors import ServiceError
 from svc_common.settings import (
     SettingError,
@@ -162,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         "--http-listen",
         help="also serve the official UID2 HTTP API on HOST:PORT (env UID2_OPERATOR_HTTP_LISTEN)",
     )
+    add_tls_flags(p, peers=None)
     p.add_argument("--log-level", help="env UID2_OPERATOR_LOG_LEVEL; INFO")
     return parser
 
@@ -211,6 +219,7 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
             "sync-interval", number_in(MIN_SYNC_INTERVAL_S, MAX_SYNC_INTERVAL_S, " s"), 0.1
         ),
         http_listen=settings.value("http-listen", host_port, None),
+        tls=server_tls(settings),
     )
 
 
@@ -233,7 +242,11 @@ def _serve(args: argparse.Namespace) -> int:
     served, port = create_server(config)
     extra = {} if served.http_port is None else {"http_port": served.http_port}
     log.info(
-        "serving", port=port, startup_ms=round((time.perf_counter() - started) * 1000), **extra
+        "serving",
+        port=port,
+        startup_ms=round((time.perf_counter() - started) * 1000),
+        tls=config.tls is not None,
+        **extra,
     )
     wait_for_signal(stop)
     served.stop()

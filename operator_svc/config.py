@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svc_common.settings import SettingError, split_host_port
+from svc_common.tls import ServerTls
 
 DAY_S = 86_400
 HOUR_S = 3_600
@@ -45,6 +46,8 @@ class OperatorConfig:
     # Where the HTTP front door (official UID2 HTTP API, operator_svc/http) listens; None = not
     # served.
     http_listen: str | None = None
+    # TLS for both the gRPC port and the HTTP API; None = plaintext.
+    tls: ServerTls | None = None
     # Threads for the calls that block (durable opt-out writes, 5,000-item scans); token calls
     # run on the event loop.
     max_workers: int = 32

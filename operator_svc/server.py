@@ -88,6 +88,7 @@ def create_server(
             register=register,
             service_names=(SERVICE_NAME,),
             served_class=OperatorServed,
+            tls=config.tls,
         )
     except BaseException:
         shut_pools()
@@ -100,7 +101,7 @@ def create_server(
     if config.http_listen is not None:
         from operator_svc.http.app import HttpFrontDoor
 
-        front = HttpFrontDoor(operator, config.http_listen)
+        front = HttpFrontDoor(operator, config.http_listen, tls=config.tls)
         try:
             served.http_port = front.start()
         except BaseException:

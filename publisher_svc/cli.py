@@ -22,7 +22,15 @@ import structlog
 from publisher_svc.config import PublisherConfig
 from publisher_svc.publisher import StorageMode
 from publisher_svc.store import StoreError
-from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.cli_common import (
+    FlagsWithEnv,
+    OneLineParser,
+    UsageError,
+    add_tls_flags,
+    fail,
+    peer_tls,
+    server_tls,
+)
 from svc_common.logging import configure_logging
 from svc_common.settings import (
     SettingError,
@@ -86,6 +94,7 @@ def _parser() -> OneLineParser:
         help="seconds ServeAd waits for a due refresh (default 0.3) before sending the held "
         "token if unexpired, else none; a refresh already in flight is not waited on",
     )
+    add_tls_flags(serve, peers="the operator and the SSP")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return parser
 
@@ -137,6 +146,8 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         ssp_timeout_s=settings.value("ssp-timeout", _seconds, 2.0),
         serve_refresh_budget_s=settings.value("serve-refresh-budget", _seconds, 0.3),
         log_level=settings.value("log-level", log_level, "INFO"),
+        tls=server_tls(settings),
+        peer_tls=peer_tls(settings),
     )
 
 
@@ -147,7 +158,13 @@ def _serve(config: PublisherConfig) -> int:
     log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     served, port = create_server(config)
-    log.info("serving", port=port, storage_mode=config.storage_mode.value)
+    log.info(
+        "serving",
+        port=port,
+        storage_mode=config.storage_mode.value,
+        tls=config.tls is not None,
+        peer_tls=config.peer_tls is not None,
+    )
     try:
         wait_for_signal(stop)
     finally:

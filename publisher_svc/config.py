@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from publisher_svc.publisher import DEFAULT_SERVE_REFRESH_BUDGET_S, StorageMode
+from svc_common.tls import PeerTls, ServerTls
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,7 @@ class PublisherConfig:
     # How long ServeAd waits for the refresh of an expired token before serving without one.
     serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S
     log_level: str = "INFO"
+    # TLS: what this service serves with, and the CAs it trusts for the servers it calls
+    # (svc_common.tls); None = plaintext.
+    tls: ServerTls | None = None
+    peer_tls: PeerTls | None = None

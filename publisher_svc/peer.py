@@ -11,6 +11,7 @@ import grpc
 from publisher_svc.model import PeerError
 from svc_common.backoff import Backoff
 from svc_common.grpc_client import RemoteError, bearer, call_with_retry
+from svc_common.tls import PeerTls, open_channel
 
 T = TypeVar("T")
 
@@ -46,8 +47,9 @@ class PeerClient:
         attempts: int | None = None,
         backoff: Backoff | None = None,
         channel: grpc.Channel | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = channel or open_channel(address, tls, CHANNEL_OPTIONS)
         self._stub = type(self).stub_class(self._channel)
         self._metadata = bearer(api_key)
         self._timeout_s = timeout_s

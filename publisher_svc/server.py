@@ -60,12 +60,16 @@ def start(
                 config.operator_address,
                 config.operator_api_key,
                 timeout_s=config.operator_timeout_s,
+                tls=config.peer_tls,
             )
             opened.callback(op_client.close)
             operator = op_client
         if ssp is None:
             ssp_client = SspClient(
-                config.ssp_address, config.ssp_api_key, timeout_s=config.ssp_timeout_s
+                config.ssp_address,
+                config.ssp_api_key,
+                timeout_s=config.ssp_timeout_s,
+                tls=config.peer_tls,
             )
             opened.callback(ssp_client.close)
             ssp = ssp_client
@@ -90,6 +94,7 @@ def start(
             register=register,
             service_names=[SERVICE_NAME],
             owns=opened,
+            tls=config.tls,
         )
     refresher = None
     if config.background_refresh and config.storage_mode is StorageMode.SERVER:

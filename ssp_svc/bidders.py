@@ -14,6 +14,7 @@ import grpc
 
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
+from svc_common.tls import PeerTls, open_channel
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 
@@ -67,9 +68,9 @@ def best_valid_bid(
 
 
 class BidderPool:
-    def __init__(self, targets: Sequence[BidderTarget]) -> None:
+    def __init__(self, targets: Sequence[BidderTarget], tls: PeerTls | None = None) -> None:
         self.targets = tuple(targets)
-        self._channels = [grpc.insecure_channel(t.address) for t in self.targets]
+        self._channels = [open_channel(t.address, tls) for t in self.targets]
         self._stubs = [openrtb_pb2_grpc.BidderServiceStub(c) for c in self._channels]
         self.stats = {t.name: BidderStats() for t in self.targets}
         self._lock = threading.Lock()

@@ -29,7 +29,15 @@ from ssp_svc.store.accounts import (
     StoreError,
     normalise_inventory,
 )
-from svc_common.cli_common import FlagsWithEnv, OneLineParser, UsageError, fail
+from svc_common.cli_common import (
+    FlagsWithEnv,
+    OneLineParser,
+    UsageError,
+    add_tls_flags,
+    fail,
+    peer_tls,
+    server_tls,
+)
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, host_port, integer_in, log_level
@@ -73,6 +81,7 @@ def _parser() -> OneLineParser:
     serve.add_argument("--tmax-ms", help="auction deadline (default 150)")
     serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
     serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
+    add_tls_flags(serve, peers="the operator and the bidders")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
@@ -127,6 +136,8 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
         stream_buffer=settings.value("stream-buffer", integer_in(1), 1024),
+        tls=server_tls(settings),
+        peer_tls=peer_tls(settings),
     )
 
 
@@ -153,7 +164,13 @@ def _serve(args: argparse.Namespace) -> int:
         served, port = create_server(config, stop=stop)
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info("serving", port=port, listen=config.listen)
+    log.info(
+        "serving",
+        port=port,
+        listen=config.listen,
+        tls=config.tls is not None,
+        peer_tls=config.peer_tls is not None,
+    )
     wait_for_signal(stop)
     served.stop()
     log.info("stopped")

@@ -10,6 +10,7 @@ from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, 
 from ssp_svc.bidders import BidderTarget
 from svc_common.settings import SettingError, split_host_port
 from svc_common.sqlite_db import require_data_dir
+from svc_common.tls import PeerTls, ServerTls
 
 # The longest auction deadline --tmax-ms accepts.
 MAX_TMAX_MS = 10_000
@@ -47,6 +48,10 @@ class SspConfig:
     stream_buffer: int = 1024
     max_subscribers: int = 16
     max_workers: int = 32
+    # TLS: what this service serves with, and the CAs it trusts for the servers it calls
+    # (svc_common.tls); None = plaintext.
+    tls: ServerTls | None = None
+    peer_tls: PeerTls | None = None
 
     def __post_init__(self) -> None:
         if (self.data_dir is None) == (self.publishers_file is None):

@@ -54,7 +54,7 @@ def create_server(
         hub: StreamHub[openrtb_pb2.BidRequest] = StreamHub(
             capacity=config.stream_buffer, max_subscribers=config.max_subscribers
         )
-        pool = BidderPool(config.bidders)
+        pool = BidderPool(config.bidders, config.peer_tls)
         opened.callback(pool.close)
         decryptor = None
         if config.operator and config.operator_api_key:
@@ -65,6 +65,7 @@ def create_server(
                 key_refresh_s=config.key_refresh_s,
                 early_refresh_min_s=config.early_key_refresh_min_s,
                 give_up=stop,
+                tls=config.peer_tls,
             )
             opened.callback(decryptor.stop)
         exchange = Exchange(
@@ -87,6 +88,7 @@ def create_server(
             service_names=[SERVICE_NAME],
             max_workers=config.max_workers + config.max_subscribers,
             owns=opened,
+            tls=config.tls,
         )
     # Subscribers' streams end first, so a stop never waits out the grace period on them.
     served.before_drain.append(hub.close)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn, TypeVar
 
 from svc_common.settings import SettingError
+from svc_common.tls import PeerTls, ServerTls, load_peer_tls, load_server_tls
 
 T = TypeVar("T")
 
@@ -76,6 +77,42 @@ class FlagsWithEnv:
             return parse(text)
         except SettingError as exc:
             raise UsageError(f"--{flag} (or {self.env_name(flag)}): {exc}") from None
+
+
+def add_tls_flags(parser: argparse.ArgumentParser, *, peers: str | None) -> None:
+    """`serve`'s TLS flags: the server's certificate and key and, for a service that connects
+    to others (`peers` names them, for the help), the CAs it trusts for them."""
+    parser.add_argument(
+        "--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)"
+    )
+    parser.add_argument("--tls-key", help="the certificate's PEM private key, unencrypted")
+    if peers is not None:
+        parser.add_argument(
+            "--peer-ca",
+            help=f"PEM CA certificates: connect to {peers} over TLS, trusting these",
+        )
+
+
+def server_tls(settings: FlagsWithEnv) -> ServerTls | None:
+    """The TLS a `serve` serves with (--tls-cert and --tls-key), or None for plaintext."""
+    cert, key = settings.text("tls-cert"), settings.text("tls-key")
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError(
+            f"--tls-cert (or {settings.env_name('tls-cert')}) and --tls-key "
+            f"(or {settings.env_name('tls-key')}) go together"
+        )
+    try:
+        return load_server_tls(cert, key)
+    except SettingError as exc:
+        raise UsageError(f"--tls-cert / --tls-key: {exc}") from None
+
+
+def peer_tls(settings: FlagsWithEnv) -> PeerTls | None:
+    """The CAs a `serve` trusts for the servers it connects to (--peer-ca), or None for
+    plaintext connections."""
+    return settings.value("peer-ca", load_peer_tls, None)
 
 
 def fail(prog: str, message: str) -> int:

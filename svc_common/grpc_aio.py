@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import Served, bind_port, server_options
+from svc_common.tls import ServerTls
 
 
 @dataclass
@@ -60,6 +61,7 @@ def start_aio_server(
     register: Callable[[Any], None],
     service_names: Sequence[str],
     served_class: type[S],
+    tls: ServerTls | None = None,
 ) -> S:
     """Like `start_server`, on grpc.aio: NOT_SERVING until `set_serving(True)`."""
     loop = asyncio.new_event_loop()
@@ -74,7 +76,7 @@ def start_aio_server(
         reflection.enable_server_reflection(
             (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = bind_port(server, listen)
+        port = bind_port(server, listen, tls)
         await server.start()
         return server, port, health_servicer
 

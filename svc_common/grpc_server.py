@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
 from svc_common.settings import SettingError, split_host_port
+from svc_common.tls import ServerTls
 
 _log = structlog.get_logger("server")
 
@@ -116,13 +117,17 @@ def probe_listen(listen: str) -> None:
     raise OSError(f"cannot listen on {listen}: {problems[0] if problems else 'no address'}")
 
 
-def bind_port(server: Any, listen: str) -> int:
-    """Binds `listen` (HOST:PORT) on a sync or aio server; the bound port. OSError, which the
-    CLIs report in one line with exit 2, when the address is taken or cannot be bound."""
+def bind_port(server: Any, listen: str, tls: ServerTls | None = None) -> int:
+    """Binds `listen` (HOST:PORT) on a sync or aio server, with TLS when `tls` is given; the
+    bound port. OSError, which the CLIs report in one line with exit 2, when the address is
+    taken or cannot be bound."""
     listen = listen.strip()  # as split_host_port reads it: " 127.0.0.1:0" is valid there
     probe_listen(listen)
     try:
-        port = int(server.add_insecure_port(listen))
+        if tls is None:
+            port = int(server.add_insecure_port(listen))
+        else:
+            port = int(server.add_secure_port(listen, tls.grpc_credentials()))
     except RuntimeError:  # grpc's "Failed to bind to address ..."
         port = 0
     if port == 0:
@@ -139,10 +144,12 @@ def start_server(
     max_workers: int = 32,
     extra_interceptors: Sequence[Any] = (),
     owns: ExitStack | None = None,
+    tls: ServerTls | None = None,
 ) -> Served:
     """Builds, binds and starts a server that reports NOT_SERVING until `set_serving(True)`.
 
-    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`.
+    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`. With `tls` the
+    port serves TLS only.
 
     `owns` holds the clean-ups of what the service opened for this server (stores, channels,
     threads). Once the server has started they move to its stop (newest first); if it cannot
@@ -159,7 +166,7 @@ def start_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = bind_port(server, listen)
+    port = bind_port(server, listen, tls)
     served = Served(server=server, port=port, health=health_servicer, service_names=names)
     served.set_serving(False)
     server.start()

@@ -10,6 +10,7 @@ import grpc
 
 from bidstream.key_json import key_container_dict
 from svc_common.grpc_client import bearer, call_with_retry, to_remote_error
+from svc_common.tls import PeerTls, open_channel
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 
@@ -30,8 +31,10 @@ class _WatchCall:
 
 
 class OperatorClient:
-    def __init__(self, target: str, api_key: str, *, timeout_s: float = 2.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str, api_key: str, *, timeout_s: float = 2.0, tls: PeerTls | None = None
+    ) -> None:
+        self._channel = open_channel(target, tls)
         self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self._metadata = bearer(api_key)
         self._timeout_s = timeout_s

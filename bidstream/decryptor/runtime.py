@@ -14,6 +14,7 @@ from bidstream.decryptor.operator_client import OperatorClient
 from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from svc_common.clock import Clock
 from svc_common.stop_signals import StopRequested
+from svc_common.tls import PeerTls
 
 _log = structlog.get_logger("decryptor")
 
@@ -46,6 +47,7 @@ def start_decryptor(
     early_refresh_min_s: float = 1.0,
     optouts_wait_s: float = 10.0,
     give_up: StopRequested | None = None,
+    tls: PeerTls | None = None,
 ) -> Decryptor:
     """Fetches keys once and waits up to `optouts_wait_s` for the operator's opt-out backlog
     before returning (so the service starts vouching for tokens at once), then keeps both fresh
@@ -57,7 +59,7 @@ def start_decryptor(
     def stopping() -> bool:
         return give_up is not None and give_up.is_set()
 
-    client = OperatorClient(operator, api_key)
+    client = OperatorClient(operator, api_key, tls=tls)
     keys = KeyCache(
         client.get_bidstream_keys,
         clock,

@@ -54,6 +54,7 @@ from svc_common.edge_log import log_unhandled, request_id
 from svc_common.errors import ServiceError
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.settings import split_host_port
+from svc_common.tls import ServerTls
 
 _log = structlog.get_logger("http")
 
@@ -319,8 +320,10 @@ class HttpFrontDoor:
         listen: str,
         *,
         blocking_workers: int = 4,
+        tls: ServerTls | None = None,
     ) -> None:
         self._listen = listen
+        self._tls = tls
         self._blocking = ThreadPoolExecutor(
             max_workers=blocking_workers, thread_name_prefix="http-blocking"
         )
@@ -368,7 +371,8 @@ class HttpFrontDoor:
         runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=DRAIN_GRACE_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            ssl_context = None if self._tls is None else self._tls.ssl_context()
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -1,0 +1,139 @@
+"""The whole stack with TLS on every port and every connection between the services (each
+`serve` with --tls-cert/--tls-key from the environment and --peer-ca): the workflow still runs
+end to end, a plaintext client is refused, and a service that does not trust the CA cannot
+reach its peer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from uid2_client import TokenGenerateInput, Uid2PublisherClient
+
+from demo.processes import ServiceProcess
+from demo.stack import PUBLISHER_DOMAIN, Stack, StackTls, bearer
+from tests.support.tls_certs import TlsFiles, make_tls_files
+from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
+from uid2.publisher.v1 import publisher_pb2
+from uid2.ssp.v1 import ssp_pb2
+
+pytestmark = pytest.mark.slow
+
+CONSENT = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, files: TlsFiles) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("tls-stack"), tls=StackTls(files.ca, files.cert, files.key))
+    try:
+        s.provision()
+        s.start_all()
+        yield s
+    finally:
+        assert all(code == 0 for code in s.stop_all().values())
+
+
+def test_the_workflow_runs_over_tls_with_decrypting_ssp_and_bidder(stack: Stack) -> None:
+    pub = stack.publisher()
+    login = pub.Login(
+        publisher_pb2.LoginRequest(
+            user_id="tina", email="tina@example.com", privacy_settings=CONSENT
+        )
+    )
+    assert login.status == publisher_pb2.LOGIN_STATUS_SUCCESS
+    ad = pub.ServeAd(
+        publisher_pb2.ServeAdRequest(
+            user_id="tina", placement_id="top", page_domain=PUBLISHER_DOMAIN, floor_price=0.1
+        )
+    )
+    assert ad.token_sent
+    # VALID: the SSP fetched keys and opt-outs from the operator over TLS and decrypted.
+    assert ad.token_disposition == ssp_pb2.TOKEN_DISPOSITION_VALID
+    assert ad.outcome == ssp_pb2.AUCTION_OUTCOME_FILLED
+    # The bidder's bonus for a decrypted UID2 (base 1.0 + 1.5): it reached the operator too.
+    assert ad.winning_bid.price == pytest.approx(2.5)
+
+
+def test_every_service_says_it_serves_tls(stack: Stack) -> None:
+    for name, proc in stack.procs.items():
+        serving = next(e for e in proc.events if e.get("event") == "serving")
+        assert serving["tls"] is True, name
+        assert serving.get("peer_tls", True) is True, name  # the operator calls no peer
+
+
+def test_a_plaintext_client_is_refused(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.procs["operator"].address) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.GenerateToken(
+                operator_pb2.GenerateTokenRequest(
+                    dii=operator_pb2.Dii(email="plain@example.com"), privacy_settings=CONSENT
+                ),
+                metadata=bearer(stack.creds.publisher["api_key"]),
+                timeout=5,
+            )
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
+    stack: Stack, tmp_path: Path
+) -> None:
+    other = make_tls_files(tmp_path / "other")  # another CA: not the one that signed the peers
+    env = {
+        "UID2_PUBLISHER_OPERATOR_API_KEY": stack.creds.publisher["api_key"],
+        "UID2_PUBLISHER_SSP_API_KEY": stack.creds.ssp_publisher_key,
+    }
+    proc = ServiceProcess(
+        ["uid2-publisher", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "p"),
+         "--operator-address", stack.procs["operator"].address, "--site-id", "101",
+         "--ssp-address", stack.procs["ssp"].address, "--peer-ca", str(other.ca)],
+        env=env,
+    ).wait_ready(30)  # fmt: skip
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            from uid2.publisher.v1 import publisher_pb2_grpc
+
+            stub = publisher_pb2_grpc.PublisherServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.Login(
+                    publisher_pb2.LoginRequest(
+                        user_id="u", email="untrusted@example.com", privacy_settings=CONSENT
+                    ),
+                    timeout=20,
+                )
+        # The operator cannot be reached (its certificate is not trusted): said as such.
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_the_http_api_serves_https_to_the_official_sdk(
+    files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.operator.conftest import add_client, init_dir
+
+    init_dir(tmp_path)
+    client = add_client(tmp_path, 100, "pub", ["GENERATOR"])
+    proc = ServiceProcess(
+        ["uid2-operator", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0", "--tls-cert", str(files.cert),
+         "--tls-key", str(files.key)]
+    ).wait_ready(30)  # fmt: skip
+    try:
+        http_port = next(e for e in proc.events if e.get("event") == "serving")["http_port"]
+        # The SDK verifies with Python's default trust store, which this variable points at.
+        monkeypatch.setitem(os.environ, "SSL_CERT_FILE", str(files.ca))
+        sdk = Uid2PublisherClient(f"https://127.0.0.1:{http_port}", client.api_key, client.secret)
+        generated = sdk.generate_token(TokenGenerateInput.from_email("https@example.com"))
+        assert generated.is_success()
+        assert sdk.refresh_token(generated.get_identity()).is_success()
+    finally:
+        assert proc.terminate() == 0
