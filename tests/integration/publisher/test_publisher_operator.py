@@ -223,7 +223,7 @@ def test_client_side_mode_round_trip(world: World) -> None:
 
 def test_operator_restarted_during_background_refresh(world: World) -> None:
     rt, stub = world.publisher(
-        world.config("bg", background_refresh=True, refresh_workers=4, operator_timeout_s=0.5)
+        world.config("bg", background_refresh=True, refresh_workers=4, operator_timeout_s=2.0)
     )
     assert rt.refresher is not None
     n = 120
