@@ -222,3 +222,21 @@ def test_identity_hash_refuses_input_over_the_dii_limit(kind: str, reason: str) 
     assert identity_hash("email", "a" * (MAX_DII_CHARS - 12) + "@example.com")[0] == (
         IdentityType.EMAIL
     )
+
+
+def test_only_ascii_letters_are_lowercased() -> None:
+    # Reference §2: lowercase ASCII A-Z only; other characters stay as they are.
+    assert normalize_email("ÀBÇ@ÉXAMPLE.com") == "ÀbÇ@Éxample.com"
+
+
+def test_leading_spaces_of_the_domain_are_kept() -> None:
+    # As the Operator does: spaces are dropped in the local part, only trailing ones after "@".
+    assert normalize_email("a@ example.com") == "a@ example.com"
+    assert normalize_email("a @ example.com ") == "a@ example.com"
+
+
+def test_gmail_rules_need_the_exact_domain() -> None:
+    # Only gmail.com: a domain that merely ends with it keeps its dots and +tag.
+    assert normalize_email("j.doe+x@notgmail.com") == "j.doe+x@notgmail.com"
+    assert normalize_email("j.doe+x@mail.gmail.com") == "j.doe+x@mail.gmail.com"
+    assert normalize_email("j.doe+x@gmail.com") == "jdoe@gmail.com"
