@@ -110,6 +110,15 @@ def test_rotate_edges() -> None:
         s.rotate(1.5, det_rng(), NOW)
 
 
+def test_rotate_rounds_the_bucket_count_to_nearest() -> None:
+    # A daily 1/365 of a small set still rotates a bucket, and 2.6 buckets' worth rotates 3.
+    s = SaltSet.generate(200, det_rng(), NOW)
+    r = s.rotate(1 / 365, det_rng(b"x"), NOW + 1)
+    assert sum(r.rotated_at(i) == NOW + 1 for i in range(200)) == 1
+    t = SaltSet.generate(10, det_rng(), NOW).rotate(0.26, det_rng(b"y"), NOW + 1)
+    assert sum(t.rotated_at(i) == NOW + 1 for i in range(10)) == 3
+
+
 def test_blobs_round_trip() -> None:
     s = SaltSet.generate(500, det_rng(), NOW).rotate(0.2, det_rng(b"r"), NOW + DAY_MS)
     blobs = s.to_blobs()
