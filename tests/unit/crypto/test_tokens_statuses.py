@@ -45,6 +45,14 @@ def test_success_fields() -> None:
     assert r.version == "V4" and r.privacy_bits == 0 and not r.is_client_side_generated
 
 
+def test_site_id_and_site_key_site_id_are_reported_apart() -> None:
+    # The token's site id comes from the payload, the other from the key that decrypted it.
+    r = decoder().decrypt(mint(site_id=4321), BASE_MS)
+    assert r.status is DecryptionStatus.SUCCESS
+    assert (r.site_id, r.site_key_site_id) == (4321, site_key().site_id)
+    assert site_key().site_id != 4321
+
+
 def test_phone_euid_and_v3_raw_uid() -> None:
     raw = b"\x14" + RAW_UID
     token = mint(raw_uid=raw, identity_type=IdentityType.PHONE, identity_scope=IdentityScope.EUID)
@@ -65,6 +73,12 @@ def test_keys_not_synced() -> None:
     assert decoder([]).decrypt(mint(), BASE_MS).status is DecryptionStatus.KEYS_NOT_SYNCED
     expired_all = (master_key().expires + 1) * 1000
     assert decoder().decrypt(mint(), expired_all).status is DecryptionStatus.KEYS_NOT_SYNCED
+    # A key is valid while activates <= now < expires: at the last expiry none is left.
+    last_expiry_ms = max(k.expires for k in container().keyring.keys) * 1000
+    assert decoder().decrypt(mint(), last_expiry_ms).status is DecryptionStatus.KEYS_NOT_SYNCED
+    assert decoder().decrypt(mint(), last_expiry_ms - 1).status is not (
+        DecryptionStatus.KEYS_NOT_SYNCED
+    )
 
 
 @pytest.mark.parametrize("token", ["", "A", "A4A", "!!!!!!!!", "A4AAAACkAAE", "é" * 30])
@@ -184,6 +198,7 @@ def test_v3_and_v2_statuses() -> None:
         UID_B64,
         None,
     )
+    assert decoder().decrypt(v2, BASE_MS + 1000).status is DecryptionStatus.SUCCESS
     assert decoder().decrypt(v2, BASE_MS + 1001).status is DecryptionStatus.EXPIRED_TOKEN
     assert decoder([master_key()]).decrypt(v2, BASE_MS).status is (
         DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
