@@ -78,6 +78,11 @@ def test_refresh_chain_keeps_site_and_established(env: Env) -> None:
 def test_refresh_expired_invalid(env: Env) -> None:
     ident = env.op.tokens.generate(env.client("gen"), "email", "exp@example.com", OK).identity
     assert ident is not None
+    # refresh_expires is the last millisecond the refresh token works.
+    env.clock.set(ident.refresh_expires)
+    assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.SUCCESS
+    env.clock.set(ident.refresh_expires + 1)
+    assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.EXPIRED_TOKEN
     env.clock.set(T0 + 31 * DAY)
     assert env.op.tokens.refresh(ident.refresh_token).status is RefreshStatus.EXPIRED_TOKEN
     env.clock.set(T0)
@@ -168,6 +173,11 @@ def test_delegation(env: Env) -> None:
     with pytest.raises(ServiceError) as exc:
         env.op.tokens.generate(env.client("other"), "email", "d@example.com", OK, 12)
     assert exc.value.kind is ErrorKind.PERMISSION_DENIED and exc.value.reason == "NO_DELEGATION"
+    for bad_site in (-1, -12):
+        with pytest.raises(ServiceError) as exc:
+            env.op.tokens.generate(env.client("sso"), "email", "d@example.com", OK, bad_site)
+        assert exc.value.kind is ErrorKind.INVALID_ARGUMENT
+        assert exc.value.reason == "INVALID_SITE_ID"
 
 
 def test_validate(env: Env) -> None:
