@@ -89,6 +89,10 @@ def test_access_rules() -> None:
     reader = keys_for_caller(ring, keysets, 7, frozenset({"ID_READER"}), now)
     assert [k.id for k in reader] == [1, 4, 6, 3]
     assert [k.activates for k in reader] == sorted(k.activates for k in reader)
+    # A key is unexpired while now < expires: at its expiry second it is no longer published.
+    at_expiry = keys_for_caller(ring, keysets, 7, frozenset({"SHARER"}), 400)
+    assert 7 not in [k.id for k in at_expiry]
+    assert 7 in [k.id for k in keys_for_caller(ring, keysets, 7, frozenset({"SHARER"}), 399)]
 
 
 def test_key_container_json_shape_and_round_trip() -> None:
