@@ -7,6 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from operator_svc import admin
+from operator_svc.config import OperatorConfig
 from operator_svc.domain.mapping import UnmappedReason
 from operator_svc.servicer import key_container_proto
 from svc_common.errors import ErrorKind, ServiceError
@@ -50,6 +51,15 @@ def test_salt_rotation_previous_uid(env: Env) -> None:
     after = env.op.mapper.map_identity(env.client("mapper"), [("email", "rot@example.com")])[0]
     assert after.raw_uid != before.raw_uid and after.previous_raw_uid == before.raw_uid
     assert after.refresh_from > before.refresh_from or after.refresh_from >= T0 + 1000
+    # buckets_since lists rotations strictly after `since`.
+    mapper = env.client("mapper")
+    assert env.op.mapper.buckets_since(mapper, T0 + 1000) == []
+    rotated = env.op.mapper.buckets_since(mapper, T0 + 999)
+    assert rotated and all(ts == T0 + 1000 for _, ts in rotated[:10])
+    assert (after.bucket_id, T0 + 1000) in rotated
+    with pytest.raises(ServiceError) as exc:
+        env.op.mapper.buckets_since(mapper, -1)
+    assert exc.value.kind is ErrorKind.INVALID_ARGUMENT and exc.value.reason == "INVALID_SINCE"
     env.clock.set(T0 + 91 * 86_400_000)
     late = env.op.mapper.map_identity(env.client("mapper"), [("email", "rot@example.com")])[0]
     assert late.previous_raw_uid == ""
@@ -76,6 +86,21 @@ def test_key_access_rules(env: Env) -> None:
             call(env.client(name))
         assert exc.value.kind is ErrorKind.PERMISSION_DENIED
     assert MASTER_KEYSET_ID not in ids
+    # ADMIN holds every role, ID_READER's access to unlisted keysets included.
+    admin_sets = {
+        k["keyset_id"] for k in env.op.keys.bidstream_keys(env.client("admin")).to_json()["keys"]
+    }
+    assert env.op.state.keys.default_keyset[10] in admin_sets
+
+
+def test_key_containers_state_their_token_expiry(env: Env) -> None:
+    # Bid-stream tokens live token_lifetime_s; sharing tokens max_sharing_lifetime_s.
+    cfg = OperatorConfig(data_dir=env.dir)
+    assert cfg.token_lifetime_s != cfg.max_sharing_lifetime_s
+    bid = env.op.keys.bidstream_keys(env.client("reader")).to_json()
+    share = env.op.keys.sharing_keys(env.client("sharer")).to_json()
+    assert bid["token_expiry_seconds"] == cfg.token_lifetime_s
+    assert share["token_expiry_seconds"] == cfg.max_sharing_lifetime_s
 
 
 def test_grpc_and_http_publish_the_same_key_container(env: Env) -> None:
