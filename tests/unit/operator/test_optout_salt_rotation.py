@@ -45,3 +45,14 @@ def test_status_knows_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None
     at = env.op.optouts.opt_out(env.client("optout"), "email", "status@example.com")
     status = env.op.optouts.opt_out_status(env.client("reader"), [before, after])
     assert sorted(status) == sorted([(before, at), (after, at)])
+
+
+def test_a_never_opted_out_identity_stays_out_of_status_after_a_rotation(env: Env) -> None:
+    # validate@example.com's opt-out is acknowledged but shown nowhere, new salts or not.
+    env.op.optouts.opt_out(env.client("optout"), "email", "validate@example.com")
+    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    env.op.sync_now()
+    _, flh = dii_flh("email", "validate@example.com", env.op.state.first_level_salt)
+    now_uid = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(bucket_index(flh)))).decode()
+    assert env.op.optouts.opt_out_status(env.client("reader"), [now_uid]) == []
+    assert now_uid not in _backlog(env)
