@@ -89,6 +89,8 @@ def test_earliest_opt_out_time_is_kept() -> None:
     s = OptOutSet()
     s.add("u", 500)
     s.add("u", 300)
+    # The resume point never moves back for a late-arriving, earlier-stamped opt-out.
+    assert s.last_seen_ms == 500
     s.add("u", 900)
     assert s.opted_out("u") and s.last_seen_ms == 900
 
@@ -113,3 +115,35 @@ def test_a_down_operator_is_logged_once_and_its_return_once() -> None:
             watcher.stop()
     streak = [(e["event"], e.get("failures")) for e in logs if "stream" in e["event"]]
     assert streak == [("optout_stream_broken", 1), ("optout_stream_restored", 5)]
+
+
+class RecordingBackoff(Backoff):
+    def __init__(self) -> None:
+        super().__init__(base_s=0.001, cap_s=0.002)
+        self.attempts: list[int] = []
+
+    def delay(self, attempt: int) -> float:
+        self.attempts.append(attempt)
+        return super().delay(attempt)
+
+
+def test_a_stream_that_delivered_restarts_the_backoff() -> None:
+    # Two failed connects, then a stream that delivers and breaks: the next wait is a first one.
+    opened: list[int] = []
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        if len(opened) in (1, 2):
+            raise ConnectionError("operator down")
+        if len(opened) == 3:
+            return FakeStream([("u1", T), None], True)
+        return FakeStream([("u2", T + 1)], False)
+
+    optouts = OptOutSet()
+    backoff = RecordingBackoff()
+    watcher = OptOutWatcher(open_stream, optouts, backoff=backoff).start()
+    try:
+        assert wait_until(lambda: optouts.opted_out("u2"), 5)
+    finally:
+        watcher.stop()
+    assert backoff.attempts[:3] == [0, 1, 0]
