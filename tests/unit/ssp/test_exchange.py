@@ -117,6 +117,9 @@ def test_a_checking_ssp_without_keys_sends_no_token_on() -> None:
         ({"floor": -1.0}, "INVALID_FLOOR"),
         ({"floor": float("nan")}, "INVALID_FLOOR"),
         ({"domain": "evil.org"}, "INVENTORY_NOT_ALLOWED"),
+        # A suffix match is on whole labels: badexample.com is not a subdomain of example.com.
+        ({"domain": "badexample.com"}, "INVENTORY_NOT_ALLOWED"),
+        ({"domain": "news.badexample.com"}, "INVENTORY_NOT_ALLOWED"),
     ],
 )
 def test_invalid_impressions(kw: dict[str, object], reason: str) -> None:
