@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 
@@ -65,6 +66,8 @@ def test_shape_is_the_js_sdk_identity_json() -> None:
         # times past int64 (ClientCookie.expires) and lone surrogates (not UTF-8): both once
         # reached the response or a peer's request and came out as INTERNAL
         urllib.parse.quote(json.dumps({**_body(), "refresh_expires": 2**63})),
+        # JSON true is a Python int (a bool), not a time
+        urllib.parse.quote(json.dumps({**_body(), "identity_expires": True})),
         urllib.parse.quote(json.dumps({**_body(), "advertising_token": "\ud800"})),
         urllib.parse.quote(json.dumps({**_body(), "refresh_token": "\udfff"})),
     ],
@@ -81,7 +84,19 @@ def test_an_advertising_token_over_the_reference_limit_is_not_an_identity() -> N
     body["advertising_token"] = "A4" + "x" * 498  # 500: the limit
     ok = urllib.parse.quote(json.dumps(body))
     assert len(decode_cookie(ok).advertising_token) == MAX_TOKEN_CHARS
+    body["advertising_token"] = "A4" + "x" * 499  # 501: one over
+    with pytest.raises(ServiceError) as exc:
+        decode_cookie(urllib.parse.quote(json.dumps(body)))
+    assert exc.value.reason == "INVALID_COOKIE"
     body["advertising_token"] = "A4" + "x" * 900  # 902, as an audit saw
     with pytest.raises(ServiceError) as exc:
         decode_cookie(urllib.parse.quote(json.dumps(body)))
     assert exc.value.reason == "INVALID_COOKIE"
+
+
+def test_encoding_leaves_what_encode_uri_component_leaves() -> None:
+    # encodeURIComponent keeps A-Z a-z 0-9 - _ . ! ~ * ' ( ) and escapes everything else.
+    odd = dataclasses.replace(IDENT, refresh_response_key="k!~*'()-_.;")
+    value = encode_cookie(odd)
+    assert "%22k!~*'()-_.%3B%22" in value
+    assert decode_cookie(value) == odd
