@@ -320,6 +320,41 @@ def test_serve_ad_operator_down_with_expired_token_goes_out_without(env: Env) ->
     assert not r.token_sent
 
 
+def test_serve_ad_sends_the_refreshed_token_and_none_after_an_optout(env: Env) -> None:
+    # A due refresh that answers within the budget decides what goes out: the new token, or,
+    # when the operator answers opt-out, none (opt-out is honoured at once).
+    env.pub.login("u1", "a@b.com", None, OK)
+    before = env.store.get("u1")
+    assert before is not None
+    env.clock.advance(2 * HOUR)
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    after = env.store.get("u1")
+    assert after is not None and after.identity != before.identity
+    sent = env.ssp.impressions[-1].advertising_token
+    assert r.token_sent and sent == after.identity.advertising_token
+    env.op.refresh_optout_keys.add(after.dii_key)
+    env.clock.advance(2 * HOUR)
+    r = env.pub.serve_ad(
+        user_id="u1", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_serve_ad_cookie_past_refresh_expires_goes_out_without_and_clears(
+    client_env: Env,
+) -> None:
+    cookie = client_env.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    client_env.clock.advance(31 * DAY)
+    r = client_env.pub.serve_ad(
+        user_id=None, cookie_value=cookie.value, placement_id="p", page_domain="d", floor_price=0
+    )
+    assert not r.token_sent and r.clear_cookie
+    assert client_env.ssp.impressions[-1].advertising_token == ""
+
+
 def test_serve_ad_bad_cookie_goes_out_without_and_clears(client_env: Env) -> None:
     r = client_env.pub.serve_ad(
         user_id=None, cookie_value="garbage", placement_id="p", page_domain="d.com", floor_price=0
