@@ -1,5 +1,6 @@
 import base64
 import os
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -103,3 +104,52 @@ def test_fuzz_edits_never_raise(data: st.DataObject) -> None:
     assert status is RefreshDecodeStatus.INVALID or edited == token
     cut = data.draw(st.integers(0, len(token) - 1))
     assert decode_refresh_token(token[:cut], RING)[0] is RefreshDecodeStatus.INVALID
+
+
+# A second refresh key with the same secret: only the key ids in the headers tell them apart.
+TWIN = Key(302, REFRESH_KEYSET_ID, -2, 0, 0, 2**40, bytes(range(32)))
+_PLAIN = struct.Struct(">QQIIQIIQBB32s10s")
+
+
+def _plain(identity_type: int, scope: int, reserved: bytes = bytes(10)) -> bytes:
+    return _PLAIN.pack(2**62, 1, 1, 9000, 0, 42, 1, 1, identity_type, scope, bytes(32), reserved)
+
+
+def _inner(scope_byte: int, key: Key, plain: bytes) -> bytes:
+    header = struct.pack(">BBI", scope_byte, 112, key.id)
+    nonce = os.urandom(12)
+    return header + nonce + key.aead.encrypt(nonce, plain, header)
+
+
+def _wrap(scope_byte: int, key: Key, inner: bytes) -> str:
+    body = (
+        b'{"refresh_response_key":"'
+        + base64.b64encode(bytes(32))
+        + b'","refresh_token":"'
+        + base64.urlsafe_b64encode(inner)
+        + b'"}'
+    )
+    header = struct.pack(">BI", scope_byte, key.id)
+    nonce = os.urandom(12)
+    return base64.b64encode(header + nonce + key.aead.encrypt(nonce, body, header)).decode()
+
+
+def test_layers_that_each_authenticate_must_still_agree() -> None:
+    """Built with the refresh key itself: each layer's tag is good, so only the cross-checks
+    (scope byte, key id, reserved bytes) can refuse these."""
+    euid_phone = (1 << 4) | (1 << 2)
+    ok = _wrap(euid_phone, KEY, _inner(euid_phone, KEY, _plain(1, 1)))
+    assert decode_refresh_token(ok, RING)[0] is RefreshDecodeStatus.OK
+    ring = KeyRing([KEY, TWIN])
+    bad = {
+        "inner scope byte differs": _wrap(euid_phone, KEY, _inner(0, KEY, _plain(1, 1))),
+        "inner key id differs": _wrap(euid_phone, KEY, _inner(euid_phone, TWIN, _plain(1, 1))),
+        "reserved bytes set": _wrap(
+            euid_phone, KEY, _inner(euid_phone, KEY, _plain(1, 1, b"\x01" + bytes(9)))
+        ),
+        "payload type and scope differ": _wrap(
+            euid_phone, KEY, _inner(euid_phone, KEY, _plain(0, 1))
+        ),
+    }
+    for why, token in bad.items():
+        assert decode_refresh_token(token, ring)[0] is RefreshDecodeStatus.INVALID, why
