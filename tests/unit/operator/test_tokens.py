@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -12,7 +13,9 @@ from operator_svc.store import OperatorStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
-from uid2_crypto.identity import identity_hash
+from uid2_crypto.identity import IdentityScope, IdentityType, identity_hash
+from uid2_crypto.keys import REFRESH_KEYSET_ID
+from uid2_crypto.refresh import RefreshPayload, encode_refresh_token
 from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
 from uid2_crypto.tokens import TokenDecoder
 
@@ -109,6 +112,34 @@ def test_optout_then_generate_refresh_map(env: Env) -> None:
     assert env.op.optouts.opt_out(env.client("optout"), "email", "leaver@example.com") == T0
     raw = _raw_uid(env, "email", "leaver@example.com")
     assert env.op.optouts.opt_out_status(env.client("optout"), [raw]) == [(raw, T0)]
+
+
+def _refresh_token_in_scope(env: Env, scope: IdentityScope) -> str:
+    key = env.op.state.keys.keyring.active_key(REFRESH_KEYSET_ID, T0 // 1000)
+    assert key is not None
+    payload = RefreshPayload(
+        expires_ms=T0 + DAY,
+        created_ms=T0,
+        operator_site_id=1,
+        site_id=10,
+        publisher_id=0,
+        client_key_id=1,
+        privacy_bits=1,
+        established_ms=T0,
+        identity_type=IdentityType.EMAIL,
+        identity_scope=scope,
+        first_level_hash=first_level_hash(identity_hash("email", "scope@example.com")[1], "x"),
+    )
+    return encode_refresh_token(payload, key, os.urandom)[0]
+
+
+def test_refresh_refuses_a_token_of_another_identity_scope(env: Env) -> None:
+    # Made with this operator's own refresh key, so only the scope tells them apart.
+    assert env.op.state.identity_scope is IdentityScope.UID2
+    same = _refresh_token_in_scope(env, IdentityScope.UID2)
+    assert env.op.tokens.refresh(same).status is RefreshStatus.SUCCESS
+    other = _refresh_token_in_scope(env, IdentityScope.EUID)
+    assert env.op.tokens.refresh(other).status is RefreshStatus.INVALID_TOKEN
 
 
 @pytest.mark.parametrize(
