@@ -367,9 +367,12 @@ class Publisher:
             return Step(StepKind.OPTOUT)
         return Step(StepKind.LOGIN_REQUIRED)
 
-    def refresh_stored(self, user_id: str) -> tuple[Step, StoredIdentity | None]:
+    def refresh_stored(
+        self, user_id: str, *, by_user: bool = True
+    ) -> tuple[Step, StoredIdentity | None]:
         """Applies the refresh rules to a stored identity and persists the outcome. Caller holds
-        the user's lock."""
+        the user's lock. `by_user`: the user's own request (their token, their ad) asked for
+        it, rather than the background refresher."""
         stored = self.store.get(user_id)
         if stored is None:
             return Step(StepKind.LOGIN_REQUIRED), None
@@ -377,7 +380,7 @@ class Publisher:
         old = stored.identity.refresh_token
         now = self.clock.now_ms()
         if step.kind is StepKind.REFRESHED and step.identity is not None:
-            self.store.replace_if_current(user_id, old, step.identity, now)
+            self.store.replace_if_current(user_id, old, step.identity, now, by_user=by_user)
         elif step.kind is StepKind.OPTOUT:
             self.store.record_operator_optout(stored.dii_key, now, user_id)
             _log.info("refresh_optout")
@@ -402,9 +405,12 @@ class Publisher:
                 # reported as this call's own would have been, until the user logs in again.
                 ended = self.store.ended_status(user_id)
                 return TokenResult(TokenStatus(ended) if ended else TokenStatus.NO_IDENTITY)
+            if not stored.used_since_refresh:
+                self._note_use(user_id)
             now = self.clock.now_ms()
             if (
                 respect_backoff
+                and stored.failed_attempts > 0  # backing off, not resting (store.rest)
                 and stored.next_attempt_at > now
                 and usable_without_refresh(stored.identity, now)
             ):
@@ -510,6 +516,8 @@ class Publisher:
         stored = self.store.get(user_id)
         if stored is None:
             return ""
+        if not stored.used_since_refresh:
+            self._note_use(user_id)
         identity, now = stored.identity, self.clock.now_ms()
         if decide(identity, now) is Decision.USE:
             return identity.advertising_token
@@ -550,6 +558,12 @@ class Publisher:
             return held, None, False
         cookie = refreshed.cookie if refreshed.refreshed else None
         return refreshed.advertising_token, cookie, refreshed.clear_cookie
+
+    def _note_use(self, user_id: str) -> None:
+        """Records, off the caller's path, that the user used an identity the background
+        refreshed (store.mark_used): a durable write the answer need not wait for. Skipped
+        when the pool is full; the user's next request records it."""
+        self._start("used:" + user_id, lambda: self.store.mark_used(user_id))
 
     def _start(self, key: str, job: Callable[[], T]) -> tuple[Future[T] | None, bool]:
         """(`job` on the impressions' pool, True), or (the one already in flight for `key`,

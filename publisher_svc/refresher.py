@@ -1,5 +1,11 @@
 """Background refresh: keeps stored identities fresh so GetAdvertisingToken is a lookup.
 
+Only for users who come back: an identity the background refreshed and nobody used since is
+not refreshed again (it rests, `store.rest`) until the user returns (`store.mark_used`), and
+its chain ends at its refresh_expires, as a UID2 identity whose user went away does. Refreshing
+it forever would keep a departed user's identity alive and cost one operator call per stored
+user per refresh interval, however many users left long ago.
+
 A thread polls the store for identities whose next attempt is due (indexed column), and
 refreshes them on a bounded worker pool with the same rules as GetAdvertisingToken. When the
 operator is unreachable the identity keeps its still-valid token and its next attempt is pushed
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from publisher_svc.publisher import Publisher, StepKind
+from publisher_svc.refresh_policy import Decision, decide
 from publisher_svc.store import StoredIdentity
 from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock
@@ -32,6 +39,7 @@ class RefresherStats:
     optouts: int = 0
     login_required: int = 0
     deferred: int = 0  # operator unreachable or refused: tried again later
+    rested: int = 0  # unused since its last background refresh: not refreshed again for now
     skipped: int = 0  # no longer due or gone by the time a worker got to it
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -164,11 +172,17 @@ class Refresher:
             now = pub.clock.now_ms()
             if stored is None:
                 return "skipped"
+            if (
+                not stored.used_since_refresh
+                and decide(stored.identity, now) is Decision.REFRESH
+                and pub.store.rest(user_id, stored.identity.refresh_token)
+            ):
+                return "rested"
             if self._monotonic.monotonic_s() < self._circuit_until:
                 self._defer(user_id, stored, now)
                 return "deferred"
             try:
-                step, _ = pub.refresh_stored(user_id)
+                step, _ = pub.refresh_stored(user_id, by_user=False)
             except StoreBusy:
                 # Another process holds the store: deferring would be a second write into the
                 # same lock. The identity is unchanged; the next poll finds it due again.

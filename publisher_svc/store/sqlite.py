@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS identities (
     -- when the background refresher should next try: refresh_from, or later after a failure
     next_attempt_at INTEGER NOT NULL,
     failed_attempts INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    -- 1 once the user has used the identity (logged in, asked for the token, was shown an ad)
+    -- since it was last refreshed in the background; see _USED_COLUMN
+    used_since_refresh INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identities_refresh_from ON identities (refresh_from);
 CREATE INDEX IF NOT EXISTS identities_next_attempt ON identities (next_attempt_at);
@@ -50,8 +53,11 @@ CREATE TABLE IF NOT EXISTS ended_identities (
 
 _COLS = (
     "user_id, dii_key, advertising_token, refresh_token, identity_expires, refresh_from, "
-    "refresh_expires, refresh_response_key, failed_attempts, next_attempt_at"
+    "refresh_expires, refresh_response_key, failed_attempts, next_attempt_at, used_since_refresh"
 )
+# Stores made before the column existed get it on open; their identities count as used, so
+# each is refreshed once more as before and rests only if nobody uses it after that.
+_USED_COLUMN = "used_since_refresh INTEGER NOT NULL DEFAULT 1"
 
 
 class StoreError(Exception):
@@ -64,8 +70,10 @@ class StoredIdentity:
     dii_key: str = field(repr=False)  # a DII hash: never in a log line
     identity: Identity
     failed_attempts: int = 0
-    # When a refresh is next due: refresh_from, or later while backing off after failures.
+    # When a refresh is next due: refresh_from, or later while backing off after failures,
+    # or refresh_expires while the identity rests (unused since its last background refresh).
     next_attempt_at: int = 0
+    used_since_refresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,11 +83,11 @@ class DueIdentity:
 
 
 # A row of `SELECT {_COLS}`, as sqlite3 returns it for the TEXT and INTEGER NOT NULL columns.
-_IdentityRow = tuple[str, str, str, str, int, int, int, str, int, int]
+_IdentityRow = tuple[str, str, str, str, int, int, int, str, int, int, int]
 
 
 def _row(r: _IdentityRow) -> StoredIdentity:
-    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed, next_at) = r
+    (user_id, dii_key, at, rt, ie, rf, rx, rrk, failed, next_at, used) = r
     return StoredIdentity(
         user_id=user_id,
         dii_key=dii_key,
@@ -93,6 +101,7 @@ def _row(r: _IdentityRow) -> StoredIdentity:
         ),
         failed_attempts=failed,
         next_attempt_at=next_at,
+        used_since_refresh=bool(used),
     )
 
 
@@ -104,6 +113,9 @@ class SqliteStore:
         require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(identities)")}
+        if "used_since_refresh" not in columns:
+            self._db.execute(f"ALTER TABLE identities ADD COLUMN {_USED_COLUMN}")
 
     def close(self, wait_s: float = 2.0) -> None:
         close_when_free(self._db, self._lock, wait_s)
@@ -132,8 +144,8 @@ class SqliteStore:
                 db.execute(
                     "INSERT OR REPLACE INTO identities (user_id, dii_key, advertising_token,"
                     " refresh_token, identity_expires, refresh_from, refresh_expires,"
-                    " refresh_response_key, next_attempt_at, failed_attempts, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    " refresh_response_key, next_attempt_at, failed_attempts, updated_at,"
+                    " used_since_refresh) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 1)",
                     (
                         user_id,
                         dii_key,
@@ -150,16 +162,24 @@ class SqliteStore:
         return opted is None
 
     def replace_if_current(
-        self, user_id: str, old_refresh_token: str, identity: Identity, now_ms: int
+        self,
+        user_id: str,
+        old_refresh_token: str,
+        identity: Identity,
+        now_ms: int,
+        *,
+        by_user: bool,
     ) -> bool:
         """Swaps in a refreshed identity, only if the stored one is still the one refreshed
-        (a logout, a new login or another refresh in between wins)."""
+        (a logout, a new login or another refresh in between wins). `by_user`: the refresh
+        served the user (their token request or ad); else it was the background's, and the
+        identity counts as unused until the user next comes."""
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE identities SET advertising_token = ?, refresh_token = ?,"
                 " identity_expires = ?, refresh_from = ?, refresh_expires = ?,"
                 " refresh_response_key = ?, next_attempt_at = ?, failed_attempts = 0,"
-                " updated_at = ? WHERE user_id = ? AND refresh_token = ?",
+                " updated_at = ?, used_since_refresh = ? WHERE user_id = ? AND refresh_token = ?",
                 (
                     identity.advertising_token,
                     identity.refresh_token,
@@ -169,9 +189,35 @@ class SqliteStore:
                     identity.refresh_response_key,
                     identity.refresh_from,
                     now_ms,
+                    int(by_user),
                     user_id,
                     old_refresh_token,
                 ),
+            )
+            return cur.rowcount == 1
+
+    def mark_used(self, user_id: str) -> bool:
+        """The user came back: their identity is refreshed in the background again, from its
+        refresh_from on (a resting one was not due until refresh_expires). Returns whether it
+        was unused until now."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE identities SET used_since_refresh = 1, next_attempt_at ="
+                " CASE WHEN failed_attempts = 0 THEN refresh_from ELSE next_attempt_at END"
+                " WHERE user_id = ? AND used_since_refresh = 0",
+                (user_id,),
+            )
+            return cur.rowcount == 1
+
+    def rest(self, user_id: str, old_refresh_token: str) -> bool:
+        """Parks an identity nobody used since its last background refresh: not refreshed
+        again unless the user comes back (`mark_used`); due once more at its refresh_expires,
+        when the refresh rules end it (login required) without calling the operator."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE identities SET next_attempt_at = refresh_expires, failed_attempts = 0"
+                " WHERE user_id = ? AND refresh_token = ? AND used_since_refresh = 0",
+                (user_id, old_refresh_token),
             )
             return cur.rowcount == 1
 

@@ -227,3 +227,133 @@ def test_an_identity_the_refresher_ended_is_reported_as_such(setup: Setup) -> No
     # and so does a new login
     assert pub.login("ex", "ex@example.com", None, OK).status is LoginStatus.SUCCESS
     assert pub.get_advertising_token("ex").status is TokenStatus.SUCCESS
+
+
+def _used_flag_settles(pub: Publisher, user_id: str) -> bool:
+    """Waits for the off-path record of a use (Publisher._note_use) to land."""
+    return wait_until(lambda: pub.store.get(user_id).used_since_refresh, 5.0)  # type: ignore[union-attr]  # a None fails the test here anyway
+
+
+def test_an_identity_nobody_uses_is_refreshed_once_then_rests_until_its_chain_ends(
+    setup: Setup,
+) -> None:
+    clock, op, pub = setup
+    _login_many(pub, 1)
+    r = Refresher(pub, workers=2)
+    try:
+        clock.advance(HOUR)
+        assert r.run_once() == 1 and r.stats.refreshed == 1  # logged in: the user was here
+        clock.advance(HOUR)
+        assert r.run_once() == 1 and r.stats.rested == 1  # nobody came since: no call
+        assert len(op.refresh_calls) == 1
+        stored = pub.store.get("u0")
+        assert stored is not None
+        assert stored.next_attempt_at == stored.identity.refresh_expires
+        clock.advance(10 * DAY)
+        assert r.run_once() == 0  # resting: not due again before refresh_expires
+        clock.advance(stored.identity.refresh_expires - clock.now_ms())
+        assert r.run_once() == 1
+        assert len(op.refresh_calls) == 1  # ended by the rules, without the operator
+        assert pub.store.get("u0") is None
+        assert r.stats.login_required == 1
+        assert pub.get_advertising_token("u0").status is TokenStatus.LOGIN_REQUIRED
+    finally:
+        r.stop()
+
+
+def test_a_user_who_comes_back_wakes_a_resting_identity(setup: Setup) -> None:
+    clock, op, pub = setup
+    _login_many(pub, 1)
+    r = Refresher(pub, workers=2)
+    try:
+        clock.advance(HOUR)
+        r.run_once()
+        clock.advance(HOUR)
+        r.run_once()
+        assert r.stats.rested == 1
+        # Ten days on, the token has expired: the user's own request refreshes it at once.
+        clock.advance(10 * DAY)
+        token = pub.get_advertising_token("u0")
+        assert token.status is TokenStatus.SUCCESS and token.refreshed
+        assert len(op.refresh_calls) == 2
+        # ... and counts as a use, so the background keeps it fresh again.
+        clock.advance(HOUR)
+        assert r.run_once() == 1 and r.stats.refreshed == 2
+        assert len(op.refresh_calls) == 3
+    finally:
+        r.stop()
+
+
+def test_an_ad_shown_between_background_refreshes_keeps_the_identity_refreshed(
+    setup: Setup,
+) -> None:
+    clock, _, pub = setup
+    _login_many(pub, 1)
+    r = Refresher(pub, workers=2)
+    try:
+        clock.advance(HOUR)
+        r.run_once()  # refreshed in the background: unused from now on
+        stored = pub.store.get("u0")
+        assert stored is not None and not stored.used_since_refresh
+        pub.serve_ad(
+            user_id="u0", cookie_value=None, placement_id="p", page_domain="d.com",
+            floor_price=0,
+        )  # fmt: skip
+        assert _used_flag_settles(pub, "u0")
+        clock.advance(HOUR)
+        assert r.run_once() == 1 and r.stats.refreshed == 2 and r.stats.rested == 0
+    finally:
+        r.stop()
+
+
+def test_a_store_from_before_the_used_column_gets_it_and_counts_identities_as_used(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    # The identities table as stores made before the column have it.
+    db = sqlite3.connect(tmp_path / SqliteStore.FILE_NAME)
+    db.execute(
+        "CREATE TABLE identities (user_id TEXT PRIMARY KEY, dii_key TEXT NOT NULL,"
+        " advertising_token TEXT NOT NULL, refresh_token TEXT NOT NULL,"
+        " identity_expires INTEGER NOT NULL, refresh_from INTEGER NOT NULL,"
+        " refresh_expires INTEGER NOT NULL, refresh_response_key TEXT NOT NULL,"
+        " next_attempt_at INTEGER NOT NULL, failed_attempts INTEGER NOT NULL DEFAULT 0,"
+        " updated_at INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO identities VALUES ('u0', 'email:h', 'A4t', 'rt', 3, 2, 4, 'k', 2, 0, 1)"
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path)
+    try:
+        stored = store.get("u0")
+        assert stored is not None and stored.used_since_refresh
+        assert stored.identity.refresh_token == "rt"
+    finally:
+        store.close()
+
+
+def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(setup: Setup) -> None:
+    """A resting identity's next attempt lies at refresh_expires: that is no failure backoff,
+    so the user's impression refreshes it (within the budget) rather than send the held one."""
+    clock, op, pub = setup
+    _login_many(pub, 1)
+    r = Refresher(pub, workers=2)
+    try:
+        clock.advance(HOUR)
+        r.run_once()
+        clock.advance(HOUR)
+        r.run_once()
+        assert r.stats.rested == 1
+    finally:
+        r.stop()
+    clock.advance(30 * 60_000)  # due for a refresh, the held token still unexpired
+    held = pub.store.get("u0").identity.advertising_token  # type: ignore[union-attr]  # a None fails the test here anyway
+    r2 = pub.serve_ad(
+        user_id="u0", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
+    )
+    assert r2.token_sent and len(op.refresh_calls) == 2
+    sent = pub.ssp.impressions[-1].advertising_token  # type: ignore[attr-defined]  # the FakeSsp
+    assert sent != held

@@ -56,8 +56,8 @@ def test_replace_and_delete_only_if_current(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.put_unless_site_optout("u", "email:h", IDENT, 1)
     newer = Identity("A4tok2", "rt-2", 6_000, 4_000, 60_000, "k2")
-    assert not store.replace_if_current("u", "rt-other", newer, 2)
-    assert store.replace_if_current("u", "rt-1", newer, 2)
+    assert not store.replace_if_current("u", "rt-other", newer, 2, by_user=True)
+    assert store.replace_if_current("u", "rt-1", newer, 2, by_user=True)
     assert not store.end_if_current("u", "rt-1", 3)
     assert store.get("u").identity == newer  # type: ignore[union-attr]  # a None fails the test here anyway
     assert store.ended_status("u") is None
