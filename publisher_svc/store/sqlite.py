@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
-from svc_common.sqlite_db import close_when_free, open_db, require_data_dir, write_transaction
+from svc_common.sqlite_db import (
+    StoreBusy,
+    close_when_free,
+    open_db,
+    require_data_dir,
+    write_transaction,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -113,9 +119,25 @@ class SqliteStore:
         require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(identities)")}
-        if "used_since_refresh" not in columns:
-            self._db.execute(f"ALTER TABLE identities ADD COLUMN {_USED_COLUMN}")
+        try:
+            self._add_used_column()
+        except (sqlite3.Error, StoreBusy) as exc:
+            self._db.close()
+            reason = "the store is busy" if isinstance(exc, StoreBusy) else str(exc)
+            raise StoreError(f"store {path / self.FILE_NAME} cannot be opened: {reason}") from None
+
+    def _add_used_column(self) -> None:
+        """Gives a store made before `used_since_refresh` existed its column: checked again
+        inside the write transaction, so two processes opening the same old store do not both
+        add it (the second would fail on a duplicate column)."""
+        if "used_since_refresh" in self._columns():
+            return
+        with self._transaction() as db:
+            if "used_since_refresh" not in self._columns():
+                db.execute(f"ALTER TABLE identities ADD COLUMN {_USED_COLUMN}")
+
+    def _columns(self) -> set[str]:
+        return {str(row[1]) for row in self._db.execute("PRAGMA table_info(identities)")}
 
     def close(self, wait_s: float = 2.0) -> None:
         close_when_free(self._db, self._lock, wait_s)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from publisher_svc.model import Identity
-from publisher_svc.store import SqliteStore
+from publisher_svc.store import SqliteStore, StoreError
+from svc_common import sqlite_db
 
 IDENT = Identity("A4tok", "rt-1", 3_000, 1_000, 30_000, "k")
 
@@ -113,4 +117,72 @@ def test_due_uses_next_attempt_and_postpone(tmp_path: Path) -> None:
             " WHERE next_attempt_at <= 5 ORDER BY next_attempt_at LIMIT 5"
         ).fetchall()
     assert "identities_next_attempt" in str(plan)
+    store.close()
+
+
+# The schema of stores made before `used_since_refresh`, with one identity.
+_OLD_IDENTITIES = """
+CREATE TABLE identities (
+    user_id TEXT PRIMARY KEY,
+    dii_key TEXT NOT NULL,
+    advertising_token TEXT NOT NULL,
+    refresh_token TEXT NOT NULL,
+    identity_expires INTEGER NOT NULL,
+    refresh_from INTEGER NOT NULL,
+    refresh_expires INTEGER NOT NULL,
+    refresh_response_key TEXT NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX identities_refresh_from ON identities (refresh_from);
+CREATE INDEX identities_next_attempt ON identities (next_attempt_at);
+CREATE TABLE operator_optouts (dii_key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE site_optouts (user_id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE ended_identities (
+    user_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO identities
+    VALUES ('old', 'email:h', 'A4tok', 'rt-1', 3000, 1000, 30000, 'k', 1000, 0, 1);
+"""
+
+
+def _old_store(directory: Path) -> Path:
+    db = directory / SqliteStore.FILE_NAME
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_OLD_IDENTITIES)
+    conn.close()
+    return db
+
+
+def test_a_store_made_before_the_used_column_gets_it_and_its_identities_count_as_used(
+    tmp_path: Path,
+) -> None:
+    _old_store(tmp_path)
+    store = SqliteStore(tmp_path)
+    stored = store.get("old")
+    assert stored is not None and stored.identity == IDENT and stored.used_since_refresh
+    store.close()
+    SqliteStore(tmp_path).close()  # opened again: the column is there, nothing to add
+
+
+def test_an_old_store_another_process_keeps_locked_is_a_store_error_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its column cannot be added while another process holds the write lock: a StoreError,
+    which `serve` reports in one line (exit 2), not a raw sqlite3 error."""
+    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.2)  # the real 30 s, shortened
+    other = sqlite3.connect(_old_store(tmp_path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="busy"):
+            SqliteStore(tmp_path)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store = SqliteStore(tmp_path)  # once free, it opens
+    assert store.get("old") is not None
     store.close()
