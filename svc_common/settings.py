@@ -83,10 +83,16 @@ def number_in(
                 if maximum is None
                 else f"between {minimum:g} and {maximum:g}{unit}"
             )
-            raise SettingError(f"must be {bounds}, got {value:g}")
+            # Every digit the value has (repr), as .g would round 1.0000001 to "1".
+            raise SettingError(f"must be {bounds}, got {_shortest(value)}")
         return value
 
     return parse
+
+
+def _shortest(value: float) -> str:
+    """1.0 as "1", 1.0000001 as itself: the shortest text that reads back as `value`."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def split_host_port(text: str) -> tuple[str, int]:

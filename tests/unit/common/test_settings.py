@@ -22,6 +22,7 @@ from svc_common.settings import (
     choice,
     finite_float,
     log_level,
+    number_in,
     split_host_port,
 )
 
@@ -57,6 +58,18 @@ def test_finite_float_refuses_nan_and_infinities() -> None:
     for bad in ("nan", "NaN", "inf", "-inf", "Infinity", "1e999", "x", ""):
         with pytest.raises(SettingError):
             finite_float(bad)
+
+
+def test_number_in_says_which_value_it_refused() -> None:
+    """Not rounded to six digits: "got 1" for 1.0000001 would contradict "between 0.01 and 1"."""
+    within = number_in(0.01, 1.0, " s")
+    assert within("1") == 1.0 and within("0.01") == 0.01
+    with pytest.raises(SettingError, match=r"^must be between 0.01 and 1 s, got 1.0000001$"):
+        within("1.0000001")
+    with pytest.raises(SettingError, match=r"^must be at least 1, got 0.9999999$"):
+        number_in(1.0)("0.9999999")
+    with pytest.raises(SettingError, match=r", got 0$"):
+        number_in(1.0)("1e-400")
 
 
 def test_boolean_accepts_only_clear_words() -> None:
