@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from svc_common.settings import SettingError
@@ -62,7 +63,8 @@ def open_channel(
 
 def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
     """Reads and checks a certificate chain and its private key; SettingError if they cannot
-    serve (unreadable, not PEM, an encrypted key, a key that is not the certificate's)."""
+    serve (unreadable, not PEM, an encrypted key, a key type it cannot use, a key that is not
+    the certificate's)."""
     cert_path, key_path = Path(cert_file), Path(key_file)
     chain = _read(cert_path, "certificate")
     key_pem = _read(key_path, "private key")
@@ -73,7 +75,13 @@ def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
         raise SettingError(f"{key_path}: an encrypted private key; give it unencrypted") from None
     except ValueError:
         raise SettingError(f"{key_path}: not a PEM private key") from None
-    if _public_bytes(key.public_key()) != _public_bytes(leaf.public_key()):
+    except UnsupportedAlgorithm:  # a curve or key type `cryptography` cannot use
+        raise SettingError(f"{key_path}: a private key of an unsupported type") from None
+    try:
+        leaf_key = leaf.public_key()
+    except UnsupportedAlgorithm:
+        raise SettingError(f"{cert_path}: a certificate for an unsupported key type") from None
+    if _public_bytes(key.public_key()) != _public_bytes(leaf_key):
         raise SettingError(f"{key_path}: not the private key of the certificate in {cert_path}")
     return ServerTls(cert_path, key_path, chain, key_pem)
 

@@ -168,3 +168,51 @@ def test_serve_refuses_a_peer_ca_file_without_certificates(
     junk.write_text("nothing\n")
     err = _one_error_line(main, [*base(tmp_path), "--peer-ca", str(junk)], capsys)
     assert f"--peer-ca (or {prefix}PEER_CA): " in err and "no PEM certificate" in err
+
+
+# A key, and a self-signed certificate for it, on secp112r1: PEM that OpenSSL writes and
+# `cryptography` cannot load (UnsupportedAlgorithm, not a ValueError). Throwaway test material.
+_UNSUPPORTED_KEY = """-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDsIxn3E+ALbHYCfFElGcoAcGBSuBBAAGoSADHgAEKbSd0TJeN6VbemYS
+/DttmEhknSABdz6IB7Lh1g==
+-----END EC PRIVATE KEY-----
+"""
+_UNSUPPORTED_CERT = """-----BEGIN CERTIFICATE-----
+MIIBMTCB/KADAgECAhRs11lqJmjOmBr03zk0k63ghH0d9TAKBggqhkjOPQQDAjAU
+MRIwEAYDVQQDDAlsb2NhbGhvc3QwHhcNMjYxMTI5MTA0OTI2WhcNMjYxMTMwMTA0
+OTI2WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwMjAQBgcqhkjOPQIBBgUrgQQABgMe
+AAQptJ3RMl43pVt6ZhL8O22YSGSdIAF3PogHsuHWo1MwUTAdBgNVHQ4EFgQUrunE
+XlUT5F3isOiYf7QaRGRKp28wHwYDVR0jBBgwFoAUrunEXlUT5F3isOiYf7QaRGRK
+p28wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgMkADAhAg8AvgOFsK2axPCU
+YKcIbkcCDhrxv6a0BCqLP5jAZMPS
+-----END CERTIFICATE-----
+"""
+
+
+def test_a_key_or_certificate_of_an_unsupported_type_is_refused(
+    files: TlsFiles, tmp_path: Path
+) -> None:
+    key, cert = tmp_path / "weak.key", tmp_path / "weak.pem"
+    key.write_text(_UNSUPPORTED_KEY)
+    cert.write_text(_UNSUPPORTED_CERT)
+    for cert_file, key_file in ((cert, key), (files.cert, key), (cert, files.key)):
+        with pytest.raises(SettingError, match="unsupported"):
+            load_server_tls(str(cert_file), str(key_file))
+
+
+@pytest.mark.parametrize(("main", "base", "prefix"), SERVES, ids=IDS)
+def test_serve_refuses_an_unsupported_key_type_in_one_line(
+    main: Main,
+    base: Callable[[Path], list[str]],
+    prefix: str,
+    files: TlsFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = tmp_path / "weak.key"
+    key.write_text(_UNSUPPORTED_KEY)
+    monkeypatch.setenv(prefix + "TLS_CERT", str(files.cert))
+    monkeypatch.setenv(prefix + "TLS_KEY", str(key))
+    err = _one_error_line(main, base(tmp_path), capsys)
+    assert "unsupported" in err and "PRIVATE KEY" not in err
