@@ -66,7 +66,7 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
     return DspConfig(
         name=settings.required("name"),
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
-        operator=settings.text("operator"),
+        operator=settings.value("operator", host_port, None),
         operator_api_key=settings.value("operator-api-key", api_key, None),
         base_price=settings.value("base-price", number_in(0.0), 1.0),
         identified_bonus=settings.value("identified-bonus", number_in(0.0), 1.5),

@@ -130,7 +130,7 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
         data_dir=None if data_dir is None else Path(data_dir),
         publishers_file=None if publishers_file is None else Path(publishers_file),
-        operator=settings.text("operator"),
+        operator=settings.value("operator", host_port, None),
         operator_api_key=settings.value("operator-api-key", api_key, None),
         bidders=_bidders(settings, bidder_specs),
         tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),

@@ -83,7 +83,15 @@ def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
         raise SettingError(f"{cert_path}: a certificate for an unsupported key type") from None
     if _public_bytes(key.public_key()) != _public_bytes(leaf_key):
         raise SettingError(f"{key_path}: not the private key of the certificate in {cert_path}")
-    return ServerTls(cert_path, key_path, chain, key_pem)
+    tls = ServerTls(cert_path, key_path, chain, key_pem)
+    try:
+        # What OpenSSL itself refuses at its default security level (a 1024-bit RSA key, say)
+        # would otherwise start the gRPC port and fail only the operator's HTTP API.
+        tls.ssl_context()
+    except ssl.SSLError as exc:
+        reason = exc.reason or "unusable"
+        raise SettingError(f"{cert_path}: refused by OpenSSL ({reason})") from None
+    return tls
 
 
 def load_peer_tls(ca_file: str) -> PeerTls:

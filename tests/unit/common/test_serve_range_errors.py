@@ -35,6 +35,8 @@ CASES = [
     (ssp_cli.main, _ssp, "UID2_SSP_", "stream-buffer", "0"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "listen", "nonsense"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "bidder", "no-address"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "operator", "nonsense"),
+    (dsp_cli.main, _dsp, "UID2_DSP_", "operator", "nonsense"),
     (dsp_cli.main, _dsp, "UID2_DSP_", "key-refresh-s", "0.5"),
     (dsp_cli.main, _dsp, "UID2_DSP_", "delay-ms", "-5"),
     (dsp_cli.main, _dsp, "UID2_DSP_", "fail-rate", "2"),

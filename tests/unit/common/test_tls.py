@@ -216,3 +216,45 @@ def test_serve_refuses_an_unsupported_key_type_in_one_line(
     monkeypatch.setenv(prefix + "TLS_KEY", str(key))
     err = _one_error_line(main, base(tmp_path), capsys)
     assert "unsupported" in err and "PRIVATE KEY" not in err
+
+
+def test_a_key_openssl_refuses_is_refused_at_start(tmp_path: Path) -> None:
+    """A 1024-bit RSA key passes the checks above, but OpenSSL's default security level
+    refuses it: the gRPC port would start and the operator's HTTP API would not."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505  # weak on purpose
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "weak.pem", tmp_path / "weak.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
+        pytest.skip("this platform's OpenSSL accepts 1024-bit RSA keys")
+    except ssl.SSLError:
+        pass
+    with pytest.raises(SettingError, match="refused by OpenSSL"):
+        load_server_tls(str(cert_path), str(key_path))
