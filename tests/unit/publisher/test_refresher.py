@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -335,10 +336,32 @@ def test_a_store_from_before_the_used_column_gets_it_and_counts_identities_as_us
         store.close()
 
 
-def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(setup: Setup) -> None:
+class _SlowToMarkStore(SqliteStore):
+    """Holds `mark_used` until released: the impression's own refresh then runs while the
+    identity still rests (its next attempt at refresh_expires), as when the pool is busy."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.release = threading.Event()
+
+    def mark_used(self, user_id: str) -> bool:
+        self.release.wait(5.0)
+        return super().mark_used(user_id)
+
+
+@pytest.mark.parametrize("mark_lands_first", [True, False])
+def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(
+    tmp_path: Path, mark_lands_first: bool
+) -> None:
     """A resting identity's next attempt lies at refresh_expires: that is no failure backoff,
-    so the user's impression refreshes it (within the budget) rather than send the held one."""
-    clock, op, pub = setup
+    so the user's impression refreshes it (within the budget) rather than send the held one,
+    whether or not the record of the use has landed by then."""
+    clock = ManualClock(T0)
+    op = FakeOperator(clock)
+    store = _SlowToMarkStore(tmp_path)
+    if mark_lands_first:
+        store.release.set()
+    pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
     _login_many(pub, 1)
     r = Refresher(pub, workers=2)
     try:
@@ -354,6 +377,12 @@ def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(setup: 
     r2 = pub.serve_ad(
         user_id="u0", cookie_value=None, placement_id="p", page_domain="d.com", floor_price=0
     )
-    assert r2.token_sent and len(op.refresh_calls) == 2
-    sent = pub.ssp.impressions[-1].advertising_token  # type: ignore[attr-defined]  # the FakeSsp
-    assert sent != held
+    store.release.set()
+    try:
+        assert r2.token_sent and len(op.refresh_calls) == 2
+        sent = pub.ssp.impressions[-1].advertising_token  # type: ignore[attr-defined]  # the FakeSsp
+        assert sent != held
+        assert _used_flag_settles(pub, "u0")  # the held-back record lands too
+    finally:
+        pub.close()
+        store.close()
