@@ -135,6 +135,14 @@ def test_operator_with_http_api_exits_while_a_logout_waits_on_another_process_lo
         caller.join(timeout=10)
         # The caller got a closed connection, not an OK for a write never made.
         assert answered and isinstance(answered[0], Exception)
+        # ... and the cancelled request still has its one log line.
+        lines = [json.loads(x) for x in proc.log_text().splitlines() if x.startswith("{")]
+        assert any(
+            e.get("event") == "http"
+            and e.get("path") == "/v2/token/logout"
+            and e.get("reason") == "CANCELLED"
+            for e in lines
+        )
     finally:
         holder.kill()
         holder.wait()

@@ -235,17 +235,23 @@ def _used_flag_settles(pub: Publisher, user_id: str) -> bool:
     return wait_until(lambda: pub.store.get(user_id).used_since_refresh, 5.0)  # type: ignore[union-attr]  # a None fails the test here anyway
 
 
+def _refreshed_then_rested(clock: ManualClock, pub: Publisher, r: Refresher) -> None:
+    """One stored user, refreshed once in the background by `r` and then left unused: it
+    rests."""
+    _login_many(pub, 1)
+    clock.advance(HOUR)
+    assert r.run_once() == 1 and r.stats.refreshed == 1  # logged in: the user was here
+    clock.advance(HOUR)
+    assert r.run_once() == 1 and r.stats.rested == 1  # nobody came since: no call
+
+
 def test_an_identity_nobody_uses_is_refreshed_once_then_rests_until_its_chain_ends(
     setup: Setup,
 ) -> None:
     clock, op, pub = setup
-    _login_many(pub, 1)
     r = Refresher(pub, workers=2)
     try:
-        clock.advance(HOUR)
-        assert r.run_once() == 1 and r.stats.refreshed == 1  # logged in: the user was here
-        clock.advance(HOUR)
-        assert r.run_once() == 1 and r.stats.rested == 1  # nobody came since: no call
+        _refreshed_then_rested(clock, pub, r)
         assert len(op.refresh_calls) == 1
         stored = pub.store.get("u0")
         assert stored is not None
@@ -264,14 +270,9 @@ def test_an_identity_nobody_uses_is_refreshed_once_then_rests_until_its_chain_en
 
 def test_a_user_who_comes_back_wakes_a_resting_identity(setup: Setup) -> None:
     clock, op, pub = setup
-    _login_many(pub, 1)
     r = Refresher(pub, workers=2)
     try:
-        clock.advance(HOUR)
-        r.run_once()
-        clock.advance(HOUR)
-        r.run_once()
-        assert r.stats.rested == 1
+        _refreshed_then_rested(clock, pub, r)
         # Ten days on, the token has expired: the user's own request refreshes it at once.
         clock.advance(10 * DAY)
         token = pub.get_advertising_token("u0")
@@ -307,35 +308,6 @@ def test_an_ad_shown_between_background_refreshes_keeps_the_identity_refreshed(
         r.stop()
 
 
-def test_a_store_from_before_the_used_column_gets_it_and_counts_identities_as_used(
-    tmp_path: Path,
-) -> None:
-    import sqlite3
-
-    # The identities table as stores made before the column have it.
-    db = sqlite3.connect(tmp_path / SqliteStore.FILE_NAME)
-    db.execute(
-        "CREATE TABLE identities (user_id TEXT PRIMARY KEY, dii_key TEXT NOT NULL,"
-        " advertising_token TEXT NOT NULL, refresh_token TEXT NOT NULL,"
-        " identity_expires INTEGER NOT NULL, refresh_from INTEGER NOT NULL,"
-        " refresh_expires INTEGER NOT NULL, refresh_response_key TEXT NOT NULL,"
-        " next_attempt_at INTEGER NOT NULL, failed_attempts INTEGER NOT NULL DEFAULT 0,"
-        " updated_at INTEGER NOT NULL) WITHOUT ROWID"
-    )
-    db.execute(
-        "INSERT INTO identities VALUES ('u0', 'email:h', 'A4t', 'rt', 3, 2, 4, 'k', 2, 0, 1)"
-    )
-    db.commit()
-    db.close()
-    store = SqliteStore(tmp_path)
-    try:
-        stored = store.get("u0")
-        assert stored is not None and stored.used_since_refresh
-        assert stored.identity.refresh_token == "rt"
-    finally:
-        store.close()
-
-
 class _SlowToMarkStore(SqliteStore):
     """Holds `mark_used` until released: the impression's own refresh then runs while the
     identity still rests (its next attempt at refresh_expires), as when the pool is busy."""
@@ -362,14 +334,9 @@ def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(
     if mark_lands_first:
         store.release.set()
     pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
-    _login_many(pub, 1)
     r = Refresher(pub, workers=2)
     try:
-        clock.advance(HOUR)
-        r.run_once()
-        clock.advance(HOUR)
-        r.run_once()
-        assert r.stats.rested == 1
+        _refreshed_then_rested(clock, pub, r)
     finally:
         r.stop()
     clock.advance(30 * 60_000)  # due for a refresh, the held token still unexpired
