@@ -24,9 +24,17 @@ from operator_svc.config import (
     check_lifetimes,
 )
 from operator_svc.domain.api_keys import API_KEY_PREFIX, hash_api_key
-from operator_svc.store import ClientRow, KeysetRow, OperatorStore, SiteRow, StoreError
+from operator_svc.store import (
+    ClientRow,
+    KeypairRow,
+    KeysetRow,
+    OperatorStore,
+    SiteRow,
+    StoreError,
+)
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, normalise_domain
+from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, MAX_SITE_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 
@@ -317,6 +325,72 @@ def rotate_keys(
         expired = [k.key_id for k in OperatorStore.keys_in(conn) if k.expires_s <= now_s]
         pruned = OperatorStore.delete_keys(conn, expired)
     return RotationReport(created, pruned, activates)
+
+
+_SUBSCRIPTION_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+SUBSCRIPTION_ID_LENGTH = 10
+
+
+def _subscription_id(rng: Rng) -> str:
+    """Ten letters and digits, as the official operator's subscription ids (no modulo bias:
+    bytes of 248 and above, not a multiple of 62, are drawn again)."""
+    out: list[str] = []
+    while len(out) < SUBSCRIPTION_ID_LENGTH:
+        for b in rng(SUBSCRIPTION_ID_LENGTH):
+            if b < 248 and len(out) < SUBSCRIPTION_ID_LENGTH:
+                out.append(_SUBSCRIPTION_ALPHABET[b % 62])
+    return "".join(out)
+
+
+def _scope(store: OperatorStore) -> str:
+    return (store.meta("identity_scope") or b"UID2").decode()
+
+
+def add_keypair(store: OperatorStore, site_id: int, now_ms: int, rng: Rng) -> dict[str, Any]:
+    """A client-side token generation subscription for an existing site: what its pages need
+    (subscription id and public key); the private key stays in the store."""
+    check_site_id(site_id)
+    keypair = ServerKeypair.generate(rng)
+    scope = _scope(store)
+    with store.transaction() as conn:
+        if not OperatorStore.site_exists(conn, site_id):
+            raise AdminError(
+                f"no site {site_id}; add it with `uid2-operator site add --domain ...` first "
+                "(client-side generation is allowed only from the site's domains and apps)"
+            )
+        for _ in range(5):
+            row = KeypairRow(_subscription_id(rng), site_id, keypair.private_der(), False, now_ms)
+            try:
+                OperatorStore.insert_keypair(conn, row)
+            except sqlite3.IntegrityError:
+                continue
+            return {
+                "subscription_id": row.subscription_id,
+                "public_key": keypair.public_key_text(scope),
+                "site_id": site_id,
+            }
+    raise StoreError("could not allocate a unique subscription id")
+
+
+def list_keypairs(store: OperatorStore) -> list[dict[str, Any]]:
+    """Subscriptions with their public keys (never the private ones)."""
+    scope = _scope(store)
+    return [
+        {
+            "subscription_id": r.subscription_id,
+            "site_id": r.site_id,
+            "public_key": ServerKeypair.from_der(r.private_key).public_key_text(scope),
+            "disabled": r.disabled,
+            "created": r.created_ms,
+        }
+        for r in store.keypairs()
+    ]
+
+
+def set_keypair_disabled(store: OperatorStore, subscription_id: str, disabled: bool) -> None:
+    with store.transaction() as conn:
+        if OperatorStore.set_keypair_disabled(conn, subscription_id, disabled) == 0:
+            raise AdminError("no such subscription id")
 
 
 def rotate_salts(store: OperatorStore, fraction: float, now_ms: int, rng: Rng) -> int:

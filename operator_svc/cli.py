@@ -1,6 +1,6 @@
-"""`uid2-operator`: create the store, administer sites, clients, delegations, keys and salts, and
-serve gRPC. Every mistake prints one line on stderr and exits 2, with nothing half-written
-(each command is one transaction)."""
+"""`uid2-operator`: create the store, administer sites, clients, delegations, client-side key
+pairs, keys and salts, and serve gRPC. Every mistake prints one line on stderr and exits 2, with
+nothing half-written (each command is one transaction)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,26 @@ def _parser() -> argparse.ArgumentParser:
         _data_dir(p)
         p.add_argument("--site-id", type=int, required=True)
         p.add_argument("--client-name", required=True)
+
+    pairs = sub.add_parser(
+        "keypair", help="client-side token generation (CSTG) subscriptions"
+    ).add_subparsers(dest="action", required=True)
+    p = pairs.add_parser(
+        "add",
+        help="a subscription id and public key for a site's pages (Prebid.js, the UID2 SDKs)",
+        description="Creates a client-side token generation key pair for an existing site and "
+        "prints its subscription id and public key. Pages call /v2/token/client-generate on the "
+        "HTTP API (serve --http-listen); it answers only pages on the site's domains, and apps "
+        "with its app names (site add --domain/--app-name).",
+    )
+    _data_dir(p)
+    p.add_argument("--site-id", type=int, required=True)
+    p = pairs.add_parser("list", help="list subscriptions and public keys")
+    _data_dir(p)
+    for action in ("disable", "enable"):
+        p = pairs.add_parser(action, help=f"{action} a subscription")
+        _data_dir(p)
+        p.add_argument("--subscription-id", required=True)
 
     keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
         dest="action", required=True
@@ -312,6 +332,16 @@ def _run(args: argparse.Namespace) -> int:
         elif cmd == "delegation":
             admin.revoke_delegation(store, args.site_id, args.client_name)
             _print({"revoked": True, "site_id": args.site_id})
+        elif cmd == "keypair" and args.action == "add":
+            _print(admin.add_keypair(store, args.site_id, _now_ms(), rng))
+        elif cmd == "keypair" and args.action == "list":
+            for pair in admin.list_keypairs(store):
+                _print(pair)
+        elif cmd == "keypair":
+            admin.set_keypair_disabled(
+                store, args.subscription_id.strip(), disabled=args.action == "disable"
+            )
+            _print({args.action + "d": args.subscription_id.strip()})
         elif cmd == "keys":
             token_s, refresh_s, skew_s = _lifetimes(settings_of(args))
             report = admin.rotate_keys(

@@ -19,7 +19,7 @@ from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 from svc_common.impression_limits import MAX_TOKEN_CHARS, check_field_lengths, check_floor_price
-from svc_common.names import normalise_domain
+from svc_common.names import domain_allowed, normalise_domain
 from uid2.ssp.v1 import openrtb_pb2
 
 FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
@@ -47,10 +47,6 @@ class AuctionReport:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
-    return any(domain == d or domain.endswith("." + d) for d in allowed)
 
 
 class Exchange:
@@ -107,7 +103,7 @@ class Exchange:
                 ) from None
         # A publisher sells only inventory it registered: one registered only with domains has
         # no app inventory to sell, and the other way round.
-        if domain and not _domain_allowed(domain, account.domains):
+        if domain and not domain_allowed(domain, account.domains):
             raise ServiceError(
                 ErrorKind.PERMISSION_DENIED,
                 "INVENTORY_NOT_ALLOWED",

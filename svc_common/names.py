@@ -44,6 +44,11 @@ def _to_ascii(host: str) -> str:
     )
 
 
+def domain_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """`host` is one of the `allowed` domains or a subdomain of one (both normalised)."""
+    return any(host == d or host.endswith("." + d) for d in allowed)
+
+
 def check_app_name(text: str) -> str:
     """`text` stripped, if it looks like an app id (com.example.app, 123456789)."""
     name = text.strip()

@@ -6,6 +6,7 @@ the edge (server.create_server), never here, so tests can fix both.
 
 - `operator.auth.authenticate(api_key) -> Client`; `require_role(client, *roles)`
 - `operator.tokens.generate / refresh / validate`        (tokens.py)
+- `operator.client_side.generate`                         (client_side.py: pages, no API key)
 - `operator.mapper.map_identity`                          (mapping.py)
 - `operator.optouts.opt_out / opt_out_status / watch`     (optout.py)
 - `operator.keys.bidstream_keys / sharing_keys`           (keys_service.py)"""
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.auth import Authenticator
+from operator_svc.domain.client_side import ClientSideGenerator
 from operator_svc.domain.keys_service import KeyService
 from operator_svc.domain.mapping import IdentityMapper
 from operator_svc.domain.optout import OptOutService
@@ -46,6 +48,7 @@ class Operator:
             raise
         self.auth = Authenticator(self.state)
         self.tokens = TokenService(self.state, config, self.clock, self.rng)
+        self.client_side = ClientSideGenerator(self.state, self.tokens)
         self.mapper = IdentityMapper(self.state, self.clock)
         self.optouts = OptOutService(self.state, store, self.clock)
         self.keys = KeyService(self.state, config, self.clock)

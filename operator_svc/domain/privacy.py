@@ -11,9 +11,15 @@ import binascii
 from dataclasses import dataclass
 
 from svc_common.errors import invalid_argument
+from uid2_crypto.tokens import PRIVACY_BIT_CLIENT_SIDE_GENERATED
 
 # Bit 0 ("legacy") is always set, as the official operator does for server-side tokens.
 PRIVACY_BITS_DEFAULT = 1
+# Client-side generated: bit 1 (value 2), where the reference, the official operator and the
+# Java and C# SDKs put it, and bit 30, where uid2-client 2.9.0 and the reference's vectors read
+# it (README, "One place where the ground truth disagrees"). With both, every SDK and our own
+# decryptor see the token as client-side generated and apply the domain / app-name check.
+PRIVACY_BITS_CLIENT_SIDE = PRIVACY_BITS_DEFAULT | (1 << 1) | PRIVACY_BIT_CLIENT_SIDE_GENERATED
 _MAX_TCF_LEN = 8192
 # Offsets (bits) in the TCF v2 core string: Version(6) Created(36) LastUpdated(36) CmpId(12)
 # CmpVersion(12) ConsentScreen(6) ConsentLanguage(12) VendorListVersion(12)

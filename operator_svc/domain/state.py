@@ -1,5 +1,6 @@
-"""The operator's in-memory state: immutable snapshots of clients, sites, delegations, keys and
-salts, swapped atomically as whole objects, and an append-only opt-out index.
+"""The operator's in-memory state: immutable snapshots of clients, sites, delegations, keys,
+client-side key pairs and salts, swapped atomically as whole objects, and an append-only opt-out
+index.
 
 Requests read only this state; nothing on the request path touches the disk except writes.
 `StateLoader.load()` fills it at start; `StateLoader.sync()` (called by a background thread
@@ -16,7 +17,8 @@ from types import MappingProxyType
 
 import structlog
 
-from operator_svc.store import ClientRow, OperatorStore, OptOutRow
+from operator_svc.store import ClientRow, KeypairRow, OperatorStore, OptOutRow
+from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.identity import IdentityScope, identity_hash
 from uid2_crypto.keys import Key, KeyRing, Keyset
 from uid2_crypto.salts import SaltSet, bucket_index, first_level_hash, raw_uid2
@@ -46,6 +48,16 @@ class Site:
     name: str
     domains: tuple[str, ...]
     app_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Keypair:
+    """A client-side token generation subscription of a site (the page's key to the operator)."""
+
+    subscription_id: str
+    site_id: int
+    server: ServerKeypair = field(repr=False)
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,7 @@ class OperatorState:
         clients: Mapping[str, Client],
         sites: Mapping[int, Site],
         delegations: frozenset[tuple[int, str]],
+        keypairs: Mapping[str, Keypair] = MappingProxyType({}),
     ) -> None:
         self.first_level_salt = first_level_salt
         self.identity_scope = identity_scope
@@ -206,6 +219,8 @@ class OperatorState:
         self.clients = clients
         self.sites = sites
         self.delegations = delegations
+        # subscription id -> key pair
+        self.keypairs = keypairs
         self.test_identities = TestIdentities.for_salt(first_level_salt)
         self.optouts = OptOutIndex(salts, self.test_identities.never_optout)
         # Called (no arguments) after keys change, e.g. to drop caches built from them.
@@ -222,6 +237,15 @@ def _client(row: ClientRow) -> Client:
         key_salt=row.key_salt,
         key_hash=row.key_hash,
         secret=row.secret,
+        disabled=row.disabled,
+    )
+
+
+def _keypair(row: KeypairRow) -> Keypair:
+    return Keypair(
+        subscription_id=row.subscription_id,
+        site_id=row.site_id,
+        server=ServerKeypair.from_der(row.private_key),
         disabled=row.disabled,
     )
 
@@ -258,6 +282,7 @@ class StateLoader:
             clients=self._clients(),
             sites=self._sites(),
             delegations=frozenset(store.delegations()),
+            keypairs=self._keypairs(),
         )
         state.optouts.add_synced(store.optouts_after(0))
         return state
@@ -292,6 +317,9 @@ class StateLoader:
             }
         )
 
+    def _keypairs(self) -> Mapping[str, Keypair]:
+        return MappingProxyType({r.subscription_id: _keypair(r) for r in self._store.keypairs()})
+
     def sync(self, state: OperatorState, force: bool = False) -> list[str]:
         """Reloads what changed in the store; returns the names of what was reloaded."""
         with self._lock:
@@ -324,6 +352,9 @@ class StateLoader:
             if versions["delegations"] != old.get("delegations"):
                 state.delegations = frozenset(store.delegations())
                 changed.append("delegations")
+            if versions["keypairs"] != old.get("keypairs"):
+                state.keypairs = self._keypairs()
+                changed.append("keypairs")
             rows = store.optouts_after(state.optouts.synced_seq)
             if rows and state.optouts.add_synced(rows):
                 changed.append("optouts")
@@ -362,6 +393,7 @@ class Syncer:
 __all__ = [
     "Client",
     "KeySnapshot",
+    "Keypair",
     "OperatorState",
     "OptOutIndex",
     "Site",

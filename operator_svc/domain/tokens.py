@@ -3,6 +3,8 @@
 Entry points on `TokenService(state, config, clock, rng)`:
 - `generate(client, kind, value, privacy, on_behalf_of_site_id=0) -> GenerateOutcome`
   (GENERATOR role; opt-out and refused consent are outcomes, not errors);
+- `generate_client_side(site_id, kind, value) -> GenerateOutcome` (a page checked by
+  client_side.py: no API key);
 - `refresh(refresh_token) -> RefreshOutcome` (no client: the token is the credential);
 - `validate(client, token, kind, value) -> bool` (GENERATOR role; the caller's site's tokens).
 
@@ -21,7 +23,12 @@ from enum import Enum
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.auth import require_role
 from operator_svc.domain.dii import dii_flh
-from operator_svc.domain.privacy import PRIVACY_BITS_DEFAULT, Privacy, consent_allows_token
+from operator_svc.domain.privacy import (
+    PRIVACY_BITS_CLIENT_SIDE,
+    PRIVACY_BITS_DEFAULT,
+    Privacy,
+    consent_allows_token,
+)
 from operator_svc.domain.state import Client, KeySnapshot, OperatorState
 from svc_common.clock import Clock
 from svc_common.errors import invalid_argument, permission_denied, unavailable
@@ -221,6 +228,23 @@ class TokenService:
             site_id=site_id,
             client_key_id=client.client_id,
             privacy_bits=PRIVACY_BITS_DEFAULT,
+            established_ms=self._clock.now_ms(),
+        )
+        return GenerateOutcome(GenerateStatus.SUCCESS, identity, site_id)
+
+    def generate_client_side(self, site_id: int, kind: str, value: str) -> GenerateOutcome:
+        """An identity for a page of `site_id` (client_side.py has checked the page): marked
+        client-side generated, so decryptors check the domain or app it is used on. The page
+        collects consent itself; an opted-out user gets OPTOUT and no token."""
+        identity_type, flh = dii_flh(kind, value, self._state.first_level_salt)
+        if self._is_opted_out(flh):
+            return GenerateOutcome(GenerateStatus.OPTOUT, site_id=site_id)
+        identity = self._issue(
+            flh=flh,
+            identity_type=identity_type,
+            site_id=site_id,
+            client_key_id=0,
+            privacy_bits=PRIVACY_BITS_CLIENT_SIDE,
             established_ms=self._clock.now_ms(),
         )
         return GenerateOutcome(GenerateStatus.SUCCESS, identity, site_id)

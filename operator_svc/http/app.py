@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
-from operator_svc.domain.tokens import RefreshStatus
+from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
 from operator_svc.http import handlers
 from operator_svc.http.envelope_io import (
     BINARY,
@@ -43,6 +44,8 @@ from operator_svc.http.errors import (
     CLIENT_ERROR,
     ERROR,
     EXPIRED_TOKEN,
+    INVALID_APP_NAME,
+    INVALID_HTTP_ORIGIN,
     INVALID_TOKEN,
     OPTOUT,
     SUCCESS,
@@ -51,10 +54,11 @@ from operator_svc.http.errors import (
 )
 from svc_common import call_context
 from svc_common.edge_log import log_unhandled, request_id
-from svc_common.errors import ServiceError
+from svc_common.errors import ErrorKind, ServiceError
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.settings import split_host_port
 from svc_common.tls import ServerTls
+from uid2_crypto.client_side import seal_answer
 
 _log = structlog.get_logger("http")
 
@@ -83,16 +87,17 @@ ROUTES: dict[str, Route] = {
     "/v2/key/bidstream": Route(handlers.key_bidstream),
 }
 REFRESH_PATH = "/v2/token/refresh"
+CLIENT_GENERATE_PATH = "/v2/token/client-generate"
 HEALTH_PATH = "/ops/healthcheck"
-# Paths a browser calls directly (the JavaScript SDK refreshes from the page).
-CORS_PATHS = frozenset({REFRESH_PATH})
+# Paths a browser calls directly (the JavaScript SDK refreshes and generates from the page).
+CORS_PATHS = frozenset({REFRESH_PATH, CLIENT_GENERATE_PATH})
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, X-UID2-Client-Version",
     "Access-Control-Max-Age": "86400",
 }
-_KNOWN_PATHS = frozenset({*ROUTES, REFRESH_PATH, HEALTH_PATH})
+_KNOWN_PATHS = frozenset({*ROUTES, REFRESH_PATH, CLIENT_GENERATE_PATH, HEALTH_PATH})
 _TEXT = "text/plain"
 
 
@@ -162,6 +167,8 @@ class HttpApi:
             app.router.add_post(path, self._enveloped(route))
         app.router.add_post(REFRESH_PATH, self._refresh)
         app.router.add_route("OPTIONS", REFRESH_PATH, self._preflight)
+        app.router.add_post(CLIENT_GENERATE_PATH, self._client_generate)
+        app.router.add_route("OPTIONS", CLIENT_GENERATE_PATH, self._preflight)
         app.router.add_get(HEALTH_PATH, self._health)
         return app
 
@@ -300,6 +307,29 @@ class HttpApi:
             answer = {"status": OPTOUT}
         sealed = seal_refresh_response(outcome.response_key, answer, rng=self._rng)
         return web.Response(body=sealed, content_type=_TEXT)
+
+    async def _client_generate(self, request: web.Request) -> web.Response:
+        """A page's request (operator_svc.domain.client_side): its JSON body, no API key. A
+        success or opt-out answer is sealed under the secret shared with the page; refusals are
+        plain JSON errors (400 client_error, 403 for the page's origin or app)."""
+        body = await self._read(request)
+        parsed = handlers.client_side_request(body, request.headers.get("Origin"))
+        try:
+            secret, outcome = self._op.client_side.generate(parsed)
+        except ServiceError as exc:
+            if exc.kind is ErrorKind.PERMISSION_DENIED:
+                app = exc.reason == "INVALID_APP_NAME"
+                status = INVALID_APP_NAME if app else INVALID_HTTP_ORIGIN
+                raise HttpError(403, status, exc.message, exc.reason) from None
+            raise
+        call_context.bind(site_id=outcome.site_id, status=outcome.status.value)
+        answer: dict[str, Any]
+        if outcome.status is GenerateStatus.SUCCESS and outcome.identity is not None:
+            answer = {"status": SUCCESS, "body": handlers.identity_json(outcome.identity)}
+        else:
+            answer = {"status": OPTOUT}
+        sealed = seal_answer(secret, json.dumps(answer).encode(), self._rng)
+        return web.Response(text=sealed, content_type=_TEXT)
 
     async def _preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204)

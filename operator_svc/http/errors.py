@@ -15,6 +15,9 @@ INVALID_TOKEN = "invalid_token"  # noqa: S105 - a status name
 EXPIRED_TOKEN = "expired_token"  # noqa: S105 - a status name
 INSUFFICIENT_USER_CONSENT = "insufficient_user_consent"
 ERROR = "error"
+# Client-side generation refused for where the request came from (HTTP 403).
+INVALID_HTTP_ORIGIN = "invalid_http_origin"
+INVALID_APP_NAME = "invalid_app_name"
 
 # ServiceError kind -> (HTTP code, status string). A role the key lacks is 401 unauthorized,
 # as the official operator answers.

@@ -13,13 +13,17 @@ that the official API imposes:
   handleLogoutAsyncV2 calls invalidateTokensAsync, its opt-out); here it is the domain's
   `opt_out`, durable before the answer.
 - identity/buckets: salt buckets rotated after `since_timestamp` (ISO 8601; a local time is UTC).
+- client-generate (`client_side_request`): a page's own JSON body, not an envelope, and no API
+  key (operator_svc.domain.client_side).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+from operator_svc.domain.client_side import ClientSideRequest
 from operator_svc.domain.dii import KINDS, dii_of_fields
 from operator_svc.domain.mapping import MappedIdentity, UnmappedReason
 from operator_svc.domain.operator import Operator
@@ -77,6 +81,37 @@ def generate(operator: Operator, client: Client, payload: dict[str, Any]) -> Ans
     if outcome.status is GenerateStatus.INSUFFICIENT_CONSENT or outcome.identity is None:
         return {"status": INSUFFICIENT_USER_CONSENT}
     return {"status": SUCCESS, "body": identity_json(outcome.identity)}
+
+
+def client_side_request(body: bytes, origin: str | None) -> ClientSideRequest:
+    """The JSON body of /v2/token/client-generate (not enveloped: the page encrypts its payload
+    itself), with the request's Origin header."""
+    try:
+        fields = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise client_error("BAD_JSON", "json payload is not valid")
+    subscription_id = fields.get("subscription_id")
+    if not isinstance(subscription_id, str) or not subscription_id:
+        raise client_error("BAD_SUBSCRIPTION_ID", "bad subscription_id")
+    parts = [fields.get(name) for name in ("payload", "iv", "public_key")]
+    if not all(isinstance(p, str) and p for p in parts):
+        raise client_error("MISSING_PARAMS", "required parameters: payload, iv, public_key")
+    timestamp = fields.get("timestamp")
+    # bool is an int to Python, never a timestamp to the SDKs.
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp < 0:
+        raise client_error("BAD_TIMESTAMP", "timestamp must be milliseconds since the epoch")
+    payload, iv, public_key = (str(p) for p in parts)
+    return ClientSideRequest(
+        subscription_id=subscription_id,
+        payload=payload,
+        iv=iv,
+        public_key=public_key,
+        timestamp_ms=timestamp,
+        origin=origin,
+        app_name=_optional_str(fields, "app_name"),
+    )
 
 
 def validate(operator: Operator, client: Client, payload: dict[str, Any]) -> Answer:

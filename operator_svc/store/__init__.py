@@ -4,13 +4,21 @@ Every write that is acknowledged to a caller runs in one transaction with `synch
 it survives a crash (kill -9) once the call returns. Readers load whole tables into memory
 snapshots; `versions()` tells what changed since the last load (also across processes)."""
 
-from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
+from operator_svc.store.records import (
+    ClientRow,
+    KeypairRow,
+    KeyRow,
+    KeysetRow,
+    OptOutRow,
+    SiteRow,
+)
 from operator_svc.store.sqlite_store import DB_FILE, OperatorStore, StoreError
 
 __all__ = [
     "DB_FILE",
     "ClientRow",
     "KeyRow",
+    "KeypairRow",
     "KeysetRow",
     "OperatorStore",
     "OptOutRow",

@@ -56,3 +56,15 @@ class OptOutRow:
     seq: int
     flh: bytes = field(repr=False)
     opted_out_at_ms: int
+
+
+@dataclass(frozen=True)
+class KeypairRow:
+    """A client-side token generation subscription: the page's public key is derived from the
+    private one, which never leaves the operator."""
+
+    subscription_id: str
+    site_id: int
+    private_key: bytes = field(repr=False)
+    disabled: bool
+    created_ms: int

@@ -2,8 +2,9 @@
 
 Layout: `meta` (first-level salt, identity scope, schema version and one change counter per
 table), `salt_blobs` (the SaltSet's flat buffers), `keysets`, `keys`, `sites`, `clients`,
-`delegations` and `optouts` (first-level hash -> first opt-out time; its rowid is the sequence
-other processes follow incrementally).
+`delegations`, `keypairs` (client-side token generation subscriptions) and `optouts`
+(first-level hash -> first opt-out time; its rowid is the sequence other processes follow
+incrementally).
 
 One connection serialises this process's writes (a lock); each reader thread (the sync poller)
 opens its own connection with `reader()`."""
@@ -17,14 +18,27 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from operator_svc.store.records import ClientRow, KeyRow, KeysetRow, OptOutRow, SiteRow
+from operator_svc.store.records import (
+    ClientRow,
+    KeypairRow,
+    KeyRow,
+    KeysetRow,
+    OptOutRow,
+    SiteRow,
+)
 from svc_common.sqlite_db import close_when_free, open_db, require_data_dir, write_transaction
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
 
 # Change counters kept in `meta`, bumped in the same transaction as the change.
-TABLES = ("salts", "keys", "sites", "clients", "delegations")
+TABLES = ("salts", "keys", "sites", "clients", "delegations", "keypairs")
+
+# Added after the first release: stores made before it get the table from the first
+# `keypair add` (in that command's transaction), and read as having none until then.
+_KEYPAIRS_TABLE = """CREATE TABLE IF NOT EXISTS keypairs (
+    subscription_id TEXT PRIMARY KEY, site_id INTEGER NOT NULL, private_key BLOB NOT NULL,
+    disabled INTEGER NOT NULL, created INTEGER NOT NULL);"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -51,6 +65,7 @@ CREATE TABLE IF NOT EXISTS optouts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, flh BLOB NOT NULL UNIQUE,
     opted_out_at INTEGER NOT NULL);
 """
+_SCHEMA += _KEYPAIRS_TABLE + "\n"
 
 
 class StoreError(Exception):
@@ -381,6 +396,44 @@ class OperatorStore:
             "DELETE FROM delegations WHERE site_id = ? AND client_name = ?", (site_id, client_name)
         )
         cls.bump(conn, "delegations")
+        return int(cur.rowcount)
+
+    # -- client-side key pairs -------------------------------------------------------------
+
+    def keypairs(self) -> list[KeypairRow]:
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT subscription_id, site_id, private_key, disabled, created "
+                    "FROM keypairs ORDER BY created, subscription_id"
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
+        return [KeypairRow(str(s), int(i), bytes(k), bool(d), int(c)) for s, i, k, d, c in rows]
+
+    @classmethod
+    def insert_keypair(cls, conn: sqlite3.Connection, row: KeypairRow) -> None:
+        """Raises sqlite3.IntegrityError when the subscription id is taken."""
+        conn.execute(_KEYPAIRS_TABLE)
+        conn.execute(
+            "INSERT INTO keypairs(subscription_id, site_id, private_key, disabled, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (row.subscription_id, row.site_id, row.private_key, int(row.disabled), row.created_ms),
+        )
+        cls.bump(conn, "keypairs")
+
+    @classmethod
+    def set_keypair_disabled(
+        cls, conn: sqlite3.Connection, subscription_id: str, disabled: bool
+    ) -> int:
+        conn.execute(_KEYPAIRS_TABLE)
+        cur = conn.execute(
+            "UPDATE keypairs SET disabled = ? WHERE subscription_id = ?",
+            (int(disabled), subscription_id),
+        )
+        cls.bump(conn, "keypairs")
         return int(cur.rowcount)
 
     # -- opt-outs --------------------------------------------------------------------------

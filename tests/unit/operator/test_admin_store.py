@@ -231,3 +231,65 @@ def test_concurrent_salt_rotations_both_count(tmp_path: Path) -> None:
     assert all(after.salt(i) != before.salt(i) for i in sample)
     for s in (store, *stores):
         s.close()
+
+
+def test_keypairs_reach_a_running_operator_and_disabling_them_too(env: Env) -> None:
+    pair = admin.add_keypair(env.store, 12, T0, os.urandom)
+    assert "keypairs" in env.op.sync_now()
+    held = env.op.state.keypairs[pair["subscription_id"]]
+    assert held.site_id == 12 and not held.disabled
+    assert held.server.public_key_text("UID2") == pair["public_key"]
+    admin.set_keypair_disabled(env.store, pair["subscription_id"], True)
+    assert "keypairs" in env.op.sync_now()
+    assert env.op.state.keypairs[pair["subscription_id"]].disabled
+    listed = [
+        p for p in admin.list_keypairs(env.store) if p["subscription_id"] == pair["subscription_id"]
+    ]
+    assert listed == [
+        {
+            "subscription_id": pair["subscription_id"],
+            "site_id": 12,
+            "public_key": pair["public_key"],
+            "disabled": True,
+            "created": T0,
+        }
+    ]
+    # The private key is only ever in the store, never in what admin prints.
+    assert "private" not in repr(listed) and "private" not in repr(pair)
+    assert "server=" not in repr(held)
+
+
+def test_keypairs_need_an_existing_site_and_ids_are_ten_alphanumerics(env: Env) -> None:
+    with pytest.raises(admin.AdminError, match="no site 999"):
+        admin.add_keypair(env.store, 999, T0, os.urandom)
+    with pytest.raises(admin.AdminError, match="no such subscription"):
+        admin.set_keypair_disabled(env.store, "nope", True)
+    ids = {admin.add_keypair(env.store, 12, T0, os.urandom)["subscription_id"] for _ in range(5)}
+    assert len(ids) == 5
+    assert all(len(i) == 10 and i.isalnum() and i.isascii() for i in ids)
+
+
+def test_a_store_from_before_keypairs_reads_none_and_gets_the_table_on_first_add(
+    tmp_path: Path,
+) -> None:
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    admin.add_site(store, 12, "s", ["s.example"], [], T0, os.urandom)
+    with store.transaction() as conn:
+        conn.execute("DROP TABLE keypairs")  # as a store made by the release before
+    store.close()
+    store = OperatorStore.open(tmp_path)
+    try:
+        assert store.keypairs() == []
+        op = Operator(
+            OperatorConfig(data_dir=tmp_path), store, clock=ManualClock(T0), rng=os.urandom
+        )
+        try:
+            assert dict(op.state.keypairs) == {}
+            pair = admin.add_keypair(store, 12, T0, os.urandom)
+            assert "keypairs" in op.sync_now()
+            assert pair["subscription_id"] in op.state.keypairs
+        finally:
+            op.close()
+    finally:
+        store.close()

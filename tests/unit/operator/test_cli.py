@@ -3,6 +3,7 @@ and a rejected `keys rotate` leaves every key where it was."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,26 @@ def test_argument_mistakes_are_one_line(
 ) -> None:
     # argparse's own error prints its usage block; the contract wants one line and exit 2.
     assert problem in _fails(capsys, *argv)
+
+
+def test_keypair_commands(initialised: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(initialised)
+    assert "no site 10" in _fails(capsys, "keypair", "add", "--data-dir", d, "--site-id", "10")
+    assert cli.main(["site", "add", "--data-dir", d, "--site-id", "10", "--name", "n"]) == 0
+    capsys.readouterr()
+    assert cli.main(["keypair", "add", "--data-dir", d, "--site-id", "10"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["site_id"] == 10 and added["public_key"].startswith("UID2-X-P-")
+    sub = added["subscription_id"]
+    assert cli.main(["keypair", "disable", "--data-dir", d, "--subscription-id", sub]) == 0
+    assert json.loads(capsys.readouterr().out) == {"disabled": sub}
+    assert cli.main(["keypair", "list", "--data-dir", d]) == 0
+    (listed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert listed["subscription_id"] == sub and listed["disabled"] is True
+    assert listed["public_key"] == added["public_key"]
+    assert cli.main(["keypair", "enable", "--data-dir", d, "--subscription-id", sub]) == 0
+    capsys.readouterr()
+    assert "no such subscription id" in _fails(
+        capsys, "keypair", "enable", "--data-dir", d, "--subscription-id", "nope"
+    )
+    assert "--site-id" in _fails(capsys, "keypair", "add", "--data-dir", d)
