@@ -60,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules clients/prebid_cstg/cache
