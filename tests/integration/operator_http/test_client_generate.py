@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -298,3 +299,23 @@ def test_browsers_may_call_it_cross_origin(cstg: Cstg) -> None:
     assert "POST" in reply.headers["access-control-allow-methods"]
     ok = cstg.post(cstg.page({"email_hash": b64_sha256("cors@example.com")}))
     assert ok.headers["access-control-allow-origin"] == "*"
+
+
+def test_random_json_bodies_are_answered_400_or_403_never_500(cstg: Cstg) -> None:
+    rnd = random.Random(11)
+    valid = cstg.page({"email_hash": b64_sha256("fuzz@example.com")}).body
+    junk: list[Any] = [None, 0, -1, 2**70, 1.5, True, "", "x", "A" * 5000, [], {}, ["a"]]
+    for _ in range(300):
+        body = {
+            name: rnd.choice([value, *junk]) for name, value in valid.items() if rnd.random() < 0.9
+        }
+        if rnd.random() < 0.2:
+            body["app_name"] = rnd.choice(junk)
+        reply = cstg.post(body, origin=rnd.choice([ORIGIN, None, "", "::", "https://[::1"]))
+        assert reply.status in (200, 400, 403), (body, reply.body)
+        if reply.status != 200:
+            assert reply.json()["status"] in {
+                "client_error",
+                "invalid_http_origin",
+                "invalid_app_name",
+            }

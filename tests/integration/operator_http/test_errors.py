@@ -212,7 +212,7 @@ def test_random_bodies_never_500(live: HttpLive) -> None:
     rnd = random.Random(7)
     secret = base64.b64decode(live.clients["all"].secret)
     for i in range(150):
-        path = rnd.choice([*PATHS, "/v2/token/refresh"])
+        path = rnd.choice([*PATHS, "/v2/token/refresh", "/v2/token/client-generate"])
         kind = i % 3
         if kind == 0:
             body = rnd.randbytes(rnd.randrange(0, 600))

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
+from operator_svc import admin
+from operator_svc.store import OperatorStore
 from tests.integration.operator.conftest import add_client, init_dir
+from tests.support.cstg_page import b64_sha256, page_request
 from tests.support.procs import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -21,6 +24,12 @@ pytestmark = pytest.mark.slow
 def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
     init_dir(tmp_path)
     client = add_client(tmp_path, 100, "pub", ["GENERATOR"])
+    store = OperatorStore.open(tmp_path)
+    try:
+        admin.add_site(store, 100, "pub", ["pub.example"], [], 0, admin.default_rng)
+        pair = admin.add_keypair(store, 100, 0, admin.default_rng)
+    finally:
+        store.close()
     args = ["uid2-operator", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
     env = {"UID2_OPERATOR_HTTP_LISTEN": "127.0.0.1:0"} if via_env else None
     if not via_env:
@@ -39,6 +48,15 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         assert generated.is_success()
         identity = generated.get_identity()
         assert sdk.refresh_token(identity).is_success()
+        email_hash = b64_sha256("page-user@example.com")
+        page = page_request(pair["public_key"], pair["subscription_id"], {"email_hash": email_hash})
+        req = urllib.request.Request(  # noqa: S310  # a fixed http://127.0.0.1 URL
+            base + "/v2/token/client-generate",
+            data=page.encoded(),
+            headers={"Origin": "https://pub.example"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310  # as above
+            page_identity = page.open_answer(resp.read())["body"]
         assert proc.terminate() == 0
     finally:
         proc.kill()
@@ -49,7 +67,9 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         ("/ops/healthcheck", 200),
         ("/v2/token/generate", 200),
         ("/v2/token/refresh", 200),
+        ("/v2/token/client-generate", 200),
     ]
+    assert http[-1]["site_id"] == 100 and http[-1]["status"] == "success"
     assert all("request_id" in e and "latency_ms" in e for e in http)
     for secret in (
         client.api_key,
@@ -57,5 +77,10 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         email,
         identity.get_advertising_token(),
         identity.get_refresh_token(),
+        email_hash,
+        page.body["payload"],
+        page_identity["advertising_token"],
+        page_identity["refresh_token"],
+        page_identity["refresh_response_key"],
     ):
         assert secret not in log
