@@ -60,8 +60,9 @@ class Bidder:
         token = uid2_token(request)
         if token is None or self._checker is None:
             return None
-        channel = request.app.bundle if request.HasField("app") else request.site.domain
-        return self._checker.check(token, channel or None)
+        app = request.HasField("app")
+        channel = request.app.bundle if app else request.site.domain
+        return self._checker.check(token, channel or None, app=app)
 
     def bid(self, request: openrtb_pb2.BidRequest) -> openrtb_pb2.BidResponse:
         if self._delay_s:

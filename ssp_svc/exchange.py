@@ -130,7 +130,9 @@ class Exchange:
             return Disposition.ABSENT
         if self._checker is None:
             return Disposition.PASSED_THROUGH
-        verdict = self._checker.check(imp.token, imp.app_bundle or imp.page_domain)
+        verdict = self._checker.check(
+            imp.token, imp.app_bundle or imp.page_domain, app=bool(imp.app_bundle)
+        )
         return _BY_VERDICT[verdict]
 
     def run(self, imp: Impression) -> AuctionReport:

@@ -10,6 +10,8 @@ import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from uid2_client.refresh_keys_util import parse_keys_json
 from uid2_client.uid2_token_generator import UID2TokenGenerator
 
 from bidstream.key_json import key_container_dict
+from tests.support.cstg_page import b64_sha256, page_request
 from tests.support.procs import ServiceProcess, run_cli, wait_until
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
@@ -103,8 +106,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[ServiceProcess] = []
     try:
         operator = ServiceProcess(
-            ["uid2-operator", "serve", "--data-dir", str(op_dir), "--listen", "127.0.0.1:0"]
-        ).wait_ready()
+            ["uid2-operator", "serve", "--data-dir", str(op_dir), "--listen", "127.0.0.1:0",
+             "--http-listen", "127.0.0.1:0"]
+        ).wait_ready()  # fmt: skip
         procs.append(operator)
         alpha = ServiceProcess(
             ["uid2-dsp", "serve", "--listen", "127.0.0.1:0", "--name", "alpha",
@@ -175,6 +179,51 @@ def test_operator_token_travels_unchanged(world: World) -> None:
         ("uidapi.com", [(token, 3)])
     ]
     stream.cancel()
+
+
+def _client_side_token(world: World, site_id: int, origin: str) -> str:
+    """A token a page on `origin` generated itself (POST /v2/token/client-generate)."""
+    pair = _cli("uid2-operator", "keypair", "add", "--data-dir", str(world.op_dir),
+                "--site-id", str(site_id))  # fmt: skip
+    http_port = next(e for e in world.operator.events if e.get("event") == "serving")["http_port"]
+    page = page_request(
+        pair["public_key"], pair["subscription_id"], {"email_hash": b64_sha256("page@example.com")}
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/v2/token/client-generate",
+        data=page.encoded(),
+        headers={"Origin": origin},
+    )
+
+    def answered() -> bool:  # the new key pair reaches the serving operator within a second
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310  # http://127.0.0.1
+                answers.append(page.open_answer(resp.read()))
+            return True
+        except urllib.error.HTTPError:
+            return False
+
+    answers: list[Any] = []
+    assert wait_until(answered, 2.0)
+    token = str(answers[0]["body"]["advertising_token"])
+    world.issued.append(token)
+    return token
+
+
+def test_a_client_side_token_is_valid_on_its_sites_pages_only(world: World) -> None:
+    # Site 42 registered example.com; its page on news.example.com generated the token, and
+    # both the SSP and the decrypting bidder accept it there.
+    token = _client_side_token(world, PUB_SITE, f"https://{DOMAIN}")
+    r = world.submit(token)
+    assert r.token_disposition == VALID
+    assert r.winning_bid.bidder == "alpha" and r.winning_bid.price == 2.5
+    # Another site's page token, carried on site 42's page: dropped, as a token lifted from
+    # one site and replayed on another must be.
+    _cli("uid2-operator", "site", "add", "--data-dir", str(world.op_dir), "--site-id", "43",
+         "--name", "other", "--domain", "other.test")  # fmt: skip
+    lifted = _client_side_token(world, 43, "https://www.other.test")
+    dropped = world.submit(lifted)
+    assert dropped.token_disposition == ssp_pb2.TOKEN_DISPOSITION_DROPPED_INVALID
 
 
 def _sdk_keys(world: World) -> tuple[Any, Any]:

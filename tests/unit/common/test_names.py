@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from svc_common.names import check_app_name, normalise_domain
+from svc_common.names import check_app_name, domain_allowed, normalise_domain, parent_domains
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,17 @@ def test_app_names() -> None:
     for bad in ("", "com example", "com/example", ".hidden", "x" * 300):
         with pytest.raises(ValueError, match="not an app name"):
             check_app_name(bad)
+
+
+def test_parent_domains_nearest_first_down_to_two_labels() -> None:
+    assert parent_domains("www.news.example.com") == ["news.example.com", "example.com"]
+    assert parent_domains("example.com") == []
+    assert parent_domains("localhost") == []
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [("example.com", True), ("www.example.com", True), ("badexample.com", False), ("com", False)],
+)
+def test_domain_allowed_is_the_domain_or_a_subdomain(host: str, allowed: bool) -> None:
+    assert domain_allowed(host, ("example.com", "other.test")) is allowed

@@ -57,6 +57,20 @@ def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
     assert checker.check(token, None) is Verdict.INVALID
 
 
+def test_a_page_on_a_subdomain_of_the_sites_domain_is_the_sites() -> None:
+    keys = KeySet()
+    checker, _, _ = checker_for(keys)
+    token = mint(keys, client_side=True)
+    assert checker.check(token, "www." + DOMAIN) is Verdict.VALID
+    assert checker.check(token, "a.b." + DOMAIN.upper()) is Verdict.VALID
+    # Only parents: a sibling, a lookalike, or the site's domain's own parent is not the site.
+    assert checker.check(token, "bad" + DOMAIN) is Verdict.INVALID
+    assert checker.check(token, DOMAIN.split(".", 1)[1]) is Verdict.INVALID
+    # An app's bundle id is matched whole, never as a domain.
+    assert checker.check(token, "x." + APP, app=True) is Verdict.INVALID
+    assert checker.check(token, APP, app=True) is Verdict.VALID
+
+
 def test_no_keys_means_no_verdict_on_the_token() -> None:
     keys = KeySet()
     cache = KeyCache(keys.body, SystemClock())
