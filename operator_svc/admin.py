@@ -372,6 +372,12 @@ def add_keypair(store: OperatorStore, site_id: int, now_ms: int, rng: Rng) -> di
     raise StoreError("could not allocate a unique subscription id")
 
 
+def site_has_places(store: OperatorStore, site_id: int) -> bool:
+    """Whether the site lists a domain or an app name: without one, every client-side request
+    for it is refused."""
+    return any(s.domains or s.app_names for s in store.sites() if s.site_id == site_id)
+
+
 def list_keypairs(store: OperatorStore) -> list[dict[str, Any]]:
     """Subscriptions with their public keys (never the private ones)."""
     scope = _scope(store)

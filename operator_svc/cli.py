@@ -334,6 +334,11 @@ def _run(args: argparse.Namespace) -> int:
             _print({"revoked": True, "site_id": args.site_id})
         elif cmd == "keypair" and args.action == "add":
             _print(admin.add_keypair(store, args.site_id, _now_ms(), rng))
+            if not admin.site_has_places(store, args.site_id):
+                sys.stderr.write(
+                    f"{PROG}: note: site {args.site_id} lists no domain or app name yet; its "
+                    "pages and apps are refused until `site add --domain/--app-name` lists them\n"
+                )
         elif cmd == "keypair" and args.action == "list":
             for pair in admin.list_keypairs(store):
                 _print(pair)

@@ -149,13 +149,23 @@ def test_keypair_commands(initialised: Path, capsys: pytest.CaptureFixture[str])
     assert cli.main(["site", "add", "--data-dir", d, "--site-id", "10", "--name", "n"]) == 0
     capsys.readouterr()
     assert cli.main(["keypair", "add", "--data-dir", d, "--site-id", "10"]) == 0
-    added = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    added = json.loads(out)
+    # The site lists no domain yet: said, not refused (domains may well come next).
+    assert "site 10 lists no domain or app name yet" in err
+    assert cli.main(["site", "add", "--data-dir", d, "--site-id", "10", "--name", "n",
+                     "--domain", "n.example"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["keypair", "add", "--data-dir", d, "--site-id", "10"]) == 0
+    assert capsys.readouterr().err == ""
     assert added["site_id"] == 10 and added["public_key"].startswith("UID2-X-P-")
     sub = added["subscription_id"]
     assert cli.main(["keypair", "disable", "--data-dir", d, "--subscription-id", sub]) == 0
     assert json.loads(capsys.readouterr().out) == {"disabled": sub}
     assert cli.main(["keypair", "list", "--data-dir", d]) == 0
-    (listed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    (listed,) = [r for r in rows if r["subscription_id"] == sub]
     assert listed["subscription_id"] == sub and listed["disabled"] is True
     assert listed["public_key"] == added["public_key"]
     assert cli.main(["keypair", "enable", "--data-dir", d, "--subscription-id", sub]) == 0
