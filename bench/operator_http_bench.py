@@ -5,9 +5,12 @@ asyncio client process drives each in turn with the same closed loop: `in_flight
 keep one call outstanding for a fixed duration after a warm-up. HTTP: aiohttp ClientSession
 (keep-alive), a fresh envelope per request (uid2_crypto.envelope, current timestamp, random
 nonce and IV), the answer decrypted and its nonce checked; gRPC: grpc.aio GenerateToken. Both
-use the same 1,000 e-mail addresses. Figures: throughput (calls/s), p50/p99 latency (ms), and
-HTTP/gRPC throughput ratio per concurrency. Both front doors log one line per call (INFO), as
-in production.
+use the same 1,000 e-mail addresses. Client-side generation (`client_generate`) is driven the
+same way over HTTP, cycling through 1,000 page requests built before the run (a page's own
+ECDH and encryption are the browser's cost, not the operator's; the operator does its full work
+for every one: ECDH, decryption, the origin check, the token). Figures: throughput (calls/s),
+p50/p99 latency (ms), HTTP/gRPC and client-generate/generate throughput ratios per concurrency.
+Both front doors log one line per call (INFO), as in production.
 
 Run: `make bench` or `.venv/bin/python -m bench.operator_http_bench`.
 Writes bench/results/operator_http.json."""
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -34,6 +38,7 @@ DURATION_S = float(os.environ.get("OPERATOR_HTTP_BENCH_SECONDS", "3"))
 WARMUP_S = 0.5
 CONCURRENCY = (1, 16)
 EMAILS = [f"bench-user-{i}@example.com" for i in range(1000)]
+PAGE_DOMAIN = "bench.example.com"
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
@@ -85,9 +90,43 @@ async def _closed_loop(
     }
 
 
-async def _drive(grpc_port: int, http_port: int, api_key: str, secret_b64: str) -> dict[str, Any]:
+def _page_requests(public_key: str, subscription_id: str) -> list[tuple[bytes, bytes]]:
+    """(body, shared secret) of a page's client-generate request per e-mail address."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    server = serialization.load_der_public_key(base64.b64decode(public_key[9:]))
+    assert isinstance(server, ec.EllipticCurvePublicKey)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    out = []
+    for email in EMAILS:
+        page = ec.generate_private_key(ec.SECP256R1())
+        secret = page.exchange(ec.ECDH(), server)
+        now, iv = time.time_ns() // 1_000_000, os.urandom(12)
+        digest = base64.b64encode(hashlib.sha256(email.encode()).digest()).decode()
+        sealed = AESGCM(secret).encrypt(
+            iv, json.dumps({"email_hash": digest}).encode(), f"[{now}]".encode()
+        )
+        body = {
+            "payload": base64.b64encode(sealed).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "public_key": base64.b64encode(
+                page.public_key().public_bytes(serialization.Encoding.DER, spki)
+            ).decode(),
+            "timestamp": now,
+            "subscription_id": subscription_id,
+        }
+        out.append((json.dumps(body).encode(), secret))
+    return out
+
+
+async def _drive(
+    grpc_port: int, http_port: int, api_key: str, secret_b64: str, keypair: dict[str, Any]
+) -> dict[str, Any]:
     import aiohttp
     import grpc
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from uid2.operator.v1 import operator_pb2 as pb
     from uid2.operator.v1 import operator_pb2_grpc as pbg
@@ -103,7 +142,10 @@ async def _drive(grpc_port: int, http_port: int, api_key: str, secret_b64: str) 
     requests = [
         pb.GenerateTokenRequest(dii=pb.Dii(email=e), privacy_settings=privacy) for e in EMAILS
     ]
-    out: dict[str, Any] = {"http": [], "grpc": []}
+    out: dict[str, Any] = {"http": [], "grpc": [], "client_generate": []}
+    pages = _page_requests(keypair["public_key"], keypair["subscription_id"])
+    cstg_url = f"http://127.0.0.1:{http_port}/v2/token/client-generate"
+    cstg_headers = {"Origin": "https://" + PAGE_DOMAIN, "Content-Type": "text/plain"}
 
     connector = aiohttp.TCPConnector(limit=max(CONCURRENCY))
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -125,8 +167,20 @@ async def _drive(grpc_port: int, http_port: int, api_key: str, secret_b64: str) 
             if echoed != nonce or b'"success"' not in plain:
                 raise RuntimeError("bad answer")
 
+        async def cstg_call(i: int) -> None:
+            body, page_secret = pages[i % len(pages)]
+            async with session.post(cstg_url, data=body, headers=cstg_headers) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
+            sealed = base64.b64decode(data)
+            plain = AESGCM(page_secret).decrypt(sealed[:12], sealed[12:], None)
+            if b'"success"' not in plain:
+                raise RuntimeError("bad answer")
+
         for n in CONCURRENCY:
             out["http"].append(await _closed_loop(http_call, n, DURATION_S))
+            out["client_generate"].append(await _closed_loop(cstg_call, n, DURATION_S))
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pbg.OperatorServiceStub(channel)
@@ -150,6 +204,9 @@ def run() -> dict[str, Any]:
         data = Path(tmp) / "data"
         cli("uid2-operator", "init", "--data-dir", str(data))
         client = add_client(data, 10, "bench", "GENERATOR")
+        cli("uid2-operator", "site", "add", "--data-dir", str(data), "--site-id", "10",
+            "--name", "bench", "--domain", PAGE_DOMAIN)  # fmt: skip
+        keypair = cli("uid2-operator", "keypair", "add", "--data-dir", str(data), "--site-id", "10")
         log_path = Path(tmp) / "operator.log"
         with log_path.open("w") as log_file:
             op = subprocess.Popen(
@@ -174,6 +231,7 @@ def run() -> dict[str, Any]:
                     int(serving["http_port"]),
                     client["api_key"],
                     client["secret"],
+                    keypair,
                 )
             )
         finally:
@@ -184,6 +242,11 @@ def run() -> dict[str, Any]:
         str(h["in_flight"]): round(h["throughput_per_s"] / g["throughput_per_s"], 3)
         for h, g in zip(measured["http"], measured["grpc"], strict=True)
         if g["throughput_per_s"]
+    }
+    results["client_generate_over_http_generate_throughput"] = {
+        str(c["in_flight"]): round(c["throughput_per_s"] / h["throughput_per_s"], 3)
+        for c, h in zip(measured["client_generate"], measured["http"], strict=True)
+        if h["throughput_per_s"]
     }
     write_results("operator_http", results)
     print(json.dumps(results, indent=2))
