@@ -3,8 +3,9 @@
 Starts the operator, a DSP bidder, the SSP and the publisher (twice: server-side and client-side
 storage) on free loopback ports with SQLite in a temporary directory (`DATA_DIR=...`, new or
 empty, keeps it),
-walks the seed document's eight steps, prints what happened, and stops everything — also on
-Ctrl-C. Tokens are shown shortened; nothing secret is printed."""
+walks the seed document's eight steps (and client-side token generation, where the page gets
+the token itself), prints what happened, and stops everything — also on Ctrl-C. Tokens are shown
+shortened; nothing secret is printed."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from demo.page import b64_sha256, page_request, post_page_request
 from demo.stack import (
     PUBLISHER_DOMAIN,
     Lifetimes,
@@ -36,6 +38,7 @@ from uid2.ssp.v1 import ssp_pb2
 ALICE = ("alice", "Alice.Example@example.com")
 BOB = ("bob", "bob@example.com")
 CHARLIE = ("charlie", "+14155550123")
+DANA = ("dana", "dana@example.com")
 CONSENT = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
 
 
@@ -116,10 +119,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return predicate()
 
 
-def describe_impression(p: Printer, resp: Any, tap: BidStreamTap) -> None:
+def describe_impression(p: Printer, resp: Any, tap: BidStreamTap, sender: str = "") -> None:
+    """`resp`: the publisher's ServeAdResponse, or (with `sender`, who sent the token) the
+    SSP's own SubmitImpressionResponse."""
     disposition = ssp_pb2.TokenDisposition.Name(resp.token_disposition)
-    sent = "with" if resp.token_sent else "without"
-    p.say(f"the publisher sent the impression to the SSP {sent} a UID2 token")
+    if sender:
+        p.say(f"{sender} sent the impression to the SSP with the token")
+    else:
+        sent = "with" if resp.token_sent else "without"
+        p.say(f"the publisher sent the impression to the SSP {sent} a UID2 token")
     captured = tap.wait_for(resp.auction_id)
     if captured is not None:
         eids = [
@@ -199,6 +207,8 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
     )
     p.say(f"{bob}'s impression (token from the cookie):")
     describe_impression(p, bob_ad, tap)
+
+    client_side_ok = _client_side(p, stack, tap)
 
     p.heading("step 8", "The publisher refreshes the identity with the refresh token")
     wait_s = stack.lifetimes.refresh_from_s + 0.5
@@ -307,8 +317,60 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
             else "(unexpected: the operator was called)"
         )
     )
-    if not (ended and changed and ssp_knew and no_generate and not_called and logout.deleted):
+    if not (
+        ended
+        and changed
+        and ssp_knew
+        and no_generate
+        and not_called
+        and logout.deleted
+        and client_side_ok
+    ):
         raise StackError("the workflow did not behave as expected (see above)")
+
+
+def _client_side(p: Printer, stack: Stack, tap: BidStreamTap) -> bool:
+    """Client-side token generation: the page gets the token itself and sends it to the SSP
+    with its ad request (Prebid.js's way). True when everything went as it should."""
+    _, email = DANA
+    p.heading(
+        "client side",
+        f"Or a page on {PUBLISHER_DOMAIN} generates the token itself (Prebid.js, the UID2 SDK)",
+    )
+    pair = stack.creds.cstg
+    url = stack.operator_http_url()
+    page = page_request(
+        pair["public_key"], pair["subscription_id"], {"email_hash": b64_sha256(email)}
+    )
+    status, answer = post_page_request(url, page, f"https://{PUBLISHER_DOMAIN}")
+    p.say(
+        "the page hashed the email, encrypted it to the operator's public key (subscription "
+        f"{pair['subscription_id']}) and POSTed /v2/token/client-generate: HTTP {status}, "
+        f"{answer.get('status')}"
+    )
+    token = str(answer.get("body", {}).get("advertising_token", ""))
+    if status != 200 or not token:
+        return False
+    p.say(f"advertising token: {short(token)} (marked client-side generated)")
+    resp = stack.ssp().SubmitImpression(
+        ssp_pb2.SubmitImpressionRequest(
+            page_domain=PUBLISHER_DOMAIN,
+            placement_id="in-article",
+            floor_price=0.5,
+            advertising_token=token,
+        ),
+        metadata=bearer(stack.creds.ssp_client_publisher_key),
+    )
+    describe_impression(p, resp, tap, sender="the page's ad request (Prebid.js)")
+    elsewhere = page_request(
+        pair["public_key"], pair["subscription_id"], {"email_hash": b64_sha256(email)}
+    )
+    refused, error = post_page_request(url, elsewhere, "https://copycat.example")
+    p.say(
+        f"the same call from a page on copycat.example: HTTP {refused} {error.get('status')} "
+        "(only the site's own domains may generate its tokens)"
+    )
+    return bool(resp.token_disposition == ssp_pb2.TOKEN_DISPOSITION_VALID and refused == 403)
 
 
 # Every OperatorService method the publisher could call, but RefreshToken.

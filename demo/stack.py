@@ -68,6 +68,9 @@ class Credentials:
     ssp_publisher_key: str = ""
     ssp_client_publisher_key: str = ""
     ssp_subscriber_key: str = ""
+    # The site's client-side generation subscription: subscription_id and public_key, which a
+    # page holds (they are public).
+    cstg: dict[str, Any] = field(default_factory=dict)
 
 
 class Stack:
@@ -125,6 +128,12 @@ class Stack:
         c.dsp_reader = self._client(DSP_SITE_ID, "example-dsp", "ID_READER")
         c.optout_portal = self._client(OPTOUT_PORTAL_SITE_ID, "optout-portal", "OPTOUT")
         c.mapper = self._client(PUBLISHER_SITE_ID, "example-news-mapper", "MAPPER")
+        c.cstg = json.loads(
+            self._cli(
+                "uid2-operator", "keypair", "add", "--data-dir", op,
+                "--site-id", str(PUBLISHER_SITE_ID),
+            )
+        )  # fmt: skip
         ssp_dir = self.data_dir / "ssp"
         ssp_dir.mkdir(parents=True, exist_ok=True)
         for attr, name in (
@@ -160,7 +169,7 @@ class Stack:
             "operator",
             [
                 "uid2-operator", "serve", "--data-dir", str(self.operator_dir),
-                "--listen", f"127.0.0.1:{port}",
+                "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0",
                 "--refresh-from", str(lt.refresh_from_s),
                 "--token-lifetime", str(lt.token_lifetime_s),
                 "--refresh-lifetime", str(lt.refresh_lifetime_s),
@@ -272,6 +281,12 @@ class Stack:
 
     def publisher(self, name: str = "publisher") -> publisher_pb2_grpc.PublisherServiceStub:
         return publisher_pb2_grpc.PublisherServiceStub(self._channel(name))
+
+    def operator_http_url(self) -> str:
+        """The operator's official HTTP API (client-side generation calls it from the page)."""
+        serving = next(e for e in self.procs["operator"].events if e.get("event") == "serving")
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{serving['http_port']}"
 
     def operator(self) -> operator_pb2_grpc.OperatorServiceStub:
         return operator_pb2_grpc.OperatorServiceStub(self._channel("operator"))

@@ -73,6 +73,8 @@ def test_demo_walks_the_workflow_and_exits_0(tmp_path: Path) -> None:
     for step in range(1, 9):
         assert f"[step {step}]" in out
     assert "TOKEN_DISPOSITION_VALID" in out and "TOKEN_DISPOSITION_DROPPED_OPTOUT" in out
+    assert "[client side]" in out and "/v2/token/client-generate: HTTP 200, success" in out
+    assert "copycat.example: HTTP 403 invalid_http_origin" in out
     assert "chain ended" in out and "no service left running" in out
     # Checked by the demo against the operator's own log lines, not merely printed.
     assert "did not call generate again" in out and "(the operator was not called)" in out

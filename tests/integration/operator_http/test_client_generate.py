@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from uid2_client import BidstreamClient, DecryptionStatus
 
+from demo.page import PageRequest, b64_sha256, page_request
 from operator_svc import admin
 from operator_svc.store import OperatorStore
 from tests.integration.operator_http.conftest import HttpLive, Reply, start
-from tests.support.cstg_page import PageRequest, b64_sha256, page_request
 from uid2.operator.v1 import operator_pb2 as pb
 from uid2_crypto.keys import parse_key_container_json
 from uid2_crypto.tokens import DecryptionStatus as OurStatus

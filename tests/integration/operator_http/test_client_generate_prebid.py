@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from uid2_client import BidstreamClient, DecryptionStatus
 
+from demo.page import b64_sha256
 from operator_svc import admin
 from operator_svc.store import OperatorStore
 from tests.integration.operator_http.conftest import HttpLive, start
-from tests.support.cstg_page import b64_sha256
 from tests.support.prebid_cstg import prebid_cstg_generate
 from uid2.operator.v1 import operator_pb2 as pb
 

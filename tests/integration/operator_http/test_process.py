@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
+from demo.page import b64_sha256, page_request, post_page_request
 from operator_svc import admin
 from operator_svc.store import OperatorStore
 from tests.integration.operator.conftest import add_client, init_dir
-from tests.support.cstg_page import b64_sha256, page_request
 from tests.support.procs import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -50,13 +50,9 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         assert sdk.refresh_token(identity).is_success()
         email_hash = b64_sha256("page-user@example.com")
         page = page_request(pair["public_key"], pair["subscription_id"], {"email_hash": email_hash})
-        req = urllib.request.Request(  # noqa: S310  # a fixed http://127.0.0.1 URL
-            base + "/v2/token/client-generate",
-            data=page.encoded(),
-            headers={"Origin": "https://pub.example"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310  # as above
-            page_identity = page.open_answer(resp.read())["body"]
+        status, answer = post_page_request(base, page, "https://pub.example")
+        assert status == 200, answer
+        page_identity = answer["body"]
         assert proc.terminate() == 0
     finally:
         proc.kill()

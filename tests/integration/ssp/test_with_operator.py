@@ -10,8 +10,6 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from uid2_client.refresh_keys_util import parse_keys_json
 from uid2_client.uid2_token_generator import UID2TokenGenerator
 
 from bidstream.key_json import key_container_dict
-from tests.support.cstg_page import b64_sha256, page_request
+from demo.page import b64_sha256, page_request, post_page_request
 from tests.support.procs import ServiceProcess, run_cli, wait_until
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
@@ -189,23 +187,16 @@ def _client_side_token(world: World, site_id: int, origin: str) -> str:
     page = page_request(
         pair["public_key"], pair["subscription_id"], {"email_hash": b64_sha256("page@example.com")}
     )
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http_port}/v2/token/client-generate",
-        data=page.encoded(),
-        headers={"Origin": origin},
-    )
+    base = f"http://127.0.0.1:{http_port}"
+    answers: list[Any] = []
 
     def answered() -> bool:  # the new key pair reaches the serving operator within a second
-        try:
-            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310  # http://127.0.0.1
-                answers.append(page.open_answer(resp.read()))
-            return True
-        except urllib.error.HTTPError:
-            return False
+        status, answer = post_page_request(base, page, origin)
+        answers.append(answer)
+        return status == 200
 
-    answers: list[Any] = []
-    assert wait_until(answered, 2.0)
-    token = str(answers[0]["body"]["advertising_token"])
+    assert wait_until(answered, 2.0), answers[-1]
+    token = str(answers[-1]["body"]["advertising_token"])
     world.issued.append(token)
     return token
 

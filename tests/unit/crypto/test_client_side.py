@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.cstg_page import page_request
+from demo.page import page_request
 from uid2_crypto.client_side import (
     ClientSideError,
     ServerKeypair,

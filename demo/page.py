@@ -1,6 +1,7 @@
-"""The page's side of client-side token generation, written from the protocol (as Prebid.js and
-the UID2 web SDK do it), independently of uid2_crypto.client_side: a test double for a browser.
-tests/support/prebid_cstg.py runs Prebid.js's own code for the same job."""
+"""The page's side of client-side token generation, what Prebid.js and the UID2 web SDK do in the
+browser, written from the protocol and independently of the operator's uid2_crypto.client_side
+(the demo's page, and the tests' stand-in for a browser; tests/support/prebid_cstg.py runs
+Prebid.js's own code for the same job)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import hashlib
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +73,20 @@ def page_request(
     if app_name is not None:
         body["app_name"] = app_name
     return PageRequest(body, secret)
+
+
+def post_page_request(
+    base_url: str, request: PageRequest, origin: str, *, timeout_s: float = 10.0
+) -> tuple[int, Any]:
+    """POSTs the request as a page on `origin` would; (HTTP status, the opened answer on 200,
+    else the error JSON)."""
+    http = urllib.request.Request(  # noqa: S310  # the operator's URL, http or https
+        base_url + "/v2/token/client-generate",
+        data=request.encoded(),
+        headers={"Origin": origin, "Content-Type": "text/plain"},
+    )
+    try:
+        with urllib.request.urlopen(http, timeout=timeout_s) as resp:  # noqa: S310  # as above
+            return resp.status, request.open_answer(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
