@@ -47,16 +47,23 @@ def page_request(
     timestamp_ms: int | None = None,
     aad_timestamp_ms: int | None = None,
     app_name: str | None = None,
+    timestamp_as_text: bool = False,
 ) -> PageRequest:
     """The body a page POSTs to /v2/token/client-generate. `aad_timestamp_ms` encrypts under
-    another timestamp than the one sent (a tampered request)."""
+    another timestamp than the one sent (a tampered request). An app (`app_name`, as the UID2
+    Android and iOS SDKs send it) adds its name to the additional data: `[timestamp,"app"]`;
+    `timestamp_as_text` sends the timestamp as a JSON string, as the Android SDK does."""
     spki = base64.b64decode(server_public_key[9:])
     server_key = serialization.load_der_public_key(spki)
     assert isinstance(server_key, ec.EllipticCurvePublicKey)
     mine = ec.generate_private_key(ec.SECP256R1())
     secret = mine.exchange(ec.ECDH(), server_key)
     now = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
-    aad = json.dumps([now if aad_timestamp_ms is None else aad_timestamp_ms]).encode()
+    aad_fields: list[Any] = [now if aad_timestamp_ms is None else aad_timestamp_ms]
+    if app_name is not None:
+        aad_fields.append(app_name)
+    # Compact, as JSONArray.toString() (Android) and JSONEncoder (iOS) write it.
+    aad = json.dumps(aad_fields, separators=(",", ":")).encode()
     iv = os.urandom(12)
     plain = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     ciphertext = AESGCM(secret).encrypt(iv, plain, aad)
@@ -67,7 +74,7 @@ def page_request(
         "payload": base64.b64encode(ciphertext).decode(),
         "iv": base64.b64encode(iv).decode(),
         "public_key": base64.b64encode(public).decode(),
-        "timestamp": now,
+        "timestamp": str(now) if timestamp_as_text else now,
         "subscription_id": subscription_id,
     }
     if app_name is not None:

@@ -6,9 +6,10 @@ and a subscription id. It makes a P-256 key pair of its own; the ECDH shared sec
 32-byte x coordinate, which WebCrypto's `deriveKey` to AES-GCM-256 uses as is) keys AES-256-GCM
 both ways:
 
-- request: `payload` = AES-GCM(secret, iv, AAD = UTF-8 of the JSON array `[timestamp]`) of the
-  JSON `{"email_hash": ...}` or `{"phone_hash": ...}`, sent as base64 with the iv, the page's
-  public key (base64 SPKI) and the timestamp;
+- request: `payload` = AES-GCM(secret, iv, AAD = UTF-8 of the JSON array `[timestamp]`, or
+  `[timestamp,"app name"]` from an app) of the JSON `{"email_hash": ...}` or
+  `{"phone_hash": ...}`, sent as base64 with the iv, the page's public key (base64 SPKI), the
+  timestamp and (an app) its app_name;
 - answer: base64 of iv(12) ‖ AES-GCM(secret, iv, no AAD) of the JSON answer.
 
 Nothing here knows HTTP or the operator's state; failures are `ClientSideError` with a reason."""
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -100,8 +102,20 @@ def timestamp_aad(timestamp_ms: int) -> bytes:
     return b"[" + str(timestamp_ms).encode("ascii") + b"]"
 
 
-def open_payload(secret: bytes, iv_b64: str, payload_b64: str, timestamp_ms: int) -> bytes:
-    """The decrypted request payload; ClientSideError BAD_IV or BAD_PAYLOAD."""
+def request_aad(timestamp_ms: int, app_name: str | None) -> bytes:
+    """The request's additional data: `[timestamp]` from a page, `[timestamp,"app name"]` from
+    an app (the UID2 Android and iOS SDKs seal their app name so), compact JSON as the official
+    operator builds it (`JsonArray.of(timestamp).add(appName)`)."""
+    if app_name is None:
+        return timestamp_aad(timestamp_ms)
+    return json.dumps([timestamp_ms, app_name], separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def open_payload(
+    secret: bytes, iv_b64: str, payload_b64: str, timestamp_ms: int, app_name: str | None = None
+) -> bytes:
+    """The decrypted request payload; ClientSideError BAD_IV or BAD_PAYLOAD. `app_name`: the
+    request's, exactly as sent (it is part of the additional data)."""
     try:
         iv = _b64decode(iv_b64)
     except (ValueError, binascii.Error):
@@ -112,7 +126,7 @@ def open_payload(secret: bytes, iv_b64: str, payload_b64: str, timestamp_ms: int
         sealed = _b64decode(payload_b64)
         if len(sealed) < _TAG:
             raise ValueError("too short")
-        return AESGCM(secret).decrypt(iv, sealed, timestamp_aad(timestamp_ms))
+        return AESGCM(secret).decrypt(iv, sealed, request_aad(timestamp_ms, app_name))
     except (ValueError, binascii.Error, InvalidTag):
         raise ClientSideError("BAD_PAYLOAD", "payload decryption failed") from None
 

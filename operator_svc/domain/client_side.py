@@ -85,7 +85,9 @@ class ClientSideGenerator:
             raise invalid_argument("BAD_PAYLOAD", "payload decryption failed")
         try:
             secret = keypair.server.shared_secret(request.public_key)
-            plain = open_payload(secret, request.iv, request.payload, request.timestamp_ms)
+            plain = open_payload(
+                secret, request.iv, request.payload, request.timestamp_ms, request.app_name
+            )
         except ClientSideError as exc:
             raise invalid_argument(exc.reason, str(exc)) from None
         kind, value = _hash_of(plain)

@@ -98,10 +98,7 @@ def client_side_request(body: bytes, origin: str | None) -> ClientSideRequest:
     parts = [fields.get(name) for name in ("payload", "iv", "public_key")]
     if not all(isinstance(p, str) and p for p in parts):
         raise client_error("MISSING_PARAMS", "required parameters: payload, iv, public_key")
-    timestamp = fields.get("timestamp")
-    # bool is an int to Python, never a timestamp to the SDKs.
-    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp < 0:
-        raise client_error("BAD_TIMESTAMP", "timestamp must be milliseconds since the epoch")
+    timestamp = _cstg_timestamp(fields.get("timestamp"))
     payload, iv, public_key = (str(p) for p in parts)
     return ClientSideRequest(
         subscription_id=subscription_id,
@@ -112,6 +109,17 @@ def client_side_request(body: bytes, origin: str | None) -> ClientSideRequest:
         origin=origin,
         app_name=_optional_str(fields, "app_name"),
     )
+
+
+def _cstg_timestamp(value: Any) -> int:
+    """Epoch milliseconds, a JSON number or, as the UID2 Android SDK sends it, a string of
+    digits (the official operator reads either into a Java long)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    # bool is an int to Python, never a timestamp to the SDKs.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise client_error("BAD_TIMESTAMP", "timestamp must be milliseconds since the epoch")
+    return value
 
 
 def validate(operator: Operator, client: Client, payload: dict[str, Any]) -> Answer:

@@ -174,6 +174,35 @@ def test_an_app_is_checked_by_its_name_not_an_origin(cstg: Cstg) -> None:
     assert refused.json()["status"] == "invalid_app_name"
 
 
+@pytest.mark.parametrize("timestamp_as_text", [False, True])
+def test_a_mobile_sdk_request_is_answered(cstg: Cstg, timestamp_as_text: bool) -> None:
+    # The UID2 iOS and Android SDKs put the app name in the additional data
+    # (`[timestamp,"app"]`), as the official operator opens it; Android sends the timestamp as
+    # a JSON string ("timestamp" to now.toString()), which the official operator reads as a
+    # number.
+    request = cstg.page(
+        {"email_hash": b64_sha256("mobile@example.com"), "optout_check": 1},
+        app_name="com.example.news",
+        timestamp_as_text=timestamp_as_text,
+    )
+    assert isinstance(request.body["timestamp"], str) is timestamp_as_text
+    reply = cstg.post(request, origin=None)
+    assert reply.status == 200, reply.body
+    answer = request.open_answer(reply.body)
+    assert answer["status"] == "success"
+    result = _sdk_decrypt(cstg.live, answer["body"]["advertising_token"], "com.example.news")
+    assert result.status == DecryptionStatus.SUCCESS
+    assert result.uid == _raw_uid(cstg.live, "mobile@example.com")
+
+
+def test_an_app_request_sealed_without_its_name_does_not_open(cstg: Cstg) -> None:
+    # The app name is authenticated: one sealed for the bare timestamp is refused.
+    request = cstg.page({"email_hash": b64_sha256("mobile@example.com")})
+    body = dict(request.body, app_name="com.example.news")
+    refused = cstg.post(body, origin=None)
+    assert _error(refused) == (400, "client_error", "payload decryption failed")
+
+
 def test_an_opted_out_user_gets_optout_and_no_token(cstg: Cstg) -> None:
     assert cstg.generate("optout@example.com") == {"status": "optout"}
     status, _ = cstg.live.call("all", "/v2/token/logout", {"email": "leaver@example.com"})
@@ -237,7 +266,9 @@ def _tampered(cstg: Cstg, change: str) -> dict[str, Any] | bytes:
     elif change == "no_payload":
         del body["payload"]
     elif change == "timestamp_type":
-        body["timestamp"] = str(body["timestamp"])
+        body["timestamp"] = "soon"
+    elif change == "timestamp_range":
+        body["timestamp"] = 2**63
     elif change == "not_json":
         return b"{not json"
     elif change == "json_list":
@@ -255,6 +286,7 @@ def _tampered(cstg: Cstg, change: str) -> dict[str, Any] | bytes:
         ("payload", "payload decryption failed"),
         ("no_payload", "required parameters: payload, iv, public_key"),
         ("timestamp_type", "timestamp must be milliseconds since the epoch"),
+        ("timestamp_range", "timestamp must be milliseconds since the epoch"),
         ("not_json", "json payload is not valid"),
         ("json_list", "json payload is not valid"),
     ],

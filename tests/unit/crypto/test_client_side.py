@@ -15,6 +15,7 @@ from uid2_crypto.client_side import (
     ClientSideError,
     ServerKeypair,
     open_payload,
+    request_aad,
     seal_answer,
     timestamp_aad,
 )
@@ -63,12 +64,25 @@ def test_a_page_request_opens_and_the_answer_reads_back() -> None:
 
 def test_the_timestamp_is_authenticated() -> None:
     assert timestamp_aad(1_700_000_000_123) == b"[1700000000123]"
+    # An app's request (the UID2 Android and iOS SDKs) adds its name, as the official operator
+    # builds it (JsonArray.of(timestamp).add(appName)): compact JSON.
+    assert request_aad(1_700_000_000_123, None) == b"[1700000000123]"
+    assert request_aad(1_700_000_000_123, "com.example.app") == b'[1700000000123,"com.example.app"]'
     pair = ServerKeypair.generate(_counter_rng(4))
     page = page_request(pair.public_key_text("UID2"), "s", {"email_hash": "x"}, timestamp_ms=5)
     secret = pair.shared_secret(page.body["public_key"])
     with pytest.raises(ClientSideError) as exc:
         open_payload(secret, page.body["iv"], page.body["payload"], 6)
     assert exc.value.reason == "BAD_PAYLOAD"
+    app = page_request(
+        pair.public_key_text("UID2"), "s", {"email_hash": "x"}, timestamp_ms=5, app_name="com.a"
+    )
+    secret = pair.shared_secret(app.body["public_key"])
+    opened = open_payload(secret, app.body["iv"], app.body["payload"], 5, app_name="com.a")
+    assert json.loads(opened) == {"email_hash": "x"}
+    for other in (None, "com.b"):
+        with pytest.raises(ClientSideError):
+            open_payload(secret, app.body["iv"], app.body["payload"], 5, app_name=other)
 
 
 @pytest.mark.parametrize(
