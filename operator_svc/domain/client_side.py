@@ -8,8 +8,8 @@ generated, so decryptors check the domain or app they are used on as well.
 `ClientSideGenerator(state, tokens).generate(request) -> (shared secret, GenerateOutcome)`; the
 HTTP front door seals the answer under that secret (uid2_crypto.client_side.seal_answer).
 Refusals are ServiceErrors: INVALID_ARGUMENT (BAD_SUBSCRIPTION_ID, BAD_PUBLIC_KEY, BAD_IV,
-BAD_PAYLOAD, MISSING_DII, MULTIPLE_DII, INVALID_EMAIL_HASH, ...) or PERMISSION_DENIED
-(INVALID_HTTP_ORIGIN, INVALID_APP_NAME)."""
+BAD_PAYLOAD, MISSING_DII, MULTIPLE_DII, INVALID_EMAIL_HASH, ...), UNAUTHENTICATED
+(SUBSCRIPTION_DISABLED) or PERMISSION_DENIED (INVALID_HTTP_ORIGIN, INVALID_APP_NAME)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from operator_svc.domain.state import Keypair, OperatorState
 from operator_svc.domain.tokens import GenerateOutcome, TokenService
-from svc_common.errors import invalid_argument, permission_denied
+from svc_common.errors import invalid_argument, permission_denied, unauthenticated
 from svc_common.names import domain_allowed, normalise_domain
 from uid2_crypto.client_side import ClientSideError, open_payload
 
@@ -62,8 +62,11 @@ class ClientSideGenerator:
 
     def _keypair(self, subscription_id: str) -> Keypair:
         keypair = self._state.keypairs.get(subscription_id)
-        if keypair is None or keypair.disabled:
+        if keypair is None:
             raise invalid_argument("BAD_SUBSCRIPTION_ID", "bad subscription_id")
+        if keypair.disabled:
+            # UNAUTHENTICATED: the HTTP API's 401 unauthorized, as the official operator answers.
+            raise unauthenticated("SUBSCRIPTION_DISABLED", "this subscription_id is disabled")
         return keypair
 
     def _check_source(self, keypair: Keypair, request: ClientSideRequest) -> None:
