@@ -101,7 +101,7 @@ def _hash_of(plain: bytes) -> tuple[str, str]:
     """(kind, value) of the decrypted payload: exactly one of email_hash, phone_hash."""
     try:
         fields = json.loads(plain)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         fields = None
     if not isinstance(fields, dict):
         raise invalid_argument("BAD_PAYLOAD", "encrypted payload contains invalid json")

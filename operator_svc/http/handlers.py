@@ -88,7 +88,7 @@ def client_side_request(body: bytes, origin: str | None) -> ClientSideRequest:
     itself), with the request's Origin header."""
     try:
         fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         fields = None
     if not isinstance(fields, dict):
         raise client_error("BAD_JSON", "json payload is not valid")

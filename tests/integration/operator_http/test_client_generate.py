@@ -274,6 +274,8 @@ def _tampered(cstg: Cstg, change: str) -> dict[str, Any] | bytes:
         return b"{not json"
     elif change == "json_list":
         return b"[]"
+    elif change == "json_deep":  # deeper than Python's recursion limit: not a 500
+        return b'{"subscription_id": ' + b"[" * 5000
     return body
 
 
@@ -290,6 +292,7 @@ def _tampered(cstg: Cstg, change: str) -> dict[str, Any] | bytes:
         ("timestamp_range", "timestamp must be milliseconds since the epoch"),
         ("not_json", "json payload is not valid"),
         ("json_list", "json payload is not valid"),
+        ("json_deep", "json payload is not valid"),
     ],
 )
 def test_malformed_and_tampered_requests_are_client_errors(
@@ -302,6 +305,8 @@ def test_malformed_and_tampered_requests_are_client_errors(
     ("payload", "message"),
     [
         (b"not json", "encrypted payload contains invalid json"),
+        # Anyone can seal a payload (the key is public): a deep one is refused, not a 500.
+        (b"[" * 2500, "encrypted payload contains invalid json"),
         ({"email": "raw@example.com"}, "please provide exactly one of: email_hash, phone_hash"),
         (
             {"email_hash": b64_sha256("a@b.com"), "phone_hash": b64_sha256("+14155550100")},
