@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 import threading
@@ -254,9 +256,14 @@ def test_keypairs_reach_a_running_operator_and_disabling_them_too(env: Env) -> N
             "created": T0,
         }
     ]
-    # The private key is only ever in the store, never in what admin prints.
-    assert "private" not in repr(listed) and "private" not in repr(pair)
-    assert "server=" not in repr(held)
+    # The private key is only ever in the store, never in what admin prints or a repr.
+    (row,) = [r for r in env.store.keypairs() if r.subscription_id == pair["subscription_id"]]
+    scalar = held.server.private_key.private_numbers().private_value.to_bytes(32, "big")
+    shown = " ".join([json.dumps(listed), json.dumps(pair), repr(held), repr(row)])
+    for secret in (row.private_key, scalar):
+        assert base64.b64encode(secret).decode() not in shown
+        assert secret.hex() not in shown.lower()
+    assert "server=" not in repr(held) and "private_key=" not in repr(row)
 
 
 def test_keypairs_need_an_existing_site_and_ids_are_ten_alphanumerics(env: Env) -> None:
