@@ -60,6 +60,11 @@ class ClientSideGenerator:
         self._state = state
         self._tokens = tokens
 
+    def site_of(self, subscription_id: str) -> int | None:
+        """The site a subscription belongs to (for log lines, refused requests' too)."""
+        keypair = self._state.keypairs.get(subscription_id)
+        return None if keypair is None else keypair.site_id
+
     def _keypair(self, subscription_id: str) -> Keypair:
         keypair = self._state.keypairs.get(subscription_id)
         if keypair is None:

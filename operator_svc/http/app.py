@@ -314,6 +314,9 @@ class HttpApi:
         plain JSON errors (400 client_error, 403 for the page's origin or app)."""
         body = await self._read(request)
         parsed = handlers.client_side_request(body, request.headers.get("Origin"))
+        site_id = self._op.client_side.site_of(parsed.subscription_id)
+        if site_id is not None:
+            call_context.bind(site_id=site_id)
         try:
             secret, outcome = self._op.client_side.generate(parsed)
         except ServiceError as exc:

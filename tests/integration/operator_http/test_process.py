@@ -53,6 +53,7 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         status, answer = post_page_request(base, page, "https://pub.example")
         assert status == 200, answer
         page_identity = answer["body"]
+        assert post_page_request(base, page, "https://elsewhere.example")[0] == 403
         assert proc.terminate() == 0
     finally:
         proc.kill()
@@ -64,8 +65,11 @@ def test_serve_with_http_listen(tmp_path: Path, via_env: bool) -> None:
         ("/v2/token/generate", 200),
         ("/v2/token/refresh", 200),
         ("/v2/token/client-generate", 200),
+        ("/v2/token/client-generate", 403),
     ]
-    assert http[-1]["site_id"] == 100 and http[-1]["status"] == "success"
+    assert http[-2]["site_id"] == 100 and http[-2]["status"] == "success"
+    # A refused page's line names the site too (operators see who is being probed).
+    assert (http[-1]["site_id"], http[-1]["reason"]) == (100, "INVALID_HTTP_ORIGIN")
     assert all("request_id" in e and "latency_ms" in e for e in http)
     for secret in (
         client.api_key,
