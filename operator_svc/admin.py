@@ -33,7 +33,7 @@ from operator_svc.store import (
     StoreError,
 )
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
-from svc_common.names import check_app_name, normalise_domain
+from svc_common.names import check_app_name, site_domain
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, MAX_SITE_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
@@ -162,7 +162,7 @@ def add_site(
     if not name.strip():
         raise AdminError("site name must not be empty")
     try:
-        clean_domains = tuple(dict.fromkeys(normalise_domain(d) for d in domains))
+        clean_domains = tuple(dict.fromkeys(site_domain(d) for d in domains))
         clean_apps = tuple(dict.fromkeys(check_app_name(a) for a in app_names))
     except ValueError as exc:
         raise AdminError(str(exc)) from None

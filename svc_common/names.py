@@ -5,8 +5,10 @@ inventory allow-lists) is always a plain host name or app id."""
 from __future__ import annotations
 
 import re
+from functools import cache
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Android package names, iOS bundle ids, numeric App Store ids.
@@ -27,6 +29,25 @@ def normalise_domain(text: str) -> str:
             "no scheme, port or path)"
         )
     return host
+
+
+def site_domain(text: str) -> str:
+    """A domain a site registers (`uid2-operator site add --domain`, `uid2-ssp publisher add
+    --domain`): normalised, and not a public suffix. Allow-lists take a registered domain's
+    subdomains too, so "co.uk" or "github.io" would let every site under it in."""
+    host = normalise_domain(text)
+    if host != "localhost" and _public_suffixes().is_public(host):
+        raise ValueError(
+            f"{host!r} is a public suffix, under which anyone can register a name: register "
+            "the site's own domain (like example.co.uk)"
+        )
+    return host
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    # The list as the package ships it (no download): loaded once, on the first registration.
+    return PublicSuffixList()
 
 
 def _to_ascii(host: str) -> str:

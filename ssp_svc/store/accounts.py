@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from svc_common.clock import Clock, SystemClock
-from svc_common.names import check_app_name, normalise_domain
+from svc_common.names import check_app_name, normalise_domain, site_domain
 from svc_common.sqlite_db import open_db, require_data_dir
 
 DB_NAME = "ssp.sqlite3"
@@ -53,7 +53,7 @@ def normalise_inventory(
     operator's `site add` rules), blanks and repeats dropped: one rule for `publisher add` and
     the publishers file. ValueError (one line) names a value that is no domain or app name."""
     return (
-        tuple(dict.fromkeys(normalise_domain(d) for d in domains if d.strip())),
+        tuple(dict.fromkeys(site_domain(d) for d in domains if d.strip())),
         tuple(dict.fromkeys(check_app_name(a) for a in apps if a.strip())),
     )
 

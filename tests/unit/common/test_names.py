@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from svc_common.names import check_app_name, domain_allowed, normalise_domain, parent_domains
+from svc_common.names import (
+    check_app_name,
+    domain_allowed,
+    normalise_domain,
+    parent_domains,
+    site_domain,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +79,24 @@ def test_parent_domains_nearest_first_down_to_two_labels() -> None:
 )
 def test_domain_allowed_is_the_domain_or_a_subdomain(host: str, allowed: bool) -> None:
     assert domain_allowed(host, ("example.com", "other.test")) is allowed
+
+
+@pytest.mark.parametrize("suffix", ["co.uk", "com", "github.io", "blogspot.com", "CO.UK.", "de"])
+def test_a_public_suffix_is_not_a_site_domain(suffix: str) -> None:
+    with pytest.raises(ValueError, match="is a public suffix"):
+        site_domain(suffix)
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("example.co.uk", "example.co.uk"),
+        ("me.github.io", "me.github.io"),
+        (" News.Example.com ", "news.example.com"),
+        ("straße.de", "xn--strae-oqa.de"),
+        ("localhost", "localhost"),  # pages under development
+        ("other.test", "other.test"),
+    ],
+)
+def test_site_domains(typed: str, stored: str) -> None:
+    assert site_domain(typed) == stored

@@ -90,6 +90,9 @@ def test_site_domains_and_apps_are_checked_and_normalised(env: Env) -> None:
     for domains, apps in ((["https://x.example/"], []), ([""], []), ([], ["com s71"])):
         with pytest.raises(admin.AdminError, match="not a"):
             admin.add_site(env.store, 71, "s71", domains, apps, T0, os.urandom)
+    # A public suffix would let every site under it through the client-side origin check.
+    with pytest.raises(admin.AdminError, match="public suffix"):
+        admin.add_site(env.store, 71, "s71", ["co.uk"], [], T0, os.urandom)
     env.op.sync_now()
     assert env.op.state.sites[71].domains == ("news.example.com",)  # unchanged by the refusals
 

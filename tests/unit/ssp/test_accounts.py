@@ -163,6 +163,11 @@ def test_publisher_add_needs_a_domain_or_an_app(
     assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "m",
                      "--domain", "news.example.com:443"]) == 2  # fmt: skip
     assert "is not a domain name" in capsys.readouterr().err
+    # Its subdomains pass the allow-list: a public suffix would let any publisher's pages in.
+    assert ssp_main(["publisher", "add", "--data-dir", str(tmp_path), "--name", "m",
+                     "--domain", "co.uk"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "is a public suffix" in err and len(err.strip().splitlines()) == 1
     assert ssp_main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "s"]) == 0
 
 
