@@ -24,7 +24,7 @@ from operator_svc.config import (
     ConfigError,
     OperatorConfig,
 )
-from operator_svc.store import OperatorStore, StoreError
+from operator_svc.store import OperatorStore, SiteRow, StoreError
 from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--domain", action="append", default=[], help="repeatable; replaces the list")
     p.add_argument("--app-name", action="append", default=[], help="repeatable; replaces the list")
+    p = site.add_parser("list", help="list sites with their domains and app names")
+    _data_dir(p)
 
     client = sub.add_parser("client", help="manage API clients").add_subparsers(
         dest="action", required=True
@@ -296,18 +298,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     store = _open(args)
     try:
-        if cmd == "site":
+        if cmd == "site" and args.action == "list":
+            for row in store.sites():
+                _print(_site_json(row))
+        elif cmd == "site":
             site = admin.add_site(
                 store, args.site_id, args.name, args.domain, args.app_name, _now_ms(), rng
             )
-            _print(
-                {
-                    "site_id": site.site_id,
-                    "name": site.name,
-                    "domains": list(site.domains),
-                    "app_names": list(site.app_names),
-                }
-            )
+            _print(_site_json(site))
         elif cmd == "client" and args.action == "add":
             new = admin.add_client(
                 store,
@@ -367,6 +365,15 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _site_json(site: SiteRow) -> dict[str, Any]:
+    return {
+        "site_id": site.site_id,
+        "name": site.name,
+        "domains": list(site.domains),
+        "app_names": list(site.app_names),
+    }
 
 
 def _identity_scope(text: str) -> str:

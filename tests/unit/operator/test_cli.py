@@ -174,3 +174,16 @@ def test_keypair_commands(initialised: Path, capsys: pytest.CaptureFixture[str])
         capsys, "keypair", "enable", "--data-dir", d, "--subscription-id", "nope"
     )
     assert "--site-id" in _fails(capsys, "keypair", "add", "--data-dir", d)
+
+
+def test_site_list_shows_what_site_add_stored(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(initialised)
+    assert cli.main(["site", "add", "--data-dir", d, "--site-id", "7", "--name", "Seven",
+                     "--domain", "Straße.de", "--app-name", "com.seven"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["site", "list", "--data-dir", d]) == 0
+    sites = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"site_id": 7, "name": "Seven", "domains": ["xn--strae-oqa.de"],
+            "app_names": ["com.seven"]} in sites  # fmt: skip
