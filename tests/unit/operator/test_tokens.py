@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
+from types import MappingProxyType
 
 import pytest
 
@@ -14,7 +16,7 @@ from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
 from uid2_crypto.identity import IdentityScope, IdentityType, identity_hash
-from uid2_crypto.keys import REFRESH_KEYSET_ID
+from uid2_crypto.keys import FALLBACK_SITE_ID, REFRESH_KEYSET_ID
 from uid2_crypto.refresh import RefreshPayload, encode_refresh_token
 from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
 from uid2_crypto.tokens import TokenDecoder
@@ -273,3 +275,40 @@ def test_clock_and_randomness_come_from_the_constructor(env: Env) -> None:
     assert issued[0] == issued[1]
     assert issued[0].identity_expires == T0 + 5 * HOUR + 3 * DAY
     assert base64.b64decode(issued[0].refresh_response_key) == bytes(32)
+
+
+def test_a_site_without_a_keyset_of_its_own_gets_the_fallback_keysets_key(env: Env) -> None:
+    # Every site `admin` makes has a default keyset; a site without one (a store made by hand
+    # or by an older version) is issued tokens under the fallback keyset's key, not refused.
+    state = env.op.state
+    snap = state.keys
+    without = {site: ks for site, ks in snap.default_keyset.items() if site != 10}
+    state.keys = dataclasses.replace(snap, default_keyset=MappingProxyType(without))
+    try:
+        out = env.op.tokens.generate(env.client("gen"), "email", "fallback@example.com", OK)
+    finally:
+        state.keys = snap
+    assert out.status is GenerateStatus.SUCCESS and out.identity is not None
+    result = _decoder(env).decrypt(out.identity.advertising_token, T0)
+    assert result.success
+    assert (result.site_id, result.site_key_site_id) == (10, FALLBACK_SITE_ID)
+
+
+def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
+    # Nobody ran `uid2-operator keys rotate` for longer than a key lives: every key expired.
+    env.clock.set(T0 + 366 * DAY)
+    with pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
+    assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
+    # The master and refresh keys current, but no site key, not even a fallback one.
+    env.clock.set(T0)
+    state = env.op.state
+    snap = state.keys
+    without = {s: ks for s, ks in snap.default_keyset.items() if s not in (10, FALLBACK_SITE_ID)}
+    state.keys = dataclasses.replace(snap, default_keyset=MappingProxyType(without))
+    try:
+        with pytest.raises(ServiceError) as exc:
+            env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
+    finally:
+        state.keys = snap
+    assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
