@@ -312,3 +312,21 @@ def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
     finally:
         state.keys = snap
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
+
+
+@pytest.mark.parametrize(
+    "raw_uid",
+    [
+        "",
+        "A" * 43,  # too short
+        "*" * 44,  # the right length, not base64
+        "é" * 44,  # the right length, not even ASCII
+        "AAAA" * 10 + "AA==",  # base64, but 31 bytes
+    ],
+)
+def test_opt_out_status_refuses_what_is_not_a_raw_uid2(env: Env, raw_uid: str) -> None:
+    good = base64.b64encode(bytes(32)).decode()
+    assert env.op.optouts.opt_out_status(env.client("reader"), [good]) == []
+    with pytest.raises(ServiceError) as exc:
+        env.op.optouts.opt_out_status(env.client("reader"), [good, raw_uid])
+    assert (exc.value.kind, exc.value.reason) == (ErrorKind.INVALID_ARGUMENT, "INVALID_RAW_UID")
