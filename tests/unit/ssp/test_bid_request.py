@@ -6,6 +6,7 @@ from ssp_svc.bid_request import (
     Impression,
     build_bid_request,
 )
+from uid2.ssp.v1 import openrtb_pb2
 
 TOKEN = "A4AAAAs-case_Sensitive+token/with=chars"
 
@@ -61,3 +62,20 @@ def test_app_inventory() -> None:
     br = build_bid_request("a", imp(page_domain="", app_bundle="com.x"), Disposition.VALID, 100)
     assert br.WhichOneof("distribution_channel") == "app"
     assert br.app.bundle == "com.x"
+
+
+def test_a_bidder_finds_the_uid2_token_among_other_ids() -> None:
+    # Other exchanges' requests carry several eids (ID5, LiveRamp, ...), in any order, and an
+    # eid may list an empty uid first: the bidder reads the first non-empty uidapi.com id.
+    br = openrtb_pb2.BidRequest(id="a")
+    assert uid2_token(br) is None
+    br.user.eids.add(source="id5-sync.com").uids.add(id="ID5-xyz", atype=1)
+    assert uid2_token(br) is None
+    empty = br.user.eids.add(source="uidapi.com")
+    empty.uids.add(id="", atype=3)
+    assert uid2_token(br) is None
+    uid2 = br.user.eids.add(source="uidapi.com")
+    uid2.uids.add(id="", atype=3)
+    uid2.uids.add(id=TOKEN, atype=3)
+    br.user.eids.add(source="liveramp.com").uids.add(id="LR-1", atype=3)
+    assert uid2_token(br) == TOKEN
