@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -353,3 +355,56 @@ def test_an_ad_for_a_resting_identity_due_for_refresh_refreshes_it_first(
     finally:
         pub.close()
         store.close()
+
+
+def test_a_pass_that_fails_does_not_end_the_background_thread(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store's `due` query can fail (a disk hiccup, a lock held too long); the next poll
+    # must still run, or no identity is ever refreshed again until a restart.
+    clock, _op, pub = setup
+    _login_many(pub, 3)
+    clock.advance(HOUR)
+    real_due = pub.store.due
+    calls = []
+
+    def flaky_due(now_ms: int, limit: int) -> Any:
+        calls.append(now_ms)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_due(now_ms, limit)
+
+    monkeypatch.setattr(pub.store, "due", flaky_due)
+    r = Refresher(pub, workers=2, poll_interval_s=0.01)
+    r.start()
+    try:
+        assert wait_until(lambda: r.stats.refreshed == 3, 5)
+    finally:
+        r.stop()
+    assert len(calls) >= 2
+
+
+def test_an_unexpected_error_for_one_identity_defers_it_and_spares_the_others(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock, op, pub = setup
+    _login_many(pub, 3)
+    clock.advance(HOUR)
+    broken = pub.store.get("u1")
+    assert broken is not None
+    real_refresh = op.refresh
+
+    def refresh(token: str) -> Any:
+        if token == broken.identity.refresh_token:
+            raise RuntimeError("a bug")
+        return real_refresh(token)
+
+    monkeypatch.setattr(op, "refresh", refresh)
+    r = Refresher(pub, workers=2)
+    try:
+        assert r.run_once() == 3
+        assert (r.stats.refreshed, r.stats.deferred) == (2, 1)
+        # Left as it was: due again at the next poll, not lost.
+        assert pub.store.get("u1") == broken
+    finally:
+        r.stop()
