@@ -11,6 +11,7 @@ import pytest
 from operator_svc import cli
 from operator_svc.store import KeyRow, OperatorStore
 from tests.support.bad_stores import one_error_line, unusable_store
+from uid2_crypto.salts import BUCKET_COUNT
 
 
 def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -187,3 +188,42 @@ def test_site_list_shows_what_site_add_stored(
     sites = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {"site_id": 7, "name": "Seven", "domains": ["xn--strae-oqa.de"],
             "app_names": ["com.seven"]} in sites  # fmt: skip
+
+
+def test_salts_rotate_rotates_the_fraction_and_refuses_one_out_of_range(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(initialised)
+    store = OperatorStore.open(initialised)
+    try:
+        before = store.load_salt_blobs()
+    finally:
+        store.close()
+    assert cli.main(["salts", "rotate", "--data-dir", d, "--fraction", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"rotated": BUCKET_COUNT // 4}
+    store = OperatorStore.open(initialised)
+    try:
+        after = store.load_salt_blobs()
+    finally:
+        store.close()
+    assert after["salts"] != before["salts"]
+    for bad in ("0", "-0.5", "1.5", "nan", "inf"):
+        assert "fraction must be within (0, 1]" in _fails(
+            capsys, "salts", "rotate", "--data-dir", d, "--fraction", bad
+        )
+    assert "--fraction" in _fails(capsys, "salts", "rotate", "--data-dir", d, "--fraction", "x")
+
+
+def test_client_list_shows_clients_without_their_keys(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(initialised)
+    assert cli.main(["client", "add", "--data-dir", d, "--site-id", "5", "--name", "pub",
+                     "--roles", "GENERATOR,MAPPER"]) == 0  # fmt: skip
+    added = json.loads(capsys.readouterr().out)
+    assert cli.main(["client", "list", "--data-dir", d]) == 0
+    out = capsys.readouterr().out
+    (listed,) = [json.loads(line) for line in out.splitlines()]
+    assert listed["name"] == "pub" and listed["site_id"] == 5
+    assert listed["roles"] == ["GENERATOR", "MAPPER"] and listed["disabled"] is False
+    assert added["api_key"] not in out and added["secret"] not in out
