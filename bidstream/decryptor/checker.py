@@ -9,7 +9,6 @@ from bidstream.decryptor.key_cache import KeyCache
 from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import Clock
 from svc_common.names import parent_domains
-from svc_common.tally import Tally
 from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
 
 
@@ -44,22 +43,10 @@ class TokenChecker:
         self._optouts = optouts
         self._clock = clock
         self._early_wait_s = early_refresh_wait_s
-        # Bumped by every RPC thread that checks a token: a Tally, so no count is lost.
-        self._counts: Tally[Verdict] = Tally(Verdict)
-
-    @property
-    def counts(self) -> dict[Verdict, int]:
-        """Verdicts given so far (a copy)."""
-        return self._counts.snapshot()
 
     def check(self, token: str, domain_or_app: str | None, *, app: bool = False) -> Verdict:
         """`domain_or_app`: where the token is used, the page's domain or (`app`) the app's
         bundle id; client-side generated tokens must be used on their site's."""
-        verdict = self._check(token, domain_or_app, app)
-        self._counts.add(verdict)
-        return verdict
-
-    def _check(self, token: str, domain_or_app: str | None, app: bool) -> Verdict:
         seen = self._keys.generation
         result = self._decrypt(self._keys.decoder, token, domain_or_app)
         if result.status in _MISSING_KEY:

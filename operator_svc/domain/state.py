@@ -11,7 +11,7 @@ sequence number; salts are reloaded only when their counter moves."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -223,8 +223,6 @@ class OperatorState:
         self.keypairs = keypairs
         self.test_identities = TestIdentities.for_salt(first_level_salt)
         self.optouts = OptOutIndex(salts, self.test_identities.never_optout)
-        # Called (no arguments) after keys change, e.g. to drop caches built from them.
-        self.listeners: list[Callable[[], None]] = []
 
 
 def _client(row: ClientRow) -> Client:
@@ -340,8 +338,6 @@ class StateLoader:
                 changed.append("salts")
             if versions["keys"] != old.get("keys"):
                 state.keys = self._keys()
-                for listener in state.listeners:
-                    listener()
                 changed.append("keys")
             if versions["clients"] != old.get("clients"):
                 state.clients = self._clients()
