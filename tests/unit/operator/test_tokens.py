@@ -16,7 +16,7 @@ from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
 from tests.unit.operator.conftest import T0, Env
 from uid2_crypto.identity import IdentityScope, IdentityType, identity_hash
-from uid2_crypto.keys import FALLBACK_SITE_ID, REFRESH_KEYSET_ID
+from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, REFRESH_KEYSET_ID, KeyRing
 from uid2_crypto.refresh import RefreshPayload, encode_refresh_token
 from uid2_crypto.salts import bucket_index, first_level_hash, raw_uid2
 from uid2_crypto.tokens import TokenDecoder
@@ -309,6 +309,24 @@ def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
     try:
         with pytest.raises(ServiceError) as exc:
             env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
+    finally:
+        state.keys = snap
+    assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
+
+
+@pytest.mark.parametrize(
+    "missing", [MASTER_KEYSET_ID, REFRESH_KEYSET_ID], ids=["master", "refresh"]
+)
+def test_no_active_master_or_refresh_key_is_unavailable(env: Env, missing: int) -> None:
+    # The site's key is current but one of the operator's own is not (a store whose master or
+    # refresh keys were pruned by hand): no token is issued without both layers' keys.
+    state = env.op.state
+    snap = state.keys
+    kept = [k for k in snap.keyring.keys if k.keyset_id != missing]
+    state.keys = dataclasses.replace(snap, keyring=KeyRing(kept))
+    try:
+        with pytest.raises(ServiceError) as exc:
+            env.op.tokens.generate(env.client("gen"), "email", "half@example.com", OK)
     finally:
         state.keys = snap
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
