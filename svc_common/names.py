@@ -70,13 +70,6 @@ def domain_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return any(host == d or host.endswith("." + d) for d in allowed)
 
 
-def parent_domains(host: str) -> list[str]:
-    """The domains `host` is a subdomain of, nearest first, down to two labels:
-    www.news.example.com -> [news.example.com, example.com]."""
-    labels = host.split(".")
-    return [".".join(labels[i:]) for i in range(1, len(labels) - 1)]
-
-
 def check_app_name(text: str) -> str:
     """`text` stripped, if it looks like an app id (com.example.app, 123456789)."""
     name = text.strip()

@@ -275,6 +275,22 @@ _SCOPES = (IdentityScope.UID2, IdentityScope.EUID)
 _b64encode = base64.b64encode
 
 
+def _name_listed(
+    name: str | None, names: frozenset[str] | None, parents: frozenset[str] | None
+) -> bool:
+    """`name` is one of the site's `names`, or has a parent domain (down to two labels) among
+    `parents`, the site's domains, when a page host's parents count."""
+    if name is None or names is None:
+        return False
+    name = name.lower()
+    if name in names:
+        return True
+    if not parents:
+        return False
+    labels = name.split(".")
+    return any(".".join(labels[i:]) in parents for i in range(1, len(labels) - 1))
+
+
 class TokenDecoder:
     """Decrypts advertising tokens with a fixed key ring; immutable, safe to share."""
 
@@ -285,6 +301,7 @@ class TokenDecoder:
         "_latest_expires_ms",
         "_max_bidstream_ms",
         "_max_sharing_ms",
+        "_site_domains",
         "_skew_ms",
         "caller_site_id",
     )
@@ -313,6 +330,10 @@ class TokenDecoder:
         self._allowed_names: dict[int, frozenset[str]] = {
             site: frozenset(n.lower() for n in (*domains, *apps))
             for site, (domains, apps) in site_data.items()
+        }
+        # Domains alone: a page host's parent is matched against these, never an app id.
+        self._site_domains: dict[int, frozenset[str]] = {
+            site: frozenset(d.lower() for d in domains) for site, (domains, _) in site_data.items()
         }
         if keyring is None:
             self._keys: dict[int, Key] | None = None
@@ -346,7 +367,12 @@ class TokenDecoder:
         *,
         domain_or_app: str | None = None,
         client_type: ClientType = _BIDSTREAM,
+        subdomains: bool = False,
     ) -> DecryptResult:
+        """`domain_or_app`: where a client-side generated token is used; the site must list it
+        (the reference's check, exact). `subdomains`: `domain_or_app` is a page's host, which
+        also passes when the site lists a parent domain of it (news.example.com for
+        www.news.example.com), down to two labels."""
         keys = self._keys
         if keys is None:
             return _NOT_INITIALIZED
@@ -369,7 +395,9 @@ class TokenDecoder:
                 label = V3
             else:
                 return _VERSION_NOT_SUPPORTED
-            return self._decrypt_v3(data, label, keys, now_ms, domain_or_app, client_type)
+            return self._decrypt_v3(
+                data, label, keys, now_ms, domain_or_app, client_type, subdomains
+            )
         except Exception:
             # Belt and braces: a decoder in the bid path must answer, never raise.
             return _INVALID_PAYLOAD
@@ -406,6 +434,7 @@ class TokenDecoder:
         now_ms: int,
         domain_or_app: str | None,
         client_type: ClientType,
+        subdomains: bool,
     ) -> DecryptResult:
         if len(data) < _HEADER_LEN:
             return _INVALID_PAYLOAD
@@ -453,7 +482,8 @@ class TokenDecoder:
         cstg = bool(privacy_bits & PRIVACY_BIT_CLIENT_SIDE_GENERATED)
         if cstg and client_type is _BIDSTREAM:
             names = self._allowed_names.get(site_id)
-            if domain_or_app is None or names is None or domain_or_app.lower() not in names:
+            parents = self._site_domains.get(site_id) if subdomains else None
+            if not _name_listed(domain_or_app, names, parents):
                 return DecryptResult(
                     _BAD_DOMAIN,
                     site_id=site_id,

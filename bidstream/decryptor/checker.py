@@ -8,7 +8,6 @@ from enum import Enum
 from bidstream.decryptor.key_cache import KeyCache
 from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import Clock
-from svc_common.names import parent_domains
 from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
 
 
@@ -46,17 +45,17 @@ class TokenChecker:
 
     def check(self, token: str, domain_or_app: str | None, *, app: bool = False) -> Verdict:
         """`domain_or_app`: where the token is used, the page's domain or (`app`) the app's
-        bundle id; client-side generated tokens must be used on their site's."""
+        bundle id; client-side generated tokens must be used on their site's. A page on a
+        subdomain of one of the site's domains is the site's page: the operator generated the
+        token for it on the same rule (client-side generation accepts such an Origin)."""
         seen = self._keys.generation
-        result = self._decrypt(self._keys.decoder, token, domain_or_app)
+        result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
         if result.status in _MISSING_KEY:
             generation = self._keys.request_early_refresh()
             if self._keys.generation > seen or (
                 generation is not None and self._keys.wait_past(generation, self._early_wait_s)
             ):
-                result = self._decrypt(self._keys.decoder, token, domain_or_app)
-        if result.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED and not app:
-            result = self._on_parent_domain(result, token, domain_or_app)
+                result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
         status = result.status
         if status is DecryptionStatus.SUCCESS:
             if result.raw_uid is not None and self._optouts.opted_out(result.raw_uid):
@@ -74,23 +73,11 @@ class TokenChecker:
             return Verdict.NO_KEYS
         return Verdict.INVALID
 
-    def _on_parent_domain(
-        self, failed: DecryptResult, token: str, domain: str | None
-    ) -> DecryptResult:
-        """A page on a subdomain of one of the site's domains is the site's page: the operator
-        generated the token for it on the same rule (client-side generation accepts an Origin
-        on a subdomain), and the site data lists the domains the site registered, not each
-        host. The decoder checks the exact name, as the reference and the SDKs do."""
-        decoder = self._keys.decoder
-        for parent in parent_domains(domain.lower()) if domain else ():
-            result = self._decrypt(decoder, token, parent)
-            if result.status is not DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED:
-                return result
-        return failed
-
     def _decrypt(
-        self, decoder: TokenDecoder | None, token: str, domain_or_app: str | None
+        self, decoder: TokenDecoder | None, token: str, domain_or_app: str | None, app: bool
     ) -> DecryptResult:
         if decoder is None:
             return DecryptResult(DecryptionStatus.NOT_INITIALIZED)
-        return decoder.decrypt(token, self._clock.now_ms(), domain_or_app=domain_or_app or None)
+        return decoder.decrypt(
+            token, self._clock.now_ms(), domain_or_app=domain_or_app or None, subdomains=not app
+        )

@@ -13,12 +13,12 @@ BAD_PAYLOAD, MISSING_DII, MULTIPLE_DII, INVALID_EMAIL_HASH, ...), UNAUTHENTICATE
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from operator_svc.domain.state import Keypair, OperatorState
 from operator_svc.domain.tokens import GenerateOutcome, TokenService
+from svc_common import json_text
 from svc_common.errors import invalid_argument, permission_denied, unauthenticated
 from svc_common.names import domain_allowed, normalise_domain
 from uid2_crypto.client_side import ClientSideError, open_payload
@@ -105,8 +105,8 @@ class ClientSideGenerator:
 def _hash_of(plain: bytes) -> tuple[str, str]:
     """(kind, value) of the decrypted payload: exactly one of email_hash, phone_hash."""
     try:
-        fields = json.loads(plain)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        fields = json_text.loads(plain)
+    except ValueError:
         fields = None
     if not isinstance(fields, dict):
         raise invalid_argument("BAD_PAYLOAD", "encrypted payload contains invalid json")

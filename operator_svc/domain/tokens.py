@@ -220,31 +220,34 @@ class TokenService:
         identity_type, flh = dii_flh(kind, value, self._state.first_level_salt)
         if not consent_allows_token(privacy):
             return GenerateOutcome(GenerateStatus.INSUFFICIENT_CONSENT, site_id=site_id)
-        if self._is_opted_out(flh):
-            return GenerateOutcome(GenerateStatus.OPTOUT, site_id=site_id)
-        identity = self._issue(
-            flh=flh,
-            identity_type=identity_type,
-            site_id=site_id,
-            client_key_id=client.client_id,
-            privacy_bits=PRIVACY_BITS_DEFAULT,
-            established_ms=self._clock.now_ms(),
+        return self._new_identity(
+            flh, identity_type, site_id, client.client_id, PRIVACY_BITS_DEFAULT
         )
-        return GenerateOutcome(GenerateStatus.SUCCESS, identity, site_id)
 
     def generate_client_side(self, site_id: int, kind: str, value: str) -> GenerateOutcome:
         """An identity for a page of `site_id` (client_side.py has checked the page): marked
         client-side generated, so decryptors check the domain or app it is used on. The page
         collects consent itself; an opted-out user gets OPTOUT and no token."""
         identity_type, flh = dii_flh(kind, value, self._state.first_level_salt)
+        return self._new_identity(flh, identity_type, site_id, 0, PRIVACY_BITS_CLIENT_SIDE)
+
+    def _new_identity(
+        self,
+        flh: bytes,
+        identity_type: IdentityType,
+        site_id: int,
+        client_key_id: int,
+        privacy_bits: int,
+    ) -> GenerateOutcome:
+        """A first identity for the user (established now), or OPTOUT without one."""
         if self._is_opted_out(flh):
             return GenerateOutcome(GenerateStatus.OPTOUT, site_id=site_id)
         identity = self._issue(
             flh=flh,
             identity_type=identity_type,
             site_id=site_id,
-            client_key_id=0,
-            privacy_bits=PRIVACY_BITS_CLIENT_SIDE,
+            client_key_id=client_key_id,
+            privacy_bits=privacy_bits,
             established_ms=self._clock.now_ms(),
         )
         return GenerateOutcome(GenerateStatus.SUCCESS, identity, site_id)

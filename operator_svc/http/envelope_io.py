@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from operator_svc.http.errors import HttpError, client_error
+from svc_common import json_text
 from uid2_crypto.envelope import ENVELOPE_VERSION, decrypt_request, encrypt_response
 from uid2_crypto.errors import EnvelopeError
 
@@ -101,8 +102,8 @@ def parse_json(payload: bytes) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        obj = json_text.loads(payload.decode("utf-8"))
+    except ValueError:
         raise client_error(
             "BAD_JSON", "the decrypted payload is not UTF-8 JSON: send a JSON object"
         ) from None

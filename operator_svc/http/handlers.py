@@ -19,7 +19,6 @@ that the official API imposes:
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +30,7 @@ from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import GenerateStatus, IdentityTokens
 from operator_svc.http.errors import INSUFFICIENT_USER_CONSENT, OPTOUT, SUCCESS, client_error
+from svc_common import json_text
 
 Answer = dict[str, Any]
 
@@ -87,8 +87,8 @@ def client_side_request(body: bytes, origin: str | None) -> ClientSideRequest:
     """The JSON body of /v2/token/client-generate (not enveloped: the page encrypts its payload
     itself), with the request's Origin header."""
     try:
-        fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        fields = json_text.loads(body)
+    except ValueError:
         fields = None
     if not isinstance(fields, dict):
         raise client_error("BAD_JSON", "json payload is not valid")

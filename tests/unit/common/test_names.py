@@ -6,7 +6,6 @@ from svc_common.names import (
     check_app_name,
     domain_allowed,
     normalise_domain,
-    parent_domains,
     site_domain,
 )
 
@@ -65,12 +64,6 @@ def test_app_names() -> None:
     for bad in ("", "com example", "com/example", ".hidden", "x" * 300):
         with pytest.raises(ValueError, match="not an app name"):
             check_app_name(bad)
-
-
-def test_parent_domains_nearest_first_down_to_two_labels() -> None:
-    assert parent_domains("www.news.example.com") == ["news.example.com", "example.com"]
-    assert parent_domains("example.com") == []
-    assert parent_domains("localhost") == []
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,22 @@ def test_domain_check_only_for_client_side_bidstream() -> None:
     assert r.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
 
 
+def test_a_page_host_may_be_a_subdomain_of_a_listed_domain_down_to_two_labels() -> None:
+    d = decoder(site_data={9000: (["news.example.com", "com"], ["com.example.app"])})
+    cstg = mint(privacy_bits=PRIVACY_BIT_CLIENT_SIDE_GENERATED | 1)
+
+    def status(name: str, subdomains: bool = True) -> DecryptionStatus:
+        return d.decrypt(cstg, BASE_MS, domain_or_app=name, subdomains=subdomains).status
+
+    ok, failed = DecryptionStatus.SUCCESS, DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
+    assert status("news.example.com") is ok
+    assert status("www.news.example.com") is ok and status("a.b.NEWS.example.com") is ok
+    assert status("www.news.example.com", subdomains=False) is failed  # exact, as the SDKs
+    assert status("example.com") is failed and status("badnews.example.com") is failed
+    assert status("x.example.com") is failed  # "com" is listed, but no parent is one label
+    assert status("x.com.example.app", subdomains=True) is failed
+
+
 def test_domain_check_comes_before_lifetime() -> None:
     d = decoder()
     token = mint(

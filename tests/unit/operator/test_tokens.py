@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -277,17 +280,25 @@ def test_clock_and_randomness_come_from_the_constructor(env: Env) -> None:
     assert base64.b64decode(issued[0].refresh_response_key) == bytes(32)
 
 
+@contextlib.contextmanager
+def _keys_replaced(env: Env, **changes: Any) -> Iterator[None]:
+    """The operator's key snapshot with `changes` for the block, then the real one again."""
+    state = env.op.state
+    snap = state.keys
+    state.keys = dataclasses.replace(snap, **changes)
+    try:
+        yield
+    finally:
+        state.keys = snap
+
+
 def test_a_site_without_a_keyset_of_its_own_gets_the_fallback_keysets_key(env: Env) -> None:
     # Every site `admin` makes has a default keyset; a site without one (a store made by hand
     # or by an older version) is issued tokens under the fallback keyset's key, not refused.
-    state = env.op.state
-    snap = state.keys
+    snap = env.op.state.keys
     without = {site: ks for site, ks in snap.default_keyset.items() if site != 10}
-    state.keys = dataclasses.replace(snap, default_keyset=MappingProxyType(without))
-    try:
+    with _keys_replaced(env, default_keyset=MappingProxyType(without)):
         out = env.op.tokens.generate(env.client("gen"), "email", "fallback@example.com", OK)
-    finally:
-        state.keys = snap
     assert out.status is GenerateStatus.SUCCESS and out.identity is not None
     result = _decoder(env).decrypt(out.identity.advertising_token, T0)
     assert result.success
@@ -302,15 +313,13 @@ def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
     # The master and refresh keys current, but no site key, not even a fallback one.
     env.clock.set(T0)
-    state = env.op.state
-    snap = state.keys
+    snap = env.op.state.keys
     without = {s: ks for s, ks in snap.default_keyset.items() if s not in (10, FALLBACK_SITE_ID)}
-    state.keys = dataclasses.replace(snap, default_keyset=MappingProxyType(without))
-    try:
-        with pytest.raises(ServiceError) as exc:
-            env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
-    finally:
-        state.keys = snap
+    with (
+        _keys_replaced(env, default_keyset=MappingProxyType(without)),
+        pytest.raises(ServiceError) as exc,
+    ):
+        env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
 
 
@@ -320,15 +329,9 @@ def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
 def test_no_active_master_or_refresh_key_is_unavailable(env: Env, missing: int) -> None:
     # The site's key is current but one of the operator's own is not (a store whose master or
     # refresh keys were pruned by hand): no token is issued without both layers' keys.
-    state = env.op.state
-    snap = state.keys
-    kept = [k for k in snap.keyring.keys if k.keyset_id != missing]
-    state.keys = dataclasses.replace(snap, keyring=KeyRing(kept))
-    try:
-        with pytest.raises(ServiceError) as exc:
-            env.op.tokens.generate(env.client("gen"), "email", "half@example.com", OK)
-    finally:
-        state.keys = snap
+    kept = [k for k in env.op.state.keys.keyring.keys if k.keyset_id != missing]
+    with _keys_replaced(env, keyring=KeyRing(kept)), pytest.raises(ServiceError) as exc:
+        env.op.tokens.generate(env.client("gen"), "email", "half@example.com", OK)
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.UNAVAILABLE, "NO_ACTIVE_KEY")
 
 
