@@ -37,7 +37,7 @@ from svc_common.backoff import Backoff
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
 from svc_common.impression_limits import check_field_lengths, check_floor_price
-from svc_common.sqlite_db import StoreBusy
+from svc_common.sqlite_db import StoreUnavailable
 from uid2_crypto.errors import InvalidIdentifierError
 from uid2_crypto.identity import IdentityType, identity_hash
 
@@ -417,8 +417,8 @@ class Publisher:
                 return _token_result(Step(StepKind.STALE, stored.identity))
             try:
                 step, _ = self.refresh_stored(user_id)
-            except StoreBusy:
-                raise  # postponing would be a second write into the same lock
+            except StoreUnavailable:
+                raise  # postponing would be a second write, failing the same way
             except ServiceError:
                 if respect_backoff:
                     self.postpone_refresh(user_id, stored, now, self.retry_backoff)

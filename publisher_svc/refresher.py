@@ -28,7 +28,7 @@ from publisher_svc.store import StoredIdentity
 from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock
 from svc_common.errors import ServiceError
-from svc_common.sqlite_db import StoreBusy
+from svc_common.sqlite_db import StoreUnavailable
 
 _log = structlog.get_logger("refresher")
 
@@ -183,10 +183,11 @@ class Refresher:
                 return "deferred"
             try:
                 step, _ = pub.refresh_stored(user_id, by_user=False)
-            except StoreBusy:
-                # Another process holds the store: deferring would be a second write into the
-                # same lock. The identity is unchanged; the next poll finds it due again.
-                _log.info("refresh_deferred", reason="STORE_BUSY")
+            except StoreUnavailable as err:
+                # Another process holds the store, or the disk refuses writes: deferring would
+                # be a second write that fails the same way. The identity is unchanged; the
+                # next poll finds it due again.
+                _log.info("refresh_deferred", reason=err.reason)
                 return "deferred"
             except ServiceError as err:
                 # Operator unreachable with the token already expired, or it refused the call:
@@ -217,8 +218,8 @@ class Refresher:
     def _defer(self, user_id: str, stored: StoredIdentity, now: int) -> None:
         try:
             self.publisher.postpone_refresh(user_id, stored, now, self.backoff)
-        except StoreBusy:
+        except StoreUnavailable as err:
             # Not recorded: the identity stays due and the next poll tries again. Raising would
             # skip opening the circuit (the operator is then called for every identity) and
             # log the pass as an error.
-            _log.info("refresh_postpone_skipped", reason="STORE_BUSY")
+            _log.info("refresh_postpone_skipped", reason=err.reason)

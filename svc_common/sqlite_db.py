@@ -12,10 +12,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import structlog
+
 from svc_common.errors import ErrorKind, ServiceError
+
+_log = structlog.get_logger("store")
 
 ErrorFactory = Callable[[str], Exception]
 
@@ -23,9 +27,15 @@ BUSY_TIMEOUT_S = 30.0
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 
 
-class StoreBusy(ServiceError):
-    """Another process held the store's write lock past the busy timeout: the write did not
-    happen, and the caller may retry (UNAVAILABLE), as opposed to a bug (INTERNAL)."""
+class StoreUnavailable(ServiceError):
+    """The store refused a write for a reason of its own, not the caller's: the write was not
+    completed and nothing was acknowledged, and the caller may retry (UNAVAILABLE), as opposed
+    to a bug (INTERNAL). A caller that would answer such a failure with another write into the
+    same store (a postponement, a note) should not: it fails the same way."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another process held the store's write lock past the busy timeout."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -35,10 +45,57 @@ class StoreBusy(ServiceError):
         )
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
+class StoreWriteFailed(StoreUnavailable):
+    """The disk refused the write: full, read-only, gone, or an I/O error. SQLite rolled the
+    transaction back. `cause` is SQLite's own short text ("database or disk is full"): it names
+    the failure, never the data."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            ErrorKind.UNAVAILABLE,
+            "STORE_WRITE_FAILED",
+            f"the store could not be written ({cause}); the write did not complete; retry",
+        )
+        self.cause = cause
+
+
+# The disk or file system refused the write, not the statement: full, I/O error, read-only,
+# the file gone. Anything else (a constraint, a schema mismatch) is the caller's to handle.
+_WRITE_FAILURES = frozenset(
+    (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+)
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
     # Extended result codes keep the primary one in the low byte.
-    code: int = getattr(exc, "sqlite_errorcode", 0)
-    return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    code: int = getattr(exc, "sqlite_errorcode", 0) or 0
+    return code & 0xFF
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _store_error(exc: BaseException) -> StoreUnavailable | None:
+    """The service error a failed statement stands for, or None when it is not the store's."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    if _busy(exc):
+        return StoreBusy()
+    if _primary_code(exc) in _WRITE_FAILURES:
+        # Loud: unlike a busy lock, this does not go away by itself.
+        _log.warning("store_write_failed", cause=str(exc))
+        return StoreWriteFailed(str(exc))
+    return None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Ends the transaction if SQLite has not already: after a full disk or an I/O error it
+    rolls back by itself, and a second ROLLBACK would raise over the error that matters. A
+    ROLLBACK that fails too leaves the transaction for the next BEGIN to clear."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -47,26 +104,27 @@ def write_transaction(
 ) -> Iterator[sqlite3.Connection]:
     """One write transaction on a connection from `open_db` (BEGIN IMMEDIATE ... COMMIT,
     synced before it returns), serialised in-process by `lock`. StoreBusy when another
-    process keeps the write lock past the busy timeout."""
+    process keeps the write lock past the busy timeout; StoreWriteFailed when the disk refuses
+    the write. Either way nothing of the transaction is kept."""
     with lock:
+        _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if _busy(exc):
-                raise StoreBusy() from None
-            raise
+            raise (_store_error(exc) or exc) from None
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            _rollback(conn)
+            mapped = _store_error(exc)
+            if mapped is not None:
+                raise mapped from None
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
-            conn.execute("ROLLBACK")
-            raise StoreBusy() from None
+            _rollback(conn)
+            raise (_store_error(exc) or exc) from None
 
 
 def close_when_free(conn: sqlite3.Connection, lock: threading.Lock, wait_s: float) -> None:

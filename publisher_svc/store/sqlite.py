@@ -13,7 +13,7 @@ from pathlib import Path
 
 from publisher_svc.model import Identity
 from svc_common.sqlite_db import (
-    StoreBusy,
+    StoreUnavailable,
     close_when_free,
     open_db,
     require_data_dir,
@@ -121,9 +121,9 @@ class SqliteStore:
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
         try:
             self._add_used_column()
-        except (sqlite3.Error, StoreBusy) as exc:
+        except (sqlite3.Error, StoreUnavailable) as exc:
             self._db.close()
-            reason = "the store is busy" if isinstance(exc, StoreBusy) else str(exc)
+            reason = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
             raise StoreError(f"store {path / self.FILE_NAME} cannot be opened: {reason}") from None
 
     def _add_used_column(self) -> None:

@@ -4,6 +4,7 @@ one line naming the path, never a bare sqlite3 or OS exception."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from svc_common.errors import ErrorKind
 from svc_common.sqlite_db import (
     WAL_SIZE_LIMIT_BYTES,
     StoreBusy,
+    StoreUnavailable,
+    StoreWriteFailed,
     open_db,
     require_data_dir,
     write_transaction,
@@ -99,6 +102,58 @@ def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
             c.execute("INSERT INTO t VALUES (1)")
             raise ValueError("half-way")
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+        assert not conn.in_transaction
+    finally:
+        conn.close()
+
+
+def test_a_full_disk_is_store_write_failed_and_nothing_is_written(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back by itself when the disk is full: the ROLLBACK that
+    follows must not raise "no transaction is active" over the error that matters."""
+    conn = open_db(tmp_path / "x.sqlite3", Bad, schema="CREATE TABLE t (b BLOB);")
+    lock = threading.Lock()
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full
+        with pytest.raises(StoreWriteFailed) as caught, write_transaction(conn, lock) as c:
+            c.execute("INSERT INTO t VALUES (?)", (os.urandom(20_000),))
+        err = caught.value
+        assert isinstance(err, StoreUnavailable)
+        assert err.kind is ErrorKind.UNAVAILABLE and err.reason == "STORE_WRITE_FAILED"
+        assert "full" in err.message and "full" in err.cause
+        assert not lock.locked() and not conn.in_transaction
+        conn.execute(f"PRAGMA max_page_count={pages * 100}")  # space freed
+        with write_transaction(conn, lock) as c:
+            c.execute("INSERT INTO t VALUES (x'01')")
+        assert conn.execute("SELECT b FROM t").fetchall() == [(b"\x01",)]
+    finally:
+        conn.close()
+
+
+def test_a_read_only_store_is_store_write_failed_and_the_transaction_ends(tmp_path: Path) -> None:
+    path = tmp_path / "x.sqlite3"
+    open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);").close()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with (
+            pytest.raises(StoreWriteFailed) as caught,
+            write_transaction(conn, threading.Lock()) as c,
+        ):
+            c.execute("INSERT INTO t VALUES (1)")
+        assert "readonly" in caught.value.cause
+        assert not conn.in_transaction
+    finally:
+        conn.close()
+
+
+def test_a_statement_error_of_the_callers_own_is_not_the_stores(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "x.sqlite3", Bad, schema="CREATE TABLE t (v INTEGER);")
+    try:
+        with (
+            pytest.raises(sqlite3.OperationalError),
+            write_transaction(conn, threading.Lock()) as c,
+        ):
+            c.execute("INSERT INTO no_such_table VALUES (1)")
         assert not conn.in_transaction
     finally:
         conn.close()

@@ -178,7 +178,7 @@ def test_an_old_store_another_process_keeps_locked_is_a_store_error_on_open(
     other = sqlite3.connect(_old_store(tmp_path), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(StoreError, match="busy"):
+        with pytest.raises(StoreError, match="locked by another process"):
             SqliteStore(tmp_path)
     finally:
         other.execute("ROLLBACK")

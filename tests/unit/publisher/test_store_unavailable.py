@@ -1,5 +1,7 @@
-"""Another process holding the publisher's store past the busy timeout: calls answer
-UNAVAILABLE STORE_BUSY (not INTERNAL), and a refresh does not wait the timeout out twice."""
+"""The publisher's store refusing writes, because another process holds it past the busy
+timeout or because the disk does (here a read-only file: SQLite's own refusal, as on a full
+disk): calls answer UNAVAILABLE with the store's reason (not INTERNAL), and a refresh does not
+try a second write that fails the same way."""
 
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind
-from svc_common.sqlite_db import StoreBusy
+from svc_common.sqlite_db import StoreUnavailable
 from tests.unit.publisher.fakes import HOUR, FakeOperator, FakeSsp
 
 BUSY_S = 0.3  # the real 30 s, shortened
 
 
-@pytest.fixture
-def locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
+@pytest.fixture(params=["STORE_BUSY", "STORE_WRITE_FAILED"])
+def locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Publisher]:
     monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", BUSY_S)
     clock = ManualClock(1_700_000_000_000)
     pub = Publisher(
@@ -32,20 +36,29 @@ def locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Publishe
     )
     pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
     clock.advance(HOUR)  # due for a refresh
-    other = sqlite3.connect(next(tmp_path.glob("*.sqlite3")), isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
+    path = next(tmp_path.glob("*.sqlite3"))
+    if request.param == "STORE_BUSY":
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
+    else:
+        other = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        monkeypatch.setattr(pub.store, "_db", other)  # reads work, every write is refused
     try:
         yield pub
     finally:
-        other.execute("ROLLBACK")
+        if other.in_transaction:
+            other.execute("ROLLBACK")
         other.close()
         pub.store.close()
 
 
-def test_a_due_refresh_on_a_locked_store_is_store_busy(locked: Publisher) -> None:
-    with pytest.raises(StoreBusy) as caught:
+def test_a_due_refresh_on_a_refusing_store_is_unavailable_with_its_reason(
+    locked: Publisher, request: pytest.FixtureRequest
+) -> None:
+    with pytest.raises(StoreUnavailable) as caught:
         locked.get_advertising_token("u0")  # refreshes, then cannot store the result
     assert caught.value.kind is ErrorKind.UNAVAILABLE
+    assert caught.value.reason == request.node.callspec.params["locked"]
 
 
 def test_the_refresher_defers_without_a_second_wait(

@@ -1,0 +1,84 @@
+"""A real operator process whose disk refuses writes (RLIMIT_FSIZE: every write past a size
+fails, as on a full disk): OptOut answers UNAVAILABLE with ErrorInfo STORE_WRITE_FAILED, not
+INTERNAL; nothing refused is honoured, nothing acknowledged is lost, and reads keep working."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from svc_common.grpc_client import error_info
+from tests.integration.operator.conftest import OK_PRIVACY, add_client, init_dir, md
+from tests.support.procs import BIN, ServiceProcess
+from uid2.operator.v1 import operator_pb2 as pb
+from uid2.operator.v1 import operator_pb2_grpc as pbg
+
+pytestmark = pytest.mark.slow
+
+# Room for a few dozen opt-out commits in the WAL, which starts empty; the shared-memory index
+# (32 KiB) must fit too. Writes to the main file never fit: it is tens of MB after `init`.
+FILE_SIZE_LIMIT = 96 * 1024
+_LIMITED = (
+    "import os, resource, sys;"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])));"
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _serve(d: Path, limit: int | None = None) -> ServiceProcess:
+    cmd = [str(BIN / "uid2-operator"), "serve", "--data-dir", str(d), "--listen", "127.0.0.1:0"]
+    if limit is not None:
+        cmd = [sys.executable, "-c", _LIMITED, str(limit), *cmd]
+    return ServiceProcess(cmd).wait_ready(30)
+
+
+def _generate(stub: pbg.OperatorServiceStub, meta: object, email: str) -> int:
+    req = pb.GenerateTokenRequest(dii=pb.Dii(email=email), privacy_settings=OK_PRIVACY)
+    return stub.GenerateToken(req, metadata=meta, timeout=5).status  # type: ignore[no-any-return]  # grpc is untyped: its calls return Any
+
+
+def test_a_disk_that_refuses_writes_is_unavailable_and_loses_nothing(tmp_path: Path) -> None:
+    init_dir(tmp_path)
+    c = add_client(tmp_path, 11, "full", ["OPTOUT", "GENERATOR"])
+    p = _serve(tmp_path, FILE_SIZE_LIMIT)
+    acked: list[str] = []
+    refused: list[str] = []
+    try:
+        stub = pbg.OperatorServiceStub(grpc.insecure_channel(p.address))
+        for i in range(400):
+            email = f"full{i}@example.com"
+            try:
+                stub.OptOut(pb.OptOutRequest(dii=pb.Dii(email=email)), metadata=md(c), timeout=5)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+                info = error_info(err)
+                assert info is not None and info.reason == "STORE_WRITE_FAILED"
+                refused.append(email)
+                if len(refused) == 5:
+                    break
+            else:
+                assert not refused, "a write succeeded after the disk refused one"
+                acked.append(email)
+        assert acked and len(refused) == 5, (len(acked), len(refused))
+        # Reads need no disk: tokens are still issued, and only acknowledged opt-outs count.
+        assert _generate(stub, md(c), "fresh@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
+        assert _generate(stub, md(c), acked[-1]) == pb.GENERATE_TOKEN_STATUS_OPTOUT
+        assert _generate(stub, md(c), refused[0]) == pb.GENERATE_TOKEN_STATUS_SUCCESS
+        assert p.terminate() == 0
+    finally:
+        p.kill()
+    events = [e.get("event") for e in p.events]
+    assert "store_write_failed" in events and "unhandled_exception" not in events
+
+    q = _serve(tmp_path)  # the disk fixed
+    try:
+        stub = pbg.OperatorServiceStub(grpc.insecure_channel(q.address))
+        for email in acked:
+            assert _generate(stub, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT, email
+        stub.OptOut(pb.OptOutRequest(dii=pb.Dii(email=refused[0])), metadata=md(c), timeout=5)
+        assert _generate(stub, md(c), refused[0]) == pb.GENERATE_TOKEN_STATUS_OPTOUT
+    finally:
+        q.terminate()
