@@ -54,6 +54,15 @@ _MAX_PENDING_REFRESHES = 256
 T = TypeVar("T")
 
 
+class RefreshNotKept(StoreUnavailable):
+    """The operator refreshed a stored identity, but the store refused the new one. The held
+    identity is as good as it was (its refresh token still works): a caller may serve its
+    unexpired token. Not so for an opt-out or an ended identity the store could not record."""
+
+    def __init__(self, cause: StoreUnavailable) -> None:
+        super().__init__(cause.kind, cause.reason, cause.message)
+
+
 class StorageMode(Enum):
     SERVER = "server"
     CLIENT = "client"
@@ -380,7 +389,10 @@ class Publisher:
         old = stored.identity.refresh_token
         now = self.clock.now_ms()
         if step.kind is StepKind.REFRESHED and step.identity is not None:
-            self.store.replace_if_current(user_id, old, step.identity, now, by_user=by_user)
+            try:
+                self.store.replace_if_current(user_id, old, step.identity, now, by_user=by_user)
+            except StoreUnavailable as err:
+                raise RefreshNotKept(err) from None
         elif step.kind is StepKind.OPTOUT:
             self.store.record_operator_optout(stored.dii_key, now, user_id)
             _log.info("refresh_optout")
@@ -417,6 +429,11 @@ class Publisher:
                 return _token_result(Step(StepKind.STALE, stored.identity))
             try:
                 step, _ = self.refresh_stored(user_id)
+            except RefreshNotKept:
+                # Postponing would be a second write, failing the same way.
+                if usable_without_refresh(stored.identity, now):
+                    return _token_result(Step(StepKind.STALE, stored.identity))
+                raise
             except StoreUnavailable:
                 raise  # postponing would be a second write, failing the same way
             except ServiceError:

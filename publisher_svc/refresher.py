@@ -28,7 +28,7 @@ from publisher_svc.store import StoredIdentity
 from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock
 from svc_common.errors import ServiceError
-from svc_common.sqlite_db import StoreUnavailable
+from svc_common.sqlite_db import StoreUnavailable, StoreWriteFailed
 
 _log = structlog.get_logger("refresher")
 
@@ -68,6 +68,7 @@ class Refresher:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] | None = None,
         circuit_open_s: float = 1.0,
+        store_pause_s: float = 10.0,
         monotonic: Monotonic | None = None,
     ) -> None:
         if workers < 1:
@@ -84,6 +85,10 @@ class Refresher:
         self.circuit_open_s = circuit_open_s
         self._monotonic: Monotonic = SystemClock() if monotonic is None else monotonic
         self._circuit_until = 0.0
+        # While the store refuses writes (a full disk), every refresh would be thrown away
+        # after costing the operator a call: passes are skipped for `store_pause_s`.
+        self.store_pause_s = store_pause_s
+        self._store_paused_until = 0.0
         self.stats = RefresherStats()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -129,6 +134,8 @@ class Refresher:
 
     def run_once(self) -> int:
         """Refreshes every identity due now (up to one batch); returns how many were taken."""
+        if self._store_paused():
+            return 0
         now = self.publisher.clock.now_ms()
         due = self.publisher.store.due(now, self.batch_size)
         if not due:
@@ -151,8 +158,17 @@ class Refresher:
         self.stats.enter()
         outcome = "skipped"
         try:
-            if not self._stop.is_set():
+            if self._store_paused():
+                outcome = "deferred"
+            elif not self._stop.is_set():
                 outcome = self._refresh(user_id)
+        except StoreUnavailable as err:
+            # Another process holds the store, or the disk refuses writes: the identity is
+            # unchanged and the next pass finds it due again. Recording a deferral would be a
+            # second write that fails the same way.
+            self._store_refused(err)
+            _log.info("refresh_deferred", reason=err.reason)
+            outcome = "deferred"
         except Exception as exc:
             if self._stop.is_set():
                 # Outlived the stop (pools are shut down without waiting): the store or the
@@ -183,12 +199,8 @@ class Refresher:
                 return "deferred"
             try:
                 step, _ = pub.refresh_stored(user_id, by_user=False)
-            except StoreUnavailable as err:
-                # Another process holds the store, or the disk refuses writes: deferring would
-                # be a second write that fails the same way. The identity is unchanged; the
-                # next poll finds it due again.
-                _log.info("refresh_deferred", reason=err.reason)
-                return "deferred"
+            except StoreUnavailable:
+                raise  # not the operator's refusal: refresh_one's
             except ServiceError as err:
                 # Operator unreachable with the token already expired, or it refused the call:
                 # keep the identity (refreshable until refresh_expires) and try again later.
@@ -209,6 +221,17 @@ class Refresher:
                 return "optouts"
             return "login_required"
 
+    def _store_paused(self) -> bool:
+        return self._monotonic.monotonic_s() < self._store_paused_until
+
+    def _store_refused(self, err: StoreUnavailable) -> None:
+        if err.reason != StoreWriteFailed.REASON:
+            return  # a busy store is another process's write: over in seconds by itself
+        now_s = self._monotonic.monotonic_s()
+        if now_s >= self._store_paused_until:
+            _log.warning("refresh_paused", reason=err.reason, retry_in_s=self.store_pause_s)
+        self._store_paused_until = now_s + self.store_pause_s
+
     def _open_circuit(self) -> None:
         now_s = self._monotonic.monotonic_s()
         if now_s >= self._circuit_until:
@@ -222,4 +245,5 @@ class Refresher:
             # Not recorded: the identity stays due and the next poll tries again. Raising would
             # skip opening the circuit (the operator is then called for every identity) and
             # log the pass as an error.
+            self._store_refused(err)
             _log.info("refresh_postpone_skipped", reason=err.reason)

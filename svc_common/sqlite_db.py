@@ -9,10 +9,12 @@ store error with a one-line message naming the path, so each CLI reports it as a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -50,10 +52,12 @@ class StoreWriteFailed(StoreUnavailable):
     transaction back. `cause` is SQLite's own short text ("database or disk is full"): it names
     the failure, never the data."""
 
+    REASON = "STORE_WRITE_FAILED"
+
     def __init__(self, cause: str) -> None:
         super().__init__(
             ErrorKind.UNAVAILABLE,
-            "STORE_WRITE_FAILED",
+            self.REASON,
             f"the store could not be written ({cause}); the write did not complete; retry",
         )
         self.cause = cause
@@ -98,15 +102,44 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+@dataclass(frozen=True)
+class StoreFile:
+    """The file a store's path named when the store opened it. SQLite keeps writing to the file
+    it opened: if the path is deleted, or another file moved over it, while a service runs, its
+    writes succeed into a file no restart will open, and whatever they acknowledged is lost."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> StoreFile:
+        st = os.stat(path)
+        return cls(path, st.st_dev, st.st_ino)
+
+    def replaced(self) -> bool:
+        """True when the path no longer names the file opened (deleted, moved, replaced)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != (self.device, self.inode)
+
+
 @contextmanager
 def write_transaction(
-    conn: sqlite3.Connection, lock: threading.Lock
+    conn: sqlite3.Connection, lock: threading.Lock, file: StoreFile | None = None
 ) -> Iterator[sqlite3.Connection]:
     """One write transaction on a connection from `open_db` (BEGIN IMMEDIATE ... COMMIT,
     synced before it returns), serialised in-process by `lock`. StoreBusy when another
     process keeps the write lock past the busy timeout; StoreWriteFailed when the disk refuses
-    the write. Either way nothing of the transaction is kept."""
+    the write, or when `file` (the connection's) is no longer at its path, so that nothing is
+    acknowledged into a file a restart would not open. Either way nothing is kept."""
     with lock:
+        if file is not None and file.replaced():
+            # One stat per write; a file replaced between it and COMMIT is not caught.
+            _log.error("store_file_replaced", path=str(file.path))
+            raise StoreWriteFailed("the store file was removed or replaced; restart the service")
         _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
         try:
             conn.execute("BEGIN IMMEDIATE")

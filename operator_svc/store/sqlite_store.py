@@ -26,7 +26,13 @@ from operator_svc.store.records import (
     OptOutRow,
     SiteRow,
 )
-from svc_common.sqlite_db import close_when_free, open_db, require_data_dir, write_transaction
+from svc_common.sqlite_db import (
+    StoreFile,
+    close_when_free,
+    open_db,
+    require_data_dir,
+    write_transaction,
+)
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
@@ -79,6 +85,7 @@ class OperatorStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
+        self._file = StoreFile.of(path)
         self._lock = threading.Lock()
 
     # -- opening -------------------------------------------------------------------------
@@ -117,7 +124,7 @@ class OperatorStore:
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
-        return write_transaction(self._conn, self._lock)
+        return write_transaction(self._conn, self._lock, self._file)
 
     # -- meta and change detection ---------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from publisher_svc.model import Identity
 from svc_common.sqlite_db import (
+    StoreFile,
     StoreUnavailable,
     close_when_free,
     open_db,
@@ -119,6 +120,7 @@ class SqliteStore:
         require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
+        self._file = StoreFile.of(path / self.FILE_NAME)
         try:
             self._add_used_column()
         except (sqlite3.Error, StoreUnavailable) as exc:
@@ -267,7 +269,7 @@ class SqliteStore:
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
-        return write_transaction(self._db, self._lock)
+        return write_transaction(self._db, self._lock, self._file)
 
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has

@@ -14,6 +14,7 @@ from svc_common.errors import ErrorKind
 from svc_common.sqlite_db import (
     WAL_SIZE_LIMIT_BYTES,
     StoreBusy,
+    StoreFile,
     StoreUnavailable,
     StoreWriteFailed,
     open_db,
@@ -155,5 +156,25 @@ def test_a_statement_error_of_the_callers_own_is_not_the_stores(tmp_path: Path) 
         ):
             c.execute("INSERT INTO no_such_table VALUES (1)")
         assert not conn.in_transaction
+    finally:
+        conn.close()
+
+
+def test_a_store_file_moved_from_its_path_takes_no_writes(tmp_path: Path) -> None:
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    file, lock = StoreFile.of(path), threading.Lock()
+    try:
+        with write_transaction(conn, lock, file) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+        path.rename(tmp_path / "moved.sqlite3")
+        path.write_bytes(b"")  # a new file at the path: another inode
+        refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
+        with refused, write_transaction(conn, lock, file) as c:
+            c.execute("INSERT INTO t VALUES (2)")
+        path.unlink()
+        assert file.replaced()
+        assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+        assert not lock.locked() and not conn.in_transaction
     finally:
         conn.close()

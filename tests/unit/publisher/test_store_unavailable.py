@@ -41,7 +41,9 @@ def locked(
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
     else:
-        other = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        other = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
         monkeypatch.setattr(pub.store, "_db", other)  # reads work, every write is refused
     try:
         yield pub
@@ -52,13 +54,68 @@ def locked(
         pub.store.close()
 
 
-def test_a_due_refresh_on_a_refusing_store_is_unavailable_with_its_reason(
+def _param(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["locked"])
+
+
+def test_a_due_refresh_that_cannot_be_kept_serves_the_held_unexpired_token(
+    locked: Publisher,
+) -> None:
+    held = locked.store.get("u0")
+    assert held is not None
+    result = locked.get_advertising_token("u0")  # refreshed, but the store refuses the new one
+    assert result.advertising_token == held.identity.advertising_token and not result.refreshed
+    after = locked.store.get("u0")
+    assert after is not None and after.identity == held.identity
+
+
+def test_a_due_refresh_that_cannot_be_kept_with_the_held_token_expired_is_unavailable(
     locked: Publisher, request: pytest.FixtureRequest
 ) -> None:
+    clock = locked.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(4 * 24 * HOUR)  # the held token has expired; its refresh token has not
     with pytest.raises(StoreUnavailable) as caught:
-        locked.get_advertising_token("u0")  # refreshes, then cannot store the result
-    assert caught.value.kind is ErrorKind.UNAVAILABLE
-    assert caught.value.reason == request.node.callspec.params["locked"]
+        locked.get_advertising_token("u0")
+    assert caught.value.kind is ErrorKind.UNAVAILABLE and caught.value.reason == _param(request)
+
+
+def test_an_opt_out_that_cannot_be_recorded_never_serves_the_held_token(
+    locked: Publisher, request: pytest.FixtureRequest
+) -> None:
+    operator = locked.operator
+    assert isinstance(operator, FakeOperator)
+    stored = locked.store.get("u0")
+    assert stored is not None
+    operator.refresh_optout_keys.add(stored.dii_key)
+    with pytest.raises(StoreUnavailable) as caught:
+        locked.get_advertising_token("u0")
+    assert caught.value.reason == _param(request)
+
+
+def test_a_disk_refusing_writes_pauses_the_refresher_a_busy_store_does_not(
+    locked: Publisher, request: pytest.FixtureRequest
+) -> None:
+    clock, operator = locked.clock, locked.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    refresher = Refresher(locked, workers=1, store_pause_s=10, monotonic=clock)
+    try:
+        with capture_logs() as logs:
+            assert refresher.refresh_one("u0") == "deferred"
+            calls = len(operator.refresh_calls)
+            assert calls == 1
+            refresher.run_once()
+            paused = _param(request) == "STORE_WRITE_FAILED"
+            # Paused: no operator call whose answer the store would throw away.
+            assert len(operator.refresh_calls) == (1 if paused else 2)
+            clock.advance(11_000)
+            refresher.run_once()
+            assert len(operator.refresh_calls) == (2 if paused else 3)
+        warnings = [e for e in logs if e["event"] == "refresh_paused"]
+        assert len(warnings) == (2 if paused else 0)
+        assert [e for e in logs if e["log_level"] == "error"] == []
+    finally:
+        refresher.stop()
 
 
 def test_the_refresher_defers_without_a_second_wait(

@@ -1,15 +1,22 @@
-"""A real operator process whose disk refuses writes (RLIMIT_FSIZE: every write past a size
-fails, as on a full disk): OptOut answers UNAVAILABLE with ErrorInfo STORE_WRITE_FAILED, not
-INTERNAL; nothing refused is honoured, nothing acknowledged is lost, and reads keep working."""
+"""A real operator process whose store stops taking writes: OptOut answers UNAVAILABLE with
+ErrorInfo STORE_WRITE_FAILED, not INTERNAL; nothing refused is honoured, nothing acknowledged
+is lost, and reads keep working.
+
+- the disk refuses writes (RLIMIT_FSIZE: every write past a size fails, as on a full disk);
+- the store file is deleted, or another file moved over it, while the operator runs (SQLite
+  would go on writing to the file it opened, which no restart opens)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
 
+from operator_svc.store.sqlite_store import DB_FILE
 from svc_common.grpc_client import error_info
 from tests.integration.operator.conftest import OK_PRIVACY, add_client, init_dir, md
 from tests.support.procs import BIN, ServiceProcess
@@ -82,3 +89,38 @@ def test_a_disk_that_refuses_writes_is_unavailable_and_loses_nothing(tmp_path: P
         assert _generate(stub, md(c), refused[0]) == pb.GENERATE_TOKEN_STATUS_OPTOUT
     finally:
         q.terminate()
+
+
+def _opt_out(stub: pbg.OperatorServiceStub, meta: object, email: str) -> str:
+    """OK, or the ErrorInfo reason of the refusal (UNAVAILABLE only)."""
+    try:
+        stub.OptOut(pb.OptOutRequest(dii=pb.Dii(email=email)), metadata=meta, timeout=5)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+        info = error_info(err)
+        return info.reason if info is not None else ""
+    return "OK"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_file_gone_from_its_path_takes_no_more_writes(tmp_path: Path, how: str) -> None:
+    init_dir(tmp_path)
+    c = add_client(tmp_path, 11, "moved", ["OPTOUT", "GENERATOR"])
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(tmp_path, copy)
+    p = _serve(tmp_path)
+    try:
+        stub = pbg.OperatorServiceStub(grpc.insecure_channel(p.address))
+        assert _opt_out(stub, md(c), "before@example.com") == "OK"
+        db = tmp_path / DB_FILE
+        if how == "deleted":
+            for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
+                (tmp_path / name).unlink(missing_ok=True)
+        else:
+            os.replace(copy / DB_FILE, db)  # a backup restored over the live file, say
+        assert _opt_out(stub, md(c), "after@example.com") == "STORE_WRITE_FAILED"
+        assert _generate(stub, md(c), "after@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
+        assert _generate(stub, md(c), "fresh@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
+    finally:
+        p.terminate()
+    assert any(e.get("event") == "store_file_replaced" for e in p.events)
