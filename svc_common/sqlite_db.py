@@ -3,9 +3,9 @@ synchronous=FULL, autocommit with explicit transactions, shared across threads u
 own lock).
 
 Whatever goes wrong while opening (a missing or non-directory data dir, a directory or garbage
-where the database should be, a directory SQLite cannot write to) is raised as the caller's own
-store error with a one-line message naming the path, so each CLI reports it as a usage mistake
-(exit 2) instead of a traceback."""
+where the database should be, a directory SQLite cannot write to, damaged pages) is raised as
+the caller's own store error with a one-line message naming the path, so each CLI reports it as
+a usage mistake (exit 2) instead of a traceback."""
 
 from __future__ import annotations
 
@@ -201,6 +201,13 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
         # that size after every checkpoint.
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        # Damaged pages past the header open fine and fail only the calls that read them, as
+        # INTERNAL, while health says SERVING. A quick check reads every page (0.4 s for a
+        # 600 MB store, warm) and refuses the store at start instead.
+        verdict = " ".join(str(conn.execute("PRAGMA quick_check(1)").fetchone()[0]).split())
+        if verdict != "ok":
+            conn.close()
+            raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
         if schema:
             conn.executescript(schema)
     except sqlite3.Error as exc:

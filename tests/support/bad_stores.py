@@ -17,7 +17,8 @@ def unusable_store(
     """Makes a data dir of `kind`; returns it (for --data-dir) and the path the error must name.
 
     Kinds: garbage (not SQLite), directory (where the file goes), foreign (SQLite with someone
-    else's `table`), unwritable, file (the data dir is a file), uncreatable, absent."""
+    else's `table`), damaged (a valid header and schema, pages after them overwritten),
+    unwritable, file (the data dir is a file), uncreatable, absent."""
     db = tmp_path / db_name
     if kind == "garbage":
         db.write_text("garbage\n")
@@ -26,6 +27,16 @@ def unusable_store(
     elif kind == "foreign":
         with sqlite3.connect(db) as conn:
             conn.execute(f"CREATE TABLE {table} (x)")
+    elif kind == "damaged":
+        conn = sqlite3.connect(db)
+        conn.execute(f"CREATE TABLE {table} (x)")
+        rows = [(b"\x01" * 2000,)] * 40
+        conn.executemany(f"INSERT INTO {table} VALUES (?)", rows)  # noqa: S608  # test-made name
+        conn.commit()
+        conn.close()
+        with db.open("r+b") as f:  # pages 2-4 of 4 KiB: not a valid b-tree page
+            f.seek(4096)
+            f.write(b"\xa5" * 3 * 4096)
     elif kind == "unwritable":
         return UNWRITABLE_DIR, UNWRITABLE_DIR / db_name
     elif kind == "file":

@@ -171,7 +171,7 @@ def test_cli_mistakes_print_one_line_and_exit_2(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["bound"]
 
 
-@pytest.mark.parametrize("kind", ["garbage", "directory", "uncreatable"])
+@pytest.mark.parametrize("kind", ["garbage", "damaged", "directory", "uncreatable"])
 def test_unusable_store_is_one_line_exit_2(tmp_path: Path, kind: str) -> None:
     data_dir, named = unusable_store(tmp_path, "publisher.sqlite3", kind)
     r = run_cli(

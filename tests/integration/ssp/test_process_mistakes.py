@@ -12,7 +12,7 @@ from tests.support.procs import run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("kind", ["garbage", "directory", "file"])
+@pytest.mark.parametrize("kind", ["garbage", "damaged", "directory", "file"])
 def test_unusable_store_is_one_line_exit_2(tmp_path: Path, kind: str) -> None:
     data_dir, named = unusable_store(tmp_path, "ssp.sqlite3", kind)
     r = run_cli(["uid2-ssp", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"])

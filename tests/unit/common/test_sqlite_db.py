@@ -54,7 +54,7 @@ def test_data_dir_mistakes_name_the_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "absent").exists()
 
 
-@pytest.mark.parametrize("kind", ["garbage", "directory", "unwritable"])
+@pytest.mark.parametrize("kind", ["garbage", "damaged", "directory", "unwritable"])
 def test_unusable_database_names_the_file(tmp_path: Path, kind: str) -> None:
     _, path = unusable_store(tmp_path, "x.sqlite3", kind)
     with pytest.raises(Bad) as exc:

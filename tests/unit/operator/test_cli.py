@@ -43,6 +43,7 @@ def _key_rows(d: Path) -> list[KeyRow]:
     ("kind", "problem"),
     [
         ("garbage", "file is not a database"),
+        ("damaged", "is damaged"),
         ("directory", "is not a regular file"),
         ("foreign", ""),
         ("unwritable", ""),
