@@ -25,6 +25,8 @@ from operator_svc.config import (
     OperatorConfig,
 )
 from operator_svc.store import OperatorStore, SiteRow, StoreError
+from operator_svc.store.sqlite_store import DB_FILE, check_schema
+from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
@@ -71,10 +73,11 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_DATA_DIR_HELP = "directory holding the operator store (env UID2_OPERATOR_DATA_DIR)"
+
+
 def _data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir", help="directory holding the operator store (env UID2_OPERATOR_DATA_DIR)"
-    )
+    p.add_argument("--data-dir", help=_DATA_DIR_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the store (salts, keysets, keys) if absent")
     _data_dir(p)
     p.add_argument("--identity-scope", help="UID2 or EUID (env UID2_OPERATOR_IDENTITY_SCOPE)")
+
+    store_backup.add_commands(sub, "operator", _DATA_DIR_HELP)
 
     site = sub.add_parser("site", help="manage sites").add_subparsers(dest="action", required=True)
     p = site.add_parser(
@@ -286,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "serve":
         return _serve(args)
+    if cmd in ("backup", "restore"):
+        return store_backup.run_command(args, _require_dir(args), DB_FILE, StoreError, check_schema)
     if cmd == "init":
         directory = _require_dir(args)
         scope = settings_of(args).value("identity-scope", _identity_scope, "UID2")

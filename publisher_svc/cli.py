@@ -16,12 +16,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
 from publisher_svc.config import PublisherConfig
 from publisher_svc.publisher import StorageMode
-from publisher_svc.store import StoreError
+from publisher_svc.store import SqliteStore, StoreError
+from publisher_svc.store.sqlite import STORE_TABLES
+from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
@@ -51,6 +54,7 @@ ENV_PREFIX = "UID2_PUBLISHER_"
 def _parser() -> OneLineParser:
     parser = OneLineParser(prog="uid2-publisher", description="The UID2 publisher gRPC service.")
     sub = parser.add_subparsers(dest="command", required=True)
+    store_backup.add_commands(sub, "publisher", "directory of the SQLite store")
     serve = sub.add_parser(
         "serve",
         help="serve PublisherService until SIGINT / SIGTERM",
@@ -177,8 +181,13 @@ def _serve(config: PublisherConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(list(argv) if argv is not None else None)
+        if args.command in ("backup", "restore"):
+            data_dir = Path(settings_of(args).required("data-dir"))
+            return store_backup.run_command(
+                args, data_dir, SqliteStore.FILE_NAME, StoreError, STORE_TABLES
+            )
         config = parse_config(args)
-    except UsageError as exc:
+    except (UsageError, StoreError) as exc:
         return fail(PROG, str(exc))
     configure_logging(config.log_level, service="publisher")
     try:

@@ -24,11 +24,14 @@ from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
 from ssp_svc.bidders import BidderTarget
 from ssp_svc.config import MAX_TMAX_MS, ConfigError, SspConfig, parse_bidder
 from ssp_svc.store.accounts import (
+    DB_NAME,
+    STORE_TABLES,
     AccountKind,
     SqliteAccountStore,
     StoreError,
     normalise_inventory,
 )
+from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
@@ -59,6 +62,8 @@ def _parser() -> OneLineParser:
         if noun == "publisher":
             add.add_argument("--domain", action="append", default=[], help="allowed page domain")
             add.add_argument("--app", action="append", default=[], help="allowed app bundle")
+
+    store_backup.add_commands(sub, "SSP", "directory of the SSP's store (env UID2_SSP_DATA_DIR)")
 
     # Each falls back to UID2_SSP_<FLAG> (FlagsWithEnv), --bidder to UID2_SSP_BIDDERS.
     serve = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
@@ -184,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(exc))
     if args.command == "serve":
         return _serve(args)
+    if args.command in ("backup", "restore"):
+        try:
+            data_dir = Path(settings_of(args).required("data-dir"))
+            return store_backup.run_command(args, data_dir, DB_NAME, StoreError, STORE_TABLES)
+        except (UsageError, StoreError) as exc:
+            return fail(PROG, str(exc))
     kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER
     return _add_account(args, kind)
 

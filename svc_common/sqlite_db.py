@@ -189,6 +189,8 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
     """Connects to `path` (created if absent), sets the pragmas and runs `schema` if given."""
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
+    with suppress(OSError):  # taken by another process since, or not creatable: connect says
+        create_private(path)
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
@@ -204,7 +206,7 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
         # Damaged pages past the header open fine and fail only the calls that read them, as
         # INTERNAL, while health says SERVING. A quick check reads every page (0.4 s for a
         # 600 MB store, warm) and refuses the store at start instead.
-        verdict = " ".join(str(conn.execute("PRAGMA quick_check(1)").fetchone()[0]).split())
+        verdict = quick_check(conn)
         if verdict != "ok":
             conn.close()
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
@@ -215,6 +217,18 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
             conn.close()
         raise error(f"store {path} cannot be opened: {exc}") from None
     return conn
+
+
+def quick_check(conn: sqlite3.Connection) -> str:
+    """SQLite's quick_check verdict on one line: "ok", or the first problem found."""
+    return " ".join(str(conn.execute("PRAGMA quick_check(1)").fetchone()[0]).split())
+
+
+def create_private(path: Path) -> None:
+    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken.
+    A store holds secrets (keys, salts, API key hashes); SQLite gives its -wal and -shm files
+    the mode of the store file."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _os_reason(exc: OSError) -> str:

@@ -79,6 +79,17 @@ class StoreError(Exception):
     row); the message is one line for stderr."""
 
 
+def check_schema(conn: sqlite3.Connection) -> None:
+    """Raises StoreError unless `conn` holds an initialised operator store of this schema: what
+    a backup must be, to be made or restored."""
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+    except sqlite3.Error:
+        row = None
+    if row is None or str(row[0]) != str(SCHEMA_VERSION):
+        raise StoreError(f"not an initialised operator store of schema version {SCHEMA_VERSION}")
+
+
 class OperatorStore:
     """Open with `OperatorStore.open(data_dir)` (must be initialised) or `.create(data_dir)`."""
 

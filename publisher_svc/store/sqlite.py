@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher_svc.model import Identity
+from svc_common import store_backup
 from svc_common.sqlite_db import (
     StoreFile,
     StoreUnavailable,
@@ -69,6 +70,12 @@ _USED_COLUMN = "used_since_refresh INTEGER NOT NULL DEFAULT 1"
 
 class StoreError(Exception):
     """The store cannot be opened; the message is one line for stderr."""
+
+
+# What a backup of this store must hold (`uid2-publisher backup / restore`).
+STORE_TABLES = store_backup.requires_tables(
+    StoreError, "publisher", "identities", "operator_optouts", "site_optouts", "ended_identities"
+)
 
 
 @dataclass(frozen=True)

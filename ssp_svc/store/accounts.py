@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from svc_common import store_backup
 from svc_common.clock import Clock, SystemClock
 from svc_common.names import check_app_name, normalise_domain, site_domain
 from svc_common.sqlite_db import open_db, require_data_dir
@@ -76,6 +77,10 @@ class AccountStore(Protocol):
 
 class StoreError(Exception):
     """A store problem the CLI reports in one line (no secrets in the message)."""
+
+
+# What a backup of this store must hold (`uid2-ssp backup / restore`).
+STORE_TABLES = store_backup.requires_tables(StoreError, "SSP", "accounts")
 
 
 def _hash(salt: bytes, api_key: str) -> bytes:

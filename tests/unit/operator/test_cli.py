@@ -10,6 +10,7 @@ import pytest
 
 from operator_svc import cli
 from operator_svc.store import KeyRow, OperatorStore
+from ssp_svc import cli as ssp_cli
 from tests.support.bad_stores import one_error_line, unusable_store
 from uid2_crypto.salts import BUCKET_COUNT
 
@@ -228,3 +229,23 @@ def test_client_list_shows_clients_without_their_keys(
     assert listed["name"] == "pub" and listed["site_id"] == 5
     assert listed["roles"] == ["GENERATOR", "MAPPER"] and listed["disabled"] is False
     assert added["api_key"] not in out and added["secret"] not in out
+
+
+def test_backup_and_restore_refuse_what_is_not_an_operator_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], initialised: Path
+) -> None:
+    ssp_backup = tmp_path / "ssp.backup"
+    (tmp_path / "ssp").mkdir()
+    assert (
+        ssp_cli.main(["subscriber", "add", "--data-dir", str(tmp_path / "ssp"), "--name", "s"]) == 0
+    )
+    assert (
+        ssp_cli.main(["backup", "--data-dir", str(tmp_path / "ssp"), "--to", str(ssp_backup)]) == 0
+    )
+    line = _fails(capsys, "restore", "--data-dir", str(tmp_path / "new"), "--from", str(ssp_backup))
+    assert "not an initialised operator store" in line and not (tmp_path / "new").exists()
+    line = _fails(
+        capsys, "backup", "--data-dir", str(tmp_path / "ssp"), "--to", str(tmp_path / "b")
+    )
+    assert "no store at" in line and not (tmp_path / "b").exists()
+    assert cli.main(["backup", "--data-dir", str(initialised), "--to", str(tmp_path / "b")]) == 0

@@ -1,12 +1,18 @@
-"""`uid2-publisher serve` flag / environment parsing."""
+"""`uid2-publisher serve` flag / environment parsing; `backup` and `restore`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from publisher_svc.cli import _parser, parse_config
+from publisher_svc.cli import _parser, main, parse_config
+from publisher_svc.model import Identity
 from publisher_svc.publisher import StorageMode
+from publisher_svc.store import SqliteStore
 from svc_common.cli_common import UsageError
+from tests.support.bad_stores import one_error_line
 
 FLAGS = [
     "serve", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:0",
@@ -108,3 +114,25 @@ def test_unclear_no_background_refresh_is_a_mistake(
     args = _parser().parse_args([*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"])
     with pytest.raises(UsageError, match="NO_BACKGROUND_REFRESH"):
         parse_config(args)
+
+
+def test_backup_and_restore_keep_stored_identities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live, backup, restored = tmp_path / "live", tmp_path / "pub.backup", tmp_path / "restored"
+    store = SqliteStore(live)
+    ident = Identity("A4tok", "rt-1", 3_000, 1_000, 30_000, "k")
+    store.put_unless_site_optout("u1", "email:u1", ident, 1)
+    store.close()
+    monkeypatch.setenv("UID2_PUBLISHER_DATA_DIR", str(live))  # as `serve` reads it
+    assert main(["backup", "--to", str(backup)]) == 0
+    assert json.loads(capsys.readouterr().out)["backup"] == str(backup)
+    assert main(["restore", "--data-dir", str(restored), "--from", str(backup)]) == 0
+    again = SqliteStore(restored)
+    try:
+        stored = again.get("u1")
+        assert stored is not None and stored.identity == ident
+    finally:
+        again.close()
+    assert main(["backup", "--to", str(backup)]) == 2
+    assert "already exists" in one_error_line(capsys.readouterr().err, "uid2-publisher: error: ")

@@ -1,0 +1,162 @@
+"""Backing up a service's SQLite store while the service runs, and restoring one into a new data
+dir: the one implementation behind every service's `backup` and `restore` commands.
+
+A copy of the store file taken with `cp` while a service writes can be torn, and misses what is
+still in the WAL file beside it. SQLite's online backup copies one consistent snapshot (a read
+transaction: writers carry on) into a single self-contained file. The copy is checked
+(`quick_check`, then the service's own `validate`), synced, and only then given its name, so a
+file at the target name is always a whole backup. Backups hold the store's secrets (keys, salts,
+API key hashes): they are created readable by their owner only, as new stores are."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from svc_common.sqlite_db import ErrorFactory, create_private, quick_check, require_data_dir
+
+# Checks a copy is the service's store (its tables, its schema version); raises to refuse it.
+Validate = Callable[[sqlite3.Connection], None]
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What a backup or restore wrote."""
+
+    path: Path
+    bytes: int
+
+    def as_json(self, verb: str) -> dict[str, object]:
+        return {verb: str(self.path), "bytes": self.bytes}
+
+
+def backup(store: Path, target: Path, error: ErrorFactory, validate: Validate) -> Copied:
+    """Copies the store file `store` to `target`, which must not exist yet."""
+    if not store.is_file():
+        raise error(f"no store at {store}")
+    if target.exists():
+        raise error(f"{target} already exists; back up to a new file")
+    if not target.parent.is_dir():
+        raise error(f"directory {target.parent} does not exist")
+    return _copy(store, target, error, validate)
+
+
+def restore(
+    source: Path, data_dir: Path, file_name: str, error: ErrorFactory, validate: Validate
+) -> Copied:
+    """Copies the backup `source` into `data_dir` as its store, only into a data dir that holds
+    no store: restoring under a running service would lose whatever it acknowledged since."""
+    if not source.is_file():
+        raise error(f"no backup at {source}")
+    created = not data_dir.exists()
+    require_data_dir(data_dir, error, create=True)
+    if any(data_dir.glob(file_name + "*")):
+        raise error(f"{data_dir} already holds a store; restore into a new data dir")
+    try:
+        return _copy(source, data_dir / file_name, error, validate)
+    except BaseException:
+        if created:  # leave nothing behind for a refused backup
+            with suppress(OSError):
+                data_dir.rmdir()
+        raise
+
+
+def requires_tables(error: ErrorFactory, service: str, *tables: str) -> Validate:
+    """A Validate refusing a copy that lacks any of `tables`, the service's own."""
+
+    def validate(conn: sqlite3.Connection) -> None:
+        found = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+        missing = [t for t in tables if t not in found]
+        if missing:
+            raise error(f"not a store of the {service} (it has no {missing[0]} table)")
+
+    return validate
+
+
+# -- the `backup` and `restore` commands, as every service's CLI has them ----------------------
+
+
+def add_commands(sub: argparse._SubParsersAction, service: str, data_dir_help: str) -> None:  # type: ignore[type-arg]  # argparse's private action type is generic only in typeshed
+    p = sub.add_parser(
+        "backup",
+        help=f"copy the {service} store to a new file; safe while the {service} serves",
+        description=f"Copies one consistent snapshot of the {service} store to a new file, "
+        f"readable by its owner only. Safe while the {service} serves.",
+    )
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--to", required=True, help="the backup file to create; must not exist")
+    p = sub.add_parser(
+        "restore",
+        help="copy a backup into a new data dir",
+        description="Checks a file made by `backup` and makes it the store of --data-dir, "
+        "which must hold no store yet; then serve with that --data-dir.",
+    )
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--from", dest="source", required=True, help="a file made by `backup`")
+
+
+def run_command(
+    args: argparse.Namespace,
+    data_dir: Path,
+    file_name: str,
+    error: ErrorFactory,
+    validate: Validate,
+) -> int:
+    """Runs `backup` or `restore` (args.command) and prints its JSON line; 0."""
+    if args.command == "backup":
+        done = backup(data_dir / file_name, Path(args.to), error, validate).as_json("backup")
+    else:
+        done = restore(Path(args.source), data_dir, file_name, error, validate).as_json("restored")
+    print(json.dumps(done))
+    return 0
+
+
+def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -> Copied:
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        # Read-only: a backup being restored is not turned into a WAL store beside itself.
+        src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise error(f"{source} cannot be opened: {exc}") from None
+    try:
+        create_private(partial)
+        dst = sqlite3.connect(partial, isolation_level=None)
+        try:
+            src.backup(dst)  # also where a source that is not SQLite fails
+            # One file, no WAL beside it; the service puts WAL back on when it opens it.
+            dst.execute("PRAGMA journal_mode=DELETE")
+            verdict = quick_check(dst)
+            if verdict != "ok":
+                raise error(f"the copy of {source} does not check out: {verdict}")
+            validate(dst)
+        finally:
+            dst.close()
+        _fsync(partial)
+        try:
+            os.link(partial, target)  # fails, rather than replace, if the name was taken since
+        except FileExistsError:
+            raise error(f"{target} already exists; back up to a new file") from None
+        _fsync(target.parent)
+        return Copied(target, target.stat().st_size)
+    except sqlite3.Error as exc:
+        raise error(f"{source} cannot be copied: {exc}") from None
+    except OSError as exc:
+        raise error(f"{target} cannot be written: {exc.strerror or exc}") from None
+    finally:
+        src.close()
+        partial.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,107 @@
+"""Backups taken while a service writes, and restores into a new data dir: one consistent,
+self-contained, private file; every refusal leaves nothing behind."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from svc_common import store_backup
+from svc_common.sqlite_db import open_db
+from tests.support.bad_stores import unusable_store
+
+
+class Bad(Exception):
+    pass
+
+
+CHECK = store_backup.requires_tables(Bad, "test", "t")
+
+
+def _store(d: Path) -> sqlite3.Connection:
+    d.mkdir(exist_ok=True)
+    return open_db(d / "s.sqlite3", Bad, schema="CREATE TABLE IF NOT EXISTS t (v INTEGER);")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_store_is_private(tmp_path: Path) -> None:
+    _store(tmp_path / "d").close()
+    assert _mode(tmp_path / "d" / "s.sqlite3") == 0o600
+
+
+def test_a_backup_holds_what_is_still_in_the_wal_and_is_one_private_file(tmp_path: Path) -> None:
+    live = _store(tmp_path / "d")
+    try:
+        live.execute("PRAGMA wal_autocheckpoint=0")  # the rows stay in the WAL file
+        live.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+        assert (tmp_path / "d" / "s.sqlite3-wal").stat().st_size > 0
+        done = store_backup.backup(tmp_path / "d" / "s.sqlite3", tmp_path / "b", Bad, CHECK)
+        live.execute("INSERT INTO t VALUES (100)")  # after the snapshot
+    finally:
+        live.close()
+    assert done.path == tmp_path / "b" and done.bytes == (tmp_path / "b").stat().st_size
+    assert _mode(tmp_path / "b") == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d"]  # no -wal, no partial
+    copy = sqlite3.connect(tmp_path / "b")
+    try:
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert copy.execute("SELECT count(*), max(v) FROM t").fetchone() == (100, 99)
+    finally:
+        copy.close()
+
+
+def test_backup_mistakes_name_the_file_and_leave_nothing(tmp_path: Path) -> None:
+    _store(tmp_path / "d").close()
+    store = tmp_path / "d" / "s.sqlite3"
+    (tmp_path / "taken").write_text("mine")
+    cases = [
+        (tmp_path / "absent" / "s.sqlite3", tmp_path / "b1", "no store at"),
+        (store, tmp_path / "taken", "already exists"),
+        (store, tmp_path / "no-dir" / "b", "does not exist"),
+    ]
+    for source, target, problem in cases:
+        with pytest.raises(Bad, match=problem):
+            store_backup.backup(source, target, Bad, CHECK)
+    not_ours = store_backup.requires_tables(Bad, "other", "t", "u")
+    with pytest.raises(Bad, match=r"not a store of the other \(it has no u table\)"):
+        store_backup.backup(store, tmp_path / "b2", Bad, not_ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "taken"]
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_restore_makes_a_working_store_in_a_new_data_dir_only(tmp_path: Path) -> None:
+    live = _store(tmp_path / "d")
+    live.execute("INSERT INTO t VALUES (7)")
+    live.close()
+    store_backup.backup(tmp_path / "d" / "s.sqlite3", tmp_path / "b", Bad, CHECK)
+    done = store_backup.restore(tmp_path / "b", tmp_path / "new", "s.sqlite3", Bad, CHECK)
+    assert done.path == tmp_path / "new" / "s.sqlite3" and _mode(done.path) == 0o600
+    again = _store(tmp_path / "new")  # as the service opens it
+    try:
+        assert again.execute("SELECT v FROM t").fetchall() == [(7,)]
+        assert again.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        again.close()
+    with pytest.raises(Bad, match="already holds a store"):
+        store_backup.restore(tmp_path / "b", tmp_path / "new", "s.sqlite3", Bad, CHECK)
+    # The backup itself is read, never changed (no WAL switched on beside it).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d", "new"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "damaged", "foreign"])
+def test_restore_refuses_what_is_not_a_good_backup_and_leaves_no_data_dir(
+    tmp_path: Path, kind: str
+) -> None:
+    _, bad = unusable_store(tmp_path, "b", kind, table="other")
+    with pytest.raises(Bad) as caught:
+        store_backup.restore(bad, tmp_path / "new", "s.sqlite3", Bad, CHECK)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(Bad, match="no backup at"):
+        store_backup.restore(tmp_path / "absent", tmp_path / "new", "s.sqlite3", Bad, CHECK)
