@@ -57,7 +57,7 @@ T = TypeVar("T")
 class RefreshNotKept(StoreUnavailable):
     """The operator refreshed a stored identity, but the store refused the new one. The held
     identity is as good as it was (its refresh token still works): a caller may serve its
-    unexpired token. Not so for an opt-out or an ended identity the store could not record."""
+    unexpired token. (An opt-out the store cannot record is still answered as an opt-out.)"""
 
     def __init__(self, cause: StoreUnavailable) -> None:
         super().__init__(cause.kind, cause.reason, cause.message)
@@ -394,7 +394,13 @@ class Publisher:
             except StoreUnavailable as err:
                 raise RefreshNotKept(err) from None
         elif step.kind is StepKind.OPTOUT:
-            self.store.record_operator_optout(stored.dii_key, now, user_id)
+            try:
+                self.store.record_operator_optout(stored.dii_key, now, user_id)
+            except StoreUnavailable as err:
+                # The operator's answer stands all the same: no token for this user, on any
+                # path (an impression would otherwise go out with the held one). Unrecorded, the
+                # identity stays, and its next refresh asks the operator again.
+                _log.warning("refresh_optout_not_recorded", reason=err.reason)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
             self.store.end_if_current(user_id, old, now)

@@ -155,7 +155,7 @@ def write_transaction(
             raise
         try:
             conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:  # a deferred constraint fails here too, not only the disk
             _rollback(conn)
             raise (_store_error(exc) or exc) from None
 
@@ -185,12 +185,17 @@ def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = Fal
         raise error(f"data dir {directory} cannot be created: {_os_reason(exc)}") from None
 
 
-def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Connection:
-    """Connects to `path` (created if absent), sets the pragmas and runs `schema` if given."""
+def open_db(
+    path: Path, error: ErrorFactory, *, schema: str = "", check: bool = True
+) -> sqlite3.Connection:
+    """Connects to `path` (created if absent), sets the pragmas and runs `schema` if given.
+    `check`: run SQLite's quick_check (every page read once); a process opening the same file
+    again (a second connection) need not."""
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
-    with suppress(OSError):  # taken by another process since, or not creatable: connect says
-        create_private(path)
+    if not path.exists():
+        with suppress(OSError):  # not creatable: connect says why
+            create_private(path, exclusive=False)
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
@@ -206,7 +211,7 @@ def open_db(path: Path, error: ErrorFactory, *, schema: str = "") -> sqlite3.Con
         # Damaged pages past the header open fine and fail only the calls that read them, as
         # INTERNAL, while health says SERVING. A quick check reads every page (0.4 s for a
         # 600 MB store, warm) and refuses the store at start instead.
-        verdict = quick_check(conn)
+        verdict = quick_check(conn) if check else "ok"
         if verdict != "ok":
             conn.close()
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
@@ -224,11 +229,13 @@ def quick_check(conn: sqlite3.Connection) -> str:
     return " ".join(str(conn.execute("PRAGMA quick_check(1)").fetchone()[0]).split())
 
 
-def create_private(path: Path) -> None:
-    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken.
-    A store holds secrets (keys, salts, API key hashes); SQLite gives its -wal and -shm files
-    the mode of the store file."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+def create_private(path: Path, *, exclusive: bool = True) -> None:
+    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken
+    and `exclusive`. Not exclusive, an existing file is left as it is, and a dangling symlink's
+    target is created. A store holds secrets (keys, salts, API key hashes); SQLite gives its
+    -wal and -shm files the mode of the store file."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+    os.close(os.open(path, flags, 0o600))
 
 
 def _os_reason(exc: OSError) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sqlite3
 from collections.abc import Callable
 from contextlib import suppress
@@ -55,16 +56,16 @@ def restore(
     no store: restoring under a running service would lose whatever it acknowledged since."""
     if not source.is_file():
         raise error(f"no backup at {source}")
-    created = not data_dir.exists()
+    created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]  # the leaf first
     require_data_dir(data_dir, error, create=True)
     if any(data_dir.glob(file_name + "*")):
         raise error(f"{data_dir} already holds a store; restore into a new data dir")
     try:
         return _copy(source, data_dir / file_name, error, validate)
     except BaseException:
-        if created:  # leave nothing behind for a refused backup
+        for directory in created:  # leave nothing behind for a refused backup
             with suppress(OSError):
-                data_dir.rmdir()
+                directory.rmdir()
         raise
 
 
@@ -102,6 +103,14 @@ def add_commands(sub: argparse._SubParsersAction, service: str, data_dir_help: s
     p.add_argument("--from", dest="source", required=True, help="a file made by `backup`")
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def run_command(
     args: argparse.Namespace,
     data_dir: Path,
@@ -109,17 +118,30 @@ def run_command(
     error: ErrorFactory,
     validate: Validate,
 ) -> int:
-    """Runs `backup` or `restore` (args.command) and prints its JSON line; 0."""
-    if args.command == "backup":
-        done = backup(data_dir / file_name, Path(args.to), error, validate).as_json("backup")
-    else:
-        done = restore(Path(args.source), data_dir, file_name, error, validate).as_json("restored")
-    print(json.dumps(done))
+    """Runs `backup` or `restore` (args.command) and prints its JSON line; 0. A SIGTERM, SIGHUP
+    or SIGINT (a cron job's timeout, a closed terminal, Ctrl-C) stops it as an error, after the
+    partial copy is removed."""
+    stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {s: signal.signal(s, _raise_stopped) for s in stops}
+    try:
+        if args.command == "backup":
+            done = backup(data_dir / file_name, Path(args.to), error, validate)
+            print(json.dumps(done.as_json("backup")))
+        else:
+            done = restore(Path(args.source), data_dir, file_name, error, validate)
+            print(json.dumps(done.as_json("restored")))
+    except _Stopped as stopped:
+        raise error(f"stopped by {stopped} before it finished") from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
 
 
 def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -> Copied:
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    # Random: a copy killed with -9 leaves its partial, which must not block the next one (a
+    # process id repeats, always 1 in a container).
+    partial = target.with_name(f".{target.name}.partial-{os.urandom(6).hex()}")
     try:
         # Read-only: a backup being restored is not turned into a WAL store beside itself.
         src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True)
@@ -152,6 +174,7 @@ def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -
     finally:
         src.close()
         partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + "-journal").unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

@@ -62,7 +62,8 @@ class Operator:
         clock: Clock,
         rng: Callable[[int], bytes],
     ) -> Operator:
-        store = OperatorStore.open(config.data_dir)
+        # `serve` ran quick_check before it got here; loading the state reads every row anyway.
+        store = OperatorStore.open(config.data_dir, check=False)
         try:
             return cls(config, store, clock=clock, rng=rng)
         except BaseException:

@@ -102,13 +102,14 @@ class OperatorStore:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, data_dir: Path | str) -> OperatorStore:
+    def open(cls, data_dir: Path | str, *, check: bool = True) -> OperatorStore:
+        """`check`: SQLite's quick_check; `serve` runs it once, before the state loads."""
         directory = Path(data_dir)
         require_data_dir(directory, StoreError)
         path = directory / DB_FILE
         if not path.exists():
             raise StoreError(f"no operator store in {data_dir}; run `uid2-operator init` first")
-        store = cls(open_db(path, StoreError), path)
+        store = cls(open_db(path, StoreError, check=check), path)
         if store.meta_int("schema_version") != SCHEMA_VERSION:
             store.close()
             raise StoreError(f"the store in {data_dir} is not initialised or has another schema")
@@ -124,7 +125,7 @@ class OperatorStore:
 
     def reader(self) -> OperatorStore:
         """A second connection to the same file, for a background reader thread."""
-        return OperatorStore(open_db(self._path, StoreError), self._path)
+        return OperatorStore(open_db(self._path, StoreError, check=False), self._path)
 
     def close(self, wait_s: float = 2.0) -> None:
         close_when_free(self._conn, self._lock, wait_s)

@@ -73,9 +73,8 @@ class StoreError(Exception):
 
 
 # What a backup of this store must hold (`uid2-publisher backup / restore`).
-STORE_TABLES = store_backup.requires_tables(
-    StoreError, "publisher", "identities", "operator_optouts", "site_optouts", "ended_identities"
-)
+# Only what every released version had: the publisher adds the rest when it opens the store.
+STORE_TABLES = store_backup.requires_tables(StoreError, "publisher", "identities")
 
 
 @dataclass(frozen=True)

@@ -178,3 +178,25 @@ def test_a_store_file_moved_from_its_path_takes_no_writes(tmp_path: Path) -> Non
         assert not lock.locked() and not conn.in_transaction
     finally:
         conn.close()
+
+
+def test_a_commit_refused_by_a_deferred_constraint_ends_the_transaction(tmp_path: Path) -> None:
+    """Not only the disk fails a COMMIT: a transaction left open would keep the write lock
+    from every other process and show this connection rows nobody committed."""
+    schema = """
+        CREATE TABLE p (id INTEGER PRIMARY KEY);
+        CREATE TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
+    """
+    conn = open_db(tmp_path / "x.sqlite3", Bad, schema=schema)
+    other = open_db(tmp_path / "x.sqlite3", Bad)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        with pytest.raises(sqlite3.IntegrityError), write_transaction(conn, threading.Lock()) as c:
+            c.execute("INSERT INTO c VALUES (42)")
+        assert not conn.in_transaction
+        assert conn.execute("SELECT count(*) FROM c").fetchone()[0] == 0
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free
+        other.execute("ROLLBACK")
+    finally:
+        conn.close()
+        other.close()

@@ -33,6 +33,12 @@ def _mode(path: Path) -> int:
 def test_a_new_store_is_private(tmp_path: Path) -> None:
     _store(tmp_path / "d").close()
     assert _mode(tmp_path / "d" / "s.sqlite3") == 0o600
+    # A store path that is a symlink to a file yet to be made (a volume, say): the file too.
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "s.sqlite3").symlink_to(tmp_path / "vol" / "s.sqlite3")
+    _store(tmp_path / "e").close()
+    assert _mode(tmp_path / "vol" / "s.sqlite3") == 0o600
 
 
 def test_a_backup_holds_what_is_still_in_the_wal_and_is_one_private_file(tmp_path: Path) -> None:
@@ -100,8 +106,8 @@ def test_restore_refuses_what_is_not_a_good_backup_and_leaves_no_data_dir(
 ) -> None:
     _, bad = unusable_store(tmp_path, "b", kind, table="other")
     with pytest.raises(Bad) as caught:
-        store_backup.restore(bad, tmp_path / "new", "s.sqlite3", Bad, CHECK)
+        store_backup.restore(bad, tmp_path / "new" / "a" / "b", "s.sqlite3", Bad, CHECK)
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists()  # nor any directory it made on the way
     with pytest.raises(Bad, match="no backup at"):
         store_backup.restore(tmp_path / "absent", tmp_path / "new", "s.sqlite3", Bad, CHECK)

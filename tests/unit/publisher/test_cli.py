@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,17 @@ def test_backup_and_restore_keep_stored_identities(
         again.close()
     assert main(["backup", "--to", str(backup)]) == 2
     assert "already exists" in one_error_line(capsys.readouterr().err, "uid2-publisher: error: ")
+
+
+def test_a_store_made_by_an_earlier_version_backs_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Back up before an upgrade: the tables a later version added may not be there yet."""
+    SqliteStore(tmp_path / "old").close()
+    db = sqlite3.connect(tmp_path / "old" / SqliteStore.FILE_NAME)
+    db.execute("DROP TABLE ended_identities")  # as stores made before it existed
+    db.close()
+    backup = tmp_path / "b"
+    assert main(["backup", "--data-dir", str(tmp_path / "old"), "--to", str(backup)]) == 0
+    assert main(["restore", "--data-dir", str(tmp_path / "new"), "--from", str(backup)]) == 0
+    SqliteStore(tmp_path / "new").close()  # and the publisher opens it, adding the table

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 import svc_common.sqlite_db as sqlite_db
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import Publisher
+from publisher_svc.publisher import Publisher, TokenStatus
 from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
@@ -80,17 +80,25 @@ def test_a_due_refresh_that_cannot_be_kept_with_the_held_token_expired_is_unavai
     assert caught.value.kind is ErrorKind.UNAVAILABLE and caught.value.reason == _param(request)
 
 
+@pytest.mark.parametrize("path", ["token", "impression"])
 def test_an_opt_out_that_cannot_be_recorded_never_serves_the_held_token(
-    locked: Publisher, request: pytest.FixtureRequest
+    locked: Publisher, path: str
 ) -> None:
-    operator = locked.operator
-    assert isinstance(operator, FakeOperator)
+    operator, ssp = locked.operator, locked.ssp
+    assert isinstance(operator, FakeOperator) and isinstance(ssp, FakeSsp)
     stored = locked.store.get("u0")
     assert stored is not None
     operator.refresh_optout_keys.add(stored.dii_key)
-    with pytest.raises(StoreUnavailable) as caught:
-        locked.get_advertising_token("u0")
-    assert caught.value.reason == _param(request)
+    if path == "token":
+        result = locked.get_advertising_token("u0")
+        assert result.status is TokenStatus.OPTOUT and result.advertising_token == ""
+    else:
+        locked.serve_refresh_budget_s = 10.0  # wait for the refresh, however long the store is
+        ad = locked.serve_ad(
+            user_id="u0", cookie_value=None, placement_id="p", page_domain="a.com", floor_price=0
+        )
+        assert not ad.token_sent and ssp.impressions[-1].advertising_token == ""
+    assert locked.store.get("u0") is not None  # not recorded: the next refresh asks again
 
 
 def test_a_disk_refusing_writes_pauses_the_refresher_a_busy_store_does_not(
