@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except UsageError as exc:
         return fail(PROG, str(exc))
+    if args.command != "serve":
+        from svc_common.logging import silence_logging  # imported late, as serve's logging
+
+        silence_logging()
     try:
         return _run(args)
     # StoreBusy (a ServiceError): another process held the write lock past the busy timeout.

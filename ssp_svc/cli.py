@@ -42,7 +42,7 @@ from svc_common.cli_common import (
     server_tls,
 )
 from svc_common.clock import SystemClock
-from svc_common.logging import configure_logging
+from svc_common.logging import configure_logging, silence_logging
 from svc_common.settings import api_key, host_port, integer_in, log_level
 from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(exc))
     if args.command == "serve":
         return _serve(args)
+    silence_logging()
     if args.command in ("backup", "restore"):
         try:
             data_dir = Path(settings_of(args).required("data-dir"))

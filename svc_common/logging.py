@@ -51,6 +51,17 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
     )
 
 
+def silence_logging() -> None:
+    """For the one-shot admin commands: their outcome is their JSON on stdout or their one line
+    on stderr, and a store's warning event printed beside it (structlog's default goes to
+    stdout, in its console format) would break both."""
+
+    def drop(*_: Any) -> Any:
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[drop], cache_logger_on_first_use=False)
+
+
 def dumps(obj: Any, **_: Any) -> str:
     """One event as JSON. orjson rejects what stdlib json takes (integers past 64 bits); those
     rare events fall back to json rather than being lost."""

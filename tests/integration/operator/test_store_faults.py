@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from operator_svc.store.sqlite_store import DB_FILE
 from svc_common.grpc_client import error_info
 from tests.integration.operator.conftest import OK_PRIVACY, add_client, init_dir, md
+from tests.support.bad_stores import one_error_line
 from tests.support.procs import BIN, ServiceProcess
 from uid2.operator.v1 import operator_pb2 as pb
 from uid2.operator.v1 import operator_pb2_grpc as pbg
@@ -124,3 +126,18 @@ def test_a_store_file_gone_from_its_path_takes_no_more_writes(tmp_path: Path, ho
     finally:
         p.terminate()
     assert any(e.get("event") == "store_file_replaced" for e in p.events)
+
+
+def test_an_admin_command_the_disk_refuses_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    init_dir(tmp_path)
+    cmd = [str(BIN / "uid2-operator"), "salts", "rotate", "--fraction", "1"]
+    r = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(FILE_SIZE_LIMIT), *cmd, "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2 and r.stdout == ""  # no store warning beside the outcome
+    line = one_error_line(r.stderr, "uid2-operator: error: ")
+    assert "could not be written" in line
