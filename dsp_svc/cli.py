@@ -20,8 +20,10 @@ from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
     UsageError,
+    add_metrics_flag,
     add_tls_flags,
     fail,
+    metrics_listen,
     peer_tls,
     server_tls,
 )
@@ -54,6 +56,7 @@ def _parser() -> OneLineParser:
     group.add_argument("--fail-rate", help="share of calls answered with an error (default 0)")
     group.add_argument("--mode", help="normal (default), slow, fail or garbage")
     add_tls_flags(s, peers="the operator")
+    add_metrics_flag(s, "UID2_DSP_METRICS_LISTEN")
     s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
@@ -84,27 +87,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_of(_parser().parse_args(argv))
         config = _config(settings)
         level = settings.value("log-level", log_level, "INFO")
+        metrics_at = metrics_listen(settings)
     except (UsageError, ConfigError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="dsp")
     log = structlog.get_logger("dsp")
     from dsp_svc.server import create_server
+    from svc_common import metrics
 
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     try:
-        served, port = create_server(config, stop=stop)
+        with metrics.serving(metrics_at, "dsp") as metrics_fields:
+            served, port = create_server(config, stop=stop)
+            log.info(
+                "serving",
+                port=port,
+                listen=config.listen,
+                name=config.name,
+                tls=config.tls is not None,
+                peer_tls=config.peer_tls is not None,
+                **metrics_fields,
+            )
+            wait_for_signal(stop)
+            served.stop()
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info(
-        "serving",
-        port=port,
-        listen=config.listen,
-        name=config.name,
-        tls=config.tls is not None,
-        peer_tls=config.peer_tls is not None,
-    )
-    wait_for_signal(stop)
-    served.stop()
     log.info("stopped")
     return 0
 

@@ -31,8 +31,10 @@ from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
     UsageError,
+    add_metrics_flag,
     add_tls_flags,
     fail,
+    metrics_listen,
     server_tls,
 )
 from svc_common.errors import ServiceError
@@ -197,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve the official UID2 HTTP API on HOST:PORT (env UID2_OPERATOR_HTTP_LISTEN)",
     )
     add_tls_flags(p, peers=None)
+    add_metrics_flag(p, "UID2_OPERATOR_METRICS_LISTEN")
     p.add_argument("--log-level", help="env UID2_OPERATOR_LOG_LEVEL; INFO")
     return parser
 
@@ -252,11 +255,13 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
+    from svc_common import metrics
     from svc_common.logging import configure_logging
     from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
     config = serve_config(args)
     level = settings_of(args).value("log-level", log_level, "INFO")
+    metrics_at = metrics_listen(settings_of(args))
     # Fails before logging and the listener start, as one plain line, on a store `init` did not
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()
@@ -266,17 +271,19 @@ def _serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("operator")
     started = time.perf_counter()
     stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
-    served, port = create_server(config)
-    extra = {} if served.http_port is None else {"http_port": served.http_port}
-    log.info(
-        "serving",
-        port=port,
-        startup_ms=round((time.perf_counter() - started) * 1000),
-        tls=config.tls is not None,
-        **extra,
-    )
-    wait_for_signal(stop)
-    served.stop()
+    with metrics.serving(metrics_at, "operator") as metrics_fields:
+        served, port = create_server(config)
+        extra = {} if served.http_port is None else {"http_port": served.http_port}
+        log.info(
+            "serving",
+            port=port,
+            startup_ms=round((time.perf_counter() - started) * 1000),
+            tls=config.tls is not None,
+            **extra,
+            **metrics_fields,
+        )
+        wait_for_signal(stop)
+        served.stop()
     log.info("stopped")
     return 0
 

@@ -29,8 +29,10 @@ from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
     UsageError,
+    add_metrics_flag,
     add_tls_flags,
     fail,
+    metrics_listen,
     peer_tls,
     server_tls,
 )
@@ -99,6 +101,7 @@ def _parser() -> OneLineParser:
         "token if unexpired, else none; a refresh already in flight is not waited on",
     )
     add_tls_flags(serve, peers="the operator and the SSP")
+    add_metrics_flag(serve, "UID2_PUBLISHER_METRICS_LISTEN")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return parser
 
@@ -155,26 +158,29 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
     )
 
 
-def _serve(config: PublisherConfig) -> int:
+def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
     from publisher_svc.server import create_server
+    from svc_common import metrics
     from svc_common.stop_signals import catch_stop_signals, wait_for_signal
 
     log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
-    served, port = create_server(config)
-    log.info(
-        "serving",
-        port=port,
-        storage_mode=config.storage_mode.value,
-        tls=config.tls is not None,
-        peer_tls=config.peer_tls is not None,
-    )
-    try:
-        wait_for_signal(stop)
-    finally:
-        log.info("stopping")
-        served.stop(5.0)
-        log.info("stopped")
+    with metrics.serving(metrics_at, "publisher") as metrics_fields:
+        served, port = create_server(config)
+        log.info(
+            "serving",
+            port=port,
+            storage_mode=config.storage_mode.value,
+            tls=config.tls is not None,
+            peer_tls=config.peer_tls is not None,
+            **metrics_fields,
+        )
+        try:
+            wait_for_signal(stop)
+        finally:
+            log.info("stopping")
+            served.stop(5.0)
+            log.info("stopped")
     return 0
 
 
@@ -188,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args, data_dir, SqliteStore.FILE_NAME, StoreError, STORE_TABLES
             )
         config = parse_config(args)
+        metrics_at = metrics_listen(settings_of(args))
     except (UsageError, StoreError) as exc:
         return fail(PROG, str(exc))
     configure_logging(config.log_level, service="publisher")
     try:
-        return _serve(config)
+        return _serve(config, metrics_at)
     except StoreError as exc:
         return fail(PROG, f"cannot start: {exc}")
     except OSError as exc:

@@ -36,8 +36,10 @@ from svc_common.cli_common import (
     FlagsWithEnv,
     OneLineParser,
     UsageError,
+    add_metrics_flag,
     add_tls_flags,
     fail,
+    metrics_listen,
     peer_tls,
     server_tls,
 )
@@ -87,6 +89,7 @@ def _parser() -> OneLineParser:
     serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
     serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
     add_tls_flags(serve, peers="the operator and the bidders")
+    add_metrics_flag(serve, "UID2_SSP_METRICS_LISTEN")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
     return p
 
@@ -158,26 +161,30 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = _config(settings, args.bidder)
         level = settings.value("log-level", log_level, "INFO")
+        metrics_at = metrics_listen(settings)
     except (ConfigError, UsageError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="ssp")
     log = structlog.get_logger("ssp")
     from ssp_svc.server import create_server
+    from svc_common import metrics
 
     stop = catch_stop_signals()  # a stop during start-up (the opt-out backlog) still drains
     try:
-        served, port = create_server(config, stop=stop)
+        with metrics.serving(metrics_at, "ssp") as metrics_fields:
+            served, port = create_server(config, stop=stop)
+            log.info(
+                "serving",
+                port=port,
+                listen=config.listen,
+                tls=config.tls is not None,
+                peer_tls=config.peer_tls is not None,
+                **metrics_fields,
+            )
+            wait_for_signal(stop)
+            served.stop()
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info(
-        "serving",
-        port=port,
-        listen=config.listen,
-        tls=config.tls is not None,
-        peer_tls=config.peer_tls is not None,
-    )
-    wait_for_signal(stop)
-    served.stop()
     log.info("stopped")
     return 0
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import NoReturn, TypeVar
 
-from svc_common.settings import SettingError
+from svc_common.settings import SettingError, host_port
 from svc_common.tls import PeerTls, ServerTls, load_peer_tls, load_server_tls
 
 T = TypeVar("T")
@@ -119,3 +119,15 @@ def fail(prog: str, message: str) -> int:
     """Prints `prog: error: message` on stderr; returns the exit status for a mistake."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def add_metrics_flag(parser: argparse.ArgumentParser, env_name: str) -> None:
+    """`--metrics-listen` on a `serve` command (svc_common.metrics serves it)."""
+    parser.add_argument(
+        "--metrics-listen",
+        help=f"serve Prometheus /metrics on HOST:PORT (env {env_name}); off unless given",
+    )
+
+
+def metrics_listen(settings: FlagsWithEnv) -> str | None:
+    return settings.value("metrics-listen", host_port, None)

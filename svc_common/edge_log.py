@@ -7,6 +7,7 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Callable
 
 import structlog
 
@@ -47,10 +48,29 @@ def begin_call(method: str, rid: str) -> float:
     return time.perf_counter()
 
 
+# Set by svc_common.metrics while a process serves /metrics: (method, code, seconds) per call.
+CallObserver = Callable[[str, str, float], None]
+_observer: CallObserver | None = None
+
+
+def observe_calls(observer: CallObserver | None) -> None:
+    global _observer
+    _observer = observer
+
+
+def observe(method: str, code: str, seconds: float) -> None:
+    """Counts a call answered outside the gRPC edge (the HTTP API), when metrics are on."""
+    if _observer is not None:
+        _observer(method, code, seconds)
+
+
 def end_call(start: float, code: str, reason: str) -> None:
     """Ends the call's context and writes its one log line."""
-    latency_ms = round((time.perf_counter() - start) * 1000, 3)
+    seconds = time.perf_counter() - start
+    latency_ms = round(seconds * 1000, 3)
     fields = call_context.end()
+    if _observer is not None:
+        _observer(str(fields.get("method", "")), code, seconds)
     fields["code"] = code
     if reason:
         fields["reason"] = reason

@@ -53,7 +53,7 @@ from operator_svc.http.errors import (
     from_service_error,
 )
 from svc_common import call_context
-from svc_common.edge_log import log_unhandled, request_id
+from svc_common.edge_log import log_unhandled, observe, request_id
 from svc_common.errors import ErrorKind, ServiceError
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.settings import split_host_port
@@ -216,11 +216,13 @@ class HttpApi:
         response.headers["X-Request-Id"] = rid
         if request.path in CORS_PATHS:
             response.headers.update(_CORS_HEADERS)
+        seconds = time.perf_counter() - start
+        observe(path, str(response.status), seconds)
         fields: dict[str, Any] = {
             "method": request.method,
             "path": path,
             "http_status": response.status,
-            "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+            "latency_ms": round(seconds * 1000, 3),
         }
         if error is not None:
             fields["status"] = error.status

@@ -1,0 +1,113 @@
+"""Prometheus metrics for a serving process: `--metrics-listen HOST:PORT` serves /metrics.
+
+What is measured is what an on-call engineer alerts on, and nothing that names a user:
+- `uid2_rpc_calls_total{service,method,code}`: every gRPC call the edge answered (the same calls
+  as the per-call log lines), and the operator's HTTP API requests (method = the path);
+- `uid2_rpc_latency_seconds{service,method}`: their latency;
+- the process's CPU, memory, file descriptors and garbage collections (prometheus_client's own
+  collectors).
+Labels are method names, status codes and the service name: never DII, tokens, keys or sites.
+
+Off unless asked for: with no listener, the edge's per-call hook is one `None` check."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from svc_common import edge_log
+from svc_common.settings import split_host_port
+
+# Milliseconds to seconds: a healthy call takes about a millisecond, a slow peer up to seconds.
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class RpcMetrics:
+    """Call counts and latencies, by method and status code, in `registry`."""
+
+    registry: CollectorRegistry
+    service: str
+    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._calls = Counter(
+            "uid2_rpc_calls",
+            "Calls answered, by method and status code",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "uid2_rpc_latency_seconds",
+            "Time from a call's arrival to its answer",
+            ["service", "method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        # Label children cached: .labels() takes a lock and builds a key on every call.
+        pair = self._children.get((method, code))
+        if pair is None:
+            with self._lock:
+                pair = (
+                    self._calls.labels(self.service, method, code),
+                    self._latency.labels(self.service, method),
+                )
+                self._children[(method, code)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+@dataclass
+class MetricsServer:
+    """The /metrics listener of one process."""
+
+    port: int
+    _server: Any
+
+    def stop(self) -> None:
+        edge_log.observe_calls(None)
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def start(listen: str, service: str) -> MetricsServer:
+    """Serves /metrics on `listen` (HOST:PORT; port 0 picks one) and starts counting calls."""
+    host, port = split_host_port(listen)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    rpc = RpcMetrics(registry, service)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    edge_log.observe_calls(rpc.observe)
+    return MetricsServer(int(server.server_port), server)
+
+
+@contextmanager
+def serving(listen: str | None, service: str) -> Iterator[dict[str, int]]:
+    """/metrics for the with-block when `listen` is set; yields what the "serving" log line
+    adds ({"metrics_port": N}, or nothing)."""
+    if listen is None:
+        yield {}
+        return
+    server = start(listen, service)
+    try:
+        yield {"metrics_port": server.port}
+    finally:
+        server.stop()

@@ -1,0 +1,91 @@
+"""`--metrics-listen` on every service (here through each one's UID2_<SVC>_METRICS_LISTEN), with
+the whole workflow running: each process serves Prometheus /metrics counting the calls it
+answered by method and code, and no scrape names a user, a token or a key."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from demo.stack import PUBLISHER_DOMAIN, Lifetimes, Stack
+from tests.support.bad_stores import one_error_line
+from tests.support.procs import run_cli
+from uid2.operator.v1 import operator_pb2
+from uid2.publisher.v1 import publisher_pb2
+
+pytestmark = pytest.mark.slow
+
+SERVICES = ("OPERATOR", "PUBLISHER", "SSP", "DSP")
+EMAIL = "metrics.user@example.com"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with pytest.MonkeyPatch.context() as mp:
+        for svc in SERVICES:
+            mp.setenv(f"UID2_{svc}_METRICS_LISTEN", "127.0.0.1:0")
+        s = Stack(tmp_path_factory.mktemp("metrics"), Lifetimes())
+        try:
+            s.provision()
+            s.start_all()
+            yield s
+        finally:
+            s.stop_all()
+
+
+def _scrape(stack: Stack, name: str) -> tuple[str, dict[tuple[str, str], float]]:
+    """The process's /metrics text and its uid2_rpc_calls_total by (method, code)."""
+    serving = next(e for e in stack.procs[name].events if e.get("event") == "serving")
+    url = f"http://127.0.0.1:{serving['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    calls = {
+        (s.labels["method"], s.labels["code"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "uid2_rpc_calls"
+        for s in family.samples
+        if s.name == "uid2_rpc_calls_total"
+    }
+    return text, calls
+
+
+def test_every_service_counts_the_calls_it_answered_and_names_no_one(stack: Stack) -> None:
+    pub = stack.publisher()
+    consent = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
+    login = pub.Login(
+        publisher_pb2.LoginRequest(user_id="m1", email=EMAIL, privacy_settings=consent)
+    )
+    token = pub.GetAdvertisingToken(publisher_pb2.GetAdvertisingTokenRequest(user_id="m1"))
+    for _ in range(3):
+        pub.ServeAd(
+            publisher_pb2.ServeAdRequest(
+                user_id="m1", placement_id="top", page_domain=PUBLISHER_DOMAIN, floor_price=0.1
+            )
+        )
+    assert login.status == publisher_pb2.LOGIN_STATUS_SUCCESS and token.advertising_token
+
+    expected = {
+        "operator": ("/uid2.operator.v1.OperatorService/GenerateToken", 1),
+        "publisher": ("/uid2.publisher.v1.PublisherService/ServeAd", 3),
+        "ssp": ("/uid2.ssp.v1.SspService/SubmitImpression", 3),
+        "dsp": ("/uid2.ssp.v1.BidderService/Bid", 3),
+    }
+    secrets = [EMAIL, token.advertising_token, stack.creds.publisher["api_key"]]
+    for name, (method, count) in expected.items():
+        text, calls = _scrape(stack, name)
+        assert calls.get((method, "OK"), 0) >= count, (name, calls)
+        assert "process_resident_memory_bytes" in text
+        assert not [s for s in secrets if s in text], name
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Path) -> None:
+    serving = next(e for e in stack.procs["dsp"].events if e.get("event") == "serving")
+    taken = f"127.0.0.1:{serving['metrics_port']}"
+    r = run_cli(["uid2-dsp", "serve", "--listen", "127.0.0.1:0", "--name", "x",
+                 "--metrics-listen", taken])  # fmt: skip
+    assert r.returncode == 2
+    assert "in use" in one_error_line(r.stderr, "uid2-dsp: error: ")
