@@ -29,7 +29,7 @@ from svc_common.cli_common import (
 )
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
-from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+from svc_common.stop_signals import catch_stop_signals
 
 PROG = "uid2-dsp"
 
@@ -97,19 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     try:
-        with metrics.serving(metrics_at, "dsp") as metrics_fields:
-            served, port = create_server(config, stop=stop)
-            log.info(
-                "serving",
-                port=port,
-                listen=config.listen,
-                name=config.name,
-                tls=config.tls is not None,
-                peer_tls=config.peer_tls is not None,
-                **metrics_fields,
-            )
-            wait_for_signal(stop)
-            served.stop()
+        metrics.serve_until_stopped(
+            "dsp",
+            metrics_at,
+            stop,
+            lambda: create_server(config, stop=stop),
+            listen=config.listen,
+            name=config.name,
+            tls=config.tls is not None,
+            peer_tls=config.peer_tls is not None,
+        )
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")
     log.info("stopped")

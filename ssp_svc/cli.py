@@ -46,7 +46,7 @@ from svc_common.cli_common import (
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silence_logging
 from svc_common.settings import api_key, host_port, integer_in, log_level
-from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+from svc_common.stop_signals import catch_stop_signals
 
 PROG = "uid2-ssp"
 
@@ -171,18 +171,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     stop = catch_stop_signals()  # a stop during start-up (the opt-out backlog) still drains
     try:
-        with metrics.serving(metrics_at, "ssp") as metrics_fields:
-            served, port = create_server(config, stop=stop)
-            log.info(
-                "serving",
-                port=port,
-                listen=config.listen,
-                tls=config.tls is not None,
-                peer_tls=config.peer_tls is not None,
-                **metrics_fields,
-            )
-            wait_for_signal(stop)
-            served.stop()
+        metrics.serve_until_stopped(
+            "ssp",
+            metrics_at,
+            stop,
+            lambda: create_server(config, stop=stop),
+            listen=config.listen,
+            tls=config.tls is not None,
+            peer_tls=config.peer_tls is not None,
+        )
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")
     log.info("stopped")

@@ -13,11 +13,12 @@ Off unless asked for: with no listener, the edge's per-call hook is one `None` c
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -30,6 +31,7 @@ from prometheus_client import (
 
 from svc_common import edge_log
 from svc_common.settings import split_host_port
+from svc_common.stop_signals import wait_for_signal
 
 # Milliseconds to seconds: a healthy call takes about a millisecond, a slow peer up to seconds.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -111,3 +113,21 @@ def serving(listen: str | None, service: str) -> Iterator[dict[str, int]]:
         yield {"metrics_port": server.port}
     finally:
         server.stop()
+
+
+def serve_until_stopped(
+    service: str,
+    metrics_at: str | None,
+    stop: Any,
+    start: Callable[[], tuple[Any, int]],
+    **fields: Any,
+) -> None:
+    """A `serve` command's life once configured: /metrics if asked for, `start()` the server
+    (served, port), one "serving" log line with `fields`, then wait for SIGINT/SIGTERM (`stop`,
+    from catch_stop_signals) and stop the server (its drain)."""
+    log = structlog.get_logger(service)
+    with serving(metrics_at, service) as metrics_fields:
+        served, port = start()
+        log.info("serving", port=port, **fields, **metrics_fields)
+        wait_for_signal(stop)
+        served.stop()
