@@ -5,6 +5,7 @@ nothing half-written (each command is one transaction)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import sys
@@ -402,12 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except UsageError as exc:
         return fail(PROG, str(exc))
-    if args.command != "serve":
-        from svc_common.logging import silence_logging  # imported late, as serve's logging
+    if args.command == "serve":
+        quiet: Any = contextlib.nullcontext()
+    else:
+        from svc_common.logging import silenced  # imported late, as serve's logging
 
-        silence_logging()
+        quiet = silenced()
     try:
-        return _run(args)
+        with quiet:
+            return _run(args)
     # StoreBusy (a ServiceError): another process held the write lock past the busy timeout.
     except (UsageError, ConfigError, admin.AdminError, StoreError, ServiceError) as exc:
         return fail(PROG, str(exc))

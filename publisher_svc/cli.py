@@ -36,7 +36,7 @@ from svc_common.cli_common import (
     peer_tls,
     server_tls,
 )
-from svc_common.logging import configure_logging, silence_logging
+from svc_common.logging import configure_logging, silenced
 from svc_common.settings import (
     SettingError,
     api_key,
@@ -188,11 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(list(argv) if argv is not None else None)
         if args.command in ("backup", "restore"):
-            silence_logging()
             data_dir = Path(settings_of(args).required("data-dir"))
-            return store_backup.run_command(
-                args, data_dir, SqliteStore.FILE_NAME, StoreError, STORE_TABLES
-            )
+            with silenced():
+                return store_backup.run_command(
+                    args, data_dir, SqliteStore.FILE_NAME, StoreError, STORE_TABLES
+                )
         config = parse_config(args)
         metrics_at = metrics_listen(settings_of(args))
     except (UsageError, StoreError) as exc:

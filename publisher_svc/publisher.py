@@ -63,6 +63,17 @@ class RefreshNotKept(StoreUnavailable):
         super().__init__(cause.kind, cause.reason, cause.message)
 
 
+class OptOutNotRecorded(StoreUnavailable):
+    """The operator answered a stored identity's refresh with OPTOUT, but the store refused to
+    record it. The answer stands all the same: a user's call gets OPTOUT and an impression no
+    token (else it would go out with the held one). Unrecorded, the identity stays, and its
+    next refresh asks the operator again; the background refresher pauses as for any write
+    the store refuses."""
+
+    def __init__(self, cause: StoreUnavailable) -> None:
+        super().__init__(cause.kind, cause.reason, cause.message)
+
+
 class StorageMode(Enum):
     SERVER = "server"
     CLIENT = "client"
@@ -397,10 +408,7 @@ class Publisher:
             try:
                 self.store.record_operator_optout(stored.dii_key, now, user_id)
             except StoreUnavailable as err:
-                # The operator's answer stands all the same: no token for this user, on any
-                # path (an impression would otherwise go out with the held one). Unrecorded, the
-                # identity stays, and its next refresh asks the operator again.
-                _log.warning("refresh_optout_not_recorded", reason=err.reason)
+                raise OptOutNotRecorded(err) from None
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
             self.store.end_if_current(user_id, old, now)
@@ -440,6 +448,9 @@ class Publisher:
                 if usable_without_refresh(stored.identity, now):
                     return _token_result(Step(StepKind.STALE, stored.identity))
                 raise
+            except OptOutNotRecorded:
+                _log.warning("refresh_optout_not_recorded")
+                return _token_result(Step(StepKind.OPTOUT))
             except StoreUnavailable:
                 raise  # postponing would be a second write, failing the same way
             except ServiceError:
@@ -481,7 +492,12 @@ class Publisher:
             )
         if step.kind is StepKind.OPTOUT:
             if dii is not None:
-                self.store.record_operator_optout(dii.key, self.clock.now_ms())
+                try:
+                    self.store.record_operator_optout(dii.key, self.clock.now_ms())
+                except StoreUnavailable as err:
+                    # The client drops its identity all the same; the record only spares the
+                    # operator a call at this user's next login.
+                    _log.warning("refresh_optout_not_recorded", reason=err.reason)
             return ClientRefreshResult(TokenStatus.OPTOUT)
         return ClientRefreshResult(TokenStatus.LOGIN_REQUIRED)
 

@@ -44,7 +44,7 @@ from svc_common.cli_common import (
     server_tls,
 )
 from svc_common.clock import SystemClock
-from svc_common.logging import configure_logging, silence_logging
+from svc_common.logging import configure_logging, silenced
 from svc_common.settings import api_key, host_port, integer_in, log_level
 from svc_common.stop_signals import catch_stop_signals
 
@@ -193,15 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(exc))
     if args.command == "serve":
         return _serve(args)
-    silence_logging()
-    if args.command in ("backup", "restore"):
-        try:
-            data_dir = Path(settings_of(args).required("data-dir"))
-            return store_backup.run_command(args, data_dir, DB_NAME, StoreError, STORE_TABLES)
-        except (UsageError, StoreError) as exc:
-            return fail(PROG, str(exc))
-    kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER
-    return _add_account(args, kind)
+    with silenced():
+        if args.command in ("backup", "restore"):
+            try:
+                data_dir = Path(settings_of(args).required("data-dir"))
+                return store_backup.run_command(args, data_dir, DB_NAME, StoreError, STORE_TABLES)
+            except (UsageError, StoreError) as exc:
+                return fail(PROG, str(exc))
+        kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER
+        return _add_account(args, kind)
 
 
 if __name__ == "__main__":

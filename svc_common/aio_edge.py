@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from svc_common import edge_log
 from svc_common.edge_log import end_call, log_unhandled
 from svc_common.errors import ServiceError
 from svc_common.grpc_edge import (
@@ -72,6 +73,8 @@ class AioEdge:
         return call
 
     def _stream(self, behavior: Any, parse: Parse, method: str) -> Any:
+        edge_log.mark_streaming(method)
+
         async def call(raw: bytes, context: Any) -> AsyncIterator[Any]:
             start = begin_call(method, context.invocation_metadata())
             try:

@@ -48,9 +48,16 @@ def begin_call(method: str, rid: str) -> float:
     return time.perf_counter()
 
 
-# Set by svc_common.metrics while a process serves /metrics: (method, code, seconds) per call.
-CallObserver = Callable[[str, str, float], None]
+# Set by svc_common.metrics while a process serves /metrics: (method, code, seconds) per call;
+# seconds None for a server stream, whose length is its reader's, not a latency.
+CallObserver = Callable[[str, str, float | None], None]
 _observer: CallObserver | None = None
+_streaming: set[str] = set()
+
+
+def mark_streaming(method: str) -> None:
+    """`method` answers with a stream (the edges say so as they wrap its handler)."""
+    _streaming.add(method)
 
 
 def observe_calls(observer: CallObserver | None) -> None:
@@ -70,7 +77,8 @@ def end_call(start: float, code: str, reason: str) -> None:
     latency_ms = round(seconds * 1000, 3)
     fields = call_context.end()
     if _observer is not None:
-        _observer(str(fields.get("method", "")), code, seconds)
+        method = str(fields.get("method", ""))
+        _observer(method, code, None if method in _streaming else seconds)
     fields["code"] = code
     if reason:
         fields["reason"] = reason

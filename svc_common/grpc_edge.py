@@ -167,6 +167,8 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         return call
 
     def _stream(self, behavior: Any, parse: Parse, method: str) -> Any:
+        edge_log.mark_streaming(method)
+
         def call(raw: bytes, context: Any) -> Iterator[Any]:
             start = self._begin(method, context)
             code, reason = "OK", ""

@@ -16,6 +16,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -51,15 +53,25 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
     )
 
 
-def silence_logging() -> None:
+@contextmanager
+def silenced() -> Iterator[None]:
     """For the one-shot admin commands: their outcome is their JSON on stdout or their one line
     on stderr, and a store's warning event printed beside it (structlog's default goes to
-    stdout, in its console format) would break both."""
+    stdout, in its console format) would break both. The configuration before is put back: a
+    test (or a program) calling a CLI's main in-process keeps its logging."""
 
     def drop(*_: Any) -> Any:
         raise structlog.DropEvent
 
+    was_configured, before = structlog.is_configured(), structlog.get_config()
     structlog.configure(processors=[drop], cache_logger_on_first_use=False)
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**before)
+        else:
+            structlog.reset_defaults()
 
 
 def dumps(obj: Any, **_: Any) -> str:

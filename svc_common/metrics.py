@@ -26,6 +26,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 
@@ -61,18 +62,19 @@ class RpcMetrics:
             registry=self.registry,
         )
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
+    def observe(self, method: str, code: str, seconds: float | None) -> None:
+        """Counts the call; its latency too unless `seconds` is None (a server stream, which
+        gets no latency series at all)."""
         # Label children cached: .labels() takes a lock and builds a key on every call.
         pair = self._children.get((method, code))
         if pair is None:
             with self._lock:
-                pair = (
-                    self._calls.labels(self.service, method, code),
-                    self._latency.labels(self.service, method),
-                )
+                latency = None if seconds is None else self._latency.labels(self.service, method)
+                pair = (self._calls.labels(self.service, method, code), latency)
                 self._children[(method, code)] = pair
         pair[0].inc()
-        pair[1].observe(seconds)
+        if pair[1] is not None and seconds is not None:
+            pair[1].observe(seconds)
 
 
 @dataclass
@@ -91,12 +93,18 @@ class MetricsServer:
 def start(listen: str, service: str) -> MetricsServer:
     """Serves /metrics on `listen` (HOST:PORT; port 0 picks one) and starts counting calls."""
     host, port = split_host_port(listen)
+    # No *_created series beside every counter: noise for alerts.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     rpc = RpcMetrics(registry, service)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # named as the gRPC and HTTP listeners' are: three ports to tell apart
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot listen on {listen} (metrics): {reason}") from None
     edge_log.observe_calls(rpc.observe)
     return MetricsServer(int(server.server_port), server)
 

@@ -15,8 +15,9 @@ import json
 import os
 import signal
 import sqlite3
-from collections.abc import Callable
-from contextlib import suppress
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,10 +58,10 @@ def restore(
     if not source.is_file():
         raise error(f"no backup at {source}")
     created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]  # the leaf first
-    require_data_dir(data_dir, error, create=True)
-    if any(data_dir.glob(file_name + "*")):
-        raise error(f"{data_dir} already holds a store; restore into a new data dir")
     try:
+        require_data_dir(data_dir, error, create=True)
+        if any(data_dir.glob(file_name + "*")):
+            raise error(f"{data_dir} already holds a store; restore into a new data dir")
         return _copy(source, data_dir / file_name, error, validate)
     except BaseException:
         for directory in created:  # leave nothing behind for a refused backup
@@ -107,8 +108,30 @@ class _Stopped(Exception):
     pass
 
 
-def _raise_stopped(signum: int, _frame: object) -> None:
-    raise _Stopped(signal.Signals(signum).name)
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT raise _Stopped in the with-block (once: a second Ctrl-C must
+    not cut the cleanup of the first short). Signals the caller ignores (nohup, a background
+    job) stay ignored; off the main thread, where Python takes no handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopped: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopped:
+            stopped.append(signal.Signals(signum).name)
+            raise _Stopped(stopped[0])
+
+    previous = {}
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            previous[s] = signal.signal(s, on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_command(
@@ -120,21 +143,22 @@ def run_command(
 ) -> int:
     """Runs `backup` or `restore` (args.command) and prints its JSON line; 0. A SIGTERM, SIGHUP
     or SIGINT (a cron job's timeout, a closed terminal, Ctrl-C) stops it as an error, after the
-    partial copy is removed."""
-    stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    previous = {s: signal.signal(s, _raise_stopped) for s in stops}
+    partial copy is removed, unless the copy already had its name: then it is whole, and
+    reported as done."""
+    backing_up = args.command == "backup"
+    target = Path(args.to) if backing_up else data_dir / file_name
+    existed = target.exists()
     try:
-        if args.command == "backup":
-            done = backup(data_dir / file_name, Path(args.to), error, validate)
-            print(json.dumps(done.as_json("backup")))
-        else:
-            done = restore(Path(args.source), data_dir, file_name, error, validate)
-            print(json.dumps(done.as_json("restored")))
+        with _stoppable():
+            if backing_up:
+                done = backup(data_dir / file_name, target, error, validate)
+            else:
+                done = restore(Path(args.source), data_dir, file_name, error, validate)
     except _Stopped as stopped:
-        raise error(f"stopped by {stopped} before it finished") from None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if existed or not target.exists():
+            raise error(f"stopped by {stopped} before it finished") from None
+        done = Copied(target, target.stat().st_size)  # linked only once checked and synced
+    print(json.dumps(done.as_json("backup" if backing_up else "restored")))
     return 0
 
 

@@ -74,7 +74,9 @@ class StoreError(Exception):
 
 # What a backup of this store must hold (`uid2-publisher backup / restore`).
 # Only what every released version had: the publisher adds the rest when it opens the store.
-STORE_TABLES = store_backup.requires_tables(StoreError, "publisher", "identities")
+STORE_TABLES = store_backup.requires_tables(
+    StoreError, "publisher", "identities", "operator_optouts", "site_optouts"
+)
 
 
 @dataclass(frozen=True)

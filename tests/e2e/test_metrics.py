@@ -88,4 +88,5 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Pa
     r = run_cli(["uid2-dsp", "serve", "--listen", "127.0.0.1:0", "--name", "x",
                  "--metrics-listen", taken])  # fmt: skip
     assert r.returncode == 2
-    assert "in use" in one_error_line(r.stderr, "uid2-dsp: error: ")
+    line = one_error_line(r.stderr, "uid2-dsp: error: ")
+    assert f"cannot listen on {taken} (metrics)" in line and "in use" in line

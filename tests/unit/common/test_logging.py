@@ -9,13 +9,14 @@ import datetime
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 import structlog
 
 from svc_common import call_context, edge_log
-from svc_common.logging import configure_logging, dumps, write_call_line
+from svc_common.logging import configure_logging, dumps, silenced, write_call_line
 
 
 def _lines(err: str) -> list[dict[str, object]]:
@@ -117,3 +118,21 @@ def test_end_call_writes_the_bound_context_and_outcome_then_clears_it(
     assert line["reason"] == "INVALID_EMAIL"
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
     assert call_context.current() == {}
+
+
+def test_silenced_drops_events_then_puts_the_configuration_back() -> None:
+    seen: list[str] = []
+
+    def keep(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        seen.append(event["event"])
+        raise structlog.DropEvent
+
+    before = structlog.get_config()
+    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
+    try:
+        with silenced():
+            structlog.get_logger("t").warning("inside")
+        structlog.get_logger("t").warning("after")
+    finally:
+        structlog.configure(**before)
+    assert seen == ["after"]

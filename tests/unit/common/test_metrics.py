@@ -35,6 +35,8 @@ def test_the_edge_reports_each_ended_call_while_metrics_are_served() -> None:
     try:
         start = edge_log.begin_call("/pkg.S/B", "rid-1")
         edge_log.end_call(start, "INVALID_ARGUMENT", "BAD")
+        edge_log.mark_streaming("/pkg.S/Watch")  # counted; its length is no latency
+        edge_log.end_call(edge_log.begin_call("/pkg.S/Watch", "rid-3"), "CANCELLED", "")
         edge_log.observe("/v2/token/generate", "200", 0.001)
         url = f"http://127.0.0.1:{server.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
@@ -43,6 +45,9 @@ def test_the_edge_reports_each_ended_call_while_metrics_are_served() -> None:
         server.stop()
     assert 'code="INVALID_ARGUMENT",method="/pkg.S/B",service="svc"} 1.0' in text
     assert 'code="200",method="/v2/token/generate",service="svc"} 1.0' in text
+    assert 'code="CANCELLED",method="/pkg.S/Watch",service="svc"} 1.0' in text
+    assert 'latency_seconds_count{method="/pkg.S/Watch"' not in text
+    assert "_created" not in text
     # Stopped: the hook is off again, and a call ends as before.
     assert edge_log._observer is None
     edge_log.end_call(edge_log.begin_call("/pkg.S/B", "rid-2"), "OK", "")

@@ -3,8 +3,13 @@ self-contained, private file; every refusal leaves nothing behind."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,3 +116,80 @@ def test_restore_refuses_what_is_not_a_good_backup_and_leaves_no_data_dir(
     assert not (tmp_path / "new").exists()  # nor any directory it made on the way
     with pytest.raises(Bad, match="no backup at"):
         store_backup.restore(tmp_path / "absent", tmp_path / "new", "s.sqlite3", Bad, CHECK)
+
+
+def _backup_args(to: Path) -> argparse.Namespace:
+    return argparse.Namespace(command="backup", to=str(to))
+
+
+def _signal_at_fsync(monkeypatch: pytest.MonkeyPatch, signum: int, nth: int) -> None:
+    """Delivers `signum` to this process at the `nth` fsync of a copy: 1 before its link, 2
+    after it."""
+    real, seen = store_backup._fsync, []
+
+    def fsync(path: Path) -> None:
+        real(path)
+        seen.append(path)
+        if len(seen) == nth:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(store_backup, "_fsync", fsync)
+
+
+def test_a_backup_stopped_before_its_copy_is_named_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(tmp_path / "d").close()
+    _signal_at_fsync(monkeypatch, signal.SIGTERM, 1)
+    with pytest.raises(Bad, match="stopped by SIGTERM before it finished"):
+        store_backup.run_command(
+            _backup_args(tmp_path / "b"), tmp_path / "d", "s.sqlite3", Bad, CHECK
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_a_backup_stopped_once_named_is_whole_and_reported_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store(tmp_path / "d").close()
+    _signal_at_fsync(monkeypatch, signal.SIGTERM, 2)
+    rc = store_backup.run_command(
+        _backup_args(tmp_path / "b"), tmp_path / "d", "s.sqlite3", Bad, CHECK
+    )
+    assert rc == 0 and json.loads(capsys.readouterr().out)["backup"] == str(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d"]
+
+
+def test_a_signal_the_caller_ignores_stays_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(tmp_path / "d").close()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        _signal_at_fsync(monkeypatch, signal.SIGHUP, 1)
+        rc = store_backup.run_command(
+            _backup_args(tmp_path / "b"), tmp_path / "d", "s.sqlite3", Bad, CHECK
+        )
+        assert rc == 0 and (tmp_path / "b").is_file()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_backup_runs_off_the_main_thread(tmp_path: Path) -> None:
+    _store(tmp_path / "d").close()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            store_backup.run_command(
+                _backup_args(tmp_path / "b"), tmp_path / "d", "s.sqlite3", Bad, CHECK
+            )
+        except BaseException as exc:  # reported to the test thread
+            failures.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert failures == [] and (tmp_path / "b").is_file()

@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import svc_common.sqlite_db as sqlite_db
+from publisher_svc.cookie import encode_cookie
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import Publisher, TokenStatus
 from publisher_svc.refresher import Refresher
@@ -158,3 +159,36 @@ def test_an_unreachable_operator_opens_the_circuit_even_when_the_store_is_busy(
         assert [e for e in logs if e["log_level"] == "error"] == []
     finally:
         refresher.stop()
+
+
+def test_an_opt_out_that_cannot_be_recorded_pauses_the_refresher_like_any_refused_write(
+    locked: Publisher, request: pytest.FixtureRequest
+) -> None:
+    clock, operator = locked.clock, locked.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    stored = locked.store.get("u0")
+    assert stored is not None
+    operator.refresh_optout_keys.add(stored.dii_key)
+    refresher = Refresher(locked, workers=1, store_pause_s=10, monotonic=clock)
+    try:
+        for _ in range(3):
+            refresher.run_once()
+            clock.advance(1000)
+        paused = _param(request) == "STORE_WRITE_FAILED"
+        # Paused after the first refusal; a busy store is tried again each pass.
+        assert len(operator.refresh_calls) == (1 if paused else 3)
+        assert refresher.stats.deferred == (1 if paused else 3) and refresher.stats.optouts == 0
+    finally:
+        refresher.stop()
+
+
+def test_a_client_side_refresh_answered_optout_is_optout_though_not_recorded(
+    locked: Publisher,
+) -> None:
+    operator = locked.operator
+    assert isinstance(operator, FakeOperator)
+    stored = locked.store.get("u0")
+    assert stored is not None
+    operator.refresh_optout_keys.add(stored.dii_key)
+    result = locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
+    assert result.status is TokenStatus.OPTOUT
