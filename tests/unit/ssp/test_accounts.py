@@ -143,7 +143,7 @@ def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
     publishers: list[dict[str, object]],
 ) -> None:
     # Should the file be accepted, fail at once instead of serving until killed.
-    monkeypatch.setattr("ssp_svc.cli.wait_for_signal", _never)
+    monkeypatch.setattr("svc_common.metrics.wait_for_signal", _never)
     path = tmp_path / "pubs.json"
     path.write_text(json.dumps({"publishers": publishers}))
     assert ssp_main(["serve", "--publishers-file", str(path), "--listen", "127.0.0.1:0"]) == 2
