@@ -65,6 +65,8 @@ def create_server(
             owns=opened,
             tls=config.tls,
         )
+    if decryptor is not None:
+        served.readings = decryptor.readings
     served.set_serving(True)
     _log.info(
         "dsp_ready",

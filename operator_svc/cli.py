@@ -272,7 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("operator")
     started = time.perf_counter()
     stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
-    with metrics.serving(metrics_at, "operator") as metrics_fields:
+    with metrics.serving(metrics_at, "operator") as metrics_server:
         served, port = create_server(config)
         extra = {} if served.http_port is None else {"http_port": served.http_port}
         log.info(
@@ -281,7 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
             startup_ms=round((time.perf_counter() - started) * 1000),
             tls=config.tls is not None,
             **extra,
-            **metrics_fields,
+            **metrics.log_fields(metrics_server),
         )
         wait_for_signal(stop)
         served.stop()

@@ -165,7 +165,7 @@ def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
 
     log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
-    with metrics.serving(metrics_at, "publisher") as metrics_fields:
+    with metrics.serving(metrics_at, "publisher") as metrics_server:
         served, port = create_server(config)
         log.info(
             "serving",
@@ -173,7 +173,7 @@ def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
             storage_mode=config.storage_mode.value,
             tls=config.tls is not None,
             peer_tls=config.peer_tls is not None,
-            **metrics_fields,
+            **metrics.log_fields(metrics_server),
         )
         try:
             wait_for_signal(stop)

@@ -92,6 +92,8 @@ def create_server(
         )
     # Subscribers' streams end first, so a stop never waits out the grace period on them.
     served.before_drain.append(hub.close)
+    if decryptor is not None:
+        served.readings = decryptor.readings
     served.set_serving(True)
     _log.info(
         "ssp_ready",

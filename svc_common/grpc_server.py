@@ -4,7 +4,7 @@ graceful stop on SIGINT / SIGTERM."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -59,6 +59,8 @@ class Served:
     # Set by the first `stop`: a second one (a test's fixture after a failed start, a caller's
     # `finally`) returns at once instead of touching a server (or event loop) already gone.
     stopped: bool = field(default=False, init=False, repr=False)
+    # The service's own readings for /metrics (name → value), when it has any to show.
+    readings: Callable[[], Mapping[str, float]] | None = field(default=None, init=False)
 
     def set_serving(self, serving: bool) -> None:
         status = (

@@ -13,7 +13,7 @@ Off unless asked for: with no listener, the edge's per-call hook is one `None` c
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from svc_common import edge_log
 from svc_common.settings import split_host_port
@@ -77,12 +78,35 @@ class RpcMetrics:
             pair[1].observe(seconds)
 
 
+Readings = Callable[[], Mapping[str, float]]
+
+
+class _ReadingsCollector:
+    """Gauges read at scrape time from a service's own state (`read`: name → value), so the
+    service's code knows nothing of Prometheus and pays nothing between scrapes."""
+
+    def __init__(self, prefix: str, service: str, read: Readings) -> None:
+        self._prefix, self._service, self._read = prefix, service, read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self._read().items():
+            family = GaugeMetricFamily(self._prefix + name, name, labels=["service"])
+            family.add_metric([self._service], value)
+            yield family
+
+
 @dataclass
 class MetricsServer:
     """The /metrics listener of one process."""
 
     port: int
     _server: Any
+    _registry: CollectorRegistry
+    _service: str
+
+    def watch(self, prefix: str, read: Readings) -> None:
+        """Adds `prefix` + each name `read()` returns, as a gauge, to every scrape."""
+        self._registry.register(_ReadingsCollector(prefix, self._service, read))
 
     def stop(self) -> None:
         edge_log.observe_calls(None)
@@ -106,21 +130,25 @@ def start(listen: str, service: str) -> MetricsServer:
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot listen on {listen} (metrics): {reason}") from None
     edge_log.observe_calls(rpc.observe)
-    return MetricsServer(int(server.server_port), server)
+    return MetricsServer(int(server.server_port), server, registry, service)
 
 
 @contextmanager
-def serving(listen: str | None, service: str) -> Iterator[dict[str, int]]:
-    """/metrics for the with-block when `listen` is set; yields what the "serving" log line
-    adds ({"metrics_port": N}, or nothing)."""
+def serving(listen: str | None, service: str) -> Iterator[MetricsServer | None]:
+    """/metrics for the with-block when `listen` is set (else None)."""
     if listen is None:
-        yield {}
+        yield None
         return
     server = start(listen, service)
     try:
-        yield {"metrics_port": server.port}
+        yield server
     finally:
         server.stop()
+
+
+def log_fields(server: MetricsServer | None) -> dict[str, int]:
+    """What the "serving" log line adds: {"metrics_port": N}, or nothing."""
+    return {} if server is None else {"metrics_port": server.port}
 
 
 def serve_until_stopped(
@@ -134,8 +162,10 @@ def serve_until_stopped(
     (served, port), one "serving" log line with `fields`, then wait for SIGINT/SIGTERM (`stop`,
     from catch_stop_signals) and stop the server (its drain)."""
     log = structlog.get_logger(service)
-    with serving(metrics_at, service) as metrics_fields:
+    with serving(metrics_at, service) as metrics:
         served, port = start()
-        log.info("serving", port=port, **fields, **metrics_fields)
+        if metrics is not None and served.readings is not None:
+            metrics.watch("uid2_decryptor_", served.readings)
+        log.info("serving", port=port, **fields, **log_fields(metrics))
         wait_for_signal(stop)
         served.stop()

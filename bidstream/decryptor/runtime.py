@@ -31,11 +31,26 @@ class Decryptor:
     refresher: KeyRefresher
     watcher: OptOutWatcher
     client: OperatorClient
+    clock: Clock
 
     def stop(self) -> None:
         self.watcher.stop()
         self.refresher.stop()
         self.client.close()
+
+    def readings(self) -> dict[str, float]:
+        """What a decrypting service's /metrics shows of its keys and opt-outs: the two things
+        that go stale without an error on the bid path (old keys cannot decrypt new tokens; a
+        broken opt-out stream lets opted-out users through)."""
+        last, now_ms = self.keys.last_success_ms, self.clock.now_ms()
+        return {
+            # Since the last key fetch that worked; NaN before the first.
+            "keys_age_seconds": (now_ms - last) / 1000 if last is not None else float("nan"),
+            "key_refresh_failures": float(self.keys.failures),
+            "optouts": float(len(self.optouts)),
+            "optouts_loaded": 1.0 if self.optouts.loaded.is_set() else 0.0,
+            "optout_stream_connected": 1.0 if self.watcher.connected.is_set() else 0.0,
+        }
 
 
 def start_decryptor(
@@ -82,4 +97,4 @@ def start_decryptor(
         optouts.loaded.wait(min(_WAIT_SLICE_S, left))
     refresher = KeyRefresher(keys).start()
     checker = TokenChecker(keys, optouts, clock)
-    return Decryptor(checker, keys, optouts, refresher, watcher, client)
+    return Decryptor(checker, keys, optouts, refresher, watcher, client, clock)

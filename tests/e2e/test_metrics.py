@@ -1,6 +1,7 @@
 """`--metrics-listen` on every service (here through each one's UID2_<SVC>_METRICS_LISTEN), with
 the whole workflow running: each process serves Prometheus /metrics counting the calls it
-answered by method and code, and no scrape names a user, a token or a key."""
+answered by method and code, the decrypting ones their keys' and opt-outs' state, and no scrape
+names a user, a token or a key."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from demo.stack import PUBLISHER_DOMAIN, Lifetimes, Stack
 from tests.support.bad_stores import one_error_line
-from tests.support.procs import run_cli
+from tests.support.procs import run_cli, wait_until
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2
 
@@ -82,6 +83,29 @@ def test_every_service_counts_the_calls_it_answered_and_names_no_one(stack: Stac
         assert not [s for s in secrets if s in text], name
 
 
+def _gauges(text: str) -> dict[str, float]:
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("uid2_decryptor_")
+        for s in family.samples
+    }
+
+
+def test_the_decrypting_services_show_their_keys_and_opt_outs(stack: Stack) -> None:
+    """What goes stale without an error on the bid path: the keys (an old set cannot decrypt
+    new tokens) and the opt-out stream (broken, it lets opted-out users through)."""
+    for name in ("ssp", "dsp"):
+        gauges = _gauges(_scrape(stack, name)[0])
+        assert 0 <= gauges["uid2_decryptor_keys_age_seconds"] < 600, (name, gauges)
+        assert gauges["uid2_decryptor_key_refresh_failures"] == 0
+        assert gauges["uid2_decryptor_optouts_loaded"] == 1
+        assert gauges["uid2_decryptor_optout_stream_connected"] == 1
+        assert gauges["uid2_decryptor_optouts"] >= 0
+    # Services that decrypt nothing show no such gauges.
+    assert _gauges(_scrape(stack, "operator")[0]) == {}
+
+
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Path) -> None:
     serving = next(e for e in stack.procs["dsp"].events if e.get("event") == "serving")
     taken = f"127.0.0.1:{serving['metrics_port']}"
@@ -90,3 +114,14 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Pa
     assert r.returncode == 2
     line = one_error_line(r.stderr, "uid2-dsp: error: ")
     assert f"cannot listen on {taken} (metrics)" in line and "in use" in line
+
+
+def test_an_opt_out_stream_that_breaks_shows_at_once(stack: Stack) -> None:
+    """Last in this module: it stops the operator."""
+    stack.stop("operator")
+
+    def disconnected() -> bool:
+        gauges = _gauges(_scrape(stack, "ssp")[0])
+        return gauges["uid2_decryptor_optout_stream_connected"] == 0
+
+    assert wait_until(disconnected, 10.0)
