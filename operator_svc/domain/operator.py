@@ -76,7 +76,19 @@ class Operator:
 
     def start_sync(self) -> None:
         if self._syncer is None:
-            self._syncer = Syncer(self._loader, self.state, self.config.sync_interval_s).start()
+            self._syncer = Syncer(
+                self._loader, self.state, self.config.sync_interval_s, self.clock
+            ).start()
+
+    def readings(self) -> dict[str, float]:
+        """What /metrics shows of the operator's own state (svc_common.metrics)."""
+        syncer, now_ms = self._syncer, self.clock.now_ms()
+        return {
+            "optouts": float(len(self.state.optouts)),
+            # Since this process last read the store for other processes' writes.
+            "sync_age_seconds": (now_ms - syncer.last_ok_ms) / 1000 if syncer else float("nan"),
+            "sync_failures": float(syncer.failures) if syncer else 0.0,
+        }
 
     def close_streams(self) -> None:
         """Ends every WatchOptOuts stream (first step of a graceful stop)."""

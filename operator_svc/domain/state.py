@@ -18,6 +18,7 @@ from types import MappingProxyType
 import structlog
 
 from operator_svc.store import ClientRow, KeypairRow, OperatorStore, OptOutRow
+from svc_common.clock import Clock
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.identity import IdentityScope, identity_hash
 from uid2_crypto.keys import Key, KeyRing, Keyset
@@ -360,12 +361,19 @@ class StateLoader:
 class Syncer:
     """A daemon thread that calls `StateLoader.sync` every `interval_s` until stopped."""
 
-    def __init__(self, loader: StateLoader, state: OperatorState, interval_s: float) -> None:
+    def __init__(
+        self, loader: StateLoader, state: OperatorState, interval_s: float, clock: Clock
+    ) -> None:
         self._loader = loader
+        self._clock = clock
         self._state = state
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="operator-sync", daemon=True)
+        # For /metrics: a sync that keeps failing leaves this process serving old state (other
+        # processes' opt-outs, clients and keys unseen) with no error on any call.
+        self.last_ok_ms = clock.now_ms()
+        self.failures = 0
 
     def start(self) -> Syncer:
         self._thread.start()
@@ -376,8 +384,10 @@ class Syncer:
             try:
                 changed = self._loader.sync(self._state)
             except Exception as exc:  # keep serving from the last good snapshot
+                self.failures += 1
                 _log.warning("sync_failed", error_type=type(exc).__name__)
                 continue
+            self.last_ok_ms, self.failures = self._clock.now_ms(), 0
             if changed:
                 _log.info("state_synced", changed=changed)
 

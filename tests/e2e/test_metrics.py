@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.stack import PUBLISHER_DOMAIN, Lifetimes, Stack
+from demo.stack import PUBLISHER_DOMAIN, Lifetimes, Stack, bearer
 from tests.support.bad_stores import one_error_line
 from tests.support.procs import run_cli, wait_until
 from uid2.operator.v1 import operator_pb2
@@ -104,6 +104,28 @@ def test_the_decrypting_services_show_their_keys_and_opt_outs(stack: Stack) -> N
         assert gauges["uid2_decryptor_optouts"] >= 0
     # Services that decrypt nothing show no such gauges.
     assert _gauges(_scrape(stack, "operator")[0]) == {}
+
+
+def _operator_gauges(stack: Stack) -> dict[str, float]:
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(_scrape(stack, "operator")[0])
+        if family.name.startswith("uid2_operator_")
+        for s in family.samples
+    }
+
+
+def test_the_operator_shows_its_opt_outs_and_how_fresh_its_state_is(stack: Stack) -> None:
+    before = _operator_gauges(stack)
+    stack.operator().OptOut(
+        operator_pb2.OptOutRequest(dii=operator_pb2.Dii(email="gone.metrics@example.com")),
+        metadata=bearer(stack.creds.optout_portal["api_key"]),
+    )
+    after = _operator_gauges(stack)
+    assert after["uid2_operator_optouts"] == before["uid2_operator_optouts"] + 1
+    # A sync that keeps failing leaves a process serving old state with no error on any call.
+    assert 0 <= after["uid2_operator_sync_age_seconds"] < 5, after
+    assert after["uid2_operator_sync_failures"] == 0
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Path) -> None:
