@@ -221,6 +221,16 @@ class Refresher:
                 return "optouts"
             return "login_required"
 
+    def readings(self) -> dict[str, float]:
+        """What /metrics shows of the refresher (svc_common.metrics): whether it is holding
+        back, and why. No store access: a scrape must not take the store's lock."""
+        now_s = self._monotonic.monotonic_s()
+        return {
+            "refresh_paused_by_store": 1.0 if now_s < self._store_paused_until else 0.0,
+            "refresh_circuit_open": 1.0 if now_s < self._circuit_until else 0.0,
+            "refresh_in_flight": float(self.stats.in_flight),
+        }
+
     def _store_paused(self) -> bool:
         return self._monotonic.monotonic_s() < self._store_paused_until
 

@@ -106,6 +106,7 @@ def start(
         )
         refresher.start()
         served.on_stop.append(refresher.stop)  # runs first: stops before the store closes
+        served.readings = refresher.readings
     served.set_serving(True)
     _log.info(
         "publisher_started",

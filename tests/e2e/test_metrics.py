@@ -138,6 +138,19 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Pa
     assert f"cannot listen on {taken} (metrics)" in line and "in use" in line
 
 
+def test_the_publisher_shows_whether_its_refresher_holds_back(stack: Stack) -> None:
+    text = _scrape(stack, "publisher")[0]
+    gauges = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("uid2_publisher_")
+        for s in family.samples
+    }
+    assert gauges["uid2_publisher_refresh_paused_by_store"] == 0
+    assert gauges["uid2_publisher_refresh_circuit_open"] == 0
+    assert gauges["uid2_publisher_refresh_in_flight"] >= 0
+
+
 def test_an_opt_out_stream_that_breaks_shows_at_once(stack: Stack) -> None:
     """Last in this module: it stops the operator."""
     stack.stop("operator")

@@ -122,6 +122,8 @@ def test_a_disk_refusing_writes_pauses_the_refresher_a_busy_store_does_not(
             assert len(operator.refresh_calls) == (2 if paused else 3)
         warnings = [e for e in logs if e["event"] == "refresh_paused"]
         assert len(warnings) == (2 if paused else 0)
+        assert refresher.readings()["refresh_paused_by_store"] == (1.0 if paused else 0.0)
+        assert refresher.readings()["refresh_circuit_open"] == 0.0
         assert [e for e in logs if e["log_level"] == "error"] == []
     finally:
         refresher.stop()
