@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_at,
             stop,
             lambda: create_server(config, stop=stop),
+            "uid2_decryptor_",
             listen=config.listen,
             name=config.name,
             tls=config.tls is not None,

@@ -274,8 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
     stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
     with metrics.serving(metrics_at, "operator") as metrics_server:
         served, port = create_server(config)
-        if metrics_server is not None and served.operator is not None:
-            metrics_server.watch("uid2_operator_", served.operator.readings)
+        if metrics_server is not None:
+            metrics_server.watch("uid2_operator_", served.readings)
         extra = {} if served.http_port is None else {"http_port": served.http_port}
         log.info(
             "serving",

@@ -95,6 +95,7 @@ def create_server(
         operator.close()
         raise
     served.operator = operator
+    served.readings = operator.readings
     served.before_drain.append(operator.close_streams)
     served.on_stop.append(operator.close)
     served.on_stop.append(shut_pools)

@@ -167,7 +167,7 @@ def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     with metrics.serving(metrics_at, "publisher") as metrics_server:
         served, port = create_server(config)
-        if metrics_server is not None and served.readings is not None:
+        if metrics_server is not None:
             metrics_server.watch("uid2_publisher_", served.readings)
         log.info(
             "serving",

@@ -176,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_at,
             stop,
             lambda: create_server(config, stop=stop),
+            "uid2_decryptor_",
             listen=config.listen,
             tls=config.tls is not None,
             peer_tls=config.peer_tls is not None,

@@ -104,9 +104,11 @@ class MetricsServer:
     _registry: CollectorRegistry
     _service: str
 
-    def watch(self, prefix: str, read: Readings) -> None:
-        """Adds `prefix` + each name `read()` returns, as a gauge, to every scrape."""
-        self._registry.register(_ReadingsCollector(prefix, self._service, read))
+    def watch(self, prefix: str, read: Readings | None) -> None:
+        """Adds `prefix` + each name `read()` returns, as a gauge, to every scrape (a started
+        server's `Served.readings`; None when the service has nothing to show)."""
+        if read is not None:
+            self._registry.register(_ReadingsCollector(prefix, self._service, read))
 
     def stop(self) -> None:
         edge_log.observe_calls(None)
@@ -156,16 +158,18 @@ def serve_until_stopped(
     metrics_at: str | None,
     stop: Any,
     start: Callable[[], tuple[Any, int]],
+    readings_prefix: str,
     **fields: Any,
 ) -> None:
     """A `serve` command's life once configured: /metrics if asked for, `start()` the server
-    (served, port), one "serving" log line with `fields`, then wait for SIGINT/SIGTERM (`stop`,
-    from catch_stop_signals) and stop the server (its drain)."""
+    (served, port) and show its readings under `readings_prefix`, one "serving" log line with
+    `fields`, then wait for SIGINT/SIGTERM (`stop`, from catch_stop_signals) and stop the server
+    (its drain)."""
     log = structlog.get_logger(service)
     with serving(metrics_at, service) as metrics:
         served, port = start()
-        if metrics is not None and served.readings is not None:
-            metrics.watch("uid2_decryptor_", served.readings)
+        if metrics is not None:
+            metrics.watch(readings_prefix, served.readings)
         log.info("serving", port=port, **fields, **log_fields(metrics))
         wait_for_signal(stop)
         served.stop()

@@ -79,14 +79,19 @@ class StoreError(Exception):
     row); the message is one line for stderr."""
 
 
+def _meta_int(conn: sqlite3.Connection, key: str) -> int:
+    """The meta table's integer `key`; 0 when absent, or when there is no (such) meta table."""
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return int(row[0]) if row is not None else 0
+    except (sqlite3.OperationalError, ValueError):
+        return 0
+
+
 def check_schema(conn: sqlite3.Connection) -> None:
     """Raises StoreError unless `conn` holds an initialised operator store of this schema: what
     a backup must be, to be made or restored."""
-    try:
-        row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
-    except sqlite3.Error:
-        row = None
-    if row is None or str(row[0]) != str(SCHEMA_VERSION):
+    if _meta_int(conn, "schema_version") != SCHEMA_VERSION:
         raise StoreError(f"not an initialised operator store of schema version {SCHEMA_VERSION}")
 
 
@@ -155,11 +160,7 @@ class OperatorStore:
 
     def meta_int(self, key: str) -> int:
         with self._lock:
-            try:
-                row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-            except sqlite3.OperationalError:
-                return 0
-        return int(row[0]) if row is not None else 0
+            return _meta_int(self._conn, key)
 
     def versions(self) -> dict[str, int]:
         with self._lock:

@@ -5,10 +5,12 @@ names a user, a token or a key."""
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,6 +83,25 @@ def test_every_service_counts_the_calls_it_answered_and_names_no_one(stack: Stac
         assert calls.get((method, "OK"), 0) >= count, (name, calls)
         assert "process_resident_memory_bytes" in text
         assert not [s for s in secrets if s in text], name
+
+
+def test_methods_and_paths_a_service_does_not_have_add_no_labels(stack: Stack) -> None:
+    channel = grpc.insecure_channel(stack.procs["operator"].address)
+    try:
+        nope = channel.unary_unary("/uid2.operator.v1.OperatorService/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as caught:
+            nope(b"", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
+    serving = next(e for e in stack.procs["operator"].events if e.get("event") == "serving")
+    for path in ("/no/such/path", "/v2/token/generate/extra"):
+        url = f"http://127.0.0.1:{serving['http_port']}{path}"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(url, data=b"x"), timeout=5)
+    text, calls = _scrape(stack, "operator")
+    assert "NoSuchMethod" not in text and "/no/such" not in text and "extra" not in text
+    assert calls.get(("<unknown>", "404"), 0) >= 2
 
 
 def _gauges(text: str) -> dict[str, float]:

@@ -36,8 +36,11 @@ def _mode(path: Path) -> int:
 
 
 def test_a_new_store_is_private(tmp_path: Path) -> None:
-    _store(tmp_path / "d").close()
-    assert _mode(tmp_path / "d" / "s.sqlite3") == 0o600
+    conn = _store(tmp_path / "d")
+    conn.execute("INSERT INTO t VALUES (1)")  # the WAL and its index exist while it is open
+    for name in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"):
+        assert _mode(tmp_path / "d" / name) == 0o600, name
+    conn.close()
     # A store path that is a symlink to a file yet to be made (a volume, say): the file too.
     (tmp_path / "vol").mkdir()
     (tmp_path / "e").mkdir()

@@ -4,13 +4,17 @@ and a rejected `keys rotate` leaves every key where it was."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from operator_svc import cli
+from operator_svc.config import OperatorConfig
+from operator_svc.server import create_server
 from operator_svc.store import KeyRow, OperatorStore
 from ssp_svc import cli as ssp_cli
+from svc_common import sqlite_db
 from tests.support.bad_stores import one_error_line, unusable_store
 from uid2_crypto.salts import BUCKET_COUNT
 
@@ -249,3 +253,36 @@ def test_backup_and_restore_refuse_what_is_not_an_operator_store(
     )
     assert "no store at" in line and not (tmp_path / "b").exists()
     assert cli.main(["backup", "--data-dir", str(initialised), "--to", str(tmp_path / "b")]) == 0
+
+
+def test_a_backup_whose_meta_table_is_someone_elses_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = tmp_path / "foreign.sqlite3"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE meta (k TEXT, v TEXT)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', 'v2-beta')")  # not a number
+    db.commit()
+    db.close()
+    line = _fails(capsys, "restore", "--data-dir", str(tmp_path / "new"), "--from", str(foreign))
+    assert "not an initialised operator store" in line
+
+
+def test_serving_checks_the_store_once(initialised: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """quick_check reads every page (seconds on a big store, cold): the serve command's
+    pre-check runs it; the operator's own open and its reader connection must not again."""
+    checks: list[int] = []
+    real = sqlite_db.quick_check
+
+    def counted(conn: sqlite3.Connection) -> str:
+        checks.append(1)
+        return real(conn)
+
+    monkeypatch.setattr(sqlite_db, "quick_check", counted)
+    OperatorStore.open(initialised).close()  # the serve command's pre-check
+    assert len(checks) == 1
+    served, _port = create_server(OperatorConfig(data_dir=initialised, listen="127.0.0.1:0"))
+    try:
+        assert len(checks) == 1
+    finally:
+        served.stop(0)

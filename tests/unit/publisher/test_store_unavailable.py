@@ -55,6 +55,13 @@ def locked(
         pub.store.close()
 
 
+def _operator_answers_optout(pub: Publisher) -> None:
+    """The user u0 opts out at the operator: the next refresh of u0's identity says OPTOUT."""
+    operator, stored = pub.operator, pub.store.get("u0")
+    assert isinstance(operator, FakeOperator) and stored is not None
+    operator.refresh_optout_keys.add(stored.dii_key)
+
+
 def _param(request: pytest.FixtureRequest) -> str:
     return str(request.node.callspec.params["locked"])
 
@@ -85,11 +92,9 @@ def test_a_due_refresh_that_cannot_be_kept_with_the_held_token_expired_is_unavai
 def test_an_opt_out_that_cannot_be_recorded_never_serves_the_held_token(
     locked: Publisher, path: str
 ) -> None:
-    operator, ssp = locked.operator, locked.ssp
-    assert isinstance(operator, FakeOperator) and isinstance(ssp, FakeSsp)
-    stored = locked.store.get("u0")
-    assert stored is not None
-    operator.refresh_optout_keys.add(stored.dii_key)
+    ssp = locked.ssp
+    assert isinstance(ssp, FakeSsp)
+    _operator_answers_optout(locked)
     if path == "token":
         result = locked.get_advertising_token("u0")
         assert result.status is TokenStatus.OPTOUT and result.advertising_token == ""
@@ -168,9 +173,7 @@ def test_an_opt_out_that_cannot_be_recorded_pauses_the_refresher_like_any_refuse
 ) -> None:
     clock, operator = locked.clock, locked.operator
     assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
-    stored = locked.store.get("u0")
-    assert stored is not None
-    operator.refresh_optout_keys.add(stored.dii_key)
+    _operator_answers_optout(locked)
     refresher = Refresher(locked, workers=1, store_pause_s=10, monotonic=clock)
     try:
         for _ in range(3):
@@ -187,10 +190,8 @@ def test_an_opt_out_that_cannot_be_recorded_pauses_the_refresher_like_any_refuse
 def test_a_client_side_refresh_answered_optout_is_optout_though_not_recorded(
     locked: Publisher,
 ) -> None:
-    operator = locked.operator
-    assert isinstance(operator, FakeOperator)
     stored = locked.store.get("u0")
     assert stored is not None
-    operator.refresh_optout_keys.add(stored.dii_key)
+    _operator_answers_optout(locked)
     result = locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
     assert result.status is TokenStatus.OPTOUT
