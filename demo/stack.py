@@ -48,11 +48,15 @@ class Lifetimes:
 @dataclass(frozen=True)
 class StackTls:
     """PEM files that turn TLS on for every service and every connection between them: each
-    serves with `cert`/`key` and trusts `ca` for the others (and so do the stack's stubs)."""
+    serves with `cert`/`key` and trusts `ca` for the others (and so do the stack's stubs).
+    With `client_certs`, mutual TLS too: the publishers, the SSP and the DSP admit only callers
+    with a certificate `ca` signed, and every service and stub presents `cert`. (Not the
+    operator: its callers authenticate with API keys, and the official SDKs present none.)"""
 
     ca: Path
     cert: Path
     key: Path
+    client_certs: bool = False
 
 
 @dataclass
@@ -230,6 +234,10 @@ class Stack:
         }
         if args[0] != "uid2-operator":  # the only service that calls no other
             args = [*args, "--peer-ca", str(self.tls.ca)]
+            if self.tls.client_certs:
+                args = [*args, "--client-ca", str(self.tls.ca)]
+                env[prefix + "PEER_CERT"] = str(self.tls.cert)
+                env[prefix + "PEER_KEY"] = str(self.tls.key)
         return args, env
 
     def stop(self, name: str, *, hard: bool = False) -> int | None:
@@ -274,10 +282,19 @@ class Stack:
         if self.tls is None:
             channel = grpc.insecure_channel(address)
         else:
-            roots = self.tls.ca.read_bytes()
-            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots))
+            channel = grpc.secure_channel(address, self.tls_credentials())
         self._channels.append(channel)
         return grpc.intercept_channel(channel, _DefaultDeadline(UNARY_DEADLINE_S))
+
+    def tls_credentials(self) -> grpc.ChannelCredentials:
+        """What the stack's stubs connect with: trusting `ca`, and presenting `cert` when the
+        services require callers' certificates."""
+        assert self.tls is not None
+        if not self.tls.client_certs:
+            return grpc.ssl_channel_credentials(self.tls.ca.read_bytes())
+        return grpc.ssl_channel_credentials(
+            self.tls.ca.read_bytes(), self.tls.key.read_bytes(), self.tls.cert.read_bytes()
+        )
 
     def publisher(self, name: str = "publisher") -> publisher_pb2_grpc.PublisherServiceStub:
         return publisher_pb2_grpc.PublisherServiceStub(self._channel(name))

@@ -25,7 +25,9 @@ from svc_common.cli_common import (
     fail,
     metrics_listen,
     peer_tls,
+    peer_tls_fields,
     server_tls,
+    server_tls_fields,
 )
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
@@ -105,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "uid2_decryptor_",
             listen=config.listen,
             name=config.name,
-            tls=config.tls is not None,
-            peer_tls=config.peer_tls is not None,
+            **server_tls_fields(config.tls),
+            **peer_tls_fields(config.peer_tls),
         )
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")

@@ -37,6 +37,7 @@ from svc_common.cli_common import (
     fail,
     metrics_listen,
     server_tls,
+    server_tls_fields,
 )
 from svc_common.errors import ServiceError
 from svc_common.settings import (
@@ -281,7 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
             "serving",
             port=port,
             startup_ms=round((time.perf_counter() - started) * 1000),
-            tls=config.tls is not None,
+            **server_tls_fields(config.tls),
             **extra,
             **metrics.log_fields(metrics_server),
         )

@@ -34,7 +34,9 @@ from svc_common.cli_common import (
     fail,
     metrics_listen,
     peer_tls,
+    peer_tls_fields,
     server_tls,
+    server_tls_fields,
 )
 from svc_common.logging import configure_logging, silenced
 from svc_common.settings import (
@@ -173,8 +175,8 @@ def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
             "serving",
             port=port,
             storage_mode=config.storage_mode.value,
-            tls=config.tls is not None,
-            peer_tls=config.peer_tls is not None,
+            **server_tls_fields(config.tls),
+            **peer_tls_fields(config.peer_tls),
             **metrics.log_fields(metrics_server),
         )
         try:

@@ -41,7 +41,9 @@ from svc_common.cli_common import (
     fail,
     metrics_listen,
     peer_tls,
+    peer_tls_fields,
     server_tls,
+    server_tls_fields,
 )
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silenced
@@ -178,8 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
             lambda: create_server(config, stop=stop),
             "uid2_decryptor_",
             listen=config.listen,
-            tls=config.tls is not None,
-            peer_tls=config.peer_tls is not None,
+            **server_tls_fields(config.tls),
+            **peer_tls_fields(config.peer_tls),
         )
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")

@@ -16,7 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn, TypeVar
 
 from svc_common.settings import SettingError, host_port
-from svc_common.tls import PeerTls, ServerTls, load_peer_tls, load_server_tls
+from svc_common.tls import (
+    PeerTls,
+    ServerTls,
+    load_peer_tls,
+    load_server_tls,
+    requiring_client_certs,
+)
 
 T = TypeVar("T")
 
@@ -80,39 +86,97 @@ class FlagsWithEnv:
 
 
 def add_tls_flags(parser: argparse.ArgumentParser, *, peers: str | None) -> None:
-    """`serve`'s TLS flags: the server's certificate and key and, for a service that connects
-    to others (`peers` names them, for the help), the CAs it trusts for them."""
+    """`serve`'s TLS flags: the server's certificate and key, the CAs its callers' certificates
+    must chain to and, for a service that connects to others (`peers` names them, for the
+    help), the CAs it trusts for them and the certificate it presents to them."""
     parser.add_argument(
         "--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)"
     )
     parser.add_argument("--tls-key", help="the certificate's PEM private key, unencrypted")
+    parser.add_argument(
+        "--client-ca",
+        help="PEM CA certificates: admit only callers presenting a certificate they signed "
+        "(mutual TLS; needs --tls-cert)",
+    )
     if peers is not None:
         parser.add_argument(
             "--peer-ca",
             help=f"PEM CA certificates: connect to {peers} over TLS, trusting these",
         )
+        parser.add_argument(
+            "--peer-cert",
+            help=f"PEM certificate chain to present to {peers} (with --peer-key, --peer-ca)",
+        )
+        parser.add_argument("--peer-key", help="--peer-cert's PEM private key, unencrypted")
 
 
 def server_tls(settings: FlagsWithEnv) -> ServerTls | None:
-    """The TLS a `serve` serves with (--tls-cert and --tls-key), or None for plaintext."""
-    cert, key = settings.text("tls-cert"), settings.text("tls-key")
-    if cert is None and key is None:
+    """The TLS a `serve` serves with (--tls-cert and --tls-key, and --client-ca to require
+    callers' certificates), or None for plaintext."""
+    pair = _cert_and_key(settings, "tls-cert", "tls-key")
+    client_ca = settings.text("client-ca")
+    if pair is None:
+        if client_ca is not None:
+            raise UsageError(
+                f"--client-ca (or {settings.env_name('client-ca')}) needs --tls-cert and "
+                "--tls-key: callers' certificates are asked for only over TLS"
+            )
         return None
-    if cert is None or key is None:
-        raise UsageError(
-            f"--tls-cert (or {settings.env_name('tls-cert')}) and --tls-key "
-            f"(or {settings.env_name('tls-key')}) go together"
-        )
     try:
-        return load_server_tls(cert, key)
+        tls = load_server_tls(*pair)
     except SettingError as exc:
         raise UsageError(f"--tls-cert / --tls-key: {exc}") from None
+    if client_ca is None:
+        return tls
+    try:
+        return requiring_client_certs(tls, client_ca)
+    except SettingError as exc:
+        raise UsageError(f"--client-ca (or {settings.env_name('client-ca')}): {exc}") from None
 
 
 def peer_tls(settings: FlagsWithEnv) -> PeerTls | None:
-    """The CAs a `serve` trusts for the servers it connects to (--peer-ca), or None for
-    plaintext connections."""
-    return settings.value("peer-ca", load_peer_tls, None)
+    """How a `serve` connects to the servers it calls: the CAs it trusts for them (--peer-ca)
+    and the certificate it presents (--peer-cert and --peer-key), or None for plaintext."""
+    pair = _cert_and_key(settings, "peer-cert", "peer-key")
+    if pair is not None and settings.text("peer-ca") is None:
+        raise UsageError(
+            f"--peer-cert needs --peer-ca (or {settings.env_name('peer-ca')}): a certificate "
+            "is presented only over TLS"
+        )
+    tls = settings.value("peer-ca", load_peer_tls, None)
+    if tls is None or pair is None:
+        return tls
+    try:
+        return load_peer_tls(str(tls.ca_file), *pair)
+    except SettingError as exc:
+        raise UsageError(f"--peer-cert / --peer-key: {exc}") from None
+
+
+def _cert_and_key(settings: FlagsWithEnv, cert: str, key: str) -> tuple[str, str] | None:
+    """The two files of a certificate setting, or None when neither is given; a UsageError
+    when only one is."""
+    cert_file, key_file = settings.text(cert), settings.text(key)
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise UsageError(
+            f"--{cert} (or {settings.env_name(cert)}) and --{key} "
+            f"(or {settings.env_name(key)}) go together"
+        )
+    return cert_file, key_file
+
+
+def server_tls_fields(tls: ServerTls | None) -> dict[str, bool]:
+    """What a `serving` line says of the TLS a service serves (never a path or a key)."""
+    return {"tls": tls is not None, "client_certs": tls is not None and tls.requires_client_certs}
+
+
+def peer_tls_fields(tls: PeerTls | None) -> dict[str, bool]:
+    """What a `serving` line says of how a service connects to its peers."""
+    return {
+        "peer_tls": tls is not None,
+        "peer_cert": tls is not None and tls.cert_chain is not None,
+    }
 
 
 def fail(prog: str, message: str) -> int:

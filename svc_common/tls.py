@@ -5,10 +5,17 @@ Off unless configured: without TLS an API key crosses the network in the clear i
 metadata, so a deployment whose services talk across hosts should turn it on. Files are read and
 checked once, at start-up (`load_server_tls`, `load_peer_tls`): a certificate that does not parse
 or a key that does not match it is a one-line error then, not a failed handshake per call later.
-No message ever quotes a file's contents."""
+No message ever quotes a file's contents.
+
+Mutual TLS, also off unless configured: a server given CAs for its callers (`client_ca`) admits
+only connections whose client certificate chains to them, and a service given its own
+certificate for its peers (`PeerTls.cert_chain`) presents it. That is the authentication for
+the calls that carry no API key (PublisherService, a DSP's Bid); any certificate those CAs
+signed is admitted, so they should be CAs that sign only the intended callers."""
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,23 +38,40 @@ class ServerTls:
     key_file: Path
     cert_chain: bytes = field(repr=False)
     private_key: bytes = field(repr=False)
+    # The CAs a caller's certificate must chain to (PEM), or None to ask callers for none.
+    client_ca_file: Path | None = None
+    client_ca: bytes | None = field(default=None, repr=False)
+
+    @property
+    def requires_client_certs(self) -> bool:
+        return self.client_ca is not None
 
     def grpc_credentials(self) -> Any:
-        return grpc.ssl_server_credentials([(self.private_key, self.cert_chain)])
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         """For the operator's HTTP API (aiohttp): TLS 1.2 or later, Python's default ciphers."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=self.client_ca_file)
         return context
 
 
 @dataclass(frozen=True)
 class PeerTls:
-    """The CA certificates (PEM) a service trusts for the servers it connects to."""
+    """The CA certificates (PEM) a service trusts for the servers it connects to and, for peers
+    that require one, the certificate chain and key it presents to them."""
 
     ca_file: Path
     root_certificates: bytes = field(repr=False)
+    cert_chain: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = field(default=None, repr=False)
 
 
 def open_channel(
@@ -57,7 +81,11 @@ def open_channel(
     server's certificate must name HOST), else plaintext."""
     if tls is None:
         return grpc.insecure_channel(target, options=list(options))
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.root_certificates)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates,
+        private_key=tls.private_key,
+        certificate_chain=tls.cert_chain,
+    )
     return grpc.secure_channel(target, credentials, options=list(options))
 
 
@@ -66,6 +94,36 @@ def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
     serve (unreadable, not PEM, an encrypted key, a key type it cannot use, a key that is not
     the certificate's)."""
     cert_path, key_path = Path(cert_file), Path(key_file)
+    chain, key_pem = _certificate_and_key(cert_path, key_path)
+    return ServerTls(cert_path, key_path, chain, key_pem)
+
+
+def requiring_client_certs(tls: ServerTls, client_ca_file: str) -> ServerTls:
+    """`tls` admitting only callers whose certificate chains to the CAs in `client_ca_file`;
+    SettingError if it holds no CA certificate OpenSSL takes."""
+    path = Path(client_ca_file)
+    pem = _ca_certificates(path)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise SettingError(f"{path}: refused by OpenSSL ({exc.reason or 'unusable'})") from None
+    return dataclasses.replace(tls, client_ca_file=path, client_ca=pem)
+
+
+def load_peer_tls(
+    ca_file: str, cert_file: str | None = None, key_file: str | None = None
+) -> PeerTls:
+    """Reads the CA certificates to trust and, when given, the certificate and key to present;
+    SettingError if there are no CA certificates or the certificate and key cannot serve."""
+    path = Path(ca_file)
+    pem = _ca_certificates(path)
+    if cert_file is None or key_file is None:
+        return PeerTls(path, pem)
+    chain, key_pem = _certificate_and_key(Path(cert_file), Path(key_file))
+    return PeerTls(path, pem, chain, key_pem)
+
+
+def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
     chain = _read(cert_path, "certificate")
     key_pem = _read(key_path, "private key")
     leaf = _certificates(chain, cert_path)[0]
@@ -83,23 +141,20 @@ def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
         raise SettingError(f"{cert_path}: a certificate for an unsupported key type") from None
     if _public_bytes(key.public_key()) != _public_bytes(leaf_key):
         raise SettingError(f"{key_path}: not the private key of the certificate in {cert_path}")
-    tls = ServerTls(cert_path, key_path, chain, key_pem)
     try:
         # What OpenSSL itself refuses at its default security level (a 1024-bit RSA key, say)
-        # would otherwise start the gRPC port and fail only the operator's HTTP API.
-        tls.ssl_context()
+        # would otherwise fail every handshake later (or, on the operator, only its HTTP API).
+        ssl.create_default_context().load_cert_chain(cert_path, key_path)
     except ssl.SSLError as exc:
         reason = exc.reason or "unusable"
         raise SettingError(f"{cert_path}: refused by OpenSSL ({reason})") from None
-    return tls
+    return chain, key_pem
 
 
-def load_peer_tls(ca_file: str) -> PeerTls:
-    """Reads the CA certificates to trust; SettingError if there are none."""
-    path = Path(ca_file)
+def _ca_certificates(path: Path) -> bytes:
     pem = _read(path, "CA certificates")
     _certificates(pem, path)
-    return PeerTls(path, pem)
+    return pem
 
 
 def _read(path: Path, what: str) -> bytes:

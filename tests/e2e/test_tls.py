@@ -1,6 +1,8 @@
 """The whole stack with TLS on every port and every connection between the services (each
-`serve` with --tls-cert/--tls-key from the environment and --peer-ca): the workflow still runs
-end to end, a plaintext client is refused, and a service that does not trust the CA cannot
+`serve` with --tls-cert/--tls-key from the environment and --peer-ca), and mutual TLS on the
+publishers, the SSP and the DSP (--client-ca; every caller presents --peer-cert/--peer-key):
+the workflow still runs end to end, a plaintext client is refused, a caller without a
+certificate those services trust is refused, and a service that does not trust the CA cannot
 reach its peer."""
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from demo.stack import PUBLISHER_DOMAIN, Stack, StackTls, bearer
 from tests.support.node_client import check_operator
 from tests.support.tls_certs import TlsFiles, make_tls_files
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
-from uid2.publisher.v1 import publisher_pb2
-from uid2.ssp.v1 import ssp_pb2
+from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
+from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc, ssp_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +35,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, files: TlsFiles) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("tls-stack"), tls=StackTls(files.ca, files.cert, files.key))
+    s = Stack(
+        tmp_path_factory.mktemp("tls-stack"),
+        tls=StackTls(files.ca, files.cert, files.key, client_certs=True),
+    )
     try:
         s.provision()
         s.start_all()
@@ -67,7 +72,48 @@ def test_every_service_says_it_serves_tls(stack: Stack) -> None:
     for name, proc in stack.procs.items():
         serving = next(e for e in proc.events if e.get("event") == "serving")
         assert serving["tls"] is True, name
-        assert serving.get("peer_tls", True) is True, name  # the operator calls no peer
+        # The operator calls no peer, and its callers authenticate with API keys.
+        assert serving["client_certs"] is (name != "operator"), name
+        assert serving.get("peer_tls", True) is True, name
+        assert serving.get("peer_cert", True) is True, name
+
+
+def _login(address: str, credentials: grpc.ChannelCredentials) -> publisher_pb2.LoginResponse:
+    request = publisher_pb2.LoginRequest(
+        user_id="mallory", email="mallory@example.com", privacy_settings=CONSENT
+    )
+    with grpc.secure_channel(address, credentials) as channel:
+        stub = publisher_pb2_grpc.PublisherServiceStub(channel)
+        response: publisher_pb2.LoginResponse = stub.Login(request, timeout=10)
+    return response
+
+
+def _bid(address: str, credentials: grpc.ChannelCredentials) -> openrtb_pb2.BidResponse:
+    with grpc.secure_channel(address, credentials) as channel:
+        stub = openrtb_pb2_grpc.BidderServiceStub(channel)
+        response: openrtb_pb2.BidResponse = stub.Bid(openrtb_pb2.BidRequest(id="probe"), timeout=10)
+    return response
+
+
+def test_a_caller_without_a_trusted_certificate_is_refused_by_the_publisher_and_the_dsp(
+    stack: Stack, files: TlsFiles, tmp_path: Path
+) -> None:
+    other = make_tls_files(tmp_path / "other")  # a certificate another CA signed
+    no_cert = grpc.ssl_channel_credentials(files.ca.read_bytes())
+    foreign_cert = grpc.ssl_channel_credentials(
+        files.ca.read_bytes(), other.key.read_bytes(), other.cert.read_bytes()
+    )
+    for credentials in (no_cert, foreign_cert):
+        for call, name in ((_login, "publisher"), (_bid, "dsp")):
+            with pytest.raises(grpc.RpcError) as exc:
+                call(stack.procs[name].address, credentials)
+            # Refused in the handshake: no handler ran, so there is nothing else to say.
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, name
+    # The same calls with the stack's own certificate get through.
+    assert _login(stack.procs["publisher"].address, stack.tls_credentials()).status == (
+        publisher_pb2.LOGIN_STATUS_SUCCESS
+    )
+    assert _bid(stack.procs["dsp"].address, stack.tls_credentials()).id == "probe"
 
 
 def test_the_node_client_reaches_the_operator_over_tls(stack: Stack, files: TlsFiles) -> None:
@@ -107,8 +153,6 @@ def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
     ).wait_ready(30)  # fmt: skip
     try:
         with grpc.insecure_channel(proc.address) as channel:
-            from uid2.publisher.v1 import publisher_pb2_grpc
-
             stub = publisher_pb2_grpc.PublisherServiceStub(channel)
             with pytest.raises(grpc.RpcError) as exc:
                 stub.Login(

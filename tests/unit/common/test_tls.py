@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +19,12 @@ from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
 from svc_common.grpc_server import start_server
 from svc_common.settings import SettingError
-from svc_common.tls import load_peer_tls, load_server_tls, open_channel
+from svc_common.tls import (
+    load_peer_tls,
+    load_server_tls,
+    open_channel,
+    requiring_client_certs,
+)
 from tests.support.tls_certs import TlsFiles, make_tls_files
 
 Main = Callable[[Sequence[str] | None], int]
@@ -94,6 +100,85 @@ def test_a_tls_server_answers_a_channel_that_trusts_its_ca_and_no_plaintext_one(
         served.stop(0)
 
 
+def test_a_server_requiring_client_certs_admits_only_callers_presenting_one_its_ca_signed(
+    files: TlsFiles, tmp_path: Path
+) -> None:
+    other = make_tls_files(tmp_path / "other")
+    served = start_server(
+        listen="127.0.0.1:0",
+        domain="test",
+        register=lambda server: None,
+        service_names=[],
+        tls=requiring_client_certs(load_server_tls(str(files.cert), str(files.key)), str(files.ca)),
+    )
+    served.set_serving(True)
+    request = health_pb2.HealthCheckRequest()
+    target = f"127.0.0.1:{served.port}"
+    refused = [
+        load_peer_tls(str(files.ca)),  # no certificate
+        load_peer_tls(str(files.ca), str(other.cert), str(other.key)),  # another CA's
+    ]
+    try:
+        for peer in refused:
+            with open_channel(target, peer) as channel:
+                with pytest.raises(grpc.RpcError) as exc:
+                    health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+                assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+        admitted = load_peer_tls(str(files.ca), str(files.cert), str(files.key))
+        with open_channel(target, admitted) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        served.stop(0)
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+    """A TLS handshake between the two contexts in memory; SSLError from the side refusing."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_end = server.wrap_bio(to_server, to_client, server_side=True)
+    client_to_server, server_to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_end = client.wrap_bio(server_to_client, client_to_server, server_hostname="localhost")
+    done = {"server": False, "client": False}
+    for _ in range(20):
+        for name, end, outgoing, incoming in (
+            ("client", client_end, client_to_server, to_server),
+            ("server", server_end, to_client, server_to_client),
+        ):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+            incoming.write(outgoing.read())
+        if all(done.values()):
+            # TLS 1.3 sends the server's verdict on the client's certificate after the
+            # client's handshake is done: the server's side is the one that must refuse.
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def test_the_http_apis_tls_requires_a_client_certificate_when_given_client_cas(
+    files: TlsFiles, tmp_path: Path
+) -> None:
+    other = make_tls_files(tmp_path / "other")
+    server = requiring_client_certs(
+        load_server_tls(str(files.cert), str(files.key)), str(files.ca)
+    ).ssl_context()
+    plain = ssl.create_default_context(cafile=files.ca)
+    with pytest.raises(ssl.SSLError):
+        _handshake(server, plain)
+    foreign = ssl.create_default_context(cafile=files.ca)
+    foreign.load_cert_chain(other.cert, other.key)
+    with pytest.raises(ssl.SSLError):
+        _handshake(server, foreign)
+    trusted = ssl.create_default_context(cafile=files.ca)
+    trusted.load_cert_chain(files.cert, files.key)
+    _handshake(server, trusted)
+    # Without client CAs, a client without a certificate is served, as before.
+    _handshake(load_server_tls(str(files.cert), str(files.key)).ssl_context(), plain)
+
+
 def _publisher(tmp_path: Path) -> list[str]:
     return [
         "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "p"),
@@ -154,9 +239,53 @@ def test_serve_refuses_a_key_that_does_not_match_without_quoting_it(
     assert "PRIVATE KEY" not in err
 
 
-@pytest.mark.parametrize(
-    ("main", "base", "prefix"), [s for s in SERVES if s[0] is not operator_cli.main], ids=IDS[1:]
-)
+@pytest.mark.parametrize(("main", "base", "prefix"), SERVES, ids=IDS)
+def test_serve_checks_the_client_ca_setting_in_one_line(
+    main: Main,
+    base: Callable[[Path], list[str]],
+    prefix: str,
+    files: TlsFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = _one_error_line(main, [*base(tmp_path), "--client-ca", str(files.ca)], capsys)
+    assert f"--client-ca (or {prefix}CLIENT_CA) needs --tls-cert" in err
+    junk = tmp_path / "junk.pem"
+    junk.write_text("nothing\n")
+    monkeypatch.setenv(prefix + "TLS_CERT", str(files.cert))
+    monkeypatch.setenv(prefix + "TLS_KEY", str(files.key))
+    monkeypatch.setenv(prefix + "CLIENT_CA", str(junk))
+    err = _one_error_line(main, base(tmp_path), capsys)
+    assert f"--client-ca (or {prefix}CLIENT_CA): " in err and "no PEM certificate" in err
+
+
+WITH_PEERS = [s for s in SERVES if s[0] is not operator_cli.main]
+
+
+@pytest.mark.parametrize(("main", "base", "prefix"), WITH_PEERS, ids=IDS[1:])
+def test_serve_checks_the_peer_certificate_settings_in_one_line(
+    main: Main,
+    base: Callable[[Path], list[str]],
+    prefix: str,
+    files: TlsFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cert, key, ca = str(files.cert), str(files.key), str(files.ca)
+    argv = [*base(tmp_path), "--peer-ca", ca, "--peer-cert", cert]
+    assert f"--peer-key (or {prefix}PEER_KEY) go together" in _one_error_line(main, argv, capsys)
+    argv = [*base(tmp_path), "--peer-cert", cert, "--peer-key", key]
+    assert f"--peer-cert needs --peer-ca (or {prefix}PEER_CA)" in _one_error_line(
+        main, argv, capsys
+    )
+    argv = [*base(tmp_path), "--peer-ca", ca, "--peer-cert", cert, "--peer-key"]
+    err = _one_error_line(main, [*argv, str(files.other_key)], capsys)
+    assert "--peer-cert / --peer-key: " in err and "not the private key" in err
+    assert "PRIVATE KEY" not in err
+
+
+@pytest.mark.parametrize(("main", "base", "prefix"), WITH_PEERS, ids=IDS[1:])
 def test_serve_refuses_a_peer_ca_file_without_certificates(
     main: Main,
     base: Callable[[Path], list[str]],
@@ -222,7 +351,6 @@ def test_a_key_openssl_refuses_is_refused_at_start(tmp_path: Path) -> None:
     """A 1024-bit RSA key passes the checks above, but OpenSSL's default security level
     refuses it: the gRPC port would start and the operator's HTTP API would not."""
     import datetime
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
