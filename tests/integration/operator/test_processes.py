@@ -250,7 +250,9 @@ def test_two_processes_see_each_other_within_1s(data_dir: Path) -> None:
     try:
         c = add_client(data_dir, 13, "twins", ["OPTOUT", "GENERATOR", "ID_READER"])
         sa, sb = _stub(a), _stub(b)
-        assert wait_until(lambda: _ok(sb, md(c)), 1.0)
+        # Both must have seen the new client (each within 1 s of its writing) before either
+        # is asked to use it: waiting on one left the other's first call racing its sync.
+        assert wait_until(lambda: _ok(sa, md(c)) and _ok(sb, md(c)), 1.0)
         for i, (src, dst) in enumerate(((sa, sb), (sb, sa))):
             email = f"twin{i}@example.com"
             assert _status(dst, md(c), email) == pb.GENERATE_TOKEN_STATUS_SUCCESS
