@@ -106,6 +106,17 @@ class KeyRing:
     def keyset_keys(self, keyset_id: int) -> tuple[Key, ...]:
         return self._by_keyset.get(keyset_id, ())
 
+    def active_until(self, keyset_id: int, now_s: int) -> int:
+        """When the keyset will first have no active key (epoch seconds), given the keys it
+        holds: the active key's expiry, carried on by each key already added that activates
+        before the one in use expires. `now_s` when no key is active now."""
+        until = now_s
+        for k in self._by_keyset.get(keyset_id, ()):  # by activation time
+            if k.activates > until:
+                break  # a gap: no key is active from `until` to this one's activation
+            until = max(until, k.expires)
+        return until
+
     def active_key(self, keyset_id: int, now_s: int) -> Key | None:
         """The latest-activating key of the keyset with activates <= now < expires."""
         ks = self._by_keyset.get(keyset_id)

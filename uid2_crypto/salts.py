@@ -80,7 +80,7 @@ def _spread(rng: Callable[[int], bytes], count: int, base_ms: int, span_ms: int)
 class SaltSet:
     """Immutable salt buckets. Lookups are O(1); ``rotate`` returns a new set."""
 
-    __slots__ = ("_period_ms", "_previous", "_refresh_from", "_rotated_at", "_salts")
+    __slots__ = ("_due_first", "_period_ms", "_previous", "_refresh_from", "_rotated_at", "_salts")
 
     def __init__(
         self,
@@ -108,6 +108,7 @@ class SaltSet:
         self._rotated_at = rotated_at
         self._refresh_from = refresh_from
         self._period_ms = refresh_period_ms
+        self._due_first: int | None = None
 
     @classmethod
     def generate(
@@ -166,6 +167,14 @@ class SaltSet:
 
     def refresh_from(self, index: int) -> int:
         return self._refresh_from[index]
+
+    def first_due_ms(self) -> int:
+        """The earliest refresh_from of any bucket (epoch ms): when the first salt comes due
+        for rotation, or came due, if that is past. Scanned once per set (20 ms for 2^20
+        buckets), on first use rather than at load, so start-up does not pay for it."""
+        if self._due_first is None:
+            self._due_first = min(self._refresh_from)
+        return self._due_first
 
     def rotate(self, fraction: float, rng: Callable[[int], bytes], now_ms: int) -> SaltSet:
         """Rotate ``fraction`` of the buckets, those due soonest (oldest) first."""

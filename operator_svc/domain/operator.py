@@ -25,6 +25,7 @@ from operator_svc.domain.state import OperatorState, StateLoader, Syncer
 from operator_svc.domain.tokens import TokenService
 from operator_svc.store import OperatorStore
 from svc_common.clock import Clock
+from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 
 
 class Operator:
@@ -88,6 +89,30 @@ class Operator:
             # Since this process last read the store for other processes' writes.
             "sync_age_seconds": (now_ms - syncer.last_ok_ms) / 1000 if syncer else float("nan"),
             "sync_failures": float(syncer.failures) if syncer else 0.0,
+            **self._freshness(now_ms),
+        }
+
+    def _freshness(self, now_ms: int) -> dict[str, float]:
+        """What goes stale when nobody runs `keys rotate` or `salts rotate`, with no error on
+        any call until the day the keys run out (a salt past its refresh time only breaks
+        the re-map date identity-map callers were given). Cheap at every scrape: a few keys,
+        and the salts' earliest due time, scanned once per salt set."""
+        ring, now_s = self.state.keys.keyring, now_ms / 1000
+        master = ring.keyset_keys(MASTER_KEYSET_ID)
+        # Every token needs an active master key and an active refresh key (tokens.py).
+        run_out_s = min(
+            ring.active_until(keyset_id, now_ms // 1000)
+            for keyset_id in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID)
+        )
+        return {
+            # Since `init` or the last `keys rotate` (each adds a master key).
+            "master_key_newest_age_seconds": (
+                now_s - max(k.created for k in master) if master else float("nan")
+            ),
+            # 0: no token can be issued now (NO_ACTIVE_KEY).
+            "token_keys_run_out_in_seconds": max(0.0, run_out_s - now_s),
+            # Negative: the first bucket comes due in that many seconds.
+            "salts_refresh_overdue_seconds": (now_ms - self.state.salts.first_due_ms()) / 1000,
         }
 
     def close_streams(self) -> None:

@@ -149,6 +149,17 @@ def test_the_operator_shows_its_opt_outs_and_how_fresh_its_state_is(stack: Stack
     assert after["uid2_operator_sync_failures"] == 0
 
 
+def test_the_operator_shows_when_keys_and_salts_need_rotating(stack: Stack) -> None:
+    """Nothing fails while nobody rotates keys or salts, until the last key expires."""
+    gauges = _operator_gauges(stack)
+    # The stack ran `init` moments ago: a new master key, a year of keys ahead.
+    assert 0 <= gauges["uid2_operator_master_key_newest_age_seconds"] < 600, gauges
+    year_s = 365 * 86_400
+    assert year_s - 600 < gauges["uid2_operator_token_keys_run_out_in_seconds"] <= year_s
+    # The first of the new salts comes due within seconds of `init` (2^20 over a year).
+    assert -86_400 < gauges["uid2_operator_salts_refresh_overdue_seconds"] < 600
+
+
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Path) -> None:
     serving = next(e for e in stack.procs["dsp"].events if e.get("event") == "serving")
     taken = f"127.0.0.1:{serving['metrics_port']}"

@@ -62,6 +62,27 @@ def test_active_key_is_latest_activating_unexpired() -> None:
     assert len(ring) == 4 and 3 in ring and ring.latest_expires == 1000
 
 
+def test_active_until_follows_successors_that_take_over_in_time() -> None:
+    ring = KeyRing(
+        [
+            mk(1, 10, 7, 100, 500),
+            mk(2, 10, 7, 400, 900),  # activates before key 1 expires: carries on
+            mk(3, 10, 7, 950, 2000),  # after a gap (900-950): no key then
+            mk(4, 11, 8, 100, 300),
+        ]
+    )
+    assert ring.active_until(10, 100) == 900
+    assert ring.active_until(10, 600) == 900
+    assert ring.active_until(10, 899) == 900
+    assert ring.active_until(10, 920) == 920  # none active now
+    assert ring.active_until(10, 960) == 2000
+    assert ring.active_until(10, 50) == 50  # not active yet
+    assert ring.active_until(11, 100) == 300
+    assert ring.active_until(99, 100) == 100
+    # Touching, not overlapping: key 6 activates the second key 5 expires.
+    assert KeyRing([mk(5, 10, 7, 0, 10), mk(6, 10, 7, 10, 20)]).active_until(10, 5) == 20
+
+
 def test_access_rules() -> None:
     now = 500
     ring = KeyRing(

@@ -119,6 +119,17 @@ def test_rotate_rounds_the_bucket_count_to_nearest() -> None:
     assert sum(t.rotated_at(i) == NOW + 1 for i in range(10)) == 3
 
 
+def test_first_due_is_the_earliest_refresh_from_and_moves_with_a_rotation() -> None:
+    s = SaltSet.generate(1000, det_rng(), NOW)
+    assert s.first_due_ms() == min(s.refresh_from(i) for i in range(1000))
+    assert NOW <= s.first_due_ms() < NOW + 365 * DAY_MS
+    half = s.rotate(0.5, det_rng(b"r"), NOW + DAY_MS)
+    assert half.first_due_ms() == min(half.refresh_from(i) for i in range(1000))
+    assert half.first_due_ms() > s.first_due_ms()
+    full = s.rotate(1.0, det_rng(b"r"), NOW + DAY_MS)
+    assert full.first_due_ms() == NOW + DAY_MS + 365 * DAY_MS
+
+
 def test_blobs_round_trip() -> None:
     s = SaltSet.generate(500, det_rng(), NOW).rotate(0.2, det_rng(b"r"), NOW + DAY_MS)
     blobs = s.to_blobs()
