@@ -3,9 +3,9 @@ synchronous=FULL, autocommit with explicit transactions, shared across threads u
 own lock).
 
 Whatever goes wrong while opening (a missing or non-directory data dir, a directory or garbage
-where the database should be, a directory SQLite cannot write to, damaged pages) is raised as
-the caller's own store error with a one-line message naming the path, so each CLI reports it as
-a usage mistake (exit 2) instead of a traceback."""
+where the database should be, an empty file there, a directory SQLite cannot write to, damaged
+pages) is raised as the caller's own store error with a one-line message naming the path, so
+each CLI reports it as a usage mistake (exit 2) instead of a traceback."""
 
 from __future__ import annotations
 
@@ -188,14 +188,24 @@ def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = Fal
 def open_db(
     path: Path, error: ErrorFactory, *, schema: str = "", check: bool = True
 ) -> sqlite3.Connection:
-    """Connects to `path` (created if absent), sets the pragmas and runs `schema` if given.
+    """Connects to `path` (created if absent, refused if an empty file), sets the pragmas and
+    runs `schema` if given.
     `check`: run SQLite's quick_check (every page read once); a process opening the same file
     again (a second connection) need not."""
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
     if not path.exists():
-        with suppress(OSError):  # not creatable: connect says why
-            create_private(path, exclusive=False)
+        with suppress(OSError, sqlite3.Error):  # not creatable: connect says why
+            _create_store_file(path)
+    elif path.stat().st_size == 0:
+        # SQLite takes an empty file for an empty database and would make it a new store, with
+        # nothing in it. A store file is never empty (`_create_store_file`), so this is a copy
+        # cut short (a failed `cp`, a full disk): refused, and left as found for whoever
+        # looks into it, rather than written over.
+        raise error(
+            f"store {path} is an empty file (0 bytes), not a store: remove it, then restore "
+            "a backup or start a new, empty store"
+        )
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
@@ -229,13 +239,38 @@ def quick_check(conn: sqlite3.Connection) -> str:
     return " ".join(str(conn.execute("PRAGMA quick_check(1)").fetchone()[0]).split())
 
 
-def create_private(path: Path, *, exclusive: bool = True) -> None:
-    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken
-    and `exclusive`. Not exclusive, an existing file is left as it is, and a dangling symlink's
-    target is created. A store holds secrets (keys, salts, API key hashes); SQLite gives its
-    -wal and -shm files the mode of the store file."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
-    os.close(os.open(path, flags, 0o600))
+def _create_store_file(path: Path) -> None:
+    """Makes `path` an empty database (its first page written, so not an empty file), private
+    to its owner. Made under another name and linked into place: a service starting beside
+    this one never finds the path empty, which `open_db` refuses. When another process links
+    its own first, the link fails and both use that one."""
+    target = path.resolve()  # a dangling symlink's target: the store goes there
+    partial = target.with_name(f".{target.name}.new-{os.urandom(6).hex()}")
+    try:
+        create_private(partial)
+        conn = sqlite3.connect(partial, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # writes the header
+        finally:
+            conn.close()
+        # Synced before it has its name: after a crash the name is absent, never empty.
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with suppress(FileExistsError):
+            os.link(partial, target)
+    finally:
+        for leftover in ("", "-journal", "-wal", "-shm"):
+            partial.with_name(partial.name + leftover).unlink(missing_ok=True)
+
+
+def create_private(path: Path) -> None:
+    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken.
+    A store holds secrets (keys, salts, API key hashes); SQLite gives its -wal and -shm files
+    the mode of the store file."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _os_reason(exc: OSError) -> str:

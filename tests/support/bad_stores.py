@@ -16,12 +16,15 @@ def unusable_store(
 ) -> tuple[Path, Path]:
     """Makes a data dir of `kind`; returns it (for --data-dir) and the path the error must name.
 
-    Kinds: garbage (not SQLite), directory (where the file goes), foreign (SQLite with someone
-    else's `table`), damaged (a valid header and schema, pages after them overwritten),
-    unwritable, file (the data dir is a file), uncreatable, absent."""
+    Kinds: garbage (not SQLite), empty (0 bytes: a copy cut short), directory (where the file
+    goes), foreign (SQLite with someone else's `table`), damaged (a valid header and schema,
+    pages after them overwritten), unwritable, file (the data dir is a file), uncreatable,
+    absent."""
     db = tmp_path / db_name
     if kind == "garbage":
         db.write_text("garbage\n")
+    elif kind == "empty":
+        db.touch()
     elif kind == "directory":
         db.mkdir()
     elif kind == "foreign":

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,13 +55,58 @@ def test_data_dir_mistakes_name_the_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "absent").exists()
 
 
-@pytest.mark.parametrize("kind", ["garbage", "damaged", "directory", "unwritable"])
+@pytest.mark.parametrize("kind", ["garbage", "empty", "damaged", "directory", "unwritable"])
 def test_unusable_database_names_the_file(tmp_path: Path, kind: str) -> None:
     _, path = unusable_store(tmp_path, "x.sqlite3", kind)
     with pytest.raises(Bad) as exc:
         open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
     message = str(exc.value)
     assert str(path) in message and "\n" not in message
+
+
+def test_an_empty_file_is_refused_and_left_as_found(tmp_path: Path) -> None:
+    """SQLite would take it for an empty database and make it a new store with nothing in it;
+    it is a copy cut short, which whoever restores it needs to see as it is."""
+    _, path = unusable_store(tmp_path, "x.sqlite3", "empty")
+    for check in (True, False):
+        with pytest.raises(Bad) as exc:
+            open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);", check=check)
+        assert "is an empty file (0 bytes), not a store" in str(exc.value)
+    assert path.stat().st_size == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["x.sqlite3"]
+
+
+def test_a_store_being_created_is_never_found_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting on a new data dir at once: the one that comes second, while the
+    first is still making its store, must not find an empty file at the path and refuse it."""
+    path, schema = tmp_path / "x.sqlite3", "CREATE TABLE IF NOT EXISTS t (v INTEGER);"
+    real_connect = sqlite3.connect
+    second: list[sqlite3.Connection] = []
+    started = False
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        # The first process's first connect, right after it made its file: the second opens
+        # the path at that moment.
+        nonlocal started
+        if not started:
+            started = True
+            second.append(open_db(path, Bad, schema=schema))
+        conn: sqlite3.Connection = real_connect(*args, **kwargs)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    first = open_db(path, Bad, schema=schema)
+    monkeypatch.undo()
+    (other,) = second
+    try:
+        first.execute("INSERT INTO t VALUES (7)")
+        assert other.execute("SELECT v FROM t").fetchall() == [(7,)]  # one store, not two
+    finally:
+        first.close()
+        other.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.sqlite3"]  # no partial left behind
 
 
 def test_the_wal_is_cut_back_after_a_checkpoint(tmp_path: Path) -> None:

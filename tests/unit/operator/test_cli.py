@@ -48,6 +48,9 @@ def _key_rows(d: Path) -> list[KeyRow]:
     ("kind", "problem"),
     [
         ("garbage", "file is not a database"),
+        # A copy cut short: `init` would make it a new deployment (new salts and keys), `serve`
+        # said "not initialised" and left it no longer empty.
+        ("empty", "is an empty file (0 bytes), not a store"),
         ("damaged", "is damaged"),
         ("directory", "is not a regular file"),
         ("foreign", ""),
@@ -67,6 +70,8 @@ def test_unusable_store(
     extra = ["--listen", "127.0.0.1:0"] if command == ["serve"] else []
     line = _fails(capsys, *command, "--data-dir", str(data_dir), *extra)
     assert str(named if problem else data_dir) in line and problem in line
+    if kind == "empty":
+        assert named.stat().st_size == 0  # left as found, for whoever looks into it
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from tests.support.bad_stores import one_error_line, unusable_store
 
 
 @pytest.mark.parametrize(
-    "kind", ["garbage", "directory", "foreign", "unwritable", "file", "absent"]
+    "kind", ["garbage", "empty", "directory", "foreign", "unwritable", "file", "absent"]
 )
 def test_publisher_add_bad_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
