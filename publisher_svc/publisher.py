@@ -33,6 +33,7 @@ from publisher_svc.model import (
 )
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
 from publisher_svc.store import SqliteStore, StoredIdentity
+from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
@@ -72,9 +73,11 @@ class RefreshNotKept(_OperatorAnswerNotKept):
 class OptOutNotRecorded(_OperatorAnswerNotKept):
     """The operator answered a stored identity's refresh with OPTOUT, but the store refused to
     record it. The answer stands all the same: a user's call gets OPTOUT and an impression no
-    token (else it would go out with the held one). Unrecorded, the identity stays, and its
-    next refresh asks the operator again; the background refresher pauses as for any write
-    the store refuses."""
+    token (else it would go out with the held one). Unrecorded, the identity stays in the store
+    but the opt-out is held in memory (Publisher.unrecorded_optouts), so the user is answered
+    OPTOUT without asking the operator again until the store records it (only when that set
+    is full does the next refresh ask again); the background refresher pauses as for any
+    write the store refuses."""
 
 
 class StorageMode(Enum):
@@ -267,8 +270,14 @@ class Publisher:
         on_behalf_of_site_id: int = 0,
         serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S,
         retry_backoff: Backoff | None = None,
+        unrecorded_optouts: UnrecordedOptOuts | None = None,
     ) -> None:
         self.store = store
+        # Opt-outs the operator answered that the store refused to record: honoured from here
+        # until a later write records them (record_unrecorded_optouts).
+        self.unrecorded_optouts = (
+            UnrecordedOptOuts() if unrecorded_optouts is None else unrecorded_optouts
+        )
         # When an impression's failed refresh is tried again (the background refresher has its
         # own, configurable): without it every later impression would start another.
         self.retry_backoff = retry_backoff or Backoff(base_s=1.0, cap_s=60.0)
@@ -323,12 +332,13 @@ class Publisher:
         """Login's rules; the caller holds the user's lock. Every refusal deletes the stored
         identity: whatever the user had before must not outlive a refusal."""
         if self.store.is_site_optout(user_id):
+            self._record_unrecorded(user_id)
             self.store.delete(user_id)
+            self._wrote()
             return LoginResult(LoginStatus.SITE_OPTOUT)
-        if self.store.is_operator_optout(dii.key):
+        if self.store.is_operator_optout(dii.key) or self.unrecorded_optouts.holds_dii(dii.key):
             # Reference §1.7: never call generate again for an opted-out DII.
-            self.store.end_as_opted_out(user_id, self.clock.now_ms())
-            return LoginResult(LoginStatus.OPTOUT)
+            return self._end_as_opted_out(user_id, dii)
         try:
             result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
         except PeerError as err:
@@ -337,34 +347,108 @@ class Publisher:
             raise _operator_failure(err, caller_input=True) from None
         now = self.clock.now_ms()
         if result.outcome is GenerateOutcome.OPTOUT:
-            self.store.record_operator_optout(dii.key, now)
-            # GetAdvertisingToken then says OPTOUT (not NO_IDENTITY) until the next login.
-            self.store.end_as_opted_out(user_id, now)
             _log.info("login_optout")
-            return LoginResult(LoginStatus.OPTOUT)
+            return self._end_as_opted_out(user_id, dii)
         if result.outcome is GenerateOutcome.INSUFFICIENT_CONSENT or result.identity is None:
             # Consent withdrawn (or never given): the identity generated under the earlier
             # consent must no longer be sent, nor refreshed in the background.
+            self._record_unrecorded(user_id)
             self.store.delete(user_id)
+            self._wrote()
             _log.info("login_insufficient_consent")
             return LoginResult(LoginStatus.INSUFFICIENT_CONSENT)
         identity = result.identity
         if self.mode is StorageMode.CLIENT:
             return LoginResult(LoginStatus.SUCCESS, cookie_for(identity), identity.refresh_from)
-        if not self.store.put_unless_site_optout(user_id, dii.key, identity, now):
+        # First: a late record of an earlier opt-out would end this new identity.
+        self._record_unrecorded(user_id)
+        stored = self.store.put_unless_site_optout(user_id, dii.key, identity, now)
+        self._wrote()
+        if not stored:
             return LoginResult(LoginStatus.SITE_OPTOUT)
         return LoginResult(LoginStatus.SUCCESS, None, identity.refresh_from)
+
+    def _end_as_opted_out(self, user_id: str, dii: HashedDii) -> LoginResult:
+        """A login the operator answered OPTOUT (now or before): records the DII's opt-out,
+        with any the store refused earlier for the user, and ends the user's identity; from
+        then GetAdvertisingToken says OPTOUT (not NO_IDENTITY) until the next login. A store
+        that refuses this write too: the opt-out is held in memory and honoured all the same,
+        and the login answers OPTOUT, as a refresh that meets the same refusal does; only when
+        that set is full does it answer the store's refusal (UNAVAILABLE), as it used to."""
+        now = self.clock.now_ms()
+        optouts = {dii.key: now, **self.unrecorded_optouts.of_user(user_id)}
+        try:
+            self.store.end_as_opted_out(user_id, optouts, now)
+        except StoreUnavailable as err:
+            if not self._hold_unrecorded(user_id, dii.key, now):
+                raise
+            _log.warning("login_optout_not_recorded", reason=err.reason)
+            return LoginResult(LoginStatus.OPTOUT)
+        self.unrecorded_optouts.forget(user_id, optouts)
+        self._wrote()
+        return LoginResult(LoginStatus.OPTOUT)
 
     def logout(self, user_id: str) -> bool:
         check_user_id(user_id)
         with self.user_lock(user_id):
-            return self.store.delete(user_id)
+            self._record_unrecorded(user_id)
+            deleted = self.store.delete(user_id)
+        self._wrote()
+        return deleted
 
     def set_site_optout(self, user_id: str, opted_out: bool) -> bool:
         check_user_id(user_id)
         with self.user_lock(user_id):
+            self._record_unrecorded(user_id)
             self.store.set_site_optout(user_id, opted_out, self.clock.now_ms())
+        self._wrote()
         return opted_out
+
+    # -- opt-outs the store refused to record ----------------------------------------------
+    # Every write that touches a user's identity first records the user's (_record_unrecorded,
+    # under the user's lock), so a late record never ends an identity stored after it, and a
+    # refusal there is the refusal the write itself would meet.
+
+    def _hold_unrecorded(self, user_id: str, dii_key: str, now_ms: int) -> bool:
+        """Holds an opt-out the store just refused; False (logged) when the set is full."""
+        if self.unrecorded_optouts.add(user_id, dii_key, now_ms):
+            return True
+        _log.warning("unrecorded_optouts_full", limit=self.unrecorded_optouts.limit)
+        return False
+
+    def _record_unrecorded(self, user_id: str) -> bool:
+        """Records the user's held opt-outs (ending the user's identity, as a login answered
+        OPTOUT does) and drops them; whether there were any. Caller holds the user's lock
+        (none for "", which ends no identity). Raises the store's refusal, keeping them."""
+        optouts = self.unrecorded_optouts.of_user(user_id)
+        if not optouts:
+            return False
+        self.store.end_as_opted_out(user_id, optouts, max(optouts.values()))
+        self.unrecorded_optouts.forget(user_id, optouts)
+        _log.info("unrecorded_optouts_recorded", count=len(optouts))
+        return True
+
+    def record_unrecorded_optouts(self) -> int:
+        """Records every held opt-out, user by user under each user's lock (the background
+        refresher's pass calls this; so does a job started after a write goes through).
+        Raises the store's refusal at the first it meets, keeping the rest for the next try.
+        Returns how many users' (or client-side refreshes') were recorded."""
+        recorded = 0
+        for user_id in self.unrecorded_optouts.users():
+            if not user_id:
+                recorded += self._record_unrecorded(user_id)
+                continue
+            with self.user_lock(user_id):
+                recorded += self._record_unrecorded(user_id)
+        return recorded
+
+    def _wrote(self) -> None:
+        """The store just took a write: the opt-outs it refused earlier likely fit now. Recorded
+        off the caller's path (one job at a time), so that a deployment without the background
+        refresher records them too; a refusal there is silent (UNAVAILABLE, see _forget)
+        and the next write tries again."""
+        if len(self.unrecorded_optouts):
+            self._start("unrecorded-optouts", self.record_unrecorded_optouts)
 
     # -- refresh --------------------------------------------------------------------------
 
@@ -396,6 +480,15 @@ class Publisher:
         """Applies the refresh rules to a stored identity and persists the outcome. Caller holds
         the user's lock. `by_user`: the user's own request (their token, their ad) asked for
         it, rather than the background refresher."""
+        if self.unrecorded_optouts.holds_user(user_id):
+            # Opted out already, though not recorded: no need to ask the operator again. A
+            # store that still refuses the record is answered as when it refused it first.
+            stored = self.store.get(user_id)
+            try:
+                self._record_unrecorded(user_id)
+            except StoreUnavailable as err:
+                raise OptOutNotRecorded(err) from None
+            return Step(StepKind.OPTOUT), stored
         stored = self.store.get(user_id)
         if stored is None:
             return Step(StepKind.LOGIN_REQUIRED), None
@@ -411,10 +504,14 @@ class Publisher:
             try:
                 self.store.record_operator_optout(stored.dii_key, now, user_id)
             except StoreUnavailable as err:
+                self._hold_unrecorded(user_id, stored.dii_key, now)
                 raise OptOutNotRecorded(err) from None
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
             self.store.end_if_current(user_id, old, now)
+        else:
+            return step, stored  # USE or STALE: nothing written
+        self._wrote()
         return step, stored
 
     def get_advertising_token(self, user_id: str) -> TokenResult:
@@ -428,6 +525,10 @@ class Publisher:
         """`respect_backoff`: while a failed refresh is backing off (next attempt not yet due)
         and the held token is unexpired, use it rather than call the operator again."""
         with self.user_lock(user_id):
+            if self.unrecorded_optouts.holds_user(user_id):
+                # Opted out, not yet recorded: what ended_status will say once it is. No write
+                # here: the write that records it is the next one the store takes.
+                return TokenResult(TokenStatus.OPTOUT)
             stored = self.store.get(user_id)
             if stored is None:
                 # A refresh (perhaps the background refresher's) that ended the identity is
@@ -495,12 +596,17 @@ class Publisher:
             )
         if step.kind is StepKind.OPTOUT:
             if dii is not None:
+                now = self.clock.now_ms()
                 try:
-                    self.store.record_operator_optout(dii.key, self.clock.now_ms())
+                    self.store.record_operator_optout(dii.key, now)
                 except StoreUnavailable as err:
                     # The client drops its identity all the same; the record only spares the
-                    # operator a call at this user's next login.
+                    # operator a call at this user's next login, so it is held (no user) for
+                    # the next write.
+                    self._hold_unrecorded("", dii.key, now)
                     _log.warning("refresh_optout_not_recorded", reason=err.reason)
+                else:
+                    self._wrote()
             return ClientRefreshResult(TokenStatus.OPTOUT)
         return ClientRefreshResult(TokenStatus.LOGIN_REQUIRED)
 
@@ -555,6 +661,8 @@ class Publisher:
     # unreachable), else without one. The refresh runs on; in server mode its result is stored.
 
     def _impression_token(self, user_id: str) -> str:
+        if self.unrecorded_optouts.holds_user(user_id):
+            return ""  # opted out, not yet recorded: no token, as once it is
         stored = self.store.get(user_id)
         if stored is None:
             return ""

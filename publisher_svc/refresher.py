@@ -136,6 +136,15 @@ class Refresher:
         """Refreshes every identity due now (up to one batch); returns how many were taken."""
         if self._store_paused():
             return 0
+        if len(self.publisher.unrecorded_optouts):
+            try:
+                self.publisher.record_unrecorded_optouts()
+            except StoreUnavailable as err:
+                # Still refused: so would this pass's refreshes be. Their users' opt-outs wait
+                # in memory, honoured, for the next pass.
+                self._store_refused(err)
+                _log.info("unrecorded_optouts_deferred", reason=err.reason)
+                return 0
         now = self.publisher.clock.now_ms()
         due = self.publisher.store.due(now, self.batch_size)
         if not due:
@@ -223,12 +232,15 @@ class Refresher:
 
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the refresher (svc_common.metrics): whether it is holding
-        back, and why. No store access: a scrape must not take the store's lock."""
+        back, and why, and the opt-outs the store has yet to take. No store access: a scrape
+        must not take the store's lock."""
         now_s = self._monotonic.monotonic_s()
         return {
             "refresh_paused_by_store": 1.0 if now_s < self._store_paused_until else 0.0,
             "refresh_circuit_open": 1.0 if now_s < self._circuit_until else 0.0,
             "refresh_in_flight": float(self.stats.in_flight),
+            # Opt-outs honoured from memory because the store refused them: not on disk yet.
+            "unrecorded_optouts": float(len(self.publisher.unrecorded_optouts)),
         }
 
     def _store_paused(self) -> bool:

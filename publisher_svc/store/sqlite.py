@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,12 +269,19 @@ class SqliteStore:
                 _mark_ended(db, user_id, "LOGIN_REQUIRED", now_ms)
         return deleted
 
-    def end_as_opted_out(self, user_id: str, now_ms: int) -> None:
-        """A login answered opt-out: drops whatever identity the user had and remembers why
-        (ended_status), in one transaction, until the user logs in again."""
+    def end_as_opted_out(self, user_id: str, optouts: Mapping[str, int], now_ms: int) -> None:
+        """The operator answered opt-out for the user (at a login, or earlier when the store
+        refused the record): records each DII's opt-out (`optouts`: DII hash -> when answered),
+        drops whatever identity the user had and remembers why (ended_status) until the user
+        logs in again, in one transaction. No user (""): the opt-outs alone."""
         with self._transaction() as db:
-            db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
-            _mark_ended(db, user_id, "OPTOUT", now_ms)
+            db.executemany(
+                "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
+                optouts.items(),
+            )
+            if user_id:
+                db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
+                _mark_ended(db, user_id, "OPTOUT", now_ms)
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""

@@ -91,6 +91,21 @@ def test_how_an_identity_ended_is_kept_until_login_logout_or_site_optout(tmp_pat
     store.close()
 
 
+def test_a_login_optout_records_every_held_dii_and_ends_the_identity_in_one_write(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("u", "email:h", IDENT, 1)
+    store.end_as_opted_out("u", {"email:h": 2, "email:h2": 3}, 3)
+    assert store.get("u") is None and store.ended_status("u") == "OPTOUT"
+    store.end_as_opted_out("", {"phone:h3": 4}, 4)  # a client-side refresh's: no user
+    store.close()
+    store = SqliteStore(tmp_path)  # durable
+    assert all(store.is_operator_optout(k) for k in ("email:h", "email:h2", "phone:h3"))
+    assert store.ended_status("") is None
+    store.close()
+
+
 def test_site_optout_blocks_put_and_deletes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.put_unless_site_optout("u", "email:h", IDENT, 1)

@@ -1,12 +1,15 @@
 """The publisher's store refusing writes, because another process holds it past the busy
 timeout or because the disk does (here a read-only file: SQLite's own refusal, as on a full
-disk): calls answer UNAVAILABLE with the store's reason (not INTERNAL), and a refresh does not
-try a second write that fails the same way."""
+disk): calls answer UNAVAILABLE with the store's reason (not INTERNAL), a refresh does not
+try a second write that fails the same way, and an opt-out the store cannot record is honoured
+from memory until it can."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,10 @@ from structlog.testing import capture_logs
 import svc_common.sqlite_db as sqlite_db
 from publisher_svc.cookie import encode_cookie
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import Publisher, TokenStatus
+from publisher_svc.publisher import LoginStatus, Publisher, StorageMode, TokenStatus, hash_dii
 from publisher_svc.refresher import Refresher
 from publisher_svc.store import SqliteStore
+from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind
 from svc_common.sqlite_db import StoreUnavailable
@@ -26,10 +30,16 @@ from tests.unit.publisher.fakes import HOUR, FakeOperator, FakeSsp
 BUSY_S = 0.3  # the real 30 s, shortened
 
 
+@dataclass
+class Refusing:
+    pub: Publisher
+    heal: Callable[[], None]  # the store takes writes again
+
+
 @pytest.fixture(params=["STORE_BUSY", "STORE_WRITE_FAILED"])
-def locked(
+def refusing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Iterator[Publisher]:
+) -> Iterator[Refusing]:
     monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", BUSY_S)
     clock = ManualClock(1_700_000_000_000)
     pub = Publisher(
@@ -38,21 +48,35 @@ def locked(
     pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
     clock.advance(HOUR)  # due for a refresh
     path = next(tmp_path.glob("*.sqlite3"))
+    writable = pub.store._db
     if request.param == "STORE_BUSY":
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
+
+        def heal() -> None:
+            other.execute("ROLLBACK")
     else:
         other = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
         )
         monkeypatch.setattr(pub.store, "_db", other)  # reads work, every write is refused
+
+        def heal() -> None:
+            pub.store._db = writable  # the disk has room again
+
     try:
-        yield pub
+        yield Refusing(pub, heal)
     finally:
         if other.in_transaction:
             other.execute("ROLLBACK")
         other.close()
+        pub.close()  # its queued background jobs are dropped before the store closes
         pub.store.close()
+
+
+@pytest.fixture
+def locked(refusing: Refusing) -> Publisher:
+    return refusing.pub
 
 
 def _operator_answers_optout(pub: Publisher) -> None:
@@ -63,7 +87,7 @@ def _operator_answers_optout(pub: Publisher) -> None:
 
 
 def _param(request: pytest.FixtureRequest) -> str:
-    return str(request.node.callspec.params["locked"])
+    return str(request.node.callspec.params["refusing"])
 
 
 def test_a_due_refresh_that_cannot_be_kept_serves_the_held_unexpired_token(
@@ -104,7 +128,7 @@ def test_an_opt_out_that_cannot_be_recorded_never_serves_the_held_token(
             user_id="u0", cookie_value=None, placement_id="p", page_domain="a.com", floor_price=0
         )
         assert not ad.token_sent and ssp.impressions[-1].advertising_token == ""
-    assert locked.store.get("u0") is not None  # not recorded: the next refresh asks again
+    assert locked.store.get("u0") is not None  # not recorded: held in memory instead
 
 
 def test_a_disk_refusing_writes_pauses_the_refresher_a_busy_store_does_not(
@@ -179,10 +203,12 @@ def test_an_opt_out_that_cannot_be_recorded_pauses_the_refresher_like_any_refuse
         for _ in range(3):
             refresher.run_once()
             clock.advance(1000)
+        # Paused after the first refusal (a busy store is tried again each pass), and the
+        # opt-out held: not asked of the operator again either way.
+        assert len(operator.refresh_calls) == 1
+        assert refresher.stats.deferred == 1 and refresher.stats.optouts == 0
         paused = _param(request) == "STORE_WRITE_FAILED"
-        # Paused after the first refusal; a busy store is tried again each pass.
-        assert len(operator.refresh_calls) == (1 if paused else 3)
-        assert refresher.stats.deferred == (1 if paused else 3) and refresher.stats.optouts == 0
+        assert refresher.readings()["refresh_paused_by_store"] == (1.0 if paused else 0.0)
     finally:
         refresher.stop()
 
@@ -195,3 +221,168 @@ def test_a_client_side_refresh_answered_optout_is_optout_though_not_recorded(
     _operator_answers_optout(locked)
     result = locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
     assert result.status is TokenStatus.OPTOUT
+
+
+# -- a login answered OPTOUT that the store cannot record ------------------------------------
+
+
+def _login_answered_optout(pub: Publisher, user_id: str = "u0") -> str:
+    """The user opts out at the operator and logs in again (the store refusing the record);
+    returns the DII hash the opt-out is recorded under."""
+    operator = pub.operator
+    assert isinstance(operator, FakeOperator)
+    operator.optout_keys.add(_key(f"{user_id}@example.com"))
+    result = pub.login(user_id, f"{user_id}@example.com", None, PrivacySettings(True, ""))
+    assert result.status is LoginStatus.OPTOUT and not result.clear_cookie
+    return _key(f"{user_id}@example.com")
+
+
+def _key(email: str) -> str:
+    return hash_dii(email, None).key
+
+
+@pytest.mark.parametrize("due", [True, False], ids=["due", "not-due"])
+def test_an_unrecorded_login_optout_ends_serving_the_identity_stored_before(
+    locked: Publisher, due: bool
+) -> None:
+    clock, operator, ssp = locked.clock, locked.operator, locked.ssp
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    assert isinstance(ssp, FakeSsp)
+    if not due:
+        clock.advance(-HOUR)  # the held identity is used as is, no refresh asked
+    held = locked.store.get("u0")
+    assert held is not None
+    _login_answered_optout(locked)
+    token = locked.get_advertising_token("u0")
+    assert token.status is TokenStatus.OPTOUT and token.advertising_token == ""
+    locked.serve_refresh_budget_s = 10.0  # wait for any refresh, however long the store is
+    ad = locked.serve_ad(
+        user_id="u0", cookie_value=None, placement_id="p", page_domain="a.com", floor_price=0
+    )
+    assert not ad.token_sent and ssp.impressions[-1].advertising_token == ""
+    assert operator.refresh_calls == []
+    # Logging in again with the opted-out DII does not ask the operator either (reference
+    # §1.7), for this user or another one.
+    generated = len(operator.generate_calls)
+    for user_id in ("u0", "u9"):
+        again = locked.login(user_id, "u0@example.com", None, PrivacySettings(True, ""))
+        assert again.status is LoginStatus.OPTOUT
+    assert len(operator.generate_calls) == generated
+    assert locked.store.get("u0") == held  # not recorded: held in memory instead
+
+
+def test_the_refresher_leaves_alone_an_identity_whose_opt_out_is_unrecorded(
+    locked: Publisher,
+) -> None:
+    clock, operator = locked.clock, locked.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    _login_answered_optout(locked)
+    refresher = Refresher(locked, workers=1, store_pause_s=10, monotonic=clock)
+    try:
+        assert refresher.refresh_one("u0") == "deferred"  # due, but opted out: not refreshed
+        for _ in range(3):
+            refresher.run_once()
+            clock.advance(11_000)  # past any pause
+        assert operator.refresh_calls == []
+        assert refresher.readings()["unrecorded_optouts"] == 1.0
+    finally:
+        refresher.stop()
+
+
+@pytest.mark.parametrize("by", ["refresher", "another-write"])
+def test_an_unrecorded_login_optout_is_recorded_once_the_store_takes_writes(
+    refusing: Refusing, tmp_path: Path, by: str
+) -> None:
+    pub = refusing.pub
+    clock, operator = pub.clock, pub.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    key = _login_answered_optout(pub)
+    refusing.heal()
+    if by == "refresher":
+        Refresher(pub, workers=1, monotonic=clock).run_once()
+    else:
+        # Another user's login is the first write the store takes: it records the held
+        # opt-out in the background.
+        pub.login("u1", "u1@example.com", None, PrivacySettings(True, ""))
+        deadline = time.monotonic() + 10
+        while len(pub.unrecorded_optouts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(pub.unrecorded_optouts) == 0
+    pub.store.close()
+    reopened = SqliteStore(tmp_path)
+    try:
+        assert reopened.is_operator_optout(key)
+        assert reopened.get("u0") is None and reopened.ended_status("u0") == "OPTOUT"
+        after = Publisher(store=reopened, operator=operator, ssp=FakeSsp(), clock=clock)
+        assert after.get_advertising_token("u0").status is TokenStatus.OPTOUT
+        generated = len(operator.generate_calls)
+        login = after.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
+        assert login.status is LoginStatus.OPTOUT and len(operator.generate_calls) == generated
+        assert operator.refresh_calls == []
+    finally:
+        reopened.close()
+
+
+def test_a_new_login_after_the_store_heals_records_the_held_optout_first_and_keeps_its_identity(
+    refusing: Refusing,
+) -> None:
+    pub = refusing.pub
+    clock = pub.clock
+    assert isinstance(clock, ManualClock)
+    old_key = _login_answered_optout(pub)
+    refusing.heal()
+    login = pub.login("u0", "new@example.com", None, PrivacySettings(True, ""))
+    assert login.status is LoginStatus.SUCCESS
+    assert pub.store.is_operator_optout(old_key) and len(pub.unrecorded_optouts) == 0
+    # Nothing recorded later ends the new identity: not the refresher's pass, not a token.
+    clock.advance(HOUR)
+    Refresher(pub, workers=1, monotonic=clock).run_once()
+    token = pub.get_advertising_token("u0")
+    assert token.status is TokenStatus.SUCCESS and token.advertising_token
+
+
+def test_an_unrecorded_refresh_optout_is_held_so_the_operator_is_not_asked_again(
+    locked: Publisher,
+) -> None:
+    operator = locked.operator
+    assert isinstance(operator, FakeOperator)
+    _operator_answers_optout(locked)
+    for _ in range(3):
+        assert locked.get_advertising_token("u0").status is TokenStatus.OPTOUT
+    assert len(operator.refresh_calls) == 1
+
+
+def test_an_unrecorded_login_optout_clears_the_client_side_cookie(locked: Publisher) -> None:
+    locked.mode = StorageMode.CLIENT
+    operator = locked.operator
+    assert isinstance(operator, FakeOperator)
+    operator.optout_keys.add(_key("c@example.com"))
+    result = locked.login("c", "c@example.com", None, PrivacySettings(True, ""))
+    assert result.status is LoginStatus.OPTOUT and result.clear_cookie
+
+
+def test_a_client_side_refresh_optout_not_recorded_spares_the_next_login_the_operator(
+    locked: Publisher,
+) -> None:
+    stored = locked.store.get("u0")
+    operator = locked.operator
+    assert stored is not None and isinstance(operator, FakeOperator)
+    _operator_answers_optout(locked)
+    locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
+    generated = len(operator.generate_calls)
+    login = locked.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
+    assert login.status is LoginStatus.OPTOUT and len(operator.generate_calls) == generated
+
+
+def test_past_its_limit_an_unrecorded_login_optout_answers_the_stores_refusal(
+    locked: Publisher, request: pytest.FixtureRequest
+) -> None:
+    locked.unrecorded_optouts = UnrecordedOptOuts(limit=1)
+    _login_answered_optout(locked)
+    operator = locked.operator
+    assert isinstance(operator, FakeOperator)
+    operator.optout_keys.add(_key("u1@example.com"))
+    with pytest.raises(StoreUnavailable) as caught:
+        locked.login("u1", "u1@example.com", None, PrivacySettings(True, ""))
+    assert caught.value.reason == _param(request)
+    assert len(locked.unrecorded_optouts) == 1
