@@ -181,6 +181,7 @@ def test_the_publisher_shows_whether_its_refresher_holds_back(stack: Stack) -> N
     assert gauges["uid2_publisher_refresh_paused_by_store"] == 0
     assert gauges["uid2_publisher_refresh_circuit_open"] == 0
     assert gauges["uid2_publisher_refresh_in_flight"] >= 0
+    assert gauges["uid2_publisher_unrecorded_optouts"] == 0
 
 
 def test_an_opt_out_stream_that_breaks_shows_at_once(stack: Stack) -> None:
