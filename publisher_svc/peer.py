@@ -11,7 +11,8 @@ import grpc
 from publisher_svc.model import PeerError
 from svc_common.backoff import Backoff
 from svc_common.grpc_client import RemoteError, bearer, call_with_retry
-from svc_common.tls import PeerTls, open_channel
+from svc_common.tls import PeerTls
+from svc_common.tls_reload import open_channel
 
 T = TypeVar("T")
 

@@ -14,7 +14,8 @@ import grpc
 
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
-from svc_common.tls import PeerTls, open_channel
+from svc_common.tls import PeerTls
+from svc_common.tls_reload import open_channel
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
+from svc_common.tls_reload import ReloadingServerTls
 
 _log = structlog.get_logger("server")
 
@@ -129,7 +130,8 @@ def bind_port(server: Any, listen: str, tls: ServerTls | None = None) -> int:
         if tls is None:
             port = int(server.add_insecure_port(listen))
         else:
-            port = int(server.add_secure_port(listen, tls.grpc_credentials()))
+            credentials = ReloadingServerTls(tls).grpc_credentials()
+            port = int(server.add_secure_port(listen, credentials))
     except RuntimeError:  # grpc's "Failed to bind to address ..."
         port = 0
     if port == 0:

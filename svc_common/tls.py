@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -46,13 +44,6 @@ class ServerTls:
     def requires_client_certs(self) -> bool:
         return self.client_ca is not None
 
-    def grpc_credentials(self) -> Any:
-        return grpc.ssl_server_credentials(
-            [(self.private_key, self.cert_chain)],
-            root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None,
-        )
-
     def ssl_context(self) -> ssl.SSLContext:
         """For the operator's HTTP API (aiohttp): TLS 1.2 or later, Python's default ciphers."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -70,23 +61,10 @@ class PeerTls:
 
     ca_file: Path
     root_certificates: bytes = field(repr=False)
+    cert_file: Path | None = None
+    key_file: Path | None = None
     cert_chain: bytes | None = field(default=None, repr=False)
     private_key: bytes | None = field(default=None, repr=False)
-
-
-def open_channel(
-    target: str, tls: PeerTls | None, options: Sequence[tuple[str, Any]] = ()
-) -> grpc.Channel:
-    """A channel to `target` (HOST:PORT): TLS verified against `tls`'s CAs when given (the
-    server's certificate must name HOST), else plaintext."""
-    if tls is None:
-        return grpc.insecure_channel(target, options=list(options))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=tls.root_certificates,
-        private_key=tls.private_key,
-        certificate_chain=tls.cert_chain,
-    )
-    return grpc.secure_channel(target, credentials, options=list(options))
 
 
 def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
@@ -119,8 +97,9 @@ def load_peer_tls(
     pem = _ca_certificates(path)
     if cert_file is None or key_file is None:
         return PeerTls(path, pem)
-    chain, key_pem = _certificate_and_key(Path(cert_file), Path(key_file))
-    return PeerTls(path, pem, chain, key_pem)
+    cert_path, key_path = Path(cert_file), Path(key_file)
+    chain, key_pem = _certificate_and_key(cert_path, key_path)
+    return PeerTls(path, pem, cert_path, key_path, chain, key_pem)
 
 
 def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:

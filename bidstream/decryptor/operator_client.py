@@ -10,7 +10,8 @@ import grpc
 
 from bidstream.key_json import key_container_dict
 from svc_common.grpc_client import bearer, call_with_retry, to_remote_error
-from svc_common.tls import PeerTls, open_channel
+from svc_common.tls import PeerTls
+from svc_common.tls_reload import open_channel
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 

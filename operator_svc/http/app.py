@@ -58,6 +58,7 @@ from svc_common.errors import ErrorKind, ServiceError
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.settings import split_host_port
 from svc_common.tls import ServerTls
+from svc_common.tls_reload import ReloadingServerTls
 from uid2_crypto.client_side import seal_answer
 
 _log = structlog.get_logger("http")
@@ -406,7 +407,9 @@ class HttpFrontDoor:
         runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=DRAIN_GRACE_S)
         await runner.setup()
         try:
-            ssl_context = None if self._tls is None else self._tls.ssl_context()
+            ssl_context = None
+            if self._tls is not None:
+                ssl_context = ReloadingServerTls(self._tls, listener="http").ssl_context()
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:

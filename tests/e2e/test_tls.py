@@ -8,6 +8,7 @@ reach its peer."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
-from demo.processes import ServiceProcess
+from demo.processes import ServiceProcess, wait_until
 from demo.stack import PUBLISHER_DOMAIN, Stack, StackTls, bearer
 from tests.support.node_client import check_operator
 from tests.support.tls_certs import TlsFiles, make_tls_files
@@ -187,5 +188,52 @@ def test_the_http_api_serves_https_to_the_official_sdk(
         generated = sdk.generate_token(TokenGenerateInput.from_email("https@example.com"))
         assert generated.is_success()
         assert sdk.refresh_token(generated.get_identity()).is_success()
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_a_running_operator_serves_renewed_certificates_on_both_ports(
+    files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal (new CA, certificate and key renamed over the old files) is in use for new
+    connections within about a second, on the gRPC port and the HTTP API alike, with no
+    restart."""
+    from tests.integration.operator.conftest import add_client, init_dir
+
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(files.cert, cert)
+    shutil.copy(files.key, key)
+    init_dir(tmp_path / "op")
+    client = add_client(tmp_path / "op", 100, "pub", ["GENERATOR"])
+    proc = ServiceProcess(
+        ["uid2-operator", "serve", "--data-dir", str(tmp_path / "op"),
+         "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+         "--tls-cert", str(cert), "--tls-key", str(key)]
+    ).wait_ready(30)  # fmt: skip
+    try:
+        http_port = next(e for e in proc.events if e.get("event") == "serving")["http_port"]
+        new = make_tls_files(tmp_path / "renewed")
+        for source, target in ((new.key, key), (new.cert, cert)):
+            shutil.copy(source, target.with_suffix(".tmp"))
+            os.replace(target.with_suffix(".tmp"), target)
+
+        def grpc_trusts(ca: Path) -> bool:
+            credentials = grpc.ssl_channel_credentials(ca.read_bytes())
+            options = [("grpc.use_local_subchannel_pool", 1)]  # a new handshake each time
+            with grpc.secure_channel(proc.address, credentials, options=options) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=2)
+                except grpc.FutureTimeoutError:
+                    return False
+            return True
+
+        assert wait_until(lambda: grpc_trusts(new.ca), 5.0)
+        assert not grpc_trusts(files.ca)
+        monkeypatch.setitem(os.environ, "SSL_CERT_FILE", str(new.ca))
+        sdk = Uid2PublisherClient(f"https://127.0.0.1:{http_port}", client.api_key, client.secret)
+        assert sdk.generate_token(TokenGenerateInput.from_email("renewed@example.com")).is_success()
+        assert any(e.get("event") == "tls_reloaded" for e in proc.events)
     finally:
         assert proc.terminate() == 0

@@ -22,9 +22,9 @@ from svc_common.settings import SettingError
 from svc_common.tls import (
     load_peer_tls,
     load_server_tls,
-    open_channel,
     requiring_client_certs,
 )
+from svc_common.tls_reload import open_channel
 from tests.support.tls_certs import TlsFiles, make_tls_files
 
 Main = Callable[[Sequence[str] | None], int]
