@@ -195,8 +195,12 @@ def open_db(
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
     if not path.exists():
-        with suppress(OSError, sqlite3.Error):  # not creatable: connect says why
+        try:
             _create_store_file(path)
+        except OSError as exc:  # a data dir we may not write to, a full disk
+            raise error(f"store {path} cannot be created: {_os_reason(exc)}") from None
+        except sqlite3.Error as exc:
+            raise error(f"store {path} cannot be created: {exc}") from None
     elif path.stat().st_size == 0:
         # SQLite takes an empty file for an empty database and would make it a new store, with
         # nothing in it. A store file is never empty (`_create_store_file`), so this is a copy
@@ -259,11 +263,34 @@ def _create_store_file(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        with suppress(FileExistsError):
+        try:
             os.link(partial, target)
+        except FileExistsError:
+            pass
+        except OSError:
+            # A filesystem without hard links: the same bytes into a file only this process
+            # creates. Empty for the moment between its creation and the write (a service
+            # starting then is refused, and can be started again).
+            _copy_exclusive(partial, target)
     finally:
         for leftover in ("", "-journal", "-wal", "-shm"):
             partial.with_name(partial.name + leftover).unlink(missing_ok=True)
+
+
+def _copy_exclusive(source: Path, target: Path) -> None:
+    data = source.read_bytes()
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process made it first: both use that one
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        target.unlink(missing_ok=True)  # never leave the empty file open_db refuses
+        raise
 
 
 def create_private(path: Path) -> None:

@@ -246,3 +246,39 @@ def test_a_commit_refused_by_a_deferred_constraint_ends_the_transaction(tmp_path
     finally:
         conn.close()
         other.close()
+
+
+def test_a_store_that_cannot_be_created_is_said_so_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at the first start: before, SQLite then made the file itself, left it empty,
+    and every later start refused it as a damaged copy to restore."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    path = tmp_path / "x.sqlite3"
+    with pytest.raises(Bad, match=r"x\.sqlite3 cannot be created: No space left on device"):
+        open_db(path, Bad)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    open_db(path, Bad).close()  # room again: created as new
+
+
+def test_without_hard_links_a_new_store_is_still_whole_and_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    conn.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_size > 0
+    assert sorted(os.listdir(tmp_path)) == ["x.sqlite3"]

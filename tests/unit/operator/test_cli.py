@@ -78,7 +78,7 @@ def test_unusable_store(
     ("kind", "problem"),
     [
         ("foreign", "cannot be used: no such column"),
-        ("unwritable", "/proc/self/operator.sqlite3 cannot be opened"),
+        ("unwritable", "/proc/self/operator.sqlite3 cannot be created"),
         ("uncreatable", "data dir /proc/nonexistent/data cannot be created"),
     ],
 )
