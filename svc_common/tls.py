@@ -16,6 +16,7 @@ signed is admitted, so they should be CAs that sign only the intended callers.""
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,23 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from svc_common.settings import SettingError
+
+# Per file: (inode, size, mtime in ns), or None for one that cannot be read.
+FileStates = tuple[tuple[int, int, int] | None, ...]
+
+
+def file_states(paths: tuple[Path, ...]) -> FileStates:
+    """What changes when a file is rewritten or replaced (a renamed-in copy, a Kubernetes
+    secret's symlink swap: stat follows links)."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,9 @@ class ServerTls:
     # The CAs a caller's certificate must chain to (PEM), or None to ask callers for none.
     client_ca_file: Path | None = None
     client_ca: bytes | None = field(default=None, repr=False)
+    # The files' states (file_states) just before they were read: a renewal landing after
+    # that is told apart from what was read (svc_common.tls_reload).
+    states: FileStates = ()
 
     @property
     def requires_client_certs(self) -> bool:
@@ -65,6 +86,7 @@ class PeerTls:
     key_file: Path | None = None
     cert_chain: bytes | None = field(default=None, repr=False)
     private_key: bytes | None = field(default=None, repr=False)
+    states: FileStates = ()  # of ca_file, then cert_file and key_file, as in ServerTls
 
 
 def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
@@ -72,20 +94,22 @@ def load_server_tls(cert_file: str, key_file: str) -> ServerTls:
     serve (unreadable, not PEM, an encrypted key, a key type it cannot use, a key that is not
     the certificate's)."""
     cert_path, key_path = Path(cert_file), Path(key_file)
+    states = file_states((cert_path, key_path))
     chain, key_pem = _certificate_and_key(cert_path, key_path)
-    return ServerTls(cert_path, key_path, chain, key_pem)
+    return ServerTls(cert_path, key_path, chain, key_pem, states=states)
 
 
 def requiring_client_certs(tls: ServerTls, client_ca_file: str) -> ServerTls:
     """`tls` admitting only callers whose certificate chains to the CAs in `client_ca_file`;
     SettingError if it holds no CA certificate OpenSSL takes."""
     path = Path(client_ca_file)
+    states = tls.states + file_states((path,))
     pem = _ca_certificates(path)
     try:
         ssl.create_default_context().load_verify_locations(cafile=path)
     except ssl.SSLError as exc:
         raise SettingError(f"{path}: refused by OpenSSL ({exc.reason or 'unusable'})") from None
-    return dataclasses.replace(tls, client_ca_file=path, client_ca=pem)
+    return dataclasses.replace(tls, client_ca_file=path, client_ca=pem, states=states)
 
 
 def load_peer_tls(
@@ -94,12 +118,14 @@ def load_peer_tls(
     """Reads the CA certificates to trust and, when given, the certificate and key to present;
     SettingError if there are no CA certificates or the certificate and key cannot serve."""
     path = Path(ca_file)
+    states = file_states((path,))
     pem = _ca_certificates(path)
     if cert_file is None or key_file is None:
-        return PeerTls(path, pem)
+        return PeerTls(path, pem, states=states)
     cert_path, key_path = Path(cert_file), Path(key_file)
+    states += file_states((cert_path, key_path))
     chain, key_pem = _certificate_and_key(cert_path, key_path)
-    return PeerTls(path, pem, cert_path, key_path, chain, key_pem)
+    return PeerTls(path, pem, cert_path, key_path, chain, key_pem, states)
 
 
 def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:

@@ -18,7 +18,6 @@ time (a stream still open then is cut, and its reader reconnects, as after any b
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -31,8 +30,10 @@ import structlog
 from svc_common.clock import Monotonic, SystemClock
 from svc_common.settings import SettingError
 from svc_common.tls import (
+    FileStates,
     PeerTls,
     ServerTls,
+    file_states,
     load_peer_tls,
     load_server_tls,
     requiring_client_certs,
@@ -46,22 +47,6 @@ OLD_CHANNEL_GRACE_S = 60.0
 # How often, at most, a handshake looks at the files: renewals take effect within this, and a
 # flood of new connections costs one stat per file per second.
 RECHECK_S = 1.0
-
-_Fingerprint = tuple[tuple[int, int, int] | None, ...]
-
-
-def _fingerprint(paths: tuple[Path, ...]) -> _Fingerprint:
-    """What changes when a file is rewritten or replaced (a renamed-in copy, a Kubernetes
-    secret's symlink swap: stat follows links); None for a file that cannot be read now."""
-    found: list[tuple[int, int, int] | None] = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            found.append(None)
-            continue
-        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(found)
 
 
 class ReloadingServerTls:
@@ -80,7 +65,10 @@ class ReloadingServerTls:
         self._listener = listener  # which of a process's listeners, in its log lines
         paths = (initial.cert_file, initial.key_file, initial.client_ca_file)
         self._reader = _Reader(
-            tuple(p for p in paths if p is not None), monotonic or SystemClock(), recheck_s
+            tuple(p for p in paths if p is not None),
+            initial.states,
+            monotonic or SystemClock(),
+            recheck_s,
         )
         self._lock = threading.Lock()
 
@@ -100,7 +88,7 @@ class ReloadingServerTls:
             except SettingError as exc:
                 self._reader.refused(seen, exc, "tls_reload_failed", listener=self._listener)
                 return self._tls
-            self._reader.loaded(seen)
+            self._reader.loaded(tls.states)
             self._tls = tls
             _log.info("tls_reloaded", listener=self._listener, cert_file=str(tls.cert_file))
             return tls
@@ -138,14 +126,17 @@ class ReloadingServerTls:
         latest: list[tuple[ServerTls, ssl.SSLContext]] = [(base_tls, base)]
 
         def on_client_hello(conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            try:
-                tls = self.current()
-                if tls is not latest[0][0]:
+            tls = self.current()
+            if tls is not latest[0][0]:
+                try:
                     latest[0] = (tls, tls.ssl_context())
-                if latest[0][1] is not base:
-                    conn.context = latest[0][1]
-            except Exception:  # an error here would fail the handshake: serve what we have
-                _log.exception("tls_reload_error")
+                except (OSError, ssl.SSLError) as exc:
+                    # The files changed again since they were checked: keep the context in
+                    # use (once per state, not per handshake); the change is read next.
+                    latest[0] = (tls, latest[0][1])
+                    _log.warning("tls_reload_failed", listener="http", error=type(exc).__name__)
+            if latest[0][1] is not base:
+                conn.context = latest[0][1]
 
         base.sni_callback = on_client_hello
         return base
@@ -185,31 +176,40 @@ class _Reader:
     """Files to watch, and whether they changed since the last state that loaded; at most one
     look per `recheck_s`, and one warning per state that does not load."""
 
-    def __init__(self, paths: tuple[Path, ...], monotonic: Monotonic, recheck_s: float) -> None:
+    def __init__(
+        self,
+        paths: tuple[Path, ...],
+        read: FileStates,
+        monotonic: Monotonic,
+        recheck_s: float,
+    ) -> None:
+        """`read`: the files' states when what is in use was read (before, so a change after
+        it is seen as one)."""
         self._paths = paths
         self._monotonic = monotonic
         self._recheck_s = recheck_s
-        self._seen = _fingerprint(paths)
-        self._failed: _Fingerprint | None = None
+        self._seen = read
+        self._failed: FileStates | None = None
         self._next_check = monotonic.monotonic_s() + recheck_s
 
     def due(self) -> bool:
         return self._monotonic.monotonic_s() >= self._next_check
 
-    def changed(self) -> _Fingerprint | None:
+    def changed(self) -> FileStates | None:
         """The files' new state when a look is due and finds one not seen before; caller holds
         the owner's lock."""
         now = self._monotonic.monotonic_s()
         if now < self._next_check:
             return None
         self._next_check = now + self._recheck_s
-        seen = _fingerprint(self._paths)
+        seen = file_states(self._paths)
         return None if seen in (self._seen, self._failed) else seen
 
-    def loaded(self, seen: _Fingerprint) -> None:
-        self._seen, self._failed = seen, None
+    def loaded(self, read: FileStates) -> None:
+        """What is in use now was read with the files in these states."""
+        self._seen, self._failed = read, None
 
-    def refused(self, seen: _Fingerprint, error: SettingError, event: str, **where: str) -> None:
+    def refused(self, seen: FileStates, error: SettingError, event: str, **where: str) -> None:
         # Paths and reasons only: SettingError never quotes a file's contents.
         _log.warning(event, error=str(error), using="the previous files", **where)
         self._failed = seen
@@ -234,11 +234,11 @@ class ReloadingChannel(grpc.Channel):  # type: ignore[misc]  # grpc has no type 
         self._options = tuple(options)
         self._grace_s = grace_s
         paths = tuple(p for p in (tls.ca_file, tls.cert_file, tls.key_file) if p is not None)
-        self._reader = _Reader(paths, monotonic or SystemClock(), recheck_s)
+        self._reader = _Reader(paths, tls.states, monotonic or SystemClock(), recheck_s)
         self._lock = threading.Lock()
         # (generation, channel): read without the lock on every call; replaced whole.
         self._current: tuple[int, Any] = (0, _secure_channel(target, tls, self._options))
-        self._retired: list[Any] = []
+        self._retired: dict[Any, threading.Timer] = {}  # replaced channel -> its closing
         self._closed = False
 
     def current(self) -> tuple[int, Any]:
@@ -259,21 +259,20 @@ class ReloadingChannel(grpc.Channel):  # type: ignore[misc]  # grpc has no type 
             except SettingError as exc:
                 self._reader.refused(seen, exc, "peer_tls_reload_failed", target=self._target)
                 return self._current
-            self._reader.loaded(seen)
+            self._reader.loaded(tls.states)
             generation, old = self._current
             self._current = (generation + 1, _secure_channel(self._target, tls, self._options))
-            self._retired.append(old)
             timer = threading.Timer(self._grace_s, self._close_retired, args=(old,))
             timer.daemon = True
+            self._retired[old] = timer
             timer.start()
             _log.info("peer_tls_reloaded", target=self._target)
             return self._current
 
     def _close_retired(self, old: Any) -> None:
         with self._lock:
-            if old not in self._retired:
+            if self._retired.pop(old, None) is None:
                 return  # closed with the channel already
-            self._retired.remove(old)
         old.close()
 
     def _multicallable(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -301,6 +300,8 @@ class ReloadingChannel(grpc.Channel):  # type: ignore[misc]  # grpc has no type 
         with self._lock:
             self._closed = True
             channels = [self._current[1], *self._retired]
+            for timer in self._retired.values():
+                timer.cancel()
             self._retired.clear()
         for channel in channels:
             channel.close()

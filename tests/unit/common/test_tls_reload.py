@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -252,3 +253,37 @@ def test_a_peer_channel_keeps_its_files_while_renewed_ones_do_not_load(
             stream = watch(health_pb2.HealthCheckRequest(), timeout=5)
             assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
             stream.cancel()
+
+
+def test_a_renewal_between_reading_the_files_and_serving_them_is_still_picked_up(
+    served_files: TlsFiles, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Files are read when the CLI parses its flags; the operator then loads its store before
+    it serves. A renewal in between must not become the state that counts as in use."""
+    new = make_tls_files(tmp_path / "new")
+    tls = load_server_tls(str(served_files.cert), str(served_files.key))
+    peer = load_peer_tls(str(served_files.ca))
+    _renew_all(served_files, new)
+    server = ReloadingServerTls(tls, monotonic=clock)
+    with ReloadingChannel("127.0.0.1:1", peer, monotonic=clock) as channel:
+        clock.advance(int(RECHECK_S * 1000))
+        assert server.current().cert_chain == new.cert.read_bytes()
+        assert channel.current()[0] == 1
+
+
+def test_closing_a_channel_ends_the_timers_of_the_channels_it_replaced(
+    served_files: TlsFiles, clock: ManualClock, tmp_path: Path
+) -> None:
+    def timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+    before = len(timers())
+    peer = load_peer_tls(str(served_files.ca))
+    channel = ReloadingChannel("127.0.0.1:1", peer, monotonic=clock, grace_s=600)
+    for i in range(3):
+        _renew(served_files.ca, make_tls_files(tmp_path / f"ca{i}").ca)
+        clock.advance(int(RECHECK_S * 1000))
+        assert channel.current()[0] == i + 1
+    assert len(timers()) == before + 3
+    channel.close()
+    assert wait_until(lambda: len(timers()) == before, 2.0)
