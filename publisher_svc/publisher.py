@@ -304,6 +304,16 @@ class Publisher:
         with self._pending_lock:
             self._closed = True
         self._serve_pool.shutdown(wait=False, cancel_futures=True)
+        if held := len(self.unrecorded_optouts):
+            # Not retried here (a busy store would hold up the stop for its 30 s timeout): the
+            # operator keeps them, and the refresh of each such identity is answered OPTOUT.
+            _log.warning("unrecorded_optouts_dropped", count=held)
+
+    def readings(self) -> dict[str, float]:
+        """What /metrics shows of the publisher itself (svc_common.metrics), in every mode;
+        no store access, so a scrape takes no store lock."""
+        # Opt-outs honoured from memory because the store refused them: not on disk yet.
+        return {"unrecorded_optouts": float(len(self.unrecorded_optouts))}
 
     def user_lock(self, user_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
@@ -371,16 +381,22 @@ class Publisher:
     def _end_as_opted_out(self, user_id: str, dii: HashedDii) -> LoginResult:
         """A login the operator answered OPTOUT (now or before): records the DII's opt-out,
         with any the store refused earlier for the user, and ends the user's identity; from
-        then GetAdvertisingToken says OPTOUT (not NO_IDENTITY) until the next login. A store
-        that refuses this write too: the opt-out is held in memory and honoured all the same,
-        and the login answers OPTOUT, as a refresh that meets the same refusal does; only when
-        that set is full does it answer the store's refusal (UNAVAILABLE), as it used to."""
+        then GetAdvertisingToken says OPTOUT (not NO_IDENTITY) until the next login.
+
+        A store that refuses this write too: the opt-out is held in memory and honoured at
+        once by every path of this process. In server mode the login still answers the store's
+        refusal (UNAVAILABLE): the identity stored for the user before is ended only in memory,
+        so after a restart it would be served again until its next refresh; the caller's retry
+        (no operator call: the opt-out is held) records it. In client mode there is no stored
+        identity to end (the record only spares the operator a call at the next login), so the
+        login answers OPTOUT and clears the cookie."""
         now = self.clock.now_ms()
         optouts = {dii.key: now, **self.unrecorded_optouts.of_user(user_id)}
         try:
             self.store.end_as_opted_out(user_id, optouts, now)
         except StoreUnavailable as err:
-            if not self._hold_unrecorded(user_id, dii.key, now):
+            held = self._hold_unrecorded(user_id, dii.key, now)
+            if not held or self.mode is StorageMode.SERVER:
                 raise
             _log.warning("login_optout_not_recorded", reason=err.reason)
             return LoginResult(LoginStatus.OPTOUT)

@@ -232,15 +232,12 @@ class Refresher:
 
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the refresher (svc_common.metrics): whether it is holding
-        back, and why, and the opt-outs the store has yet to take. No store access: a scrape
-        must not take the store's lock."""
+        back, and why. No store access: a scrape must not take the store's lock."""
         now_s = self._monotonic.monotonic_s()
         return {
             "refresh_paused_by_store": 1.0 if now_s < self._store_paused_until else 0.0,
             "refresh_circuit_open": 1.0 if now_s < self._circuit_until else 0.0,
             "refresh_in_flight": float(self.stats.in_flight),
-            # Opt-outs honoured from memory because the store refused them: not on disk yet.
-            "unrecorded_optouts": float(len(self.publisher.unrecorded_optouts)),
         }
 
     def _store_paused(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -106,7 +107,7 @@ def start(
         )
         refresher.start()
         served.on_stop.append(refresher.stop)  # runs first: stops before the store closes
-        served.readings = refresher.readings
+    served.readings = _readings(publisher, refresher)
     served.set_serving(True)
     _log.info(
         "publisher_started",
@@ -116,3 +117,9 @@ def start(
         background_refresh=refresher is not None,
     )
     return PublisherRuntime(served, publisher, refresher)
+
+
+def _readings(publisher: Publisher, refresher: Refresher | None) -> Callable[[], dict[str, float]]:
+    if refresher is None:
+        return publisher.readings
+    return lambda: {**publisher.readings(), **refresher.readings()}

@@ -193,3 +193,16 @@ def test_an_opt_out_stream_that_breaks_shows_at_once(stack: Stack) -> None:
         return gauges["uid2_decryptor_optout_stream_connected"] == 0
 
     assert wait_until(disconnected, 10.0)
+
+
+def test_a_client_side_publisher_shows_its_unrecorded_opt_outs_too(stack: Stack) -> None:
+    """No background refresher in client mode, but opt-outs its store refused are still held
+    (and recorded after the next write): the gauge is the publisher's, in every mode."""
+    text = _scrape(stack, "publisher-web")[0]
+    gauges = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("uid2_publisher_")
+        for s in family.samples
+    }
+    assert gauges == {"uid2_publisher_unrecorded_optouts": 0}

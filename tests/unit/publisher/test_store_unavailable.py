@@ -227,13 +227,14 @@ def test_a_client_side_refresh_answered_optout_is_optout_though_not_recorded(
 
 
 def _login_answered_optout(pub: Publisher, user_id: str = "u0") -> str:
-    """The user opts out at the operator and logs in again (the store refusing the record);
-    returns the DII hash the opt-out is recorded under."""
+    """The user opts out at the operator and logs in again, the store refusing the record:
+    the login answers the store's refusal (server mode: the identity stored before is ended
+    only in memory, so the caller must try again); returns the DII hash of the opt-out."""
     operator = pub.operator
     assert isinstance(operator, FakeOperator)
     operator.optout_keys.add(_key(f"{user_id}@example.com"))
-    result = pub.login(user_id, f"{user_id}@example.com", None, PrivacySettings(True, ""))
-    assert result.status is LoginStatus.OPTOUT and not result.clear_cookie
+    with pytest.raises(StoreUnavailable):
+        pub.login(user_id, f"{user_id}@example.com", None, PrivacySettings(True, ""))
     return _key(f"{user_id}@example.com")
 
 
@@ -262,11 +263,11 @@ def test_an_unrecorded_login_optout_ends_serving_the_identity_stored_before(
     assert not ad.token_sent and ssp.impressions[-1].advertising_token == ""
     assert operator.refresh_calls == []
     # Logging in again with the opted-out DII does not ask the operator either (reference
-    # §1.7), for this user or another one.
+    # §1.7), for this user or another one; it tries the record again, which still fails.
     generated = len(operator.generate_calls)
     for user_id in ("u0", "u9"):
-        again = locked.login(user_id, "u0@example.com", None, PrivacySettings(True, ""))
-        assert again.status is LoginStatus.OPTOUT
+        with pytest.raises(StoreUnavailable):
+            locked.login(user_id, "u0@example.com", None, PrivacySettings(True, ""))
     assert len(operator.generate_calls) == generated
     assert locked.store.get("u0") == held  # not recorded: held in memory instead
 
@@ -284,7 +285,7 @@ def test_the_refresher_leaves_alone_an_identity_whose_opt_out_is_unrecorded(
             refresher.run_once()
             clock.advance(11_000)  # past any pause
         assert operator.refresh_calls == []
-        assert refresher.readings()["unrecorded_optouts"] == 1.0
+        assert locked.readings()["unrecorded_optouts"] == 1.0
     finally:
         refresher.stop()
 
@@ -369,6 +370,8 @@ def test_a_client_side_refresh_optout_not_recorded_spares_the_next_login_the_ope
     assert stored is not None and isinstance(operator, FakeOperator)
     _operator_answers_optout(locked)
     locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
+    # A client-side deployment: no identity stored to end, so the login answers OPTOUT.
+    locked.mode = StorageMode.CLIENT
     generated = len(operator.generate_calls)
     login = locked.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
     assert login.status is LoginStatus.OPTOUT and len(operator.generate_calls) == generated
@@ -386,3 +389,29 @@ def test_past_its_limit_an_unrecorded_login_optout_answers_the_stores_refusal(
         locked.login("u1", "u1@example.com", None, PrivacySettings(True, ""))
     assert caught.value.reason == _param(request)
     assert len(locked.unrecorded_optouts) == 1
+
+
+def test_a_login_optout_the_store_refused_is_recorded_by_the_callers_retry_and_survives_restart(
+    refusing: Refusing, tmp_path: Path
+) -> None:
+    """The held opt-out lives in memory only: the login answered the store's refusal so the
+    caller tries again. Its retry (no operator call) records it once the store takes writes,
+    and a restarted publisher then never serves the identity stored before."""
+    pub = refusing.pub
+    clock, operator = pub.clock, pub.operator
+    assert isinstance(clock, ManualClock) and isinstance(operator, FakeOperator)
+    clock.advance(-HOUR)  # the stored identity is not due: no refresh would catch the opt-out
+    _login_answered_optout(pub)
+    refusing.heal()
+    generated = len(operator.generate_calls)
+    retry = pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
+    assert retry.status is LoginStatus.OPTOUT and len(operator.generate_calls) == generated
+    pub.close()
+    pub.store.close()
+    reopened = SqliteStore(tmp_path)
+    try:
+        after = Publisher(store=reopened, operator=operator, ssp=FakeSsp(), clock=clock)
+        token = after.get_advertising_token("u0")
+        assert token.status is TokenStatus.OPTOUT and token.advertising_token == ""
+    finally:
+        reopened.close()
