@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +60,8 @@ class SspConfig:
             raise ConfigError("give exactly one of --data-dir and --publishers-file")
         if self.data_dir is not None:
             require_data_dir(self.data_dir, ConfigError)
-        if self.publishers_file is not None and not self.publishers_file.is_file():
-            raise ConfigError(f"publishers file {self.publishers_file} does not exist")
+        if self.publishers_file is not None:
+            _check_publishers_file(self.publishers_file)
         if bool(self.operator) != bool(self.operator_api_key):
             raise ConfigError("--operator and --operator-api-key go together")
         if not 1 <= self.tmax_ms <= MAX_TMAX_MS:
@@ -77,3 +79,34 @@ class SspConfig:
     @property
     def decrypting(self) -> bool:
         return bool(self.operator and self.operator_api_key)
+
+
+def _check_publishers_file(path: Path) -> None:
+    """Refuses, before anything starts, a publishers file that cannot be one, saying why: "does
+    not exist" for a path that does (a directory, /dev/null) sends whoever reads it looking in
+    the wrong place."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"publishers file {path} does not exist") from None
+    except OSError as exc:  # a parent that is a file, no search permission on a parent
+        raise ConfigError(f"publishers file {path} cannot be read: {_reason(exc)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"publishers file {path} is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        # /dev/null or another device, a pipe, a socket: nothing anyone keeps accounts in.
+        raise ConfigError(f"publishers file {path} is not a regular file")
+    if info.st_size == 0:
+        raise ConfigError(
+            f"publishers file {path} is empty (0 bytes): it must hold a JSON object with "
+            "publishers and subscribers"
+        )
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"publishers file {path} cannot be read: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__

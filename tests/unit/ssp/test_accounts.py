@@ -2,7 +2,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -184,3 +184,44 @@ def test_domains_stored_as_typed_are_compared_normalised(tmp_path: Path) -> None
     assert account is not None
     assert account.domains == ("xn--bcher-kva.example", "news.example.com")
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("absent", "does not exist"),
+        ("directory", "is a directory, not a file"),
+        ("device", "is not a regular file"),
+        ("empty", "is empty (0 bytes)"),
+        ("unreadable", "cannot be read: Permission denied"),
+    ],
+)
+def test_serve_says_why_a_publishers_file_cannot_be_used(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    reason: str,
+) -> None:
+    # "does not exist" for a path that exists sent the reader looking in the wrong place.
+    monkeypatch.setattr("svc_common.metrics.wait_for_signal", _never)
+    path = {"device": Path("/dev/null"), "directory": tmp_path}.get(kind, tmp_path / "pubs.json")
+    if kind == "empty":
+        path.touch()
+    elif kind == "unreadable":
+        path.write_text("{}")
+        path.chmod(0)
+        if os.access(path, os.R_OK):  # root reads it all the same: refuse it as a reader would
+            real_open = Path.open
+
+            def refusing(self: Path, *args: Any, **kwargs: Any) -> Any:
+                if self == path:
+                    raise PermissionError(13, "Permission denied", str(self))
+                return real_open(self, *args, **kwargs)
+
+            monkeypatch.setattr(Path, "open", refusing)
+    assert ssp_main(["serve", "--publishers-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"uid2-ssp: error: publishers file {path} {reason}"), err
+    assert ("does not exist" in err) == (kind == "absent"), err
