@@ -2,7 +2,7 @@
 
     uid2-dsp serve --listen HOST:PORT --name NAME [--operator HOST:PORT --operator-api-key KEY]
                    [--base-price P] [--identified-bonus B] [--delay-ms N]
-                   [--fail-rate F | --mode normal|slow|fail|garbage]
+                   [--mode normal|slow|fail|garbage] [--fail-rate F]
 
 Flags fall back to UID2_DSP_<FLAG> environment variables."""
 
@@ -54,9 +54,13 @@ def _parser() -> OneLineParser:
     s.add_argument("--identified-bonus", help="added for a decrypted UID2 (default 1.5)")
     s.add_argument("--delay-ms", help="wait before answering (default 0)")
     s.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
-    group = s.add_mutually_exclusive_group()
-    group.add_argument("--fail-rate", help="share of calls answered with an error (default 0)")
-    group.add_argument("--mode", help="normal (default), slow, fail or garbage")
+    # --mode and --fail-rate combine (a slow bidder that also fails now and then; garbage or an
+    # error), so neither place makes them exclusive; only --mode fail leaves no share to set.
+    s.add_argument("--mode", help="normal (default), slow, fail or garbage")
+    s.add_argument(
+        "--fail-rate",
+        help="share of calls answered with an error, in any mode but fail (default 0)",
+    )
     add_tls_flags(s, peers="the operator")
     add_metrics_flag(s, "UID2_DSP_METRICS_LISTEN")
     s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
@@ -68,6 +72,14 @@ def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
 
 
 def _config(settings: FlagsWithEnv) -> DspConfig:
+    mode = settings.value("mode", choice(Mode), Mode.NORMAL)
+    fail_rate = settings.value("fail-rate", number_in(0.0, 1.0), 0.0)
+    if mode is Mode.FAIL and fail_rate:
+        # Every call fails in that mode: a share given with it would be silently ignored.
+        raise UsageError(
+            f"--fail-rate (or {settings.env_name('fail-rate')}) has no effect with --mode fail "
+            f"(or {settings.env_name('mode')}=fail), which fails every call: give one of them"
+        )
     return DspConfig(
         name=settings.required("name"),
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
@@ -76,8 +88,8 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         base_price=settings.value("base-price", number_in(0.0), 1.0),
         identified_bonus=settings.value("identified-bonus", number_in(0.0), 1.5),
         delay_ms=settings.value("delay-ms", integer_in(0, MAX_DELAY_MS), 0),
-        fail_rate=settings.value("fail-rate", number_in(0.0, 1.0), 0.0),
-        mode=settings.value("mode", choice(Mode), Mode.NORMAL),
+        fail_rate=fail_rate,
+        mode=mode,
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
         tls=server_tls(settings),
         peer_tls=peer_tls(settings),

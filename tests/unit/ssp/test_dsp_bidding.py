@@ -88,3 +88,15 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         DspConfig(name="x", fail_rate=2)
     assert DspConfig(name="x", mode=Mode.SLOW).effective_delay_ms == 1000
+
+
+def test_a_fail_rate_combines_with_the_other_modes() -> None:
+    # What lets `--mode slow|garbage` and `--fail-rate` be given together (dsp_svc/cli.py).
+    slept: list[float] = []
+    slow, _, _ = bidder(mode=Mode.SLOW, delay_ms=250, fail_rate=0.5, rng=lambda: 0.4,
+                        sleep=slept.append)  # fmt: skip
+    with pytest.raises(ServiceError):
+        slow.bid(request(""))
+    assert slept == [0.25]
+    garbage, _, _ = bidder(mode=Mode.GARBAGE, fail_rate=0.5, rng=lambda: 0.6)
+    assert math.isnan(garbage.bid(request("")).seatbid[0].bid[0].price)
