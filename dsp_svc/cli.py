@@ -22,6 +22,7 @@ from svc_common.cli_common import (
     UsageError,
     add_metrics_flag,
     add_tls_flags,
+    both_or_neither,
     fail,
     metrics_listen,
     peer_tls,
@@ -43,12 +44,10 @@ def _parser() -> OneLineParser:
     s = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
     s.add_argument("--name", help="the bidder's name in the SSP's auctions (required)")
-    s.add_argument(
-        "--operator",
-        "--operator-address",
-        dest="operator",
-        help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
-    )
+    s.add_argument("--operator", help="the operator's HOST:PORT")
+    # A flag of its own, not a second spelling of --operator: FlagsWithEnv then reads its
+    # variable too, and refuses the two giving different addresses (_ALIASES).
+    s.add_argument("--operator-address", help="the same as --operator, as in uid2-publisher")
     s.add_argument("--operator-api-key", help="ID_READER key")
     s.add_argument("--base-price", help="bid for an anonymous impression (default 1.0)")
     s.add_argument("--identified-bonus", help="added for a decrypted UID2 (default 1.5)")
@@ -67,8 +66,12 @@ def _parser() -> OneLineParser:
     return p
 
 
+# uid2-publisher's name for the operator's address, accepted here too, with its variable.
+_ALIASES = {"operator-address": "operator"}
+
+
 def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
-    return FlagsWithEnv(args, "UID2_DSP_")
+    return FlagsWithEnv(args, "UID2_DSP_", aliases=_ALIASES)
 
 
 def _config(settings: FlagsWithEnv) -> DspConfig:
@@ -80,11 +83,15 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
             f"--fail-rate (or {settings.env_name('fail-rate')}) has no effect with --mode fail "
             f"(or {settings.env_name('mode')}=fail), which fails every call: give one of them"
         )
+    # Parsed first, so a malformed address is named as such, not as a missing pair.
+    operator = settings.value("operator", host_port, None)
+    operator_api_key = settings.value("operator-api-key", api_key, None)
+    both_or_neither(settings, "operator", "operator-api-key")
     return DspConfig(
         name=settings.required("name"),
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
-        operator=settings.value("operator", host_port, None),
-        operator_api_key=settings.value("operator-api-key", api_key, None),
+        operator=operator,
+        operator_api_key=operator_api_key,
         base_price=settings.value("base-price", number_in(0.0), 1.0),
         identified_bonus=settings.value("identified-bonus", number_in(0.0), 1.5),
         delay_ms=settings.value("delay-ms", integer_in(0, MAX_DELAY_MS), 0),

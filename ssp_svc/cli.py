@@ -38,6 +38,7 @@ from svc_common.cli_common import (
     UsageError,
     add_metrics_flag,
     add_tls_flags,
+    both_or_neither,
     fail,
     metrics_listen,
     peer_tls,
@@ -76,12 +77,10 @@ def _parser() -> OneLineParser:
         "--publishers-file", help="JSON publishers/subscribers file instead of a data dir"
     )
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
-    serve.add_argument(
-        "--operator",
-        "--operator-address",
-        dest="operator",
-        help="the operator's HOST:PORT (--operator-address as in uid2-publisher)",
-    )
+    serve.add_argument("--operator", help="the operator's HOST:PORT")
+    # A flag of its own, not a second spelling of --operator: FlagsWithEnv then reads its
+    # variable too, and refuses the two giving different addresses (_ALIASES).
+    serve.add_argument("--operator-address", help="the same as --operator, as in uid2-publisher")
     serve.add_argument("--operator-api-key", help="ID_READER key")
     serve.add_argument(
         "--bidder", action="append", default=None, metavar="NAME=HOST:PORT",
@@ -124,8 +123,12 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
     return 0
 
 
+# uid2-publisher's name for the operator's address, accepted here too, with its variable.
+_ALIASES = {"operator-address": "operator"}
+
+
 def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
-    return FlagsWithEnv(args, "UID2_SSP_", {"bidder": "UID2_SSP_BIDDERS"})
+    return FlagsWithEnv(args, "UID2_SSP_", {"bidder": "UID2_SSP_BIDDERS"}, _ALIASES)
 
 
 def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig:
@@ -136,12 +139,16 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         bidder_specs = [spec for spec in listed.split(",") if spec.strip()]
     data_dir = settings.text("data-dir")
     publishers_file = settings.text("publishers-file")
+    # Parsed first, so a malformed address is named as such, not as a missing pair.
+    operator = settings.value("operator", host_port, None)
+    operator_api_key = settings.value("operator-api-key", api_key, None)
+    both_or_neither(settings, "operator", "operator-api-key")
     return SspConfig(
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
         data_dir=None if data_dir is None else Path(data_dir),
         publishers_file=None if publishers_file is None else Path(publishers_file),
-        operator=settings.value("operator", host_port, None),
-        operator_api_key=settings.value("operator-api-key", api_key, None),
+        operator=operator,
+        operator_api_key=operator_api_key,
         bidders=_bidders(settings, bidder_specs),
         tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),

@@ -42,32 +42,44 @@ class FlagsWithEnv:
     """The settings of one parsed command line, each falling back to `<prefix><FLAG>` (flag
     `--tmax-ms`, prefix `UID2_SSP_`: `UID2_SSP_TMAX_MS`) unless `env_names` spells the
     variable otherwise. Flags must be declared without a type or default, so their text reaches
-    the parser here, as the variable's does."""
+    the parser here, as the variable's does.
+
+    `aliases` maps a second name of a setting to its flag (`operator-address` → `operator`),
+    each declared as a flag of its own: the alias and its variable then give the setting as the
+    flag and its variable do, and two of them giving different values is a mistake rather than
+    one silently winning."""
 
     def __init__(
         self,
         args: argparse.Namespace,
         prefix: str,
         env_names: Mapping[str, str] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self._args = args
         self._prefix = prefix
         self._env_names = dict(env_names or {})
+        self._aliases = dict(aliases or {})
 
     def env_name(self, flag: str) -> str:
         return self._env_names.get(flag) or self._prefix + flag.upper().replace("-", "_")
 
+    def spelled(self, flag: str) -> str:
+        """`--flag (or VARIABLE)` for a message, naming the alias when the alias (or its
+        variable) is what gave the setting."""
+        given = self._given(flag)
+        name = flag if given is None else given[0]
+        return f"--{name} (or {self.env_name(name)})"
+
     def text(self, flag: str, default: str | None = None) -> str | None:
         """The setting's text; an empty flag or variable counts as not given."""
-        value = getattr(self._args, flag.replace("-", "_"))
-        if value is None or value == "":
-            value = os.environ.get(self.env_name(flag))
-        return default if value is None or value == "" else str(value)
+        given = self._given(flag)
+        return default if given is None else given[1]
 
     def required(self, flag: str) -> str:
         value = self.text(flag)
         if value is None:
-            raise UsageError(f"--{flag} (or {self.env_name(flag)}) is required")
+            raise UsageError(f"{self._all_names(flag)} is required")
         return value
 
     def value(self, flag: str, parse: Callable[[str], T], default: T) -> T:
@@ -82,7 +94,38 @@ class FlagsWithEnv:
         try:
             return parse(text)
         except SettingError as exc:
-            raise UsageError(f"--{flag} (or {self.env_name(flag)}): {exc}") from None
+            raise UsageError(f"{self.spelled(flag)}: {exc}") from None
+
+    def _names(self, flag: str) -> list[str]:
+        return [flag, *(alias for alias, of in self._aliases.items() if of == flag)]
+
+    def _all_names(self, flag: str) -> str:
+        return " or ".join(f"--{name} (or {self.env_name(name)})" for name in self._names(flag))
+
+    def _given(self, flag: str) -> tuple[str, str] | None:
+        """(the name that gave the setting, its text), or None: a flag before any variable."""
+        for from_env in (False, True):
+            found: dict[str, str] = {}
+            for name in self._names(flag):
+                if from_env:
+                    value = os.environ.get(self.env_name(name))
+                else:
+                    value = getattr(self._args, name.replace("-", "_"))
+                if value is not None and value != "":
+                    found[name] = str(value)
+            if len(set(found.values())) > 1:
+                where = " and ".join(self.env_name(n) if from_env else f"--{n}" for n in found)
+                raise UsageError(f"{where} are the same setting but differ: give one")
+            if found:
+                return next(iter(found.items()))
+        return None
+
+
+def both_or_neither(settings: FlagsWithEnv, first: str, second: str) -> None:
+    """A UsageError, naming the flags and their variables, when only one of two settings that
+    work only together is given."""
+    if (settings.text(first) is None) != (settings.text(second) is None):
+        raise UsageError(f"{settings.spelled(first)} and {settings.spelled(second)} go together")
 
 
 def add_tls_flags(parser: argparse.ArgumentParser, *, peers: str | None) -> None:
