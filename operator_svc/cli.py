@@ -278,14 +278,17 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics_server is not None:
             metrics_server.watch("uid2_operator_", served.readings)
         extra = {} if served.http_port is None else {"http_port": served.http_port}
-        log.info(
-            "serving",
-            port=port,
-            startup_ms=round((time.perf_counter() - started) * 1000),
-            **server_tls_fields(config.tls),
-            **extra,
-            **metrics.log_fields(metrics_server),
-        )
+        # Not after a stop that came while state loaded: a supervisor watching for "serving"
+        # must not see a service that is already stopping (the wait returns at once).
+        if not stop.is_set():
+            log.info(
+                "serving",
+                port=port,
+                startup_ms=round((time.perf_counter() - started) * 1000),
+                **server_tls_fields(config.tls),
+                **extra,
+                **metrics.log_fields(metrics_server),
+            )
         wait_for_signal(stop)
         served.stop()
     log.info("stopped")

@@ -171,14 +171,17 @@ def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
         served, port = create_server(config)
         if metrics_server is not None:
             metrics_server.watch("uid2_publisher_", served.readings)
-        log.info(
-            "serving",
-            port=port,
-            storage_mode=config.storage_mode.value,
-            **server_tls_fields(config.tls),
-            **peer_tls_fields(config.peer_tls),
-            **metrics.log_fields(metrics_server),
-        )
+        # Not after a stop that came during start-up: a supervisor watching for "serving" must
+        # not see a service that is already stopping (the wait returns at once).
+        if not stop.is_set():
+            log.info(
+                "serving",
+                port=port,
+                storage_mode=config.storage_mode.value,
+                **server_tls_fields(config.tls),
+                **peer_tls_fields(config.peer_tls),
+                **metrics.log_fields(metrics_server),
+            )
         try:
             wait_for_signal(stop)
         finally:

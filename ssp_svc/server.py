@@ -94,6 +94,10 @@ def create_server(
     served.before_drain.append(hub.close)
     if decryptor is not None:
         served.readings = decryptor.readings
+    if stop is not None and stop.is_set():
+        # Stopped during start-up (the opt-out wait given up): neither health nor the log
+        # says ready for a server whose caller is about to drain it.
+        return served, served.port
     served.set_serving(True)
     _log.info(
         "ssp_ready",

@@ -163,13 +163,16 @@ def serve_until_stopped(
 ) -> None:
     """A `serve` command's life once configured: /metrics if asked for, `start()` the server
     (served, port) and show its readings under `readings_prefix`, one "serving" log line with
-    `fields`, then wait for SIGINT/SIGTERM (`stop`, from catch_stop_signals) and stop the server
-    (its drain)."""
+    `fields` (none when the stop came during start-up), then wait for SIGINT/SIGTERM (`stop`,
+    from catch_stop_signals) and stop the server (its drain)."""
     log = structlog.get_logger(service)
     with serving(metrics_at, service) as metrics:
         served, port = start()
         if metrics is not None:
             metrics.watch(readings_prefix, served.readings)
-        log.info("serving", port=port, **fields, **log_fields(metrics))
+        # A stop that came during start-up: a supervisor watching for "serving" must not see a
+        # service that is already stopping. The wait returns at once, and the drain follows.
+        if not stop.is_set():
+            log.info("serving", port=port, **fields, **log_fields(metrics))
         wait_for_signal(stop)
         served.stop()

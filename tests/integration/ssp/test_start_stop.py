@@ -74,14 +74,19 @@ def test_dsp_start_up_gives_up_waiting_for_opt_outs_once_stopped(dead_operator: 
 
 
 @pytest.mark.slow
-def test_sigterm_while_an_ssp_waits_for_its_operator_exits_zero_at_once(
-    tmp_path: Path, dead_operator: str
+@pytest.mark.parametrize("service", ["ssp", "dsp"])
+def test_sigterm_while_waiting_for_the_operator_exits_zero_at_once_never_serving(
+    tmp_path: Path, dead_operator: str, service: str
 ) -> None:
-    added = run_cli(["uid2-ssp", "publisher", "add", "--data-dir", str(tmp_path), "--name", "p",
-                     "--domain", "a.example"])  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    if service == "ssp":
+        added = run_cli(["uid2-ssp", "publisher", "add", "--data-dir", str(tmp_path),
+                         "--name", "p", "--domain", "a.example"])  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        own = ["--data-dir", str(tmp_path)]
+    else:
+        own = ["--name", "d"]
     proc = ServiceProcess(
-        ["uid2-ssp", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+        [f"uid2-{service}", "serve", *own, "--listen", "127.0.0.1:0",
          "--operator", dead_operator, "--operator-api-key", "k"]
     )  # fmt: skip
     try:
@@ -96,8 +101,12 @@ def test_sigterm_while_an_ssp_waits_for_its_operator_exits_zero_at_once(
         began = time.monotonic()
         assert proc.proc.wait(5) == 0
         assert time.monotonic() - began < 3.0
-        assert wait_until(
-            lambda: any(e.get("event") == "optouts_wait_given_up" for e in proc.events), 2
-        )
+        assert wait_until(lambda: any(e.get("event") == "stopped" for e in proc.events), 2)
     finally:
         proc.kill()
+    # A supervisor watching for "serving" (or the service's ready line) must not see a
+    # service that is already stopping: they came between the give-up and the stop.
+    events = [e.get("event") for e in proc.events]
+    assert "serving" not in events and f"{service}_ready" not in events, events
+    tail = [e for e in events if e in ("optouts_wait_given_up", "signal_received", "stopped")]
+    assert tail == ["optouts_wait_given_up", "signal_received", "stopped"], events

@@ -1,0 +1,89 @@
+"""A stop signal that arrives while a `serve` is still starting: the service drains and exits
+0, and never logs "serving" first (a supervisor watching for it would see a service that is
+already stopping). All four services, in-process: the signal comes just as the server has
+started, before the "serving" line would be written."""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsp_svc import cli as dsp_cli
+from operator_svc import cli as operator_cli
+from publisher_svc import cli as publisher_cli
+from ssp_svc import cli as ssp_cli
+
+Main = Callable[[Sequence[str] | None], int]
+
+
+@pytest.fixture
+def restore_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+    faulthandler.unregister(signal.SIGUSR1)
+
+
+def _operator(tmp_path: Path) -> list[str]:
+    assert operator_cli.main(["init", "--data-dir", str(tmp_path)]) == 0
+    return ["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+
+
+def _publisher(tmp_path: Path) -> list[str]:
+    return ["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+            "--operator-address", "127.0.0.1:1", "--operator-api-key", "k", "--site-id", "1",
+            "--ssp-address", "127.0.0.1:2", "--ssp-api-key", "k"]  # fmt: skip
+
+
+def _ssp(tmp_path: Path) -> list[str]:
+    return ["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+
+
+def _dsp(tmp_path: Path) -> list[str]:
+    return ["serve", "--name", "d", "--listen", "127.0.0.1:0"]
+
+
+@pytest.mark.usefixtures("restore_handlers")
+@pytest.mark.parametrize(
+    ("module", "main", "argv"),
+    [
+        ("operator_svc.server", operator_cli.main, _operator),
+        ("publisher_svc.server", publisher_cli.main, _publisher),
+        ("ssp_svc.server", ssp_cli.main, _ssp),
+        ("dsp_svc.server", dsp_cli.main, _dsp),
+    ],
+    ids=["operator", "publisher", "ssp", "dsp"],
+)
+def test_a_stop_during_start_up_drains_without_logging_serving(
+    module: str,
+    main: Main,
+    argv: Callable[[Path], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = argv(tmp_path)
+    real = importlib.import_module(module).create_server
+
+    def started_then_stopped(*a: Any, **kw: Any) -> Any:
+        served = real(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns: catch_stop_signals
+        return served
+
+    monkeypatch.setattr(f"{module}.create_server", started_then_stopped)
+    capsys.readouterr()
+    assert main(args) == 0
+    events = [json.loads(line).get("event") for line in capsys.readouterr().err.splitlines()]
+    assert "serving" not in events, events
+    assert events[-2:] == ["signal_received", "stopped"] or events[-3:] == [
+        "signal_received", "stopping", "stopped"
+    ], events  # fmt: skip
