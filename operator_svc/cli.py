@@ -43,7 +43,6 @@ from svc_common.errors import ServiceError
 from svc_common.settings import (
     SettingError,
     host_port,
-    integer,
     integer_in,
     log_level,
     number_in,
@@ -229,23 +228,39 @@ def _open(args: argparse.Namespace) -> OperatorStore:
 def _lifetimes(settings: FlagsWithEnv) -> tuple[int, int, int]:
     """Token and refresh-token lifetimes and the clock skew: `serve` and `keys rotate` share
     them (and their variables), since they decide how long old keys are kept."""
-    return (
-        settings.value("token-lifetime", integer_in(1, MAX_LIFETIME_S), 3 * DAY_S),
-        settings.value("refresh-lifetime", integer_in(1, MAX_LIFETIME_S), 30 * DAY_S),
-        settings.value("allow-clock-skew", integer_in(0, MAX_LIFETIME_S), DEFAULT_CLOCK_SKEW_S),
-    )
+    token_s = settings.value("token-lifetime", integer_in(1, MAX_LIFETIME_S), 3 * DAY_S)
+    refresh_s = settings.value("refresh-lifetime", integer_in(1, MAX_LIFETIME_S), 30 * DAY_S)
+    _at_most(settings, "token-lifetime", token_s, "refresh-lifetime", refresh_s)
+    skew_s = settings.value("allow-clock-skew", integer_in(0, MAX_LIFETIME_S), DEFAULT_CLOCK_SKEW_S)
+    return token_s, refresh_s, skew_s
+
+
+def _at_most(settings: FlagsWithEnv, flag: str, value: int, limit_flag: str, limit: int) -> None:
+    """Refuses `value` above `limit` as one line naming both settings' flags and variables, as
+    a setting out of its own range is named (OperatorConfig's own check names neither), and
+    both values, since either may be a default the user never typed."""
+    if value > limit:
+        raise UsageError(
+            f"{settings.spelled(flag)} must not exceed {settings.spelled(limit_flag)} "
+            f"({value} s > {limit} s)"
+        )
 
 
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
     settings = settings_of(args)
     token_s, refresh_s, skew_s = _lifetimes(settings)
+    refresh_from_s = settings.value("refresh-from", integer_in(1), HOUR_S)
+    _at_most(settings, "refresh-from", refresh_from_s, "token-lifetime", token_s)
+    bidstream_s = settings.value("max-bidstream-lifetime", integer_in(0, MAX_LIFETIME_S), 0)
+    if bidstream_s:  # 0: the token lifetime itself
+        _at_most(settings, "token-lifetime", token_s, "max-bidstream-lifetime", bidstream_s)
     return OperatorConfig(
         data_dir=_require_dir(args),
         listen=settings.value("listen", host_port, DEFAULT_LISTEN),
         token_lifetime_s=token_s,
         refresh_lifetime_s=refresh_s,
-        refresh_from_s=settings.value("refresh-from", integer_in(1), HOUR_S),
-        max_bidstream_lifetime_s=settings.value("max-bidstream-lifetime", integer, 0),
+        refresh_from_s=refresh_from_s,
+        max_bidstream_lifetime_s=bidstream_s,
         allow_clock_skew_s=skew_s,
         sync_interval_s=settings.value(
             "sync-interval", number_in(MIN_SYNC_INTERVAL_S, MAX_SYNC_INTERVAL_S, " s"), 0.1

@@ -96,3 +96,43 @@ def test_the_operators_own_ranges_name_the_flag_and_its_variable(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f": error: --{flag} (or {variable}): " in err, err
+
+
+@pytest.mark.parametrize("from_env", [False, True], ids=["flag", "env"])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"refresh-from": "7200", "token-lifetime": "3600"},
+         "--refresh-from (or UID2_OPERATOR_REFRESH_FROM_S) must not exceed --token-lifetime "
+         "(or UID2_OPERATOR_TOKEN_LIFETIME_S) (7200 s > 3600 s)"),
+        # The limit a default: still named, with the value in force.
+        ({"refresh-from": "260000"},
+         "--refresh-from (or UID2_OPERATOR_REFRESH_FROM_S) must not exceed --token-lifetime "
+         "(or UID2_OPERATOR_TOKEN_LIFETIME_S) (260000 s > 259200 s)"),
+        ({"token-lifetime": "100", "refresh-lifetime": "50"},
+         "--token-lifetime (or UID2_OPERATOR_TOKEN_LIFETIME_S) must not exceed "
+         "--refresh-lifetime (or UID2_OPERATOR_REFRESH_LIFETIME_S) (100 s > 50 s)"),
+        ({"token-lifetime": "7200", "max-bidstream-lifetime": "5000"},
+         "--token-lifetime (or UID2_OPERATOR_TOKEN_LIFETIME_S) must not exceed "
+         "--max-bidstream-lifetime (or UID2_OPERATOR_MAX_BIDSTREAM_LIFETIME_S) "
+         "(7200 s > 5000 s)"),
+    ],
+    ids=["refresh-from", "refresh-from-default-limit", "refresh-lifetime", "bidstream"],
+)  # fmt: skip
+def test_clashing_lifetimes_name_both_flags_and_variables(
+    given: dict[str, str],
+    expected: str,
+    from_env: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # They said "refresh from must not exceed the token lifetime", naming neither setting.
+    argv = ["serve", "--data-dir", str(tmp_path)]
+    for flag, value in given.items():
+        if from_env:
+            monkeypatch.setenv(f"UID2_OPERATOR_{flag.upper().replace('-', '_')}_S", value)
+        else:
+            argv.append(f"--{flag}={value}")
+    assert operator_cli.main(argv) == 2
+    assert capsys.readouterr().err == f"uid2-operator: error: {expected}\n"
