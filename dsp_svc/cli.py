@@ -29,6 +29,7 @@ from svc_common.cli_common import (
     peer_tls_fields,
     server_tls,
     server_tls_fields,
+    show_variables,
 )
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
@@ -40,7 +41,7 @@ PROG = "uid2-dsp"
 def _parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Sample UID2 DSP bidder (BidderService).")
     sub = p.add_subparsers(dest="command", required=True)
-    # Each falls back to UID2_DSP_<FLAG> (FlagsWithEnv).
+    # Each falls back to UID2_DSP_<FLAG> (FlagsWithEnv); show_variables names it in the help.
     s = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
     s.add_argument("--name", help="the bidder's name in the SSP's auctions (required)")
@@ -61,8 +62,9 @@ def _parser() -> OneLineParser:
         help="share of calls answered with an error, in any mode but fail (default 0)",
     )
     add_tls_flags(s, peers="the operator")
-    add_metrics_flag(s, "UID2_DSP_METRICS_LISTEN")
+    add_metrics_flag(s)
     s.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
+    show_variables(s, settings_of(argparse.Namespace()))
     return p
 
 

@@ -38,6 +38,7 @@ from svc_common.cli_common import (
     metrics_listen,
     server_tls,
     server_tls_fields,
+    show_variables,
 )
 from svc_common.errors import ServiceError
 from svc_common.settings import (
@@ -169,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # The same settings (and variables) as `serve`'s: they decide how long old keys are kept.
     _seconds(p, "--token-lifetime", "--refresh-lifetime", "--allow-clock-skew")
+    show_variables(p, settings_of(argparse.Namespace()), _ENV_NAMES)
 
     salts = sub.add_parser("salts", help="salt buckets").add_subparsers(
         dest="action", required=True
@@ -179,9 +181,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     _data_dir(p)
-    p.add_argument(
-        "--listen", default=None, help=f"HOST:PORT (env UID2_OPERATOR_LISTEN; {DEFAULT_LISTEN})"
-    )
+    p.add_argument("--listen", help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     _seconds(
         p,
         "--token-lifetime",
@@ -197,17 +197,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--http-listen",
-        help="also serve the official UID2 HTTP API on HOST:PORT (env UID2_OPERATOR_HTTP_LISTEN)",
+        help="also serve the official UID2 HTTP API on HOST:PORT",
     )
     add_tls_flags(p, peers=None)
-    add_metrics_flag(p, "UID2_OPERATOR_METRICS_LISTEN")
-    p.add_argument("--log-level", help="env UID2_OPERATOR_LOG_LEVEL; INFO")
+    add_metrics_flag(p)
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
+    show_variables(p, settings_of(argparse.Namespace()))
     return parser
+
+
+_SECONDS_HELP = {
+    "--token-lifetime": f"advertising token lifetime (default {3 * DAY_S})",
+    "--refresh-lifetime": f"refresh token lifetime (default {30 * DAY_S})",
+    "--refresh-from": f"how long after issue a token is due for refresh (default {HOUR_S})",
+    "--max-bidstream-lifetime": "longest a bid-stream token is accepted (default 0: the token "
+    "lifetime)",
+    "--allow-clock-skew": f"clock skew tolerated (default {DEFAULT_CLOCK_SKEW_S})",
+}
 
 
 def _seconds(p: argparse.ArgumentParser, *flags: str) -> None:
     for flag in flags:
-        p.add_argument(flag, metavar="SECONDS", help=f"env {_ENV_NAMES[flag[2:]]}")
+        p.add_argument(flag, metavar="SECONDS", help=_SECONDS_HELP[flag])
 
 
 def _require_dir(args: argparse.Namespace) -> Path:

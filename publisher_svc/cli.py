@@ -37,6 +37,7 @@ from svc_common.cli_common import (
     peer_tls_fields,
     server_tls,
     server_tls_fields,
+    show_variables,
 )
 from svc_common.logging import configure_logging, silenced
 from svc_common.settings import (
@@ -58,7 +59,9 @@ ENV_PREFIX = "UID2_PUBLISHER_"
 def _parser() -> OneLineParser:
     parser = OneLineParser(prog="uid2-publisher", description="The UID2 publisher gRPC service.")
     sub = parser.add_subparsers(dest="command", required=True)
-    store_backup.add_commands(sub, "publisher", "directory of the SQLite store")
+    store_backup.add_commands(
+        sub, "publisher", "directory of the SQLite store (env UID2_PUBLISHER_DATA_DIR)"
+    )
     serve = sub.add_parser(
         "serve",
         help="serve PublisherService until SIGINT / SIGTERM",
@@ -70,7 +73,7 @@ def _parser() -> OneLineParser:
     serve.add_argument(
         "--operator-api-key",
         help="GENERATOR API key: this publisher's, or an identity provider's (see "
-        "--on-behalf-of-site-id); prefer UID2_PUBLISHER_OPERATOR_API_KEY",
+        "--on-behalf-of-site-id); pass it in the variable rather than the flag, which `ps` shows",
     )
     serve.add_argument("--site-id", help="this publisher's site id")
     serve.add_argument(
@@ -103,8 +106,9 @@ def _parser() -> OneLineParser:
         "token if unexpired, else none; a refresh already in flight is not waited on",
     )
     add_tls_flags(serve, peers="the operator and the SSP")
-    add_metrics_flag(serve, "UID2_PUBLISHER_METRICS_LISTEN")
+    add_metrics_flag(serve)
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
+    show_variables(serve, settings_of(argparse.Namespace()))
     return parser
 
 

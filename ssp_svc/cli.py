@@ -45,6 +45,7 @@ from svc_common.cli_common import (
     peer_tls_fields,
     server_tls,
     server_tls_fields,
+    show_variables,
 )
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silenced
@@ -70,9 +71,10 @@ def _parser() -> OneLineParser:
 
     store_backup.add_commands(sub, "SSP", "directory of the SSP's store (env UID2_SSP_DATA_DIR)")
 
-    # Each falls back to UID2_SSP_<FLAG> (FlagsWithEnv), --bidder to UID2_SSP_BIDDERS.
+    # Each falls back to UID2_SSP_<FLAG> (FlagsWithEnv), --bidder to UID2_SSP_BIDDERS;
+    # show_variables names it in the help.
     serve = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
-    serve.add_argument("--data-dir")
+    serve.add_argument("--data-dir", help="directory of the SSP's store")
     serve.add_argument(
         "--publishers-file", help="JSON publishers/subscribers file instead of a data dir"
     )
@@ -90,8 +92,9 @@ def _parser() -> OneLineParser:
     serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
     serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
     add_tls_flags(serve, peers="the operator and the bidders")
-    add_metrics_flag(serve, "UID2_SSP_METRICS_LISTEN")
+    add_metrics_flag(serve)
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
+    show_variables(serve, settings_of(argparse.Namespace()))
     return p
 
 

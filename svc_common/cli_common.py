@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn, TypeVar
 
 from svc_common.settings import SettingError, host_port
@@ -228,12 +228,30 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def add_metrics_flag(parser: argparse.ArgumentParser, env_name: str) -> None:
+def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
     """`--metrics-listen` on a `serve` command (svc_common.metrics serves it)."""
     parser.add_argument(
-        "--metrics-listen",
-        help=f"serve Prometheus /metrics on HOST:PORT (env {env_name}); off unless given",
+        "--metrics-listen", help="serve Prometheus /metrics on HOST:PORT; off unless given"
     )
+
+
+def show_variables(
+    parser: argparse.ArgumentParser, settings: FlagsWithEnv, flags: Iterable[str] | None = None
+) -> None:
+    """Ends the help of each of `flags` (of every flag `parser` has, but --help, when None) with
+    `(env NAME)`: the variable `settings` reads for it. Done here, once the flags are declared,
+    so `--help` names every flag's variable, by the very rule (and overrides) it is read by,
+    rather than each help text spelling it out by hand and some forgetting."""
+    wanted = None if flags is None else set(flags)
+    for action in parser._actions:
+        flag = action.dest.replace("_", "-")
+        if not action.option_strings or action.dest == "help":
+            continue
+        if wanted is not None and flag not in wanted:
+            continue
+        note = f"(env {settings.env_name(flag)})"
+        if note not in (action.help or ""):
+            action.help = f"{action.help} {note}" if action.help else note
 
 
 def metrics_listen(settings: FlagsWithEnv) -> str | None:

@@ -1,0 +1,51 @@
+"""`serve --help` names the environment variable of every flag, for all four services: the one
+FlagsWithEnv reads (README, Configuration), overrides and aliases included."""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+
+import pytest
+
+from dsp_svc import cli as dsp_cli
+from operator_svc import cli as operator_cli
+from publisher_svc import cli as publisher_cli
+from ssp_svc import cli as ssp_cli
+
+
+def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize(
+    "cli", [operator_cli, publisher_cli, ssp_cli, dsp_cli], ids=["operator", "publisher", "ssp",
+                                                                 "dsp"]
+)  # fmt: skip
+def test_every_serve_flag_shows_its_variable(cli: ModuleType) -> None:
+    serve = _subparser(cli._parser(), "serve")
+    settings = cli.settings_of(argparse.Namespace())
+    flags = [a for a in serve._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 10
+    missing = [
+        a.option_strings[0]
+        for a in flags
+        if f"(env {settings.env_name(a.dest.replace('_', '-'))})" not in (a.help or "")
+    ]
+    assert missing == []
+    text = serve.format_help()  # argparse %-formats help texts: none may break it
+    assert "(env" in text
+
+
+def test_the_operators_second_suffix_and_the_ssps_bidders_are_shown() -> None:
+    serve = _subparser(operator_cli._parser(), "serve").format_help()
+    assert "UID2_OPERATOR_SYNC_INTERVAL_S" in " ".join(serve.split())
+    rotate = " ".join(_subparser(operator_cli._parser(), "keys", "rotate").format_help().split())
+    assert "(env UID2_OPERATOR_TOKEN_LIFETIME_S)" in rotate
+    assert "UID2_OPERATOR_ACTIVATION_DELAY" not in rotate  # read from the flag only
+    assert "(env UID2_SSP_BIDDERS)" in " ".join(
+        _subparser(ssp_cli._parser(), "serve").format_help().split()
+    )
