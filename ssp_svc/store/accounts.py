@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from svc_common import store_backup
-from svc_common.clock import Clock, SystemClock
+from svc_common.clock import Clock
 from svc_common.names import check_app_name, normalise_domain, site_domain
 from svc_common.sqlite_db import open_db, require_data_dir
 
@@ -117,15 +116,13 @@ class SqliteAccountStore:
         self,
         data_dir: Path,
         *,
+        rng: Rng,
+        clock: Clock,
         create: bool = False,
-        rng: Rng | None = None,
-        clock: Clock | None = None,
     ) -> None:
         require_data_dir(data_dir, StoreError, create=create)
-        # TODO: make rng and clock required once every caller passes them (the CLI and the
-        # server do; tests/servicer/ssp/test_ssp_servicer.py still builds the store bare).
-        self._rng: Rng = os.urandom if rng is None else rng
-        self._clock: Clock = SystemClock() if clock is None else clock
+        self._rng = rng
+        self._clock = clock
         self._path = data_dir / DB_NAME
         self._conn = open_db(self._path, StoreError, schema=_SCHEMA)
         self._lock = threading.Lock()

@@ -5,6 +5,7 @@ ErrorInfo, and tests/unit/common/test_grpc_edge.py checks that mapping on real s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def fan_out(req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    store = SqliteAccountStore(tmp_path)
+    store = SqliteAccountStore(tmp_path, rng=os.urandom, clock=SystemClock())
     _, pub_key = store.add("pub", AccountKind.PUBLISHER, ("example.com",))
     _, other_key = store.add(
         "other", AccountKind.PUBLISHER, ("other.example.net", "b\u00fccher.example")
