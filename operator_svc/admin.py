@@ -5,7 +5,9 @@ the change counter of what it touched, so running servers pick it up within thei
 
 Entry points (all take an open `OperatorStore`, the time and an rng of `n -> n random bytes`):
 `initialise`, `add_site`, `add_client`, `list_clients`, `set_client_disabled`, `grant_delegation`,
-`revoke_delegation`, `rotate_keys`, `rotate_salts`."""
+`revoke_delegation`, `rotate_keys`, `rotate_salts`. `rotate_keys_in` and `rotate_salts_in` do
+the same rotations inside a transaction the caller holds (serve's scheduled rotation checks
+there that one is still due, domain/rotation.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ from operator_svc.config import (
     MAX_SYNC_INTERVAL_S,
     check_clock_skew,
     check_lifetimes,
+)
+from operator_svc.config import (
+    # A key's life unless a rotation shortens it. config.py's, where the limits of serve's
+    # rotation schedule derive from it; re-exported, as it has always been named here too.
+    KEY_LIFETIME_S as KEY_LIFETIME_S,
 )
 from operator_svc.domain.api_keys import API_KEY_PREFIX, hash_api_key
 from operator_svc.store import (
@@ -41,8 +48,6 @@ from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 Rng = Callable[[int], bytes]
 
 ROLES = ("GENERATOR", "MAPPER", "ID_READER", "SHARER", "OPTOUT", "ADMIN")
-# A key lives this long unless a rotation shortens it to what its tokens need.
-KEY_LIFETIME_S = 365 * 86_400
 DEFAULT_ACTIVATION_DELAY_S = 3600
 # A key announced years ahead is a typo, not a plan (and must fit SQLite's int64).
 MAX_ACTIVATION_DELAY_S = 365 * 86_400
@@ -297,6 +302,23 @@ def rotate_keys(
     decryptors have it before its first use. Each key it supersedes keeps being published
     until every token it may have encrypted has expired (successor's activation + the longest
     lifetime of what it encrypts + clock skew); keys past that are pruned."""
+    # Before the transaction: a mistake must not wait for another process's write lock.
+    _check_key_rotation(activation_delay_s, token_lifetime_s, refresh_lifetime_s, clock_skew_s)
+    with store.transaction() as conn:
+        return rotate_keys_in(
+            conn,
+            now_ms=now_ms,
+            rng=rng,
+            activation_delay_s=activation_delay_s,
+            token_lifetime_s=token_lifetime_s,
+            refresh_lifetime_s=refresh_lifetime_s,
+            clock_skew_s=clock_skew_s,
+        )
+
+
+def _check_key_rotation(
+    activation_delay_s: int, token_lifetime_s: int, refresh_lifetime_s: int, clock_skew_s: int
+) -> None:
     if not MIN_ACTIVATION_DELAY_S <= activation_delay_s <= MAX_ACTIVATION_DELAY_S:
         raise AdminError(
             f"activation delay must be within {MIN_ACTIVATION_DELAY_S} (so every operator "
@@ -304,26 +326,39 @@ def rotate_keys(
         )
     check_lifetimes(token_lifetime_s, refresh_lifetime_s)
     check_clock_skew(clock_skew_s)
+
+
+def rotate_keys_in(
+    conn: sqlite3.Connection,
+    *,
+    now_ms: int,
+    rng: Rng,
+    activation_delay_s: int = DEFAULT_ACTIVATION_DELAY_S,
+    token_lifetime_s: int = 3 * 86_400,
+    refresh_lifetime_s: int = 30 * 86_400,
+    clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
+) -> RotationReport:
+    """`rotate_keys` inside the caller's write transaction (`store.transaction()`)."""
+    _check_key_rotation(activation_delay_s, token_lifetime_s, refresh_lifetime_s, clock_skew_s)
     now_s = now_ms // 1000
     activates = now_s + activation_delay_s
     created = 0
-    with store.transaction() as conn:
-        keys = OperatorStore.keys_in(conn)
-        for ks in OperatorStore.keysets_in(conn):
-            if not ks.enabled:
-                continue
-            retention = (
-                refresh_lifetime_s if ks.keyset_id == REFRESH_KEYSET_ID else token_lifetime_s
-            ) + clock_skew_s
-            for k in keys:
-                if k.keyset_id == ks.keyset_id and k.activates_s < activates:
-                    keep_until = activates + retention
-                    if k.expires_s > keep_until:
-                        OperatorStore.set_key_expiry(conn, k.key_id, keep_until)
-            _add_key(conn, ks.keyset_id, ks.site_id, now_s, activates, rng)
-            created += 1
-        expired = [k.key_id for k in OperatorStore.keys_in(conn) if k.expires_s <= now_s]
-        pruned = OperatorStore.delete_keys(conn, expired)
+    keys = OperatorStore.keys_in(conn)
+    for ks in OperatorStore.keysets_in(conn):
+        if not ks.enabled:
+            continue
+        retention = (
+            refresh_lifetime_s if ks.keyset_id == REFRESH_KEYSET_ID else token_lifetime_s
+        ) + clock_skew_s
+        for k in keys:
+            if k.keyset_id == ks.keyset_id and k.activates_s < activates:
+                keep_until = activates + retention
+                if k.expires_s > keep_until:
+                    OperatorStore.set_key_expiry(conn, k.key_id, keep_until)
+        _add_key(conn, ks.keyset_id, ks.site_id, now_s, activates, rng)
+        created += 1
+    expired = [k.key_id for k in OperatorStore.keys_in(conn) if k.expires_s <= now_s]
+    pruned = OperatorStore.delete_keys(conn, expired)
     return RotationReport(created, pruned, activates)
 
 
@@ -401,15 +436,28 @@ def set_keypair_disabled(store: OperatorStore, subscription_id: str, disabled: b
 
 def rotate_salts(store: OperatorStore, fraction: float, now_ms: int, rng: Rng) -> int:
     """Rotates `fraction` of the salt buckets, those due soonest first; returns how many."""
-    if not 0.0 < fraction <= 1.0:
-        raise AdminError("fraction must be within (0, 1]")
+    _check_fraction(fraction)
     # Read inside the write transaction: two rotations at once then run one after the other,
     # each rotating what the other left, instead of the second overwriting the first.
     with store.transaction() as conn:
-        salts = SaltSet.from_blobs(OperatorStore.read_salt_blobs(conn))
-        rotated = salts.rotate(fraction, rng, now_ms)
-        OperatorStore.write_salt_blobs(conn, rotated.to_blobs())
+        return rotate_salts_in(conn, fraction, now_ms, rng)
+
+
+def rotate_salts_in(conn: sqlite3.Connection, fraction: float, now_ms: int, rng: Rng) -> int:
+    """`rotate_salts` inside the caller's write transaction. Records the time with the salts,
+    so that serve's daily rotation counts its next day from any rotation, its own, another
+    serve process's or this command's."""
+    _check_fraction(fraction)
+    salts = SaltSet.from_blobs(OperatorStore.read_salt_blobs(conn))
+    rotated = salts.rotate(fraction, rng, now_ms)
+    OperatorStore.write_salt_blobs(conn, rotated.to_blobs())
+    OperatorStore.set_salts_rotated_ms(conn, now_ms)
     return min(len(salts), round(fraction * len(salts)))
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise AdminError("fraction must be within (0, 1]")
 
 
 def default_rng(n: int) -> bytes:

@@ -20,10 +20,14 @@ from operator_svc.config import (
     DEFAULT_CLOCK_SKEW_S,
     HOUR_S,
     MAX_LIFETIME_S,
+    MAX_ROTATE_KEYS_EVERY_S,
     MAX_SYNC_INTERVAL_S,
+    MIN_ROTATE_KEYS_EVERY_S,
     MIN_SYNC_INTERVAL_S,
     ConfigError,
     OperatorConfig,
+    rotate_keys_every_problem,
+    salts_fraction_problem,
 )
 from operator_svc.store import OperatorStore, SiteRow, StoreError
 from operator_svc.store.sqlite_store import DB_FILE, check_schema
@@ -43,7 +47,9 @@ from svc_common.cli_common import (
 from svc_common.errors import ServiceError
 from svc_common.settings import (
     SettingError,
+    finite_float,
     host_port,
+    integer,
     integer_in,
     log_level,
     number_in,
@@ -65,6 +71,7 @@ _ENV_NAMES = {
         "max-bidstream-lifetime",
         "allow-clock-skew",
         "sync-interval",
+        "rotate-keys-every",
     )
 }
 
@@ -199,6 +206,19 @@ def _parser() -> argparse.ArgumentParser:
         "--http-listen",
         help="also serve the official UID2 HTTP API on HOST:PORT",
     )
+    p.add_argument(
+        "--rotate-keys-every",
+        metavar="SECONDS",
+        help="rotate keys as `keys rotate` does, with these lifetimes, once the newest master "
+        f"key is this old ({MIN_ROTATE_KEYS_EVERY_S} to {MAX_ROTATE_KEYS_EVERY_S}; default 0: "
+        "off)",
+    )
+    p.add_argument(
+        "--rotate-salts-daily-fraction",
+        metavar="F",
+        help="once a day, rotate this fraction of the salt buckets as `salts rotate` does "
+        "(0 < F <= 1; 0.00274 rotates each about yearly; default 0: off)",
+    )
     add_tls_flags(p, peers=None)
     add_metrics_flag(p)
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
@@ -278,7 +298,27 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
         ),
         http_listen=settings.value("http-listen", host_port, None),
         tls=server_tls(settings),
+        rotate_keys_every_s=settings.value("rotate-keys-every", _rotate_keys_every, 0),
+        rotate_salts_daily_fraction=settings.value(
+            "rotate-salts-daily-fraction", _salts_fraction, 0.0
+        ),
     )
+
+
+def _rotate_keys_every(text: str) -> int:
+    every_s = integer(text)
+    problem = rotate_keys_every_problem(every_s) if every_s != 0 else None  # 0: off
+    if problem:
+        raise SettingError(problem)
+    return every_s
+
+
+def _salts_fraction(text: str) -> float:
+    fraction = finite_float(text)
+    problem = salts_fraction_problem(fraction) if fraction != 0 else None  # 0: off
+    if problem:
+        raise SettingError(problem)
+    return fraction
 
 
 def _serve(args: argparse.Namespace) -> int:

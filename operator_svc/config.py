@@ -18,6 +18,19 @@ MAX_LIFETIME_S = 10 * 365 * DAY_S
 MIN_SYNC_INTERVAL_S = 0.01
 MAX_SYNC_INTERVAL_S = 1.0
 DEFAULT_CLOCK_SKEW_S = 1800
+# A key lives this long unless a rotation shortens it to what its tokens need (admin.py).
+KEY_LIFETIME_S = 365 * DAY_S
+# Scheduled key rotation (serve --rotate-keys-every): more often than hourly only multiplies the
+# keys every decryptor holds (each is kept a token lifetime after its successor activates) and
+# is more likely a unit mistake (minutes for seconds) than a policy.
+MIN_ROTATE_KEYS_EVERY_S = HOUR_S
+# A key rotated this late still leaves its successor a month before the key in use runs out:
+# the margin the README suggests alerting on (uid2_operator_token_keys_run_out_in_seconds), so
+# the schedule never sets off that alert, and a rotation failing for weeks is still caught.
+MAX_ROTATE_KEYS_EVERY_S = KEY_LIFETIME_S - 30 * DAY_S
+# How often serve looks whether a scheduled rotation is due; a rotation is then at most this
+# late.
+ROTATION_CHECK_INTERVAL_S = 60.0
 
 
 class ConfigError(ValueError):
@@ -51,6 +64,13 @@ class OperatorConfig:
     # Threads for the calls that block (durable opt-out writes, 5,000-item scans); token calls
     # run on the event loop.
     max_workers: int = 32
+    # Scheduled rotation (domain/rotation.py): add keys, as `keys rotate` does, once the newest
+    # master key is this old; 0 = never (rotation is left to cron).
+    rotate_keys_every_s: int = 0
+    # Once a day, rotate this fraction of the salt buckets, as `salts rotate` does; 0 = never.
+    rotate_salts_daily_fraction: float = 0.0
+    # Not a flag: tests shorten it.
+    rotation_check_interval_s: float = ROTATION_CHECK_INTERVAL_S
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,9 +104,39 @@ class OperatorConfig:
             )
         if self.max_workers < 1:
             raise ConfigError("max workers must be positive")
+        # 0 is off for both; a NaN fraction is not 0, so it reaches its check and is refused.
+        if self.rotate_keys_every_s != 0:
+            problem = rotate_keys_every_problem(self.rotate_keys_every_s)
+            if problem:
+                raise ConfigError(f"key rotation interval {problem}")
+        if self.rotate_salts_daily_fraction != 0:
+            problem = salts_fraction_problem(self.rotate_salts_daily_fraction)
+            if problem:
+                raise ConfigError(f"daily salt rotation fraction {problem}")
+        if not self.rotation_check_interval_s > 0:
+            raise ConfigError("rotation check interval must be positive")
         _check_listen(self.listen)
         if self.http_listen is not None:
             _check_listen(self.http_listen)
+
+
+def rotate_keys_every_problem(every_s: int) -> str | None:
+    """What is wrong with a key rotation schedule that is on (0 is off), or None. A phrase,
+    so the CLI can name the flag and its variable before it, and the config its own name."""
+    if MIN_ROTATE_KEYS_EVERY_S <= every_s <= MAX_ROTATE_KEYS_EVERY_S:
+        return None
+    return (
+        f"must be 0 (off) or within {MIN_ROTATE_KEYS_EVERY_S} and {MAX_ROTATE_KEYS_EVERY_S}"
+        f" seconds (an hour to the key lifetime less 30 days), got {every_s}"
+    )
+
+
+def salts_fraction_problem(fraction: float) -> str | None:
+    """What is wrong with the fraction of salt buckets a daily rotation rotates, or None."""
+    # Negated: NaN fails every comparison, so it is refused rather than let through.
+    if not 0.0 < fraction <= 1.0:
+        return f"must be above 0 and at most 1 (0 or unset: off), got {fraction!r}"
+    return None
 
 
 def check_clock_skew(allow_clock_skew_s: int) -> None:

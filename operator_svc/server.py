@@ -97,6 +97,7 @@ def create_server(
     served.operator = operator
     served.readings = operator.readings
     served.before_drain.append(operator.close_streams)
+    served.before_drain.append(operator.stop_rotation)
     served.on_stop.append(operator.close)
     served.on_stop.append(shut_pools)
     if config.http_listen is not None:
@@ -113,5 +114,6 @@ def create_server(
         served.before_drain.append(front.begin_stop)
         served.on_stop.append(front.stop)
     operator.start_sync()
+    operator.start_rotation()
     served.set_serving(True)
     return served, served.port

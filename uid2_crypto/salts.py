@@ -68,6 +68,12 @@ def _le_array(data: bytes) -> array[int]:
     return a
 
 
+def latest_rotation_ms(rotated_at_blob: bytes) -> int:
+    """The latest bucket rotation time in a stored `rotated_at` blob (`SaltSet.to_blobs`);
+    0 when no bucket was ever rotated."""
+    return max(_le_array(rotated_at_blob), default=0)
+
+
 def _spread(rng: Callable[[int], bytes], count: int, base_ms: int, span_ms: int) -> array[int]:
     """``count`` times uniform (up to a negligible modulo bias) in [base_ms, base_ms + span_ms)."""
     raw = array("Q")

@@ -1,6 +1,7 @@
 """The operator's domain, assembled: one object both front doors (the gRPC service and the
 official HTTP API, operator_svc.http) call. Build it with `Operator.open(config, clock=, rng=)`
-(loads all state into memory), then `start_sync()`; `close()` ends streams, the sync thread and
+(loads all state into memory), then `start_sync()` and `start_rotation()` (scheduled key and
+salt rotation, when the config asks for it); `close()` ends streams, the background threads and
 the store. The clock and the randomness are always the caller's: the system ones are chosen at
 the edge (server.create_server), never here, so tests can fix both.
 
@@ -21,6 +22,7 @@ from operator_svc.domain.client_side import ClientSideGenerator
 from operator_svc.domain.keys_service import KeyService
 from operator_svc.domain.mapping import IdentityMapper
 from operator_svc.domain.optout import OptOutService
+from operator_svc.domain.rotation import Rotator
 from operator_svc.domain.state import OperatorState, StateLoader, Syncer
 from operator_svc.domain.tokens import TokenService
 from operator_svc.store import OperatorStore
@@ -54,6 +56,7 @@ class Operator:
         self.optouts = OptOutService(self.state, store, self.clock)
         self.keys = KeyService(self.state, config, self.clock)
         self._syncer: Syncer | None = None
+        self._rotator: Rotator | None = None
 
     @classmethod
     def open(
@@ -81,6 +84,20 @@ class Operator:
                 self._loader, self.state, self.config.sync_interval_s, self.clock
             ).start()
 
+    def start_rotation(self) -> None:
+        """Starts scheduled rotation when `rotate_keys_every_s` or `rotate_salts_daily_fraction`
+        is set; it writes through this process's store connection, as an opt-out does."""
+        config = self.config
+        if self._rotator is None and (
+            config.rotate_keys_every_s or config.rotate_salts_daily_fraction
+        ):
+            self._rotator = Rotator(self.store, config, clock=self.clock, rng=self.rng).start()
+
+    def stop_rotation(self) -> None:
+        """Starts no rotation from now on (a stop's drain has begun); one under way finishes."""
+        if self._rotator is not None:
+            self._rotator.begin_stop()
+
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the operator's own state (svc_common.metrics)."""
         syncer, now_ms = self._syncer, self.clock.now_ms()
@@ -89,6 +106,8 @@ class Operator:
             # Since this process last read the store for other processes' writes.
             "sync_age_seconds": (now_ms - syncer.last_ok_ms) / 1000 if syncer else float("nan"),
             "sync_failures": float(syncer.failures) if syncer else 0.0,
+            # Scheduled rotation checks that failed in a row (0 when it is off).
+            "rotation_failures": float(self._rotator.failures) if self._rotator else 0.0,
             **self._freshness(now_ms),
         }
 
@@ -124,5 +143,8 @@ class Operator:
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
+        if self._rotator is not None:
+            self._rotator.stop()
+            self._rotator = None
         self._loader.close()
         self.store.close()

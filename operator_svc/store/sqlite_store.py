@@ -1,10 +1,10 @@
 """The SQLite implementation of the operator store.
 
-Layout: `meta` (first-level salt, identity scope, schema version and one change counter per
-table), `salt_blobs` (the SaltSet's flat buffers), `keysets`, `keys`, `sites`, `clients`,
-`delegations`, `keypairs` (client-side token generation subscriptions) and `optouts`
-(first-level hash -> first opt-out time; its rowid is the sequence other processes follow
-incrementally).
+Layout: `meta` (first-level salt, identity scope, schema version, one change counter per
+table and when the salts were last rotated), `salt_blobs` (the SaltSet's flat buffers),
+`keysets`, `keys`, `sites`, `clients`, `delegations`, `keypairs` (client-side token generation
+subscriptions) and `optouts` (first-level hash -> first opt-out time; its rowid is the sequence
+other processes follow incrementally).
 
 One connection serialises this process's writes (a lock); each reader thread (the sync poller)
 opens its own connection with `reader()`."""
@@ -33,12 +33,15 @@ from svc_common.sqlite_db import (
     require_data_dir,
     write_transaction,
 )
+from uid2_crypto.salts import latest_rotation_ms
 
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
 
 # Change counters kept in `meta`, bumped in the same transaction as the change.
 TABLES = ("salts", "keys", "sites", "clients", "delegations", "keypairs")
+# When the salts were last rotated (epoch ms), written with the rotated salts.
+SALTS_ROTATED_META = "salts_rotated_ms"
 
 # Added after the first release: stores made before it get the table from the first
 # `keypair add` (in that command's transaction), and read as having none until then.
@@ -186,6 +189,39 @@ class OperatorStore:
 
     def is_initialised(self) -> bool:
         return self.meta_int("schema_version") == SCHEMA_VERSION
+
+    # -- rotation times --------------------------------------------------------------------
+
+    def newest_key_created_s(self, keyset_id: int) -> int | None:
+        with self._lock:
+            return self.newest_key_created_in(self._conn, keyset_id)
+
+    @staticmethod
+    def newest_key_created_in(conn: sqlite3.Connection, keyset_id: int) -> int | None:
+        """When the keyset's newest key was created (epoch s): its last rotation, or `init`."""
+        row = conn.execute(
+            "SELECT MAX(created) FROM keys WHERE keyset_id = ?", (keyset_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def salts_rotated_ms(self) -> int | None:
+        with self._lock:
+            return self.salts_rotated_in(self._conn)
+
+    @staticmethod
+    def salts_rotated_in(conn: sqlite3.Connection) -> int | None:
+        """When the salts were last rotated (epoch ms); None when never. Rotations made before
+        the time was recorded with them are found in the buckets' own rotation times."""
+        row = conn.execute("SELECT v FROM meta WHERE k = ?", (SALTS_ROTATED_META,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        blob = conn.execute("SELECT data FROM salt_blobs WHERE name = 'rotated_at'").fetchone()
+        latest = 0 if blob is None else latest_rotation_ms(bytes(blob[0]))
+        return latest or None
+
+    @classmethod
+    def set_salts_rotated_ms(cls, conn: sqlite3.Connection, now_ms: int) -> None:
+        cls.set_meta(conn, SALTS_ROTATED_META, now_ms)
 
     # -- salts -----------------------------------------------------------------------------
 

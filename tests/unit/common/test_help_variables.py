@@ -43,6 +43,7 @@ def test_every_serve_flag_shows_its_variable(cli: ModuleType) -> None:
 def test_the_operators_second_suffix_and_the_ssps_bidders_are_shown() -> None:
     serve = _subparser(operator_cli._parser(), "serve").format_help()
     assert "UID2_OPERATOR_SYNC_INTERVAL_S" in " ".join(serve.split())
+    assert "(env UID2_OPERATOR_ROTATE_KEYS_EVERY_S)" in " ".join(serve.split())
     rotate = " ".join(_subparser(operator_cli._parser(), "keys", "rotate").format_help().split())
     assert "(env UID2_OPERATOR_TOKEN_LIFETIME_S)" in rotate
     assert "UID2_OPERATOR_ACTIVATION_DELAY" not in rotate  # read from the flag only
