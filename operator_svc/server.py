@@ -1,5 +1,6 @@
 """`create_server(config)`: load all state into memory, start the gRPC server (health, reflection,
-the edge around every handler), start the cross-process sync thread, then report SERVING.
+the edge around every handler), start the cross-process sync thread (and scheduled rotation's,
+when the config asks for it), then report SERVING.
 
 The operator runs on grpc.aio (svc_common.grpc_aio): its request path reads only in-memory
 snapshots, so token calls run inline on the event loop; durable writes and 5,000-item scans go to

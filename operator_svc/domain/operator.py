@@ -144,7 +144,7 @@ class Operator:
             self._syncer.stop()
             self._syncer = None
         if self._rotator is not None:
-            self._rotator.stop()
+            self._rotator.stop()  # a rotation under way commits (and logs) first
             self._rotator = None
         self._loader.close()
         self.store.close()

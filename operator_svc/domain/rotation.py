@@ -14,8 +14,8 @@ through its state sync, as those of a `keys rotate` do.
 
 A check that fails (the store busy past its timeout, the disk refusing the write) logs a warning
 and is tried again at the next check; it never stops the service. A rotation is one
-transaction: a stop during one lets it finish or, when the process exits first, SQLite rolls it
-back; it is never half-written."""
+transaction, never half-written: a stop starts none, waits for one that holds the write lock to
+commit and log its line, and one the process exit cuts short SQLite rolls back."""
 
 from __future__ import annotations
 
@@ -36,10 +36,14 @@ from uid2_crypto.keys import MASTER_KEYSET_ID
 _log = structlog.get_logger("rotation")
 
 DAY_MS = 86_400_000
-# How long a stop waits for a check in progress. A 1/365 salt rotation of 2^20 buckets holds
-# the write lock about a second; a check still running after this is waiting on another
-# process's lock, and the process exit that follows rolls it back.
-STOP_WAIT_S = 3.0
+# How long a stop waits for a check in progress before it looks at what the check is doing.
+STOP_WAIT_S = 1.0
+# How long a stop then waits for a rotation that holds the write lock to commit and log its line:
+# finishing it beats throwing it away (a 1/365 salt rotation of 2^20 buckets holds the lock about
+# a second; all the buckets, a few). A check still waiting for another process's lock is not
+# waited for: it finds the stop once it has the lock and writes nothing, or the process exit
+# ends it first; either way nothing is written.
+FINISH_WAIT_S = 10.0
 
 
 def keys_due(newest_created_s: int | None, now_ms: int, every_s: int) -> bool:
@@ -77,6 +81,8 @@ class Rotator:
         self._salt_failures = FailureStreak(_log, "salt_rotation_failed", "salt_rotation_recovered")
         # Checks finished so far (rotating or not), so a caller can tell one has run.
         self.checks = 0
+        # True from when a check holds the write lock, set to rotate, until its line is logged.
+        self._rotating = False
 
     @property
     def failures(self) -> int:
@@ -100,6 +106,8 @@ class Rotator:
             except Exception as exc:  # StoreBusy, StoreWriteFailed, a damaged store: retried
                 streak.failed(exc)
                 continue
+            finally:
+                self._rotating = False
             streak.succeeded()
             if done is not None:
                 rotated.append(name)
@@ -118,6 +126,8 @@ class Rotator:
         if not keys_due(newest, self._clock.now_ms(), every_s):
             return None
         with self._store.transaction() as conn:
+            if not self._may_rotate():
+                return None
             # Again under the write lock, where it counts: another process may have rotated
             # since the read above, and one rotation is all a schedule asks for.
             now_ms = self._clock.now_ms()
@@ -155,6 +165,8 @@ class Rotator:
             # Measured for the log line only (how long other writers waited on this one), so
             # the interval clock, not the injected wall clock that dates the rotation.
             locked_at = time.monotonic()
+            if not self._may_rotate():
+                return None
             now_ms = self._clock.now_ms()
             if not salts_due(OperatorStore.salts_rotated_in(conn), now_ms):
                 return None
@@ -166,6 +178,12 @@ class Rotator:
             locked_ms=round((time.monotonic() - locked_at) * 1000),
         )
         return rotated
+
+    def _may_rotate(self) -> bool:
+        """Called holding the write lock: False when a stop came while the check waited for
+        it. Otherwise a stop from now on waits for the rotation (`stop`)."""
+        self._rotating = True  # before the look at the stop, which `stop` sets first
+        return not self._stop.is_set()
 
     def schedule(self) -> dict[str, int]:
         """When each scheduled rotation is next due (epoch s; now or earlier: at the next
@@ -185,6 +203,8 @@ class Rotator:
 
     def _run(self) -> None:
         self.check()
+        if self._stop.is_set():  # stopping already: the store may be closing under it
+            return
         try:
             due = self.schedule()
         except Exception as exc:  # only the log line is lost; the checks go on
@@ -200,10 +220,15 @@ class Rotator:
             self.check()
 
     def begin_stop(self) -> None:
-        """No check starts after this (called as the server's drain begins)."""
+        """No rotation starts after this (called as the server's drain begins)."""
         self._stop.set()
 
-    def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
+    def stop(self) -> None:
+        """Ends the checks: waits for one under way to rotate, commit and log, up to
+        FINISH_WAIT_S, unless it is still waiting for another process's write lock."""
         self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout_s)
+        if self._thread.ident is None:
+            return
+        self._thread.join(STOP_WAIT_S)
+        if self._thread.is_alive() and self._rotating:
+            self._thread.join(FINISH_WAIT_S)

@@ -311,3 +311,26 @@ def test_serve_refuses_a_schedule_out_of_range_in_one_line(tmp_path: Path) -> No
         assert r.returncode == 2, r.stderr
         (line,) = r.stderr.splitlines()
         assert line.startswith(f"uid2-operator: error: {flag} (or UID2_OPERATOR_ROTATE_"), line
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_salt_rotation_exits_zero_with_the_rotation_whole_or_absent(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM as the service starts serving, while the salt rotation its first check began
+    (about a second for 2^20 buckets) is under way: the service still exits 0, and the store
+    holds either all of that rotation or none of it."""
+    _init(tmp_path, SystemClock().now_ms())
+    proc = ServiceProcess(
+        ["uid2-operator", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0",
+         "--rotate-salts-daily-fraction", "0.5"]
+    ).wait_ready(60)  # fmt: skip
+    assert proc.terminate() == 0
+    rotated_at, salts_ms = _salts_state(tmp_path)
+    done = [e for e in proc.events if e["event"] == "salts_rotated_on_schedule"]
+    if salts_ms is None:  # rolled back: not a bucket rotated
+        assert done == [] and _rotated_buckets(rotated_at, 0) == BUCKET_COUNT
+    else:  # committed: every bucket of it, stamped with the recorded time, and logged
+        assert len(done) == 1 and done[0]["rotated"] == BUCKET_COUNT // 2
+        assert _rotated_buckets(rotated_at, salts_ms) == BUCKET_COUNT // 2
+        assert _rotated_buckets(rotated_at, 0) == BUCKET_COUNT // 2

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import threading
 from array import array
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from operator_svc.config import (
     ConfigError,
     OperatorConfig,
 )
+from operator_svc.domain import rotation
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.rotation import DAY_MS, Rotator, keys_due, salts_due
 from operator_svc.store import DB_FILE, OperatorStore
@@ -344,6 +347,57 @@ def test_no_rotation_starts_once_a_stop_has_begun(
     p.rotator.begin_stop()
     assert p.rotator.check() == []
     assert len(_master_keys(p.store)) == 1 and p.store.salts_rotated_ms() is None
+
+
+def test_a_check_that_gets_the_lock_only_after_a_stop_writes_nothing(
+    spawn: Callable[..., Process], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = spawn(rotate_keys_every_s=EVERY_S, rotate_salts_daily_fraction=0.5)
+    clock.set(T0 + EVERY_S * 1000)
+    working = p.store.transaction
+
+    @contextmanager
+    def stopped_while_waiting() -> Iterator[sqlite3.Connection]:
+        p.rotator.begin_stop()  # the stop comes while the check waits for the lock
+        with working() as conn:
+            yield conn
+
+    monkeypatch.setattr(p.store, "transaction", stopped_while_waiting)
+    assert p.rotator.check() == []
+    assert len(_master_keys(p.store)) == 1 and p.store.salts_rotated_ms() is None
+
+
+def test_a_stop_waits_for_a_rotation_holding_the_lock_to_commit_and_log(
+    spawn: Callable[..., Process], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = spawn(rotate_keys_every_s=EVERY_S)
+    clock.set(T0 + EVERY_S * 1000)
+    entered, proceed = threading.Event(), threading.Event()
+    real = admin.rotate_keys_in
+
+    def slow_rotation(conn: sqlite3.Connection, **kw: Any) -> admin.RotationReport:
+        entered.set()
+        assert proceed.wait(10)
+        return real(conn, **kw)
+
+    monkeypatch.setattr(admin, "rotate_keys_in", slow_rotation)  # rotation.py calls admin.x
+    monkeypatch.setattr(rotation, "STOP_WAIT_S", 0.05)  # past it, the rotation is still going
+    with capture_logs() as logs:
+        p.rotator.start()
+        assert entered.wait(5)
+        stopper = threading.Thread(target=p.rotator.stop)
+        stopper.start()
+        stopper.join(0.5)
+        assert stopper.is_alive()  # waiting on the rotation, past STOP_WAIT_S
+        proceed.set()
+        stopper.join(5)
+        assert not stopper.is_alive()
+    assert len(_master_keys(p.store)) == 2
+    assert _count(logs, "keys_rotated_on_schedule") == 1
+
+
+def _count(logs: list[Any], event: str) -> int:
+    return sum(1 for e in logs if e["event"] == event)
 
 
 def test_rotated_salts_record_a_time_that_survives_a_salt_set_reload(data_dir: Path) -> None:
