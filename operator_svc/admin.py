@@ -21,6 +21,7 @@ from typing import Any
 
 from operator_svc.config import (
     DEFAULT_CLOCK_SKEW_S,
+    DEFAULT_MAX_SHARING_LIFETIME_S,
     MAX_SYNC_INTERVAL_S,
     check_clock_skew,
     check_lifetimes,
@@ -297,11 +298,14 @@ def rotate_keys(
     token_lifetime_s: int = 3 * 86_400,
     refresh_lifetime_s: int = 30 * 86_400,
     clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
+    accepted_lifetime_s: int = DEFAULT_MAX_SHARING_LIFETIME_S,
 ) -> RotationReport:
     """Adds to every enabled keyset a key activating `activation_delay_s` from now, so
     decryptors have it before its first use. Each key it supersedes keeps being published
     until every token it may have encrypted has expired (successor's activation + the longest
-    lifetime of what it encrypts + clock skew); keys past that are pruned."""
+    lifetime of what it encrypts + clock skew); keys past that are pruned. What a master or
+    site key encrypts lives the longest of the token lifetime and `accepted_lifetime_s` (a
+    sharer's token, 30 days; a bid-stream token, serve's --max-bidstream-lifetime)."""
     # Before the transaction: a mistake must not wait for another process's write lock.
     _check_key_rotation(activation_delay_s, token_lifetime_s, refresh_lifetime_s, clock_skew_s)
     with store.transaction() as conn:
@@ -313,6 +317,7 @@ def rotate_keys(
             token_lifetime_s=token_lifetime_s,
             refresh_lifetime_s=refresh_lifetime_s,
             clock_skew_s=clock_skew_s,
+            accepted_lifetime_s=accepted_lifetime_s,
         )
 
 
@@ -337,6 +342,7 @@ def rotate_keys_in(
     token_lifetime_s: int = 3 * 86_400,
     refresh_lifetime_s: int = 30 * 86_400,
     clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
+    accepted_lifetime_s: int = DEFAULT_MAX_SHARING_LIFETIME_S,
 ) -> RotationReport:
     """`rotate_keys` inside the caller's write transaction (`store.transaction()`)."""
     _check_key_rotation(activation_delay_s, token_lifetime_s, refresh_lifetime_s, clock_skew_s)
@@ -347,8 +353,12 @@ def rotate_keys_in(
     for ks in OperatorStore.keysets_in(conn):
         if not ks.enabled:
             continue
+        # A refresh key encrypts refresh tokens only; a master or site key, advertising tokens
+        # and sharers' tokens, which are accepted for longer than they are refreshed for.
         retention = (
-            refresh_lifetime_s if ks.keyset_id == REFRESH_KEYSET_ID else token_lifetime_s
+            refresh_lifetime_s
+            if ks.keyset_id == REFRESH_KEYSET_ID
+            else max(token_lifetime_s, accepted_lifetime_s)
         ) + clock_skew_s
         for k in keys:
             if k.keyset_id == ks.keyset_id and k.activates_s < activates:
@@ -443,12 +453,23 @@ def rotate_salts(store: OperatorStore, fraction: float, now_ms: int, rng: Rng) -
         return rotate_salts_in(conn, fraction, now_ms, rng)
 
 
-def rotate_salts_in(conn: sqlite3.Connection, fraction: float, now_ms: int, rng: Rng) -> int:
+def rotate_salts_in(
+    conn: sqlite3.Connection,
+    fraction: float,
+    now_ms: int,
+    rng: Rng,
+    *,
+    at_least_one: bool = False,
+) -> int:
     """`rotate_salts` inside the caller's write transaction. Records the time with the salts,
     so that serve's daily rotation counts its next day from any rotation, its own, another
-    serve process's or this command's."""
+    serve process's or this command's. `at_least_one`: a fraction too small to round to one
+    bucket rotates one (serve's daily rotation: rewriting every bucket under the write lock
+    to rotate none would be all cost)."""
     _check_fraction(fraction)
     salts = SaltSet.from_blobs(OperatorStore.read_salt_blobs(conn))
+    if at_least_one and len(salts):
+        fraction = max(fraction, 1 / len(salts))
     rotated = salts.rotate(fraction, rng, now_ms)
     OperatorStore.write_salt_blobs(conn, rotated.to_blobs())
     OperatorStore.set_salts_rotated_ms(conn, now_ms)

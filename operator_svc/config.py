@@ -20,6 +20,8 @@ MAX_SYNC_INTERVAL_S = 1.0
 DEFAULT_CLOCK_SKEW_S = 1800
 # A key lives this long unless a rotation shortens it to what its tokens need (admin.py).
 KEY_LIFETIME_S = 365 * DAY_S
+# How long a sharer's token is accepted (GetSharingKeys says so): the official operator's 30 days.
+DEFAULT_MAX_SHARING_LIFETIME_S = 30 * DAY_S
 # Scheduled key rotation (serve --rotate-keys-every): more often than hourly only multiplies the
 # keys every decryptor holds (each is kept a token lifetime after its successor activates) and
 # is more likely a unit mistake (minutes for seconds) than a policy.
@@ -52,7 +54,7 @@ class OperatorConfig:
     refresh_from_s: int = HOUR_S
     # 0 means "the advertising token lifetime" (what decryptors accept for bid-stream tokens).
     max_bidstream_lifetime_s: int = 0
-    max_sharing_lifetime_s: int = 30 * DAY_S
+    max_sharing_lifetime_s: int = DEFAULT_MAX_SHARING_LIFETIME_S
     allow_clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
     # How often other processes' writes to the same data dir are looked for.
     sync_interval_s: float = 0.1
@@ -78,6 +80,13 @@ class OperatorConfig:
     @property
     def bidstream_lifetime_s(self) -> int:
         return self.max_bidstream_lifetime_s or self.token_lifetime_s
+
+    @property
+    def accepted_lifetime_s(self) -> int:
+        """The longest a token a master or site key encrypted is accepted after it was made:
+        by a decryptor in the bid stream, or from a sharer. A key a rotation supersedes stays
+        published that long (admin.rotate_keys_in)."""
+        return max(self.token_lifetime_s, self.bidstream_lifetime_s, self.max_sharing_lifetime_s)
 
     def validate(self) -> None:
         if self.identity_scope not in ("UID2", "EUID"):

@@ -153,6 +153,8 @@ def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]
     except ssl.SSLError as exc:
         reason = exc.reason or "unusable"
         raise SettingError(f"{cert_path}: refused by OpenSSL ({reason})") from None
+    except OSError as exc:  # gone since read above: a renewal swapping the files just now
+        raise SettingError(f"cannot read {cert_path} or {key_path}: {exc.strerror}") from None
     return chain, key_pem
 
 

@@ -100,14 +100,14 @@ class Operator:
 
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the operator's own state (svc_common.metrics)."""
-        syncer, now_ms = self._syncer, self.clock.now_ms()
+        syncer, rotator, now_ms = self._syncer, self._rotator, self.clock.now_ms()
         return {
             "optouts": float(len(self.state.optouts)),
             # Since this process last read the store for other processes' writes.
             "sync_age_seconds": (now_ms - syncer.last_ok_ms) / 1000 if syncer else float("nan"),
             "sync_failures": float(syncer.failures) if syncer else 0.0,
             # Scheduled rotation checks that failed in a row (0 when it is off).
-            "rotation_failures": float(self._rotator.failures) if self._rotator else 0.0,
+            "rotation_failures": float(rotator.failures) if rotator else 0.0,
             **self._freshness(now_ms),
         }
 

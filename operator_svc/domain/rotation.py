@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
 from operator_svc import admin
 from operator_svc.config import OperatorConfig
-from operator_svc.store import OperatorStore
+from operator_svc.store import KeyRow, OperatorStore
 from svc_common.clock import Clock
 from svc_common.failure_streak import FailureStreak
-from uid2_crypto.keys import MASTER_KEYSET_ID
+from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID, Key, KeyRing
 
 _log = structlog.get_logger("rotation")
 
@@ -46,10 +46,37 @@ STOP_WAIT_S = 1.0
 FINISH_WAIT_S = 10.0
 
 
-def keys_due(newest_created_s: int | None, now_ms: int, every_s: int) -> bool:
+# The new keys of a scheduled rotation activate this long after it: a decryptor (SSP, DSP)
+# fetches keys every hour by default, ±10%, so by then each has them; `keys rotate`'s default
+# hour would leave some a few minutes short (they recover by fetching early on an unknown key).
+SCHEDULED_ACTIVATION_DELAY_S = 2 * 3600
+# Keys are due this long before the master or refresh keys would run out, whatever the schedule
+# says: a rotation by hand with a long --activation-delay can leave a gap the newest key's age
+# does not show.
+RUN_OUT_MARGIN_S = 30 * 86_400
+
+
+def keys_due(newest_created_s: int | None, run_out_s: int, now_ms: int, every_s: int) -> bool:
     """Whether a key rotation is due: the master keyset's newest key is `every_s` old (or it has
-    none). A newest key dated ahead of `now_ms` (another host's clock) is not due."""
-    return newest_created_s is None or now_ms // 1000 - newest_created_s >= every_s
+    none), or the keys every token needs run out (`run_out_s`, epoch s) within the margin. A
+    newest key dated ahead of `now_ms` (another host's clock) is not due by age."""
+    now_s = now_ms // 1000
+    if newest_created_s is None or now_s - newest_created_s >= every_s:
+        return True
+    return run_out_s - now_s < RUN_OUT_MARGIN_S + SCHEDULED_ACTIVATION_DELAY_S
+
+
+def keys_run_out_s(rows: Iterable[KeyRow], now_s: int) -> int:
+    """When the master or the refresh keyset first has no active key (epoch s), from the
+    store's key rows; every token needs one of each."""
+    ring = KeyRing(
+        [
+            Key(r.key_id, r.keyset_id, r.site_id, r.created_s, r.activates_s, r.expires_s, r.secret)
+            for r in rows
+            if r.keyset_id in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID)
+        ]
+    )
+    return min(ring.active_until(ks, now_s) for ks in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID))
 
 
 def salts_due(rotated_ms: int | None, now_ms: int) -> bool:
@@ -115,15 +142,19 @@ class Rotator:
         return rotated
 
     def rotate_keys_if_due(self) -> admin.RotationReport | None:
-        """`keys rotate` with serve's own lifetimes and clock skew and the default activation
-        delay, when the newest master key is `rotate_keys_every_s` old; None when not due."""
+        """`keys rotate` with serve's own lifetimes and clock skew, the new keys activating
+        SCHEDULED_ACTIVATION_DELAY_S later, when the newest master key is
+        `rotate_keys_every_s` old or the keys run out within RUN_OUT_MARGIN_S; None when not
+        due."""
         config = self._config
         every_s = config.rotate_keys_every_s
         if not every_s:
             return None
         # A plain read first, so that the write lock is taken only when a rotation looks due.
+        now_ms = self._clock.now_ms()
         newest = self._store.newest_key_created_s(MASTER_KEYSET_ID)
-        if not keys_due(newest, self._clock.now_ms(), every_s):
+        run_out = keys_run_out_s(self._store.key_rows(), now_ms // 1000)
+        if not keys_due(newest, run_out, now_ms, every_s):
             return None
         with self._store.transaction() as conn:
             if not self._may_rotate():
@@ -132,16 +163,18 @@ class Rotator:
             # since the read above, and one rotation is all a schedule asks for.
             now_ms = self._clock.now_ms()
             newest = OperatorStore.newest_key_created_in(conn, MASTER_KEYSET_ID)
-            if not keys_due(newest, now_ms, every_s):
+            run_out = keys_run_out_s(OperatorStore.keys_in(conn), now_ms // 1000)
+            if not keys_due(newest, run_out, now_ms, every_s):
                 return None
             report = admin.rotate_keys_in(
                 conn,
                 now_ms=now_ms,
                 rng=self._rng,
-                activation_delay_s=admin.DEFAULT_ACTIVATION_DELAY_S,
+                activation_delay_s=SCHEDULED_ACTIVATION_DELAY_S,
                 token_lifetime_s=config.token_lifetime_s,
                 refresh_lifetime_s=config.refresh_lifetime_s,
                 clock_skew_s=config.allow_clock_skew_s,
+                accepted_lifetime_s=config.accepted_lifetime_s,
             )
         # Logged once committed: a rotation the commit refused was not one.
         _log.info(
@@ -170,7 +203,7 @@ class Rotator:
             now_ms = self._clock.now_ms()
             if not salts_due(OperatorStore.salts_rotated_in(conn), now_ms):
                 return None
-            rotated = admin.rotate_salts_in(conn, fraction, now_ms, self._rng)
+            rotated = admin.rotate_salts_in(conn, fraction, now_ms, self._rng, at_least_one=True)
         _log.info(
             "salts_rotated_on_schedule",
             rotated=rotated,

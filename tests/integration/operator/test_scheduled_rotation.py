@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from operator_svc import admin
 from operator_svc.config import OperatorConfig
+from operator_svc.domain import rotation
 from operator_svc.server import OperatorServed, create_server
 from operator_svc.store import KeyRow, OperatorStore
 from svc_common.clock import ManualClock, SystemClock
@@ -212,7 +213,7 @@ def test_two_servers_rotate_once_when_due_and_both_serve_the_new_keys(twins: Twi
     )
     # Once the new keys activate, both encrypt with them: a decryptor holding only the new
     # keys reads either server's token.
-    clock.advance(admin.DEFAULT_ACTIVATION_DELAY_S * 1000 + 1000)
+    clock.advance(rotation.SCHEDULED_ACTIVATION_DELAY_S * 1000 + 1000)
     only_new = TokenDecoder(
         KeyRing(_key(k) for k in new),
         max_bidstream_lifetime_s=None,

@@ -287,3 +287,26 @@ def test_closing_a_channel_ends_the_timers_of_the_channels_it_replaced(
     assert len(timers()) == before + 3
     channel.close()
     assert wait_until(lambda: len(timers()) == before, 2.0)
+
+
+def test_files_gone_mid_renewal_leave_the_http_api_serving_what_it_has(
+    served_files: TlsFiles, clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal swapping the files between their read and OpenSSL's own look at them (the
+    race is forced here): the handshake must still complete, on the files in use, rather than
+    fail in the ClientHello callback with a traceback."""
+    old_ca = tmp_path / "old-ca.pem"
+    shutil.copy(served_files.ca, old_ca)
+    tls = load_server_tls(str(served_files.cert), str(served_files.key))
+    server = ReloadingServerTls(tls, monotonic=clock).ssl_context()
+    _renew_all(served_files, make_tls_files(tmp_path / "new"))
+
+    def gone(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", gone)
+    clock.advance(int(RECHECK_S * 1000))
+    with capture_logs() as logs:
+        _handshake(server, ssl.create_default_context(cafile=old_ca))
+    assert [e["event"] for e in logs] == ["tls_reload_failed"]
+    assert "No such file" in logs[0]["error"]

@@ -117,16 +117,18 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     store = OperatorStore.create(tmp_path)
     admin.initialise(store, T0, os.urandom)
     t0 = T0 // 1000
-    report = admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=3600)
+    lifetimes = {"activation_delay_s": 3600, "refresh_lifetime_s": 40 * DAY_S}
+    report = admin.rotate_keys(store, now_ms=T0, rng=os.urandom, **lifetimes)
     assert report.created == 3 and report.pruned == 0 and report.activates == t0 + 3600
     rows = store.key_rows()
     old_master = next(k for k in rows if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0)
     old_refresh = next(k for k in rows if k.keyset_id == REFRESH_KEYSET_ID and k.activates_s == t0)
-    assert old_master.expires_s == t0 + 3600 + 3 * DAY_S + 1800
-    assert old_refresh.expires_s == t0 + 3600 + 30 * DAY_S + 1800
+    # A master key's tokens include sharers', accepted for 30 days (not the token's 3).
+    assert old_master.expires_s == t0 + 3600 + 30 * DAY_S + 1800
+    assert old_refresh.expires_s == t0 + 3600 + 40 * DAY_S + 1800
     # After the old master's tokens all expired, the next rotation prunes it (not the refresh key).
     later = (old_master.expires_s + 1) * 1000
-    report2 = admin.rotate_keys(store, now_ms=later, rng=os.urandom, activation_delay_s=3600)
+    report2 = admin.rotate_keys(store, now_ms=later, rng=os.urandom, **lifetimes)
     ids = {k.key_id for k in store.key_rows()}
     assert old_master.key_id not in ids and old_refresh.key_id in ids
     assert report2.pruned == 2
@@ -141,7 +143,21 @@ def test_key_retention_follows_the_clock_skew_serve_allows(tmp_path: Path) -> No
     old_master = next(
         k for k in store.key_rows() if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == t0
     )
-    assert old_master.expires_s == t0 + 60 + 3 * DAY_S + 7200
+    assert old_master.expires_s == t0 + 60 + 30 * DAY_S + 7200
+    store.close()
+
+
+def test_key_retention_covers_the_longest_a_token_is_accepted(tmp_path: Path) -> None:
+    """serve's --max-bidstream-lifetime beyond a sharer's 30 days keeps superseded master and
+    site keys that much longer: a token still accepted must still decrypt."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    t0 = T0 // 1000
+    admin.rotate_keys(
+        store, now_ms=T0, rng=os.urandom, activation_delay_s=60, accepted_lifetime_s=45 * DAY_S
+    )
+    old = [k for k in store.key_rows() if k.activates_s == t0 and k.keyset_id != REFRESH_KEYSET_ID]
+    assert old and all(k.expires_s == t0 + 60 + 45 * DAY_S + 1800 for k in old)
     store.close()
 
 

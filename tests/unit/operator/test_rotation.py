@@ -104,13 +104,24 @@ def _rotated_buckets(store: OperatorStore, at_ms: int) -> int:
 
 def test_keys_are_due_once_the_newest_master_key_is_as_old_as_the_schedule() -> None:
     created_s = T0 // 1000
-    assert not keys_due(created_s, T0, EVERY_S)
-    assert not keys_due(created_s, T0 + EVERY_S * 1000 - 1, EVERY_S)
-    assert keys_due(created_s, T0 + EVERY_S * 1000, EVERY_S)
-    assert keys_due(created_s, T0 + 400 * DAY_MS, EVERY_S)
-    assert keys_due(None, T0, EVERY_S)  # a master keyset with no key at all
+    far = created_s + 365 * 86_400  # keys that last a year: not due by running out
+    assert not keys_due(created_s, far, T0, EVERY_S)
+    assert not keys_due(created_s, far, T0 + EVERY_S * 1000 - 1, EVERY_S)
+    assert keys_due(created_s, far, T0 + EVERY_S * 1000, EVERY_S)
+    assert keys_due(created_s, far, T0 + 400 * DAY_MS, EVERY_S)
+    assert keys_due(None, far, T0, EVERY_S)  # a master keyset with no key at all
     # A key another host's clock dated ahead of ours is not overdue.
-    assert not keys_due(created_s + 60, T0, EVERY_S)
+    assert not keys_due(created_s + 60, far, T0, EVERY_S)
+
+
+def test_keys_are_due_before_they_run_out_whatever_their_age() -> None:
+    """A rotation by hand with a long --activation-delay makes a new key (young) that
+    activates after the current ones expire: the schedule must not wait for its age."""
+    created_s = T0 // 1000
+    margin_s = rotation.RUN_OUT_MARGIN_S + rotation.SCHEDULED_ACTIVATION_DELAY_S
+    assert not keys_due(created_s, created_s + margin_s, T0, EVERY_S)
+    assert keys_due(created_s, created_s + margin_s - 1, T0, EVERY_S)
+    assert keys_due(created_s, created_s, T0, EVERY_S)  # none active now
 
 
 def test_salts_are_due_a_day_after_their_last_rotation_or_at_once_if_never() -> None:
@@ -138,15 +149,17 @@ def test_keys_rotate_when_due_as_keys_rotate_does_with_serves_lifetimes(
     with capture_logs() as logs:
         assert p.rotator.check() == ["keys"]
     now_s = clock.now_ms() // 1000
-    activates = now_s + admin.DEFAULT_ACTIVATION_DELAY_S
+    activates = now_s + rotation.SCHEDULED_ACTIVATION_DELAY_S
     assert sorted(_master_keys(p.store)) == [T0 // 1000, now_s]
     rows = p.store.key_rows()
-    # Every keyset got a key activating an hour from now (decryptors have it before its use).
+    # Every keyset got a key activating two hours from now: every decryptor, fetching keys
+    # hourly ±10%, has it before its first use.
     new = [k for k in rows if k.created_s == now_s]
     assert len(new) == len(p.store.keysets()) and {k.activates_s for k in new} == {activates}
-    # The keys it supersedes are kept as long as serve's own tokens need them, no longer.
+    # The keys it supersedes are kept as long as what they encrypted is accepted, no longer:
+    # a sharer's token 30 days (serve's default), a refresh token its lifetime.
     old = {k.keyset_id: k.expires_s for k in rows if k.created_s == T0 // 1000}
-    assert old[MASTER_KEYSET_ID] == activates + 2 * 86_400 + 600
+    assert old[MASTER_KEYSET_ID] == activates + 30 * 86_400 + 600
     assert old[REFRESH_KEYSET_ID] == activates + 10 * 86_400 + 600
     (line,) = [e for e in logs if e["event"] == "keys_rotated_on_schedule"]
     assert line == {
@@ -231,6 +244,16 @@ def test_salts_rotate_daily_and_the_time_is_kept_in_the_store(
     assert restarted.rotator.check() == ["salts"]
     assert p.rotator.check() == []
     assert _rotated_buckets(p.store, T0 + DAY_MS) == expected
+
+
+def test_a_daily_fraction_too_small_for_one_bucket_still_rotates_one(
+    spawn: Callable[..., Process],
+) -> None:
+    """Otherwise each day would rewrite every bucket under the write lock, and have every
+    process reload them all, to rotate none."""
+    p = spawn(rotate_salts_daily_fraction=1e-9)
+    assert p.rotator.check() == ["salts"]
+    assert _rotated_buckets(p.store, T0) == 1
 
 
 def test_a_salts_rotate_by_hand_counts_as_the_days_rotation(
