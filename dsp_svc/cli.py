@@ -24,7 +24,7 @@ from svc_common.cli_common import (
     add_tls_flags,
     both_or_neither,
     fail,
-    metrics_listen,
+    metrics_settings,
     peer_tls,
     peer_tls_fields,
     server_tls,
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_of(_parser().parse_args(argv))
         config = _config(settings)
         level = settings.value("log-level", log_level, "INFO")
-        metrics_at = metrics_listen(settings)
+        metrics_at = metrics_settings(settings, config.tls)
     except (UsageError, ConfigError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="dsp")

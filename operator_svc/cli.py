@@ -39,7 +39,7 @@ from svc_common.cli_common import (
     add_metrics_flag,
     add_tls_flags,
     fail,
-    metrics_listen,
+    metrics_settings,
     server_tls,
     server_tls_fields,
     show_variables,
@@ -329,7 +329,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     level = settings_of(args).value("log-level", log_level, "INFO")
-    metrics_at = metrics_listen(settings_of(args))
+    metrics_at = metrics_settings(settings_of(args), config.tls)
     # Fails before logging and the listener start, as one plain line, on a store `init` did not
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()

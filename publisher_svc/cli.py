@@ -27,12 +27,13 @@ from publisher_svc.store.sqlite import STORE_TABLES
 from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
+    MetricsSettings,
     OneLineParser,
     UsageError,
     add_metrics_flag,
     add_tls_flags,
     fail,
-    metrics_listen,
+    metrics_settings,
     peer_tls,
     peer_tls_fields,
     server_tls,
@@ -164,7 +165,7 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
     )
 
 
-def _serve(config: PublisherConfig, metrics_at: str | None) -> int:
+def _serve(config: PublisherConfig, metrics_at: MetricsSettings | None) -> int:
     from publisher_svc.server import create_server
     from svc_common import metrics
     from svc_common.stop_signals import catch_stop_signals, wait_for_signal
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args, data_dir, SqliteStore.FILE_NAME, StoreError, STORE_TABLES
                 )
         config = parse_config(args)
-        metrics_at = metrics_listen(settings_of(args))
+        metrics_at = metrics_settings(settings_of(args), config.tls)
     except (UsageError, StoreError) as exc:
         return fail(PROG, str(exc))
     configure_logging(config.log_level, service="publisher")

@@ -40,7 +40,7 @@ from svc_common.cli_common import (
     add_tls_flags,
     both_or_neither,
     fail,
-    metrics_listen,
+    metrics_settings,
     peer_tls,
     peer_tls_fields,
     server_tls,
@@ -173,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = _config(settings, args.bidder)
         level = settings.value("log-level", log_level, "INFO")
-        metrics_at = metrics_listen(settings)
+        metrics_at = metrics_settings(settings, config.tls)
     except (ConfigError, UsageError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="ssp")

@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
-from svc_common.settings import SettingError, host_port
+from svc_common.settings import SettingError, boolean, host_port
 from svc_common.tls import (
     PeerTls,
     ServerTls,
@@ -229,10 +230,26 @@ def fail(prog: str, message: str) -> int:
 
 
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
-    """`--metrics-listen` on a `serve` command (svc_common.metrics serves it)."""
+    """`--metrics-listen` and `--metrics-tls` on a `serve` command (svc_common.metrics serves
+    them)."""
     parser.add_argument(
         "--metrics-listen", help="serve Prometheus /metrics on HOST:PORT; off unless given"
     )
+    parser.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        default=None,
+        help="serve /metrics over the service's TLS (--tls-cert, --tls-key, and --client-ca "
+        "when given) instead of plain HTTP",
+    )
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Where /metrics is served, and with what TLS (None: plain HTTP)."""
+
+    listen: str
+    tls: ServerTls | None = None
 
 
 def show_variables(
@@ -254,5 +271,20 @@ def show_variables(
             action.help = f"{action.help} {note}" if action.help else note
 
 
-def metrics_listen(settings: FlagsWithEnv) -> str | None:
-    return settings.value("metrics-listen", host_port, None)
+def metrics_settings(settings: FlagsWithEnv, tls: ServerTls | None) -> MetricsSettings | None:
+    """`--metrics-listen` and `--metrics-tls`; `tls` is what the service itself serves."""
+    listen = settings.value("metrics-listen", host_port, None)
+    over_tls = settings.value("metrics-tls", boolean, False)
+    if over_tls and tls is None:
+        raise UsageError(
+            f"--metrics-tls (or {settings.env_name('metrics-tls')}) needs --tls-cert and "
+            "--tls-key: /metrics is served with the service's own certificate"
+        )
+    if over_tls and listen is None:
+        raise UsageError(
+            f"--metrics-tls (or {settings.env_name('metrics-tls')}) needs --metrics-listen "
+            f"(or {settings.env_name('metrics-listen')})"
+        )
+    if listen is None:
+        return None
+    return MetricsSettings(listen, tls if over_tls else None)

@@ -8,15 +8,19 @@ What is measured is what an on-call engineer alerts on, and nothing that names a
   collectors).
 Labels are method names, status codes and the service name: never DII, tokens, keys or sites.
 
-Off unless asked for: with no listener, the edge's per-call hook is one `None` check."""
+Off unless asked for: with no listener, the edge's per-call hook is one `None` check. Plain HTTP
+unless `--metrics-tls`: then the service's own certificate (renewals followed as on its other
+ports) and, with `--client-ca`, only scrapers presenting a certificate those CAs signed."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
 from prometheus_client import (
@@ -27,13 +31,18 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    make_wsgi_app,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from svc_common import edge_log
+from svc_common.cli_common import MetricsSettings
 from svc_common.settings import split_host_port
 from svc_common.stop_signals import wait_for_signal
+from svc_common.tls import ServerTls
+from svc_common.tls_reload import ReloadingServerTls
 
 # Milliseconds to seconds: a healthy call takes about a millisecond, a slow peer up to seconds.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -116,8 +125,9 @@ class MetricsServer:
         self._server.server_close()
 
 
-def start(listen: str, service: str) -> MetricsServer:
-    """Serves /metrics on `listen` (HOST:PORT; port 0 picks one) and starts counting calls."""
+def start(listen: str, service: str, tls: ServerTls | None = None) -> MetricsServer:
+    """Serves /metrics on `listen` (HOST:PORT; port 0 picks one), over `tls` when given, and
+    starts counting calls."""
     host, port = split_host_port(listen)
     # No *_created series beside every counter: noise for alerts.
     disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
@@ -127,7 +137,10 @@ def start(listen: str, service: str) -> MetricsServer:
     GCCollector(registry=registry)
     rpc = RpcMetrics(registry, service)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        if tls is None:
+            server, _thread = start_http_server(port, addr=host, registry=registry)
+        else:
+            server = _start_tls_server(host, port, registry, tls)
     except OSError as exc:  # named as the gRPC and HTTP listeners' are: three ports to tell apart
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot listen on {listen} (metrics): {reason}") from None
@@ -135,13 +148,47 @@ def start(listen: str, service: str) -> MetricsServer:
     return MetricsServer(int(server.server_port), server, registry, service)
 
 
+class _QuietTlsHandler(WSGIRequestHandler):
+    # A scraper that connects and sends nothing must not hold a thread for ever: the TLS
+    # handshake runs here, in the request's thread, on its first read.
+    timeout = 10
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base's name
+        """No access log: the scrapes would drown the service's own lines."""
+
+
+def _start_tls_server(
+    host: str, port: int, registry: CollectorRegistry, tls: ServerTls
+) -> ThreadingWSGIServer:
+    """prometheus_client's own server, with the TLS the service's other ports have (its
+    certificate followed through renewals). The listening socket is wrapped without a
+    handshake on accept: done there, one scraper that connects and says nothing would stall
+    every other scrape."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A handshake that fails (a plain-HTTP scraper, one without a certificate the CAs
+            signed) is the scraper's to see: socketserver would print a traceback into the
+            service's JSON log."""
+
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietTlsHandler)
+    context = ReloadingServerTls(tls, listener="metrics").ssl_context()
+    httpd.socket = context.wrap_socket(
+        httpd.socket, server_side=True, do_handshake_on_connect=False
+    )
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd
+
+
 @contextmanager
-def serving(listen: str | None, service: str) -> Iterator[MetricsServer | None]:
-    """/metrics for the with-block when `listen` is set (else None)."""
-    if listen is None:
+def serving(at: MetricsSettings | None, service: str) -> Iterator[MetricsServer | None]:
+    """/metrics for the with-block when `at` is set (else None)."""
+    if at is None:
         yield None
         return
-    server = start(listen, service)
+    server = start(at.listen, service, at.tls)
     try:
         yield server
     finally:
@@ -155,7 +202,7 @@ def log_fields(server: MetricsServer | None) -> dict[str, int]:
 
 def serve_until_stopped(
     service: str,
-    metrics_at: str | None,
+    metrics_at: MetricsSettings | None,
     stop: Any,
     start: Callable[[], tuple[Any, int]],
     readings_prefix: str,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,10 +212,12 @@ def test_a_running_operator_serves_renewed_certificates_on_both_ports(
     proc = ServiceProcess(
         ["uid2-operator", "serve", "--data-dir", str(tmp_path / "op"),
          "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-         "--tls-cert", str(cert), "--tls-key", str(key)]
+         "--tls-cert", str(cert), "--tls-key", str(key),
+         "--metrics-listen", "127.0.0.1:0", "--metrics-tls"]
     ).wait_ready(30)  # fmt: skip
     try:
-        http_port = next(e for e in proc.events if e.get("event") == "serving")["http_port"]
+        serving = next(e for e in proc.events if e.get("event") == "serving")
+        http_port, metrics_port = serving["http_port"], serving["metrics_port"]
         new = make_tls_files(tmp_path / "renewed")
         for source, target in ((new.key, key), (new.cert, cert)):
             shutil.copy(source, target.with_suffix(".tmp"))
@@ -234,6 +238,11 @@ def test_a_running_operator_serves_renewed_certificates_on_both_ports(
         monkeypatch.setitem(os.environ, "SSL_CERT_FILE", str(new.ca))
         sdk = Uid2PublisherClient(f"https://127.0.0.1:{http_port}", client.api_key, client.secret)
         assert sdk.generate_token(TokenGenerateInput.from_email("renewed@example.com")).is_success()
+        # /metrics too, with --metrics-tls: over the service's TLS, renewals followed.
+        metrics_url = f"https://127.0.0.1:{metrics_port}/metrics"
+        context = ssl.create_default_context(cafile=new.ca)
+        with urllib.request.urlopen(metrics_url, timeout=5, context=context) as reply:
+            assert b"uid2_operator_optouts" in reply.read()
         assert any(e.get("event") == "tls_reloaded" for e in proc.events)
     finally:
         assert proc.terminate() == 0

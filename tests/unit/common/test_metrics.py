@@ -3,12 +3,19 @@ hook is off (no observer) unless a process serves /metrics."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+import urllib.error
 import urllib.request
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from svc_common import edge_log, metrics
 from svc_common.metrics import RpcMetrics
+from svc_common.tls import load_server_tls, requiring_client_certs
+from tests.support.tls_certs import make_tls_files
 
 
 def _calls(registry: CollectorRegistry, method: str, code: str) -> float | None:
@@ -51,3 +58,44 @@ def test_the_edge_reports_each_ended_call_while_metrics_are_served() -> None:
     # Stopped: the hook is off again, and a call ends as before.
     assert edge_log._observer is None
     edge_log.end_call(edge_log.begin_call("/pkg.S/B", "rid-2"), "OK", "")
+
+
+def _scrape(url: str, context: ssl.SSLContext | None) -> str:
+    with urllib.request.urlopen(url, timeout=5, context=context) as reply:  # noqa: S310  # a test's own 127.0.0.1 URL
+        return str(reply.read().decode())
+
+
+def test_metrics_over_tls_answer_only_clients_that_trust_the_certificate(
+    tmp_path: Path,
+) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    server = metrics.start("127.0.0.1:0", "svc", load_server_tls(str(files.cert), str(files.key)))
+    try:
+        url = f"https://127.0.0.1:{server.port}/metrics"
+        # A scraper that connects and says nothing does not stall the others.
+        with socket.create_connection(("127.0.0.1", server.port)):
+            assert "process_" in _scrape(url, ssl.create_default_context(cafile=files.ca))
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP: refused
+            _scrape(f"http://127.0.0.1:{server.port}/metrics", None)
+        with pytest.raises(urllib.error.URLError):  # a certificate it does not trust
+            _scrape(url, ssl.create_default_context(cafile=make_tls_files(tmp_path / "o").ca))
+    finally:
+        server.stop()
+
+
+def test_metrics_over_tls_with_client_cas_answer_only_scrapers_with_a_certificate(
+    tmp_path: Path,
+) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    tls = requiring_client_certs(load_server_tls(str(files.cert), str(files.key)), str(files.ca))
+    server = metrics.start("127.0.0.1:0", "svc", tls)
+    try:
+        url = f"https://127.0.0.1:{server.port}/metrics"
+        anonymous = ssl.create_default_context(cafile=files.ca)
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            _scrape(url, anonymous)
+        scraper = ssl.create_default_context(cafile=files.ca)
+        scraper.load_cert_chain(files.cert, files.key)
+        assert "process_" in _scrape(url, scraper)
+    finally:
+        server.stop()

@@ -260,6 +260,26 @@ def test_serve_checks_the_client_ca_setting_in_one_line(
     assert f"--client-ca (or {prefix}CLIENT_CA): " in err and "no PEM certificate" in err
 
 
+@pytest.mark.parametrize(("main", "base", "prefix"), SERVES, ids=IDS)
+def test_serve_checks_the_metrics_tls_setting_in_one_line(
+    main: Main,
+    base: Callable[[Path], list[str]],
+    prefix: str,
+    files: TlsFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*base(tmp_path), "--metrics-listen", "127.0.0.1:0", "--metrics-tls"]
+    err = _one_error_line(main, argv, capsys)
+    assert f"--metrics-tls (or {prefix}METRICS_TLS) needs --tls-cert" in err
+    monkeypatch.setenv(prefix + "TLS_CERT", str(files.cert))
+    monkeypatch.setenv(prefix + "TLS_KEY", str(files.key))
+    monkeypatch.setenv(prefix + "METRICS_TLS", "1")
+    err = _one_error_line(main, base(tmp_path), capsys)
+    assert f"needs --metrics-listen (or {prefix}METRICS_LISTEN)" in err
+
+
 WITH_PEERS = [s for s in SERVES if s[0] is not operator_cli.main]
 
 
