@@ -18,6 +18,7 @@ from operator_svc import admin
 from operator_svc.config import (
     DAY_S,
     DEFAULT_CLOCK_SKEW_S,
+    DEFAULT_MAX_SHARING_LIFETIME_S,
     HOUR_S,
     MAX_LIFETIME_S,
     MAX_ROTATE_KEYS_EVERY_S,
@@ -176,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
         f"at least {admin.MIN_ACTIVATION_DELAY_S})",
     )
     # The same settings (and variables) as `serve`'s: they decide how long old keys are kept.
-    _seconds(p, "--token-lifetime", "--refresh-lifetime", "--allow-clock-skew")
+    lifetimes = ("--token-lifetime", "--refresh-lifetime", "--max-bidstream-lifetime")
+    _seconds(p, *lifetimes, "--allow-clock-skew")
     show_variables(p, settings_of(argparse.Namespace()), _ENV_NAMES)
 
     salts = sub.add_parser("salts", help="salt buckets").add_subparsers(
@@ -277,14 +279,22 @@ def _at_most(settings: FlagsWithEnv, flag: str, value: int, limit_flag: str, lim
         )
 
 
+def _bidstream_lifetime(settings: FlagsWithEnv, token_s: int) -> int:
+    """--max-bidstream-lifetime: 0 for the token lifetime itself, else at least that. `keys
+    rotate` reads it too: old keys stay as long as a bid-stream token they encrypted is
+    accepted."""
+    bidstream_s = settings.value("max-bidstream-lifetime", integer_in(0, MAX_LIFETIME_S), 0)
+    if bidstream_s:
+        _at_most(settings, "token-lifetime", token_s, "max-bidstream-lifetime", bidstream_s)
+    return bidstream_s
+
+
 def serve_config(args: argparse.Namespace) -> OperatorConfig:
     settings = settings_of(args)
     token_s, refresh_s, skew_s = _lifetimes(settings)
     refresh_from_s = settings.value("refresh-from", integer_in(1), HOUR_S)
     _at_most(settings, "refresh-from", refresh_from_s, "token-lifetime", token_s)
-    bidstream_s = settings.value("max-bidstream-lifetime", integer_in(0, MAX_LIFETIME_S), 0)
-    if bidstream_s:  # 0: the token lifetime itself
-        _at_most(settings, "token-lifetime", token_s, "max-bidstream-lifetime", bidstream_s)
+    bidstream_s = _bidstream_lifetime(settings, token_s)
     return OperatorConfig(
         data_dir=_require_dir(args),
         listen=settings.value("listen", host_port, DEFAULT_LISTEN),
@@ -442,6 +452,10 @@ def _run(args: argparse.Namespace) -> int:
                 token_lifetime_s=token_s,
                 refresh_lifetime_s=refresh_s,
                 clock_skew_s=skew_s,
+                accepted_lifetime_s=max(
+                    _bidstream_lifetime(settings_of(args), token_s),
+                    DEFAULT_MAX_SHARING_LIFETIME_S,
+                ),
             )
             _print(report.as_json())
         elif cmd == "salts":

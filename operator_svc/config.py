@@ -25,7 +25,9 @@ DEFAULT_MAX_SHARING_LIFETIME_S = 30 * DAY_S
 # Scheduled key rotation (serve --rotate-keys-every): more often than hourly only multiplies the
 # keys every decryptor holds (each is kept a token lifetime after its successor activates) and
 # is more likely a unit mistake (minutes for seconds) than a policy.
-MIN_ROTATE_KEYS_EVERY_S = HOUR_S
+# A day at least: superseded keys stay published 30 days (what a sharer's token may live),
+# so hourly rotation would put some 720 keys per keyset into every decryptor's key container.
+MIN_ROTATE_KEYS_EVERY_S = DAY_S
 # A key rotated this late still leaves its successor a month before the key in use runs out:
 # the margin the README suggests alerting on (uid2_operator_token_keys_run_out_in_seconds), so
 # the schedule never sets off that alert, and a rotation failing for weeks is still caught.
@@ -136,7 +138,7 @@ def rotate_keys_every_problem(every_s: int) -> str | None:
         return None
     return (
         f"must be 0 (off) or within {MIN_ROTATE_KEYS_EVERY_S} and {MAX_ROTATE_KEYS_EVERY_S}"
-        f" seconds (an hour to the key lifetime less 30 days), got {every_s}"
+        f" seconds (a day to the key lifetime less 30 days), got {every_s}"
     )
 
 

@@ -14,6 +14,7 @@ ports) and, with `--client-ca`, only scrapers presenting a certificate those CAs
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -155,6 +156,12 @@ class _QuietTlsHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # the base's name
         """No access log: the scrapes would drown the service's own lines."""
+
+    def get_stderr(self) -> io.StringIO:
+        """Where wsgiref writes the traceback of a response that failed: a scraper resetting
+        its TLS connection mid-response raises an SSLError wsgiref does not take for a client
+        gone, and its traceback would break the service's JSON log."""
+        return io.StringIO()
 
 
 def _start_tls_server(

@@ -31,11 +31,18 @@ class _WatchCall:
         self._call.cancel()
 
 
+# Ample for thousands of sites with daily rotation (some 61 bytes a key).
+KEYS_MAX_BYTES = 64 * 1024 * 1024
+
+
 class OperatorClient:
     def __init__(
         self, target: str, api_key: str, *, timeout_s: float = 2.0, tls: PeerTls | None = None
     ) -> None:
-        self._channel = open_channel(target, tls)
+        # The key container grows with the sites and the keys kept per keyset; gRPC's 4 MiB
+        # default would refuse a large deployment's outright, leaving every token undecryptable.
+        options = [("grpc.max_receive_message_length", KEYS_MAX_BYTES)]
+        self._channel = open_channel(target, tls, options)
         self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self._metadata = bearer(api_key)
         self._timeout_s = timeout_s

@@ -28,7 +28,7 @@ import structlog
 
 from operator_svc import admin
 from operator_svc.config import OperatorConfig
-from operator_svc.store import KeyRow, OperatorStore
+from operator_svc.store import KeyRow, KeysetRow, OperatorStore
 from svc_common.clock import Clock
 from svc_common.failure_streak import FailureStreak
 from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID, Key, KeyRing
@@ -66,17 +66,28 @@ def keys_due(newest_created_s: int | None, run_out_s: int, now_ms: int, every_s:
     return run_out_s - now_s < RUN_OUT_MARGIN_S + SCHEDULED_ACTIVATION_DELAY_S
 
 
-def keys_run_out_s(rows: Iterable[KeyRow], now_s: int) -> int:
+def keys_run_out_s(rows: Iterable[KeyRow], enabled: Iterable[int], now_s: int) -> int:
     """When the master or the refresh keyset first has no active key (epoch s), from the
-    store's key rows; every token needs one of each."""
+    store's key rows of those keysets; every token needs one of each. Counted from when a key
+    a rotation now adds would be in use (SCHEDULED_ACTIVATION_DELAY_S from now): no key active
+    before then is one no rotation can help, and counting it would rotate at every check
+    until the new key activates. A keyset a rotation skips (disabled) is not counted."""
+    on = set(enabled)
+    counted = [ks for ks in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID) if ks in on]
+    if not counted:
+        return _NEVER
     ring = KeyRing(
         [
             Key(r.key_id, r.keyset_id, r.site_id, r.created_s, r.activates_s, r.expires_s, r.secret)
             for r in rows
-            if r.keyset_id in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID)
+            if r.keyset_id in counted
         ]
     )
-    return min(ring.active_until(ks, now_s) for ks in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID))
+    from_s = now_s + SCHEDULED_ACTIVATION_DELAY_S
+    return min(ring.active_until(ks, from_s) for ks in counted)
+
+
+_NEVER = 2**62
 
 
 def salts_due(rotated_ms: int | None, now_ms: int) -> bool:
@@ -153,7 +164,9 @@ class Rotator:
         # A plain read first, so that the write lock is taken only when a rotation looks due.
         now_ms = self._clock.now_ms()
         newest = self._store.newest_key_created_s(MASTER_KEYSET_ID)
-        run_out = keys_run_out_s(self._store.key_rows(), now_ms // 1000)
+        run_out = keys_run_out_s(
+            self._store.token_key_rows(), self._enabled(self._store.keysets()), now_ms // 1000
+        )
         if not keys_due(newest, run_out, now_ms, every_s):
             return None
         with self._store.transaction() as conn:
@@ -163,7 +176,11 @@ class Rotator:
             # since the read above, and one rotation is all a schedule asks for.
             now_ms = self._clock.now_ms()
             newest = OperatorStore.newest_key_created_in(conn, MASTER_KEYSET_ID)
-            run_out = keys_run_out_s(OperatorStore.keys_in(conn), now_ms // 1000)
+            run_out = keys_run_out_s(
+                OperatorStore.token_keys_in(conn),
+                self._enabled(OperatorStore.keysets_in(conn)),
+                now_ms // 1000,
+            )
             if not keys_due(newest, run_out, now_ms, every_s):
                 return None
             report = admin.rotate_keys_in(
@@ -211,6 +228,10 @@ class Rotator:
             locked_ms=round((time.monotonic() - locked_at) * 1000),
         )
         return rotated
+
+    @staticmethod
+    def _enabled(keysets: Iterable[KeysetRow]) -> list[int]:
+        return [ks.keyset_id for ks in keysets if ks.enabled]
 
     def _may_rotate(self) -> bool:
         """Called holding the write lock: False when a stop came while the check waited for

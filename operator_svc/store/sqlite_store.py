@@ -33,6 +33,7 @@ from svc_common.sqlite_db import (
     require_data_dir,
     write_transaction,
 )
+from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import latest_rotation_ms
 
 DB_FILE = "operator.sqlite3"
@@ -319,6 +320,21 @@ class OperatorStore:
             "SELECT keyset_id, site_id, name, allowed_sites, enabled, is_default FROM keysets"
         ).fetchall()
         return [_keyset_row(r) for r in rows]
+
+    def token_key_rows(self) -> list[KeyRow]:
+        with self._lock:
+            return self.token_keys_in(self._conn)
+
+    @staticmethod
+    def token_keys_in(conn: sqlite3.Connection) -> list[KeyRow]:
+        """The master and refresh keysets' keys, which every token needs: what scheduled
+        rotation checks every minute, without reading every site's keys."""
+        rows = conn.execute(
+            "SELECT key_id, keyset_id, site_id, created, activates, expires, secret FROM keys "
+            "WHERE keyset_id IN (?, ?)",
+            (MASTER_KEYSET_ID, REFRESH_KEYSET_ID),
+        ).fetchall()
+        return [_key_row(r) for r in rows]
 
     @staticmethod
     def keys_in(conn: sqlite3.Connection) -> list[KeyRow]:

@@ -319,3 +319,27 @@ def test_a_store_from_before_keypairs_reads_none_and_gets_the_table_on_first_add
             op.close()
     finally:
         store.close()
+
+
+def test_keys_rotate_keeps_old_keys_as_long_as_serves_bid_stream_lifetime(tmp_path: Path) -> None:
+    """The manual rotation reads serve's --max-bidstream-lifetime (its variable) as it reads
+    the other lifetimes: a 40-day bid-stream token must outlive its key's successor."""
+    from operator_svc import cli
+
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    store.close()
+    argv = ["keys", "rotate", "--data-dir", str(tmp_path), "--activation-delay", "60"]
+    assert cli.main([*argv, "--max-bidstream-lifetime", str(40 * DAY_S)]) == 0
+    store = OperatorStore.open(tmp_path)
+    try:
+        first = min(k.activates_s for k in store.key_rows())
+        old = [
+            k
+            for k in store.key_rows()
+            if k.keyset_id == MASTER_KEYSET_ID and k.activates_s == first
+        ]
+        (key,) = old
+        assert key.expires_s - key.activates_s > 40 * DAY_S
+    finally:
+        store.close()

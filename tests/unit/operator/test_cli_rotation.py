@@ -33,11 +33,11 @@ def test_from_the_flags_or_their_variables(monkeypatch: pytest.MonkeyPatch) -> N
         86_400,
         0.00274,
     )
-    monkeypatch.setenv(KEYS_VAR, "3600")
+    monkeypatch.setenv(KEYS_VAR, "172800")
     monkeypatch.setenv(SALTS_VAR, "1")
-    assert _config() == (3600, 1.0)
+    assert _config() == (172800, 1.0)
     # A flag wins over its variable, as for every setting.
-    assert _config("--rotate-keys-every", "7200") == (7200, 1.0)
+    assert _config("--rotate-keys-every", "86400") == (86400, 1.0)
     assert _config("--rotate-keys-every", str(MAX_ROTATE_KEYS_EVERY_S))[0] == (
         MAX_ROTATE_KEYS_EVERY_S
     )
@@ -48,7 +48,7 @@ def test_from_the_flags_or_their_variables(monkeypatch: pytest.MonkeyPatch) -> N
     ("flag", "variable", "value", "problem"),
     [
         ("rotate-keys-every", KEYS_VAR, "60",
-         f"must be 0 (off) or within 3600 and {MAX_ROTATE_KEYS_EVERY_S} seconds (an hour to the "
+         f"must be 0 (off) or within 86400 and {MAX_ROTATE_KEYS_EVERY_S} seconds (a day to the "
          "key lifetime less 30 days), got 60"),
         ("rotate-keys-every", KEYS_VAR, str(365 * 86_400), "got 31536000"),
         ("rotate-keys-every", KEYS_VAR, "-3600", "got -3600"),

@@ -28,7 +28,7 @@ from operator_svc.config import (
 from operator_svc.domain import rotation
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.rotation import DAY_MS, Rotator, keys_due, salts_due
-from operator_svc.store import DB_FILE, OperatorStore
+from operator_svc.store import DB_FILE, KeyRow, OperatorStore
 from svc_common.clock import ManualClock
 from svc_common.sqlite_db import StoreBusy, StoreWriteFailed
 from tests.support.procs import wait_until
@@ -37,7 +37,7 @@ from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import SaltSet
 
 BUCKETS = 4096  # rotation reads and writes every bucket: a small set keeps each test quick
-EVERY_S = 6 * HOUR_S
+EVERY_S = 2 * DAY_MS // 1000
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,37 @@ def test_keys_are_due_before_they_run_out_whatever_their_age() -> None:
     assert not keys_due(created_s, created_s + margin_s, T0, EVERY_S)
     assert keys_due(created_s, created_s + margin_s - 1, T0, EVERY_S)
     assert keys_due(created_s, created_s, T0, EVERY_S)  # none active now
+
+
+def test_keys_that_all_expired_are_rotated_once_not_at_every_check_until_the_new_ones_activate(
+    spawn: Callable[..., Process], clock: ManualClock
+) -> None:
+    """A deployment idle past its keys' year: no key is active now, nor until the new ones
+    activate two hours later; counting from now would rotate at every check until then."""
+    p = spawn(rotate_keys_every_s=EVERY_S)
+    clock.set(T0 + 400 * DAY_MS)
+    assert p.rotator.check() == ["keys"]
+    for _ in range(5):
+        clock.advance(60_000)
+        assert p.rotator.check() == []
+    # One new master key; the expired one pruned by that rotation.
+    assert _master_keys(p.store) == [(T0 + 400 * DAY_MS) // 1000]
+
+
+def test_the_run_out_counts_only_keysets_a_rotation_renews() -> None:
+    """A disabled keyset gets no new key: counting it would make every check due."""
+    secret = bytes(32)
+    now_s = T0 // 1000
+    rows = [
+        KeyRow(1, MASTER_KEYSET_ID, -1, now_s, now_s, now_s + 365 * 86_400, secret),
+        KeyRow(2, REFRESH_KEYSET_ID, -2, now_s, now_s, now_s + 60, secret),  # nearly out
+    ]
+    both = [MASTER_KEYSET_ID, REFRESH_KEYSET_ID]
+    assert (
+        rotation.keys_run_out_s(rows, both, now_s) <= now_s + rotation.SCHEDULED_ACTIVATION_DELAY_S
+    )
+    assert rotation.keys_run_out_s(rows, [MASTER_KEYSET_ID], now_s) == now_s + 365 * 86_400
+    assert rotation.keys_run_out_s(rows, [], now_s) > now_s + 100 * 365 * 86_400
 
 
 def test_salts_are_due_a_day_after_their_last_rotation_or_at_once_if_never() -> None:
@@ -441,7 +472,7 @@ def test_rotated_salts_record_a_time_that_survives_a_salt_set_reload(data_dir: P
     ("settings", "message"),
     [
         (
-            {"rotate_keys_every_s": HOUR_S - 1},
+            {"rotate_keys_every_s": DAY_MS // 1000 - 1},
             "key rotation interval must be 0 \\(off\\) or within",
         ),
         ({"rotate_keys_every_s": MAX_ROTATE_KEYS_EVERY_S + 1}, "key rotation interval"),
@@ -459,9 +490,9 @@ def test_the_config_refuses_a_schedule_out_of_range(
         OperatorConfig(data_dir=tmp_path, **settings)
 
 
-def test_the_limits_leave_a_month_of_key_life_and_allow_hourly() -> None:
+def test_the_limits_leave_a_month_of_key_life_and_allow_daily() -> None:
     assert MAX_ROTATE_KEYS_EVERY_S == admin.KEY_LIFETIME_S - 30 * 86_400
-    OperatorConfig(data_dir=Path("x"), rotate_keys_every_s=HOUR_S)
+    OperatorConfig(data_dir=Path("x"), rotate_keys_every_s=DAY_MS // 1000)
     OperatorConfig(data_dir=Path("x"), rotate_keys_every_s=MAX_ROTATE_KEYS_EVERY_S)
     OperatorConfig(data_dir=Path("x"), rotate_salts_daily_fraction=1.0)
 
