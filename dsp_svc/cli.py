@@ -126,10 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop,
             lambda: create_server(config, stop=stop),
             "uid2_decryptor_",
-            listen=config.listen,
-            name=config.name,
-            **server_tls_fields(config.tls),
-            **peer_tls_fields(config.peer_tls),
+            {
+                "listen": config.listen,
+                "name": config.name,
+                **server_tls_fields(config.tls),
+                **peer_tls_fields(config.peer_tls),
+            },
         )
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")

@@ -10,9 +10,9 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from operator_svc import admin
 from operator_svc.config import (
@@ -315,27 +315,31 @@ def serve_config(args: argparse.Namespace) -> OperatorConfig:
     )
 
 
-def _rotate_keys_every(text: str) -> int:
-    every_s = integer(text)
-    problem = rotate_keys_every_problem(every_s) if every_s != 0 else None  # 0: off
-    if problem:
-        raise SettingError(problem)
-    return every_s
+N = TypeVar("N", int, float)
 
 
-def _salts_fraction(text: str) -> float:
-    fraction = finite_float(text)
-    problem = salts_fraction_problem(fraction) if fraction != 0 else None  # 0: off
-    if problem:
-        raise SettingError(problem)
-    return fraction
+def _off_or(parse: Callable[[str], N], problem_of: Callable[[N], str | None]) -> Callable[[str], N]:
+    """A schedule setting's parser: 0 is off; anything else must pass `problem_of`."""
+
+    def parsed(text: str) -> N:
+        value = parse(text)
+        problem = problem_of(value) if value != 0 else None
+        if problem:
+            raise SettingError(problem)
+        return value
+
+    return parsed
+
+
+_rotate_keys_every = _off_or(integer, rotate_keys_every_problem)
+_salts_fraction = _off_or(finite_float, salts_fraction_problem)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from operator_svc.server import create_server
     from svc_common import metrics
     from svc_common.logging import configure_logging
-    from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+    from svc_common.stop_signals import catch_stop_signals
 
     config = serve_config(args)
     level = settings_of(args).value("log-level", log_level, "INFO")
@@ -348,25 +352,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     log = structlog.get_logger("operator")
     started = time.perf_counter()
-    stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
-    with metrics.serving(metrics_at, "operator") as metrics_server:
-        served, port = create_server(config)
-        if metrics_server is not None:
-            metrics_server.watch("uid2_operator_", served.readings)
+
+    def started_fields(served: Any) -> dict[str, int]:
         extra = {} if served.http_port is None else {"http_port": served.http_port}
-        # Not after a stop that came while state loaded: a supervisor watching for "serving"
-        # must not see a service that is already stopping (the wait returns at once).
-        if not stop.is_set():
-            log.info(
-                "serving",
-                port=port,
-                startup_ms=round((time.perf_counter() - started) * 1000),
-                **server_tls_fields(config.tls),
-                **extra,
-                **metrics.log_fields(metrics_server),
-            )
-        wait_for_signal(stop)
-        served.stop()
+        return {"startup_ms": round((time.perf_counter() - started) * 1000), **extra}
+
+    stop = catch_stop_signals()  # a stop while state loads still drains and exits 0
+    metrics.serve_until_stopped(
+        "operator",
+        metrics_at,
+        stop,
+        lambda: create_server(config),
+        "uid2_operator_",
+        server_tls_fields(config.tls),
+        started_fields,
+    )
     log.info("stopped")
     return 0
 

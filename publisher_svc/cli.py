@@ -168,31 +168,23 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
 def _serve(config: PublisherConfig, metrics_at: MetricsSettings | None) -> int:
     from publisher_svc.server import create_server
     from svc_common import metrics
-    from svc_common.stop_signals import catch_stop_signals, wait_for_signal
+    from svc_common.stop_signals import catch_stop_signals
 
     log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
-    with metrics.serving(metrics_at, "publisher") as metrics_server:
-        served, port = create_server(config)
-        if metrics_server is not None:
-            metrics_server.watch("uid2_publisher_", served.readings)
-        # Not after a stop that came during start-up: a supervisor watching for "serving" must
-        # not see a service that is already stopping (the wait returns at once).
-        if not stop.is_set():
-            log.info(
-                "serving",
-                port=port,
-                storage_mode=config.storage_mode.value,
-                **server_tls_fields(config.tls),
-                **peer_tls_fields(config.peer_tls),
-                **metrics.log_fields(metrics_server),
-            )
-        try:
-            wait_for_signal(stop)
-        finally:
-            log.info("stopping")
-            served.stop(5.0)
-            log.info("stopped")
+    metrics.serve_until_stopped(
+        "publisher",
+        metrics_at,
+        stop,
+        lambda: create_server(config),
+        "uid2_publisher_",
+        {
+            "storage_mode": config.storage_mode.value,
+            **server_tls_fields(config.tls),
+            **peer_tls_fields(config.peer_tls),
+        },
+    )
+    log.info("stopped")
     return 0
 
 

@@ -189,9 +189,11 @@ def _serve(args: argparse.Namespace) -> int:
             stop,
             lambda: create_server(config, stop=stop),
             "uid2_decryptor_",
-            listen=config.listen,
-            **server_tls_fields(config.tls),
-            **peer_tls_fields(config.peer_tls),
+            {
+                "listen": config.listen,
+                **server_tls_fields(config.tls),
+                **peer_tls_fields(config.peer_tls),
+            },
         )
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")

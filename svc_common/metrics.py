@@ -213,12 +213,13 @@ def serve_until_stopped(
     stop: Any,
     start: Callable[[], tuple[Any, int]],
     readings_prefix: str,
-    **fields: Any,
+    fields: Mapping[str, Any],
+    started_fields: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> None:
     """A `serve` command's life once configured: /metrics if asked for, `start()` the server
     (served, port) and show its readings under `readings_prefix`, one "serving" log line with
-    `fields` (none when the stop came during start-up), then wait for SIGINT/SIGTERM (`stop`,
-    from catch_stop_signals) and stop the server (its drain)."""
+    `fields` and `started_fields(served)` (none when the stop came during start-up), then wait
+    for SIGINT/SIGTERM (`stop`, from catch_stop_signals) and stop the server (its drain)."""
     log = structlog.get_logger(service)
     with serving(metrics_at, service) as metrics:
         served, port = start()
@@ -227,6 +228,10 @@ def serve_until_stopped(
         # A stop that came during start-up: a supervisor watching for "serving" must not see a
         # service that is already stopping. The wait returns at once, and the drain follows.
         if not stop.is_set():
-            log.info("serving", port=port, **fields, **log_fields(metrics))
-        wait_for_signal(stop)
-        served.stop()
+            more = {} if started_fields is None else started_fields(served)
+            log.info("serving", port=port, **fields, **more, **log_fields(metrics))
+        try:
+            wait_for_signal(stop)
+        finally:
+            log.info("stopping")
+            served.stop()

@@ -5,12 +5,11 @@ started, before the "serving" line would be written."""
 
 from __future__ import annotations
 
-import faulthandler
 import importlib
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
 
 Main = Callable[[Sequence[str] | None], int]
-
-
-@pytest.fixture
-def restore_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
-    faulthandler.unregister(signal.SIGUSR1)
 
 
 def _operator(tmp_path: Path) -> list[str]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -16,15 +14,6 @@ import pytest
 from svc_common import stop_signals
 from svc_common.logging import configure_logging
 from svc_common.stop_signals import StopEvent, catch_stop_signals, wait_for_signal
-
-
-@pytest.fixture
-def restore_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
-    faulthandler.unregister(signal.SIGUSR1)
 
 
 @pytest.mark.usefixtures("restore_handlers")
