@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from svc_common.errors import ErrorKind, ServiceError
+from svc_common.scratch_files import scratch_file
 
 _log = structlog.get_logger("store")
 
@@ -249,9 +250,7 @@ def _create_store_file(path: Path) -> None:
     this one never finds the path empty, which `open_db` refuses. When another process links
     its own first, the link fails and both use that one."""
     target = path.resolve()  # a dangling symlink's target: the store goes there
-    partial = target.with_name(f".{target.name}.new-{os.urandom(6).hex()}")
-    try:
-        create_private(partial)
+    with scratch_file(target, "new") as partial:
         conn = sqlite3.connect(partial, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # writes the header
@@ -272,9 +271,6 @@ def _create_store_file(path: Path) -> None:
             # creates. Empty for the moment between its creation and the write (a service
             # starting then is refused, and can be started again).
             _copy_exclusive(partial, target)
-    finally:
-        for leftover in ("", "-journal", "-wal", "-shm"):
-            partial.with_name(partial.name + leftover).unlink(missing_ok=True)
 
 
 def _copy_exclusive(source: Path, target: Path) -> None:
@@ -291,13 +287,6 @@ def _copy_exclusive(source: Path, target: Path) -> None:
     except OSError:
         target.unlink(missing_ok=True)  # never leave the empty file open_db refuses
         raise
-
-
-def create_private(path: Path) -> None:
-    """Creates `path` empty, readable and writable by its owner only; FileExistsError if taken.
-    A store holds secrets (keys, salts, API key hashes); SQLite gives its -wal and -shm files
-    the mode of the store file."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _os_reason(exc: OSError) -> str:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from svc_common.sqlite_db import ErrorFactory, create_private, quick_check, require_data_dir
+from svc_common.scratch_files import scratch_file
+from svc_common.sqlite_db import ErrorFactory, quick_check, require_data_dir
 
 # Checks a copy is the service's store (its tables, its schema version); raises to refuse it.
 Validate = Callable[[sqlite3.Connection], None]
@@ -163,42 +164,37 @@ def run_command(
 
 
 def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -> Copied:
-    # Random: a copy killed with -9 leaves its partial, which must not block the next one (a
-    # process id repeats, always 1 in a container).
-    partial = target.with_name(f".{target.name}.partial-{os.urandom(6).hex()}")
     try:
         # Read-only: a backup being restored is not turned into a WAL store beside itself.
         src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise error(f"{source} cannot be opened: {exc}") from None
     try:
-        create_private(partial)
-        dst = sqlite3.connect(partial, isolation_level=None)
-        try:
-            src.backup(dst)  # also where a source that is not SQLite fails
-            # One file, no WAL beside it; the service puts WAL back on when it opens it.
-            dst.execute("PRAGMA journal_mode=DELETE")
-            verdict = quick_check(dst)
-            if verdict != "ok":
-                raise error(f"the copy of {source} does not check out: {verdict}")
-            validate(dst)
-        finally:
-            dst.close()
-        _fsync(partial)
-        try:
-            os.link(partial, target)  # fails, rather than replace, if the name was taken since
-        except FileExistsError:
-            raise error(f"{target} already exists; back up to a new file") from None
-        _fsync(target.parent)
-        return Copied(target, target.stat().st_size)
+        with scratch_file(target, "partial") as partial:
+            dst = sqlite3.connect(partial, isolation_level=None)
+            try:
+                src.backup(dst)  # also where a source that is not SQLite fails
+                # One file, no WAL beside it; the service puts WAL back on when it opens it.
+                dst.execute("PRAGMA journal_mode=DELETE")
+                verdict = quick_check(dst)
+                if verdict != "ok":
+                    raise error(f"the copy of {source} does not check out: {verdict}")
+                validate(dst)
+            finally:
+                dst.close()
+            _fsync(partial)
+            try:
+                os.link(partial, target)  # fails, rather than replace, if the name was taken
+            except FileExistsError:
+                raise error(f"{target} already exists; back up to a new file") from None
+            _fsync(target.parent)
+            return Copied(target, target.stat().st_size)
     except sqlite3.Error as exc:
         raise error(f"{source} cannot be copied: {exc}") from None
     except OSError as exc:
         raise error(f"{target} cannot be written: {exc.strerror or exc}") from None
     finally:
         src.close()
-        partial.unlink(missing_ok=True)
-        partial.with_name(partial.name + "-journal").unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
