@@ -8,6 +8,7 @@ import urllib.parse
 from typing import Any
 
 from publisher_svc.model import Identity
+from svc_common import json_text
 from svc_common.errors import invalid_argument
 from svc_common.impression_limits import MAX_TOKEN_CHARS
 
@@ -50,7 +51,7 @@ def decode_cookie(value: str) -> Identity:
     if not value or len(value) > _MAX_COOKIE_CHARS:
         raise bad
     try:
-        body: Any = json.loads(urllib.parse.unquote(value, errors="strict"))
+        body: Any = json_text.loads(urllib.parse.unquote(value, errors="strict"))
     except (ValueError, UnicodeDecodeError):
         raise bad from None
     if not isinstance(body, dict):

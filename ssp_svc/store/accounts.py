@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from svc_common import store_backup
+from svc_common import json_text, store_backup
 from svc_common.clock import Clock
 from svc_common.names import check_app_name, normalise_domain, site_domain
 from svc_common.sqlite_db import open_db, require_data_dir
@@ -207,7 +207,7 @@ class FileAccountStore:
 
     def __init__(self, path: Path, *, rng: Rng) -> None:
         try:
-            doc: Any = json.loads(path.read_text("utf-8"))
+            doc: Any = json_text.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
         if not isinstance(doc, dict):

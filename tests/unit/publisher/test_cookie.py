@@ -70,6 +70,9 @@ def test_shape_is_the_js_sdk_identity_json() -> None:
         urllib.parse.quote(json.dumps({**_body(), "identity_expires": True})),
         urllib.parse.quote(json.dumps({**_body(), "advertising_token": "\ud800"})),
         urllib.parse.quote(json.dumps({**_body(), "refresh_token": "\udfff"})),
+        # nested past the JSON parser's recursion limit, well under the size limit: was
+        # RecursionError, INTERNAL to whoever sent it
+        "[" * 2000 + "]" * 2000,
     ],
 )
 def test_bad_cookie_is_invalid_argument(value: str) -> None:

@@ -80,6 +80,9 @@ def test_publishers_file(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(StoreError):
         FileAccountStore(path, rng=os.urandom)
+    path.write_text("[" * 100_000 + "]" * 100_000)  # past the parser's recursion limit
+    with pytest.raises(StoreError, match="cannot read publishers file"):
+        FileAccountStore(path, rng=os.urandom)
 
 
 @pytest.mark.parametrize(
