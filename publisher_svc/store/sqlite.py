@@ -1,7 +1,10 @@
 """SQLite store (WAL, synchronous=FULL): whatever a call acknowledged survives kill -9.
 
-One connection shared under a lock: every statement is short, and the refresher's writes are
-single-row updates, so a lock costs less than a connection per thread."""
+Two connections, each shared under its own lock: one for writes, one for reads. Every
+statement is short, so a lock costs less than a connection per thread; but a write can wait
+up to the busy timeout for another process's write lock (a second publisher on the data dir, a
+slow fsync), and reads must not queue behind it: WAL lets them read the last commit meanwhile,
+so an impression for a user with a current token is never held up by a write."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from publisher_svc.model import Identity
 from svc_common import store_backup
@@ -136,6 +140,13 @@ class SqliteStore:
             self._db.close()
             reason = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
             raise StoreError(f"store {path / self.FILE_NAME} cannot be opened: {reason}") from None
+        self._read_lock = threading.Lock()
+        try:
+            self._reader = open_db(path / self.FILE_NAME, StoreError, check=False)
+        except StoreError:
+            self._db.close()
+            raise
+        self._reader.execute("PRAGMA query_only=1")
 
     def _add_used_column(self) -> None:
         """Gives a store made before `used_since_refresh` existed its column: checked again
@@ -152,15 +163,21 @@ class SqliteStore:
 
     def close(self, wait_s: float = 2.0) -> None:
         close_when_free(self._db, self._lock, wait_s)
+        close_when_free(self._reader, self._read_lock, wait_s)
+
+    def _read_one(self, sql: str, params: tuple[object, ...]) -> Any:
+        """The first row (a tuple, as sqlite3 gives it) of a read on the read connection, or
+        None."""
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchone()
 
     # -- identities ----------------------------------------------------------------------
 
     def get(self, user_id: str) -> StoredIdentity | None:
-        with self._lock:
-            r = self._db.execute(
-                f"SELECT {_COLS} FROM identities WHERE user_id = ?",  # noqa: S608 - constant
-                (user_id,),
-            ).fetchone()
+        r = self._read_one(
+            f"SELECT {_COLS} FROM identities WHERE user_id = ?",  # noqa: S608 - constant
+            (user_id,),
+        )
         return _row(r) if r else None
 
     def put_unless_site_optout(
@@ -290,10 +307,7 @@ class SqliteStore:
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has
         not logged in, logged out or opted out of the site since; None otherwise."""
-        with self._lock:
-            r = self._db.execute(
-                "SELECT status FROM ended_identities WHERE user_id = ?", (user_id,)
-            ).fetchone()
+        r = self._read_one("SELECT status FROM ended_identities WHERE user_id = ?", (user_id,))
         return str(r[0]) if r else None
 
     def delete(self, user_id: str) -> bool:
@@ -316,8 +330,8 @@ class SqliteStore:
 
     def due(self, now_ms: int, limit: int) -> list[DueIdentity]:
         """Identities whose next refresh attempt is due, oldest first (uses the index)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT user_id, next_attempt_at FROM identities WHERE next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",
                 (now_ms, limit),
@@ -325,8 +339,7 @@ class SqliteStore:
         return [DueIdentity(str(u), int(n)) for u, n in rows]
 
     def count(self) -> int:
-        with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM identities").fetchone()
+        (n,) = self._read_one("SELECT COUNT(*) FROM identities", ())
         return int(n)
 
     # -- opt-outs ------------------------------------------------------------------------
@@ -349,11 +362,10 @@ class SqliteStore:
                 _mark_ended(db, user_id, "OPTOUT", now_ms)
 
     def is_operator_optout(self, dii_key: str) -> bool:
-        with self._lock:
-            r = self._db.execute(
-                "SELECT 1 FROM operator_optouts WHERE dii_key = ?", (dii_key,)
-            ).fetchone()
-        return r is not None
+        return (
+            self._read_one("SELECT 1 FROM operator_optouts WHERE dii_key = ?", (dii_key,))
+            is not None
+        )
 
     def set_site_optout(self, user_id: str, opted_out: bool, now_ms: int) -> None:
         """Sets or clears the user's site opt-out; setting it also deletes the identity."""
@@ -369,11 +381,9 @@ class SqliteStore:
                 db.execute("DELETE FROM site_optouts WHERE user_id = ?", (user_id,))
 
     def is_site_optout(self, user_id: str) -> bool:
-        with self._lock:
-            r = self._db.execute(
-                "SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)
-            ).fetchone()
-        return r is not None
+        return (
+            self._read_one("SELECT 1 FROM site_optouts WHERE user_id = ?", (user_id,)) is not None
+        )
 
 
 def _mark_ended(db: sqlite3.Connection, user_id: str, status: str, now_ms: int) -> None:

@@ -8,12 +8,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from publisher_svc.model import Identity
 from publisher_svc.store import SqliteStore, StoreError
+from publisher_svc.store.sqlite import StoredIdentity
 from svc_common import sqlite_db
 
 IDENT = Identity("A4tok", "rt-1", 3_000, 1_000, 30_000, "k")
@@ -46,6 +49,50 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     assert store.is_site_optout("u2")
     store.close()
     assert os.path.exists(tmp_path / SqliteStore.FILE_NAME)
+
+
+def test_reads_do_not_wait_for_a_write_waiting_on_another_process(tmp_path: Path) -> None:
+    # Another publisher process on the data dir holds the write lock; this one's write waits
+    # for it (up to the 30 s busy timeout). An impression only reads: it must not wait too.
+    store = SqliteStore(tmp_path)
+    store.put_unless_site_optout("u1", "email:h1", IDENT, 5)
+    other = sqlite3.connect(tmp_path / SqliteStore.FILE_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    writer = threading.Thread(
+        target=store.put_unless_site_optout, args=("u2", "email:h2", IDENT, 6)
+    )
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not store._lock.locked():  # the write is in, waiting on SQLite's lock
+            assert time.monotonic() < deadline and writer.is_alive()
+            time.sleep(0.01)
+        seen: list[object] = []
+        reader = threading.Thread(
+            target=lambda: seen.extend(
+                [
+                    store.get("u1"),
+                    store.is_site_optout("u1"),
+                    store.is_operator_optout("email:h1"),
+                    store.ended_status("u1"),
+                    [d.user_id for d in store.due(10**12, 10)],
+                    store.count(),
+                ]
+            )
+        )
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "a read waited behind the write"
+        assert writer.is_alive()  # still waiting: the reads went past it
+        got = seen[0]
+        assert isinstance(got, StoredIdentity) and got.identity == IDENT
+        assert seen[1:] == [False, False, None, ["u1"], 1]
+    finally:
+        other.execute("COMMIT")
+        writer.join(timeout=40)
+        other.close()
+    assert store.get("u2") is not None  # committed once the other process let go
+    store.close()
 
 
 def test_wal_and_full_sync(tmp_path: Path) -> None:
