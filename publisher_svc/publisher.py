@@ -8,9 +8,10 @@ from __future__ import annotations
 import base64
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -48,6 +49,15 @@ MAX_USER_ID_CHARS = 256
 # How long an impression may wait for a due refresh before it goes out with the held token,
 # or without one when that has expired.
 DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
+
+# The RPC server's threads (32, svc_common.grpc_server) serve every method. A slow or frozen
+# operator holds each call that asks it for its deadline, retries included: unbounded, such
+# calls take every thread, and calls that never ask it (an impression with a current token, a
+# logout) queue behind them for seconds. At most this many calls wait on the operator at once
+# (the background refresher's, on threads of its own, aside); the next is answered at once as
+# if the operator were unreachable, so a held unexpired token is still served.
+DEFAULT_OPERATOR_CALLS_MAX = 24
+OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
 # that (an operator that hangs) impressions go out without starting more.
 _MAX_PENDING_REFRESHES = 256
@@ -226,6 +236,10 @@ def _peer_failure(
     peer's code and reason in the ErrorInfo metadata (peerCode, peerReason)."""
     name = _PEER_NAMES[peer]
     if err.unavailable:
+        if err.reason == OPERATOR_BUSY:
+            return unavailable(
+                f"{peer}_UNAVAILABLE", f"{name} is slow: too many calls already wait on it"
+            )
         return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
     if caller_input is not None and err.reason and caller_input(err):
         return ServiceError(
@@ -271,8 +285,16 @@ class Publisher:
         serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S,
         retry_backoff: Backoff | None = None,
         unrecorded_optouts: UnrecordedOptOuts | None = None,
+        operator_calls_max: int = DEFAULT_OPERATOR_CALLS_MAX,
     ) -> None:
+        if operator_calls_max < 1:
+            raise ValueError("operator_calls_max must be at least 1")
         self.store = store
+        self.operator_calls_max = operator_calls_max
+        self._operator_slots = threading.BoundedSemaphore(operator_calls_max)
+        self._operator_calls_lock = threading.Lock()
+        self._operator_calls_waiting = 0
+        self._operator_calls_shed = 0
         # Opt-outs the operator answered that the store refused to record: honoured from here
         # until a later write records them (record_unrecorded_optouts).
         self.unrecorded_optouts = (
@@ -309,11 +331,37 @@ class Publisher:
             # operator keeps them, and the refresh of each such identity is answered OPTOUT.
             _log.warning("unrecorded_optouts_dropped", count=held)
 
+    @contextmanager
+    def _operator_slot(self, *, by_user: bool) -> Iterator[None]:
+        """Counts a call to the operator against operator_calls_max while it runs; when none is
+        free, PeerError(OPERATOR_BUSY, unavailable) instead of waiting for one."""
+        if not by_user:
+            yield
+            return
+        if not self._operator_slots.acquire(blocking=False):
+            with self._operator_calls_lock:
+                self._operator_calls_shed += 1
+            raise PeerError("operator", "UNAVAILABLE", OPERATOR_BUSY, unavailable=True)
+        with self._operator_calls_lock:
+            self._operator_calls_waiting += 1
+        try:
+            yield
+        finally:
+            with self._operator_calls_lock:
+                self._operator_calls_waiting -= 1
+            self._operator_slots.release()
+
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the publisher itself (svc_common.metrics), in every mode;
         no store access, so a scrape takes no store lock."""
         # Opt-outs honoured from memory because the store refused them: not on disk yet.
-        return {"unrecorded_optouts": float(len(self.unrecorded_optouts))}
+        with self._operator_calls_lock:
+            waiting, shed = self._operator_calls_waiting, self._operator_calls_shed
+        return {
+            "unrecorded_optouts": float(len(self.unrecorded_optouts)),
+            "operator_calls_waiting": float(waiting),
+            "operator_calls_shed": float(shed),
+        }
 
     def user_lock(self, user_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
@@ -350,7 +398,8 @@ class Publisher:
             # Reference §1.7: never call generate again for an opted-out DII.
             return self._end_as_opted_out(user_id, dii)
         try:
-            result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
+            with self._operator_slot(by_user=True):
+                result = self.operator.generate(dii, privacy, self.on_behalf_of_site_id)
         except PeerError as err:
             # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
             # caller's privacy settings.
@@ -468,10 +517,11 @@ class Publisher:
 
     # -- refresh --------------------------------------------------------------------------
 
-    def step(self, identity: Identity) -> Step:
+    def step(self, identity: Identity, *, by_user: bool = True) -> Step:
         """One pass of the refresh rules. Raises UNAVAILABLE / OPERATOR_UNAVAILABLE only when
         the operator is unreachable and the stored token has expired (nothing is lost: the
-        identity stays refreshable until refresh_expires)."""
+        identity stays refreshable until refresh_expires). `by_user`: a caller's request is
+        waiting (its call counts against operator_calls_max), not the background refresher."""
         now = self.clock.now_ms()
         decision = decide(identity, now)
         if decision is Decision.USE:
@@ -479,7 +529,8 @@ class Publisher:
         if decision is Decision.LOGIN_REQUIRED:
             return Step(StepKind.LOGIN_REQUIRED)
         try:
-            result = self.operator.refresh(identity.refresh_token)
+            with self._operator_slot(by_user=by_user):
+                result = self.operator.refresh(identity.refresh_token)
         except PeerError as err:
             if err.unavailable and usable_without_refresh(identity, self.clock.now_ms()):
                 return Step(StepKind.STALE, identity)
@@ -508,7 +559,7 @@ class Publisher:
         stored = self.store.get(user_id)
         if stored is None:
             return Step(StepKind.LOGIN_REQUIRED), None
-        step = self.step(stored.identity)
+        step = self.step(stored.identity, by_user=by_user)
         old = stored.identity.refresh_token
         now = self.clock.now_ms()
         if step.kind is StepKind.REFRESHED and step.identity is not None:

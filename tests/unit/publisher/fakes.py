@@ -40,6 +40,7 @@ class FakeOperator:
     refuse: bool = False  # answer PERMISSION_DENIED
     invalid_input_reason: str = ""  # generate answers INVALID_ARGUMENT with this reason
     delay_s: float = 0.0
+    gate: threading.Event | None = None  # while set to an unset Event, calls wait for it
     generate_calls: list[tuple[HashedDii, PrivacySettings, int]] = field(default_factory=list)
     refresh_calls: list[str] = field(default_factory=list)
     _chains: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -68,6 +69,8 @@ class FakeOperator:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.gate is not None:
+            self.gate.wait(30)
 
     def _leave(self) -> None:
         with self._lock:
