@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import re
 import time
-import traceback
 from collections.abc import Callable
 
 import structlog
 
 from svc_common import call_context
-from svc_common.logging import write_call_line
+from svc_common.logging import where, write_call_line
 
 _log = structlog.get_logger("rpc")
 
@@ -87,15 +86,6 @@ def end_call(start: float, code: str, reason: str) -> None:
         write_call_line(fields)
     except (OSError, ValueError):
         pass  # a broken log stream must not turn an answered call into an error
-
-
-def where(exc: BaseException) -> str:
-    """File and line an exception came from: what a log may say of it (its text may not)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
 def log_unhandled(exc: BaseException) -> None:

@@ -8,14 +8,24 @@ The one line per RPC (`write_call_line`) does not go through structlog's process
 the hottest line by far, and on a busy operator the chain (bound logger, processors, stdlib json)
 cost about a fifth of GenerateToken's throughput (measured with bench/operator_bench.py). It is
 rendered here to the same JSON shape the chain gives every other event (event, level, timestamp,
-service and the bound context), with orjson, which both paths use."""
+service and the bound context), with orjson, which both paths use.
+
+Libraries log through the standard `logging` module (aiohttp's parser errors, asyncio's
+exception handler, grpc's). Left alone, those records reach Python's last-resort handler:
+multi-line tracebacks that quote what the client sent (a header with its API key, a query
+string with an email). `configure_logging` routes them to `_LibraryLogHandler` instead: one
+JSON line naming the logger, the place and the exception type, never the record's text, and
+at most one a `LIBRARY_LOG_INTERVAL_S` per place (a flood, such as accept() failing for want
+of file descriptors, is counted rather than written)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +61,65 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _LibraryLogHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(_LibraryLogHandler())
+    # Libraries' INFO chatter is theirs; their warnings and errors are ours to see.
+    root.setLevel(max(lvl, logging.WARNING))
+
+
+LIBRARY_LOG_INTERVAL_S = 10.0
+
+
+class _LibraryLogHandler(logging.Handler):
+    """A library's log record as one JSON line without its text (see the module's docstring),
+    rate-limited per logger and place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit_lock = threading.Lock()
+        # (logger, place) -> (monotonic time of the last line written, records dropped since)
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            place = f"{record.module}:{record.lineno}"
+            now = time.monotonic()
+            with self._limit_lock:
+                last, dropped = self._last.get((record.name, place), (-LIBRARY_LOG_INTERVAL_S, 0))
+                if now - last < LIBRARY_LOG_INTERVAL_S:
+                    self._last[(record.name, place)] = (last, dropped + 1)
+                    return
+                if len(self._last) > 1000:  # places are code lines: a few in practice
+                    self._last.clear()
+                self._last[(record.name, place)] = (now, 0)
+            fields: dict[str, Any] = {
+                "event": "library_log",
+                "level": record.levelname.lower(),
+                "timestamp": _utc_now_iso(),
+                "logger": record.name,
+                "where": place,
+            }
+            if _service:
+                fields["service"] = _service
+            if record.exc_info and record.exc_info[1] is not None:
+                fields["error_type"] = type(record.exc_info[1]).__name__
+                fields["raised_at"] = where(record.exc_info[1])
+            if dropped:
+                fields["dropped_since_last"] = dropped
+            _write(dumps(fields))
+        except Exception:  # noqa: S110  # never raise into the library, nor print the
+            pass  # record (logging.Handler.handleError would, text and arguments included)
+
+
+def where(exc: BaseException) -> str:
+    """File and line an exception came from: what a log may say of it (its text may not)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
 @contextmanager

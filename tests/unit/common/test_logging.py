@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import datetime
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, MutableMapping
@@ -136,3 +137,44 @@ def test_silenced_drops_events_then_puts_the_configuration_back() -> None:
     finally:
         structlog.configure(**before)
     assert seen == ["after"]
+
+
+def test_a_library_record_is_one_json_line_without_its_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's parser errors quote the line the client sent, its API key or email included.
+    configure_logging("INFO", service="operator")
+    quoted = b"Authorization: Bearer UID2-C-L-999-SECRETKEY\x01 jane.doe@example.com"
+    try:
+        raise ValueError(f"Invalid header value char: {quoted!r}")
+    except ValueError as exc:
+        error = exc
+
+    def emit() -> None:  # one place in a library
+        logging.getLogger("aiohttp.server").error(
+            "Error handling request from %s: %r", "10.0.0.1", quoted, exc_info=error
+        )
+
+    for _ in range(5):  # a flood from one place: one line, the rest counted
+        emit()
+    logging.getLogger("grpc._server").info("chatter")  # below WARNING: not ours to write
+    err = capsys.readouterr().err
+    assert "SECRETKEY" not in err and "jane.doe" not in err and "Traceback" not in err
+    (line,) = _lines(err)
+    assert line["event"] == "library_log" and line["level"] == "error"
+    assert line["logger"] == "aiohttp.server" and line["service"] == "operator"
+    assert line["error_type"] == "ValueError"
+    assert str(line["where"]).startswith("test_logging:")
+    assert str(line["raised_at"]).startswith("test_logging.py:")
+
+    monkeypatch.setattr("svc_common.logging.LIBRARY_LOG_INTERVAL_S", 0.0)
+    emit()
+    (line,) = _lines(capsys.readouterr().err)
+    assert line["dropped_since_last"] == 4
+
+
+def test_configuring_again_keeps_one_library_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    configure_logging("INFO")
+    logging.getLogger("asyncio").warning("socket.accept() out of system resource")
+    assert len(_lines(capsys.readouterr().err)) == 1
