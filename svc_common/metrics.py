@@ -40,6 +40,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from svc_common import edge_log
 from svc_common.cli_common import MetricsSettings
+from svc_common.fd_limit import raise_open_files_limit
 from svc_common.settings import split_host_port
 from svc_common.stop_signals import wait_for_signal
 from svc_common.tls import ServerTls
@@ -221,6 +222,7 @@ def serve_until_stopped(
     `fields` and `started_fields(served)` (none when the stop came during start-up), then wait
     for SIGINT/SIGTERM (`stop`, from catch_stop_signals) and stop the server (its drain)."""
     log = structlog.get_logger(service)
+    files = raise_open_files_limit()
     with serving(metrics_at, service) as metrics:
         served, port = start()
         if metrics is not None:
@@ -229,7 +231,14 @@ def serve_until_stopped(
         # service that is already stopping. The wait returns at once, and the drain follows.
         if not stop.is_set():
             more = {} if started_fields is None else started_fields(served)
-            log.info("serving", port=port, **fields, **more, **log_fields(metrics))
+            log.info(
+                "serving",
+                port=port,
+                **fields,
+                **more,
+                **log_fields(metrics),
+                open_files_limit=files,
+            )
         try:
             wait_for_signal(stop)
         finally:

@@ -31,6 +31,7 @@ from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
 from operator_svc.http import handlers
+from operator_svc.http.connections import IDLE_DEADLINE_S, MAX_CONNECTIONS, ConnectionGuard
 from operator_svc.http.envelope_io import (
     BINARY,
     MAX_BODY_BYTES,
@@ -41,6 +42,7 @@ from operator_svc.http.envelope_io import (
     seal_response,
 )
 from operator_svc.http.errors import (
+    BODY_TIMEOUT,
     CLIENT_ERROR,
     ERROR,
     EXPIRED_TOKEN,
@@ -56,6 +58,7 @@ from svc_common import call_context
 from svc_common.edge_log import log_unhandled, observe, request_id
 from svc_common.errors import ErrorKind, ServiceError
 from svc_common.event_loop import finish_pending_tasks
+from svc_common.fd_limit import open_files_limit
 from svc_common.settings import split_host_port
 from svc_common.tls import ServerTls
 from svc_common.tls_reload import ReloadingServerTls
@@ -65,6 +68,9 @@ _log = structlog.get_logger("http")
 
 # What in-flight requests get to finish on a stop, as the gRPC drain gives its calls.
 DRAIN_GRACE_S = 5.0
+# How long a request's body may take to arrive once its headers have (see connections.py for
+# the phases before). The largest allowed body, 2 MiB, needs well under 1 Mbit/s for it.
+BODY_DEADLINE_S = 30.0
 
 Handler = Callable[[Operator, Client, dict[str, Any]], dict[str, Any]]
 
@@ -161,6 +167,9 @@ class HttpApi:
         self.serving = True
         # The tasks serving requests now: what a stop cancels once the drain's grace is over.
         self.in_flight: set[asyncio.Task[Any]] = set()
+        # Told when a request enters and leaves its handler, when the front door guards its
+        # connections (a test's aiohttp client has none).
+        self.connections: ConnectionGuard | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=MAX_BODY_BYTES)
@@ -188,6 +197,9 @@ class HttpApi:
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
+        connections, connection = self.connections, request.protocol
+        if connections is not None:
+            connections.enter(connection)
         try:
             response = await handler(request)
         except HttpError as exc:
@@ -212,8 +224,12 @@ class HttpApi:
             error = HttpError(500, ERROR, "internal error", "INTERNAL")
         finally:
             self.in_flight.discard(task)
+            if connections is not None:
+                connections.leave(connection)
         if error is not None:
             response = _error_response(error)
+            if error.reason == BODY_TIMEOUT:
+                response.force_close()  # the rest of the body may still come: not a request
         response.headers["X-Request-Id"] = rid
         if request.path in CORS_PATHS:
             response.headers.update(_CORS_HEADERS)
@@ -237,7 +253,14 @@ class HttpApi:
         if length is not None and length > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=length)
         try:
-            return await request.read()
+            return await asyncio.wait_for(request.read(), BODY_DEADLINE_S)
+        except TimeoutError:
+            raise HttpError(
+                408,
+                CLIENT_ERROR,
+                f"the body did not arrive within {BODY_DEADLINE_S:g} s",
+                BODY_TIMEOUT,
+            ) from None
         except ConnectionResetError:
             # The caller hung up mid-body (aiohttp cancels the read so): a truncated request,
             # not a bug; nobody is left to read the answer, but the log line says what it was.
@@ -367,6 +390,8 @@ class HttpFrontDoor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Future[None] | None = None
         self._stopping: concurrent.futures.Future[None] | None = None
         self.port = 0
 
@@ -404,20 +429,37 @@ class HttpFrontDoor:
 
     async def _start(self) -> None:
         host, port = split_host_port(self._listen)
-        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=DRAIN_GRACE_S)
+        runner = web.AppRunner(
+            self.api.app(),
+            access_log=None,
+            shutdown_timeout=DRAIN_GRACE_S,
+            keepalive_timeout=IDLE_DEADLINE_S,
+        )
         await runner.setup()
         try:
             ssl_context = None
             if self._tls is not None:
                 ssl_context = ReloadingServerTls(self._tls, listener="http").ssl_context()
-            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-            await site.start()
+            if runner.server is None:  # setup() makes it
+                raise RuntimeError("aiohttp runner has no server after setup")
+            guard = ConnectionGuard(
+                runner.server,
+                # Half the process's files at most: its gRPC port and stores need the rest.
+                max_connections=min(MAX_CONNECTIONS, open_files_limit() // 2),
+                idle_deadline_s=IDLE_DEADLINE_S,
+            )
+            # Listened on here rather than through aiohttp's TCPSite: the guard's factory is
+            # what counts and refuses connections as they open.
+            listener = await asyncio.get_running_loop().create_server(
+                guard.protocol, host, port, ssl=ssl_context, reuse_address=True
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        addresses = runner.addresses
-        self.port = int(addresses[0][1]) if addresses else port
+        self._runner, self._listener = runner, listener
+        self.api.connections = guard
+        self._sweeper = asyncio.ensure_future(guard.run())
+        self.port = int(listener.sockets[0].getsockname()[1])
 
     def begin_stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Starts the stop without waiting for it: refuses new connections at once, gives
@@ -431,6 +473,10 @@ class HttpFrontDoor:
             self._stopping = asyncio.run_coroutine_threadsafe(self._shutdown(runner, grace_s), loop)
 
     async def _shutdown(self, runner: web.AppRunner, grace_s: float) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; those open drain below
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         cleanup = asyncio.ensure_future(runner.cleanup())
         done, _ = await asyncio.wait({cleanup}, timeout=grace_s)
         if not done:

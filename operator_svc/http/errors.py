@@ -34,6 +34,10 @@ _KINDS: dict[ErrorKind, tuple[int, str]] = {
 }
 
 
+# The reason of a 408: the body did not arrive in time (the connection is then closed).
+BODY_TIMEOUT = "BODY_TIMEOUT"
+
+
 class HttpError(Exception):
     """An answer other than success: HTTP code, status string, message for the caller."""
 

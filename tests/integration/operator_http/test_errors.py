@@ -176,10 +176,20 @@ def test_bad_requests_elsewhere(live: HttpLive, path: str, payload: object) -> N
     assert (status, answer["status"]) == (400, "client_error"), answer
 
 
-def test_body_over_one_megabyte_is_413(live: HttpLive) -> None:
-    body = base64.b64encode(os.urandom(800_000))
+def test_body_over_two_mebibytes_is_413(live: HttpLive) -> None:
+    body = base64.b64encode(os.urandom(1_600_000))
     msg = _error(_post(live, "/v2/identity/map", body), 413, "client_error")
-    assert "1048576" in msg
+    assert "2097152" in msg
+
+
+def test_5000_long_emails_fit_in_one_identity_map_call(live: HttpLive) -> None:
+    # 160-character addresses: the body the SDK sends is over 1 MiB (it was refused at 1 MiB).
+    emails = [f"{i:05d}{'x' * 142}@example.com" for i in range(5000)]
+    body = base64.b64encode(live.envelope("all", {"email": emails}, nonce=os.urandom(8)))
+    assert len(body) > 1024 * 1024
+    status, answer = live.call("all", "/v2/identity/map", {"email": emails})
+    assert status == 200, answer
+    assert len(answer["body"]["mapped"]) == 5000
 
 
 def test_more_than_5000_identity_map_items(live: HttpLive) -> None:
