@@ -22,6 +22,8 @@ _SHA = hashlib.sha256(b"user@example.com").digest()
         "4bf92f3577b34da6a3ce929d0e0e4736",  # a W3C trace id
         "0123456789abcdef",
         "svc.publisher:login-42",
+        "4BF92F3577B34DA6A3CE929D0E0E4736",  # upper-case hex
+        "req-2026-11-29-checkout.page:render",
     ],
 )
 def test_id_shapes_are_kept(rid: str) -> None:
@@ -43,6 +45,10 @@ def test_id_shapes_are_kept(rid: str) -> None:
         ".5551234567",
         "has space",
         "x" * 65,
+        # an API key of the operator's and of the SSP's, sent as the request id
+        "UID2-C-9dbc0e4a93f6-I-6Hw2tfgwGa3dQlxqthemTDGU_G0NKiaj7tJKnY_nA",
+        "ssp-k-3f9a1c2b.tPqR8vXz2LmN4bK7wYc1dF6gH0jS5aEu",
+        "Gq3Zx9Lm2Pw8Rt6Vy4Nb7Kc",  # 23 characters of a random secret
         "caf\u00e9",
         "",
         None,
