@@ -28,6 +28,10 @@ _log = structlog.get_logger("server")
 # open after this long without data, and drops it when the ping goes unanswered.
 KEEPALIVE_TIME_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000
+# How often a client may ping a connection on which the server sends nothing (a quiet stream):
+# the decryptors ping every 20 s (bidstream.decryptor.operator_client). gRPC's default, 5 min,
+# answers faster pings with GOAWAY (too_many_pings), which would break the stream each time.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -42,6 +46,8 @@ def server_options() -> list[tuple[str, int]]:
         # it a frozen peer was never dropped: tests/integration/operator/test_keepalive.py).
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # On a server this name is the interval it accepts (GRPC_ARG_HTTP2_MIN_RECV_PING_...).
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ]
 
 

@@ -34,6 +34,15 @@ class _WatchCall:
 # Ample for thousands of sites with daily rotation (some 61 bytes a key).
 KEYS_MAX_BYTES = 64 * 1024 * 1024
 
+# The opt-out stream is quiet for as long as nobody opts out, and a frozen operator or a network
+# that drops packets breaks nothing a reader could see: without pings of its own, the stream
+# would wait forever, tokens of users who opt out meanwhile would pass, and the connected gauge
+# would say 1. So the channel pings after this long without data and gives the connection up
+# when a ping goes unanswered; the stream then breaks and is opened again. The servers accept a
+# ping this often (svc_common.grpc_server.MIN_CLIENT_PING_INTERVAL_MS).
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
 
 class OperatorClient:
     def __init__(
@@ -41,7 +50,14 @@ class OperatorClient:
     ) -> None:
         # The key container grows with the sites and the keys kept per keyset; gRPC's 4 MiB
         # default would refuse a large deployment's outright, leaving every token undecryptable.
-        options = [("grpc.max_receive_message_length", KEYS_MAX_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", KEYS_MAX_BYTES),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # Pings go on however long the stream stays quiet (the default stops after two).
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
         self._channel = open_channel(target, tls, options)
         self._stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self._metadata = bearer(api_key)

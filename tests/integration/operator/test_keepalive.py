@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from bidstream.decryptor import operator_client
+from bidstream.decryptor.operator_client import OperatorClient
+from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from operator_svc.config import OperatorConfig
 from operator_svc.server import create_server
 from svc_common import grpc_server
 from tests.integration.operator.conftest import add_client, init_dir
 from tests.support.procs import wait_until
+from tests.support.tcp_proxy import SilenceableProxy
 
 pytestmark = pytest.mark.slow
 
@@ -63,4 +67,33 @@ def test_a_frozen_reader_loses_its_stream_slot(
     finally:
         client.kill()
         client.wait()
+        served.stop(1.0)
+
+
+def test_a_reader_notices_a_silent_operator_and_a_quiet_stream_stays_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real 20 s / 10 s client pings and 10 s server allowance, shortened in proportion.
+    monkeypatch.setattr(operator_client, "KEEPALIVE_TIME_MS", 500)
+    monkeypatch.setattr(operator_client, "KEEPALIVE_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(grpc_server, "MIN_CLIENT_PING_INTERVAL_MS", 250)
+    init_dir(tmp_path)
+    reader = add_client(tmp_path, 300, "reader", ["ID_READER"])
+    served, port = create_server(OperatorConfig(data_dir=tmp_path, listen="127.0.0.1:0"))
+    proxy = SilenceableProxy(("127.0.0.1", port))
+    client = OperatorClient(f"127.0.0.1:{proxy.port}", reader.api_key)
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(client.watch_optouts, optouts).start()
+    try:
+        assert optouts.loaded.wait(10) and watcher.connected.is_set()
+        # Quiet for a while, pinging all along: the operator accepts the pings (at gRPC's
+        # default allowance it would answer GOAWAY, breaking the stream every few pings).
+        time.sleep(4.0)
+        assert watcher.connects == 1 and watcher.connected.is_set()
+        proxy.silence()  # the operator frozen, or the network dropping every packet
+        assert wait_until(lambda: not watcher.connected.is_set(), 10.0)
+    finally:
+        watcher.stop()
+        client.close()
+        proxy.close()
         served.stop(1.0)
