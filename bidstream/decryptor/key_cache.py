@@ -40,6 +40,13 @@ KEY_REFRESH_RANGE = (
 # With no keys at all, how long at most a failing operator is left alone while impressions
 # keep asking for keys (the scheduled retry backs off further, up to retry_cap_s).
 NO_KEYS_RETRY_CAP_S = 8.0
+# A token naming a key we lack asks for an early refresh, and anyone can send one: random bytes
+# name random key ids. With thousands of sites a refresh costs seconds of CPU here and a large
+# container at the operator, so each early refresh that brings no key we lacked doubles the gap
+# before the next one, up to this; one that brings a new key resets it. A genuinely new key is
+# published hours before it is used (operator_svc: SCHEDULED_ACTIVATION_DELAY_S), so this
+# delays only what the scheduled refresh would have brought anyway.
+FUTILE_EARLY_REFRESH_CAP_S = 300.0
 # Doublings past this add nothing (2**30 s is decades) and keep `base * 2**n` a finite float:
 # 1000.0 * 2**1024 raises OverflowError, which a long outage would otherwise reach.
 _MAX_DOUBLINGS = 30
@@ -73,6 +80,8 @@ class KeyCache:
         self._next_ms: float = clock.now_ms()  # due at once
         self._last_early_ms: float = -float("inf")
         self._early_pending = False
+        self._futile_early = 0  # early refreshes in a row that brought no new key
+        self._key_ids: frozenset[int] = frozenset()
         self._fetching = False
         self.generation = 0  # completed refresh attempts, successful or not
         self.successes = 0
@@ -99,13 +108,15 @@ class KeyCache:
         """Fetches now (one fetch at a time); keeps the old keys on failure. True on success."""
         with self._fetch_lock:
             with self._cond:
+                early = self._early_pending
                 self._early_pending = False
                 self._fetching = True
-            ok, key_count = False, 0
+            ok, key_count, key_ids = False, 0, frozenset[int]()
             try:
                 container = parse_key_container_json(self._fetch())
                 decoder = TokenDecoder.from_container(container)
                 key_count = len(container.keyring)
+                key_ids = frozenset(k.id for k in container.keyring.keys)
                 ok = True
             except Exception as exc:  # the operator down, or a container we cannot parse
                 _log.warning(
@@ -114,6 +125,11 @@ class KeyCache:
             now = self._clock.now_ms()
             with self._cond:
                 if ok:
+                    if early and key_ids <= self._key_ids:
+                        self._futile_early += 1
+                    elif key_ids - self._key_ids:
+                        self._futile_early = 0
+                    self._key_ids = key_ids
                     self._decoder = decoder
                     self._failures = 0
                     self.successes += 1
@@ -142,14 +158,19 @@ class KeyCache:
 
     def request_early_refresh(self, *, backing_off: bool = False) -> int | None:
         """Asks for a refresh ahead of schedule (a token named a key we lack). Rate limited:
-        at most one per `early_min_interval_s`; with `backing_off` (no keys at all, the operator
-        likely down) also by the failure backoff, capped at NO_KEYS_RETRY_CAP_S, so traffic
-        cannot turn an outage into one fetch (and one warning) per second. Returns the
+        at most one per `early_min_interval_s`, doubled for each early refresh in a row that
+        brought no new key (up to FUTILE_EARLY_REFRESH_CAP_S); with `backing_off` (no keys at
+        all, the operator likely down) also by the failure backoff, capped at
+        NO_KEYS_RETRY_CAP_S, so traffic cannot turn an outage into one fetch (and one warning)
+        per second. Returns the
         generation to wait past with `wait_past`, or None when no refresh is pending or
         running."""
         now = self._clock.now_ms()
         with self._cond:
             gap = self._early_min_ms
+            if self._futile_early:
+                doubled = self._early_min_ms * 2 ** min(self._futile_early, _MAX_DOUBLINGS)
+                gap = max(gap, min(FUTILE_EARLY_REFRESH_CAP_S * 1000, doubled))
             if backing_off and self._failures:
                 gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, self._backoff_ms()))
             if not self._early_pending and now - self._last_early_ms >= gap:

@@ -78,6 +78,7 @@ def test_early_refresh_is_rate_limited() -> None:
     cache, fetch, clock = make(early_min_interval_s=5.0)
     cache.refresh()
     assert not cache.due()
+    fetch.keys.rotate_site_key(202)  # the key the token named: this early refresh brings it
     gen = cache.request_early_refresh()
     assert gen == cache.generation and cache.due()
     assert cache.run_due() is True and fetch.calls == 2
@@ -87,6 +88,31 @@ def test_early_refresh_is_rate_limited() -> None:
     assert cache.request_early_refresh() is None and not cache.due()
     clock.advance(1_000)
     assert cache.request_early_refresh() is not None and cache.due()
+
+
+def test_early_refreshes_that_bring_no_new_key_back_off() -> None:
+    # Tokens naming keys nobody has (random bytes, sent on purpose) must not buy a full key
+    # fetch every second: each futile early refresh doubles the gap, up to 5 minutes.
+    cache, fetch, clock = make(early_min_interval_s=1.0)
+    cache.refresh()
+    gaps = []
+    for _ in range(11):
+        waited = 0
+        while cache.request_early_refresh() is None:
+            clock.advance(500)
+            waited += 500
+        cache.run_due()
+        gaps.append(waited)
+    assert gaps[:3] == [0, 2_000, 4_000]
+    assert gaps[-1] == 300_000  # capped
+    assert fetch.calls == 12
+    # A new key brought by an early refresh: back to one a second.
+    fetch.keys.rotate_site_key(202)
+    clock.advance(300_000)
+    assert cache.request_early_refresh() is not None
+    cache.run_due()
+    clock.advance(1_000)
+    assert cache.request_early_refresh() is not None
 
 
 def test_malformed_container_counts_as_failure() -> None:
