@@ -197,7 +197,8 @@ def test_an_opt_out_stream_that_breaks_shows_at_once(stack: Stack) -> None:
 
 def test_a_client_side_publisher_shows_its_unrecorded_opt_outs_too(stack: Stack) -> None:
     """No background refresher in client mode, but opt-outs its store refused are still held
-    (and recorded after the next write): the gauge is the publisher's, in every mode."""
+    (and recorded after the next write), and callers' calls still wait on the operator: the
+    gauges are the publisher's, in every mode."""
     text = _scrape(stack, "publisher-web")[0]
     gauges = {
         s.name: s.value
@@ -205,4 +206,8 @@ def test_a_client_side_publisher_shows_its_unrecorded_opt_outs_too(stack: Stack)
         if family.name.startswith("uid2_publisher_")
         for s in family.samples
     }
-    assert gauges == {"uid2_publisher_unrecorded_optouts": 0}
+    assert gauges == {
+        "uid2_publisher_unrecorded_optouts": 0,
+        "uid2_publisher_operator_calls_waiting": 0,
+        "uid2_publisher_operator_calls_shed": 0,
+    }
