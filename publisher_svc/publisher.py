@@ -57,6 +57,8 @@ DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
 # (the background refresher's, on threads of its own, aside); the next is answered at once as
 # if the operator were unreachable, so a held unexpired token is still served.
 DEFAULT_OPERATOR_CALLS_MAX = 24
+# How long a stop waits for its last try at recording opt-outs the store refused earlier.
+UNRECORDED_LAST_TRY_S = 1.0
 OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
 # that (an operator that hangs) impressions go out without starting more.
@@ -326,10 +328,31 @@ class Publisher:
         with self._pending_lock:
             self._closed = True
         self._serve_pool.shutdown(wait=False, cancel_futures=True)
+        if len(self.unrecorded_optouts):
+            self._last_try_to_record(UNRECORDED_LAST_TRY_S)
         if held := len(self.unrecorded_optouts):
-            # Not retried here (a busy store would hold up the stop for its 30 s timeout): the
-            # operator keeps them, and the refresh of each such identity is answered OPTOUT.
+            # The operator keeps them, and the refresh of each such identity is answered OPTOUT.
             _log.warning("unrecorded_optouts_dropped", count=held)
+
+    def _last_try_to_record(self, wait_s: float) -> None:
+        """One more try at recording the held opt-outs before a stop: the disk may have room
+        again since the refresher paused. Waited for `wait_s` at most (a store another process
+        holds would keep the try waiting for its 30 s busy timeout); a try still waiting then
+        is left to the process's exit."""
+        done = threading.Event()
+
+        def record() -> None:
+            try:
+                self.record_unrecorded_optouts()
+            except StoreUnavailable:
+                pass  # counted as dropped below
+            except Exception as exc:  # a thread's traceback would print its text
+                _log.warning("unrecorded_optouts_last_try_failed", error_type=type(exc).__name__)
+            finally:
+                done.set()
+
+        threading.Thread(target=record, name="unrecorded-optouts-last-try", daemon=True).start()
+        done.wait(wait_s)
 
     @contextmanager
     def _operator_slot(self, *, by_user: bool) -> Iterator[None]:

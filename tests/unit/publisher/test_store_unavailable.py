@@ -415,3 +415,28 @@ def test_a_login_optout_the_store_refused_is_recorded_by_the_callers_retry_and_s
         assert token.status is TokenStatus.OPTOUT and token.advertising_token == ""
     finally:
         reopened.close()
+
+
+def test_a_stop_records_held_opt_outs_if_the_store_takes_writes_again(
+    refusing: Refusing, tmp_path: Path
+) -> None:
+    pub = refusing.pub
+    key = _login_answered_optout(pub)
+    refusing.heal()  # the disk has room again, but no write has come since
+    pub.close()
+    assert len(pub.unrecorded_optouts) == 0
+    pub.store.close()
+    reopened = SqliteStore(tmp_path)
+    try:
+        assert reopened.is_operator_optout(key) and reopened.ended_status("u0") == "OPTOUT"
+    finally:
+        reopened.close()
+
+
+def test_a_stop_does_not_wait_long_for_a_store_still_refusing(refusing: Refusing) -> None:
+    pub = refusing.pub
+    _login_answered_optout(pub)
+    started = time.monotonic()
+    pub.close()
+    assert time.monotonic() - started < 5  # the last try gives up; the store's wait is 0.3 s
+    assert len(pub.unrecorded_optouts) == 1  # dropped at the exit, the operator still has it
