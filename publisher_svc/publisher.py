@@ -36,7 +36,7 @@ from publisher_svc.refresh_policy import Decision, decide, usable_without_refres
 from publisher_svc.store import SqliteStore, StoredIdentity
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from svc_common.backoff import Backoff
-from svc_common.clock import Clock
+from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
 from svc_common.impression_limits import check_field_lengths, check_floor_price
 from svc_common.sqlite_db import StoreUnavailable
@@ -53,13 +53,16 @@ DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
 # The RPC server's threads (32, svc_common.grpc_server) serve every method. A slow or frozen
 # operator holds each call that asks it for its deadline, retries included: unbounded, such
 # calls take every thread, and calls that never ask it (an impression with a current token, a
-# logout) queue behind them for seconds. At most this many calls wait on the operator at once
-# (the background refresher's, on threads of its own, aside); the next is answered at once as
-# if the operator were unreachable, so a held unexpired token is still served.
+# logout) queue behind them for seconds. So at most this many calls wait on the operator at once
+# (the background refresher's, on threads of their own, aside). When all are taken and the
+# oldest has waited OPERATOR_SLOW_S, the operator is slow: the next call is answered at once as
+# if it were unreachable (UNAVAILABLE OPERATOR_BUSY; a held unexpired token is still served).
+# Otherwise the operator is only busy, and the call waits up to OPERATOR_SLOW_S for a slot.
 DEFAULT_OPERATOR_CALLS_MAX = 24
+OPERATOR_SLOW_S = 0.5
+OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
 # How long a stop waits for its last try at recording opt-outs the store refused earlier.
 UNRECORDED_LAST_TRY_S = 1.0
-OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
 # that (an operator that hangs) impressions go out without starting more.
 _MAX_PENDING_REFRESHES = 256
@@ -128,6 +131,9 @@ _SERVING_KINDS = frozenset({StepKind.USE, StepKind.STALE, StepKind.REFRESHED})
 class Step:
     kind: StepKind
     identity: Identity | None = None
+    # STALE because the operator was not asked (OPERATOR_BUSY), not because it failed: no
+    # failed attempt to count, no back-off to start.
+    not_asked: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, once, with a real exception (an assert vanishes under python -O), so
@@ -240,7 +246,8 @@ def _peer_failure(
     if err.unavailable:
         if err.reason == OPERATOR_BUSY:
             return unavailable(
-                f"{peer}_UNAVAILABLE", f"{name} is slow: too many calls already wait on it"
+                OPERATOR_BUSY,
+                f"{name} is slow: {DEFAULT_OPERATOR_CALLS_MAX} calls or more already wait on it",
             )
         return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
     if caller_input is not None and err.reason and caller_input(err):
@@ -288,14 +295,18 @@ class Publisher:
         retry_backoff: Backoff | None = None,
         unrecorded_optouts: UnrecordedOptOuts | None = None,
         operator_calls_max: int = DEFAULT_OPERATOR_CALLS_MAX,
+        monotonic: Monotonic | None = None,
     ) -> None:
         if operator_calls_max < 1:
             raise ValueError("operator_calls_max must be at least 1")
         self.store = store
         self.operator_calls_max = operator_calls_max
+        self._monotonic = monotonic or SystemClock()
         self._operator_slots = threading.BoundedSemaphore(operator_calls_max)
         self._operator_calls_lock = threading.Lock()
         self._operator_calls_waiting = 0
+        # each call waiting on the operator now -> when it started (monotonic seconds)
+        self._operator_calls_started: dict[object, float] = {}
         self._operator_calls_shed = 0
         # Opt-outs the operator answered that the store refused to record: honoured from here
         # until a later write records them (record_unrecorded_optouts).
@@ -356,23 +367,37 @@ class Publisher:
 
     @contextmanager
     def _operator_slot(self, *, by_user: bool) -> Iterator[None]:
-        """Counts a call to the operator against operator_calls_max while it runs; when none is
-        free, PeerError(OPERATOR_BUSY, unavailable) instead of waiting for one."""
+        """Counts a call to the operator against operator_calls_max while it runs. None free:
+        waits up to OPERATOR_SLOW_S for one while the operator answers (its oldest call is
+        younger than that), else PeerError(OPERATOR_BUSY, unavailable) at once."""
         if not by_user:
             yield
             return
-        if not self._operator_slots.acquire(blocking=False):
+        slots = self._operator_slots
+        if not slots.acquire(blocking=False) and (
+            self._oldest_operator_call_s() >= OPERATOR_SLOW_S
+            or not slots.acquire(timeout=OPERATOR_SLOW_S)
+        ):
             with self._operator_calls_lock:
                 self._operator_calls_shed += 1
             raise PeerError("operator", "UNAVAILABLE", OPERATOR_BUSY, unavailable=True)
+        call = object()
         with self._operator_calls_lock:
             self._operator_calls_waiting += 1
+            self._operator_calls_started[call] = self._monotonic.monotonic_s()
         try:
             yield
         finally:
             with self._operator_calls_lock:
                 self._operator_calls_waiting -= 1
-            self._operator_slots.release()
+                del self._operator_calls_started[call]
+            slots.release()
+
+    def _oldest_operator_call_s(self) -> float:
+        """How long the oldest call now waiting on the operator has waited; 0 for none."""
+        with self._operator_calls_lock:
+            started = min(self._operator_calls_started.values(), default=None)
+        return 0.0 if started is None else self._monotonic.monotonic_s() - started
 
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the publisher itself (svc_common.metrics), in every mode;
@@ -556,7 +581,7 @@ class Publisher:
                 result = self.operator.refresh(identity.refresh_token)
         except PeerError as err:
             if err.unavailable and usable_without_refresh(identity, self.clock.now_ms()):
-                return Step(StepKind.STALE, identity)
+                return Step(StepKind.STALE, identity, not_asked=err.reason == OPERATOR_BUSY)
             raise _operator_failure(err) from None
         if result.outcome is RefreshOutcome.SUCCESS and result.identity is not None:
             return Step(StepKind.REFRESHED, result.identity)
@@ -647,12 +672,12 @@ class Publisher:
                 return _token_result(Step(StepKind.OPTOUT))
             except StoreUnavailable:
                 raise  # postponing would be a second write, failing the same way
-            except ServiceError:
-                if respect_backoff:
+            except ServiceError as err:
+                if respect_backoff and err.reason != OPERATOR_BUSY:  # not asked: no failure
                     self.postpone_refresh(user_id, stored, now, self.retry_backoff)
                 raise
-            if respect_backoff and step.kind is StepKind.STALE:  # the operator unreachable
-                self.postpone_refresh(user_id, stored, now, self.retry_backoff)
+            if respect_backoff and step.kind is StepKind.STALE and not step.not_asked:
+                self.postpone_refresh(user_id, stored, now, self.retry_backoff)  # unreachable
         return _token_result(step)
 
     def postpone_refresh(
