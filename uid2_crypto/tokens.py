@@ -116,6 +116,9 @@ class DecryptResult:
     version: str | None = None
     is_client_side_generated: bool = False
     privacy_bits: int | None = None
+    # NOT_AUTHORIZED_FOR_MASTER_KEY / NOT_AUTHORIZED_FOR_KEY: the id of the key the token names
+    # that the decoder lacks (a decryptor decides from it whether a new key is plausible).
+    missing_key_id: int | None = None
 
     @property
     def success(self) -> bool:
@@ -261,7 +264,7 @@ _NOT_INITIALIZED = DecryptResult(DecryptionStatus.NOT_INITIALIZED)
 _KEYS_NOT_SYNCED = DecryptResult(DecryptionStatus.KEYS_NOT_SYNCED)
 _INVALID_PAYLOAD = DecryptResult(DecryptionStatus.INVALID_PAYLOAD)
 _VERSION_NOT_SUPPORTED = DecryptResult(DecryptionStatus.VERSION_NOT_SUPPORTED)
-_NOT_AUTHORIZED_FOR_MASTER_KEY = DecryptResult(DecryptionStatus.NOT_AUTHORIZED_FOR_MASTER_KEY)
+_NOT_AUTHORIZED_FOR_MASTER_KEY = DecryptionStatus.NOT_AUTHORIZED_FOR_MASTER_KEY
 _EMPTY_SITE_DATA: Mapping[int, tuple[Sequence[str], Sequence[str]]] = MappingProxyType({})
 
 _SUCCESS = DecryptionStatus.SUCCESS
@@ -438,9 +441,10 @@ class TokenDecoder:
     ) -> DecryptResult:
         if len(data) < _HEADER_LEN:
             return _INVALID_PAYLOAD
-        master_key = keys.get(_U32.unpack_from(data, 2)[0])
+        master_key_id = _U32.unpack_from(data, 2)[0]
+        master_key = keys.get(master_key_id)
         if master_key is None:
-            return _NOT_AUTHORIZED_FOR_MASTER_KEY
+            return DecryptResult(_NOT_AUTHORIZED_FOR_MASTER_KEY, missing_key_id=master_key_id)
         if len(data) < _MIN_V3_LEN:
             return _INVALID_PAYLOAD
         prefix = data[0]
@@ -468,6 +472,7 @@ class TokenDecoder:
                 identity_type=identity_type,
                 identity_scope=scope,
                 expires_ms=expires_ms,
+                missing_key_id=site_key_id,
                 created_ms=created_ms,
                 version=version,
             )
@@ -518,9 +523,10 @@ class TokenDecoder:
     ) -> DecryptResult:
         if len(data) < 5:
             return _INVALID_PAYLOAD
-        master_key = keys.get(_U32.unpack_from(data, 1)[0])
+        master_key_id = _U32.unpack_from(data, 1)[0]
+        master_key = keys.get(master_key_id)
         if master_key is None:
-            return _NOT_AUTHORIZED_FOR_MASTER_KEY
+            return DecryptResult(_NOT_AUTHORIZED_FOR_MASTER_KEY, missing_key_id=master_key_id)
         master = _cbc_decrypt(master_key, data[5:21], data[21:])
         if master is None or len(master) < 12 + 16 + 16:
             return _INVALID_PAYLOAD
@@ -531,7 +537,11 @@ class TokenDecoder:
         site_key = keys.get(site_key_id)
         if site_key is None:
             return DecryptResult(
-                _NOT_AUTHORIZED_FOR_KEY, identity_scope=scope, expires_ms=expires_ms, version=V2
+                _NOT_AUTHORIZED_FOR_KEY,
+                identity_scope=scope,
+                expires_ms=expires_ms,
+                version=V2,
+                missing_key_id=site_key_id,
             )
         identity = _cbc_decrypt(site_key, master[12:28], master[28:])
         if identity is None or len(identity) < 8:

@@ -50,7 +50,7 @@ class TokenChecker:
         token for it on the same rule (client-side generation accepts such an Origin)."""
         seen = self._keys.generation
         result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
-        if result.status in _MISSING_KEY:
+        if result.status in _MISSING_KEY and self._keys.may_be_new(result.missing_key_id):
             generation = self._keys.request_early_refresh()
             if self._keys.generation > seen or (
                 generation is not None and self._keys.wait_past(generation, self._early_wait_s)

@@ -42,11 +42,18 @@ KEY_REFRESH_RANGE = (
 NO_KEYS_RETRY_CAP_S = 8.0
 # A token naming a key we lack asks for an early refresh, and anyone can send one: random bytes
 # name random key ids. With thousands of sites a refresh costs seconds of CPU here and a large
-# container at the operator, so each early refresh that brings no key we lacked doubles the gap
-# before the next one, up to this; one that brings a new key resets it. A genuinely new key is
-# published hours before it is used (operator_svc: SCHEDULED_ACTIVATION_DELAY_S), so this
-# delays only what the scheduled refresh would have brought anyway.
-FUTILE_EARLY_REFRESH_CAP_S = 300.0
+# container at the operator. Two limits:
+# - only a key id the operator may have issued since our last fetch asks: operators number
+#   their keys upwards, so above the highest id we hold, and by at most this many (a rotation
+#   issues one key per keyset). An unknown id at or below it was pruned or never existed;
+#   random 32-bit ids fall in the window once in 4,000;
+# - each early refresh that brings no key we lacked doubles the gap before the next, up to
+#   FUTILE_EARLY_REFRESH_CAP_S; one that brings a new key resets it. Only tokens made to name
+#   just-above ids (their sender knows our ids) reach this, and they can delay a genuinely new
+#   key by that much at most (keys are published well before use anyway: the operator's
+#   scheduled rotation activates new keys 2 h later).
+PLAUSIBLE_NEW_KEY_IDS = 1_000_000
+FUTILE_EARLY_REFRESH_CAP_S = 60.0
 # Doublings past this add nothing (2**30 s is decades) and keep `base * 2**n` a finite float:
 # 1000.0 * 2**1024 raises OverflowError, which a long outage would otherwise reach.
 _MAX_DOUBLINGS = 30
@@ -82,6 +89,7 @@ class KeyCache:
         self._early_pending = False
         self._futile_early = 0  # early refreshes in a row that brought no new key
         self._key_ids: frozenset[int] = frozenset()
+        self._max_key_id = 0
         self._fetching = False
         self.generation = 0  # completed refresh attempts, successful or not
         self.successes = 0
@@ -130,6 +138,7 @@ class KeyCache:
                     elif key_ids - self._key_ids:
                         self._futile_early = 0
                     self._key_ids = key_ids
+                    self._max_key_id = max(key_ids, default=0)
                     self._decoder = decoder
                     self._failures = 0
                     self.successes += 1
@@ -178,6 +187,13 @@ class KeyCache:
                 self._early_pending = True
                 self._cond.notify_all()
             return self.generation if self._early_pending or self._fetching else None
+
+    def may_be_new(self, key_id: int | None) -> bool:
+        """Whether a key id we lack may be one the operator issued since our last fetch (see
+        PLAUSIBLE_NEW_KEY_IDS): worth an early refresh."""
+        with self._cond:
+            highest = self._max_key_id
+        return key_id is not None and highest < key_id <= highest + PLAUSIBLE_NEW_KEY_IDS
 
     def wait_past(self, generation: int, timeout_s: float) -> bool:
         with self._cond:

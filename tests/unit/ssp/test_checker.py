@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import base64
+import struct
 import threading
 from typing import Any
 
 from bidstream.decryptor.checker import TokenChecker, Verdict
-from bidstream.decryptor.key_cache import NO_KEYS_RETRY_CAP_S, KeyCache, KeyRefresher
+from bidstream.decryptor.key_cache import (
+    NO_KEYS_RETRY_CAP_S,
+    PLAUSIBLE_NEW_KEY_IDS,
+    KeyCache,
+    KeyRefresher,
+)
 from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import ManualClock, SystemClock
 from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
@@ -88,6 +95,26 @@ def test_unknown_key_triggers_early_refresh_and_the_token_decrypts() -> None:
         assert cache.successes >= 2
     finally:
         refresher.stop()
+
+
+def _naming_master_key(token: str, key_id: int) -> str:
+    data = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    data[2:6] = struct.pack(">I", key_id)
+    return base64.urlsafe_b64encode(bytes(data)).decode().rstrip("=")
+
+
+def test_only_a_key_id_the_operator_may_have_issued_since_asks_for_keys() -> None:
+    # Random bytes name random keys; a fetch for each would be the sender's to command.
+    keys = KeySet()  # key ids 101 (master) and 201 (site): the highest is 201
+    checker, cache, _ = checker_for(keys, early_min_interval_s=0.0)
+    fetched = cache.successes
+    for key_id in (5, 150, 201 + PLAUSIBLE_NEW_KEY_IDS + 1, 2**32 - 1):
+        junk = _naming_master_key(mint(keys), key_id)
+        assert checker.check(junk, DOMAIN) is Verdict.INVALID
+    assert cache.successes == fetched and not cache.due()  # no fetch asked for
+    # Just above the highest: perhaps issued since the last fetch, worth asking for.
+    assert checker.check(_naming_master_key(mint(keys), 202), DOMAIN) is Verdict.INVALID
+    assert cache.due()
 
 
 def test_many_threads_share_one_checker() -> None:
