@@ -106,8 +106,10 @@ class OptOutWatcher:
                     stream.cancel()
                     return
                 self.connects += 1
-                self.connected.set()
                 for item in stream:
+                    # Connected once the operator answers, not once the call is made: a frozen
+                    # operator's kernel still accepts the connection, and nothing comes.
+                    self.connected.set()
                     attempt = 0
                     self._breaks.succeeded()
                     if item is None:  # the backlog is in: the set is complete from now on

@@ -147,3 +147,20 @@ def test_a_stream_that_delivered_restarts_the_backoff() -> None:
     finally:
         watcher.stop()
     assert backoff.attempts[:3] == [0, 1, 0]
+
+
+def test_connected_only_once_the_operator_answers() -> None:
+    # A frozen operator's kernel still accepts the connection; the call opens, nothing comes.
+    silent = FakeStream([], fail_after=False)
+    watcher = OptOutWatcher(lambda since: silent, OptOutSet()).start()
+    try:
+        assert wait_until(lambda: watcher.connects == 1, 2)
+        assert not watcher.connected.wait(0.2)
+    finally:
+        watcher.stop()
+    answering = FakeStream([None], fail_after=False)
+    watcher = OptOutWatcher(lambda since: answering, OptOutSet()).start()
+    try:
+        assert watcher.connected.wait(2)
+    finally:
+        watcher.stop()
