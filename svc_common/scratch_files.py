@@ -29,18 +29,26 @@ _SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
 MIN_LEFTOVER_AGE_S = 60.0
 
 
+# "-locked-": versions before the lock named theirs `.NAME.KIND-<hex>` and never locked them; a
+# sweep must not take such a file (an older binary's backup still running) for a leftover.
+_LOCKED = "-locked-"
+
+
 def _pattern(kind: str) -> re.Pattern[str]:
-    return re.compile(rf"\..+\.{re.escape(kind)}-[0-9a-f]{{12}}(?P<side>-journal|-wal|-shm)?")
+    return re.compile(
+        rf"\..+\.{re.escape(kind)}{_LOCKED}[0-9a-f]{{12}}(?P<side>-journal|-wal|-shm)?"
+    )
 
 
 @contextmanager
 def scratch_file(target: Path, kind: str) -> Iterator[Path]:
-    """Yields a new, empty, owner-only file `.{target.name}.{kind}-{random}` beside `target`,
+    """Yields a new, empty, owner-only file `.{target.name}.{kind}-locked-{random}` beside
+    `target`,
     locked while the block runs and removed after it, with SQLite's files beside it. First
     removes the leftovers of `kind` in that directory. FileExistsError never: the name is
     random (a process id repeats, always 1 in a container)."""
     sweep_leftovers(target.parent, kind)
-    path = target.with_name(f".{target.name}.{kind}-{os.urandom(6).hex()}")
+    path = target.with_name(f".{target.name}.{kind}{_LOCKED}{os.urandom(6).hex()}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a new name: nobody else holds it

@@ -84,10 +84,18 @@ def test_a_file_whose_maker_still_runs_is_kept_however_old(tmp_path: Path) -> No
 
 
 def test_only_old_files_of_the_kind_asked_are_removed(tmp_path: Path) -> None:
-    young = tmp_path / ".s.new-0123456789ab"  # maybe made, not yet locked, this moment
-    other_kind = tmp_path / ".s.partial-0123456789ab"
-    not_ours = [tmp_path / n for n in (".s.new-xyz", "s.new-0123456789ab", ".s.new-0123456789abc")]
-    orphan_wal = tmp_path / ".s.new-ba9876543210-wal"  # its database removed before it
+    young = tmp_path / ".s.new-locked-0123456789ab"  # maybe made, not yet locked, this moment
+    other_kind = tmp_path / ".s.partial-locked-0123456789ab"
+    not_ours = [
+        tmp_path / name
+        for name in (
+            ".s.new-locked-xyz",
+            "s.new-locked-0123456789ab",
+            ".s.new-locked-0123456789abc",
+            ".s.new-0123456789ab",  # an older version's, never locked: maybe still in use
+        )
+    ]
+    orphan_wal = tmp_path / ".s.new-locked-ba9876543210-wal"  # its database removed first
     for path in (young, other_kind, *not_ours, orphan_wal):
         path.write_bytes(b"x")
     _age(other_kind, *not_ours, orphan_wal)
@@ -101,7 +109,7 @@ def test_only_old_files_of_the_kind_asked_are_removed(tmp_path: Path) -> None:
 
 def test_a_scratch_file_is_private_locked_and_gone_after(tmp_path: Path) -> None:
     with scratch_file(tmp_path / "t", "new") as path:
-        assert path.parent == tmp_path and path.name.startswith(".t.new-")
+        assert path.parent == tmp_path and path.name.startswith(".t.new-locked-")
         assert path.stat().st_mode & 0o777 == 0o600
         path.with_name(path.name + "-wal").write_bytes(b"w")
         _age(path)
@@ -110,7 +118,7 @@ def test_a_scratch_file_is_private_locked_and_gone_after(tmp_path: Path) -> None
 
 
 def test_a_directory_named_like_a_scratch_file_is_left_alone(tmp_path: Path) -> None:
-    odd = tmp_path / ".s.new-0123456789ab"
+    odd = tmp_path / ".s.new-locked-0123456789ab"
     (odd / "inside").mkdir(parents=True)
     _age(odd)
     assert sweep_leftovers(tmp_path, "new") == 0
