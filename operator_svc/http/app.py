@@ -42,6 +42,7 @@ from operator_svc.http.envelope_io import (
     seal_response,
 )
 from operator_svc.http.errors import (
+    BODIES_BUSY,
     BODY_TIMEOUT,
     CLIENT_ERROR,
     ERROR,
@@ -71,6 +72,13 @@ DRAIN_GRACE_S = 5.0
 # How long a request's body may take to arrive once its headers have (see connections.py for
 # the phases before). The largest allowed body, 2 MiB, needs well under 1 Mbit/s for it.
 BODY_DEADLINE_S = 30.0
+# The bodies of the two routes without an API key (a refresh token, a page's request) are under
+# 2 KB: nobody unidentified may make the operator hold 2 MiB for each connection.
+UNAUTHENTICATED_BODY_BYTES = 64 * 1024
+# Request bodies held at once, across all connections, counted as they are announced (2 MiB for
+# one with no length): past it a request is answered 503 before its body is read, so slow or
+# stalled bodies cannot grow the process's memory without bound.
+BODY_BUDGET_BYTES = 256 * 1024 * 1024
 
 Handler = Callable[[Operator, Client, dict[str, Any]], dict[str, Any]]
 
@@ -131,14 +139,18 @@ def _error_response(error: HttpError) -> web.Response:
     )
 
 
+def _too_large(limit: int) -> HttpError:
+    return HttpError(
+        413,
+        CLIENT_ERROR,
+        f"the body is larger than {limit} bytes: send fewer items per call",
+        "BODY_TOO_LARGE",
+    )
+
+
 def _from_http_exception(exc: web.HTTPException) -> HttpError:
     if exc.status == 413:
-        return HttpError(
-            413,
-            CLIENT_ERROR,
-            f"the body is larger than {MAX_BODY_BYTES} bytes: send fewer items per call",
-            "BODY_TOO_LARGE",
-        )
+        return _too_large(MAX_BODY_BYTES)
     if exc.status == 404:
         return HttpError(
             404, CLIENT_ERROR, "unknown path: see the UID2 HTTP API's endpoints", "UNKNOWN_PATH"
@@ -170,6 +182,7 @@ class HttpApi:
         # Told when a request enters and leaves its handler, when the front door guards its
         # connections (a test's aiohttp client has none).
         self.connections: ConnectionGuard | None = None
+        self._body_bytes = 0  # reserved by bodies being read now (BODY_BUDGET_BYTES)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._edge], client_max_size=MAX_BODY_BYTES)
@@ -228,7 +241,7 @@ class HttpApi:
                 connections.leave(connection)
         if error is not None:
             response = _error_response(error)
-            if error.reason == BODY_TIMEOUT:
+            if error.reason in (BODY_TIMEOUT, BODIES_BUSY):
                 response.force_close()  # the rest of the body may still come: not a request
         response.headers["X-Request-Id"] = rid
         if request.path in CORS_PATHS:
@@ -248,12 +261,21 @@ class HttpApi:
         call_context.end()
         return response
 
-    async def _read(self, request: web.Request) -> bytes:
+    async def _read(self, request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
         length = request.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=length)
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        reserve = MAX_BODY_BYTES if length is None else length
+        if self._body_bytes + reserve > BODY_BUDGET_BYTES:
+            raise HttpError(
+                503,
+                ERROR,
+                "too many request bodies are arriving at once: try again shortly",
+                BODIES_BUSY,
+            )
+        self._body_bytes += reserve
         try:
-            return await asyncio.wait_for(request.read(), BODY_DEADLINE_S)
+            body = await asyncio.wait_for(request.read(), BODY_DEADLINE_S)
         except TimeoutError:
             raise HttpError(
                 408,
@@ -270,6 +292,11 @@ class HttpApi:
                 "the connection closed before the whole body arrived",
                 "INCOMPLETE_BODY",
             ) from None
+        finally:
+            self._body_bytes -= reserve
+        if len(body) > limit:  # chunked: no length announced
+            raise _too_large(limit)
+        return body
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -302,7 +329,7 @@ class HttpApi:
         """The body is the bare refresh token; no API key. A success or opt-out answer is
         sealed under the presented token's refresh_response_key; invalid and expired tokens
         are plain JSON errors (400)."""
-        body = await self._read(request)
+        body = await self._read(request, UNAUTHENTICATED_BODY_BYTES)
         try:
             token = body.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -338,7 +365,7 @@ class HttpApi:
         """A page's request (operator_svc.domain.client_side): its JSON body, no API key. A
         success or opt-out answer is sealed under the secret shared with the page; refusals are
         plain JSON errors (400 client_error, 403 for the page's origin or app)."""
-        body = await self._read(request)
+        body = await self._read(request, UNAUTHENTICATED_BODY_BYTES)
         parsed = handlers.client_side_request(body, request.headers.get("Origin"))
         site_id = self._op.client_side.site_of(parsed.subscription_id)
         if site_id is not None:

@@ -154,8 +154,12 @@ class ConnectionGuard:
             if connection in self._busy:
                 continue
             since = self._since.setdefault(connection, now)
-            if now - since >= self._idle_deadline_s:
+            transport = connection.transport
+            if now - since >= self._idle_deadline_s and transport is not None:
                 connection.force_close()
+                # Aborted, not closed: a close waits for what is still buffered to be sent, and
+                # a client that never reads would hold its connection for ever.
+                transport.abort()
                 closed += 1
         self.closed_idle += closed
         return closed

@@ -36,6 +36,8 @@ _KINDS: dict[ErrorKind, tuple[int, str]] = {
 
 # The reason of a 408: the body did not arrive in time (the connection is then closed).
 BODY_TIMEOUT = "BODY_TIMEOUT"
+# The reason of a 503: too many bodies held at once already (the connection is then closed).
+BODIES_BUSY = "BODIES_BUSY"
 
 
 class HttpError(Exception):

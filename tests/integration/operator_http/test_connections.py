@@ -5,6 +5,7 @@ closed as it opens. (Deadlines and cap shortened here; their values are the modu
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,56 @@ def test_past_the_cap_a_connection_is_closed_as_it_opens(http_port: int) -> None
         for conn in held:
             conn.close()
     assert b"OK" in _health(http_port)  # room again once they are gone
+
+
+def test_an_unauthenticated_body_past_64_kib_is_refused_before_it_is_read(http_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", http_port)) as conn:
+        conn.sendall(
+            b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nAA"
+        )
+        answer = _closed_by_server(conn)
+    assert answer.split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"65536" in answer
+
+
+def test_past_the_body_budget_a_request_is_503_before_its_body(
+    http_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 1000)
+    head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 800\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", http_port)) as stalled:
+        stalled.sendall(head + b"AA")  # 800 bytes announced, held until its deadline
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", http_port)) as second:
+            second.sendall(head + b"A" * 800)
+            answer = _closed_by_server(second)
+        assert answer.split(b"\r\n")[0] == b"HTTP/1.1 503 Service Unavailable"
+        assert b"too many request bodies" in answer
+        assert _closed_by_server(stalled).split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+    # The budget is given back: the same request goes through (400: not a refresh token).
+    with socket.create_connection(("127.0.0.1", http_port)) as third:
+        third.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + b"A" * 800)
+        assert _closed_by_server(third).split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+
+
+def test_a_client_that_never_reads_loses_its_connection(http_port: int) -> None:
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.connect(("127.0.0.1", http_port))
+    conn.setblocking(False)
+    request = b"GET /ops/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    deadline = time.monotonic() + 15
+    aborted = False
+    try:
+        while time.monotonic() < deadline:  # answers pile up unread, then the deadline passes
+            try:
+                conn.send(request)
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                aborted = True
+                break
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    assert aborted
