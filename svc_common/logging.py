@@ -20,6 +20,7 @@ of file descriptors, is counted rather than written)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -79,21 +80,28 @@ class _LibraryLogHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self._limit_lock = threading.Lock()
-        # (logger, place) -> (monotonic time of the last line written, records dropped since)
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        # (logger, place, error type, raised at) -> (monotonic time of the last line written,
+        # records dropped since)
+        self._last: dict[tuple[str, str, str, str], tuple[float, int]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             place = f"{record.module}:{record.lineno}"
+            error = record.exc_info[1] if record.exc_info else None
+            raised_at = where(error) if error is not None else ""
+            # Libraries log every error from one line of theirs (asyncio's exception handler,
+            # aiohttp's log_exception): the error's own type and origin tell one flood from
+            # another bug, which must not be dropped with it.
+            key = (record.name, place, type(error).__name__, raised_at)
             now = time.monotonic()
             with self._limit_lock:
-                last, dropped = self._last.get((record.name, place), (-LIBRARY_LOG_INTERVAL_S, 0))
+                last, dropped = self._last.get(key, (-LIBRARY_LOG_INTERVAL_S, 0))
                 if now - last < LIBRARY_LOG_INTERVAL_S:
-                    self._last[(record.name, place)] = (last, dropped + 1)
+                    self._last[key] = (last, dropped + 1)
                     return
-                if len(self._last) > 1000:  # places are code lines: a few in practice
+                if len(self._last) > 1000:  # code lines and error types: a few in practice
                     self._last.clear()
-                self._last[(record.name, place)] = (now, 0)
+                self._last[key] = (now, 0)
             fields: dict[str, Any] = {
                 "event": "library_log",
                 "level": record.levelname.lower(),
@@ -103,9 +111,11 @@ class _LibraryLogHandler(logging.Handler):
             }
             if _service:
                 fields["service"] = _service
-            if record.exc_info and record.exc_info[1] is not None:
-                fields["error_type"] = type(record.exc_info[1]).__name__
-                fields["raised_at"] = where(record.exc_info[1])
+            if error is not None:
+                fields["error_type"] = type(error).__name__
+                fields["raised_at"] = raised_at
+                if isinstance(error, OSError) and error.errno is not None:
+                    fields["errno"] = errno.errorcode.get(error.errno, error.errno)
             if dropped:
                 fields["dropped_since_last"] = dropped
             _write(dumps(fields))

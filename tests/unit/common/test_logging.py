@@ -178,3 +178,24 @@ def test_configuring_again_keeps_one_library_handler(capsys: pytest.CaptureFixtu
     configure_logging("INFO")
     logging.getLogger("asyncio").warning("socket.accept() out of system resource")
     assert len(_lines(capsys.readouterr().err)) == 1
+
+
+def test_a_flood_from_one_library_line_does_not_hide_another_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # asyncio logs every error through one line of its exception handler: running out of file
+    # descriptors, many times a second, must not drop the one line a real bug gets.
+    configure_logging("INFO")
+
+    def handler_logs(error: BaseException) -> None:  # the one place in the library
+        logging.getLogger("asyncio").error("Exception in callback", exc_info=error)
+
+    for _ in range(3):
+        handler_logs(OSError(24, "Too many open files"))
+    try:
+        {}["missing"]  # a bug, raised for its traceback
+    except KeyError as exc:
+        handler_logs(exc)
+    lines = _lines(capsys.readouterr().err)
+    assert [line["error_type"] for line in lines] == ["OSError", "KeyError"]
+    assert lines[0]["errno"] == "EMFILE" and "errno" not in lines[1]
