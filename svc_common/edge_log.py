@@ -25,14 +25,16 @@ _DIGITS = re.compile(r"[._:-]*[0-9][0-9._:-]*")  # a leading separator hides no 
 _HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")  # a hash of DII in hex
 # A SHA-256 in unpadded base64url (43 characters): has '-' or '_' where base64 has '+' '/'.
 _B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
-# A random secret in base64url, as every API key of ours ends with (a caller sending its own
-# key as its request id): 22 characters or more (128 bits) with upper and lower case letters
-# and digits. Ids people make (UUIDs, hex trace ids, "req-2026-11-29") have no such run.
-_SECRET_RUN = re.compile(r"[A-Za-z0-9_-]{22,}")
+# An API key of ours sent as the request id (the operator's UID2-C-/EUID-C-, the SSP's UID2-SSP-).
+_OUR_KEY = re.compile(r"(?i)(UID2|EUID)-(C|SSP)-")
+# Another random secret: 32 or more letters and digits in one run, mixing upper case, lower case
+# and digits. Ids people and libraries make (UUIDs, hex trace ids, ULIDs, KSUIDs, base62 and
+# 22-character ids, hand-made ids joined by '-' or '_') have no such run.
+_SECRET_RUN = re.compile(r"[A-Za-z0-9]{32,}")
 
 
 def _secret_like(text: str) -> bool:
-    return any(
+    return _OUR_KEY.match(text) is not None or any(
         re.search(r"[a-z]", run) and re.search(r"[A-Z]", run) and re.search(r"[0-9]", run)
         for run in _SECRET_RUN.findall(text)
     )

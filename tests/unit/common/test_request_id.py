@@ -24,6 +24,13 @@ _SHA = hashlib.sha256(b"user@example.com").digest()
         "svc.publisher:login-42",
         "4BF92F3577B34DA6A3CE929D0E0E4736",  # upper-case hex
         "req-2026-11-29-checkout.page:render",
+        "0ujtsYcgvSTl8PAuAdqWYSMnLOv",  # a KSUID
+        "01ARZ3NDEKTSV4RRFFQ69G5FAV",  # a ULID
+        "V1StGXR8_Z5jdHi6B-myTbcXk9s2",  # a Nano ID, 28 characters
+        "7n42DGM5Tflk9n8mt7Fhc7",  # a base62 UUID
+        "CheckoutService-Order-12345",
+        "PublisherA-Batch-20261129",
+        "5f2b8c1e0d4a4c559b7e1a2b",  # a Mongo ObjectId
     ],
 )
 def test_id_shapes_are_kept(rid: str) -> None:
@@ -47,8 +54,9 @@ def test_id_shapes_are_kept(rid: str) -> None:
         "x" * 65,
         # an API key of the operator's and of the SSP's, sent as the request id
         "UID2-C-9dbc0e4a93f6-I-6Hw2tfgwGa3dQlxqthemTDGU_G0NKiaj7tJKnY_nA",
-        "ssp-k-3f9a1c2b.tPqR8vXz2LmN4bK7wYc1dF6gH0jS5aEu",
-        "Gq3Zx9Lm2Pw8Rt6Vy4Nb7Kc",  # 23 characters of a random secret
+        "UID2-SSP-3f9a1c2b4d5e6f70.tPqR8vXz2LmN4bK7wYc1dF6gH0jS5aEu",
+        "euid-c-12-abc",  # the prefix says what it is, whatever follows
+        "Gq3Zx9Lm2Pw8Rt6Vy4Nb7KcQ1sT5uW8yZ0aD",  # 36 letters and digits of a random secret
         "caf\u00e9",
         "",
         None,
