@@ -474,11 +474,12 @@ class HttpFrontDoor:
                 # Half the process's files at most: its gRPC port and stores need the rest.
                 max_connections=min(MAX_CONNECTIONS, open_files_limit() // 2),
                 idle_deadline_s=IDLE_DEADLINE_S,
+                tls=ssl_context,
             )
             # Listened on here rather than through aiohttp's TCPSite: the guard's factory is
-            # what counts and refuses connections as they open.
+            # what counts and refuses connections as they open, and runs their TLS handshakes.
             listener = await asyncio.get_running_loop().create_server(
-                guard.protocol, host, port, ssl=ssl_context, reuse_address=True
+                guard.protocol, host, port, reuse_address=True
             )
         except BaseException:
             await runner.cleanup()

@@ -7,13 +7,14 @@ connections once exhausted the operator's file descriptors, and its gRPC port wi
 
 - at most `max_connections` at once: past that a new connection is closed as it opens;
 - a connection outside a request handler (idle keep-alive, a request still arriving) for
-  `idle_deadline_s` is closed, by a sweep once a second.
+  `idle_deadline_s` is closed, by a sweep once a second; a TLS handshake has as long.
 
 Inside a handler, the body has a deadline of its own (the HTTP API's `_read`)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,48 +35,66 @@ SWEEP_INTERVAL_S = 1.0
 _REFUSED_LOG_INTERVAL_S = 10.0
 
 
-# A TLS connection whose handshake fails is never made nor lost to its protocol: counted open
-# until asyncio's handshake timeout (60 s) is surely past.
-_UNMADE_FORGOTTEN_AFTER_S = 75.0
-
-
 class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, counted open from its creation to its loss.
-    (aiohttp's own count starts only once a connection is made: after the TLS handshake, and a
-    loop iteration after the accept, so a burst of accepts would all pass a cap on it.)"""
+    """aiohttp's protocol for one connection, counted open from its accept to its loss. With
+    TLS it is told of the connection only once the handshake is done (ConnectionGuard runs the
+    handshake, so that one that fails is seen and the connection uncounted at once; asyncio's
+    own TLS listener tells nobody)."""
 
-    __slots__ = ("_guard", "_inner", "created", "made")
+    __slots__ = ("_eof", "_guard", "_inner", "_pending", "made")
 
-    def __init__(self, inner: Any, guard: ConnectionGuard, created: float) -> None:
+    def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
         self._inner = inner
         self._guard = guard
-        self.created = created
         self.made = False
+        self._pending: list[bytes] = []  # what TLS decrypted before aiohttp was told
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._guard.tls is None:
+            self.up(transport)
+        else:
+            self._guard.start_tls(self, transport)
+
+    def up(self, transport: asyncio.BaseTransport) -> None:
+        """The connection is ready for HTTP (accepted, or its TLS handshake done)."""
         self.made = True
         self._inner.connection_made(transport)
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            self._inner.data_received(data)
+        if self._eof:
+            self._inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self.made:
+            self._inner.data_received(data)
+        else:
+            self._pending.append(data)
 
     def eof_received(self) -> bool | None:
-        return bool(self._inner.eof_received())
+        if self.made:
+            return bool(self._inner.eof_received())
+        self._eof = True
+        return None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self.made:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self.made:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._guard._open.discard(self)
-        self._inner.connection_lost(exc)
+        self._guard.forget(self)
+        if self.made:
+            self._inner.connection_lost(exc)
 
 
 class ConnectionGuard:
@@ -88,9 +107,14 @@ class ConnectionGuard:
         *,
         max_connections: int = MAX_CONNECTIONS,
         idle_deadline_s: float = IDLE_DEADLINE_S,
+        tls: ssl.SSLContext | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._server = server
+        # Listened on without TLS: the guard runs each handshake itself (start_tls), within
+        # the idle deadline, and past the cap a connection is refused before any.
+        self.tls = tls
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._max = max_connections
         self._idle_deadline_s = idle_deadline_s
         self._now = monotonic
@@ -116,11 +140,44 @@ class ConnectionGuard:
                 self._refused_logged_at, self._refused_unlogged = now, 0
             return _Refused()
         handler = self._server()
-        now = self._now()
-        self._since[handler] = now
-        counted = _Counted(handler, self, now)
+        self._since[handler] = self._now()
+        counted = _Counted(handler, self)
         self._open.add(counted)
         return counted
+
+    def forget(self, counted: _Counted) -> None:
+        self._open.discard(counted)
+
+    def start_tls(self, counted: _Counted, transport: asyncio.BaseTransport) -> None:
+        if self.tls is None:
+            counted.up(transport)
+            return
+        handshake = self._handshake(counted, transport, self.tls)
+        task = asyncio.get_running_loop().create_task(handshake)
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(
+        self, counted: _Counted, transport: asyncio.BaseTransport, tls: ssl.SSLContext
+    ) -> None:
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                transport,  # type: ignore[arg-type]  # an accepted stream transport
+                counted,
+                tls,
+                server_side=True,
+                ssl_handshake_timeout=self._idle_deadline_s,
+            )
+        except BaseException as exc:  # refused, reset, timed out, or the loop stopping
+            transport.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
+            self.forget(counted)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if secured is None:  # the connection went during the handshake
+            self.forget(counted)
+            return
+        counted.up(secured)
 
     @property
     def open(self) -> int:
@@ -141,10 +198,6 @@ class ConnectionGuard:
     def sweep(self) -> int:
         """Closes the connections idle past the deadline; how many it closed."""
         now = self._now()
-        for unmade in [
-            c for c in self._open if not c.made and now - c.created > _UNMADE_FORGOTTEN_AFTER_S
-        ]:
-            self._open.discard(unmade)
         live = self._server.connections
         alive = set(live)
         for gone in [c for c in self._since if c not in alive]:

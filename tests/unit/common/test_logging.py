@@ -192,8 +192,9 @@ def test_a_flood_from_one_library_line_does_not_hide_another_error(
 
     for _ in range(3):
         handler_logs(OSError(24, "Too many open files"))
+    empty: dict[str, int] = {}
     try:
-        {}["missing"]  # a bug, raised for its traceback
+        empty["missing"]  # a bug, raised for its traceback
     except KeyError as exc:
         handler_logs(exc)
     lines = _lines(capsys.readouterr().err)

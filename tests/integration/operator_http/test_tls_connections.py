@@ -1,0 +1,96 @@
+"""The HTTP API's connection cap and deadlines over TLS, where the handshake is a phase of its
+own: a connection whose handshake fails (a port scan, plain HTTP, a client refusing the
+certificate) stops counting at once, a silent one is closed at the idle deadline, and past the
+cap a connection is closed before any handshake. (Deadline and cap shortened here.)"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from operator_svc.config import OperatorConfig
+from operator_svc.http import app as http_app
+from operator_svc.server import create_server
+from svc_common.tls import load_server_tls
+from tests.integration.operator.conftest import init_dir
+from tests.support.tls_certs import TlsFiles, make_tls_files
+
+CAP = 5
+
+
+@pytest.fixture
+def tls_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, TlsFiles]]:
+    monkeypatch.setattr(http_app, "IDLE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(http_app, "MAX_CONNECTIONS", CAP)
+    files = make_tls_files(tmp_path / "tls")
+    init_dir(tmp_path / "op")
+    config = OperatorConfig(
+        data_dir=tmp_path / "op",
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        tls=load_server_tls(str(files.cert), str(files.key)),
+    )
+    served, _ = create_server(config)
+    try:
+        assert served.http_port is not None
+        yield served.http_port, files
+    finally:
+        served.stop(0)
+
+
+def _healthy(port: int, files: TlsFiles) -> bool:
+    context = ssl.create_default_context(cafile=str(files.ca))
+    conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=5)
+    try:
+        conn.request("GET", "/ops/healthcheck")
+        return conn.getresponse().read() == b"OK"
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _gone(conn: socket.socket, timeout_s: float = 10.0) -> bool:
+    conn.settimeout(timeout_s)
+    try:
+        while conn.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_failed_handshakes_stop_counting_at_once(tls_port: tuple[int, TlsFiles]) -> None:
+    port, files = tls_port
+    assert _healthy(port, files)
+    for _ in range(3 * CAP):
+        socket.create_connection(("127.0.0.1", port)).close()  # a port scan, a health probe
+        with socket.create_connection(("127.0.0.1", port)) as plain:  # HTTP to the TLS port
+            plain.sendall(b"GET /ops/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+            _gone(plain)
+        refusing = ssl.create_default_context()  # does not trust our CA: refuses the handshake
+        with socket.create_connection(("127.0.0.1", port)) as raw, pytest.raises(ssl.SSLError):
+            refusing.wrap_socket(raw, server_hostname="localhost")
+    assert _healthy(port, files)  # none of them still counted against the cap of 5
+
+
+def test_a_silent_tls_connection_is_closed_at_the_deadline_and_past_the_cap_before_tls(
+    tls_port: tuple[int, TlsFiles],
+) -> None:
+    port, files = tls_port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(CAP)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.sendall(b"\x16\x03\x01")  # the start of a ClientHello, past the cap
+        assert _gone(extra, 5)  # closed without a handshake
+        extra.close()
+        assert all(_gone(conn) for conn in silent)  # the handshake deadline (1 s here)
+    finally:
+        for conn in silent:
+            conn.close()
+    assert _healthy(port, files)
