@@ -114,6 +114,7 @@ def create_server(
         # before operator.close (on_stop runs in reverse).
         served.before_drain.append(front.begin_stop)
         served.on_stop.append(front.stop)
+        served.readings = lambda: {**operator.readings(), **front.readings()}
     operator.start_sync()
     operator.start_rotation()
     served.set_serving(True)

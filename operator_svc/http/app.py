@@ -489,6 +489,17 @@ class HttpFrontDoor:
         self._sweeper = asyncio.ensure_future(guard.run())
         self.port = int(listener.sockets[0].getsockname()[1])
 
+    def readings(self) -> dict[str, float]:
+        """What /metrics shows of the HTTP API's connections (svc_common.metrics)."""
+        guard = self.api.connections
+        if guard is None:
+            return {}
+        return {
+            "http_connections_open": float(guard.open),
+            "http_connections_refused": float(guard.refused),
+            "http_connections_closed_idle": float(guard.closed_idle),
+        }
+
     def begin_stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Starts the stop without waiting for it: refuses new connections at once, gives
         in-flight requests `grace_s`, then cancels them. Runs beside the gRPC drain (the

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ def _closed_by_server(conn: socket.socket, timeout_s: float = 10.0) -> bytes:
 
 
 @pytest.fixture
-def http_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setattr(http_app, "IDLE_DEADLINE_S", 1.0)
     monkeypatch.setattr(http_app, "BODY_DEADLINE_S", 1.0)
     monkeypatch.setattr(http_app, "MAX_CONNECTIONS", 3)
@@ -38,10 +39,15 @@ def http_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     config = OperatorConfig(data_dir=tmp_path, listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     served, _ = create_server(config)
     try:
-        assert served.http_port is not None
-        yield served.http_port
+        yield served
     finally:
         served.stop(0)
+
+
+@pytest.fixture
+def http_port(served: Any) -> int:
+    assert served.http_port is not None
+    return int(served.http_port)
 
 
 def _health(port: int) -> bytes:
@@ -72,13 +78,16 @@ def test_a_body_that_never_arrives_is_408_and_closed(http_port: int) -> None:
     assert b'"status":"client_error"' in answer.replace(b" ", b"")
 
 
-def test_past_the_cap_a_connection_is_closed_as_it_opens(http_port: int) -> None:
+def test_past_the_cap_a_connection_is_closed_as_it_opens(http_port: int, served: Any) -> None:
     assert b"OK" in _health(http_port)
     held = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(3)]
     try:
         with socket.create_connection(("127.0.0.1", http_port)) as extra:
             extra.sendall(b"GET /ops/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _closed_by_server(extra) == b""
+        readings = served.readings()
+        assert readings["http_connections_open"] == 3
+        assert readings["http_connections_refused"] == 1
     finally:
         for conn in held:
             conn.close()
