@@ -31,7 +31,12 @@ from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
 from operator_svc.http import handlers
-from operator_svc.http.connections import IDLE_DEADLINE_S, MAX_CONNECTIONS, ConnectionGuard
+from operator_svc.http.connections import (
+    IDLE_DEADLINE_S,
+    MAX_CONNECTIONS,
+    MAX_TLS_CONNECTIONS,
+    ConnectionGuard,
+)
 from operator_svc.http.envelope_io import (
     BINARY,
     MAX_BODY_BYTES,
@@ -137,6 +142,19 @@ def _error_response(error: HttpError) -> web.Response:
     return web.Response(
         status=error.http_status, body=error_body(error), content_type="application/json"
     )
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The request's body; 413 as soon as more than `limit` bytes have come (a chunked body
+    announces no length, and must not be read whole first)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(limit: int) -> HttpError:
@@ -265,7 +283,7 @@ class HttpApi:
         length = request.content_length
         if length is not None and length > limit:
             raise _too_large(limit)
-        reserve = MAX_BODY_BYTES if length is None else length
+        reserve = limit if length is None else length  # chunked: at most `limit`, read below
         if self._body_bytes + reserve > BODY_BUDGET_BYTES:
             raise HttpError(
                 503,
@@ -277,7 +295,7 @@ class HttpApi:
         try:
             # asyncio.timeout, not wait_for: no task of its own for every request's body.
             async with asyncio.timeout(BODY_DEADLINE_S):
-                body = await request.read()
+                return await _read_at_most(request, limit)
         except TimeoutError:
             raise HttpError(
                 408,
@@ -285,9 +303,13 @@ class HttpApi:
                 f"the body did not arrive within {BODY_DEADLINE_S:g} s",
                 BODY_TIMEOUT,
             ) from None
-        except ConnectionResetError:
-            # The caller hung up mid-body (aiohttp cancels the read so): a truncated request,
-            # not a bug; nobody is left to read the answer, but the log line says what it was.
+        except (ConnectionResetError, RuntimeError) as exc:
+            # The caller hung up mid-body: aiohttp cancels the read (ConnectionResetError), or,
+            # when the loss came first, refuses to start it (RuntimeError "Connection closed.").
+            # A truncated request, not a bug; nobody is left to read the answer, but the log
+            # line says what it was.
+            if isinstance(exc, RuntimeError) and request.transport is not None:
+                raise
             raise HttpError(
                 400,
                 CLIENT_ERROR,
@@ -296,9 +318,6 @@ class HttpApi:
             ) from None
         finally:
             self._body_bytes -= reserve
-        if len(body) > limit:  # chunked: no length announced
-            raise _too_large(limit)
-        return body
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -462,7 +481,9 @@ class HttpFrontDoor:
             self.api.app(),
             access_log=None,
             shutdown_timeout=DRAIN_GRACE_S,
-            keepalive_timeout=IDLE_DEADLINE_S,
+            # Past the sweep's deadline: the sweep closes idle connections (aborting them, and
+            # counting them in http_connections_closed_idle), not aiohttp's graceful close.
+            keepalive_timeout=IDLE_DEADLINE_S + 5,
         )
         await runner.setup()
         try:
@@ -474,7 +495,10 @@ class HttpFrontDoor:
             guard = ConnectionGuard(
                 runner.server,
                 # Half the process's files at most: its gRPC port and stores need the rest.
-                max_connections=min(MAX_CONNECTIONS, open_files_limit() // 2),
+                max_connections=min(
+                    MAX_TLS_CONNECTIONS if ssl_context is not None else MAX_CONNECTIONS,
+                    open_files_limit() // 2,
+                ),
                 idle_deadline_s=IDLE_DEADLINE_S,
                 tls=ssl_context,
             )

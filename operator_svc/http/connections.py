@@ -30,6 +30,12 @@ IDLE_DEADLINE_S = 20.0
 # Far above what one operator process serves at once (its clients' SDKs open a connection per
 # call), far below the file-descriptor limit it raises itself to (svc_common.fd_limit).
 MAX_CONNECTIONS = 4096
+# With TLS each connection holds some 290 KB from its accept (asyncio's TLS buffers): 300 MB at
+# this cap.
+MAX_TLS_CONNECTIONS = 1024
+# How long a closing TLS connection waits for the client's close_notify (asyncio's default, 30
+# s, held an idle connection 50 s in all).
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 # A refused connection is logged at most this often (a flood of them is one line, counted).
 _REFUSED_LOG_INTERVAL_S = 10.0
@@ -46,16 +52,17 @@ class _Counted(asyncio.Protocol):
     handshake, so that one that fails is seen and the connection uncounted at once; asyncio's
     own TLS listener tells nobody)."""
 
-    __slots__ = ("_eof", "_guard", "_inner", "_pending", "made")
+    __slots__ = ("_eof", "_guard", "_pending", "inner", "made")
 
     def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
-        self._inner = inner
+        self.inner = inner
         self._guard = guard
         self.made = False
         self._pending: list[bytes] = []  # what TLS decrypted before aiohttp was told
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._guard.raw[self.inner] = transport  # what the sweep aborts, TLS or not
         if self._guard.tls is None:
             self.up(transport)
         else:
@@ -64,37 +71,37 @@ class _Counted(asyncio.Protocol):
     def up(self, transport: asyncio.BaseTransport) -> None:
         """The connection is ready for HTTP (accepted, or its TLS handshake done)."""
         self.made = True
-        self._inner.connection_made(transport)
+        self.inner.connection_made(transport)
         if self._pending:
             data, self._pending = b"".join(self._pending), []
-            self._inner.data_received(data)
+            self.inner.data_received(data)
         if self._eof:
-            self._inner.eof_received()
+            self.inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
         if self.made:
-            self._inner.data_received(data)
+            self.inner.data_received(data)
         else:
             self._pending.append(data)
 
     def eof_received(self) -> bool | None:
         if self.made:
-            return bool(self._inner.eof_received())
+            return bool(self.inner.eof_received())
         self._eof = True
         return None
 
     def pause_writing(self) -> None:
         if self.made:
-            self._inner.pause_writing()
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self.made:
-            self._inner.resume_writing()
+            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.forget(self)
         if self.made:
-            self._inner.connection_lost(exc)
+            self.inner.connection_lost(exc)
 
 
 class ConnectionGuard:
@@ -122,6 +129,8 @@ class ConnectionGuard:
         self._since: dict[Any, float] = {}
         self._busy: dict[Any, int] = {}  # connection -> requests of it in a handler now
         self._open: set[_Counted] = set()
+        # connection (aiohttp's handler) -> its socket's transport (under TLS, if any)
+        self.raw: dict[Any, asyncio.BaseTransport] = {}
         self.refused = 0
         self.closed_idle = 0
         self._refused_logged_at = -_REFUSED_LOG_INTERVAL_S
@@ -147,6 +156,7 @@ class ConnectionGuard:
 
     def forget(self, counted: _Counted) -> None:
         self._open.discard(counted)
+        self.raw.pop(counted.inner, None)
 
     def start_tls(self, counted: _Counted, transport: asyncio.BaseTransport) -> None:
         if self.tls is None:
@@ -167,6 +177,7 @@ class ConnectionGuard:
                 tls,
                 server_side=True,
                 ssl_handshake_timeout=self._idle_deadline_s,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S,
             )
         except BaseException as exc:  # refused, reset, timed out, or the loop stopping
             transport.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
@@ -207,12 +218,14 @@ class ConnectionGuard:
             if connection in self._busy:
                 continue
             since = self._since.setdefault(connection, now)
-            transport = connection.transport
-            if now - since >= self._idle_deadline_s and transport is not None:
-                connection.force_close()
-                # Aborted, not closed: a close waits for what is still buffered to be sent, and
-                # a client that never reads would hold its connection for ever.
-                transport.abort()
+            if now - since < self._idle_deadline_s:
+                continue
+            # The socket's transport aborted, not the connection closed: a close waits for what
+            # is still buffered to be sent (a client that never reads would hold it for ever),
+            # and under TLS for the client's close_notify.
+            raw = self.raw.pop(connection, None)
+            if raw is not None:
+                raw.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
                 closed += 1
         self.closed_idle += closed
         return closed

@@ -145,3 +145,37 @@ def test_a_client_that_never_reads_loses_its_connection(http_port: int) -> None:
     finally:
         conn.close()
     assert aborted
+
+
+def test_a_chunked_unauthenticated_body_is_refused_once_past_64_kib(http_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", http_port)) as conn:
+        conn.sendall(
+            b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"10000\r\n"
+            + b"A" * 0x10000
+            + b"\r\n10\r\n"
+            + b"B" * 16
+            + b"\r\n"
+        )  # 64 KiB and 16 bytes, and no end: refused on the way, not at the deadline
+        answer = _closed_by_server(conn)
+    assert answer.split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_a_chunked_body_reserves_its_routes_limit_not_the_largest(
+    http_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 2 * 64 * 1024)
+    head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na"
+    stalled = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(2)]
+    try:
+        for conn in stalled:
+            conn.sendall(head)  # two bodies of 64 KiB at most: the budget holds them (not 2 MiB)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", http_port)) as third:  # the cap is 3
+            third.sendall(head)
+            assert _closed_by_server(third).split(b"\r\n")[0].endswith(b" 503 Service Unavailable")
+        for conn in stalled:
+            assert _closed_by_server(conn).split(b"\r\n")[0].endswith(b" 408 Request Timeout")
+    finally:
+        for conn in stalled:
+            conn.close()

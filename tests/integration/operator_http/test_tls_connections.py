@@ -5,9 +5,11 @@ cap a connection is closed before any handshake. (Deadline and cap shortened her
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,16 @@ def test_a_silent_tls_connection_is_closed_at_the_deadline_and_past_the_cap_befo
         for conn in silent:
             conn.close()
     assert _healthy(port, files)
+
+
+def test_an_idle_tls_connection_is_aborted_at_the_deadline(tls_port: tuple[int, TlsFiles]) -> None:
+    # Not closed gracefully: that waited up to 30 s more for the client's close_notify.
+    port, files = tls_port
+    context = ssl.create_default_context(cafile=str(files.ca))
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        secured = context.wrap_socket(raw, server_hostname="localhost")
+        secured.settimeout(5)  # the deadline is 1 s here; a graceful close would be 1 + 2 s
+        started = time.monotonic()
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            assert secured.recv(100) == b""
+        assert time.monotonic() - started < 5
