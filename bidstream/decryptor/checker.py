@@ -50,11 +50,14 @@ class TokenChecker:
         token for it on the same rule (client-side generation accepts such an Origin)."""
         seen = self._keys.generation
         result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
-        if result.status in _MISSING_KEY and self._keys.may_be_new(result.missing_key_id):
-            generation = self._keys.request_early_refresh()
-            if self._keys.generation > seen or (
-                generation is not None and self._keys.wait_past(generation, self._early_wait_s)
-            ):
+        if result.status in _MISSING_KEY:
+            # Keys fetched since this decrypt began may hold the key: tried again at once. Else
+            # a fetch is asked for (and waited for briefly) only for a key that may be new.
+            if self._keys.generation == seen and self._keys.may_be_new(result.missing_key_id):
+                generation = self._keys.request_early_refresh()
+                if generation is not None:
+                    self._keys.wait_past(generation, self._early_wait_s)
+            if self._keys.generation > seen:
                 result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
         status = result.status
         if status is DecryptionStatus.SUCCESS:

@@ -171,9 +171,8 @@ class KeyCache:
         brought no new key (up to FUTILE_EARLY_REFRESH_CAP_S); with `backing_off` (no keys at
         all, the operator likely down) also by the failure backoff, capped at
         NO_KEYS_RETRY_CAP_S, so traffic cannot turn an outage into one fetch (and one warning)
-        per second. Returns the
-        generation to wait past with `wait_past`, or None when no refresh is pending or
-        running."""
+        per second. Returns the generation to wait past with `wait_past`, or None when no
+        refresh is pending or running."""
         now = self._clock.now_ms()
         with self._cond:
             gap = self._early_min_ms
@@ -182,7 +181,9 @@ class KeyCache:
                 gap = max(gap, min(FUTILE_EARLY_REFRESH_CAP_S * 1000, doubled))
             if backing_off and self._failures:
                 gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, self._backoff_ms()))
-            if not self._early_pending and now - self._last_early_ms >= gap:
+            # One under way already: its result is what the caller waits for (a second, right
+            # after, would bring nothing and count as futile).
+            if not self._early_pending and not self._fetching and now - self._last_early_ms >= gap:
                 self._last_early_ms = now
                 self._early_pending = True
                 self._cond.notify_all()
