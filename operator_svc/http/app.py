@@ -295,6 +295,8 @@ class HttpApi:
         try:
             # asyncio.timeout, not wait_for: no task of its own for every request's body.
             async with asyncio.timeout(BODY_DEADLINE_S):
+                if length is not None:  # within `limit`, checked above: read whole
+                    return await request.read()
                 return await _read_at_most(request, limit)
         except TimeoutError:
             raise HttpError(
