@@ -304,7 +304,6 @@ class Publisher:
         self._monotonic = monotonic or SystemClock()
         self._operator_slots = threading.BoundedSemaphore(operator_calls_max)
         self._operator_calls_lock = threading.Lock()
-        self._operator_calls_waiting = 0
         # each call waiting on the operator now -> when it started (monotonic seconds)
         self._operator_calls_started: dict[object, float] = {}
         self._operator_calls_shed = 0
@@ -383,13 +382,11 @@ class Publisher:
             raise PeerError("operator", "UNAVAILABLE", OPERATOR_BUSY, unavailable=True)
         call = object()
         with self._operator_calls_lock:
-            self._operator_calls_waiting += 1
             self._operator_calls_started[call] = self._monotonic.monotonic_s()
         try:
             yield
         finally:
             with self._operator_calls_lock:
-                self._operator_calls_waiting -= 1
                 del self._operator_calls_started[call]
             slots.release()
 
@@ -404,7 +401,7 @@ class Publisher:
         no store access, so a scrape takes no store lock."""
         # Opt-outs honoured from memory because the store refused them: not on disk yet.
         with self._operator_calls_lock:
-            waiting, shed = self._operator_calls_waiting, self._operator_calls_shed
+            waiting, shed = len(self._operator_calls_started), self._operator_calls_shed
         return {
             "unrecorded_optouts": float(len(self.unrecorded_optouts)),
             "operator_calls_waiting": float(waiting),
