@@ -5,6 +5,7 @@ closed as it opens. (Deadlines and cap shortened here; their values are the modu
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,23 @@ def test_past_the_cap_a_connection_is_closed_as_it_opens(http_port: int, served:
         for conn in held:
             conn.close()
     assert b"OK" in _health(http_port)  # room again once they are gone
+
+
+def test_connections_stop_counting_however_they_end(http_port: int, served: Any) -> None:
+    for _ in range(10):
+        assert b"OK" in _health(http_port)  # served, then closed by the server
+        with socket.create_connection(("127.0.0.1", http_port)) as conn:  # keep-alive, then
+            conn.sendall(b"GET /ops/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")  # closed by
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")  # the client
+        half = socket.create_connection(("127.0.0.1", http_port))  # reset mid-body
+        half.sendall(b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nAA")
+        half.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        half.close()
+    deadline = time.monotonic() + 5
+    while served.readings()["http_connections_open"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.readings()["http_connections_open"] == 0
+    assert served.readings()["http_connections_closed_idle"] == 0  # none left to the sweep
 
 
 def test_an_unauthenticated_body_past_64_kib_is_refused_before_it_is_read(http_port: int) -> None:

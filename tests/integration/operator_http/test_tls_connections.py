@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ CAP = 5
 @pytest.fixture
 def tls_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, TlsFiles]]:
     monkeypatch.setattr(http_app, "IDLE_DEADLINE_S", 1.0)
-    monkeypatch.setattr(http_app, "MAX_CONNECTIONS", CAP)
+    monkeypatch.setattr(http_app, "MAX_TLS_CONNECTIONS", CAP)
     files = make_tls_files(tmp_path / "tls")
     init_dir(tmp_path / "op")
     config = OperatorConfig(
@@ -81,6 +82,33 @@ def test_failed_handshakes_stop_counting_at_once(tls_port: tuple[int, TlsFiles])
     assert _healthy(port, files)  # none of them still counted against the cap of 5
 
 
+def _reset(conn: socket.socket) -> None:
+    """Closes with a TCP reset, as a client that crashed or lost its network."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_served_and_reset_connections_stop_counting(tls_port: tuple[int, TlsFiles]) -> None:
+    # Each connection is counted from its accept and uncounted at its end, whichever way it ends:
+    # served and closed, reset right after the handshake, reset with a request half sent.
+    port, files = tls_port
+    context = ssl.create_default_context(cafile=str(files.ca))
+    for _ in range(3 * CAP):
+        assert _healthy(port, files)
+        secured = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port)), server_hostname="localhost"
+        )
+        _reset(secured)
+        secured = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port)), server_hostname="localhost"
+        )
+        secured.sendall(
+            b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nAA"
+        )
+        _reset(secured)
+    assert _healthy(port, files)  # none of them still counted against the cap of 5
+
+
 def test_a_silent_tls_connection_is_closed_at_the_deadline_and_past_the_cap_before_tls(
     tls_port: tuple[int, TlsFiles],
 ) -> None:
@@ -89,7 +117,7 @@ def test_a_silent_tls_connection_is_closed_at_the_deadline_and_past_the_cap_befo
     try:
         extra = socket.create_connection(("127.0.0.1", port))
         extra.sendall(b"\x16\x03\x01")  # the start of a ClientHello, past the cap
-        assert _gone(extra, 5)  # closed without a handshake
+        assert _gone(extra, 0.5)  # closed without a handshake, before its 1 s deadline
         extra.close()
         assert all(_gone(conn) for conn in silent)  # the handshake deadline (1 s here)
     finally:
