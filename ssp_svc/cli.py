@@ -76,7 +76,10 @@ def _parser() -> OneLineParser:
     serve = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     serve.add_argument("--data-dir", help="directory of the SSP's store")
     serve.add_argument(
-        "--publishers-file", help="JSON publishers/subscribers file instead of a data dir"
+        "--publishers-file",
+        help='JSON accounts file instead of a data dir: {"publishers": [{"name", "api_key", '
+        '"domains", "apps"}], "subscribers": [{"name", "api_key"}]}; either list may be left '
+        "out, not both; other keys are refused",
     )
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
     serve.add_argument("--operator", help="the operator's HOST:PORT")

@@ -199,7 +199,9 @@ class SqliteAccountStore:
 
 class FileAccountStore:
     """Accounts from a JSON file: {"publishers": [{"name", "api_key", "domains"?, "apps"?}],
-    "subscribers": [{"name", "api_key"}]}. Keys are hashed in memory on load.
+    "subscribers": [{"name", "api_key"}]}, either list optional but not both. Keys are hashed
+    in memory on load. Any other key, at the top or in an entry, is refused: it is a typo or a
+    file of another shape, and ignoring it would drop accounts or inventory silently.
 
     A publisher must register at least one domain or app (it sells only inventory it
     registered), and an API key names one account: a key listed twice is refused rather than
@@ -212,6 +214,11 @@ class FileAccountStore:
             raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
         if not isinstance(doc, dict):
             raise StoreError("publishers file must hold a JSON object")
+        _check_keys(doc, _SECTIONS, "publishers file")
+        if not _SECTIONS & doc.keys():
+            # Anything else (a single account's object, a misspelt section) would start an SSP
+            # that refuses every key, with nothing saying why.
+            raise StoreError('publishers file needs a "publishers" or "subscribers" list')
         self._salt = rng(_SALT_BYTES)
         self._by_hash: dict[bytes, Account] = {}
         where_of: dict[bytes, str] = {}
@@ -230,6 +237,7 @@ class FileAccountStore:
                 if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
                     raise StoreError(f"publishers file: {where} needs name and api_key")
                 where = f"{where} ({name!r})"
+                _check_keys(entry, _ENTRY_FIELDS[kind], f"publishers file: {where}")
                 try:
                     domains, apps = normalise_inventory(
                         _strings(entry, "domains", where), _strings(entry, "apps", where)
@@ -254,6 +262,23 @@ class FileAccountStore:
 
     def close(self) -> None:
         pass
+
+
+_SECTIONS = frozenset(("publishers", "subscribers"))
+_ENTRY_FIELDS = {
+    AccountKind.PUBLISHER: ("name", "api_key", "domains", "apps"),
+    AccountKind.SUBSCRIBER: ("name", "api_key"),
+}
+
+
+def _check_keys(obj: dict[str, Any], known: Iterable[str], where: str) -> None:
+    # A misspelt key ("domain", "publisher") would otherwise be dropped without a word.
+    allowed = list(known)
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        expected = ", ".join(f'"{k}"' for k in sorted(allowed))
+        # Cut short: an API key pasted where a field name belongs is not echoed whole.
+        raise StoreError(f"{where}: unknown key {unknown[0][:40]!r} (expected {expected})")
 
 
 def _strings(entry: dict[str, Any], field: str, where: str) -> list[str]:

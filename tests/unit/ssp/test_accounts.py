@@ -155,6 +155,45 @@ def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
     assert "publishers[" in err
 
 
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        # One account's object where the file belongs: it served with no accounts at all.
+        ({"name": "x", "api_key": "y"}, "unknown key 'api_key'"),
+        ({}, 'needs a "publishers" or "subscribers" list'),
+        ({"publisher": []}, "unknown key 'publisher'"),
+        ({"publishers": [], "comment": "x"}, "unknown key 'comment'"),
+        ({"subscribers": [{"name": "a", "api_key": "k", "domains": ["a.com"]}]},
+         "subscribers[0] ('a'): unknown key 'domains'"),
+        ({"publishers": [{"name": "n", "api_key": "k", "domains": ["a.com"], "app": ["com.x"]}]},
+         "publishers[0] ('n'): unknown key 'app'"),
+    ],
+)  # fmt: skip
+def test_publishers_file_of_another_shape_is_one_line_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    doc: dict[str, object],
+    message: str,
+) -> None:
+    monkeypatch.setattr("svc_common.metrics.wait_for_signal", _never)
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps(doc))
+    assert ssp_main(["serve", "--publishers-file", str(path), "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("uid2-ssp: error: "), err
+    assert message in err, err
+    assert "Traceback" not in err and '"y"' not in err
+
+
+def test_publishers_file_may_leave_out_either_list(tmp_path: Path) -> None:
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1", "apps": ["a.b"]}]}))
+    assert FileAccountStore(path, rng=os.urandom).authenticate("k1") is not None
+    path.write_text(json.dumps({"subscribers": []}))
+    assert FileAccountStore(path, rng=os.urandom).authenticate("k1") is None
+
+
 def test_publisher_add_needs_a_domain_or_an_app(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
