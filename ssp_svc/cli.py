@@ -1,13 +1,20 @@
 """`uid2-ssp`: manage publisher / subscriber API keys and serve the SSP.
 
-    uid2-ssp publisher add  --data-dir DIR --name NAME (--domain D | --app BUNDLE)...  (>= 1)
-    uid2-ssp subscriber add --data-dir DIR --name NAME
+    uid2-ssp publisher add  [--data-dir DIR] --name NAME (--domain D | --app BUNDLE)...  (>= 1)
+    uid2-ssp subscriber add [--data-dir DIR] --name NAME
+    uid2-ssp (publisher | subscriber) list [--data-dir DIR]
+    uid2-ssp (publisher | subscriber) (disable | enable) [--data-dir DIR] --name NAME
+    uid2-ssp (backup --to FILE | restore --from FILE) [--data-dir DIR]
     uid2-ssp serve (--data-dir DIR | --publishers-file FILE) --listen HOST:PORT
                    [--operator HOST:PORT --operator-api-key KEY] [--bidder NAME=HOST:PORT]...
                    [--tmax-ms 150] [--key-refresh-s 3600] [--stream-buffer 1024]
 
-Every serve flag falls back to an environment variable UID2_SSP_<FLAG> (UID2_SSP_BIDDERS takes
-a comma-separated list). Without operator credentials tokens pass through unchecked."""
+`add` prints the new API key once; `list` prints one JSON object a line, never a key's secret
+part or hash; a disabled key is refused by a serving SSP on the same data dir at its next call
+(a bid stream it opened before stays open).
+Every --data-dir falls back to UID2_SSP_DATA_DIR, and every serve flag to an environment
+variable UID2_SSP_<FLAG> (UID2_SSP_BIDDERS takes a comma-separated list). Without operator
+credentials tokens pass through unchecked."""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from ssp_svc.store.accounts import (
     DB_NAME,
     STORE_TABLES,
     AccountKind,
+    AccountListing,
     SqliteAccountStore,
     StoreError,
     normalise_inventory,
@@ -53,6 +61,7 @@ from svc_common.settings import api_key, host_port, integer_in, log_level
 from svc_common.stop_signals import catch_stop_signals
 
 PROG = "uid2-ssp"
+_DATA_DIR_HELP = "directory of the SSP's store (env UID2_SSP_DATA_DIR)"
 
 
 def _parser() -> OneLineParser:
@@ -63,13 +72,21 @@ def _parser() -> OneLineParser:
         group = sub.add_parser(noun, help=f"manage {kind} API keys")
         verbs = group.add_subparsers(dest="verb", required=True)
         add = verbs.add_parser("add", help=f"create a {kind} and print its API key as JSON")
-        add.add_argument("--data-dir", required=True, type=Path)
+        add.add_argument("--data-dir", help=_DATA_DIR_HELP)
         add.add_argument("--name", required=True)
         if noun == "publisher":
             add.add_argument("--domain", action="append", default=[], help="allowed page domain")
             add.add_argument("--app", action="append", default=[], help="allowed app bundle")
+        listing = verbs.add_parser("list", help=f"list {noun}s, one JSON line each (never keys)")
+        listing.add_argument("--data-dir", help=_DATA_DIR_HELP)
+        for verb, effect in (("disable", "refuse"), ("enable", "accept again")):
+            toggle = verbs.add_parser(
+                verb, help=f"{effect} a {kind}'s API key; a serving SSP sees it at its next call"
+            )
+            toggle.add_argument("--data-dir", help=_DATA_DIR_HELP)
+            toggle.add_argument("--name", required=True)
 
-    store_backup.add_commands(sub, "SSP", "directory of the SSP's store (env UID2_SSP_DATA_DIR)")
+    store_backup.add_commands(sub, "SSP", _DATA_DIR_HELP)
 
     # Each falls back to UID2_SSP_<FLAG> (FlagsWithEnv), --bidder to UID2_SSP_BIDDERS;
     # show_variables names it in the help.
@@ -101,8 +118,7 @@ def _parser() -> OneLineParser:
     return p
 
 
-def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
-    data_dir: Path = args.data_dir
+def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) -> int:
     name: str = args.name.strip()
     if not name:
         return fail(PROG, "--name must not be empty")
@@ -126,6 +142,48 @@ def _add_account(args: argparse.Namespace, kind: AccountKind) -> int:
         out["domains"] = list(domains)
         out["apps"] = list(apps)
     print(json.dumps(out))
+    return 0
+
+
+def _open_existing(data_dir: Path) -> SqliteAccountStore:
+    # Opening makes a store where there is none: a mistyped --data-dir given to `list` would
+    # leave one behind and list nothing, as if the SSP had no accounts.
+    if data_dir.is_dir() and not (data_dir / DB_NAME).exists():
+        raise StoreError(f"data dir {data_dir} holds no SSP store ({DB_NAME})")
+    return SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
+
+
+def _list_accounts(kind: AccountKind, data_dir: Path) -> int:
+    store = _open_existing(data_dir)
+    try:
+        listed = store.listing(kind)
+    finally:
+        store.close()
+    for entry in listed:
+        print(json.dumps(_listing_json(entry)))
+    return 0
+
+
+def _listing_json(entry: AccountListing) -> dict[str, object]:
+    account = entry.account
+    out: dict[str, object] = {"name": account.name, "kind": account.kind.value}
+    if account.kind is AccountKind.PUBLISHER:
+        out["domains"] = list(account.domains)
+        out["apps"] = list(account.apps)
+    # The key id is the public part of the key (UID2-SSP-<key id>.<secret>), as the operator's
+    # `client list` shows its clients' ones: it tells which account a key in hand belongs to.
+    out.update(key_id=account.account_id, disabled=entry.disabled, created=entry.created_ms)
+    return out
+
+
+def _set_disabled(args: argparse.Namespace, kind: AccountKind, data_dir: Path) -> int:
+    name: str = args.name.strip()
+    store = _open_existing(data_dir)
+    try:
+        store.set_disabled(kind, name, disabled=args.verb == "disable")
+    finally:
+        store.close()
+    print(json.dumps({"name": name, "kind": kind.value, "disabled": args.verb == "disable"}))
     return 0
 
 
@@ -212,14 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     with silenced():
-        if args.command in ("backup", "restore"):
-            try:
-                data_dir = Path(settings_of(args).required("data-dir"))
+        try:
+            data_dir = Path(settings_of(args).required("data-dir"))
+            if args.command in ("backup", "restore"):
                 return store_backup.run_command(args, data_dir, DB_NAME, StoreError, STORE_TABLES)
-            except (UsageError, StoreError) as exc:
-                return fail(PROG, str(exc))
-        kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER
-        return _add_account(args, kind)
+            kind = AccountKind.PUBLISHER if args.command == "publisher" else AccountKind.SUBSCRIBER
+            if args.verb == "add":
+                return _add_account(args, kind, data_dir)
+            if args.verb == "list":
+                return _list_accounts(kind, data_dir)
+            return _set_disabled(args, kind, data_dir)
+        except (UsageError, StoreError) as exc:
+            return fail(PROG, str(exc))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """API keys the SSP issued, to publishers (SubmitImpression) and to bid-stream subscribers
 (StreamBidRequests). Keys are stored only as salted SHA-256 hashes, in SQLite in the data dir;
-a JSON publishers file (`--publishers-file`) is the alternative config.
+a JSON publishers file (`--publishers-file`) is the alternative config. A stored account can be
+disabled (`uid2-ssp publisher disable`): a serving SSP refuses its key from its next call on.
 
 Key material (key ids, key secrets, salts) comes from the `rng` and creation times from the
 `clock` the caller passes: the CLI and the server pass the system ones."""
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 from svc_common import json_text, store_backup
 from svc_common.clock import Clock
 from svc_common.names import check_app_name, normalise_domain, site_domain
-from svc_common.sqlite_db import open_db, require_data_dir
+from svc_common.sqlite_db import StoreUnavailable, open_db, require_data_dir, write_transaction
 
 DB_NAME = "ssp.sqlite3"
 KEY_PREFIX = "UID2-SSP-"
@@ -44,6 +45,16 @@ class Account:
     kind: AccountKind
     domains: tuple[str, ...] = ()
     apps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccountListing:
+    """What `publisher list` / `subscriber list` show of an account: never its key's secret
+    part or hash. `account.account_id` is the key id, the public part of the key."""
+
+    account: Account
+    created_ms: int
+    disabled: bool
 
 
 def normalise_inventory(
@@ -106,9 +117,17 @@ CREATE TABLE IF NOT EXISTS accounts (
     domains    TEXT NOT NULL,
     apps       TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
+    -- 1: `publisher disable` / `subscriber disable`; its key is refused. See _DISABLED_COLUMN
+    disabled   INTEGER NOT NULL DEFAULT 0,
     UNIQUE (kind, name)
 );
 """
+# Stores made before accounts could be disabled get the column on open, every account enabled.
+_DISABLED_COLUMN = "disabled INTEGER NOT NULL DEFAULT 0"
+_INSERT = (
+    "INSERT INTO accounts (key_id, name, kind, salt, key_hash, domains, apps, created_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class SqliteAccountStore:
@@ -127,6 +146,33 @@ class SqliteAccountStore:
         self._conn = open_db(self._path, StoreError, schema=_SCHEMA)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[bytes, bytes, Account]] = {}
+        try:
+            self._add_disabled_column()
+            # Changes only when another connection (`uid2-ssp publisher disable`) commits.
+            self._data_version = self._read_data_version()
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            self._conn.close()
+            reason = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
+            raise StoreError(f"store {self._path} cannot be opened: {reason}") from None
+
+    def _add_disabled_column(self) -> None:
+        """Checked again inside the write transaction, so two processes opening the same old
+        store do not both add it (the second would fail on a duplicate column)."""
+        if "disabled" in self._columns():
+            return
+        with write_transaction(self._conn, self._lock):
+            columns = self._columns()
+            if "key_hash" not in columns:
+                # Someone else's accounts table: not ours to alter.
+                raise sqlite3.DatabaseError("its accounts table is not the SSP's")
+            if "disabled" not in columns:
+                self._conn.execute(f"ALTER TABLE accounts ADD COLUMN {_DISABLED_COLUMN}")
+
+    def _columns(self) -> set[str]:
+        return {str(row[1]) for row in self._conn.execute("PRAGMA table_info(accounts)")}
+
+    def _read_data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def add(
         self,
@@ -144,7 +190,7 @@ class SqliteAccountStore:
         try:
             with self._lock:
                 self._conn.execute(
-                    "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT,
                     (
                         key_id,
                         name,
@@ -167,30 +213,78 @@ class SqliteAccountStore:
         key_id = _split(api_key)
         if key_id is None:
             return None
-        hit = self._cache.get(key_id)
-        if hit is None:
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT name, kind, salt, key_hash, domains, apps FROM accounts"
-                    " WHERE key_id = ?",
-                    (key_id,),
-                ).fetchone()
-            if row is None:
-                return None
-            name, kind, salt, key_hash, domains, apps = row
-            account = Account(
-                key_id,
-                name,
-                AccountKind(kind),
-                tuple(_as_registered(d) for d in json.loads(domains)),
-                tuple(json.loads(apps)),
-            )
-            hit = (bytes(salt), bytes(key_hash), account)
-            self._cache[key_id] = hit
+        # One critical section from the version check to the cache write: a row read before a
+        # disable committed must not enter the cache after the disable cleared it.
+        with self._lock:
+            # A disable committed by the CLI reaches the cache before the next call; this read
+            # costs about 2 us, no disk access.
+            version = self._read_data_version()
+            if version != self._data_version:
+                self._cache.clear()
+                self._data_version = version
+            hit = self._cache.get(key_id)
+            if hit is None:
+                hit = self._load(key_id)
+                if hit is None:
+                    return None
+                self._cache[key_id] = hit
         salt, key_hash, account = hit
         if not hmac.compare_digest(_hash(salt, api_key), key_hash):
             return None
         return account
+
+    def _load(self, key_id: str) -> tuple[bytes, bytes, Account] | None:
+        row = self._conn.execute(
+            "SELECT name, kind, salt, key_hash, domains, apps FROM accounts"
+            " WHERE key_id = ? AND disabled = 0",
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        name, kind, salt, key_hash, domains, apps = row
+        account = Account(
+            key_id,
+            name,
+            AccountKind(kind),
+            tuple(_as_registered(d) for d in json.loads(domains)),
+            tuple(json.loads(apps)),
+        )
+        return bytes(salt), bytes(key_hash), account
+
+    def listing(self, kind: AccountKind) -> list[AccountListing]:
+        """The accounts of `kind`, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key_id, name, domains, apps, created_ms, disabled FROM accounts"
+                " WHERE kind = ? ORDER BY created_ms, name",
+                (kind.value,),
+            ).fetchall()
+        return [
+            AccountListing(
+                Account(key_id, name, kind, tuple(json.loads(doms)), tuple(json.loads(apps))),
+                created_ms,
+                bool(disabled),
+            )
+            for key_id, name, doms, apps, created_ms, disabled in rows
+        ]
+
+    def set_disabled(self, kind: AccountKind, name: str, disabled: bool) -> None:
+        """Disables (or enables again) the account of `kind` named `name`; StoreError when
+        there is none. Serving processes on the same store see it at their next call."""
+        try:
+            with write_transaction(self._conn, self._lock):
+                changed = self._conn.execute(
+                    "UPDATE accounts SET disabled = ? WHERE kind = ? AND name = ?",
+                    (int(disabled), kind.value, name),
+                ).rowcount
+                # Another connection's commit moves data_version; this one's does not.
+                self._cache.clear()
+        except StoreUnavailable as exc:
+            raise StoreError(exc.message) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path} cannot be written: {exc}") from None
+        if changed == 0:
+            raise StoreError(f"no {kind.value} named {name!r}")
 
     def close(self) -> None:
         with self._lock:

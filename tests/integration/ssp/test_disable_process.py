@@ -1,0 +1,66 @@
+"""`uid2-ssp publisher disable` run beside a serving `uid2-ssp serve` (both real processes, one
+data dir): the serving SSP refuses the key within a second, and takes it again after `enable`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.support.procs import ServiceProcess, run_cli
+from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def _submit(stub: ssp_pb2_grpc.SspServiceStub, key: str) -> grpc.StatusCode:
+    try:
+        stub.SubmitImpression(
+            ssp_pb2.SubmitImpressionRequest(page_domain="news.example.com", placement_id="p"),
+            metadata=(("authorization", f"Bearer {key}"),),
+            timeout=5,
+        )
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def _cli(*argv: str, data_dir: Path) -> str:
+    r = run_cli(["uid2-ssp", *argv], env={"UID2_SSP_DATA_DIR": str(data_dir)})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _code_within(stub: ssp_pb2_grpc.SspServiceStub, key: str, want: grpc.StatusCode) -> float:
+    began = time.monotonic()
+    while _submit(stub, key) != want:
+        assert time.monotonic() - began < 1.0, f"still not {want} after 1 s"
+        time.sleep(0.02)
+    return time.monotonic() - began
+
+
+def test_a_disabled_key_is_refused_by_the_serving_ssp(tmp_path: Path) -> None:
+    out = _cli("publisher", "add", "--name", "news", "--domain", "news.example.com",
+               data_dir=tmp_path)  # fmt: skip
+    key = json.loads(out)["api_key"]
+    ssp = ServiceProcess(
+        ["uid2-ssp", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+    ).wait_ready()
+    try:
+        with grpc.insecure_channel(ssp.address) as channel:
+            stub = ssp_pb2_grpc.SspServiceStub(channel)
+            assert _submit(stub, key) == grpc.StatusCode.OK  # and now in the SSP's cache
+            _cli("publisher", "disable", "--name", "news", data_dir=tmp_path)
+            _code_within(stub, key, grpc.StatusCode.UNAUTHENTICATED)
+            listing = _cli("publisher", "list", data_dir=tmp_path)
+            [listed] = [json.loads(line) for line in listing.splitlines()]
+            assert listed["disabled"] is True and key not in json.dumps(listed)
+            _cli("publisher", "enable", "--name", "news", data_dir=tmp_path)
+            _code_within(stub, key, grpc.StatusCode.OK)
+        assert key not in ssp.log_text()
+    finally:
+        assert ssp.terminate() == 0
