@@ -98,6 +98,13 @@ def parse_roles(text: str) -> tuple[str, ...]:
 def check_site_id(site_id: int) -> int:
     if not 1 <= site_id <= MAX_SITE_ID:
         raise AdminError(f"site id must be within 1 and {MAX_SITE_ID}")
+    if site_id == FALLBACK_SITE_ID:
+        # Its keyset encrypts the tokens of every site without a key of its own: a client
+        # there (a SHARER, say) would be given those sites' keys.
+        raise AdminError(
+            f"site id {FALLBACK_SITE_ID} is the operator's own fallback site (init makes it):"
+            " give the site another id"
+        )
     return site_id
 
 

@@ -188,6 +188,28 @@ def test_keypair_commands(initialised: Path, capsys: pytest.CaptureFixture[str])
     assert "--site-id" in _fails(capsys, "keypair", "add", "--data-dir", d)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["site", "add", "--site-id", "2", "--name", "x"],
+        ["client", "add", "--site-id", "2", "--name", "x", "--roles", "SHARER"],
+        ["delegation", "grant", "--site-id", "2", "--client-name", "x"],
+        ["keypair", "add", "--site-id", "2"],
+    ],
+)
+def test_the_fallback_site_is_not_for_participants(
+    initialised: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Site 2's keys encrypt the tokens of every site without a key of its own.
+    d = str(initialised)
+    assert "fallback site" in _fails(capsys, *argv, "--data-dir", d)
+    assert cli.main(["site", "list", "--data-dir", d]) == 0
+    sites = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [s["name"] for s in sites if s["site_id"] == 2] == ["fallback"]
+    assert cli.main(["client", "list", "--data-dir", d]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_site_list_shows_what_site_add_stored(
     initialised: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
