@@ -71,9 +71,20 @@ class StopEvent:
 _early_stop = StopEvent()
 
 
+class _StoppedBySignal(Exception):
+    """Raised into an admin command by SIGTERM or SIGHUP (SIGINT raises KeyboardInterrupt)."""
+
+
+def _raise_stopped(signum: int, _frame: Any = None) -> None:
+    raise _StoppedBySignal(signal.Signals(signum).name)
+
+
 def run_console(cli_module: str) -> int:
     """A console script's entry: for `serve`, stop signals are caught from here on; then the
-    service's CLI (`cli_module`.main) is imported and run."""
+    service's CLI (`cli_module`.main) is imported and run. Any other command stopped by a
+    signal says so in one line and exits 2, like its other errors, not with a traceback (a
+    Ctrl-C during the imports) or a bare signal death: what it writes is one transaction,
+    rolled back when the exception unwinds it."""
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _early_stop.record)
@@ -81,7 +92,17 @@ def run_console(cli_module: str) -> int:
         rc = int(importlib.import_module(cli_module).main())
         _exit_anyway_after(EXIT_AFTER_STOP_S, rc)
         return rc
-    return int(importlib.import_module(cli_module).main())
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+    try:
+        return int(importlib.import_module(cli_module).main())
+    except KeyboardInterrupt:
+        stopped_by = "SIGINT"
+    except _StoppedBySignal as exc:
+        stopped_by = str(exc)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else cli_module
+    print(f"{prog}: error: stopped by {stopped_by} before it finished", file=sys.stderr)
+    return 2
 
 
 def _exit_anyway_after(delay_s: float, rc: int) -> None:

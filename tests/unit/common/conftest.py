@@ -13,7 +13,7 @@ import pytest
 def restore_handlers() -> Iterator[None]:
     """The SIGINT/SIGTERM handlers (and faulthandler's SIGUSR1) as they were before the test:
     a test that runs catch_stop_signals must not leave them to the rest of the session."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for s, h in saved.items():
         signal.signal(s, h)

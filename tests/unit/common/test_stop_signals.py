@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -117,3 +119,28 @@ def test_a_stop_set_by_code_is_logged_as_requested_not_as_a_signal(
     wait_for_signal(stop)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [e["event"] for e in lines] == ["stop_requested"]
+
+
+@pytest.mark.usefixtures("restore_handlers")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("when", ["import", "main"])
+def test_an_admin_command_stopped_by_a_signal_says_so_in_one_line(
+    signum: signal.Signals,
+    when: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A Ctrl-C during the CLI's imports printed a KeyboardInterrupt traceback; a SIGTERM was a
+    # bare signal death. `when`: the signal comes while the CLI module is being imported, or
+    # while its main() runs.
+    stop_here = f"os.kill(os.getpid(), {int(signum)}); time.sleep(5)"
+    body = f"import os, time\n{stop_here if when == 'import' else ''}\n"
+    body += f"def main():\n    {stop_here if when == 'main' else 'pass'}\n    return 0\n"
+    name = f"fake_cli_{when}_{int(signum)}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["uid2-fake", "site", "list"])
+    assert stop_signals.run_console(name) == 2
+    err = capsys.readouterr().err
+    assert err == f"uid2-fake: error: stopped by {signum.name} before it finished\n"
