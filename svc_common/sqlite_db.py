@@ -186,6 +186,18 @@ def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = Fal
         raise error(f"data dir {directory} cannot be created: {_os_reason(exc)}") from None
 
 
+def refuse_empty(path: Path, error: ErrorFactory) -> None:
+    """Raises if the store file `path` is empty. SQLite takes an empty file for an empty
+    database and would make it a new store, with nothing in it. A store file is never empty
+    (`_create_store_file`), so this is a copy cut short (a failed `cp`, a full disk): refused,
+    and left as found for whoever looks into it, rather than written over."""
+    if path.stat().st_size == 0:
+        raise error(
+            f"store {path} is an empty file (0 bytes), not a store: remove it, then restore "
+            "a backup or start a new, empty store"
+        )
+
+
 def open_db(
     path: Path, error: ErrorFactory, *, schema: str = "", check: bool = True
 ) -> sqlite3.Connection:
@@ -202,15 +214,8 @@ def open_db(
             raise error(f"store {path} cannot be created: {_os_reason(exc)}") from None
         except sqlite3.Error as exc:
             raise error(f"store {path} cannot be created: {exc}") from None
-    elif path.stat().st_size == 0:
-        # SQLite takes an empty file for an empty database and would make it a new store, with
-        # nothing in it. A store file is never empty (`_create_store_file`), so this is a copy
-        # cut short (a failed `cp`, a full disk): refused, and left as found for whoever
-        # looks into it, rather than written over.
-        raise error(
-            f"store {path} is an empty file (0 bytes), not a store: remove it, then restore "
-            "a backup or start a new, empty store"
-        )
+    else:
+        refuse_empty(path, error)
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(

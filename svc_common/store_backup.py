@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from svc_common.scratch_files import scratch_file
-from svc_common.sqlite_db import ErrorFactory, quick_check, require_data_dir
+from svc_common.sqlite_db import ErrorFactory, quick_check, refuse_empty, require_data_dir
 
 # Checks a copy is the service's store (its tables, its schema version); raises to refuse it.
 Validate = Callable[[sqlite3.Connection], None]
@@ -44,6 +44,7 @@ def backup(store: Path, target: Path, error: ErrorFactory, validate: Validate) -
     """Copies the store file `store` to `target`, which must not exist yet."""
     if not store.is_file():
         raise error(f"no store at {store}")
+    refuse_empty(store, error)
     if target.exists():
         raise error(f"{target} already exists; back up to a new file")
     if not target.parent.is_dir():

@@ -74,6 +74,17 @@ def test_unusable_store(
         assert named.stat().st_size == 0  # left as found, for whoever looks into it
 
 
+def test_a_backup_of_an_empty_store_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "not an initialised operator store of schema version 1", as if the wrong file.
+    data_dir, named = unusable_store(tmp_path, "operator.sqlite3", "empty")
+    target = tmp_path / "copy.sqlite3"
+    line = _fails(capsys, "backup", "--data-dir", str(data_dir), "--to", str(target))
+    assert f"store {named} is an empty file (0 bytes), not a store" in line
+    assert not target.exists()
+
+
 @pytest.mark.parametrize(
     ("kind", "problem"),
     [
