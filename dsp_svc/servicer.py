@@ -6,6 +6,7 @@ from typing import Any
 
 from dsp_svc.bidding import Bidder
 from svc_common import call_context
+from svc_common.edge_log import loggable_id
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 
@@ -14,7 +15,10 @@ class BidderServicer(openrtb_pb2_grpc.BidderServiceServicer):
         self._bidder = bidder
 
     def Bid(self, request: openrtb_pb2.BidRequest, context: Any) -> openrtb_pb2.BidResponse:
-        call_context.bind(auction_id=request.id[:64])
+        # The SSP's id for the auction: logged only when it is shaped like one (a caller that
+        # is not our SSP may send anything there, an email included).
+        if loggable_id(request.id):
+            call_context.bind(auction_id=request.id)
         response = self._bidder.bid(request)
         call_context.bind(bids=sum(len(s.bid) for s in response.seatbid))
         return response

@@ -31,6 +31,9 @@ _SHA = hashlib.sha256(b"user@example.com").digest()
         "CheckoutService-Order-12345",
         "PublisherA-Batch-20261129",
         "5f2b8c1e0d4a4c559b7e1a2b",  # a Mongo ObjectId
+        "3f2b8c1e-0d4a-4c55-9b7e-123456789012",  # a UUID with 12 digits in a row, by chance
+        "4bf92f3577b34da6a3ce929123456789",  # a trace id with 9 digits in a row
+        "req-20261129-checkout",  # a date: 8 digits
     ],
 )
 def test_id_shapes_are_kept(rid: str) -> None:
@@ -58,6 +61,17 @@ def test_id_shapes_are_kept(rid: str) -> None:
         "euid-c-12-abc",  # the prefix says what it is, whatever follows
         "Gq3Zx9Lm2Pw8Rt6Vy4Nb7KcQ1sT5uW8yZ0aD",  # 36 letters and digits of a random secret
         "caf\u00e9",
+        # a reviewer's leaks past the earlier rules: a phone behind a prefix, a SHA-256 in hex
+        # cut short (either case), a raw UID2 in hex, an API key or a token cut short
+        "tel:12065557781",
+        "ph-12065557781",
+        "12065557781abc",
+        _SHA.hex()[:63],
+        _SHA.hex()[:60].upper(),
+        _SHA.hex()[:40],
+        "ID2-C-36dab4e6c2a5-1gV3VcIhUOFkHNyOVUc20dyDmZoM_",
+        "A4AAAAABauWOMdw7njZvi_T15Y7SwE-",
+        "CheckoutServiceOrder12345",  # no separators: as random as a secret to this filter
         "",
         None,
     ],
