@@ -21,6 +21,10 @@ _log = structlog.get_logger("decryptor")
 # The start-up wait for the opt-out backlog is taken in slices this long, so that a stop
 # (`give_up`) ends it promptly, and so that a caller on the main thread runs its signal handlers.
 _WAIT_SLICE_S = 0.1
+# How long an impression whose token names a key we lack waits for the early key fetch it asked
+# for: a fraction of an SSP's auction deadline (150 ms by default). Keys are normally
+# published long before use, so only a key used at once after a rotation comes here.
+EARLY_KEY_WAIT_S = 0.1
 
 
 @dataclass
@@ -96,5 +100,5 @@ def start_decryptor(
             break
         optouts.loaded.wait(min(_WAIT_SLICE_S, left))
     refresher = KeyRefresher(keys).start()
-    checker = TokenChecker(keys, optouts, clock)
+    checker = TokenChecker(keys, optouts, clock, early_refresh_wait_s=EARLY_KEY_WAIT_S)
     return Decryptor(checker, keys, optouts, refresher, watcher, client, clock)
