@@ -11,7 +11,7 @@
 
 `add` prints the new API key once; `list` prints one JSON object a line, never a key's secret
 part or hash; a disabled key is refused by a serving SSP on the same data dir at its next call
-(a bid stream it opened before stays open).
+(a bid stream it opened before ends within about 1 s).
 Every --data-dir falls back to UID2_SSP_DATA_DIR, and every serve flag to an environment
 variable UID2_SSP_<FLAG> (UID2_SSP_BIDDERS takes a comma-separated list). Without operator
 credentials tokens pass through unchecked."""

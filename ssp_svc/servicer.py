@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,9 @@ _DISPOSITIONS = {
 }
 
 POLL_S = 0.25
+# How often an open bid stream checks its key again: a key disabled since the stream opened
+# (`uid2-ssp subscriber disable`) ends it, UNAUTHENTICATED, within about this long.
+RECHECK_KEY_S = 1.0
 
 
 def authenticate(accounts: AccountStore, context: Any) -> Account:
@@ -118,8 +122,12 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
 
         sub = self._hub.subscribe(accept, owner=f"{account.kind.value}:{account.account_id}")
         context.add_callback(sub.close)
+        recheck_at = time.monotonic() + RECHECK_KEY_S
         with sub:
             while context.is_active():
+                if time.monotonic() >= recheck_at:
+                    authenticate(self._accounts, context)  # raises once the key is disabled
+                    recheck_at = time.monotonic() + RECHECK_KEY_S
                 delivery = sub.get(POLL_S)
                 if delivery is None:
                     if sub.closed:

@@ -64,3 +64,26 @@ def test_a_disabled_key_is_refused_by_the_serving_ssp(tmp_path: Path) -> None:
         assert key not in ssp.log_text()
     finally:
         assert ssp.terminate() == 0
+
+
+def test_disabling_a_subscriber_ends_its_open_bid_stream(tmp_path: Path) -> None:
+    key = json.loads(_cli("subscriber", "add", "--name", "dmp", data_dir=tmp_path))["api_key"]
+    ssp = ServiceProcess(
+        ["uid2-ssp", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]
+    ).wait_ready()
+    try:
+        with grpc.insecure_channel(ssp.address) as channel:
+            stream = ssp_pb2_grpc.SspServiceStub(channel).StreamBidRequests(
+                ssp_pb2.StreamBidRequestsRequest(),
+                metadata=(("authorization", f"Bearer {key}"),),
+                timeout=20,
+            )
+            time.sleep(0.5)  # open, and past its first key check
+            _cli("subscriber", "disable", "--name", "dmp", data_dir=tmp_path)
+            began = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert time.monotonic() - began < 3.0  # about RECHECK_KEY_S, not the 20 s timeout
+    finally:
+        assert ssp.terminate() == 0
