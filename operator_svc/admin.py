@@ -42,6 +42,7 @@ from operator_svc.store import (
 )
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
 from svc_common.names import check_app_name, site_domain
+from svc_common.sensitive import shown
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, MAX_SITE_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
@@ -87,7 +88,7 @@ def parse_roles(text: str) -> tuple[str, ...]:
     for part in text.split(","):
         role = part.strip().upper()
         if role not in ROLES:
-            raise AdminError(f"unknown role {part.strip()!r}; roles are {', '.join(ROLES)}")
+            raise AdminError(f"unknown role {shown(part.strip())}; roles are {', '.join(ROLES)}")
         if role not in roles:
             roles.append(role)
     if not roles:

@@ -46,6 +46,7 @@ from svc_common.cli_common import (
     show_variables,
 )
 from svc_common.errors import ServiceError
+from svc_common.sensitive import shown
 from svc_common.settings import (
     SettingError,
     finite_float,
@@ -480,7 +481,7 @@ def _site_json(site: SiteRow) -> dict[str, Any]:
 def _identity_scope(text: str) -> str:
     scope = text.strip().upper()
     if scope not in ("UID2", "EUID"):
-        raise SettingError(f"must be UID2 or EUID, got {text!r}")
+        raise SettingError(f"must be UID2 or EUID, got {shown(text)}")
     return scope
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 from ssp_svc.bidders import BidderTarget
+from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.sqlite_db import require_data_dir
 from svc_common.tls import PeerTls, ServerTls
@@ -26,11 +27,11 @@ def parse_bidder(spec: str) -> BidderTarget:
     name, eq, address = spec.partition("=")
     name, address = name.strip(), address.strip()
     if not eq or not name:
-        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {spec!r}")
+        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {shown(spec)}")
     try:
         split_host_port(address)
     except SettingError:
-        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {spec!r}") from None
+        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {shown(spec)}") from None
     return BidderTarget(name, address)
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
+from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
 from svc_common.tls_reload import ReloadingServerTls
@@ -113,7 +114,7 @@ def probe_listen(listen: str) -> None:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        raise OSError(f"cannot listen on {listen}: {host!r} does not resolve") from exc
+        raise OSError(f"cannot listen on {shown(listen)}: {shown(host)} does not resolve") from exc
     problems: list[str] = []
     for family, kind, proto, _, address in found:
         with socket.socket(family, kind, proto) as probe:

@@ -10,6 +10,8 @@ from functools import cache
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from svc_common.sensitive import shown
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Android package names, iOS bundle ids, numeric App Store ids.
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -21,11 +23,11 @@ def normalise_domain(text: str) -> str:
     try:
         host = _to_ascii(host)
     except UnicodeError:  # idna.IDNAError is one
-        raise ValueError(f"{text.strip()[:80]!r} is not a domain name") from None
+        raise ValueError(f"{shown(text.strip())} is not a domain name") from None
     labels = host.split(".")
     if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
         raise ValueError(
-            f"{text.strip()[:80]!r} is not a domain name (like news.example.com: "
+            f"{shown(text.strip())} is not a domain name (like news.example.com: "
             "no scheme, port or path)"
         )
     return host
@@ -74,5 +76,5 @@ def check_app_name(text: str) -> str:
     """`text` stripped, if it looks like an app id (com.example.app, 123456789)."""
     name = text.strip()
     if not _APP.match(name):
-        raise ValueError(f"{name[:80]!r} is not an app name (like com.example.app)")
+        raise ValueError(f"{shown(name)} is not an app name (like com.example.app)")
     return name

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TypeVar
 
+from svc_common.sensitive import shown
+
 # Levels configure_logging understands; it falls back to INFO on anything else, so a typo would
 # otherwise go unnoticed.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -30,7 +32,7 @@ def log_level(text: str) -> str:
     """The canonical name of a log level given in any case, e.g. "info" -> "INFO"."""
     name = text.strip().upper()
     if name not in LOG_LEVELS:
-        raise SettingError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+        raise SettingError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {shown(text)}")
     return name
 
 
@@ -41,9 +43,9 @@ def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SettingError(f"{text!r} is not a number") from None
+        raise SettingError(f"{shown(text)} is not a number") from None
     if not math.isfinite(value):
-        raise SettingError(f"{text!r} is not a finite number")
+        raise SettingError(f"{shown(text)} is not a finite number")
     return value
 
 
@@ -52,7 +54,7 @@ def integer(text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise SettingError(f"{text!r} is not an integer") from None
+        raise SettingError(f"{shown(text)} is not an integer") from None
 
 
 def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -61,9 +63,9 @@ def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]
     def parse(text: str) -> int:
         value = integer(text)
         if value < minimum:
-            raise SettingError(f"must be at least {minimum}, got {value}")
+            raise SettingError(f"must be at least {minimum}, got {shown(str(value), quoted=False)}")
         if maximum is not None and value > maximum:
-            raise SettingError(f"must be at most {maximum}, got {value}")
+            raise SettingError(f"must be at most {maximum}, got {shown(str(value), quoted=False)}")
         return value
 
     return parse
@@ -84,7 +86,7 @@ def number_in(
                 else f"between {minimum:g} and {maximum:g}{unit}"
             )
             # Every digit the value has (repr), as .g would round 1.0000001 to "1".
-            raise SettingError(f"must be {bounds}, got {_shortest(value)}")
+            raise SettingError(f"must be {bounds}, got {shown(_shortest(value), quoted=False)}")
         return value
 
     return parse
@@ -103,7 +105,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     # isascii: str.isdigit() is true for '²' (int() then raises ValueError, a traceback
     # instead of one line and exit 2) and for other scripts' digits (U+0665), which gRPC rejects.
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise SettingError(f"must be HOST:PORT, got {text!r}")
+        raise SettingError(f"must be HOST:PORT, got {shown(text)}")
     return host, int(port)
 
 
@@ -145,4 +147,4 @@ def boolean(text: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise SettingError(f"{text!r} is not a boolean (1/0, true/false, yes/no)")
+    raise SettingError(f"{shown(text)} is not a boolean (1/0, true/false, yes/no)")
