@@ -71,7 +71,8 @@ def key_container_proto(published: PublishedKeys) -> operator_pb2.KeyContainer:
         keys=[
             operator_pb2.Key(
                 id=k.id,
-                keyset_id=published_keyset_id(k.keyset_id),
+                # 0, not rendered, for another participant's key (see carries_keyset_id).
+                keyset_id=published_keyset_id(k.keyset_id) if published.carries_keyset_id(k) else 0,
                 # Master keys carry no site (0 is not rendered; the SDKs then assume -1).
                 site_id=0 if k.keyset_id == MASTER_KEYSET_ID else k.site_id,
                 created=k.created,

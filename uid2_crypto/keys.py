@@ -22,6 +22,9 @@ MASTER_KEYSET_ID = -1
 REFRESH_KEYSET_ID = -2
 # The master keyset's id as the SDKs see it (the Operator's internal id is -1).
 PUBLISHED_MASTER_KEYSET_ID = 9999999
+# The keyset of a key published without its keyset id (another participant's key: for
+# decryption only, see PublishedKeys): never a real keyset, so no lookup by keyset finds it.
+DECRYPT_ONLY_KEYSET_ID = -3
 FALLBACK_SITE_ID = 2
 # Site ids are signed 32-bit in tokens (v4 payload) and in every proto that carries one.
 MAX_SITE_ID = 2**31 - 1
@@ -194,12 +197,24 @@ class PublishedKeys:
             raise ValueError("refresh keys are never published")
         object.__setattr__(self, "keys", tuple(sorted(self.keys, key=_order)))
 
+    def carries_keyset_id(self, key: Key) -> bool:
+        """Whether `key` is published with its keyset id: master keys and the caller's own.
+        Another participant's key is there to decrypt that participant's tokens; with its
+        keyset id an SDK would also encrypt under it (SharingClient's keyset_id), minting tokens
+        in another participant's name. The official operator leaves it out likewise."""
+        return (
+            key.keyset_id in (MASTER_KEYSET_ID, self.default_keyset_id)
+            or key.site_id == self.caller_site_id
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The body of the answer, as the official SDKs parse it. Master keys carry no
         ``site_id`` (the SDK then assumes -1, as for the Operator's own JSON)."""
         rendered: list[dict[str, Any]] = []
         for k in self.keys:
-            entry: dict[str, Any] = {"id": k.id, "keyset_id": published_keyset_id(k.keyset_id)}
+            entry: dict[str, Any] = {"id": k.id}
+            if self.carries_keyset_id(k):
+                entry["keyset_id"] = published_keyset_id(k.keyset_id)
             if k.keyset_id != MASTER_KEYSET_ID:
                 entry["site_id"] = k.site_id
             entry["created"] = k.created
@@ -304,6 +319,7 @@ def parse_key_container_json(body: Mapping[str, Any]) -> KeyContainer:
     raw_keys = body.get("keys")
     if not isinstance(raw_keys, list):
         raise KeyContainerError("key container lacks a keys list")
+    keysets_published = any(isinstance(e, Mapping) and "keyset_id" in e for e in raw_keys)
     keys: list[Key] = []
     for entry in raw_keys:
         if not isinstance(entry, Mapping):
@@ -311,7 +327,9 @@ def parse_key_container_json(body: Mapping[str, Any]) -> KeyContainer:
         site_id = _opt_int(entry, "site_id")
         site_id = -1 if site_id is None else site_id
         keyset_id = _opt_int(entry, "keyset_id")
-        if keyset_id is None:
+        if keyset_id is None and keysets_published:
+            keyset_id = DECRYPT_ONLY_KEYSET_ID  # another participant's key
+        elif keyset_id is None:
             # Keyset-less (older) JSON marks master keys by site -1.
             keyset_id = MASTER_KEYSET_ID if site_id == -1 else site_id
         secret_b64 = entry.get("secret")

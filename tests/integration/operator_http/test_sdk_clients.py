@@ -10,6 +10,7 @@ import pytest
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
+    EncryptionStatus,
     IdentityMapClient,
     IdentityMapInput,
     IdentityMapV3Client,
@@ -201,6 +202,29 @@ def test_bidstream_and_sharing_keys_over_http_decrypt_grpc_tokens(live: HttpLive
     assert sharing.refresh().success
     result = sharing.decrypt_token_into_raw_uid(grpc_token)
     assert (result.status, result.uid) == (DecryptionStatus.SUCCESS, raw)
+
+
+def test_a_sharer_encrypts_only_under_its_own_keyset(live: HttpLive) -> None:
+    # Another site's keys come without their keyset id, for decryption only: with it, the SDK
+    # minted tokens under that site's keyset in the caller's name.
+    c = live.clients["all"]  # site 100; ID_READER too, so it holds site 101's keys
+    sharing = SharingClient(live.base_url, c.api_key, c.secret)
+    assert sharing.refresh().success
+    raw = base64.b64encode(hashlib.sha256(b"sharing-keysets").digest()).decode()
+    assert sharing.encrypt_raw_uid_into_token(raw).status is EncryptionStatus.SUCCESS
+    other = live.served.operator.state.keys.default_keyset[101]
+    refused = sharing.encrypt_raw_uid_into_token(raw, keyset_id=other)
+    assert refused.status is EncryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    site_101_token = live.stub.GenerateToken(
+        pb.GenerateTokenRequest(
+            dii=pb.Dii(email="site-101@example.com"),
+            privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
+        ),
+        metadata=live.grpc_md("gen"),
+        timeout=10,
+    ).identity.advertising_token
+    result = sharing.decrypt_token_into_raw_uid(site_101_token)
+    assert (result.status, result.site_id) == (DecryptionStatus.SUCCESS, 101)
 
 
 def test_key_json_shape(live: HttpLive) -> None:

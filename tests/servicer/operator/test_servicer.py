@@ -145,7 +145,7 @@ def test_key_containers_render_for_the_sdk(h: Harness) -> None:
     resp, _ = h.unary("GetBidstreamKeys", pb.GetBidstreamKeysRequest())
     body = key_container_dict(resp.key_container)
     assert isinstance(body["keys"][0]["id"], int) and isinstance(body["token_expiry_seconds"], int)
-    master = [k for k in body["keys"] if k["keyset_id"] == 9999999]
+    master = [k for k in body["keys"] if k.get("keyset_id") == 9999999]
     assert master and all("site_id" not in k for k in master)
     client = uid2_client.BidstreamClient(
         "http://unused", h.keys["all"].api_key, h.keys["all"].secret

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -68,15 +69,24 @@ def test_salt_rotation_previous_uid(env: Env) -> None:
 def test_key_access_rules(env: Env) -> None:
     ring = env.op.state.keys.keyring
     reader = env.op.keys.bidstream_keys(env.client("reader")).to_json()
-    ids = {k["keyset_id"] for k in reader["keys"]}
-    assert PUBLISHED_MASTER_KEYSET_ID in ids
+
+    def keysets(container: dict[str, Any]) -> set[int]:  # internal keyset ids of its keys
+        return {ring.get(k["id"]).keyset_id for k in container["keys"]}  # type: ignore[union-attr]  # a None fails the test here anyway
+
+    ids = keysets(reader)
+    assert MASTER_KEYSET_ID in ids
     assert env.op.state.keys.default_keyset[10] in ids  # unlisted keysets for ID_READER
+    # Only master keys and the caller's own carry their keyset id: another site's key is for
+    # decryption only (with its keyset id an SDK would encrypt under it).
+    published = {k.get("keyset_id") for k in reader["keys"]}
+    own = env.op.state.keys.default_keyset[30]  # the reader's site
+    assert published == {PUBLISHED_MASTER_KEYSET_ID, own, None}
     assert all(ring.get(k["id"]).keyset_id != REFRESH_KEYSET_ID for k in reader["keys"])  # type: ignore[union-attr]  # a None fails the test here anyway
     assert [k["activates"] for k in reader["keys"]] == sorted(
         k["activates"] for k in reader["keys"]
     )
     sharer = env.op.keys.sharing_keys(env.client("sharer")).to_json()
-    sharer_sets = {k["keyset_id"] for k in sharer["keys"]}
+    sharer_sets = {k.get("keyset_id") for k in sharer["keys"]}
     assert sharer_sets == {PUBLISHED_MASTER_KEYSET_ID, env.op.state.keys.default_keyset[40]}
     assert sharer["default_keyset_id"] == env.op.state.keys.default_keyset[40]
     assert reader["caller_site_id"] == 30 and reader["identity_scope"] == "UID2"
@@ -85,11 +95,9 @@ def test_key_access_rules(env: Env) -> None:
         with pytest.raises(ServiceError) as exc:
             call(env.client(name))
         assert exc.value.kind is ErrorKind.PERMISSION_DENIED
-    assert MASTER_KEYSET_ID not in ids
+    assert MASTER_KEYSET_ID not in published  # published as 9999999
     # ADMIN holds every role, ID_READER's access to unlisted keysets included.
-    admin_sets = {
-        k["keyset_id"] for k in env.op.keys.bidstream_keys(env.client("admin")).to_json()["keys"]
-    }
+    admin_sets = keysets(env.op.keys.bidstream_keys(env.client("admin")).to_json())
     assert env.op.state.keys.default_keyset[10] in admin_sets
 
 
