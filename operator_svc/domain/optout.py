@@ -47,15 +47,16 @@ def _end_if(revoked: bool) -> None:
         )
 
 
-def _decode_raw_uid(raw_uid: str) -> bytes:
+def _raw_uid_bytes(raw_uid: str) -> bytes | None:
+    """The 32 bytes of a raw UID2 in 44-character standard base64; None if it is not one."""
     if len(raw_uid) == 44:
         try:
             raw = binascii.a2b_base64(raw_uid, strict_mode=True)
         except (ValueError, UnicodeEncodeError):
-            raw = b""
+            return None
         if len(raw) == 32:
             return raw
-    raise invalid_argument("INVALID_RAW_UID", "raw UID2s are 44-character standard base64")
+    return None
 
 
 class OptOutService:
@@ -84,13 +85,26 @@ class OptOutService:
         self._state.optouts.add([OptOutRow(seq, flh, opted_out_at)])
         return opted_out_at
 
-    def opt_out_status(self, client: Client, raw_uids: Sequence[str]) -> list[tuple[str, int]]:
-        require_role(client, "MAPPER", "OPTOUT", "ID_READER")
+    def opt_out_status(
+        self, client: Client, raw_uids: Sequence[str], *, skip_malformed: bool = False
+    ) -> list[tuple[str, int]]:
+        """The opted-out ones among `raw_uids`, with when. SHARER as the official operator
+        allows it (participants check before sharing), OPTOUT too. `skip_malformed`: a string
+        that is no raw UID2 is simply not opted out (the official HTTP API's answer), rather
+        than INVALID_ARGUMENT for the whole batch."""
+        require_role(client, "MAPPER", "SHARER", "OPTOUT", "ID_READER")
         check_batch_size(len(raw_uids))
         index = self._state.optouts
         out: list[tuple[str, int]] = []
         for raw_uid in raw_uids:
-            ts = index.raw_opted_out_at(_decode_raw_uid(raw_uid))
+            raw = _raw_uid_bytes(raw_uid)
+            if raw is None:
+                if skip_malformed:
+                    continue
+                raise invalid_argument(
+                    "INVALID_RAW_UID", "raw UID2s are 44-character standard base64"
+                )
+            ts = index.raw_opted_out_at(raw)
             if ts is not None:
                 out.append((raw_uid, ts))
         return out

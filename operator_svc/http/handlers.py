@@ -207,7 +207,7 @@ def optout_status(operator: Operator, client: Client, payload: dict[str, Any]) -
     ids = _str_list(payload, "advertising_ids")
     if ids is None:
         raise client_error("MISSING_IDS", "advertising_ids (a list of raw UID2s) is required")
-    found = operator.optouts.opt_out_status(client, ids)
+    found = operator.optouts.opt_out_status(client, ids, skip_malformed=True)
     return {
         "status": SUCCESS,
         "body": {"opted_out": [{"advertising_id": r, "opted_out_since": ts} for r, ts in found]},

@@ -29,7 +29,7 @@ CALLS: dict[str, tuple[Any, set[str]]] = {
     "OptOut": (pb.OptOutRequest(dii=pb.Dii(email="matrix-out@example.com")), {"OPTOUT"}),
     "GetOptOutStatus": (
         pb.GetOptOutStatusRequest(raw_uids=[RAW]),
-        {"MAPPER", "OPTOUT", "ID_READER"},
+        {"MAPPER", "SHARER", "OPTOUT", "ID_READER"},
     ),
     "GetBidstreamKeys": (pb.GetBidstreamKeysRequest(), {"ID_READER"}),
     "GetSharingKeys": (pb.GetSharingKeysRequest(), {"SHARER", "ID_READER"}),

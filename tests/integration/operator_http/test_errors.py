@@ -172,7 +172,6 @@ def test_bad_generate_requests(live: HttpLive, payload: object, hint: str) -> No
         ("/v2/identity/map", {"email": [1, 2]}),
         ("/v3/identity/map", {"phone_hash": None}),
         ("/v2/optout/status", {}),
-        ("/v2/optout/status", {"advertising_ids": ["short"]}),
         ("/v2/identity/buckets", {}),
         ("/v2/identity/buckets", {"since_timestamp": "yesterday"}),
         ("/v2/identity/buckets", {"since_timestamp": 5}),
