@@ -10,6 +10,7 @@ shortened; nothing secret is printed."""
 from __future__ import annotations
 
 import faulthandler
+import json
 import signal
 import sys
 import threading
@@ -182,11 +183,12 @@ def _walk(p: Printer, stack: Stack, pub: Any, web: Any, op: Any, tap: BidStreamT
         publisher_pb2.LoginRequest(user_id=bob, email=bob_email, privacy_settings=CONSENT)
     )
     cookie = bob_login.cookie
-    identity = urllib.parse.unquote(cookie.value)
+    fields = ", ".join(json.loads(urllib.parse.unquote(cookie.value)))
+    # The field names only: the value starts with the advertising token, shown shortened
+    # everywhere else.
     p.say(
-        f"client side, for a second user ({bob}): first-party cookie {cookie.name} = "
-        f"{urllib.parse.quote(identity[:40])}… (URL-encoded identity JSON), expiring with the "
-        "refresh token"
+        f"client side, for a second user ({bob}): first-party cookie {cookie.name} = the "
+        f"URL-encoded identity JSON ({fields}), expiring with the refresh token"
     )
 
     p.heading("step 6", "At the impression the publisher sends the token to the SSP, as received")
@@ -442,5 +444,20 @@ def _report_stop_failures(stack: Stack | None) -> None:
         print(f"{name} did not stop cleanly (killed): {why}", file=sys.stderr)
 
 
+def _cli(argv: list[str]) -> int:
+    """`python -m demo` takes no arguments (DATA_DIR in the environment keeps the data)."""
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if argv:
+        print(
+            "demo: error: takes no arguments; DATA_DIR=<new or empty dir> keeps its data "
+            "(see --help)",
+            file=sys.stderr,
+        )
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli(sys.argv[1:]))
