@@ -212,7 +212,9 @@ def test_a_sharer_encrypts_only_under_its_own_keyset(live: HttpLive) -> None:
     assert sharing.refresh().success
     raw = base64.b64encode(hashlib.sha256(b"sharing-keysets").digest()).decode()
     assert sharing.encrypt_raw_uid_into_token(raw).status is EncryptionStatus.SUCCESS
-    other = live.served.operator.state.keys.default_keyset[101]
+    operator = live.served.operator
+    assert operator is not None
+    other = operator.state.keys.default_keyset[101]
     refused = sharing.encrypt_raw_uid_into_token(raw, keyset_id=other)
     assert refused.status is EncryptionStatus.NOT_AUTHORIZED_FOR_KEY
     site_101_token = live.stub.GenerateToken(
