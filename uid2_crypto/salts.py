@@ -20,6 +20,8 @@ from uid2_crypto.identity import IdentityScope, IdentityType
 
 BUCKET_COUNT = 1 << 20
 SALT_BYTES = 32
+# Buckets compared at once by SaltSet.changed_buckets.
+_CHANGED_BLOCK = 64
 DAY_MS = 86_400_000
 DEFAULT_REFRESH_PERIOD_MS = 365 * DAY_MS
 # A rotated bucket's previous raw UID2 stays answerable this long (identity map).
@@ -212,6 +214,28 @@ class SaltSet:
             rotated_at[i] = now_ms
             refresh_from[i] = next_due
         return SaltSet(bytes(salts), bytes(previous), rotated_at, refresh_from, self._period_ms)
+
+    def changed_buckets(self, other: SaltSet) -> list[int]:
+        """The buckets whose salt differs from `other`'s (every bucket if the sets differ in
+        size): those a rotation between the two touched, the only ones whose raw UID2s (under
+        the salt, or the salt before it) changed. Compared a block of buckets at a time
+        (a byte comparison in C), so a set that differs in a few thousand buckets of 2^20 costs
+        milliseconds."""
+        count = len(self)
+        if len(other) != count:
+            return list(range(count))
+        mine, theirs = self._salts, other._salts
+        block = _CHANGED_BLOCK * SALT_BYTES
+        out: list[int] = []
+        for lo in range(0, len(mine), block):
+            if mine[lo : lo + block] == theirs[lo : lo + block]:
+                continue
+            first = lo // SALT_BYTES
+            for i in range(first, min(count, first + _CHANGED_BLOCK)):
+                at = i * SALT_BYTES
+                if mine[at : at + SALT_BYTES] != theirs[at : at + SALT_BYTES]:
+                    out.append(i)
+        return out
 
     def to_blobs(self) -> dict[str, bytes]:
         return {

@@ -43,3 +43,47 @@ def test_never_opted_out_identities_are_kept_out_of_the_raw_views() -> None:
     assert index.add([OptOutRow(1, never, T0)]) == 0
     assert index.raw_opted_out_at(_raw(never, salts)) is None
     assert index.events_from(0)[0] == []
+
+
+def _in_bucket(bucket: int) -> bytes:
+    """A first-level hash that falls in `bucket` (salts.bucket_index reads 20 bits of it)."""
+    rest = os.urandom(30)
+    flh = bytes([bucket >> 12, (bucket >> 4) & 0xFF, (rest[0] & 0xF0) | (bucket & 0x0F)])
+    flh += rest[1:]
+    assert bucket_index(flh) == bucket
+    return flh
+
+
+def test_a_partial_rotation_recomputes_only_its_buckets_and_what_came_meanwhile() -> None:
+    # A daily rotation (1 in 365) changes a few thousand buckets: only their opt-outs get new
+    # raw UID2s, computed before the switch; one recorded in between is recomputed at it.
+    old = SaltSet.generate(BUCKET_COUNT, os.urandom, T0)
+    new = old.rotate(1 / 365, os.urandom, T0 + 1)
+    changed = new.changed_buckets(old)
+    assert 0 < len(changed) < BUCKET_COUNT // 100
+    assert all(new.salt(b) != old.salt(b) for b in changed)
+    index = OptOutIndex(old)
+    rotated, kept = (
+        _in_bucket(changed[0]),
+        _in_bucket(next(b for b in range(9) if b not in changed)),
+    )
+    index.add([OptOutRow(1, rotated, T0), OptOutRow(2, kept, T0)])
+    switch = index.prepare_salts(new)
+    assert not switch.rebuild and len(switch.fresh) == 2  # the rotated one's current and previous
+    meanwhile = _in_bucket(changed[1])
+    index.add([OptOutRow(3, meanwhile, T0 + 2)])  # under the old salts, still in use
+    with index.cond:
+        index.apply_salts(switch)
+    for flh in (rotated, meanwhile):
+        assert index.raw_opted_out_at(_raw(flh, new)) is not None
+        assert index.raw_opted_out_at(_raw(flh, old)) is not None  # now its previous salt
+    assert index.raw_opted_out_at(_raw(kept, new)) == T0  # untouched: its salt did not change
+    newer = new.rotate(1.0, os.urandom, T0 + 3)
+    index.use_salts(newer)
+    assert index.raw_opted_out_at(_raw(rotated, old)) is None  # two rotations ago: dropped
+
+
+def test_changed_buckets_of_a_set_of_another_size_are_all() -> None:
+    small = SaltSet.generate(64, os.urandom, T0)
+    assert small.changed_buckets(SaltSet.generate(128, os.urandom, T0)) == list(range(64))
+    assert small.changed_buckets(small) == []
