@@ -209,18 +209,25 @@ class Rotator:
         fraction = self._config.rotate_salts_daily_fraction
         if not fraction:
             return None
-        if not salts_due(self._store.salts_rotated_ms(), self._clock.now_ms()):
+        now_ms = self._clock.now_ms()
+        if not salts_due(self._store.salts_rotated_ms(), now_ms):
             return None
+        # Computed before the write lock, which then covers only the write (see
+        # admin.prepare_salt_rotation); redone under it if another process rotated meanwhile.
+        prepared = admin.prepare_salt_rotation(
+            self._store, fraction, now_ms, self._rng, at_least_one=True
+        )
         with self._store.transaction() as conn:
             # Measured for the log line only (how long other writers waited on this one), so
             # the interval clock, not the injected wall clock that dates the rotation.
             locked_at = time.monotonic()
             if not self._may_rotate():
                 return None
-            now_ms = self._clock.now_ms()
             if not salts_due(OperatorStore.salts_rotated_in(conn), now_ms):
                 return None
-            rotated = admin.rotate_salts_in(conn, fraction, now_ms, self._rng, at_least_one=True)
+            rotated = admin.rotate_salts_in(
+                conn, fraction, now_ms, self._rng, at_least_one=True, prepared=prepared
+            )
         _log.info(
             "salts_rotated_on_schedule",
             rotated=rotated,

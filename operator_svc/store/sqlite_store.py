@@ -230,6 +230,20 @@ class OperatorStore:
         with self._lock:
             return self.read_salt_blobs(self._conn)
 
+    def salt_blobs_with_version(self) -> tuple[int, dict[str, bytes]]:
+        """The salts and their version counter, from one snapshot (one read transaction)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self.salts_version_in(self._conn), self.read_salt_blobs(self._conn)
+            finally:
+                self._conn.execute("COMMIT")
+
+    @staticmethod
+    def salts_version_in(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'ver:salts'").fetchone()
+        return 0 if row is None else int(row[0])
+
     @staticmethod
     def read_salt_blobs(conn: sqlite3.Connection) -> dict[str, bytes]:
         """Inside a transaction: the salts a read-modify-write starts from."""
