@@ -110,6 +110,7 @@ class SaltSwitch:
     """New salts and the raw UID2 index's changes for them (`OptOutIndex.prepare_salts`)."""
 
     salts: SaltSet
+    old: SaltSet  # the salts it replaces
     changed: frozenset[int]  # the buckets whose salt changed
     events_seen: int  # opt-outs recorded when it was prepared
     rebuild: bool  # `fresh` is the whole index (most buckets changed)
@@ -199,7 +200,7 @@ class OptOutIndex:
                     fresh[raw] = ts
                 if not rebuild:
                     stale.update(raw_uids(flh, old))
-        return SaltSwitch(salts, changed, seen, rebuild, fresh, stale - fresh.keys())
+        return SaltSwitch(salts, old, changed, seen, rebuild, fresh, stale - fresh.keys())
 
     def apply_salts(self, switch: SaltSwitch) -> None:
         """Switches to the prepared salts; the caller holds `cond` (and switches the state's
@@ -207,19 +208,30 @@ class OptOutIndex:
         recomputed here: a few."""
         salts = switch.salts
         fresh = dict(switch.fresh)
-        for ts, flh in self._events[switch.events_seen :]:
-            if switch.rebuild or bucket_index(flh) in switch.changed:
-                for raw in raw_uids(flh, salts):
-                    fresh[raw] = ts
+        stale = set(switch.stale)
+        meanwhile = [
+            (ts, flh)
+            for ts, flh in self._events[switch.events_seen :]
+            if switch.rebuild or bucket_index(flh) in switch.changed
+        ]
+        for ts, flh in meanwhile:
+            for raw in raw_uids(flh, salts):
+                fresh[raw] = ts
+            stale.update(raw_uids(flh, switch.old))  # as `add` indexed it
         self._salts = salts
         if switch.rebuild:
             self._by_raw = fresh
-            return
-        # New entries before old ones go: a lookup never misses both.
-        self._by_raw.update(fresh)
-        for raw in switch.stale:
-            if raw not in fresh:
-                self._by_raw.pop(raw, None)
+        else:
+            # New entries before old ones go: a lookup never misses both.
+            self._by_raw.update(fresh)
+            for raw in stale:
+                if raw not in fresh:
+                    self._by_raw.pop(raw, None)
+        if meanwhile:
+            # Streams sent these under the old salts; once more, under the new ones (a token
+            # another process issued under them before the opt-out must be refused too).
+            self._events.extend(meanwhile)
+            self.cond.notify_all()
 
     def use_salts(self, salts: SaltSet) -> None:
         """Switches to new salts (`prepare_salts` then `apply_salts` under `cond`)."""
@@ -369,44 +381,52 @@ class StateLoader:
         return MappingProxyType({r.subscription_id: _keypair(r) for r in self._store.keypairs()})
 
     def sync(self, state: OperatorState, force: bool = False) -> list[str]:
-        """Reloads what changed in the store; returns the names of what was reloaded."""
+        """Reloads what changed in the store; returns the names of what was reloaded. What it
+        has seen is recorded only once everything loaded: a read that fails leaves the change
+        for the next sync (recorded up front, it was lost until the next write to the store;
+        what loaded before the failure loads again to the same state)."""
         with self._lock:
-            store = self._store
-            dv = store.data_version()
+            dv = self._store.data_version()
             if dv == self._data_version and not force:
                 return []
-            self._data_version = dv
-            changed: list[str] = []
-            versions = store.versions()
-            old = self._versions
-            self._versions = versions
-            if versions["keys"] != old.get("keys"):
-                state.keys = self._keys()
-                changed.append("keys")
-            if versions["clients"] != old.get("clients"):
-                state.clients = self._clients()
-                changed.append("clients")
-            if versions["sites"] != old.get("sites"):
-                state.sites = self._sites()
-                changed.append("sites")
-            if versions["delegations"] != old.get("delegations"):
-                state.delegations = frozenset(store.delegations())
-                changed.append("delegations")
-            if versions["keypairs"] != old.get("keypairs"):
-                state.keypairs = self._keypairs()
-                changed.append("keypairs")
-            rows = store.optouts_after(state.optouts.synced_seq)
-            if rows and state.optouts.add_synced(rows):
-                changed.append("optouts")
-            # Last: everything above is in use before the opt-out index is recomputed for them.
-            if versions["salts"] != old.get("salts"):
-                salts = SaltSet.from_blobs(store.load_salt_blobs())
-                switch = state.optouts.prepare_salts(salts)
-                with state.optouts.cond:
-                    state.salts = salts
-                    state.optouts.apply_salts(switch)
-                changed.append("salts")
+            versions = self._store.versions()
+            changed = self._load_changed(state, versions, self._versions)
+            self._data_version, self._versions = dv, versions
             return changed
+
+    def _load_changed(
+        self, state: OperatorState, versions: dict[str, int], old: dict[str, int]
+    ) -> list[str]:
+        store = self._store
+        changed: list[str] = []
+        if versions["keys"] != old.get("keys"):
+            state.keys = self._keys()
+            changed.append("keys")
+        if versions["clients"] != old.get("clients"):
+            state.clients = self._clients()
+            changed.append("clients")
+        if versions["sites"] != old.get("sites"):
+            state.sites = self._sites()
+            changed.append("sites")
+        if versions["delegations"] != old.get("delegations"):
+            state.delegations = frozenset(store.delegations())
+            changed.append("delegations")
+        if versions["keypairs"] != old.get("keypairs"):
+            state.keypairs = self._keypairs()
+            changed.append("keypairs")
+        # Salts after keys, clients and the rest, which do not wait for them; before the
+        # opt-outs, which the streams then send under the new salts.
+        if versions["salts"] != old.get("salts"):
+            salts = SaltSet.from_blobs(store.load_salt_blobs())
+            switch = state.optouts.prepare_salts(salts)
+            with state.optouts.cond:
+                state.salts = salts
+                state.optouts.apply_salts(switch)
+            changed.append("salts")
+        rows = store.optouts_after(state.optouts.synced_seq)
+        if rows and state.optouts.add_synced(rows):
+            changed.append("optouts")
+        return changed
 
 
 class Syncer:

@@ -87,3 +87,23 @@ def test_changed_buckets_of_a_set_of_another_size_are_all() -> None:
     small = SaltSet.generate(64, os.urandom, T0)
     assert small.changed_buckets(SaltSet.generate(128, os.urandom, T0)) == list(range(64))
     assert small.changed_buckets(small) == []
+
+
+def test_an_opt_out_recorded_during_a_switch_keeps_only_the_last_two_salts() -> None:
+    # Recorded between prepare and apply, it was indexed under the old current and old
+    # previous salts; the old previous one stayed (two rotations ago) until a restart.
+    s0 = SaltSet.generate(BUCKET_COUNT, os.urandom, T0)
+    s1 = s0.rotate(1.0, os.urandom, T0 + 1)  # every bucket once: s0 is the previous salt
+    s2 = s1.rotate(1 / 365, os.urandom, T0 + 2)
+    bucket = s2.changed_buckets(s1)[0]
+    flh = _in_bucket(bucket)
+    index = OptOutIndex(s1)
+    switch = index.prepare_salts(s2)
+    index.add([OptOutRow(1, flh, T0 + 3)])  # this process's own OptOut, during the sync
+    with index.cond:
+        index.apply_salts(switch)
+    assert index.raw_opted_out_at(raw_uid2(flh, s2.salt(bucket))) == T0 + 3
+    assert index.raw_opted_out_at(raw_uid2(flh, s1.salt(bucket))) == T0 + 3
+    assert index.raw_opted_out_at(raw_uid2(flh, s0.salt(bucket))) is None
+    # Streams sent it under s1 and s0: it is recorded again, to be sent under s2 and s1.
+    assert [f for _, f in index.events_from(0)[0]] == [flh, flh]

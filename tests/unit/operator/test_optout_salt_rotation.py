@@ -6,13 +6,24 @@ from __future__ import annotations
 import base64
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from operator_svc import admin
+from operator_svc.domain.api_keys import api_key_id
 from operator_svc.domain.dii import dii_flh
-from operator_svc.domain.state import OptOutIndex, SaltSwitch
+from operator_svc.domain.optout import OptOutService
+from operator_svc.domain.state import (
+    OperatorState,
+    OptOutIndex,
+    SaltSwitch,
+    StateLoader,
+)
+from operator_svc.store import OperatorStore
+from svc_common.clock import ManualClock
 from svc_common.errors import ServiceError
+from tests.support.procs import wait_until
 from tests.unit.operator.conftest import T0, Env
 from uid2_crypto.salts import SaltSet, bucket_index, raw_uid2
 
@@ -104,3 +115,72 @@ def test_the_rest_of_the_state_is_in_use_while_new_salts_are_prepared(
     _, flh = dii_flh("email", "during-salts@example.com", env.op.state.first_level_salt)
     raw = raw_uid2(flh, env.op.state.salts.salt(bucket_index(flh)))
     assert env.op.state.optouts.raw_opted_out_at(raw) is not None  # under the new salts
+
+
+def _fresh_process(tmp_path: Path) -> tuple[StateLoader, OperatorState, OperatorStore]:
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    store.close()
+    serving = OperatorStore.open(tmp_path)
+    loader = StateLoader(serving)
+    return loader, loader.load(), serving
+
+
+def test_an_opt_out_synced_with_a_rotation_is_streamed_under_the_new_salt(tmp_path: Path) -> None:
+    # Another process rotates, then (having issued tokens under the new salt) records an
+    # opt-out; this process syncs both at once. A stream open here must send the raw UID2 under
+    # the new salt: with opt-outs read before the salts it sent only the old ones.
+    loader, state, serving = _fresh_process(tmp_path)
+    reader = admin.add_client(
+        serving, site_id=300, name="ssp", roles=["ID_READER"], now_ms=T0, rng=os.urandom
+    )
+    loader.sync(state, force=True)  # its own connection's write: data_version does not move
+    streamed: list[str] = []
+    service = OptOutService(state, serving, ManualClock(T0))
+    watching = threading.Event()
+
+    def watch() -> None:
+        client = state.clients[api_key_id(reader.api_key) or ""]
+        for item in service.watch(client, 0, lambda: not watching.is_set()):
+            if item is not None:
+                streamed.append(item[0])
+
+    stream = threading.Thread(target=watch, daemon=True)
+    stream.start()
+    other = OperatorStore.open(tmp_path)
+    try:
+        admin.rotate_salts(other, 1.0, T0 + 1, os.urandom)
+        _, flh = dii_flh("email", "x.user@example.com", state.first_level_salt)
+        other.add_optout(flh, lambda: T0 + 2)
+        loader.sync(state)
+        new_raw = base64.b64encode(raw_uid2(flh, state.salts.salt(bucket_index(flh)))).decode()
+        assert wait_until(lambda: new_raw in streamed, 5.0, 0.02)
+    finally:
+        watching.set()
+        stream.join(5)
+        other.close()
+        serving.close()
+
+
+def test_a_sync_that_fails_part_way_is_done_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader, state, serving = _fresh_process(tmp_path)
+    other = OperatorStore.open(tmp_path)
+    try:
+        admin.rotate_salts(other, 0.01, T0 + 1, os.urandom)
+        before = state.salts
+
+        def failing() -> dict[str, bytes]:
+            raise OSError("disk I/O error")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(serving, "load_salt_blobs", failing)
+            with pytest.raises(OSError):
+                loader.sync(state)
+        # Recorded as seen before the failure, the rotation stayed unseen until the next write.
+        assert loader.sync(state) == ["salts"]
+        assert state.salts is not before and state.salts.changed_buckets(before)
+    finally:
+        other.close()
+        serving.close()
