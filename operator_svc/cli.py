@@ -276,7 +276,7 @@ def _at_most(settings: FlagsWithEnv, flag: str, value: int, limit_flag: str, lim
     if value > limit:
         raise UsageError(
             f"{settings.spelled(flag)} must not exceed {settings.spelled(limit_flag)} "
-            f"({value} s > {limit} s)"
+            f"({shown(str(value), quoted=False)} s > {shown(str(limit), quoted=False)} s)"
         )
 
 

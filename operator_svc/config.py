@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
 
@@ -136,9 +137,10 @@ def rotate_keys_every_problem(every_s: int) -> str | None:
     so the CLI can name the flag and its variable before it, and the config its own name."""
     if MIN_ROTATE_KEYS_EVERY_S <= every_s <= MAX_ROTATE_KEYS_EVERY_S:
         return None
+    got = shown(str(every_s), quoted=False)
     return (
         f"must be 0 (off) or within {MIN_ROTATE_KEYS_EVERY_S} and {MAX_ROTATE_KEYS_EVERY_S}"
-        f" seconds (a day to the key lifetime less 30 days), got {every_s}"
+        f" seconds (a day to the key lifetime less 30 days), got {got}"
     )
 
 
@@ -146,7 +148,8 @@ def salts_fraction_problem(fraction: float) -> str | None:
     """What is wrong with the fraction of salt buckets a daily rotation rotates, or None."""
     # Negated: NaN fails every comparison, so it is refused rather than let through.
     if not 0.0 < fraction <= 1.0:
-        return f"must be above 0 and at most 1 (0 or unset: off), got {fraction!r}"
+        got = shown(repr(fraction), quoted=False)
+        return f"must be above 0 and at most 1 (0 or unset: off), got {got}"
     return None
 
 

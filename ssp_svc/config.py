@@ -26,12 +26,14 @@ class ConfigError(ValueError):
 def parse_bidder(spec: str) -> BidderTarget:
     name, eq, address = spec.partition("=")
     name, address = name.strip(), address.strip()
+    # A host name may hold a long number (an AWS load balancer's): not taken for a phone.
+    problem = f"bidder must be NAME=HOST:PORT, got {shown(spec, numbers=False)}"
     if not eq or not name:
-        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {shown(spec)}")
+        raise ConfigError(problem)
     try:
         split_host_port(address)
     except SettingError:
-        raise ConfigError(f"bidder must be NAME=HOST:PORT, got {shown(spec)}") from None
+        raise ConfigError(problem) from None
     return BidderTarget(name, address)
 
 

@@ -114,7 +114,10 @@ def probe_listen(listen: str) -> None:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        raise OSError(f"cannot listen on {shown(listen)}: {shown(host)} does not resolve") from exc
+        raise OSError(
+            f"cannot listen on {shown(listen, numbers=False)}: "
+            f"{shown(host, numbers=False)} does not resolve"
+        ) from exc
     problems: list[str] = []
     for family, kind, proto, _, address in found:
         with socket.socket(family, kind, proto) as probe:

@@ -17,6 +17,12 @@ _PHONE_RUN = re.compile(r"[0-9]{9,}")
 # A phone number grouped by separators ("+1 (206) 555-7781", "206.555.7781"): only digits and
 # those, with 9 digits or more in all.
 _PHONE_GROUPED = re.compile(r"\+?[0-9 ().-]+")
+# A phone number written in groups inside a longer string ("user-206-555-7781",
+# "tel.206.555.7781", "u:1:206:555:7781"): three groups or more of 1-4 digits joined by single
+# separators, with 9 digits or more in all (a date, "2026-11-29", has 8).
+_PHONE_IN_GROUPS = re.compile(r"\d{1,4}(?:[-.:x ()]\d{1,4}){2,}")
+# A UUID anywhere: where a run or groups of digits are chance ("req-<uuid>").
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 # Machine ids made of hex, where a run of digits is chance: a UUID, a span id, a Mongo ObjectId,
 # a trace id.
 _HEX_ID = re.compile(
@@ -35,9 +41,9 @@ _OUR_KEY = re.compile(r"(?i)(UID2|EUID)-(C|SSP)-")
 # Another random secret, a token or a piece of one: 20 letters and digits or more in one run,
 # mixing upper case, lower case and digits. Ids people and libraries make (UUIDs, hex trace
 # ids, ULIDs, Nano IDs, hand-made ids joined by '-' or '_') have no such run, except base62
-# ids that are the whole string: a KSUID (27 characters) or a base62 UUID (22).
+# ids that are the whole string: a Nano ID (21 characters), a base62 UUID (22) or a KSUID (27).
 _SECRET_RUN = re.compile(r"[A-Za-z0-9]{20,}")
-_BASE62_ID_LENGTHS = (22, 27)
+_BASE62_ID_LENGTHS = (21, 22, 27)  # a Nano ID, a base62 UUID, a KSUID
 
 
 def _secret_like(text: str) -> bool:
@@ -52,16 +58,23 @@ def _secret_like(text: str) -> bool:
 
 
 def _phone_like(text: str) -> bool:
-    if _PHONE_RUN.search(text) and not _HEX_ID.fullmatch(text):
+    if _HEX_ID.fullmatch(text):
+        return False
+    text = _UUID.sub("-", text)
+    if _PHONE_RUN.search(text):
         return True
-    return bool(_PHONE_GROUPED.fullmatch(text)) and sum(c.isdigit() for c in text) >= 9
+    if _PHONE_GROUPED.fullmatch(text) and sum(c.isdigit() for c in text) >= 9:
+        return True
+    return any(sum(c.isdigit() for c in m.group()) >= 9 for m in _PHONE_IN_GROUPS.finditer(text))
 
 
-def may_be_sensitive(text: str) -> bool:
-    """True when `text` may be, or hold, an email, a phone number, a hash, a key or a token."""
+def may_be_sensitive(text: str, *, numbers: bool = True) -> bool:
+    """True when `text` may be, or hold, an email, a phone number, a hash, a key or a token.
+    `numbers=False`: long numbers are no phone numbers in it (a host name such as an AWS load
+    balancer's has a 10-digit one, an IP address 9 or more digits in groups)."""
     return (
         "@" in text
-        or _phone_like(text)
+        or (numbers and _phone_like(text))
         or _HEX_RUN.search(text) is not None
         or _B64URL_SHA256.fullmatch(text) is not None
         or any("+" in r or "/" in r or r.endswith("=") for r in _B64_RUN.findall(text))
@@ -72,9 +85,9 @@ def may_be_sensitive(text: str) -> bool:
 NOT_SHOWN = "(a value not repeated here: it may be personal data or a secret)"
 
 
-def shown(text: str, limit: int = 80, *, quoted: bool = True) -> str:
+def shown(text: str, limit: int = 80, *, quoted: bool = True, numbers: bool = True) -> str:
     """`text` for an error message (at most `limit` characters, `quoted` as repr), or a note
-    that it is not repeated when it `may_be_sensitive`."""
-    if may_be_sensitive(text):
+    that it is not repeated when it `may_be_sensitive` (with `numbers`)."""
+    if may_be_sensitive(text, numbers=numbers):
         return NOT_SHOWN
     return repr(text[:limit]) if quoted else text[:limit]

@@ -105,7 +105,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     # isascii: str.isdigit() is true for '²' (int() then raises ValueError, a traceback
     # instead of one line and exit 2) and for other scripts' digits (U+0665), which gRPC rejects.
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise SettingError(f"must be HOST:PORT, got {shown(text)}")
+        raise SettingError(f"must be HOST:PORT, got {shown(text, numbers=False)}")
     return host, int(port)
 
 

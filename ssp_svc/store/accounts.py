@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from svc_common import json_text, store_backup
 from svc_common.clock import Clock
 from svc_common.names import check_app_name, normalise_domain, site_domain
+from svc_common.sensitive import shown
 from svc_common.sqlite_db import StoreUnavailable, open_db, require_data_dir, write_transaction
 
 DB_NAME = "ssp.sqlite3"
@@ -330,7 +331,7 @@ class FileAccountStore:
                 name, key = entry.get("name"), entry.get("api_key")
                 if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
                     raise StoreError(f"publishers file: {where} needs name and api_key")
-                where = f"{where} ({name!r})"
+                where = f"{where} ({shown(name)})"
                 _check_keys(entry, _ENTRY_FIELDS[kind], f"publishers file: {where}")
                 try:
                     domains, apps = normalise_inventory(
@@ -372,7 +373,7 @@ def _check_keys(obj: dict[str, Any], known: Iterable[str], where: str) -> None:
     if unknown:
         expected = ", ".join(f'"{k}"' for k in sorted(allowed))
         # Cut short: an API key pasted where a field name belongs is not echoed whole.
-        raise StoreError(f"{where}: unknown key {unknown[0][:40]!r} (expected {expected})")
+        raise StoreError(f"{where}: unknown key {shown(unknown[0], 40)} (expected {expected})")
 
 
 def _strings(entry: dict[str, Any], field: str, where: str) -> list[str]:

@@ -34,6 +34,8 @@ _SHA = hashlib.sha256(b"user@example.com").digest()
         "3f2b8c1e-0d4a-4c55-9b7e-123456789012",  # a UUID with 12 digits in a row, by chance
         "4bf92f3577b34da6a3ce929123456789",  # a trace id with 9 digits in a row
         "req-20261129-checkout",  # a date: 8 digits
+        "V1StGXR8Z5jdHi6BmyTbc",  # a Nano ID without '_' or '-' (21 characters)
+        "req-3f2b8c1e-0d4a-4c55-9b7e-123456789012",  # a UUID with a prefix
     ],
 )
 def test_id_shapes_are_kept(rid: str) -> None:
@@ -72,6 +74,11 @@ def test_id_shapes_are_kept(rid: str) -> None:
         "ID2-C-36dab4e6c2a5-1gV3VcIhUOFkHNyOVUc20dyDmZoM_",
         "A4AAAAABauWOMdw7njZvi_T15Y7SwE-",
         "CheckoutServiceOrder12345",  # no separators: as random as a secret to this filter
+        # a phone number in groups inside an id (a reviewer's, logged before)
+        "user-206-555-7781",
+        "cust-44-20-7946-0958",
+        "tel.206.555.7781",
+        "u:1:206:555:7781",
         "",
         None,
     ],

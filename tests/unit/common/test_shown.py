@@ -36,9 +36,19 @@ def test_personal_data_and_secrets_are_not_repeated(value: str) -> None:
     assert shown(value) == NOT_SHOWN
 
 
-@pytest.mark.parametrize("value", ["abc", "10.0.0.1:99999", "-5", "1.5", "news.example.com/x"])
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "news.example.com/x", "2026-11-29"])
 def test_typos_are_repeated(value: str) -> None:
     assert shown(value) == repr(value)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.1:99999", "my-uid2-operator-1234567890.us-east-1.elb.amazonaws.com:4430000"],
+)
+def test_addresses_are_repeated_though_they_hold_long_numbers(address: str) -> None:
+    # As HOST:PORT values (numbers=False): an IP or a load balancer's name is no phone number.
+    assert shown(address, numbers=False) == repr(address)
+    assert shown("alice@example.com:443", numbers=False) == NOT_SHOWN
 
 
 @pytest.mark.parametrize(
@@ -50,6 +60,10 @@ def test_typos_are_repeated(value: str) -> None:
         (["serve", "--listen", _KEY], _KEY),
         (["serve", "--listen", "127.0.0.1:0", "--log-level", _KEY], _KEY),
         (["serve", "--listen", "127.0.0.1:0", "--token-lifetime", "+12065557781"], "12065557781"),
+        (["serve", "--listen", "127.0.0.1:0", "--rotate-keys-every", "12065557781"], "12065557781"),
+        (["serve", "--listen", "127.0.0.1:0", "--rotate-salts-daily-fraction", "12065557781"],
+         "12065557781"),
+        (["serve", "--listen", "127.0.0.1:0", "--refresh-from", "12065557781"], "12065557781"),
     ],
 )  # fmt: skip
 def test_a_cli_error_does_not_repeat_them(

@@ -167,6 +167,11 @@ def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
          "subscribers[0] ('a'): unknown key 'domains'"),
         ({"publishers": [{"name": "n", "api_key": "k", "domains": ["a.com"], "app": ["com.x"]}]},
          "publishers[0] ('n'): unknown key 'app'"),
+        # A pasted key or an email as a key, an email as a name: not repeated in the message.
+        ({"UID2-SSP-3f9a1c2b.Zk8pQ2vX9rLm4TnB7wYc1d": []}, "unknown key (a value not repeated"),
+        ({"jane.doe@example.com": []}, "unknown key (a value not repeated"),
+        ({"subscribers": [{"name": "jane.doe@example.com", "api_key": "k", "x": 1}]},
+         "subscribers[0] ((a value not repeated"),
     ],
 )  # fmt: skip
 def test_publishers_file_of_another_shape_is_one_line_exit_2(
@@ -184,6 +189,7 @@ def test_publishers_file_of_another_shape_is_one_line_exit_2(
     assert err.count("\n") == 1 and err.startswith("uid2-ssp: error: "), err
     assert message in err, err
     assert "Traceback" not in err and '"y"' not in err
+    assert "@" not in err and "Zk8pQ2" not in err
 
 
 def test_publishers_file_may_leave_out_either_list(tmp_path: Path) -> None:
