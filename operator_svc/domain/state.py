@@ -105,6 +105,13 @@ def raw_uids(flh: bytes, salts: SaltSet) -> tuple[bytes, ...]:
     return (current,) if previous is None else (current, raw_uid2(flh, previous))
 
 
+# An opt-out this long before its bucket's rotation, or later, is streamed again under the new
+# salt when a process switches to it. Tokens under the new salt exist only from the rotation on,
+# and a process learns of an opt-out within its sync interval (a second): an earlier one was
+# known everywhere before any such token, and refused it. The margin covers clocks that differ.
+RESEND_AFTER_ROTATION_MS = 60_000
+
+
 @dataclass(frozen=True)
 class SaltSwitch:
     """New salts and the raw UID2 index's changes for them (`OptOutIndex.prepare_salts`)."""
@@ -116,6 +123,8 @@ class SaltSwitch:
     rebuild: bool  # `fresh` is the whole index (most buckets changed)
     fresh: dict[bytes, int]  # raw UID2 -> opted out at, under the new salts
     stale: set[bytes]  # raw UID2s the new salts no longer give
+    # Opt-outs in rotated buckets from about the rotation on, for the streams to send again.
+    resend: list[tuple[int, bytes]]
 
 
 class OptOutIndex:
@@ -194,13 +203,18 @@ class OptOutIndex:
         rebuild = 2 * len(changed) > len(salts)
         fresh: dict[bytes, int] = {}
         stale: set[bytes] = set()
+        resend: list[tuple[int, bytes]] = []
         for ts, flh in recorded:
-            if rebuild or bucket_index(flh) in changed:
+            bucket = bucket_index(flh)
+            rotated = bucket in changed
+            if rebuild or rotated:
                 for raw in raw_uids(flh, salts):
                     fresh[raw] = ts
                 if not rebuild:
                     stale.update(raw_uids(flh, old))
-        return SaltSwitch(salts, old, changed, seen, rebuild, fresh, stale - fresh.keys())
+            if rotated and ts >= salts.rotated_at(bucket) - RESEND_AFTER_ROTATION_MS:
+                resend.append((ts, flh))
+        return SaltSwitch(salts, old, changed, seen, rebuild, fresh, stale - fresh.keys(), resend)
 
     def apply_salts(self, switch: SaltSwitch) -> None:
         """Switches to the prepared salts; the caller holds `cond` (and switches the state's
@@ -227,10 +241,13 @@ class OptOutIndex:
             for raw in stale:
                 if raw not in fresh:
                     self._by_raw.pop(raw, None)
-        if meanwhile:
-            # Streams sent these under the old salts; once more, under the new ones (a token
-            # another process issued under them before the opt-out must be refused too).
-            self._events.extend(meanwhile)
+        # Streams sent these under the old salts: once more, under the new ones. A process
+        # that switched before this one may have issued the user a token under the new salt
+        # before it learnt of the opt-out, so every opt-out from around the rotation on
+        # (RESEND_AFTER_ROTATION_MS) goes out again, besides those recorded since prepare.
+        again = switch.resend + meanwhile
+        if again:
+            self._events.extend(again)
             self.cond.notify_all()
 
     def use_salts(self, salts: SaltSet) -> None:

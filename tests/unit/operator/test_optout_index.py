@@ -107,3 +107,19 @@ def test_an_opt_out_recorded_during_a_switch_keeps_only_the_last_two_salts() -> 
     assert index.raw_opted_out_at(raw_uid2(flh, s0.salt(bucket))) is None
     # Streams sent it under s1 and s0: it is recorded again, to be sent under s2 and s1.
     assert [f for _, f in index.events_from(0)[0]] == [flh, flh]
+
+
+def test_opt_outs_from_around_a_rotation_on_are_streamed_again_under_the_new_salt() -> None:
+    # Recorded here after another process rotated (or synced before the rotation was read),
+    # an opt-out went out under the old salts only; a token issued under the new salt before
+    # the opt-out was known everywhere must be refused too. Older opt-outs were known before
+    # any such token: not sent again.
+    s1 = SaltSet.generate(BUCKET_COUNT, os.urandom, T0)
+    rotated_at = T0 + 3_600_000
+    s2 = s1.rotate(1 / 365, os.urandom, rotated_at)
+    first, second = s2.changed_buckets(s1)[:2]
+    recent, old = _in_bucket(first), _in_bucket(second)
+    index = OptOutIndex(s1)
+    index.add([OptOutRow(1, old, rotated_at - 10 * 60_000), OptOutRow(2, recent, rotated_at + 5)])
+    index.use_salts(s2)
+    assert [flh for _, flh in index.events_from(0)[0]] == [old, recent, recent]
