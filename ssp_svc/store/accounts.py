@@ -204,7 +204,7 @@ class SqliteAccountStore:
                     ),
                 )
         except sqlite3.IntegrityError:
-            raise StoreError(f"a {kind.value} named {name!r} already exists") from None
+            raise StoreError(f"a {kind.value} named {shown(name)} already exists") from None
         except sqlite3.Error as exc:
             # A valid SQLite file whose accounts table is not ours gets past opening.
             raise StoreError(f"store {self._path} cannot be written: {exc}") from None
@@ -285,7 +285,7 @@ class SqliteAccountStore:
         except sqlite3.Error as exc:
             raise StoreError(f"store {self._path} cannot be written: {exc}") from None
         if changed == 0:
-            raise StoreError(f"no {kind.value} named {name!r}")
+            raise StoreError(f"no {kind.value} named {shown(name)}")
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from operator_svc.config import OperatorConfig
 from operator_svc.server import OperatorServed, create_server
 from svc_common.clock import ManualClock, SystemClock
 from tests.integration.operator.conftest import add_client, init_dir
+from uid2.operator.v1 import operator_pb2 as pb
 from uid2.operator.v1 import operator_pb2_grpc as pbg
 from uid2_crypto.envelope import decrypt_response, encrypt_request
 
@@ -53,6 +54,18 @@ class HttpLive:
 
     def grpc_md(self, name: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", "Bearer " + self.clients[name].api_key),)
+
+    def generate(self, email: str, name: str = "all") -> pb.Identity:
+        """A token for `email` over gRPC GenerateToken, as client `name` (consent given)."""
+        response: pb.GenerateTokenResponse = self.stub.GenerateToken(
+            pb.GenerateTokenRequest(
+                dii=pb.Dii(email=email),
+                privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
+            ),
+            metadata=self.grpc_md(name),
+            timeout=10,
+        )
+        return response.identity
 
     def raw(
         self,

@@ -30,14 +30,7 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpLive, 
 
 def test_expired_refresh_token(timed: tuple[HttpLive, ManualClock]) -> None:
     live, clock = timed
-    identity = live.stub.GenerateToken(
-        pb.GenerateTokenRequest(
-            dii=pb.Dii(email="expiring@example.com"),
-            privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
-        ),
-        metadata=live.grpc_md("all"),
-        timeout=10,
-    ).identity
+    identity = live.generate("expiring@example.com")
     start_ms = clock.now_ms()
     try:
         clock.advance(31 * DAY_MS)

@@ -181,14 +181,7 @@ def test_identity_map_v3_batch_with_invalid_and_optout(live: HttpLive) -> None:
 
 
 def test_bidstream_and_sharing_keys_over_http_decrypt_grpc_tokens(live: HttpLive) -> None:
-    grpc_token = live.stub.GenerateToken(
-        pb.GenerateTokenRequest(
-            dii=pb.Dii(email="grpc-issued@example.com"),
-            privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
-        ),
-        metadata=live.grpc_md("all"),
-        timeout=10,
-    ).identity.advertising_token
+    grpc_token = live.generate("grpc-issued@example.com").advertising_token
     raw = _grpc_raw_uid(live, pb.Dii(email="grpc-issued@example.com"))
 
     reader = live.clients["reader"]
@@ -217,14 +210,7 @@ def test_a_sharer_encrypts_only_under_its_own_keyset(live: HttpLive) -> None:
     other = operator.state.keys.default_keyset[101]
     refused = sharing.encrypt_raw_uid_into_token(raw, keyset_id=other)
     assert refused.status is EncryptionStatus.NOT_AUTHORIZED_FOR_KEY
-    site_101_token = live.stub.GenerateToken(
-        pb.GenerateTokenRequest(
-            dii=pb.Dii(email="site-101@example.com"),
-            privacy_settings=pb.PrivacySettings(transparency_notice_accepted=True),
-        ),
-        metadata=live.grpc_md("gen"),
-        timeout=10,
-    ).identity.advertising_token
+    site_101_token = live.generate("site-101@example.com", "gen").advertising_token
     result = sharing.decrypt_token_into_raw_uid(site_101_token)
     assert (result.status, result.site_id) == (DecryptionStatus.SUCCESS, 101)
 
