@@ -14,6 +14,7 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
+from tests.integration.operator.conftest import add_client
 from tests.integration.operator_http.conftest import HttpLive, Reply
 from tests.support.procs import wait_until
 from uid2_crypto.envelope import encrypt_request
@@ -73,6 +74,31 @@ def test_key_without_the_role_is_401(live: HttpLive, path: str, payload: object)
     status, answer = live.call("gen", path, payload)
     assert status == 401 and answer["status"] == "unauthorized"
     assert "role" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [
+        (["MAPPER"], True),
+        (["SHARER"], True),
+        (["OPTOUT"], True),
+        (["ID_READER"], True),
+        (["GENERATOR"], False),
+    ],
+)
+def test_optout_status_roles_over_http(live: HttpLive, roles: list[str], allowed: bool) -> None:
+    """The official operator's roles for /v2/optout/status, SHARER included."""
+    assert live.served.operator is not None
+    name = "status-" + roles[0].lower()
+    if name not in live.clients:
+        live.clients[name] = add_client(live.served.operator.config.data_dir, 102, name, roles)
+        live.served.operator.sync_now()
+    status, answer = live.call(name, "/v2/optout/status", {"advertising_ids": []})
+    if allowed:
+        assert (status, answer) == (200, {"status": "success", "body": {"opted_out": []}})
+    else:
+        assert status == 401 and answer["status"] == "unauthorized"
+        assert "role" in answer["message"]
 
 
 def test_wrong_secret(live: HttpLive) -> None:
