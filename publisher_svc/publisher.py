@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import base64
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
+from publisher_svc.cookie_retries import CookieRetries
 from publisher_svc.model import (
     AdDecision,
     DiiKind,
@@ -35,6 +35,7 @@ from publisher_svc.model import (
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
 from publisher_svc.store import SqliteStore, StoredIdentity
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
+from publisher_svc.user_locks import UserLocks
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
@@ -179,6 +180,9 @@ class ClientRefreshResult:
     cookie: Cookie | None = None
     refreshed: bool = False
     advertising_token: str = field(default="", repr=False)
+    # SUCCESS with the held token because the operator could not be reached (not because it
+    # was busy: OPERATOR_BUSY, not asked): the refresh is to be tried again later.
+    operator_failed: bool = False
 
     @property
     def clear_cookie(self) -> bool:
@@ -315,14 +319,15 @@ class Publisher:
         # When an impression's failed refresh is tried again (the background refresher has its
         # own, configurable): without it every later impression would start another.
         self.retry_backoff = retry_backoff or Backoff(base_s=1.0, cap_s=60.0)
+        self.cookie_retries = CookieRetries(clock)
         self.operator = operator
         self.ssp = ssp
         self.clock = clock
         self.mode = mode
         self.on_behalf_of_site_id = on_behalf_of_site_id
-        # Striped per-user locks: one refresh per user at a time, and logout / login / opt-out
-        # never interleave with a refresh of the same user.
-        self._locks = [threading.Lock() for _ in range(256)]
+        # Per-user locks: one refresh per user at a time, and logout / login / opt-out never
+        # interleave with a refresh of the same user.
+        self._user_locks = UserLocks()
         self.serve_refresh_budget_s = serve_refresh_budget_s
         # Refreshes an impression starts: they outlive its wait (their result is stored, in
         # server mode), one per user / cookie at a time.
@@ -408,8 +413,10 @@ class Publisher:
             "operator_calls_shed": float(shed),
         }
 
-    def user_lock(self, user_id: str) -> threading.Lock:
-        return self._locks[zlib.crc32(user_id.encode("utf-8")) & 0xFF]
+    def user_lock(self, user_id: str) -> AbstractContextManager[None]:
+        """Held around everything that reads then writes the user's identity, operator calls
+        included; other users never wait on it."""
+        return self._user_locks.hold(user_id)
 
     # -- login / logout / site opt-out ----------------------------------------------------
 
@@ -525,6 +532,12 @@ class Publisher:
             return True
         _log.warning("unrecorded_optouts_full", limit=self.unrecorded_optouts.limit)
         return False
+
+    def _dii_optout_held(self, dii_key: str) -> bool:
+        """Whether another user's opt-out of this DII waits in memory (the store refused it);
+        once recorded, the store drops every identity of the DII itself. Instant while nothing
+        is held, the usual case."""
+        return bool(len(self.unrecorded_optouts)) and self.unrecorded_optouts.holds_dii(dii_key)
 
     def _record_unrecorded(self, user_id: str) -> bool:
         """Records the user's held opt-outs (ending the user's identity, as a login answered
@@ -642,6 +655,8 @@ class Publisher:
                 # here: the write that records it is the next one the store takes.
                 return TokenResult(TokenStatus.OPTOUT)
             stored = self.store.get(user_id)
+            if stored is not None and self._dii_optout_held(stored.dii_key):
+                return TokenResult(TokenStatus.OPTOUT)
             if stored is None:
                 # A refresh (perhaps the background refresher's) that ended the identity is
                 # reported as this call's own would have been, until the user logs in again.
@@ -654,9 +669,15 @@ class Publisher:
                 respect_backoff
                 and stored.failed_attempts > 0  # backing off, not resting (store.rest)
                 and stored.next_attempt_at > now
-                and usable_without_refresh(stored.identity, now)
             ):
-                return _token_result(Step(StepKind.STALE, stored.identity))
+                # An expired token backs off too: users coming back after the token's 3 days
+                # are the common case, and each of their impressions would otherwise call an
+                # operator that is failing (3 tries each).
+                if usable_without_refresh(stored.identity, now):
+                    return _token_result(Step(StepKind.STALE, stored.identity))
+                # Impressions only (respect_backoff): goes out without a token, as after a
+                # failed refresh, and logs nothing (_forget).
+                raise unavailable("OPERATOR_UNAVAILABLE", "the identity's refresh is backing off")
             try:
                 step, _ = self.refresh_stored(user_id)
             except RefreshNotKept:
@@ -682,8 +703,8 @@ class Publisher:
     ) -> None:
         """A refresh of `stored` failed: the next attempt waits (its identity unchanged)."""
         failed = stored.failed_attempts
-        delay_ms = max(50, int(backoff.equal_jitter_delay(failed) * 1000))
-        self.store.postpone(user_id, stored.identity.refresh_token, now_ms + delay_ms, failed + 1)
+        retry_at = backoff.next_attempt_ms(failed, now_ms)
+        self.store.postpone(user_id, stored.identity.refresh_token, retry_at, failed + 1)
 
     def refresh_client(
         self,
@@ -697,6 +718,11 @@ class Publisher:
         identity = decode_cookie(cookie_value)
         given = (email, phone, email_hash, phone_hash)
         dii = hash_dii(*given) if any(v is not None for v in given) else None
+        if dii is not None and (
+            self.store.is_operator_optout(dii.key) or self.unrecorded_optouts.holds_dii(dii.key)
+        ):
+            # Another cookie of this DII was answered OPTOUT: no call, and this one ends too.
+            return ClientRefreshResult(TokenStatus.OPTOUT)
         step = self.step(identity)
         serving = step.serving
         if serving is not None:
@@ -705,6 +731,7 @@ class Publisher:
                 cookie_for(serving),
                 step.kind is StepKind.REFRESHED,
                 serving.advertising_token,
+                step.kind is StepKind.STALE and not step.not_asked,
             )
         if step.kind is StepKind.OPTOUT:
             if dii is not None:
@@ -776,7 +803,7 @@ class Publisher:
         if self.unrecorded_optouts.holds_user(user_id):
             return ""  # opted out, not yet recorded: no token, as once it is
         stored = self.store.get(user_id)
-        if stored is None:
+        if stored is None or self._dii_optout_held(stored.dii_key):
             return ""
         if not stored.used_since_refresh:
             self._note_use(user_id)
@@ -808,8 +835,11 @@ class Publisher:
         # A new identity can reach the caller only in this response: one that comes later than
         # the budget is dropped (the cookie's refresh token stays valid) and the next impression
         # or RefreshClientIdentity refreshes again.
+        refresh_token = identity.refresh_token
+        if self.cookie_retries.waiting(refresh_token):
+            return held, None, False  # its last refresh failed: not tried again yet
         job, new = self._start(
-            "cookie:" + identity.refresh_token, lambda: self.refresh_client(cookie_value)
+            "cookie:" + refresh_token, lambda: self._refresh_cookie(cookie_value, refresh_token)
         )
         if held and not new:
             return held, None, False
@@ -820,6 +850,21 @@ class Publisher:
             return held, None, False
         cookie = refreshed.cookie if refreshed.refreshed else None
         return refreshed.advertising_token, cookie, refreshed.clear_cookie
+
+    def _refresh_cookie(self, cookie_value: str, refresh_token: str) -> ClientRefreshResult:
+        """An impression's refresh of a client-side identity, counted in `cookie_retries`: a
+        failure (operator unreachable or refusing) puts the cookie's next try off."""
+        try:
+            result = self.refresh_client(cookie_value)
+        except ServiceError as err:
+            if err.reason != OPERATOR_BUSY and err.kind is not ErrorKind.INVALID_ARGUMENT:
+                self.cookie_retries.failed(refresh_token, self.retry_backoff)
+            raise
+        if result.operator_failed:
+            self.cookie_retries.failed(refresh_token, self.retry_backoff)
+        else:
+            self.cookie_retries.succeeded(refresh_token)
+        return result
 
     def _note_use(self, user_id: str) -> None:
         """Records, off the caller's path, that the user used an identity the background

@@ -32,6 +32,12 @@ from svc_common.sqlite_db import StoreUnavailable, StoreWriteFailed
 
 _log = structlog.get_logger("refresher")
 
+# How long a stop waits for a pass in progress. Not the operator's deadline: a pass waiting on a
+# frozen operator would hold the exit that long (--operator-timeout may be minutes). A refresh cut
+# short loses nothing: the stored identity is unchanged, its refresh token still valid, and it is
+# due again at the next start.
+STOP_WAIT_S = 1.0
+
 
 @dataclass
 class RefresherStats:
@@ -102,7 +108,7 @@ class Refresher:
         self._thread = threading.Thread(target=self._run, name="refresher", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

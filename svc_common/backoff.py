@@ -30,5 +30,10 @@ class Backoff:
         step = self._step(attempt)
         return float(step / 2 + self._rng() * step / 2)
 
+    def next_attempt_ms(self, failed: int, now_ms: int) -> int:
+        """When to try again (epoch ms) after `failed` failures in a row, the last at `now_ms`:
+        equal jitter, and never sooner than 50 ms."""
+        return now_ms + max(50, int(self.equal_jitter_delay(failed) * 1000))
+
     def _step(self, attempt: int) -> float:
         return float(min(self.cap_s, self.base_s * (2 ** min(attempt, 30))))

@@ -71,6 +71,8 @@ _COLS = (
 # Stores made before the column existed get it on open; their identities count as used, so
 # each is refreshed once more as before and rests only if nobody uses it after that.
 _USED_COLUMN = "used_since_refresh INTEGER NOT NULL DEFAULT 1"
+# An opt-out ends every identity of its DII, whichever user holds it (_end_identities_of).
+_DII_INDEX = "identities_dii"
 
 
 class StoreError(Exception):
@@ -135,7 +137,7 @@ class SqliteStore:
         self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
         self._file = StoreFile.of(path / self.FILE_NAME)
         try:
-            self._add_used_column()
+            self._upgrade()
         except (sqlite3.Error, StoreUnavailable) as exc:
             self._db.close()
             reason = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
@@ -148,15 +150,22 @@ class SqliteStore:
             raise
         self._reader.execute("PRAGMA query_only=1")
 
-    def _add_used_column(self) -> None:
-        """Gives a store made before `used_since_refresh` existed its column: checked again
+    def _upgrade(self) -> None:
+        """Gives a store made by an older version what this one adds: the `used_since_refresh`
+        column, and the index an opt-out finds every identity of its DII by. Checked again
         inside the write transaction, so two processes opening the same old store do not both
-        add it (the second would fail on a duplicate column)."""
-        if "used_since_refresh" in self._columns():
+        add them (the second would fail on a duplicate column). Not in _SCHEMA: run there, on
+        a store another process holds, it fails as a raw "database is locked"."""
+        if self._upgraded():
             return
         with self._transaction() as db:
             if "used_since_refresh" not in self._columns():
                 db.execute(f"ALTER TABLE identities ADD COLUMN {_USED_COLUMN}")
+            db.execute(f"CREATE INDEX IF NOT EXISTS {_DII_INDEX} ON identities (dii_key)")
+
+    def _upgraded(self) -> bool:
+        indexes = {str(row[1]) for row in self._db.execute("PRAGMA index_list(identities)")}
+        return "used_since_refresh" in self._columns() and _DII_INDEX in indexes
 
     def _columns(self) -> set[str]:
         return {str(row[1]) for row in self._db.execute("PRAGMA table_info(identities)")}
@@ -289,13 +298,15 @@ class SqliteStore:
     def end_as_opted_out(self, user_id: str, optouts: Mapping[str, int], now_ms: int) -> None:
         """The operator answered opt-out for the user (at a login, or earlier when the store
         refused the record): records each DII's opt-out (`optouts`: DII hash -> when answered),
-        drops whatever identity the user had and remembers why (ended_status) until the user
-        logs in again, in one transaction. No user (""): the opt-outs alone."""
+        drops whatever identity the user had, and every other user's identity of those DIIs,
+        and remembers why (ended_status) until each logs in again, in one transaction. No user
+        (""): the opt-outs, and the identities of those DIIs."""
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
                 optouts.items(),
             )
+            _end_identities_of(db, list(optouts), now_ms)
             if user_id:
                 db.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
                 _mark_ended(db, user_id, "OPTOUT", now_ms)
@@ -345,21 +356,16 @@ class SqliteStore:
     # -- opt-outs ------------------------------------------------------------------------
 
     def record_operator_optout(self, dii_key: str, now_ms: int, user_id: str = "") -> None:
-        """Records that the operator answered opt-out for a DII (and drops the user's stored
-        identity, if any, remembering why: ended_status) in one durable transaction."""
+        """Records that the operator answered opt-out for a DII and drops every stored identity
+        of that DII (the user's, and any other user's who logged in with it), remembering why
+        (ended_status), in one durable transaction. `user_id`: who it was answered for, if
+        anyone; their identity of that DII is among those dropped."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO operator_optouts (dii_key, at) VALUES (?, ?)",
                 (dii_key, now_ms),
             )
-            if (
-                user_id
-                and db.execute(
-                    "DELETE FROM identities WHERE user_id = ? AND dii_key = ?",
-                    (user_id, dii_key),
-                ).rowcount
-            ):
-                _mark_ended(db, user_id, "OPTOUT", now_ms)
+            _end_identities_of(db, [dii_key], now_ms)
 
     def is_operator_optout(self, dii_key: str) -> bool:
         return (
@@ -392,3 +398,15 @@ def _mark_ended(db: sqlite3.Connection, user_id: str, status: str, now_ms: int) 
         "INSERT OR REPLACE INTO ended_identities (user_id, status, at) VALUES (?, ?, ?)",
         (user_id, status, now_ms),
     )
+
+
+def _end_identities_of(db: sqlite3.Connection, dii_keys: list[str], now_ms: int) -> None:
+    """Inside the caller's transaction: drops every identity of these DIIs (an opt-out is the
+    DII's, not one user's), remembering for each user that it ended in an opt-out."""
+    for dii_key in dii_keys:
+        db.execute(
+            "INSERT OR REPLACE INTO ended_identities (user_id, status, at) "
+            "SELECT user_id, 'OPTOUT', ? FROM identities WHERE dii_key = ?",
+            (now_ms, dii_key),
+        )
+        db.execute("DELETE FROM identities WHERE dii_key = ?", (dii_key,))

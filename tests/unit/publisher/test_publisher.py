@@ -787,3 +787,125 @@ def test_a_failed_impression_refresh_backs_off_before_the_next_attempt(env: Env)
     env.clock.advance(5_001)  # past the backoff: refreshed again, and it works now
     _ad(env, user_id="u1")
     assert _wait(lambda: len(env.op.refresh_calls) == calls + 1)
+
+
+def test_impressions_of_an_expired_token_back_off_as_those_of_a_held_one_do(env: Env) -> None:
+    """Users back after the token's 3 days are the common case: without the back-off each of
+    their impressions called a failing operator again (a reviewer counted 60 calls for 20)."""
+    env.pub.retry_backoff = Backoff(base_s=10.0, cap_s=60.0, rng=lambda: 0.0)  # 5 s, exactly
+    env.pub.login("u1", "a@b.com", None, OK)
+    env.clock.advance(3 * DAY)  # the token has expired; its refresh token has not
+    env.op.down = True
+    _, r = _ad(env, user_id="u1")
+    assert not r.token_sent
+    assert _wait(lambda: (s := env.store.get("u1")) is not None and s.failed_attempts == 1)
+    calls = len(env.op.refresh_calls)
+    env.op.down = False
+    for _ in range(3):
+        _, r = _ad(env, user_id="u1")
+        assert not r.token_sent  # no token to send, and the operator is not asked
+    assert len(env.op.refresh_calls) == calls
+    env.clock.advance(5_001)
+    assert _wait(lambda: _ad(env, user_id="u1")[1].token_sent)
+    assert len(env.op.refresh_calls) == calls + 1
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_impressions_of_a_cookie_whose_refresh_failed_back_off(
+    client_env: Env, expired: bool
+) -> None:
+    """A cookie the publisher cannot write when its refresh fails: the retry time is kept in
+    memory instead of in the store."""
+    e = client_env
+    e.pub.retry_backoff = Backoff(base_s=10.0, cap_s=60.0, rng=lambda: 0.0)  # 5 s, exactly
+    cookie = e.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    e.clock.advance(3 * DAY if expired else HOUR)
+    e.op.down = True
+    _, r = _ad(e, cookie_value=cookie.value)
+    assert r.token_sent is not expired and r.cookie is None and not r.clear_cookie
+    assert _wait(lambda: len(e.pub.cookie_retries) == 1)
+    calls = len(e.op.refresh_calls)
+    e.op.down = False
+    for _ in range(3):
+        _, r = _ad(e, cookie_value=cookie.value)
+        assert r.token_sent is not expired and r.cookie is None
+    assert len(e.op.refresh_calls) == calls
+    e.clock.advance(5_001)
+    _, r = _ad(e, cookie_value=cookie.value)
+    assert r.token_sent and r.cookie is not None  # refreshed: the caller sets the new cookie
+    assert len(e.op.refresh_calls) == calls + 1 and len(e.pub.cookie_retries) == 0
+
+
+def test_a_cookie_refresh_the_publisher_did_not_ask_for_counts_no_failure(client_env: Env) -> None:
+    """OPERATOR_BUSY: the operator was never asked, so there is nothing to back off from."""
+    e = client_env
+    e.pub.operator_calls_max = 1
+    e.pub._operator_slots = threading.BoundedSemaphore(1)
+    cookie = e.pub.login("u1", "a@b.com", None, OK).cookie
+    assert cookie is not None
+    e.clock.advance(HOUR)
+    assert e.pub._operator_slots.acquire(blocking=False)  # every slot taken, as by a slow call
+    try:
+        e.pub.refresh_client(cookie.value)
+        _, r = _ad(e, cookie_value=cookie.value)
+        assert r.token_sent
+    finally:
+        e.pub._operator_slots.release()
+    assert len(e.pub.cookie_retries) == 0
+
+
+def test_an_opt_out_ends_every_stored_identity_of_the_dii(env: Env) -> None:
+    """Two users of the site logged in with one email; one refresh learns of its opt-out. The
+    other user's identity must not be served on: the opt-out is the DII's."""
+    env.pub.login("u1", "user@example.com", None, OK)
+    env.pub.login("u2", "USER@example.com", None, OK)  # the same email, normalised
+    env.pub.login("u3", "other@example.com", None, OK)
+    env.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    env.clock.advance(HOUR)
+    assert env.pub.get_advertising_token("u1").status is TokenStatus.OPTOUT
+    calls = len(env.op.refresh_calls)
+    assert env.pub.get_advertising_token("u2").status is TokenStatus.OPTOUT
+    _, r = _ad(env, user_id="u2")
+    assert not r.token_sent
+    assert len(env.op.refresh_calls) == calls  # known already: not asked again
+    assert env.pub.get_advertising_token("u3").status is TokenStatus.SUCCESS
+
+
+def test_a_cookie_of_a_dii_known_to_have_opted_out_ends_without_a_call(client_env: Env) -> None:
+    e = client_env
+    first = e.pub.login("u1", "user@example.com", None, OK).cookie
+    second = e.pub.login("u2", "user@example.com", None, OK).cookie
+    assert first is not None and second is not None
+    e.op.refresh_optout_keys.add(f"email:{USER_HASH}")
+    e.clock.advance(HOUR)
+    assert e.pub.refresh_client(first.value, "user@example.com").status is TokenStatus.OPTOUT
+    e.op.refresh_optout_keys.clear()  # the operator would answer OPTOUT; not asked at all
+    calls = len(e.op.refresh_calls)
+    r = e.pub.refresh_client(second.value, "user@example.com")
+    assert r.status is TokenStatus.OPTOUT and r.clear_cookie
+    assert len(e.op.refresh_calls) == calls
+
+
+def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
+    """A frozen operator call holds its own user's lock only: before, 256 striped locks made a
+    logout or a current token of another user on the stripe wait for it. "current47" shared
+    the stripe of "due" (crc32 & 0xFF)."""
+    env.pub.login("due", "due@example.com", None, OK)
+    env.pub.login("current47", "current@example.com", None, OK)
+    env.clock.advance(HOUR)
+    env.pub.login("current47", "current@example.com", None, OK)  # not due for an hour
+    env.op.gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    try:
+        frozen = pool.submit(env.pub.get_advertising_token, "due")
+        assert _wait(lambda: env.op.in_flight == 1)
+        started = time.monotonic()
+        assert env.pub.get_advertising_token("current47").status is TokenStatus.SUCCESS
+        assert env.pub.logout("current47")
+        assert time.monotonic() - started < 1.0
+    finally:
+        env.op.gate.set()
+        pool.shutdown()
+    assert frozen.result().status is TokenStatus.SUCCESS
+    assert len(env.pub._user_locks) == 0  # none kept once nobody holds them

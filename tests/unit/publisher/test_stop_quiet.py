@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from publisher_svc.model import PrivacySettings, RefreshResult
 from publisher_svc.publisher import Publisher
-from publisher_svc.refresher import Refresher
+from publisher_svc.refresher import STOP_WAIT_S, Refresher
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from tests.support.procs import wait_until
@@ -48,3 +48,28 @@ def test_a_refresh_that_outlives_the_stop_logs_no_error(tmp_path: Path) -> None:
         assert wait_until(lambda: refresher.stats.deferred + refresher.stats.refreshed > 0, 5)
         time.sleep(0.1)
     assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+def test_a_stop_waits_about_a_second_for_a_refresh_pass_not_the_operators_deadline(
+    tmp_path: Path,
+) -> None:
+    """A pass waiting on a frozen operator held the exit for the whole deadline (15 s with
+    --operator-timeout 120); a refresh cut short loses nothing (its refresh token stays good)."""
+    clock = ManualClock(1_700_000_000_000)
+    op = _HeldOperator(clock)
+    op.release = threading.Event()
+    store = SqliteStore(tmp_path)
+    pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
+    pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
+    clock.advance(HOUR)
+    refresher = Refresher(pub, workers=1, poll_interval_s=0.05)
+    refresher.start()
+    try:
+        assert wait_until(lambda: op.in_flight > 0, 5)
+        started = time.monotonic()
+        refresher.stop()
+        assert time.monotonic() - started < STOP_WAIT_S + 0.5
+    finally:
+        op.release.set()
+        pub.close()
+        store.close()

@@ -1,0 +1,60 @@
+"""When a client-side identity's failed refresh may be tried again by an impression.
+
+In server mode the retry time of a failed refresh is stored with the identity. A client-side
+identity lives in the user's cookie, which the publisher cannot write when the refresh fails,
+so without this every impression of that cookie would call a failing operator again (three
+tries each). Held in memory, keyed by a digest of the cookie's refresh token (never the token
+itself), bounded: past `limit` the oldest entry goes, and that cookie is tried at its next
+impression, as before. A restart forgets them: the next impression tries once, then backs off
+again."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+from svc_common.backoff import Backoff
+from svc_common.clock import Clock
+
+DEFAULT_LIMIT = 10_000  # 16-byte keys: about 2 MB full
+
+
+class CookieRetries:
+    def __init__(self, clock: Clock, limit: int = DEFAULT_LIMIT) -> None:
+        self._clock = clock
+        self.limit = limit
+        self._lock = threading.Lock()
+        # digest -> (failed attempts, epoch ms before which no refresh is tried), as the store
+        # keeps a server-side identity's
+        self._failed: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+
+    @staticmethod
+    def _key(refresh_token: str) -> bytes:
+        return hashlib.blake2b(refresh_token.encode(), digest_size=16).digest()
+
+    def waiting(self, refresh_token: str) -> bool:
+        """Whether a refresh of this cookie failed and its retry is not due yet."""
+        with self._lock:
+            entry = self._failed.get(self._key(refresh_token))
+        return entry is not None and self._clock.now_ms() < entry[1]
+
+    def failed(self, refresh_token: str, backoff: Backoff) -> None:
+        """A refresh of this cookie failed: the next waits as `backoff` says."""
+        key = self._key(refresh_token)
+        with self._lock:
+            attempts = self._failed.pop(key, (0, 0))[0]
+            self._failed[key] = (
+                attempts + 1,
+                backoff.next_attempt_ms(attempts, self._clock.now_ms()),
+            )
+            while len(self._failed) > self.limit:
+                self._failed.popitem(last=False)
+
+    def succeeded(self, refresh_token: str) -> None:
+        with self._lock:
+            self._failed.pop(self._key(refresh_token), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._failed)
