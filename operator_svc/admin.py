@@ -395,7 +395,8 @@ def _subscription_id(rng: Rng) -> str:
     return "".join(out)
 
 
-def _scope(store: OperatorStore) -> str:
+def identity_scope(store: OperatorStore) -> str:
+    """UID2 or EUID: what the store was initialised for, for good."""
     return (store.meta("identity_scope") or b"UID2").decode()
 
 
@@ -404,7 +405,7 @@ def add_keypair(store: OperatorStore, site_id: int, now_ms: int, rng: Rng) -> di
     (subscription id and public key); the private key stays in the store."""
     check_site_id(site_id)
     keypair = ServerKeypair.generate(rng)
-    scope = _scope(store)
+    scope = identity_scope(store)
     with store.transaction() as conn:
         if not OperatorStore.site_exists(conn, site_id):
             raise AdminError(
@@ -433,7 +434,7 @@ def site_has_places(store: OperatorStore, site_id: int) -> bool:
 
 def list_keypairs(store: OperatorStore) -> list[dict[str, Any]]:
     """Subscriptions with their public keys (never the private ones)."""
-    scope = _scope(store)
+    scope = identity_scope(store)
     return [
         {
             "subscription_id": r.subscription_id,

@@ -386,12 +386,21 @@ def _run(args: argparse.Namespace) -> int:
         return store_backup.run_command(args, _require_dir(args), DB_FILE, StoreError, check_schema)
     if cmd == "init":
         directory = _require_dir(args)
-        scope = settings_of(args).value("identity-scope", _identity_scope, "UID2")
+        settings = settings_of(args)
+        asked = settings.value("identity-scope", _identity_scope, None)
         store = OperatorStore.create(directory)
         try:
-            created = admin.initialise(store, _now_ms(), rng, scope)
+            created = admin.initialise(store, _now_ms(), rng, asked or "UID2")
+            held = admin.identity_scope(store)
         finally:
             store.close()
+        if asked is not None and held != asked:
+            # Running init again changes nothing; a scope asked for and not applied is an error,
+            # not a quiet success: tokens would be issued under the other one.
+            raise UsageError(
+                f"{settings.spelled('identity-scope')} {asked}: the store in {directory} was "
+                f"initialised for {held}, which cannot change; use a new data dir"
+            )
         _print({"initialised": created, "data_dir": str(directory)})
         return 0
     store = _open(args)

@@ -24,6 +24,8 @@ from svc_common import json_text, store_backup
 from svc_common.clock import Clock
 from svc_common.names import check_app_name, normalise_domain, site_domain
 from svc_common.sensitive import shown
+from svc_common.settings import SettingError
+from svc_common.settings import api_key as check_api_key
 from svc_common.sqlite_db import StoreUnavailable, open_db, require_data_dir, write_transaction
 
 DB_NAME = "ssp.sqlite3"
@@ -333,6 +335,10 @@ class FileAccountStore:
                     raise StoreError(f"publishers file: {where} needs name and api_key")
                 where = f"{where} ({shown(name)})"
                 _check_keys(entry, _ENTRY_FIELDS[kind], f"publishers file: {where}")
+                try:
+                    check_api_key(key)  # as a flag's key: one no caller can send would never match
+                except SettingError as exc:
+                    raise StoreError(f"publishers file: {where} api_key {exc}") from None
                 try:
                     domains, apps = normalise_inventory(
                         _strings(entry, "domains", where), _strings(entry, "apps", where)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from operator_svc import cli
+from operator_svc import admin, cli
 from operator_svc.config import OperatorConfig
 from operator_svc.server import create_server
 from operator_svc.store import KeyRow, OperatorStore
@@ -324,3 +324,24 @@ def test_serving_checks_the_store_once(initialised: Path, monkeypatch: pytest.Mo
         assert len(checks) == 1
     finally:
         served.stop(0)
+
+
+def test_init_again_with_another_identity_scope_is_refused(
+    initialised: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed {"initialised": false} and exit 0: the scope asked for was silently not used."""
+    line = _fails(capsys, "init", "--data-dir", str(initialised), "--identity-scope", "EUID")
+    assert "--identity-scope (or UID2_OPERATOR_IDENTITY_SCOPE) EUID" in line
+    assert "was initialised for UID2, which cannot change" in line
+    monkeypatch.setenv("UID2_OPERATOR_IDENTITY_SCOPE", "euid")
+    assert "initialised for UID2" in _fails(capsys, "init", "--data-dir", str(initialised))
+    monkeypatch.delenv("UID2_OPERATOR_IDENTITY_SCOPE")
+    # The same scope, or none named, is the harmless re-run it always was.
+    for extra in ([], ["--identity-scope", "UID2"]):
+        assert cli.main(["init", "--data-dir", str(initialised), *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["initialised"] is False
+    store = OperatorStore.open(initialised)
+    try:
+        assert admin.identity_scope(store) == "UID2"
+    finally:
+        store.close()

@@ -85,6 +85,19 @@ def test_publishers_file(tmp_path: Path) -> None:
         FileAccountStore(path, rng=os.urandom)
 
 
+@pytest.mark.parametrize("key", ["secret-key ", "cl\u00e9-secr\u00e8te", "two words", "a\nb"])
+def test_a_publishers_file_key_no_caller_could_send_is_refused(tmp_path: Path, key: str) -> None:
+    """A trailing space is stripped from what callers send, and gRPC metadata carries printable
+    ASCII only: such a key would start fine and never match. Refused as the flags refuse it,
+    without repeating it."""
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"subscribers": [{"name": "a", "api_key": key}]}))
+    with pytest.raises(StoreError) as exc:
+        FileAccountStore(path, rng=os.urandom)
+    assert "subscribers[0] ('a') api_key must be printable ASCII" in str(exc.value)
+    assert key.strip() not in str(exc.value)
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [

@@ -125,8 +125,8 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetOptOutStatus(self, request, context):
-        """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, OPTOUT or
-        ID_READER role.
+        """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, SHARER, OPTOUT
+        or ID_READER role (the official operator's roles for /v2/optout/status).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,8 +51,8 @@ class OperatorServiceStub:
     OptOut: _grpc.UnaryUnaryMultiCallable[_operator_pb2.OptOutRequest, _operator_pb2.OptOutResponse]
     """Records a user's opt-out, durably, before answering. Needs the OPTOUT role."""
     GetOptOutStatus: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetOptOutStatusRequest, _operator_pb2.GetOptOutStatusResponse]
-    """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, OPTOUT or
-    ID_READER role.
+    """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, SHARER, OPTOUT
+    or ID_READER role (the official operator's roles for /v2/optout/status).
     """
     WatchOptOuts: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchOptOutsRequest, _operator_pb2.WatchOptOutsResponse]
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
@@ -86,8 +86,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     OptOut: _aio.UnaryUnaryMultiCallable[_operator_pb2.OptOutRequest, _operator_pb2.OptOutResponse]  # type: ignore[assignment]
     """Records a user's opt-out, durably, before answering. Needs the OPTOUT role."""
     GetOptOutStatus: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetOptOutStatusRequest, _operator_pb2.GetOptOutStatusResponse]  # type: ignore[assignment]
-    """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, OPTOUT or
-    ID_READER role.
+    """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, SHARER, OPTOUT
+    or ID_READER role (the official operator's roles for /v2/optout/status).
     """
     WatchOptOuts: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchOptOutsRequest, _operator_pb2.WatchOptOutsResponse]  # type: ignore[assignment]
     """Streams opt-outs as they are recorded, starting from a point in time, for SSPs and DSPs.
@@ -154,8 +154,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.GetOptOutStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.GetOptOutStatusResponse, _abc.Awaitable[_operator_pb2.GetOptOutStatusResponse]]:
-        """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, OPTOUT or
-        ID_READER role.
+        """Tells which of up to 5,000 raw UID2s opted out, and when. Needs the MAPPER, SHARER, OPTOUT
+        or ID_READER role (the official operator's roles for /v2/optout/status).
         """
 
     @_abc_1.abstractmethod

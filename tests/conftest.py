@@ -1,4 +1,4 @@
-"""Fixtures of the common unit tests."""
+"""Fixtures of the whole suite."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_handlers() -> Iterator[None]:
-    """The SIGINT/SIGTERM handlers (and faulthandler's SIGUSR1) as they were before the test:
-    a test that runs catch_stop_signals must not leave them to the rest of the session."""
+    """The SIGINT/SIGTERM/SIGHUP handlers (and faulthandler's SIGUSR1) as they were before the
+    test: an in-process `serve` that fails after catch_stop_signals (a bad publishers file) left
+    its handlers to every later test, and the signal tests then failed by test order alone."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for s, h in saved.items():
