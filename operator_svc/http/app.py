@@ -305,6 +305,15 @@ class HttpApi:
                 f"the body did not arrive within {BODY_DEADLINE_S:g} s",
                 BODY_TIMEOUT,
             ) from None
+        except web.RequestPayloadError:
+            # A body its Content-Encoding does not decode (plain base64 sent as gzip): the
+            # caller's mistake, which it was told as a 500.
+            raise HttpError(
+                400,
+                CLIENT_ERROR,
+                "the body does not decode as its Content-Encoding says",
+                "MALFORMED_BODY",
+            ) from None
         except (ConnectionResetError, RuntimeError) as exc:
             # The caller hung up mid-body: aiohttp cancels the read (ConnectionResetError), or,
             # when the loss came first, refuses to start it (RuntimeError "Connection closed.").

@@ -4,12 +4,14 @@ and never a 500."""
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
 import random
 import socket
 import time
+import zlib
 
 import pytest
 from structlog.testing import capture_logs
@@ -294,3 +296,21 @@ def test_a_body_cut_off_mid_upload_is_the_callers_fault_not_a_500(live: HttpLive
     assert [(e["event"], e.get("http_status"), e.get("reason")) for e in events] == [
         ("http", 400, "INCOMPLETE_BODY")
     ]
+
+
+@pytest.mark.parametrize("path", ["/v2/token/generate", "/v2/token/refresh"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_its_content_encoding_does_not_decode_is_400(
+    live: HttpLive, path: str, encoding: str
+) -> None:
+    """It was a 500 and an unhandled_exception line, on the routes that need no key too: anyone
+    could set off the 500 alerts."""
+    body = base64.b64encode(live.envelope("all", {"email": "a@b.com"}))
+    with capture_logs() as logs:
+        reply = _post(live, path, body, **{"Content-Encoding": encoding})
+    assert "does not decode" in _error(reply, 400, "client_error")
+    assert [e for e in logs if e.get("event") == "unhandled_exception"] == []
+    # Encoded as it says, the same body is fine.
+    if path == "/v2/token/generate":
+        packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+        assert _post(live, path, packed, **{"Content-Encoding": encoding}).status == 200
