@@ -15,6 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from svc_common.fd_limit import open_files_limit
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
@@ -33,6 +34,14 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 # the decryptors ping every 20 s (bidstream.decryptor.operator_client). gRPC's default, 5 min,
 # answers faster pings with GOAWAY (too_many_pings), which would break the stream each time.
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
+# Connections a gRPC port holds at once, and how long one may take to start talking HTTP/2
+# (its TLS handshake included). Without them, connections that send nothing were held for
+# gRPC's default 120 s, without bound in number: as many as the process's open-files limit,
+# opened with no API key, took every listener of the process down (the HTTP API's included,
+# which has its own cap: operator_svc.http.connections). A quarter of the files at most: the
+# HTTP API may take half, and the stores, logs and peers' channels need the rest.
+MAX_CONNECTIONS = 4096
+HANDSHAKE_TIMEOUT_MS = 10_000
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -49,6 +58,8 @@ def server_options() -> list[tuple[str, int]]:
         ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         # On a server this name is the interval it accepts (GRPC_ARG_HTTP2_MIN_RECV_PING_...).
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.max_allowed_incoming_connections", min(MAX_CONNECTIONS, open_files_limit() // 4)),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
     ]
 
 

@@ -1,0 +1,64 @@
+"""A gRPC port holds a bounded number of connections, and drops one that never starts HTTP/2.
+Without either, connections that sent nothing (no API key needed) were held 120 s each, as many
+as the open-files limit allowed, and took every listener of the process down."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from svc_common import grpc_server
+from svc_common.grpc_aio import AioServed, start_aio_server
+
+CAP = 8
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[AioServed]:
+    monkeypatch.setattr(grpc_server, "MAX_CONNECTIONS", CAP)
+    monkeypatch.setattr(grpc_server, "HANDSHAKE_TIMEOUT_MS", 1500)
+    s = start_aio_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda _server: None,
+        service_names=[],
+        served_class=AioServed,
+    )
+    s.set_serving(True)
+    yield s
+    s.stop(0)
+
+
+def _health(port: int) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
+
+
+def test_silent_connections_are_capped_then_dropped(served: AioServed) -> None:
+    assert _health(served.port) is grpc.StatusCode.OK
+    silent = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(CAP)]
+    try:
+        time.sleep(0.2)
+        assert _health(served.port) is grpc.StatusCode.UNAVAILABLE  # past the cap: refused
+        # The handshake deadline drops them though they stay open on this side, so the port
+        # serves again while the flood is still there.
+        deadline = time.monotonic() + 10
+        while _health(served.port) is not grpc.StatusCode.OK:
+            assert time.monotonic() < deadline, "silent connections never dropped"
+            time.sleep(0.2)
+        for s in silent:
+            s.settimeout(2)
+            while s.recv(4096):  # the server's SETTINGS, then its close
+                pass
+    finally:
+        for s in silent:
+            s.close()
