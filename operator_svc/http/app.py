@@ -80,10 +80,19 @@ BODY_DEADLINE_S = 30.0
 # The bodies of the two routes without an API key (a refresh token, a page's request) are under
 # 2 KB: nobody unidentified may make the operator hold 2 MiB for each connection.
 UNAUTHENTICATED_BODY_BYTES = 64 * 1024
-# Request bodies held at once, across all connections, counted as they are announced (2 MiB for
-# one with no length): past it a request is answered 503 before its body is read, so slow or
-# stalled bodies cannot grow the process's memory without bound.
+# Memory held by requests at once, across all connections: past it a request is answered 503
+# before its body is read. Counted from when a body is announced (its route's limit for one with
+# no length) until the answer is sent: HELD_PER_BODY_BYTE per byte of body, for the body, its
+# decrypted payload, the parsed request and an answer of about its size (an identity map's is
+# larger than its request). Counted only while the body was read, a burst of full-size identity
+# maps (each waiting for the blocking pool with its payload, then holding its answer until the
+# client read it) took the process past 1 GB; now about 37 of them are held at once.
 BODY_BUDGET_BYTES = 256 * 1024 * 1024
+HELD_PER_BODY_BYTE = 4
+# An answer larger than this is sent before the request stops counting against the budget, and
+# must be taken by the client within BODY_DEADLINE_S (else its connection is dropped).
+SENT_IN_EDGE_BYTES = 256 * 1024
+_HELD = web.RequestKey("uid2_held_bytes", int)
 
 Handler = Callable[[Operator, Client, dict[str, Any]], dict[str, Any]]
 
@@ -223,6 +232,19 @@ class HttpApi:
         rid = request_id(request.headers.get("X-Request-Id"))
         path = request.path if request.path in _KNOWN_PATHS else "<unknown>"
         call_context.begin(request_id=rid)
+        try:
+            return await self._answer(request, handler, start, rid, path)
+        finally:
+            self._body_bytes -= request.get(_HELD, 0)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        start: float,
+        rid: str,
+        path: str,
+    ) -> web.StreamResponse:
         error: HttpError | None = None
         response: web.StreamResponse
         task = asyncio.current_task()
@@ -277,27 +299,32 @@ class HttpApi:
             fields["reason"] = error.reason
         _log.info("http", **fields)
         call_context.end()
+        body = getattr(response, "body", None)
+        if isinstance(body, bytes) and len(body) > SENT_IN_EDGE_BYTES:
+            await self._send(request, response)
         return response
 
     async def _read(self, request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
         length = request.content_length
         if length is not None and length > limit:
             raise _too_large(limit)
-        reserve = limit if length is None else length  # chunked: at most `limit`, read below
+        # Chunked: at most `limit`, read below. Given back by the edge once answered.
+        reserve = HELD_PER_BODY_BYTE * (limit if length is None else length)
         if self._body_bytes + reserve > BODY_BUDGET_BYTES:
             raise HttpError(
                 503,
                 ERROR,
-                "too many request bodies are arriving at once: try again shortly",
+                "too many large requests are in flight at once: try again shortly",
                 BODIES_BUSY,
             )
         self._body_bytes += reserve
+        request[_HELD] = reserve
         try:
             # asyncio.timeout, not wait_for: no task of its own for every request's body.
             async with asyncio.timeout(BODY_DEADLINE_S):
                 if length is not None:  # within `limit`, checked above: read whole
                     return await request.read()
-                return await _read_at_most(request, limit)
+                body = await _read_at_most(request, limit)
         except TimeoutError:
             raise HttpError(
                 408,
@@ -327,8 +354,23 @@ class HttpApi:
                 "the connection closed before the whole body arrived",
                 "INCOMPLETE_BODY",
             ) from None
-        finally:
-            self._body_bytes -= reserve
+        held = HELD_PER_BODY_BYTE * len(body)  # what the chunked body turned out to be
+        self._body_bytes += held - reserve
+        request[_HELD] = held
+        return body
+
+    async def _send(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Sends a large answer while its request still counts against the budget: unsent, it
+        is memory the process holds for a client that may never read it."""
+        try:
+            async with asyncio.timeout(BODY_DEADLINE_S):
+                await response.prepare(request)
+                await response.write_eof()
+        except (TimeoutError, ConnectionError):
+            # Not taken in time, or the client went: aiohttp finds the answer sent or the
+            # connection gone, and answers nothing more on it.
+            if request.transport is not None:
+                request.transport.abort()
 
     # -- endpoints --------------------------------------------------------------------------
 

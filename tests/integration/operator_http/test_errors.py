@@ -16,6 +16,7 @@ import zlib
 import pytest
 from structlog.testing import capture_logs
 
+from operator_svc.http import app as http_app
 from tests.integration.operator.conftest import add_client
 from tests.integration.operator_http.conftest import HttpLive, Reply
 from tests.support.procs import wait_until
@@ -314,3 +315,43 @@ def test_a_body_its_content_encoding_does_not_decode_is_400(
     if path == "/v2/token/generate":
         packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
         assert _post(live, path, packed, **{"Content-Encoding": encoding}).status == 200
+
+
+def test_a_request_holds_the_body_budget_until_its_answer_is_taken(
+    live: HttpLive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An identity map's answer its client does not read: counted only while its body was read,
+    200 of them took the operator past 1 GB. Held until the answer is sent, or its connection
+    is dropped at the deadline."""
+    emails = ["x" * 60 + f"{i:06d}@" + "d" * 180 + ".com" for i in range(5000)]
+
+    def body() -> bytes:
+        return base64.b64encode(live.envelope("all", {"email": emails}))
+
+    def request() -> bytes:
+        b = body()
+        head = (
+            "POST /v2/identity/map HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {live.clients['all'].api_key}\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        return head + b
+
+    monkeypatch.setattr(
+        http_app, "BODY_BUDGET_BYTES", len(body()) * http_app.HELD_PER_BODY_BYTE + 1000
+    )
+    monkeypatch.setattr(http_app, "BODY_DEADLINE_S", 3.0)
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes the answers slowly
+    reader.connect(("127.0.0.1", live.http_port))
+    try:
+        # Three in a row, 2.4 MB answers each: the kernel's send buffer (4 MB at most) takes
+        # the first, the second's waits in the process.
+        reader.sendall(request() + request() + request())
+        time.sleep(1.5)
+        busy = _post(live, "/v2/identity/map", body())
+        assert "too many large requests" in _error(busy, 503, "error")
+        # Not taken within the deadline: the connection goes, and the budget with it.
+        assert wait_until(lambda: _post(live, "/v2/identity/map", body()).status == 200, 10)
+    finally:
+        reader.close()
