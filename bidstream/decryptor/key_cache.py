@@ -181,13 +181,16 @@ class KeyCache:
                 gap = max(gap, min(FUTILE_EARLY_REFRESH_CAP_S * 1000, doubled))
             if backing_off and self._failures:
                 gap = max(gap, min(NO_KEYS_RETRY_CAP_S * 1000, self._backoff_ms()))
-            # One under way already: its result is what the caller waits for (a second, right
-            # after, would bring nothing and count as futile).
-            if not self._early_pending and not self._fetching and now - self._last_early_ms >= gap:
+            # A fetch under way may have begun before the operator issued the key: the early
+            # one then follows it (seen under load: every impression in that window dropped
+            # its token as invalid, once per rotation).
+            if not self._early_pending and now - self._last_early_ms >= gap:
                 self._last_early_ms = now
                 self._early_pending = True
                 self._cond.notify_all()
-            return self.generation if self._early_pending or self._fetching else None
+            if self._early_pending:  # done once the one under way, if any, and it are
+                return self.generation + (1 if self._fetching else 0)
+            return self.generation if self._fetching else None
 
     def may_be_new(self, key_id: int | None) -> bool:
         """Whether a key id we lack may be one the operator issued since our last fetch (see

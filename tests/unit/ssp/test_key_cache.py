@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from bidstream.decryptor.key_cache import KeyCache
@@ -119,3 +120,35 @@ def test_malformed_container_counts_as_failure() -> None:
     clock = ManualClock(0)
     cache = KeyCache(lambda: {"keys": "nope"}, clock)
     assert cache.refresh() is False and cache.decoder is None
+
+
+def test_an_early_refresh_asked_during_a_fetch_follows_it() -> None:
+    """The fetch under way may have begun before the operator issued the key a token names:
+    waiting for it alone, every impression in that window dropped its token as invalid (the
+    rotation-under-traffic test, on a loaded box). An early refresh follows it, and the caller
+    waits past both."""
+    cache, fetch, clock = make(early_min_interval_s=1.0)
+    cache.refresh()
+    clock.advance(1_000)
+    started, release = threading.Event(), threading.Event()
+    real = fetch.__call__
+
+    def slow_fetch() -> dict[str, Any]:
+        body = real()  # read before the rotation below
+        started.set()
+        release.wait(5)
+        return body
+
+    cache._fetch = slow_fetch
+    regular = threading.Thread(target=cache.refresh)
+    regular.start()
+    assert started.wait(5)
+    fetch.keys.rotate_site_key(202)  # issued while the fetch is under way, not in it
+    gen = cache.request_early_refresh()
+    assert gen == cache.generation + 1 and cache.due()
+    cache._fetch = real
+    release.set()
+    regular.join()
+    assert not cache.wait_past(gen, 0.05)  # the fetch under way did not bring it ...
+    assert cache.run_due() is True and cache.wait_past(gen, 0)  # ... the one after it does
+    assert 202 in cache._key_ids
