@@ -55,6 +55,7 @@ from operator_svc.http.errors import (
     INVALID_APP_NAME,
     INVALID_HTTP_ORIGIN,
     INVALID_TOKEN,
+    MALFORMED_BODY,
     OPTOUT,
     SUCCESS,
     HttpError,
@@ -80,9 +81,11 @@ BODY_DEADLINE_S = 30.0
 # The bodies of the two routes without an API key (a refresh token, a page's request) are under
 # 2 KB: nobody unidentified may make the operator hold 2 MiB for each connection.
 UNAUTHENTICATED_BODY_BYTES = 64 * 1024
-# Memory held by requests at once, across all connections: past it a request is answered 503
-# before its body is read. Counted from when a body is announced (its route's limit for one with
-# no length) until the answer is sent: HELD_PER_BODY_BYTE per byte of body, for the body, its
+# Memory held by requests at once, across all connections: past it a request is answered 503.
+# A body counts from when it is announced until its answer is sent: while it arrives, as its
+# length (its route's limit when the length is unknown: chunked, or compressed, whose decoded
+# size the header does not give), so bodies that stall cost what they did; once it has arrived,
+# a request with an API key counts HELD_PER_BODY_BYTE per byte of it, for the body, its
 # decrypted payload, the parsed request and an answer of about its size (an identity map's is
 # larger than its request). Counted only while the body was read, a burst of full-size identity
 # maps (each waiting for the blocking pool with its payload, then holding its answer until the
@@ -245,14 +248,34 @@ class HttpApi:
         rid: str,
         path: str,
     ) -> web.StreamResponse:
-        error: HttpError | None = None
-        response: web.StreamResponse
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
         connections, connection = self.connections, request.protocol
         if connections is not None:
-            connections.enter(connection)
+            connections.enter(connection)  # busy until sent: not the idle sweep's to close
+        try:
+            response = await self._respond(request, handler, start, rid, path)
+            body = getattr(response, "body", None)
+            if isinstance(body, bytes) and len(body) > SENT_IN_EDGE_BYTES:
+                await self._send(request, response)
+            return response
+        finally:
+            self.in_flight.discard(task)
+            if connections is not None:
+                connections.leave(connection)
+
+    async def _respond(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        start: float,
+        rid: str,
+        path: str,
+    ) -> web.StreamResponse:
+        """The handler's response, or the error's; with the edge's headers, logged."""
+        error: HttpError | None = None
+        response: web.StreamResponse
         try:
             response = await handler(request)
         except HttpError as exc:
@@ -275,14 +298,12 @@ class HttpApi:
         except Exception as exc:
             log_unhandled(exc)
             error = HttpError(500, ERROR, "internal error", "INTERNAL")
-        finally:
-            self.in_flight.discard(task)
-            if connections is not None:
-                connections.leave(connection)
         if error is not None:
             response = _error_response(error)
-            if error.reason in (BODY_TIMEOUT, BODIES_BUSY):
-                response.force_close()  # the rest of the body may still come: not a request
+            if error.reason in (BODY_TIMEOUT, BODIES_BUSY, MALFORMED_BODY):
+                # The rest of the body may still come, not a request; draining one that does
+                # not decode made aiohttp log an error of its own.
+                response.force_close()
         response.headers["X-Request-Id"] = rid
         if request.path in CORS_PATHS:
             response.headers.update(_CORS_HEADERS)
@@ -299,32 +320,28 @@ class HttpApi:
             fields["reason"] = error.reason
         _log.info("http", **fields)
         call_context.end()
-        body = getattr(response, "body", None)
-        if isinstance(body, bytes) and len(body) > SENT_IN_EDGE_BYTES:
-            await self._send(request, response)
         return response
 
-    async def _read(self, request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    async def _read(
+        self, request: web.Request, limit: int = MAX_BODY_BYTES, *, held_per_byte: int = 1
+    ) -> bytes:
+        """The body, within `limit` bytes (decoded) and the budget. `held_per_byte`: what the
+        request counts per byte of body once it has arrived (see BODY_BUDGET_BYTES)."""
         length = request.content_length
         if length is not None and length > limit:
             raise _too_large(limit)
-        # Chunked: at most `limit`, read below. Given back by the edge once answered.
-        reserve = HELD_PER_BODY_BYTE * (limit if length is None else length)
-        if self._body_bytes + reserve > BODY_BUDGET_BYTES:
-            raise HttpError(
-                503,
-                ERROR,
-                "too many large requests are in flight at once: try again shortly",
-                BODIES_BUSY,
-            )
-        self._body_bytes += reserve
-        request[_HELD] = reserve
+        # A compressed body's length says nothing of its decoded size: read as a chunked one.
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        known = length if encoding in ("", "identity") else None
+        reserve = limit if known is None else known
+        self._hold(request, reserve)
         try:
             # asyncio.timeout, not wait_for: no task of its own for every request's body.
             async with asyncio.timeout(BODY_DEADLINE_S):
-                if length is not None:  # within `limit`, checked above: read whole
-                    return await request.read()
-                body = await _read_at_most(request, limit)
+                if known is not None:  # within `limit`, checked above: read whole
+                    body = await request.read()
+                else:
+                    body = await _read_at_most(request, limit)
         except TimeoutError:
             raise HttpError(
                 408,
@@ -334,12 +351,14 @@ class HttpApi:
             ) from None
         except web.RequestPayloadError:
             # A body its Content-Encoding does not decode (plain base64 sent as gzip): the
-            # caller's mistake, which it was told as a 500.
+            # caller's mistake, which it was told as a 500. Marked ended: aiohttp would
+            # otherwise drain the rest after the answer, meet the same error and log it.
+            request.content.feed_eof()
             raise HttpError(
                 400,
                 CLIENT_ERROR,
                 "the body does not decode as its Content-Encoding says",
-                "MALFORMED_BODY",
+                MALFORMED_BODY,
             ) from None
         except (ConnectionResetError, RuntimeError) as exc:
             # The caller hung up mid-body: aiohttp cancels the read (ConnectionResetError), or,
@@ -354,10 +373,22 @@ class HttpApi:
                 "the connection closed before the whole body arrived",
                 "INCOMPLETE_BODY",
             ) from None
-        held = HELD_PER_BODY_BYTE * len(body)  # what the chunked body turned out to be
-        self._body_bytes += held - reserve
-        request[_HELD] = held
+        self._hold(request, held_per_byte * len(body))
         return body
+
+    def _hold(self, request: web.Request, total: int) -> None:
+        """Makes what `request` holds of the budget `total` bytes (the edge gives it back);
+        503 when that is more than it held and the budget has no room for it."""
+        before = request.get(_HELD, 0)
+        if total > before and self._body_bytes - before + total > BODY_BUDGET_BYTES:
+            raise HttpError(
+                503,
+                ERROR,
+                "too many large requests are in flight at once: try again shortly",
+                BODIES_BUSY,
+            )
+        self._body_bytes += total - before
+        request[_HELD] = total
 
     async def _send(self, request: web.Request, response: web.StreamResponse) -> None:
         """Sends a large answer while its request still counts against the budget: unsent, it
@@ -380,7 +411,7 @@ class HttpApi:
         async def handle(request: web.Request) -> web.Response:
             client = op.auth.authenticate(_bearer(request.headers.get("Authorization")))
             call_context.bind(site_id=client.site_id)
-            body = await self._read(request)
+            body = await self._read(request, held_per_byte=HELD_PER_BODY_BYTE)
             binary = _is_binary(request.headers.get("Content-Type"))
             secret = decode_secret(client.secret)
             opened = open_request(secret, body, binary=binary, now_ms=self._clock.now_ms())

@@ -38,6 +38,7 @@ _KINDS: dict[ErrorKind, tuple[int, str]] = {
 BODY_TIMEOUT = "BODY_TIMEOUT"
 # The reason of a 503: too many bodies held at once already (the connection is then closed).
 BODIES_BUSY = "BODIES_BUSY"
+MALFORMED_BODY = "MALFORMED_BODY"  # a body its Content-Encoding does not decode
 
 
 class HttpError(Exception):

@@ -125,7 +125,7 @@ def test_an_unauthenticated_body_past_64_kib_is_refused_before_it_is_read(http_p
 def test_past_the_body_budget_a_request_is_503_before_its_body(
     http_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 1000 * http_app.HELD_PER_BODY_BYTE)
+    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 1000)
     head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 800\r\n\r\n"
     with socket.create_connection(("127.0.0.1", http_port)) as stalled:
         stalled.sendall(head + b"AA")  # 800 bytes announced, held until its deadline
@@ -182,7 +182,7 @@ def test_a_chunked_unauthenticated_body_is_refused_once_past_64_kib(http_port: i
 def test_a_chunked_body_reserves_its_routes_limit_not_the_largest(
     http_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 2 * 64 * 1024 * http_app.HELD_PER_BODY_BYTE)
+    monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 2 * 64 * 1024)
     head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na"
     stalled = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(2)]
     try:

@@ -355,3 +355,27 @@ def test_a_request_holds_the_body_budget_until_its_answer_is_taken(
         assert wait_until(lambda: _post(live, "/v2/identity/map", body()).status == 200, 10)
     finally:
         reader.close()
+
+
+def test_a_compressed_body_is_held_to_its_routes_limit_once_decoded(live: HttpLive) -> None:
+    """Its Content-Length is the compressed size: 2 KB of gzip that decodes to 2 MiB passed
+    the 64 KiB limit of the routes that need no key, and the budget counted 2 KB for it."""
+    bomb = gzip.compress(b"A" * (2 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    reply = live.raw("/v2/token/refresh", bomb, headers={"Content-Encoding": "gzip"})
+    assert "larger than 65536 bytes" in _error(reply, 413, "client_error")
+
+
+def test_a_body_that_does_not_decode_logs_no_error_of_aiohttps(
+    live: HttpLive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered 400, the connection was then drained for the next request, and draining a body
+    that does not decode made aiohttp log an error (a library_log line, error level): anyone
+    could write error lines without a key. The connection is closed instead."""
+    with caplog.at_level("ERROR", logger="aiohttp"):
+        reply = live.raw(
+            "/v2/token/refresh", b"not gzip at all", headers={"Content-Encoding": "gzip"}
+        )
+        assert reply.status == 400
+        time.sleep(0.2)
+    assert [r for r in caplog.records if r.name.startswith("aiohttp")] == []
