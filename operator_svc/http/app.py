@@ -92,6 +92,10 @@ UNAUTHENTICATED_BODY_BYTES = 64 * 1024
 # client read it) took the process past 1 GB; now about 37 of them are held at once.
 BODY_BUDGET_BYTES = 256 * 1024 * 1024
 HELD_PER_BODY_BYTE = 4
+# A request holding no more than this is counted, never refused: a MAPPER running many identity
+# maps at once must not have every other participant's token generate answered 503. (Bounded all
+# the same: by the connection cap, 4,096 x 64 KiB.)
+SMALL_HOLD_BYTES = 64 * 1024
 # An answer larger than this is sent before the request stops counting against the budget, and
 # must be taken by the client within BODY_DEADLINE_S (else its connection is dropped).
 SENT_IN_EDGE_BYTES = 256 * 1024
@@ -378,9 +382,13 @@ class HttpApi:
 
     def _hold(self, request: web.Request, total: int) -> None:
         """Makes what `request` holds of the budget `total` bytes (the edge gives it back);
-        503 when that is more than it held and the budget has no room for it."""
+        503 when that is more than it held, more than SMALL_HOLD_BYTES, and the budget has no
+        room for it."""
         before = request.get(_HELD, 0)
-        if total > before and self._body_bytes - before + total > BODY_BUDGET_BYTES:
+        if (
+            total > max(before, SMALL_HOLD_BYTES)
+            and self._body_bytes - before + total > BODY_BUDGET_BYTES
+        ):
             raise HttpError(
                 503,
                 ERROR,

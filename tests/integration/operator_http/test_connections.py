@@ -126,6 +126,7 @@ def test_past_the_body_budget_a_request_is_503_before_its_body(
     http_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 1000)
+    monkeypatch.setattr(http_app, "SMALL_HOLD_BYTES", 0)  # these small bodies count here
     head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 800\r\n\r\n"
     with socket.create_connection(("127.0.0.1", http_port)) as stalled:
         stalled.sendall(head + b"AA")  # 800 bytes announced, held until its deadline
@@ -183,6 +184,7 @@ def test_a_chunked_body_reserves_its_routes_limit_not_the_largest(
     http_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http_app, "BODY_BUDGET_BYTES", 2 * 64 * 1024)
+    monkeypatch.setattr(http_app, "SMALL_HOLD_BYTES", 0)
     head = b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na"
     stalled = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(2)]
     try:
