@@ -16,13 +16,9 @@ from svc_common.tls_reload import open_channel
 
 T = TypeVar("T")
 
-# Reconnect quickly once a peer is back (gRPC's default backoff grows to two minutes).
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_retries", 0),
-)
+# Our own retry policy (call_with_retry), not gRPC's. (Reconnecting quickly once a peer is back
+# is every channel's: tls_reload.RECONNECT_OPTIONS.)
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -4,7 +4,6 @@ the auction. Uses the stubs' `.future()` calls: no thread per bidder."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ import grpc
 
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
+from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls
 from svc_common.tls_reload import open_channel
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
@@ -59,7 +59,9 @@ def best_valid_bid(
     best: Candidate | None = None
     for seat in response.seatbid:
         for bid in seat.bid:
-            if bid.impid not in imp_ids or not math.isfinite(bid.price) or bid.price < 0:
+            # Above the highest floor a publisher may set, a price is a bidder's bug (1e308
+            # won every auction), not a bid.
+            if bid.impid not in imp_ids or not 0 <= bid.price <= MAX_FLOOR_PRICE:
                 raise GarbageResponse("malformed bid")
             if bid.price == 0:
                 continue

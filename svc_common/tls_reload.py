@@ -148,6 +148,17 @@ def _certificate_configuration(tls: ServerTls) -> Any:
     )
 
 
+# Every channel to a peer reconnects within a second of the peer coming back. gRPC's default
+# backoff grows to two minutes: after a 90 s operator outage an SSP's and a DSP's opt-out
+# streams came back 24-31 s late (opt-outs not applied meanwhile), and a bidder that had been
+# down missed auctions for 30 s after it was up again.
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
 def open_channel(
     target: str,
     tls: PeerTls | None,
@@ -157,7 +168,9 @@ def open_channel(
 ) -> grpc.Channel:
     """A channel to `target` (HOST:PORT): TLS verified against `tls`'s CAs when given (the
     server's certificate must name HOST), presenting `tls`'s certificate when it has one, and
-    following renewals of those files; else plaintext."""
+    following renewals of those files; else plaintext. RECONNECT_OPTIONS unless `options`
+    says otherwise."""
+    options = list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
     if tls is None:
         return grpc.insecure_channel(target, options=list(options))
     return ReloadingChannel(target, tls, options, monotonic=monotonic)

@@ -306,7 +306,9 @@ class FileAccountStore:
 
     def __init__(self, path: Path, *, rng: Rng) -> None:
         try:
-            doc: Any = json_text.loads(path.read_text("utf-8"))
+            doc: Any = json_text.loads(path.read_text("utf-8"), unique_keys=True)
+        except json_text.DuplicateKey as exc:
+            raise StoreError(f"publishers file {path}: {exc}") from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
         if not isinstance(doc, dict):

@@ -286,3 +286,13 @@ def test_serve_says_why_a_publishers_file_cannot_be_used(
     assert err.count("\n") == 1, err
     assert err.startswith(f"uid2-ssp: error: publishers file {path} {reason}"), err
     assert ("does not exist" in err) == (kind == "absent"), err
+
+
+def test_a_publishers_file_naming_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """json.loads keeps the last: the first "publishers" list was dropped, its keys refused."""
+    path = tmp_path / "pubs.json"
+    first = '{"name": "a", "api_key": "k1", "domains": ["a.com"]}'
+    second = '{"name": "b", "api_key": "k2", "domains": ["b.com"]}'
+    path.write_text(f'{{"publishers": [{first}], "publishers": [{second}]}}')
+    with pytest.raises(StoreError, match="key 'publishers' appears twice in one object"):
+        FileAccountStore(path, rng=os.urandom)
