@@ -152,9 +152,10 @@ def _certificate_configuration(tls: ServerTls) -> Any:
 # backoff grows to two minutes: after a 90 s operator outage an SSP's and a DSP's opt-out
 # streams came back 24-31 s late (opt-outs not applied meanwhile), and a bidder that had been
 # down missed auctions for 30 s after it was up again.
+# (Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the connect timeout, 20 s by
+# default, and at 100 ms a handshake over a slow link was abandoned and retried forever.)
 RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
