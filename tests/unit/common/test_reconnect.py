@@ -4,7 +4,9 @@ SSP's and DSP's opt-out streams came back 24-31 s late."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 
 import grpc
@@ -50,3 +52,47 @@ def test_a_channel_reconnects_within_a_second_of_its_peer_coming_back() -> None:
             again.stop(0)
     finally:
         channel.close()
+
+
+def test_a_peer_slow_to_answer_a_new_connection_is_still_reached() -> None:
+    """gRPC takes grpc.min_reconnect_backoff_ms as its connect timeout too: set to 100 ms, a
+    connection whose server took 1.2 s to answer was abandoned and tried again forever."""
+    served = _serve("127.0.0.1:0")
+    loop = asyncio.new_event_loop()
+    attempts: list[int] = []
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    ) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        attempts.append(1)
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", served.port)
+        tasks.add(asyncio.ensure_future(pipe(client_r, server_w, 0)))
+        tasks.add(asyncio.ensure_future(pipe(server_r, client_w, 1.2)))  # a slow link
+
+    tasks: set[asyncio.Future[None]] = set()
+
+    async def listen() -> asyncio.Server:
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    proxy = loop.run_until_complete(listen())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    channel = open_channel(f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}", None)
+    try:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        check(health_pb2.HealthCheckRequest(), timeout=12, wait_for_ready=True)
+        assert len(attempts) <= 2
+    finally:
+        channel.close()
+        served.stop(0)
+        loop.call_soon_threadsafe(proxy.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
