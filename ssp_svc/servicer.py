@@ -10,6 +10,7 @@ from ssp_svc.bid_request import Disposition
 from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind, AccountStore
 from ssp_svc.stream_hub import StreamHub
+from ssp_svc.stream_reaper import StreamReaper
 from svc_common import call_context
 from svc_common.errors import invalid_argument, permission_denied, unauthenticated
 from svc_common.grpc_edge import bearer_token
@@ -52,6 +53,9 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
         self._exchange = exchange
         self._accounts = accounts
         self._hub = hub
+        self._reaper = StreamReaper(
+            lambda key: accounts.authenticate(key) is not None, RECHECK_KEY_S
+        )
 
     def SubmitImpression(
         self, request: ssp_pb2.SubmitImpressionRequest, context: Any
@@ -122,6 +126,8 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
 
         sub = self._hub.subscribe(accept, owner=f"{account.kind.value}:{account.account_id}")
         context.add_callback(sub.close)
+        # Ends the call should the reader stop reading: this thread then never gets back here.
+        context.add_callback(self._reaper.watch(bearer_token(context) or "", context))
         recheck_at = time.monotonic() + RECHECK_KEY_S
         with sub:
             while context.is_active():

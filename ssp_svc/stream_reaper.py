@@ -1,0 +1,79 @@
+"""Ends bid streams whose key was disabled while their reader has stopped reading.
+
+A bid stream checks its own key between messages and ends UNAUTHENTICATED once it is disabled.
+One whose reader stopped reading never gets there: its server thread waits inside gRPC to send
+the next message, keeping its slot and its thread for as long as the reader holds the
+connection open (it may answer pings forever). The reaper looks at every open stream's key from
+a thread of its own and cancels the call of one whose key has been refused at STRIKES checks in
+a row: by then a stream that reads has ended by itself, with its UNAUTHENTICATED. The thread
+runs only while streams are open."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+# Checks in a row that refused a stream's key before its call is cancelled: the stream's own
+# check (every RECHECK_KEY_S, between messages) ends one that reads well before the third.
+STRIKES = 3
+
+
+class _Watched:
+    __slots__ = ("api_key", "context", "strikes")
+
+    def __init__(self, api_key: str, context: Any) -> None:
+        self.api_key = api_key
+        self.context = context
+        self.strikes = 0
+
+
+class StreamReaper:
+    def __init__(self, key_valid: Callable[[str], bool], interval_s: float) -> None:
+        self._key_valid = key_valid
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._watched: dict[int, _Watched] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None  # runs only while streams are open
+
+    def watch(self, api_key: str, context: Any) -> Callable[[], None]:
+        """Watches one open stream; returns what ends the watch (call it when the stream ends)."""
+        with self._lock:
+            token = self._next
+            self._next += 1
+            self._watched[token] = _Watched(api_key, context)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stream-reaper", daemon=True)
+                self._thread.start()
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watched.pop(token, None)
+
+        return unwatch
+
+    def check(self) -> int:
+        """One look at every watched stream; how many it cancelled."""
+        with self._lock:
+            watched = list(self._watched.values())
+        cancelled = 0
+        for w in watched:
+            if self._key_valid(w.api_key):
+                w.strikes = 0
+                continue
+            w.strikes += 1
+            if w.strikes >= STRIKES:
+                w.context.cancel()
+                cancelled += 1
+        return cancelled
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            with self._lock:
+                if not self._watched:
+                    self._thread = None
+                    return
+            self.check()
