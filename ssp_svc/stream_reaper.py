@@ -15,9 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 # Checks in a row that refused a stream's key before its call is cancelled: the stream's own
 # check (every RECHECK_KEY_S, between messages) ends one that reads well before the third.
 STRIKES = 3
+
+_log = structlog.get_logger("ssp")
 
 
 class _Watched:
@@ -76,4 +80,7 @@ class StreamReaper:
                 if not self._watched:
                     self._thread = None
                     return
-            self.check()
+            try:
+                self.check()
+            except Exception as exc:  # a store gone (a stop): the next check tries again
+                _log.info("stream_reaper_check_failed", error_type=type(exc).__name__)
