@@ -533,12 +533,6 @@ class Publisher:
         _log.warning("unrecorded_optouts_full", limit=self.unrecorded_optouts.limit)
         return False
 
-    def _dii_optout_held(self, dii_key: str) -> bool:
-        """Whether another user's opt-out of this DII waits in memory (the store refused it);
-        once recorded, the store drops every identity of the DII itself. Instant while nothing
-        is held, the usual case."""
-        return bool(len(self.unrecorded_optouts)) and self.unrecorded_optouts.holds_dii(dii_key)
-
     def _record_unrecorded(self, user_id: str) -> bool:
         """Records the user's held opt-outs (ending the user's identity, as a login answered
         OPTOUT does) and drops them; whether there were any. Caller holds the user's lock
@@ -655,7 +649,9 @@ class Publisher:
                 # here: the write that records it is the next one the store takes.
                 return TokenResult(TokenStatus.OPTOUT)
             stored = self.store.get(user_id)
-            if stored is not None and self._dii_optout_held(stored.dii_key):
+            # Another user's opt-out of this DII the store refused, held in memory (once
+            # recorded, the store ends every identity of the DII itself).
+            if stored is not None and self.unrecorded_optouts.holds_dii(stored.dii_key):
                 return TokenResult(TokenStatus.OPTOUT)
             if stored is None:
                 # A refresh (perhaps the background refresher's) that ended the identity is
@@ -803,7 +799,7 @@ class Publisher:
         if self.unrecorded_optouts.holds_user(user_id):
             return ""  # opted out, not yet recorded: no token, as once it is
         stored = self.store.get(user_id)
-        if stored is None or self._dii_optout_held(stored.dii_key):
+        if stored is None or self.unrecorded_optouts.holds_dii(stored.dii_key):
             return ""
         if not stored.used_since_refresh:
             self._note_use(user_id)

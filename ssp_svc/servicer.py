@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 from ssp_svc.bid_request import Disposition
@@ -32,14 +31,6 @@ POLL_S = 0.25
 # How often an open bid stream checks its key again: a key disabled since the stream opened
 # (`uid2-ssp subscriber disable`) ends it, UNAUTHENTICATED, within about this long.
 RECHECK_KEY_S = 1.0
-
-
-@contextmanager
-def _finally(run: Callable[[], None]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        run()
 
 
 def authenticate(accounts: AccountStore, context: Any) -> Account:
@@ -136,11 +127,9 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
         sub = self._hub.subscribe(accept, owner=f"{account.kind.value}:{account.account_id}")
         context.add_callback(sub.close)
         # Ends the call should the reader stop reading: this thread then never gets back here.
-        # Unwatched when the stream ends, however: a callback added to a call that had already
-        # ended (cancelled as it opened) is never run, and its watch stayed for good.
-        unwatch = self._reaper.watch(bearer_token(context) or "", context)
+        watching = self._reaper.watching(bearer_token(context) or "", context)
         recheck_at = time.monotonic() + RECHECK_KEY_S
-        with sub, _finally(unwatch):
+        with sub, watching:
             while context.is_active():
                 if time.monotonic() >= recheck_at:
                     authenticate(self._accounts, context)  # raises once the key is disabled

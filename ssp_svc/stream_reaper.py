@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -38,25 +39,24 @@ class StreamReaper:
         self._key_valid = key_valid
         self._interval_s = interval_s
         self._lock = threading.Lock()
-        self._watched: dict[int, _Watched] = {}
-        self._next = 0
+        self._watched: dict[int, _Watched] = {}  # by id(): each is watched once
         self._thread: threading.Thread | None = None  # runs only while streams are open
 
-    def watch(self, api_key: str, context: Any) -> Callable[[], None]:
-        """Watches one open stream; returns what ends the watch (call it when the stream ends)."""
+    @contextmanager
+    def watching(self, api_key: str, context: Any) -> Iterator[None]:
+        """Watches one open stream for as long as the block runs: its end, however it comes
+        (a call cancelled as it opened runs no callback added to it), ends the watch."""
+        watched = _Watched(api_key, context)
         with self._lock:
-            token = self._next
-            self._next += 1
-            self._watched[token] = _Watched(api_key, context)
+            self._watched[id(watched)] = watched
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stream-reaper", daemon=True)
                 self._thread.start()
-
-        def unwatch() -> None:
+        try:
+            yield
+        finally:
             with self._lock:
-                self._watched.pop(token, None)
-
-        return unwatch
+                del self._watched[id(watched)]
 
     def check(self) -> int:
         """One look at every watched stream; how many it cancelled."""

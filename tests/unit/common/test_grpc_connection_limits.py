@@ -13,7 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import grpc_server
-from svc_common.grpc_aio import AioServed, start_aio_server
+from svc_common.grpc_aio import AioServed
+from tests.support.health_server import health_only_server
 
 CAP = 8
 
@@ -22,14 +23,7 @@ CAP = 8
 def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[AioServed]:
     monkeypatch.setattr(grpc_server, "MAX_CONNECTIONS", CAP)
     monkeypatch.setattr(grpc_server, "HANDSHAKE_TIMEOUT_MS", 4000)
-    s = start_aio_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda _server: None,
-        service_names=[],
-        served_class=AioServed,
-    )
-    s.set_serving(True)
+    s = health_only_server()
     yield s
     s.stop(0)
 

@@ -12,26 +12,14 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from svc_common.grpc_aio import AioServed, start_aio_server
 from svc_common.tls_reload import open_channel
+from tests.support.health_server import health_only_server
 
 DOWN_S = 10.0  # by then gRPC's default backoff has grown past 6 s
 
 
-def _serve(listen: str) -> AioServed:
-    s = start_aio_server(
-        listen=listen,
-        domain="test.uid2",
-        register=lambda _server: None,
-        service_names=[],
-        served_class=AioServed,
-    )
-    s.set_serving(True)
-    return s
-
-
 def test_a_channel_reconnects_within_a_second_of_its_peer_coming_back() -> None:
-    first = _serve("127.0.0.1:0")
+    first = health_only_server("127.0.0.1:0")
     port = first.port
     channel = open_channel(f"127.0.0.1:{port}", None)
     try:
@@ -43,7 +31,7 @@ def test_a_channel_reconnects_within_a_second_of_its_peer_coming_back() -> None:
             with contextlib.suppress(grpc.RpcError):
                 check(health_pb2.HealthCheckRequest(), timeout=0.5)
             time.sleep(0.5)
-        again = _serve(f"127.0.0.1:{port}")
+        again = health_only_server(f"127.0.0.1:{port}")
         try:
             back = time.monotonic()
             check(health_pb2.HealthCheckRequest(), timeout=20, wait_for_ready=True)
@@ -57,7 +45,7 @@ def test_a_channel_reconnects_within_a_second_of_its_peer_coming_back() -> None:
 def test_a_peer_slow_to_answer_a_new_connection_is_still_reached() -> None:
     """gRPC takes grpc.min_reconnect_backoff_ms as its connect timeout too: set to 100 ms, a
     connection whose server took 1.2 s to answer was abandoned and tried again forever."""
-    served = _serve("127.0.0.1:0")
+    served = health_only_server("127.0.0.1:0")
     loop = asyncio.new_event_loop()
     attempts: list[int] = []
 

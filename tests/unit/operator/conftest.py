@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,9 +14,36 @@ from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
 from operator_svc.store import OperatorStore
+from svc_common import sqlite_db
 from svc_common.clock import ManualClock
+from uid2_crypto.salts import SaltSet
 
 T0 = 1_800_000_000_000
+
+
+@contextmanager
+def another_writer_during_salt_rotation(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[bool]]:
+    """While a salt rotation is computed (SaltSet.rotate), another connection writes to the
+    store, with a 0.5 s busy timeout: StoreBusy if the rotation held the write lock then.
+    Yields the list each write that got in appends True to."""
+    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.5)
+    other = OperatorStore.open(data_dir)
+    rotate = SaltSet.rotate
+    wrote: list[bool] = []
+
+    def rotate_while_another_writes(salts: SaltSet, *args: Any, **kwargs: Any) -> SaltSet:
+        with other.transaction() as conn:
+            OperatorStore.set_meta(conn, "probe", 1)
+        wrote.append(True)
+        return rotate(salts, *args, **kwargs)
+
+    monkeypatch.setattr(SaltSet, "rotate", rotate_while_another_writes)
+    try:
+        yield wrote
+    finally:
+        other.close()
 
 
 @dataclass

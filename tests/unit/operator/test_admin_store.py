@@ -6,7 +6,6 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,10 +15,9 @@ from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
 from operator_svc.domain.tokens import GenerateStatus
 from operator_svc.store import OperatorStore, StoreError
-from svc_common import sqlite_db
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
-from tests.unit.operator.conftest import T0, Env
+from tests.unit.operator.conftest import T0, Env, another_writer_during_salt_rotation
 from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet
 
@@ -263,22 +261,10 @@ def test_a_salt_rotation_is_computed_outside_the_write_lock(
     # back 1.5-3 s. Another writer must get in while the rotation is computed.
     store = OperatorStore.create(tmp_path)
     admin.initialise(store, T0, os.urandom)
-    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.5)
-    other = OperatorStore.open(tmp_path)
-    rotate = SaltSet.rotate
-    wrote: list[bool] = []
-
-    def rotate_while_another_writes(salts: SaltSet, *args: Any, **kwargs: Any) -> SaltSet:
-        with other.transaction() as conn:  # busy past 0.5 s if the rotation held the lock
-            OperatorStore.set_meta(conn, "probe", 1)
-        wrote.append(True)
-        return rotate(salts, *args, **kwargs)
-
-    monkeypatch.setattr(SaltSet, "rotate", rotate_while_another_writes)
     try:
-        assert admin.rotate_salts(store, 0.01, T0 + DAY_S * 1000, os.urandom) > 0
+        with another_writer_during_salt_rotation(tmp_path, monkeypatch) as wrote:
+            assert admin.rotate_salts(store, 0.01, T0 + DAY_S * 1000, os.urandom) > 0
     finally:
-        other.close()
         store.close()
     assert wrote == [True]
 

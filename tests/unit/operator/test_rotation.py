@@ -29,11 +29,10 @@ from operator_svc.domain import rotation
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.rotation import DAY_MS, Rotator, keys_due, salts_due
 from operator_svc.store import DB_FILE, KeyRow, OperatorStore
-from svc_common import sqlite_db
 from svc_common.clock import ManualClock
 from svc_common.sqlite_db import StoreBusy, StoreWriteFailed
 from tests.support.procs import wait_until
-from tests.unit.operator.conftest import T0
+from tests.unit.operator.conftest import T0, another_writer_during_salt_rotation
 from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
 from uid2_crypto.salts import SaltSet
 
@@ -337,22 +336,8 @@ def test_the_daily_salt_rotation_is_computed_outside_the_write_lock(
     # As for `salts rotate` (test_admin_store): with 2^20 buckets, computing under the lock held
     # every opt-out write back once a day. Another writer must get in while it is computed.
     p = spawn(rotate_salts_daily_fraction=0.01)
-    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.5)
-    other = OperatorStore.open(data_dir)
-    rotate = SaltSet.rotate
-    wrote: list[bool] = []
-
-    def rotate_while_another_writes(salts: SaltSet, *args: Any, **kwargs: Any) -> SaltSet:
-        with other.transaction() as conn:  # StoreBusy after 0.5 s if the rotation held the lock
-            OperatorStore.set_meta(conn, "probe", 1)
-        wrote.append(True)
-        return rotate(salts, *args, **kwargs)
-
-    monkeypatch.setattr(SaltSet, "rotate", rotate_while_another_writes)
-    try:
+    with another_writer_during_salt_rotation(data_dir, monkeypatch) as wrote:
         assert p.rotator.check() == ["salts"]
-    finally:
-        other.close()
     assert wrote == [True]
     assert _rotated_buckets(p.store, T0) == round(BUCKETS * 0.01)
 

@@ -29,7 +29,9 @@ class _HeldOperator(FakeOperator):
         return super().refresh(refresh_token)
 
 
-def test_a_refresh_that_outlives_the_stop_logs_no_error(tmp_path: Path) -> None:
+def _due_for_refresh(tmp_path: Path) -> tuple[_HeldOperator, SqliteStore, Publisher, Refresher]:
+    """A publisher with one identity due for refresh, an operator that holds refreshes until
+    released, and a refresher not yet started."""
     clock = ManualClock(1_700_000_000_000)
     op = _HeldOperator(clock)
     op.release = threading.Event()
@@ -37,7 +39,11 @@ def test_a_refresh_that_outlives_the_stop_logs_no_error(tmp_path: Path) -> None:
     pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
     pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
     clock.advance(HOUR)
-    refresher = Refresher(pub, workers=1, poll_interval_s=0.05)
+    return op, store, pub, Refresher(pub, workers=1, poll_interval_s=0.05)
+
+
+def test_a_refresh_that_outlives_the_stop_logs_no_error(tmp_path: Path) -> None:
+    op, store, pub, refresher = _due_for_refresh(tmp_path)
     with capture_logs() as logs:
         refresher.start()
         assert wait_until(lambda: op.in_flight > 0, 5)
@@ -55,14 +61,7 @@ def test_a_stop_waits_about_a_second_for_a_refresh_pass_not_the_operators_deadli
 ) -> None:
     """A pass waiting on a frozen operator held the exit for the whole deadline (15 s with
     --operator-timeout 120); a refresh cut short loses nothing (its refresh token stays good)."""
-    clock = ManualClock(1_700_000_000_000)
-    op = _HeldOperator(clock)
-    op.release = threading.Event()
-    store = SqliteStore(tmp_path)
-    pub = Publisher(store=store, operator=op, ssp=FakeSsp(), clock=clock)
-    pub.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
-    clock.advance(HOUR)
-    refresher = Refresher(pub, workers=1, poll_interval_s=0.05)
+    op, store, pub, refresher = _due_for_refresh(tmp_path)
     refresher.start()
     try:
         assert wait_until(lambda: op.in_flight > 0, 5)

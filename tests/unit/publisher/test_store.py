@@ -231,6 +231,21 @@ def test_a_store_made_before_the_used_column_gets_it_and_its_identities_count_as
     SqliteStore(tmp_path).close()  # opened again: the column is there, nothing to add
 
 
+def test_a_store_made_before_the_dii_index_gets_it(tmp_path: Path) -> None:
+    # An opt-out ends every identity of its DII (record_operator_optout): without the index,
+    # each would scan the whole table inside the write transaction.
+    db = _old_store(tmp_path)
+    SqliteStore(tmp_path).close()
+    conn = sqlite3.connect(db)
+    try:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM identities WHERE dii_key = ?", ("email:h",)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert any("identities_dii" in str(row) for row in plan), plan
+
+
 def test_an_old_store_another_process_keeps_locked_is_a_store_error_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
