@@ -31,7 +31,7 @@ from operator_svc.config import (
     # rotation schedule derive from it; re-exported, as it has always been named here too.
     KEY_LIFETIME_S as KEY_LIFETIME_S,
 )
-from operator_svc.domain.api_keys import API_KEY_PREFIX, hash_api_key
+from operator_svc.domain.api_keys import api_key_prefix, hash_api_key
 from operator_svc.store import (
     ClientRow,
     KeypairRow,
@@ -204,6 +204,7 @@ def add_client(
         raise AdminError("client name must not be empty")
     role_tuple = parse_roles(",".join(roles))
     secret = base64.b64encode(rng(32)).decode("ascii")
+    prefix = api_key_prefix(identity_scope(store))
     with store.transaction() as conn:
         # A name is a participant: several keys may share it (key rotation), all on one site,
         # so that `client disable --name` and a delegation to that name mean one participant.
@@ -218,9 +219,7 @@ def add_client(
         _ensure_site(conn, site_id, name, now_ms // 1000, rng)
         for _ in range(5):
             key_id = rng(6).hex()
-            api_key = (
-                f"{API_KEY_PREFIX}{key_id}-{base64.urlsafe_b64encode(rng(32)).decode().rstrip('=')}"
-            )
+            api_key = f"{prefix}{key_id}-{base64.urlsafe_b64encode(rng(32)).decode().rstrip('=')}"
             salt = rng(16)
             row = ClientRow(
                 client_id=0,

@@ -45,6 +45,28 @@ def test_api_keys_only_hashed(env: Env) -> None:
         assert new.api_key.split("-", 3)[3] not in text
 
 
+def test_api_keys_carry_the_stores_scope_and_both_scopes_authenticate(
+    env: Env, tmp_path: Path
+) -> None:
+    assert env.keys["gen"].api_key.startswith("UID2-C-")
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom, identity_scope="EUID")
+    new = admin.add_client(
+        store, site_id=10, name="eu", roles=["GENERATOR"], now_ms=T0, rng=os.urandom
+    )
+    assert new.api_key.startswith("EUID-C-")
+    op = Operator(OperatorConfig(data_dir=tmp_path), store, clock=ManualClock(T0), rng=os.urandom)
+    try:
+        assert op.auth.authenticate(new.api_key).site_id == 10
+        # The prefix only finds the row: the other scope's spelling of the same key is refused.
+        with pytest.raises(ServiceError) as exc:
+            op.auth.authenticate("UID2" + new.api_key[4:])
+        assert exc.value.kind is ErrorKind.UNAUTHENTICATED
+    finally:
+        op.close()
+    assert env.client("gen").site_id == 10
+
+
 def test_bad_roles_and_sites() -> None:
     with pytest.raises(admin.AdminError):
         admin.parse_roles("GENERATOR,NOPE")
