@@ -233,8 +233,8 @@ _SECONDS_HELP = {
     "--token-lifetime": f"advertising token lifetime (default {3 * DAY_S})",
     "--refresh-lifetime": f"refresh token lifetime (default {30 * DAY_S})",
     "--refresh-from": f"how long after issue a token is due for refresh (default {HOUR_S})",
-    "--max-bidstream-lifetime": "longest a bid-stream token is accepted (default 0: the token "
-    "lifetime)",
+    "--max-bidstream-lifetime": "longest a bid-stream token is accepted (default 0: the longest "
+    "token lifetime any serve of this data dir has issued tokens with)",
     "--allow-clock-skew": f"clock skew tolerated (default {DEFAULT_CLOCK_SKEW_S})",
 }
 

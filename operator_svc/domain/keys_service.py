@@ -45,7 +45,10 @@ class KeyService:
             identity_scope=state.identity_scope.name,
             token_expiry_seconds=(cfg.max_sharing_lifetime_s if sharing else cfg.token_lifetime_s),
             allow_clock_skew_seconds=cfg.allow_clock_skew_s,
-            max_bidstream_lifetime_seconds=cfg.bidstream_lifetime_s,
+            # Unless set, as long as any token this store's serves issued may live: a serve
+            # restarted with a shorter --token-lifetime must not void the tokens out there.
+            max_bidstream_lifetime_seconds=cfg.max_bidstream_lifetime_s
+            or max(cfg.token_lifetime_s, snap.longest_token_lifetime_s),
             max_sharing_lifetime_seconds=cfg.max_sharing_lifetime_s,
         )
 

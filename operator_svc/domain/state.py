@@ -18,6 +18,7 @@ from types import MappingProxyType
 import structlog
 
 from operator_svc.store import ClientRow, KeypairRow, OperatorStore, OptOutRow
+from operator_svc.store.sqlite_store import LONGEST_LIFETIME_META
 from svc_common.clock import Clock
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.identity import IdentityScope, identity_hash
@@ -67,6 +68,8 @@ class KeySnapshot:
     keysets: Mapping[int, Keyset]
     # site id -> its default keyset id
     default_keyset: Mapping[int, int]
+    # The longest token lifetime any serve issued with from this store (0: none recorded).
+    longest_token_lifetime_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,12 @@ class StateLoader:
             for r in self._store.key_rows()
         ]
         defaults = {ks.site_id: ks.keyset_id for ks in keysets.values() if ks.is_default}
-        return KeySnapshot(KeyRing(keys), MappingProxyType(keysets), MappingProxyType(defaults))
+        return KeySnapshot(
+            KeyRing(keys),
+            MappingProxyType(keysets),
+            MappingProxyType(defaults),
+            self._store.meta_int(LONGEST_LIFETIME_META),
+        )
 
     def _clients(self) -> Mapping[str, Client]:
         return MappingProxyType({r.key_id: _client(r) for r in self._store.clients()})

@@ -39,6 +39,10 @@ from uid2_crypto.salts import latest_rotation_ms
 DB_FILE = "operator.sqlite3"
 SCHEMA_VERSION = 1
 
+# The longest advertising-token lifetime any `serve` has issued tokens with from this store.
+# A serve restarted with a shorter --token-lifetime must not tell decryptors to refuse the
+# longer-lived tokens already out there (INVALID_TOKEN_LIFETIME for every one of them).
+LONGEST_LIFETIME_META = "longest_token_lifetime_s"
 # Change counters kept in `meta`, bumped in the same transaction as the change.
 TABLES = ("salts", "keys", "sites", "clients", "delegations", "keypairs")
 # When the salts were last rotated (epoch ms), written with the rotated salts.
@@ -187,6 +191,14 @@ class OperatorStore:
             "INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
             (key, value),
         )
+
+    def note_token_lifetime(self, lifetime_s: int) -> None:
+        """Records that tokens of `lifetime_s` seconds are issued from this store, when that is
+        longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META)."""
+        with self.transaction() as conn:
+            if lifetime_s > _meta_int(conn, LONGEST_LIFETIME_META):
+                self.set_meta(conn, LONGEST_LIFETIME_META, lifetime_s)
+                self.bump(conn, "keys")  # every process publishes it with its keys
 
     def is_initialised(self) -> bool:
         return self.meta_int("schema_version") == SCHEMA_VERSION
