@@ -119,7 +119,8 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             lambda b, parse: self._unary(b, parse, method),
             lambda b, parse: self._stream(b, parse, method),
         )
-        self._wrapped[method] = wrapped
+        if wrapped is not handler:  # not an unknown method's: a caller picks those, unbounded
+            self._wrapped[method] = wrapped
         return wrapped
 
     def _begin(self, method: str, context: Any) -> float:

@@ -21,6 +21,7 @@ from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
 from svc_common.tls_reload import ReloadingServerTls
+from svc_common.unknown_method import UnknownMethods
 
 _log = structlog.get_logger("server")
 
@@ -191,6 +192,7 @@ def start_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    server.add_generic_rpc_handlers((UnknownMethods(domain),))  # last: asked only when none knows
     port = bind_port(server, listen, tls)
     served = Served(server=server, port=port, health=health_servicer, service_names=names)
     served.set_serving(False)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import call_context
@@ -106,7 +107,7 @@ def test_service_error_maps_to_status_with_error_info(stub: Any) -> None:
 def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
     """Generated stubs call registered methods; reflection clients, grpc-js and buf curl call by
     name, through the generic handlers. Both paths are behind the edge; unknown names are
-    UNIMPLEMENTED, not an error of ours."""
+    UNIMPLEMENTED with an ErrorInfo like every other error, whatever the kind of call."""
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         by_name = channel.unary_unary(
             f"/{SERVICE.full_name}/GenerateToken",
@@ -134,6 +135,12 @@ def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 unknown(b"")
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert to_remote_error(caught.value).reason == "UNKNOWN_METHOD"
+            assert (error_info(caught.value) or ErrorInfo()).domain == "test.uid2"
+        streaming = channel.stream_stream("/uid2.operator.v2.OperatorService/GenerateToken")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(streaming(iter([b"", b""])))
+        assert to_remote_error(caught.value).reason == "UNKNOWN_METHOD"
 
 
 # A truncated varint, a length past the end, and bytes that are no protobuf at all: malformed
@@ -230,6 +237,23 @@ def test_one_log_line_per_call_without_payload(stub: Any, capsys: Any) -> None:
     ]
     assert [x["reason"] for x in ours if x["request_id"] == "one"] == ["INVALID_EMAIL"]
     assert all(x["method"].endswith("/GenerateToken") for x in ours)
+    assert SECRET_EMAIL not in err
+
+
+def test_an_unknown_method_logs_one_line_that_does_not_name_it(served: Served, capsys: Any) -> None:
+    configure_logging(service="test")
+    capsys.readouterr()
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        made_up = channel.unary_unary(f"/{SECRET_EMAIL}/x")
+        with pytest.raises(grpc.RpcError):
+            made_up(b"", metadata=(("x-request-id", "unknown-1"),))
+    time.sleep(0.1)
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    ours = [x for x in lines if x.get("request_id") == "unknown-1"]
+    assert [(x["method"], x["code"], x["reason"]) for x in ours] == [
+        ("<unknown>", "UNIMPLEMENTED", "UNKNOWN_METHOD")
+    ]
     assert SECRET_EMAIL not in err
 
 
