@@ -85,6 +85,10 @@ def run_console(cli_module: str) -> int:
     signal says so in one line and exits 2, like its other errors, not with a traceback (a
     Ctrl-C during the imports) or a bare signal death: what it writes is one transaction,
     rolled back when the exception unwinds it."""
+    # Before grpc is imported, which reads it once: its default also writes an INFO line, not
+    # JSON, for every failed TLS handshake (a port scan: one per connection). Its own errors
+    # still come; an operator's GRPC_VERBOSITY wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _early_stop.record)

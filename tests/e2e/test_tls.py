@@ -7,9 +7,12 @@ reach its peer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +141,15 @@ def test_a_plaintext_client_is_refused(stack: Stack) -> None:
                 timeout=5,
             )
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    host, port = stack.procs["operator"].address.rsplit(":", 1)
+    for _ in range(3):  # a port scan or a TCP health check: not a line each
+        with socket.create_connection((host, int(port)), timeout=5) as scan:
+            scan.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            with contextlib.suppress(OSError):
+                scan.recv(10)
+    time.sleep(0.5)
+    # grpc's default verbosity wrote a line per failed handshake, not JSON (run_console).
+    assert not [x for x in stack.procs["operator"].lines if not x.startswith("{")]
 
 
 def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
