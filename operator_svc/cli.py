@@ -44,6 +44,7 @@ from svc_common.cli_common import (
     server_tls,
     server_tls_fields,
     show_variables,
+    typed,
 )
 from svc_common.errors import ServiceError
 from svc_common.sensitive import shown
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "become the ones given here (list every domain and app the site keeps).",
     )
     _data_dir(p)
-    p.add_argument("--site-id", type=int, required=True)
+    p.add_argument("--site-id", type=typed(integer), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--domain", action="append", default=[], help="repeatable; replaces the list")
     p.add_argument("--app-name", action="append", default=[], help="repeatable; replaces the list")
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = client.add_parser("add", help="create an API client; prints its key once")
     _data_dir(p)
-    p.add_argument("--site-id", type=int, required=True)
+    p.add_argument("--site-id", type=typed(integer), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--roles", required=True, help="comma-separated: " + ",".join(admin.ROLES))
     p = client.add_parser("list", help="list clients (never their keys)")
@@ -141,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("grant", "revoke"):
         p = deleg.add_parser(action, help=f"{action} generation on behalf of a site")
         _data_dir(p)
-        p.add_argument("--site-id", type=int, required=True)
+        p.add_argument("--site-id", type=typed(integer), required=True)
         p.add_argument("--client-name", required=True)
 
     pairs = sub.add_parser(
@@ -156,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         "with its app names (site add --domain/--app-name).",
     )
     _data_dir(p)
-    p.add_argument("--site-id", type=int, required=True)
+    p.add_argument("--site-id", type=typed(integer), required=True)
     p = pairs.add_parser("list", help="list subscriptions and public keys")
     _data_dir(p)
     for action in ("disable", "enable"):
@@ -171,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_dir(p)
     p.add_argument(
         "--activation-delay",
-        type=int,
+        type=typed(integer),
         default=admin.DEFAULT_ACTIVATION_DELAY_S,
         metavar="SECONDS",
         help=f"when the new keys start being used (default {admin.DEFAULT_ACTIVATION_DELAY_S}, "
@@ -187,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = salts.add_parser("rotate", help="rotate a fraction of the buckets, oldest first")
     _data_dir(p)
-    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--fraction", type=typed(finite_float), required=True)
 
     p = sub.add_parser("serve", help="serve gRPC until SIGINT/SIGTERM")
     _data_dir(p)

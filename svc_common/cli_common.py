@@ -39,6 +39,20 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def typed(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type` from a settings parser: its message, which shows a value only through
+    `shown`, instead of argparse's "invalid int value: '...'", which repeats whatever was typed
+    (a key pasted into the wrong flag)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 class FlagsWithEnv:
     """The settings of one parsed command line, each falling back to `<prefix><FLAG>` (flag
     `--tmax-ms`, prefix `UID2_SSP_`: `UID2_SSP_TMAX_MS`) unless `env_names` spells the

@@ -152,7 +152,7 @@ def test_keys_rotate_with_valid_lifetimes(
     [
         ([], "required: command"),
         (["bogus"], "invalid choice: 'bogus'"),
-        (["site", "add", "--site-id", "abc", "--name", "x"], "--site-id: invalid int value"),
+        (["site", "add", "--site-id", "abc", "--name", "x"], "--site-id: 'abc' is not an integer"),
         (["client", "add", "--site-id", "5", "--name", "x"], "required: --roles"),
         (["client", "disable"], "--name --key-id is required"),
         (["serve", "--token-lifetime", "1e3"], "'1e3' is not an integer"),
@@ -164,6 +164,26 @@ def test_argument_mistakes_are_one_line(
 ) -> None:
     # argparse's own error prints its usage block; the contract wants one line and exit 2.
     assert problem in _fails(capsys, *argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["site", "add", "--name", "x", "--site-id"],
+        ["client", "add", "--name", "x", "--roles", "GENERATOR", "--site-id"],
+        ["delegation", "grant", "--client-name", "x", "--site-id"],
+        ["keypair", "add", "--site-id"],
+        ["keys", "rotate", "--activation-delay"],
+        ["salts", "rotate", "--fraction"],
+    ],
+)
+def test_a_secret_typed_into_a_number_flag_is_not_repeated(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pasted = "UID2-C-36dab4e6c2a5-1gV3VcIhUOFkHNyOVUc20dyDmZoM_Zy5JCDOH2ovbp0"
+    for value in (pasted, "victim@example.com"):
+        line = _fails(capsys, *argv, value)
+        assert value not in line and argv[-1] in line
 
 
 def test_keypair_commands(initialised: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,8 +271,12 @@ def test_salts_rotate_rotates_the_fraction_and_refuses_one_out_of_range(
     finally:
         store.close()
     assert after["salts"] != before["salts"]
-    for bad in ("0", "-0.5", "1.5", "nan", "inf"):
+    for bad in ("0", "-0.5", "1.5"):
         assert "fraction must be within (0, 1]" in _fails(
+            capsys, "salts", "rotate", "--data-dir", d, "--fraction", bad
+        )
+    for bad in ("nan", "inf"):
+        assert f"--fraction: '{bad}' is not a finite number" in _fails(
             capsys, "salts", "rotate", "--data-dir", d, "--fraction", bad
         )
     assert "--fraction" in _fails(capsys, "salts", "rotate", "--data-dir", d, "--fraction", "x")
