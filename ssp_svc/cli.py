@@ -29,7 +29,7 @@ import structlog
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
 from ssp_svc.bidders import BidderTarget
-from ssp_svc.config import MAX_TMAX_MS, ConfigError, SspConfig, parse_bidder
+from ssp_svc.config import MAX_STREAM_BUFFER, MAX_TMAX_MS, ConfigError, SspConfig, parse_bidder
 from ssp_svc.store.accounts import (
     DB_NAME,
     STORE_TABLES,
@@ -110,7 +110,11 @@ def _parser() -> OneLineParser:
     )  # fmt: skip
     serve.add_argument("--tmax-ms", help="auction deadline (default 150)")
     serve.add_argument("--key-refresh-s", help="key refresh interval (default 3600)")
-    serve.add_argument("--stream-buffer", help="bid-stream subscriber buffer (default 1024)")
+    serve.add_argument(
+        "--stream-buffer",
+        help="bid requests held per bid-stream subscriber "
+        f"(default 1024, at most {MAX_STREAM_BUFFER})",
+    )
     add_tls_flags(serve, peers="the operator and the bidders")
     add_metrics_flag(serve)
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL")
@@ -216,7 +220,7 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         bidders=_bidders(settings, bidder_specs),
         tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
-        stream_buffer=settings.value("stream-buffer", integer_in(1), 1024),
+        stream_buffer=settings.value("stream-buffer", integer_in(1, MAX_STREAM_BUFFER), 1024),
         tls=server_tls(settings),
         peer_tls=peer_tls(settings),
     )

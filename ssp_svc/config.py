@@ -37,6 +37,10 @@ def parse_bidder(spec: str) -> BidderTarget:
     return BidderTarget(name, address)
 
 
+# Bid requests held per slow bid-stream subscriber (about 1 KB each): a bound on its memory.
+MAX_STREAM_BUFFER = 65_536
+
+
 @dataclass(frozen=True)
 class SspConfig:
     listen: str = "127.0.0.1:0"
@@ -78,6 +82,8 @@ class SspConfig:
             raise ConfigError("the early key refresh interval must not be negative")
         if self.stream_buffer < 1 or self.max_subscribers < 1 or self.max_workers < 2:
             raise ConfigError("stream buffer, subscribers and workers must be positive")
+        if self.stream_buffer > MAX_STREAM_BUFFER:
+            raise ConfigError(f"the stream buffer must be at most {MAX_STREAM_BUFFER}")
 
     @property
     def decrypting(self) -> bool:

@@ -10,6 +10,7 @@ from functools import cache
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from svc_common.edge_log import loggable_id
 from svc_common.sensitive import shown
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -77,4 +78,18 @@ def check_app_name(text: str) -> str:
     name = text.strip()
     if not _APP.match(name):
         raise ValueError(f"{shown(name)} is not an app name (like com.example.app)")
+    return name
+
+
+def account_name(text: str) -> str:
+    """The name of an account that is logged with every call it makes (the SSP's publishers
+    and subscribers): what a caller's request id may be (letters, digits, '.', '_', ':', '-',
+    at most 64, not DII-shaped; svc_common.edge_log), spaces allowed too. ValueError says why."""
+    name = text.strip()
+    if not loggable_id(name.replace(" ", "_")):
+        raise ValueError(
+            f"{shown(name)} is not an account name: at most 64 letters, digits, spaces, '.', "
+            "'_', ':' or '-', not all digits, and not an email, a phone number, a hash or a key "
+            "(it is logged with every call)"
+        )
     return name

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from svc_common import json_text, store_backup
 from svc_common.clock import Clock
-from svc_common.names import check_app_name, normalise_domain, site_domain
+from svc_common.names import account_name, check_app_name, normalise_domain, site_domain
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError
 from svc_common.settings import api_key as check_api_key
@@ -184,7 +184,12 @@ class SqliteAccountStore:
         domains: tuple[str, ...] = (),
         apps: tuple[str, ...] = (),
     ) -> tuple[Account, str]:
-        """Creates an account; returns it and its API key (shown once, stored hashed)."""
+        """Creates an account; returns it and its API key (shown once, stored hashed).
+        StoreError for a name that may not be logged (`account_name`)."""
+        try:
+            name = account_name(name)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
         key_id = self._rng(_KEY_ID_BYTES).hex()
         secret = base64.urlsafe_b64encode(self._rng(_KEY_SECRET_BYTES)).rstrip(b"=").decode()
         api_key = f"{KEY_PREFIX}{key_id}.{secret}"
@@ -337,6 +342,10 @@ class FileAccountStore:
                     raise StoreError(f"publishers file: {where} needs name and api_key")
                 where = f"{where} ({shown(name)})"
                 _check_keys(entry, _ENTRY_FIELDS[kind], f"publishers file: {where}")
+                try:
+                    name = account_name(name)
+                except ValueError as exc:
+                    raise StoreError(f"publishers file: {where}: {exc}") from None
                 try:
                     check_api_key(key)  # as a flag's key: one no caller can send would never match
                 except SettingError as exc:

@@ -33,6 +33,7 @@ CASES = [
     (ssp_cli.main, _ssp, "UID2_SSP_", "key-refresh-s", "86401"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "tmax-ms", "0"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "stream-buffer", "0"),
+    (ssp_cli.main, _ssp, "UID2_SSP_", "stream-buffer", "65537"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "listen", "nonsense"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "bidder", "no-address"),
     (ssp_cli.main, _ssp, "UID2_SSP_", "operator", "nonsense"),

@@ -29,6 +29,30 @@ def test_sqlite_keys_are_stored_hashed(tmp_path: Path) -> None:
     assert key.encode() not in (tmp_path / "ssp.sqlite3").read_bytes()
 
 
+_NOT_NAMES = ["jane.doe@publisher.example", "+12345678901", "555-123-4567", "x" * 65, "a/b=", ""]
+
+
+@pytest.mark.parametrize("name", _NOT_NAMES)
+def test_account_names_are_logged_with_every_call_so_they_must_look_like_names(
+    tmp_path: Path, name: str
+) -> None:
+    store = SqliteAccountStore(tmp_path, rng=os.urandom, clock=ManualClock(T0))
+    try:
+        with pytest.raises(StoreError) as exc:
+            store.add(name, AccountKind.SUBSCRIBER)
+        assert "not an account name" in str(exc.value)
+        if "@" in name or "+" in name:
+            assert name not in str(exc.value)
+        assert store.add(" Example News ", AccountKind.SUBSCRIBER)[0].name == "Example News"
+    finally:
+        store.close()
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"subscribers": [{"name": name or " ", "api_key": "k1"}]}))
+    with pytest.raises(StoreError) as exc:
+        FileAccountStore(path, rng=os.urandom)
+    assert "subscribers[0]" in str(exc.value) and "not an account name" in str(exc.value)
+
+
 def test_sqlite_key_material_and_times_come_from_the_injected_sources(tmp_path: Path) -> None:
     """Key id, key secret and salt are drawn from `rng` in that order, the creation time read
     from `clock`: nothing in the store reads the system's randomness or time."""
