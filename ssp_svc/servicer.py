@@ -12,7 +12,7 @@ from ssp_svc.store.accounts import Account, AccountKind, AccountStore
 from ssp_svc.stream_hub import StreamHub
 from ssp_svc.stream_reaper import StreamReaper
 from svc_common import call_context
-from svc_common.errors import invalid_argument, permission_denied, unauthenticated
+from svc_common.errors import invalid_argument, permission_denied, unauthenticated, unavailable
 from svc_common.grpc_edge import bearer_token
 from svc_common.names import normalise_domain
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
@@ -137,6 +137,12 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
                 delivery = sub.get(POLL_S)
                 if delivery is None:
                     if sub.closed:
+                        if self._hub.closed:
+                            # Not OK, which says the stream is over: readers reconnect on
+                            # UNAVAILABLE, as to an operator's WatchOptOuts that stops.
+                            raise unavailable(
+                                "SERVER_STOPPING", "the SSP is stopping: connect again"
+                            )
                         return
                     continue
                 yield ssp_pb2.StreamBidRequestsResponse(

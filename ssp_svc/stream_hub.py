@@ -131,6 +131,11 @@ class StreamHub(Generic[T]):
     def subscriber_count(self) -> int:
         return len(self._subs)
 
+    @property
+    def closed(self) -> bool:
+        """Closed for good: the server is stopping."""
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

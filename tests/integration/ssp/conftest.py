@@ -19,6 +19,7 @@ from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
 from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
 from svc_common.clock import SystemClock
+from svc_common.grpc_client import to_remote_error
 from svc_common.grpc_server import Served
 from tests.integration.ssp.fake_operator import API_KEY, FakeOperator, serve_fake_operator
 from tests.unit.ssp.support import DOMAIN, KeySet
@@ -69,6 +70,8 @@ class Reader:
     def __init__(self, call: Any) -> None:
         self.call = call
         self.items: queue.Queue[Any] = queue.Queue()
+        # How the stream ended: None while open, else "OK" or the error's RemoteError.
+        self.ended: Any = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -76,8 +79,12 @@ class Reader:
         try:
             for item in self.call:
                 self.items.put(item)
-        except grpc.RpcError:
-            pass
+            self.ended = "OK"
+        except grpc.RpcError as exc:
+            self.ended = to_remote_error(exc)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
 
     def get(self, timeout_s: float = 2.0) -> Any:
         try:

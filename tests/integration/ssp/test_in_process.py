@@ -220,7 +220,15 @@ def test_stop_ends_subscriber_streams_without_waiting_out_the_grace(fast_stack: 
     stack = fast_stack
     stack.submit(mint(stack.keys))
     assert reader.get() is not None
+    plain = stack.reader()  # one that is not stuck: it sees how the stream ends
     started = time.perf_counter()
     stack.ssp.stop(5.0)
     assert time.perf_counter() - started < 2.0
     reader.cancel()
+    plain.join(5.0)
+    # Not OK (the stream is complete, do not come back): readers reconnect on UNAVAILABLE.
+    assert plain.ended is not None and plain.ended != "OK"
+    assert (plain.ended.code, plain.ended.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "SERVER_STOPPING",
+    )
