@@ -59,6 +59,13 @@ class TokenChecker:
                     self._keys.wait_past(generation, self._early_wait_s)
             if self._keys.generation > seen:
                 result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
+        elif result.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED:
+            # Our site data may predate the domain or app (key_cache.SITE_DATA_REFRESH_GAP_S).
+            generation = self._keys.request_site_data_refresh()
+            if generation is not None:
+                self._keys.wait_past(generation, self._early_wait_s)
+            if self._keys.generation > seen:
+                result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
         status = result.status
         if status is DecryptionStatus.SUCCESS:
             if result.raw_uid is not None and self._optouts.opted_out(result.raw_uid):

@@ -54,6 +54,12 @@ NO_KEYS_RETRY_CAP_S = 8.0
 #   scheduled rotation activates new keys 2 h later).
 PLAUSIBLE_NEW_KEY_IDS = 1_000_000
 FUTILE_EARLY_REFRESH_CAP_S = 60.0
+# A client-side generated token that fails its domain or app check may be for a domain its
+# site added since our last fetch (`site add --domain`): the keys' site data is then stale, and
+# the site's new inventory would lose UID2 until the hourly fetch. Only a genuine token gets that
+# far (the check follows both decryptions), but a token used on the wrong page is one, so such
+# fetches are spaced by this much.
+SITE_DATA_REFRESH_GAP_S = 60.0
 # Doublings past this add nothing (2**30 s is decades) and keep `base * 2**n` a finite float:
 # 1000.0 * 2**1024 raises OverflowError, which a long outage would otherwise reach.
 _MAX_DOUBLINGS = 30
@@ -87,6 +93,9 @@ class KeyCache:
         self._next_ms: float = clock.now_ms()  # due at once
         self._last_early_ms: float = -float("inf")
         self._early_pending = False
+        # Whether the pending early refresh is for a key (counted as futile if it brings none).
+        self._early_for_key = False
+        self._last_site_data_ms: float = -float("inf")
         self._futile_early = 0  # early refreshes in a row that brought no new key
         self._key_ids: frozenset[int] = frozenset()
         self._max_key_id = 0
@@ -116,7 +125,7 @@ class KeyCache:
         """Fetches now (one fetch at a time); keeps the old keys on failure. True on success."""
         with self._fetch_lock:
             with self._cond:
-                early = self._early_pending
+                early = self._early_pending and self._early_for_key
                 self._early_pending = False
                 self._fetching = True
             ok, key_count, key_ids = False, 0, frozenset[int]()
@@ -186,11 +195,27 @@ class KeyCache:
             # its token as invalid, once per rotation).
             if not self._early_pending and now - self._last_early_ms >= gap:
                 self._last_early_ms = now
-                self._early_pending = True
+                self._early_pending = self._early_for_key = True
                 self._cond.notify_all()
             if self._early_pending:  # done once the one under way, if any, and it are
                 return self.generation + (1 if self._fetching else 0)
             return self.generation if self._fetching else None
+
+    def request_site_data_refresh(self) -> int | None:
+        """Asks for a refresh ahead of schedule because a token failed its domain or app check
+        (SITE_DATA_REFRESH_GAP_S). Returns the generation to wait past when this call asked
+        for one, else None (spaced out, or an early refresh already pending)."""
+        now = self._clock.now_ms()
+        with self._cond:
+            if (
+                self._early_pending
+                or now - self._last_site_data_ms < SITE_DATA_REFRESH_GAP_S * 1000
+            ):
+                return None
+            self._last_site_data_ms = now
+            self._early_pending, self._early_for_key = True, False
+            self._cond.notify_all()
+            return self.generation + (1 if self._fetching else 0)
 
     def may_be_new(self, key_id: int | None) -> bool:
         """Whether a key id we lack may be one the operator issued since our last fetch (see

@@ -51,6 +51,8 @@ class KeySet:
     master: Key = field(default_factory=lambda: make_key(101, MASTER_KEYSET_ID, 0))
     site: Key = field(default_factory=lambda: make_key(201, SITE_KEYSET, SITE_ID))
     extra: list[Key] = field(default_factory=list)
+    # Domains the site registered besides DOMAIN (`site add --domain` while decryptors run).
+    more_domains: list[str] = field(default_factory=list)
 
     def all_keys(self) -> list[Key]:
         return [self.master, self.site, *self.extra]
@@ -60,7 +62,7 @@ class KeySet:
             caller_site_id=7,
             default_keyset_id=SITE_KEYSET,
             keys=self.all_keys(),
-            site_data=[(SITE_ID, [DOMAIN], [APP])],
+            site_data=[(SITE_ID, [DOMAIN, *self.more_domains], [APP])],
             max_bidstream_lifetime_seconds=3 * DAY_S,
             max_sharing_lifetime_seconds=30 * DAY_S,
         )

@@ -3,12 +3,14 @@ from __future__ import annotations
 import base64
 import struct
 import threading
+import time
 from typing import Any
 
 from bidstream.decryptor.checker import TokenChecker, Verdict
 from bidstream.decryptor.key_cache import (
     NO_KEYS_RETRY_CAP_S,
     PLAUSIBLE_NEW_KEY_IDS,
+    SITE_DATA_REFRESH_GAP_S,
     KeyCache,
     KeyRefresher,
 )
@@ -76,6 +78,28 @@ def test_a_page_on_a_subdomain_of_the_sites_domain_is_the_sites() -> None:
     # An app's bundle id is matched whole, never as a domain.
     assert checker.check(token, "x." + APP, app=True) is Verdict.INVALID
     assert checker.check(token, APP, app=True) is Verdict.VALID
+
+
+def test_a_domain_added_since_the_last_fetch_is_fetched_for_at_most_once_a_minute() -> None:
+    keys = KeySet()
+    clock = ManualClock(int(time.time() * 1000))
+    cache = KeyCache(keys.body, clock)
+    assert cache.refresh()
+    checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=5.0)
+    refresher = KeyRefresher(cache, poll_s=0.05).start()
+    try:
+        token = mint(keys, client_side=True)
+        keys.more_domains.append("sport.example.net")
+        assert checker.check(token, "sport.example.net") is Verdict.VALID
+        assert cache.successes == 2
+        # A genuine token on the wrong page fails the same check: fetched for, but spaced out.
+        assert checker.check(token, "evil.example.org") is Verdict.INVALID
+        assert cache.successes == 2 and not cache.due()
+        clock.advance(int(SITE_DATA_REFRESH_GAP_S * 1000))
+        assert checker.check(token, "evil.example.org") is Verdict.INVALID
+        assert cache.successes == 3
+    finally:
+        refresher.stop()
 
 
 def test_no_keys_means_no_verdict_on_the_token() -> None:
