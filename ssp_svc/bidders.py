@@ -6,23 +6,44 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+import structlog
 
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
+from svc_common.failure_streak import FailureStreak
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls
 from svc_common.tls_reload import open_channel
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
+
+_log = structlog.get_logger("bidders")
 
 
 @dataclass(frozen=True)
 class BidderTarget:
     name: str
     address: str
+
+
+# What an auction got from one bidder -> the BidderStats field counting it.
+BIDDER_OUTCOMES = {
+    "bid": "bids",
+    "no_bid": "no_bids",
+    "timeout": "timeouts",
+    "error": "errors",
+    "garbage": "garbage",
+}
+
+
+class BidderUnreachable(Exception):
+    """The call could not even be placed (its channel closed)."""
+
+
+_UNREACHABLE = BidderUnreachable()
 
 
 @dataclass
@@ -76,6 +97,13 @@ class BidderPool:
         self._channels = [open_channel(t.address, tls) for t in self.targets]
         self._stubs = [openrtb_pb2_grpc.BidderServiceStub(c) for c in self._channels]
         self.stats = {t.name: BidderStats() for t in self.targets}
+        # A bidder down, refusing us or answering garbage otherwise shows only as auctions
+        # without its bids: one line when it starts failing, one per 30 s while it goes on,
+        # one when it answers again.
+        self._streaks = {
+            t.name: FailureStreak(_log.bind(bidder=t.name), "bidder_failed", "bidder_recovered")
+            for t in self.targets
+        }
         self._lock = threading.Lock()
 
     def fan_out(self, request: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
@@ -88,29 +116,36 @@ class BidderPool:
             except Exception:  # a closed channel: treat as a failed bidder
                 futures.append(None)
         result = FanOutResult()
-        outcomes: list[str] = []
+        outcomes: list[tuple[str, BaseException | None]] = []
         for target, fut in zip(self.targets, futures, strict=True):
             outcome = "error"
+            failure: BaseException | None = _UNREACHABLE
             if fut is not None:
                 try:
                     response = fut.result(timeout=max(0.0, deadline - time.monotonic()) + 0.005)
                     best = best_valid_bid(target.name, request, response)
+                    failure = None
                     if best is None:
                         outcome = "no_bid"
                     else:
                         result.candidates.append(best)
                         outcome = "bid"
-                except grpc.FutureTimeoutError:
+                except grpc.FutureTimeoutError as exc:
                     fut.cancel()
-                    outcome = "timeout"
+                    outcome, failure = "timeout", exc
                 except grpc.RpcError as err:
                     timed_out = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                    outcome = "timeout" if timed_out else "error"
-                except Exception:  # a response that does not parse, or any other surprise
-                    outcome = "garbage"
-            outcomes.append(outcome)
+                    outcome, failure = ("timeout" if timed_out else "error"), err
+                except Exception as exc:  # a response that does not parse, or any other surprise
+                    outcome, failure = "garbage", exc
+            outcomes.append((outcome, failure))
         with self._lock:
-            for target, outcome in zip(self.targets, outcomes, strict=True):
+            for target, (outcome, failure) in zip(self.targets, outcomes, strict=True):
+                streak = self._streaks[target.name]
+                if failure is None:
+                    streak.succeeded()
+                else:
+                    streak.failed(failure)
                 stats = self.stats[target.name]
                 if outcome == "bid":
                     stats.bids += 1
@@ -126,6 +161,15 @@ class BidderPool:
                     stats.errors += 1
                     result.errors += 1
         return result
+
+    def counts(self) -> Mapping[tuple[str, ...], float]:
+        """(bidder, outcome) -> auctions so far, outcome one of BIDDER_OUTCOMES (/metrics)."""
+        with self._lock:
+            return {
+                (name, outcome): getattr(stats, stat)
+                for name, stats in self.stats.items()
+                for outcome, stat in BIDDER_OUTCOMES.items()
+            }
 
     def close(self) -> None:
         for channel in self._channels:

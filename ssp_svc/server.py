@@ -17,7 +17,7 @@ from ssp_svc.servicer import SspServicer
 from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAccountStore
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
-from svc_common.grpc_server import Served, start_server
+from svc_common.grpc_server import CountFamily, Served, start_server
 from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
@@ -94,6 +94,14 @@ def create_server(
     served.before_drain.append(hub.close)
     if decryptor is not None:
         served.readings = decryptor.readings
+    served.counts.append(
+        CountFamily(
+            "uid2_ssp_bidder_outcomes",
+            "Auctions by bidder and what it answered: bid, no_bid, timeout, error, garbage",
+            ("bidder", "outcome"),
+            pool.counts,
+        )
+    )
     if stop is not None and stop.is_set():
         # Stopped during start-up (the opt-out wait given up): neither health nor the log
         # says ready for a server whose caller is about to drain it.

@@ -64,6 +64,17 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
+@dataclass(frozen=True)
+class CountFamily:
+    """A counter a service keeps itself, shown on /metrics as `<name>_total` with a
+    `service` label and `labels`; `read` gives label values -> count at each scrape."""
+
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    read: Callable[[], Mapping[tuple[str, ...], float]]
+
+
 @dataclass
 class Served:
     """A started server with its bound port and health servicer."""
@@ -81,6 +92,8 @@ class Served:
     stopped: bool = field(default=False, init=False, repr=False)
     # The service's own readings for /metrics (name → value), when it has any to show.
     readings: Callable[[], Mapping[str, float]] | None = field(default=None, init=False)
+    # Its own counters for /metrics, labelled.
+    counts: list[CountFamily] = field(default_factory=list, init=False)
 
     def set_serving(self, serving: bool) -> None:
         status = (

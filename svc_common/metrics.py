@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +35,13 @@ from prometheus_client import (
     make_wsgi_app,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from svc_common import edge_log
 from svc_common.cli_common import MetricsSettings
 from svc_common.fd_limit import raise_open_files_limit
+from svc_common.grpc_server import CountFamily
 from svc_common.settings import split_host_port
 from svc_common.stop_signals import wait_for_signal
 from svc_common.tls import ServerTls
@@ -106,6 +107,20 @@ class _ReadingsCollector:
             yield family
 
 
+class _CountsCollector:
+    """One CountFamily, read at scrape time."""
+
+    def __init__(self, family: CountFamily, service: str) -> None:
+        self._family, self._service = family, service
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        f = self._family
+        counter = CounterMetricFamily(f.name, f.doc, labels=["service", *f.labels])
+        for values, count in f.read().items():
+            counter.add_metric([self._service, *values], count)
+        yield counter
+
+
 @dataclass
 class MetricsServer:
     """The /metrics listener of one process."""
@@ -120,6 +135,11 @@ class MetricsServer:
         server's `Served.readings`; None when the service has nothing to show)."""
         if read is not None:
             self._registry.register(_ReadingsCollector(prefix, self._service, read))
+
+    def count(self, families: Iterable[CountFamily]) -> None:
+        """Adds a started server's own counters (`Served.counts`) to every scrape."""
+        for family in families:
+            self._registry.register(_CountsCollector(family, self._service))
 
     def stop(self) -> None:
         edge_log.observe_calls(None)
@@ -227,6 +247,7 @@ def serve_until_stopped(
         served, port = start()
         if metrics is not None:
             metrics.watch(readings_prefix, served.readings)
+            metrics.count(served.counts)
         # A stop that came during start-up: a supervisor watching for "serving" must not see a
         # service that is already stopping. The wait returns at once, and the drain follows.
         if not stop.is_set():

@@ -83,6 +83,16 @@ def test_every_service_counts_the_calls_it_answered_and_names_no_one(stack: Stac
         assert calls.get((method, "OK"), 0) >= count, (name, calls)
         assert "process_resident_memory_bytes" in text
         assert not [s for s in secrets if s in text], name
+    # What each bidder answered: the auctions' outcome alone does not tell a bidder down.
+    outcomes = {
+        (s.labels["bidder"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(_scrape(stack, "ssp")[0])
+        if family.name == "uid2_ssp_bidder_outcomes"
+        for s in family.samples
+        if s.name == "uid2_ssp_bidder_outcomes_total"
+    }
+    assert outcomes[("example-dsp", "bid")] >= 3, outcomes
+    assert outcomes[("example-dsp", "error")] == 0
 
 
 def test_methods_and_paths_a_service_does_not_have_add_no_labels(stack: Stack) -> None:

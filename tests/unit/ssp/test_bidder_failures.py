@@ -1,0 +1,42 @@
+"""A bidder that fails shows somewhere: an auction answers NO_FILL with code OK either way, so
+the SSP's operators learn of a bidder down or miswired only from its log lines and /metrics."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from ssp_svc.bidders import BidderPool, BidderTarget
+from svc_common.logging import configure_logging
+from uid2.ssp.v1 import openrtb_pb2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_bidder_that_cannot_be_reached_is_counted_and_logged_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(service="test")
+    capsys.readouterr()
+    pool = BidderPool([BidderTarget("gone", f"127.0.0.1:{_closed_port()}")])
+    try:
+        for n in range(3):
+            request = openrtb_pb2.BidRequest(id=f"auction-{n}")
+            request.imp.add(id="1")
+            assert not pool.fan_out(request, 500).candidates
+        counts = pool.counts()
+    finally:
+        pool.close()
+    assert counts[("gone", "error")] + counts[("gone", "timeout")] == 3
+    assert counts[("gone", "bid")] == counts[("gone", "no_bid")] == 0
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    failed = [x for x in lines if x.get("event") == "bidder_failed"]
+    # The first failure at once; the next ones only as a count, at most every 30 s.
+    assert [(x["bidder"], x["failures"]) for x in failed] == [("gone", 1)]
+    assert failed[0]["code"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
