@@ -7,10 +7,12 @@ import base64
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from operator_svc import admin
+from operator_svc.domain import state as state_module
 from operator_svc.domain.api_keys import api_key_id
 from operator_svc.domain.dii import dii_flh
 from operator_svc.domain.optout import OptOutService
@@ -20,7 +22,7 @@ from operator_svc.domain.state import (
     SaltSwitch,
     StateLoader,
 )
-from operator_svc.store import OperatorStore
+from operator_svc.store import OperatorStore, OptOutRow
 from svc_common.clock import ManualClock
 from svc_common.errors import ServiceError
 from tests.support.procs import wait_until
@@ -90,10 +92,10 @@ def test_the_rest_of_the_state_is_in_use_while_new_salts_are_prepared(
     preparing, release = threading.Event(), threading.Event()
     prepare = OptOutIndex.prepare_salts
 
-    def slow_prepare(index: OptOutIndex, salts: SaltSet) -> SaltSwitch:
+    def slow_prepare(index: OptOutIndex, salts: SaltSet, between: Any = None) -> SaltSwitch:
         preparing.set()
         assert release.wait(10)
-        return prepare(index, salts)
+        return prepare(index, salts, between)
 
     monkeypatch.setattr(OptOutIndex, "prepare_salts", slow_prepare)
     sync = threading.Thread(target=env.op.sync_now)
@@ -158,6 +160,42 @@ def test_an_opt_out_synced_with_a_rotation_is_streamed_under_the_new_salt(tmp_pa
     finally:
         watching.set()
         stream.join(5)
+        other.close()
+        serving.close()
+
+
+def test_other_processes_opt_outs_are_read_while_new_salts_are_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full rebuild takes seconds per million opt-outs. Read only after it, another process's
+    # opt-outs reached this one (its tokens, its streams) 4-15 s late, and a stream reader
+    # resuming a few seconds before the newest opt-out it had seen never got them.
+    loader, state, serving = _fresh_process(tmp_path)
+    other = OperatorStore.open(tmp_path)
+    try:
+        for i in range(4):
+            _, flh = dii_flh("email", f"earlier{i}@example.com", state.first_level_salt)
+            other.add_optout(flh, lambda: T0 + 1)
+        loader.sync(state)
+        monkeypatch.setattr(state_module, "PREPARE_CHUNK", 2)
+        admin.rotate_salts(other, 1.0, T0 + 2, os.urandom)
+        _, late = dii_flh("email", "late@example.com", state.first_level_salt)
+        other.add_optout(late, lambda: T0 + 3)
+        salts_when_read: list[SaltSet] = []
+        add_synced = state.optouts.add_synced
+
+        def recording(rows: list[OptOutRow]) -> int:
+            if any(r.flh == late for r in rows):
+                salts_when_read.append(state.salts)
+            return add_synced(rows)
+
+        monkeypatch.setattr(state.optouts, "add_synced", recording)
+        before = state.salts
+        assert set(loader.sync(state)) == {"salts", "optouts"}
+        assert salts_when_read == [before]  # read during the preparation, not after it
+        raw = raw_uid2(late, state.salts.salt(bucket_index(late)))
+        assert state.optouts.raw_opted_out_at(raw) == T0 + 3  # and indexed under the new salts
+    finally:
         other.close()
         serving.close()
 
