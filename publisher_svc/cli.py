@@ -5,7 +5,7 @@
         --ssp-address HOST:PORT --ssp-api-key KEY [--storage-mode server|client]
         [--on-behalf-of-site-id N] [--refresh-workers N] [--refresh-interval S]
         [--no-background-refresh] [--operator-timeout S] [--ssp-timeout S]
-        [--serve-refresh-budget S] [--log-level L]
+        [--operator-calls-max N] [--ssp-calls-max N] [--serve-refresh-budget S] [--log-level L]
 
 Every flag falls back to an environment variable UID2_PUBLISHER_<FLAG> (for example
 UID2_PUBLISHER_OPERATOR_API_KEY); prefer the environment for keys, which `ps` would show."""
@@ -21,7 +21,11 @@ from pathlib import Path
 import structlog
 
 from publisher_svc.config import PublisherConfig
-from publisher_svc.publisher import StorageMode
+from publisher_svc.publisher import (
+    DEFAULT_OPERATOR_CALLS_MAX,
+    DEFAULT_SSP_CALLS_MAX,
+    StorageMode,
+)
 from publisher_svc.store import SqliteStore, StoreError
 from publisher_svc.store.sqlite import STORE_TABLES
 from svc_common import store_backup
@@ -102,6 +106,16 @@ def _parser() -> OneLineParser:
     serve.add_argument("--operator-timeout", help="operator call deadline, seconds (default 2)")
     serve.add_argument("--ssp-timeout", help="SSP call deadline, seconds (default 2)")
     serve.add_argument(
+        "--operator-calls-max",
+        help=f"callers' calls waiting on the operator at once, at most (default "
+        f"{DEFAULT_OPERATOR_CALLS_MAX}); past it a slow operator is not asked (OPERATOR_BUSY)",
+    )
+    serve.add_argument(
+        "--ssp-calls-max",
+        help=f"ServeAd calls waiting on the SSP at once, at most (default "
+        f"{DEFAULT_SSP_CALLS_MAX}); past it a slow SSP is not asked (SSP_BUSY)",
+    )
+    serve.add_argument(
         "--serve-refresh-budget",
         help="seconds ServeAd waits for a due refresh (default 0.3) before sending the held "
         "token if unexpired, else none; a refresh already in flight is not waited on",
@@ -116,6 +130,11 @@ def _parser() -> OneLineParser:
 # Every float flag is a duration in seconds; past an hour none makes sense, and a huge one
 # overflows the platform's timeouts (time_t) when it is waited on.
 _MAX_SECONDS = 3600.0
+
+
+# Each slot of the peer-call bounds gets a server thread of its own (server.py): past a few
+# hundred, threads cost more than the calls they would serve.
+_MAX_PEER_CALLS = 256
 
 
 def _poll_seconds(text: str) -> float:
@@ -158,6 +177,12 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         background_refresh=not settings.value("no-background-refresh", boolean, False),
         operator_timeout_s=settings.value("operator-timeout", _seconds, 2.0),
         ssp_timeout_s=settings.value("ssp-timeout", _seconds, 2.0),
+        operator_calls_max=settings.value(
+            "operator-calls-max", integer_in(1, _MAX_PEER_CALLS), DEFAULT_OPERATOR_CALLS_MAX
+        ),
+        ssp_calls_max=settings.value(
+            "ssp-calls-max", integer_in(1, _MAX_PEER_CALLS), DEFAULT_SSP_CALLS_MAX
+        ),
         serve_refresh_budget_s=settings.value("serve-refresh-budget", _seconds, 0.3),
         log_level=settings.value("log-level", log_level, "INFO"),
         tls=server_tls(settings),

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from publisher_svc.publisher import DEFAULT_SERVE_REFRESH_BUDGET_S, StorageMode
+from publisher_svc.publisher import (
+    DEFAULT_OPERATOR_CALLS_MAX,
+    DEFAULT_SERVE_REFRESH_BUDGET_S,
+    DEFAULT_SSP_CALLS_MAX,
+    StorageMode,
+)
 from svc_common.tls import PeerTls, ServerTls
 
 
@@ -27,6 +32,10 @@ class PublisherConfig:
     background_refresh: bool = True
     operator_timeout_s: float = 2.0
     ssp_timeout_s: float = 2.0
+    # Callers' calls waiting on each peer at once, at most (publisher.py); the server gets a
+    # thread for each and some to spare.
+    operator_calls_max: int = DEFAULT_OPERATOR_CALLS_MAX
+    ssp_calls_max: int = DEFAULT_SSP_CALLS_MAX
     # How long ServeAd waits for the refresh of an expired token before serving without one.
     serve_refresh_budget_s: float = DEFAULT_SERVE_REFRESH_BUDGET_S
     log_level: str = "INFO"

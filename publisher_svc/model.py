@@ -132,6 +132,11 @@ class AdDecision:
     winning_bid: WinningBid | None = None
 
 
+# PeerError.reason of a call cut short (or not retried) because the deadline of the caller it
+# was made for passed: nobody waits for its answer any more.
+CALLER_DEADLINE = "CALLER_DEADLINE"
+
+
 class PeerError(Exception):
     """A peer (operator or SSP) failed. `unavailable` is True when it could not be reached or
     answered UNAVAILABLE / DEADLINE_EXCEEDED even after retries: worth trying again later.

@@ -3,14 +3,22 @@ quickly, the bearer key, the deadline and retry policy, and one typed error (Pee
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
 
-from publisher_svc.model import PeerError
+from publisher_svc.model import CALLER_DEADLINE, PeerError
 from svc_common.backoff import Backoff
-from svc_common.grpc_client import RemoteError, bearer, call_with_retry
+from svc_common.grpc_client import (
+    CallerDeadlineExceeded,
+    RemoteError,
+    bearer,
+    call_with_retry,
+)
 from svc_common.tls import PeerTls
 from svc_common.tls_reload import open_channel
 
@@ -21,6 +29,24 @@ T = TypeVar("T")
 CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+# The deadline (time.monotonic) of the caller whose call this thread is serving, if it gave one.
+# Set by the servicer around each call (callers_deadline), read by every peer call made on the
+# thread, so the domain code between them need not carry it. Threads of their own (the
+# background refresher, the refreshes an impression starts, which outlive its wait) have none.
+_CALLERS_DEADLINE: ContextVar[float | None] = ContextVar("callers_deadline", default=None)
+
+
+@contextmanager
+def callers_deadline(remaining_s: float | None) -> Iterator[None]:
+    """Peer calls made inside, on this thread, end by `remaining_s` from now (None: no bound
+    but their own timeout): a caller that gave up holds no thread nor peer-call slot after."""
+    token = _CALLERS_DEADLINE.set(None if remaining_s is None else time.monotonic() + remaining_s)
+    try:
+        yield
+    finally:
+        _CALLERS_DEADLINE.reset(token)
 
 
 def peer_error(peer: str, err: RemoteError) -> PeerError:
@@ -57,7 +83,8 @@ class PeerClient:
         self._channel.close()
 
     def _call(self, method: Callable[..., T], request: Any, *, with_key: bool = True) -> T:
-        """Calls with the deadline and retries; any failure becomes a PeerError."""
+        """Calls with the deadline (this client's timeout, or the caller's if that comes first)
+        and retries; any failure becomes a PeerError (CALLER_DEADLINE: the caller's passed)."""
         try:
             return call_with_retry(
                 method,
@@ -66,6 +93,11 @@ class PeerClient:
                 metadata=self._metadata if with_key else None,
                 attempts=self._attempts,
                 backoff=self._backoff,
+                deadline=_CALLERS_DEADLINE.get(),
             )
+        except CallerDeadlineExceeded:
+            raise PeerError(
+                self.peer, "DEADLINE_EXCEEDED", CALLER_DEADLINE, unavailable=True
+            ) from None
         except RemoteError as err:
             raise peer_error(self.peer, err) from None

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
 import structlog
 
+from publisher_svc.call_bound import CallBound
 from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
 from publisher_svc.cookie_retries import CookieRetries
 from publisher_svc.model import (
+    CALLER_DEADLINE,
     AdDecision,
     DiiKind,
     GenerateOutcome,
@@ -51,17 +53,20 @@ MAX_USER_ID_CHARS = 256
 # or without one when that has expired.
 DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
 
-# The RPC server's threads (32, svc_common.grpc_server) serve every method. A slow or frozen
-# operator holds each call that asks it for its deadline, retries included: unbounded, such
-# calls take every thread, and calls that never ask it (an impression with a current token, a
-# logout) queue behind them for seconds. So at most this many calls wait on the operator at once
-# (the background refresher's, on threads of their own, aside). When all are taken and the
-# oldest has waited OPERATOR_SLOW_S, the operator is slow: the next call is answered at once as
-# if it were unreachable (UNAVAILABLE OPERATOR_BUSY; a held unexpired token is still served).
-# Otherwise the operator is only busy, and the call waits up to OPERATOR_SLOW_S for a slot.
+# At most this many callers' calls wait on the operator at once, and on the SSP (call_bound.py:
+# a frozen peer would otherwise hold every server thread, and calls that never ask it would
+# queue behind). The background refresher's calls, on threads of their own, are not counted.
+# When all are taken and the oldest has waited PEER_SLOW_S, the peer is slow: the next call is
+# answered at once as if it were unreachable (UNAVAILABLE OPERATOR_BUSY / SSP_BUSY; a held
+# unexpired token is still served). Otherwise the peer is only busy, and the call waits up to
+# PEER_SLOW_S for a slot. The server has a thread for every slot of both and SPARE_THREADS
+# more (server.py), so calls that ask neither peer are served even when both are frozen.
 DEFAULT_OPERATOR_CALLS_MAX = 24
-OPERATOR_SLOW_S = 0.5
+DEFAULT_SSP_CALLS_MAX = 24
+PEER_SLOW_S = 0.5
 OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
+SSP_BUSY = "SSP_BUSY"
+_BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 # How long a stop waits for its last try at recording opt-outs the store refused earlier.
 UNRECORDED_LAST_TRY_S = 1.0
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
@@ -241,17 +246,25 @@ def _peer_failure(
 ) -> ServiceError:
     """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
 
-    Unreachable: UNAVAILABLE <peer>_UNAVAILABLE. A refusal of input the caller gave us and we
-    passed on unchanged (`caller_input` says which): the caller's own mistake, which it can
-    fix, with the peer's code and reason. Any other refusal of a well-formed request means our
-    credentials or configuration are wrong: FAILED_PRECONDITION <peer>_REJECTED, with the
-    peer's code and reason in the ErrorInfo metadata (peerCode, peerReason)."""
+    The caller's deadline passed first: DEADLINE_EXCEEDED CALLER_DEADLINE. Unreachable:
+    UNAVAILABLE <peer>_UNAVAILABLE, or <peer>_BUSY when it was not asked (call_bound.py). A
+    refusal of input the caller gave us and we passed on unchanged (`caller_input` says
+    which): the caller's own mistake, which it can fix, with the peer's code and reason. Any
+    other refusal of a well-formed request means our credentials or configuration are wrong:
+    FAILED_PRECONDITION <peer>_REJECTED, with the peer's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason)."""
     name = _PEER_NAMES[peer]
+    if err.reason == CALLER_DEADLINE:
+        # The caller gave up: logged as what it saw, not as the peer's failure.
+        return ServiceError(
+            ErrorKind.DEADLINE_EXCEEDED,
+            CALLER_DEADLINE,
+            f"the call's deadline passed while it waited on {name}",
+        )
     if err.unavailable:
-        if err.reason == OPERATOR_BUSY:
+        if err.reason in _BUSY:
             return unavailable(
-                OPERATOR_BUSY,
-                f"{name} is slow: {DEFAULT_OPERATOR_CALLS_MAX} calls or more already wait on it",
+                err.reason, f"{name} is slow: all the calls allowed already wait on it"
             )
         return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
     if caller_input is not None and err.reason and caller_input(err):
@@ -299,18 +312,25 @@ class Publisher:
         retry_backoff: Backoff | None = None,
         unrecorded_optouts: UnrecordedOptOuts | None = None,
         operator_calls_max: int = DEFAULT_OPERATOR_CALLS_MAX,
+        ssp_calls_max: int = DEFAULT_SSP_CALLS_MAX,
         monotonic: Monotonic | None = None,
     ) -> None:
         if operator_calls_max < 1:
             raise ValueError("operator_calls_max must be at least 1")
+        if ssp_calls_max < 1:
+            raise ValueError("ssp_calls_max must be at least 1")
         self.store = store
-        self.operator_calls_max = operator_calls_max
-        self._monotonic = monotonic or SystemClock()
-        self._operator_slots = threading.BoundedSemaphore(operator_calls_max)
-        self._operator_calls_lock = threading.Lock()
-        # each call waiting on the operator now -> when it started (monotonic seconds)
-        self._operator_calls_started: dict[object, float] = {}
-        self._operator_calls_shed = 0
+        monotonic = monotonic or SystemClock()
+        self._operator_calls = CallBound(
+            "operator",
+            operator_calls_max,
+            busy_reason=OPERATOR_BUSY,
+            slow_s=PEER_SLOW_S,
+            monotonic=monotonic,
+        )
+        self._ssp_calls = CallBound(
+            "ssp", ssp_calls_max, busy_reason=SSP_BUSY, slow_s=PEER_SLOW_S, monotonic=monotonic
+        )
         # Opt-outs the operator answered that the store refused to record: honoured from here
         # until a later write records them (record_unrecorded_optouts).
         self.unrecorded_optouts = (
@@ -369,48 +389,24 @@ class Publisher:
         threading.Thread(target=record, name="unrecorded-optouts-last-try", daemon=True).start()
         done.wait(wait_s)
 
-    @contextmanager
-    def _operator_slot(self, *, by_user: bool) -> Iterator[None]:
-        """Counts a call to the operator against operator_calls_max while it runs. None free:
-        waits up to OPERATOR_SLOW_S for one while the operator answers (its oldest call is
-        younger than that), else PeerError(OPERATOR_BUSY, unavailable) at once."""
-        if not by_user:
-            yield
-            return
-        slots = self._operator_slots
-        if not slots.acquire(blocking=False) and (
-            self._oldest_operator_call_s() >= OPERATOR_SLOW_S
-            or not slots.acquire(timeout=OPERATOR_SLOW_S)
-        ):
-            with self._operator_calls_lock:
-                self._operator_calls_shed += 1
-            raise PeerError("operator", "UNAVAILABLE", OPERATOR_BUSY, unavailable=True)
-        call = object()
-        with self._operator_calls_lock:
-            self._operator_calls_started[call] = self._monotonic.monotonic_s()
-        try:
-            yield
-        finally:
-            with self._operator_calls_lock:
-                del self._operator_calls_started[call]
-            slots.release()
-
-    def _oldest_operator_call_s(self) -> float:
-        """How long the oldest call now waiting on the operator has waited; 0 for none."""
-        with self._operator_calls_lock:
-            started = min(self._operator_calls_started.values(), default=None)
-        return 0.0 if started is None else self._monotonic.monotonic_s() - started
+    def _operator_slot(self, *, by_user: bool) -> AbstractContextManager[None]:
+        """A caller's call to the operator, counted against operator_calls_max while it runs
+        (PeerError OPERATOR_BUSY when the operator is slow and every slot is taken); the
+        background refresher's (`by_user` False) are not counted."""
+        return self._operator_calls.slot() if by_user else nullcontext()
 
     def readings(self) -> dict[str, float]:
         """What /metrics shows of the publisher itself (svc_common.metrics), in every mode;
         no store access, so a scrape takes no store lock."""
-        # Opt-outs honoured from memory because the store refused them: not on disk yet.
-        with self._operator_calls_lock:
-            waiting, shed = len(self._operator_calls_started), self._operator_calls_shed
+        op_waiting, op_shed = self._operator_calls.readings()
+        ssp_waiting, ssp_shed = self._ssp_calls.readings()
         return {
+            # Opt-outs honoured from memory because the store refused them: not on disk yet.
             "unrecorded_optouts": float(len(self.unrecorded_optouts)),
-            "operator_calls_waiting": float(waiting),
-            "operator_calls_shed": float(shed),
+            "operator_calls_waiting": float(op_waiting),
+            "operator_calls_shed": float(op_shed),
+            "ssp_calls_waiting": float(ssp_waiting),
+            "ssp_calls_shed": float(ssp_shed),
         }
 
     def user_lock(self, user_id: str) -> AbstractContextManager[None]:
@@ -784,7 +780,8 @@ class Publisher:
             token, cookie, clear = self._impression_cookie(cookie_value)
         impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
         try:
-            decision = self.ssp.submit_impression(impression)
+            with self._ssp_calls.slot():
+                decision = self.ssp.submit_impression(impression)
         except PeerError as err:
             raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
         return AdResult(decision, bool(token), cookie, clear)

@@ -23,6 +23,10 @@ from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 
 _log = structlog.get_logger("server")
 
+# Server threads beyond one per slot of the operator and SSP call bounds: what calls that ask
+# neither peer (a logout, a token not due) are served on when both peers are frozen.
+SPARE_THREADS = 8
+
 SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
 
 
@@ -82,6 +86,8 @@ def start(
             mode=config.storage_mode,
             on_behalf_of_site_id=config.on_behalf_of_site_id,
             serve_refresh_budget_s=config.serve_refresh_budget_s,
+            operator_calls_max=config.operator_calls_max,
+            ssp_calls_max=config.ssp_calls_max,
         )
         opened.callback(publisher.close)  # closed first (last in): before the peers and store
         servicer = PublisherServicer(publisher, config.site_id)
@@ -94,6 +100,7 @@ def start(
             domain="publisher.uid2",
             register=register,
             service_names=[SERVICE_NAME],
+            max_workers=config.operator_calls_max + config.ssp_calls_max + SPARE_THREADS,
             owns=opened,
             tls=config.tls,
         )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from publisher_svc.model import PrivacySettings
+from publisher_svc.peer import callers_deadline
 from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
 from publisher_svc.ssp_enums import disposition_to_proto, outcome_to_proto
 from svc_common import call_context
@@ -48,18 +51,33 @@ def _dii(request: Any) -> _Dii:
     return _Dii(*(getattr(request, f) if f == which else None for f in _Dii._fields))
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Method = Callable[["PublisherServicer", Req, Any], Resp]
+
+
+def _served(method: Method[Req, Resp]) -> Method[Req, Resp]:
+    """Binds the call's site to its log line, and its caller's deadline to the peer calls it
+    makes (peer.callers_deadline): a caller that gave up holds no thread after it."""
+
+    @functools.wraps(method)
+    def serve(self: PublisherServicer, request: Req, context: Any) -> Resp:
+        call_context.bind(site_id=self._site_id)
+        with callers_deadline(context.time_remaining()):
+            return method(self, request, context)
+
+    return serve
+
+
 class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
     def __init__(self, publisher: Publisher, site_id: int) -> None:
         self._pub = publisher
         self._site_id = site_id
 
-    def _bind(self) -> None:
-        call_context.bind(site_id=self._site_id)
-
+    @_served
     def Login(
         self, request: publisher_pb2.LoginRequest, context: Any
     ) -> publisher_pb2.LoginResponse:
-        self._bind()
         dii = _dii(request)
         ps = request.privacy_settings
         result = self._pub.login(
@@ -78,10 +96,10 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             clear_cookie=result.clear_cookie,
         )
 
+    @_served
     def GetAdvertisingToken(
         self, request: publisher_pb2.GetAdvertisingTokenRequest, context: Any
     ) -> publisher_pb2.GetAdvertisingTokenResponse:
-        self._bind()
         result = self._pub.get_advertising_token(request.user_id)
         call_context.bind(outcome=result.status.value)
         return publisher_pb2.GetAdvertisingTokenResponse(
@@ -91,10 +109,10 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             refreshed=result.refreshed,
         )
 
+    @_served
     def RefreshClientIdentity(
         self, request: publisher_pb2.RefreshClientIdentityRequest, context: Any
     ) -> publisher_pb2.RefreshClientIdentityResponse:
-        self._bind()
         dii = _dii(request)
         result = self._pub.refresh_client(
             request.cookie_value,
@@ -112,16 +130,16 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             advertising_token=result.advertising_token,
         )
 
+    @_served
     def Logout(
         self, request: publisher_pb2.LogoutRequest, context: Any
     ) -> publisher_pb2.LogoutResponse:
-        self._bind()
         return publisher_pb2.LogoutResponse(deleted=self._pub.logout(request.user_id))
 
+    @_served
     def ServeAd(
         self, request: publisher_pb2.ServeAdRequest, context: Any
     ) -> publisher_pb2.ServeAdResponse:
-        self._bind()
         which = request.WhichOneof("subject")
         result = self._pub.serve_ad(
             user_id=request.user_id if which == "user_id" else None,
@@ -150,9 +168,9 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             clear_cookie=result.clear_cookie,
         )
 
+    @_served
     def SetUserOptOut(
         self, request: publisher_pb2.SetUserOptOutRequest, context: Any
     ) -> publisher_pb2.SetUserOptOutResponse:
-        self._bind()
         opted = self._pub.set_site_optout(request.user_id, request.opted_out)
         return publisher_pb2.SetUserOptOutResponse(opted_out=opted)

@@ -57,6 +57,14 @@ def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),)
 
 
+class CallerDeadlineExceeded(RemoteError):
+    """The call was cut short, or not retried, because the deadline its caller gave
+    (call_with_retry's `deadline`) passed, not because the peer's own deadline did."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, "", "the caller's deadline passed")
+
+
 def call_with_retry(
     call: Callable[..., T],
     request: Any,
@@ -66,15 +74,32 @@ def call_with_retry(
     attempts: int = 4,
     backoff: Backoff | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Calls `call(request)`; retries UNAVAILABLE up to `attempts` times; raises RemoteError."""
+    """Calls `call(request)`; retries UNAVAILABLE up to `attempts` times; raises RemoteError.
+
+    `deadline` (on `monotonic`'s clock): the caller's, past which nobody waits for the answer.
+    Each attempt then gets the smaller of `timeout_s` and the time left, and no attempt starts
+    (nor a retry's back-off) once too little is left: CallerDeadlineExceeded."""
     backoff = backoff or Backoff()
     for attempt in range(attempts):
+        timeout, cut = timeout_s, False
+        if deadline is not None:
+            left = deadline - monotonic()
+            if left <= 0:
+                raise CallerDeadlineExceeded()
+            timeout, cut = min(timeout_s, left), left < timeout_s
         try:
-            return call(request, timeout=timeout_s, metadata=metadata)
+            return call(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as err:
             remote = to_remote_error(err)
+            if cut and remote.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise CallerDeadlineExceeded() from None
             if not remote.retriable or attempt == attempts - 1:
                 raise remote from None
-            sleep(backoff.delay(attempt))
+            delay = backoff.delay(attempt)
+            if deadline is not None and monotonic() + delay >= deadline:
+                raise CallerDeadlineExceeded() from None
+            sleep(delay)
     raise AssertionError("unreachable")

@@ -220,4 +220,6 @@ def test_a_client_side_publisher_shows_its_unrecorded_opt_outs_too(stack: Stack)
         "uid2_publisher_unrecorded_optouts": 0,
         "uid2_publisher_operator_calls_waiting": 0,
         "uid2_publisher_operator_calls_shed": 0,
+        "uid2_publisher_ssp_calls_waiting": 0,
+        "uid2_publisher_ssp_calls_shed": 0,
     }

@@ -34,6 +34,13 @@ T0 = 1_700_000_000_000
 OK = operator_pb2.PrivacySettings(transparency_notice_accepted=True, tcf_consent_string="CP-tcf")
 
 
+class NoDeadline:
+    """The servicer context of a call without a deadline, for a servicer called directly."""
+
+    def time_remaining(self) -> None:
+        return None
+
+
 class FillingSsp(FakeSsp):
     def submit_impression(self, impression: Impression) -> AdDecision:
         self.impressions.append(impression)
@@ -121,13 +128,15 @@ def test_statuses(h: Harness) -> None:
 def test_errors_are_service_errors(h: Harness) -> None:
     # grpc_testing runs no interceptors: the edge maps these; here we check the domain raises
     with pytest.raises(ServiceError) as exc:
-        h.servicer.Login(pb.LoginRequest(user_id="u", email="@b.com"), None)
+        h.servicer.Login(pb.LoginRequest(user_id="u", email="@b.com"), NoDeadline())
     assert exc.value.reason == "INVALID_EMAIL"
     with pytest.raises(ServiceError) as exc:
-        h.servicer.Login(pb.LoginRequest(user_id="u"), None)
+        h.servicer.Login(pb.LoginRequest(user_id="u"), NoDeadline())
     assert exc.value.reason == "MISSING_DII"
     with pytest.raises(ServiceError) as exc:
-        h.servicer.RefreshClientIdentity(pb.RefreshClientIdentityRequest(cookie_value="x"), None)
+        h.servicer.RefreshClientIdentity(
+            pb.RefreshClientIdentityRequest(cookie_value="x"), NoDeadline()
+        )
     assert exc.value.reason == "INVALID_COOKIE"
 
 
@@ -201,7 +210,7 @@ def test_login_and_client_refresh_by_hash(h: Harness, hc: Harness) -> None:
     assert r.status == pb.REFRESH_CLIENT_IDENTITY_STATUS_OPTOUT
     assert hc.store.is_operator_optout(f"email:{email_hash}")
     with pytest.raises(ServiceError) as exc:
-        h.servicer.Login(pb.LoginRequest(user_id="u", phone_hash="nope"), None)
+        h.servicer.Login(pb.LoginRequest(user_id="u", phone_hash="nope"), NoDeadline())
     assert exc.value.reason == "INVALID_PHONE_HASH"
 
 

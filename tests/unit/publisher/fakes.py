@@ -126,8 +126,20 @@ class FakeSsp:
     impressions: list[Impression] = field(default_factory=list)
     down: bool = False
     refusal: tuple[str, str] | None = None  # (code, reason) to refuse every impression with
+    gate: threading.Event | None = None  # while set to an unset Event, calls wait for it
+    in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit_impression(self, impression: Impression) -> AdDecision:
+        gate = self.gate
+        if gate is not None:
+            with self._lock:
+                self.in_flight += 1
+            try:
+                gate.wait(30)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
         if self.down:
             raise PeerError("ssp", "UNAVAILABLE", "", unavailable=True)
         if self.refusal is not None:

@@ -56,6 +56,18 @@ def test_serve_refresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(args)
 
 
+def test_peer_call_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _parser().parse_args([*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"])
+    config = parse_config(args)
+    assert (config.operator_calls_max, config.ssp_calls_max) == (24, 24)
+    monkeypatch.setenv("UID2_PUBLISHER_SSP_CALLS_MAX", "6")
+    args = _parser().parse_args(
+        [*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s", "--operator-calls-max", "5"]
+    )
+    config = parse_config(args)
+    assert (config.operator_calls_max, config.ssp_calls_max) == (5, 6)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -88,6 +100,12 @@ def test_serve_refresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
             "at most 3600",
         ),
         (["--operator-api-key", "k", "--ssp-api-key", "s", "--ssp-timeout", "1e300"], "at most"),
+        (["--operator-api-key", "k", "--ssp-api-key", "s", "--ssp-calls-max", "0"], "at least 1"),
+        # Each slot gets a server thread.
+        (
+            ["--operator-api-key", "k", "--ssp-api-key", "s", "--operator-calls-max", "100000"],
+            "at most 256",
+        ),
     ],
 )
 def test_mistakes(monkeypatch: pytest.MonkeyPatch, extra: list[str], message: str) -> None:

@@ -1,6 +1,7 @@
-"""A slow operator holds at most `operator_calls_max` callers' calls; the next is answered at
-once as if the operator were unreachable, so the server's threads stay free for calls that
-never ask it. A busy but answering operator makes the next call wait for a slot instead."""
+"""A slow operator holds at most `operator_calls_max` callers' calls, a slow SSP at most
+`ssp_calls_max` impressions; the next is answered at once as if the peer were unreachable, so
+the server's threads stay free for calls that never ask it. A busy but answering operator makes
+the next call wait for a slot instead."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import (
-    OPERATOR_SLOW_S,
+    PEER_SLOW_S,
+    AdResult,
     LoginResult,
     LoginStatus,
     Publisher,
@@ -82,12 +84,12 @@ def test_past_the_bound_a_slow_operator_is_not_asked_and_held_tokens_are_still_s
     clock.advance(2 * HOUR)  # due for refresh (refresh_from 1 h), unexpired (3 days)
     with ThreadPoolExecutor(2) as pool:
         stuck = _stuck_logins(env, pool)
-        clock.advance(int(OPERATOR_SLOW_S * 1000))  # the operator has not answered in that long
+        clock.advance(int(PEER_SLOW_S * 1000))  # the operator has not answered in that long
 
         started = time.monotonic()
         with pytest.raises(ServiceError) as refused:
             pub.login("late", "late@example.com", None, OK)
-        assert time.monotonic() - started < OPERATOR_SLOW_S  # not waited for: refused at once
+        assert time.monotonic() - started < PEER_SLOW_S  # not waited for: refused at once
         assert refused.value.kind is ErrorKind.UNAVAILABLE
         assert refused.value.reason == "OPERATOR_BUSY"
         assert "is slow" in refused.value.message
@@ -140,12 +142,65 @@ def test_a_busy_operator_that_answers_makes_the_next_call_wait_not_fail(env: Env
     assert pub.readings()["operator_calls_shed"] == 0
 
 
-def test_the_bound_must_allow_a_call() -> None:
-    with pytest.raises(ValueError, match="operator_calls_max"):
+def _ad(pub: Publisher) -> AdResult:
+    return pub.serve_ad(
+        user_id="reader",
+        cookie_value=None,
+        placement_id="p1",
+        page_domain="example.com",
+        floor_price=0.1,
+    )
+
+
+def test_past_the_bound_a_slow_ssp_is_not_asked(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    gate = threading.Event()
+    ssp = FakeSsp(gate=gate)  # the SSP stops answering
+    store = SqliteStore(tmp_path)
+    pub = Publisher(
+        store=store,
+        operator=FakeOperator(clock),
+        ssp=ssp,
+        clock=clock,
+        monotonic=clock,
+        ssp_calls_max=2,
+    )
+    try:
+        assert pub.login("reader", "reader@example.com", None, OK).status is LoginStatus.SUCCESS
+        with ThreadPoolExecutor(2) as pool:
+            stuck = [pool.submit(_ad, pub) for _ in range(2)]
+            _until(lambda: ssp.in_flight == 2)
+            clock.advance(int(PEER_SLOW_S * 1000))  # the SSP has not answered in that long
+
+            started = time.monotonic()
+            with pytest.raises(ServiceError) as refused:
+                _ad(pub)
+            assert time.monotonic() - started < PEER_SLOW_S  # not waited for: refused at once
+            assert refused.value.kind is ErrorKind.UNAVAILABLE
+            assert refused.value.reason == "SSP_BUSY"
+            assert "the SSP is slow" in refused.value.message
+            assert ssp.in_flight == 2  # it never reached the SSP
+            readings = pub.readings()
+            assert (readings["ssp_calls_waiting"], readings["ssp_calls_shed"]) == (2, 1)
+            assert readings["operator_calls_shed"] == 0  # the bounds are apart
+
+            gate.set()
+            assert all(f.result(10).token_sent for f in stuck)
+        assert pub.readings()["ssp_calls_waiting"] == 0
+        assert _ad(pub).token_sent
+    finally:
+        gate.set()
+        pub.close()
+        store.close()
+
+
+@pytest.mark.parametrize("bound", ["operator_calls_max", "ssp_calls_max"])
+def test_the_bound_must_allow_a_call(bound: str) -> None:
+    with pytest.raises(ValueError, match=bound):
         Publisher(
             store=None,  # type: ignore[arg-type]  # refused before any use
             operator=FakeOperator(ManualClock(T0)),
             ssp=FakeSsp(),
             clock=ManualClock(T0),
-            operator_calls_max=0,
+            **{bound: 0},  # type: ignore[arg-type]  # an int, whichever bound is named
         )

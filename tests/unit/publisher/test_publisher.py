@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from publisher_svc.call_bound import CallBound
 from publisher_svc.cookie import decode_cookie
 from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
 from publisher_svc.publisher import (
+    OPERATOR_BUSY,
     AdResult,
     LoginStatus,
     Publisher,
@@ -840,18 +842,21 @@ def test_impressions_of_a_cookie_whose_refresh_failed_back_off(
 def test_a_cookie_refresh_the_publisher_did_not_ask_for_counts_no_failure(client_env: Env) -> None:
     """OPERATOR_BUSY: the operator was never asked, so there is nothing to back off from."""
     e = client_env
-    e.pub.operator_calls_max = 1
-    e.pub._operator_slots = threading.BoundedSemaphore(1)
+    e.pub._operator_calls = CallBound(
+        "operator", 1, busy_reason=OPERATOR_BUSY, slow_s=0.0, monotonic=e.clock
+    )
     cookie = e.pub.login("u1", "a@b.com", None, OK).cookie
     assert cookie is not None
     e.clock.advance(HOUR)
-    assert e.pub._operator_slots.acquire(blocking=False)  # every slot taken, as by a slow call
+    assert e.pub._operator_calls._slots.acquire(
+        blocking=False
+    )  # every slot taken, as by a slow call
     try:
         e.pub.refresh_client(cookie.value)
         _, r = _ad(e, cookie_value=cookie.value)
         assert r.token_sent
     finally:
-        e.pub._operator_slots.release()
+        e.pub._operator_calls._slots.release()
     assert len(e.pub.cookie_retries) == 0
 
 
