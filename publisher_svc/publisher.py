@@ -66,6 +66,8 @@ DEFAULT_SSP_CALLS_MAX = 24
 PEER_SLOW_S = 0.5
 OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
 SSP_BUSY = "SSP_BUSY"
+# ErrorInfo reason of a call the configured storage mode has no use for (Publisher._only_in).
+WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 # How long a stop waits for its last try at recording opt-outs the store refused earlier.
 UNRECORDED_LAST_TRY_S = 1.0
@@ -409,6 +411,19 @@ class Publisher:
             "ssp_calls_shed": float(ssp_shed),
         }
 
+    def _only_in(self, mode: StorageMode, call: str, instead: str) -> None:
+        """Refuses a call meant for the other storage mode: answered as if it applied (an
+        empty token, a logout of nothing, a cookie refreshed where none is kept), it would
+        hide the caller's integration mistake."""
+        if self.mode is not mode:
+            raise ServiceError(
+                ErrorKind.FAILED_PRECONDITION,
+                WRONG_STORAGE_MODE,
+                f"{call} is for {mode.value}-side storage, and this publisher runs in "
+                f"{self.mode.value}-side storage mode: {instead}",
+                {"storageMode": self.mode.value},
+            )
+
     def user_lock(self, user_id: str) -> AbstractContextManager[None]:
         """Held around everything that reads then writes the user's identity, operator calls
         included; other users never wait on it."""
@@ -502,6 +517,11 @@ class Publisher:
         return LoginResult(LoginStatus.OPTOUT)
 
     def logout(self, user_id: str) -> bool:
+        self._only_in(
+            StorageMode.SERVER,
+            "Logout",
+            "it stores no identity; the caller deletes the user's __uid_2 cookie",
+        )
         check_user_id(user_id)
         with self.user_lock(user_id):
             self._record_unrecorded(user_id)
@@ -633,6 +653,12 @@ class Publisher:
         """The current token, refreshed first when due: the caller asked for the freshest, so
         this waits for the operator (up to its deadline) and for a refresh of the same user
         already in flight; an unreachable operator still yields the held unexpired token."""
+        self._only_in(
+            StorageMode.SERVER,
+            "GetAdvertisingToken",
+            "the token is in the __uid_2 cookie Login returned; refresh it with "
+            "RefreshClientIdentity",
+        )
         check_user_id(user_id)
         return self._current_token(user_id)
 
@@ -707,6 +733,11 @@ class Publisher:
         email_hash: str | None = None,
         phone_hash: str | None = None,
     ) -> ClientRefreshResult:
+        self._only_in(
+            StorageMode.CLIENT,
+            "RefreshClientIdentity",
+            "it keeps identities by user id; use GetAdvertisingToken",
+        )
         identity = decode_cookie(cookie_value)
         given = (email, phone, email_hash, phone_hash)
         dii = hash_dii(*given) if any(v is not None for v in given) else None
@@ -753,6 +784,12 @@ class Publisher:
         floor_price: float,
         app_bundle: str = "",
     ) -> AdResult:
+        if user_id is not None:
+            self._only_in(
+                StorageMode.SERVER, "ServeAd with user_id", "send the __uid_2 cookie_value"
+            )
+        if cookie_value is not None:
+            self._only_in(StorageMode.CLIENT, "ServeAd with cookie_value", "send the user_id")
         if not page_domain and not app_bundle:
             raise invalid_argument(
                 "MISSING_PAGE_DOMAIN", "page_domain (web) or app_bundle (app, CTV) is required"

@@ -388,3 +388,54 @@ def test_callers_bad_input_is_its_own_invalid_argument_not_a_peer_refusal(world:
     assert stub.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="u")).status == (
         pb.GET_ADVERTISING_TOKEN_STATUS_NO_IDENTITY
     )
+
+
+def _wrong_mode(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
+    with pytest.raises(grpc.RpcError) as exc:
+        call()
+    info = error_info(exc.value)
+    assert info is not None
+    return exc.value.code(), info.reason, exc.value.details(), dict(info.metadata)
+
+
+def test_calls_for_the_other_storage_mode_are_refused(world: World) -> None:
+    """Before, they were answered as if they applied: on a client-mode publisher a
+    GetAdvertisingToken right after a successful Login said NO_IDENTITY, ServeAd(user_id) sent
+    no token, Logout answered an empty response; a server-mode one refreshed a cookie."""
+    _, client = world.publisher(world.config("client", storage_mode=StorageMode.CLIENT))
+    cookie = login(client, "hal", "hal@example.com").cookie.value
+    for call, names in (
+        (
+            lambda: client.GetAdvertisingToken(pb.GetAdvertisingTokenRequest(user_id="hal")),
+            "RefreshClientIdentity",
+        ),
+        (lambda: serve_ad(client, user_id="hal"), "cookie_value"),
+        (lambda: client.Logout(pb.LogoutRequest(user_id="hal")), "__uid_2 cookie"),
+    ):
+        code, reason, message, metadata = _wrong_mode(call)
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WRONG_STORAGE_MODE")
+        assert "runs in client-side storage mode" in message and names in message
+        assert metadata == {"storageMode": "client"}
+    assert not world.ssp.requests  # the impression did not go out
+
+    _, server = world.publisher(world.config("server"))
+    assert login(server, "hal", "hal@example.com").status == pb.LOGIN_STATUS_SUCCESS
+    for call, names in (
+        (
+            lambda: server.RefreshClientIdentity(
+                pb.RefreshClientIdentityRequest(cookie_value=cookie)
+            ),
+            "GetAdvertisingToken",
+        ),
+        (lambda: serve_ad(server, cookie_value=cookie), "user_id"),
+    ):
+        code, reason, message, metadata = _wrong_mode(call)
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WRONG_STORAGE_MODE")
+        assert "runs in server-side storage mode" in message and names in message
+        assert metadata == {"storageMode": "server"}
+    assert not world.ssp.requests
+
+    # What applies in both modes still does: an anonymous impression, a site opt-out.
+    for stub in (client, server):
+        assert not serve_ad(stub).token_sent
+        assert stub.SetUserOptOut(pb.SetUserOptOutRequest(user_id="hal", opted_out=True)).opted_out

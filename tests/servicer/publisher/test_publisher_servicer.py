@@ -125,7 +125,7 @@ def test_statuses(h: Harness) -> None:
     assert not resp.deleted
 
 
-def test_errors_are_service_errors(h: Harness) -> None:
+def test_errors_are_service_errors(h: Harness, hc: Harness) -> None:
     # grpc_testing runs no interceptors: the edge maps these; here we check the domain raises
     with pytest.raises(ServiceError) as exc:
         h.servicer.Login(pb.LoginRequest(user_id="u", email="@b.com"), NoDeadline())
@@ -134,7 +134,7 @@ def test_errors_are_service_errors(h: Harness) -> None:
         h.servicer.Login(pb.LoginRequest(user_id="u"), NoDeadline())
     assert exc.value.reason == "MISSING_DII"
     with pytest.raises(ServiceError) as exc:
-        h.servicer.RefreshClientIdentity(
+        hc.servicer.RefreshClientIdentity(
             pb.RefreshClientIdentityRequest(cookie_value="x"), NoDeadline()
         )
     assert exc.value.reason == "INVALID_COOKIE"

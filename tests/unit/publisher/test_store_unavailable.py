@@ -219,6 +219,7 @@ def test_a_client_side_refresh_answered_optout_is_optout_though_not_recorded(
     stored = locked.store.get("u0")
     assert stored is not None
     _operator_answers_optout(locked)
+    locked.mode = StorageMode.CLIENT  # the identity stored in server mode, sent as a cookie
     result = locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
     assert result.status is TokenStatus.OPTOUT
 
@@ -369,9 +370,10 @@ def test_a_client_side_refresh_optout_not_recorded_spares_the_next_login_the_ope
     operator = locked.operator
     assert stored is not None and isinstance(operator, FakeOperator)
     _operator_answers_optout(locked)
-    locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
-    # A client-side deployment: no identity stored to end, so the login answers OPTOUT.
+    # A client-side deployment (the identity stored in server mode, sent as a cookie): no
+    # identity stored to end, so the login answers OPTOUT.
     locked.mode = StorageMode.CLIENT
+    locked.refresh_client(encode_cookie(stored.identity), email="u0@example.com")
     generated = len(operator.generate_calls)
     login = locked.login("u0", "u0@example.com", None, PrivacySettings(True, ""))
     assert login.status is LoginStatus.OPTOUT and len(operator.generate_calls) == generated
