@@ -125,9 +125,17 @@ def _add_key(
 
 def initialise(store: OperatorStore, now_ms: int, rng: Rng, identity_scope: str = "UID2") -> bool:
     """Creates the first-level salt, 2^20 salt buckets and the master, refresh and fallback
-    keysets with keys active now. Returns False (and changes nothing) when already done."""
+    keysets with keys active now. Returns False (and changes nothing) when already done;
+    AdminError for a store of another schema version (a newer release's, after a downgrade),
+    which `serve` would refuse: "already done" would tell a deploy script all is well."""
     if store.is_initialised():
         return False
+    held = store.meta_int("schema_version")
+    if held:
+        raise AdminError(
+            f"the store has schema version {held}, not {SCHEMA_VERSION}: it was made by "
+            "another release of uid2-operator; run that release, or restore a backup of this one"
+        )
     salts = SaltSet.generate(BUCKET_COUNT, rng, now_ms)
     blobs = salts.to_blobs()
     now_s = now_ms // 1000

@@ -35,6 +35,17 @@ def initialised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return d
 
 
+def test_init_on_a_store_of_a_newer_schema_is_refused_not_reported_done(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = sqlite3.connect(initialised / "operator.sqlite3")
+    with conn:
+        conn.execute("UPDATE meta SET v = 2 WHERE k = 'schema_version'")
+    conn.close()
+    line = _fails(capsys, "init", "--data-dir", str(initialised))
+    assert "schema version 2, not 1" in line
+
+
 def _key_rows(d: Path) -> list[KeyRow]:
     store = OperatorStore.open(d)
     try:
