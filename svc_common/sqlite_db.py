@@ -199,12 +199,21 @@ def refuse_empty(path: Path, error: ErrorFactory) -> None:
 
 
 def open_db(
-    path: Path, error: ErrorFactory, *, schema: str = "", check: bool = True
+    path: Path,
+    error: ErrorFactory,
+    *,
+    schema: str = "",
+    check: bool = True,
+    version: int = 0,
 ) -> sqlite3.Connection:
     """Connects to `path` (created if absent, refused if an empty file), sets the pragmas and
     runs `schema` if given.
     `check`: run SQLite's quick_check (every page read once); a process opening the same file
-    again (a second connection) need not."""
+    again (a second connection) need not.
+    `version`: the newest schema version (SQLite's user_version) this release reads; a store
+    stamped with a newer one (`stamp_version`), a newer release's after a downgrade, is refused
+    before anything touches it: its tables may need what this release never writes, and every
+    call would fail as INTERNAL while health said SERVING."""
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
     if not path.exists():
@@ -235,6 +244,13 @@ def open_db(
         if verdict != "ok":
             conn.close()
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
+        held = schema_version(conn)
+        if version and held > version:
+            conn.close()
+            raise error(
+                f"store {path} has schema version {held}, newer than this release's "
+                f"{version}: run the release that made it, or restore a backup of this one"
+            )
         if schema:
             conn.executescript(schema)
     except sqlite3.Error as exc:
@@ -242,6 +258,16 @@ def open_db(
             conn.close()
         raise error(f"store {path} cannot be opened: {exc}") from None
     return conn
+
+
+def stamp_version(conn: sqlite3.Connection, version: int) -> None:
+    """Records the store's schema version (see open_db), inside the caller's write transaction
+    that brought it there."""
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def quick_check(conn: sqlite3.Connection) -> str:

@@ -24,8 +24,13 @@ from svc_common.sqlite_db import (
     close_when_free,
     open_db,
     require_data_dir,
+    schema_version,
+    stamp_version,
     write_transaction,
 )
+
+# The store's schema as this release leaves it (SQLite's user_version); a newer one is refused.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -134,7 +139,9 @@ class SqliteStore:
         path = Path(data_dir)
         require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
-        self._db = open_db(path / self.FILE_NAME, StoreError, schema=_SCHEMA)
+        self._db = open_db(
+            path / self.FILE_NAME, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION
+        )
         self._file = StoreFile.of(path / self.FILE_NAME)
         try:
             self._upgrade()
@@ -162,10 +169,16 @@ class SqliteStore:
             if "used_since_refresh" not in self._columns():
                 db.execute(f"ALTER TABLE identities ADD COLUMN {_USED_COLUMN}")
             db.execute(f"CREATE INDEX IF NOT EXISTS {_DII_INDEX} ON identities (dii_key)")
+            if schema_version(db) < SCHEMA_VERSION:
+                stamp_version(db, SCHEMA_VERSION)
 
     def _upgraded(self) -> bool:
         indexes = {str(row[1]) for row in self._db.execute("PRAGMA index_list(identities)")}
-        return "used_since_refresh" in self._columns() and _DII_INDEX in indexes
+        return (
+            "used_since_refresh" in self._columns()
+            and _DII_INDEX in indexes
+            and schema_version(self._db) >= SCHEMA_VERSION
+        )
 
     def _columns(self) -> set[str]:
         return {str(row[1]) for row in self._db.execute("PRAGMA table_info(identities)")}

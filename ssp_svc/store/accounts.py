@@ -26,9 +26,18 @@ from svc_common.names import account_name, check_app_name, normalise_domain, sit
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError
 from svc_common.settings import api_key as check_api_key
-from svc_common.sqlite_db import StoreUnavailable, open_db, require_data_dir, write_transaction
+from svc_common.sqlite_db import (
+    StoreUnavailable,
+    open_db,
+    require_data_dir,
+    schema_version,
+    stamp_version,
+    write_transaction,
+)
 
 DB_NAME = "ssp.sqlite3"
+# The store's schema as this release leaves it (SQLite's user_version); a newer one is refused.
+SCHEMA_VERSION = 1
 KEY_PREFIX = "UID2-SSP-"
 _KEY_ID_BYTES = 8
 _KEY_SECRET_BYTES = 32
@@ -146,7 +155,7 @@ class SqliteAccountStore:
         self._rng = rng
         self._clock = clock
         self._path = data_dir / DB_NAME
-        self._conn = open_db(self._path, StoreError, schema=_SCHEMA)
+        self._conn = open_db(self._path, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[bytes, bytes, Account]] = {}
         try:
@@ -161,7 +170,7 @@ class SqliteAccountStore:
     def _add_disabled_column(self) -> None:
         """Checked again inside the write transaction, so two processes opening the same old
         store do not both add it (the second would fail on a duplicate column)."""
-        if "disabled" in self._columns():
+        if "disabled" in self._columns() and schema_version(self._conn) >= SCHEMA_VERSION:
             return
         with write_transaction(self._conn, self._lock):
             columns = self._columns()
@@ -170,6 +179,8 @@ class SqliteAccountStore:
                 raise sqlite3.DatabaseError("its accounts table is not the SSP's")
             if "disabled" not in columns:
                 self._conn.execute(f"ALTER TABLE accounts ADD COLUMN {_DISABLED_COLUMN}")
+            if schema_version(self._conn) < SCHEMA_VERSION:
+                stamp_version(self._conn, SCHEMA_VERSION)
 
     def _columns(self) -> set[str]:
         return {str(row[1]) for row in self._conn.execute("PRAGMA table_info(accounts)")}

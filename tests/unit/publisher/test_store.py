@@ -263,3 +263,19 @@ def test_an_old_store_another_process_keeps_locked_is_a_store_error_on_open(
     store = SqliteStore(tmp_path)  # once free, it opens
     assert store.get("old") is not None
     store.close()
+
+
+def test_a_store_of_a_newer_release_is_refused_at_open_and_a_new_one_stamped(
+    tmp_path: Path,
+) -> None:
+    # After a downgrade the store opened, health said SERVING, and every Login was INTERNAL.
+    SqliteStore(tmp_path).close()
+    path = tmp_path / SqliteStore.FILE_NAME
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with pytest.raises(StoreError) as exc:
+        SqliteStore(tmp_path)
+    assert "schema version 2, newer than this release's 1" in str(exc.value)
+    assert str(path) in str(exc.value)

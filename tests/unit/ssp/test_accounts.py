@@ -320,3 +320,14 @@ def test_a_publishers_file_naming_a_key_twice_is_refused(tmp_path: Path) -> None
     path.write_text(f'{{"publishers": [{first}], "publishers": [{second}]}}')
     with pytest.raises(StoreError, match="key 'publishers' appears twice in one object"):
         FileAccountStore(path, rng=os.urandom)
+
+
+def test_a_store_of_a_newer_release_is_refused_at_open(tmp_path: Path) -> None:
+    SqliteAccountStore(tmp_path, rng=os.urandom, clock=ManualClock(T0)).close()
+    conn = sqlite3.connect(tmp_path / "ssp.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with pytest.raises(StoreError) as exc:
+        SqliteAccountStore(tmp_path, rng=os.urandom, clock=ManualClock(T0))
+    assert "schema version 2, newer than this release's 1" in str(exc.value)
