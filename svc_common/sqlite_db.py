@@ -112,19 +112,38 @@ class StoreFile:
     path: Path
     device: int
     inode: int
+    # The WAL file's, when it was there (open_db's connection makes it): the same goes for it.
+    # Removed while the store is open ("temporary files" cleaned up), the writes go on into the
+    # unlinked file, and a restart after a crash finds none of them. While any connection is
+    # open SQLite keeps it in place (truncated at most), so another inode is never its doing.
+    wal: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, path: Path) -> StoreFile:
         st = os.stat(path)
-        return cls(path, st.st_dev, st.st_ino)
+        try:
+            wal_st = os.stat(_wal_path(path))
+        except OSError:
+            wal = None
+        else:
+            wal = (wal_st.st_dev, wal_st.st_ino)
+        return cls(path, st.st_dev, st.st_ino, wal)
 
     def replaced(self) -> bool:
-        """True when the path no longer names the file opened (deleted, moved, replaced)."""
+        """True when the path no longer names the file opened (deleted, moved, replaced), or
+        its WAL file's path no longer names the WAL file it had."""
         try:
             st = os.stat(self.path)
+            wal = None if self.wal is None else os.stat(_wal_path(self.path))
         except OSError:
             return True
+        if wal is not None and (wal.st_dev, wal.st_ino) != self.wal:
+            return True
         return (st.st_dev, st.st_ino) != (self.device, self.inode)
+
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
 
 
 @contextmanager

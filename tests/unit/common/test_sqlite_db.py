@@ -226,6 +226,27 @@ def test_a_store_file_moved_from_its_path_takes_no_writes(tmp_path: Path) -> Non
         conn.close()
 
 
+def test_a_store_whose_wal_file_was_removed_takes_no_writes(tmp_path: Path) -> None:
+    # Removed as "temporary files", the WAL took every write that followed into an unlinked
+    # file: acknowledged, and gone at the next crash, with integrity_check saying ok.
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    file, lock = StoreFile.of(path), threading.Lock()
+    try:
+        with write_transaction(conn, lock, file) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # emptied, not replaced: still fine
+        with write_transaction(conn, lock, file) as c:
+            c.execute("INSERT INTO t VALUES (2)")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"x.sqlite3{suffix}").unlink()
+        refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
+        with refused, write_transaction(conn, lock, file) as c:
+            c.execute("INSERT INTO t VALUES (3)")
+    finally:
+        conn.close()
+
+
 def test_a_commit_refused_by_a_deferred_constraint_ends_the_transaction(tmp_path: Path) -> None:
     """Not only the disk fails a COMMIT: a transaction left open would keep the write lock
     from every other process and show this connection rows nobody committed."""
