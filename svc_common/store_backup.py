@@ -164,6 +164,17 @@ def run_command(
     return 0
 
 
+# SQLite's (extended) codes for a write the disk refused: a full disk, a file-size limit.
+_WRITE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR_WRITE,
+        sqlite3.SQLITE_IOERR_FSYNC,
+        sqlite3.SQLITE_IOERR_TRUNCATE,
+    }
+)
+
+
 def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -> Copied:
     try:
         # Read-only: a backup being restored is not turned into a WAL store beside itself.
@@ -191,6 +202,9 @@ def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -
             _fsync(target.parent)
             return Copied(target, target.stat().st_size)
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) in _WRITE_FAILURES:
+            # Only the copy is written: the source is opened read-only.
+            raise error(f"{target} cannot be written: {exc}") from None
         raise error(f"{source} cannot be copied: {exc}") from None
     except OSError as exc:
         raise error(f"{target} cannot be written: {exc.strerror or exc}") from None

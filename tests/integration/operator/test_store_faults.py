@@ -141,3 +141,20 @@ def test_an_admin_command_the_disk_refuses_is_one_line_and_exit_2(tmp_path: Path
     assert r.returncode == 2 and r.stdout == ""  # no store warning beside the outcome
     line = one_error_line(r.stderr, "uid2-operator: error: ")
     assert "could not be written" in line
+
+
+def test_a_backup_the_disk_refuses_names_the_copy_not_the_store(tmp_path: Path) -> None:
+    init_dir(tmp_path)  # a store of several MB: 2^20 salt buckets
+    target = tmp_path.parent / f"{tmp_path.name}.backup"
+    cmd = [str(BIN / "uid2-operator"), "backup", "--data-dir", str(tmp_path), "--to", str(target)]
+    r = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(FILE_SIZE_LIMIT), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    line = one_error_line(r.stderr, "uid2-operator: error: ")
+    assert f"{target} cannot be written" in line, line
+    assert not target.exists()
