@@ -39,6 +39,11 @@ from svc_common import call_context
 # What `configure_logging` set; `write_call_line` reads it instead of asking structlog each call.
 _service = ""
 _info_enabled = True
+# structlog binds a module's logger for good on its first use once caching is on: cheaper for
+# every line after (the HTTP API logs one per request through it). Off in the test suite
+# (tests/conftest.py): a logger first used under one test's configure_logging() kept that
+# call's processors, so a later test's capture_logs(), which swaps the current ones, missed it.
+CACHE_LOGGERS = True
 
 
 def configure_logging(level: str = "INFO", service: str = "") -> None:
@@ -60,7 +65,7 @@ def configure_logging(level: str = "INFO", service: str = "") -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=_StderrLoggerFactory(),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _LibraryLogHandler)]:

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from svc_common import logging as svc_logging
+
+# See CACHE_LOGGERS: which tests ran before decided whether a capture_logs() saw a line.
+svc_logging.CACHE_LOGGERS = False
+
 
 @pytest.fixture(autouse=True)
 def restore_handlers() -> Iterator[None]:
