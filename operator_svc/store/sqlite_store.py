@@ -194,7 +194,11 @@ class OperatorStore:
 
     def note_token_lifetime(self, lifetime_s: int) -> None:
         """Records that tokens of `lifetime_s` seconds are issued from this store, when that is
-        longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META)."""
+        longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META).
+        Read first: a start with the usual lifetime takes no write lock (another process's
+        salt rotation may hold it)."""
+        if lifetime_s <= self.meta_int(LONGEST_LIFETIME_META):
+            return
         with self.transaction() as conn:
             if lifetime_s > _meta_int(conn, LONGEST_LIFETIME_META):
                 self.set_meta(conn, LONGEST_LIFETIME_META, lifetime_s)
