@@ -192,6 +192,11 @@ class OperatorStore:
             (key, value),
         )
 
+    @staticmethod
+    def longest_token_lifetime_in(conn: sqlite3.Connection) -> int:
+        """The longest token lifetime a serve of this store has issued with (0: none yet)."""
+        return _meta_int(conn, LONGEST_LIFETIME_META)
+
     def note_token_lifetime(self, lifetime_s: int) -> None:
         """Records that tokens of `lifetime_s` seconds are issued from this store, when that is
         longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META).

@@ -183,6 +183,19 @@ def test_key_retention_covers_the_longest_a_token_is_accepted(tmp_path: Path) ->
     store.close()
 
 
+def test_key_retention_covers_tokens_a_serve_issued_with_a_longer_lifetime(tmp_path: Path) -> None:
+    """A serve once ran with 60-day tokens, the rotation now with the default 3 days: their keys
+    must stay as long as the containers say such tokens are accepted (the recorded longest)."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    store.note_token_lifetime(60 * DAY_S)
+    t0 = T0 // 1000
+    admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=60)
+    old = [k for k in store.key_rows() if k.activates_s == t0 and k.keyset_id != REFRESH_KEYSET_ID]
+    assert old and all(k.expires_s == t0 + 60 + 60 * DAY_S + 1800 for k in old)
+    store.close()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
