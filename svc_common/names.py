@@ -10,9 +10,9 @@ from functools import cache
 import idna
 from publicsuffixlist import PublicSuffixList
 
-from svc_common.edge_log import loggable_id
-from svc_common.sensitive import shown
+from svc_common.sensitive import may_be_sensitive, shown
 
+MAX_ACCOUNT_NAME_CHARS = 64
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Android package names, iOS bundle ids, numeric App Store ids.
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -83,13 +83,18 @@ def check_app_name(text: str) -> str:
 
 def account_name(text: str) -> str:
     """The name of an account that is logged with every call it makes (the SSP's publishers
-    and subscribers): what a caller's request id may be (letters, digits, '.', '_', ':', '-',
-    at most 64, not DII-shaped; svc_common.edge_log), spaces allowed too. ValueError says why."""
+    and subscribers): at most 64 printable characters (a company's own: "Acme, Inc.", "Café
+    Média"), not DII, a hash, a key or a token (svc_common.sensitive; JSON lines escape the
+    rest). ValueError says why."""
     name = text.strip()
-    if not loggable_id(name.replace(" ", "_")):
+    if not 0 < len(name) <= MAX_ACCOUNT_NAME_CHARS or not name.isprintable():
         raise ValueError(
-            f"{shown(name)} is not an account name: at most 64 letters, digits, spaces, '.', "
-            "'_', ':' or '-', not all digits, and not an email, a phone number, a hash or a key "
-            "(it is logged with every call)"
+            f"{shown(name)} is not an account name: 1 to {MAX_ACCOUNT_NAME_CHARS} printable "
+            "characters"
+        )
+    if may_be_sensitive(name):
+        raise ValueError(
+            f"{shown(name)} is not an account name: it looks like an email, a phone number, a "
+            "hash or a key, and it is logged with every call"
         )
     return name

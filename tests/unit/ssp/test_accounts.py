@@ -29,7 +29,15 @@ def test_sqlite_keys_are_stored_hashed(tmp_path: Path) -> None:
     assert key.encode() not in (tmp_path / "ssp.sqlite3").read_bytes()
 
 
-_NOT_NAMES = ["jane.doe@publisher.example", "+12345678901", "555-123-4567", "x" * 65, "a/b=", ""]
+_NOT_NAMES = [
+    "jane.doe@publisher.example",
+    "+12345678901",
+    "555-123-4567",
+    "x" * 65,
+    "dGhpcyBpcyBhIHRlc3QgaGFzaCBvZiBhbiBlbWFpbA==",  # a hash, base64
+    "line\nbreak",
+    "",
+]
 
 
 @pytest.mark.parametrize("name", _NOT_NAMES)
@@ -43,7 +51,8 @@ def test_account_names_are_logged_with_every_call_so_they_must_look_like_names(
         assert "not an account name" in str(exc.value)
         if "@" in name or "+" in name:
             assert name not in str(exc.value)
-        assert store.add(" Example News ", AccountKind.SUBSCRIBER)[0].name == "Example News"
+        for fine in (" Example News ", "Acme, Inc.", "Café Média", "O'Reilly Media", "AT&T"):
+            assert store.add(fine, AccountKind.SUBSCRIBER)[0].name == fine.strip()
     finally:
         store.close()
     path = tmp_path / "pubs.json"
