@@ -156,11 +156,14 @@ def write_transaction(
     the write, or when `file` (the connection's) is no longer at its path, so that nothing is
     acknowledged into a file a restart would not open. Either way nothing is kept."""
     with lock:
+        # First, as it raises ProgrammingError for a connection already closed (a write that
+        # outlived the service's stop): closing the last connection removes the WAL file, and
+        # the check below would take that for a store removed under a running service.
+        _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
         if file is not None and file.replaced():
             # One stat per write; a file replaced between it and COMMIT is not caught.
             _log.error("store_file_replaced", path=str(file.path))
             raise StoreWriteFailed("the store file was removed or replaced; restart the service")
-        _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
