@@ -14,7 +14,7 @@ import structlog
 
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
-from svc_common.failure_streak import FailureStreak
+from svc_common.errors import failure_fields
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls
 from svc_common.tls_reload import open_channel
@@ -91,19 +91,39 @@ def best_valid_bid(
     return best
 
 
+# At most one `bidder_failed` line per bidder this often.
+FAILURE_LOG_INTERVAL_S = 30.0
+
+
+class _FailureLog:
+    """A bidder down, refusing us or answering garbage otherwise shows only as auctions without
+    its bids. Its first failure is logged at once, then at most one line per
+    FAILURE_LOG_INTERVAL_S with the failures since: a bidder that misses one auction in five
+    (normal in real-time bidding) is a line every 30 s, not two per miss. Callers hold the
+    pool's lock."""
+
+    def __init__(self, bidder: str) -> None:
+        self._log = _log.bind(bidder=bidder)
+        self._logged_at: float | None = None
+        self._since = 0
+
+    def failed(self, failure: BaseException, now: float) -> None:
+        self._since += 1
+        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_INTERVAL_S:
+            return
+        self._log.warning(
+            "bidder_failed", failures_since_last=self._since, **failure_fields(failure)
+        )
+        self._logged_at, self._since = now, 0
+
+
 class BidderPool:
     def __init__(self, targets: Sequence[BidderTarget], tls: PeerTls | None = None) -> None:
         self.targets = tuple(targets)
         self._channels = [open_channel(t.address, tls) for t in self.targets]
         self._stubs = [openrtb_pb2_grpc.BidderServiceStub(c) for c in self._channels]
         self.stats = {t.name: BidderStats() for t in self.targets}
-        # A bidder down, refusing us or answering garbage otherwise shows only as auctions
-        # without its bids: one line when it starts failing, one per 30 s while it goes on,
-        # one when it answers again.
-        self._streaks = {
-            t.name: FailureStreak(_log.bind(bidder=t.name), "bidder_failed", "bidder_recovered")
-            for t in self.targets
-        }
+        self._failures = {t.name: _FailureLog(t.name) for t in self.targets}
         self._lock = threading.Lock()
 
     def fan_out(self, request: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
@@ -141,11 +161,8 @@ class BidderPool:
             outcomes.append((outcome, failure))
         with self._lock:
             for target, (outcome, failure) in zip(self.targets, outcomes, strict=True):
-                streak = self._streaks[target.name]
-                if failure is None:
-                    streak.succeeded()
-                else:
-                    streak.failed(failure)
+                if failure is not None:
+                    self._failures[target.name].failed(failure, time.monotonic())
                 stats = self.stats[target.name]
                 if outcome == "bid":
                     stats.bids += 1
