@@ -100,6 +100,8 @@ def call_with_retry(
                 raise remote from None
             delay = backoff.delay(attempt)
             if deadline is not None and monotonic() + delay >= deadline:
-                raise CallerDeadlineExceeded() from None
+                # No time for another try: the peer's failure is the answer, not the deadline
+                # (a caller with 80 ms left was told its deadline passed, the operator down).
+                raise remote from None
             sleep(delay)
     raise AssertionError("unreachable")

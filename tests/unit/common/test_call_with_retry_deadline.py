@@ -58,8 +58,10 @@ def test_an_attempt_gets_the_time_left_and_its_timeout_is_the_callers() -> None:
 
 
 def test_no_retry_once_its_back_off_would_pass_the_deadline() -> None:
+    """And the peer's failure is the answer: the deadline has not passed (a caller with 80 ms
+    left was told it had, while the operator was down)."""
     clock, timeouts, slept = _Clock(), list[float](), list[float]()
-    with pytest.raises(CallerDeadlineExceeded):
+    with pytest.raises(RemoteError) as caught:
         call_with_retry(
             _failing(clock, grpc.StatusCode.UNAVAILABLE, timeouts),
             None,
@@ -72,6 +74,8 @@ def test_no_retry_once_its_back_off_would_pass_the_deadline() -> None:
         )
     # 0.1 s, a 0.05 s back-off (slept, not moving the fake clock), then too little left.
     assert len(timeouts) == 2 and slept == [0.05]
+    assert not isinstance(caught.value, CallerDeadlineExceeded)
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
 
 
 def test_no_attempt_after_the_deadline() -> None:
