@@ -98,22 +98,30 @@ FAILURE_LOG_INTERVAL_S = 30.0
 class _FailureLog:
     """A bidder down, refusing us or answering garbage otherwise shows only as auctions without
     its bids. Its first failure is logged at once, then at most one line per
-    FAILURE_LOG_INTERVAL_S with the failures since: a bidder that misses one auction in five
-    (normal in real-time bidding) is a line every 30 s, not two per miss. Callers hold the
+    FAILURE_LOG_INTERVAL_S with the failures since (the last one's code): a bidder that misses
+    one auction in five (normal in real-time bidding) is a line every 30 s, not two per miss.
+    Failures held back are written once their interval is over, at the bidder's next auction
+    whatever its outcome, not at its next failure, which may be hours later. Callers hold the
     pool's lock."""
 
     def __init__(self, bidder: str) -> None:
         self._log = _log.bind(bidder=bidder)
         self._logged_at: float | None = None
         self._since = 0
+        self._last: dict[str, str] = {}
 
     def failed(self, failure: BaseException, now: float) -> None:
         self._since += 1
+        self._last = failure_fields(failure)
+        self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Writes the failures held back, if any, once their interval is over."""
+        if not self._since:
+            return
         if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_INTERVAL_S:
             return
-        self._log.warning(
-            "bidder_failed", failures_since_last=self._since, **failure_fields(failure)
-        )
+        self._log.warning("bidder_failed", failures_since_last=self._since, **self._last)
         self._logged_at, self._since = now, 0
 
 
@@ -161,7 +169,9 @@ class BidderPool:
             outcomes.append((outcome, failure))
         with self._lock:
             for target, (outcome, failure) in zip(self.targets, outcomes, strict=True):
-                if failure is not None:
+                if failure is None:
+                    self._failures[target.name].tick(time.monotonic())
+                else:
                     self._failures[target.name].failed(failure, time.monotonic())
                 stats = self.stats[target.name]
                 if outcome == "bid":

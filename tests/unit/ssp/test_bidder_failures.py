@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import socket
 
+import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from dsp_svc.config import DspConfig
 from dsp_svc.server import create_server as create_dsp
-from ssp_svc.bidders import BidderPool, BidderTarget
+from ssp_svc.bidders import FAILURE_LOG_INTERVAL_S, BidderPool, BidderTarget, _FailureLog
 from svc_common.logging import configure_logging
 from uid2.ssp.v1 import openrtb_pb2
 
@@ -66,3 +68,20 @@ def test_a_bidder_that_fails_now_and_then_is_one_line_per_interval_not_two_per_m
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
     ours = [x["event"] for x in lines if x.get("bidder") == "flaky"]
     assert ours == ["bidder_failed"]
+
+
+def test_failures_held_back_are_written_once_their_interval_is_over_whatever_comes_next() -> None:
+    # A bidder down for 29 s after a logged failure, then answering again: its outage was
+    # written only at its next failure, hours later, under that failure's code.
+    log = _FailureLog("flaky")
+    down = grpc.RpcError()
+    down.code = lambda: grpc.StatusCode.UNAVAILABLE
+    with capture_logs() as logs:
+        log.failed(TimeoutError(), 0.0)
+        for t in range(1, 30):
+            log.failed(down, float(t))
+        log.tick(29.5)  # an answer inside the interval: nothing yet
+        log.tick(FAILURE_LOG_INTERVAL_S + 1)  # the next answer after it
+        log.tick(FAILURE_LOG_INTERVAL_S + 2)
+    lines = [(e["failures_since_last"], e.get("code")) for e in logs]
+    assert lines == [(1, None), (29, "UNAVAILABLE")]
