@@ -5,6 +5,7 @@ inventory allow-lists) is always a plain host name or app id."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache
 
 import idna
@@ -83,18 +84,37 @@ def check_app_name(text: str) -> str:
 
 def account_name(text: str) -> str:
     """The name of an account that is logged with every call it makes (the SSP's publishers
-    and subscribers): at most 64 printable characters (a company's own: "Acme, Inc.", "Café
-    Média"), not DII, a hash, a key or a token (svc_common.sensitive; JSON lines escape the
-    rest). ValueError says why."""
-    name = text.strip()
-    if not 0 < len(name) <= MAX_ACCOUNT_NAME_CHARS or not name.isprintable():
+    and subscribers), NFKC-normalised: at most 64 printable characters (a company's own: "Acme,
+    Inc.", "Café Média"), with a letter or digit, and not DII, a hash, a key or a token in any
+    script's digits or in fullwidth forms (svc_common.sensitive reads ASCII). ValueError says
+    why."""
+    name = unicodedata.normalize("NFKC", text).strip()
+    if (
+        not 0 < len(name) <= MAX_ACCOUNT_NAME_CHARS
+        or not name.isprintable()
+        or not any(c.isalnum() for c in name)
+        or _longest_combining_run(name) > _MAX_COMBINING_RUN
+    ):
         raise ValueError(
             f"{shown(name)} is not an account name: 1 to {MAX_ACCOUNT_NAME_CHARS} printable "
-            "characters"
+            "characters, a letter or digit among them"
         )
-    if may_be_sensitive(name):
+    ascii_digits = "".join(str(unicodedata.decimal(c, "")) or c for c in name)
+    if may_be_sensitive(name) or may_be_sensitive(ascii_digits):
         raise ValueError(
-            f"{shown(name)} is not an account name: it looks like an email, a phone number, a "
-            "hash or a key, and it is logged with every call"
+            "the name is not an account name: it looks like an email, a phone number, a hash "
+            "or a key, and it is logged with every call"
         )
     return name
+
+
+# Accents stacked past this on one letter make a name that renders as noise.
+_MAX_COMBINING_RUN = 3
+
+
+def _longest_combining_run(name: str) -> int:
+    longest = run = 0
+    for c in name:
+        run = run + 1 if unicodedata.combining(c) else 0
+        longest = max(longest, run)
+    return longest
