@@ -163,7 +163,11 @@ class OptOutService:
             events, position = index.events_from(position)
             salts = self._state.salts
             for n, (ts, flh) in enumerate(events, 1):
-                if ts >= since_ms:
+                # `since` bounds the backlog only. An opt-out this process learns of later is
+                # new to the reader whatever its time: one another process recorded arrives
+                # after later-stamped ones, and dropped by a reader's resume point it was never
+                # sent to that reader at all.
+                if not backlog or ts >= since_ms:
                     # What GetOptOutStatus matches too: the current salt's raw UID2 and the
                     # previous salt's, which tokens issued before the last rotation carry.
                     for raw in raw_uids(flh, salts):
