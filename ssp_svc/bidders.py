@@ -167,12 +167,13 @@ class BidderPool:
                 except Exception as exc:  # a response that does not parse, or any other surprise
                     outcome, failure = "garbage", exc
             outcomes.append((outcome, failure))
+        now = time.monotonic()
         with self._lock:
             for target, (outcome, failure) in zip(self.targets, outcomes, strict=True):
                 if failure is None:
-                    self._failures[target.name].tick(time.monotonic())
+                    self._failures[target.name].tick(now)
                 else:
-                    self._failures[target.name].failed(failure, time.monotonic())
+                    self._failures[target.name].failed(failure, now)
                 stats = self.stats[target.name]
                 if outcome == "bid":
                     stats.bids += 1

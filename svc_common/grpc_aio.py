@@ -25,7 +25,7 @@ from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import Served, bind_port, server_options
 from svc_common.tls import ServerTls
-from svc_common.unknown_method import AioUnknownMethods
+from svc_common.unknown_method import UnknownMethods
 
 
 @dataclass
@@ -77,7 +77,9 @@ def start_aio_server(
         reflection.enable_server_reflection(
             (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        server.add_generic_rpc_handlers((AioUnknownMethods(domain),))  # last, not edge-wrapped
+        server.add_generic_rpc_handlers(
+            (UnknownMethods(domain, aio=True),)
+        )  # last, not edge-wrapped
         port = bind_port(server, listen, tls)
         await server.start()
         return server, port, health_servicer

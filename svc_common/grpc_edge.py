@@ -9,7 +9,7 @@ INVALID_ARGUMENT, reason MALFORMED_REQUEST, like any other bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -41,18 +41,22 @@ _CODES: dict[ErrorKind, int] = {
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-def status_for(error: ServiceError, domain: str) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
-    status = status_pb2.Status(code=_CODES[error.kind], message=error.message)
+def error_status(
+    code: int, reason: str, message: str, domain: str, metadata: Mapping[str, str] | None = None
+) -> grpc.Status:
+    """A status of `code` (google.rpc.Code) carrying an ErrorInfo, as every error must."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata)
+    status = status_pb2.Status(code=code, message=message)
     status.details.add().Pack(info)
     return rpc_status.to_status(status)
+
+
+def status_for(error: ServiceError, domain: str) -> grpc.Status:
+    return error_status(_CODES[error.kind], error.reason, error.message, domain, error.metadata)
 
 
 def internal_status(domain: str) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)
-    status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status.details.add().Pack(info)
-    return rpc_status.to_status(status)
+    return error_status(code_pb2.INTERNAL, "INTERNAL", "internal error", domain)
 
 
 Parse = Callable[[bytes], Any]

@@ -89,6 +89,13 @@ def account_name(text: str) -> str:
     script's digits or in fullwidth forms (svc_common.sensitive reads ASCII). ValueError says
     why."""
     name = unicodedata.normalize("NFKC", text).strip()
+    # First: the shape's message below repeats the name.
+    ascii_digits = "".join(str(unicodedata.decimal(c, "")) or c for c in name)
+    if may_be_sensitive(name) or may_be_sensitive(ascii_digits):
+        raise ValueError(
+            "the name is not an account name: it looks like an email, a phone number, a hash "
+            "or a key, and it is logged with every call"
+        )
     if (
         not 0 < len(name) <= MAX_ACCOUNT_NAME_CHARS
         or not name.isprintable()
@@ -98,12 +105,6 @@ def account_name(text: str) -> str:
         raise ValueError(
             f"{shown(name)} is not an account name: 1 to {MAX_ACCOUNT_NAME_CHARS} printable "
             "characters, a letter or digit among them"
-        )
-    ascii_digits = "".join(str(unicodedata.decimal(c, "")) or c for c in name)
-    if may_be_sensitive(name) or may_be_sensitive(ascii_digits):
-        raise ValueError(
-            "the name is not an account name: it looks like an email, a phone number, a hash "
-            "or a key, and it is logged with every call"
         )
     return name
 

@@ -12,55 +12,43 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import code_pb2
 
 from svc_common import edge_log
-from svc_common.grpc_edge import begin_call
+from svc_common.grpc_edge import begin_call, error_status
 
 UNKNOWN_METHOD = "UNKNOWN_METHOD"
 # What the log line and the metrics name the method.
 _UNNAMED = "<unknown>"
 
 
-def unknown_method_status(domain: str) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=UNKNOWN_METHOD, domain=domain)
-    status = status_pb2.Status(
-        code=code_pb2.UNIMPLEMENTED, message="no such method on this service: see its protos"
-    )
-    status.details.add().Pack(info)
-    return rpc_status.to_status(status)
-
-
 class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
-    """For the thread-pool server (`grpc.server`)."""
+    """For the thread-pool server (`grpc.server`), or with `aio` for grpc.aio's."""
 
-    def __init__(self, domain: str) -> None:
-        self._status = unknown_method_status(domain)
-        self.handler = grpc.stream_stream_rpc_method_handler(self._refuse)
+    def __init__(self, domain: str, *, aio: bool = False) -> None:
+        self._status = error_status(
+            code_pb2.UNIMPLEMENTED,
+            UNKNOWN_METHOD,
+            "no such method on this service: see its protos",
+            domain,
+        )
+        refuse = self._refuse_aio if aio else self._refuse
+        self.handler = grpc.stream_stream_rpc_method_handler(refuse)
 
     def service(self, handler_call_details: Any) -> Any:
         return self.handler
 
+    def _logged(self, context: Any) -> None:
+        edge_log.end_call(
+            begin_call(_UNNAMED, context.invocation_metadata()), "UNIMPLEMENTED", UNKNOWN_METHOD
+        )
+
     def _refuse(self, _requests: Iterator[bytes], context: Any) -> NoReturn:
-        start = begin_call(_UNNAMED, context.invocation_metadata())
-        edge_log.end_call(start, "UNIMPLEMENTED", UNKNOWN_METHOD)
+        self._logged(context)
         context.abort_with_status(self._status)
         raise AssertionError("abort_with_status raises")  # pragma: no cover
 
-
-class AioUnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
-    """For grpc.aio servers."""
-
-    def __init__(self, domain: str) -> None:
-        self._status = unknown_method_status(domain)
-        self.handler = grpc.stream_stream_rpc_method_handler(self._refuse)
-
-    def service(self, handler_call_details: Any) -> Any:
-        return self.handler
-
-    async def _refuse(self, _requests: AsyncIterator[bytes], context: Any) -> NoReturn:
-        start = begin_call(_UNNAMED, context.invocation_metadata())
-        edge_log.end_call(start, "UNIMPLEMENTED", UNKNOWN_METHOD)
+    async def _refuse_aio(self, _requests: AsyncIterator[bytes], context: Any) -> NoReturn:
+        self._logged(context)
         await context.abort_with_status(self._status)
         raise AssertionError("abort_with_status raises")  # pragma: no cover

@@ -27,6 +27,8 @@ _MISSING_KEY = (
     DecryptionStatus.NOT_AUTHORIZED_FOR_KEY,
 )
 _NO_KEYS = (DecryptionStatus.NOT_INITIALIZED, DecryptionStatus.KEYS_NOT_SYNCED)
+# Statuses newer keys (or their site data) may turn into a success: decrypted once more then.
+_RETRIED = (*_MISSING_KEY, DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED)
 
 
 class TokenChecker:
@@ -50,20 +52,18 @@ class TokenChecker:
         token for it on the same rule (client-side generation accepts such an Origin)."""
         seen = self._keys.generation
         result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
-        if result.status in _MISSING_KEY:
-            # Keys fetched since this decrypt began may hold the key: tried again at once. Else
-            # a fetch is asked for (and waited for briefly) only for a key that may be new.
-            if self._keys.generation == seen and self._keys.may_be_new(result.missing_key_id):
+        if result.status in _RETRIED:
+            if result.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED:
+                # Our site data may predate the domain or app (key_cache.SITE_DATA_REFRESH_GAP_S).
+                generation = self._keys.request_site_data_refresh()
+            elif self._keys.generation == seen and self._keys.may_be_new(result.missing_key_id):
+                # A fetch is asked for (and waited for briefly) only for a key that may be new.
                 generation = self._keys.request_early_refresh()
-                if generation is not None:
-                    self._keys.wait_past(generation, self._early_wait_s)
-            if self._keys.generation > seen:
-                result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
-        elif result.status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED:
-            # Our site data may predate the domain or app (key_cache.SITE_DATA_REFRESH_GAP_S).
-            generation = self._keys.request_site_data_refresh()
+            else:
+                generation = None
             if generation is not None:
                 self._keys.wait_past(generation, self._early_wait_s)
+            # Keys fetched since this decrypt began, ours or not, may decide it: tried again.
             if self._keys.generation > seen:
                 result = self._decrypt(self._keys.decoder, token, domain_or_app, app)
         status = result.status

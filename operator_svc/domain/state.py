@@ -18,7 +18,6 @@ from types import MappingProxyType
 import structlog
 
 from operator_svc.store import ClientRow, KeypairRow, OperatorStore, OptOutRow
-from operator_svc.store.sqlite_store import LONGEST_LIFETIME_META
 from svc_common.clock import Clock
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.identity import IdentityScope, identity_hash
@@ -402,7 +401,7 @@ class StateLoader:
             KeyRing(keys),
             MappingProxyType(keysets),
             MappingProxyType(defaults),
-            self._store.meta_int(LONGEST_LIFETIME_META),
+            self._store.longest_token_lifetime(),
         )
 
     def _clients(self) -> Mapping[str, Client]:

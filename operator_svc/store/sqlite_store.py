@@ -197,15 +197,18 @@ class OperatorStore:
         """The longest token lifetime a serve of this store has issued with (0: none yet)."""
         return _meta_int(conn, LONGEST_LIFETIME_META)
 
+    def longest_token_lifetime(self) -> int:
+        return self.meta_int(LONGEST_LIFETIME_META)
+
     def note_token_lifetime(self, lifetime_s: int) -> None:
         """Records that tokens of `lifetime_s` seconds are issued from this store, when that is
         longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META).
         Read first: a start with the usual lifetime takes no write lock (another process's
         salt rotation may hold it)."""
-        if lifetime_s <= self.meta_int(LONGEST_LIFETIME_META):
+        if lifetime_s <= self.longest_token_lifetime():
             return
         with self.transaction() as conn:
-            if lifetime_s > _meta_int(conn, LONGEST_LIFETIME_META):
+            if lifetime_s > self.longest_token_lifetime_in(conn):
                 self.set_meta(conn, LONGEST_LIFETIME_META, lifetime_s)
                 self.bump(conn, "keys")  # every process publishes it with its keys
 

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import pytest
 from uid2_client.client_type import ClientType as SdkClientType
 from uid2_client.encryption import decrypt_token as sdk_decrypt_token
 from uid2_client.refresh_keys_util import parse_keys_json
@@ -17,7 +18,9 @@ from operator_svc.config import OperatorConfig
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
 from operator_svc.store import OperatorStore
+from svc_common import sqlite_db
 from svc_common.clock import ManualClock
+from svc_common.sqlite_db import StoreBusy
 from tests.unit.operator.conftest import T0
 
 DAY_S = 86_400
@@ -91,3 +94,21 @@ def test_another_serve_with_a_longer_lifetime_reaches_a_running_one(tmp_path: Pa
         assert _published_max_s(running, reader_key) == 5 * DAY_S
     finally:
         running.close()
+
+
+def test_a_start_with_no_longer_a_lifetime_takes_no_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process's write (a salt rotation holds the lock about a second) must not hold up,
+    # or fail, a start that has nothing to record.
+    _store(tmp_path)
+    _open(tmp_path, 3).close()
+    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.2)
+    other = OperatorStore.open(tmp_path)
+    try:
+        with other.transaction():
+            _open(tmp_path, 3).close()
+            with pytest.raises(StoreBusy):  # what a start with a longer one meets meanwhile
+                _open(tmp_path, 5)
+    finally:
+        other.close()

@@ -37,6 +37,7 @@ _NOT_NAMES = [
     "dGhpcyBpcyBhIHRlc3QgaGFzaCBvZiBhbiBlbWFpbA==",  # a hash, base64
     "jane.doe\uff20example.com",  # a fullwidth @
     "\u0662\u0660\u0666\u0665\u0665\u0665\u0667\u0667\u0668\u0661",  # Arabic-Indic digits
+    "\u0662" * 70,  # too long as well: not repeated by the length's message either
     "\u2800",  # blank
     "e" + "\u0301" * 10,  # stacked accents
     "line\nbreak",
