@@ -3,15 +3,13 @@ quickly, the bearer key, the deadline and retry policy, and one typed error (Pee
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from publisher_svc.model import CALLER_DEADLINE, PeerError
+from publisher_svc.caller_deadline import caller_deadline_error, callers_deadline_at
+from publisher_svc.model import PeerError
 from svc_common.backoff import Backoff
 from svc_common.grpc_client import (
     CallerDeadlineExceeded,
@@ -29,24 +27,6 @@ T = TypeVar("T")
 CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-# The deadline (time.monotonic) of the caller whose call this thread is serving, if it gave one.
-# Set by the servicer around each call (callers_deadline), read by every peer call made on the
-# thread, so the domain code between them need not carry it. Threads of their own (the
-# background refresher, the refreshes an impression starts, which outlive its wait) have none.
-_CALLERS_DEADLINE: ContextVar[float | None] = ContextVar("callers_deadline", default=None)
-
-
-@contextmanager
-def callers_deadline(remaining_s: float | None) -> Iterator[None]:
-    """Peer calls made inside, on this thread, end by `remaining_s` from now (None: no bound
-    but their own timeout): a caller that gave up holds no thread nor peer-call slot after."""
-    token = _CALLERS_DEADLINE.set(None if remaining_s is None else time.monotonic() + remaining_s)
-    try:
-        yield
-    finally:
-        _CALLERS_DEADLINE.reset(token)
 
 
 def peer_error(peer: str, err: RemoteError) -> PeerError:
@@ -93,11 +73,9 @@ class PeerClient:
                 metadata=self._metadata if with_key else None,
                 attempts=self._attempts,
                 backoff=self._backoff,
-                deadline=_CALLERS_DEADLINE.get(),
+                deadline=callers_deadline_at(),
             )
         except CallerDeadlineExceeded:
-            raise PeerError(
-                self.peer, "DEADLINE_EXCEEDED", CALLER_DEADLINE, unavailable=True
-            ) from None
+            raise caller_deadline_error(self.peer) from None
         except RemoteError as err:
             raise peer_error(self.peer, err) from None

@@ -6,8 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
+from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.model import PrivacySettings
-from publisher_svc.peer import callers_deadline
 from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
 from publisher_svc.ssp_enums import disposition_to_proto, outcome_to_proto
 from svc_common import call_context
@@ -58,7 +58,7 @@ Method = Callable[["PublisherServicer", Req, Any], Resp]
 
 def _served(method: Method[Req, Resp]) -> Method[Req, Resp]:
     """Binds the call's site to its log line, and its caller's deadline to the peer calls it
-    makes (peer.callers_deadline): a caller that gave up holds no thread after it."""
+    makes (caller_deadline.callers_deadline): a caller that gave up holds no thread after it."""
 
     @functools.wraps(method)
     def serve(self: PublisherServicer, request: Req, context: Any) -> Resp:

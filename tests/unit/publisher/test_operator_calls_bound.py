@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.model import PrivacySettings
 from publisher_svc.publisher import (
     PEER_SLOW_S,
@@ -140,6 +141,24 @@ def test_a_busy_operator_that_answers_makes_the_next_call_wait_not_fail(env: Env
         assert third.result(10).status is LoginStatus.SUCCESS
         assert all(f.result(10).status is LoginStatus.SUCCESS for f in stuck)
     assert pub.readings()["operator_calls_shed"] == 0
+
+
+def test_a_call_waits_for_a_slot_no_longer_than_its_callers_deadline(env: Env) -> None:
+    pub, op = env.pub, env.op
+    with ThreadPoolExecutor(2) as pool:
+        stuck = _stuck_logins(env, pool)  # the slots taken, their calls young: a wait, not a shed
+        started = time.monotonic()
+        with callers_deadline(0.05), pytest.raises(ServiceError) as gave_up:
+            pub.login("hurried", "hurried@example.com", None, OK)
+        waited = time.monotonic() - started
+        assert 0.04 <= waited < PEER_SLOW_S * 0.8  # its 50 ms, not the bound's 500 ms
+        assert gave_up.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        assert gave_up.value.reason == "CALLER_DEADLINE"
+        assert op.peak_in_flight == 2  # it never reached the operator
+        assert pub.readings()["operator_calls_shed"] == 0  # not a busy operator's refusal
+        assert op.gate is not None
+        op.gate.set()
+        assert all(f.result(10).status is LoginStatus.SUCCESS for f in stuck)
 
 
 def _ad(pub: Publisher) -> AdResult:
