@@ -365,15 +365,17 @@ def rotate_keys_in(
     activates = now_s + activation_delay_s
     created = 0
     longest_issued_s = OperatorStore.longest_token_lifetime_in(conn)
+    longest_refresh_issued_s = OperatorStore.longest_refresh_lifetime_in(conn)
     keys = OperatorStore.keys_in(conn)
     for ks in OperatorStore.keysets_in(conn):
         if not ks.enabled:
             continue
         # A refresh key encrypts refresh tokens only; a master or site key, advertising tokens
-        # and sharers' tokens, which are accepted for longer than they are refreshed for, and
-        # tokens a serve issued with a longer lifetime than today's (published as accepted).
+        # and sharers' tokens, which are accepted for longer than they are refreshed for. Each
+        # also as long as a serve ever issued its tokens for (recorded at its start), should
+        # that be longer than today's settings.
         retention = (
-            refresh_lifetime_s
+            max(refresh_lifetime_s, longest_refresh_issued_s)
             if ks.keyset_id == REFRESH_KEYSET_ID
             else max(token_lifetime_s, accepted_lifetime_s, longest_issued_s)
         ) + clock_skew_s

@@ -69,7 +69,7 @@ class Operator:
         # `serve` ran quick_check before it got here; loading the state reads every row anyway.
         store = OperatorStore.open(config.data_dir, check=False)
         try:
-            store.note_token_lifetime(config.token_lifetime_s)
+            store.note_lifetimes(config.token_lifetime_s, config.refresh_lifetime_s)
             return cls(config, store, clock=clock, rng=rng)
         except BaseException:
             store.close()

@@ -43,6 +43,7 @@ SCHEMA_VERSION = 1
 # A serve restarted with a shorter --token-lifetime must not tell decryptors to refuse the
 # longer-lived tokens already out there (INVALID_TOKEN_LIFETIME for every one of them).
 LONGEST_LIFETIME_META = "longest_token_lifetime_s"
+LONGEST_REFRESH_LIFETIME_META = "longest_refresh_lifetime_s"
 # Change counters kept in `meta`, bumped in the same transaction as the change.
 TABLES = ("salts", "keys", "sites", "clients", "delegations", "keypairs")
 # When the salts were last rotated (epoch ms), written with the rotated salts.
@@ -197,19 +198,32 @@ class OperatorStore:
         """The longest token lifetime a serve of this store has issued with (0: none yet)."""
         return _meta_int(conn, LONGEST_LIFETIME_META)
 
+    @staticmethod
+    def longest_refresh_lifetime_in(conn: sqlite3.Connection) -> int:
+        """The longest refresh token lifetime a serve of this store has issued with (0: none
+        yet): how long a superseded refresh key must still decrypt."""
+        return _meta_int(conn, LONGEST_REFRESH_LIFETIME_META)
+
     def longest_token_lifetime(self) -> int:
         return self.meta_int(LONGEST_LIFETIME_META)
 
-    def note_token_lifetime(self, lifetime_s: int) -> None:
-        """Records that tokens of `lifetime_s` seconds are issued from this store, when that is
-        longer than any before: what decryptors must go on accepting (LONGEST_LIFETIME_META).
-        Read first: a start with the usual lifetime takes no write lock (another process's
+    def note_lifetimes(self, token_lifetime_s: int, refresh_lifetime_s: int) -> None:
+        """Records that tokens and refresh tokens of these lifetimes are issued from this
+        store, each when longer than any before: what decryptors must go on accepting
+        (LONGEST_LIFETIME_META) and how long key rotation keeps the keys that decrypt them.
+        Read first: a start with the usual lifetimes takes no write lock (another process's
         salt rotation may hold it)."""
-        if lifetime_s <= self.longest_token_lifetime():
+        wanted = {
+            LONGEST_LIFETIME_META: token_lifetime_s,
+            LONGEST_REFRESH_LIFETIME_META: refresh_lifetime_s,
+        }
+        if all(v <= self.meta_int(k) for k, v in wanted.items()):
             return
         with self.transaction() as conn:
-            if lifetime_s > self.longest_token_lifetime_in(conn):
-                self.set_meta(conn, LONGEST_LIFETIME_META, lifetime_s)
+            longer = {k: v for k, v in wanted.items() if v > _meta_int(conn, k)}
+            for key, lifetime_s in longer.items():
+                self.set_meta(conn, key, lifetime_s)
+            if LONGEST_LIFETIME_META in longer:
                 self.bump(conn, "keys")  # every process publishes it with its keys
 
     def is_initialised(self) -> bool:

@@ -188,11 +188,28 @@ def test_key_retention_covers_tokens_a_serve_issued_with_a_longer_lifetime(tmp_p
     must stay as long as the containers say such tokens are accepted (the recorded longest)."""
     store = OperatorStore.create(tmp_path)
     admin.initialise(store, T0, os.urandom)
-    store.note_token_lifetime(60 * DAY_S)
+    store.note_lifetimes(60 * DAY_S, 30 * DAY_S)
     t0 = T0 // 1000
     admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=60)
     old = [k for k in store.key_rows() if k.activates_s == t0 and k.keyset_id != REFRESH_KEYSET_ID]
     assert old and all(k.expires_s == t0 + 60 + 60 * DAY_S + 1800 for k in old)
+    store.close()
+
+
+def test_refresh_key_retention_covers_refresh_tokens_a_serve_issued_for_longer(
+    tmp_path: Path,
+) -> None:
+    """A serve once ran with 90-day refresh tokens, the rotation now with the default 30 days:
+    the superseded refresh key must decrypt those refresh tokens until they expire, or their
+    users would be told INVALID_TOKEN, not EXPIRED_TOKEN, and lose their identity early."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    store.note_lifetimes(3 * DAY_S, 90 * DAY_S)
+    store.note_lifetimes(3 * DAY_S, 30 * DAY_S)  # a later, shorter serve: the longest stays
+    t0 = T0 // 1000
+    admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=60)
+    old = [k for k in store.key_rows() if k.activates_s == t0 and k.keyset_id == REFRESH_KEYSET_ID]
+    assert old and all(k.expires_s == t0 + 60 + 90 * DAY_S + 1800 for k in old)
     store.close()
 
 
