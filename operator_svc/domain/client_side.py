@@ -5,10 +5,10 @@ where the request comes from. A page must be on one of the site's domains (the H
 an app must be one of the site's app names, and the tokens it gets are marked client-side
 generated, so decryptors check the domain or app they are used on as well.
 
-`ClientSideGenerator(state, tokens).generate(request) -> (shared secret, GenerateOutcome)`; the
+`ClientSideGenerator(state, tokens, clock).generate(request) -> (shared secret, outcome)`; the
 HTTP front door seals the answer under that secret (uid2_crypto.client_side.seal_answer).
 Refusals are ServiceErrors: INVALID_ARGUMENT (BAD_SUBSCRIPTION_ID, BAD_PUBLIC_KEY, BAD_IV,
-BAD_PAYLOAD, MISSING_DII, MULTIPLE_DII, INVALID_EMAIL_HASH, ...), UNAUTHENTICATED
+BAD_PAYLOAD, MISSING_DII, MULTIPLE_DII, INVALID_EMAIL_HASH, REQUEST_TOO_OLD, ...), UNAUTHENTICATED
 (SUBSCRIPTION_DISABLED) or PERMISSION_DENIED (INVALID_HTTP_ORIGIN, INVALID_APP_NAME)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from operator_svc.domain.state import Keypair, OperatorState
 from operator_svc.domain.tokens import GenerateOutcome, TokenService
 from svc_common import json_text
+from svc_common.clock import Clock
 from svc_common.errors import invalid_argument, permission_denied, unauthenticated
 from svc_common.names import domain_allowed, normalise_domain
 from uid2_crypto.client_side import ClientSideError, open_payload
@@ -26,6 +27,11 @@ from uid2_crypto.client_side import ClientSideError, open_payload
 # The encrypted payload is one hash in a small JSON object: a few hundred bytes at most.
 MAX_PAYLOAD_CHARS = 4096
 _HASH_KINDS = ("email_hash", "phone_hash")
+# A request whose timestamp is a minute or more from the operator's clock is refused, as the
+# official operator refuses it (Duration.toMinutes() >= 1): a request captured on its way is
+# not good for minting identities for that user forever after.
+MAX_REQUEST_AGE_MS = 59_999
+REQUEST_TOO_OLD = "REQUEST_TOO_OLD"
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,10 @@ def origin_host(origin: str | None) -> str | None:
 
 
 class ClientSideGenerator:
-    def __init__(self, state: OperatorState, tokens: TokenService) -> None:
+    def __init__(self, state: OperatorState, tokens: TokenService, clock: Clock) -> None:
         self._state = state
         self._tokens = tokens
+        self._clock = clock
 
     def site_of(self, subscription_id: str) -> int | None:
         """The site a subscription belongs to (for log lines, refused requests' too)."""
@@ -89,6 +96,10 @@ class ClientSideGenerator:
         """The shared secret the answer is sealed with, and the outcome (SUCCESS or OPTOUT)."""
         keypair = self._keypair(request.subscription_id)
         self._check_source(keypair, request)
+        if abs(self._clock.now_ms() - request.timestamp_ms) > MAX_REQUEST_AGE_MS:
+            raise invalid_argument(
+                REQUEST_TOO_OLD, "invalid timestamp: request too old or client time drift"
+            )
         if len(request.payload) > MAX_PAYLOAD_CHARS:
             raise invalid_argument("BAD_PAYLOAD", "payload decryption failed")
         try:

@@ -51,7 +51,7 @@ class Operator:
             raise
         self.auth = Authenticator(self.state)
         self.tokens = TokenService(self.state, config, self.clock, self.rng)
-        self.client_side = ClientSideGenerator(self.state, self.tokens)
+        self.client_side = ClientSideGenerator(self.state, self.tokens, self.clock)
         self.mapper = IdentityMapper(self.state, self.clock)
         self.optouts = OptOutService(self.state, store, self.clock)
         self.keys = KeyService(self.state, config, self.clock)

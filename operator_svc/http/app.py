@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from operator_svc.domain.client_side import REQUEST_TOO_OLD
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
 from operator_svc.domain.tokens import GenerateStatus, RefreshStatus
@@ -486,6 +487,9 @@ class HttpApi:
                 app = exc.reason == "INVALID_APP_NAME"
                 status = INVALID_APP_NAME if app else INVALID_HTTP_ORIGIN
                 raise HttpError(403, status, exc.message, exc.reason) from None
+            if exc.reason == REQUEST_TOO_OLD:
+                # The official operator's status for it: "error", not "client_error".
+                raise HttpError(400, ERROR, exc.message, exc.reason) from None
             raise
         call_context.bind(site_id=outcome.site_id, status=outcome.status.value)
         answer: dict[str, Any]

@@ -250,6 +250,28 @@ def test_a_request_for_another_keypair_does_not_open(cstg: Cstg) -> None:
     assert _error(cstg.post(request)) == (400, "client_error", "payload decryption failed")
 
 
+@pytest.mark.parametrize("age_s", [61, -61, 3600 * 24 * 365])
+def test_a_request_a_minute_or_more_from_the_operators_clock_is_refused(
+    cstg: Cstg, age_s: int
+) -> None:
+    # As the official operator: a request captured on its way cannot be replayed for good.
+    sent = time.time_ns() // 1_000_000 - age_s * 1000
+    request = cstg.page({"email_hash": b64_sha256("old@example.com")}, timestamp_ms=sent)
+    assert _error(cstg.post(request)) == (
+        400,
+        "error",
+        "invalid timestamp: request too old or client time drift",
+    )
+
+
+def test_a_request_within_the_minute_is_answered_and_may_be_sent_again(cstg: Cstg) -> None:
+    # Clocks drift: 50 s either way is answered (the official operator's bound is one minute).
+    for age_s in (50, -50):
+        sent = time.time_ns() // 1_000_000 - age_s * 1000
+        request = cstg.page({"email_hash": b64_sha256("drift@example.com")}, timestamp_ms=sent)
+        assert request.open_answer(cstg.post(request).body)["status"] == "success"
+
+
 def _tampered(cstg: Cstg, change: str) -> dict[str, Any] | bytes:
     body = cstg.page({"email_hash": b64_sha256("t@example.com")}).body
     if change == "timestamp":
