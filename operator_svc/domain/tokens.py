@@ -41,7 +41,12 @@ from uid2_crypto.refresh import (
     encode_refresh_token,
 )
 from uid2_crypto.salts import bucket_index, raw_uid2
-from uid2_crypto.tokens import TokenDecoder, TokenPayload, encode_advertising_token_v4
+from uid2_crypto.tokens import (
+    ClientType,
+    TokenDecoder,
+    TokenPayload,
+    encode_advertising_token_v4,
+)
 
 # The operator's own identity inside tokens (informational for decryptors).
 OPERATOR_SITE_ID = 1
@@ -302,7 +307,11 @@ class TokenService:
         _, flh = dii_flh(kind, value, state.first_level_salt)
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise invalid_argument("INVALID_TOKEN", "the token is empty or too long")
-        result = self._token_decoder().decrypt(token, self._clock.now_ms())
+        # As sharing: no check of where a client-side generated token is used (there is no
+        # "where" here), which as a bid-stream token would fail it and answer false.
+        result = self._token_decoder().decrypt(
+            token, self._clock.now_ms(), client_type=ClientType.SHARING
+        )
         if not result.success or result.site_id != client.site_id or result.raw_uid is None:
             return False
         expected = raw_uid2(flh, state.salts.salt(bucket_index(flh)))

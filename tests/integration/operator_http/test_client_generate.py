@@ -130,6 +130,19 @@ def test_our_decryptor_checks_the_domain_a_client_side_token_is_used_on(cstg: Cs
     assert refused.status is OurStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
 
 
+def test_the_site_validates_its_client_side_generated_token(cstg: Cstg) -> None:
+    # The domain check of a client-side token is the bid stream's: validation has no page.
+    token = cstg.generate("validate@example.com")["body"]["advertising_token"]
+    live = cstg.live
+    for email, valid in (("validate@example.com", True), ("other@example.com", False)):
+        resp = live.stub.ValidateToken(
+            pb.ValidateTokenRequest(token=token, dii=pb.Dii(email=email)),
+            metadata=live.grpc_md("all"),
+            timeout=10,
+        )
+        assert resp.valid is valid
+
+
 def test_refresh_keeps_the_client_side_mark(cstg: Cstg) -> None:
     identity = cstg.generate("refresh-me@example.com")["body"]
     reply = cstg.live.raw("/v2/token/refresh", identity["refresh_token"].encode())
