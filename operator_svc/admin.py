@@ -203,9 +203,12 @@ def add_client(
     roles: Sequence[str],
     now_ms: int,
     rng: Rng,
+    deliver: Callable[[NewClient], None] | None = None,
 ) -> NewClient:
     """Creates an API client (and its site, if new). The API key is returned once and stored
-    only as a salted hash; `UID2-C-<key_id>-...` lets the server find the row in O(1)."""
+    only as a salted hash; `UID2-C-<key_id>-...` lets the server find the row in O(1).
+    `deliver` (the CLI's print) runs before the commit: a key nobody could be shown (stdout
+    full or closed) is not kept, live and unknown to anyone."""
     check_site_id(site_id)
     name = name.strip()
     if not name:
@@ -245,7 +248,10 @@ def add_client(
                 OperatorStore.insert_client(conn, row)
             except sqlite3.IntegrityError:
                 continue
-            return NewClient(name, site_id, role_tuple, api_key, secret)
+            new = NewClient(name, site_id, role_tuple, api_key, secret)
+            if deliver is not None:
+                deliver(new)
+            return new
     raise StoreError("could not allocate a unique API key id")
 
 

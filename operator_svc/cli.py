@@ -378,6 +378,18 @@ def _print(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _print_new_key(obj: Any) -> None:
+    """Prints a secret shown only once, inside the transaction that saves it (admin.add_client's
+    `deliver`): if it cannot be printed, it is not saved."""
+    try:
+        _print(obj)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise admin.AdminError(
+            f"could not print the new API key ({reason}); nothing was saved"
+        ) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     rng = admin.default_rng
     cmd = args.command
@@ -415,15 +427,15 @@ def _run(args: argparse.Namespace) -> int:
             )
             _print(_site_json(site))
         elif cmd == "client" and args.action == "add":
-            new = admin.add_client(
+            admin.add_client(
                 store,
                 site_id=args.site_id,
                 name=args.name,
                 roles=[args.roles],
                 now_ms=_now_ms(),
                 rng=rng,
+                deliver=lambda new: _print_new_key(new.as_json()),
             )
-            _print(new.as_json())
         elif cmd == "client" and args.action == "list":
             for c in admin.list_clients(store):
                 _print(c)

@@ -33,6 +33,7 @@ from ssp_svc.config import MAX_STREAM_BUFFER, MAX_TMAX_MS, ConfigError, SspConfi
 from ssp_svc.store.accounts import (
     DB_NAME,
     STORE_TABLES,
+    Account,
     AccountKind,
     AccountListing,
     SqliteAccountStore,
@@ -133,19 +134,29 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
     if kind is AccountKind.PUBLISHER and not domains and not apps:
         # It may sell only inventory it registered, so without any it could sell nothing.
         return fail(PROG, "a publisher needs at least one --domain or --app")
+
+    def deliver(account: Account, api_key: str) -> None:
+        # Inside the transaction that saves the key: one that cannot be shown is not kept.
+        out: dict[str, object] = {"name": account.name, "api_key": api_key}
+        if kind is AccountKind.PUBLISHER:
+            out["domains"] = list(domains)
+            out["apps"] = list(apps)
+        try:
+            print(json.dumps(out), flush=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(
+                f"could not print the new API key ({reason}); nothing was saved"
+            ) from None
+
     try:
         store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
         try:
-            account, api_key = store.add(name, kind, domains, apps)
+            store.add(name, kind, domains, apps, deliver=deliver)
         finally:
             store.close()
     except StoreError as exc:
         return fail(PROG, str(exc))
-    out: dict[str, object] = {"name": account.name, "api_key": api_key}
-    if kind is AccountKind.PUBLISHER:
-        out["domains"] = list(domains)
-        out["apps"] = list(apps)
-    print(json.dumps(out))
     return 0
 
 
@@ -286,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _set_disabled(args, kind, data_dir)
         except (UsageError, StoreError) as exc:
             return fail(PROG, str(exc))
+        except OSError as exc:  # stdout full or closed
+            return fail(PROG, exc.strerror or type(exc).__name__)
 
 
 if __name__ == "__main__":

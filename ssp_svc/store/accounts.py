@@ -194,9 +194,11 @@ class SqliteAccountStore:
         kind: AccountKind,
         domains: tuple[str, ...] = (),
         apps: tuple[str, ...] = (),
+        deliver: Callable[[Account, str], None] | None = None,
     ) -> tuple[Account, str]:
         """Creates an account; returns it and its API key (shown once, stored hashed).
-        StoreError for a name that may not be logged (`account_name`)."""
+        StoreError for a name that may not be logged (`account_name`). `deliver` (the CLI's
+        print) runs before the commit: a key nobody could be shown is not kept."""
         try:
             name = account_name(name)
         except ValueError as exc:
@@ -207,7 +209,7 @@ class SqliteAccountStore:
         salt = self._rng(_SALT_BYTES)
         account = Account(key_id, name, kind, domains, apps)
         try:
-            with self._lock:
+            with write_transaction(self._conn, self._lock):
                 self._conn.execute(
                     _INSERT,
                     (
@@ -221,8 +223,12 @@ class SqliteAccountStore:
                         self._clock.now_ms(),
                     ),
                 )
+                if deliver is not None:
+                    deliver(account, api_key)
         except sqlite3.IntegrityError:
             raise StoreError(f"a {kind.value} named {shown(name)} already exists") from None
+        except StoreUnavailable as exc:
+            raise StoreError(exc.message) from None
         except sqlite3.Error as exc:
             # A valid SQLite file whose accounts table is not ours gets past opening.
             raise StoreError(f"store {self._path} cannot be written: {exc}") from None

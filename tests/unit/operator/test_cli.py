@@ -3,8 +3,10 @@ and a rejected `keys rotate` leaves every key where it was."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from operator_svc.store import KeyRow, OperatorStore
 from ssp_svc import cli as ssp_cli
 from svc_common import sqlite_db
 from tests.support.bad_stores import one_error_line, unusable_store
+from tests.support.closed_stdout import RefusingStdout
 from uid2_crypto.salts import BUCKET_COUNT
 
 
@@ -306,6 +309,26 @@ def test_client_list_shows_clients_without_their_keys(
     assert listed["name"] == "pub" and listed["site_id"] == 5
     assert listed["roles"] == ["GENERATOR", "MAPPER"] and listed["disabled"] is False
     assert added["api_key"] not in out and added["secret"] not in out
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPIPE])
+def test_a_client_whose_key_cannot_be_printed_is_not_saved(
+    initialised: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
+    # `client add > /dev/full` or `| true`: a live key nobody saw would be left behind.
+    d = str(initialised)
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", RefusingStdout(code))
+        line = _fails(capsys, "client", "add", "--data-dir", d, "--site-id", "5",
+                      "--name", "unseen", "--roles", "GENERATOR")  # fmt: skip
+    assert "could not print the new API key" in line and "nothing was saved" in line
+    assert cli.main(["client", "list", "--data-dir", d]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["site", "list", "--data-dir", d]) == 0
+    assert '"site_id": 5' not in capsys.readouterr().out  # nor the site it would have made
 
 
 def test_backup_and_restore_refuse_what_is_not_an_operator_store(

@@ -5,10 +5,12 @@ accounts could be disabled keep working."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from ssp_svc import cli
 from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
 from svc_common.clock import ManualClock
+from tests.support.closed_stdout import RefusingStdout
 
 T0 = 1_800_000_000_000
 
@@ -112,6 +115,28 @@ def test_list_shows_accounts_without_their_keys(
         assert key.split(".")[1] not in listed
     for h in hashes:
         assert h.hex() not in listed.lower()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPIPE])
+def test_an_account_whose_key_cannot_be_printed_is_not_saved(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
+    # `publisher add > /dev/full` or `| true`: a live key nobody saw would be left behind.
+    d = str(tmp_path)
+    assert _run(capsys, "subscriber", "add", "--data-dir", d, "--name", "seen")[0] == 0
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", RefusingStdout(code))
+        rc, _, err = _run(capsys, "publisher", "add", "--data-dir", d, "--name", "unseen",
+                          "--domain", "a.example.com")  # fmt: skip
+        assert rc == 2
+        assert "nothing was saved" in _one_error(err)
+        rc, _, err = _run(capsys, "subscriber", "list", "--data-dir", d)  # not a traceback
+        assert rc == 2 and _one_error(err)
+    rc, out, _ = _run(capsys, "publisher", "list", "--data-dir", d)
+    assert (rc, out) == (0, "")
 
 
 def test_list_and_disable_refuse_a_dir_without_a_store(
