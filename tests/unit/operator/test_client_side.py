@@ -11,6 +11,7 @@ from demo.page import b64_sha256, page_request
 from operator_svc import admin
 from operator_svc.domain.client_side import (
     MAX_PAYLOAD_CHARS,
+    REQUEST_TOO_OLD,
     ClientSideRequest,
     origin_host,
 )
@@ -26,8 +27,10 @@ def _keypair(env: Env) -> dict[str, str]:
     return pair
 
 
-def _request(pair: dict[str, str], payload: bytes, origin: str | None) -> ClientSideRequest:
-    page = page_request(pair["public_key"], pair["subscription_id"], payload)
+def _request(
+    pair: dict[str, str], payload: bytes, origin: str | None, sent_ms: int = T0
+) -> ClientSideRequest:
+    page = page_request(pair["public_key"], pair["subscription_id"], payload, timestamp_ms=sent_ms)
     body = page.body
     return ClientSideRequest(
         subscription_id=body["subscription_id"],
@@ -75,3 +78,20 @@ def test_a_payload_over_the_cap_is_refused_before_it_is_opened(env: Env) -> None
     with pytest.raises(ServiceError) as exc:
         env.op.client_side.generate(request)
     assert (exc.value.kind, exc.value.reason) == (ErrorKind.INVALID_ARGUMENT, "BAD_PAYLOAD")
+
+
+def test_a_request_is_answered_within_a_minute_of_the_operators_clock_either_way(
+    env: Env,
+) -> None:
+    # The official operator's bound: Duration.toMinutes() >= 1 is refused.
+    pair = _keypair(env)
+    payload = json.dumps({"email_hash": b64_sha256("a@b.com")}).encode()
+    for skew_ms in (59_999, -59_999):
+        request = _request(pair, payload, "https://pub.example", T0 + skew_ms)
+        assert env.op.client_side.generate(request)[1].site_id == SITE
+    for skew_ms in (60_000, -60_000):
+        with pytest.raises(ServiceError) as exc:
+            env.op.client_side.generate(
+                _request(pair, payload, "https://pub.example", T0 + skew_ms)
+            )
+        assert (exc.value.kind, exc.value.reason) == (ErrorKind.INVALID_ARGUMENT, REQUEST_TOO_OLD)
