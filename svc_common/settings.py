@@ -7,6 +7,7 @@ Each function raises SettingError, whose message is one line fit for stderr; it 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
 from enum import Enum
@@ -101,11 +102,25 @@ def split_host_port(text: str) -> tuple[str, int]:
     """("127.0.0.1", 50051) from "127.0.0.1:50051"; IPv6 hosts in brackets ("[::1]:0" gives
     "::1"). Port 0 means "pick a free one" where an address is bound."""
     host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
     # isascii: str.isdigit() is true for '²' (int() then raises ValueError, a traceback
     # instead of one line and exit 2) and for other scripts' digits (U+0665), which gRPC rejects.
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise SettingError(f"must be HOST:PORT, got {shown(text, numbers=False)}")
+    # gRPC reads "::1:0" as another address than the one meant, and "[127.0.0.1]" as none: an
+    # IPv6 address goes in brackets, and only an IPv6 address does.
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SettingError(
+                f"only an IPv6 address goes in brackets, got {shown(text, numbers=False)}"
+            ) from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise SettingError(
+            f"must be HOST:PORT, an IPv6 host in brackets ([::1]:PORT), got "
+            f"{shown(text, numbers=False)}"
+        )
     return host, int(port)
 
 

@@ -4,6 +4,7 @@ or a switch that cannot be used is one line on stderr and exit 2, before anythin
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -219,7 +220,12 @@ def test_settings_that_would_misbehave_later_are_refused_at_start_up(
 
 @pytest.mark.parametrize(
     ("text", "split"),
-    [("127.0.0.1:50051", ("127.0.0.1", 50051)), ("[::1]:0", ("::1", 0)), ("h:65535", ("h", 65535))],
+    [
+        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
+        ("[::1]:0", ("::1", 0)),
+        ("[::]:8080", ("::", 8080)),
+        ("h:65535", ("h", 65535)),
+    ],
 )
 def test_host_port_splits(text: str, split: tuple[str, int]) -> None:
     assert split_host_port(text) == split
@@ -230,6 +236,24 @@ def test_host_port_splits(text: str, split: tuple[str, int]) -> None:
 )
 def test_host_port_refuses_what_is_not_one(text: str) -> None:
     with pytest.raises(SettingError, match="must be HOST:PORT"):
+        split_host_port(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # gRPC would bind "::1:0" as another address, and fail on the others, in a core log
+        # line of its own before ours.
+        ("::1:0", "an IPv6 host in brackets"),
+        ("::ffff:127.0.0.1:0", "an IPv6 host in brackets"),
+        ("dns:///h:80", "an IPv6 host in brackets"),
+        ("[127.0.0.1]:0", "only an IPv6 address goes in brackets"),
+        ("[h]:80", "only an IPv6 address goes in brackets"),
+        ("[::1:0", "an IPv6 host in brackets"),
+    ],
+)
+def test_ipv6_hosts_go_in_brackets_and_only_they_do(text: str, message: str) -> None:
+    with pytest.raises(SettingError, match=re.escape(message)):
         split_host_port(text)
 
 
