@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from svc_common import edge_log
+from svc_common.bearer import bearer_key
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, resource_exhausted
 
 # The largest request a service accepts (5,000 DIIs fit). The transport lets through up to
@@ -221,10 +222,9 @@ def _metadata_value(metadata: Any, name: str) -> str | None:
 
 
 def bearer_token(context: Any) -> str | None:
-    """The API key from `authorization: Bearer <key>`, or None."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return None
+    """The API key from `authorization: Bearer <key>`, or None (bearer.bearer_key)."""
+    return bearer_key(
+        value
+        for key, value in context.invocation_metadata() or ()
+        if key == "authorization" and isinstance(value, str)
+    )

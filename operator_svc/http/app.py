@@ -63,6 +63,7 @@ from operator_svc.http.errors import (
     from_service_error,
 )
 from svc_common import call_context
+from svc_common.bearer import bearer_key
 from svc_common.edge_log import log_unhandled, observe, request_id
 from svc_common.errors import ErrorKind, ServiceError
 from svc_common.event_loop import finish_pending_tasks
@@ -136,15 +137,6 @@ _CORS_HEADERS = {
 }
 _KNOWN_PATHS = frozenset({*ROUTES, REFRESH_PATH, CLIENT_GENERATE_PATH, HEALTH_PATH})
 _TEXT = "text/plain"
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def _is_binary(content_type: str | None) -> bool:
@@ -414,7 +406,7 @@ class HttpApi:
         op = self._op
 
         async def handle(request: web.Request) -> web.Response:
-            client = op.auth.authenticate(_bearer(request.headers.get("Authorization")))
+            client = op.auth.authenticate(bearer_key(request.headers.getall("Authorization", ())))
             call_context.bind(site_id=client.site_id)
             body = await self._read(request, held_per_byte=HELD_PER_BODY_BYTE)
             binary = _is_binary(request.headers.get("Content-Type"))

@@ -72,6 +72,17 @@ def test_unauthenticated(live: Live, method: str, metadata: Any) -> None:
     assert code is grpc.StatusCode.UNAUTHENTICATED and reason
 
 
+@pytest.mark.parametrize("valid_first", [True, False])
+def test_two_authorization_entries_are_refused_whichever_comes_first(
+    live: Live, valid_first: bool
+) -> None:
+    good = ("authorization", "Bearer " + live.clients["GENERATOR"].api_key)
+    bad = ("authorization", "Bearer UID2-C-0000-nope")
+    metadata = (good, bad) if valid_first else (bad, good)
+    code, reason = _code(live, "GenerateToken", CALLS["GenerateToken"][0], metadata)
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "AMBIGUOUS_API_KEY")
+
+
 def test_disabled_client_is_unauthenticated(live: Live) -> None:
     c = add_client(live.dir, 400, "soon-disabled", ["GENERATOR"])
     assert _wait_code(live, "GenerateToken", c.api_key, grpc.StatusCode.OK)

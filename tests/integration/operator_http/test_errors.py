@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -64,6 +65,27 @@ def test_missing_or_unknown_api_key_is_401(live: HttpLive, path: str) -> None:
         live.raw(path, body, headers={"Authorization": "Bearer UID2-C-nope-x"}), 401, "unauthorized"
     )
     _error(live.raw(path, body, headers={"Authorization": "Basic abc"}), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("valid_first", [True, False])
+def test_two_authorization_headers_are_refused_whichever_comes_first(
+    live: HttpLive, valid_first: bool
+) -> None:
+    # Which one a proxy keeps first is nobody's to guess; neither may pass.
+    good, bad = live.auth("all")["Authorization"], "Bearer UID2-C-nope-x"
+    body = base64.b64encode(live.envelope("all", {}))
+    conn = http.client.HTTPConnection("127.0.0.1", live.http_port, timeout=10)
+    try:
+        conn.putrequest("POST", "/v2/key/sharing")
+        for value in (good, bad) if valid_first else (bad, good):
+            conn.putheader("Authorization", value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        reply = Reply(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
+    finally:
+        conn.close()
+    assert "one authorization header" in _error(reply, 401, "unauthorized")
 
 
 @pytest.mark.parametrize(

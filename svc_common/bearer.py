@@ -1,0 +1,22 @@
+"""The API key a call carries as `authorization: Bearer <key>` (gRPC metadata or an HTTP
+header): one reading for every front door."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from svc_common.errors import unauthenticated
+
+
+def bearer_key(values: Iterable[str]) -> str | None:
+    """The key of the call's `authorization` values; None when there is none or it is not a
+    bearer key. Two or more values are refused (UNAUTHENTICATED AMBIGUOUS_API_KEY): which one a
+    proxy or a library puts first is nobody's to guess, and trying each would let a caller
+    probe keys with a valid one beside them."""
+    given = list(values)
+    if len(given) > 1:
+        raise unauthenticated("AMBIGUOUS_API_KEY", "send one authorization header, not several")
+    if not given:
+        return None
+    scheme, _, token = given[0].partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
