@@ -126,7 +126,14 @@ def _parser() -> argparse.ArgumentParser:
     _data_dir(p)
     p.add_argument("--site-id", type=typed(integer), required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--roles", required=True, help="comma-separated: " + ",".join(admin.ROLES))
+    # Repeatable too: `--roles GENERATOR --roles MAPPER` grants both, where argparse's plain
+    # option would silently keep the last.
+    p.add_argument(
+        "--roles",
+        required=True,
+        action="append",
+        help="comma-separated, repeatable: " + ",".join(admin.ROLES),
+    )
     p = client.add_parser("list", help="list clients (never their keys)")
     _data_dir(p)
     for action in ("disable", "enable"):
@@ -431,7 +438,7 @@ def _run(args: argparse.Namespace) -> int:
                 store,
                 site_id=args.site_id,
                 name=args.name,
-                roles=[args.roles],
+                roles=args.roles,
                 now_ms=_now_ms(),
                 rng=rng,
                 deliver=lambda new: _print_new_key(new.as_json()),

@@ -331,6 +331,18 @@ def test_a_client_whose_key_cannot_be_printed_is_not_saved(
     assert '"site_id": 5' not in capsys.readouterr().out  # nor the site it would have made
 
 
+def test_roles_given_twice_are_both_granted(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(initialised)
+    assert cli.main(["client", "add", "--data-dir", d, "--site-id", "5", "--name", "two",
+                     "--roles", "GENERATOR", "--roles", "MAPPER,OPTOUT"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["roles"] == ["GENERATOR", "MAPPER", "OPTOUT"]
+    line = _fails(capsys, "client", "add", "--data-dir", d, "--site-id", "5", "--name", "three",
+                  "--roles", "GENERATOR", "--roles", "")  # fmt: skip
+    assert "unknown role" in line
+
+
 def test_backup_and_restore_refuse_what_is_not_an_operator_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], initialised: Path
 ) -> None:
