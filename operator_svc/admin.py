@@ -15,6 +15,7 @@ import base64
 import math
 import secrets
 import sqlite3
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from operator_svc.store import (
     StoreError,
 )
 from operator_svc.store.sqlite_store import SCHEMA_VERSION
-from svc_common.names import check_app_name, site_domain
+from svc_common.names import account_name, check_app_name, site_domain
 from svc_common.sensitive import shown
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.keys import FALLBACK_SITE_ID, MASTER_KEYSET_ID, MAX_SITE_ID, REFRESH_KEYSET_ID
@@ -94,6 +95,24 @@ def parse_roles(text: str) -> tuple[str, ...]:
     if not roles:
         raise AdminError("at least one role is needed")
     return tuple(roles)
+
+
+def new_name(what: str, text: str) -> str:
+    """A new client's or site's name, as the SSP's accounts: what `client list`, `site list`
+    and messages print, so printable, at most 64 characters, and not DII or a key
+    (svc_common.names.account_name), NFKC-normalised."""
+    if not text.strip():
+        raise AdminError(f"{what} name must not be empty")
+    try:
+        return account_name(text)
+    except ValueError as exc:
+        raise AdminError(f"{what} name: {exc}") from None
+
+
+def name_of(text: str) -> str:
+    """A name as given to look a client up by: read as `new_name` stored it, unchecked, so a
+    name stored before the check is still found."""
+    return unicodedata.normalize("NFKC", text).strip()
 
 
 def check_site_id(site_id: int) -> int:
@@ -181,14 +200,13 @@ def add_site(
 ) -> SiteRow:
     """Creates or updates a site (name, domains, app names) and its default keyset."""
     check_site_id(site_id)
-    if not name.strip():
-        raise AdminError("site name must not be empty")
+    name = new_name("site", name)
     try:
         clean_domains = tuple(dict.fromkeys(site_domain(d) for d in domains))
         clean_apps = tuple(dict.fromkeys(check_app_name(a) for a in app_names))
     except ValueError as exc:
         raise AdminError(str(exc)) from None
-    site = SiteRow(site_id, name.strip(), clean_domains, clean_apps)
+    site = SiteRow(site_id, name, clean_domains, clean_apps)
     with store.transaction() as conn:
         OperatorStore.upsert_site(conn, site)
         _ensure_site(conn, site_id, site.name, now_ms // 1000, rng)
@@ -210,9 +228,7 @@ def add_client(
     `deliver` (the CLI's print) runs before the commit: a key nobody could be shown (stdout
     full or closed) is not kept, live and unknown to anyone."""
     check_site_id(site_id)
-    name = name.strip()
-    if not name:
-        raise AdminError("client name must not be empty")
+    name = new_name("client", name)
     role_tuple = parse_roles(",".join(roles))
     secret = base64.b64encode(rng(32)).decode("ascii")
     prefix = api_key_prefix(identity_scope(store))
@@ -275,6 +291,8 @@ def set_client_disabled(
 ) -> int:
     if (name is None) == (key_id is None):
         raise AdminError("name exactly one of --name or --key-id")
+    if name is not None:
+        name = name_of(name)
     with store.transaction() as conn:
         n = OperatorStore.set_clients_disabled(conn, name=name, key_id=key_id, disabled=disabled)
         if n == 0:
@@ -285,6 +303,7 @@ def set_client_disabled(
 def grant_delegation(store: OperatorStore, site_id: int, client_name: str, now_ms: int) -> None:
     """Site `site_id` lets the client(s) named `client_name` generate tokens on its behalf."""
     check_site_id(site_id)
+    client_name = name_of(client_name)
     with store.transaction() as conn:
         if not OperatorStore.site_exists(conn, site_id):
             raise AdminError(f"no site {site_id}; add it with `uid2-operator site add`")
@@ -295,6 +314,7 @@ def grant_delegation(store: OperatorStore, site_id: int, client_name: str, now_m
 
 def revoke_delegation(store: OperatorStore, site_id: int, client_name: str) -> None:
     check_site_id(site_id)
+    client_name = name_of(client_name)
     with store.transaction() as conn:
         if OperatorStore.revoke(conn, site_id, client_name) == 0:
             raise AdminError("no such delegation")

@@ -331,6 +331,42 @@ def test_a_client_whose_key_cannot_be_printed_is_not_saved(
     assert '"site_id": 5' not in capsys.readouterr().out  # nor the site it would have made
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        ("client", "two\nlines"),
+        ("client", "\x1b[31mred"),
+        ("client", "n" * 65),
+        ("client", "someone@example.com"),
+        ("site", "+14155550100"),
+        ("site", "   "),
+    ],
+)
+def test_a_name_that_is_not_a_participants_is_refused(
+    initialised: Path, capsys: pytest.CaptureFixture[str], command: str, name: str
+) -> None:
+    # Printed by `client list` / `site list` and in messages: printable, short, and not DII.
+    d = str(initialised)
+    extra = ["--roles", "GENERATOR"] if command == "client" else []
+    line = _fails(capsys, command, "add", "--data-dir", d, "--site-id", "5", "--name", name,
+                  *extra)  # fmt: skip
+    assert "name" in line and "someone" not in line and "4155550100" not in line
+    assert cli.main(["site", "list", "--data-dir", d]) == 0
+    assert '"site_id": 5' not in capsys.readouterr().out
+
+
+def test_a_client_is_found_by_its_name_as_given_at_add(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(initialised)
+    assert cli.main(["client", "add", "--data-dir", d, "--site-id", "5", "--name", " Café Média ",
+                     "--roles", "GENERATOR"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["name"] == "Café Média"
+    decomposed = "Cafe\u0301 Me\u0301dia "  # the same name, typed another way
+    assert cli.main(["client", "disable", "--data-dir", d, "--name", decomposed]) == 0
+    assert json.loads(capsys.readouterr().out) == {"disabled": 1}
+
+
 def test_roles_given_twice_are_both_granted(
     initialised: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
