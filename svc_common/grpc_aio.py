@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import Served, bind_port, server_options
+from svc_common.reflection import enable_reflection
 from svc_common.tls import ServerTls
 from svc_common.unknown_method import UnknownMethods
 
@@ -74,9 +74,7 @@ def start_aio_server(
         register(EdgeRegistrar(server, AioEdge(domain)))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(names, server, aio=True)
         server.add_generic_rpc_handlers(
             (UnknownMethods(domain, aio=True),)
         )  # last, not edge-wrapped

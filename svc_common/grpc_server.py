@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from svc_common.fd_limit import open_files_limit
 from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
+from svc_common.reflection import enable_reflection
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
@@ -202,9 +202,7 @@ def start_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
-    reflection.enable_server_reflection(
-        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(names, server, aio=False)
     server.add_generic_rpc_handlers((UnknownMethods(domain),))  # last: asked only when none knows
     port = bind_port(server, listen, tls)
     served = Served(server=server, port=port, health=health_servicer, service_names=names)
