@@ -24,6 +24,12 @@ from uid2.ssp.v1 import openrtb_pb2
 
 FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
 
+# Of the caller's remaining time, what answering takes after the bidders' answers are in.
+ANSWER_MARGIN_MS = 5
+# Less time than this for bidders to answer is no auction: none would make it.
+MIN_AUCTION_MS = 5
+CALLER_DEADLINE = "CALLER_DEADLINE"
+
 _BY_VERDICT = {
     Verdict.VALID: Disposition.VALID,
     Verdict.EXPIRED: Disposition.DROPPED_EXPIRED,
@@ -135,11 +141,25 @@ class Exchange:
         )
         return _BY_VERDICT[verdict]
 
-    def run(self, imp: Impression) -> AuctionReport:
+    def run(self, imp: Impression, *, callers_time_left_ms: int | None = None) -> AuctionReport:
+        """Runs the auction within tmax, or within the time the caller has left when that is
+        shorter (less ANSWER_MARGIN_MS, to get the answer back): the bid request's tmax says
+        so to the bidders. A caller with no time for an auction is answered DEADLINE_EXCEEDED
+        CALLER_DEADLINE and no bid request goes out: an auction nobody waits for would still
+        ask every bidder and reach the bid-stream readers."""
+        tmax_ms = self._tmax_ms
+        if callers_time_left_ms is not None:
+            tmax_ms = min(tmax_ms, callers_time_left_ms - ANSWER_MARGIN_MS)
+            if tmax_ms < MIN_AUCTION_MS:
+                raise ServiceError(
+                    ErrorKind.DEADLINE_EXCEEDED,
+                    CALLER_DEADLINE,
+                    "the call's deadline leaves no time for an auction",
+                )
         disposition = self.disposition(imp)
         auction_id = self._new_id()
-        request = build_bid_request(auction_id, imp, disposition, self._tmax_ms)
+        request = build_bid_request(auction_id, imp, disposition, tmax_ms)
         self._hub.publish(request, self._clock.now_ms())
-        fanned = self._fan_out(request, self._tmax_ms)
+        fanned = self._fan_out(request, tmax_ms)
         winner = run_auction(fanned.candidates, imp.floor_price)
         return AuctionReport(auction_id, winner, disposition, len(fanned.candidates))

@@ -72,7 +72,11 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
             floor_price=request.floor_price,
             token=request.advertising_token,
         )
-        report = self._exchange.run(imp)
+        remaining_s = context.time_remaining()
+        report = self._exchange.run(
+            imp,
+            callers_time_left_ms=None if remaining_s is None else int(remaining_s * 1000),
+        )
         call_context.bind(
             auction_id=report.auction_id,
             token_disposition=report.disposition.value,

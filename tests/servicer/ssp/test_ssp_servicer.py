@@ -32,11 +32,17 @@ STREAM = SERVICE.methods_by_name["StreamBidRequests"]
 class _Context:
     """What the servicer reads from a call's context before it can fail: the metadata."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, metadata: tuple[tuple[str, str], ...], time_remaining: float | None = None
+    ) -> None:
         self._metadata = metadata
+        self._time_remaining = time_remaining
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return self._time_remaining
 
 
 def fan_out(req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
@@ -131,6 +137,22 @@ def test_submit_errors(
     assert (raised.value.kind, raised.value.reason) == (kind, reason)
     # The message becomes the status's details: it must not echo the client's token back.
     assert "x" * 20 not in raised.value.message
+
+
+def test_a_caller_with_no_time_for_an_auction_gets_none(env: dict[str, Any]) -> None:
+    servicer: SspServicer = env["servicer"]
+    sub = env["hub"].subscribe()
+    with pytest.raises(ServiceError) as raised:
+        servicer.SubmitImpression(_request(), _Context(_metadata(env["pub"]), 0.004))
+    assert (raised.value.kind, raised.value.reason) == (
+        ErrorKind.DEADLINE_EXCEEDED,
+        "CALLER_DEADLINE",
+    )
+    assert sub.get(0.05) is None  # no bid request went out
+    response = servicer.SubmitImpression(_request(), _Context(_metadata(env["pub"]), 0.05))
+    assert response.outcome == ssp_pb2.AUCTION_OUTCOME_FILLED
+    captured = sub.get(1)
+    assert captured is not None and captured.item.tmax == 45  # its 50 ms less the margin
 
 
 def _stream(env: dict[str, Any], key: str, **filters: str) -> Any:

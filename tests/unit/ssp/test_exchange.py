@@ -26,6 +26,7 @@ class Bidders:
 
     def __call__(self, req: openrtb_pb2.BidRequest, tmax_ms: int) -> FanOutResult:
         self.seen.append(req)
+        self.tmax_ms = tmax_ms
         return FanOutResult([Candidate(f"b{i}", p) for i, p in enumerate(self.prices)])
 
 
@@ -63,6 +64,28 @@ def test_pass_through_without_keys_and_first_price_winner() -> None:
     assert uid2_token(bidders.seen[0]) == "opaque-TOKEN"
     captured = sub.get(0.1)
     assert captured is not None and captured.item.id == "auction-1"
+
+
+def test_the_auction_fits_in_the_time_the_caller_has_left() -> None:
+    bidders = Bidders(2.0)
+    ex, hub = exchange(bidders)  # tmax 100 ms
+    imp = ex.validate(
+        PUB, page_domain=DOMAIN, app_bundle="", placement_id="s", floor_price=1.0, token=""
+    )
+    ex.run(imp, callers_time_left_ms=10_000)
+    assert (bidders.tmax_ms, bidders.seen[-1].tmax) == (100, 100)  # tmax, when that is shorter
+    ex.run(imp, callers_time_left_ms=45)
+    assert (bidders.tmax_ms, bidders.seen[-1].tmax) == (40, 40)  # the caller's, less the margin
+    sub = hub.subscribe()
+    for left_ms in (9, 0, -50):
+        with pytest.raises(ServiceError) as exc:
+            ex.run(imp, callers_time_left_ms=left_ms)
+        assert (exc.value.kind, exc.value.reason) == (
+            ErrorKind.DEADLINE_EXCEEDED,
+            "CALLER_DEADLINE",
+        )
+    assert len(bidders.seen) == 2  # no bidder asked for an auction nobody waits for
+    assert sub.get(0.05) is None  # nor a bid request streamed
 
 
 def test_no_token_absent_and_no_fill_below_floor() -> None:
