@@ -116,6 +116,18 @@ def test_mistakes(monkeypatch: pytest.MonkeyPatch, extra: list[str], message: st
     assert message in str(exc.value)
 
 
+def test_a_data_dir_that_is_a_file_is_a_mistake(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "publisher.sqlite3"
+    a_file.write_bytes(b"")
+    argv = [*FLAGS, "--operator-api-key", "k", "--ssp-api-key", "s"]
+    args = _parser().parse_args(argv)
+    args.data_dir = str(a_file)
+    with pytest.raises(UsageError, match="--data-dir is not a directory"):
+        parse_config(args)
+
+
 @pytest.mark.parametrize(("text", "background"), [("YES", False), ("1", False), ("false", True)])
 def test_no_background_refresh_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, text: str, background: bool

@@ -117,6 +117,19 @@ def test_replace_and_delete_only_if_current(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_identity_is_not_stored_over_a_site_optout_that_came_first(tmp_path: Path) -> None:
+    # Login checks the site opt-out before it asks the operator; one recorded meanwhile must
+    # still win, or the user would be tracked again after opting out.
+    store = SqliteStore(tmp_path)
+    store.set_site_optout("u", True, 1)
+    assert not store.put_unless_site_optout("u", "email:h", IDENT, 2)
+    assert store.get("u") is None
+    store.set_site_optout("u", False, 3)
+    assert store.put_unless_site_optout("u", "email:h", IDENT, 4)
+    assert store.get("u") is not None
+    store.close()
+
+
 def test_how_an_identity_ended_is_kept_until_login_logout_or_site_optout(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.put_unless_site_optout("u", "email:h", IDENT, 1)
