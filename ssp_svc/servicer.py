@@ -128,7 +128,11 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
                 return False
             return not (bundle and br.app.bundle != bundle)
 
-        sub = self._hub.subscribe(accept, owner=f"{account.kind.value}:{account.account_id}")
+        sub = self._hub.subscribe(
+            accept,
+            owner=f"{account.kind.value}:{account.account_id}",
+            limited=account.kind is AccountKind.PUBLISHER,
+        )
         context.add_callback(sub.close)
         # Ends the call should the reader stop reading: this thread then never gets back here.
         watching = self._reaper.watching(bearer_token(context) or "", context)

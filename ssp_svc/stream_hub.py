@@ -28,10 +28,16 @@ class Subscription(Generic[T]):
     """One subscriber's bounded buffer. `get` is called by the subscriber's own thread only."""
 
     def __init__(
-        self, hub: StreamHub[T], accept: Callable[[T], bool], capacity: int, owner: str = ""
+        self,
+        hub: StreamHub[T],
+        accept: Callable[[T], bool],
+        capacity: int,
+        owner: str = "",
+        limited: bool = False,
     ) -> None:
         self._hub = hub
         self.owner = owner
+        self.limited = limited
         self._accept = accept
         self._buf: deque[tuple[T, int]] = deque()
         self._capacity = capacity
@@ -90,6 +96,10 @@ class StreamHub(Generic[T]):
         # One account may hold only a few of the slots, so no single key (a publisher's
         # included) can lock every other subscriber out of the bid stream.
         self._max_per_owner = max_per_owner
+        # Nor may the "limited" accounts together (the publishers, each watching its own
+        # inventory; there are many of them, each with a key): they share at most half the
+        # slots, so a few of them cannot lock the subscribers out.
+        self._max_limited = max(1, max_subscribers // 2)
         self._subs: tuple[Subscription[T], ...] = ()
         self._lock = threading.Lock()
         self._closed = False
@@ -97,12 +107,23 @@ class StreamHub(Generic[T]):
         self._counts: Tally[str] = Tally(("published", "dropped"))
 
     def subscribe(
-        self, accept: Callable[[T], bool] = lambda _: True, *, owner: str = ""
+        self,
+        accept: Callable[[T], bool] = lambda _: True,
+        *,
+        owner: str = "",
+        limited: bool = False,
     ) -> Subscription[T]:
-        sub = Subscription(self, accept, self._capacity, owner)
+        """`limited`: one of the accounts that share at most half the slots (see __init__)."""
+        sub = Subscription(self, accept, self._capacity, owner, limited)
         with self._lock:
             if self._closed or len(self._subs) >= self._max:
                 raise resource_exhausted("TOO_MANY_SUBSCRIBERS", "too many bid-stream subscribers")
+            if limited and sum(s.limited for s in self._subs) >= self._max_limited:
+                raise resource_exhausted(
+                    "TOO_MANY_PUBLISHER_STREAMS",
+                    f"publishers' keys may hold at most {self._max_limited} bid-stream "
+                    "subscriptions together",
+                )
             if owner and sum(s.owner == owner for s in self._subs) >= self._max_per_owner:
                 raise resource_exhausted(
                     "TOO_MANY_STREAMS_FOR_ACCOUNT",

@@ -96,3 +96,22 @@ def test_one_owner_cannot_take_every_subscriber_slot() -> None:
     for s in (held[1], other, again):
         s.close()
     assert hub.subscriber_count == 0
+
+
+def test_publishers_together_hold_at_most_half_the_slots() -> None:
+    """Four publishers' keys at four streams each took all 16 slots, and no subscriber could
+    stream until one of them let go, which nothing made them do."""
+    hub: StreamHub[int] = StreamHub(capacity=4, max_subscribers=16, max_per_owner=4)
+    held = [
+        hub.subscribe(owner=f"publisher:p{p}", limited=True) for p in range(2) for _ in range(4)
+    ]
+    with pytest.raises(ServiceError) as exc:
+        hub.subscribe(owner="publisher:p3", limited=True)
+    assert exc.value.reason == "TOO_MANY_PUBLISHER_STREAMS"
+    subscribers = [hub.subscribe(owner=f"subscriber:s{i}") for i in range(2) for _ in range(4)]
+    assert hub.subscriber_count == 16
+    held[0].close()
+    again = hub.subscribe(owner="publisher:p3", limited=True)  # a publisher's slot freed
+    for s in (*held[1:], *subscribers, again):
+        s.close()
+    assert hub.subscriber_count == 0
