@@ -31,6 +31,7 @@ from svc_common.cli_common import (
     server_tls_fields,
     show_variables,
 )
+from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.logging import configure_logging
 from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
 from svc_common.stop_signals import catch_stop_signals
@@ -94,8 +95,9 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
         operator=operator,
         operator_api_key=operator_api_key,
-        base_price=settings.value("base-price", number_in(0.0), 1.0),
-        identified_bonus=settings.value("identified-bonus", number_in(0.0), 1.5),
+        # Above the highest floor a publisher may set, the SSP throws a bid out as a bug.
+        base_price=settings.value("base-price", number_in(0.0, MAX_FLOOR_PRICE), 1.0),
+        identified_bonus=settings.value("identified-bonus", number_in(0.0, MAX_FLOOR_PRICE), 1.5),
         delay_ms=settings.value("delay-ms", integer_in(0, MAX_DELAY_MS), 0),
         fail_rate=fail_rate,
         mode=mode,

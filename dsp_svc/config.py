@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
+from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls, ServerTls
 
 # The longest wait before answering --delay-ms accepts.
@@ -49,6 +50,12 @@ class DspConfig:
             raise ConfigError("--operator and --operator-api-key go together")
         if self.base_price < 0 or self.identified_bonus < 0:
             raise ConfigError("prices must not be negative")
+        if self.base_price + self.identified_bonus > MAX_FLOOR_PRICE:
+            # The SSP throws such a bid out as a bidder's bug: every identified bid would be.
+            raise ConfigError(
+                f"the base price and the identified bonus together must be at most "
+                f"{MAX_FLOOR_PRICE:g}"
+            )
         if not 0 <= self.delay_ms <= MAX_DELAY_MS:
             raise ConfigError(f"delay must be between 0 and {MAX_DELAY_MS} ms")
         if not 0.0 <= self.fail_rate <= 1.0:

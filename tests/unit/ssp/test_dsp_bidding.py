@@ -9,7 +9,7 @@ import pytest
 from bidstream.decryptor.checker import TokenChecker
 from bidstream.decryptor.key_cache import KeyCache
 from bidstream.decryptor.optouts import OptOutSet
-from dsp_svc.bidding import NBR_UNMATCHED_USER, Bidder
+from dsp_svc.bidding import MAX_IMPS, NBR_INVALID_REQUEST, NBR_UNMATCHED_USER, Bidder
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from ssp_svc.bid_request import Disposition, Impression, build_bid_request
 from svc_common.clock import SystemClock
@@ -84,9 +84,30 @@ def test_misbehaviour_modes() -> None:
     assert resp.id != "auc" and math.isnan(resp.seatbid[0].bid[0].price)
 
 
+def test_a_request_of_many_or_repeated_impressions_is_refused_not_bid_on() -> None:
+    # One bid per impression: a small request of a million empty ones made a 92 MB answer.
+    b, _, _ = bidder()
+    many = request("")
+    for i in range(MAX_IMPS):
+        many.imp.add(id=f"extra-{i}")
+    assert len(many.imp) == MAX_IMPS + 1
+    resp = b.bid(many)
+    assert resp.nbr == NBR_INVALID_REQUEST and not resp.seatbid
+    repeated = request("")
+    repeated.imp.add().CopyFrom(repeated.imp[0])
+    resp = b.bid(repeated)
+    assert resp.nbr == NBR_INVALID_REQUEST and not resp.seatbid
+    most = request("")
+    for i in range(MAX_IMPS - 1):
+        most.imp.add(id=f"extra-{i}")
+    assert sum(len(s.bid) for s in b.bid(most).seatbid) == MAX_IMPS
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         DspConfig(name="x", fail_rate=2)
+    with pytest.raises(ConfigError, match="at most 1e"):
+        DspConfig(name="x", base_price=999_999, identified_bonus=2)  # bids the SSP throws out
     assert DspConfig(name="x", mode=Mode.SLOW).effective_delay_ms == 1000
 
 
