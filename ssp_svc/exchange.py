@@ -115,6 +115,8 @@ class Exchange:
                 "INVENTORY_NOT_ALLOWED",
                 "page_domain is not one of the publisher's domains",
             )
+        # Stripped, as the stored bundles (names.check_app_name) and a stream's filter are.
+        app_bundle = app_bundle.strip()
         if app_bundle and app_bundle not in account.apps:
             raise ServiceError(
                 ErrorKind.PERMISSION_DENIED,

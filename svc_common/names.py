@@ -21,7 +21,9 @@ _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 def normalise_domain(text: str) -> str:
     """`text` as a lower-case ASCII host name (IDNs in punycode); ValueError if it is not one."""
-    host = text.strip().rstrip(".").lower()
+    host = text.strip().lower()
+    # One trailing dot is the DNS root (news.example.com. is news.example.com); two are no name.
+    host = host[:-1] if host.endswith(".") else host
     try:
         host = _to_ascii(host)
     except UnicodeError:  # idna.IDNAError is one

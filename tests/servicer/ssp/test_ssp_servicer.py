@@ -139,6 +139,26 @@ def test_submit_errors(
     assert "x" * 20 not in raised.value.message
 
 
+def test_inventory_is_read_as_it_was_registered_with_spaces_around(tmp_path: Path) -> None:
+    store = SqliteAccountStore(tmp_path, rng=os.urandom, clock=SystemClock())
+    try:
+        account, _ = store.add("apps", AccountKind.PUBLISHER, (), ("com.example.news",))
+        exchange = Exchange(
+            checker=None, fan_out=fan_out, hub=StreamHub(), clock=SystemClock(), tmax_ms=100
+        )
+        imp = exchange.validate(
+            account,
+            page_domain="",
+            app_bundle=" com.example.news ",
+            placement_id="top",
+            floor_price=1.0,
+            token="",
+        )
+        assert imp.app_bundle == "com.example.news"
+    finally:
+        store.close()
+
+
 def test_a_caller_with_no_time_for_an_auction_gets_none(env: dict[str, Any]) -> None:
     servicer: SspServicer = env["servicer"]
     sub = env["hub"].subscribe()

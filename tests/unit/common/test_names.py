@@ -51,6 +51,8 @@ def test_domains_are_normalised(typed: str, stored: str) -> None:
         "bü cher.example",
         "-bücher.example",
         "bücher..example",
+        "news.example.com..",  # one trailing dot is the root; two are no name
+        ".",
     ],
 )
 def test_non_domains_are_refused(typed: str) -> None:
