@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import re
 from collections.abc import Callable
 from enum import Enum
 from typing import TypeVar
@@ -37,12 +38,20 @@ def log_level(text: str) -> str:
     return name
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def finite_float(text: str) -> float:
     """A number; NaN and infinities are refused: every comparison with NaN is false, so a NaN
     price or interval passes range checks and then silently never matches (a DSP that never
     bids), and an infinite deadline never fires."""
+    # ASCII, no underscores: Python's float() also reads fullwidth digits and "1_0", which no other
+    # program reading the same setting (a shell script, a config tool) takes for a number.
+    stripped = text.strip()
     try:
-        value = float(text)
+        if not stripped.isascii() or "_" in stripped:
+            raise ValueError(stripped)
+        value = float(stripped)
     except ValueError:
         raise SettingError(f"{shown(text)} is not a number") from None
     if not math.isfinite(value):
@@ -51,11 +60,11 @@ def finite_float(text: str) -> float:
 
 
 def integer(text: str) -> int:
-    """A whole number in decimal."""
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise SettingError(f"{shown(text)} is not an integer") from None
+    """A whole number in ASCII decimal (int() also reads fullwidth digits and "1_000")."""
+    stripped = text.strip()
+    if not _INTEGER.fullmatch(stripped):
+        raise SettingError(f"{shown(text)} is not an integer")
+    return int(stripped)
 
 
 def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

@@ -22,6 +22,7 @@ from svc_common.settings import (
     boolean,
     choice,
     finite_float,
+    integer,
     log_level,
     number_in,
     split_host_port,
@@ -57,6 +58,18 @@ def test_log_level_is_one_of_the_five_names_in_any_case() -> None:
 def test_finite_float_refuses_nan_and_infinities() -> None:
     assert finite_float("1.5") == 1.5 and finite_float("-2") == -2.0
     for bad in ("nan", "NaN", "inf", "-inf", "Infinity", "1e999", "x", ""):
+        with pytest.raises(SettingError):
+            finite_float(bad)
+
+
+def test_numbers_are_ascii_decimal() -> None:
+    # Python reads these as numbers; a shell script or config tool reading the same setting
+    # would not, and a site id typed in fullwidth digits would name another site than it shows.
+    assert integer(" 7 ") == 7 and integer("-3") == -3 and finite_float(" 2.5 ") == 2.5
+    for bad in ("\uff11\uff12", "1_000", "\u0661", "1.0", "1e3", "", "+"):
+        with pytest.raises(SettingError):
+            integer(bad)
+    for bad in ("\uff11.\uff15", "1_0.5", "\u0661"):
         with pytest.raises(SettingError):
             finite_float(bad)
 
