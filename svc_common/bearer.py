@@ -9,14 +9,17 @@ from svc_common.errors import unauthenticated
 
 
 def bearer_key(values: Iterable[str]) -> str | None:
-    """The key of the call's `authorization` values; None when there is none or it is not a
-    bearer key. Two or more values are refused (UNAUTHENTICATED AMBIGUOUS_API_KEY): which one a
-    proxy or a library puts first is nobody's to guess, and trying each would let a caller
-    probe keys with a valid one beside them."""
+    """The key of the call's `authorization` values; None when there is none. Refused
+    (UNAUTHENTICATED): one that is not `Bearer <key>` (MALFORMED_AUTHORIZATION, so a key sent
+    without its scheme is not reported missing), and two or more (AMBIGUOUS_API_KEY): which
+    one a proxy or a library puts first is nobody's to guess, and trying each would let a
+    caller probe keys with a valid one beside them. Messages never repeat the value."""
     given = list(values)
     if len(given) > 1:
         raise unauthenticated("AMBIGUOUS_API_KEY", "send one authorization header, not several")
     if not given:
         return None
-    scheme, _, token = given[0].partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    scheme, _, token = given[0].strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("MALFORMED_AUTHORIZATION", "authorization must be: Bearer <api key>")
+    return token.strip()

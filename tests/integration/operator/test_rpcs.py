@@ -64,12 +64,17 @@ def test_role_matrix(live: Live, method: str, role: str) -> None:
 
 @pytest.mark.parametrize("method", sorted(CALLS))
 @pytest.mark.parametrize(
-    "metadata",
-    [(), (("authorization", "Bearer UID2-C-0000-nope"),), (("authorization", "Basic x"),)],
+    ("metadata", "want"),
+    [
+        ((), "MISSING_API_KEY"),
+        ((("authorization", "Bearer UID2-C-0000-nope"),), "INVALID_API_KEY"),
+        ((("authorization", "Basic x"),), "MALFORMED_AUTHORIZATION"),
+        ((("authorization", "UID2-C-0000-nope"),), "MALFORMED_AUTHORIZATION"),  # no scheme
+    ],
 )
-def test_unauthenticated(live: Live, method: str, metadata: Any) -> None:
+def test_unauthenticated(live: Live, method: str, metadata: Any, want: str) -> None:
     code, reason = _code(live, method, CALLS[method][0], metadata)
-    assert code is grpc.StatusCode.UNAUTHENTICATED and reason
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, want)
 
 
 @pytest.mark.parametrize("valid_first", [True, False])
