@@ -55,11 +55,13 @@ class StoreWriteFailed(StoreUnavailable):
 
     REASON = "STORE_WRITE_FAILED"
 
-    def __init__(self, cause: str) -> None:
+    def __init__(self, cause: str, *, read_only: bool = False) -> None:
+        # Retrying a read-only store fails the same way until someone fixes its permissions.
+        then = "check that the store and its directory are writable" if read_only else "retry"
         super().__init__(
             ErrorKind.UNAVAILABLE,
             self.REASON,
-            f"the store could not be written ({cause}); the write did not complete; retry",
+            f"the store could not be written ({cause}); the write did not complete; {then}",
         )
         self.cause = cause
 
@@ -90,7 +92,7 @@ def _store_error(exc: BaseException) -> StoreUnavailable | None:
     if _primary_code(exc) in _WRITE_FAILURES:
         # Loud: unlike a busy lock, this does not go away by itself.
         _log.warning("store_write_failed", cause=str(exc))
-        return StoreWriteFailed(str(exc))
+        return StoreWriteFailed(str(exc), read_only=_primary_code(exc) == sqlite3.SQLITE_READONLY)
     return None
 
 
