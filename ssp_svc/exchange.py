@@ -143,22 +143,25 @@ class Exchange:
         )
         return _BY_VERDICT[verdict]
 
-    def run(self, imp: Impression, *, callers_time_left_ms: int | None = None) -> AuctionReport:
+    def run(
+        self, imp: Impression, *, callers_time_left_ms: Callable[[], int] | None = None
+    ) -> AuctionReport:
         """Runs the auction within tmax, or within the time the caller has left when that is
         shorter (less ANSWER_MARGIN_MS, to get the answer back): the bid request's tmax says
-        so to the bidders. A caller with no time for an auction is answered DEADLINE_EXCEEDED
-        CALLER_DEADLINE and no bid request goes out: an auction nobody waits for would still
-        ask every bidder and reach the bid-stream readers."""
+        so to the bidders. `callers_time_left_ms` is read once the token is checked, which may
+        have waited on a key fetch. A caller with no time for an auction is answered
+        DEADLINE_EXCEEDED CALLER_DEADLINE and no bid request goes out: an auction nobody waits
+        for would still ask every bidder and reach the bid-stream readers."""
+        disposition = self.disposition(imp)
         tmax_ms = self._tmax_ms
         if callers_time_left_ms is not None:
-            tmax_ms = min(tmax_ms, callers_time_left_ms - ANSWER_MARGIN_MS)
+            tmax_ms = min(tmax_ms, callers_time_left_ms() - ANSWER_MARGIN_MS)
             if tmax_ms < MIN_AUCTION_MS:
                 raise ServiceError(
                     ErrorKind.DEADLINE_EXCEEDED,
                     CALLER_DEADLINE,
                     "the call's deadline leaves no time for an auction",
                 )
-        disposition = self.disposition(imp)
         auction_id = self._new_id()
         request = build_bid_request(auction_id, imp, disposition, tmax_ms)
         self._hub.publish(request, self._clock.now_ms())

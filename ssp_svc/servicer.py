@@ -72,11 +72,13 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
             floor_price=request.floor_price,
             token=request.advertising_token,
         )
-        remaining_s = context.time_remaining()
-        report = self._exchange.run(
-            imp,
-            callers_time_left_ms=None if remaining_s is None else int(remaining_s * 1000),
-        )
+
+        def time_left_ms() -> int:
+            remaining_s = context.time_remaining()
+            # No deadline: grpc reports some 9e18 s (a context without one may say None).
+            return int(min(1e6 if remaining_s is None else remaining_s, 1e6) * 1000)
+
+        report = self._exchange.run(imp, callers_time_left_ms=time_left_ms)
         call_context.bind(
             auction_id=report.auction_id,
             token_disposition=report.disposition.value,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bidstream.decryptor.checker import TokenChecker
+from bidstream.decryptor.checker import TokenChecker, Verdict
 from bidstream.decryptor.key_cache import KeyCache
 from bidstream.eids import uid2_token
 from ssp_svc.auction import Candidate
@@ -72,20 +72,39 @@ def test_the_auction_fits_in_the_time_the_caller_has_left() -> None:
     imp = ex.validate(
         PUB, page_domain=DOMAIN, app_bundle="", placement_id="s", floor_price=1.0, token=""
     )
-    ex.run(imp, callers_time_left_ms=10_000)
+    ex.run(imp, callers_time_left_ms=lambda: 10_000)
     assert (bidders.tmax_ms, bidders.seen[-1].tmax) == (100, 100)  # tmax, when that is shorter
-    ex.run(imp, callers_time_left_ms=45)
+    ex.run(imp, callers_time_left_ms=lambda: 45)
     assert (bidders.tmax_ms, bidders.seen[-1].tmax) == (40, 40)  # the caller's, less the margin
     sub = hub.subscribe()
     for left_ms in (9, 0, -50):
         with pytest.raises(ServiceError) as exc:
-            ex.run(imp, callers_time_left_ms=left_ms)
+            ex.run(imp, callers_time_left_ms=lambda left=left_ms: left)
         assert (exc.value.kind, exc.value.reason) == (
             ErrorKind.DEADLINE_EXCEEDED,
             "CALLER_DEADLINE",
         )
     assert len(bidders.seen) == 2  # no bidder asked for an auction nobody waits for
     assert sub.get(0.05) is None  # nor a bid request streamed
+
+
+def test_the_callers_time_is_read_after_the_token_check() -> None:
+    # The check may wait on an early key fetch (up to 0.1 s): the auction gets what is left.
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders)
+    spent_ms: list[int] = []
+
+    class SlowChecker:
+        def check(self, *_: object, **__: object) -> Verdict:
+            spent_ms.append(40)  # waited 40 ms on a key fetch
+            return Verdict.VALID
+
+    ex._checker = SlowChecker()  # type: ignore[assignment]  # only check() is called
+    imp = ex.validate(
+        PUB, page_domain=DOMAIN, app_bundle="", placement_id="s", floor_price=1.0, token="t"
+    )
+    ex.run(imp, callers_time_left_ms=lambda: 60 - sum(spent_ms))
+    assert bidders.tmax_ms == 15  # the 20 ms left after the check, less the margin
 
 
 def test_no_token_absent_and_no_fill_below_floor() -> None:
