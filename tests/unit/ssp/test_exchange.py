@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from bidstream.decryptor.checker import TokenChecker, Verdict
@@ -79,7 +81,7 @@ def test_the_auction_fits_in_the_time_the_caller_has_left() -> None:
     sub = hub.subscribe()
     for left_ms in (9, 0, -50):
         with pytest.raises(ServiceError) as exc:
-            ex.run(imp, callers_time_left_ms=lambda left=left_ms: left)
+            ex.run(imp, callers_time_left_ms=functools.partial(int, left_ms))
         assert (exc.value.kind, exc.value.reason) == (
             ErrorKind.DEADLINE_EXCEEDED,
             "CALLER_DEADLINE",
