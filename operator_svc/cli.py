@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sqlite3
 import sys
 import time
@@ -41,6 +40,7 @@ from svc_common.cli_common import (
     add_tls_flags,
     fail,
     metrics_settings,
+    print_json,
     server_tls,
     server_tls_fields,
     show_variables,
@@ -381,8 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _print(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    print_json(obj)
 
 
 def _print_new_key(obj: Any) -> None:

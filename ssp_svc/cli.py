@@ -19,7 +19,6 @@ credentials tokens pass through unchecked."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from svc_common.cli_common import (
     metrics_settings,
     peer_tls,
     peer_tls_fields,
+    print_json,
     server_tls,
     server_tls_fields,
     show_variables,
@@ -142,7 +142,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
             out["domains"] = list(domains)
             out["apps"] = list(apps)
         try:
-            print(json.dumps(out), flush=True)
+            print_json(out)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise StoreError(
@@ -175,7 +175,7 @@ def _list_accounts(kind: AccountKind, data_dir: Path) -> int:
     finally:
         store.close()
     for entry in listed:
-        print(json.dumps(_listing_json(entry)))
+        print_json(_listing_json(entry))
     return 0
 
 
@@ -198,7 +198,7 @@ def _set_disabled(args: argparse.Namespace, kind: AccountKind, data_dir: Path) -
         store.set_disabled(kind, name, disabled=args.verb == "disable")
     finally:
         store.close()
-    print(json.dumps({"name": name, "kind": kind.value, "disabled": args.verb == "disable"}))
+    print_json({"name": name, "kind": kind.value, "disabled": args.verb == "disable"})
     return 0
 
 

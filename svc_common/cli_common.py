@@ -10,6 +10,8 @@ on how a mistake reads."""
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -235,6 +237,17 @@ def peer_tls_fields(tls: PeerTls | None) -> dict[str, bool]:
         "peer_tls": tls is not None,
         "peer_cert": tls is not None and tls.cert_chain is not None,
     }
+
+
+def print_json(obj: object) -> None:
+    """One JSON line on stdout, flushed, for a command's output. OSError when it cannot be
+    written, a closed stdout (`>&-`, where Python's print() writes nowhere and says nothing)
+    included: what a command prints once (a new key) must not be lost silently."""
+    out = sys.stdout
+    if out is None:
+        raise OSError(errno.EBADF, "stdout is closed")
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
 
 
 def fail(prog: str, message: str) -> int:

@@ -311,17 +311,17 @@ def test_client_list_shows_clients_without_their_keys(
     assert added["api_key"] not in out and added["secret"] not in out
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPIPE])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPIPE, None])  # None: `>&-`
 def test_a_client_whose_key_cannot_be_printed_is_not_saved(
     initialised: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    code: int,
+    code: int | None,
 ) -> None:
     # `client add > /dev/full` or `| true`: a live key nobody saw would be left behind.
     d = str(initialised)
     with monkeypatch.context() as m:
-        m.setattr(sys, "stdout", RefusingStdout(code))
+        m.setattr(sys, "stdout", None if code is None else RefusingStdout(code))
         line = _fails(capsys, "client", "add", "--data-dir", d, "--site-id", "5",
                       "--name", "unseen", "--roles", "GENERATOR")  # fmt: skip
     assert "could not print the new API key" in line and "nothing was saved" in line
