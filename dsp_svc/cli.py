@@ -33,7 +33,15 @@ from svc_common.cli_common import (
 )
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.logging import configure_logging
-from svc_common.settings import api_key, choice, host_port, integer_in, log_level, number_in
+from svc_common.settings import (
+    api_key,
+    choice,
+    dial_address,
+    host_port,
+    integer_in,
+    log_level,
+    number_in,
+)
 from svc_common.stop_signals import catch_stop_signals
 
 PROG = "uid2-dsp"
@@ -87,7 +95,7 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
             f"(or {settings.env_name('mode')}=fail), which fails every call: give one of them"
         )
     # Parsed first, so a malformed address is named as such, not as a missing pair.
-    operator = settings.value("operator", host_port, None)
+    operator = settings.value("operator", dial_address, None)
     operator_api_key = settings.value("operator-api-key", api_key, None)
     both_or_neither(settings, "operator", "operator-api-key")
     return DspConfig(

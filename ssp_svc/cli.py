@@ -58,7 +58,7 @@ from svc_common.cli_common import (
 )
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silenced
-from svc_common.settings import api_key, host_port, integer_in, log_level
+from svc_common.settings import api_key, dial_address, host_port, integer_in, log_level
 from svc_common.stop_signals import catch_stop_signals
 
 PROG = "uid2-ssp"
@@ -219,7 +219,7 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
     data_dir = settings.text("data-dir")
     publishers_file = settings.text("publishers-file")
     # Parsed first, so a malformed address is named as such, not as a missing pair.
-    operator = settings.value("operator", host_port, None)
+    operator = settings.value("operator", dial_address, None)
     operator_api_key = settings.value("operator-api-key", api_key, None)
     both_or_neither(settings, "operator", "operator-api-key")
     return SspConfig(

@@ -11,7 +11,7 @@ from pathlib import Path
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 from ssp_svc.bidders import BidderTarget
 from svc_common.sensitive import shown
-from svc_common.settings import SettingError, split_host_port
+from svc_common.settings import SettingError, dial_address
 from svc_common.sqlite_db import require_data_dir
 from svc_common.tls import PeerTls, ServerTls
 
@@ -31,7 +31,7 @@ def parse_bidder(spec: str) -> BidderTarget:
     if not eq or not name:
         raise ConfigError(problem)
     try:
-        split_host_port(address)
+        dial_address(address)
     except SettingError:
         raise ConfigError(problem) from None
     return BidderTarget(name, address)

@@ -139,6 +139,20 @@ def host_port(text: str) -> str:
     return text.strip()
 
 
+# gRPC name-resolver targets a channel understands (dns:///op.internal:50051 to resolve every
+# address of a name, ipv4:10.0.0.5:50051,10.0.0.6:50051): accepted where a peer is dialled.
+_RESOLVER_TARGET = re.compile(r"(dns|ipv4|ipv6):[!-~]*:[0-9]{1,5}")
+
+
+def dial_address(text: str) -> str:
+    """A peer's address: HOST:PORT as `host_port` takes it, or a gRPC resolver target
+    (dns:, ipv4:, ipv6:) ending in a port, passed to the channel as it is."""
+    target = text.strip()
+    if _RESOLVER_TARGET.fullmatch(target):
+        return target
+    return host_port(text)
+
+
 def choice(enum_type: type[E]) -> Callable[[str], E]:
     """A parser for one of `enum_type`'s values, in any case."""
     values = [member.value for member in enum_type]

@@ -16,11 +16,13 @@ from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
 from publisher_svc.publisher import StorageMode
 from ssp_svc.cli import main as ssp_main
+from ssp_svc.config import parse_bidder
 from svc_common.settings import (
     SettingError,
     api_key,
     boolean,
     choice,
+    dial_address,
     finite_float,
     integer,
     log_level,
@@ -268,6 +270,23 @@ def test_host_port_refuses_what_is_not_one(text: str) -> None:
 def test_ipv6_hosts_go_in_brackets_and_only_they_do(text: str, message: str) -> None:
     with pytest.raises(SettingError, match=re.escape(message)):
         split_host_port(text)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["dns:///operator.internal:50051", "dns:op:443", "ipv4:10.0.0.5:50051,10.0.0.6:50051",
+     "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051"],
+)  # fmt: skip
+def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
+    # What a channel understands, where a peer is dialled (not where the service listens).
+    assert dial_address(f" {target} ") == target
+    assert parse_bidder(f"alpha={target}").address == target
+
+
+@pytest.mark.parametrize("target", ["dns:///op", "unix:/tmp/s", "xds:///op:1", "::1:50051"])
+def test_a_peer_address_still_needs_a_port_and_a_known_form(target: str) -> None:
+    with pytest.raises(SettingError):
+        dial_address(target)
 
 
 def test_choice_reads_an_enum_value_in_any_case() -> None:
