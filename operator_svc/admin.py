@@ -110,9 +110,17 @@ def new_name(what: str, text: str) -> str:
 
 
 def name_of(text: str) -> str:
-    """A name as given to look a client up by: read as `new_name` stored it, unchecked, so a
-    name stored before the check is still found."""
+    """A name as `new_name` stores it, unchecked."""
     return unicodedata.normalize("NFKC", text).strip()
+
+
+def _client_name_in(conn: sqlite3.Connection, text: str) -> str | None:
+    """The stored client name `text` gives: as `new_name` stores it, or as typed (stripped),
+    the way names were stored before they were normalised and checked; None for neither."""
+    for candidate in dict.fromkeys((name_of(text), text.strip())):
+        if OperatorStore.client_name_exists(conn, candidate):
+            return candidate
+    return None
 
 
 def check_site_id(site_id: int) -> int:
@@ -228,11 +236,14 @@ def add_client(
     `deliver` (the CLI's print) runs before the commit: a key nobody could be shown (stdout
     full or closed) is not kept, live and unknown to anyone."""
     check_site_id(site_id)
-    name = new_name("client", name)
+    typed = name
     role_tuple = parse_roles(",".join(roles))
     secret = base64.b64encode(rng(32)).decode("ascii")
     prefix = api_key_prefix(identity_scope(store))
     with store.transaction() as conn:
+        # A new key under a name stored before names were checked keeps that name (its
+        # delegations and `client disable --name` go by it); any other name must pass.
+        name = _client_name_in(conn, typed) or new_name("client", typed)
         # A name is a participant: several keys may share it (key rotation), all on one site,
         # so that `client disable --name` and a delegation to that name mean one participant.
         other_sites = OperatorStore.client_name_sites(conn, name) - {site_id}
@@ -291,9 +302,9 @@ def set_client_disabled(
 ) -> int:
     if (name is None) == (key_id is None):
         raise AdminError("name exactly one of --name or --key-id")
-    if name is not None:
-        name = name_of(name)
     with store.transaction() as conn:
+        if name is not None:
+            name = _client_name_in(conn, name) or name_of(name)
         n = OperatorStore.set_clients_disabled(conn, name=name, key_id=key_id, disabled=disabled)
         if n == 0:
             raise AdminError("no such client")
@@ -303,20 +314,21 @@ def set_client_disabled(
 def grant_delegation(store: OperatorStore, site_id: int, client_name: str, now_ms: int) -> None:
     """Site `site_id` lets the client(s) named `client_name` generate tokens on its behalf."""
     check_site_id(site_id)
-    client_name = name_of(client_name)
     with store.transaction() as conn:
         if not OperatorStore.site_exists(conn, site_id):
             raise AdminError(f"no site {site_id}; add it with `uid2-operator site add`")
-        if not OperatorStore.client_name_exists(conn, client_name):
+        stored = _client_name_in(conn, client_name)
+        if stored is None:
             raise AdminError("no client with that name")
-        OperatorStore.grant(conn, site_id, client_name, now_ms)
+        OperatorStore.grant(conn, site_id, stored, now_ms)
 
 
 def revoke_delegation(store: OperatorStore, site_id: int, client_name: str) -> None:
     check_site_id(site_id)
-    client_name = name_of(client_name)
     with store.transaction() as conn:
-        if OperatorStore.revoke(conn, site_id, client_name) == 0:
+        # Either form: the client may be gone, its delegation not.
+        forms = dict.fromkeys((name_of(client_name), client_name.strip()))
+        if sum(OperatorStore.revoke(conn, site_id, form) for form in forms) == 0:
             raise AdminError("no such delegation")
 
 

@@ -367,6 +367,32 @@ def test_a_client_is_found_by_its_name_as_given_at_add(
     assert json.loads(capsys.readouterr().out) == {"disabled": 1}
 
 
+@pytest.mark.parametrize("legacy", ["ops@acme", "\uff37\uff49\uff44\uff45", "n" * 70])
+def test_names_stored_before_the_name_rule_stay_usable(
+    initialised: Path, capsys: pytest.CaptureFixture[str], legacy: str
+) -> None:
+    # Stored as typed by an earlier release, which checked nothing but blankness.
+    d = str(initialised)
+    assert cli.main(["client", "add", "--data-dir", d, "--site-id", "7", "--name", "placeholder",
+                     "--roles", "GENERATOR"]) == 0  # fmt: skip
+    store = OperatorStore.open(initialised)
+    with store.transaction() as conn:
+        conn.execute("UPDATE clients SET name = ? WHERE name = 'placeholder'", (legacy,))
+    store.close()
+    capsys.readouterr()
+    # Another key under the name (key rotation), then a delegation granted, revoked, and the
+    # client disabled, each by the name as it was stored.
+    assert cli.main(["client", "add", "--data-dir", d, "--site-id", "7", "--name", legacy,
+                     "--roles", "GENERATOR"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["name"] == legacy
+    assert cli.main(["site", "add", "--data-dir", d, "--site-id", "9", "--name", "nine"]) == 0
+    for action in ("grant", "revoke"):
+        assert cli.main(["delegation", action, "--data-dir", d, "--site-id", "9",
+                         "--client-name", legacy]) == 0  # fmt: skip
+    assert cli.main(["client", "disable", "--data-dir", d, "--name", legacy]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"disabled": 2}
+
+
 def test_roles_given_twice_are_both_granted(
     initialised: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
