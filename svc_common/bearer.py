@@ -14,7 +14,8 @@ def bearer_key(values: Iterable[str]) -> str | None:
     without its scheme is not reported missing), and two or more (AMBIGUOUS_API_KEY): which
     one a proxy or a library puts first is nobody's to guess, and trying each would let a
     caller probe keys with a valid one beside them. Messages never repeat the value."""
-    given = list(values)
+    # A proxy may repeat the header: the same value twice is not ambiguous.
+    given = list(dict.fromkeys(values))
     if len(given) > 1:
         raise unauthenticated("AMBIGUOUS_API_KEY", "send one authorization header, not several")
     if not given:

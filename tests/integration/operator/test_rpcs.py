@@ -86,6 +86,9 @@ def test_two_authorization_entries_are_refused_whichever_comes_first(
     metadata = (good, bad) if valid_first else (bad, good)
     code, reason = _code(live, "GenerateToken", CALLS["GenerateToken"][0], metadata)
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "AMBIGUOUS_API_KEY")
+    # The same one twice (a proxy repeating the header) is one credential.
+    code, _ = _code(live, "GenerateToken", CALLS["GenerateToken"][0], (good, good))
+    assert code is grpc.StatusCode.OK
 
 
 def test_disabled_client_is_unauthenticated(live: Live) -> None:
