@@ -433,15 +433,28 @@ def _run(args: argparse.Namespace) -> int:
             )
             _print(_site_json(site))
         elif cmd == "client" and args.action == "add":
-            admin.add_client(
-                store,
-                site_id=args.site_id,
-                name=args.name,
-                roles=args.roles,
-                now_ms=_now_ms(),
-                rng=rng,
-                deliver=lambda new: _print_new_key(new.as_json()),
-            )
+            printed: list[bool] = []
+
+            def deliver(new: admin.NewClient) -> None:
+                _print_new_key(new.as_json())
+                printed.append(True)
+
+            try:
+                admin.add_client(
+                    store,
+                    site_id=args.site_id,
+                    name=args.name,
+                    roles=args.roles,
+                    now_ms=_now_ms(),
+                    rng=rng,
+                    deliver=deliver,
+                )
+            except (StoreError, ServiceError) as exc:
+                if printed:  # the commit after the print failed
+                    raise admin.AdminError(
+                        f"{exc}; the API key printed above was not saved and does not work"
+                    ) from None
+                raise
         elif cmd == "client" and args.action == "list":
             for c in admin.list_clients(store):
                 _print(c)

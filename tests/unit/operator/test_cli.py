@@ -3,10 +3,12 @@ and a rejected `keys rotate` leaves every key where it was."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -391,6 +393,29 @@ def test_names_stored_before_the_name_rule_stay_usable(
                          "--client-name", legacy]) == 0  # fmt: skip
     assert cli.main(["client", "disable", "--data-dir", d, "--name", legacy]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"disabled": 2}
+
+
+def test_a_key_printed_before_a_failed_commit_is_said_to_be_void(
+    initialised: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is printed inside the transaction (so an unprintable one is not kept); should
+    # the commit then fail, the key on stdout must not pass for a working one.
+    real = OperatorStore.transaction
+
+    @contextlib.contextmanager
+    def failing_commit(self: OperatorStore) -> Iterator[sqlite3.Connection]:
+        with real(self) as conn:
+            yield conn
+            raise sqlite_db.StoreWriteFailed("database or disk is full")
+
+    d = str(initialised)
+    monkeypatch.setattr(OperatorStore, "transaction", failing_commit)
+    line = _fails(capsys, "client", "add", "--data-dir", d, "--site-id", "5", "--name", "void",
+                  "--roles", "GENERATOR")  # fmt: skip
+    assert "disk is full" in line and "printed above was not saved and does not work" in line
+    monkeypatch.undo()
+    assert cli.main(["client", "list", "--data-dir", d]) == 0
+    assert capsys.readouterr().out == ""
 
 
 def test_roles_given_twice_are_both_granted(
