@@ -135,6 +135,8 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
         # It may sell only inventory it registered, so without any it could sell nothing.
         return fail(PROG, "a publisher needs at least one --domain or --app")
 
+    printed: list[bool] = []
+
     def deliver(account: Account, api_key: str) -> None:
         # Inside the transaction that saves the key: one that cannot be shown is not kept.
         out: dict[str, object] = {"name": account.name, "api_key": api_key}
@@ -148,6 +150,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
             raise StoreError(
                 f"could not print the new API key ({reason}); nothing was saved"
             ) from None
+        printed.append(True)
 
     try:
         store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
@@ -156,6 +159,8 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
         finally:
             store.close()
     except StoreError as exc:
+        if printed:  # the commit after the print failed
+            return fail(PROG, f"{exc}; the API key printed above was not saved and does not work")
         return fail(PROG, str(exc))
     return 0
 

@@ -5,20 +5,25 @@ accounts could be disabled keep working."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ssp_svc import cli
+from ssp_svc.store import accounts as accounts_module
 from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
+from svc_common import sqlite_db
 from svc_common.clock import ManualClock
+from svc_common.sqlite_db import StoreWriteFailed
 from tests.support.closed_stdout import RefusingStdout
 
 T0 = 1_800_000_000_000
@@ -137,6 +142,27 @@ def test_an_account_whose_key_cannot_be_printed_is_not_saved(
         assert rc == 2 and _one_error(err)
     rc, out, _ = _run(capsys, "publisher", "list", "--data-dir", d)
     assert (rc, out) == (0, "")
+
+
+def test_a_key_printed_before_a_failed_commit_is_said_to_be_void(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sqlite_db.write_transaction
+
+    @contextlib.contextmanager
+    def failing_commit(*args: Any) -> Iterator[sqlite3.Connection]:
+        with real(*args) as conn:
+            before = conn.total_changes
+            yield conn
+            if conn.total_changes > before:  # the account's insert, not opening's checks
+                raise StoreWriteFailed("database or disk is full")
+
+    monkeypatch.setattr(accounts_module, "write_transaction", failing_commit)
+    rc, out, err = _run(capsys, "subscriber", "add", "--data-dir", str(tmp_path), "--name", "v")
+    assert rc == 2 and json.loads(out)["name"] == "v"  # printed, then the commit failed
+    assert "printed above was not saved and does not work" in _one_error(err)
+    monkeypatch.undo()
+    assert _run(capsys, "subscriber", "list", "--data-dir", str(tmp_path))[1] == ""
 
 
 def test_list_and_disable_refuse_a_dir_without_a_store(
