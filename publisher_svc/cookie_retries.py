@@ -1,4 +1,6 @@
-"""When a client-side identity's failed refresh may be tried again by an impression.
+"""When a client-side identity's failed refresh may be tried again by an impression, and
+which identities' refreshes ended them (the operator answered OPTOUT, or the refresh token
+expired or is invalid).
 
 In server mode the retry time of a failed refresh is stored with the identity. A client-side
 identity lives in the user's cookie, which the publisher cannot write when the refresh fails,
@@ -6,7 +8,12 @@ so without this every impression of that cookie would call a failing operator ag
 tries each). Held in memory, keyed by a digest of the cookie's refresh token (never the token
 itself), bounded: past `limit` the oldest entry goes, and that cookie is tried at its next
 impression, as before. A restart forgets them: the next impression tries once, then backs off
-again."""
+again.
+
+An ended identity matters because an impression waits for a refresh only so long
+(`--serve-refresh-budget`): an OPTOUT that comes later reaches no caller, and the cookie, which
+the publisher cannot change, would go on carrying the opted-out user's token into every
+impression until it expired."""
 
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ class CookieRetries:
         # digest -> (failed attempts, epoch ms before which no refresh is tried), as the store
         # keeps a server-side identity's
         self._failed: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+        # digests of refresh tokens whose refresh ended the identity
+        self._ended: OrderedDict[bytes, None] = OrderedDict()
 
     @staticmethod
     def _key(refresh_token: str) -> bytes:
@@ -55,6 +64,20 @@ class CookieRetries:
         with self._lock:
             self._failed.pop(self._key(refresh_token), None)
 
+    def end(self, refresh_token: str) -> None:
+        """A refresh of this cookie ended its identity: impressions send no token of it."""
+        key = self._key(refresh_token)
+        with self._lock:
+            self._failed.pop(key, None)
+            self._ended[key] = None
+            while len(self._ended) > self.limit:
+                self._ended.popitem(last=False)
+
+    def ended(self, refresh_token: str) -> bool:
+        with self._lock:
+            return self._key(refresh_token) in self._ended
+
     def __len__(self) -> int:
+        """Cookies whose refresh failed, waiting to be tried again."""
         with self._lock:
             return len(self._failed)

@@ -866,6 +866,8 @@ class Publisher:
         # the budget is dropped (the cookie's refresh token stays valid) and the next impression
         # or RefreshClientIdentity refreshes again.
         refresh_token = identity.refresh_token
+        if self.cookie_retries.ended(refresh_token):
+            return "", None, True  # a refresh that came after its impression ended it
         if self.cookie_retries.waiting(refresh_token):
             return held, None, False  # its last refresh failed: not tried again yet
         job, new = self._start(
@@ -892,6 +894,9 @@ class Publisher:
             raise
         if result.operator_failed:
             self.cookie_retries.failed(refresh_token, self.retry_backoff)
+        elif result.clear_cookie:
+            # Recorded whether or not an impression still waits for it (see cookie_retries).
+            self.cookie_retries.end(refresh_token)
         else:
             self.cookie_retries.succeeded(refresh_token)
         return result

@@ -603,6 +603,29 @@ def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -
     )
 
 
+def test_an_optout_that_comes_after_its_impression_ends_the_cookies_impressions(
+    client_env: Env,
+) -> None:
+    """The operator answered OPTOUT after the impression's budget: the cookie (which only the
+    caller can change) went on carrying the opted-out user's token into every impression."""
+    e = client_env
+    e.pub.serve_refresh_budget_s = 0.05
+    cookie = e.pub.login("u1", "gone@example.com", None, OK).cookie
+    assert cookie is not None
+    e.op.refresh_optout_keys.add(e.op.generate_calls[-1][0].key)
+    e.clock.advance(HOUR)  # due for refresh
+    e.op.gate = threading.Event()  # the operator answers late
+    _, first = _ad(e, cookie_value=cookie.value)
+    assert first.token_sent  # the held token: the answer is not in yet
+    e.op.gate.set()
+    assert _wait(lambda: not e.pub._pending)  # the refresh ended with OPTOUT, unheard
+    asked = len(e.op.refresh_calls)
+    _, later = _ad(e, cookie_value=cookie.value)
+    assert not later.token_sent and later.clear_cookie
+    assert e.ssp.impressions[-1].advertising_token == ""
+    assert len(e.op.refresh_calls) == asked  # known: the operator is not asked again
+
+
 @pytest.mark.parametrize(
     ("code", "reason", "kind"),
     [
