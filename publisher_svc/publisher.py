@@ -190,6 +190,7 @@ class ClientRefreshResult:
     # SUCCESS with the held token because the operator could not be reached (not because it
     # was busy: OPERATOR_BUSY, not asked): the refresh is to be tried again later.
     operator_failed: bool = False
+    identity_expires: int = 0  # of the token, on SUCCESS
 
     @property
     def clear_cookie(self) -> bool:
@@ -755,6 +756,7 @@ class Publisher:
                 step.kind is StepKind.REFRESHED,
                 serving.advertising_token,
                 step.kind is StepKind.STALE and not step.not_asked,
+                serving.identity_expires,
             )
         if step.kind is StepKind.OPTOUT:
             if dii is not None:
@@ -806,18 +808,21 @@ class Publisher:
             placement_id=placement_id, page_domain=page_domain, app_bundle=app_bundle
         )
         check_floor_price(floor_price, "INVALID_FLOOR_PRICE")
-        token = ""
+        token, expires = "", 0
         cookie: Cookie | None = None
         clear = False
         # An explicit empty user_id is the caller's lookup gone wrong, not an anonymous visitor
         # (who sends no subject); an empty cookie is a browser without one.
         if user_id is not None:
-            token = self._impression_token(check_user_id(user_id))
+            token, expires = self._impression_token(check_user_id(user_id))
         elif cookie_value:
-            token, cookie, clear = self._impression_cookie(cookie_value)
-        impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
+            token, expires, cookie, clear = self._impression_cookie(cookie_value)
         try:
             with self._ssp_calls.slot():
+                if token and self.clock.now_ms() >= expires:
+                    # Expired while the impression waited (on a refresh, for an SSP slot).
+                    token = ""
+                impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
                 decision = self.ssp.submit_impression(impression)
         except PeerError as err:
             raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
@@ -829,59 +834,69 @@ class Publisher:
     # in flight, it goes out with the held token if that is unexpired (as when the operator is
     # unreachable), else without one. The refresh runs on; in server mode its result is stored.
 
-    def _impression_token(self, user_id: str) -> str:
+    def _impression_token(self, user_id: str) -> tuple[str, int]:
+        """(the token to send or "", when it expires)."""
         if self.unrecorded_optouts.holds_user(user_id):
-            return ""  # opted out, not yet recorded: no token, as once it is
+            return "", 0  # opted out, not yet recorded: no token, as once it is
         stored = self.store.get(user_id)
         if stored is None or self.unrecorded_optouts.holds_dii(stored.dii_key):
-            return ""
+            return "", 0
         if not stored.used_since_refresh:
             self._note_use(user_id)
         identity, now = stored.identity, self.clock.now_ms()
         if decide(identity, now) is Decision.USE:
-            return identity.advertising_token
+            return identity.advertising_token, identity.identity_expires
         held = identity.advertising_token if usable_without_refresh(identity, now) else ""
         job, new = self._start(
             "user:" + user_id, lambda: self._current_token(user_id, respect_backoff=True)
         )
         if held and not new:
-            return held
+            return held, identity.identity_expires
         result, _ = self._within_budget(job)
-        return result.advertising_token if result is not None else held
+        if result is not None:
+            return result.advertising_token, result.identity_expires
+        return held, identity.identity_expires
 
-    def _impression_cookie(self, cookie_value: str) -> tuple[str, Cookie | None, bool]:
-        """(token, new cookie or None, clear the cookie) for an impression in client mode."""
+    def _impression_cookie(self, cookie_value: str) -> tuple[str, int, Cookie | None, bool]:
+        """(token, when it expires, new cookie or None, clear the cookie) for an impression in
+        client mode."""
         try:
             identity = decode_cookie(cookie_value)
         except ServiceError:
-            return "", None, True  # not an identity: tell the caller to drop it
+            return "", 0, None, True  # not an identity: tell the caller to drop it
         now = self.clock.now_ms()
         decision = decide(identity, now)
+        expires = identity.identity_expires
         if decision is Decision.USE:
-            return identity.advertising_token, None, False
+            return identity.advertising_token, expires, None, False
         if decision is Decision.LOGIN_REQUIRED:
-            return "", None, True
+            return "", 0, None, True
         held = identity.advertising_token if usable_without_refresh(identity, now) else ""
         # A new identity can reach the caller only in this response: one that comes later than
         # the budget is dropped (the cookie's refresh token stays valid) and the next impression
         # or RefreshClientIdentity refreshes again.
         refresh_token = identity.refresh_token
         if self.cookie_retries.ended(refresh_token):
-            return "", None, True  # a refresh that came after its impression ended it
+            return "", 0, None, True  # a refresh that came after its impression ended it
         if self.cookie_retries.waiting(refresh_token):
-            return held, None, False  # its last refresh failed: not tried again yet
+            return held, expires, None, False  # its last refresh failed: not tried again yet
         job, new = self._start(
             "cookie:" + refresh_token, lambda: self._refresh_cookie(cookie_value, refresh_token)
         )
         if held and not new:
-            return held, None, False
+            return held, expires, None, False
         refreshed, error = self._within_budget(job)
         if isinstance(error, ServiceError) and error.kind is ErrorKind.INVALID_ARGUMENT:
-            return "", None, True
+            return "", 0, None, True
         if refreshed is None:
-            return held, None, False
+            return held, expires, None, False
         cookie = refreshed.cookie if refreshed.refreshed else None
-        return refreshed.advertising_token, cookie, refreshed.clear_cookie
+        return (
+            refreshed.advertising_token,
+            refreshed.identity_expires,
+            cookie,
+            refreshed.clear_cookie,
+        )
 
     def _refresh_cookie(self, cookie_value: str, refresh_token: str) -> ClientRefreshResult:
         """An impression's refresh of a client-side identity, counted in `cookie_retries`: a

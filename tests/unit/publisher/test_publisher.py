@@ -603,6 +603,39 @@ def test_a_hung_operator_does_not_hold_up_a_cookie_impression(client_env: Env) -
     )
 
 
+def _ad_as_the_token_expires(e: Env, expires: int, **subject: str) -> AdResult:
+    """An impression 50 ms before `expires`, due for refresh, whose refresh hangs while the
+    clock passes the expiry."""
+    e.pub.serve_refresh_budget_s = 0.2
+    e.clock.set(expires - 50)
+    e.op.gate = threading.Event()
+    passing = threading.Timer(0.05, e.clock.advance, (100,))
+    passing.start()
+    try:
+        return _ad(e, **subject)[1]
+    finally:
+        e.op.gate.set()
+        passing.join()
+
+
+def test_a_token_that_expires_while_its_impression_waits_is_not_sent(env: Env) -> None:
+    """The held token was checked before the wait for a slow operator's refresh; it expired
+    during it and went out all the same (the SSP dropped it as expired)."""
+    env.pub.login("u1", "late@example.com", None, OK)
+    r = _ad_as_the_token_expires(env, _stored(env, "u1").identity_expires, user_id="u1")
+    assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_a_cookie_token_that_expires_while_its_impression_waits_is_not_sent(
+    client_env: Env,
+) -> None:
+    cookie = client_env.pub.login("u1", "late@example.com", None, OK).cookie
+    assert cookie is not None
+    expires = decode_cookie(cookie.value).identity_expires
+    r = _ad_as_the_token_expires(client_env, expires, cookie_value=cookie.value)
+    assert not r.token_sent and client_env.ssp.impressions[-1].advertising_token == ""
+
+
 def test_an_optout_that_comes_after_its_impression_ends_the_cookies_impressions(
     client_env: Env,
 ) -> None:
