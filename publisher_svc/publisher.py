@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 from publisher_svc.call_bound import CallBound
+from publisher_svc.caller_deadline import callers_remaining_s
 from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
 from publisher_svc.cookie_retries import CookieRetries
 from publisher_svc.model import (
@@ -37,7 +38,7 @@ from publisher_svc.model import (
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
 from publisher_svc.store import SqliteStore, StoredIdentity
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
-from publisher_svc.user_locks import UserLocks
+from publisher_svc.user_locks import UserBusy, UserLocks
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
@@ -69,6 +70,7 @@ SSP_BUSY = "SSP_BUSY"
 # ErrorInfo reason of a call the configured storage mode has no use for (Publisher._only_in).
 WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
+_USER_BUSY = "the UID2 operator is slow: another call for this user already waits on it"
 # How long a stop waits for its last try at recording opt-outs the store refused earlier.
 UNRECORDED_LAST_TRY_S = 1.0
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
@@ -425,10 +427,15 @@ class Publisher:
                 {"storageMode": self.mode.value},
             )
 
-    def user_lock(self, user_id: str) -> AbstractContextManager[None]:
+    def user_lock(self, user_id: str, *, bounded: bool = False) -> AbstractContextManager[None]:
         """Held around everything that reads then writes the user's identity, operator calls
-        included; other users never wait on it."""
-        return self._user_locks.hold(user_id)
+        included; other users never wait on it. `bounded`: wait PEER_SLOW_S at most, and no
+        longer than the caller's deadline, else UserBusy (user_locks.py)."""
+        if not bounded:
+            return self._user_locks.hold(user_id)
+        remaining = callers_remaining_s()
+        wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
+        return self._user_locks.hold(user_id, wait_s)
 
     # -- login / logout / site opt-out ----------------------------------------------------
 
@@ -444,8 +451,11 @@ class Publisher:
     ) -> LoginResult:
         check_user_id(user_id)
         dii = hash_dii(email, phone, email_hash, phone_hash)
-        with self.user_lock(user_id):
-            result = self._login(user_id, dii, privacy)
+        try:
+            with self.user_lock(user_id, bounded=True):
+                result = self._login(user_id, dii, privacy)
+        except UserBusy:
+            raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
         if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
             return LoginResult(result.status, clear_cookie=True)
         return result
@@ -663,24 +673,46 @@ class Publisher:
         check_user_id(user_id)
         return self._current_token(user_id)
 
+    def _read_current(self, user_id: str) -> TokenResult | StoredIdentity:
+        """The answer to a token call that needs no operator (opted out, no identity), or the
+        stored identity to go on with."""
+        if self.unrecorded_optouts.holds_user(user_id):
+            # Opted out, not yet recorded: what ended_status will say once it is. No write
+            # here: the write that records it is the next one the store takes.
+            return TokenResult(TokenStatus.OPTOUT)
+        stored = self.store.get(user_id)
+        # Another user's opt-out of this DII the store refused, held in memory (once
+        # recorded, the store ends every identity of the DII itself).
+        if stored is not None and self.unrecorded_optouts.holds_dii(stored.dii_key):
+            return TokenResult(TokenStatus.OPTOUT)
+        if stored is None:
+            # A refresh (perhaps the background refresher's) that ended the identity is
+            # reported as this call's own would have been, until the user logs in again.
+            ended = self.store.ended_status(user_id)
+            return TokenResult(TokenStatus(ended) if ended else TokenStatus.NO_IDENTITY)
+        return stored
+
     def _current_token(self, user_id: str, *, respect_backoff: bool = False) -> TokenResult:
         """`respect_backoff`: while a failed refresh is backing off (next attempt not yet due)
-        and the held token is unexpired, use it rather than call the operator again."""
-        with self.user_lock(user_id):
-            if self.unrecorded_optouts.holds_user(user_id):
-                # Opted out, not yet recorded: what ended_status will say once it is. No write
-                # here: the write that records it is the next one the store takes.
-                return TokenResult(TokenStatus.OPTOUT)
-            stored = self.store.get(user_id)
-            # Another user's opt-out of this DII the store refused, held in memory (once
-            # recorded, the store ends every identity of the DII itself).
-            if stored is not None and self.unrecorded_optouts.holds_dii(stored.dii_key):
-                return TokenResult(TokenStatus.OPTOUT)
-            if stored is None:
-                # A refresh (perhaps the background refresher's) that ended the identity is
-                # reported as this call's own would have been, until the user logs in again.
-                ended = self.store.ended_status(user_id)
-                return TokenResult(TokenStatus(ended) if ended else TokenStatus.NO_IDENTITY)
+        and the held token is unexpired, use it rather than call the operator again. While
+        another call of the user's waits on the operator past the bounded wait (user_lock),
+        the held token if unexpired, as when the operator is unreachable."""
+        try:
+            return self._current_token_locked(user_id, respect_backoff)
+        except UserBusy:
+            current = self._read_current(user_id)
+            if isinstance(current, TokenResult):
+                return current
+            if usable_without_refresh(current.identity, self.clock.now_ms()):
+                return _token_result(Step(StepKind.STALE, current.identity, not_asked=True))
+            raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
+
+    def _current_token_locked(self, user_id: str, respect_backoff: bool) -> TokenResult:
+        with self.user_lock(user_id, bounded=True):
+            current = self._read_current(user_id)
+            if isinstance(current, TokenResult):
+                return current
+            stored = current
             if not stored.used_since_refresh:
                 self._note_use(user_id)
             now = self.clock.now_ms()

@@ -22,21 +22,32 @@ class _Entry:
         self.users = 0  # threads holding the lock or waiting for it
 
 
+class UserBusy(Exception):
+    """The user's lock stayed held (by a call waiting on the operator) past the wait allowed."""
+
+
 class UserLocks:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
     @contextmanager
-    def hold(self, user_id: str) -> Iterator[None]:
+    def hold(self, user_id: str, wait_s: float | None = None) -> Iterator[None]:
+        """Holds the user's lock; with `wait_s`, waits that long at most, else UserBusy: many
+        calls for one user whose refresh hangs on a frozen operator would otherwise each hold
+        a server thread in this wait, and calls that need no operator would find none."""
         with self._guard:
             entry = self._entries.get(user_id)
             if entry is None:
                 entry = self._entries[user_id] = _Entry()
             entry.users += 1
         try:
-            with entry.lock:
+            if not entry.lock.acquire(timeout=-1 if wait_s is None else max(wait_s, 0.0)):
+                raise UserBusy()  # no user id: the caller's, which may be an email
+            try:
                 yield
+            finally:
+                entry.lock.release()
         finally:
             with self._guard:
                 entry.users -= 1

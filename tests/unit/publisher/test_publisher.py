@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.call_bound import CallBound
+from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.cookie import decode_cookie
 from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
 from publisher_svc.publisher import (
     OPERATOR_BUSY,
+    PEER_SLOW_S,
     AdResult,
     LoginStatus,
     Publisher,
@@ -946,6 +948,41 @@ def test_a_cookie_of_a_dii_known_to_have_opted_out_ends_without_a_call(client_en
     r = e.pub.refresh_client(second.value, "user@example.com")
     assert r.status is TokenStatus.OPTOUT and r.clear_cookie
     assert len(e.op.refresh_calls) == calls
+
+
+def test_calls_for_a_user_whose_refresh_hangs_wait_briefly_then_get_the_held_token(
+    env: Env,
+) -> None:
+    """60 GetAdvertisingTokens for one user whose refresh hung on a frozen operator each held a
+    server thread in the user's lock (then called the operator again, one by one): a call that
+    needed no operator at all waited 11 s for a thread."""
+    env.pub.login("hot", "hot@example.com", None, OK)
+    held = _stored(env, "hot").advertising_token
+    env.clock.advance(HOUR)  # due, unexpired
+    env.op.gate = threading.Event()
+    pool = ThreadPoolExecutor(9)
+    try:
+        first = pool.submit(env.pub.get_advertising_token, "hot")
+        assert _wait(lambda: env.op.in_flight == 1)
+        started = time.monotonic()
+        waiting = [pool.submit(env.pub.get_advertising_token, "hot") for _ in range(8)]
+        results = [f.result(5) for f in waiting]
+        assert time.monotonic() - started < PEER_SLOW_S + 1.0  # not the frozen call's time
+        assert {(r.status, r.advertising_token, r.refreshed) for r in results} == {
+            (TokenStatus.SUCCESS, held, False)
+        }
+        assert env.op.peak_in_flight == 1  # the operator asked once, not once per caller
+        with callers_deadline(0.05):  # a caller's deadline shortens the wait too
+            started = time.monotonic()
+            assert env.pub.get_advertising_token("hot").advertising_token == held
+            assert time.monotonic() - started < PEER_SLOW_S
+        with pytest.raises(ServiceError) as busy:  # a login has no held token to fall back on
+            env.pub.login("hot", "hot@example.com", None, OK)
+        assert (busy.value.kind, busy.value.reason) == (ErrorKind.UNAVAILABLE, OPERATOR_BUSY)
+    finally:
+        env.op.gate.set()
+        pool.shutdown()
+    assert first.result().refreshed
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
