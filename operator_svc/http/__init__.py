@@ -17,9 +17,12 @@ call behind each, the same one the gRPC servicer makes:
 - /v2/optout/status     optouts.opt_out_status -> {opted_out: [{advertising_id,
   opted_out_since}]}
 - /v2/key/sharing, /v2/key/bidstream  keys.sharing_keys / bidstream_keys -> key container (§5)
+- /v2/token/client-generate  client_side.generate (a page's JSON, no key; domain.client_side)
 - GET /ops/healthcheck  -> "OK"
 
 Errors (plain JSON `{"status", "message"}`): bad envelope, JSON or field -> 400 client_error;
-missing/unknown key or missing role -> 401 unauthorized; body over 1 MB -> 413 client_error;
+missing/unknown key or missing role -> 401 unauthorized; a page's origin or app not the site's
+-> 403; a body that does not arrive in time -> 408; body over 2 MiB (64 KiB without a key) ->
+413 client_error; too many bodies held at once -> 503 error;
 unknown path 404, wrong method 405 (client_error); operator without keys -> 503 error. A 500
 (`error`) only for a bug, logged by type and place."""
