@@ -16,6 +16,7 @@ signed is admitted, so they should be CAs that sign only the intended callers.""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -146,6 +147,18 @@ def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]
         raise SettingError(f"{cert_path}: a certificate for an unsupported key type") from None
     if _public_bytes(key.public_key()) != _public_bytes(leaf_key):
         raise SettingError(f"{key_path}: not the private key of the certificate in {cert_path}")
+    # Every caller would refuse it: at start a one-line error, on a reload the files in use
+    # stay (a renewal gone wrong, an old pair restored from a backup, must not take over).
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc <= now:
+        raise SettingError(
+            f"{cert_path}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if leaf.not_valid_before_utc > now:
+        raise SettingError(
+            f"{cert_path}: the certificate is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
     try:
         # What OpenSSL itself refuses at its default security level (a 1024-bit RSA key, say)
         # would otherwise fail every handshake later (or, on the operator, only its HTTP API).

@@ -30,7 +30,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
+def make_tls_files(
+    directory: Path,
+    *,
+    valid_from: datetime.timedelta = datetime.timedelta(minutes=-5),
+    valid_until: datetime.timedelta = datetime.timedelta(days=1),
+) -> TlsFiles:
+    """`valid_from` / `valid_until`: the server certificate's validity, from now."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -53,8 +59,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now + valid_from)
+        .not_valid_after(now + valid_until)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]

@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,24 @@ def test_a_matching_certificate_and_key_load(files: TlsFiles) -> None:
 def test_a_key_that_is_not_the_certificates_is_refused(files: TlsFiles) -> None:
     with pytest.raises(SettingError, match="not the private key of the certificate"):
         load_server_tls(str(files.cert), str(files.other_key))
+
+
+@pytest.mark.parametrize(
+    ("valid_from", "valid_until", "message"),
+    [
+        (datetime.timedelta(days=-30), datetime.timedelta(days=-1), "the certificate expired on"),
+        (datetime.timedelta(days=1), datetime.timedelta(days=30), "is not valid before"),
+    ],
+)
+def test_a_certificate_outside_its_validity_is_refused(
+    tmp_path: Path, valid_from: datetime.timedelta, valid_until: datetime.timedelta, message: str
+) -> None:
+    # Every caller would refuse it; at start that is one line, not a failed handshake per call.
+    files = make_tls_files(tmp_path, valid_from=valid_from, valid_until=valid_until)
+    with pytest.raises(SettingError, match=message):
+        load_server_tls(str(files.cert), str(files.key))
+    with pytest.raises(SettingError, match=message):
+        load_peer_tls(str(files.ca), str(files.cert), str(files.key))
 
 
 def test_an_encrypted_key_is_refused(files: TlsFiles, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ half-written leave the old pair in use until they are whole."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import ssl
@@ -126,6 +127,27 @@ def test_half_written_files_leave_the_old_pair_in_use_until_whole(
         _renew(served_files.key, new.key)
         clock.advance(int(RECHECK_S * 1000))
         assert _check(_trusting(target, new.ca))
+
+
+def test_an_expired_pair_renamed_in_is_not_served(
+    served_files: TlsFiles, clock: ManualClock, tmp_path: Path
+) -> None:
+    # An old pair restored over the current one: every caller would refuse it.
+    old_ca = tmp_path / "old-ca.pem"
+    shutil.copy(served_files.ca, old_ca)
+    expired = make_tls_files(
+        tmp_path / "expired",
+        valid_from=datetime.timedelta(days=-30),
+        valid_until=datetime.timedelta(days=-1),
+    )
+    tls = load_server_tls(str(served_files.cert), str(served_files.key))
+    with _serve(ReloadingServerTls(tls, monotonic=clock)) as target:
+        _renew_all(served_files, expired)
+        clock.advance(int(RECHECK_S * 1000))
+        with capture_logs() as logs:
+            assert _check(_trusting(target, old_ca))  # the valid pair still in use
+        assert [e["event"] for e in logs] == ["tls_reload_failed"]
+        assert "expired on" in logs[0]["error"]
 
 
 def test_renewed_client_cas_admit_callers_the_new_ca_signed(
@@ -274,19 +296,23 @@ def test_a_renewal_between_reading_the_files_and_serving_them_is_still_picked_up
 def test_closing_a_channel_ends_the_timers_of_the_channels_it_replaced(
     served_files: TlsFiles, clock: ManualClock, tmp_path: Path
 ) -> None:
-    def timers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    # Only timers started here: an earlier test's may still end meanwhile.
+    earlier = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
 
-    before = len(timers())
+    def timers() -> list[threading.Thread]:
+        return [
+            t for t in threading.enumerate() if isinstance(t, threading.Timer) and t not in earlier
+        ]
+
     peer = load_peer_tls(str(served_files.ca))
     channel = ReloadingChannel("127.0.0.1:1", peer, monotonic=clock, grace_s=600)
     for i in range(3):
         _renew(served_files.ca, make_tls_files(tmp_path / f"ca{i}").ca)
         clock.advance(int(RECHECK_S * 1000))
         assert channel.current()[0] == i + 1
-    assert len(timers()) == before + 3
+    assert len(timers()) == 3
     channel.close()
-    assert wait_until(lambda: len(timers()) == before, 2.0)
+    assert wait_until(lambda: not timers(), 2.0)
 
 
 def test_files_gone_mid_renewal_leave_the_http_api_serving_what_it_has(
