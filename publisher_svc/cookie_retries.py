@@ -1,6 +1,5 @@
 """When a client-side identity's failed refresh may be tried again by an impression, and
-which identities' refreshes ended them (the operator answered OPTOUT, or the refresh token
-expired or is invalid).
+which identities' refreshes the operator answered OPTOUT.
 
 In server mode the retry time of a failed refresh is stored with the identity. A client-side
 identity lives in the user's cookie, which the publisher cannot write when the refresh fails,
@@ -10,10 +9,10 @@ itself), bounded: past `limit` the oldest entry goes, and that cookie is tried a
 impression, as before. A restart forgets them: the next impression tries once, then backs off
 again.
 
-An ended identity matters because an impression waits for a refresh only so long
-(`--serve-refresh-budget`): an OPTOUT that comes later reaches no caller, and the cookie, which
-the publisher cannot change, would go on carrying the opted-out user's token into every
-impression until it expired."""
+Each of the two is bounded by `limit` (about 2 MB each, full). The opt-outs matter because an
+impression waits for a refresh only so long (`--serve-refresh-budget`): an OPTOUT that comes
+later reaches no caller, and the cookie, which the publisher cannot change, would go on
+carrying the opted-out user's token into every impression until it expired."""
 
 from __future__ import annotations
 
@@ -65,7 +64,7 @@ class CookieRetries:
             self._failed.pop(self._key(refresh_token), None)
 
     def end(self, refresh_token: str) -> None:
-        """A refresh of this cookie ended its identity: impressions send no token of it."""
+        """The operator answered this cookie's refresh OPTOUT: impressions send no token of it."""
         key = self._key(refresh_token)
         with self._lock:
             self._failed.pop(key, None)

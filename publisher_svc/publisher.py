@@ -71,6 +71,16 @@ SSP_BUSY = "SSP_BUSY"
 WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 _USER_BUSY = "the UID2 operator is slow: another call for this user already waits on it"
+
+
+def _waited_past_deadline() -> ServiceError:
+    return ServiceError(
+        ErrorKind.DEADLINE_EXCEEDED,
+        CALLER_DEADLINE,
+        "the call's deadline passed while another call for this user waited on the operator",
+    )
+
+
 # How long a stop waits for its last try at recording opt-outs the store refused earlier.
 UNRECORDED_LAST_TRY_S = 1.0
 # Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
@@ -353,6 +363,9 @@ class Publisher:
         # Per-user locks: one refresh per user at a time, and logout / login / opt-out never
         # interleave with a refresh of the same user.
         self._user_locks = UserLocks()
+        # Users whose refresh the operator just ended (OPTOUT, or the chain over), while that
+        # is being written: a call that does not wait for their lock must not serve the token.
+        self._ending: dict[str, TokenStatus] = {}
         self.serve_refresh_budget_s = serve_refresh_budget_s
         # Refreshes an impression starts: they outlive its wait (their result is stored, in
         # server mode), one per user / cookie at a time.
@@ -427,14 +440,10 @@ class Publisher:
                 {"storageMode": self.mode.value},
             )
 
-    def user_lock(self, user_id: str, *, bounded: bool = False) -> AbstractContextManager[None]:
+    def user_lock(self, user_id: str, wait_s: float | None = None) -> AbstractContextManager[None]:
         """Held around everything that reads then writes the user's identity, operator calls
-        included; other users never wait on it. `bounded`: wait PEER_SLOW_S at most, and no
-        longer than the caller's deadline, else UserBusy (user_locks.py)."""
-        if not bounded:
-            return self._user_locks.hold(user_id)
-        remaining = callers_remaining_s()
-        wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
+        included; other users never wait on it. `wait_s`: at most that long, else UserBusy
+        (user_locks.py)."""
         return self._user_locks.hold(user_id, wait_s)
 
     # -- login / logout / site opt-out ----------------------------------------------------
@@ -452,10 +461,11 @@ class Publisher:
         check_user_id(user_id)
         dii = hash_dii(email, phone, email_hash, phone_hash)
         try:
-            with self.user_lock(user_id, bounded=True):
+            # As long as the caller waits: a login has no held token to fall back on.
+            with self.user_lock(user_id, callers_remaining_s()):
                 result = self._login(user_id, dii, privacy)
         except UserBusy:
-            raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
+            raise _waited_past_deadline() from None
         if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
             return LoginResult(result.status, clear_cookie=True)
         return result
@@ -647,14 +657,21 @@ class Publisher:
             except StoreUnavailable as err:
                 raise RefreshNotKept(err) from None
         elif step.kind is StepKind.OPTOUT:
+            self._ending[user_id] = TokenStatus.OPTOUT
             try:
                 self.store.record_operator_optout(stored.dii_key, now, user_id)
             except StoreUnavailable as err:
                 self._hold_unrecorded(user_id, stored.dii_key, now)
                 raise OptOutNotRecorded(err) from None
+            finally:
+                self._ending.pop(user_id, None)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
-            self.store.end_if_current(user_id, old, now)
+            self._ending[user_id] = TokenStatus.LOGIN_REQUIRED
+            try:
+                self.store.end_if_current(user_id, old, now)
+            finally:
+                self._ending.pop(user_id, None)
         else:
             return step, stored  # USE or STALE: nothing written
         self._wrote()
@@ -676,6 +693,9 @@ class Publisher:
     def _read_current(self, user_id: str) -> TokenResult | StoredIdentity:
         """The answer to a token call that needs no operator (opted out, no identity), or the
         stored identity to go on with."""
+        ending = self._ending.get(user_id)
+        if ending is not None:
+            return TokenResult(ending)  # the operator ended it; the store is being told
         if self.unrecorded_optouts.holds_user(user_id):
             # Opted out, not yet recorded: what ended_status will say once it is. No write
             # here: the write that records it is the next one the store takes.
@@ -697,18 +717,33 @@ class Publisher:
         and the held token is unexpired, use it rather than call the operator again. While
         another call of the user's waits on the operator past the bounded wait (user_lock),
         the held token if unexpired, as when the operator is unreachable."""
+        remaining = callers_remaining_s()
+        wait_s = remaining
+        current = self._read_current(user_id)
+        if isinstance(current, StoredIdentity) and usable_without_refresh(
+            current.identity, self.clock.now_ms()
+        ):
+            # A held token to fall back on: a call of the user's that waits on the operator
+            # is waited for briefly (PEER_SLOW_S), not to the caller's deadline.
+            wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
         try:
-            return self._current_token_locked(user_id, respect_backoff)
+            return self._current_token_locked(user_id, respect_backoff, wait_s)
         except UserBusy:
             current = self._read_current(user_id)
             if isinstance(current, TokenResult):
                 return current
             if usable_without_refresh(current.identity, self.clock.now_ms()):
+                if not current.used_since_refresh:
+                    self._note_use(user_id)
                 return _token_result(Step(StepKind.STALE, current.identity, not_asked=True))
-            raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
+            if wait_s == remaining:  # the caller's deadline ended the wait
+                raise _waited_past_deadline() from None
+            raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None  # expired while waiting
 
-    def _current_token_locked(self, user_id: str, respect_backoff: bool) -> TokenResult:
-        with self.user_lock(user_id, bounded=True):
+    def _current_token_locked(
+        self, user_id: str, respect_backoff: bool, wait_s: float | None
+    ) -> TokenResult:
+        with self.user_lock(user_id, wait_s):
             current = self._read_current(user_id)
             if isinstance(current, TokenResult):
                 return current
@@ -843,22 +878,38 @@ class Publisher:
         token, expires = "", 0
         cookie: Cookie | None = None
         clear = False
+        refresh_token: str | None = None
         # An explicit empty user_id is the caller's lookup gone wrong, not an anonymous visitor
         # (who sends no subject); an empty cookie is a browser without one.
         if user_id is not None:
             token, expires = self._impression_token(check_user_id(user_id))
         elif cookie_value:
-            token, expires, cookie, clear = self._impression_cookie(cookie_value)
+            token, expires, cookie, clear, refresh_token = self._impression_cookie(cookie_value)
         try:
             with self._ssp_calls.slot():
-                if token and self.clock.now_ms() >= expires:
-                    # Expired while the impression waited (on a refresh, for an SSP slot).
+                # Looked at again once the waits are over (a refresh, an SSP slot): the token
+                # may have expired, or its identity been ended, meanwhile.
+                if token and self._ended_meanwhile(expires, user_id, refresh_token):
                     token = ""
+                    if refresh_token is not None and self.cookie_retries.ended(refresh_token):
+                        cookie, clear = None, True
                 impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
                 decision = self.ssp.submit_impression(impression)
         except PeerError as err:
             raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
         return AdResult(decision, bool(token), cookie, clear)
+
+    def _ended_meanwhile(
+        self, expires: int, user_id: str | None, refresh_token: str | None
+    ) -> bool:
+        """Whether a token chosen for an impression may no longer go out: expired, or its
+        identity opted out, logged out or ended (server mode), or its cookie's identity ended
+        by a refresh (client mode)."""
+        if self.clock.now_ms() >= expires:
+            return True
+        if user_id is not None:
+            return isinstance(self._read_current(user_id), TokenResult)
+        return refresh_token is not None and self.cookie_retries.ended(refresh_token)
 
     # An impression never waits long on a refresh. The one that finds the refresh due starts it
     # and waits serve_refresh_budget_s at most (a healthy operator answers well within it, so an
@@ -889,45 +940,50 @@ class Publisher:
             return result.advertising_token, result.identity_expires
         return held, identity.identity_expires
 
-    def _impression_cookie(self, cookie_value: str) -> tuple[str, int, Cookie | None, bool]:
-        """(token, when it expires, new cookie or None, clear the cookie) for an impression in
-        client mode."""
+    def _impression_cookie(
+        self, cookie_value: str
+    ) -> tuple[str, int, Cookie | None, bool, str | None]:
+        """(token, when it expires, new cookie or None, clear the cookie, the cookie's refresh
+        token) for an impression in client mode."""
         try:
             identity = decode_cookie(cookie_value)
         except ServiceError:
-            return "", 0, None, True  # not an identity: tell the caller to drop it
+            return "", 0, None, True, None  # not an identity: tell the caller to drop it
         now = self.clock.now_ms()
         decision = decide(identity, now)
         expires = identity.identity_expires
+        refresh_token = identity.refresh_token
         if decision is Decision.USE:
-            return identity.advertising_token, expires, None, False
+            return identity.advertising_token, expires, None, False, refresh_token
         if decision is Decision.LOGIN_REQUIRED:
-            return "", 0, None, True
+            return "", 0, None, True, refresh_token
         held = identity.advertising_token if usable_without_refresh(identity, now) else ""
         # A new identity can reach the caller only in this response: one that comes later than
         # the budget is dropped (the cookie's refresh token stays valid) and the next impression
         # or RefreshClientIdentity refreshes again.
-        refresh_token = identity.refresh_token
         if self.cookie_retries.ended(refresh_token):
-            return "", 0, None, True  # a refresh that came after its impression ended it
+            return "", 0, None, True, None  # a refresh that came after its impression ended it
         if self.cookie_retries.waiting(refresh_token):
-            return held, expires, None, False  # its last refresh failed: not tried again yet
+            # Its last refresh failed: not tried again yet.
+            return held, expires, None, False, refresh_token
         job, new = self._start(
             "cookie:" + refresh_token, lambda: self._refresh_cookie(cookie_value, refresh_token)
         )
         if held and not new:
-            return held, expires, None, False
+            return held, expires, None, False, refresh_token
         refreshed, error = self._within_budget(job)
         if isinstance(error, ServiceError) and error.kind is ErrorKind.INVALID_ARGUMENT:
-            return "", 0, None, True
+            return "", 0, None, True, None
         if refreshed is None:
-            return held, expires, None, False
+            return held, expires, None, False, refresh_token
         cookie = refreshed.cookie if refreshed.refreshed else None
         return (
             refreshed.advertising_token,
             refreshed.identity_expires,
             cookie,
             refreshed.clear_cookie,
+            # A new identity, just issued, has no ending to watch for; the held one does.
+            None if refreshed.refreshed else refresh_token,
         )
 
     def _refresh_cookie(self, cookie_value: str, refresh_token: str) -> ClientRefreshResult:
@@ -941,8 +997,10 @@ class Publisher:
             raise
         if result.operator_failed:
             self.cookie_retries.failed(refresh_token, self.retry_backoff)
-        elif result.clear_cookie:
+        elif result.status is TokenStatus.OPTOUT:
             # Recorded whether or not an impression still waits for it (see cookie_retries).
+            # Only an opt-out: anyone can make refresh tokens the operator calls invalid, and
+            # they must not push real opt-outs out of the bounded memory.
             self.cookie_retries.end(refresh_token)
         else:
             self.cookie_retries.succeeded(refresh_token)

@@ -42,7 +42,9 @@ class UserLocks:
                 entry = self._entries[user_id] = _Entry()
             entry.users += 1
         try:
-            if not entry.lock.acquire(timeout=-1 if wait_s is None else max(wait_s, 0.0)):
+            # A caller with no deadline reports some 9e18 s left: past what a lock takes.
+            unbounded = wait_s is None or wait_s >= threading.TIMEOUT_MAX
+            if not entry.lock.acquire(timeout=-1 if unbounded else max(wait_s or 0.0, 0.0)):
                 raise UserBusy()  # no user id: the caller's, which may be an email
             try:
                 yield

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -655,7 +656,9 @@ def test_an_optout_that_comes_after_its_impression_ends_the_cookies_impressions(
     e.op.gate.set()
     assert _wait(lambda: not e.pub._pending)  # the refresh ended with OPTOUT, unheard
     asked = len(e.op.refresh_calls)
+    e.op.gate = threading.Event()  # were it asked again, it would answer late again
     _, later = _ad(e, cookie_value=cookie.value)
+    e.op.gate.set()
     assert not later.token_sent and later.clear_cookie
     assert e.ssp.impressions[-1].advertising_token == ""
     assert len(e.op.refresh_calls) == asked  # known: the operator is not asked again
@@ -976,13 +979,70 @@ def test_calls_for_a_user_whose_refresh_hangs_wait_briefly_then_get_the_held_tok
             started = time.monotonic()
             assert env.pub.get_advertising_token("hot").advertising_token == held
             assert time.monotonic() - started < PEER_SLOW_S
-        with pytest.raises(ServiceError) as busy:  # a login has no held token to fall back on
+        # A login has no held token to fall back on: it waits as long as its caller does.
+        with callers_deadline(0.05), pytest.raises(ServiceError) as gave_up:
             env.pub.login("hot", "hot@example.com", None, OK)
-        assert (busy.value.kind, busy.value.reason) == (ErrorKind.UNAVAILABLE, OPERATOR_BUSY)
+        assert (gave_up.value.kind, gave_up.value.reason) == (
+            ErrorKind.DEADLINE_EXCEEDED,
+            "CALLER_DEADLINE",
+        )
+        assert env.op.in_flight == 1  # the frozen refresh still holds the user
     finally:
         env.op.gate.set()
         pool.shutdown()
     assert first.result().refreshed
+
+
+def test_a_call_that_stops_waiting_sees_an_optout_still_being_written(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator answered OPTOUT; its record waited on the store (another process's write
+    lock, up to 30 s) while a call that gave up waiting for the user read the store without
+    the lock and served the opted-out user's token."""
+    env.pub.login("u1", "gone@example.com", None, OK)
+    env.op.refresh_optout_keys.add(env.op.generate_calls[-1][0].key)
+    env.clock.advance(HOUR)  # due; the held token unexpired
+    writing, release = threading.Event(), threading.Event()
+    record = env.store.record_operator_optout
+
+    def slow_record(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        release.wait(10)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(env.store, "record_operator_optout", slow_record)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(env.pub.get_advertising_token, "u1")
+        assert writing.wait(5)
+        try:
+            second = env.pub.get_advertising_token("u1")  # gives up on the lock after 0.5 s
+        finally:
+            release.set()
+        assert (second.status, second.advertising_token) == (TokenStatus.OPTOUT, "")
+        assert first.result(5).status is TokenStatus.OPTOUT
+
+
+def test_an_impression_waiting_for_an_ssp_slot_sends_no_token_opted_out_meanwhile(
+    env: Env,
+) -> None:
+    env.pub.serve_refresh_budget_s = 0.05
+    env.pub._ssp_calls = CallBound(
+        "ssp", 1, busy_reason="SSP_BUSY", slow_s=5.0, monotonic=env.clock
+    )
+    env.pub.login("u1", "gone@example.com", None, OK)
+    env.op.refresh_optout_keys.add(env.op.generate_calls[-1][0].key)
+    env.clock.advance(HOUR)
+    env.op.gate = threading.Event()  # the refresh (which will answer OPTOUT) hangs
+    slots = env.pub._ssp_calls._slots
+    assert slots.acquire(blocking=False)  # every SSP slot taken
+    with ThreadPoolExecutor(1) as pool:
+        ad = pool.submit(_ad, env, user_id="u1")
+        time.sleep(0.2)  # past the budget: the held token chosen, waiting for a slot
+        env.op.gate.set()
+        assert _wait(lambda: not env.pub._pending)  # OPTOUT answered and recorded
+        slots.release()
+        _, r = ad.result(5)
+    assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
