@@ -326,9 +326,15 @@ def grant_delegation(store: OperatorStore, site_id: int, client_name: str, now_m
 def revoke_delegation(store: OperatorStore, site_id: int, client_name: str) -> None:
     check_site_id(site_id)
     with store.transaction() as conn:
-        # Either form: the client may be gone, its delegation not.
-        forms = dict.fromkeys((name_of(client_name), client_name.strip()))
-        if sum(OperatorStore.revoke(conn, site_id, form) for form in forms) == 0:
+        # The stored client's name; should the client be gone (its delegation not), the
+        # first form that names a delegation, never two clients' at once.
+        stored = _client_name_in(conn, client_name)
+        forms = (
+            (stored,)
+            if stored
+            else tuple(dict.fromkeys((name_of(client_name), client_name.strip())))
+        )
+        if not any(OperatorStore.revoke(conn, site_id, form) for form in forms):
             raise AdminError("no such delegation")
 
 

@@ -449,7 +449,7 @@ def _run(args: argparse.Namespace) -> int:
                     rng=rng,
                     deliver=deliver,
                 )
-            except (StoreError, ServiceError) as exc:
+            except (StoreError, ServiceError, sqlite3.Error, OSError) as exc:
                 if printed:  # the commit after the print failed
                     raise admin.AdminError(
                         f"{exc}; the API key printed above was not saved and does not work"

@@ -141,16 +141,23 @@ def host_port(text: str) -> str:
 
 # gRPC name-resolver targets a channel understands (dns:///op.internal:50051 to resolve every
 # address of a name, ipv4:10.0.0.5:50051,10.0.0.6:50051): accepted where a peer is dialled.
-_RESOLVER_TARGET = re.compile(r"(dns|ipv4|ipv6):[!-~]*:[0-9]{1,5}")
+_RESOLVER_TARGET = re.compile(r"(?i:dns|ipv4|ipv6):[!-~]*:([0-9]{1,5})")
 
 
 def dial_address(text: str) -> str:
     """A peer's address: HOST:PORT as `host_port` takes it, or a gRPC resolver target
     (dns:, ipv4:, ipv6:) ending in a port, passed to the channel as it is."""
     target = text.strip()
-    if _RESOLVER_TARGET.fullmatch(target):
+    resolver = _RESOLVER_TARGET.fullmatch(target)
+    if resolver is not None and 0 < int(resolver.group(1)) <= 65535:
         return target
-    return host_port(text)
+    try:
+        return host_port(text)
+    except SettingError:
+        raise SettingError(
+            f"must be HOST:PORT or a gRPC resolver target such as dns:///HOST:PORT, got "
+            f"{shown(text, numbers=False)}"
+        ) from None
 
 
 def choice(enum_type: type[E]) -> Callable[[str], E]:

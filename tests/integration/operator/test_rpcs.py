@@ -87,8 +87,9 @@ def test_two_authorization_entries_are_refused_whichever_comes_first(
     code, reason = _code(live, "GenerateToken", CALLS["GenerateToken"][0], metadata)
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "AMBIGUOUS_API_KEY")
     # The same one twice (a proxy repeating the header) is one credential.
-    code, _ = _code(live, "GenerateToken", CALLS["GenerateToken"][0], (good, good))
-    assert code is grpc.StatusCode.OK
+    for again in (good, (good[0], good[1].replace(" ", "  ") + " ")):  # the same key
+        code, _ = _code(live, "GenerateToken", CALLS["GenerateToken"][0], (good, again))
+        assert code is grpc.StatusCode.OK
 
 
 def test_disabled_client_is_unauthenticated(live: Live) -> None:

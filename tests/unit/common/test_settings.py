@@ -275,7 +275,7 @@ def test_ipv6_hosts_go_in_brackets_and_only_they_do(text: str, message: str) -> 
 @pytest.mark.parametrize(
     "target",
     ["dns:///operator.internal:50051", "dns:op:443", "ipv4:10.0.0.5:50051,10.0.0.6:50051",
-     "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051"],
+     "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051", "DNS:///op:443"],
 )  # fmt: skip
 def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
     # What a channel understands, where a peer is dialled (not where the service listens).
@@ -283,7 +283,10 @@ def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
     assert parse_bidder(f"alpha={target}").address == target
 
 
-@pytest.mark.parametrize("target", ["dns:///op", "unix:/tmp/s", "xds:///op:1", "::1:50051"])
+@pytest.mark.parametrize(
+    "target",
+    ["dns:///op", "unix:/tmp/s", "xds:///op:1", "::1:50051", "dns:op:99999", "ipv4:1.2.3.4:0"],
+)
 def test_a_peer_address_still_needs_a_port_and_a_known_form(target: str) -> None:
     with pytest.raises(SettingError):
         dial_address(target)
