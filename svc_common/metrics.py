@@ -33,7 +33,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     make_wsgi_app,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -159,10 +158,7 @@ def start(listen: str, service: str, tls: ServerTls | None = None) -> MetricsSer
     GCCollector(registry=registry)
     rpc = RpcMetrics(registry, service)
     try:
-        if tls is None:
-            server, _thread = start_http_server(port, addr=host, registry=registry)
-        else:
-            server = _start_tls_server(host, port, registry, tls)
+        server = _start_server(host, port, registry, tls)
     except OSError as exc:  # named as the gRPC and HTTP listeners' are: three ports to tell apart
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot listen on {listen} (metrics): {reason}") from None
@@ -170,9 +166,14 @@ def start(listen: str, service: str, tls: ServerTls | None = None) -> MetricsSer
     return MetricsServer(int(server.server_port), server, registry, service)
 
 
-class _QuietTlsHandler(WSGIRequestHandler):
-    # A scraper that connects and sends nothing must not hold a thread for ever: the TLS
-    # handshake runs here, in the request's thread, on its first read.
+# Scrapes served at once: past it a connection is closed at once. With the handler's timeout,
+# idle or slow connections cannot pile up threads (300 idle ones held 300 threads for good).
+MAX_SCRAPE_CONNECTIONS = 32
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # A scraper that connects and sends nothing must not hold a thread for ever (with TLS the
+    # handshake runs here, in the request's thread, on its first read).
     timeout = 10
 
     def log_message(self, format: str, *args: Any) -> None:  # the base's name
@@ -185,27 +186,41 @@ class _QuietTlsHandler(WSGIRequestHandler):
         return io.StringIO()
 
 
-def _start_tls_server(
-    host: str, port: int, registry: CollectorRegistry, tls: ServerTls
+def _start_server(
+    host: str, port: int, registry: CollectorRegistry, tls: ServerTls | None
 ) -> ThreadingWSGIServer:
-    """prometheus_client's own server, with the TLS the service's other ports have (its
-    certificate followed through renewals). The listening socket is wrapped without a
-    handshake on accept: done there, one scraper that connects and says nothing would stall
-    every other scrape."""
+    """prometheus_client's own WSGI app and server class, with a timeout on each connection, a
+    bound on them, and (`tls`) the TLS the service's other ports have (its certificate followed
+    through renewals). The listening socket is wrapped without a handshake on accept: done
+    there, one scraper that connects and says nothing would stall every other scrape."""
+    slots = threading.BoundedSemaphore(MAX_SCRAPE_CONNECTIONS)
 
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)  # full: the scraper tries again next interval
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             """A handshake that fails (a plain-HTTP scraper, one without a certificate the CAs
             signed) is the scraper's to see: socketserver would print a traceback into the
             service's JSON log."""
 
-    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietTlsHandler)
-    context = ReloadingServerTls(tls, listener="metrics").ssl_context()
-    httpd.socket = context.wrap_socket(
-        httpd.socket, server_side=True, do_handshake_on_connect=False
-    )
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    if tls is not None:
+        context = ReloadingServerTls(tls, listener="metrics").ssl_context()
+        httpd.socket = context.wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     return httpd
 

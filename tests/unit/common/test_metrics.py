@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,6 +60,38 @@ def test_the_edge_reports_each_ended_call_while_metrics_are_served() -> None:
     # Stopped: the hook is off again, and a call ends as before.
     assert edge_log._observer is None
     edge_log.end_call(edge_log.begin_call("/pkg.S/B", "rid-2"), "OK", "")
+
+
+def test_idle_connections_cannot_pile_up_threads() -> None:
+    """Plain /metrics had no timeout nor bound: 300 connections that sent half a request line
+    held 300 threads for good."""
+    server = metrics.start("127.0.0.1:0", "svc")
+    idle: list[socket.socket] = []
+    try:
+        before = threading.active_count()
+        for _ in range(metrics.MAX_SCRAPE_CONNECTIONS + 20):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /metr")
+            idle.append(sock)
+        time.sleep(0.3)
+        assert threading.active_count() - before <= metrics.MAX_SCRAPE_CONNECTIONS
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        # Freed as their peers went: a scrape is answered again.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert "process_" in _scrape(url, None)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
 
 
 def _scrape(url: str, context: ssl.SSLContext | None) -> str:
