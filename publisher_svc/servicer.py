@@ -150,7 +150,10 @@ class PublisherServicer(publisher_pb2_grpc.PublisherServiceServicer):
             app_bundle=request.app_bundle,
         )
         d = result.decision
-        call_context.bind(token_sent=result.token_sent, outcome=d.outcome.name)
+        # The SSP's auction id: the SSP's and the bidders' lines of the same impression carry it.
+        call_context.bind(
+            token_sent=result.token_sent, outcome=d.outcome.name, auction_id=d.auction_id
+        )
         bid = None
         if d.winning_bid is not None:
             w = d.winning_bid

@@ -37,6 +37,14 @@ def end() -> dict[str, Any]:
     return call if call is not None else {}
 
 
+def request_id() -> str | None:
+    """The current call's request id (None outside a call): what calls it makes to other
+    services send on as `x-request-id`, so one request reads the same in every service's log."""
+    call = _CALL.get()
+    rid = call.get("request_id") if call is not None else None
+    return rid if isinstance(rid, str) else None
+
+
 def current() -> dict[str, Any]:
     """A copy of the current call's fields ({} outside a call)."""
     call = _CALL.get()

@@ -11,6 +11,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from svc_common import call_context
 from svc_common.backoff import Backoff
 
 T = TypeVar("T")
@@ -83,6 +84,10 @@ def call_with_retry(
     Each attempt then gets the smaller of `timeout_s` and the time left, and no attempt starts
     (nor a retry's back-off) once too little is left: CallerDeadlineExceeded."""
     backoff = backoff or Backoff()
+    rid = call_context.request_id()
+    if rid is not None:
+        # The call being served's id, on to the peer (which keeps it, being shaped like an id).
+        metadata = (*(metadata or ()), ("x-request-id", rid))
     for attempt in range(attempts):
         timeout, cut = timeout_s, False
         if deadline is not None:

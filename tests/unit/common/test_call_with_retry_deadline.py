@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
+from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.grpc_client import CallerDeadlineExceeded, RemoteError, call_with_retry
 
@@ -104,3 +105,22 @@ def test_the_peers_own_timeout_is_not_the_callers_deadline() -> None:
         )
     assert not isinstance(caught.value, CallerDeadlineExceeded)
     assert timeouts == [1.0]
+
+
+def test_the_served_calls_request_id_goes_on_to_the_peer() -> None:
+    # One request reads the same in every service's log (the publisher's Login, the
+    # operator's GenerateToken it made).
+    sent: list[Any] = []
+
+    def call(request: Any, timeout: float, metadata: Any) -> str:
+        sent.append(metadata)
+        return "ok"
+
+    auth = (("authorization", "Bearer k"),)
+    call_context.begin(request_id="req-10", method="/p.S/Login")
+    try:
+        assert call_with_retry(call, None, timeout_s=1, metadata=auth) == "ok"
+    finally:
+        call_context.end()
+    assert call_with_retry(call, None, timeout_s=1, metadata=auth) == "ok"  # outside a call
+    assert sent == [(*auth, ("x-request-id", "req-10")), auth]
