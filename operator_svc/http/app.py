@@ -626,8 +626,15 @@ class HttpFrontDoor:
             self._listener.close()  # no new connections; those open drain below
         if self._sweeper is not None:
             self._sweeper.cancel()
+        # The requests in flight first, while their connections still read: aiohttp's own
+        # shutdown (runner.cleanup) drops every byte that arrives after it starts, so a request
+        # whose body was still on its way was never answered and held the grace to its end.
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace_s
+        while self.api.in_flight and loop.time() < ends:
+            await asyncio.wait(set(self.api.in_flight), timeout=ends - loop.time())
         cleanup = asyncio.ensure_future(runner.cleanup())
-        done, _ = await asyncio.wait({cleanup}, timeout=grace_s)
+        done, _ = await asyncio.wait({cleanup}, timeout=max(ends - loop.time(), 0.1))
         if not done:
             # aiohttp itself would wait its timeout (shutdown_timeout) a second time for a
             # handler it does not cancel (one awaiting a blocked opt-out write, say).
