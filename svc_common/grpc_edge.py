@@ -180,6 +180,10 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             code, reason = "OK", ""
             try:
                 yield from behavior(parse_request(parse, raw), context)
+                if not context.is_active():
+                    # The stream ended because its reader went (a cancel, a deadline): the
+                    # handler saw the call inactive and returned, which is no OK.
+                    code = "CANCELLED"
             except GeneratorExit:
                 code = "CANCELLED"
                 raise

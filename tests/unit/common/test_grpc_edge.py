@@ -390,3 +390,44 @@ def test_aio_stop_leaves_no_task_pending_for_the_garbage_collector() -> None:
     s.stop(0)
     assert ended == ["cancelled"] and future.cancelled()
     assert not [t for t in asyncio.all_tasks(s.loop) if not t.done()]
+
+
+class _PatientStreamer(operator_pb2_grpc.OperatorServiceServicer):
+    def WatchOptOuts(self, request: Any, context: Any) -> Iterator[Any]:
+        yield operator_pb2.WatchOptOutsResponse(raw_uid="a", opted_out_at=1)
+        while context.is_active():  # as the SSP's bid stream waits: returns once the reader goes
+            time.sleep(0.01)
+
+
+def test_a_stream_its_reader_cancelled_is_logged_cancelled_not_ok(capsys: Any) -> None:
+    configure_logging("INFO", service="test")
+    servicer = _PatientStreamer()  # type: ignore[abstract]  # only the RPC the test calls
+    served = start_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(servicer, srv),
+        service_names=[SERVICE.full_name],
+        max_workers=2,
+    )
+    try:
+        capsys.readouterr()
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stream = operator_pb2_grpc.OperatorServiceStub(channel).WatchOptOuts(
+                operator_pb2.WatchOptOutsRequest(), metadata=(("x-request-id", "gone-1"),)
+            )
+            next(stream)
+            time.sleep(0.2)  # the handler is in its wait, not sending
+            stream.cancel()
+            time.sleep(0.2)  # and notices, the channel still open
+
+        def logged() -> list[dict[str, Any]]:
+            lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x[:1] == "{"]
+            return [x for x in lines if x.get("request_id") == "gone-1"]
+
+        deadline, ours = time.monotonic() + 5, logged()
+        while not ours and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ours = logged()
+        assert [x["code"] for x in ours] == ["CANCELLED"]
+    finally:
+        served.stop(0)
