@@ -35,6 +35,9 @@ _HEX_RUN = re.compile(r"[0-9A-Fa-f]{40,}")
 # A SHA-256 (a hash of DII, a raw UID2, a key's secret) in base64: 43 characters of base64url,
 # or standard base64 with its '+', '/' or '=' (a run of 40 or more).
 _B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
+# ... or inside a longer id ("req-" + one): a base64url run of 43 or more mixing cases, which
+# its '-' and '_' may cut into runs too short for _SECRET_RUN.
+_B64URL_RUN = re.compile(r"[A-Za-z0-9_-]{43,}")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # An API key of ours, whole or in part (the operator's UID2-C-/EUID-C-, the SSP's UID2-SSP-).
 _OUR_KEY = re.compile(r"(?i)(UID2|EUID)-(C|SSP)-")
@@ -46,13 +49,18 @@ _SECRET_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 _BASE62_ID_LENGTHS = (21, 22, 27)  # a Nano ID, a base62 UUID, a KSUID
 
 
+def _mixed(run: str) -> bool:
+    """Upper case, lower case and digits in one run: random, not a word or a number."""
+    return bool(re.search(r"[a-z]", run) and re.search(r"[A-Z]", run) and re.search(r"[0-9]", run))
+
+
 def _secret_like(text: str) -> bool:
     if _OUR_KEY.search(text) is not None:
         return True
     for run in _SECRET_RUN.findall(text):
         if run == text and len(run) in _BASE62_ID_LENGTHS:
             continue
-        if re.search(r"[a-z]", run) and re.search(r"[A-Z]", run) and re.search(r"[0-9]", run):
+        if _mixed(run):
             return True
     return False
 
@@ -77,6 +85,10 @@ def may_be_sensitive(text: str, *, numbers: bool = True) -> bool:
         or (numbers and _phone_like(text))
         or _HEX_RUN.search(text) is not None
         or _B64URL_SHA256.fullmatch(text) is not None
+        or any(
+            re.search(r"[a-z]", run) and re.search(r"[A-Z]", run)
+            for run in _B64URL_RUN.findall(text)
+        )
         or any("+" in r or "/" in r or r.endswith("=") for r in _B64_RUN.findall(text))
         or _secret_like(text)
     )
