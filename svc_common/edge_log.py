@@ -12,7 +12,7 @@ import structlog
 
 from svc_common import call_context
 from svc_common.logging import where, write_call_line
-from svc_common.sensitive import may_be_sensitive
+from svc_common.sensitive import B64URL_RUN, may_be_sensitive
 
 _log = structlog.get_logger("rpc")
 
@@ -34,7 +34,14 @@ def loggable_id(candidate: str | None) -> bool:
         and _CALLER_ID.fullmatch(candidate)
         and not _DIGITS.fullmatch(candidate)
         and not may_be_sensitive(candidate)
+        and not any(_cases_mixed(run) for run in B64URL_RUN.findall(candidate))
     )
+
+
+def _cases_mixed(run: str) -> bool:
+    # Harder than may_be_sensitive, which names pass through too: an id needs no 43-character
+    # run of both cases, and a SHA-256 in base64url lacks a digit 1 time in 1,500.
+    return any(c.islower() for c in run) and any(c.isupper() for c in run)
 
 
 def request_id(candidate: str | None) -> str:

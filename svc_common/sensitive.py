@@ -35,9 +35,11 @@ _HEX_RUN = re.compile(r"[0-9A-Fa-f]{40,}")
 # A SHA-256 (a hash of DII, a raw UID2, a key's secret) in base64: 43 characters of base64url,
 # or standard base64 with its '+', '/' or '=' (a run of 40 or more).
 _B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
-# ... or inside a longer id ("req-" + one): a base64url run of 43 or more mixing cases, which
-# its '-' and '_' may cut into runs too short for _SECRET_RUN.
-_B64URL_RUN = re.compile(r"[A-Za-z0-9_-]{43,}")
+# ... or inside a longer id ("req-" + one): a base64url run of 43 or more mixing cases and
+# digits, which its '-' and '_' may cut into runs too short for _SECRET_RUN (a long name made of
+# words, "Northwind-Traders-Programmatic-Advertising-EU", has no digits). Request ids are
+# screened harder (edge_log.loggable_id).
+B64URL_RUN = re.compile(r"[A-Za-z0-9_-]{43,}")
 _B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # An API key of ours, whole or in part (the operator's UID2-C-/EUID-C-, the SSP's UID2-SSP-).
 _OUR_KEY = re.compile(r"(?i)(UID2|EUID)-(C|SSP)-")
@@ -85,10 +87,7 @@ def may_be_sensitive(text: str, *, numbers: bool = True) -> bool:
         or (numbers and _phone_like(text))
         or _HEX_RUN.search(text) is not None
         or _B64URL_SHA256.fullmatch(text) is not None
-        or any(
-            re.search(r"[a-z]", run) and re.search(r"[A-Z]", run)
-            for run in _B64URL_RUN.findall(text)
-        )
+        or any(_mixed(run) for run in B64URL_RUN.findall(text))
         or any("+" in r or "/" in r or r.endswith("=") for r in _B64_RUN.findall(text))
         or _secret_like(text)
     )

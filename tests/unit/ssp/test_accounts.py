@@ -56,7 +56,14 @@ def test_account_names_are_logged_with_every_call_so_they_must_look_like_names(
         assert "not an account name" in str(exc.value)
         if "@" in name or "+" in name or "\u0662" in name:
             assert name not in str(exc.value)
-        for fine in (" Example News ", "Acme, Inc.", "Café Média", "O'Reilly Media", "AT&T"):
+        for fine in (
+            " Example News ",
+            "Acme, Inc.",
+            "Café Média",
+            "O'Reilly Media",
+            "AT&T",
+            "Northwind-Traders-Programmatic-Advertising-EU",  # a long slug of words
+        ):
             assert store.add(fine, AccountKind.SUBSCRIBER)[0].name == fine.strip()
     finally:
         store.close()
