@@ -148,16 +148,13 @@ def _certificate_and_key(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]
     if _public_bytes(key.public_key()) != _public_bytes(leaf_key):
         raise SettingError(f"{key_path}: not the private key of the certificate in {cert_path}")
     # Every caller would refuse it: at start a one-line error, on a reload the files in use
-    # stay (a renewal gone wrong, an old pair restored from a backup, must not take over).
-    now = datetime.datetime.now(datetime.UTC)
-    if leaf.not_valid_after_utc <= now:
+    # stay (an old pair restored over a renewal must not take over). One not valid yet is
+    # let through: a CA whose clock runs a little ahead issues such, and a reload that refused
+    # it would not look at the same files again once it is valid.
+    if leaf.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
         raise SettingError(
-            f"{cert_path}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-        )
-    if leaf.not_valid_before_utc > now:
-        raise SettingError(
-            f"{cert_path}: the certificate is not valid before "
-            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+            f"{cert_path}: the certificate expired on "
+            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
         )
     try:
         # What OpenSSL itself refuses at its default security level (a 1024-bit RSA key, say)
