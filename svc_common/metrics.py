@@ -14,9 +14,11 @@ ports) and, with `--client-ca`, only scrapers presenting a certificate those CAs
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,9 +168,12 @@ def start(listen: str, service: str, tls: ServerTls | None = None) -> MetricsSer
     return MetricsServer(int(server.server_port), server, registry, service)
 
 
-# Scrapes served at once: past it a connection is closed at once. With the handler's timeout,
-# idle or slow connections cannot pile up threads (300 idle ones held 300 threads for good).
+# Scrapes served at once: past it a connection is closed at once. With the handler's timeout
+# and a whole connection's (a byte every 9 s would beat the timeout alone), idle or slow
+# connections cannot pile up threads (300 idle ones held 300 threads for good), nor hold the
+# slots long: a scrape takes milliseconds.
 MAX_SCRAPE_CONNECTIONS = 32
+CONNECTION_LIFETIME_S = 15.0
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -194,6 +199,9 @@ def _start_server(
     through renewals). The listening socket is wrapped without a handshake on accept: done
     there, one scraper that connects and says nothing would stall every other scrape."""
     slots = threading.BoundedSemaphore(MAX_SCRAPE_CONNECTIONS)
+    # connection -> when it is closed, done or not (the reaper below)
+    open_until: dict[Any, float] = {}
+    guard = threading.Lock()
 
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -202,13 +210,25 @@ def _start_server(
             if not slots.acquire(blocking=False):
                 self.shutdown_request(request)  # full: the scraper tries again next interval
                 return
-            super().process_request(request, client_address)
+            with guard:
+                open_until[request] = time.monotonic() + CONNECTION_LIFETIME_S
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._forget(request)
+                raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                slots.release()
+                self._forget(request)
+
+        def _forget(self, request: Any) -> None:
+            with guard:
+                if open_until.pop(request, None) is None:
+                    return
+            slots.release()
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             """A handshake that fails (a plain-HTTP scraper, one without a certificate the CAs
@@ -222,6 +242,19 @@ def _start_server(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+
+    def reap() -> None:
+        while httpd.socket.fileno() != -1:  # until the server is closed
+            time.sleep(min(1.0, CONNECTION_LIFETIME_S / 4))
+            now = time.monotonic()
+            with guard:
+                late = [conn for conn, until in open_until.items() if until <= now]
+            for conn in late:
+                # Its thread's read then fails and the thread ends, freeing the slot.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=reap, name="metrics-reaper", daemon=True).start()
     return httpd
 
 

@@ -3,6 +3,7 @@ hook is off (no observer) unless a process serves /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -90,6 +91,35 @@ def test_idle_connections_cannot_pile_up_threads() -> None:
                 time.sleep(0.05)
     finally:
         for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_connections_trickling_bytes_cannot_hold_the_scrape_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A byte every few seconds beats a per-read timeout: each connection has a lifetime too.
+    monkeypatch.setattr(metrics, "CONNECTION_LIFETIME_S", 1.0)
+    server = metrics.start("127.0.0.1:0", "svc")
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    held = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        for _ in range(metrics.MAX_SCRAPE_CONNECTIONS)
+    ]
+    try:
+        deadline = time.monotonic() + 6
+        while True:
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"G")  # still "sending its request"
+            try:
+                assert "process_" in _scrape(url, None)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the trickling connections held every slot"
+                time.sleep(0.2)
+    finally:
+        for sock in held:
             sock.close()
         server.stop()
 
