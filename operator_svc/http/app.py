@@ -283,6 +283,10 @@ class HttpApi:
                     # the answer, and one that does not decode made it log an error.
                     request.content.feed_eof()
                     response.force_close()
+            if not self.serving:
+                # Stopping: this answer is the connection's last, so keep-alive clients do
+                # not go on sending requests the stop would have to wait for, then cancel.
+                response.force_close()
             response.headers["X-Request-Id"] = rid
             if request.path in CORS_PATHS:
                 response.headers.update(_CORS_HEADERS)

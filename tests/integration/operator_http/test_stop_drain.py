@@ -4,6 +4,7 @@ a request was never answered, holding the stop for the whole grace."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -38,3 +39,39 @@ def test_a_body_still_arriving_when_the_stop_begins_is_answered(
     finally:
         sock.close()
         stopper.join(10)
+
+
+def test_keep_alive_connections_are_closed_after_their_answer_once_a_stop_began(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Requests kept coming on open keep-alive connections while the drain waited for one in
+    flight: it waited for them the whole grace, then cancelled those in flight."""
+    live = start(tmp_path_factory.mktemp("keepalive"))
+    live.channel.close()
+    slow = socket.create_connection(("127.0.0.1", live.http_port), timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", live.http_port, timeout=10)
+    stopper = threading.Thread(target=live.served.stop, args=(5.0,))
+    try:
+        conn.request("GET", "/ops/healthcheck")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("Connection") != "close"
+        slow.sendall(  # in flight through the stop: its body is not all there
+            b"POST /v2/token/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x"
+        )
+        time.sleep(0.2)
+        stopper.start()
+        time.sleep(0.2)
+        conn.request("GET", "/ops/healthcheck")  # on the open keep-alive connection
+        during = conn.getresponse()
+        during.read()
+        assert during.getheader("Connection") == "close"  # the connection's last answer
+        slow.sendall(b"x" * 99)
+        assert slow.recv(4096).startswith(b"HTTP/1.1 400")
+    finally:
+        conn.close()
+        slow.close()
+        if stopper.is_alive() or stopper.ident is not None:
+            stopper.join(10)
+        else:
+            live.served.stop(0)
