@@ -70,7 +70,10 @@ SSP_BUSY = "SSP_BUSY"
 # ErrorInfo reason of a call the configured storage mode has no use for (Publisher._only_in).
 WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
-_USER_BUSY = "the UID2 operator is slow: another call for this user already waits on it"
+_USER_BUSY = "the UID2 operator is slow: other calls for this user already wait on it"
+# A caller's calls that wait for one user's lock (a call of the user's waiting on the operator)
+# at once; past it a call is answered at once: held unexpired token, else OPERATOR_BUSY.
+MAX_WAITING_PER_USER = 4
 
 
 def _waited_past_deadline() -> ServiceError:
@@ -440,11 +443,15 @@ class Publisher:
                 {"storageMode": self.mode.value},
             )
 
-    def user_lock(self, user_id: str, wait_s: float | None = None) -> AbstractContextManager[None]:
+    def user_lock(
+        self, user_id: str, wait_s: float | None = None, *, for_caller: bool = False
+    ) -> AbstractContextManager[None]:
         """Held around everything that reads then writes the user's identity, operator calls
         included; other users never wait on it. `wait_s`: at most that long, else UserBusy
-        (user_locks.py)."""
-        return self._user_locks.hold(user_id, wait_s)
+        (user_locks.py); `for_caller`: a caller's call, which does not wait where
+        MAX_WAITING_PER_USER already do."""
+        limit = MAX_WAITING_PER_USER if for_caller else None
+        return self._user_locks.hold(user_id, wait_s, max_waiting=limit)
 
     # -- login / logout / site opt-out ----------------------------------------------------
 
@@ -462,9 +469,11 @@ class Publisher:
         dii = hash_dii(email, phone, email_hash, phone_hash)
         try:
             # As long as the caller waits: a login has no held token to fall back on.
-            with self.user_lock(user_id, callers_remaining_s()):
+            with self.user_lock(user_id, callers_remaining_s(), for_caller=True):
                 result = self._login(user_id, dii, privacy)
-        except UserBusy:
+        except UserBusy as busy:
+            if busy.crowded:
+                raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
             raise _waited_past_deadline() from None
         if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
             return LoginResult(result.status, clear_cookie=True)
@@ -728,7 +737,7 @@ class Publisher:
             wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
         try:
             return self._current_token_locked(user_id, respect_backoff, wait_s)
-        except UserBusy:
+        except UserBusy as busy:
             current = self._read_current(user_id)
             if isinstance(current, TokenResult):
                 return current
@@ -736,14 +745,14 @@ class Publisher:
                 if not current.used_since_refresh:
                     self._note_use(user_id)
                 return _token_result(Step(StepKind.STALE, current.identity, not_asked=True))
-            if wait_s == remaining:  # the caller's deadline ended the wait
+            if wait_s == remaining and not busy.crowded:  # the caller's deadline ended it
                 raise _waited_past_deadline() from None
             raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None  # expired while waiting
 
     def _current_token_locked(
         self, user_id: str, respect_backoff: bool, wait_s: float | None
     ) -> TokenResult:
-        with self.user_lock(user_id, wait_s):
+        with self.user_lock(user_id, wait_s, for_caller=True):
             current = self._read_current(user_id)
             if isinstance(current, TokenResult):
                 return current

@@ -23,7 +23,12 @@ class _Entry:
 
 
 class UserBusy(Exception):
-    """The user's lock stayed held (by a call waiting on the operator) past the wait allowed."""
+    """The user's lock stayed held (by a call waiting on the operator) past the wait allowed,
+    or (`crowded`) as many calls as allowed already wait for it."""
+
+    def __init__(self, *, crowded: bool = False) -> None:
+        super().__init__()
+        self.crowded = crowded
 
 
 class UserLocks:
@@ -32,16 +37,22 @@ class UserLocks:
         self._entries: dict[str, _Entry] = {}
 
     @contextmanager
-    def hold(self, user_id: str, wait_s: float | None = None) -> Iterator[None]:
-        """Holds the user's lock; with `wait_s`, waits that long at most, else UserBusy: many
-        calls for one user whose refresh hangs on a frozen operator would otherwise each hold
-        a server thread in this wait, and calls that need no operator would find none."""
+    def hold(
+        self, user_id: str, wait_s: float | None = None, *, max_waiting: int | None = None
+    ) -> Iterator[None]:
+        """Holds the user's lock; with `wait_s`, waits that long at most, and with
+        `max_waiting`, not at all when that many already wait; else UserBusy. Many calls for
+        one user whose refresh hangs on a frozen operator would otherwise each hold a server
+        thread in this wait, and calls that need no operator would find none."""
         with self._guard:
             entry = self._entries.get(user_id)
             if entry is None:
                 entry = self._entries[user_id] = _Entry()
             entry.users += 1
+            crowded = max_waiting is not None and entry.users - 1 > max_waiting
         try:
+            if crowded:
+                raise UserBusy(crowded=True)
             # A caller with no deadline reports some 9e18 s left: past what a lock takes.
             unbounded = wait_s is None or wait_s >= threading.TIMEOUT_MAX
             if not entry.lock.acquire(timeout=-1 if unbounded else max(wait_s or 0.0, 0.0)):

@@ -20,6 +20,7 @@ from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.cookie import decode_cookie
 from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
 from publisher_svc.publisher import (
+    MAX_WAITING_PER_USER,
     OPERATOR_BUSY,
     PEER_SLOW_S,
     AdResult,
@@ -1043,6 +1044,35 @@ def test_an_impression_waiting_for_an_ssp_slot_sends_no_token_opted_out_meanwhil
         slots.release()
         _, r = ad.result(5)
     assert not r.token_sent and env.ssp.impressions[-1].advertising_token == ""
+
+
+def test_past_a_few_waiting_a_users_calls_are_answered_at_once(env: Env) -> None:
+    """With no held token to fall back on, a call waits as long as its caller; the 5th at
+    once for one user is answered OPERATOR_BUSY rather than hold one more server thread."""
+    env.pub.login("hot", "hot@example.com", None, OK)
+    env.clock.advance(4 * DAY)  # the token expired; the refresh token still good
+    env.op.gate = threading.Event()
+    pool = ThreadPoolExecutor(1 + MAX_WAITING_PER_USER)
+    try:
+        first = pool.submit(env.pub.get_advertising_token, "hot")  # holds the user, frozen
+        assert _wait(lambda: env.op.in_flight == 1)
+        waiting = [
+            pool.submit(env.pub.login, "hot", "hot@example.com", None, OK)
+            for _ in range(MAX_WAITING_PER_USER)
+        ]
+        assert _wait(lambda: len(env.pub._user_locks) == 1)
+        time.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(ServiceError) as busy:
+            env.pub.login("hot", "hot@example.com", None, OK)
+        assert (busy.value.kind, busy.value.reason) == (ErrorKind.UNAVAILABLE, OPERATOR_BUSY)
+        assert time.monotonic() - started < 0.5  # at once
+        assert not any(f.done() for f in waiting)  # those four still wait, as before
+    finally:
+        env.op.gate.set()
+        pool.shutdown()
+    assert first.result().status is TokenStatus.SUCCESS
+    assert all(f.result().status is LoginStatus.SUCCESS for f in waiting)
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
