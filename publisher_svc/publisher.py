@@ -39,6 +39,7 @@ from publisher_svc.refresh_policy import Decision, decide, usable_without_refres
 from publisher_svc.store import SqliteStore, StoredIdentity
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from publisher_svc.user_locks import UserBusy, UserLocks
+from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
@@ -74,6 +75,23 @@ _USER_BUSY = "the UID2 operator is slow: other calls for this user already wait 
 # A caller's calls that wait for one user's lock (a call of the user's waiting on the operator)
 # at once; past it a call is answered at once: held unexpired token, else OPERATOR_BUSY.
 MAX_WAITING_PER_USER = 4
+
+
+def _with_request_id(rid: str | None, job: Callable[[], T]) -> Callable[[], T]:
+    """`job`, run with the request id of the call that started it (its operator calls send it
+    on, its log lines carry it), and nothing else of that call's: not its deadline, which the
+    job outlives on purpose."""
+    if rid is None:
+        return job
+
+    def run() -> T:
+        call_context.begin(request_id=rid)
+        try:
+            return job()
+        finally:
+            call_context.end()
+
+    return run
 
 
 def _waited_past_deadline() -> ServiceError:
@@ -369,6 +387,8 @@ class Publisher:
         # Users whose refresh the operator just ended (OPTOUT, or the chain over), while that
         # is being written: a call that does not wait for their lock must not serve the token.
         self._ending: dict[str, TokenStatus] = {}
+        # ... and the DIIs whose OPTOUT is being written: every user of one is opted out.
+        self._ending_dii: set[str] = set()
         self.serve_refresh_budget_s = serve_refresh_budget_s
         # Refreshes an impression starts: they outlive its wait (their result is stored, in
         # server mode), one per user / cookie at a time.
@@ -667,6 +687,7 @@ class Publisher:
                 raise RefreshNotKept(err) from None
         elif step.kind is StepKind.OPTOUT:
             self._ending[user_id] = TokenStatus.OPTOUT
+            self._ending_dii.add(stored.dii_key)
             try:
                 self.store.record_operator_optout(stored.dii_key, now, user_id)
             except StoreUnavailable as err:
@@ -674,6 +695,7 @@ class Publisher:
                 raise OptOutNotRecorded(err) from None
             finally:
                 self._ending.pop(user_id, None)
+                self._ending_dii.discard(stored.dii_key)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
             self._ending[user_id] = TokenStatus.LOGIN_REQUIRED
@@ -712,7 +734,9 @@ class Publisher:
         stored = self.store.get(user_id)
         # Another user's opt-out of this DII the store refused, held in memory (once
         # recorded, the store ends every identity of the DII itself).
-        if stored is not None and self.unrecorded_optouts.holds_dii(stored.dii_key):
+        if stored is not None and (
+            stored.dii_key in self._ending_dii or self.unrecorded_optouts.holds_dii(stored.dii_key)
+        ):
             return TokenResult(TokenStatus.OPTOUT)
         if stored is None:
             # A refresh (perhaps the background refresher's) that ended the identity is
@@ -1034,7 +1058,7 @@ class Publisher:
             if len(self._pending) >= _MAX_PENDING_REFRESHES:
                 return None, False
             try:
-                future = self._serve_pool.submit(job)
+                future = self._serve_pool.submit(_with_request_id(call_context.request_id(), job))
             except RuntimeError:  # shut down
                 return None, False
             self._pending[key] = future

@@ -181,9 +181,11 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
             try:
                 yield from behavior(parse_request(parse, raw), context)
                 if not context.is_active():
-                    # The stream ended because its reader went (a cancel, a deadline): the
-                    # handler saw the call inactive and returned, which is no OK.
-                    code = "CANCELLED"
+                    # The stream ended because its reader went: the handler saw the call
+                    # inactive and returned, which is no OK.
+                    remaining = context.time_remaining()
+                    ran_out = remaining is not None and remaining <= 0
+                    code = "DEADLINE_EXCEEDED" if ran_out else "CANCELLED"
             except GeneratorExit:
                 code = "CANCELLED"
                 raise

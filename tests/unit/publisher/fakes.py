@@ -21,6 +21,7 @@ from publisher_svc.model import (
     RefreshResult,
     TokenDisposition,
 )
+from svc_common import call_context
 from svc_common.clock import Clock
 
 HOUR = 3_600_000
@@ -43,6 +44,8 @@ class FakeOperator:
     gate: threading.Event | None = None  # while set to an unset Event, calls wait for it
     generate_calls: list[tuple[HashedDii, PrivacySettings, int]] = field(default_factory=list)
     refresh_calls: list[str] = field(default_factory=list)
+    # the request id each refresh was made under (svc_common.call_context), None outside a call
+    refresh_request_ids: list[str | None] = field(default_factory=list)
     _chains: dict[str, tuple[str, int]] = field(default_factory=dict)
     _n: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,6 +109,7 @@ class FakeOperator:
         self._enter()
         try:
             self.refresh_calls.append(refresh_token)
+            self.refresh_request_ids.append(call_context.request_id())
             self._check()
             chain = self._chains.get(refresh_token)
             if chain is None:

@@ -32,6 +32,7 @@ from publisher_svc.publisher import (
     TokenStatus,
 )
 from publisher_svc.store import SqliteStore
+from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError
@@ -1073,6 +1074,20 @@ def test_past_a_few_waiting_a_users_calls_are_answered_at_once(env: Env) -> None
         pool.shutdown()
     assert first.result().status is TokenStatus.SUCCESS
     assert all(f.result().status is LoginStatus.SUCCESS for f in waiting)
+
+
+def test_an_impressions_refresh_carries_the_impressions_request_id(env: Env) -> None:
+    # It runs on a thread of its own, past the impression's wait: the id goes with it, so the
+    # operator's line for the refresh joins the impression's.
+    env.pub.login("u1", "u1@example.com", None, OK)
+    env.clock.advance(HOUR)  # due
+    call_context.begin(request_id="imp-7", method="/p.S/ServeAd")
+    try:
+        _ad(env, user_id="u1")
+    finally:
+        call_context.end()
+    assert _wait(lambda: not env.pub._pending)
+    assert env.op.refresh_request_ids == ["imp-7"]
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
