@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -72,8 +73,9 @@ SSP_BUSY = "SSP_BUSY"
 WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 _USER_BUSY = "the UID2 operator is slow: other calls for this user already wait on it"
-# A caller's calls that wait for one user's lock (a call of the user's waiting on the operator)
-# at once; past it a call is answered at once: held unexpired token, else OPERATOR_BUSY.
+# A caller's calls that wait for one user's lock at once, while its holder has waited on the
+# operator PEER_SLOW_S or more; past it a call is answered at once: held unexpired token, else
+# OPERATOR_BUSY. (Against a healthy operator a burst of one user's calls just queues.)
 MAX_WAITING_PER_USER = 4
 
 
@@ -387,8 +389,10 @@ class Publisher:
         # Users whose refresh the operator just ended (OPTOUT, or the chain over), while that
         # is being written: a call that does not wait for their lock must not serve the token.
         self._ending: dict[str, TokenStatus] = {}
-        # ... and the DIIs whose OPTOUT is being written: every user of one is opted out.
-        self._ending_dii: set[str] = set()
+        # ... and the DIIs whose OPTOUT is being written (by how many writers): every user of
+        # one is opted out.
+        self._ending_dii: Counter[str] = Counter()
+        self._ending_lock = threading.Lock()
         self.serve_refresh_budget_s = serve_refresh_budget_s
         # Refreshes an impression starts: they outlive its wait (their result is stored, in
         # server mode), one per user / cookie at a time.
@@ -471,7 +475,7 @@ class Publisher:
         (user_locks.py); `for_caller`: a caller's call, which does not wait where
         MAX_WAITING_PER_USER already do."""
         limit = MAX_WAITING_PER_USER if for_caller else None
-        return self._user_locks.hold(user_id, wait_s, max_waiting=limit)
+        return self._user_locks.hold(user_id, wait_s, max_waiting=limit, stuck_after_s=PEER_SLOW_S)
 
     # -- login / logout / site opt-out ----------------------------------------------------
 
@@ -555,7 +559,8 @@ class Publisher:
         now = self.clock.now_ms()
         optouts = {dii.key: now, **self.unrecorded_optouts.of_user(user_id)}
         try:
-            self.store.end_as_opted_out(user_id, optouts, now)
+            with self._opting_out(dii.key):
+                self.store.end_as_opted_out(user_id, optouts, now)
         except StoreUnavailable as err:
             held = self._hold_unrecorded(user_id, dii.key, now)
             if not held or self.mode is StorageMode.SERVER:
@@ -687,15 +692,14 @@ class Publisher:
                 raise RefreshNotKept(err) from None
         elif step.kind is StepKind.OPTOUT:
             self._ending[user_id] = TokenStatus.OPTOUT
-            self._ending_dii.add(stored.dii_key)
             try:
-                self.store.record_operator_optout(stored.dii_key, now, user_id)
+                with self._opting_out(stored.dii_key):
+                    self.store.record_operator_optout(stored.dii_key, now, user_id)
             except StoreUnavailable as err:
                 self._hold_unrecorded(user_id, stored.dii_key, now)
                 raise OptOutNotRecorded(err) from None
             finally:
                 self._ending.pop(user_id, None)
-                self._ending_dii.discard(stored.dii_key)
             _log.info("refresh_optout")
         elif step.kind is StepKind.LOGIN_REQUIRED:
             self._ending[user_id] = TokenStatus.LOGIN_REQUIRED
@@ -721,6 +725,20 @@ class Publisher:
         check_user_id(user_id)
         return self._current_token(user_id)
 
+    @contextmanager
+    def _opting_out(self, dii_key: str) -> Iterator[None]:
+        """Around the write of the DII's opt-out: calls that do not wait for a user's lock
+        (_read_current) take every user of it as opted out meanwhile."""
+        with self._ending_lock:
+            self._ending_dii[dii_key] += 1
+        try:
+            yield
+        finally:
+            with self._ending_lock:
+                self._ending_dii[dii_key] -= 1
+                if self._ending_dii[dii_key] <= 0:
+                    del self._ending_dii[dii_key]
+
     def _read_current(self, user_id: str) -> TokenResult | StoredIdentity:
         """The answer to a token call that needs no operator (opted out, no identity), or the
         stored identity to go on with."""
@@ -735,7 +753,8 @@ class Publisher:
         # Another user's opt-out of this DII the store refused, held in memory (once
         # recorded, the store ends every identity of the DII itself).
         if stored is not None and (
-            stored.dii_key in self._ending_dii or self.unrecorded_optouts.holds_dii(stored.dii_key)
+            self._ending_dii[stored.dii_key] > 0
+            or self.unrecorded_optouts.holds_dii(stored.dii_key)
         ):
             return TokenResult(TokenStatus.OPTOUT)
         if stored is None:

@@ -10,16 +10,18 @@ users seen."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 class _Entry:
-    __slots__ = ("lock", "users")
+    __slots__ = ("held_since", "lock", "users")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0  # threads holding the lock or waiting for it
+        self.held_since: float | None = None  # time.monotonic() its holder took it
 
 
 class UserBusy(Exception):
@@ -38,18 +40,31 @@ class UserLocks:
 
     @contextmanager
     def hold(
-        self, user_id: str, wait_s: float | None = None, *, max_waiting: int | None = None
+        self,
+        user_id: str,
+        wait_s: float | None = None,
+        *,
+        max_waiting: int | None = None,
+        stuck_after_s: float = 0.5,
     ) -> Iterator[None]:
         """Holds the user's lock; with `wait_s`, waits that long at most, and with
-        `max_waiting`, not at all when that many already wait; else UserBusy. Many calls for
-        one user whose refresh hangs on a frozen operator would otherwise each hold a server
-        thread in this wait, and calls that need no operator would find none."""
+        `max_waiting`, not at all when that many already wait on a holder that has had it
+        `stuck_after_s` (one waiting on a hung operator); else UserBusy. Many calls for one
+        user whose refresh hangs would otherwise each hold a server thread in this wait, and
+        calls that need no operator would find none; a burst of one user's calls to a healthy
+        operator just queues."""
         with self._guard:
             entry = self._entries.get(user_id)
             if entry is None:
                 entry = self._entries[user_id] = _Entry()
             entry.users += 1
-            crowded = max_waiting is not None and entry.users - 1 > max_waiting
+            since = entry.held_since
+            crowded = (
+                max_waiting is not None
+                and entry.users - 1 > max_waiting
+                and since is not None
+                and time.monotonic() - since >= stuck_after_s
+            )
         try:
             if crowded:
                 raise UserBusy(crowded=True)
@@ -57,9 +72,11 @@ class UserLocks:
             unbounded = wait_s is None or wait_s >= threading.TIMEOUT_MAX
             if not entry.lock.acquire(timeout=-1 if unbounded else max(wait_s or 0.0, 0.0)):
                 raise UserBusy()  # no user id: the caller's, which may be an email
+            entry.held_since = time.monotonic()
             try:
                 yield
             finally:
+                entry.held_since = None
                 entry.lock.release()
         finally:
             with self._guard:

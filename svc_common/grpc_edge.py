@@ -183,11 +183,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
                 if not context.is_active():
                     # The stream ended because its reader went: the handler saw the call
                     # inactive and returned, which is no OK.
-                    remaining = context.time_remaining()
-                    ran_out = remaining is not None and remaining <= 0
-                    code = "DEADLINE_EXCEEDED" if ran_out else "CANCELLED"
-            except GeneratorExit:
-                code = "CANCELLED"
+                    code = _gone(context)
+            except GeneratorExit:  # grpc dropped the stream: its reader went
+                code = _gone(context)
                 raise
             except ServiceError as exc:
                 code, reason = exc.kind.value, exc.reason
@@ -225,6 +223,12 @@ def _metadata_value(metadata: Any, name: str) -> str | None:
         if key == name and isinstance(value, str):
             return value
     return None
+
+
+def _gone(context: Any) -> str:
+    """How a stream whose reader went ended: its deadline passed, or it was cancelled."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def bearer_token(context: Any) -> str | None:

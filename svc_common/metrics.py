@@ -252,7 +252,9 @@ def _start_server(
             for conn in late:
                 # Its thread's read then fails and the thread ends, freeing the slot.
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                    # The plain socket's: an SSLSocket's own drops its TLS state first, and a
+                    # reply written in between would go out in clear text.
+                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
     threading.Thread(target=reap, name="metrics-reaper", daemon=True).start()
     return httpd
