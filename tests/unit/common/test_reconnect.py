@@ -81,6 +81,16 @@ def test_a_peer_slow_to_answer_a_new_connection_is_still_reached() -> None:
     finally:
         channel.close()
         served.stop(0)
-        loop.call_soon_threadsafe(proxy.close)
+
+        async def shut() -> None:
+            # Pending tasks left to the garbage collector log "Task was destroyed but it is
+            # pending!" whenever it runs: into a later test's captured stderr, once.
+            proxy.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
