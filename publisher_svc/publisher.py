@@ -43,7 +43,13 @@ from publisher_svc.user_locks import UserBusy, UserLocks
 from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock, Monotonic, SystemClock
-from svc_common.errors import ErrorKind, ServiceError, invalid_argument, unavailable
+from svc_common.errors import (
+    TLS_HANDSHAKE_FAILED,
+    ErrorKind,
+    ServiceError,
+    invalid_argument,
+    unavailable,
+)
 from svc_common.impression_limits import check_field_lengths, check_floor_price
 from svc_common.sqlite_db import StoreUnavailable
 from uid2_crypto.errors import InvalidIdentifierError
@@ -303,6 +309,15 @@ def _peer_failure(
         if err.reason in _BUSY:
             return unavailable(
                 err.reason, f"{name} is slow: all the calls allowed already wait on it"
+            )
+        if err.reason == TLS_HANDSHAKE_FAILED:
+            # Not an outage: the call's line says so (its reason stays the peer's), and the
+            # caller hears what to check.
+            call_context.bind(peer_failure=TLS_HANDSHAKE_FAILED)
+            return unavailable(
+                f"{peer}_UNAVAILABLE",
+                f"{name} cannot be reached: the TLS handshake failed (check --peer-ca and the "
+                "peer's certificate)",
             )
         return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
     if caller_input is not None and err.reason and caller_input(err):

@@ -65,6 +65,12 @@ def unavailable(reason: str, message: str) -> ServiceError:
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
+# The reason of a peer call that failed in its TLS handshake (a CA that did not sign the peer's
+# certificate, an expired one): told apart from an outage, a misconfiguration can be found from
+# the logs.
+TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
+
+
 def failure_fields(exc: BaseException) -> dict[str, str]:
     """What to log about a failure: the exception's type and, when it carries them (a peer's
     RemoteError, a raw grpc.RpcError, a ServiceError), its status code and reason. Never its

@@ -3,6 +3,7 @@ jittered exponential backoff on UNAVAILABLE."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from grpc_status import rpc_status
 
 from svc_common import call_context
 from svc_common.backoff import Backoff
+from svc_common.errors import TLS_HANDSHAKE_FAILED
 
 T = TypeVar("T")
 
@@ -47,11 +49,18 @@ def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+# gRPC says a call failed in its TLS handshake only in its details (errors.TLS_HANDSHAKE_FAILED).
+_TLS_FAILURE = re.compile(r"(?i)handshake|certificate|ssl")
+
+
 def to_remote_error(err: grpc.RpcError) -> RemoteError:
     info = error_info(err)
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = err.details() if hasattr(err, "details") else ""
-    return RemoteError(code, info.reason if info else "", details or "")
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    reason = info.reason if info else ""
+    if not reason and code == grpc.StatusCode.UNAVAILABLE and _TLS_FAILURE.search(details):
+        reason = TLS_HANDSHAKE_FAILED
+    return RemoteError(code, reason, details)
 
 
 def bearer(api_key: str) -> tuple[tuple[str, str], ...]:

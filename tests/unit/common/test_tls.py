@@ -18,6 +18,8 @@ from dsp_svc import cli as dsp_cli
 from operator_svc import cli as operator_cli
 from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
+from svc_common.errors import TLS_HANDSHAKE_FAILED, failure_fields
+from svc_common.grpc_client import RemoteError, call_with_retry
 from svc_common.grpc_server import start_server
 from svc_common.settings import SettingError
 from svc_common.tls import (
@@ -90,6 +92,41 @@ def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, 
                 load_server_tls(str(files.cert), path)
             else:
                 load_peer_tls(path)
+
+
+def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path: Path) -> None:
+    # A wrong CA, an expired peer certificate: not an outage, and the logs can tell.
+    served = start_server(
+        listen="127.0.0.1:0",
+        domain="test",
+        register=lambda server: None,
+        service_names=[],
+        tls=load_server_tls(str(files.cert), str(files.key)),
+    )
+    other_ca = make_tls_files(tmp_path / "other").ca
+    channel = open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(other_ca)))
+    try:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        with pytest.raises(RemoteError) as failed:
+            call_with_retry(check, health_pb2.HealthCheckRequest(), timeout_s=5, attempts=1)
+        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
+        assert failed.value.reason == TLS_HANDSHAKE_FAILED
+        assert failure_fields(failed.value)["reason"] == TLS_HANDSHAKE_FAILED  # as logged
+    finally:
+        channel.close()
+        served.stop(0)
+    down = open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(files.ca)))
+    try:  # a peer that is down is an outage, no more
+        with pytest.raises(RemoteError) as gone:
+            call_with_retry(
+                health_pb2_grpc.HealthStub(down).Check,
+                health_pb2.HealthCheckRequest(),
+                timeout_s=2,
+                attempts=1,
+            )
+        assert gone.value.reason == ""
+    finally:
+        down.close()
 
 
 def test_a_tls_server_answers_a_channel_that_trusts_its_ca_and_no_plaintext_one(

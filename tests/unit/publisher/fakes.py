@@ -44,6 +44,7 @@ class FakeOperator:
     gate: threading.Event | None = None  # while set to an unset Event, calls wait for it
     generate_calls: list[tuple[HashedDii, PrivacySettings, int]] = field(default_factory=list)
     refresh_calls: list[str] = field(default_factory=list)
+    down_reason: str = ""  # the reason a `down` operator's calls fail with
     # the request id each refresh was made under (svc_common.call_context), None outside a call
     refresh_request_ids: list[str | None] = field(default_factory=list)
     _chains: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class FakeOperator:
 
     def _check(self) -> None:
         if self.down:
-            raise PeerError("operator", "UNAVAILABLE", "", unavailable=True)
+            raise PeerError("operator", "UNAVAILABLE", self.down_reason, unavailable=True)
         if self.refuse:
             raise PeerError("operator", "PERMISSION_DENIED", "ROLE_REQUIRED", unavailable=False)
 

@@ -35,7 +35,7 @@ from publisher_svc.store import SqliteStore
 from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock
-from svc_common.errors import ErrorKind, ServiceError
+from svc_common.errors import TLS_HANDSHAKE_FAILED, ErrorKind, ServiceError
 from svc_common.logging import configure_logging
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
 from uid2_crypto.identity import identity_hash
@@ -1096,6 +1096,25 @@ def test_a_burst_of_a_users_calls_to_a_healthy_operator_just_queues(env: Env) ->
     with ThreadPoolExecutor(8) as pool:
         logins = [pool.submit(env.pub.login, "u", "u@example.com", None, OK) for _ in range(8)]
         assert [f.result(10).status for f in logins] == [LoginStatus.SUCCESS] * 8
+
+
+def test_an_operator_unreachable_for_tls_says_so(env: Env) -> None:
+    # A wrong --peer-ca or an expired certificate is no outage: the caller and the call's log
+    # line hear it is TLS, while the reason stays the documented OPERATOR_UNAVAILABLE.
+    env.op.down, env.op.down_reason = True, TLS_HANDSHAKE_FAILED
+    call_context.begin(request_id="tls-1", method="/p.S/Login")
+    try:
+        with pytest.raises(ServiceError) as failed:
+            env.pub.login("u1", "u1@example.com", None, OK)
+        fields = call_context.current()
+    finally:
+        call_context.end()
+    assert (failed.value.kind, failed.value.reason) == (
+        ErrorKind.UNAVAILABLE,
+        "OPERATOR_UNAVAILABLE",
+    )
+    assert "TLS handshake failed" in failed.value.message
+    assert fields["peer_failure"] == TLS_HANDSHAKE_FAILED
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
