@@ -34,6 +34,7 @@ from operator_svc.store.sqlite_store import DB_FILE, check_schema
 from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
+    NewKeyPrinter,
     OneLineParser,
     UsageError,
     add_metrics_flag,
@@ -384,18 +385,6 @@ def _print(obj: Any) -> None:
     print_json(obj)
 
 
-def _print_new_key(obj: Any) -> None:
-    """Prints a secret shown only once, inside the transaction that saves it (admin.add_client's
-    `deliver`): if it cannot be printed, it is not saved."""
-    try:
-        _print(obj)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise admin.AdminError(
-            f"could not print the new API key ({reason}); nothing was saved"
-        ) from None
-
-
 def _run(args: argparse.Namespace) -> int:
     rng = admin.default_rng
     cmd = args.command
@@ -433,12 +422,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             _print(_site_json(site))
         elif cmd == "client" and args.action == "add":
-            printed: list[bool] = []
-
-            def deliver(new: admin.NewClient) -> None:
-                _print_new_key(new.as_json())
-                printed.append(True)
-
+            printer = NewKeyPrinter()
             try:
                 admin.add_client(
                     store,
@@ -447,13 +431,11 @@ def _run(args: argparse.Namespace) -> int:
                     roles=args.roles,
                     now_ms=_now_ms(),
                     rng=rng,
-                    deliver=deliver,
+                    deliver=lambda new: printer(new.as_json()),
                 )
             except (StoreError, ServiceError, sqlite3.Error, OSError) as exc:
-                if printed:  # the commit after the print failed
-                    raise admin.AdminError(
-                        f"{exc}; the API key printed above was not saved and does not work"
-                    ) from None
+                if printer.printed:  # the commit after the print failed
+                    raise admin.AdminError(printer.void(exc)) from None
                 raise
         elif cmd == "client" and args.action == "list":
             for c in admin.list_clients(store):

@@ -786,14 +786,21 @@ class Publisher:
         the held token if unexpired, as when the operator is unreachable."""
         remaining = callers_remaining_s()
         wait_s = remaining
-        current = self._read_current(user_id)
-        if isinstance(current, StoredIdentity) and usable_without_refresh(
-            current.identity, self.clock.now_ms()
-        ):
-            # A held token to fall back on: a call of the user's that waits on the operator
-            # is waited for briefly (PEER_SLOW_S), not to the caller's deadline.
-            wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
         try:
+            try:
+                # The common case, nobody else at the user's lock: no wait, and no store read
+                # to choose one.
+                return self._current_token_locked(user_id, respect_backoff, 0.0)
+            except UserBusy as busy:
+                if busy.crowded:
+                    raise
+            current = self._read_current(user_id)
+            if isinstance(current, StoredIdentity) and usable_without_refresh(
+                current.identity, self.clock.now_ms()
+            ):
+                # A held token to fall back on: a call of the user's that waits on the
+                # operator is waited for briefly (PEER_SLOW_S), not to the caller's deadline.
+                wait_s = PEER_SLOW_S if remaining is None else min(PEER_SLOW_S, remaining)
             return self._current_token_locked(user_id, respect_backoff, wait_s)
         except UserBusy as busy:
             current = self._read_current(user_id)

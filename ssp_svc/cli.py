@@ -42,6 +42,7 @@ from ssp_svc.store.accounts import (
 from svc_common import store_backup
 from svc_common.cli_common import (
     FlagsWithEnv,
+    NewKeyPrinter,
     OneLineParser,
     UsageError,
     add_metrics_flag,
@@ -135,22 +136,14 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
         # It may sell only inventory it registered, so without any it could sell nothing.
         return fail(PROG, "a publisher needs at least one --domain or --app")
 
-    printed: list[bool] = []
+    printer = NewKeyPrinter()
 
     def deliver(account: Account, api_key: str) -> None:
-        # Inside the transaction that saves the key: one that cannot be shown is not kept.
         out: dict[str, object] = {"name": account.name, "api_key": api_key}
         if kind is AccountKind.PUBLISHER:
             out["domains"] = list(domains)
             out["apps"] = list(apps)
-        try:
-            print_json(out)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise StoreError(
-                f"could not print the new API key ({reason}); nothing was saved"
-            ) from None
-        printed.append(True)
+        printer(out)
 
     try:
         store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
@@ -159,9 +152,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
         finally:
             store.close()
     except StoreError as exc:
-        if printed:  # the commit after the print failed
-            return fail(PROG, f"{exc}; the API key printed above was not saved and does not work")
-        return fail(PROG, str(exc))
+        return fail(PROG, printer.void(exc))
     return 0
 
 

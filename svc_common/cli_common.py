@@ -250,6 +250,31 @@ def print_json(obj: object) -> None:
     out.flush()
 
 
+class NewKeyPrinter:
+    """Prints a new API key's JSON, shown only once, from inside the transaction that saves it
+    (the store's `deliver`): a key that cannot be printed (stdout full or closed) raises
+    UsageError and is not kept, live and unseen. `void` words a failure after the print (the
+    commit): the key on stdout does not work."""
+
+    def __init__(self) -> None:
+        self.printed = False
+
+    def __call__(self, obj: object) -> None:
+        try:
+            print_json(obj)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UsageError(
+                f"could not print the new API key ({reason}); nothing was saved"
+            ) from None
+        self.printed = True
+
+    def void(self, exc: BaseException) -> str:
+        if self.printed:
+            return f"{exc}; the API key printed above was not saved and does not work"
+        return str(exc)
+
+
 def fail(prog: str, message: str) -> int:
     """Prints `prog: error: message` on stderr; returns the exit status for a mistake."""
     print(f"{prog}: error: {message}", file=sys.stderr)

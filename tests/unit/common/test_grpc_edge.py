@@ -431,3 +431,39 @@ def test_a_stream_its_reader_cancelled_is_logged_cancelled_not_ok(capsys: Any) -
         assert [x["code"] for x in ours] == ["CANCELLED"]
     finally:
         served.stop(0)
+
+
+def test_a_stream_its_callers_deadline_ended_is_logged_deadline_exceeded(capsys: Any) -> None:
+    configure_logging("INFO", service="test")
+    servicer = _PatientStreamer()  # type: ignore[abstract]  # only the RPC the test calls
+    served = start_server(
+        listen="127.0.0.1:0",
+        domain="test.uid2",
+        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(servicer, srv),
+        service_names=[SERVICE.full_name],
+        max_workers=2,
+    )
+    try:
+        capsys.readouterr()
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stream = operator_pb2_grpc.OperatorServiceStub(channel).WatchOptOuts(
+                operator_pb2.WatchOptOutsRequest(),
+                metadata=(("x-request-id", "late-1"),),
+                timeout=0.3,
+            )
+            next(stream)
+            with pytest.raises(grpc.RpcError):
+                next(stream)
+            time.sleep(0.3)  # the handler notices and returns
+
+        def logged() -> list[dict[str, Any]]:
+            lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x[:1] == "{"]
+            return [x for x in lines if x.get("request_id") == "late-1"]
+
+        deadline, ours = time.monotonic() + 5, logged()
+        while not ours and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ours = logged()
+        assert [x["code"] for x in ours] == ["DEADLINE_EXCEEDED"]
+    finally:
+        served.stop(0)

@@ -29,6 +29,7 @@ from publisher_svc.publisher import (
     Step,
     StepKind,
     StorageMode,
+    TokenResult,
     TokenStatus,
 )
 from publisher_svc.store import SqliteStore
@@ -1115,6 +1116,20 @@ def test_an_operator_unreachable_for_tls_says_so(env: Env) -> None:
     )
     assert "TLS handshake failed" in failed.value.message
     assert fields["peer_failure"] == TLS_HANDSHAKE_FAILED
+
+
+def test_a_dii_stays_opted_out_while_any_of_its_opt_out_writes_runs(env: Env) -> None:
+    # Two users of one DII, both answered OPTOUT at once: the first write ending must not
+    # serve a third user's token while the second still runs.
+    for user in ("a", "b", "c"):
+        env.pub.login(user, "shared@example.com", None, OK)
+    stored = env.store.get("c")
+    assert stored is not None
+    with env.pub._opting_out(stored.dii_key):
+        with env.pub._opting_out(stored.dii_key):
+            assert env.pub._read_current("c") == TokenResult(TokenStatus.OPTOUT)
+        assert env.pub._read_current("c") == TokenResult(TokenStatus.OPTOUT)  # one still runs
+    assert not isinstance(env.pub._read_current("c"), TokenResult)  # none: served again
 
 
 def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
