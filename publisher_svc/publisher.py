@@ -1098,15 +1098,18 @@ class Publisher:
                 return running, False
             if len(self._pending) >= _MAX_PENDING_REFRESHES:
                 return None, False
+            rid = call_context.request_id()
             try:
-                future = self._serve_pool.submit(_with_request_id(call_context.request_id(), job))
+                future = self._serve_pool.submit(_with_request_id(rid, job))
             except RuntimeError:  # shut down
                 return None, False
             self._pending[key] = future
-        future.add_done_callback(lambda f: self._forget(key, f))
+        future.add_done_callback(lambda f: self._forget(key, f, rid))
         return future, True
 
-    def _forget(self, key: str, future: Future[Any]) -> None:
+    def _forget(self, key: str, future: Future[Any], rid: str | None) -> None:
+        """Drops the finished job and logs its failure, with the request id of the call that
+        started it: the callback runs after the job's own context has ended."""
         with self._pending_lock:
             if self._pending.get(key) is future:
                 del self._pending[key]
@@ -1119,10 +1122,13 @@ class Publisher:
             _log.info("impression_refresh_abandoned", error_type=type(error).__name__)
             return
         # Nobody may be waiting any more: the failure is logged here, once, by kind only.
+        ids = {} if rid is None else {"request_id": rid}
         if isinstance(error, ServiceError) and error.kind is not ErrorKind.UNAVAILABLE:
-            _log.warning("impression_refresh_failed", code=error.kind.value, reason=error.reason)
+            _log.warning(
+                "impression_refresh_failed", code=error.kind.value, reason=error.reason, **ids
+            )
         elif error is not None and not isinstance(error, ServiceError):
-            _log.error("impression_refresh_failed", error_type=type(error).__name__)
+            _log.error("impression_refresh_failed", error_type=type(error).__name__, **ids)
 
     def _within_budget(
         self, job: Future[T] | None

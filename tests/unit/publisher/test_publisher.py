@@ -820,7 +820,11 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
     env.op.refuse = True
     configure_logging(service="test")
     capsys.readouterr()
-    _, r = _ad(env, user_id="u1")
+    call_context.begin(request_id="imp-9", method="/p.S/ServeAd")
+    try:
+        _, r = _ad(env, user_id="u1")
+    finally:
+        call_context.end()
     assert r.token_sent and env.ssp.impressions[-1].advertising_token == held
     seen: list[str] = []
 
@@ -831,6 +835,7 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
     assert _wait(logged)
     line = next(x for x in "".join(seen).splitlines() if "impression_refresh_failed" in x)
     assert json.loads(line)["reason"] == "OPERATOR_REJECTED" and "a@b.com" not in line
+    assert json.loads(line)["request_id"] == "imp-9"  # the impression's, though its call ended
 
 
 def test_a_failed_impression_refresh_backs_off_before_the_next_attempt(env: Env) -> None:
