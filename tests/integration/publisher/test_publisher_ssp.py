@@ -17,6 +17,7 @@ from ssp_svc.cli import main as ssp_cli
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp
 from svc_common.grpc_client import error_info
+from svc_common.logging import configure_logging
 from tests.integration.publisher.conftest import World, wait_for
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
@@ -153,3 +154,34 @@ def test_app_inventory_reaches_the_ssp(world: World, real_ssp: tuple[int, str]) 
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(exc.value)
     assert info is not None and info.reason == "CONFLICTING_INVENTORY"
+
+
+def test_one_impression_reads_the_same_in_the_publishers_and_the_ssps_logs(
+    world: World, real_ssp: tuple[int, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The caller's x-request-id reaches the SSP's line for the impression, and the publisher's
+    ServeAd line carries the SSP's auction id: one impression can be followed across both."""
+    port, api_key = real_ssp
+    _, stub = world.publisher(
+        world.config("trace", ssp_address=f"127.0.0.1:{port}", ssp_api_key=api_key)
+    )
+    configure_logging(service="test")
+    capsys.readouterr()
+    ad = stub.ServeAd(
+        pb.ServeAdRequest(placement_id="slot-1", page_domain="news.example.com"),
+        metadata=(("x-request-id", "trace-7f3a"),),
+    )
+    assert ad.auction_id
+    lines: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        for text in capsys.readouterr().err.splitlines():
+            line = json.loads(text) if text.startswith("{") else {}
+            if line.get("event") == "rpc" and line.get("request_id") == "trace-7f3a":
+                lines.append(line)
+        return len(lines) >= 2
+
+    assert wait_for(logged, 5.0)
+    by_method = {str(line["method"]).rsplit("/", 1)[-1]: line for line in lines}
+    assert by_method["ServeAd"]["auction_id"] == ad.auction_id
+    assert by_method["SubmitImpression"]["code"] == "OK"

@@ -1159,3 +1159,34 @@ def test_a_user_waits_on_nobody_elses_operator_call(env: Env) -> None:
         pool.shutdown()
     assert frozen.result().status is TokenStatus.SUCCESS
     assert len(env.pub._user_locks) == 0  # none kept once nobody holds them
+
+
+def test_a_login_answered_optout_ends_the_dii_for_its_other_users_while_it_is_written(
+    env: Env,
+) -> None:
+    """Login's opt-out write, like a refresh's, marks the DII while it runs: a call for another
+    user of it that does not wait for a lock (an impression's recheck) serves no token."""
+    env.pub.login("a", "shared@example.com", None, OK)
+    stored = env.store.get("a")
+    assert stored is not None
+    env.op.optout_keys.add(stored.dii_key)
+    writing, release = threading.Event(), threading.Event()
+    real_write = env.store.end_as_opted_out
+
+    def slow_write(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        assert release.wait(5)
+        return real_write(*args, **kwargs)
+
+    env.store.end_as_opted_out = slow_write  # type: ignore[method-assign]  # a store slow to write
+    pool = ThreadPoolExecutor(1)
+    try:
+        login = pool.submit(env.pub.login, "b", "shared@example.com", None, OK)
+        assert writing.wait(5)
+        assert env.pub._read_current("a") == TokenResult(TokenStatus.OPTOUT)
+        release.set()
+        assert login.result(5).status is LoginStatus.OPTOUT
+    finally:
+        release.set()
+        pool.shutdown()
+    assert env.pub._read_current("a") == TokenResult(TokenStatus.OPTOUT)  # recorded by now
