@@ -400,7 +400,7 @@ class Publisher:
         self.on_behalf_of_site_id = on_behalf_of_site_id
         # Per-user locks: one refresh per user at a time, and logout / login / opt-out never
         # interleave with a refresh of the same user.
-        self._user_locks = UserLocks()
+        self._user_locks = UserLocks(monotonic)
         # Users whose refresh the operator just ended (OPTOUT, or the chain over), while that
         # is being written: a call that does not wait for their lock must not serve the token.
         self._ending: dict[str, TokenStatus] = {}

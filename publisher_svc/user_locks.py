@@ -10,9 +10,10 @@ users seen."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from svc_common.clock import Monotonic
 
 
 class _Entry:
@@ -21,7 +22,7 @@ class _Entry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0  # threads holding the lock or waiting for it
-        self.held_since: float | None = None  # time.monotonic() its holder took it
+        self.held_since: float | None = None  # when its holder took it (monotonic seconds)
 
 
 class UserBusy(Exception):
@@ -34,7 +35,8 @@ class UserBusy(Exception):
 
 
 class UserLocks:
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Monotonic) -> None:
+        self._monotonic = monotonic
         self._guard = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
@@ -63,7 +65,7 @@ class UserLocks:
                 max_waiting is not None
                 and entry.users - 1 > max_waiting
                 and since is not None
-                and time.monotonic() - since >= stuck_after_s
+                and self._monotonic.monotonic_s() - since >= stuck_after_s
             )
         try:
             if crowded:
@@ -72,7 +74,7 @@ class UserLocks:
             unbounded = wait_s is None or wait_s >= threading.TIMEOUT_MAX
             if not entry.lock.acquire(timeout=-1 if unbounded else max(wait_s or 0.0, 0.0)):
                 raise UserBusy()  # no user id: the caller's, which may be an email
-            entry.held_since = time.monotonic()
+            entry.held_since = self._monotonic.monotonic_s()
             try:
                 yield
             finally:

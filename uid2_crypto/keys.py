@@ -70,7 +70,7 @@ def _order(k: Key) -> tuple[int, int]:
 class KeyRing:
     """An immutable set of keys indexed by id and by keyset."""
 
-    __slots__ = ("_by_id", "_by_keyset", "_keys", "_latest_expires")
+    __slots__ = ("_by_id", "_by_keyset", "_keys")
 
     def __init__(self, keys: Iterable[Key]) -> None:
         by_id: dict[int, Key] = {}
@@ -82,17 +82,11 @@ class KeyRing:
             by_keyset.setdefault(k.keyset_id, []).append(k)
         self._by_id = by_id
         self._by_keyset = {ks: tuple(v) for ks, v in by_keyset.items()}
-        self._latest_expires = max((k.expires for k in self._keys), default=None)
 
     @property
     def keys(self) -> tuple[Key, ...]:
         """All keys, sorted by activation time then id."""
         return self._keys
-
-    @property
-    def latest_expires(self) -> int | None:
-        """The latest expiry (epoch seconds) of any key, None for an empty ring."""
-        return self._latest_expires
 
     def __len__(self) -> int:
         return len(self._keys)

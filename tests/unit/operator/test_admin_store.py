@@ -39,6 +39,7 @@ def test_open_uninitialised(tmp_path: Path) -> None:
 
 def test_api_keys_only_hashed(env: Env) -> None:
     raw = sqlite3.connect(env.store.path).execute("SELECT * FROM clients").fetchall()
+    assert len(raw) == len(env.keys) > 0  # the keys' rows are there to look into
     text = repr(raw)
     for new in env.keys.values():
         assert new.api_key not in text
