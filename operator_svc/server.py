@@ -118,4 +118,5 @@ def create_server(
     operator.start_sync()
     operator.start_rotation()
     served.set_serving(True)
+    served.not_serving_once_lost(operator.store.on_lost)
     return served, served.port

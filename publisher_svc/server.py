@@ -116,6 +116,7 @@ def start(
         served.on_stop.append(refresher.stop)  # runs first: stops before the store closes
     served.readings = _readings(publisher, refresher)
     served.set_serving(True)
+    served.not_serving_once_lost(store.on_lost)
     _log.info(
         "publisher_started",
         site_id=config.site_id,

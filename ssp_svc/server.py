@@ -107,6 +107,7 @@ def create_server(
         # says ready for a server whose caller is about to drain it.
         return served, served.port
     served.set_serving(True)
+    served.not_serving_once_lost(accounts.on_lost)
     _log.info(
         "ssp_ready",
         bidders=[b.name for b in config.bidders],

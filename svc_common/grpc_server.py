@@ -4,6 +4,7 @@ graceful stop on SIGINT / SIGTERM."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from contextlib import ExitStack
@@ -103,6 +104,18 @@ class Served:
         )
         for name in ("", *self.service_names):
             self._set_health(name, status)
+
+    def not_serving_once_lost(self, on_lost: Callable[[Callable[[], None]], None]) -> None:
+        """Reports NOT_SERVING once the service's store is found lost (`on_lost` registers the
+        callback: a store's StoreWatch.on_lost). Set from a thread of its own: the finding may
+        come on the server's own event loop, which setting the health of an aio server waits
+        on."""
+
+        def report() -> None:
+            if not self.stopped:
+                self.set_serving(False)
+
+        on_lost(lambda: threading.Thread(target=report, name="store-lost", daemon=True).start())
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Ends streams, refuses new calls, lets in-flight ones finish for up to `grace_s`,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ ErrorFactory = Callable[[str], Exception]
 
 BUSY_TIMEOUT_S = 30.0
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+STORE_REPLACED = "the store file was removed or replaced; restart the service"
 
 
 class StoreUnavailable(ServiceError):
@@ -46,6 +48,14 @@ class StoreBusy(StoreUnavailable):
             "STORE_BUSY",
             f"the store stayed locked by another process for {BUSY_TIMEOUT_S:g} s; retry",
         )
+
+
+class StoreLost(StoreUnavailable):
+    """The store file is no longer the one opened (StoreWatch): what the path now names is not
+    what this process reads or writes."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, "STORE_WRITE_FAILED", STORE_REPLACED)
 
 
 class StoreWriteFailed(StoreUnavailable):
@@ -148,24 +158,104 @@ def _wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
 
+class StoreWatch:
+    """Whether a running service's store file is still the one it opened (`StoreFile`), looked
+    at by every write and, at most once per `interval_s`, by a reader that polls (`poll`).
+
+    The first time it is not: when only the WAL file went (the store file is still the one
+    opened), what the open WAL file holds is copied into the store file, as a clean close
+    would; a crash would otherwise lose every write acknowledged since the last checkpoint
+    with the unlinked file. Then one `store_file_replaced` error line, and `on_lost` (the
+    service reports NOT_SERVING: other processes' writes, an admin's disable, now go where it
+    no longer reads). It stays lost: writes are refused until a restart opens the path."""
+
+    def __init__(
+        self,
+        file: StoreFile,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.file = file
+        self._monotonic = monotonic
+        self._interval_s = interval_s
+        self._next_poll = monotonic() + interval_s
+        self._lost = False
+        self._on_lost: list[Callable[[], None]] = []
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Runs `callback` once the store is found lost (at once if it already is)."""
+        self._on_lost.append(callback)
+        if self._lost:
+            callback()
+
+    def check(self, conn: sqlite3.Connection) -> bool:
+        """True when the store is lost; the caller holds `conn`'s lock."""
+        if self._lost:
+            return True
+        if not self.file.replaced():
+            return False
+        self._lost = True
+        self._keep_what_was_acknowledged(conn)
+        _log.error("store_file_replaced", path=str(self.file.path))
+        for callback in self._on_lost:
+            callback()
+        return True
+
+    def poll(self, conn: sqlite3.Connection, lock: threading.Lock | None) -> bool:
+        """`check`, at most once per interval (one or two `stat`s), under `lock` (None: the
+        caller holds `conn`'s); True when lost."""
+        if self._lost:
+            return True
+        now = self._monotonic()
+        if now < self._next_poll:
+            return False
+        self._next_poll = now + self._interval_s
+        if lock is None:
+            return self.check(conn)
+        with lock:
+            return self.check(conn)
+
+    def _keep_what_was_acknowledged(self, conn: sqlite3.Connection) -> None:
+        try:
+            st = os.stat(self.file.path)
+        except OSError:
+            return  # the store file itself is gone: nothing reachable by its path to save into
+        if (st.st_dev, st.st_ino) != (self.file.device, self.file.inode):
+            return
+        # No other process can have written since: the WAL index still counts the frames of
+        # the removed file, which another process's new, empty WAL file does not hold, so it
+        # cannot even read. TRUNCATE also resets that index, so the others can again.
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            _log.error("store_wal_not_saved", cause=str(exc))
+            return
+        if busy is not None and busy[0]:
+            _log.error("store_wal_not_saved", cause="checkpoint blocked by a reader")
+
+
 @contextmanager
 def write_transaction(
-    conn: sqlite3.Connection, lock: threading.Lock, file: StoreFile | None = None
+    conn: sqlite3.Connection, lock: threading.Lock, watch: StoreWatch | None = None
 ) -> Iterator[sqlite3.Connection]:
     """One write transaction on a connection from `open_db` (BEGIN IMMEDIATE ... COMMIT,
     synced before it returns), serialised in-process by `lock`. StoreBusy when another
     process keeps the write lock past the busy timeout; StoreWriteFailed when the disk refuses
-    the write, or when `file` (the connection's) is no longer at its path, so that nothing is
-    acknowledged into a file a restart would not open. Either way nothing is kept."""
+    the write, or when `watch` finds the connection's file no longer at its path, so that
+    nothing is acknowledged into a file a restart would not open. Either way nothing is kept."""
     with lock:
         # First, as it raises ProgrammingError for a connection already closed (a write that
         # outlived the service's stop): closing the last connection removes the WAL file, and
         # the check below would take that for a store removed under a running service.
         _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
-        if file is not None and file.replaced():
+        if watch is not None and watch.check(conn):
             # One stat per write; a file replaced between it and COMMIT is not caught.
-            _log.error("store_file_replaced", path=str(file.path))
-            raise StoreWriteFailed("the store file was removed or replaced; restart the service")
+            raise StoreWriteFailed(STORE_REPLACED)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

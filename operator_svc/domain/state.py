@@ -19,6 +19,7 @@ import structlog
 
 from operator_svc.store import ClientRow, KeypairRow, OperatorStore, OptOutRow
 from svc_common.clock import Clock
+from svc_common.sqlite_db import StoreLost
 from uid2_crypto.client_side import ServerKeypair
 from uid2_crypto.identity import IdentityScope, identity_hash
 from uid2_crypto.keys import Key, KeyRing, Keyset
@@ -424,6 +425,8 @@ class StateLoader:
         for the next sync (recorded up front, it was lost until the next write to the store;
         what loaded before the failure loads again to the same state)."""
         with self._lock:
+            if self._store.lost():
+                raise StoreLost()  # what the path names now is not what this reads
             dv = self._store.data_version()
             if dv == self._data_version and not force:
                 return []
@@ -498,6 +501,9 @@ class Syncer:
         while not self._stop.wait(self._interval):
             try:
                 changed = self._loader.sync(self._state)
+            except StoreLost:  # said once, by the store's watch; sync_age_seconds grows
+                self.failures += 1
+                continue
             except Exception as exc:  # keep serving from the last good snapshot
                 self.failures += 1
                 _log.warning("sync_failed", error_type=type(exc).__name__)

@@ -28,6 +28,7 @@ from operator_svc.store.records import (
 )
 from svc_common.sqlite_db import (
     StoreFile,
+    StoreWatch,
     close_when_free,
     open_db,
     require_data_dir,
@@ -107,10 +108,12 @@ def check_schema(conn: sqlite3.Connection) -> None:
 class OperatorStore:
     """Open with `OperatorStore.open(data_dir)` (must be initialised) or `.create(data_dir)`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, watch: StoreWatch | None = None
+    ) -> None:
         self._conn = conn
         self._path = path
-        self._file = StoreFile.of(path)
+        self._watch = watch or StoreWatch(StoreFile.of(path))
         self._lock = threading.Lock()
 
     # -- opening -------------------------------------------------------------------------
@@ -138,8 +141,9 @@ class OperatorStore:
         return cls(open_db(path, StoreError, schema=_SCHEMA), path)
 
     def reader(self) -> OperatorStore:
-        """A second connection to the same file, for a background reader thread."""
-        return OperatorStore(open_db(self._path, StoreError, check=False), self._path)
+        """A second connection to the same file, for a background reader thread; it watches
+        the file with this one (`lost`)."""
+        return OperatorStore(open_db(self._path, StoreError, check=False), self._path, self._watch)
 
     def close(self, wait_s: float = 2.0) -> None:
         close_when_free(self._conn, self._lock, wait_s)
@@ -148,9 +152,18 @@ class OperatorStore:
     def path(self) -> Path:
         return self._path
 
+    def lost(self) -> bool:
+        """Whether the store file is no longer the one opened (sqlite_db.StoreWatch), looked at
+        once a second at most; a reader calls it before reading."""
+        return self._watch.poll(self._conn, self._lock)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """`callback` runs once, when a write or `lost` first finds the store file replaced."""
+        self._watch.on_lost(callback)
+
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
-        return write_transaction(self._conn, self._lock, self._file)
+        return write_transaction(self._conn, self._lock, self._watch)
 
     # -- meta and change detection ---------------------------------------------------------
 

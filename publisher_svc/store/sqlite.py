@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from svc_common import store_backup
 from svc_common.sqlite_db import (
     StoreFile,
     StoreUnavailable,
+    StoreWatch,
     close_when_free,
     open_db,
     require_data_dir,
@@ -142,7 +143,7 @@ class SqliteStore:
         self._db = open_db(
             path / self.FILE_NAME, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION
         )
-        self._file = StoreFile.of(path / self.FILE_NAME)
+        self._watch = StoreWatch(StoreFile.of(path / self.FILE_NAME))
         try:
             self._upgrade()
         except (sqlite3.Error, StoreUnavailable) as exc:
@@ -191,7 +192,13 @@ class SqliteStore:
         """The first row (a tuple, as sqlite3 gives it) of a read on the read connection, or
         None."""
         with self._read_lock:
+            self._watch.poll(self._reader, None)
             return self._reader.execute(sql, params).fetchone()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """`callback` runs once, when a write or a read (once a second at most) first finds
+        the store file replaced (sqlite_db.StoreWatch)."""
+        self._watch.on_lost(callback)
 
     # -- identities ----------------------------------------------------------------------
 
@@ -326,7 +333,7 @@ class SqliteStore:
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, synced before it ends (`sqlite_db.write_transaction`)."""
-        return write_transaction(self._db, self._lock, self._file)
+        return write_transaction(self._db, self._lock, self._watch)
 
     def ended_status(self, user_id: str) -> str | None:
         """OPTOUT or LOGIN_REQUIRED when a refresh ended the user's identity and the user has

@@ -27,7 +27,9 @@ from svc_common.sensitive import shown
 from svc_common.settings import SettingError
 from svc_common.settings import api_key as check_api_key
 from svc_common.sqlite_db import (
+    StoreFile,
     StoreUnavailable,
+    StoreWatch,
     open_db,
     require_data_dir,
     schema_version,
@@ -94,6 +96,9 @@ def _as_registered(domain: str) -> str:
 class AccountStore(Protocol):
     def authenticate(self, api_key: str) -> Account | None: ...
 
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """`callback` runs once if the store's file is found replaced under the service."""
+
     def close(self) -> None: ...
 
 
@@ -156,6 +161,9 @@ class SqliteAccountStore:
         self._clock = clock
         self._path = data_dir / DB_NAME
         self._conn = open_db(self._path, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION)
+        # A disable made by the CLI into a store that replaced this one (a restore) would
+        # never be seen: the watch says so, once, and the server reports NOT_SERVING.
+        self._watch = StoreWatch(StoreFile.of(self._path))
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[bytes, bytes, Account]] = {}
         try:
@@ -241,6 +249,7 @@ class SqliteAccountStore:
         # One critical section from the version check to the cache write: a row read before a
         # disable committed must not enter the cache after the disable cleared it.
         with self._lock:
+            self._watch.poll(self._conn, None)
             # A disable committed by the CLI reaches the cache before the next call; this read
             # costs about 2 us, no disk access.
             version = self._read_data_version()
@@ -310,6 +319,9 @@ class SqliteAccountStore:
             raise StoreError(f"store {self._path} cannot be written: {exc}") from None
         if changed == 0:
             raise StoreError(f"no {kind.value} named {shown(name)}")
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        self._watch.on_lost(callback)
 
     def close(self) -> None:
         with self._lock:
@@ -388,6 +400,9 @@ class FileAccountStore:
 
     def authenticate(self, api_key: str) -> Account | None:
         return self._by_hash.get(_hash(self._salt, api_key))
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        pass  # read once at start: nothing to lose
 
     def close(self) -> None:
         pass

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.h2_stall import StalledStream
-from tests.support.procs import ServiceProcess, run_cli
+from tests.support.procs import ServiceProcess, run_cli, wait_until
 from uid2.ssp.v1 import ssp_pb2, ssp_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -119,3 +120,40 @@ def test_disabling_a_subscriber_ends_a_bid_stream_whose_reader_stopped_reading(
     finally:
         stalled.close()
         assert ssp.terminate() == 0
+
+
+def test_an_ssp_whose_store_was_replaced_under_it_says_so_and_stops_serving(
+    tmp_path: Path,
+) -> None:
+    """The store removed and a backup restored while the SSP serves: a disable made in the new
+    file would never reach it. It says so once and reports NOT_SERVING; before, it went on
+    accepting the disabled key with no word."""
+    data, backups = tmp_path / "ssp", tmp_path / "backups"
+    data.mkdir()
+    backups.mkdir()
+    out = _cli("publisher", "add", "--name", "news", "--domain", "news.example.com",
+               data_dir=data)  # fmt: skip
+    key = json.loads(out)["api_key"]
+    ssp = ServiceProcess(
+        ["uid2-ssp", "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"]
+    ).wait_ready()
+    try:
+        with grpc.insecure_channel(ssp.address) as channel:
+            stub = ssp_pb2_grpc.SspServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            assert _submit(stub, key) == grpc.StatusCode.OK
+            _cli("backup", "--to", str(backups / "b.sqlite3"), data_dir=data)
+            for path in data.iterdir():
+                path.unlink()
+            _cli("restore", "--from", str(backups / "b.sqlite3"), data_dir=data)
+            _cli("publisher", "disable", "--name", "news", data_dir=data)
+
+            def not_serving() -> bool:
+                _submit(stub, key)  # the SSP looks at its store as it authenticates
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                return bool(status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+            assert wait_until(not_serving, 10)
+    finally:
+        ssp.terminate()
+    assert [e.get("event") for e in ssp.events].count("store_file_replaced") == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from svc_common.sqlite_db import (
     StoreBusy,
     StoreFile,
     StoreUnavailable,
+    StoreWatch,
     StoreWriteFailed,
     open_db,
     require_data_dir,
@@ -211,17 +214,24 @@ def test_a_statement_error_of_the_callers_own_is_not_the_stores(tmp_path: Path) 
 def test_a_store_file_moved_from_its_path_takes_no_writes(tmp_path: Path) -> None:
     path = tmp_path / "x.sqlite3"
     conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    file, lock = StoreFile.of(path), threading.Lock()
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    lost: list[bool] = []
+    watch.on_lost(lambda: lost.append(True))
     try:
-        with write_transaction(conn, lock, file) as c:
+        with write_transaction(conn, lock, watch) as c:
             c.execute("INSERT INTO t VALUES (1)")
+        assert not lost
         path.rename(tmp_path / "moved.sqlite3")
         path.write_bytes(b"")  # a new file at the path: another inode
         refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
-        with refused, write_transaction(conn, lock, file) as c:
+        with refused, write_transaction(conn, lock, watch) as c:
             c.execute("INSERT INTO t VALUES (2)")
+        assert lost == [True]  # told once, however many writes are refused
+        with refused, write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (2)")
+        assert lost == [True] and watch.lost
         path.unlink()
-        assert file.replaced()
+        assert watch.file.replaced()
         assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
         assert not lock.locked() and not conn.in_transaction
     finally:
@@ -233,20 +243,56 @@ def test_a_store_whose_wal_file_was_removed_takes_no_writes(tmp_path: Path) -> N
     # file: acknowledged, and gone at the next crash, with integrity_check saying ok.
     path = tmp_path / "x.sqlite3"
     conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    file, lock = StoreFile.of(path), threading.Lock()
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
     try:
-        with write_transaction(conn, lock, file) as c:
+        with write_transaction(conn, lock, watch) as c:
             c.execute("INSERT INTO t VALUES (1)")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # emptied, not replaced: still fine
-        with write_transaction(conn, lock, file) as c:
+        with write_transaction(conn, lock, watch) as c:
             c.execute("INSERT INTO t VALUES (2)")
         for suffix in ("-wal", "-shm"):
             (tmp_path / f"x.sqlite3{suffix}").unlink()
         refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
-        with refused, write_transaction(conn, lock, file) as c:
+        with refused, write_transaction(conn, lock, watch) as c:
             c.execute("INSERT INTO t VALUES (3)")
+        # What was acknowledged (2, in the removed WAL file) is in the store file now: a
+        # process opening the path after a crash of this one finds it.
+        assert _rows_seen_by_another_process(path) == [1, 2]
     finally:
         conn.close()
+
+
+def test_a_poll_finds_a_removed_wal_file_without_a_write_and_saves_what_it_held(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    now = [0.0]
+    watch, lock = StoreWatch(StoreFile.of(path), monotonic=lambda: now[0]), threading.Lock()
+    lost: list[bool] = []
+    watch.on_lost(lambda: lost.append(True))
+    try:
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+        (tmp_path / "x.sqlite3-wal").unlink()
+        assert not watch.poll(conn, lock)  # within the interval: not looked at
+        now[0] = 1.0
+        assert watch.poll(conn, lock) and lost == [True]
+        assert _rows_seen_by_another_process(path) == [1]
+    finally:
+        conn.close()
+
+
+def _rows_seen_by_another_process(path: Path) -> list[int]:
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        "print(*[v for (v,) in c.execute('SELECT v FROM t ORDER BY v')])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return [int(v) for v in out.stdout.split()]
 
 
 def test_a_commit_refused_by_a_deferred_constraint_ends_the_transaction(tmp_path: Path) -> None:
