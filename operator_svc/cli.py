@@ -437,6 +437,9 @@ def _run(args: argparse.Namespace) -> int:
                 if printer.printed:  # the commit after the print failed
                     raise admin.AdminError(printer.void(exc)) from None
                 raise
+            except BaseException:  # a stop signal (Ctrl-C, SIGTERM) after the print
+                printer.void_on_stderr(PROG)
+                raise
         elif cmd == "client" and args.action == "list":
             for c in admin.list_clients(store):
                 _print(c)

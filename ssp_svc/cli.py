@@ -153,6 +153,9 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
             store.close()
     except StoreError as exc:
         return fail(PROG, printer.void(exc))
+    except BaseException:  # a stop signal (Ctrl-C, SIGTERM) after the print
+        printer.void_on_stderr(PROG)
+        raise
     return 0
 
 

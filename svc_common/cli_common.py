@@ -271,8 +271,17 @@ class NewKeyPrinter:
 
     def void(self, exc: BaseException) -> str:
         if self.printed:
-            return f"{exc}; the API key printed above was not saved and does not work"
+            return f"{exc}; {_VOID}"
         return str(exc)
+
+    def void_on_stderr(self, prog: str) -> None:
+        """For what ends the command between the print and the commit without an error of its
+        own to word (Ctrl-C, SIGTERM): says on stderr that the printed key does not work."""
+        if self.printed:
+            print(f"{prog}: {_VOID}", file=sys.stderr)
+
+
+_VOID = "the API key printed above was not saved and does not work"
 
 
 def fail(prog: str, message: str) -> int:

@@ -502,3 +502,29 @@ def test_init_again_with_another_identity_scope_is_refused(
         assert admin.identity_scope(store) == "UID2"
     finally:
         store.close()
+
+
+def test_a_key_printed_before_a_stop_signal_is_said_to_be_void(
+    initialised: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, which the console entry raises as an exception) between the print
+    and the commit: the command ends as stopped, and stderr says the printed key is void."""
+    real = OperatorStore.transaction
+
+    @contextlib.contextmanager
+    def stopped_before_commit(self: OperatorStore) -> Iterator[sqlite3.Connection]:
+        with real(self) as conn:
+            yield conn
+            raise KeyboardInterrupt
+
+    d = str(initialised)
+    monkeypatch.setattr(OperatorStore, "transaction", stopped_before_commit)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["client", "add", "--data-dir", d, "--site-id", "5", "--name", "stopped",
+                  "--roles", "GENERATOR"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert json.loads(out)["name"] == "stopped"
+    assert "printed above was not saved and does not work" in err
+    monkeypatch.undo()
+    assert cli.main(["client", "list", "--data-dir", d]) == 0
+    assert capsys.readouterr().out == ""

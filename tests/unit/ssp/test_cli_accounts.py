@@ -287,3 +287,26 @@ def test_someone_elses_accounts_table_is_not_altered(
         columns = [r[1] for r in db.execute("PRAGMA table_info(accounts)")]
     db.close()
     assert columns == ["x"]
+
+
+def test_a_key_printed_before_a_stop_signal_is_said_to_be_void(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sqlite_db.write_transaction
+
+    @contextlib.contextmanager
+    def stopped_before_commit(*args: Any) -> Iterator[sqlite3.Connection]:
+        with real(*args) as conn:
+            before = conn.total_changes
+            yield conn
+            if conn.total_changes > before:  # the account's insert, not opening's checks
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(accounts_module, "write_transaction", stopped_before_commit)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "s"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["name"] == "s"
+    assert "printed above was not saved and does not work" in err
+    monkeypatch.undo()
+    assert _run(capsys, "subscriber", "list", "--data-dir", str(tmp_path))[1] == ""
