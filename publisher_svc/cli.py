@@ -21,11 +21,8 @@ from pathlib import Path
 import structlog
 
 from publisher_svc.config import PublisherConfig
-from publisher_svc.publisher import (
-    DEFAULT_OPERATOR_CALLS_MAX,
-    DEFAULT_SSP_CALLS_MAX,
-    StorageMode,
-)
+from publisher_svc.limits import DEFAULT_OPERATOR_CALLS_MAX, DEFAULT_SSP_CALLS_MAX
+from publisher_svc.model import StorageMode
 from publisher_svc.store import SqliteStore, StoreError
 from publisher_svc.store.sqlite import STORE_TABLES
 from svc_common import store_backup

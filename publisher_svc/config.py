@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from publisher_svc.publisher import (
+from publisher_svc.limits import (
     DEFAULT_OPERATOR_CALLS_MAX,
     DEFAULT_SERVE_REFRESH_BUDGET_S,
     DEFAULT_SSP_CALLS_MAX,
-    StorageMode,
 )
+from publisher_svc.model import StorageMode
 from svc_common.tls import PeerTls, ServerTls
 
 

@@ -27,6 +27,14 @@ class Identity:
         )
 
 
+class StorageMode(Enum):
+    """Where the publisher keeps a user's identity: in its own store (a mapping table, by user
+    id) or in a first-party cookie it hands the caller."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
 class DiiKind(Enum):
     EMAIL = "email"
     PHONE = "phone"

@@ -5,27 +5,32 @@ are ServiceError; business outcomes (opt-out, login required) are enum results."
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, TypeVar
 
 import structlog
 
 from publisher_svc.call_bound import CallBound
 from publisher_svc.caller_deadline import callers_remaining_s
-from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
+from publisher_svc.cookie import decode_cookie
 from publisher_svc.cookie_retries import CookieRetries
+from publisher_svc.inputs import check_user_id, cookie_for, hash_dii
+from publisher_svc.limits import (
+    DEFAULT_OPERATOR_CALLS_MAX,
+    DEFAULT_SERVE_REFRESH_BUDGET_S,
+    DEFAULT_SSP_CALLS_MAX,
+    MAX_WAITING_PER_USER,
+    OPERATOR_BUSY,
+    PEER_SLOW_S,
+    SSP_BUSY,
+    UNRECORDED_LAST_TRY_S,
+)
 from publisher_svc.model import (
-    CALLER_DEADLINE,
-    AdDecision,
-    DiiKind,
     GenerateOutcome,
     HashedDii,
     Identity,
@@ -35,16 +40,35 @@ from publisher_svc.model import (
     PrivacySettings,
     RefreshOutcome,
     SspPeer,
+    StorageMode,
+)
+from publisher_svc.peer_failures import (
+    operator_failure,
+    peer_failure,
+    ssp_input_refused,
+    waited_past_deadline,
 )
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
+from publisher_svc.results import (
+    AdResult,
+    ClientRefreshResult,
+    Cookie,
+    LoginResult,
+    LoginStatus,
+    Step,
+    StepKind,
+    TokenResult,
+    TokenStatus,
+    token_result,
+)
 from publisher_svc.store import SqliteStore, StoredIdentity
+from publisher_svc.store_failures import OptOutNotRecorded, RefreshNotKept
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from publisher_svc.user_locks import UserBusy, UserLocks
 from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import Clock, Monotonic, SystemClock
 from svc_common.errors import (
-    TLS_HANDSHAKE_FAILED,
     ErrorKind,
     ServiceError,
     invalid_argument,
@@ -52,37 +76,12 @@ from svc_common.errors import (
 )
 from svc_common.impression_limits import check_field_lengths, check_floor_price
 from svc_common.sqlite_db import StoreUnavailable
-from uid2_crypto.errors import InvalidIdentifierError
-from uid2_crypto.identity import IdentityType, identity_hash
 
 _log = structlog.get_logger("publisher")
 
-MAX_USER_ID_CHARS = 256
-# How long an impression may wait for a due refresh before it goes out with the held token,
-# or without one when that has expired.
-DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
-
-# At most this many callers' calls wait on the operator at once, and on the SSP (call_bound.py:
-# a frozen peer would otherwise hold every server thread, and calls that never ask it would
-# queue behind). The background refresher's calls, on threads of their own, are not counted.
-# When all are taken and the oldest has waited PEER_SLOW_S, the peer is slow: the next call is
-# answered at once as if it were unreachable (UNAVAILABLE OPERATOR_BUSY / SSP_BUSY; a held
-# unexpired token is still served). Otherwise the peer is only busy, and the call waits up to
-# PEER_SLOW_S for a slot. The server has a thread for every slot of both and SPARE_THREADS
-# more (server.py), so calls that ask neither peer are served even when both are frozen.
-DEFAULT_OPERATOR_CALLS_MAX = 24
-DEFAULT_SSP_CALLS_MAX = 24
-PEER_SLOW_S = 0.5
-OPERATOR_BUSY = "OPERATOR_BUSY"  # PeerError.reason of a call not made: too many wait already
-SSP_BUSY = "SSP_BUSY"
 # ErrorInfo reason of a call the configured storage mode has no use for (Publisher._only_in).
 WRONG_STORAGE_MODE = "WRONG_STORAGE_MODE"
-_BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 _USER_BUSY = "the UID2 operator is slow: other calls for this user already wait on it"
-# A caller's calls that wait for one user's lock at once, while its holder has waited on the
-# operator PEER_SLOW_S or more; past it a call is answered at once: held unexpired token, else
-# OPERATOR_BUSY. (Against a healthy operator a burst of one user's calls just queues.)
-MAX_WAITING_PER_USER = 4
 
 
 def _with_request_id(rid: str | None, job: Callable[[], T]) -> Callable[[], T]:
@@ -102,253 +101,12 @@ def _with_request_id(rid: str | None, job: Callable[[], T]) -> Callable[[], T]:
     return run
 
 
-def _waited_past_deadline() -> ServiceError:
-    return ServiceError(
-        ErrorKind.DEADLINE_EXCEEDED,
-        CALLER_DEADLINE,
-        "the call's deadline passed while another call for this user waited on the operator",
-    )
-
-
-# How long a stop waits for its last try at recording opt-outs the store refused earlier.
-UNRECORDED_LAST_TRY_S = 1.0
-# Refreshes started for impressions, in flight at once at most (one per user or cookie); beyond
-# that (an operator that hangs) impressions go out without starting more.
-_MAX_PENDING_REFRESHES = 256
+# Jobs off the callers' path (`_start`: impressions' refreshes, one per user or cookie; use
+# marks; opt-out records), in flight at once at most; beyond that (an operator that hangs)
+# impressions go out without starting more.
+_MAX_PENDING_JOBS = 256
 
 T = TypeVar("T")
-
-
-class _OperatorAnswerNotKept(StoreUnavailable):
-    """The operator answered a stored identity's refresh, but the store refused to keep what it
-    said: the store's own failure (`cause`: its kind, reason and message), named for what the
-    caller may still do about the answer."""
-
-    def __init__(self, cause: StoreUnavailable) -> None:
-        super().__init__(cause.kind, cause.reason, cause.message)
-
-
-class RefreshNotKept(_OperatorAnswerNotKept):
-    """The operator refreshed a stored identity, but the store refused the new one. The held
-    identity is as good as it was (its refresh token still works): a caller may serve its
-    unexpired token. (An opt-out the store cannot record is still answered as an opt-out.)"""
-
-
-class OptOutNotRecorded(_OperatorAnswerNotKept):
-    """The operator answered a stored identity's refresh with OPTOUT, but the store refused to
-    record it. The answer stands all the same: a user's call gets OPTOUT and an impression no
-    token (else it would go out with the held one). Unrecorded, the identity stays in the store
-    but the opt-out is held in memory (Publisher.unrecorded_optouts), so the user is answered
-    OPTOUT without asking the operator again until the store records it (only when that set
-    is full does the next refresh ask again); the background refresher pauses as for any
-    write the store refuses."""
-
-
-class StorageMode(Enum):
-    SERVER = "server"
-    CLIENT = "client"
-
-
-class LoginStatus(Enum):
-    SUCCESS = "SUCCESS"
-    OPTOUT = "OPTOUT"
-    SITE_OPTOUT = "SITE_OPTOUT"
-    INSUFFICIENT_CONSENT = "INSUFFICIENT_CONSENT"
-
-
-class TokenStatus(Enum):
-    SUCCESS = "SUCCESS"
-    NO_IDENTITY = "NO_IDENTITY"
-    OPTOUT = "OPTOUT"
-    LOGIN_REQUIRED = "LOGIN_REQUIRED"
-
-
-class StepKind(Enum):
-    """What one pass of the refresh logic did with an identity."""
-
-    USE = "USE"  # not due: the stored identity as is
-    REFRESHED = "REFRESHED"  # the operator issued a new identity
-    STALE = "STALE"  # due, operator unreachable, token still unexpired: keep using it
-    OPTOUT = "OPTOUT"  # the refresh answered opt-out: the chain is over
-    LOGIN_REQUIRED = "LOGIN_REQUIRED"  # refresh token expired or refused
-
-
-_SERVING_KINDS = frozenset({StepKind.USE, StepKind.STALE, StepKind.REFRESHED})
-
-
-@dataclass(frozen=True)
-class Step:
-    kind: StepKind
-    identity: Identity | None = None
-    # STALE because the operator was not asked (OPERATOR_BUSY), not because it failed: no
-    # failed attempt to count, no back-off to start.
-    not_asked: bool = False
-
-    def __post_init__(self) -> None:
-        # Checked here, once, with a real exception (an assert vanishes under python -O), so
-        # every reader of `serving` can trust it.
-        if (self.kind in _SERVING_KINDS) != (self.identity is not None):
-            raise ValueError(
-                f"a {self.kind.value} step must carry an identity exactly when it keeps one in use"
-            )
-
-    @property
-    def serving(self) -> Identity | None:
-        """The identity to keep serving (USE, STALE, REFRESHED); None when the chain ended."""
-        return self.identity
-
-
-@dataclass(frozen=True)
-class Cookie:
-    name: str
-    value: str = field(repr=False)  # the encoded identity, tokens and all
-    expires: int
-
-
-@dataclass(frozen=True)
-class LoginResult:
-    status: LoginStatus
-    cookie: Cookie | None = None
-    refresh_from: int = 0
-    # Client-side mode: every refusal also ends the identity the caller may hold as a cookie.
-    clear_cookie: bool = False
-
-
-@dataclass(frozen=True)
-class TokenResult:
-    status: TokenStatus
-    advertising_token: str = field(default="", repr=False)
-    identity_expires: int = 0
-    refreshed: bool = False
-
-
-@dataclass(frozen=True)
-class ClientRefreshResult:
-    status: TokenStatus  # SUCCESS, OPTOUT or LOGIN_REQUIRED
-    cookie: Cookie | None = None
-    refreshed: bool = False
-    advertising_token: str = field(default="", repr=False)
-    # SUCCESS with the held token because the operator could not be reached (not because it
-    # was busy: OPERATOR_BUSY, not asked): the refresh is to be tried again later.
-    operator_failed: bool = False
-    identity_expires: int = 0  # of the token, on SUCCESS
-
-    @property
-    def clear_cookie(self) -> bool:
-        return self.status is not TokenStatus.SUCCESS
-
-
-@dataclass(frozen=True)
-class AdResult:
-    decision: AdDecision
-    token_sent: bool
-    cookie: Cookie | None = None
-    clear_cookie: bool = False
-
-
-def hash_dii(
-    email: str | None,
-    phone: str | None,
-    email_hash: str | None = None,
-    phone_hash: str | None = None,
-) -> HashedDii:
-    """Normalises and hashes the DII locally (reference §2); only the hash leaves. The same
-    function as the operator's, so what the operator would refuse as DII (too long, not an
-    email) is refused here with the same reason, not hashed into a valid-looking hash. A hash
-    given instead (base64 or hex SHA-256 of the normalised DII, as the operator's Dii takes)
-    comes out in the one canonical base64 spelling, so it keys the same opt-out record as the
-    DII it is the hash of."""
-    given = (("email", email), ("phone", phone), ("email_hash", email_hash))
-    kind, value = next(((k, v) for k, v in given if v is not None), ("phone_hash", phone_hash))
-    if value is None:
-        raise invalid_argument("MISSING_DII", "an email or a phone number is required")
-    try:
-        identity_type, digest = identity_hash(kind, value)
-    except InvalidIdentifierError as exc:
-        raise invalid_argument(exc.reason, str(exc)) from None
-    dii_kind = DiiKind.EMAIL if identity_type is IdentityType.EMAIL else DiiKind.PHONE
-    return HashedDii(dii_kind, base64.b64encode(digest).decode("ascii"))
-
-
-def check_user_id(user_id: str) -> str:
-    if not user_id:
-        raise invalid_argument("MISSING_USER_ID", "user_id is required")
-    if len(user_id) > MAX_USER_ID_CHARS:
-        raise invalid_argument("INVALID_USER_ID", f"user_id exceeds {MAX_USER_ID_CHARS} chars")
-    return user_id
-
-
-def cookie_for(identity: Identity) -> Cookie:
-    return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
-
-
-_PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
-
-
-def _peer_failure(
-    err: PeerError, peer: str, *, caller_input: Callable[[PeerError], bool] | None = None
-) -> ServiceError:
-    """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
-
-    The caller's deadline passed first: DEADLINE_EXCEEDED CALLER_DEADLINE. Unreachable:
-    UNAVAILABLE <peer>_UNAVAILABLE, or <peer>_BUSY when it was not asked (call_bound.py). A
-    refusal of input the caller gave us and we passed on unchanged (`caller_input` says
-    which): the caller's own mistake, which it can fix, with the peer's code and reason. Any
-    other refusal of a well-formed request means our credentials or configuration are wrong:
-    FAILED_PRECONDITION <peer>_REJECTED, with the peer's code and reason in the ErrorInfo
-    metadata (peerCode, peerReason)."""
-    name = _PEER_NAMES[peer]
-    if err.reason == CALLER_DEADLINE:
-        # The caller gave up: logged as what it saw, not as the peer's failure.
-        return ServiceError(
-            ErrorKind.DEADLINE_EXCEEDED,
-            CALLER_DEADLINE,
-            f"the call's deadline passed while it waited on {name}",
-        )
-    if err.unavailable:
-        if err.reason in _BUSY:
-            return unavailable(
-                err.reason, f"{name} is slow: all the calls allowed already wait on it"
-            )
-        if err.reason == TLS_HANDSHAKE_FAILED:
-            # Not an outage: the call's line says so (its reason stays the peer's), and the
-            # caller hears what to check.
-            call_context.bind(peer_failure=TLS_HANDSHAKE_FAILED)
-            return unavailable(
-                f"{peer}_UNAVAILABLE",
-                f"{name} cannot be reached: the TLS handshake failed (check --peer-ca and the "
-                "peer's certificate)",
-            )
-        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
-    if caller_input is not None and err.reason and caller_input(err):
-        return ServiceError(
-            ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"
-        )
-    return ServiceError(
-        ErrorKind.FAILED_PRECONDITION,
-        f"{peer}_REJECTED",
-        f"{name} refused the call ({' '.join(filter(None, (err.code, err.reason)))})",
-        {"peerCode": err.code, "peerReason": err.reason},
-    )
-
-
-def _operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
-    # With caller_input, the operator judged the privacy settings the caller gave us.
-    return _peer_failure(
-        err, "OPERATOR", caller_input=_is_invalid_argument if caller_input else None
-    )
-
-
-def _is_invalid_argument(err: PeerError) -> bool:
-    return err.code == "INVALID_ARGUMENT"
-
-
-def _ssp_input_refused(err: PeerError) -> bool:
-    """The SSP judged the impression the caller described (its floor, its fields, a page
-    domain or app that is not the publisher's), not our key or account."""
-    return err.code == "INVALID_ARGUMENT" or (
-        err.code == "PERMISSION_DENIED" and err.reason == "INVENTORY_NOT_ALLOWED"
-    )
 
 
 class Publisher:
@@ -409,20 +167,20 @@ class Publisher:
         self._ending_dii: Counter[str] = Counter()
         self._ending_lock = threading.Lock()
         self.serve_refresh_budget_s = serve_refresh_budget_s
-        # Refreshes an impression starts: they outlive its wait (their result is stored, in
-        # server mode), one per user / cookie at a time.
-        self._serve_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="serve-refresh")
+        # Jobs off the callers' path: an impression's refresh outlives its wait (its result is
+        # stored, in server mode), one per user / cookie at a time; use marks; opt-out records.
+        self._jobs = ThreadPoolExecutor(max_workers=8, thread_name_prefix="background-job")
         self._pending: dict[str, Future[Any]] = {}
         self._pending_lock = threading.Lock()
         self._closed = False
 
     def close(self) -> None:
-        """Stops the impressions' refreshes (those running finish; queued ones are dropped)."""
+        """Stops the background jobs (those running finish; queued ones are dropped)."""
         # Flag first, under the lock `_start` submits under: no submit can then race shutdown,
         # which holds the pool's lock while cancelling jobs whose callbacks take ours.
         with self._pending_lock:
             self._closed = True
-        self._serve_pool.shutdown(wait=False, cancel_futures=True)
+        self._jobs.shutdown(wait=False, cancel_futures=True)
         if len(self.unrecorded_optouts):
             self._last_try_to_record(UNRECORDED_LAST_TRY_S)
         if held := len(self.unrecorded_optouts):
@@ -513,7 +271,7 @@ class Publisher:
         except UserBusy as busy:
             if busy.crowded:
                 raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None
-            raise _waited_past_deadline() from None
+            raise waited_past_deadline() from None
         if result.status is not LoginStatus.SUCCESS and self.mode is StorageMode.CLIENT:
             return LoginResult(result.status, clear_cookie=True)
         return result
@@ -535,7 +293,7 @@ class Publisher:
         except PeerError as err:
             # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
             # caller's privacy settings.
-            raise _operator_failure(err, caller_input=True) from None
+            raise operator_failure(err, caller_input=True) from None
         now = self.clock.now_ms()
         if result.outcome is GenerateOutcome.OPTOUT:
             _log.info("login_optout")
@@ -672,7 +430,7 @@ class Publisher:
         except PeerError as err:
             if err.unavailable and usable_without_refresh(identity, self.clock.now_ms()):
                 return Step(StepKind.STALE, identity, not_asked=err.reason == OPERATOR_BUSY)
-            raise _operator_failure(err) from None
+            raise operator_failure(err) from None
         if result.outcome is RefreshOutcome.SUCCESS and result.identity is not None:
             return Step(StepKind.REFRESHED, result.identity)
         if result.outcome is RefreshOutcome.OPTOUT:
@@ -809,9 +567,9 @@ class Publisher:
             if usable_without_refresh(current.identity, self.clock.now_ms()):
                 if not current.used_since_refresh:
                     self._note_use(user_id)
-                return _token_result(Step(StepKind.STALE, current.identity, not_asked=True))
+                return token_result(Step(StepKind.STALE, current.identity, not_asked=True))
             if wait_s == remaining and not busy.crowded:  # the caller's deadline ended it
-                raise _waited_past_deadline() from None
+                raise waited_past_deadline() from None
             raise unavailable(OPERATOR_BUSY, _USER_BUSY) from None  # expired while waiting
 
     def _current_token_locked(
@@ -834,7 +592,7 @@ class Publisher:
                 # are the common case, and each of their impressions would otherwise call an
                 # operator that is failing (3 tries each).
                 if usable_without_refresh(stored.identity, now):
-                    return _token_result(Step(StepKind.STALE, stored.identity))
+                    return token_result(Step(StepKind.STALE, stored.identity))
                 # Impressions only (respect_backoff): goes out without a token, as after a
                 # failed refresh, and logs nothing (_forget).
                 raise unavailable("OPERATOR_UNAVAILABLE", "the identity's refresh is backing off")
@@ -843,11 +601,11 @@ class Publisher:
             except RefreshNotKept:
                 # Postponing would be a second write, failing the same way.
                 if usable_without_refresh(stored.identity, now):
-                    return _token_result(Step(StepKind.STALE, stored.identity))
+                    return token_result(Step(StepKind.STALE, stored.identity))
                 raise
             except OptOutNotRecorded:
                 _log.warning("refresh_optout_not_recorded")
-                return _token_result(Step(StepKind.OPTOUT))
+                return token_result(Step(StepKind.OPTOUT))
             except StoreUnavailable:
                 raise  # postponing would be a second write, failing the same way
             except ServiceError as err:
@@ -856,7 +614,7 @@ class Publisher:
                 raise
             if respect_backoff and step.kind is StepKind.STALE and not step.not_asked:
                 self.postpone_refresh(user_id, stored, now, self.retry_backoff)  # unreachable
-        return _token_result(step)
+        return token_result(step)
 
     def postpone_refresh(
         self, user_id: str, stored: StoredIdentity, now_ms: int, backoff: Backoff
@@ -970,7 +728,7 @@ class Publisher:
                 impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
                 decision = self.ssp.submit_impression(impression)
         except PeerError as err:
-            raise _peer_failure(err, "SSP", caller_input=_ssp_input_refused) from None
+            raise peer_failure(err, "SSP", caller_input=ssp_input_refused) from None
         return AdResult(decision, bool(token), cookie, clear)
 
     def _ended_meanwhile(
@@ -1087,7 +845,7 @@ class Publisher:
         self._start("used:" + user_id, lambda: self.store.mark_used(user_id))
 
     def _start(self, key: str, job: Callable[[], T]) -> tuple[Future[T] | None, bool]:
-        """(`job` on the impressions' pool, True), or (the one already in flight for `key`,
+        """(`job` on the background jobs' pool, True), or (the one already in flight for `key`,
         False); (None, False) when too many are in flight (the operator hangs) or the
         publisher is stopping."""
         with self._pending_lock:
@@ -1096,11 +854,11 @@ class Publisher:
             running = self._pending.get(key)
             if running is not None:
                 return running, False
-            if len(self._pending) >= _MAX_PENDING_REFRESHES:
+            if len(self._pending) >= _MAX_PENDING_JOBS:
                 return None, False
             rid = call_context.request_id()
             try:
-                future = self._serve_pool.submit(_with_request_id(rid, job))
+                future = self._jobs.submit(_with_request_id(rid, job))
             except RuntimeError:  # shut down
                 return None, False
             self._pending[key] = future
@@ -1119,16 +877,19 @@ class Publisher:
         if error is not None and self._closed:
             # A job that outlived close (the pool is not waited for): its store or channel
             # may be closed under it.
-            _log.info("impression_refresh_abandoned", error_type=type(error).__name__)
+            _log.info("background_job_abandoned", error_type=type(error).__name__)
             return
-        # Nobody may be waiting any more: the failure is logged here, once, by kind only.
-        ids = {} if rid is None else {"request_id": rid}
+        # Nobody may be waiting any more: the failure is logged here, once, by kind only (the
+        # key's prefix: never its user id or refresh token).
+        fields = {"job": key.split(":", 1)[0]}
+        if rid is not None:
+            fields["request_id"] = rid
         if isinstance(error, ServiceError) and error.kind is not ErrorKind.UNAVAILABLE:
             _log.warning(
-                "impression_refresh_failed", code=error.kind.value, reason=error.reason, **ids
+                "background_job_failed", code=error.kind.value, reason=error.reason, **fields
             )
         elif error is not None and not isinstance(error, ServiceError):
-            _log.error("impression_refresh_failed", error_type=type(error).__name__, **ids)
+            _log.error("background_job_failed", error_type=type(error).__name__, **fields)
 
     def _within_budget(
         self, job: Future[T] | None
@@ -1145,17 +906,3 @@ class Publisher:
             return None, None
         except Exception as exc:
             return None, exc
-
-
-def _token_result(step: Step) -> TokenResult:
-    serving = step.serving
-    if serving is not None:
-        return TokenResult(
-            TokenStatus.SUCCESS,
-            serving.advertising_token,
-            serving.identity_expires,
-            step.kind is StepKind.REFRESHED,
-        )
-    if step.kind is StepKind.OPTOUT:
-        return TokenResult(TokenStatus.OPTOUT)
-    return TokenResult(TokenStatus.LOGIN_REQUIRED)

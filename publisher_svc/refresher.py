@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from publisher_svc.publisher import Publisher, StepKind
+from publisher_svc.publisher import Publisher
 from publisher_svc.refresh_policy import Decision, decide
+from publisher_svc.results import StepKind
 from publisher_svc.store import StoredIdentity
 from svc_common.backoff import Backoff
 from svc_common.clock import Monotonic, SystemClock

@@ -10,9 +10,9 @@ import grpc
 import structlog
 
 from publisher_svc.config import PublisherConfig
-from publisher_svc.model import OperatorPeer, SspPeer
+from publisher_svc.model import OperatorPeer, SspPeer, StorageMode
 from publisher_svc.operator_client import OperatorClient
-from publisher_svc.publisher import Publisher, StorageMode
+from publisher_svc.publisher import Publisher
 from publisher_svc.refresher import Refresher
 from publisher_svc.servicer import PublisherServicer
 from publisher_svc.ssp_client import SspClient

@@ -8,7 +8,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import Cookie, LoginStatus, Publisher, TokenStatus
+from publisher_svc.publisher import Publisher
+from publisher_svc.results import Cookie, LoginStatus, TokenStatus
 from publisher_svc.ssp_enums import disposition_to_proto, outcome_to_proto
 from svc_common import call_context
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc

@@ -20,9 +20,14 @@ from operator_svc.cli import main as operator_cli
 from operator_svc.config import OperatorConfig
 from operator_svc.server import create_server as create_operator
 from publisher_svc.config import PublisherConfig
-from publisher_svc.model import GenerateResult, HashedDii, PrivacySettings, RefreshResult
+from publisher_svc.model import (
+    GenerateResult,
+    HashedDii,
+    PrivacySettings,
+    RefreshResult,
+    StorageMode,
+)
 from publisher_svc.operator_client import OperatorClient
-from publisher_svc.publisher import StorageMode
 from publisher_svc.server import PublisherRuntime, start
 from svc_common.clock import ManualClock
 from uid2.publisher.v1 import publisher_pb2_grpc

@@ -9,7 +9,7 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from publisher_svc.publisher import StorageMode
+from publisher_svc.model import StorageMode
 from tests.integration.publisher.conftest import World
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from publisher_svc.cookie import decode_cookie
-from publisher_svc.publisher import StorageMode
+from publisher_svc.model import StorageMode
 from svc_common.grpc_client import bearer, error_info
 from tests.integration.publisher.conftest import (
     OTHER_SITE_ID,

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from publisher_svc.publisher import StorageMode
+from publisher_svc.model import StorageMode
 from ssp_svc.cli import main as ssp_cli
 from ssp_svc.config import SspConfig
 from ssp_svc.server import create_server as create_ssp

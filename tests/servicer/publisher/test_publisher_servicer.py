@@ -16,10 +16,11 @@ from publisher_svc.model import (
     AuctionOutcome,
     Impression,
     PrivacySettings,
+    StorageMode,
     TokenDisposition,
     WinningBid,
 )
-from publisher_svc.publisher import Publisher, StorageMode
+from publisher_svc.publisher import Publisher
 from publisher_svc.servicer import PublisherServicer
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock

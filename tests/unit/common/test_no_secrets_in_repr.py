@@ -26,7 +26,7 @@ from operator_svc.store.records import ClientRow, KeyRow, OptOutRow
 from publisher_svc.config import PublisherConfig
 from publisher_svc.model import DiiKind, HashedDii, Identity
 from publisher_svc.model import Impression as PublisherImpression
-from publisher_svc.publisher import ClientRefreshResult, Cookie, TokenResult, TokenStatus
+from publisher_svc.results import ClientRefreshResult, Cookie, TokenResult, TokenStatus
 from publisher_svc.store.sqlite import StoredIdentity
 from ssp_svc.bid_request import Impression as SspImpression
 from ssp_svc.config import SspConfig

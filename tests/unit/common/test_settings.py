@@ -14,7 +14,7 @@ import pytest
 from dsp_svc.cli import main as dsp_main
 from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
-from publisher_svc.publisher import StorageMode
+from publisher_svc.model import StorageMode
 from ssp_svc.cli import main as ssp_main
 from ssp_svc.config import parse_bidder
 from svc_common.settings import (

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.cli import _parser, main, parse_config
-from publisher_svc.model import Identity
-from publisher_svc.publisher import StorageMode
+from publisher_svc.model import Identity, StorageMode
 from publisher_svc.store import SqliteStore
 from svc_common.cli_common import UsageError
 from tests.support.bad_stores import one_error_line

@@ -12,7 +12,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from publisher_svc.model import DiiKind, HashedDii, PrivacySettings
-from publisher_svc.publisher import LoginStatus, Publisher
+from publisher_svc.publisher import Publisher
+from publisher_svc.results import LoginStatus
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from tests.unit.publisher.fakes import HOUR, FakeOperator, FakeSsp

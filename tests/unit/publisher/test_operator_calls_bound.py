@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.caller_deadline import callers_deadline
+from publisher_svc.limits import PEER_SLOW_S
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import (
-    PEER_SLOW_S,
-    AdResult,
-    LoginResult,
-    LoginStatus,
-    Publisher,
-    TokenStatus,
-)
+from publisher_svc.publisher import Publisher
+from publisher_svc.results import AdResult, LoginResult, LoginStatus, TokenStatus
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError

@@ -18,20 +18,10 @@ import pytest
 from publisher_svc.call_bound import CallBound
 from publisher_svc.caller_deadline import callers_deadline
 from publisher_svc.cookie import decode_cookie
-from publisher_svc.model import DiiKind, Identity, PrivacySettings, TokenDisposition
-from publisher_svc.publisher import (
-    MAX_WAITING_PER_USER,
-    OPERATOR_BUSY,
-    PEER_SLOW_S,
-    AdResult,
-    LoginStatus,
-    Publisher,
-    Step,
-    StepKind,
-    StorageMode,
-    TokenResult,
-    TokenStatus,
-)
+from publisher_svc.limits import MAX_WAITING_PER_USER, OPERATOR_BUSY, PEER_SLOW_S
+from publisher_svc.model import DiiKind, Identity, PrivacySettings, StorageMode, TokenDisposition
+from publisher_svc.publisher import Publisher
+from publisher_svc.results import AdResult, LoginStatus, Step, StepKind, TokenResult, TokenStatus
 from publisher_svc.store import SqliteStore
 from svc_common import call_context
 from svc_common.backoff import Backoff
@@ -784,8 +774,8 @@ def test_close_does_not_deadlock_with_an_impression_starting_a_refresh(env: Env)
     refreshes, whose callbacks take that lock. close() must not hold the pool's lock while it
     waits for ours (the order once deadlocked: a publisher that never stopped on SIGTERM)."""
     pub = env.pub
-    pub._serve_pool.shutdown()
-    pub._serve_pool = ThreadPoolExecutor(max_workers=1)
+    pub._jobs.shutdown()
+    pub._jobs = ThreadPoolExecutor(max_workers=1)
     release = threading.Event()
     blocker, _ = pub._start("busy", lambda: release.wait(5))
     queued, _ = pub._start("queued", lambda: None)  # waits behind the busy one, cancellable
@@ -797,7 +787,7 @@ def test_close_does_not_deadlock_with_an_impression_starting_a_refresh(env: Env)
         time.sleep(0.2)  # let close() get as far as it can
 
         def submit() -> None:
-            pub._serve_pool.submit(lambda: None)
+            pub._jobs.submit(lambda: None)
             submitted.set()
 
         submitter = threading.Thread(target=submit, daemon=True)
@@ -830,12 +820,13 @@ def test_a_failing_refresh_still_sends_the_held_token_and_is_logged_once(
 
     def logged() -> bool:
         seen.append(capsys.readouterr().err)
-        return "impression_refresh_failed" in "".join(seen)
+        return "background_job_failed" in "".join(seen)
 
     assert _wait(logged)
-    line = next(x for x in "".join(seen).splitlines() if "impression_refresh_failed" in x)
+    line = next(x for x in "".join(seen).splitlines() if "background_job_failed" in x)
     assert json.loads(line)["reason"] == "OPERATOR_REJECTED" and "a@b.com" not in line
     assert json.loads(line)["request_id"] == "imp-9"  # the impression's, though its call ended
+    assert json.loads(line)["job"] == "user"  # an impression's refresh of a stored user
 
 
 def test_a_failed_impression_refresh_backs_off_before_the_next_attempt(env: Env) -> None:

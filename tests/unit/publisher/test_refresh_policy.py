@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from publisher_svc.model import Identity
-from publisher_svc.publisher import Publisher, StepKind, TokenStatus
+from publisher_svc.publisher import Publisher
 from publisher_svc.refresh_policy import Decision, decide, usable_without_refresh
+from publisher_svc.results import StepKind, TokenStatus
 from publisher_svc.store import SqliteStore
 from svc_common.clock import ManualClock
 from svc_common.errors import ErrorKind, ServiceError

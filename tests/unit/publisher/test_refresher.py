@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import LoginStatus, Publisher, TokenStatus
+from publisher_svc.publisher import Publisher
 from publisher_svc.refresher import Refresher
+from publisher_svc.results import LoginStatus, TokenStatus
 from publisher_svc.store import SqliteStore
 from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock

@@ -17,9 +17,11 @@ from structlog.testing import capture_logs
 
 import svc_common.sqlite_db as sqlite_db
 from publisher_svc.cookie import encode_cookie
-from publisher_svc.model import PrivacySettings
-from publisher_svc.publisher import LoginStatus, Publisher, StorageMode, TokenStatus, hash_dii
+from publisher_svc.inputs import hash_dii
+from publisher_svc.model import PrivacySettings, StorageMode
+from publisher_svc.publisher import Publisher
 from publisher_svc.refresher import Refresher
+from publisher_svc.results import LoginStatus, TokenStatus
 from publisher_svc.store import SqliteStore
 from publisher_svc.unrecorded_optouts import UnrecordedOptOuts
 from svc_common.clock import ManualClock

@@ -1,0 +1,88 @@
+"""What a caller hears when the publisher's call to a peer (the operator, the SSP) fails, or
+waited for another call of the user's past the caller's deadline: one ServiceError each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from publisher_svc.limits import OPERATOR_BUSY, SSP_BUSY
+from publisher_svc.model import CALLER_DEADLINE, PeerError
+from svc_common import call_context
+from svc_common.errors import TLS_HANDSHAKE_FAILED, ErrorKind, ServiceError, unavailable
+
+_BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
+
+
+def waited_past_deadline() -> ServiceError:
+    return ServiceError(
+        ErrorKind.DEADLINE_EXCEEDED,
+        CALLER_DEADLINE,
+        "the call's deadline passed while another call for this user waited on the operator",
+    )
+
+
+_PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
+
+
+def peer_failure(
+    err: PeerError, peer: str, *, caller_input: Callable[[PeerError], bool] | None = None
+) -> ServiceError:
+    """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
+
+    The caller's deadline passed first: DEADLINE_EXCEEDED CALLER_DEADLINE. Unreachable:
+    UNAVAILABLE <peer>_UNAVAILABLE, or <peer>_BUSY when it was not asked (call_bound.py). A
+    refusal of input the caller gave us and we passed on unchanged (`caller_input` says
+    which): the caller's own mistake, which it can fix, with the peer's code and reason. Any
+    other refusal of a well-formed request means our credentials or configuration are wrong:
+    FAILED_PRECONDITION <peer>_REJECTED, with the peer's code and reason in the ErrorInfo
+    metadata (peerCode, peerReason)."""
+    name = _PEER_NAMES[peer]
+    if err.reason == CALLER_DEADLINE:
+        # The caller gave up: logged as what it saw, not as the peer's failure.
+        return ServiceError(
+            ErrorKind.DEADLINE_EXCEEDED,
+            CALLER_DEADLINE,
+            f"the call's deadline passed while it waited on {name}",
+        )
+    if err.unavailable:
+        if err.reason in _BUSY:
+            return unavailable(
+                err.reason, f"{name} is slow: all the calls allowed already wait on it"
+            )
+        if err.reason == TLS_HANDSHAKE_FAILED:
+            # Not an outage: the call's line says so (its reason stays the peer's), and the
+            # caller hears what to check.
+            call_context.bind(peer_failure=TLS_HANDSHAKE_FAILED)
+            return unavailable(
+                f"{peer}_UNAVAILABLE",
+                f"{name} cannot be reached: the TLS handshake failed (check --peer-ca and the "
+                "peer's certificate)",
+            )
+        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
+    if caller_input is not None and err.reason and caller_input(err):
+        return ServiceError(
+            ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"
+        )
+    return ServiceError(
+        ErrorKind.FAILED_PRECONDITION,
+        f"{peer}_REJECTED",
+        f"{name} refused the call ({' '.join(filter(None, (err.code, err.reason)))})",
+        {"peerCode": err.code, "peerReason": err.reason},
+    )
+
+
+def operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+    # With caller_input, the operator judged the privacy settings the caller gave us.
+    return peer_failure(err, "OPERATOR", caller_input=is_invalid_argument if caller_input else None)
+
+
+def is_invalid_argument(err: PeerError) -> bool:
+    return err.code == "INVALID_ARGUMENT"
+
+
+def ssp_input_refused(err: PeerError) -> bool:
+    """The SSP judged the impression the caller described (its floor, its fields, a page
+    domain or app that is not the publisher's), not our key or account."""
+    return err.code == "INVALID_ARGUMENT" or (
+        err.code == "PERMISSION_DENIED" and err.reason == "INVENTORY_NOT_ALLOWED"
+    )
