@@ -12,7 +12,7 @@ import structlog
 
 from svc_common import call_context
 from svc_common.logging import where, write_call_line
-from svc_common.sensitive import B64URL_RUN, may_be_sensitive
+from svc_common.sensitive import B64URL_RUN, may_be_sensitive, mixes_all_three
 
 _log = structlog.get_logger("rpc")
 
@@ -23,6 +23,11 @@ _CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # A phone number without its '+', however grouped (555-123-4567, 44.20.7946.0958), or another
 # numeric identifier: digits and separators only.
 _DIGITS = re.compile(r"[._:-]*[0-9][0-9._:-]*")  # a leading separator hides no less
+# A piece of a token or key, whose '-' and '_' cut its letters and digits into short runs: 29
+# or more base64url characters mixing upper case, lower case and digits (an id people or
+# libraries make is shorter, or lacks one of the three: a Nano ID has 21 or 28, a KSUID 27).
+# A 40-character piece of a token gets through never, a 32-character one about 1 in 100.
+_PIECE_RUN = re.compile(r"[A-Za-z0-9_-]{29,}")
 
 
 def loggable_id(candidate: str | None) -> bool:
@@ -35,6 +40,7 @@ def loggable_id(candidate: str | None) -> bool:
         and not _DIGITS.fullmatch(candidate)
         and not may_be_sensitive(candidate)
         and not any(_cases_mixed(run) for run in B64URL_RUN.findall(candidate))
+        and not any(mixes_all_three(run) for run in _PIECE_RUN.findall(candidate))
     )
 
 

@@ -51,7 +51,7 @@ _SECRET_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 _BASE62_ID_LENGTHS = (21, 22, 27)  # a Nano ID, a base62 UUID, a KSUID
 
 
-def _mixed(run: str) -> bool:
+def mixes_all_three(run: str) -> bool:
     """Upper case, lower case and digits in one run: random, not a word or a number."""
     return bool(re.search(r"[a-z]", run) and re.search(r"[A-Z]", run) and re.search(r"[0-9]", run))
 
@@ -62,7 +62,7 @@ def _secret_like(text: str) -> bool:
     for run in _SECRET_RUN.findall(text):
         if run == text and len(run) in _BASE62_ID_LENGTHS:
             continue
-        if _mixed(run):
+        if mixes_all_three(run):
             return True
     return False
 
@@ -87,7 +87,7 @@ def may_be_sensitive(text: str, *, numbers: bool = True) -> bool:
         or (numbers and _phone_like(text))
         or _HEX_RUN.search(text) is not None
         or _B64URL_SHA256.fullmatch(text) is not None
-        or any(_mixed(run) for run in B64URL_RUN.findall(text))
+        or any(mixes_all_three(run) for run in B64URL_RUN.findall(text))
         or any("+" in r or "/" in r or r.endswith("=") for r in _B64_RUN.findall(text))
         or _secret_like(text)
     )

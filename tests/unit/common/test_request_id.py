@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 
 import pytest
 
@@ -82,6 +83,12 @@ def test_id_shapes_are_kept(rid: str) -> None:
         # a SHA-256 in base64url behind a prefix, whose '-' and '_' cut it into short runs
         # (about 1 in 36 such ids got through: shaped like this one)
         "req-" + "Ab-cD_eF-gH_iJ-kL_mN-oP_qR-sT_uV-wX_yZ-ab_cde",
+        # pieces of a token and of an API key, 29-40 characters, whose '-' and '_' cut them
+        # into runs too short for the rules above (a privacy reviewer's, logged before)
+        "kuoJhsLJroMS8ZaNNV9-XEqcyJTM-fmT4Z5pCMmG",
+        "A4AAAAAB3vT_hY4Po6LvJSdhQm1S__kQkZFiKXcr",
+        "ID2-C-8c9a4ba1b020-wYd0JDeLSsFB8",
+        "T5Y7S-wE_kuoJ-hsLJr-oMS8Z-aNNV9",
         "",
         None,
     ],
@@ -89,3 +96,11 @@ def test_id_shapes_are_kept(rid: str) -> None:
 def test_anything_else_gets_a_new_id(rid: str | None) -> None:
     new = request_id(rid)
     assert new != rid and len(new) == 16 and int(new, 16) >= 0
+
+
+def test_no_40_character_piece_of_a_token_is_kept_as_an_id() -> None:
+    """Every 40-character window of a v4 advertising token (base64url, as tokens are sent)."""
+    rng = random.Random(7)  # a token's bytes look random; fixed so the test is the same each run
+    token = "A4AAAAAB" + base64.urlsafe_b64encode(rng.randbytes(120)).decode().rstrip("=")
+    windows = [token[i : i + 40] for i in range(len(token) - 39)]
+    assert [w for w in windows if request_id(w) == w] == []
