@@ -8,6 +8,7 @@ from enum import Enum
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 from svc_common.impression_limits import MAX_FLOOR_PRICE
+from svc_common.names import account_name
 from svc_common.tls import PeerTls, ServerTls
 
 # The longest wait before answering --delay-ms accepts.
@@ -44,8 +45,11 @@ class DspConfig:
     peer_tls: PeerTls | None = None
 
     def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise ConfigError("--name must not be empty")
+        try:
+            # Logged and sent as the seat of every bid: an account's name rule.
+            account_name(self.name)
+        except ValueError as exc:
+            raise ConfigError(f"--name: {exc}") from None
         if bool(self.operator) != bool(self.operator_api_key):
             raise ConfigError("--operator and --operator-api-key go together")
         if self.base_price < 0 or self.identified_bonus < 0:

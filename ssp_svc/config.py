@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, MIN_KEY_REFRESH_S
 from ssp_svc.bidders import BidderTarget
+from svc_common.names import account_name
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError, dial_address
 from svc_common.sqlite_db import require_data_dir
@@ -34,6 +35,11 @@ def parse_bidder(spec: str) -> BidderTarget:
         dial_address(address)
     except SettingError:
         raise ConfigError(problem) from None
+    try:
+        # Logged with every auction and a /metrics label: an account's name rule.
+        name = account_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"bidder name: {exc}") from None
     return BidderTarget(name, address)
 
 

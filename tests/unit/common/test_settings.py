@@ -16,7 +16,7 @@ from operator_svc.cli import main as operator_main
 from publisher_svc.cli import main as publisher_main
 from publisher_svc.model import StorageMode
 from ssp_svc.cli import main as ssp_main
-from ssp_svc.config import parse_bidder
+from ssp_svc.config import ConfigError, parse_bidder
 from svc_common.settings import (
     SettingError,
     api_key,
@@ -297,3 +297,19 @@ def test_choice_reads_an_enum_value_in_any_case() -> None:
     assert parse(" Client ") is StorageMode.CLIENT
     with pytest.raises(SettingError, match=r"^must be server or client$"):
         parse("cookie")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alice.example@example.com",
+        "+14155550123",
+        "".join(chr(0xFF10 + int(d)) for d in "4155550123"),
+    ],
+)
+def test_a_bidder_name_that_could_be_dii_is_refused(name: str) -> None:
+    # Logged with every auction and a /metrics label: an account's name rule, not repeated.
+    with pytest.raises(ConfigError, match="bidder name") as refused:
+        parse_bidder(f"{name}=dsp.internal:50051")
+    assert "example.com" not in str(refused.value) and "4155550123" not in str(refused.value)
+    assert parse_bidder(" Acme DSP =dsp.internal:50051").name == "Acme DSP"

@@ -59,3 +59,15 @@ def test_a_fail_rate_with_mode_fail_is_refused_either_way(
 
 def _never(*_: object) -> NoReturn:
     raise AssertionError("the DSP started serving")
+
+
+@pytest.mark.parametrize("name", ["Alice.Example@example.com", "+14155550123", "", "   "])
+def test_a_dsp_name_that_could_be_dii_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The name is logged and sent as every bid's seat: an account's name rule.
+    monkeypatch.setattr("svc_common.metrics.wait_for_signal", _never)
+    assert cli.main(["serve", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("uid2-dsp: error: --name"), err
+    assert "example.com" not in err and "4155550123" not in err
