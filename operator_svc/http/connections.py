@@ -26,7 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import web, web_protocol
+
+from operator_svc.http.errors import CLIENT_ERROR, ERROR
 
 _log = structlog.get_logger("operator.http")
 
@@ -179,6 +181,7 @@ class ConnectionGuard:
                 self._refused_logged_at, self._refused_unlogged = now, 0
             return _Refused()
         handler = self._server()
+        _answer_errors_in_json(handler)
         record = _Connection(self._now())
         self._connections[handler] = record
         if self.tls is None:
@@ -265,3 +268,36 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(interval_s)
             self.sweep()
+
+
+class _JsonErrorsHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what aiohttp answers itself (a request it cannot
+    parse: a control character in a header, a bad query string, a header past 8 KB) in the
+    API's JSON error shape, with a fixed message. aiohttp's own is text/plain and quotes the
+    bytes it choked on: an Authorization header, an email in a query string, back to whatever
+    logs error bodies on the way. It still logs the error (as type and place:
+    svc_common.logging) and closes the connection. No slots of its own, so a handler web.Server
+    made can take this class (`_answer_errors_in_json`); web.Server has no hook to make it."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, None)  # logs; raises if an answer began
+        if status < 500:
+            body = {"status": CLIENT_ERROR, "message": "malformed HTTP request"}
+        else:
+            body = {"status": ERROR, "message": "the request could not be answered"}
+        response = web.json_response(body, status=status)
+        response.force_close()
+        return response
+
+
+def _answer_errors_in_json(handler: Any) -> None:
+    if type(handler) is web_protocol.RequestHandler:
+        handler.__class__ = _JsonErrorsHandler

@@ -4,6 +4,7 @@ closed as it opens. (Deadlines and cap shortened here; their values are the modu
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
@@ -199,3 +200,33 @@ def test_a_chunked_body_reserves_its_routes_limit_not_the_largest(
     finally:
         for conn in stalled:
             conn.close()
+
+
+_KEY = b"UID2-C-f89408a8140f-vL6fQ2xYz0aBcDeFgHiJkLmNoPqRsTuVwXyZ01234"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        # a control character in a header: aiohttp's answer quoted the whole header line
+        b"POST /v2/token/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + _KEY
+        + b"\x01\r\n\r\n",
+        # a request target the parser refuses, quoted back with the email in it
+        b"GET /ops/healthcheck?email=Alice.Example@example.com\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        # a header past 8 KB, quoted back from its start
+        b"GET /ops/healthcheck HTTP/1.1\r\nHost: x\r\nX-Note: Alice.Example@example.com"
+        + b"a" * 9000 + b"\r\n\r\n",
+    ],
+)  # fmt: skip
+def test_a_request_the_parser_refuses_is_answered_in_json_without_its_bytes(
+    http_port: int, sent: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", http_port)) as conn:
+        conn.sendall(sent)
+        answer = _closed_by_server(conn)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    # HTTP/1.0: aiohttp answers so when it could not read the request's version
+    assert head.split(b"\r\n")[0].split(b" ")[1].startswith(b"4"), answer[:200]
+    assert b"application/json" in head
+    assert json.loads(body) == {"status": "client_error", "message": "malformed HTTP request"}
+    assert b"Alice" not in answer and b"vL6f" not in answer
