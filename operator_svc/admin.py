@@ -535,8 +535,17 @@ def prepare_salt_rotation(
     version, blobs = store.salt_blobs_with_version()
     salts = SaltSet.from_blobs(blobs)
     fraction = _effective_fraction(fraction, len(salts), at_least_one)
-    rotated = salts.rotate(fraction, rng, now_ms)
-    return PreparedSalts(version, rotated.to_blobs(), _rotated_count(fraction, len(salts)))
+    min_age_ms = salt_min_age_ms(store.longest_token_lifetime())
+    rotated, count = salts.rotate_counted(fraction, rng, now_ms, min_age_ms=min_age_ms)
+    return PreparedSalts(version, rotated.to_blobs(), count)
+
+
+def salt_min_age_ms(longest_issued_s: int) -> int:
+    """How long a bucket must keep its salt before it rotates again: while a token issued
+    under the salt before it may be live (a sharer's is accepted for 30 days; every token at
+    least as long as any serve of the store issued them for), plus the clock skew. The opt-out
+    index publishes an opt-out under a bucket's current and previous salt only."""
+    return (max(longest_issued_s, DEFAULT_MAX_SHARING_LIFETIME_S) + DEFAULT_CLOCK_SKEW_S) * 1000
 
 
 def rotate_salts_in(
@@ -562,8 +571,9 @@ def rotate_salts_in(
     else:
         salts = SaltSet.from_blobs(OperatorStore.read_salt_blobs(conn))
         fraction = _effective_fraction(fraction, len(salts), at_least_one)
-        blobs = salts.rotate(fraction, rng, now_ms).to_blobs()
-        rotated = _rotated_count(fraction, len(salts))
+        min_age_ms = salt_min_age_ms(OperatorStore.longest_token_lifetime_in(conn))
+        new, rotated = salts.rotate_counted(fraction, rng, now_ms, min_age_ms=min_age_ms)
+        blobs = new.to_blobs()
     OperatorStore.write_salt_blobs(conn, blobs)
     OperatorStore.set_salts_rotated_ms(conn, now_ms)
     return rotated
@@ -571,10 +581,6 @@ def rotate_salts_in(
 
 def _effective_fraction(fraction: float, buckets: int, at_least_one: bool) -> float:
     return max(fraction, 1 / buckets) if at_least_one and buckets else fraction
-
-
-def _rotated_count(fraction: float, buckets: int) -> int:
-    return min(buckets, round(fraction * buckets))
 
 
 def _check_fraction(fraction: float) -> None:

@@ -14,7 +14,7 @@ import heapq
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from uid2_crypto.identity import IdentityScope, IdentityType
 
@@ -184,19 +184,41 @@ class SaltSet:
             self._due_first = min(self._refresh_from)
         return self._due_first
 
-    def rotate(self, fraction: float, rng: Callable[[int], bytes], now_ms: int) -> SaltSet:
-        """Rotate ``fraction`` of the buckets, those due soonest (oldest) first."""
+    def rotate(
+        self, fraction: float, rng: Callable[[int], bytes], now_ms: int, *, min_age_ms: int = 0
+    ) -> SaltSet:
+        """Rotate ``fraction`` of the buckets, those due soonest (oldest) first
+        (`rotate_counted`)."""
+        return self.rotate_counted(fraction, rng, now_ms, min_age_ms=min_age_ms)[0]
+
+    def rotate_counted(
+        self, fraction: float, rng: Callable[[int], bytes], now_ms: int, *, min_age_ms: int = 0
+    ) -> tuple[SaltSet, int]:
+        """Rotate ``fraction`` of the buckets, those due soonest (oldest) first; returns the new
+        set and how many rotated. A bucket rotated less than `min_age_ms` ago is left out:
+        tokens issued under the salt before its last rotation may still be live, and a second
+        rotation would drop that salt, and with it the raw UID2 those tokens carry, from what
+        an opt-out is published under (the current salt and the one before)."""
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("fraction must be within [0, 1]")
         count = len(self)
         k = min(count, round(fraction * count))
         if k == 0:
-            return self
+            return self, 0
         due = self._refresh_from.__getitem__
+        if min_age_ms > 0:
+            cutoff = now_ms - min_age_ms
+            when = self._rotated_at
+            candidates: Sequence[int] = [i for i in range(count) if when[i] <= cutoff]
+        else:
+            candidates = range(count)
+        k = min(k, len(candidates))
+        if k == 0:
+            return self, 0
         chosen = (
-            heapq.nsmallest(k, range(count), key=due)
-            if k * 8 < count
-            else sorted(range(count), key=due)[:k]
+            heapq.nsmallest(k, candidates, key=due)
+            if k * 8 < len(candidates)
+            else sorted(candidates, key=due)[:k]
         )
         fresh = rng(SALT_BYTES * k)
         if len(fresh) != SALT_BYTES * k:
@@ -213,7 +235,8 @@ class SaltSet:
             salts[lo:hi] = fresh[n * SALT_BYTES : (n + 1) * SALT_BYTES]
             rotated_at[i] = now_ms
             refresh_from[i] = next_due
-        return SaltSet(bytes(salts), bytes(previous), rotated_at, refresh_from, self._period_ms)
+        rotated = SaltSet(bytes(salts), bytes(previous), rotated_at, refresh_from, self._period_ms)
+        return rotated, k
 
     def changed_buckets(self, other: SaltSet) -> list[int]:
         """The buckets whose salt differs from `other`'s (every bucket if the sets differ in

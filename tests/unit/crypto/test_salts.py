@@ -161,3 +161,18 @@ def test_full_size_set_is_compact_and_fast() -> None:
     flh = first_level_hash(ih, FIRST_LEVEL_SALT)
     idx = bucket_index(flh)
     assert len(raw_uid2(flh, t.salt(idx))) == 32
+
+
+def test_a_rotation_leaves_out_buckets_rotated_within_the_minimum_age() -> None:
+    salts = SaltSet.generate(64, os.urandom, 0)
+    half, n = salts.rotate_counted(0.5, os.urandom, 10_000)
+    assert n == 32
+    first = set(half.changed_buckets(salts))
+    # The 32 just rotated are too young: a full rotation takes only the other 32.
+    full, n = half.rotate_counted(1.0, os.urandom, 12_000, min_age_ms=5_000)
+    assert n == 32 and set(full.changed_buckets(half)) == set(range(64)) - first
+    # None old enough: nothing changes.
+    same, n = full.rotate_counted(1.0, os.urandom, 13_000, min_age_ms=5_000)
+    assert same is full and n == 0
+    # Without a minimum age (the default), every bucket.
+    assert full.rotate_counted(1.0, os.urandom, 13_000)[1] == 64

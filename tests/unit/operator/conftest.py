@@ -25,21 +25,23 @@ T0 = 1_800_000_000_000
 def another_writer_during_salt_rotation(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[list[bool]]:
-    """While a salt rotation is computed (SaltSet.rotate), another connection writes to the
+    """While a salt rotation is computed (SaltSet.rotate_counted), another connection writes to the
     store, with a 0.5 s busy timeout: StoreBusy if the rotation held the write lock then.
     Yields the list each write that got in appends True to."""
     monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.5)
     other = OperatorStore.open(data_dir)
-    rotate = SaltSet.rotate
+    rotate = SaltSet.rotate_counted
     wrote: list[bool] = []
 
-    def rotate_while_another_writes(salts: SaltSet, *args: Any, **kwargs: Any) -> SaltSet:
+    def rotate_while_another_writes(
+        salts: SaltSet, *args: Any, **kwargs: Any
+    ) -> tuple[SaltSet, int]:
         with other.transaction() as conn:
             OperatorStore.set_meta(conn, "probe", 1)
         wrote.append(True)
         return rotate(salts, *args, **kwargs)
 
-    monkeypatch.setattr(SaltSet, "rotate", rotate_while_another_writes)
+    monkeypatch.setattr(SaltSet, "rotate_counted", rotate_while_another_writes)
     try:
         yield wrote
     finally:

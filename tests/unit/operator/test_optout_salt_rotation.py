@@ -30,6 +30,15 @@ from tests.unit.operator.conftest import T0, Env
 from uid2_crypto.salts import SaltSet, bucket_index, raw_uid2
 
 
+def _rotate(env: Env, fraction: float) -> None:
+    """Rotates `fraction` of the shared store's buckets at a time past the minimum age of the
+    last rotation (earlier tests of the module rotated at T0), so that they all rotate."""
+    last = max(env.op.state.salts.rotated_at(i) for i in range(0, len(env.op.state.salts), 997))
+    at = T0 if last == 0 else last + admin.salt_min_age_ms(env.store.longest_token_lifetime())
+    want = round(fraction * len(env.op.state.salts))
+    assert admin.rotate_salts(env.store, fraction, at, os.urandom) == want
+
+
 def _backlog(env: Env) -> set[str]:
     out: set[str] = set()
     for item in env.op.optouts.watch(env.client("reader"), 0, lambda: True):
@@ -45,7 +54,7 @@ def test_stream_sends_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None
     before = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
     env.op.optouts.opt_out(env.client("optout"), "email", "rotated@example.com")
     assert before in _backlog(env)
-    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    _rotate(env, 1.0)
     env.op.sync_now()
     after = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
     assert after != before
@@ -56,7 +65,7 @@ def test_status_knows_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None
     _, flh = dii_flh("email", "status@example.com", env.op.state.first_level_salt)
     b = bucket_index(flh)
     before = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
-    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    _rotate(env, 1.0)
     env.op.sync_now()
     after = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(b))).decode()
     # Opted out after the rotation: a token issued before it still carries `before`.
@@ -68,7 +77,7 @@ def test_status_knows_the_raw_uid2_under_the_previous_salt_too(env: Env) -> None
 def test_a_never_opted_out_identity_stays_out_of_status_after_a_rotation(env: Env) -> None:
     # validate@example.com's opt-out is acknowledged but shown nowhere, new salts or not.
     env.op.optouts.opt_out(env.client("optout"), "email", "validate@example.com")
-    admin.rotate_salts(env.store, 1.0, T0, os.urandom)
+    _rotate(env, 1.0)
     env.op.sync_now()
     _, flh = dii_flh("email", "validate@example.com", env.op.state.first_level_salt)
     now_uid = base64.b64encode(raw_uid2(flh, env.op.state.salts.salt(bucket_index(flh)))).decode()
@@ -87,7 +96,7 @@ def test_the_rest_of_the_state_is_in_use_while_new_salts_are_prepared(
         rng=os.urandom,
     )  # fmt: skip
     env.op.sync_now()
-    admin.rotate_salts(env.store, 0.01, T0, os.urandom)
+    _rotate(env, 0.01)
     admin.set_client_disabled(env.store, name="temp-during-salts", key_id=None, disabled=True)
     preparing, release = threading.Event(), threading.Event()
     prepare = OptOutIndex.prepare_salts
@@ -221,4 +230,30 @@ def test_a_sync_that_fails_part_way_is_done_again(
         assert state.salts is not before and state.salts.changed_buckets(before)
     finally:
         other.close()
+        serving.close()
+
+
+def test_a_bucket_keeps_its_salt_while_tokens_under_the_one_before_may_live(
+    tmp_path: Path,
+) -> None:
+    """Rotated twice within a token's life, a bucket dropped the salt the token's raw UID2 came
+    from, and an opt-out was no longer published under it: the official SDK still decrypted
+    the token, and bidders took it (a reviewer's run). A bucket now keeps its salt for the
+    longest a token under the salt before may be accepted, plus the clock skew."""
+    loader, state, serving = _fresh_process(tmp_path)
+    try:
+        _, flh = dii_flh("email", "twice@example.com", state.first_level_salt)
+        issued = raw_uid2(flh, state.salts.salt(bucket_index(flh)))  # what a token carries
+        buckets = len(state.salts)
+        assert admin.rotate_salts(serving, 1.0, T0, os.urandom) == buckets
+        day_ms = 86_400_000
+        assert admin.rotate_salts(serving, 1.0, T0 + day_ms, os.urandom) == 0  # all too young
+        serving.add_optout(flh, lambda: T0 + day_ms)
+        loader.sync(state, force=True)
+        assert state.optouts.raw_opted_out_at(issued) == T0 + day_ms
+        # Once the first rotation's tokens have all expired, the buckets rotate again.
+        later = T0 + admin.salt_min_age_ms(0)
+        assert admin.rotate_salts(serving, 1.0, later - 1, os.urandom) == 0
+        assert admin.rotate_salts(serving, 1.0, later, os.urandom) == buckets
+    finally:
         serving.close()
