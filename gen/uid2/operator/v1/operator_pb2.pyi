@@ -606,8 +606,10 @@ class WatchOptOutsRequest(_message.Message):
     """Epoch milliseconds: opt-outs recorded at or after this time are sent first, then new
     ones as they come. 0 sends every opt-out on record. To resume, pass the last
     opted_out_at seen minus a margin of a few seconds: opt-outs are sent in the order this
-    operator learnt of them, and one recorded by another operator process on the same data
-    can arrive up to its sync interval after a later-stamped one. Repeats are idempotent.
+    operator learnt of them, not in stamp order. One recorded by another operator process on
+    the same data can arrive up to its sync interval after a later-stamped one, and even this
+    process's own concurrent opt-outs can arrive a few milliseconds out of stamp order.
+    Repeats are idempotent.
     """
     def __init__(
         self,
