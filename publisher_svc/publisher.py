@@ -691,11 +691,13 @@ class Publisher:
             )
         if cookie_value is not None:
             self._only_in(StorageMode.CLIENT, "ServeAd with cookie_value", "send the user_id")
-        if not page_domain and not app_bundle:
+        # Blank is missing, as the SSP reads it: the caller hears its mistake as ours, not as an
+        # SSP refusal passed on.
+        if not page_domain.strip() and not app_bundle.strip():
             raise invalid_argument(
                 "MISSING_PAGE_DOMAIN", "page_domain (web) or app_bundle (app, CTV) is required"
             )
-        if page_domain and app_bundle:
+        if page_domain.strip() and app_bundle.strip():
             raise invalid_argument(
                 "CONFLICTING_INVENTORY", "give either page_domain or app_bundle, not both"
             )

@@ -753,6 +753,7 @@ def test_serve_ad_for_app_inventory(env: Env) -> None:
     ("page_domain", "app_bundle", "reason"),
     [
         ("", "", "MISSING_PAGE_DOMAIN"),
+        ("  ", " ", "MISSING_PAGE_DOMAIN"),  # blank, as the SSP reads it
         ("d.com", "com.example.news", "CONFLICTING_INVENTORY"),
         ("", "b" * 257, "FIELD_TOO_LONG"),
     ],
