@@ -46,9 +46,9 @@ class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is u
     def _refuse(self, _requests: Iterator[bytes], context: Any) -> NoReturn:
         self._logged(context)
         context.abort_with_status(self._status)
-        raise AssertionError("abort_with_status raises")  # pragma: no cover
+        raise AssertionError("abort_with_status raises")  # pragma: no cover - it raises
 
     async def _refuse_aio(self, _requests: AsyncIterator[bytes], context: Any) -> NoReturn:
         self._logged(context)
         await context.abort_with_status(self._status)
-        raise AssertionError("abort_with_status raises")  # pragma: no cover
+        raise AssertionError("abort_with_status raises")  # pragma: no cover - it raises

@@ -1,7 +1,8 @@
-"""Every waiver in hand-written Python says why: a `# type: ignore[...]` or `# noqa` comment is
-followed, on its line, by a short reason (`# noqa: S310  # fixed localhost URL`). Hand-written is
-every Python file git knows of or would add, outside the generated gen/ and the Node client's
-clients/."""
+"""Every waiver in hand-written Python says why: a `# type: ignore[...]`, `# noqa` or
+`# pragma: no cover` comment is followed, on its line, by a short reason
+(`# noqa: S310  # fixed localhost URL`). (`# fmt: skip` keeps a command line or a table as
+written, which says why by itself.) Hand-written is every Python file git knows of or would
+add, outside the generated gen/ and the Node client's clients/."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ NOT_HAND_WRITTEN = ("gen/", "clients/")
 # What mypy and ruff read as a waiver anywhere in a comment, with the codes it names.
 _WAIVER = re.compile(
     r"#\s*type:\s*ignore(?:\[[^\]]*\])?"
-    r"|#\s*noqa(?::\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)?",
+    r"|#\s*noqa(?::\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)?"
+    r"|#\s*pragma:\s*no\s*cover",
 )
 _WORD = re.compile(r"[A-Za-z]{2,}")
 
@@ -73,6 +75,7 @@ def test_every_waiver_in_hand_written_python_says_why() -> None:
         "x = f()  # type: ignore[misc]  # \n",
         "x = f()  # type: ignore[misc]  # noqa: E501\n",
         "x = f()  # a reason first is not after it  # noqa: S310\n",
+        "x = f()  # pragma: no cover\n",
     ],
 )
 def test_a_waiver_without_a_reason_is_found(line: str) -> None:
@@ -88,6 +91,7 @@ def test_a_waiver_without_a_reason_is_found(line: str) -> None:
         "x = f()  # noqa: S105 (a status, not a secret)\n",
         "x = f()  # type: ignore[misc]  # noqa: E501  # both: a long, untyped line\n",
         'x = "# noqa: S310"  # a string, not a comment\n',
+        "x = f()  # pragma: no cover - argparse refuses anything else\n",
         "x = f()  # no waiver here\n",
     ],
 )
