@@ -136,7 +136,8 @@ class Served:
         self.health.set(name, status)
 
     def _stop_server(self, grace_s: float) -> None:
-        self.server.stop(grace_s).wait()
+        # grpc cancels what is left at `grace_s`; timed all the same, as the main thread waits.
+        self.server.stop(grace_s).wait(grace_s + 5)
 
 
 def probe_listen(listen: str) -> None:

@@ -553,9 +553,11 @@ class HttpFrontDoor:
         self._loop = loop
         self._thread = threading.Thread(target=run, name="http-front-door", daemon=True)
         self._thread.start()
-        ready.wait()
+        # Timed waits: the main thread runs a stop signal's handler only between bytecodes.
+        while not ready.wait(0.1):
+            pass
         if failure:
-            self._thread.join()
+            self._thread.join(5)
             self._blocking.shutdown(wait=False)
             exc = failure[0]
             if isinstance(exc, OSError):
