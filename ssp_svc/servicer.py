@@ -9,12 +9,12 @@ from typing import Any
 from ssp_svc.bid_request import Disposition
 from ssp_svc.exchange import Exchange
 from ssp_svc.store.accounts import Account, AccountKind, AccountStore
+from ssp_svc.stream_filter import stream_filter
 from ssp_svc.stream_hub import StreamHub
 from ssp_svc.stream_reaper import StreamReaper
 from svc_common import call_context
-from svc_common.errors import invalid_argument, permission_denied, unauthenticated, unavailable
+from svc_common.errors import permission_denied, unauthenticated, unavailable
 from svc_common.grpc_edge import bearer_token
-from svc_common.names import normalise_domain
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
 _DISPOSITIONS = {
@@ -108,28 +108,7 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
     ) -> Iterator[ssp_pb2.StreamBidRequestsResponse]:
         account = authenticate(self._accounts, context)
         call_context.bind(subscriber=account.name)
-        domain = ""
-        if request.site_domain.strip():
-            # As SubmitImpression normalises page_domain (punycode, no trailing dot): a filter
-            # compared as typed ("bücher.example", "news.example.com.") would match nothing.
-            try:
-                domain = normalise_domain(request.site_domain)
-            except ValueError:
-                raise invalid_argument(
-                    "INVALID_SITE_DOMAIN", "site_domain must be a host name like news.example.com"
-                ) from None
-        bundle = request.app_bundle.strip()
-        # A publisher's key sees only its own inventory; a subscriber's sees every auction.
-        own = account.account_id if account.kind is AccountKind.PUBLISHER else None
-
-        def accept(br: openrtb_pb2.BidRequest) -> bool:
-            channel = br.site if br.HasField("site") else br.app
-            if own is not None and channel.publisher.id != own:
-                return False
-            if domain and br.site.domain != domain:
-                return False
-            return not (bundle and br.app.bundle != bundle)
-
+        accept = stream_filter(account, request.site_domain, request.app_bundle)
         sub = self._hub.subscribe(
             accept,
             owner=f"{account.kind.value}:{account.account_id}",
