@@ -147,15 +147,17 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
 
     try:
         store = SqliteAccountStore(data_dir, rng=os.urandom, clock=SystemClock())
-        try:
-            store.add(name, kind, domains, apps, deliver=deliver)
-        finally:
-            store.close()
+    except StoreError as exc:
+        return fail(PROG, str(exc))
+    try:
+        store.add(name, kind, domains, apps, deliver=deliver)
     except StoreError as exc:
         return fail(PROG, printer.void(exc))
-    except BaseException:  # a stop signal (Ctrl-C, SIGTERM) after the print
+    except BaseException:  # a stop signal (Ctrl-C, SIGTERM) after the print, before the commit
         printer.void_on_stderr(PROG)
         raise
+    finally:
+        store.close()  # after the commit: a stop while it closes does not make the key void
     return 0
 
 

@@ -185,6 +185,7 @@ class StoreWatch:
 
     @property
     def lost(self) -> bool:
+        """Whether the store was found lost (no lock, no `stat`: cheap for a health check)."""
         return self._lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
@@ -197,6 +198,10 @@ class StoreWatch:
         """True when the store is lost; the caller holds `conn`'s lock."""
         if self._lost:
             return True
+        # First, as it raises ProgrammingError for a connection already closed (a read that
+        # outlived the service's stop): closing the last connection removes the WAL file,
+        # which would pass for a WAL file removed under a running service.
+        _ = conn.in_transaction
         if not self.file.replaced():
             return False
         self._lost = True
@@ -227,9 +232,14 @@ class StoreWatch:
             return  # the store file itself is gone: nothing reachable by its path to save into
         if (st.st_dev, st.st_ino) != (self.file.device, self.file.inode):
             return
-        # No other process can have written since: the WAL index still counts the frames of
-        # the removed file, which another process's new, empty WAL file does not hold, so it
-        # cannot even read. TRUNCATE also resets that index, so the others can again.
+        if os.path.lexists(_wal_path(self.file.path)):
+            # Another process opened the store since and made a WAL file of its own, perhaps
+            # wrote to it: the shared index now describes its frames, not the removed file's,
+            # and a checkpoint from here would copy the wrong pages in (a corrupt store).
+            _log.error("store_wal_not_saved", cause="another process made a new WAL file")
+            return
+        # While no WAL file is at the path, no other process has written since. TRUNCATE also
+        # resets the shared index, so that the others can read and write again.
         try:
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
@@ -275,15 +285,37 @@ def write_transaction(
             raise (_store_error(exc) or exc) from None
 
 
-def close_when_free(conn: sqlite3.Connection, lock: threading.Lock, wait_s: float) -> None:
+def close_when_free(
+    conn: sqlite3.Connection, lock: threading.Lock, wait_s: float, watch: StoreWatch | None = None
+) -> None:
     """Closes `conn` once no write holds `lock`; if one still does after `wait_s` (waiting on
-    another process's lock), leaves it to the process exit rather than hang the stop."""
+    another process's lock), leaves it to the process exit rather than hang the stop.
+
+    A store `watch` finds lost (now, or before) is not closed: SQLite's close would checkpoint
+    the WAL file this connection still has open into the file at the path and then remove the
+    WAL file by its name, another process's by now. The connection is kept from the garbage
+    collector, and `abandoned_stores` tells the process to end without the interpreter's
+    clean-up, which would close it all the same."""
     if not lock.acquire(timeout=wait_s):
         return
     try:
+        if watch is not None and watch.check(conn):
+            _abandoned.append(conn)
+            return
         conn.close()
+    except sqlite3.ProgrammingError:
+        pass  # closed already
     finally:
         lock.release()
+
+
+_abandoned: list[sqlite3.Connection] = []
+
+
+def abandoned_stores() -> bool:
+    """Whether this process left a lost store's connection open (`close_when_free`): it must
+    then end with os._exit, as interpreter exit would close the connection."""
+    return bool(_abandoned)
 
 
 def require_data_dir(directory: Path, error: ErrorFactory, *, create: bool = False) -> None:
@@ -357,6 +389,15 @@ def open_db(
         verdict = quick_check(conn) if check else "ok"
         if verdict != "ok":
             conn.close()
+            if "error code=522" in verdict:
+                # A short read: the WAL index names frames its WAL file lacks, as when the file
+                # was removed while a service had the store open. That service saves them into
+                # the store within a second or so (StoreWatch); a restore would lose them.
+                raise error(
+                    f"store {path} cannot be read in full ({verdict}); if its -wal file was "
+                    "removed while a service ran, that service puts it right within seconds: "
+                    "try again, then restart the service; else restore it from a backup"
+                )
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
         held = schema_version(conn)
         if version and held > version:

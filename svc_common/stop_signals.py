@@ -95,6 +95,7 @@ def run_console(cli_module: str) -> int:
         _dump_stacks_on_usr1()
         rc = int(importlib.import_module(cli_module).main())
         _exit_anyway_after(EXIT_AFTER_STOP_S, rc)
+        _end_now_if_a_store_was_abandoned(rc)
         return rc
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stopped)
@@ -107,6 +108,20 @@ def run_console(cli_module: str) -> int:
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else cli_module
     print(f"{prog}: error: stopped by {stopped_by} before it finished", file=sys.stderr)
     return 2
+
+
+def _end_now_if_a_store_was_abandoned(rc: int) -> None:
+    """Ends the process at once if the service left a lost store's connection open
+    (sqlite_db.close_when_free): the interpreter's exit would close it, and SQLite's close
+    would checkpoint into, and remove the WAL file of, a store it no longer owns."""
+    sqlite_db = sys.modules.get("svc_common.sqlite_db")
+    if sqlite_db is None or not sqlite_db.abandoned_stores():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(rc)
 
 
 def _exit_anyway_after(delay_s: float, rc: int) -> None:

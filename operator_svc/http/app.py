@@ -500,7 +500,8 @@ class HttpApi:
         return web.Response(status=204)
 
     async def _health(self, request: web.Request) -> web.Response:
-        if self.serving:
+        # A lost store (sqlite_db.StoreWatch): what the path names is not what this reads.
+        if self.serving and not self._op.store.is_lost:
             return web.Response(text="OK", content_type=_TEXT)
         return web.Response(status=503, text="NOT_SERVING", content_type=_TEXT)
 

@@ -146,7 +146,7 @@ class OperatorStore:
         return OperatorStore(open_db(self._path, StoreError, check=False), self._path, self._watch)
 
     def close(self, wait_s: float = 2.0) -> None:
-        close_when_free(self._conn, self._lock, wait_s)
+        close_when_free(self._conn, self._lock, wait_s, self._watch)
 
     @property
     def path(self) -> Path:
@@ -156,6 +156,12 @@ class OperatorStore:
         """Whether the store file is no longer the one opened (sqlite_db.StoreWatch), looked at
         once a second at most; a reader calls it before reading."""
         return self._watch.poll(self._conn, self._lock)
+
+    @property
+    def is_lost(self) -> bool:
+        """Whether the store was found lost already (no lock, no `stat`: for a health check
+        on an event loop)."""
+        return self._watch.lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         """`callback` runs once, when a write or `lost` first finds the store file replaced."""

@@ -185,8 +185,8 @@ class SqliteStore:
         return {str(row[1]) for row in self._db.execute("PRAGMA table_info(identities)")}
 
     def close(self, wait_s: float = 2.0) -> None:
-        close_when_free(self._db, self._lock, wait_s)
-        close_when_free(self._reader, self._read_lock, wait_s)
+        close_when_free(self._db, self._lock, wait_s, self._watch)
+        close_when_free(self._reader, self._read_lock, wait_s, self._watch)
 
     def _read_one(self, sql: str, params: tuple[object, ...]) -> Any:
         """The first row (a tuple, as sqlite3 gives it) of a read on the read connection, or

@@ -30,6 +30,7 @@ from svc_common.sqlite_db import (
     StoreFile,
     StoreUnavailable,
     StoreWatch,
+    close_when_free,
     open_db,
     require_data_dir,
     schema_version,
@@ -324,8 +325,7 @@ class SqliteAccountStore:
         self._watch.on_lost(callback)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        close_when_free(self._conn, self._lock, 2.0, self._watch)
 
 
 class FileAccountStore:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -38,8 +41,10 @@ _LIMITED = (
 )
 
 
-def _serve(d: Path, limit: int | None = None) -> ServiceProcess:
+def _serve(d: Path, limit: int | None = None, *, http: bool = False) -> ServiceProcess:
     cmd = [str(BIN / "uid2-operator"), "serve", "--data-dir", str(d), "--listen", "127.0.0.1:0"]
+    if http:
+        cmd += ["--http-listen", "127.0.0.1:0"]
     if limit is not None:
         cmd = [sys.executable, "-c", _LIMITED, str(limit), *cmd]
     return ServiceProcess(cmd).wait_ready(30)
@@ -195,5 +200,54 @@ def test_a_wal_file_removed_under_a_running_operator_loses_nothing_it_acknowledg
         stub = pbg.OperatorServiceStub(grpc.insecure_channel(q.address))
         for email in emails:
             assert _generate(stub, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT, email
+    finally:
+        q.terminate()
+
+
+def _http_health(p: ServiceProcess) -> int:
+    port = next(e["http_port"] for e in p.events if e.get("event") == "serving")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ops/healthcheck", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_removed_wal_file_then_another_writer_then_a_clean_stop_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The WAL file removed; the operator saves what it held and says 503 on the HTTP API's
+    health; an admin command then writes (into a WAL file of its own), and the operator is
+    stopped as usual. Its clean close used to checkpoint its own, removed WAL file over the
+    admin's and remove the admin's WAL file by name: a corrupt store, or the admin's write gone
+    (a reviewer's runs). Now the lost store is left to the process exit, and a restart has
+    everything. (Before the operator's finding the admin command cannot even read the store:
+    the WAL index names frames the new WAL file lacks.)"""
+    init_dir(tmp_path)
+    c = add_client(tmp_path, 11, "wal", ["OPTOUT", "GENERATOR"])
+    p = _serve(tmp_path, http=True)
+    emails = [f"kept{i}@example.com" for i in range(3)]
+    try:
+        stub = pbg.OperatorServiceStub(grpc.insecure_channel(p.address))
+        for email in emails:
+            assert _opt_out(stub, md(c), email) == "OK"
+        assert _http_health(p) == 200
+        (tmp_path / (DB_FILE + "-wal")).unlink()
+        assert wait_until(lambda: _http_health(p) == 503, 10)
+        late = add_client(tmp_path, 12, "added-after", ["GENERATOR"])
+        assert p.terminate() == 0
+    finally:
+        p.kill()
+    check = sqlite3.connect(tmp_path / DB_FILE)
+    try:
+        assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    finally:
+        check.close()
+    q = _serve(tmp_path)
+    try:
+        stub = pbg.OperatorServiceStub(grpc.insecure_channel(q.address))
+        for email in emails:
+            assert _generate(stub, md(c), email) == pb.GENERATE_TOKEN_STATUS_OPTOUT, email
+        assert _generate(stub, md(late), "new@example.com") == pb.GENERATE_TOKEN_STATUS_SUCCESS
     finally:
         q.terminate()

@@ -37,6 +37,13 @@ _SHA = hashlib.sha256(b"user@example.com").digest()
         "req-20261129-checkout",  # a date: 8 digits
         "V1StGXR8Z5jdHi6BmyTbc",  # a Nano ID without '_' or '-' (21 characters)
         "req-3f2b8c1e-0d4a-4c55-9b7e-123456789012",  # a UUID with a prefix
+        # ids behind a prefix, one case per segment (a reviewer's, dropped by a first rule
+        # against pieces of tokens)
+        "req_01ARZ3NDEKTSV4RRFFQ69G5FAV",  # a ULID
+        "01GQEC2QTSAZ8Z9X4N4XBDK11T-lhr",  # Fly.io's fly-request-id
+        "trace-4BF92F3577B34DA6A3CE929D0E0E4736",
+        "Req-4bf92f3577b34da6a3ce929d0e0e4736",
+        "req-6F9619FF-8B86-D011-B42D-00C04FC964FF",  # a GUID
     ],
 )
 def test_id_shapes_are_kept(rid: str) -> None:

@@ -21,6 +21,8 @@ from svc_common.sqlite_db import (
     StoreUnavailable,
     StoreWatch,
     StoreWriteFailed,
+    abandoned_stores,
+    close_when_free,
     open_db,
     require_data_dir,
     write_transaction,
@@ -351,3 +353,60 @@ def test_without_hard_links_a_new_store_is_still_whole_and_private(
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.stat().st_size > 0
     assert sorted(os.listdir(tmp_path)) == ["x.sqlite3"]
+
+
+_OTHER_WRITER = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+for i in range(50):
+    c.execute('INSERT INTO t VALUES (?)', (1000 + i,))
+c.execute('CREATE TABLE other_made (x)')
+c.close()
+"""
+
+
+def test_a_wal_file_another_process_made_since_is_not_checkpointed_over(tmp_path: Path) -> None:
+    """The removed WAL file fully checkpointed (its frames all in the store file: the usual
+    state after an autocheckpoint), another process may open the store, make a WAL file of its
+    own and write. A checkpoint from the removed file then copied the wrong pages in ("file is
+    not a database"), and the service's close did the same (a reviewer's runs): neither runs."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(200):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    (tmp_path / "x.sqlite3-wal").unlink()
+    other = subprocess.run(
+        [sys.executable, "-c", _OTHER_WRITER, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert other.returncode == 0, other.stderr
+    assert watch.check(conn)
+    assert len(_rows_seen_by_another_process(path)) == 250
+    close_when_free(conn, lock, 1.0, watch)  # a lost store's connection is left open
+    assert abandoned_stores()
+    assert len(_rows_seen_by_another_process(path)) == 250
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        assert check.execute("SELECT name FROM sqlite_master WHERE name = 'other_made'").fetchone()
+    finally:
+        check.close()
+
+
+def test_a_read_after_the_store_closed_is_not_a_lost_store(tmp_path: Path) -> None:
+    """Closing the last connection removes the WAL file; a read that outlived the stop must not
+    take that for a WAL file removed under a running service (false error lines, on_lost)."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    now = [0.0]
+    watch, lock = StoreWatch(StoreFile.of(path), monotonic=lambda: now[0]), threading.Lock()
+    lost: list[bool] = []
+    watch.on_lost(lambda: lost.append(True))
+    close_when_free(conn, lock, 1.0, watch)
+    assert not (tmp_path / "x.sqlite3-wal").exists()
+    now[0] = 5.0
+    with pytest.raises(sqlite3.ProgrammingError):
+        watch.poll(conn, lock)
+    assert lost == [] and not watch.lost

@@ -310,3 +310,25 @@ def test_a_key_printed_before_a_stop_signal_is_said_to_be_void(
     assert "printed above was not saved and does not work" in err
     monkeypatch.undo()
     assert _run(capsys, "subscriber", "list", "--data-dir", str(tmp_path))[1] == ""
+
+
+def test_a_stop_signal_while_the_store_closes_after_the_commit_voids_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close (a checkpoint, an fsync) comes after the commit: the key printed is saved.
+    real = SqliteAccountStore.close
+
+    def stopped_while_closing(self: SqliteAccountStore) -> None:
+        real(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SqliteAccountStore, "close", stopped_while_closing)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["subscriber", "add", "--data-dir", str(tmp_path), "--name", "kept"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["name"] == "kept" and "does not work" not in err
+    monkeypatch.undo()
+    assert (
+        json.loads(_run(capsys, "subscriber", "list", "--data-dir", str(tmp_path))[1])["name"]
+        == "kept"
+    )
