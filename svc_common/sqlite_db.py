@@ -390,14 +390,7 @@ def open_db(
         if verdict != "ok":
             conn.close()
             if "error code=522" in verdict:
-                # A short read: the WAL index names frames its WAL file lacks, as when the file
-                # was removed while a service had the store open. That service saves them into
-                # the store within a second or so (StoreWatch); a restore would lose them.
-                raise error(
-                    f"store {path} cannot be read in full ({verdict}); if its -wal file was "
-                    "removed while a service ran, that service puts it right within seconds: "
-                    "try again, then restart the service; else restore it from a backup"
-                )
+                raise error(_short_read(path, verdict))
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
         held = schema_version(conn)
         if version and held > version:
@@ -411,8 +404,24 @@ def open_db(
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) == _SHORT_READ:
+            raise error(_short_read(path, str(exc))) from None
         raise error(f"store {path} cannot be opened: {exc}") from None
     return conn
+
+
+_SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ
+
+
+def _short_read(path: Path, cause: str) -> str:
+    # The WAL index names frames its WAL file lacks, as when the file was removed while a
+    # service had the store open. That service saves them into the store within a second or
+    # so (StoreWatch); a restore would throw them away.
+    return (
+        f"store {path} cannot be read in full ({cause}); if its -wal file was removed while a "
+        "service ran, that service puts it right within seconds: try again, then restart the "
+        "service; else restore it from a backup"
+    )
 
 
 def stamp_version(conn: sqlite3.Connection, version: int) -> None:

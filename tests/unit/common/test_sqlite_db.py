@@ -410,3 +410,28 @@ def test_a_read_after_the_store_closed_is_not_a_lost_store(tmp_path: Path) -> No
     with pytest.raises(sqlite3.ProgrammingError):
         watch.poll(conn, lock)
     assert lost == [] and not watch.lost
+
+
+def test_a_store_whose_wal_file_was_removed_under_a_service_is_not_called_damaged(
+    tmp_path: Path,
+) -> None:
+    """Until the service saves what the removed WAL file held, another process's quick check
+    meets a short read; "restore it from a backup" would throw away what the service holds."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    try:
+        with write_transaction(conn, threading.Lock()) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+        (tmp_path / "x.sqlite3-wal").unlink()
+        code = (
+            "import sys; from pathlib import Path; from svc_common.sqlite_db import open_db\n"
+            "try:\n    open_db(Path(sys.argv[1]), RuntimeError)\n"
+            "except RuntimeError as e:\n    print(e)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
+        )
+        assert "try again" in out.stdout and "restore it from a backup" in out.stdout, out
+        assert "is damaged" not in out.stdout
+    finally:
+        conn.close()
