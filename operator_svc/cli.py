@@ -58,6 +58,7 @@ from svc_common.settings import (
     log_level,
     number_in,
 )
+from svc_common.stop_signals import close_despite_stop
 
 PROG = "uid2-operator"
 # gRPC's customary port, as in the README; 8080 is where the README puts the HTTP API.
@@ -401,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
             created = admin.initialise(store, _now_ms(), rng, asked or "UID2")
             held = admin.identity_scope(store)
         finally:
-            store.close()
+            close_despite_stop(store.close)
         if asked is not None and held != asked:
             # Running init again changes nothing; a scope asked for and not applied is an error,
             # not a quiet success: tokens would be issued under the other one.
@@ -491,7 +492,7 @@ def _run(args: argparse.Namespace) -> int:
         else:  # pragma: no cover - argparse rejects anything else
             raise UsageError(f"unknown command {cmd}")
     finally:
-        store.close()
+        close_despite_stop(store.close)
     return 0
 
 

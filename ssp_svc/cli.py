@@ -60,7 +60,7 @@ from svc_common.cli_common import (
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silenced
 from svc_common.settings import api_key, dial_address, host_port, integer_in, log_level
-from svc_common.stop_signals import catch_stop_signals
+from svc_common.stop_signals import catch_stop_signals, close_despite_stop
 
 PROG = "uid2-ssp"
 _DATA_DIR_HELP = "directory of the SSP's store (env UID2_SSP_DATA_DIR)"
@@ -157,7 +157,7 @@ def _add_account(args: argparse.Namespace, kind: AccountKind, data_dir: Path) ->
         printer.void_on_stderr(PROG)
         raise
     finally:
-        store.close()  # after the commit: a stop while it closes does not make the key void
+        close_despite_stop(store.close)  # after the commit: the key is saved
     return 0
 
 
@@ -174,7 +174,7 @@ def _list_accounts(kind: AccountKind, data_dir: Path) -> int:
     try:
         listed = store.listing(kind)
     finally:
-        store.close()
+        close_despite_stop(store.close)
     for entry in listed:
         print_json(_listing_json(entry))
     return 0
@@ -198,7 +198,7 @@ def _set_disabled(args: argparse.Namespace, kind: AccountKind, data_dir: Path) -
     try:
         store.set_disabled(kind, name, disabled=args.verb == "disable")
     finally:
-        store.close()
+        close_despite_stop(store.close)
     print_json({"name": name, "kind": kind.value, "disabled": args.verb == "disable"})
     return 0
 

@@ -232,14 +232,16 @@ class StoreWatch:
             return  # the store file itself is gone: nothing reachable by its path to save into
         if (st.st_dev, st.st_ino) != (self.file.device, self.file.inode):
             return
-        if os.path.lexists(_wal_path(self.file.path)):
-            # Another process opened the store since and made a WAL file of its own, perhaps
-            # wrote to it: the shared index now describes its frames, not the removed file's,
-            # and a checkpoint from here would copy the wrong pages in (a corrupt store).
-            _log.error("store_wal_not_saved", cause="another process made a new WAL file")
+        if _size(_wal_path(self.file.path)) > 0:
+            # Another process has written since, into a WAL file of its own (possible only once
+            # every frame of the removed file was in the store file already): the shared index
+            # now describes its frames, not the removed file's, and a checkpoint from here
+            # would copy the wrong pages in (a corrupt store).
+            _log.error("store_wal_not_saved", cause="another process wrote a new WAL file")
             return
-        # While no WAL file is at the path, no other process has written since. TRUNCATE also
-        # resets the shared index, so that the others can read and write again.
+        # No other process has written since (one that only tried to read, and failed, leaves
+        # an empty WAL file). TRUNCATE also resets the shared index, so that the others can
+        # read and write again.
         try:
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
@@ -389,8 +391,8 @@ def open_db(
         verdict = quick_check(conn) if check else "ok"
         if verdict != "ok":
             conn.close()
-            if "error code=522" in verdict:
-                raise error(_short_read(path, verdict))
+            if f"error code={SHORT_READ}" in verdict:
+                raise error(short_read_message(path, verdict))
             raise error(f"store {path} is damaged ({verdict}); restore it from a backup")
         held = schema_version(conn)
         if version and held > version:
@@ -404,24 +406,32 @@ def open_db(
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
-        if getattr(exc, "sqlite_errorcode", 0) == _SHORT_READ:
-            raise error(_short_read(path, str(exc))) from None
+        if getattr(exc, "sqlite_errorcode", 0) == SHORT_READ:
+            raise error(short_read_message(path, str(exc))) from None
         raise error(f"store {path} cannot be opened: {exc}") from None
     return conn
 
 
-_SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ
+SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ, an extended result code
 
 
-def _short_read(path: Path, cause: str) -> str:
-    # The WAL index names frames its WAL file lacks, as when the file was removed while a
-    # service had the store open. That service saves them into the store within a second or
-    # so (StoreWatch); a restore would throw them away.
+def short_read_message(path: Path, cause: str) -> str:
+    """What a short read means for a store: the WAL index names frames its WAL file lacks, as
+    when the file was removed while a service had the store open. That service saves them into
+    the store when it next looks (StoreWatch: the operator within a second, the SSP and the
+    publisher at their next call) or as it stops; a restore would throw them away."""
     return (
         f"store {path} cannot be read in full ({cause}); if its -wal file was removed while a "
-        "service ran, that service puts it right within seconds: try again, then restart the "
-        "service; else restore it from a backup"
+        "service ran, that service saves what it held at its next call or as it stops: try "
+        "again, or restart the service; else restore it from a backup"
     )
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def stamp_version(conn: sqlite3.Connection, version: int) -> None:

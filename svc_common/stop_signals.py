@@ -13,7 +13,9 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Protocol
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol
 
 # How often a waiting main thread wakes to run Python's signal handlers (see wait_for_signal).
 _SIGNAL_POLL_S = 0.2
@@ -71,12 +73,12 @@ class StopEvent:
 _early_stop = StopEvent()
 
 
-class _StoppedBySignal(Exception):
+class StoppedBySignal(Exception):
     """Raised into an admin command by SIGTERM or SIGHUP (SIGINT raises KeyboardInterrupt)."""
 
 
 def _raise_stopped(signum: int, _frame: Any = None) -> None:
-    raise _StoppedBySignal(signal.Signals(signum).name)
+    raise StoppedBySignal(signal.Signals(signum).name)
 
 
 def run_console(cli_module: str) -> int:
@@ -89,13 +91,25 @@ def run_console(cli_module: str) -> int:
     # JSON, for every failed TLS handshake (a port scan: one per connection). Its own errors
     # still come; an operator's GRPC_VERBOSITY wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    try:
+        rc = _run_console(cli_module)
+    except BaseException:
+        if _abandoned_stores():
+            traceback.print_exc()
+            _end_now(2)
+        raise
+    if _abandoned_stores():
+        _end_now(rc)
+    return rc
+
+
+def _run_console(cli_module: str) -> int:
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _early_stop.record)
         _dump_stacks_on_usr1()
         rc = int(importlib.import_module(cli_module).main())
         _exit_anyway_after(EXIT_AFTER_STOP_S, rc)
-        _end_now_if_a_store_was_abandoned(rc)
         return rc
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stopped)
@@ -103,20 +117,32 @@ def run_console(cli_module: str) -> int:
         return int(importlib.import_module(cli_module).main())
     except KeyboardInterrupt:
         stopped_by = "SIGINT"
-    except _StoppedBySignal as exc:
+    except StoppedBySignal as exc:
         stopped_by = str(exc)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else cli_module
     print(f"{prog}: error: stopped by {stopped_by} before it finished", file=sys.stderr)
     return 2
 
 
-def _end_now_if_a_store_was_abandoned(rc: int) -> None:
-    """Ends the process at once if the service left a lost store's connection open
-    (sqlite_db.close_when_free): the interpreter's exit would close it, and SQLite's close
-    would checkpoint into, and remove the WAL file of, a store it no longer owns."""
+def close_despite_stop(close: Callable[[], None]) -> None:
+    """Runs an admin command's `close` of its store, once its work is done (committed, or
+    failed and rolled back): a stop signal landing meanwhile (Ctrl-C; SIGTERM or SIGHUP,
+    raised by `run_console`) is not the command's failure, and was reported as one ("stopped
+    before it finished", exit 2, after a key was saved). The process ends anyway."""
+    with contextlib.suppress(KeyboardInterrupt, StoppedBySignal):
+        close()
+
+
+def _abandoned_stores() -> bool:
+    """Whether the command left a lost store's connection open (sqlite_db.close_when_free): the
+    interpreter's exit would close it, and SQLite's close would checkpoint into, and remove the
+    WAL file of, a store it no longer owns. The process then ends at once (`_end_now`), serve
+    or admin command, whether it returned or raised."""
     sqlite_db = sys.modules.get("svc_common.sqlite_db")
-    if sqlite_db is None or not sqlite_db.abandoned_stores():
-        return
+    return sqlite_db is not None and bool(sqlite_db.abandoned_stores())
+
+
+def _end_now(rc: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             if stream is not None:

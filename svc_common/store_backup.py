@@ -23,7 +23,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 from svc_common.scratch_files import scratch_file
-from svc_common.sqlite_db import ErrorFactory, quick_check, refuse_empty, require_data_dir
+from svc_common.sqlite_db import (
+    SHORT_READ,
+    ErrorFactory,
+    quick_check,
+    refuse_empty,
+    require_data_dir,
+    short_read_message,
+)
 
 # Checks a copy is the service's store (its tables, its schema version); raises to refuse it.
 Validate = Callable[[sqlite3.Connection], None]
@@ -202,6 +209,8 @@ def _copy(source: Path, target: Path, error: ErrorFactory, validate: Validate) -
             _fsync(target.parent)
             return Copied(target, target.stat().st_size)
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) == SHORT_READ:
+            raise error(short_read_message(source, str(exc))) from None
         if getattr(exc, "sqlite_errorcode", None) in _WRITE_FAILURES:
             # Only the copy is written: the source is opened read-only.
             raise error(f"{target} cannot be written: {exc}") from None
