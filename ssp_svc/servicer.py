@@ -17,14 +17,13 @@ from svc_common.errors import permission_denied, unauthenticated, unavailable
 from svc_common.grpc_edge import bearer_token
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
+# By name, built at import (as publisher_svc.ssp_enums does the other way): a domain member
+# the proto lacks fails there, not in the middle of an auction.
 _DISPOSITIONS = {
-    Disposition.ABSENT: ssp_pb2.TOKEN_DISPOSITION_ABSENT,
-    Disposition.PASSED_THROUGH: ssp_pb2.TOKEN_DISPOSITION_PASSED_THROUGH,
-    Disposition.VALID: ssp_pb2.TOKEN_DISPOSITION_VALID,
-    Disposition.DROPPED_EXPIRED: ssp_pb2.TOKEN_DISPOSITION_DROPPED_EXPIRED,
-    Disposition.DROPPED_INVALID: ssp_pb2.TOKEN_DISPOSITION_DROPPED_INVALID,
-    Disposition.DROPPED_OPTOUT: ssp_pb2.TOKEN_DISPOSITION_DROPPED_OPTOUT,
-    Disposition.DROPPED_UNVERIFIED: ssp_pb2.TOKEN_DISPOSITION_DROPPED_UNVERIFIED,
+    d: ssp_pb2.TokenDisposition.ValueType(
+        ssp_pb2.TokenDisposition.Value(f"TOKEN_DISPOSITION_{d.name}")
+    )
+    for d in Disposition
 }
 
 POLL_S = 0.25
