@@ -117,41 +117,49 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True)
 class StoreFile:
-    """The file a store's path named when the store opened it. SQLite keeps writing to the file
-    it opened: if the path is deleted, or another file moved over it, while a service runs, its
-    writes succeed into a file no restart will open, and whatever they acknowledged is lost."""
+    """The file a store's path named when the store opened it, with its WAL and shared-memory
+    index files. SQLite keeps using the files it opened: if the path is deleted, or another
+    file moved over it, while a service runs, its writes succeed into a file no restart will
+    open, and whatever they acknowledged is lost. The same goes for the WAL file (removed as
+    "temporary files", the writes go on into the unlinked file, and a restart after a crash
+    finds none of them) and for the index (another process opening the store then builds an
+    index of its own, and two writers with two indexes overwrite each other's frames). While
+    any connection is open SQLite keeps both in place, so another inode is never its doing."""
 
     path: Path
     device: int
     inode: int
-    # The WAL file's, when it was there (open_db's connection makes it): the same goes for it.
-    # Removed while the store is open ("temporary files" cleaned up), the writes go on into the
-    # unlinked file, and a restart after a crash finds none of them. While any connection is
-    # open SQLite keeps it in place (truncated at most), so another inode is never its doing.
+    # (device, inode) of the WAL and index files when the store was opened (None: absent then).
     wal: tuple[int, int] | None = None
+    shm: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, path: Path) -> StoreFile:
         st = os.stat(path)
-        try:
-            wal_st = os.stat(_wal_path(path))
-        except OSError:
-            wal = None
-        else:
-            wal = (wal_st.st_dev, wal_st.st_ino)
-        return cls(path, st.st_dev, st.st_ino, wal)
+        return cls(
+            path, st.st_dev, st.st_ino, _identity(_wal_path(path)), _identity(_shm_path(path))
+        )
 
     def replaced(self) -> bool:
         """True when the path no longer names the file opened (deleted, moved, replaced), or
-        its WAL file's path no longer names the WAL file it had."""
-        try:
-            st = os.stat(self.path)
-            wal = None if self.wal is None else os.stat(_wal_path(self.path))
-        except OSError:
-            return True
-        if wal is not None and (wal.st_dev, wal.st_ino) != self.wal:
-            return True
-        return (st.st_dev, st.st_ino) != (self.device, self.inode)
+        its WAL or index file's path no longer names the one it had."""
+        return (
+            _identity(self.path) != (self.device, self.inode)
+            or (self.wal is not None and _identity(_wal_path(self.path)) != self.wal)
+            or (self.shm is not None and _identity(_shm_path(self.path)) != self.shm)
+        )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _shm_path(path: Path) -> Path:
+    return path.with_name(path.name + "-shm")
 
 
 def _wal_path(path: Path) -> Path:
@@ -226,22 +234,30 @@ class StoreWatch:
             return self.check(conn)
 
     def _keep_what_was_acknowledged(self, conn: sqlite3.Connection) -> None:
-        try:
-            st = os.stat(self.file.path)
-        except OSError:
-            return  # the store file itself is gone: nothing reachable by its path to save into
-        if (st.st_dev, st.st_ino) != (self.file.device, self.file.inode):
+        """Saves what this connection sees, which holds every write it acknowledged: into the
+        store file at the path when that is still the one opened and no other process can
+        have written since; else into a copy beside it (`store_saved_aside`), so that nothing
+        acknowledged is gone for good, whichever files went."""
+        file = self.file
+        path, wal, shm = file.path, _wal_path(file.path), _shm_path(file.path)
+        ours = _identity(path) == (file.device, file.inode)
+        wal_now, shm_now = _identity(wal), _identity(shm)
+        # Another process that opened the store since made files of its own: an index (if the
+        # old one went), perhaps a WAL file it wrote (one that only tried to read, and failed
+        # on the frames the index names, leaves an empty one).
+        foreign_shm = shm_now is not None and shm_now != file.shm
+        foreign_wal = wal_now is not None and wal_now != file.wal and _size(wal) > 0
+        if ours and not foreign_shm and not foreign_wal:
+            # TRUNCATE also resets the index, so that the others can read and write again.
+            self._checkpoint(conn)
             return
-        if _size(_wal_path(self.file.path)) > 0:
-            # Another process has written since, into a WAL file of its own (possible only once
-            # every frame of the removed file was in the store file already): the shared index
-            # now describes its frames, not the removed file's, and a checkpoint from here
-            # would copy the wrong pages in (a corrupt store).
-            _log.error("store_wal_not_saved", cause="another process wrote a new WAL file")
-            return
-        # No other process has written since (one that only tried to read, and failed, leaves
-        # an empty WAL file). TRUNCATE also resets the shared index, so that the others can
-        # read and write again.
+        self._save_aside(conn)
+        if not ours and wal_now is not None and wal_now == file.wal and not foreign_shm:
+            # The store file was replaced, but the WAL file at the path is still this one:
+            # emptied, or the file moved in would be read with this store's frames over it.
+            self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
@@ -249,6 +265,24 @@ class StoreWatch:
             return
         if busy is not None and busy[0]:
             _log.error("store_wal_not_saved", cause="checkpoint blocked by a reader")
+
+    def _save_aside(self, conn: sqlite3.Connection) -> None:
+        path = self.file.path
+        aside = path.with_name(f"{path.name}.lost-{os.getpid()}-{time.time_ns() // 1_000_000}")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            copy = sqlite3.connect(aside)
+            try:
+                conn.backup(copy)
+                verdict = quick_check(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as exc:
+            _log.error("store_not_saved_aside", cause=str(exc))
+            return
+        # Merge what it holds by hand: the path now names another store (or none).
+        _log.error("store_saved_aside", copy=str(aside), quick_check=verdict)
 
 
 @contextmanager

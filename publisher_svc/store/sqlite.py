@@ -360,8 +360,10 @@ class SqliteStore:
             )
 
     def due(self, now_ms: int, limit: int) -> list[DueIdentity]:
-        """Identities whose next refresh attempt is due, oldest first (uses the index)."""
+        """Identities whose next refresh attempt is due, oldest first (uses the index). The
+        background refresher asks every interval: an idle publisher finds a lost store so."""
         with self._read_lock:
+            self._watch.poll(self._reader, None)
             rows = self._reader.execute(
                 "SELECT user_id, next_attempt_at FROM identities WHERE next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",

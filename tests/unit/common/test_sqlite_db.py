@@ -469,3 +469,84 @@ def test_what_a_removed_wal_file_held_is_saved_though_a_reader_failed_meanwhile(
         assert _rows_seen_by_another_process(path) == [0, 1, 2, 3, 4]
     finally:
         close_when_free(conn, lock, 1.0, watch)
+
+
+def _rows(path: Path) -> list[int]:
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        return [v for (v,) in check.execute("SELECT v FROM t ORDER BY v")]
+    finally:
+        check.close()
+
+
+def _aside(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("x.sqlite3.lost-*"))
+
+
+def test_wal_and_index_removed_then_another_writer_leaves_a_copy_aside(tmp_path: Path) -> None:
+    """The WAL file and its index removed together ("temporary files"), another process reads
+    the store file alone, as a whole store, and writes. What this connection acknowledged can
+    no longer go into the store file without overwriting that write: it goes into a copy
+    beside it, for whoever merges them (a reviewer's run lost a disable so)."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the store file
+    for v in range(5):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"x.sqlite3{suffix}").unlink()
+    other = subprocess.run(
+        [sys.executable, "-c", _OTHER_WRITER, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert other.returncode == 0, other.stderr
+    assert watch.check(conn)
+    (aside,) = _aside(tmp_path)
+    assert _rows(aside) == [0, 1, 2, 3, 4]  # all this connection acknowledged
+    # the other's, untouched (read by another process: this one shares its stale index)
+    assert _rows_seen_by_another_process(path) == list(range(1000, 1050))
+    assert aside.stat().st_mode & 0o077 == 0
+    close_when_free(conn, lock, 1.0, watch)
+
+
+def test_an_index_removed_alone_is_a_lost_store_and_saved_in_place(tmp_path: Path) -> None:
+    """Another process opening the store would build an index of its own, and two writers with
+    two indexes overwrite each other's frames (a reviewer's run lost 3 committed rows so, the
+    service never the wiser). Found before anyone opened it, what the WAL file holds is saved
+    into the store file."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(5):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    (tmp_path / "x.sqlite3-shm").unlink()
+    refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
+    with refused, write_transaction(conn, lock, watch) as c:
+        c.execute("INSERT INTO t VALUES (5)")
+    assert _aside(tmp_path) == []
+    assert _rows_seen_by_another_process(path) == [0, 1, 2, 3, 4]
+    close_when_free(conn, lock, 1.0, watch)
+
+
+def test_a_file_moved_over_a_running_store_gets_none_of_its_wal(tmp_path: Path) -> None:
+    """Another store moved over the path (a backup restored by `mv`): the old WAL file stayed
+    at the path, and a restart read the moved-in file with the old store's frames over it. The
+    old store's view goes aside, and its WAL file is emptied."""
+    path = tmp_path / "x.sqlite3"
+    other = open_db(tmp_path / "other.sqlite3", Bad, schema="CREATE TABLE t (v INTEGER);")
+    other.execute("INSERT INTO t VALUES (100)")
+    other.close()
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(5):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    os.replace(tmp_path / "other.sqlite3", path)
+    assert watch.check(conn)
+    (aside,) = _aside(tmp_path)
+    assert _rows(aside) == [0, 1, 2, 3, 4]
+    assert _rows_seen_by_another_process(path) == [100]  # the moved-in store, as it was
+    close_when_free(conn, lock, 1.0, watch)
