@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from svc_common import logging as svc_logging
+from svc_common import sqlite_db
 
 # See CACHE_LOGGERS: which tests ran before decided whether a capture_logs() saw a line.
 svc_logging.CACHE_LOGGERS = False
@@ -24,3 +25,13 @@ def restore_handlers() -> Iterator[None]:
     for s, h in saved.items():
         signal.signal(s, h)
     faulthandler.unregister(signal.SIGUSR1)
+
+
+@pytest.fixture(autouse=True)
+def forget_abandoned_stores() -> Iterator[None]:
+    """A test that loses a store on purpose leaves its connection in sqlite_db's abandoned list,
+    which makes run_console end the process at once (os._exit): a later test calling
+    run_console in-process would end the whole pytest run. The connection is forgotten after
+    the test instead (closed by the garbage collector, on files of the test's own tmp dir)."""
+    yield
+    sqlite_db._abandoned.clear()  # the module's own list: no API outside tests needs this
