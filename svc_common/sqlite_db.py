@@ -30,6 +30,8 @@ ErrorFactory = Callable[[str], Exception]
 BUSY_TIMEOUT_S = 30.0
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 STORE_REPLACED = "the store file was removed or replaced; restart the service"
+# In the name of a copy a lost store's view was saved into, beside the store (StoreWatch).
+LOST_COPY = ".lost-"
 
 
 class StoreUnavailable(ServiceError):
@@ -248,8 +250,14 @@ class StoreWatch:
         foreign_shm = shm_now is not None and shm_now != file.shm
         foreign_wal = wal_now is not None and wal_now != file.wal and _size(wal) > 0
         if ours and not foreign_shm and not foreign_wal:
-            # TRUNCATE also resets the index, so that the others can read and write again.
-            self._checkpoint(conn)
+            if wal_now != file.wal:
+                # The WAL file went: its frames are only in this connection's open file. TRUNCATE
+                # also resets the index, so that the others can read and write again.
+                self._checkpoint(conn)
+            # Else the WAL file at the path is still this one, its frames where the next
+            # opener's recovery finds them, perhaps after another process's (a writer that
+            # built an index of its own, since removed too): a checkpoint from this stale
+            # index would truncate those away.
             return
         self._save_aside(conn)
         if not ours and wal_now is not None and wal_now == file.wal and not foreign_shm:
@@ -268,7 +276,7 @@ class StoreWatch:
 
     def _save_aside(self, conn: sqlite3.Connection) -> None:
         path = self.file.path
-        aside = path.with_name(f"{path.name}.lost-{os.getpid()}-{time.time_ns() // 1_000_000}")
+        aside = path.with_name(f"{path.name}{LOST_COPY}{os.getpid()}-{time.time_ns() // 1_000_000}")
         try:
             fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
@@ -279,6 +287,11 @@ class StoreWatch:
             finally:
                 copy.close()
         except (OSError, sqlite3.Error) as exc:
+            # Perhaps another process's frames past the end of this connection's WAL file (a
+            # writer that skips the quick check every store open makes): nothing half-copied
+            # is left to pass for a copy.
+            with suppress(OSError):
+                aside.unlink()
             _log.error("store_not_saved_aside", cause=str(exc))
             return
         # Merge what it holds by hand: the path now names another store (or none).

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from svc_common.scratch_files import scratch_file
 from svc_common.sqlite_db import (
+    LOST_COPY,
     SHORT_READ,
     ErrorFactory,
     quick_check,
@@ -69,8 +70,13 @@ def restore(
     created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]  # the leaf first
     try:
         require_data_dir(data_dir, error, create=True)
-        if any(data_dir.glob(file_name + "*")):
-            raise error(f"{data_dir} already holds a store; restore into a new data dir")
+        # A store, or its WAL or index file; a copy a lost store left aside (sqlite_db's
+        # NAME.lost-*) is no store of this dir's.
+        held = [p for p in data_dir.glob(file_name + "*") if LOST_COPY not in p.name]
+        if held:
+            raise error(
+                f"{data_dir} already holds a store ({held[0].name}); restore into a new data dir"
+            )
         return _copy(source, data_dir / file_name, error, validate)
     except BaseException:
         for directory in created:  # leave nothing behind for a refused backup

@@ -550,3 +550,36 @@ def test_a_file_moved_over_a_running_store_gets_none_of_its_wal(tmp_path: Path) 
     assert _rows(aside) == [0, 1, 2, 3, 4]
     assert _rows_seen_by_another_process(path) == [100]  # the moved-in store, as it was
     close_when_free(conn, lock, 1.0, watch)
+
+
+_ADMIN_WRITE = """
+import sys
+from pathlib import Path
+from svc_common.sqlite_db import open_db
+c = open_db(Path(sys.argv[1]), RuntimeError)
+c.execute("INSERT INTO t VALUES (77)")
+c.close()
+"""
+
+
+def test_an_index_removed_twice_around_another_writer_keeps_its_write(tmp_path: Path) -> None:
+    """The index removed, an admin command builds its own from the WAL file (still this
+    connection's) and writes after this connection's frames; the index removed again before
+    the service looks. A checkpoint from the service's stale index then truncated the admin's
+    committed frames away (a reviewer's run: an acknowledged disable undone). The WAL file is
+    still the one at the path, so its frames need no saving: left to the next opener."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(3):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    (tmp_path / "x.sqlite3-shm").unlink()
+    admin = subprocess.run(
+        [sys.executable, "-c", _ADMIN_WRITE, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert admin.returncode == 0, admin.stderr
+    (tmp_path / "x.sqlite3-shm").unlink()
+    assert watch.check(conn)
+    close_when_free(conn, lock, 1.0, watch)
+    assert _rows_seen_by_another_process(path) == [0, 1, 2, 77]

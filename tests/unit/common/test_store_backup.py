@@ -106,6 +106,10 @@ def test_restore_makes_a_working_store_in_a_new_data_dir_only(tmp_path: Path) ->
         store_backup.restore(tmp_path / "b", tmp_path / "new", "s.sqlite3", Bad, CHECK)
     # The backup itself is read, never changed (no WAL switched on beside it).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d", "new"]
+    # A copy a lost store left aside (sqlite_db.StoreWatch) is no store of the dir's.
+    (tmp_path / "aside").mkdir()
+    (tmp_path / "aside" / "s.sqlite3.lost-12-34").write_bytes(b"")
+    store_backup.restore(tmp_path / "b", tmp_path / "aside", "s.sqlite3", Bad, CHECK)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "damaged", "foreign"])
