@@ -126,7 +126,9 @@ class StoreFile:
     "temporary files", the writes go on into the unlinked file, and a restart after a crash
     finds none of them) and for the index (another process opening the store then builds an
     index of its own, and two writers with two indexes overwrite each other's frames). While
-    any connection is open SQLite keeps both in place, so another inode is never its doing."""
+    any connection is open SQLite keeps both in place, so another inode is never its doing.
+
+    Not seen: a file copied over the store in place (`cp`), which keeps its inode."""
 
     path: Path
     device: int
@@ -134,22 +136,49 @@ class StoreFile:
     # (device, inode) of the WAL and index files when the store was opened (None: absent then).
     wal: tuple[int, int] | None = None
     shm: tuple[int, int] | None = None
+    # Where SQLite keeps those two: beside the file the path resolves to (a symlinked store's
+    # are beside its target, not the link).
+    real: Path | None = None
 
     @classmethod
     def of(cls, path: Path) -> StoreFile:
         st = os.stat(path)
+        real = path.resolve()
         return cls(
-            path, st.st_dev, st.st_ino, _identity(_wal_path(path)), _identity(_shm_path(path))
+            path,
+            st.st_dev,
+            st.st_ino,
+            _identity(_wal_path(real)),
+            _identity(_shm_path(real)),
+            real,
         )
+
+    @property
+    def wal_path(self) -> Path:
+        return _wal_path(self.real or self.path)
+
+    @property
+    def shm_path(self) -> Path:
+        return _shm_path(self.real or self.path)
 
     def replaced(self) -> bool:
         """True when the path no longer names the file opened (deleted, moved, replaced), or
         its WAL or index file's path no longer names the one it had."""
         return (
             _identity(self.path) != (self.device, self.inode)
-            or (self.wal is not None and _identity(_wal_path(self.path)) != self.wal)
-            or (self.shm is not None and _identity(_shm_path(self.path)) != self.shm)
+            or (self.wal is not None and _identity(self.wal_path) != self.wal)
+            or (self.shm is not None and _identity(self.shm_path) != self.shm)
         )
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    """The store file's identity, size and modification time: it moves when anyone writes
+    into it (a checkpoint)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -192,6 +221,9 @@ class StoreWatch:
         self._next_poll = monotonic() + interval_s
         self._lost = False
         self._on_lost: list[Callable[[], None]] = []
+        # The store file as last seen while the store was whole (every look, every commit of
+        # this process's own): changed at the loss, someone else wrote into it since.
+        self._seen = _signature(file.path)
 
     @property
     def lost(self) -> bool:
@@ -213,6 +245,7 @@ class StoreWatch:
         # which would pass for a WAL file removed under a running service.
         _ = conn.in_transaction
         if not self.file.replaced():
+            self._seen = _signature(self.file.path)
             return False
         self._lost = True
         self._keep_what_was_acknowledged(conn)
@@ -220,6 +253,11 @@ class StoreWatch:
         for callback in self._on_lost:
             callback()
         return True
+
+    def committed(self) -> None:
+        """After a commit of this process's own, which may have checkpointed into the file."""
+        if not self._lost:
+            self._seen = _signature(self.file.path)
 
     def poll(self, conn: sqlite3.Connection, lock: threading.Lock | None) -> bool:
         """`check`, at most once per interval (one or two `stat`s), under `lock` (None: the
@@ -241,15 +279,19 @@ class StoreWatch:
         have written since; else into a copy beside it (`store_saved_aside`), so that nothing
         acknowledged is gone for good, whichever files went."""
         file = self.file
-        path, wal, shm = file.path, _wal_path(file.path), _shm_path(file.path)
+        path, wal, shm = file.path, file.wal_path, file.shm_path
         ours = _identity(path) == (file.device, file.inode)
         wal_now, shm_now = _identity(wal), _identity(shm)
         # Another process that opened the store since made files of its own: an index (if the
         # old one went), perhaps a WAL file it wrote (one that only tried to read, and failed
-        # on the frames the index names, leaves an empty one).
+        # on the frames the index names, leaves an empty one). With the index gone and none
+        # new, only an unchanged store file says nobody wrote: an opener that closed as if it
+        # were the last checkpointed into it and removed its files.
         foreign_shm = shm_now is not None and shm_now != file.shm
         foreign_wal = wal_now is not None and wal_now != file.wal and _size(wal) > 0
-        if ours and not foreign_shm and not foreign_wal:
+        unchanged = self._seen is not None and _signature(path) == self._seen
+        index_ours = shm_now == file.shm or (shm_now is None and unchanged)
+        if ours and index_ours and not foreign_wal:
             if wal_now != file.wal:
                 # The WAL file went: its frames are only in this connection's open file. TRUNCATE
                 # also resets the index, so that the others can read and write again.
@@ -332,6 +374,8 @@ def write_transaction(
         except sqlite3.Error as exc:  # a deferred constraint fails here too, not only the disk
             _rollback(conn)
             raise (_store_error(exc) or exc) from None
+        if watch is not None:
+            watch.committed()
 
 
 def close_when_free(

@@ -583,3 +583,58 @@ def test_an_index_removed_twice_around_another_writer_keeps_its_write(tmp_path: 
     assert watch.check(conn)
     close_when_free(conn, lock, 1.0, watch)
     assert _rows_seen_by_another_process(path) == [0, 1, 2, 77]
+
+
+def test_a_symlinked_stores_wal_file_is_watched_where_sqlite_keeps_it(tmp_path: Path) -> None:
+    """SQLite names the WAL and index files after the file the path resolves to: watched beside
+    the link, a removed WAL file went unseen and a crash lost what it held (a reviewer's run)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "x.sqlite3"
+    link.symlink_to(tmp_path / "real" / "x.sqlite3")
+    conn = open_db(link, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(link)), threading.Lock()
+    try:
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (1)")
+        (tmp_path / "real" / "x.sqlite3-wal").unlink()
+        assert watch.check(conn)
+        assert _rows_seen_by_another_process(link) == [1]
+    finally:
+        close_when_free(conn, lock, 1.0, watch)
+
+
+_WRITE_AND_CHECKPOINT = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("INSERT INTO t VALUES (77)")
+c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+c.close()
+"""
+
+
+def test_an_index_gone_with_the_store_file_written_since_goes_aside(tmp_path: Path) -> None:
+    """WAL and index removed, another process writes and checkpoints into the store file, and
+    its index is removed too: no file says it was there, but the store file changed. A
+    checkpoint from this connection's stale index wrote older pages over its row (a reviewer's
+    run); this connection's view goes aside instead, and the row stays."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the store file
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(3):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"x.sqlite3{suffix}").unlink()
+    other = subprocess.run(
+        [sys.executable, "-c", _WRITE_AND_CHECKPOINT, str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    (tmp_path / "x.sqlite3-shm").unlink(missing_ok=True)
+    assert watch.check(conn)
+    (aside,) = _aside(tmp_path)
+    assert _rows(aside) == [0, 1, 2]
+    close_when_free(conn, lock, 1.0, watch)
+    assert _rows_seen_by_another_process(path) == [77]
