@@ -166,9 +166,19 @@ class StoreFile:
         its WAL or index file's path no longer names the one it had."""
         return (
             _identity(self.path) != (self.device, self.inode)
+            # The path resolving elsewhere (a symlink replaced by its file, or the reverse):
+            # the next opener would use the WAL and index files beside another name.
+            or (self.real is not None and _resolved(self.path) != self.real)
             or (self.wal is not None and _identity(self.wal_path) != self.wal)
             or (self.shm is not None and _identity(self.shm_path) != self.shm)
         )
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -255,8 +265,10 @@ class StoreWatch:
         return True
 
     def committed(self) -> None:
-        """After a commit of this process's own, which may have checkpointed into the file."""
-        if not self._lost:
+        """After a commit of this process's own, which may have checkpointed into the file;
+        only if the store is still whole, as another process may have written into the file
+        between the write's look and its commit (its checkpoint would pass for this one's)."""
+        if not self._lost and not self.file.replaced():
             self._seen = _signature(self.file.path)
 
     def poll(self, conn: sqlite3.Connection, lock: threading.Lock | None) -> bool:
@@ -280,7 +292,10 @@ class StoreWatch:
         acknowledged is gone for good, whichever files went."""
         file = self.file
         path, wal, shm = file.path, file.wal_path, file.shm_path
-        ours = _identity(path) == (file.device, file.inode)
+        # The path now resolving to another name (a symlink flattened): the next opener uses
+        # the WAL and index files beside that name, never this connection's.
+        renamed = file.real is not None and _resolved(path) != file.real
+        ours = not renamed and _identity(path) == (file.device, file.inode)
         wal_now, shm_now = _identity(wal), _identity(shm)
         # Another process that opened the store since made files of its own: an index (if the
         # old one went), perhaps a WAL file it wrote (one that only tried to read, and failed
@@ -302,7 +317,13 @@ class StoreWatch:
             # index would truncate those away.
             return
         self._save_aside(conn)
-        if not ours and wal_now is not None and wal_now == file.wal and not foreign_shm:
+        if (
+            not renamed
+            and not ours
+            and wal_now is not None
+            and wal_now == file.wal
+            and not foreign_shm
+        ):
             # The store file was replaced, but the WAL file at the path is still this one:
             # emptied, or the file moved in would be read with this store's frames over it.
             self._checkpoint(conn)

@@ -638,3 +638,52 @@ def test_an_index_gone_with_the_store_file_written_since_goes_aside(tmp_path: Pa
     assert _rows(aside) == [0, 1, 2]
     close_when_free(conn, lock, 1.0, watch)
     assert _rows_seen_by_another_process(path) == [77]
+
+
+def test_a_symlinked_store_flattened_while_running_goes_aside(tmp_path: Path) -> None:
+    """The link replaced by its file (same inode): the next opener uses the WAL file beside the
+    new name and never reads this connection's, so its acknowledged rows went unseen and were
+    lost at the stop (a reviewer's run). Found lost, the view goes aside."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "x.sqlite3"
+    link.symlink_to(tmp_path / "real" / "x.sqlite3")
+    conn = open_db(link, Bad, schema="CREATE TABLE t (v INTEGER);")
+    watch, lock = StoreWatch(StoreFile.of(link)), threading.Lock()
+    with write_transaction(conn, lock, watch) as c:
+        c.execute("INSERT INTO t VALUES (1)")
+    os.rename(tmp_path / "real" / "x.sqlite3", link)
+    assert watch.check(conn)
+    (aside,) = sorted((tmp_path / "data").glob("x.sqlite3.lost-*"))
+    assert _rows(aside) == [1]
+    close_when_free(conn, lock, 1.0, watch)
+
+
+def test_another_writer_between_the_look_and_the_commit_is_not_taken_for_this_one(
+    tmp_path: Path,
+) -> None:
+    """The store lost while a write runs (after its look, before its commit), and another
+    process writes and checkpoints into the store file meanwhile: the file as seen after the
+    commit includes that write, and a save in place then wrote older pages over it (a
+    reviewer's run). The commit records the file only while the store is whole."""
+    path = tmp_path / "x.sqlite3"
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the store file
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    with write_transaction(conn, lock, watch) as c:
+        c.execute("INSERT INTO t VALUES (0)")
+    with write_transaction(conn, lock, watch) as c:
+        c.execute("INSERT INTO t VALUES (1)")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"x.sqlite3{suffix}").unlink()
+        other = subprocess.run(
+            [sys.executable, "-c", _WRITE_AND_CHECKPOINT, str(path)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert other.returncode == 0, other.stderr
+        (tmp_path / "x.sqlite3-shm").unlink(missing_ok=True)
+    assert watch.check(conn)
+    (aside,) = _aside(tmp_path)
+    assert _rows(aside) == [0, 1]
+    close_when_free(conn, lock, 1.0, watch)
+    assert _rows_seen_by_another_process(path) == [77]
