@@ -52,14 +52,6 @@ class StoreBusy(StoreUnavailable):
         )
 
 
-class StoreLost(StoreUnavailable):
-    """The store file is no longer the one opened (StoreWatch): what the path now names is not
-    what this process reads or writes."""
-
-    def __init__(self) -> None:
-        super().__init__(ErrorKind.UNAVAILABLE, "STORE_WRITE_FAILED", STORE_REPLACED)
-
-
 class StoreWriteFailed(StoreUnavailable):
     """The disk refused the write: full, read-only, gone, or an I/O error. SQLite rolled the
     transaction back. `cause` is SQLite's own short text ("database or disk is full"): it names
@@ -76,6 +68,14 @@ class StoreWriteFailed(StoreUnavailable):
             f"the store could not be written ({cause}); the write did not complete; {then}",
         )
         self.cause = cause
+
+
+class StoreLost(StoreUnavailable):
+    """The store file is no longer the one opened (StoreWatch): what the path now names is not
+    what this process reads or writes."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, StoreWriteFailed.REASON, STORE_REPLACED)
 
 
 # The disk or file system refused the write, not the statement: full, I/O error, read-only,
@@ -192,11 +192,8 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+    signature = _signature(path)
+    return None if signature is None else signature[:2]
 
 
 def _shm_path(path: Path) -> Path:
@@ -211,12 +208,12 @@ class StoreWatch:
     """Whether a running service's store file is still the one it opened (`StoreFile`), looked
     at by every write and, at most once per `interval_s`, by a reader that polls (`poll`).
 
-    The first time it is not: when only the WAL file went (the store file is still the one
-    opened), what the open WAL file holds is copied into the store file, as a clean close
-    would; a crash would otherwise lose every write acknowledged since the last checkpoint
-    with the unlinked file. Then one `store_file_replaced` error line, and `on_lost` (the
-    service reports NOT_SERVING: other processes' writes, an admin's disable, now go where it
-    no longer reads). It stays lost: writes are refused until a restart opens the path."""
+    The first time it is not: what the connection sees, every write it acknowledged, is saved
+    (`_keep_what_was_acknowledged`: into the store file, or into a copy beside it); then one
+    `store_file_replaced` error line, and `on_lost` (the service reports NOT_SERVING: other
+    processes' writes, an admin's disable, now go where it no longer reads). It stays lost:
+    writes are refused, and the connection is never closed (`close_when_free`), until a
+    restart opens the path."""
 
     def __init__(
         self,
@@ -272,8 +269,8 @@ class StoreWatch:
             self._seen = _signature(self.file.path)
 
     def poll(self, conn: sqlite3.Connection, lock: threading.Lock | None) -> bool:
-        """`check`, at most once per interval (one or two `stat`s), under `lock` (None: the
-        caller holds `conn`'s); True when lost."""
+        """`check`, at most once per interval (a few `stat`s), under `lock` (None: the caller
+        holds `conn`'s); True when lost."""
         if self._lost:
             return True
         now = self._monotonic()
@@ -376,7 +373,8 @@ def write_transaction(
         # the check below would take that for a store removed under a running service.
         _rollback(conn)  # one a failed ROLLBACK left behind would make BEGIN fail for good
         if watch is not None and watch.check(conn):
-            # One stat per write; a file replaced between it and COMMIT is not caught.
+            # A few `stat`s per write; a file replaced between them and COMMIT is caught at
+            # the next look, with `committed` taking no foreign write for this one's.
             raise StoreWriteFailed(STORE_REPLACED)
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -425,7 +425,7 @@ class StateLoader:
         for the next sync (recorded up front, it was lost until the next write to the store;
         what loaded before the failure loads again to the same state)."""
         with self._lock:
-            if self._store.lost():
+            if self._store.check_lost():
                 raise StoreLost()  # what the path names now is not what this reads
             dv = self._store.data_version()
             if dv == self._data_version and not force:

@@ -142,7 +142,7 @@ class OperatorStore:
 
     def reader(self) -> OperatorStore:
         """A second connection to the same file, for a background reader thread; it watches
-        the file with this one (`lost`)."""
+        the file with this one (`check_lost`)."""
         return OperatorStore(open_db(self._path, StoreError, check=False), self._path, self._watch)
 
     def close(self, wait_s: float = 2.0) -> None:
@@ -152,7 +152,7 @@ class OperatorStore:
     def path(self) -> Path:
         return self._path
 
-    def lost(self) -> bool:
+    def check_lost(self) -> bool:
         """Whether the store file is no longer the one opened (sqlite_db.StoreWatch), looked at
         once a second at most; a reader calls it before reading."""
         return self._watch.poll(self._conn, self._lock)
@@ -164,7 +164,8 @@ class OperatorStore:
         return self._watch.lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        """`callback` runs once, when a write or `lost` first finds the store file replaced."""
+        """`callback` runs once, when a write or `check_lost` first finds the store file
+        replaced."""
         self._watch.on_lost(callback)
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:

@@ -4,6 +4,8 @@ services (each must answer with one stderr line naming the path and exit 2)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 # /proc takes no new files or directories, whoever asks (root included).
@@ -60,3 +62,18 @@ def one_error_line(stderr: str, prefix: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(prefix), stderr
     return lines[0]
+
+
+def column_read_by_another_process(path: Path, query: str) -> list[str]:
+    """The first column of `query`'s rows, as a fresh process reads the store at `path`: with
+    its own index and connection, not this process's (which SQLite shares between connections
+    to one file, stale or not, after files were removed under them)."""
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        "print(*[row[0] for row in c.execute(sys.argv[2])])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), query], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()

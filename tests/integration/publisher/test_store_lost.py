@@ -4,8 +4,6 @@ publisher says so once, and it reports NOT_SERVING."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from publisher_svc.store.sqlite import SqliteStore
 from svc_common.logging import configure_logging
 from tests.integration.publisher.conftest import World, wait_for
+from tests.support.bad_stores import column_read_by_another_process
 from uid2.operator.v1 import operator_pb2
 from uid2.publisher.v1 import publisher_pb2 as pb
 
@@ -21,15 +20,8 @@ OK = operator_pb2.PrivacySettings(transparency_notice_accepted=True)
 
 
 def _users_seen_by_another_process(store_file: Path) -> list[str]:
-    code = (
-        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-        "print(*[u for (u,) in c.execute('SELECT user_id FROM identities ORDER BY user_id')])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(store_file)], capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    query = "SELECT user_id FROM identities ORDER BY user_id"
+    return column_read_by_another_process(store_file, query)
 
 
 def test_a_removed_wal_file_is_saved_from_and_the_publisher_stops_serving(

@@ -27,7 +27,7 @@ from svc_common.sqlite_db import (
     require_data_dir,
     write_transaction,
 )
-from tests.support.bad_stores import unusable_store
+from tests.support.bad_stores import column_read_by_another_process, unusable_store
 
 
 class Bad(Exception):
@@ -285,16 +285,23 @@ def test_a_poll_finds_a_removed_wal_file_without_a_write_and_saves_what_it_held(
         conn.close()
 
 
+def _watched_store(
+    path: Path, rows: int, *, table_in_file: bool = False
+) -> tuple[sqlite3.Connection, StoreWatch, threading.Lock]:
+    """A store at `path` with its watch, and rows 0..rows-1 written one commit each (in its WAL
+    file; `table_in_file`: the table itself checkpointed into the store file first)."""
+    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
+    if table_in_file:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
+    for v in range(rows):
+        with write_transaction(conn, lock, watch) as c:
+            c.execute("INSERT INTO t VALUES (?)", (v,))
+    return conn, watch, lock
+
+
 def _rows_seen_by_another_process(path: Path) -> list[int]:
-    code = (
-        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-        "print(*[v for (v,) in c.execute('SELECT v FROM t ORDER BY v')])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    return [int(v) for v in out.stdout.split()]
+    return [int(v) for v in column_read_by_another_process(path, "SELECT v FROM t ORDER BY v")]
 
 
 def test_a_commit_refused_by_a_deferred_constraint_ends_the_transaction(tmp_path: Path) -> None:
@@ -371,11 +378,7 @@ def test_a_wal_file_another_process_made_since_is_not_checkpointed_over(tmp_path
     own and write. A checkpoint from the removed file then copied the wrong pages in ("file is
     not a database"), and the service's close did the same (a reviewer's runs): neither runs."""
     path = tmp_path / "x.sqlite3"
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    for v in range(200):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 200)
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     (tmp_path / "x.sqlite3-wal").unlink()
     other = subprocess.run(
@@ -490,12 +493,7 @@ def test_wal_and_index_removed_then_another_writer_leaves_a_copy_aside(tmp_path:
     no longer go into the store file without overwriting that write: it goes into a copy
     beside it, for whoever merges them (a reviewer's run lost a disable so)."""
     path = tmp_path / "x.sqlite3"
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the store file
-    for v in range(5):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 5, table_in_file=True)
     for suffix in ("-wal", "-shm"):
         (tmp_path / f"x.sqlite3{suffix}").unlink()
     other = subprocess.run(
@@ -517,11 +515,7 @@ def test_an_index_removed_alone_is_a_lost_store_and_saved_in_place(tmp_path: Pat
     service never the wiser). Found before anyone opened it, what the WAL file holds is saved
     into the store file."""
     path = tmp_path / "x.sqlite3"
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    for v in range(5):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 5)
     (tmp_path / "x.sqlite3-shm").unlink()
     refused = pytest.raises(StoreWriteFailed, match="removed or replaced")
     with refused, write_transaction(conn, lock, watch) as c:
@@ -539,11 +533,7 @@ def test_a_file_moved_over_a_running_store_gets_none_of_its_wal(tmp_path: Path) 
     other = open_db(tmp_path / "other.sqlite3", Bad, schema="CREATE TABLE t (v INTEGER);")
     other.execute("INSERT INTO t VALUES (100)")
     other.close()
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    for v in range(5):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 5)
     os.replace(tmp_path / "other.sqlite3", path)
     assert watch.check(conn)
     (aside,) = _aside(tmp_path)
@@ -569,11 +559,7 @@ def test_an_index_removed_twice_around_another_writer_keeps_its_write(tmp_path: 
     committed frames away (a reviewer's run: an acknowledged disable undone). The WAL file is
     still the one at the path, so its frames need no saving: left to the next opener."""
     path = tmp_path / "x.sqlite3"
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    for v in range(3):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 3)
     (tmp_path / "x.sqlite3-shm").unlink()
     admin = subprocess.run(
         [sys.executable, "-c", _ADMIN_WRITE, str(path)], capture_output=True, text=True, timeout=30
@@ -619,12 +605,7 @@ def test_an_index_gone_with_the_store_file_written_since_goes_aside(tmp_path: Pa
     checkpoint from this connection's stale index wrote older pages over its row (a reviewer's
     run); this connection's view goes aside instead, and the row stays."""
     path = tmp_path / "x.sqlite3"
-    conn = open_db(path, Bad, schema="CREATE TABLE t (v INTEGER);")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the store file
-    watch, lock = StoreWatch(StoreFile.of(path)), threading.Lock()
-    for v in range(3):
-        with write_transaction(conn, lock, watch) as c:
-            c.execute("INSERT INTO t VALUES (?)", (v,))
+    conn, watch, lock = _watched_store(path, 3, table_in_file=True)
     for suffix in ("-wal", "-shm"):
         (tmp_path / f"x.sqlite3{suffix}").unlink()
     other = subprocess.run(

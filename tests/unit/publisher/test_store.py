@@ -292,3 +292,18 @@ def test_a_store_of_a_newer_release_is_refused_at_open_and_a_new_one_stamped(
         SqliteStore(tmp_path)
     assert "schema version 2, newer than this release's 1" in str(exc.value)
     assert str(path) in str(exc.value)
+
+
+def test_the_refreshers_pass_finds_a_lost_store(tmp_path: Path) -> None:
+    """The background refresher asks for due identities every interval: an idle publisher finds
+    its WAL file removed that way, within a second, with no caller's read."""
+    store = SqliteStore(tmp_path)
+    lost: list[bool] = []
+    store.on_lost(lambda: lost.append(True))
+    try:
+        (tmp_path / (SqliteStore.FILE_NAME + "-wal")).unlink()
+        time.sleep(1.1)  # past the watch's once-a-second throttle
+        store.due(0, 10)
+        assert lost == [True]
+    finally:
+        store.close()
