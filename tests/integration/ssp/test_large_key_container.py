@@ -16,7 +16,9 @@ _GRPC_DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 def test_a_key_container_past_4_mib_is_fetched_whole() -> None:
     keys = KeySet()
     # 100 sites' keysets, 700 keys each: more than a month of daily rotation.
-    keys.extra = [make_key(1000 + n, 20 + n // 700, 100 + n // 700) for n in range(70_000)]
+    keys.extra = [
+        make_key(1000 + n, 20 + n // 700, 100 + n // 700, now=keys.now_s()) for n in range(70_000)
+    ]
     fake = FakeOperator(keys)  # type: ignore[abstract]  # a partial fake: only GetBidstreamKeys
     served = serve_fake_operator(fake)
     target = f"127.0.0.1:{served.port}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
 
 from bidstream.decryptor.optouts import OptOutSet
+from svc_common.clock import Clock, ManualClock, SystemClock
 from uid2.operator.v1 import operator_pb2
 from uid2_crypto.identity import IdentityScope, IdentityType
 from uid2_crypto.keys import MASTER_KEYSET_ID, Key, key_container_json
@@ -25,14 +25,25 @@ SITE_KEYSET = 10
 DOMAIN = "news.example.com"
 APP = "com.example.news"
 DAY_S = 86_400
+# The unit tests' "now" (2026-09-21T14:13:20Z): their keys, tokens and checks read one hand-moved
+# clock, so no verdict hangs on how long a test takes. Tests against real servers use the wall
+# clock the servers read.
+FIXED_NOW_MS = 1_790_000_000_000
+
+
+def fixed_clock() -> ManualClock:
+    return ManualClock(FIXED_NOW_MS)
 
 
 def now_s() -> int:
-    return int(time.time())
+    return SystemClock().now_ms() // 1000
 
 
-def make_key(key_id: int, keyset_id: int, site_id: int, *, activates: int | None = None) -> Key:
-    t = now_s()
+def make_key(
+    key_id: int, keyset_id: int, site_id: int, *, now: int, activates: int | None = None
+) -> Key:
+    """A key made at `now` (seconds), active an hour before it, for 30 days after it."""
+    t = now
     return Key(
         id=key_id,
         keyset_id=keyset_id,
@@ -46,13 +57,22 @@ def make_key(key_id: int, keyset_id: int, site_id: int, *, activates: int | None
 
 @dataclass
 class KeySet:
-    """A master key and a site key (site 42), growing as keys rotate."""
+    """A master key and a site key (site 42), growing as keys rotate; made, and its tokens
+    minted, at `clock`'s time."""
 
-    master: Key = field(default_factory=lambda: make_key(101, MASTER_KEYSET_ID, 0))
-    site: Key = field(default_factory=lambda: make_key(201, SITE_KEYSET, SITE_ID))
+    clock: Clock = field(default_factory=SystemClock)
+    master: Key = field(init=False)
+    site: Key = field(init=False)
     extra: list[Key] = field(default_factory=list)
     # Domains the site registered besides DOMAIN (`site add --domain` while decryptors run).
     more_domains: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.master = make_key(101, MASTER_KEYSET_ID, 0, now=self.now_s())
+        self.site = make_key(201, SITE_KEYSET, SITE_ID, now=self.now_s())
+
+    def now_s(self) -> int:
+        return self.clock.now_ms() // 1000
 
     def all_keys(self) -> list[Key]:
         return [self.master, self.site, *self.extra]
@@ -72,7 +92,7 @@ class KeySet:
 
     def rotate_site_key(self, key_id: int) -> Key:
         """A new site key, active now; tokens minted with it name a key decryptors lack."""
-        new = make_key(key_id, SITE_KEYSET, SITE_ID)
+        new = make_key(key_id, SITE_KEYSET, SITE_ID, now=self.now_s())
         self.extra.append(self.site)  # the old key stays published
         self.site = new
         return new
@@ -95,7 +115,7 @@ def mint(
     client_side: bool = False,
     site_key: Key | None = None,
 ) -> str:
-    t_ms = now_s() * 1000
+    t_ms = keys.now_s() * 1000
     created = t_ms - created_ago_s * 1000
     payload = TokenPayload(
         raw_uid=raw_uid(uid),

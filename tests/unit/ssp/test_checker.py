@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import struct
 import threading
-import time
 from typing import Any
 
 from bidstream.decryptor.checker import TokenChecker, Verdict
@@ -15,20 +14,26 @@ from bidstream.decryptor.key_cache import (
     KeyRefresher,
 )
 from bidstream.decryptor.optouts import OptOutSet
-from svc_common.clock import ManualClock, SystemClock
-from tests.unit.ssp.support import APP, DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
+from tests.unit.ssp.support import (
+    APP,
+    DOMAIN,
+    KeySet,
+    fixed_clock,
+    loaded_optouts,
+    mint,
+    raw_uid_b64,
+)
 
 
 def checker_for(keys: KeySet, **kw: Any) -> tuple[TokenChecker, KeyCache, OptOutSet]:
-    clock = SystemClock()
-    cache = KeyCache(keys.body, clock, **kw)
+    cache = KeyCache(keys.body, keys.clock, **kw)
     assert cache.refresh()
     optouts = loaded_optouts()
-    return TokenChecker(cache, optouts, clock), cache, optouts
+    return TokenChecker(cache, optouts, keys.clock), cache, optouts
 
 
 def test_verdicts() -> None:
-    keys = KeySet()
+    keys = KeySet(fixed_clock())
     checker, _, optouts = checker_for(keys)
     assert checker.check(mint(keys), DOMAIN) is Verdict.VALID
     assert checker.check(mint(keys, expires_in_s=30, created_ago_s=60), DOMAIN) is Verdict.EXPIRED
@@ -43,8 +48,8 @@ def test_verdicts() -> None:
 
 
 def test_tokens_are_not_vouched_for_until_the_opt_out_backlog_is_in() -> None:
-    keys = KeySet()
-    clock = SystemClock()
+    clock = fixed_clock()
+    keys = KeySet(clock)
     cache = KeyCache(keys.body, clock)
     assert cache.refresh()
     optouts = OptOutSet()
@@ -57,7 +62,7 @@ def test_tokens_are_not_vouched_for_until_the_opt_out_backlog_is_in() -> None:
 
 
 def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
-    keys = KeySet()
+    keys = KeySet(fixed_clock())
     checker, _, _ = checker_for(keys)
     token = mint(keys, client_side=True)
     assert checker.check(token, DOMAIN) is Verdict.VALID
@@ -67,7 +72,7 @@ def test_client_side_generated_tokens_need_the_sites_domain_or_app() -> None:
 
 
 def test_a_page_on_a_subdomain_of_the_sites_domain_is_the_sites() -> None:
-    keys = KeySet()
+    keys = KeySet(fixed_clock())
     checker, _, _ = checker_for(keys)
     token = mint(keys, client_side=True)
     assert checker.check(token, "www." + DOMAIN) is Verdict.VALID
@@ -81,8 +86,8 @@ def test_a_page_on_a_subdomain_of_the_sites_domain_is_the_sites() -> None:
 
 
 def test_a_domain_added_since_the_last_fetch_is_fetched_for_at_most_once_a_minute() -> None:
-    keys = KeySet()
-    clock = ManualClock(int(time.time() * 1000))
+    clock = fixed_clock()
+    keys = KeySet(clock)
     cache = KeyCache(keys.body, clock)
     assert cache.refresh()
     checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=5.0)
@@ -103,14 +108,15 @@ def test_a_domain_added_since_the_last_fetch_is_fetched_for_at_most_once_a_minut
 
 
 def test_no_keys_means_no_verdict_on_the_token() -> None:
-    keys = KeySet()
-    cache = KeyCache(keys.body, SystemClock())
-    checker = TokenChecker(cache, loaded_optouts(), SystemClock(), early_refresh_wait_s=0.0)
+    clock = fixed_clock()
+    keys = KeySet(clock)
+    cache = KeyCache(keys.body, clock)
+    checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
     assert checker.check(mint(keys), DOMAIN) is Verdict.NO_KEYS
 
 
 def test_unknown_key_triggers_early_refresh_and_the_token_decrypts() -> None:
-    keys = KeySet()
+    keys = KeySet(fixed_clock())
     checker, cache, _ = checker_for(keys, early_min_interval_s=0.0)
     refresher = KeyRefresher(cache, poll_s=0.05).start()
     try:
@@ -129,7 +135,7 @@ def _naming_master_key(token: str, key_id: int) -> str:
 
 def test_only_a_key_id_the_operator_may_have_issued_since_asks_for_keys() -> None:
     # Random bytes name random keys; a fetch for each would be the sender's to command.
-    keys = KeySet()  # key ids 101 (master) and 201 (site): the highest is 201
+    keys = KeySet(fixed_clock())  # key ids 101 (master) and 201 (site): the highest is 201
     checker, cache, _ = checker_for(keys, early_min_interval_s=0.0)
     fetched = cache.successes
     for key_id in (5, 150, 201 + PLAUSIBLE_NEW_KEY_IDS + 1, 2**32 - 1):
@@ -142,7 +148,7 @@ def test_only_a_key_id_the_operator_may_have_issued_since_asks_for_keys() -> Non
 
 
 def test_many_threads_share_one_checker() -> None:
-    keys = KeySet()
+    keys = KeySet(fixed_clock())
     checker, _, _ = checker_for(keys)
     tokens = [mint(keys, uid=i) for i in range(1, 20)]
     bad: list[Verdict] = []
@@ -163,7 +169,8 @@ def test_many_threads_share_one_checker() -> None:
 
 def test_no_keys_asks_for_a_fetch_now_not_at_the_backoffs_next_try() -> None:
     # The operator was down at start: the first fetch failed and the next is backed off.
-    keys = KeySet()
+    clock = fixed_clock()
+    keys = KeySet(clock)
     up = False
 
     def fetch() -> Any:
@@ -171,7 +178,6 @@ def test_no_keys_asks_for_a_fetch_now_not_at_the_backoffs_next_try() -> None:
             raise ConnectionError("operator down")
         return keys.body()
 
-    clock = ManualClock(SystemClock().now_ms())  # mint() stamps tokens with the real time
     cache = KeyCache(fetch, clock, rng=lambda: 0.5, retry_base_s=30.0)
     assert cache.run_due() is False
     assert not cache.due()
@@ -197,7 +203,8 @@ def test_an_outage_with_traffic_is_not_a_fetch_per_impression() -> None:
     # No keys, the operator down for 5 minutes, an impression every second: the early
     # refreshes follow the failure backoff (capped at NO_KEYS_RETRY_CAP_S), not the
     # once-a-second limit of early refreshes for a missing key.
-    keys = KeySet()
+    clock = fixed_clock()
+    keys = KeySet(clock)
     fetches = 0
 
     def fetch() -> Any:
@@ -205,7 +212,6 @@ def test_an_outage_with_traffic_is_not_a_fetch_per_impression() -> None:
         fetches += 1
         raise ConnectionError("operator down")
 
-    clock = ManualClock(SystemClock().now_ms())
     cache = KeyCache(fetch, clock, rng=lambda: 0.5)
     checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
     token = mint(keys)
@@ -222,10 +228,10 @@ def test_a_long_outage_does_not_overflow_the_backoff() -> None:
     def fetch() -> Any:
         raise ConnectionError("operator down")
 
-    clock = ManualClock(SystemClock().now_ms())
+    clock = fixed_clock()
     cache = KeyCache(fetch, clock, rng=lambda: 0.5)
     checker = TokenChecker(cache, loaded_optouts(), clock, early_refresh_wait_s=0.0)
-    token = mint(KeySet())
+    token = mint(KeySet(clock))
     for _ in range(1100):
         assert checker.check(token, DOMAIN) is Verdict.NO_KEYS
         assert cache.refresh() is False

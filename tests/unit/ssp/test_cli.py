@@ -13,8 +13,8 @@ from publisher_svc import cli as publisher_cli
 from publisher_svc.store import SqliteStore
 from ssp_svc import cli
 from ssp_svc.store.accounts import SqliteAccountStore
-from svc_common.clock import SystemClock
 from tests.support.bad_stores import one_error_line, unusable_store
+from tests.unit.ssp.support import fixed_clock
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_backup_and_restore_keep_every_account(
     api_key = json.loads(capsys.readouterr().out)["api_key"]
     assert cli.main(["backup", "--data-dir", str(live), "--to", str(backup)]) == 0
     assert cli.main(["restore", "--data-dir", str(restored), "--from", str(backup)]) == 0
-    store = SqliteAccountStore(restored, rng=os.urandom, clock=SystemClock())
+    store = SqliteAccountStore(restored, rng=os.urandom, clock=fixed_clock())
     try:
         account = store.authenticate(api_key)
         assert account is not None and account.name == "n"

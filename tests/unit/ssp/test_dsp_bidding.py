@@ -12,9 +12,8 @@ from bidstream.decryptor.optouts import OptOutSet
 from dsp_svc.bidding import MAX_IMPS, NBR_INVALID_REQUEST, NBR_UNMATCHED_USER, Bidder
 from dsp_svc.config import ConfigError, DspConfig, Mode
 from ssp_svc.bid_request import Disposition, Impression, build_bid_request
-from svc_common.clock import SystemClock
 from svc_common.errors import ServiceError
-from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
+from tests.unit.ssp.support import DOMAIN, KeySet, fixed_clock, loaded_optouts, mint, raw_uid_b64
 from uid2.ssp.v1 import openrtb_pb2
 
 
@@ -24,13 +23,14 @@ def request(token: str, floor: float = 0.5) -> openrtb_pb2.BidRequest:
 
 
 def bidder(**kw: object) -> tuple[Bidder, KeySet, OptOutSet]:
-    keys = KeySet()
-    cache = KeyCache(keys.body, SystemClock())
+    clock = fixed_clock()
+    keys = KeySet(clock)
+    cache = KeyCache(keys.body, clock)
     cache.refresh()
     optouts = loaded_optouts()
     b = Bidder(
         "dsp",
-        checker=TokenChecker(cache, optouts, SystemClock()),
+        checker=TokenChecker(cache, optouts, clock),
         base_price=1.0,
         identified_bonus=2.0,
         new_id=cast(Callable[[], str], kw.pop("new_id", lambda: "bid")),

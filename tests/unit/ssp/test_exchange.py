@@ -13,9 +13,8 @@ from ssp_svc.bidders import FanOutResult
 from ssp_svc.exchange import AuctionReport, Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub
-from svc_common.clock import SystemClock
 from svc_common.errors import ErrorKind, ServiceError
-from tests.unit.ssp.support import DOMAIN, KeySet, loaded_optouts, mint, raw_uid_b64
+from tests.unit.ssp.support import DOMAIN, KeySet, fixed_clock, loaded_optouts, mint, raw_uid_b64
 from uid2.ssp.v1 import openrtb_pb2
 
 PUB = Account("p1", "Pub", AccountKind.PUBLISHER, ("example.com",))
@@ -40,7 +39,7 @@ def exchange(
         checker=checker,
         fan_out=bidders,
         hub=hub,
-        clock=SystemClock(),
+        clock=fixed_clock(),
         tmax_ms=100,
         new_id=lambda: "auction-1",
     )
@@ -116,11 +115,12 @@ def test_no_token_absent_and_no_fill_below_floor() -> None:
 
 
 def test_decrypting_drops_bad_tokens() -> None:
-    keys = KeySet()
-    cache = KeyCache(keys.body, SystemClock())
+    clock = fixed_clock()
+    keys = KeySet(clock)
+    cache = KeyCache(keys.body, clock)
     cache.refresh()
     optouts = loaded_optouts()
-    checker = TokenChecker(cache, optouts, SystemClock())
+    checker = TokenChecker(cache, optouts, clock)
     bidders = Bidders(2.0)
     ex, _ = exchange(bidders, checker)
     good = mint(keys, uid=1)
@@ -141,9 +141,10 @@ def test_decrypting_drops_bad_tokens() -> None:
 def test_a_checking_ssp_without_keys_sends_no_token_on() -> None:
     """Operator credentials but no keys yet (the operator unreachable since start): an opted-out
     user's token cannot be told from any other, so none goes to bidders."""
-    keys = KeySet()
+    clock = fixed_clock()
+    keys = KeySet(clock)
     checker = TokenChecker(
-        KeyCache(keys.body, SystemClock()), loaded_optouts(), SystemClock(), early_refresh_wait_s=0
+        KeyCache(keys.body, clock), loaded_optouts(), clock, early_refresh_wait_s=0
     )
     bidders = Bidders(2.0)
     ex, _ = exchange(bidders, checker)

@@ -25,7 +25,7 @@ class Fetcher:
 
 def make(rng: float = 0.5, **kw: Any) -> tuple[KeyCache, Fetcher, ManualClock]:
     clock = ManualClock(1_000_000)
-    fetch = Fetcher(KeySet())
+    fetch = Fetcher(KeySet(clock))
     return KeyCache(fetch, clock, rng=lambda: rng, **kw), fetch, clock
 
 
