@@ -4,6 +4,8 @@ credentials) the decryptor; then reports SERVING."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import grpc
@@ -33,6 +35,28 @@ def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
         return FileAccountStore(config.publishers_file, rng=rng)
     # SspConfig refuses this already; checked again because `python -O` drops asserts.
     raise ConfigError("give exactly one of --data-dir and --publishers-file")
+
+
+def _watch_for_loss(accounts: AccountStore, interval_s: float = 1.0) -> Callable[[], None]:
+    """Looks at the store every `interval_s` from a thread of its own: the calls that look at
+    it (authentication) may not come for hours, and until one does an SSP whose store was
+    replaced under it would report SERVING while an admin's disable goes to the new file.
+    Returns what stops the thread; run before the store closes."""
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(interval_s):
+            if accounts.check_lost():
+                return
+
+    thread = threading.Thread(target=run, name="store-watch", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(timeout=5)
+
+    return stop
 
 
 def create_server(
@@ -108,6 +132,7 @@ def create_server(
         return served, served.port
     served.set_serving(True)
     served.not_serving_once_lost(accounts.on_lost)
+    served.on_stop.append(_watch_for_loss(accounts))
     _log.info(
         "ssp_ready",
         bidders=[b.name for b in config.bidders],

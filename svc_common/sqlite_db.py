@@ -528,8 +528,9 @@ SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ, an extended result code
 def short_read_message(path: Path, cause: str) -> str:
     """What a short read means for a store: the WAL index names frames its WAL file lacks, as
     when the file was removed while a service had the store open. That service saves them into
-    the store when it next looks (StoreWatch: the operator within a second, the SSP and the
-    publisher at their next call) or as it stops; a restore would throw them away."""
+    the store when it next looks (StoreWatch: the operator and the SSP within a second, the
+    publisher at its next call or refresher pass) or as it stops; a restore would throw them
+    away."""
     return (
         f"store {path} cannot be read in full ({cause}); if its -wal file was removed while a "
         "service ran, that service saves what it held at its next call or as it stops: try "

@@ -100,6 +100,9 @@ class AccountStore(Protocol):
     def on_lost(self, callback: Callable[[], None]) -> None:
         """`callback` runs once if the store's file is found replaced under the service."""
 
+    def check_lost(self) -> bool:
+        """Looks (at most once a second) whether the store's file was replaced; True if so."""
+
     def close(self) -> None: ...
 
 
@@ -324,6 +327,9 @@ class SqliteAccountStore:
     def on_lost(self, callback: Callable[[], None]) -> None:
         self._watch.on_lost(callback)
 
+    def check_lost(self) -> bool:
+        return self._watch.poll(self._conn, self._lock)
+
     def close(self) -> None:
         close_when_free(self._conn, self._lock, 2.0, self._watch)
 
@@ -403,6 +409,9 @@ class FileAccountStore:
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         pass  # read once at start: nothing to lose
+
+    def check_lost(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass
