@@ -423,11 +423,15 @@ def rotate_keys_in(
             if ks.keyset_id == REFRESH_KEYSET_ID
             else max(token_lifetime_s, accepted_lifetime_s, longest_issued_s)
         ) + clock_skew_s
-        for k in keys:
-            if k.keyset_id == ks.keyset_id and k.activates_s < activates:
-                keep_until = activates + retention
-                if k.expires_s > keep_until:
-                    OperatorStore.set_key_expiry(conn, k.key_id, keep_until)
+        keep_until = activates + retention
+        superseded = [k for k in keys if k.keyset_id == ks.keyset_id and k.activates_s < activates]
+        # The key in use until the new one activates encrypts tokens until then: it is kept
+        # a whole token lifetime past that, even when it was to expire sooner (else tokens it
+        # encrypts in its last days would be cut short to its expiry, `tokens._last_ms`).
+        in_use = max(superseded, key=lambda k: (k.activates_s, k.key_id), default=None)
+        for k in superseded:
+            if k.expires_s > keep_until or (k is in_use and now_s < k.expires_s < keep_until):
+                OperatorStore.set_key_expiry(conn, k.key_id, keep_until)
         _add_key(conn, ks.keyset_id, ks.site_id, now_s, activates, rng)
         created += 1
     expired = [k.key_id for k in OperatorStore.keys_in(conn) if k.expires_s <= now_s]

@@ -155,7 +155,12 @@ class TokenService:
         now = self._clock.now_ms()
         master, site_key, refresh_key = self._keys_for(site_id, now // 1000)
         raw = raw_uid2(flh, state.salts.salt(bucket_index(flh)))
-        expires = now + self._token_ms
+        # No token outlives a key that encrypted it: decryptors drop an expired key, and the
+        # operator prunes it, so such a token would stop decrypting (or refreshing) before the
+        # expiry it states. Only keys near their run-out (no rotation in time) shorten tokens:
+        # a rotation keeps the key it supersedes for a whole token lifetime past its last use.
+        refresh_expires = min(now + self._refresh_ms, _last_ms(refresh_key))
+        expires = min(now + self._token_ms, _last_ms(master), _last_ms(site_key), refresh_expires)
         payload = TokenPayload(
             raw_uid=raw,
             identity_type=identity_type,
@@ -173,7 +178,6 @@ class TokenService:
             operator_key_id=0,
         )
         advertising = encode_advertising_token_v4(payload, master, site_key, self._rng)
-        refresh_expires = now + self._refresh_ms
         refresh_token, response_key = encode_refresh_token(
             RefreshPayload(
                 expires_ms=refresh_expires,
@@ -195,7 +199,7 @@ class TokenService:
             advertising_token=advertising,
             refresh_token=refresh_token,
             identity_expires=expires,
-            refresh_from=now + self._refresh_from_ms,
+            refresh_from=min(now + self._refresh_from_ms, expires),
             refresh_expires=refresh_expires,
             refresh_response_key=response_key,
         )
@@ -316,3 +320,8 @@ class TokenService:
             return False
         expected = raw_uid2(flh, state.salts.salt(bucket_index(flh)))
         return base64.b64encode(expected).decode("ascii") == result.raw_uid
+
+
+def _last_ms(key: Key) -> int:
+    """The last millisecond `key` is published and held (epoch ms): it goes at its expiry."""
+    return key.expires * 1000 - 1

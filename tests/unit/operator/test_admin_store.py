@@ -158,6 +158,37 @@ def test_key_rotation_and_pruning(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_late_rotation_keeps_the_key_in_use_a_whole_token_lifetime_past_its_last_use(
+    tmp_path: Path,
+) -> None:
+    """Review: keys rotated a day before they run out (init's keys live 365 days). Their expiry
+    only ever went down, so the key in use until the new one activates kept its old expiry, and
+    tokens it encrypted in its last days stopped decrypting days early. It is now kept as long as
+    any superseded key; one superseded before (not in use until then) is not kept longer."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    t0 = T0 // 1000
+    late = (t0 + 364 * DAY_S) * 1000  # a day before init's keys expire
+    first = admin.rotate_keys(store, now_ms=late, rng=os.urandom, activation_delay_s=3600)
+    for keyset in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID):
+        init_key = next(
+            k for k in store.key_rows() if k.keyset_id == keyset and k.activates_s == t0
+        )
+        assert init_key.expires_s == first.activates + 30 * DAY_S + 1800 > t0 + 365 * DAY_S
+    # Ten minutes on, another rotation: the key the first added is the one in use until the
+    # new one activates; init's key, superseded already, keeps the expiry it had.
+    second = admin.rotate_keys(
+        store, now_ms=late + 600_000, rng=os.urandom, activation_delay_s=3600
+    )
+    for keyset in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID):
+        rows = [k for k in store.key_rows() if k.keyset_id == keyset]
+        init_key = next(k for k in rows if k.activates_s == t0)
+        pending = next(k for k in rows if k.activates_s == first.activates)
+        assert init_key.expires_s == first.activates + 30 * DAY_S + 1800
+        assert pending.expires_s == second.activates + 30 * DAY_S + 1800
+    store.close()
+
+
 def test_key_retention_follows_the_clock_skew_serve_allows(tmp_path: Path) -> None:
     store = OperatorStore.create(tmp_path)
     admin.initialise(store, T0, os.urandom)

@@ -305,6 +305,26 @@ def test_a_site_without_a_keyset_of_its_own_gets_the_fallback_keysets_key(env: E
     assert (result.site_id, result.site_key_site_id) == (10, FALLBACK_SITE_ID)
 
 
+def test_no_token_outlives_the_keys_that_encrypted_it(env: Env) -> None:
+    """Keys running out with no rotation (they expire 365 days after init): a token issued a
+    day before stops at the last millisecond its keys are published, as do its refresh token and
+    refresh_from, instead of stating three days and failing to decrypt (the keys gone from every
+    container) from the third day's start. Review: KEYS_NOT_SYNCED from the SDK and ours."""
+    run_out_ms = (T0 // 1000 + 365 * 86_400) * 1000
+    env.clock.set(run_out_ms - DAY)
+    out = env.op.tokens.generate(env.client("gen"), "email", "late@example.com", OK)
+    assert out.identity is not None
+    ident = out.identity
+    assert ident.identity_expires == ident.refresh_expires == run_out_ms - 1
+    assert ident.refresh_from == run_out_ms - DAY + HOUR
+    result = _decoder(env).decrypt(ident.advertising_token, run_out_ms - 1)
+    assert result.success and result.expires_ms == run_out_ms - 1
+    # Within an hour of the run-out, refresh_from is never after the token's own expiry.
+    env.clock.set(run_out_ms - 60_000)
+    late = env.op.tokens.generate(env.client("gen"), "email", "later@example.com", OK).identity
+    assert late is not None and late.refresh_from == late.identity_expires == run_out_ms - 1
+
+
 def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
     # Nobody ran `uid2-operator keys rotate` for longer than a key lives: every key expired.
     env.clock.set(T0 + 366 * DAY)
