@@ -13,11 +13,13 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
+from svc_common.sensitive import NOT_SHOWN, may_be_sensitive
 from svc_common.settings import SettingError, boolean, host_port
 from svc_common.tls import (
     PeerTls,
@@ -38,7 +40,25 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse without its usage block: a mistake is a UsageError, printed as one line."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(_screened(message))
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _screened(message: str) -> str:
+    """argparse's message with each word that may be personal data or a secret replaced:
+    argparse repeats what was typed (an unknown flag with its value, a stray argument, an
+    invalid choice), and a failed `serve` writes it where its log goes. The words argparse
+    adds itself (flag names, choices) never look like one."""
+
+    def one(word: re.Match[str]) -> str:
+        text = word.group().strip("'\",()")
+        if may_be_sensitive(text) or may_be_sensitive(text.split("=", 1)[-1]):
+            return NOT_SHOWN
+        return word.group()
+
+    return _WORD.sub(one, message)
 
 
 def typed(parse: Callable[[str], T]) -> Callable[[str], T]:

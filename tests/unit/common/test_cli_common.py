@@ -66,3 +66,39 @@ def test_parser_mistakes_are_one_line_usage_errors() -> None:
     parser.add_argument("--n", type=int)
     with pytest.raises(UsageError, match="argument --n: invalid int value"):
         parser.parse_args(["--n", "x"])
+
+
+KEY = "UID2-C-5df286e82ed2-EyqnvHZVUCGt5WRH3ThSU39J3Xd3OrM829Ji37Ic_cg"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--operator-key", KEY],  # a misspelt flag: argparse repeats it and its value
+        [f"--api-key={KEY}"],
+        [KEY],  # a stray argument
+        ["--n", "1", "--email", "alice@example.com"],
+        ["--verb", "alice@example.com"],  # an invalid choice
+    ],
+)
+def test_parser_mistakes_never_repeat_a_secret_or_dii(argv: list[str]) -> None:
+    """Review: README promises a key or an email given to the wrong flag is not repeated, but
+    argparse's own messages (unknown arguments, invalid choices) quoted it whole."""
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--verb", choices=["add", "list"])
+    with pytest.raises(UsageError) as exc:
+        parser.parse_args(argv)
+    message = str(exc.value)
+    assert KEY not in message and "alice@example.com" not in message
+    assert "not repeated" in message
+    assert "--operator-key" in message or "--verb" in message or "unrecognized" in message
+
+
+def test_parser_mistakes_still_name_what_is_wrong() -> None:
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--verb", choices=["add", "list"])
+    with pytest.raises(UsageError, match=r"unrecognized arguments: --colour blue$"):
+        parser.parse_args(["--colour", "blue"])
+    with pytest.raises(UsageError, match=r"invalid choice: 'remove' \(choose from"):
+        parser.parse_args(["--verb", "remove"])
