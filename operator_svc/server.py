@@ -32,8 +32,10 @@ ERROR_DOMAIN = "operator.uid2"
 
 # Unary calls that write to disk or walk up to 5,000 items: kept off the event loop.
 BLOCKING_METHODS = frozenset({"OptOut", "MapIdentity", "GetOptOutStatus"})
-# Each open WatchOptOuts stream holds one of these threads while it waits for opt-outs.
-MAX_STREAMS = 64
+# Each open WatchOptOuts stream holds one of these threads while it waits for opt-outs (an
+# idle thread: a stack and a wait). At 64, four participants at their 16 each
+# (optout.MAX_WATCH_STREAMS_PER_CLIENT) locked every other decryptor out of opt-outs.
+MAX_STREAMS = 256
 
 
 @dataclass

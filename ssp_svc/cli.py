@@ -219,6 +219,13 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         bidder_specs = [spec for spec in listed.split(",") if spec.strip()]
     data_dir = settings.text("data-dir")
     publishers_file = settings.text("publishers-file")
+    if (data_dir is None) == (publishers_file is None):
+        # Named with their variables: UID2_SSP_DATA_DIR, set for the admin commands, is the
+        # usual second one when only --publishers-file was typed.
+        raise UsageError(
+            f"give exactly one of {settings.spelled('data-dir')} and "
+            f"{settings.spelled('publishers-file')}"
+        )
     # Parsed first, so a malformed address is named as such, not as a missing pair.
     operator = settings.value("operator", dial_address, None)
     operator_api_key = settings.value("operator-api-key", api_key, None)

@@ -50,7 +50,8 @@ def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
 
 
 # gRPC says a call failed in its TLS handshake only in its details (errors.TLS_HANDSHAKE_FAILED).
-_TLS_FAILURE = re.compile(r"(?i)handshake|certificate|ssl")
+# A certificate that does not name the host dialled: "Hostname Verification Check failed".
+_TLS_FAILURE = re.compile(r"(?i)handshake|certificate|ssl|verification")
 
 
 def to_remote_error(err: grpc.RpcError) -> RemoteError:

@@ -44,6 +44,11 @@ MIN_CLIENT_PING_INTERVAL_MS = 10_000
 # HTTP API may take half, and the stores, logs and peers' channels need the rest.
 MAX_CONNECTIONS = 4096
 HANDSHAKE_TIMEOUT_MS = 10_000
+# A connection with no call open for this long is closed (GOAWAY; a client reconnects at its
+# next call). Without it a connection that finished its HTTP/2 handshake and then went quiet was
+# held for good: keepalive pings only connections with calls open, and 4,096 such connections,
+# opened with no API key, locked every new caller out of the port for as long as they stayed.
+MAX_CONNECTION_IDLE_MS = 30_000
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -62,6 +67,7 @@ def server_options() -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.max_allowed_incoming_connections", min(MAX_CONNECTIONS, open_files_limit() // 4)),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
     ]
 
 

@@ -97,7 +97,7 @@ def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, 
 def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path: Path) -> None:
     # A wrong CA, an expired peer certificate: not an outage, and the logs can tell.
     served = start_server(
-        listen="127.0.0.1:0",
+        listen="0.0.0.0:0",  # 127.0.0.2 too, a name its certificate lacks
         domain="test",
         register=lambda server: None,
         service_names=[],
@@ -114,6 +114,20 @@ def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path
         assert failure_fields(failed.value)["reason"] == TLS_HANDSHAKE_FAILED  # as logged
     finally:
         channel.close()
+    # A trusted certificate that does not name the host dialled (it names localhost and
+    # 127.0.0.1): a TLS failure too. Review: it read as the peer being down.
+    misnamed = open_channel(f"127.0.0.2:{served.port}", load_peer_tls(str(files.ca)))
+    try:
+        with pytest.raises(RemoteError) as failed:
+            call_with_retry(
+                health_pb2_grpc.HealthStub(misnamed).Check,
+                health_pb2.HealthCheckRequest(),
+                timeout_s=5,
+                attempts=1,
+            )
+        assert failed.value.reason == TLS_HANDSHAKE_FAILED, str(failed.value)
+    finally:
+        misnamed.close()
         served.stop(0)
     down = open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(files.ca)))
     try:  # a peer that is down is an outage, no more

@@ -59,3 +59,17 @@ def test_backup_and_restore_keep_every_account(
     err = capsys.readouterr().err
     assert "not a store of the SSP" in one_error_line(err, "uid2-ssp: error: ")
     assert not (tmp_path / "x").exists()
+
+
+def test_serve_with_both_account_sources_names_where_each_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: UID2_SSP_DATA_DIR set for the admin commands and --publishers-file typed read
+    "give exactly one of --data-dir and --publishers-file", though only one flag was given."""
+    monkeypatch.setenv("UID2_SSP_DATA_DIR", str(tmp_path))
+    rc = cli.main(
+        ["serve", "--publishers-file", str(tmp_path / "p.json"), "--listen", "127.0.0.1:0"]
+    )
+    line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
+    assert rc == 2
+    assert "UID2_SSP_DATA_DIR" in line and "UID2_SSP_PUBLISHERS_FILE" in line
