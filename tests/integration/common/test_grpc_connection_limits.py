@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import grpc_server
 from svc_common.grpc_aio import AioServed
+from tests.support.h2_stall import ACK, GOAWAY, SETTINGS, _frame
 from tests.support.health_server import health_only_server
 
 CAP = 8
@@ -58,3 +59,35 @@ def test_silent_connections_are_capped_then_dropped(served: AioServed) -> None:
     finally:
         for s in silent:
             s.close()
+
+
+def test_a_connection_that_went_quiet_after_its_handshake_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: connections that finished the HTTP/2 handshake, then sent nothing, were held for
+    good (keepalive pings only connections with calls open): 4,096 of them, no API key needed,
+    locked every new caller out. One with no call open is now closed, GOAWAY first."""
+    monkeypatch.setattr(grpc_server, "MAX_CONNECTION_IDLE_MS", 1000)
+    server = health_only_server()
+    quiet = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        quiet.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(SETTINGS, 0, 0))
+        quiet.sendall(_frame(SETTINGS, ACK, 0))
+        quiet.settimeout(10)
+        began, received = time.monotonic(), b""
+        while chunk := quiet.recv(4096):  # the server's SETTINGS, its GOAWAY, then its close
+            received += chunk
+        assert time.monotonic() - began < 8
+        assert _frame_kinds(received).count(GOAWAY) >= 1
+    finally:
+        quiet.close()
+        server.stop(0)
+
+
+def _frame_kinds(data: bytes) -> list[int]:
+    kinds, at = [], 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at : at + 3], "big")
+        kinds.append(data[at + 3])
+        at += 9 + length
+    return kinds
