@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from contextlib import ExitStack
 
-import grpc
 import structlog
 
 from bidstream.decryptor.runtime import start_decryptor
@@ -13,13 +12,15 @@ from dsp_svc.bidding import Bidder
 from dsp_svc.config import DspConfig
 from dsp_svc.servicer import BidderServicer
 from svc_common.clock import Clock, SystemClock
-from svc_common.grpc_server import Served, start_server
+from svc_common.grpc_aio import start_adapted_server
+from svc_common.grpc_server import Served
 from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 _log = structlog.get_logger("dsp")
 
-SERVICE_NAME = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"].full_name
+SERVICE = openrtb_pb2.DESCRIPTOR.services_by_name["BidderService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 def create_server(
@@ -53,15 +54,15 @@ def create_server(
             new_id=lambda: uuid.uuid4().hex,
         )
 
-        def register(server: grpc.Server) -> None:
-            openrtb_pb2_grpc.add_BidderServiceServicer_to_server(BidderServicer(bidder), server)
-
-        served = start_server(
+        served = start_adapted_server(
             listen=config.listen,
             domain="dsp.uid2",
-            register=register,
-            service_names=[SERVICE_NAME],
-            max_workers=config.max_workers,
+            servicer=BidderServicer(bidder),
+            service=SERVICE,
+            add_servicer=openrtb_pb2_grpc.add_BidderServiceServicer_to_server,
+            # A bid may wait out the configured delay (`--mode slow`).
+            blocking={"Bid"},
+            workers=config.max_workers,
             owns=opened,
             tls=config.tls,
         )

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import grpc
 import structlog
 
 from publisher_svc.config import PublisherConfig
@@ -18,16 +17,18 @@ from publisher_svc.servicer import PublisherServicer
 from publisher_svc.ssp_client import SspClient
 from publisher_svc.store import SqliteStore
 from svc_common.clock import Clock, Monotonic, SystemClock
-from svc_common.grpc_server import Served, start_server
+from svc_common.grpc_aio import start_adapted_server
+from svc_common.grpc_server import Served
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 
 _log = structlog.get_logger("server")
 
-# Server threads beyond one per slot of the operator and SSP call bounds: what calls that ask
+# Pool threads beyond one per slot of the operator and SSP call bounds: what calls that ask
 # neither peer (a logout, a token not due) are served on when both peers are frozen.
 SPARE_THREADS = 8
 
-SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"].full_name
+SERVICE = publisher_pb2.DESCRIPTOR.services_by_name["PublisherService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 @dataclass
@@ -92,15 +93,15 @@ def start(
         opened.callback(publisher.close)  # closed first (last in): before the peers and store
         servicer = PublisherServicer(publisher, config.site_id)
 
-        def register(server: grpc.Server) -> None:
-            publisher_pb2_grpc.add_PublisherServiceServicer_to_server(servicer, server)
-
-        served = start_server(
+        served = start_adapted_server(
             listen=config.listen,
             domain="publisher.uid2",
-            register=register,
-            service_names=[SERVICE_NAME],
-            max_workers=config.operator_calls_max + config.ssp_calls_max + SPARE_THREADS,
+            servicer=servicer,
+            service=SERVICE,
+            add_servicer=publisher_pb2_grpc.add_PublisherServiceServicer_to_server,
+            # Every method reads or writes the store, and most may call a peer.
+            blocking={m.name for m in SERVICE.methods},
+            workers=config.operator_calls_max + config.ssp_calls_max + SPARE_THREADS,
             owns=opened,
             tls=config.tls,
         )

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 
-import grpc
 import structlog
 
 from bidstream.decryptor.runtime import start_decryptor
@@ -19,13 +18,15 @@ from ssp_svc.servicer import SspServicer
 from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAccountStore
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
-from svc_common.grpc_server import CountFamily, Served, start_server
+from svc_common.grpc_aio import start_adapted_server
+from svc_common.grpc_server import CountFamily, Served
 from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
 _log = structlog.get_logger("ssp")
 
-SERVICE_NAME = ssp_pb2.DESCRIPTOR.services_by_name["SspService"].full_name
+SERVICE = ssp_pb2.DESCRIPTOR.services_by_name["SspService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
@@ -101,16 +102,19 @@ def create_server(
         )
         servicer = SspServicer(exchange, accounts, hub)
 
-        def register(server: grpc.Server) -> None:
-            ssp_pb2_grpc.add_SspServiceServicer_to_server(servicer, server)
-
-        # Stream subscribers each hold a worker thread: leave room for auctions.
-        served = start_server(
+        served = start_adapted_server(
             listen=config.listen,
             domain="ssp.uid2",
-            register=register,
-            service_names=[SERVICE_NAME],
-            max_workers=config.max_workers + config.max_subscribers,
+            servicer=servicer,
+            service=SERVICE,
+            add_servicer=ssp_pb2_grpc.add_SspServiceServicer_to_server,
+            # An auction waits on its bidders.
+            blocking={"SubmitImpression"},
+            workers=config.max_workers,
+            # Each bid stream holds a thread of its own. Room beyond the hub's cap, so that a
+            # stream past it is refused by the hub, with its reason (TOO_MANY_SUBSCRIBERS...),
+            # while refused or ending streams still hold theirs.
+            max_streams=2 * config.max_subscribers,
             owns=opened,
             tls=config.tls,
         )

@@ -114,10 +114,11 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
             limited=account.kind is AccountKind.PUBLISHER,
         )
         context.add_callback(sub.close)
-        # Ends the call should the reader stop reading: this thread then never gets back here.
-        watching = self._reaper.watching(bearer_token(context) or "", context)
+        # Ends the call should the reader stop reading: this loop then never gets back to its
+        # key check, or has ended while its last message waits to be sent.
+        self._reaper.watch(bearer_token(context) or "", context)
         recheck_at = time.monotonic() + RECHECK_KEY_S
-        with sub, watching:
+        with sub:
             while context.is_active():
                 if time.monotonic() >= recheck_at:
                     authenticate(self._accounts, context)  # raises once the key is disabled

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -42,21 +41,25 @@ class StreamReaper:
         self._watched: dict[int, _Watched] = {}  # by id(): each is watched once
         self._thread: threading.Thread | None = None  # runs only while streams are open
 
-    @contextmanager
-    def watching(self, api_key: str, context: Any) -> Iterator[None]:
-        """Watches one open stream for as long as the block runs: its end, however it comes
-        (a call cancelled as it opened runs no callback added to it), ends the watch."""
+    def watch(self, api_key: str, context: Any) -> None:
+        """Watches one open stream until its call ends, however it ends: the watch goes with the
+        call (a callback on it), not with the method that serves it, which may have returned
+        while its last message still waits to be sent (on grpc.aio a worker thread runs the
+        method ahead of the writes, and a disabled key ends it there)."""
         watched = _Watched(api_key, context)
         with self._lock:
             self._watched[id(watched)] = watched
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stream-reaper", daemon=True)
                 self._thread.start()
-        try:
-            yield
-        finally:
+
+        def unwatch() -> None:
             with self._lock:
-                del self._watched[id(watched)]
+                self._watched.pop(id(watched), None)
+
+        # A call already over (cancelled as it opened) runs no callback added to it.
+        if not context.add_callback(unwatch):
+            unwatch()
 
     def check(self) -> int:
         """One look at every watched stream; how many it cancelled."""

@@ -12,24 +12,51 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Any
 
-from svc_common.errors import resource_exhausted
+from svc_common.errors import resource_exhausted, unavailable
 
 
 class _ThreadSideContext:
-    """What a sync streaming method sees of its call while it runs in a worker thread."""
+    """What a sync streaming method sees of its call while it runs in a worker thread: its
+    metadata and deadline, whether it is still on, callbacks run when it ends (`end`, once),
+    and `cancel`, as on the sync server (the SSP's stream reaper ends with it a stream whose
+    reader stopped reading)."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, cancel: Callable[[], None]) -> None:
         self._metadata = context.invocation_metadata()
+        self._context = context
+        self._cancel = cancel
         self._active = True
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def invocation_metadata(self) -> Any:
         return self._metadata
 
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()  # type: ignore[no-any-return]  # grpc.aio's
+
     def is_active(self) -> bool:
         return self._active
 
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Runs `callback` when the call ends; False, and never runs it, once it has ended (as
+        grpc's)."""
+        with self._lock:
+            if self._active:
+                self._callbacks.append(callback)
+                return True
+        return False
+
+    def cancel(self) -> None:
+        """Ends the call from any thread (`_pump`)."""
+        self._cancel()
+
     def end(self) -> None:
-        self._active = False
+        with self._lock:
+            self._active = False
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 class SyncServicerAdapter:
@@ -82,11 +109,31 @@ def _offloaded(
 
 
 class _StreamLimit:
-    """Open streams of one adapter; touched only on the event loop thread, so no lock."""
+    """Open streams of one adapter. A stream's slot is taken on the loop and given back on it,
+    or from a cancelling thread (`_pump`): hence the lock."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> Callable[[], None] | None:
+        """A slot, as the callable that gives it back (once, however often called); None when
+        every slot is taken."""
+        with self._lock:
+            if self.open >= self.limit:
+                return None
+            self.open += 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            with self._lock:
+                if not given_back:
+                    given_back = True
+                    self.open -= 1
+
+        return give_back
 
 
 def _pumped(
@@ -95,17 +142,17 @@ def _pumped(
     streams: _StreamLimit,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-        if streams.open >= streams.limit:
+        give_back = streams.take()
+        if give_back is None:
             raise resource_exhausted(
                 "TOO_MANY_STREAMS",
                 f"at most {streams.limit} streams may be open at once; retry later",
             )
-        streams.open += 1
         try:
-            async for item in _pump(method, pool, request, context):
+            async for item in _pump(method, pool, request, context, give_back):
                 yield item
         finally:
-            streams.open -= 1
+            give_back()
 
     return call
 
@@ -115,13 +162,27 @@ async def _pump(
     pool: concurrent.futures.Executor,
     request: Any,
     context: Any,
+    give_back: Callable[[], None],
 ) -> AsyncIterator[Any]:
     """Runs the sync generator `method` in `pool`, in a copy of the call's context (as for
     pooled unary calls). The thread runs ahead of the loop through a bounded `_Relay`: one
-    executor hop per item capped a stream at ~4k messages/s (an opt-out backlog replay)."""
+    executor hop per item capped a stream at ~4k messages/s (an opt-out backlog replay).
+
+    `cancel` on the method's context ends the call with UNAVAILABLE `STREAM_CANCELLED` when the
+    loop side waits for items. grpc.aio cannot end a call from the server while a message waits
+    for its reader to take it (no cancel; a status cannot be queued behind a pending message):
+    such a call, whose reader stopped reading, gives back its thread, its slot (`give_back`)
+    and what its method held (`end`'s callbacks) at once, and stays open on the wire, holding
+    no more than its coroutine, until its reader's connection closes."""
     loop = asyncio.get_running_loop()
-    side = _ThreadSideContext(context)
     relay = _Relay(loop)
+
+    def cancel() -> None:
+        relay.abandon(unavailable("STREAM_CANCELLED", "the server ended the stream"))
+        give_back()
+        side.end()
+
+    side = _ThreadSideContext(context, cancel)
     ctx = contextvars.copy_context()
     items = iter(method(request, side))
     pool.submit(ctx.run, relay.feed, items)
@@ -207,6 +268,18 @@ class _Relay:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def abandon(self, error: BaseException) -> None:
+        """From any thread: the producer stops at its next item (its generator closed in its
+        thread), and the loop side, should it wait for items, gets `error` instead."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            if not self._finished:
+                self._finished, self._error = True, error
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

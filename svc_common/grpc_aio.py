@@ -1,4 +1,5 @@
-"""The asyncio gRPC server model, for services whose request path is CPU-only (the operator).
+"""The asyncio gRPC server model every service runs on (`start_adapted_server`; the operator,
+whose request path is mostly CPU-only, through `start_aio_server` itself).
 
 Why: on the sync server every call hops from the poller thread to a pool thread and back, and
 with 32 calls in flight the threads fight for the GIL; the same Python work per call cost about
@@ -13,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import Served, bind_port, server_options
@@ -106,4 +110,59 @@ def start_aio_server(
         thread=thread,
     )
     served.set_serving(False)
+    return served
+
+
+def start_adapted_server(
+    *,
+    listen: str,
+    domain: str,
+    servicer: Any,
+    service: Any,
+    add_servicer: Callable[[Any, Any], None],
+    blocking: Collection[str],
+    workers: int,
+    max_streams: int = 0,
+    owns: ExitStack | None = None,
+    tls: ServerTls | None = None,
+) -> AioServed:
+    """A sync servicer (`service`, its ServiceDescriptor; `add_servicer`, the generated
+    add_..._to_server) served on grpc.aio through `SyncServicerAdapter`: its `blocking` methods
+    run in a pool of `workers` threads, each stream in a thread of its own (`max_streams` at
+    most). Not on the sync server, which gives a call a pool thread as soon as its headers
+    arrive: calls that sent their headers and never their message (no API key needed, as the
+    key is read with the message) took every thread, and the service answered nobody. Here a
+    call takes a thread only once its message is in. `owns`: what the service opened for this
+    server, closed at the stop after the pools (and at once if the start fails)."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{domain}-call")
+    stream_pool = ThreadPoolExecutor(max(1, max_streams), thread_name_prefix=f"{domain}-stream")
+    adapter = SyncServicerAdapter(
+        servicer,
+        service,
+        blocking=blocking,
+        pool=pool,
+        stream_pool=stream_pool,
+        max_streams=max_streams,
+    )
+
+    def shut_pools() -> None:
+        # Not waited for: the drain's grace is over, and its callers were answered.
+        pool.shutdown(wait=False, cancel_futures=True)
+        stream_pool.shutdown(wait=False, cancel_futures=True)
+
+    try:
+        served = start_aio_server(
+            listen=listen,
+            domain=domain,
+            register=lambda server: add_servicer(adapter, server),
+            service_names=(service.full_name,),
+            served_class=AioServed,
+            tls=tls,
+        )
+    except BaseException:
+        shut_pools()
+        raise
+    if owns is not None:
+        served.on_stop.append(owns.pop_all().close)
+    served.on_stop.append(shut_pools)  # runs first (on_stop runs newest first)
     return served
