@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
@@ -39,26 +39,48 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse without its usage block: a mistake is a UsageError, printed as one line."""
 
+    _argv: tuple[str, ...] = ()
+
+    def parse_known_args(  # type: ignore[override]  # the same call, recording what it parses
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        raise UsageError(_screened(message))
+        raise UsageError(_screened(message, self._argv))
 
 
 _WORD = re.compile(r"\S+")
 
 
-def _screened(message: str) -> str:
-    """argparse's message with each word that may be personal data or a secret replaced:
-    argparse repeats what was typed (an unknown flag with its value, a stray argument, an
-    invalid choice), and a failed `serve` writes it where its log goes. The words argparse
-    adds itself (flag names, choices) never look like one."""
+def _screened(message: str, argv: Sequence[str] = ()) -> str:
+    """argparse's message with what may be personal data or a secret replaced: argparse repeats
+    what was typed (an unknown flag with its value, a stray argument, an invalid choice), and a
+    failed `serve` writes it where its log goes. Each argument given (`argv`) is judged whole,
+    as argparse joins them with spaces ("+1 (206) 555-7781" is one argument, three words); then
+    each word. The words argparse adds itself (flag names, choices) never look like one, and an
+    address (HOST:PORT) has no phone number in it."""
+    for arg in sorted(argv, key=len, reverse=True):
+        for piece in (arg, arg.split("=", 1)[-1]):
+            if piece and _sensitive(piece):
+                message = message.replace(piece, NOT_SHOWN)
 
     def one(word: re.Match[str]) -> str:
         text = word.group().strip("'\",()")
-        if may_be_sensitive(text) or may_be_sensitive(text.split("=", 1)[-1]):
+        if _sensitive(text) or _sensitive(text.split("=", 1)[-1]):
             return NOT_SHOWN
         return word.group()
 
     return _WORD.sub(one, message)
+
+
+def _sensitive(text: str) -> bool:
+    try:
+        host_port(text)
+    except SettingError:
+        return may_be_sensitive(text)
+    return may_be_sensitive(text, numbers=False)
 
 
 def typed(parse: Callable[[str], T]) -> Callable[[str], T]:

@@ -79,6 +79,8 @@ KEY = "UID2-C-5df286e82ed2-EyqnvHZVUCGt5WRH3ThSU39J3Xd3OrM829Ji37Ic_cg"
         [KEY],  # a stray argument
         ["--n", "1", "--email", "alice@example.com"],
         ["--verb", "alice@example.com"],  # an invalid choice
+        ["--publisher-file", "+1 (206) 555-7781"],  # one argument, three words once joined
+        ["--verb", "206 555 7781"],
     ],
 )
 def test_parser_mistakes_never_repeat_a_secret_or_dii(argv: list[str]) -> None:
@@ -91,6 +93,7 @@ def test_parser_mistakes_never_repeat_a_secret_or_dii(argv: list[str]) -> None:
         parser.parse_args(argv)
     message = str(exc.value)
     assert KEY not in message and "alice@example.com" not in message
+    assert "555" not in message
     assert "not repeated" in message
     assert "--operator-key" in message or "--verb" in message or "unrecognized" in message
 
@@ -102,3 +105,10 @@ def test_parser_mistakes_still_name_what_is_wrong() -> None:
         parser.parse_args(["--colour", "blue"])
     with pytest.raises(UsageError, match=r"invalid choice: 'remove' \(choose from"):
         parser.parse_args(["--verb", "remove"])
+
+
+def test_an_address_given_by_mistake_is_named() -> None:
+    """Its digits are no phone number: hiding it left the user unable to tell what was wrong."""
+    parser = OneLineParser(prog="t")
+    with pytest.raises(UsageError, match=r"unrecognized arguments: 127\.0\.0\.1:50071$"):
+        parser.parse_args(["127.0.0.1:50071"])
