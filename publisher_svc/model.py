@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from svc_common import errors
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -142,7 +144,7 @@ class AdDecision:
 
 # PeerError.reason of a call cut short (or not retried) because the deadline of the caller it
 # was made for passed: nobody waits for its answer any more.
-CALLER_DEADLINE = "CALLER_DEADLINE"
+CALLER_DEADLINE = errors.CALLER_DEADLINE
 
 
 class PeerError(Exception):

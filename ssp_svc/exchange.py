@@ -16,6 +16,7 @@ from ssp_svc.bid_request import Disposition, Impression, build_bid_request
 from ssp_svc.bidders import FanOutResult
 from ssp_svc.store.accounts import Account
 from ssp_svc.stream_hub import StreamHub
+from svc_common import errors
 from svc_common.clock import Clock
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 from svc_common.impression_limits import MAX_TOKEN_CHARS, check_field_lengths, check_floor_price
@@ -28,7 +29,7 @@ FanOut = Callable[[openrtb_pb2.BidRequest, int], FanOutResult]
 ANSWER_MARGIN_MS = 5
 # Less time than this for bidders to answer is no auction: none would make it.
 MIN_AUCTION_MS = 5
-CALLER_DEADLINE = "CALLER_DEADLINE"
+CALLER_DEADLINE = errors.CALLER_DEADLINE
 
 _BY_VERDICT = {
     Verdict.VALID: Disposition.VALID,

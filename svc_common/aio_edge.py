@@ -13,7 +13,7 @@ import grpc
 
 from svc_common import edge_log
 from svc_common.edge_log import end_call, log_unhandled
-from svc_common.errors import ServiceError
+from svc_common.errors import CALLER_DEADLINE, ServiceError
 from svc_common.grpc_edge import (
     Parse,
     begin_call,
@@ -60,7 +60,7 @@ class AioEdge:
             try:
                 response = await behavior(parse_request(parse, raw), context)
             except asyncio.CancelledError:
-                end_call(start, "CANCELLED", "")
+                end_call(start, *_cancelled_as(context))
                 raise
             except grpc.aio.AbortError:
                 end_call(start, _code_name(context), "")
@@ -81,7 +81,7 @@ class AioEdge:
                 async for item in behavior(parse_request(parse, raw), context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit):
-                end_call(start, "CANCELLED", "")
+                end_call(start, *_cancelled_as(context))
                 raise
             except grpc.aio.AbortError:
                 end_call(start, _code_name(context), "")
@@ -91,6 +91,21 @@ class AioEdge:
             end_call(start, "OK", "")
 
         return call
+
+
+def _cancelled_as(context: Any) -> tuple[str, str]:
+    """What a call the server cancelled is logged as: grpc.aio cancels a handler at its caller's
+    deadline as it does when the caller cancels, and only the deadline tells them apart (the
+    sync server let the handler finish and logged its own answer, DEADLINE_EXCEEDED
+    CALLER_DEADLINE where it gave up on a peer for the caller)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+        return "DEADLINE_EXCEEDED", CALLER_DEADLINE
+    return "CANCELLED", ""
+
+
+# The deadline's timer may fire a hair before time_remaining() reads 0.
+_DEADLINE_SLACK_S = 0.005
 
 
 class _EdgeGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped

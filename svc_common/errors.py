@@ -69,6 +69,9 @@ _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 # certificate, an expired one): told apart from an outage, a misconfiguration can be found from
 # the logs.
 TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
+# The reason of a call cut short because its caller's deadline passed: logged by the edge for a
+# call the server ended at the deadline, and by a service for a peer call it made with it.
+CALLER_DEADLINE = "CALLER_DEADLINE"
 
 
 def failure_fields(exc: BaseException) -> dict[str, str]:

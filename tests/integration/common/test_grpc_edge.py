@@ -467,3 +467,33 @@ def test_a_stream_its_callers_deadline_ended_is_logged_deadline_exceeded(capsys:
         assert [x["code"] for x in ours] == ["DEADLINE_EXCEEDED"]
     finally:
         served.stop(0)
+
+
+def test_aio_tells_a_callers_deadline_from_its_cancel(capsys: Any) -> None:
+    """grpc.aio cancels a handler at its caller's deadline as when the caller cancels; the line
+    says which. Review: a publisher call ended by its caller's deadline was logged CANCELLED,
+    where the sync server, letting its handler finish, logged DEADLINE_EXCEEDED CALLER_DEADLINE."""
+    configure_logging(service="test")
+    s = _aio_served(_Blocking(), 2, blocking={"OptOut"})  # type: ignore[abstract]  # a partial fake
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            capsys.readouterr()
+            with pytest.raises(grpc.RpcError):
+                stub.OptOut(
+                    operator_pb2.OptOutRequest(),
+                    timeout=0.1,
+                    metadata=(("x-request-id", "late-2"),),
+                )
+            cancelled = stub.OptOut.future(
+                operator_pb2.OptOutRequest(), timeout=5, metadata=(("x-request-id", "gone-2"),)
+            )
+            time.sleep(0.1)
+            cancelled.cancel()
+            time.sleep(0.5)  # both handlers' pool threads finish
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x[:1] == "{"]
+        seen = {x["request_id"]: (x["code"], x.get("reason")) for x in lines if "request_id" in x}
+        assert seen["late-2"] == ("DEADLINE_EXCEEDED", "CALLER_DEADLINE")
+        assert seen["gone-2"] == ("CANCELLED", None)
+    finally:
+        s.stop(0)
