@@ -38,6 +38,10 @@ def open_accounts(config: SspConfig, *, rng: Rng, clock: Clock) -> AccountStore:
     raise ConfigError("give exactly one of --data-dir and --publishers-file")
 
 
+# Bid requests a subscriber's stream thread may hold beyond its --stream-buffer (aio_adapter).
+STREAM_RELAY_CAPACITY = 4
+
+
 def _watch_for_loss(accounts: AccountStore, interval_s: float = 1.0) -> Callable[[], None]:
     """Looks at the store every `interval_s` from a thread of its own: the calls that look at
     it (authentication) may not come for hours, and until one does an SSP whose store was
@@ -115,6 +119,9 @@ def create_server(
             # stream past it is refused by the hub, with its reason (TOO_MANY_SUBSCRIBERS...),
             # while refused or ending streams still hold theirs.
             max_streams=2 * config.max_subscribers,
+            # --stream-buffer is what queues for a subscriber (the hub drops past it, and says
+            # how many): the thread may run only a few messages ahead of it.
+            relay_capacity=STREAM_RELAY_CAPACITY,
             owns=opened,
             tls=config.tls,
         )

@@ -9,10 +9,14 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator
 from typing import Any
 
 from svc_common.errors import resource_exhausted, unavailable
+
+# How far a stream's thread runs ahead of the loop by default: room enough that an opt-out backlog
+# replay is not one executor hop per message.
+RELAY_CAPACITY = 512
 
 
 class _ThreadSideContext:
@@ -72,14 +76,16 @@ class SyncServicerAdapter:
         pool: concurrent.futures.Executor,
         stream_pool: concurrent.futures.Executor,
         max_streams: int = 64,
+        relay_capacity: int = RELAY_CAPACITY,
     ) -> None:
         # Each open stream holds a `stream_pool` thread: past the limit a new stream is refused
         # (RESOURCE_EXHAUSTED) rather than left waiting for a thread without a word.
+        # `relay_capacity`: the messages a stream's thread may run ahead of its reader (_Relay).
         streams = _StreamLimit(max_streams)
         for m in service.methods:
             method = getattr(servicer, m.name)
             if m.server_streaming:
-                setattr(self, m.name, _pumped(method, stream_pool, streams))
+                setattr(self, m.name, _pumped(method, stream_pool, streams, relay_capacity))
             elif m.name in blocking:
                 setattr(self, m.name, _offloaded(method, pool))
             else:
@@ -140,8 +146,9 @@ def _pumped(
     method: Callable[[Any, Any], Any],
     pool: concurrent.futures.Executor,
     streams: _StreamLimit,
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+    relay_capacity: int,
+) -> Callable[[Any, Any], AsyncGenerator[Any, None]]:
+    async def call(request: Any, context: Any) -> AsyncGenerator[Any, None]:
         give_back = streams.take()
         if give_back is None:
             raise resource_exhausted(
@@ -149,7 +156,7 @@ def _pumped(
                 f"at most {streams.limit} streams may be open at once; retry later",
             )
         try:
-            async for item in _pump(method, pool, request, context, give_back):
+            async for item in _pump(method, pool, request, context, give_back, relay_capacity):
                 yield item
         finally:
             give_back()
@@ -163,6 +170,7 @@ async def _pump(
     request: Any,
     context: Any,
     give_back: Callable[[], None],
+    relay_capacity: int,
 ) -> AsyncIterator[Any]:
     """Runs the sync generator `method` in `pool`, in a copy of the call's context (as for
     pooled unary calls). The thread runs ahead of the loop through a bounded `_Relay`: one
@@ -175,7 +183,7 @@ async def _pump(
     and what its method held (`end`'s callbacks) at once, and stays open on the wire, holding
     no more than its coroutine, until its reader's connection closes."""
     loop = asyncio.get_running_loop()
-    relay = _Relay(loop)
+    relay = _Relay(loop, relay_capacity)
 
     def cancel() -> None:
         relay.abandon(unavailable("STREAM_CANCELLED", "the server ended the stream"))
@@ -201,7 +209,7 @@ class _Relay:
     """A bounded hand-off from one producer thread to the event loop: the thread blocks while
     `capacity` items wait; the loop takes whatever has arrived in one go."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 512) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RELAY_CAPACITY) -> None:
         self._loop = loop
         self._capacity = capacity
         self._items: list[Any] = []

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from svc_common.aio_adapter import SyncServicerAdapter
+from svc_common.aio_adapter import RELAY_CAPACITY, SyncServicerAdapter
 from svc_common.aio_edge import AioEdge, EdgeRegistrar
 from svc_common.event_loop import finish_pending_tasks
 from svc_common.grpc_server import Served, bind_port, server_options
@@ -123,17 +123,19 @@ def start_adapted_server(
     blocking: Collection[str],
     workers: int,
     max_streams: int = 0,
+    relay_capacity: int = RELAY_CAPACITY,
     owns: ExitStack | None = None,
     tls: ServerTls | None = None,
 ) -> AioServed:
     """A sync servicer (`service`, its ServiceDescriptor; `add_servicer`, the generated
     add_..._to_server) served on grpc.aio through `SyncServicerAdapter`: its `blocking` methods
     run in a pool of `workers` threads, each stream in a thread of its own (`max_streams` at
-    most). Not on the sync server, which gives a call a pool thread as soon as its headers
-    arrive: calls that sent their headers and never their message (no API key needed, as the
-    key is read with the message) took every thread, and the service answered nobody. Here a
-    call takes a thread only once its message is in. `owns`: what the service opened for this
-    server, closed at the stop after the pools (and at once if the start fails)."""
+    most; `relay_capacity` messages ahead of its reader). Not on the sync server, which gives a
+    call a pool thread as soon as its headers arrive: calls that sent their headers and never
+    their message (no API key needed, as the key is read with the message) took every thread,
+    and the service answered nobody. Here a call takes a thread only once its message is in.
+    `owns`: what the service opened for this server, closed at the stop after the pools (and at
+    once if the start fails)."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{domain}-call")
     stream_pool = ThreadPoolExecutor(max(1, max_streams), thread_name_prefix=f"{domain}-stream")
     adapter = SyncServicerAdapter(
@@ -143,6 +145,7 @@ def start_adapted_server(
         pool=pool,
         stream_pool=stream_pool,
         max_streams=max_streams,
+        relay_capacity=relay_capacity,
     )
 
     def shut_pools() -> None:
