@@ -49,6 +49,18 @@ HANDSHAKE_TIMEOUT_MS = 10_000
 # held for good: keepalive pings only connections with calls open, and 4,096 such connections,
 # opened with no API key, locked every new caller out of the port for as long as they stayed.
 MAX_CONNECTION_IDLE_MS = 30_000
+# Calls one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS; a
+# client queues the rest). Without it, on grpcio's aio server, one client starting calls and
+# cancelling them at once, thousands a second with no API key, made a sixth to a half of other
+# clients' calls end CANCELLED.
+MAX_CONCURRENT_STREAMS = 100
+# A connection lives this long, then gets GOAWAY: new calls go to a new connection, and the calls
+# open on it get the grace to end before it closes (a stream that lasts, WatchOptOuts or a bid
+# stream, then ends UNAVAILABLE and its reader reconnects, resuming as after any outage). Without
+# it one call per connection that never sent its message held the connection, and its slot of
+# the 4,096, for good (the idle limit counts only connections with no call open).
+MAX_CONNECTION_AGE_MS = 10 * 60_000
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -68,6 +80,9 @@ def server_options() -> list[tuple[str, int]]:
         ("grpc.max_allowed_incoming_connections", min(MAX_CONNECTIONS, open_files_limit() // 4)),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
     ]
 
 

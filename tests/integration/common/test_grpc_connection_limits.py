@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import grpc_server
 from svc_common.grpc_aio import AioServed
-from tests.support.h2_stall import ACK, GOAWAY, SETTINGS, _frame
+from tests.support.h2_stall import ACK, END_HEADERS, GOAWAY, HEADERS, SETTINGS, _frame, _literal
 from tests.support.health_server import health_only_server
 
 CAP = 8
@@ -91,3 +91,33 @@ def _frame_kinds(data: bytes) -> list[int]:
         kinds.append(data[at + 3])
         at += 9 + length
     return kinds
+
+
+def test_a_connection_holding_a_call_that_never_sends_its_message_is_closed_at_its_age(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adversarial review: one such call per connection kept 4,096 connections, and every new
+    caller out, for good; the idle limit counts only connections with no call open."""
+    monkeypatch.setattr(grpc_server, "MAX_CONNECTION_AGE_MS", 1000)
+    monkeypatch.setattr(grpc_server, "MAX_CONNECTION_AGE_GRACE_MS", 1000)
+    server = health_only_server()
+    held = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        call = _literal(":method", "POST") + _literal(":scheme", "http")
+        call += _literal(":path", "/grpc.health.v1.Health/Check")
+        call += _literal(":authority", "x") + _literal("content-type", "application/grpc")
+        held.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + _frame(SETTINGS, 0, 0)
+            + _frame(SETTINGS, ACK, 0)
+            + _frame(HEADERS, END_HEADERS, 1, call)  # and never its message
+        )
+        held.settimeout(15)
+        began, received = time.monotonic(), b""
+        while chunk := held.recv(4096):  # GOAWAY at its age, the close after the grace
+            received += chunk
+        assert time.monotonic() - began < 10
+        assert GOAWAY in _frame_kinds(received)
+    finally:
+        held.close()
+        server.stop(0)
