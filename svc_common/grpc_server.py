@@ -49,11 +49,12 @@ HANDSHAKE_TIMEOUT_MS = 10_000
 # held for good: keepalive pings only connections with calls open, and 4,096 such connections,
 # opened with no API key, locked every new caller out of the port for as long as they stayed.
 MAX_CONNECTION_IDLE_MS = 30_000
-# Calls one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS; a
-# client queues the rest). Without it, on grpcio's aio server, one client starting calls and
-# cancelling them at once, thousands a second with no API key, made a sixth to a half of other
-# clients' calls end CANCELLED.
-MAX_CONCURRENT_STREAMS = 100
+# Calls one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS). Without
+# it, on grpcio's aio server, one client starting calls and cancelling them at once, thousands a
+# second with no API key, made a sixth to a half of other clients' calls end CANCELLED. Well
+# above what a client holds: past it the server refuses the stream, and grpcio's client does not
+# queue it but fails it UNAVAILABLE (at 100, a quarter of a 200-call batch on one channel).
+MAX_CONCURRENT_STREAMS = 1000
 # A connection lives this long, then gets GOAWAY: new calls go to a new connection, and the calls
 # open on it get the grace to end before it closes (a stream that lasts, WatchOptOuts or a bid
 # stream, then ends UNAVAILABLE and its reader reconnects, resuming as after any outage). Without
