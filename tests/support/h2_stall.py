@@ -33,6 +33,19 @@ def _literal(name: str, value: str) -> bytes:
     return b"\x00" + text(name) + text(value)
 
 
+def call_headers(path: str, authority: str, *more: tuple[str, str]) -> bytes:
+    """The HPACK block of a gRPC call's request headers, with `more` after the usual ones."""
+    usual = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    return b"".join(_literal(k, v) for k, v in [*usual, *more])
+
+
 class StalledStream:
     """Opens `path` on `address` with `api_key` and never reads a message. `frames` lists the
     kinds of frame the server sent on the call's stream (1) as they arrive."""
@@ -42,18 +55,7 @@ class StalledStream:
         self._sock = socket.create_connection((host, int(port)), timeout=10)
         self.frames: list[int] = []
         self.closed = threading.Event()
-        headers = b"".join(
-            _literal(k, v)
-            for k, v in [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", address),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                ("authorization", "Bearer " + api_key),
-            ]
-        )
+        headers = call_headers(path, address, ("authorization", "Bearer " + api_key))
         message = b"\x00" + struct.pack(">I", len(request)) + request
         self._sock.sendall(
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

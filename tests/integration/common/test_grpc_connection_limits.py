@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import grpc_server
 from svc_common.grpc_aio import AioServed
-from tests.support.h2_stall import ACK, END_HEADERS, GOAWAY, HEADERS, SETTINGS, _frame, _literal
+from tests.support.h2_stall import ACK, END_HEADERS, GOAWAY, HEADERS, SETTINGS, _frame, call_headers
 from tests.support.health_server import health_only_server
 
 CAP = 8
@@ -103,9 +103,7 @@ def test_a_connection_holding_a_call_that_never_sends_its_message_is_closed_at_i
     server = health_only_server()
     held = socket.create_connection(("127.0.0.1", server.port))
     try:
-        call = _literal(":method", "POST") + _literal(":scheme", "http")
-        call += _literal(":path", "/grpc.health.v1.Health/Check")
-        call += _literal(":authority", "x") + _literal("content-type", "application/grpc")
+        call = call_headers("/grpc.health.v1.Health/Check", f"127.0.0.1:{server.port}")
         held.sendall(
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
             + _frame(SETTINGS, 0, 0)

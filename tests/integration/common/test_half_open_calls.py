@@ -25,7 +25,7 @@ from ssp_svc.server import create_server as create_ssp
 from ssp_svc.store.accounts import AccountKind, SqliteAccountStore
 from svc_common.clock import SystemClock
 from svc_common.grpc_server import Served
-from tests.support.h2_stall import END_HEADERS, HEADERS, SETTINGS, _frame, _literal
+from tests.support.h2_stall import END_HEADERS, HEADERS, SETTINGS, _frame, call_headers
 from uid2.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc, ssp_pb2, ssp_pb2_grpc
 
@@ -37,17 +37,7 @@ HALF_OPEN = 40  # more than the sync SSP had threads: WORKERS + 16 for its bid s
 def _half_open_calls(port: int, path: str, count: int) -> Iterator[None]:
     """`count` calls on one connection: headers sent, no message, no deadline."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    headers = b"".join(
-        _literal(k, v)
-        for k, v in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", f"127.0.0.1:{port}"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-    )
+    headers = call_headers(path, f"127.0.0.1:{port}")
     frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(SETTINGS, 0, 0)
     for n in range(count):
         frames += _frame(HEADERS, END_HEADERS, 2 * n + 1, headers)

@@ -104,43 +104,36 @@ def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path
         tls=load_server_tls(str(files.cert), str(files.key)),
     )
     other_ca = make_tls_files(tmp_path / "other").ca
-    channel = open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(other_ca)))
     try:
-        check = health_pb2_grpc.HealthStub(channel).Check
+        failed = _health_check_failure(f"127.0.0.1:{served.port}", str(other_ca), timeout_s=5)
+        assert failed.code is grpc.StatusCode.UNAVAILABLE
+        assert failed.reason == TLS_HANDSHAKE_FAILED
+        assert failure_fields(failed)["reason"] == TLS_HANDSHAKE_FAILED  # as logged
+        # A trusted certificate that does not name the host dialled (it names localhost and
+        # 127.0.0.1): a TLS failure too. Review: it read as the peer being down.
+        misnamed = _health_check_failure(f"127.0.0.2:{served.port}", str(files.ca), timeout_s=5)
+        assert misnamed.reason == TLS_HANDSHAKE_FAILED, str(misnamed)
+    finally:
+        served.stop(0)
+    # A peer that is down is an outage, no more.
+    gone = _health_check_failure(f"127.0.0.1:{served.port}", str(files.ca), timeout_s=2)
+    assert gone.reason == ""
+
+
+def _health_check_failure(address: str, ca: str, *, timeout_s: float) -> RemoteError:
+    """The RemoteError one health check over TLS (trusting `ca`) ends in."""
+    channel = open_channel(address, load_peer_tls(ca))
+    try:
         with pytest.raises(RemoteError) as failed:
-            call_with_retry(check, health_pb2.HealthCheckRequest(), timeout_s=5, attempts=1)
-        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
-        assert failed.value.reason == TLS_HANDSHAKE_FAILED
-        assert failure_fields(failed.value)["reason"] == TLS_HANDSHAKE_FAILED  # as logged
+            call_with_retry(
+                health_pb2_grpc.HealthStub(channel).Check,
+                health_pb2.HealthCheckRequest(),
+                timeout_s=timeout_s,
+                attempts=1,
+            )
+        return failed.value
     finally:
         channel.close()
-    # A trusted certificate that does not name the host dialled (it names localhost and
-    # 127.0.0.1): a TLS failure too. Review: it read as the peer being down.
-    misnamed = open_channel(f"127.0.0.2:{served.port}", load_peer_tls(str(files.ca)))
-    try:
-        with pytest.raises(RemoteError) as failed:
-            call_with_retry(
-                health_pb2_grpc.HealthStub(misnamed).Check,
-                health_pb2.HealthCheckRequest(),
-                timeout_s=5,
-                attempts=1,
-            )
-        assert failed.value.reason == TLS_HANDSHAKE_FAILED, str(failed.value)
-    finally:
-        misnamed.close()
-        served.stop(0)
-    down = open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(files.ca)))
-    try:  # a peer that is down is an outage, no more
-        with pytest.raises(RemoteError) as gone:
-            call_with_retry(
-                health_pb2_grpc.HealthStub(down).Check,
-                health_pb2.HealthCheckRequest(),
-                timeout_s=2,
-                attempts=1,
-            )
-        assert gone.value.reason == ""
-    finally:
-        down.close()
 
 
 def test_a_tls_server_answers_a_channel_that_trusts_its_ca_and_no_plaintext_one(
