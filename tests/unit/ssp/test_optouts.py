@@ -164,3 +164,52 @@ def test_connected_only_once_the_operator_answers() -> None:
         assert watcher.connected.wait(2)
     finally:
         watcher.stop()
+
+
+def _stream_lines(script: list[FakeStream | None], until: str) -> list[str]:
+    """Events of a watcher whose opens follow `script` (None: the operator down), once the
+    opt-out `until` is in."""
+    opened: list[int] = []
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        step = script[min(len(opened), len(script)) - 1]
+        if step is None:
+            raise ConnectionError("operator down")
+        return step
+
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(open_stream, optouts, backoff=Backoff(base_s=0.001, cap_s=0.002))
+    with capture_logs() as logs:
+        watcher.start()
+        try:
+            assert wait_until(lambda: optouts.opted_out(until), 5)
+        finally:
+            watcher.stop()
+    return [e["event"] for e in logs if "stream" in e["event"]]
+
+
+def test_a_stream_that_was_up_and_ends_is_no_failure_when_the_reconnect_works() -> None:
+    # What every connection's age (the operator's GOAWAY after 10 minutes) does to a stream.
+    lines = _stream_lines(
+        [
+            FakeStream([("u1", T), None], fail_after=True),
+            FakeStream([("u2", T + 1)], fail_after=True),
+            FakeStream([("u3", T + 2)], fail_after=False),
+        ],
+        until="u3",
+    )
+    assert lines == ["optout_stream_ended", "optout_stream_ended"]
+
+
+def test_a_stream_that_was_up_and_ends_warns_once_the_reconnect_fails() -> None:
+    lines = _stream_lines(
+        [
+            FakeStream([("u1", T), None], fail_after=True),
+            None,
+            None,
+            FakeStream([("u2", T)], fail_after=False),
+        ],
+        until="u2",
+    )
+    assert lines == ["optout_stream_ended", "optout_stream_broken", "optout_stream_restored"]
