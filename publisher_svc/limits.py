@@ -9,13 +9,14 @@ from __future__ import annotations
 DEFAULT_SERVE_REFRESH_BUDGET_S = 0.3
 
 # At most this many callers' calls wait on the operator at once, and on the SSP (call_bound.py:
-# a frozen peer would otherwise hold every server thread, and calls that never ask it would
+# a frozen peer would otherwise hold every worker thread, and calls that never ask it would
 # queue behind). The background refresher's calls, on threads of their own, are not counted.
 # When all are taken and the oldest has waited PEER_SLOW_S, the peer is slow: the next call is
 # answered at once as if it were unreachable (UNAVAILABLE OPERATOR_BUSY / SSP_BUSY; a held
 # unexpired token is still served). Otherwise the peer is only busy, and the call waits up to
-# PEER_SLOW_S for a slot. The server has a thread for every slot of both and SPARE_THREADS
-# more (server.py), so calls that ask neither peer are served even when both are frozen.
+# PEER_SLOW_S for a slot. The server's worker pool has a thread for every slot of both and
+# SPARE_THREADS more (server.py), so calls that ask neither peer are served even when both
+# are frozen.
 DEFAULT_OPERATOR_CALLS_MAX = 24
 DEFAULT_SSP_CALLS_MAX = 24
 PEER_SLOW_S = 0.5

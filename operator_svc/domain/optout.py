@@ -34,9 +34,9 @@ WATCH_POLL_S = 0.5
 _CHECK_EVERY = 256
 # Marks the end of the backlog in `watch`: everything on record when the stream opened is out.
 BACKLOG_SENT = None
-# Open WatchOptOuts streams one participant (client name) may hold: the server-wide cap (64)
-# must not be one reader's to fill, or no other SSP or DSP could load or resume its opt-outs.
-# A quarter of it: an SSP or DSP runs several decryptor processes on one key.
+# Open WatchOptOuts streams one participant (client name) may hold: the server-wide cap
+# (server.MAX_STREAMS, 256) must not be one reader's to fill, or no other SSP or DSP could load
+# or resume its opt-outs. An SSP or DSP runs several decryptor processes on one key.
 MAX_WATCH_STREAMS_PER_CLIENT = 16
 
 
