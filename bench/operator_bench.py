@@ -65,8 +65,9 @@ BASELINES = ("echo", "echo_aio", "echo_aio_with_edge")
 
 
 def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
-    """A bare unary echo. `edge`: with the suite's edge interceptor and its one JSON log line per
-    call; `aio`: on grpc.aio, the operator's server model (svc_common.grpc_aio). `canned`: a file
+    """A bare unary echo: on grpcio's sync server, the reference figure, or with `aio` on
+    grpc.aio, the services' server model (svc_common.grpc_aio), and there with `edge` the
+    services' edge and its one JSON log line per call. `canned`: a file
     holding a serialised GenerateTokenResponse, answered to every GenerateToken (parsed with the
     real proto classes) instead of echoing."""
     sys.path.insert(0, str(ROOT))
@@ -117,15 +118,10 @@ def _echo_server(edge: bool, aio: bool, canned: str | None = None) -> None:
         asyncio.run(serve())
         return
 
-    from svc_common.grpc_edge import EdgeInterceptor
-
     def echo_sync(request: bytes, _context: Any) -> bytes:
         return request
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=32),
-        interceptors=[EdgeInterceptor("echo")] if edge else [],
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     _register(server, "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo_sync)})
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

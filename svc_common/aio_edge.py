@@ -1,7 +1,7 @@
-"""The server edge for grpc.aio: the twin of `grpc_edge.EdgeInterceptor` (same ErrorInfo
-mapping, same request parsing, same one line per call), wrapped around each method handler once,
-as services register, instead of running as a grpc.aio interceptor (which runs a coroutine on
-every call just to pick the handler)."""
+"""The server edge: binds a call's log context, parses its request, maps domain errors to
+statuses with a `google.rpc.ErrorInfo` (`grpc_edge`), and writes one line per call. Wrapped
+around each method handler once, as services register, instead of running as a grpc.aio
+interceptor (which runs a coroutine on every call just to pick the handler)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from svc_common.grpc_edge import (
 
 
 class AioEdge:
-    """The aio twin of `EdgeInterceptor`: same ErrorInfo mapping, same one line per call.
+    """The edge of every service, `domain` naming it in every ErrorInfo ("operator.uid2").
 
     Not a grpc.aio interceptor: those run a coroutine on every call just to pick the handler.
     The edge wraps each method handler once, as services register (`EdgeRegistrar`)."""

@@ -6,8 +6,8 @@ with 32 calls in flight the threads fight for the GIL; the same Python work per 
 1.6x the CPU there (measured: GenerateToken ~550 µs of server CPU per call sync, ~340 µs aio, on
 this 2-core box). The aio server runs handlers on one event loop thread, behind the aio edge
 (`aio_edge`), with sync servicers adapted by `aio_adapter`. The loop lives in a background
-thread, so `start_aio_server` returns the same kind of handle (`Served`) as the sync
-`start_server`, and callers need not be async."""
+thread, so `start_aio_server` returns a plain handle (`Served`), and callers need not be
+async."""
 
 from __future__ import annotations
 
@@ -68,7 +68,9 @@ def start_aio_server(
     served_class: type[S],
     tls: ServerTls | None = None,
 ) -> S:
-    """Like `start_server`, on grpc.aio: NOT_SERVING until `set_serving(True)`."""
+    """Builds, binds and starts a server that reports NOT_SERVING until `set_serving(True)`.
+    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`. With `tls` the
+    port serves TLS only. `register` adds the services, through the edge."""
     loop = asyncio.new_event_loop()
     started: concurrent.futures.Future[tuple[Any, int, Any]] = concurrent.futures.Future()
     names = tuple(service_names)
@@ -78,10 +80,8 @@ def start_aio_server(
         register(EdgeRegistrar(server, AioEdge(domain)))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection(names, server, aio=True)
-        server.add_generic_rpc_handlers(
-            (UnknownMethods(domain, aio=True),)
-        )  # last, not edge-wrapped
+        enable_reflection(names, server)
+        server.add_generic_rpc_handlers((UnknownMethods(domain),))  # last, not edge-wrapped
         port = bind_port(server, listen, tls)
         await server.start()
         return server, port, health_servicer

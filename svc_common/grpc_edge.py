@@ -1,15 +1,15 @@
-"""The server edge: one interceptor that binds request context, maps domain errors to gRPC
-statuses with a `google.rpc.ErrorInfo`, and writes one JSON log line per call.
+"""What the server edge (`aio_edge.AioEdge`) is made of: domain errors as gRPC statuses with a
+`google.rpc.ErrorInfo`, handlers wrapped to parse their own requests, and a call's log context.
 
 Nothing a client sends may surface as UNKNOWN: a `ServiceError` becomes its status; anything
 else is a bug, logged by type and place only (exception text may carry request data) and
-answered INTERNAL with reason INTERNAL. Requests are parsed here too, not by grpc (which answers
-bytes that are not the message with INTERNAL or UNKNOWN and no log line): a malformed one is
-INVALID_ARGUMENT, reason MALFORMED_REQUEST, like any other bad input."""
+answered INTERNAL with reason INTERNAL. Requests are parsed by the edge, not by grpc (which
+answers bytes that are not the message with INTERNAL or UNKNOWN and no log line): a malformed
+one is INVALID_ARGUMENT, reason MALFORMED_REQUEST, like any other bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -102,108 +102,6 @@ def _as_is(raw: bytes) -> bytes:
     return raw
 
 
-class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """`domain` names the service in every ErrorInfo (for example "operator.uid2")."""
-
-    def __init__(self, domain: str) -> None:
-        self._domain = domain
-        # Wrapped handlers per method: services are registered once, so each handler is built
-        # once instead of on every call (this sits on every RPC's hot path).
-        self._wrapped: dict[str, Any] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
-        method: str = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = continuation(handler_call_details)
-        if handler is None or is_quiet(method):
-            return handler
-        wrapped = wrap_handler(
-            handler,
-            lambda b, parse: self._unary(b, parse, method),
-            lambda b, parse: self._stream(b, parse, method),
-        )
-        if wrapped is not handler:  # not an unknown method's: a caller picks those, unbounded
-            self._wrapped[method] = wrapped
-        return wrapped
-
-    def _begin(self, method: str, context: Any) -> float:
-        return begin_call(method, context.invocation_metadata())
-
-    def _fail(self, context: Any, exc: BaseException) -> tuple[str, str]:
-        """Aborts the call for `exc`; returns (code, reason) for the log line."""
-        if isinstance(exc, ServiceError):
-            context.abort_with_status(status_for(exc, self._domain))
-        code = context.code()
-        if code is not None and code != grpc.StatusCode.OK:
-            # The servicer aborted on purpose (context.abort); keep its status.
-            return code.name, ""
-        edge_log.log_unhandled(exc)
-        context.abort_with_status(internal_status(self._domain))
-        return "INTERNAL", "INTERNAL"  # pragma: no cover - abort raises
-
-    def _done(self, start: float, code: str, reason: str) -> None:
-        edge_log.end_call(start, code, reason)
-
-    def _unary(self, behavior: Any, parse: Parse, method: str) -> Any:
-        def call(raw: bytes, context: Any) -> Any:
-            start = self._begin(method, context)
-            code, reason = "OK", ""
-            try:
-                response = behavior(parse_request(parse, raw), context)
-                c = context.code()
-                if c is not None:
-                    code = c.name
-                return response
-            except ServiceError as exc:
-                code, reason = exc.kind.value, exc.reason
-                self._fail(context, exc)
-                raise  # pragma: no cover - _fail raises
-            except Exception as exc:
-                if not _is_abort(context):
-                    code, reason = "INTERNAL", "INTERNAL"
-                else:
-                    code = context.code().name
-                self._fail(context, exc)
-                raise  # pragma: no cover - _fail raises
-            finally:
-                self._done(start, code, reason)
-
-        return call
-
-    def _stream(self, behavior: Any, parse: Parse, method: str) -> Any:
-        edge_log.mark_streaming(method)
-
-        def call(raw: bytes, context: Any) -> Iterator[Any]:
-            start = self._begin(method, context)
-            code, reason = "OK", ""
-            try:
-                yield from behavior(parse_request(parse, raw), context)
-                if not context.is_active():
-                    # The stream ended because its reader went: the handler saw the call
-                    # inactive and returned, which is no OK.
-                    code = _gone(context)
-            except GeneratorExit:  # grpc dropped the stream: its reader went
-                code = _gone(context)
-                raise
-            except ServiceError as exc:
-                code, reason = exc.kind.value, exc.reason
-                self._fail(context, exc)
-            except Exception as exc:
-                if not _is_abort(context):
-                    code, reason = "INTERNAL", "INTERNAL"
-                else:
-                    code = context.code().name
-                self._fail(context, exc)
-            finally:
-                self._done(start, code, reason)
-
-        return call
-
-
 def begin_call(method: str, metadata: Any) -> float:
     """Binds the call's log context (request id from `x-request-id`, method)."""
     rid = edge_log.request_id(_metadata_value(metadata, "x-request-id"))
@@ -215,22 +113,11 @@ def is_quiet(method: str) -> bool:
     return method.startswith(_QUIET_PREFIXES)
 
 
-def _is_abort(context: Any) -> bool:
-    code = context.code()
-    return code is not None and code != grpc.StatusCode.OK
-
-
 def _metadata_value(metadata: Any, name: str) -> str | None:
     for key, value in metadata or ():
         if key == name and isinstance(value, str):
             return value
     return None
-
-
-def _gone(context: Any) -> str:
-    """How a stream whose reader went ended: its deadline passed, or it was cancelled."""
-    remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def bearer_token(context: Any) -> str | None:

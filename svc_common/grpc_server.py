@@ -1,30 +1,23 @@
-"""Server bootstrap shared by every service: interceptor, health, reflection, port binding and a
-graceful stop on SIGINT / SIGTERM."""
+"""What every service's gRPC server shares, whatever builds it (`grpc_aio`): the transport's
+options (keepalive, connection limits), port binding, and `Served`, the started server's handle,
+whose stop drains gracefully."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
-from contextlib import ExitStack
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from svc_common.fd_limit import open_files_limit
-from svc_common.grpc_edge import TRANSPORT_MAX_BYTES, EdgeInterceptor
-from svc_common.reflection import enable_reflection
+from svc_common.grpc_edge import TRANSPORT_MAX_BYTES
 from svc_common.sensitive import shown
 from svc_common.settings import SettingError, split_host_port
 from svc_common.tls import ServerTls
 from svc_common.tls_reload import ReloadingServerTls
-from svc_common.unknown_method import UnknownMethods
-
-_log = structlog.get_logger("server")
 
 # Keepalive: a client whose host vanished without closing its connection (a crash, a cut
 # network) would otherwise hold its streams, and their capped slots (WatchOptOuts, the SSP's
@@ -155,11 +148,10 @@ class Served:
         self.on_stop.clear()
 
     def _set_health(self, name: str, status: int) -> None:
-        self.health.set(name, status)
+        raise NotImplementedError  # the server model's (grpc_aio.AioServed)
 
     def _stop_server(self, grace_s: float) -> None:
-        # grpc cancels what is left at `grace_s`; timed all the same, as the main thread waits.
-        self.server.stop(grace_s).wait(grace_s + 5)
+        raise NotImplementedError
 
 
 def probe_listen(listen: str) -> None:
@@ -208,42 +200,3 @@ def bind_port(server: Any, listen: str, tls: ServerTls | None = None) -> int:
     if port == 0:
         raise OSError(f"cannot listen on {listen}: address in use or not available")
     return port
-
-
-def start_server(
-    *,
-    listen: str,
-    domain: str,
-    register: Callable[[grpc.Server], None],
-    service_names: Sequence[str],
-    max_workers: int = 32,
-    extra_interceptors: Sequence[Any] = (),
-    owns: ExitStack | None = None,
-    tls: ServerTls | None = None,
-) -> Served:
-    """Builds, binds and starts a server that reports NOT_SERVING until `set_serving(True)`.
-
-    `listen` is HOST:PORT; port 0 picks a free port, returned in `Served.port`. With `tls` the
-    port serves TLS only.
-
-    `owns` holds the clean-ups of what the service opened for this server (stores, channels,
-    threads). Once the server has started they move to its stop (newest first); if it cannot
-    start (the port is taken) they stay in the stack, whose `with` block closes them."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[EdgeInterceptor(domain), *extra_interceptors],
-        options=server_options(),
-    )
-    register(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = tuple(service_names)
-    enable_reflection(names, server, aio=False)
-    server.add_generic_rpc_handlers((UnknownMethods(domain),))  # last: asked only when none knows
-    port = bind_port(server, listen, tls)
-    served = Served(server=server, port=port, health=health_servicer, service_names=names)
-    served.set_serving(False)
-    server.start()
-    if owns is not None:
-        served.on_stop.append(owns.pop_all().close)
-    return served

@@ -16,12 +16,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 
 
-def enable_reflection(service_names: Sequence[str], server: Any, *, aio: bool) -> None:
+def enable_reflection(service_names: Sequence[str], server: Any) -> None:
     """Reflection for `service_names` (plus health and reflection itself) on `server`, a
-    grpc.aio server when `aio`. Call before any catch-all generic handler."""
+    grpc.aio server. Call before any catch-all generic handler."""
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    servicer_class = reflection.aio.ReflectionServicer if aio else reflection.ReflectionServicer
-    servicer = servicer_class(names)
+    servicer = reflection.aio.ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)  # v1alpha
     v1 = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,

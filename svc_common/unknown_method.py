@@ -8,7 +8,7 @@ method. A stream-stream handler answers a call of any kind: it is refused before
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -23,17 +23,16 @@ _UNNAMED = "<unknown>"
 
 
 class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
-    """For the thread-pool server (`grpc.server`), or with `aio` for grpc.aio's."""
+    """For a grpc.aio server."""
 
-    def __init__(self, domain: str, *, aio: bool = False) -> None:
+    def __init__(self, domain: str) -> None:
         self._status = error_status(
             code_pb2.UNIMPLEMENTED,
             UNKNOWN_METHOD,
             "no such method on this service: see its protos",
             domain,
         )
-        refuse = self._refuse_aio if aio else self._refuse
-        self.handler = grpc.stream_stream_rpc_method_handler(refuse)
+        self.handler = grpc.stream_stream_rpc_method_handler(self._refuse)
 
     def service(self, handler_call_details: Any) -> Any:
         return self.handler
@@ -43,12 +42,7 @@ class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is u
             begin_call(_UNNAMED, context.invocation_metadata()), "UNIMPLEMENTED", UNKNOWN_METHOD
         )
 
-    def _refuse(self, _requests: Iterator[bytes], context: Any) -> NoReturn:
-        self._logged(context)
-        context.abort_with_status(self._status)
-        raise AssertionError("abort_with_status raises")  # pragma: no cover - it raises
-
-    async def _refuse_aio(self, _requests: AsyncIterator[bytes], context: Any) -> NoReturn:
+    async def _refuse(self, _requests: AsyncIterator[bytes], context: Any) -> NoReturn:
         self._logged(context)
         await context.abort_with_status(self._status)
         raise AssertionError("abort_with_status raises")  # pragma: no cover - it raises

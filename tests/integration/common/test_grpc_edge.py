@@ -1,5 +1,5 @@
-"""The edge on real servers, sync and aio (the aio one driving a sync servicer through
-SyncServicerAdapter): domain errors become statuses with ErrorInfo, bugs become INTERNAL
+"""The edge on real servers (grpc.aio, driving a sync servicer through SyncServicerAdapter, as
+every service serves): domain errors become statuses with ErrorInfo, bugs become INTERNAL
 without leaking their text, and every call logs one line without payloads."""
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
 from svc_common.grpc_aio import AioServed, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
-from svc_common.grpc_server import Served, start_server
 from svc_common.logging import configure_logging
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -36,8 +35,6 @@ class _Servicer(operator_pb2_grpc.OperatorServiceServicer):
             raise invalid_argument("INVALID_EMAIL", "the email is not valid")
         if which == "phone":
             raise RuntimeError(f"bug involving {request.dii.phone}")
-        if which == "email_hash":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "deliberate")
         return operator_pb2.GenerateTokenResponse(status=operator_pb2.GENERATE_TOKEN_STATUS_SUCCESS)
 
     def WatchOptOuts(self, request: Any, context: Any) -> Iterator[Any]:
@@ -67,27 +64,15 @@ def _aio_served(servicer: Any, pool_size: int, **adapter: Any) -> AioServed:
     return s
 
 
-@pytest.fixture(scope="module", params=["sync", "aio"])
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
-    servicer = _Servicer()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
-    if request.param == "sync":
-        s: Served = start_server(
-            listen="127.0.0.1:0",
-            domain="test.uid2",
-            register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-                servicer, srv
-            ),
-            service_names=[SERVICE.full_name],
-            max_workers=4,
-        )
-    else:
-        s = _aio_served(servicer, 2, blocking={"OptOut"})
+@pytest.fixture(scope="module")
+def served() -> Iterator[AioServed]:
+    s = _aio_served(_Servicer(), 2, blocking={"OptOut"})  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     yield s
     s.stop(0)
 
 
 @pytest.fixture()
-def stub(served: Served) -> Iterator[operator_pb2_grpc.OperatorServiceStub]:
+def stub(served: AioServed) -> Iterator[operator_pb2_grpc.OperatorServiceStub]:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         yield operator_pb2_grpc.OperatorServiceStub(channel)
 
@@ -104,7 +89,7 @@ def test_service_error_maps_to_status_with_error_info(stub: Any) -> None:
     assert info is not None and info.reason == "INVALID_EMAIL" and info.domain == "test.uid2"
 
 
-def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
+def test_calls_by_method_name_get_the_same_edge(served: AioServed) -> None:
     """Generated stubs call registered methods; reflection clients, grpc-js and buf curl call by
     name, through the generic handlers. Both paths are behind the edge; unknown names are
     UNIMPLEMENTED with an ErrorInfo like every other error, whatever the kind of call."""
@@ -151,7 +136,7 @@ BAD_UTF8 = b"\x0a\x03\x0a\x01\xff"
 
 @pytest.mark.parametrize("registered", [True, False])
 def test_malformed_request_bytes_are_invalid_argument(
-    served: Served, registered: bool, capsys: Any
+    served: AioServed, registered: bool, capsys: Any
 ) -> None:
     """grpc's own parsing would answer these INTERNAL or UNKNOWN and log nothing; the edge
     parses instead. Unary and streaming, registered methods and calls by name alike."""
@@ -191,14 +176,6 @@ def test_unexpected_exception_is_internal_without_its_text(stub: Any) -> None:
     assert error_info(caught.value).reason == "INTERNAL"  # type: ignore[union-attr]  # a None fails the test here anyway
 
 
-def test_servicer_abort_keeps_its_status(stub: Any, served: Served) -> None:
-    if isinstance(served, AioServed):
-        pytest.skip("sync servicers raise ServiceError; context.abort is sync-server only")
-    with pytest.raises(grpc.RpcError) as caught:
-        _gen(stub, email_hash="h")
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
 def test_stream_error_after_items(stub: Any) -> None:
     got = []
     with pytest.raises(grpc.RpcError) as caught:
@@ -209,7 +186,7 @@ def test_stream_error_after_items(stub: Any) -> None:
     assert to_remote_error(caught.value).reason == "ROLE_REQUIRED"
 
 
-def test_health_not_serving_until_set(served: Served) -> None:
+def test_health_not_serving_until_set(served: AioServed) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         before = health.Check(health_pb2.HealthCheckRequest(service="")).status
@@ -240,7 +217,9 @@ def test_one_log_line_per_call_without_payload(stub: Any, capsys: Any) -> None:
     assert SECRET_EMAIL not in err
 
 
-def test_an_unknown_method_logs_one_line_that_does_not_name_it(served: Served, capsys: Any) -> None:
+def test_an_unknown_method_logs_one_line_that_does_not_name_it(
+    served: AioServed, capsys: Any
+) -> None:
     configure_logging(service="test")
     capsys.readouterr()
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
@@ -402,13 +381,7 @@ class _PatientStreamer(operator_pb2_grpc.OperatorServiceServicer):
 def test_a_stream_its_reader_cancelled_is_logged_cancelled_not_ok(capsys: Any) -> None:
     configure_logging("INFO", service="test")
     servicer = _PatientStreamer()  # type: ignore[abstract]  # only the RPC the test calls
-    served = start_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(servicer, srv),
-        service_names=[SERVICE.full_name],
-        max_workers=2,
-    )
+    served = _aio_served(servicer, 2, blocking=())
     try:
         capsys.readouterr()
         with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
@@ -436,13 +409,7 @@ def test_a_stream_its_reader_cancelled_is_logged_cancelled_not_ok(capsys: Any) -
 def test_a_stream_its_callers_deadline_ended_is_logged_deadline_exceeded(capsys: Any) -> None:
     configure_logging("INFO", service="test")
     servicer = _PatientStreamer()  # type: ignore[abstract]  # only the RPC the test calls
-    served = start_server(
-        listen="127.0.0.1:0",
-        domain="test.uid2",
-        register=lambda srv: operator_pb2_grpc.add_OperatorServiceServicer_to_server(servicer, srv),
-        service_names=[SERVICE.full_name],
-        max_workers=2,
-    )
+    served = _aio_served(servicer, 2, blocking=())
     try:
         capsys.readouterr()
         with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:

@@ -1,5 +1,5 @@
 """Reflection answers under grpc.reflection.v1 (buf curl's and grpcurl's first try) as under
-v1alpha, on both server kinds."""
+v1alpha."""
 
 from __future__ import annotations
 
@@ -10,33 +10,21 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
 from svc_common.grpc_aio import AioServed, start_aio_server
-from svc_common.grpc_server import Served, start_server
 from svc_common.reflection import V1_SERVICE_NAME
 from uid2.operator.v1 import operator_pb2
 
 SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 
 
-def _start(aio: bool) -> Served:
-    if aio:
-        return start_aio_server(
-            listen="127.0.0.1:0",
-            domain="test.uid2",
-            register=lambda _server: None,
-            service_names=(SERVICE,),
-            served_class=AioServed,
-        )
-    return start_server(
+@pytest.fixture()
+def served() -> Iterator[AioServed]:
+    served = start_aio_server(
         listen="127.0.0.1:0",
         domain="test.uid2",
         register=lambda _server: None,
         service_names=(SERVICE,),
+        served_class=AioServed,
     )
-
-
-@pytest.fixture(params=[False, True], ids=["sync", "aio"])
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
-    served = _start(request.param)
     try:
         yield served
     finally:
@@ -44,7 +32,9 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
 
 
 @pytest.mark.parametrize("package", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
-def test_services_are_listed_under_either_reflection_package(served: Served, package: str) -> None:
+def test_services_are_listed_under_either_reflection_package(
+    served: AioServed, package: str
+) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         call = channel.stream_stream(
             f"/{package}.ServerReflection/ServerReflectionInfo",

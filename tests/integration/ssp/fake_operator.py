@@ -8,15 +8,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
-
 from svc_common.errors import unauthenticated
+from svc_common.grpc_aio import AioServed, start_adapted_server
 from svc_common.grpc_edge import bearer_token
-from svc_common.grpc_server import Served, start_server
 from tests.unit.ssp.support import KeySet
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 API_KEY = "id-reader-key"
+SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
 
 
 class FakeOperator(operator_pb2_grpc.OperatorServiceServicer):
@@ -65,12 +64,16 @@ class FakeOperator(operator_pb2_grpc.OperatorServiceServicer):
             self._cond.notify_all()
 
 
-def serve_fake_operator(fake: FakeOperator, listen: str = "127.0.0.1:0") -> Served:
-    def register(server: grpc.Server) -> None:
-        operator_pb2_grpc.add_OperatorServiceServicer_to_server(fake, server)
-
-    served = start_server(
-        listen=listen, domain="operator.test", register=register, service_names=[]
+def serve_fake_operator(fake: FakeOperator, listen: str = "127.0.0.1:0") -> AioServed:
+    served = start_adapted_server(
+        listen=listen,
+        domain="operator.test",
+        servicer=fake,
+        service=SERVICE,
+        add_servicer=operator_pb2_grpc.add_OperatorServiceServicer_to_server,
+        blocking=(),
+        workers=2,
+        max_streams=16,
     )
     served.on_stop.append(fake.close)
     served.set_serving(True)

@@ -1,6 +1,6 @@
 """SspServicer through grpc_testing. grpc_testing runs no interceptors (and its context has no
 abort_with_status), so the failures are checked as the ServiceError the servicer raises: its kind
-and reason are what the production edge (svc_common/grpc_edge.py) turns into a status with an
+and reason are what the production edge (svc_common/aio_edge.py) turns into a status with an
 ErrorInfo, and tests/integration/common/test_grpc_edge.py checks that mapping on real servers."""
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
 from svc_common.errors import TLS_HANDSHAKE_FAILED, failure_fields
 from svc_common.grpc_client import RemoteError, call_with_retry
-from svc_common.grpc_server import start_server
 from svc_common.settings import SettingError
 from svc_common.tls import (
     load_peer_tls,
@@ -28,6 +27,7 @@ from svc_common.tls import (
     requiring_client_certs,
 )
 from svc_common.tls_reload import open_channel
+from tests.support.health_server import health_only_server
 from tests.support.tls_certs import TlsFiles, make_tls_files
 
 Main = Callable[[Sequence[str] | None], int]
@@ -96,13 +96,8 @@ def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, 
 
 def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path: Path) -> None:
     # A wrong CA, an expired peer certificate: not an outage, and the logs can tell.
-    served = start_server(
-        listen="0.0.0.0:0",  # 127.0.0.2 too, a name its certificate lacks
-        domain="test",
-        register=lambda server: None,
-        service_names=[],
-        tls=load_server_tls(str(files.cert), str(files.key)),
-    )
+    # 0.0.0.0: 127.0.0.2 too, a name its certificate lacks.
+    served = health_only_server("0.0.0.0:0", tls=load_server_tls(str(files.cert), str(files.key)))
     other_ca = make_tls_files(tmp_path / "other").ca
     try:
         failed = _health_check_failure(f"127.0.0.1:{served.port}", str(other_ca), timeout_s=5)
@@ -139,14 +134,7 @@ def _health_check_failure(address: str, ca: str, *, timeout_s: float) -> RemoteE
 def test_a_tls_server_answers_a_channel_that_trusts_its_ca_and_no_plaintext_one(
     files: TlsFiles,
 ) -> None:
-    served = start_server(
-        listen="127.0.0.1:0",
-        domain="test",
-        register=lambda server: None,
-        service_names=[],
-        tls=load_server_tls(str(files.cert), str(files.key)),
-    )
-    served.set_serving(True)
+    served = health_only_server("127.0.0.1:0", tls=load_server_tls(str(files.cert), str(files.key)))
     request = health_pb2.HealthCheckRequest()
     try:
         with open_channel(f"127.0.0.1:{served.port}", load_peer_tls(str(files.ca))) as channel:
@@ -164,14 +152,10 @@ def test_a_server_requiring_client_certs_admits_only_callers_presenting_one_its_
     files: TlsFiles, tmp_path: Path
 ) -> None:
     other = make_tls_files(tmp_path / "other")
-    served = start_server(
-        listen="127.0.0.1:0",
-        domain="test",
-        register=lambda server: None,
-        service_names=[],
+    served = health_only_server(
+        "127.0.0.1:0",
         tls=requiring_client_certs(load_server_tls(str(files.cert), str(files.key)), str(files.ca)),
     )
-    served.set_serving(True)
     request = health_pb2.HealthCheckRequest()
     target = f"127.0.0.1:{served.port}"
     refused = [
