@@ -1,13 +1,14 @@
-"""Administrative writes behind the CLI: init, sites, clients, delegations, key and salt rotation.
+"""Administrative writes behind the CLI: init, sites, clients, delegations, sharing, key and salt
+rotation.
 
 Each operation is one store transaction, so a failure leaves nothing half-written, and each bumps
 the change counter of what it touched, so running servers pick it up within their sync interval.
 
 Entry points (all take an open `OperatorStore`, the time and an rng of `n -> n random bytes`):
 `initialise`, `add_site`, `add_client`, `list_clients`, `set_client_disabled`, `grant_delegation`,
-`revoke_delegation`, `rotate_keys`, `rotate_salts`. `rotate_keys_in` and `rotate_salts_in` do
-the same rotations inside a transaction the caller holds (serve's scheduled rotation checks
-there that one is still due, domain/rotation.py)."""
+`revoke_delegation`, `change_sharing`, `rotate_keys`, `rotate_salts`. `rotate_keys_in` and
+`rotate_salts_in` do the same rotations inside a transaction the caller holds (serve's scheduled
+rotation checks there that one is still due, domain/rotation.py)."""
 
 from __future__ import annotations
 
@@ -336,6 +337,65 @@ def revoke_delegation(store: OperatorStore, site_id: int, client_name: str) -> N
         )
         if not any(OperatorStore.revoke(conn, site_id, form) for form in forms):
             raise AdminError("no such delegation")
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Who besides site `site_id` may decrypt its tokens: None, every ID_READER (the default);
+    else exactly the sites listed, whatever their role (reference §5, as the official
+    operator: a list, even an empty one, leaves out every ID_READER it does not name)."""
+
+    site_id: int
+    allowed_sites: tuple[int, ...] | None
+
+    def as_json(self) -> dict[str, Any]:
+        listed = None if self.allowed_sites is None else list(self.allowed_sites)
+        return {"site_id": self.site_id, "allowed_sites": listed}
+
+
+def change_sharing(
+    store: OperatorStore,
+    site_id: int,
+    *,
+    allow: Sequence[int] = (),
+    revoke: Sequence[int] = (),
+    open_to_readers: bool = False,
+) -> Sharing:
+    """Adds `allow` to, or takes `revoke` from, the allowed-sites list of the site's default
+    keyset (`open_to_readers`: removes the list). Sites to add must exist; a site is never on
+    its own list, as it always has its keys."""
+    check_site_id(site_id)
+    for other in (*allow, *revoke):
+        check_site_id(other)
+        if other == site_id:
+            raise AdminError(f"site {site_id} always decrypts its own tokens; name another site")
+    with store.transaction() as conn:
+        keyset_id = OperatorStore.default_keyset_of(conn, site_id)
+        if keyset_id is None:
+            raise AdminError(f"no site {site_id}; add it with `uid2-operator site add`")
+        missing = [other for other in allow if not OperatorStore.site_exists(conn, other)]
+        if missing:
+            raise AdminError(
+                f"no site {missing[0]}; add it with `uid2-operator site add` or `client add`"
+            )
+        (keyset,) = [k for k in OperatorStore.keysets_in(conn) if k.keyset_id == keyset_id]
+        if open_to_readers:
+            allowed: tuple[int, ...] | None = None
+        else:
+            listed = set(keyset.allowed_sites or ()) | set(allow)
+            allowed = tuple(sorted(listed - set(revoke)))
+        if allowed != keyset.allowed_sites:
+            OperatorStore.set_allowed_sites(conn, keyset_id, allowed)
+    return Sharing(site_id, allowed)
+
+
+def list_sharing(store: OperatorStore) -> list[Sharing]:
+    """Every site's sharing, by site id (the master, refresh and fallback keysets aside)."""
+    return [
+        Sharing(k.site_id, k.allowed_sites)
+        for k in sorted(store.keysets(), key=lambda k: k.site_id)
+        if k.is_default and k.site_id != FALLBACK_SITE_ID and k.keyset_id >= FIRST_SITE_KEYSET_ID
+    ]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""`uid2-operator`: create the store, administer sites, clients, delegations, client-side key
-pairs, keys and salts, and serve gRPC. Every mistake prints one line on stderr and exits 2, with
-nothing half-written (each command is one transaction)."""
+"""`uid2-operator`: create the store, administer sites, clients, delegations, sharing,
+client-side key pairs, keys and salts, and serve gRPC. Every mistake prints one line on stderr
+and exits 2, with nothing half-written (each command is one transaction)."""
 
 from __future__ import annotations
 
@@ -153,6 +153,31 @@ def _parser() -> argparse.ArgumentParser:
         _data_dir(p)
         p.add_argument("--site-id", type=typed(integer), required=True)
         p.add_argument("--client-name", required=True)
+
+    sharing = sub.add_parser(
+        "sharing",
+        help="which sites may decrypt a site's tokens",
+        description="A site's tokens are decrypted, besides by the site itself, by every "
+        "ID_READER (SSPs, DSPs) until the site lists the sites it shares with; from then on "
+        "by exactly those sites, whatever their role (SHARER or ID_READER), as the official "
+        "operator does: `allow` starts a list, `open` removes it.",
+    ).add_subparsers(dest="action", required=True)
+    for action, what in (("allow", "add sites to"), ("revoke", "take sites off")):
+        p = sharing.add_parser(action, help=f"{what} the list of a site's token decrypters")
+        _data_dir(p)
+        p.add_argument("--site-id", type=typed(integer), required=True)
+        p.add_argument(
+            "--with-site-id",
+            type=typed(integer),
+            action="append",
+            required=True,
+            help="repeatable",
+        )
+    p = sharing.add_parser("open", help="remove a site's list: every ID_READER decrypts again")
+    _data_dir(p)
+    p.add_argument("--site-id", type=typed(integer), required=True)
+    p = sharing.add_parser("list", help="every site's list (null: every ID_READER)")
+    _data_dir(p)
 
     pairs = sub.add_parser(
         "keypair", help="client-side token generation (CSTG) subscriptions"
@@ -455,6 +480,19 @@ def _run(args: argparse.Namespace) -> int:
         elif cmd == "delegation":
             admin.revoke_delegation(store, args.site_id, args.client_name)
             _print({"revoked": True, "site_id": args.site_id})
+        elif cmd == "sharing" and args.action == "list":
+            for sharing in admin.list_sharing(store):
+                _print(sharing.as_json())
+        elif cmd == "sharing":
+            _print(
+                admin.change_sharing(
+                    store,
+                    args.site_id,
+                    allow=args.with_site_id if args.action == "allow" else (),
+                    revoke=args.with_site_id if args.action == "revoke" else (),
+                    open_to_readers=args.action == "open",
+                ).as_json()
+            )
         elif cmd == "keypair" and args.action == "add":
             _print(admin.add_keypair(store, args.site_id, _now_ms(), rng))
             if not admin.site_has_places(store, args.site_id):

@@ -374,6 +374,16 @@ class OperatorStore:
         )
         cls.bump(conn, "keys")
 
+    @classmethod
+    def set_allowed_sites(
+        cls, conn: sqlite3.Connection, keyset_id: int, allowed: tuple[int, ...] | None
+    ) -> None:
+        conn.execute(
+            "UPDATE keysets SET allowed_sites = ? WHERE keyset_id = ?",
+            (None if allowed is None else json.dumps(list(allowed)), keyset_id),
+        )
+        cls.bump(conn, "keys")
+
     @staticmethod
     def next_keyset_id(conn: sqlite3.Connection, minimum: int) -> int:
         row = conn.execute("SELECT MAX(keyset_id) FROM keysets").fetchone()
