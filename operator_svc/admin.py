@@ -42,7 +42,7 @@ from operator_svc.store import (
     SiteRow,
     StoreError,
 )
-from operator_svc.store.sqlite_store import SCHEMA_VERSION
+from operator_svc.store.sqlite_store import SCHEMA_VERSION, schema_problem
 from svc_common.names import account_name, check_app_name, site_domain
 from svc_common.sensitive import shown
 from uid2_crypto.client_side import ServerKeypair
@@ -160,10 +160,7 @@ def initialise(store: OperatorStore, now_ms: int, rng: Rng, identity_scope: str 
         return False
     held = store.meta_int("schema_version")
     if held:
-        raise AdminError(
-            f"the store has schema version {held}, not {SCHEMA_VERSION}: it was made by "
-            "another release of uid2-operator; run that release, or restore a backup of this one"
-        )
+        raise AdminError(f"the store {schema_problem(held)}")
     salts = SaltSet.generate(BUCKET_COUNT, rng, now_ms)
     blobs = salts.to_blobs()
     now_s = now_ms // 1000

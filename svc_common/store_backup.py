@@ -30,6 +30,7 @@ from svc_common.sqlite_db import (
     quick_check,
     refuse_empty,
     require_data_dir,
+    schema_version,
     short_read_message,
 )
 
@@ -85,14 +86,21 @@ def restore(
         raise
 
 
-def requires_tables(error: ErrorFactory, service: str, *tables: str) -> Validate:
-    """A Validate refusing a copy that lacks any of `tables`, the service's own."""
+def requires_tables(error: ErrorFactory, service: str, *tables: str, version: int) -> Validate:
+    """A Validate refusing a copy that lacks any of `tables`, the service's own, or that a newer
+    release made (its schema `version` above this release's, as `sqlite_db.open_db` refuses)."""
 
     def validate(conn: sqlite3.Connection) -> None:
         found = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
         missing = [t for t in tables if t not in found]
         if missing:
             raise error(f"not a store of the {service} (it has no {missing[0]} table)")
+        held = schema_version(conn)
+        if held > version:
+            raise error(
+                f"a store of schema version {held}, newer than this release's {version}: "
+                "back it up and restore it with the release that made it"
+            )
 
     return validate
 

@@ -101,8 +101,25 @@ def _meta_int(conn: sqlite3.Connection, key: str) -> int:
 def check_schema(conn: sqlite3.Connection) -> None:
     """Raises StoreError unless `conn` holds an initialised operator store of this schema: what
     a backup must be, to be made or restored."""
-    if _meta_int(conn, "schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"not an initialised operator store of schema version {SCHEMA_VERSION}")
+    held = _meta_int(conn, "schema_version")
+    if not held:
+        raise StoreError("not an initialised operator store")
+    problem = schema_problem(held)
+    if problem:
+        raise StoreError(f"not an operator store this release reads: it {problem}")
+
+
+def schema_problem(held: int) -> str | None:
+    """What is wrong with a store of schema version `held` (0: none recorded), to follow "the
+    store ..."; None when this release reads it."""
+    if held == SCHEMA_VERSION:
+        return None
+    if not held:
+        return "is not initialised; run `uid2-operator init`"
+    return (
+        f"has schema version {held}, not {SCHEMA_VERSION}: it was made by another release of "
+        "uid2-operator; run that release, or restore a backup of this one"
+    )
 
 
 class OperatorStore:
@@ -127,9 +144,10 @@ class OperatorStore:
         if not path.exists():
             raise StoreError(f"no operator store in {data_dir}; run `uid2-operator init` first")
         store = cls(open_db(path, StoreError, check=check), path)
-        if store.meta_int("schema_version") != SCHEMA_VERSION:
+        problem = schema_problem(store.meta_int("schema_version"))
+        if problem:
             store.close()
-            raise StoreError(f"the store in {data_dir} is not initialised or has another schema")
+            raise StoreError(f"the store in {data_dir} {problem}")
         return store
 
     @classmethod

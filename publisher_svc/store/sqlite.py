@@ -88,7 +88,12 @@ class StoreError(Exception):
 # What a backup of this store must hold (`uid2-publisher backup / restore`).
 # Only what every released version had: the publisher adds the rest when it opens the store.
 STORE_TABLES = store_backup.requires_tables(
-    StoreError, "publisher", "identities", "operator_optouts", "site_optouts"
+    StoreError,
+    "publisher",
+    "identities",
+    "operator_optouts",
+    "site_optouts",
+    version=SCHEMA_VERSION,
 )
 
 

@@ -111,7 +111,7 @@ class StoreError(Exception):
 
 
 # What a backup of this store must hold (`uid2-ssp backup / restore`).
-STORE_TABLES = store_backup.requires_tables(StoreError, "SSP", "accounts")
+STORE_TABLES = store_backup.requires_tables(StoreError, "SSP", "accounts", version=SCHEMA_VERSION)
 
 
 def _hash(salt: bytes, api_key: str) -> bytes:

@@ -62,7 +62,7 @@ def test_a_killed_makers_file_is_removed_by_the_next_backup(tmp_path: Path) -> N
     open_db(
         tmp_path / "d" / "s.sqlite3", RuntimeError, schema="CREATE TABLE t (v INTEGER);"
     ).close()
-    check = store_backup.requires_tables(RuntimeError, "test", "t")
+    check = store_backup.requires_tables(RuntimeError, "test", "t", version=1)
     store_backup.backup(tmp_path / "d" / "s.sqlite3", tmp_path / "b-tuesday", RuntimeError, check)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b-tuesday", "d"]

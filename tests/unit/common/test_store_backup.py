@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -23,7 +24,7 @@ class Bad(Exception):
     pass
 
 
-CHECK = store_backup.requires_tables(Bad, "test", "t")
+CHECK = store_backup.requires_tables(Bad, "test", "t", version=1)
 
 
 def _store(d: Path) -> sqlite3.Connection:
@@ -82,11 +83,31 @@ def test_backup_mistakes_name_the_file_and_leave_nothing(tmp_path: Path) -> None
     for source, target, problem in cases:
         with pytest.raises(Bad, match=problem):
             store_backup.backup(source, target, Bad, CHECK)
-    not_ours = store_backup.requires_tables(Bad, "other", "t", "u")
+    not_ours = store_backup.requires_tables(Bad, "other", "t", "u", version=1)
     with pytest.raises(Bad, match=r"not a store of the other \(it has no u table\)"):
         store_backup.backup(store, tmp_path / "b2", Bad, not_ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "taken"]
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_newer_releases_store_is_neither_backed_up_nor_restored(tmp_path: Path) -> None:
+    """Upgrade review: the publisher's and the SSP's backup and restore took a store of a newer
+    schema and said done; only the service's next open refused it."""
+    live = _store(tmp_path / "d")
+    live.execute("INSERT INTO t VALUES (7)")
+    live.execute("PRAGMA user_version = 1")
+    live.close()
+    store_backup.backup(tmp_path / "d" / "s.sqlite3", tmp_path / "ok", Bad, CHECK)  # its own
+    newer = sqlite3.connect(tmp_path / "d" / "s.sqlite3")
+    newer.execute("PRAGMA user_version = 2")
+    newer.close()
+    said = "schema version 2, newer than this release's 1"
+    with pytest.raises(Bad, match=said):
+        store_backup.backup(tmp_path / "d" / "s.sqlite3", tmp_path / "b", Bad, CHECK)
+    shutil.copy(tmp_path / "d" / "s.sqlite3", tmp_path / "newer-backup")
+    with pytest.raises(Bad, match=said):
+        store_backup.restore(tmp_path / "newer-backup", tmp_path / "new", "s.sqlite3", Bad, CHECK)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "new").exists()
 
 
 def test_restore_makes_a_working_store_in_a_new_data_dir_only(tmp_path: Path) -> None:

@@ -49,6 +49,17 @@ def test_init_on_a_store_of_a_newer_schema_is_refused_not_reported_done(
     conn.close()
     line = _fails(capsys, "init", "--data-dir", str(initialised))
     assert "schema version 2, not 1" in line
+    # Every other command says so too (upgrade review: they said "not initialised or has
+    # another schema", a backup "not an initialised operator store of schema version 1").
+    d = str(initialised)
+    for command in (
+        ["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+        ["client", "list", "--data-dir", d],
+        ["keys", "rotate", "--data-dir", d],
+        ["backup", "--data-dir", d, "--to", str(initialised.parent / "copy")],
+    ):
+        line = _fails(capsys, *command)
+        assert "schema version 2, not 1: it was made by another release" in line, command
 
 
 def _key_rows(d: Path) -> list[KeyRow]:
