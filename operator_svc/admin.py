@@ -363,6 +363,8 @@ def change_sharing(
     its own list, as it always has its keys."""
     check_site_id(site_id)
     for other in (*allow, *revoke):
+        if other == FALLBACK_SITE_ID:
+            raise AdminError(f"site {other} is the operator's own fallback site, no participant")
         check_site_id(other)
         if other == site_id:
             raise AdminError(f"site {site_id} always decrypts its own tokens; name another site")
@@ -376,6 +378,13 @@ def change_sharing(
                 f"no site {missing[0]}; add it with `uid2-operator site add` or `client add`"
             )
         (keyset,) = [k for k in OperatorStore.keysets_in(conn) if k.keyset_id == keyset_id]
+        if revoke and keyset.allowed_sites is None:
+            # Taking a site off no list would start an empty one, which every ID_READER is
+            # left out of: all of the site's bid-stream tokens lost, where one site was meant.
+            raise AdminError(
+                f"site {site_id} has no list: every ID_READER decrypts its tokens, and no "
+                "SHARER; `sharing allow` starts a list"
+            )
         if open_to_readers:
             allowed: tuple[int, ...] | None = None
         else:

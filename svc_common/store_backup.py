@@ -99,7 +99,7 @@ def requires_tables(error: ErrorFactory, service: str, *tables: str, version: in
         if held > version:
             raise error(
                 f"a store of schema version {held}, newer than this release's {version}: "
-                "back it up and restore it with the release that made it"
+                "use the release that made it"
             )
 
     return validate

@@ -125,12 +125,14 @@ class OptOutWatcher:
             except Exception as exc:  # the operator unreachable, or the stream broke
                 if self._stop.is_set():
                     return
-                if delivered:
-                    # A stream that was up ends at every connection's age (10 min, the
+                failure = failure_fields(exc)
+                if delivered and failure.get("code") == "UNAVAILABLE":
+                    # A stream that was up ends so at every connection's age (10 min, the
                     # operator's GOAWAY) as well as when the operator goes: only a reconnect
                     # that fails says which, so only that counts. Else the warning, which
-                    # README says to alert on, fired every 10 minutes per decryptor.
-                    _log.info("optout_stream_ended", **failure_fields(exc))
+                    # README says to alert on, fired every 10 minutes per decryptor. Any
+                    # other end (a key disabled, a bug) is a failure at once.
+                    _log.info("optout_stream_ended", **failure)
                 else:
                     self._breaks.failed(exc)
             finally:

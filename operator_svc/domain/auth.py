@@ -37,7 +37,12 @@ class Authenticator:
         return client
 
 
+def has_role(client: Client, *roles: str) -> bool:
+    """Whether the client holds one of `roles` (ADMIN holds all)."""
+    return ADMIN in client.roles or any(r in client.roles for r in roles)
+
+
 def require_role(client: Client, *roles: str) -> None:
-    if ADMIN in client.roles or any(r in client.roles for r in roles):
+    if has_role(client, *roles):
         return
     raise permission_denied("MISSING_ROLE", f"this call needs the {' or '.join(roles)} role")

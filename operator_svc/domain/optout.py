@@ -21,7 +21,7 @@ import binascii
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 
-from operator_svc.domain.auth import require_role
+from operator_svc.domain.auth import has_role, require_role
 from operator_svc.domain.dii import dii_flh
 from operator_svc.domain.mapping import check_batch_size
 from operator_svc.domain.state import Client, OperatorState, raw_uids
@@ -124,7 +124,7 @@ class OptOutService:
     def _revoked(self, key_id: str) -> bool:
         """The key was disabled, removed or lost ID_READER since the stream opened."""
         client = self._state.clients.get(key_id)
-        return client is None or client.disabled or "ID_READER" not in client.roles
+        return client is None or client.disabled or not has_role(client, "ID_READER")
 
     def _held_watch(
         self, client: Client, since_ms: int, is_active: Callable[[], bool]

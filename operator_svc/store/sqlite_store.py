@@ -104,21 +104,23 @@ def check_schema(conn: sqlite3.Connection) -> None:
     held = _meta_int(conn, "schema_version")
     if not held:
         raise StoreError("not an initialised operator store")
-    problem = schema_problem(held)
+    problem = schema_problem(held, advice="use that release for it")
     if problem:
         raise StoreError(f"not an operator store this release reads: it {problem}")
 
 
-def schema_problem(held: int) -> str | None:
+def schema_problem(
+    held: int, advice: str = "run that release, or restore a backup of this one"
+) -> str | None:
     """What is wrong with a store of schema version `held` (0: none recorded), to follow "the
-    store ..."; None when this release reads it."""
+    store ..."; None when this release reads it. `advice` follows another release's version."""
     if held == SCHEMA_VERSION:
         return None
     if not held:
         return "is not initialised; run `uid2-operator init`"
     return (
         f"has schema version {held}, not {SCHEMA_VERSION}: it was made by another release of "
-        "uid2-operator; run that release, or restore a backup of this one"
+        f"uid2-operator; {advice}"
     )
 
 

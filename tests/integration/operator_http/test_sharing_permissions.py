@@ -86,6 +86,9 @@ def test_sharing_mistakes_are_one_line_and_exit_2_and_change_nothing(
         (("allow", "--site-id", "201", "--with-site-id", "299"), "no site 299"),
         (("allow", "--site-id", "299", "--with-site-id", "201"), "no site 299"),
         (("open", "--site-id", "2"), "fallback"),
+        (("allow", "--site-id", "201", "--with-site-id", "2"), "fallback site, no participant"),
+        # Diff review: it started an empty list, leaving out every ID_READER.
+        (("revoke", "--site-id", "201", "--with-site-id", "202"), "site 201 has no list"),
         (("revoke", "--site-id", "201", "--with-site-id", "0x1"), "not an integer"),
     ):
         capsys.readouterr()

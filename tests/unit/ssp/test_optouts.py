@@ -10,16 +10,31 @@ from svc_common.backoff import Backoff
 from tests.support.procs import wait_until
 
 
+class Ended(Exception):
+    """How the operator's side ends a stream that was up (its GOAWAY at the connection's age,
+    or its going away), as failure_fields reads a gRPC error."""
+
+    def __init__(self, code: str = "UNAVAILABLE") -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class FakeStream:
-    def __init__(self, items: list[tuple[str, int] | None], fail_after: bool) -> None:
+    def __init__(
+        self,
+        items: list[tuple[str, int] | None],
+        fail_after: bool,
+        error: Exception | None = None,
+    ) -> None:
         self.items = items
         self.fail_after = fail_after
+        self.error = error or ConnectionError("stream broke")
         self.cancelled = threading.Event()
 
     def __iter__(self) -> Iterator[tuple[str, int] | None]:
         yield from self.items
         if self.fail_after:
-            raise ConnectionError("stream broke")
+            raise self.error
         self.cancelled.wait(5)
 
     def cancel(self) -> None:
@@ -193,8 +208,8 @@ def test_a_stream_that_was_up_and_ends_is_no_failure_when_the_reconnect_works() 
     # What every connection's age (the operator's GOAWAY after 10 minutes) does to a stream.
     lines = _stream_lines(
         [
-            FakeStream([("u1", T), None], fail_after=True),
-            FakeStream([("u2", T + 1)], fail_after=True),
+            FakeStream([("u1", T), None], fail_after=True, error=Ended()),
+            FakeStream([("u2", T + 1)], fail_after=True, error=Ended()),
             FakeStream([("u3", T + 2)], fail_after=False),
         ],
         until="u3",
@@ -202,10 +217,29 @@ def test_a_stream_that_was_up_and_ends_is_no_failure_when_the_reconnect_works() 
     assert lines == ["optout_stream_ended", "optout_stream_ended"]
 
 
+def test_a_stream_that_was_up_and_fails_otherwise_warns_at_once() -> None:
+    # Its key disabled, say: each reconnect is answered, then ended (diff review: 11 times in
+    # 6 s, each logged at info only).
+    lines = _stream_lines(
+        [
+            FakeStream([("u1", T), None], fail_after=True, error=Ended("UNAUTHENTICATED")),
+            FakeStream([("u2", T + 1)], fail_after=True, error=ValueError("a bug")),
+            FakeStream([("u3", T + 2)], fail_after=False),
+        ],
+        until="u3",
+    )
+    assert lines == [
+        "optout_stream_broken",
+        "optout_stream_restored",
+        "optout_stream_broken",
+        "optout_stream_restored",
+    ]
+
+
 def test_a_stream_that_was_up_and_ends_warns_once_the_reconnect_fails() -> None:
     lines = _stream_lines(
         [
-            FakeStream([("u1", T), None], fail_after=True),
+            FakeStream([("u1", T), None], fail_after=True, error=Ended()),
             None,
             None,
             FakeStream([("u2", T)], fail_after=False),
