@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator
 from typing import Any
 
 from svc_common.errors import resource_exhausted, unavailable
@@ -156,8 +157,13 @@ def _pumped(
                 f"at most {streams.limit} streams may be open at once; retry later",
             )
         try:
-            async for item in _pump(method, pool, request, context, give_back, relay_capacity):
-                yield item
+            # Closed here, not left to the garbage collector's finalizer (a later turn of the
+            # loop): the pump's thread, should it wait for room, is freed as the call ends.
+            async with contextlib.aclosing(
+                _pump(method, pool, request, context, give_back, relay_capacity)
+            ) as pump:
+                async for item in pump:
+                    yield item
         finally:
             give_back()
 
@@ -171,7 +177,7 @@ async def _pump(
     context: Any,
     give_back: Callable[[], None],
     relay_capacity: int,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Runs the sync generator `method` in `pool`, in a copy of the call's context (as for
     pooled unary calls). The thread runs ahead of the loop through a bounded `_Relay`: one
     executor hop per item capped a stream at ~4k messages/s (an opt-out backlog replay).

@@ -80,6 +80,7 @@ KEY = "UID2-C-5df286e82ed2-EyqnvHZVUCGt5WRH3ThSU39J3Xd3OrM829Ji37Ic_cg"
         ["--n", "1", "--email", "alice@example.com"],
         ["--verb", "alice@example.com"],  # an invalid choice
         ["--publisher-file", "+1 (206) 555-7781"],  # one argument, three words once joined
+        ["--phne=+1 (206) 555-7781"],  # the same, after a flag's "=" (mutation review)
         ["--verb", "206 555 7781"],
     ],
 )

@@ -240,10 +240,40 @@ def test_a_stream_that_was_up_and_ends_warns_once_the_reconnect_fails() -> None:
     lines = _stream_lines(
         [
             FakeStream([("u1", T), None], fail_after=True, error=Ended()),
-            None,
+            # A reconnect to an operator that is gone: the call opens, and fails UNAVAILABLE
+            # before anything comes (mutation review: no test had that shape).
+            FakeStream([], fail_after=True, error=Ended()),
             None,
             FakeStream([("u2", T)], fail_after=False),
         ],
         until="u2",
     )
     assert lines == ["optout_stream_ended", "optout_stream_broken", "optout_stream_restored"]
+
+
+def test_not_connected_from_the_break_until_the_operator_answers_again() -> None:
+    # What uid2_decryptor_optout_stream_connected shows: a dashboard must not read a broken
+    # stream as up while the watcher waits to reconnect.
+    reopening = threading.Event()
+    release = threading.Event()
+    opened: list[int] = []
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        if len(opened) == 1:
+            return FakeStream([("u1", T), None], fail_after=True, error=Ended())
+        reopening.set()
+        release.wait(5)
+        return FakeStream([("u2", T + 1)], fail_after=False)
+
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(open_stream, optouts, backoff=Backoff(base_s=0.001, cap_s=0.002))
+    watcher.start()
+    try:
+        assert reopening.wait(5)
+        assert not watcher.connected.is_set()
+        release.set()
+        assert wait_until(watcher.connected.is_set, 5)
+    finally:
+        release.set()
+        watcher.stop()
