@@ -430,6 +430,13 @@ def test_a_large_answer_closes_its_connection(live: HttpLive) -> None:
         live, "/v2/token/generate", base64.b64encode(live.envelope("all", {"email": "a@b.com"}))
     )
     assert small.status == 200 and small.headers.get("connection", "").lower() != "close"
+    # A large request with a small answer too: the request is what the connection kept.
+    raws = [base64.b64encode(bytes([i % 256, i // 256]) * 16).decode() for i in range(3000)]
+    body = base64.b64encode(live.envelope("all", {"advertising_ids": raws}))
+    assert len(body) > http_app.SMALL_HOLD_BYTES  # (mutation review: untested)
+    status = _post(live, "/v2/optout/status", body)
+    assert status.status == 200 and len(status.body) < http_app.SENT_IN_EDGE_BYTES
+    assert status.headers.get("connection", "").lower() == "close"
 
 
 def test_an_undecodable_body_refused_before_it_is_read_logs_no_error_of_aiohttps(

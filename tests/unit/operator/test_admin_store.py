@@ -189,6 +189,33 @@ def test_a_late_rotation_keeps_the_key_in_use_a_whole_token_lifetime_past_its_la
     store.close()
 
 
+def test_two_rotations_in_one_second_leave_the_first_ones_keys_their_lifetime(
+    tmp_path: Path,
+) -> None:
+    """The first's new keys activate with the second's: not superseded, so not cut to the
+    retention (mutation review: untested)."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    first = admin.rotate_keys(store, now_ms=T0 + 1000, rng=os.urandom, activation_delay_s=3600)
+    admin.rotate_keys(store, now_ms=T0 + 1500, rng=os.urandom, activation_delay_s=3600)
+    new = [k for k in store.key_rows() if k.activates_s == first.activates]
+    assert len(new) > 2 and all(k.expires_s > first.activates + 300 * DAY_S for k in new)
+    store.close()
+
+
+def test_a_key_is_pruned_at_its_expiry_second(tmp_path: Path) -> None:
+    """Published while activates <= now < expires (reference §5): at `expires` it is gone."""
+    store = OperatorStore.create(tmp_path)
+    admin.initialise(store, T0, os.urandom)
+    first = admin.rotate_keys(store, now_ms=T0, rng=os.urandom, activation_delay_s=60)
+    superseded = [k for k in store.key_rows() if k.activates_s < first.activates]
+    last = max(k.expires_s for k in superseded)
+    report = admin.rotate_keys(store, now_ms=last * 1000, rng=os.urandom, activation_delay_s=60)
+    assert report.pruned >= 1
+    assert all(k.expires_s > last for k in store.key_rows())
+    store.close()
+
+
 def test_key_retention_follows_the_clock_skew_serve_allows(tmp_path: Path) -> None:
     store = OperatorStore.create(tmp_path)
     admin.initialise(store, T0, os.urandom)

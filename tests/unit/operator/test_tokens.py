@@ -325,6 +325,31 @@ def test_no_token_outlives_the_keys_that_encrypted_it(env: Env) -> None:
     assert late is not None and late.refresh_from == late.identity_expires == run_out_ms - 1
 
 
+@pytest.mark.parametrize("runs_out", ["master", "site", "refresh"])
+def test_a_token_ends_with_whichever_of_its_keys_runs_out_first(env: Env, runs_out: str) -> None:
+    """Each of the three keys bounds the identity on its own (mutation review: the one test
+    had all three run out together, so any one could be left out of the bound unnoticed)."""
+    snap = env.op.state.keys
+    keyset = {
+        "master": MASTER_KEYSET_ID,
+        "site": snap.default_keyset[10],
+        "refresh": REFRESH_KEYSET_ID,
+    }[runs_out]
+    cut_s = T0 // 1000 + 86_400  # a day off; the others 365, the token three
+    keys = [
+        dataclasses.replace(k, expires=cut_s) if k.keyset_id == keyset else k
+        for k in snap.keyring.keys
+    ]
+    with _keys_replaced(env, keyring=KeyRing(keys)):
+        out = env.op.tokens.generate(env.client("gen"), "email", f"{runs_out}@example.com", OK)
+    assert out.identity is not None
+    assert out.identity.identity_expires == cut_s * 1000 - 1
+    if runs_out == "refresh":
+        assert out.identity.refresh_expires == cut_s * 1000 - 1
+    else:
+        assert out.identity.refresh_expires == T0 + 30 * DAY
+
+
 def test_no_active_key_is_unavailable_not_a_crash(env: Env) -> None:
     # Nobody ran `uid2-operator keys rotate` for longer than a key lives: every key expired.
     env.clock.set(T0 + 366 * DAY)

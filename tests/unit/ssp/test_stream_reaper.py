@@ -70,3 +70,22 @@ def test_the_thread_runs_while_streams_are_watched_and_then_ends() -> None:
     assert wait_until(lambda: reaper._thread is None, 5)
     time.sleep(0.05)
     assert reaper._thread is None
+
+
+def test_a_check_that_fails_once_does_not_end_the_watch() -> None:
+    """A store error in one look (the store briefly unreadable): the thread goes on, and a key
+    that stays refused is still reaped (mutation review: without the guard the thread died
+    at the first error, and no stalled stream was reaped again)."""
+    answers = iter([RuntimeError("store busy")])
+
+    def key_valid(_key: str) -> bool:
+        failure = next(answers, None)
+        if failure is not None:
+            raise failure
+        return False
+
+    reaper = StreamReaper(key_valid, interval_s=0.02)
+    context = _Context()
+    reaper.watch("k", context)
+    assert wait_until(lambda: context.cancelled, 5)
+    context.end()
