@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -295,20 +296,40 @@ class _Blocking(_Servicer):
         yield operator_pb2.WatchOptOutsResponse(raw_uid="a", opted_out_at=1)
 
 
+class _Held(_Blocking):
+    """OptOut waits until the test lets it go: on the event loop it would hold every call."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def OptOut(self, request: Any, context: Any) -> Any:
+        call_context.bind(site_id=42)
+        self.entered.set()
+        self.release.wait(10)
+        return operator_pb2.OptOutResponse(opted_out_at=7)
+
+
 def test_aio_blocking_method_runs_off_the_event_loop(capsys: Any) -> None:
-    """While one call sleeps in the pool, an inline call still answers at once; what a pooled
-    method or a pumped stream binds for the log (its caller's site) reaches the call's line."""
+    """While one call waits in the pool, an inline call still answers; what a pooled method or
+    a pumped stream binds for the log (its caller's site) reaches the call's line. (No timing:
+    an inline call answered while the pooled one is held proves it; a sub-0.2 s bound was
+    flaky on a loaded box.)"""
     configure_logging(service="test")
-    servicer = _Blocking()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
+    servicer = _Held()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     s = _aio_served(servicer, 2, blocking={"OptOut"})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
             stub = operator_pb2_grpc.OperatorServiceStub(channel)
             slow = stub.OptOut.future(operator_pb2.OptOutRequest())
-            time.sleep(0.05)
-            started = time.monotonic()
-            _gen(stub, phone_hash="ok")
-            assert time.monotonic() - started < 0.2
+            assert servicer.entered.wait(5)
+            answer = stub.GenerateToken(
+                operator_pb2.GenerateTokenRequest(dii=operator_pb2.Dii(phone_hash="ok")),
+                timeout=5,
+            )
+            assert answer.status == operator_pb2.GENERATE_TOKEN_STATUS_SUCCESS
+            assert not slow.done()
+            servicer.release.set()
             assert slow.result(timeout=5).opted_out_at == 7
             assert [i.raw_uid for i in stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest())] == [
                 "a"
