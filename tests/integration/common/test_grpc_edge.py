@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svc_common import call_context
 from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
-from svc_common.grpc_aio import AioServed, start_aio_server
+from svc_common.grpc_aio import AioServed, start_adapted_server, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
 from svc_common.logging import configure_logging
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
@@ -485,3 +485,35 @@ def test_aio_tells_a_callers_deadline_from_its_cancel(capsys: Any) -> None:
         assert seen["gone-2"] == ("CANCELLED", None)
     finally:
         s.stop(0)
+
+
+def test_an_adapted_servers_threads_end_with_it() -> None:
+    """The worker and stream pools of start_adapted_server are shut at its stop (mutation
+    review: nothing checked; in a process that starts servers, tests or an embedding
+    application, their threads would pile up)."""
+    servicer = _Blocking()  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
+    served = start_adapted_server(
+        listen="127.0.0.1:0",
+        domain="pooltest",
+        servicer=servicer,
+        service=SERVICE,
+        add_servicer=operator_pb2_grpc.add_OperatorServiceServicer_to_server,
+        blocking={"OptOut"},
+        workers=2,
+        max_streams=2,
+    )
+    served.set_serving(True)
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        assert stub.OptOut(operator_pb2.OptOutRequest(), timeout=5).opted_out_at == 7
+        assert [i.raw_uid for i in stub.WatchOptOuts(operator_pb2.WatchOptOutsRequest())] == ["a"]
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("pooltest-")]
+
+    assert ours()  # the pools' threads ran the calls
+    served.stop(0)
+    deadline = time.monotonic() + 5
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ours() == []
