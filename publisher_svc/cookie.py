@@ -1,5 +1,6 @@
 """The client-side identity: the `__uid_2` first-party cookie value, as the UID2 JS SDK keeps it
-(`encodeURIComponent(JSON.stringify(identity))`, times in epoch milliseconds)."""
+(`encodeURIComponent(JSON.stringify(identity))`, times in epoch milliseconds); `__euid` for an
+EUID identity, as the EUID SDK keeps it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from svc_common.errors import invalid_argument
 from svc_common.impression_limits import MAX_TOKEN_CHARS
 
 COOKIE_NAME = "__uid_2"
+# An EUID identity's cookie, as the EUID JS SDK reads it.
+EUID_COOKIE_NAME = "__euid"
 # encodeURIComponent leaves these unescaped; quote() must do the same to match the SDK byte
 # for byte.
 _URI_COMPONENT_SAFE = "-_.!~*'()"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 
-from publisher_svc.cookie import COOKIE_NAME, encode_cookie
+from publisher_svc.cookie import COOKIE_NAME, EUID_COOKIE_NAME, encode_cookie
 from publisher_svc.model import DiiKind, HashedDii, Identity
 from publisher_svc.results import Cookie
 from svc_common.errors import invalid_argument
 from uid2_crypto.errors import InvalidIdentifierError
-from uid2_crypto.identity import IdentityType, identity_hash
+from uid2_crypto.identity import IdentityScope, IdentityType, identity_hash
+from uid2_crypto.tokens import claimed_scope
 
 MAX_USER_ID_CHARS = 256
 
@@ -48,4 +49,7 @@ def check_user_id(user_id: str) -> str:
 
 
 def cookie_for(identity: Identity) -> Cookie:
-    return Cookie(COOKIE_NAME, encode_cookie(identity), identity.refresh_expires)
+    """The cookie the identity goes back in: its scope's, as that scope's JS SDK reads it."""
+    scope = claimed_scope(identity.advertising_token)
+    name = EUID_COOKIE_NAME if scope is IdentityScope.EUID else COOKIE_NAME
+    return Cookie(name, encode_cookie(identity), identity.refresh_expires)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from bidstream.eids import ATYPE_PERSON, UID2_SOURCE
+from bidstream.eids import ATYPE_PERSON, source_of
 from uid2.ssp.v1 import openrtb_pb2
 
 FIRST_PRICE = 1
@@ -73,7 +73,7 @@ def build_bid_request(
     if imp.token and disposition.carries_token:
         request.user.eids.append(
             openrtb_pb2.Eid(
-                source=UID2_SOURCE,
+                source=source_of(imp.token),
                 uids=[openrtb_pb2.Uid(id=imp.token, atype=ATYPE_PERSON)],
             )
         )

@@ -260,6 +260,16 @@ def _decode_b64_any(token: str) -> bytes | None:
         return None
 
 
+def claimed_scope(token: str) -> IdentityScope:
+    """The identity scope a v3 or v4 token's prefix byte claims (unauthenticated: for labelling,
+    as a bid request's eid source, never for trust). UID2 for a v2 token, which carries none,
+    and for anything that is not a token's head."""
+    head = _decode_b64_any(token[:4])
+    if head is None or len(head) < 2 or head[1] not in (VERSION_BYTE_V3, VERSION_BYTE_V4):
+        return IdentityScope.UID2
+    return IdentityScope.EUID if head[0] & 0x10 else IdentityScope.UID2
+
+
 _NOT_INITIALIZED = DecryptResult(DecryptionStatus.NOT_INITIALIZED)
 _KEYS_NOT_SYNCED = DecryptResult(DecryptionStatus.KEYS_NOT_SYNCED)
 _INVALID_PAYLOAD = DecryptResult(DecryptionStatus.INVALID_PAYLOAD)

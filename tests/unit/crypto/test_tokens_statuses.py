@@ -16,6 +16,7 @@ from uid2_crypto.tokens import (
     ClientType,
     DecryptionStatus,
     TokenDecoder,
+    claimed_scope,
     encode_advertising_token_v2,
     encode_advertising_token_v3,
 )
@@ -263,3 +264,30 @@ def test_vector_tokens_expire_for_a_late_clock() -> None:
         )
         assert r.status is DecryptionStatus.EXPIRED_TOKEN, v["name"]
     assert (master_key().expires - 1) * 1000 > NOW_MS
+
+
+@pytest.mark.parametrize("scope", [IdentityScope.UID2, IdentityScope.EUID])
+@pytest.mark.parametrize("identity_type", [IdentityType.EMAIL, IdentityType.PHONE])
+def test_the_scope_a_token_claims_is_read_from_its_prefix(
+    scope: IdentityScope, identity_type: IdentityType
+) -> None:
+    """What the SSP labels a token's eid source by (EUID review: EUID tokens went out under
+    UID2's "uidapi.com"), and the publisher names its cookie by."""
+    p = payload(identity_scope=scope, identity_type=identity_type)
+    v4 = mint(identity_scope=scope, identity_type=identity_type)
+    v3 = encode_advertising_token_v3(p, master_key(), site_key(), os.urandom)
+    assert claimed_scope(v4) is scope and claimed_scope(v3) is scope
+
+
+def test_a_token_with_no_scope_claims_uid2() -> None:
+    v2 = encode_advertising_token_v2(
+        UID_B64,
+        9000,
+        master_key(),
+        site_key(),
+        expires_ms=BASE_MS + 1000,
+        established_ms=BASE_MS,
+        rng=os.urandom,
+    )
+    for token in (v2, "", "E4", "not base64 at all", "\u00e9" * 10):
+        assert claimed_scope(token) is IdentityScope.UID2, token

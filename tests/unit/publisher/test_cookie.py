@@ -9,6 +9,7 @@ import urllib.parse
 import pytest
 
 from publisher_svc.cookie import COOKIE_NAME, decode_cookie, encode_cookie
+from publisher_svc.inputs import cookie_for
 from publisher_svc.model import Identity
 from svc_common.errors import ServiceError
 from svc_common.impression_limits import MAX_TOKEN_CHARS
@@ -29,6 +30,11 @@ def _body() -> dict[str, object]:
 
 def test_cookie_name() -> None:
     assert COOKIE_NAME == "__uid_2"
+    assert cookie_for(IDENT).name == "__uid_2"
+    # EUID review: an EUID identity went out as __uid_2, which the EUID JS SDK does not read.
+    euid = dataclasses.replace(IDENT, advertising_token="E4AAAAB-_xyz+/=")
+    assert cookie_for(euid).name == "__euid"
+    assert decode_cookie(cookie_for(euid).value) == euid
 
 
 def test_round_trip() -> None:

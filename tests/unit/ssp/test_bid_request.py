@@ -79,3 +79,12 @@ def test_a_bidder_finds_the_uid2_token_among_other_ids() -> None:
     uid2.uids.add(id=TOKEN, atype=3)
     br.user.eids.add(source="liveramp.com").uids.add(id="LR-1", atype=3)
     assert uid2_token(br) == TOKEN
+
+
+def test_an_euid_token_goes_under_euids_source_and_bidders_find_it() -> None:
+    """EUID review: EUID tokens went out under UID2's source, where a bidder that knows EUID
+    does not look, and the sample DSP read only UID2's."""
+    euid = "E4AAAAs-an_euid+token"  # prefix byte 0x13: EUID, email, then version 128
+    br = build_bid_request("auc1", imp(token=euid), Disposition.VALID, 150)
+    assert [(e.source, [u.id for u in e.uids]) for e in br.user.eids] == [("euid.eu", [euid])]
+    assert uid2_token(br) == euid
