@@ -10,13 +10,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
 from svc_common.aio_adapter import _pumped, _Relay, _StreamLimit, _ThreadSideContext
 from svc_common.aio_edge import _cancelled_as
 from svc_common.errors import CALLER_DEADLINE
+from tests.unit.common.test_aio_adapter_cancel import _endless
 
 
 class _Context:
@@ -37,18 +37,6 @@ def test_a_callback_added_once_the_call_is_over_is_refused_and_never_runs() -> N
     assert side.add_callback(lambda: ran.append(1)) is False
     side.end()
     assert ran == [] and not side.is_active()
-
-
-def _endless(sides: list[_ThreadSideContext], ended: list[int]) -> Any:
-    def method(_request: Any, side: _ThreadSideContext) -> Iterator[int]:
-        sides.append(side)
-        side.add_callback(lambda: ended.append(1))
-        n = 0
-        while side.is_active():
-            n += 1
-            yield n
-
-    return method
 
 
 def _shuts_down(pool: ThreadPoolExecutor, within_s: float) -> bool:

@@ -194,12 +194,9 @@ def test_domain_check_comes_before_lifetime() -> None:
     assert d.decrypt(token, BASE_MS).status is DecryptionStatus.DOMAIN_OR_APP_NAME_CHECK_FAILED
 
 
-def test_v3_and_v2_statuses() -> None:
-    p = payload()
-    v3 = encode_advertising_token_v3(p, master_key(), site_key(), os.urandom)
-    r = decoder().decrypt(v3, BASE_MS)
-    assert (r.status, r.version, r.raw_uid) == (DecryptionStatus.SUCCESS, "V3", UID_B64)
-    v2 = encode_advertising_token_v2(
+def _v2() -> str:
+    """A v2 token (legacy: decode only) of UID_B64 for site 9000, a second past BASE_MS."""
+    return encode_advertising_token_v2(
         UID_B64,
         9000,
         master_key(),
@@ -208,6 +205,14 @@ def test_v3_and_v2_statuses() -> None:
         established_ms=BASE_MS,
         rng=os.urandom,
     )
+
+
+def test_v3_and_v2_statuses() -> None:
+    p = payload()
+    v3 = encode_advertising_token_v3(p, master_key(), site_key(), os.urandom)
+    r = decoder().decrypt(v3, BASE_MS)
+    assert (r.status, r.version, r.raw_uid) == (DecryptionStatus.SUCCESS, "V3", UID_B64)
+    v2 = _v2()
     r = decoder().decrypt(v2, BASE_MS)
     assert (r.status, r.version, r.raw_uid, r.identity_type) == (
         DecryptionStatus.SUCCESS,
@@ -280,14 +285,6 @@ def test_the_scope_a_token_claims_is_read_from_its_prefix(
 
 
 def test_a_token_with_no_scope_claims_uid2() -> None:
-    v2 = encode_advertising_token_v2(
-        UID_B64,
-        9000,
-        master_key(),
-        site_key(),
-        expires_ms=BASE_MS + 1000,
-        established_ms=BASE_MS,
-        rng=os.urandom,
-    )
+    v2 = _v2()
     for token in (v2, "", "E4", "not base64 at all", "\u00e9" * 10):
         assert claimed_scope(token) is IdentityScope.UID2, token
