@@ -400,7 +400,7 @@ def list_sharing(store: OperatorStore) -> list[Sharing]:
     return [
         Sharing(k.site_id, k.allowed_sites)
         for k in sorted(store.keysets(), key=lambda k: k.site_id)
-        if k.is_default and k.site_id != FALLBACK_SITE_ID and k.keyset_id >= FIRST_SITE_KEYSET_ID
+        if k.is_default and k.keyset_id >= FIRST_SITE_KEYSET_ID
     ]
 
 

@@ -184,7 +184,7 @@ def probe_listen(listen: str) -> None:
 
 
 def bind_port(server: Any, listen: str, tls: ServerTls | None = None) -> int:
-    """Binds `listen` (HOST:PORT) on a sync or aio server, with TLS when `tls` is given; the
+    """Binds `listen` (HOST:PORT) on a grpc.aio server, with TLS when `tls` is given; the
     bound port. OSError, which the CLIs report in one line with exit 2, when the address is
     taken or cannot be bound."""
     listen = listen.strip()  # as split_host_port reads it: " 127.0.0.1:0" is valid there

@@ -98,7 +98,6 @@ class OptOutWatcher:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            delivered = False
             try:
                 seen = self._optouts.last_seen_ms
                 stream = self._open(max(0, seen - RESUME_MARGIN_MS) if seen else 0)
@@ -109,7 +108,6 @@ class OptOutWatcher:
                     return
                 self.connects += 1
                 for item in stream:
-                    delivered = True
                     # Connected once the operator answers, not once the call is made: a frozen
                     # operator's kernel still accepts the connection, and nothing comes.
                     self.connected.set()
@@ -126,7 +124,8 @@ class OptOutWatcher:
                 if self._stop.is_set():
                     return
                 failure = failure_fields(exc)
-                if delivered and failure.get("code") == "UNAVAILABLE":
+                # Still set here (`finally` clears it): the stream had delivered.
+                if self.connected.is_set() and failure.get("code") == "UNAVAILABLE":
                     # A stream that was up ends so at every connection's age (10 min, the
                     # operator's GOAWAY) as well as when the operator goes: only a reconnect
                     # that fails says which, so only that counts. Else the warning, which
