@@ -27,6 +27,16 @@ _log = structlog.get_logger("optouts")
 # before it has replayed the margin (seen with 10 s and a break every 0.3 s).
 RESUME_MARGIN_MS = 3_000
 
+# A working operator answers a new stream at once (its first opt-out, or the backlog mark when it
+# has none). One that has not after this long is frozen, or the network drops packets: the call
+# only fails once keepalive gives the connection up, some 30 s on, and a watcher whose stream
+# ended at a connection's age (logged at info) would only warn then.
+FIRST_ANSWER_S = 5.0
+
+
+class OperatorSilent(TimeoutError):
+    """A stream opened, and the operator has sent nothing within FIRST_ANSWER_S."""
+
 
 class OptOutSet:
     def __init__(self) -> None:
@@ -69,8 +79,10 @@ class OptOutWatcher:
         *,
         backoff: Backoff | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        first_answer_s: float = FIRST_ANSWER_S,
     ) -> None:
         self._open = open_stream
+        self._first_answer_s = first_answer_s
         self._optouts = optouts
         self._backoff = backoff or Backoff(base_s=0.1, cap_s=1.0)
         self._stop = threading.Event()
@@ -83,6 +95,8 @@ class OptOutWatcher:
         self._breaks = FailureStreak(
             _log, "optout_stream_broken", "optout_stream_restored", monotonic=monotonic
         )
+        # The streak is also told from the first-answer timer's thread.
+        self._breaks_lock = threading.Lock()
 
     def start(self) -> OptOutWatcher:
         self._thread.start()
@@ -98,6 +112,9 @@ class OptOutWatcher:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            silent = threading.Timer(self._first_answer_s, self._no_answer)
+            silent.daemon = True
+            silent.start()
             try:
                 seen = self._optouts.last_seen_ms
                 stream = self._open(max(0, seen - RESUME_MARGIN_MS) if seen else 0)
@@ -108,11 +125,12 @@ class OptOutWatcher:
                     return
                 self.connects += 1
                 for item in stream:
-                    # Connected once the operator answers, not once the call is made: a frozen
-                    # operator's kernel still accepts the connection, and nothing comes.
-                    self.connected.set()
-                    attempt = 0
-                    self._breaks.succeeded()
+                    if not self.connected.is_set():
+                        # Connected once the operator answers, not once the call is made: a
+                        # frozen operator's kernel still accepts the connection, and nothing
+                        # comes.
+                        self._answered()
+                        attempt = 0
                     if item is None:  # the backlog is in: the set is complete from now on
                         if not self._optouts.loaded.is_set():
                             self._optouts.loaded.set()
@@ -128,15 +146,29 @@ class OptOutWatcher:
                 if self.connected.is_set() and failure.get("code") == "UNAVAILABLE":
                     # A stream that was up ends so at every connection's age (10 min, the
                     # operator's GOAWAY) as well as when the operator goes: only a reconnect
-                    # that fails says which, so only that counts. Else the warning, which
+                    # that fails, or that the operator leaves unanswered for FIRST_ANSWER_S,
+                    # says which, so only that counts. Else the warning, which
                     # README says to alert on, fired every 10 minutes per decryptor. Any
                     # other end (a key disabled, a bug) is a failure at once.
                     _log.info("optout_stream_ended", **failure)
                 else:
-                    self._breaks.failed(exc)
+                    with self._breaks_lock:
+                        self._breaks.failed(exc)
             finally:
+                silent.cancel()
                 self.connected.clear()
                 with self._lock:
                     self._current = None
             self._stop.wait(self._backoff.delay(attempt))
             attempt += 1
+
+    def _answered(self) -> None:
+        with self._breaks_lock:
+            self.connected.set()
+            self._breaks.succeeded()
+
+    def _no_answer(self) -> None:
+        # Under the lock, so that an answer arriving now is either seen here or restores after.
+        with self._breaks_lock:
+            if not self.connected.is_set() and not self._stop.is_set():
+                self._breaks.failed(OperatorSilent())

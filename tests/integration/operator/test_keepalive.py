@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bidstream.decryptor import operator_client
 from bidstream.decryptor.operator_client import OperatorClient
@@ -83,17 +84,26 @@ def test_a_reader_notices_a_silent_operator_and_a_quiet_stream_stays_up(
     proxy = SilenceableProxy(("127.0.0.1", port))
     client = OperatorClient(f"127.0.0.1:{proxy.port}", reader.api_key)
     optouts = OptOutSet()
-    watcher = OptOutWatcher(client.watch_optouts, optouts).start()
-    try:
-        assert optouts.loaded.wait(10) and watcher.connected.is_set()
-        # Quiet for a while, pinging all along: the operator accepts the pings (at gRPC's
-        # default allowance it would answer GOAWAY, breaking the stream every few pings).
-        time.sleep(4.0)
-        assert watcher.connects == 1 and watcher.connected.is_set()
-        proxy.silence()  # the operator frozen, or the network dropping every packet
-        assert wait_until(lambda: not watcher.connected.is_set(), 10.0)
-    finally:
-        watcher.stop()
-        client.close()
-        proxy.close()
-        served.stop(1.0)
+    # The real first-answer bound (5 s) shortened in the same proportion.
+    watcher = OptOutWatcher(client.watch_optouts, optouts, first_answer_s=0.25)
+    with capture_logs() as logs:
+        watcher.start()
+        try:
+            assert optouts.loaded.wait(10) and watcher.connected.is_set()
+            # Quiet for a while, pinging all along: the operator accepts the pings (at gRPC's
+            # default allowance it would answer GOAWAY, breaking the stream every few pings).
+            time.sleep(4.0)
+            assert watcher.connects == 1 and watcher.connected.is_set()
+            proxy.silence()  # the operator frozen, or the network dropping every packet
+            assert wait_until(lambda: not watcher.connected.is_set(), 10.0)
+            # Then the warning README says to alert on, at the reconnect the operator leaves
+            # unanswered. Before the first-answer bound it never came within 10 s here, and
+            # only about 20 s after the gauge dropped at the real keepalive settings.
+            assert wait_until(lambda: any(e["event"] == "optout_stream_broken" for e in logs), 10.0)
+        finally:
+            watcher.stop()
+            client.close()
+            proxy.close()
+            served.stop(1.0)
+    broken = next(e for e in logs if e["event"] == "optout_stream_broken")
+    assert broken["error_type"] == "OperatorSilent"

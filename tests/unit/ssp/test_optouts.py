@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from structlog.testing import capture_logs
@@ -249,6 +250,77 @@ def test_a_stream_that_was_up_and_ends_warns_once_the_reconnect_fails() -> None:
         until="u2",
     )
     assert lines == ["optout_stream_ended", "optout_stream_broken", "optout_stream_restored"]
+
+
+class LateStream(FakeStream):
+    """A call the operator answers only once `answer` is set (frozen until then)."""
+
+    def __init__(self, items: list[tuple[str, int] | None], answer: threading.Event) -> None:
+        super().__init__(items, fail_after=False)
+        self.answer = answer
+
+    def __iter__(self) -> Iterator[tuple[str, int] | None]:
+        self.answer.wait(5)
+        yield from super().__iter__()
+
+
+def test_a_reconnect_left_unanswered_warns_before_keepalive_would_end_it() -> None:
+    # The operator frozen or cut off by the network: the stream that was up ends UNAVAILABLE
+    # (info, as at a connection's age), and the reconnect's call opens and hears nothing, for
+    # some 30 s until keepalive gives it up. The warning comes at the first-answer bound.
+    answer = threading.Event()
+    opened: list[int] = []
+
+    def open_stream(since: int) -> FakeStream:
+        opened.append(since)
+        if len(opened) == 1:
+            return FakeStream([("u1", T), None], fail_after=True, error=Ended())
+        return LateStream([("u2", T + 1)], answer)
+
+    optouts = OptOutSet()
+    watcher = OptOutWatcher(
+        open_stream,
+        optouts,
+        backoff=Backoff(base_s=0.001, cap_s=0.002),
+        first_answer_s=0.05,
+    )
+    with capture_logs() as logs:
+        watcher.start()
+        try:
+            assert wait_until(lambda: any(e["event"] == "optout_stream_broken" for e in logs), 5)
+            # Nothing cancelled: an operator slow to answer is not refused, and the watcher
+            # does not reconnect in a loop while the silent call stays open.
+            assert len(opened) == 2 and not watcher.connected.is_set()
+            answer.set()
+            assert wait_until(lambda: optouts.opted_out("u2"), 5)
+        finally:
+            answer.set()
+            watcher.stop()
+    assert [e["event"] for e in logs if "stream" in e["event"]] == [
+        "optout_stream_ended",
+        "optout_stream_broken",
+        "optout_stream_restored",
+    ]
+    assert next(e for e in logs if e["event"] == "optout_stream_broken")["error_type"] == (
+        "OperatorSilent"
+    )
+
+
+def test_an_answer_within_the_first_answer_bound_warns_nothing() -> None:
+    answer = threading.Event()
+    watcher = OptOutWatcher(
+        lambda since: LateStream([("u1", T)], answer), OptOutSet(), first_answer_s=0.5
+    )
+    with capture_logs() as logs:
+        watcher.start()
+        try:
+            time.sleep(0.1)
+            answer.set()
+            assert watcher.connected.wait(5)
+            time.sleep(0.6)  # past the bound: its timer must not fire once answered
+        finally:
+            watcher.stop()
+    assert not [e for e in logs if "stream" in e["event"]]
 
 
 def test_not_connected_from_the_break_until_the_operator_answers_again() -> None:
