@@ -1,7 +1,7 @@
 """The adapter's parts on their own (svc_common.aio_adapter): what a thread-side context
-promises once its call is over, the relay's hand-over of a producer's end, and a stream's
-thread given back when its reader leaves, each pinned by the mutation review; and how the
-edge names a call grpc.aio cancelled (svc_common.aio_edge)."""
+promises once its call is over, the relay's bound and its hand-over of a producer's end, and a
+stream's thread given back when its reader leaves, each pinned by the mutation review; and how
+the edge names a call grpc.aio cancelled (svc_common.aio_edge)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from svc_common.aio_adapter import _pumped, _Relay, _StreamLimit, _ThreadSideContext
 from svc_common.aio_edge import _cancelled_as
 from svc_common.errors import CALLER_DEADLINE
+from tests.support.procs import wait_until
 from tests.unit.common.test_aio_adapter_cancel import _endless
 
 
@@ -107,6 +108,34 @@ def test_a_producer_that_already_failed_keeps_its_error_when_abandoned() -> None
             await relay.take()
 
     asyncio.run(main())
+
+
+def test_the_relay_holds_its_producer_at_capacity() -> None:
+    """What bounds a stream's memory when its reader is slower than its method (mutation
+    review: the relay taking one item past its capacity went unseen)."""
+    loop = asyncio.new_event_loop()
+    relay = _Relay(loop, 3)
+    produced: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        while True:
+            produced.append(len(produced) + 1)
+            yield produced[-1]
+
+    producer = threading.Thread(target=relay.feed, args=(numbers(),), daemon=True)
+    producer.start()
+    try:
+        assert wait_until(lambda: len(produced) == 4, 2)  # the 4th waits for room
+        time.sleep(0.05)
+        assert loop.run_until_complete(relay.take()) == [1, 2, 3]
+        assert wait_until(lambda: len(produced) == 7, 2)
+        time.sleep(0.05)
+        assert loop.run_until_complete(relay.take()) == [4, 5, 6]
+    finally:
+        relay.close()
+        producer.join(2)
+        loop.close()
+    assert not producer.is_alive()
 
 
 @pytest.mark.parametrize(
