@@ -1,20 +1,24 @@
 """The adapter's parts on their own (svc_common.aio_adapter): what a thread-side context
 promises once its call is over, the relay's bound and its hand-over of a producer's end, and a
 stream's thread given back when its reader leaves, each pinned by the mutation review; and how
-the edge names a call grpc.aio cancelled (svc_common.aio_edge)."""
+the edge names a call grpc.aio cancelled and logs a stream closed at a yield
+(svc_common.aio_edge)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 import pytest
 
 from svc_common.aio_adapter import _pumped, _Relay, _StreamLimit, _ThreadSideContext
-from svc_common.aio_edge import _cancelled_as
+from svc_common.aio_edge import AioEdge, _cancelled_as
+from svc_common.edge_log import observe_calls
 from svc_common.errors import CALLER_DEADLINE
 from tests.support.procs import wait_until
 from tests.unit.common.test_aio_adapter_cancel import _endless
@@ -136,6 +140,33 @@ def test_the_relay_holds_its_producer_at_capacity() -> None:
         producer.join(2)
         loop.close()
     assert not producer.is_alive()
+
+
+def test_a_stream_closed_at_a_yield_is_logged_once_as_cancelled() -> None:
+    """A server stream's generator closed at its `yield` (GeneratorExit, as when whoever
+    iterates it stops: no real server was seen to do so) still writes the call's one line
+    (mutation review survivor E3: dropping GeneratorExit there went unseen)."""
+
+    async def endless(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        while True:
+            yield request
+
+    handler = AioEdge("test.uid2").wrap(
+        "/t.Svc/Watch", grpc.unary_stream_rpc_method_handler(endless)
+    )
+    seen: list[tuple[str, str]] = []
+    observe_calls(lambda method, code, seconds: seen.append((method, code)))
+
+    async def main() -> None:
+        stream = handler.unary_stream(b"x", _Context())
+        assert await stream.__anext__() == b"x"
+        await stream.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        observe_calls(None)
+    assert seen == [("/t.Svc/Watch", "CANCELLED")]
 
 
 @pytest.mark.parametrize(
