@@ -21,7 +21,8 @@ from operator_svc.domain.operator import Operator
 from operator_svc.servicer import OperatorServicer
 from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.clock import Clock, SystemClock
-from svc_common.grpc_aio import AioServed, start_aio_server
+from svc_common.grpc_aio import start_aio_server
+from svc_common.grpc_server import Served
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 _log = structlog.get_logger("operator")
@@ -39,7 +40,7 @@ MAX_STREAMS = 256
 
 
 @dataclass
-class OperatorServed(AioServed):
+class OperatorServed(Served):
     """The operator's server handle: ends opt-out streams before draining (`before_drain`)."""
 
     operator: Operator | None = None

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -31,32 +30,7 @@ from svc_common.reflection import enable_reflection
 from svc_common.tls import ServerTls
 from svc_common.unknown_method import UnknownMethods
 
-
-@dataclass
-class AioServed(Served):
-    """A `Served` whose server runs on an asyncio loop in a background thread."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-    thread: threading.Thread | None = None
-
-    def _on_loop(self, coro: Any) -> Any:
-        if self.loop is None:
-            raise RuntimeError("the server's event loop is gone")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def _set_health(self, name: str, status: int) -> None:
-        self._on_loop(self.health.set(name, status))
-
-    def _stop_server(self, grace_s: float) -> None:
-        if self.loop is None or self.loop.is_closed():
-            return
-        self._on_loop(self.server.stop(grace_s))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-
-
-S = TypeVar("S", bound=AioServed)
+S = TypeVar("S", bound=Served)
 
 
 def start_aio_server(
@@ -126,7 +100,7 @@ def start_adapted_server(
     relay_capacity: int = RELAY_CAPACITY,
     owns: ExitStack | None = None,
     tls: ServerTls | None = None,
-) -> AioServed:
+) -> Served:
     """A sync servicer (`service`, its ServiceDescriptor; `add_servicer`, the generated
     add_..._to_server) served on grpc.aio through `SyncServicerAdapter`: its `blocking` methods
     run in a pool of `workers` threads, each stream in a thread of its own (`max_streams` at
@@ -159,7 +133,7 @@ def start_adapted_server(
             domain=domain,
             register=lambda server: add_servicer(adapter, server),
             service_names=(service.full_name,),
-            served_class=AioServed,
+            served_class=Served,
             tls=tls,
         )
     except BaseException:

@@ -4,6 +4,7 @@ whose stop drains gracefully."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -93,7 +94,9 @@ class CountFamily:
 
 @dataclass
 class Served:
-    """A started server with its bound port and health servicer."""
+    """A started server with its bound port and health servicer. The server is grpc.aio's, on
+    an event loop in a background thread (`grpc_aio.start_aio_server`), so callers need not be
+    async."""
 
     server: Any
     port: int
@@ -103,6 +106,8 @@ class Served:
     before_drain: list[Callable[[], None]] = field(default_factory=list)
     # Run last on stop: the service's own clean-up (background threads, stores), newest first.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    thread: threading.Thread | None = None
     # Set by the first `stop`: a second one (a test's fixture after a failed start, a caller's
     # `finally`) returns at once instead of touching a server (or event loop) already gone.
     stopped: bool = field(default=False, init=False, repr=False)
@@ -147,11 +152,21 @@ class Served:
             callback()
         self.on_stop.clear()
 
+    def _on_loop(self, coro: Any) -> Any:
+        if self.loop is None:
+            raise RuntimeError("the server's event loop is gone")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
     def _set_health(self, name: str, status: int) -> None:
-        raise NotImplementedError  # the server model's (grpc_aio.AioServed)
+        self._on_loop(self.health.set(name, status))
 
     def _stop_server(self, grace_s: float) -> None:
-        raise NotImplementedError
+        if self.loop is None or self.loop.is_closed():
+            return
+        self._on_loop(self.server.stop(grace_s))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread is not None:
+            self.thread.join(timeout=10)
 
 
 def probe_listen(listen: str) -> None:

@@ -3,18 +3,19 @@ stack: what a test of the transport itself (connections, reconnects) needs to ta
 
 from __future__ import annotations
 
-from svc_common.grpc_aio import AioServed, start_aio_server
+from svc_common.grpc_aio import start_aio_server
+from svc_common.grpc_server import Served
 from svc_common.tls import ServerTls
 
 
-def health_only_server(listen: str = "127.0.0.1:0", tls: ServerTls | None = None) -> AioServed:
+def health_only_server(listen: str = "127.0.0.1:0", tls: ServerTls | None = None) -> Served:
     """Started and SERVING (TLS only with `tls`); the caller stops it."""
     served = start_aio_server(
         listen=listen,
         domain="test.uid2",
         register=lambda _server: None,
         service_names=[],
-        served_class=AioServed,
+        served_class=Served,
         tls=tls,
     )
     served.set_serving(True)

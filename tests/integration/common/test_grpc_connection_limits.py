@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from svc_common import grpc_server
-from svc_common.grpc_aio import AioServed
+from svc_common.grpc_server import Served
 from tests.support.h2_stall import ACK, END_HEADERS, GOAWAY, HEADERS, SETTINGS, _frame, call_headers
 from tests.support.health_server import health_only_server
 
@@ -21,7 +21,7 @@ CAP = 8
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[AioServed]:
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     monkeypatch.setattr(grpc_server, "MAX_CONNECTIONS", CAP)
     monkeypatch.setattr(grpc_server, "HANDSHAKE_TIMEOUT_MS", 4000)
     s = health_only_server()
@@ -38,7 +38,7 @@ def _health(port: int) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_silent_connections_are_capped_then_dropped(served: AioServed) -> None:
+def test_silent_connections_are_capped_then_dropped(served: Served) -> None:
     # No call first: its closed connection may still count for a moment, refusing a silent one.
     silent = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(CAP)]
     try:

@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svc_common import call_context
 from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.errors import ErrorKind, ServiceError, invalid_argument
-from svc_common.grpc_aio import AioServed, start_adapted_server, start_aio_server
+from svc_common.grpc_aio import start_adapted_server, start_aio_server
 from svc_common.grpc_client import RemoteError, call_with_retry, error_info, to_remote_error
+from svc_common.grpc_server import Served
 from svc_common.logging import configure_logging
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -46,7 +47,7 @@ class _Servicer(operator_pb2_grpc.OperatorServiceServicer):
 SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
 
 
-def _aio_served(servicer: Any, pool_size: int, **adapter: Any) -> AioServed:
+def _aio_served(servicer: Any, pool_size: int, **adapter: Any) -> Served:
     """`servicer` on grpc.aio through SyncServicerAdapter, as the operator serves; the pool is
     shut down when the server stops."""
     pool = ThreadPoolExecutor(pool_size)
@@ -59,21 +60,21 @@ def _aio_served(servicer: Any, pool_size: int, **adapter: Any) -> AioServed:
             srv,
         ),
         service_names=[SERVICE.full_name],
-        served_class=AioServed,
+        served_class=Served,
     )
     s.on_stop.append(pool.shutdown)
     return s
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[AioServed]:
+def served() -> Iterator[Served]:
     s = _aio_served(_Servicer(), 2, blocking={"OptOut"})  # type: ignore[abstract]  # a partial fake: only the RPCs the tests call
     yield s
     s.stop(0)
 
 
 @pytest.fixture()
-def stub(served: AioServed) -> Iterator[operator_pb2_grpc.OperatorServiceStub]:
+def stub(served: Served) -> Iterator[operator_pb2_grpc.OperatorServiceStub]:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         yield operator_pb2_grpc.OperatorServiceStub(channel)
 
@@ -90,7 +91,7 @@ def test_service_error_maps_to_status_with_error_info(stub: Any) -> None:
     assert info is not None and info.reason == "INVALID_EMAIL" and info.domain == "test.uid2"
 
 
-def test_calls_by_method_name_get_the_same_edge(served: AioServed) -> None:
+def test_calls_by_method_name_get_the_same_edge(served: Served) -> None:
     """Generated stubs call registered methods; reflection clients, grpc-js and buf curl call by
     name, through the generic handlers. Both paths are behind the edge; unknown names are
     UNIMPLEMENTED with an ErrorInfo like every other error, whatever the kind of call."""
@@ -137,7 +138,7 @@ BAD_UTF8 = b"\x0a\x03\x0a\x01\xff"
 
 @pytest.mark.parametrize("registered", [True, False])
 def test_malformed_request_bytes_are_invalid_argument(
-    served: AioServed, registered: bool, capsys: Any
+    served: Served, registered: bool, capsys: Any
 ) -> None:
     """grpc's own parsing would answer these INTERNAL or UNKNOWN and log nothing; the edge
     parses instead. Unary and streaming, registered methods and calls by name alike."""
@@ -187,7 +188,7 @@ def test_stream_error_after_items(stub: Any) -> None:
     assert to_remote_error(caught.value).reason == "ROLE_REQUIRED"
 
 
-def test_health_not_serving_until_set(served: AioServed) -> None:
+def test_health_not_serving_until_set(served: Served) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         before = health.Check(health_pb2.HealthCheckRequest(service="")).status
@@ -218,9 +219,7 @@ def test_one_log_line_per_call_without_payload(stub: Any, capsys: Any) -> None:
     assert SECRET_EMAIL not in err
 
 
-def test_an_unknown_method_logs_one_line_that_does_not_name_it(
-    served: AioServed, capsys: Any
-) -> None:
+def test_an_unknown_method_logs_one_line_that_does_not_name_it(served: Served, capsys: Any) -> None:
     configure_logging(service="test")
     capsys.readouterr()
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:

@@ -9,7 +9,8 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
-from svc_common.grpc_aio import AioServed, start_aio_server
+from svc_common.grpc_aio import start_aio_server
+from svc_common.grpc_server import Served
 from svc_common.reflection import V1_SERVICE_NAME
 from uid2.operator.v1 import operator_pb2
 
@@ -17,13 +18,13 @@ SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 
 
 @pytest.fixture()
-def served() -> Iterator[AioServed]:
+def served() -> Iterator[Served]:
     served = start_aio_server(
         listen="127.0.0.1:0",
         domain="test.uid2",
         register=lambda _server: None,
         service_names=(SERVICE,),
-        served_class=AioServed,
+        served_class=Served,
     )
     try:
         yield served
@@ -32,9 +33,7 @@ def served() -> Iterator[AioServed]:
 
 
 @pytest.mark.parametrize("package", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
-def test_services_are_listed_under_either_reflection_package(
-    served: AioServed, package: str
-) -> None:
+def test_services_are_listed_under_either_reflection_package(served: Served, package: str) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         call = channel.stream_stream(
             f"/{package}.ServerReflection/ServerReflectionInfo",

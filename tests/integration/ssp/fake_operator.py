@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from svc_common.errors import unauthenticated
-from svc_common.grpc_aio import AioServed, start_adapted_server
+from svc_common.grpc_aio import start_adapted_server
 from svc_common.grpc_edge import bearer_token
+from svc_common.grpc_server import Served
 from tests.unit.ssp.support import KeySet
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
@@ -64,7 +65,7 @@ class FakeOperator(operator_pb2_grpc.OperatorServiceServicer):
             self._cond.notify_all()
 
 
-def serve_fake_operator(fake: FakeOperator, listen: str = "127.0.0.1:0") -> AioServed:
+def serve_fake_operator(fake: FakeOperator, listen: str = "127.0.0.1:0") -> Served:
     served = start_adapted_server(
         listen=listen,
         domain="operator.test",
