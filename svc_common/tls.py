@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 import ssl
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,11 +175,25 @@ def _ca_certificates(path: Path) -> bytes:
     return pem
 
 
+# A system-wide CA bundle is some 200 KiB; a certificate chain or key a few KiB.
+MAX_PEM_BYTES = 4 * 1024 * 1024
+
+
 def _read(path: Path, what: str) -> bytes:
+    """The file's bytes. Only a regular file of at most MAX_PEM_BYTES: a FIFO blocked the
+    start-up in open() past SIGTERM, and /dev/zero took 21 GB before it was killed."""
     try:
-        return path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise SettingError(f"the {what} {path} is {kind}")
+        with path.open("rb") as file:
+            data = file.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise SettingError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise SettingError(f"the {what} {path} is larger than {MAX_PEM_BYTES} bytes")
+    return data
 
 
 def _certificates(pem: bytes, path: Path) -> list[x509.Certificate]:

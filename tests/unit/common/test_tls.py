@@ -5,6 +5,7 @@ it."""
 from __future__ import annotations
 
 import datetime
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from dsp_svc import cli as dsp_cli
 from operator_svc import cli as operator_cli
 from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
+from svc_common import tls
 from svc_common.errors import TLS_HANDSHAKE_FAILED, failure_fields
 from svc_common.grpc_client import RemoteError, call_with_retry
 from svc_common.settings import SettingError
@@ -85,6 +87,32 @@ def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, 
     junk.write_text("not PEM at all\n")
     missing = str(tmp_path / "missing.pem")
     for path, message in ((missing, "cannot read"), (str(junk), "no PEM|not a PEM")):
+        with pytest.raises(SettingError, match=message):
+            if which == "cert":
+                load_server_tls(path, str(files.key))
+            elif which == "key":
+                load_server_tls(str(files.cert), path)
+            else:
+                load_peer_tls(path)
+
+
+@pytest.mark.parametrize("which", ["cert", "key", "ca"])
+def test_only_regular_files_of_a_sane_size_are_read(
+    files: TlsFiles, tmp_path: Path, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO held the start-up in open() past SIGTERM; /dev/zero grew the process to 21 GB."""
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.pem"
+    big.write_bytes(files.ca.read_bytes() * 4)
+    monkeypatch.setattr(tls, "MAX_PEM_BYTES", len(files.ca.read_bytes()) * 3)
+    cases = (
+        (str(fifo), "is not a regular file"),
+        ("/dev/zero", "is not a regular file"),
+        (str(tmp_path), "is a directory"),
+        (str(big), "is larger than"),
+    )
+    for path, message in cases:
         with pytest.raises(SettingError, match=message):
             if which == "cert":
                 load_server_tls(path, str(files.key))
