@@ -13,7 +13,7 @@ from dsp_svc.config import DspConfig
 from dsp_svc.servicer import BidderServicer
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_aio import start_adapted_server
-from svc_common.grpc_server import Served
+from svc_common.grpc_server import Served, probe_listen
 from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
@@ -28,6 +28,9 @@ def create_server(
 ) -> tuple[Served, int]:
     """Starts the bidder. `stop` set during start-up cuts short the wait for the operator's
     opt-out backlog; the caller then stops the server it gets."""
+    # Before the decryptor, whose first key fetch waits up to 10 s on an unreachable operator:
+    # a taken port is then said at once, as the operator and the publisher say it.
+    probe_listen(config.listen)
     clock = clock or SystemClock()
     # If the server cannot start (the port is taken), the decryptor's threads and operator
     # channel are stopped before the error propagates.

@@ -19,7 +19,7 @@ from ssp_svc.store.accounts import AccountStore, FileAccountStore, Rng, SqliteAc
 from ssp_svc.stream_hub import StreamHub
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_aio import start_adapted_server
-from svc_common.grpc_server import CountFamily, Served
+from svc_common.grpc_server import CountFamily, Served, probe_listen
 from svc_common.stop_signals import StopRequested
 from uid2.ssp.v1 import openrtb_pb2, ssp_pb2, ssp_pb2_grpc
 
@@ -76,6 +76,9 @@ def create_server(
     the earlier steps opened (the store, bidder channels, the decryptor's threads) is closed
     before the error propagates. `stop` set during start-up cuts short the wait for the
     operator's opt-out backlog; the caller then stops the server it gets."""
+    # Before the decryptor, whose first key fetch waits up to 10 s on an unreachable operator:
+    # a taken port is then said at once, as the operator and the publisher say it.
+    probe_listen(config.listen)
     clock = clock or SystemClock()
     with ExitStack() as opened:
         accounts = open_accounts(config, rng=os.urandom if rng is None else rng, clock=clock)
