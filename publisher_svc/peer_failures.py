@@ -8,7 +8,13 @@ from collections.abc import Callable
 from publisher_svc.limits import OPERATOR_BUSY, SSP_BUSY
 from publisher_svc.model import CALLER_DEADLINE, PeerError
 from svc_common import call_context
-from svc_common.errors import TLS_HANDSHAKE_FAILED, ErrorKind, ServiceError, unavailable
+from svc_common.errors import (
+    TLS_HANDSHAKE_FAILED,
+    ErrorKind,
+    ServiceError,
+    failure_fields,
+    unavailable,
+)
 
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 
@@ -63,6 +69,10 @@ def peer_failure(
         return ServiceError(
             ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"
         )
+    # Our key or configuration is wrong: the call's line names the peer's answer (a peer's
+    # reason only if it has a reason's shape), so that whoever runs us can see which.
+    seen = failure_fields(err)
+    call_context.bind(peer_code=seen.get("code", ""), peer_reason=seen.get("reason", ""))
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
         f"{peer}_REJECTED",

@@ -157,10 +157,23 @@ def test_operator_unavailable_on_login(env: Env) -> None:
 
 def test_operator_refusal_is_failed_precondition(env: Env) -> None:
     env.op.refuse = True
-    with pytest.raises(ServiceError) as exc:
-        env.pub.login("u1", "a@b.com", None, OK)
+    call_context.begin(request_id="rej-1", method="/p.S/Login")
+    try:
+        with pytest.raises(ServiceError) as exc:
+            env.pub.login("u1", "a@b.com", None, OK)
+        fields = call_context.current()
+    finally:
+        call_context.end()
     assert exc.value.kind is ErrorKind.FAILED_PRECONDITION
     assert exc.value.reason == "OPERATOR_REJECTED"
+    # The call's line says what the operator answered: our key lacks a role, is disabled or
+    # unknown, or the address is another service's (misconfiguration review: only the caller
+    # heard it, in the ErrorInfo).
+    assert (fields["peer_code"], fields["peer_reason"]) == (
+        exc.value.metadata["peerCode"],
+        exc.value.metadata["peerReason"],
+    )
+    assert fields["peer_code"] == "PERMISSION_DENIED"
 
 
 def test_delegation_passes_on_behalf_of_site(tmp_path: Path) -> None:
