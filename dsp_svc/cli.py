@@ -12,8 +12,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import structlog
-
 from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
 from dsp_svc.config import MAX_DELAY_MS, ConfigError, DspConfig, Mode
 from svc_common.cli_common import (
@@ -124,7 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="dsp")
-    log = structlog.get_logger("dsp")
     from dsp_svc.server import create_server
     from svc_common import metrics
 
@@ -145,7 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except OSError as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info("stopped")
     return 0
 
 

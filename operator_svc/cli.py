@@ -384,9 +384,7 @@ def _serve(args: argparse.Namespace) -> int:
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()
     configure_logging(level, service="operator")
-    import structlog
 
-    log = structlog.get_logger("operator")
     started = time.perf_counter()
 
     def started_fields(served: Any) -> dict[str, int]:
@@ -403,7 +401,6 @@ def _serve(args: argparse.Namespace) -> int:
         server_tls_fields(config.tls),
         started_fields,
     )
-    log.info("stopped")
     return 0
 
 

@@ -18,8 +18,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from publisher_svc.config import PublisherConfig
 from publisher_svc.limits import DEFAULT_OPERATOR_CALLS_MAX, DEFAULT_SSP_CALLS_MAX
 from publisher_svc.model import StorageMode
@@ -193,7 +191,6 @@ def _serve(config: PublisherConfig, metrics_at: MetricsSettings | None) -> int:
     from svc_common import metrics
     from svc_common.stop_signals import catch_stop_signals
 
-    log = structlog.get_logger("cli")
     stop = catch_stop_signals()  # a stop during start-up still drains and exits 0
     metrics.serve_until_stopped(
         "publisher",
@@ -207,7 +204,6 @@ def _serve(config: PublisherConfig, metrics_at: MetricsSettings | None) -> int:
             **peer_tls_fields(config.peer_tls),
         },
     )
-    log.info("stopped")
     return 0
 
 

@@ -24,8 +24,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from bidstream.decryptor.key_cache import KEY_REFRESH_SECONDS
 from ssp_svc.bidders import BidderTarget
 from ssp_svc.config import MAX_STREAM_BUFFER, MAX_TMAX_MS, ConfigError, SspConfig, parse_bidder
@@ -261,7 +259,6 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, UsageError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="ssp")
-    log = structlog.get_logger("ssp")
     from ssp_svc.server import create_server
     from svc_common import metrics
 
@@ -281,7 +278,6 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except (StoreError, OSError) as exc:
         return fail(PROG, f"cannot start: {exc}")
-    log.info("stopped")
     return 0
 
 

@@ -186,6 +186,21 @@ def write_call_line(fields: dict[str, Any]) -> None:
 _stamp: tuple[int, str] = (-1, "")
 
 
+def write_lifecycle_line(event: str, **fields: Any) -> None:
+    """A `serve`'s "serving" or "stopped" line, written at INFO whatever the log level: a
+    supervisor reads the bound port from the first (port 0 picks one) and waits for the
+    second. At --log-level WARNING both were dropped, and the port could not be known."""
+    fields["event"] = event
+    fields["level"] = "info"
+    fields["timestamp"] = _utc_now_iso()
+    if _service:
+        fields.setdefault("service", _service)
+    try:  # noqa: SIM105  # as write_call_line: a broken log stream stops nothing
+        _write(dumps(fields))
+    except (OSError, ValueError):
+        pass
+
+
 def _utc_now_iso() -> str:
     global _stamp
     now = time.time()

@@ -43,6 +43,7 @@ from svc_common import edge_log
 from svc_common.cli_common import MetricsSettings
 from svc_common.fd_limit import raise_open_files_limit
 from svc_common.grpc_server import CountFamily
+from svc_common.logging import write_lifecycle_line
 from svc_common.settings import split_host_port
 from svc_common.stop_signals import wait_for_signal
 from svc_common.tls import ServerTls
@@ -290,7 +291,8 @@ def serve_until_stopped(
     """A `serve` command's life once configured: /metrics if asked for, `start()` the server
     (served, port) and show its readings under `readings_prefix`, one "serving" log line with
     `fields` and `started_fields(served)` (none when the stop came during start-up), then wait
-    for SIGINT/SIGTERM (`stop`, from catch_stop_signals) and stop the server (its drain)."""
+    for SIGINT/SIGTERM (`stop`, from catch_stop_signals), stop the server (its drain) and log
+    "stopped". The "serving" and "stopped" lines are written whatever the log level."""
     log = structlog.get_logger(service)
     files = raise_open_files_limit()
     with serving(metrics_at, service) as metrics:
@@ -302,7 +304,7 @@ def serve_until_stopped(
         # service that is already stopping. The wait returns at once, and the drain follows.
         if not stop.is_set():
             more = {} if started_fields is None else started_fields(served)
-            log.info(
+            write_lifecycle_line(
                 "serving",
                 port=port,
                 **fields,
@@ -315,3 +317,4 @@ def serve_until_stopped(
         finally:
             log.info("stopping")
             served.stop()
+    write_lifecycle_line("stopped")

@@ -19,6 +19,7 @@ from dsp_svc import cli as dsp_cli
 from operator_svc import cli as operator_cli
 from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
+from svc_common import metrics
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -77,3 +78,32 @@ def test_a_stop_during_start_up_drains_without_logging_serving(
     assert events[-2:] == ["signal_received", "stopped"] or events[-3:] == [
         "signal_received", "stopping", "stopped"
     ], events  # fmt: skip
+
+
+@pytest.mark.usefixtures("restore_handlers")
+@pytest.mark.parametrize(
+    ("main", "argv"),
+    [
+        (operator_cli.main, _operator),
+        (publisher_cli.main, _publisher),
+        (ssp_cli.main, _ssp),
+        (dsp_cli.main, _dsp),
+    ],
+    ids=["operator", "publisher", "ssp", "dsp"],
+)
+def test_serving_and_stopped_are_logged_at_any_log_level(
+    main: Main,
+    argv: Callable[[Path], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A supervisor reads the bound port from "serving" (port 0 picks it) and waits for
+    "stopped": at --log-level WARNING both were dropped (misconfiguration review)."""
+    monkeypatch.setattr(metrics, "wait_for_signal", lambda stop: None)  # stopped at once
+    args = argv(tmp_path)
+    capsys.readouterr()
+    assert main([*args, "--log-level", "WARNING"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["serving", "stopped"], lines
+    assert lines[0]["port"] > 0
