@@ -141,23 +141,58 @@ def host_port(text: str) -> str:
 
 # gRPC name-resolver targets a channel understands (dns:///op.internal:50051 to resolve every
 # address of a name, ipv4:10.0.0.5:50051,10.0.0.6:50051): accepted where a peer is dialled.
-_RESOLVER_TARGET = re.compile(r"(?i:dns|ipv4|ipv6):[!-~]*:([0-9]{1,5})")
+# Checked here in full: gRPC core takes a malformed one (ipv4:999.1.1.1:50051) at start, then
+# writes multi-line errors of its own and fails every call as if the peer refused it.
+_RESOLVER_TARGET = re.compile(r"(?i:(dns|ipv4|ipv6)):([!-~]*)")
 
 
 def dial_address(text: str) -> str:
-    """A peer's address: HOST:PORT as `host_port` takes it, or a gRPC resolver target
-    (dns:, ipv4:, ipv6:) ending in a port, passed to the channel as it is."""
+    """A peer's address: HOST:PORT as `host_port` takes it, or a gRPC resolver target passed
+    to the channel as it is: dns:[//AUTHORITY/]HOST:PORT, ipv4:ADDRESS:PORT[,ADDRESS:PORT...]
+    or ipv6:[ADDRESS]:PORT[,[ADDRESS]:PORT...]. Every address needs a port other than 0."""
     target = text.strip()
     resolver = _RESOLVER_TARGET.fullmatch(target)
-    if resolver is not None and 0 < int(resolver.group(1)) <= 65535:
-        return target
     try:
-        return host_port(text)
+        if resolver is None:
+            _dialled_port(split_host_port(target))
+        else:
+            _check_resolver_target(resolver.group(1).lower(), resolver.group(2))
     except SettingError:
         raise SettingError(
-            f"must be HOST:PORT or a gRPC resolver target such as dns:///HOST:PORT, got "
-            f"{shown(text, numbers=False)}"
+            f"must be HOST:PORT or a gRPC resolver target such as dns:///HOST:PORT or "
+            f"ipv4:ADDRESS:PORT,ADDRESS:PORT, got {shown(text, numbers=False)}"
         ) from None
+    return target
+
+
+def _check_resolver_target(scheme: str, rest: str) -> None:
+    if scheme == "dns":
+        if rest.startswith("//"):
+            # The authority, the DNS server to ask, is passed on as it is.
+            _, sep, rest = rest[2:].partition("/")
+            if not sep:
+                raise SettingError("no HOST:PORT after the authority")
+        _dialled_port(split_host_port(rest))
+        return
+    # ipv4: and ipv6: list addresses, each with its port (gRPC refuses one without).
+    for address in rest.split(","):
+        host, _ = _dialled_port(split_host_port(address))
+        try:
+            if scheme == "ipv4":
+                ipaddress.IPv4Address(host)
+            elif address.strip().startswith("["):
+                ipaddress.IPv6Address(host)
+            else:
+                raise ValueError(host)
+        except ValueError:
+            raise SettingError(f"not an {scheme} address") from None
+
+
+def _dialled_port(split: tuple[str, int]) -> tuple[str, int]:
+    # Port 0 binds a free port; there is nothing to dial at it.
+    if split[1] == 0:
+        raise SettingError("port 0")
+    return split
 
 
 def choice(enum_type: type[E]) -> Callable[[str], E]:

@@ -275,7 +275,9 @@ def test_ipv6_hosts_go_in_brackets_and_only_they_do(text: str, message: str) -> 
 @pytest.mark.parametrize(
     "target",
     ["dns:///operator.internal:50051", "dns:op:443", "ipv4:10.0.0.5:50051,10.0.0.6:50051",
-     "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051", "DNS:///op:443"],
+     "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051", "DNS:///op:443",
+     "dns://10.0.0.53/op.internal:50051", "dns:///[::1]:50051", "IPv4:10.0.0.5:1",
+     "ipv6:[::1]:50051,[fe80::1%eth0]:65535"],
 )  # fmt: skip
 def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
     # What a channel understands, where a peer is dialled (not where the service listens).
@@ -290,6 +292,36 @@ def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
 def test_a_peer_address_still_needs_a_port_and_a_known_form(target: str) -> None:
     with pytest.raises(SettingError):
         dial_address(target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        # gRPC core took these at start, then failed every call as if the peer refused it.
+        "ipv4:10.0.0.5:99999,127.0.0.1:50051", "ipv4:999.1.1.1:50051", "ipv4:10.0.0.5:50051,",
+        "ipv4:10.0.0.5,10.0.0.6:50051", "ipv4:[::1]:50051", "ipv4:op.internal:50051",
+        "ipv4:010.0.0.5:50051", "ipv4:10.0.0.5:0", "ipv6:::1:50051", "ipv6:[::1]:65536",
+        "ipv6:[10.0.0.5]:50051", "ipv6:[::1]:50051,[::g]:50051", "ipv6:[::1]", "dns:op:0",
+        "dns://op:50051", "dns:///op:50051:1", "dns:///::1:50051", "dns:///op:\u00b2",
+        "dns:/// op:50051", "op:0",
+    ],
+)  # fmt: skip
+def test_every_address_of_a_resolver_target_is_checked(
+    target: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SettingError, match=r"^must be HOST:PORT or a gRPC resolver target"):
+        dial_address(target)
+    with pytest.raises(ConfigError, match=r"^bidder must be NAME=HOST:PORT"):
+        parse_bidder(f"alpha={target}")
+    argv = [
+        *PUBLISHER[:3],
+        "--operator-address",
+        target,
+        *PUBLISHER[5:],
+        "--data-dir",
+        str(tmp_path),
+    ]
+    _one_line_exit_2(capsys, publisher_main, argv, "--operator-address", "resolver target")
 
 
 def test_choice_reads_an_enum_value_in_any_case() -> None:
