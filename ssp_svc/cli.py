@@ -96,7 +96,7 @@ def _parser() -> OneLineParser:
         "--publishers-file",
         help='JSON accounts file instead of a data dir: {"publishers": [{"name", "api_key", '
         '"domains", "apps"}], "subscribers": [{"name", "api_key"}]}; either list may be left '
-        "out, not both; other keys are refused",
+        "out, not both, and one account at least must be listed; other keys are refused",
     )
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:0)")
     serve.add_argument("--operator", help="the operator's HOST:PORT")

@@ -336,9 +336,10 @@ class SqliteAccountStore:
 
 class FileAccountStore:
     """Accounts from a JSON file: {"publishers": [{"name", "api_key", "domains"?, "apps"?}],
-    "subscribers": [{"name", "api_key"}]}, either list optional but not both. Keys are hashed
-    in memory on load. Any other key, at the top or in an entry, is refused: it is a typo or a
-    file of another shape, and ignoring it would drop accounts or inventory silently.
+    "subscribers": [{"name", "api_key"}]}, either list optional but not both, and at least one
+    account in all. Keys are hashed in memory on load. Any other key, at the top or in an
+    entry, is refused: it is a typo or a file of another shape, and ignoring it would drop
+    accounts or inventory silently.
 
     A publisher must register at least one domain or app (it sells only inventory it
     registered), and an API key names one account: a key listed twice is refused rather than
@@ -403,6 +404,9 @@ class FileAccountStore:
                     )
                 where_of[key_hash] = where
                 self._by_hash[key_hash] = Account(f"{section}-{i}", name, kind, domains, apps)
+        if not self._by_hash:
+            # Empty lists: an SSP that refuses every key, as with no list at all.
+            raise StoreError("publishers file lists no accounts: it needs at least one")
 
     def authenticate(self, api_key: str) -> Account | None:
         return self._by_hash.get(_hash(self._salt, api_key))

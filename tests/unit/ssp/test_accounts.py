@@ -219,6 +219,9 @@ def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
         # One account's object where the file belongs: it served with no accounts at all.
         ({"name": "x", "api_key": "y"}, "unknown key 'api_key'"),
         ({}, 'needs a "publishers" or "subscribers" list'),
+        # Lists with no account: an SSP that refused every key, contradicting its --help.
+        ({"publishers": [], "subscribers": []}, "lists no accounts"),
+        ({"subscribers": []}, "lists no accounts"),
         ({"publisher": []}, "unknown key 'publisher'"),
         ({"publishers": [], "comment": "x"}, "unknown key 'comment'"),
         ({"subscribers": [{"name": "a", "api_key": "k", "domains": ["a.com"]}]},
@@ -254,8 +257,9 @@ def test_publishers_file_may_leave_out_either_list(tmp_path: Path) -> None:
     path = tmp_path / "pubs.json"
     path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1", "apps": ["a.b"]}]}))
     assert FileAccountStore(path, rng=os.urandom).authenticate("k1") is not None
-    path.write_text(json.dumps({"subscribers": []}))
-    assert FileAccountStore(path, rng=os.urandom).authenticate("k1") is None
+    path.write_text(json.dumps({"subscribers": [{"name": "a", "api_key": "k2"}]}))
+    store = FileAccountStore(path, rng=os.urandom)
+    assert store.authenticate("k1") is None and store.authenticate("k2") is not None
 
 
 def test_publisher_add_needs_a_domain_or_an_app(
