@@ -343,7 +343,8 @@ class FileAccountStore:
 
     A publisher must register at least one domain or app (it sells only inventory it
     registered), and an API key names one account: a key listed twice is refused rather than
-    letting the later entry silently take it over."""
+    letting the later entry silently take it over. Two publishers (or two subscribers) of one
+    name are refused, as `publisher add` refuses them."""
 
     def __init__(self, path: Path, *, rng: Rng) -> None:
         try:
@@ -362,6 +363,7 @@ class FileAccountStore:
         self._salt = rng(_SALT_BYTES)
         self._by_hash: dict[bytes, Account] = {}
         where_of: dict[bytes, str] = {}
+        named: dict[tuple[AccountKind, str], str] = {}
         for kind, section in (
             (AccountKind.PUBLISHER, "publishers"),
             (AccountKind.SUBSCRIBER, "subscribers"),
@@ -382,6 +384,14 @@ class FileAccountStore:
                     name = account_name(name)
                 except ValueError as exc:
                     raise StoreError(f"publishers file: {where}: {exc}") from None
+                # As `publisher add` refuses it: the name is how logs and metrics tell accounts
+                # apart. Compared normalised, so "News" and its fullwidth form are one name.
+                if (kind, name) in named:
+                    raise StoreError(
+                        f"publishers file: {where}: a {kind.value} named {shown(name)} is already "
+                        f"listed, as {named[kind, name]}"
+                    )
+                named[kind, name] = where
                 try:
                     check_api_key(key)  # as a flag's key: one no caller can send would never match
                 except SettingError as exc:

@@ -178,6 +178,33 @@ def test_publishers_file_refuses_an_api_key_listed_twice(tmp_path: Path) -> None
     assert "k1" not in str(exc.value)
 
 
+@pytest.mark.parametrize("second", ["news", " news ", "\uff4e\uff45\uff57\uff53"])
+def test_publishers_file_refuses_a_name_listed_twice_as_publisher_add_does(
+    tmp_path: Path, second: str
+) -> None:
+    # Both started, two accounts that logs and metrics could not tell apart.
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": [
+        {"name": "news", "api_key": "key-one-aaaaaaaa", "domains": ["a.example.com"]},
+        {"name": second, "api_key": "key-two-bbbbbbbb", "domains": ["b.example.com"]},
+    ]}))  # fmt: skip
+    with pytest.raises(StoreError) as exc:
+        FileAccountStore(path, rng=os.urandom)
+    message = str(exc.value)
+    assert "publishers[1]" in message and "publishers[0] ('news')" in message, message
+    assert "a publisher named 'news' is already listed" in message, message
+    assert "key-one" not in message and "key-two" not in message
+
+
+def test_a_publisher_and_a_subscriber_may_share_a_name(tmp_path: Path) -> None:
+    # As in a store: names are unique per kind.
+    path = tmp_path / "pubs.json"
+    path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1", "apps": ["a.b"]}],
+                                "subscribers": [{"name": "n", "api_key": "k2"}]}))  # fmt: skip
+    store = FileAccountStore(path, rng=os.urandom)
+    assert store.authenticate("k1") is not None and store.authenticate("k2") is not None
+
+
 def test_publishers_file_inventory_is_normalised_like_publisher_add(tmp_path: Path) -> None:
     path = tmp_path / "pubs.json"
     path.write_text(json.dumps({"publishers": [{"name": "n", "api_key": "k1",
@@ -195,6 +222,8 @@ def test_publishers_file_inventory_is_normalised_like_publisher_add(tmp_path: Pa
         [{"name": "n", "api_key": "k1", "domains": "news.example.com"}],
         [{"name": "n", "api_key": "k1", "domains": ["a.com"]},
          {"name": "m", "api_key": "k1", "domains": ["b.com"]}],
+        [{"name": "n", "api_key": "k1", "domains": ["a.com"]},
+         {"name": "n", "api_key": "k2", "domains": ["b.com"]}],
     ],
 )  # fmt: skip
 def test_serve_with_a_bad_publishers_file_is_one_line_exit_2(
