@@ -351,6 +351,12 @@ class FileAccountStore:
             doc: Any = json_text.loads(path.read_text("utf-8"), unique_keys=True)
         except json_text.DuplicateKey as exc:
             raise StoreError(f"publishers file {path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            # Where, not what: the text there may be an API key.
+            raise StoreError(
+                f"cannot read publishers file {path}: JSONDecodeError at line {exc.lineno} "
+                f"column {exc.colno}"
+            ) from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read publishers file {path}: {type(exc).__name__}") from None
         if not isinstance(doc, dict):

@@ -366,6 +366,23 @@ def test_serve_says_why_a_publishers_file_cannot_be_used(
     assert ("does not exist" in err) == (kind == "absent"), err
 
 
+def test_a_publishers_file_json_syntax_error_says_where_not_what(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said only "JSONDecodeError", leaving the reader to hunt for a trailing comma.
+    monkeypatch.setattr("svc_common.metrics.wait_for_signal", _never)
+    path = tmp_path / "pubs.json"
+    entry = ' {"name": "news", "api_key": "key-one-aaaaaaaa", "domains": ["a.example.com"],}'
+    path.write_text('{"publishers": [\n' + entry + "\n]}\n")
+    assert ssp_main(["serve", "--publishers-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    column = entry.index(",}") + 2  # the "}" a trailing comma leaves without a key
+    assert err == (
+        f"uid2-ssp: error: cannot start: cannot read publishers file {path}: JSONDecodeError "
+        f"at line 2 column {column}\n"
+    ), err
+
+
 def test_a_publishers_file_naming_a_key_twice_is_refused(tmp_path: Path) -> None:
     """json.loads keeps the last: the first "publishers" list was dropped, its keys refused."""
     path = tmp_path / "pubs.json"
