@@ -463,6 +463,7 @@ def open_db(
     schema: str = "",
     check: bool = True,
     version: int = 0,
+    own_table: tuple[str, str] | None = None,
 ) -> sqlite3.Connection:
     """Connects to `path` (created if absent, refused if an empty file), sets the pragmas and
     runs `schema` if given.
@@ -471,7 +472,10 @@ def open_db(
     `version`: the newest schema version (SQLite's user_version) this release reads; a store
     stamped with a newer one (`stamp_version`), a newer release's after a downgrade, is refused
     before anything touches it: its tables may need what this release never writes, and every
-    call would fail as INTERNAL while health said SERVING."""
+    call would fail as INTERNAL while health said SERVING.
+    `own_table`: (service, a table every store of that service has); a store holding tables
+    but not that one, another service's store put in its place, is refused before `schema`
+    adds the service's tables to it."""
     if path.exists() and not path.is_file():
         raise error(f"store {path} is not a regular file")
     if not path.exists():
@@ -511,6 +515,8 @@ def open_db(
                 f"store {path} has schema version {held}, newer than this release's "
                 f"{version}: run the release that made it, or restore a backup of this one"
             )
+        if own_table is not None:
+            _refuse_foreign(conn, path, error, *own_table)
         if schema:
             conn.executescript(schema)
     except sqlite3.Error as exc:
@@ -520,6 +526,18 @@ def open_db(
             raise error(short_read_message(path, str(exc))) from None
         raise error(f"store {path} cannot be opened: {exc}") from None
     return conn
+
+
+def _refuse_foreign(
+    conn: sqlite3.Connection, path: Path, error: ErrorFactory, service: str, table: str
+) -> None:
+    found = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if found and table not in found:
+        conn.close()
+        raise error(
+            f"store {path} is not a store of the {service} (it has tables, and no {table} "
+            "table): another service's store, or a wrong backup, copied into place"
+        )
 
 
 SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ, an extended result code

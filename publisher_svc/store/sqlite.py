@@ -146,7 +146,11 @@ class SqliteStore:
         require_data_dir(path, StoreError, create=True)
         self._lock = threading.Lock()
         self._db = open_db(
-            path / self.FILE_NAME, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION
+            path / self.FILE_NAME,
+            StoreError,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            own_table=("publisher", "identities"),
         )
         self._watch = StoreWatch(StoreFile.of(path / self.FILE_NAME))
         try:

@@ -164,7 +164,13 @@ class SqliteAccountStore:
         self._rng = rng
         self._clock = clock
         self._path = data_dir / DB_NAME
-        self._conn = open_db(self._path, StoreError, schema=_SCHEMA, version=SCHEMA_VERSION)
+        self._conn = open_db(
+            self._path,
+            StoreError,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            own_table=("SSP", "accounts"),
+        )
         # A disable made by the CLI into a store that replaced this one (a restore) would
         # never be seen: the watch says so, once, and the server reports NOT_SERVING.
         self._watch = StoreWatch(StoreFile.of(self._path))

@@ -3,14 +3,18 @@ the path, exit 2, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from publisher_svc import cli as publisher_cli
 from publisher_svc.store import SqliteStore
+from publisher_svc.store import StoreError as PublisherStoreError
 from ssp_svc import cli
 from ssp_svc.store.accounts import SqliteAccountStore
 from tests.support.bad_stores import one_error_line, unusable_store
@@ -31,6 +35,39 @@ def test_publisher_add_bad_store(
     assert rc == 2, err
     assert str(named) in one_error_line(err, "uid2-ssp: ")
     assert not (tmp_path / "absent").exists()
+
+
+def _tables(db: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_a_store_of_the_other_service_copied_into_place_is_refused_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve` (and every command) added its own tables beside another service's, where
+    `restore` refused that file (misconfiguration review: an operator backup copied into
+    place as publisher.sqlite3 / ssp.sqlite3)."""
+    pub_dir, ssp_dir = tmp_path / "pub", tmp_path / "ssp"
+    SqliteStore(pub_dir).close()
+    ssp_dir.mkdir()
+    shutil.copy(pub_dir / SqliteStore.FILE_NAME, ssp_dir / "ssp.sqlite3")
+    before = _tables(ssp_dir / "ssp.sqlite3")
+    rc = cli.main(["publisher", "add", "--data-dir", str(ssp_dir), "--name", "n", "--app", "a.b"])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
+    assert "not a store of the SSP" in line and "no accounts table" in line
+    assert _tables(ssp_dir / "ssp.sqlite3") == before
+
+    ssp_store = tmp_path / "ssp2"
+    SqliteAccountStore(ssp_store, rng=os.urandom, clock=fixed_clock(), create=True).close()
+    shutil.copy(ssp_store / "ssp.sqlite3", pub_dir / SqliteStore.FILE_NAME)
+    for suffix in ("-wal", "-shm"):
+        (pub_dir / (SqliteStore.FILE_NAME + suffix)).unlink(missing_ok=True)
+    before = _tables(pub_dir / SqliteStore.FILE_NAME)
+    with pytest.raises(PublisherStoreError, match="not a store of the publisher"):
+        SqliteStore(pub_dir)
+    assert _tables(pub_dir / SqliteStore.FILE_NAME) == before
 
 
 def test_backup_and_restore_keep_every_account(
