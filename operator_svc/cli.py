@@ -396,7 +396,7 @@ def _serve(args: argparse.Namespace) -> int:
         "operator",
         metrics_at,
         stop,
-        lambda: create_server(config),
+        lambda: create_server(config, stop=stop),
         "uid2_operator_",
         server_tls_fields(config.tls),
         started_fields,

@@ -23,6 +23,7 @@ from svc_common.aio_adapter import SyncServicerAdapter
 from svc_common.clock import Clock, SystemClock
 from svc_common.grpc_aio import start_aio_server
 from svc_common.grpc_server import Served
+from svc_common.stop_signals import StopRequested
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
 
 _log = structlog.get_logger("operator")
@@ -53,13 +54,17 @@ def create_server(
     *,
     clock: Clock | None = None,
     rng: Callable[[int], bytes] | None = None,
+    stop: StopRequested | None = None,
 ) -> tuple[OperatorServed, int]:
     """Returns the started server (SERVING once state is loaded) and its bound port. Without a
-    clock or rng, the system's are used: this is the edge where those defaults belong."""
+    clock or rng, the system's are used: this is the edge where those defaults belong. `stop`
+    set during start-up cuts short a wait for another process's store lock; the caller then
+    stops the server it gets."""
     operator = Operator.open(
         config,
         clock=SystemClock() if clock is None else clock,
         rng=os.urandom if rng is None else rng,
+        give_up=(lambda: False) if stop is None else stop.is_set,
     )
     servicer = OperatorServicer(operator)
 

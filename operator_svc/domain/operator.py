@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import structlog
+
 from operator_svc.config import OperatorConfig
 from operator_svc.domain.auth import Authenticator
 from operator_svc.domain.client_side import ClientSideGenerator
@@ -27,7 +29,10 @@ from operator_svc.domain.state import OperatorState, StateLoader, Syncer
 from operator_svc.domain.tokens import TokenService
 from operator_svc.store import OperatorStore
 from svc_common.clock import Clock
+from svc_common.sqlite_db import BUSY_TIMEOUT_S
 from uid2_crypto.keys import MASTER_KEYSET_ID, REFRESH_KEYSET_ID
+
+_log = structlog.get_logger("operator")
 
 
 class Operator:
@@ -65,11 +70,21 @@ class Operator:
         *,
         clock: Clock,
         rng: Callable[[int], bytes],
+        give_up: Callable[[], bool] = lambda: False,
     ) -> Operator:
+        """`give_up`: a stop signal came during start-up; the operator that opens then serves
+        nothing, so what it would record for the lifetimes it issues with may be skipped."""
         # `serve` ran quick_check before it got here; loading the state reads every row anyway.
         store = OperatorStore.open(config.data_dir, check=False)
         try:
-            store.note_lifetimes(config.token_lifetime_s, config.refresh_lifetime_s)
+            store.note_lifetimes(
+                config.token_lifetime_s,
+                config.refresh_lifetime_s,
+                give_up=give_up,
+                on_wait=lambda: _log.warning(
+                    "waiting_for_store_lock", purpose="record_lifetimes", at_most_s=BUSY_TIMEOUT_S
+                ),
+            )
             return cls(config, store, clock=clock, rng=rng)
         except BaseException:
             store.close()

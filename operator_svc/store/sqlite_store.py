@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -27,6 +28,8 @@ from operator_svc.store.records import (
     SiteRow,
 )
 from svc_common.sqlite_db import (
+    BUSY_TIMEOUT_S,
+    StoreBusy,
     StoreFile,
     StoreWatch,
     close_when_free,
@@ -122,6 +125,11 @@ def schema_problem(
         f"has schema version {held}, not {SCHEMA_VERSION}: it was made by another release of "
         f"uid2-operator; {advice}"
     )
+
+
+# How long each try for the write lock at start-up waits: the main thread runs a stop signal's
+# handler only between tries.
+_START_LOCK_STEP_S = 0.2
 
 
 class OperatorStore:
@@ -247,18 +255,51 @@ class OperatorStore:
     def longest_token_lifetime(self) -> int:
         return self.meta_int(LONGEST_LIFETIME_META)
 
-    def note_lifetimes(self, token_lifetime_s: int, refresh_lifetime_s: int) -> None:
+    def note_lifetimes(
+        self,
+        token_lifetime_s: int,
+        refresh_lifetime_s: int,
+        *,
+        give_up: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[], None] = lambda: None,
+    ) -> None:
         """Records that tokens and refresh tokens of these lifetimes are issued from this
         store, each when longer than any before: what decryptors must go on accepting
         (LONGEST_LIFETIME_META) and how long key rotation keeps the keys that decrypt them.
         Read first: a start with the usual lifetimes takes no write lock (another process's
-        salt rotation may hold it)."""
+        salt rotation may hold it).
+
+        At start-up, before anything else uses this connection. While another process holds
+        the write lock, `on_wait` is called once and the lock is tried again every
+        _START_LOCK_STEP_S, up to BUSY_TIMEOUT_S (then StoreBusy); `give_up()` true between
+        tries returns without recording (a stop signal: the service will serve nothing). One
+        wait of SQLite's whole busy timeout held the main thread, and SIGTERM, for 30 s."""
         wanted = {
             LONGEST_LIFETIME_META: token_lifetime_s,
             LONGEST_REFRESH_LIFETIME_META: refresh_lifetime_s,
         }
         if all(v <= self.meta_int(k) for k, v in wanted.items()):
             return
+        self._conn.execute(f"PRAGMA busy_timeout={int(_START_LOCK_STEP_S * 1000)}")
+        try:
+            waiting_since: float | None = None
+            while True:
+                try:
+                    self._record_lifetimes(wanted)
+                    return
+                except StoreBusy:
+                    if give_up():
+                        return
+                    now = time.monotonic()
+                    if waiting_since is None:
+                        waiting_since = now
+                        on_wait()
+                    elif now - waiting_since >= BUSY_TIMEOUT_S:
+                        raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+
+    def _record_lifetimes(self, wanted: Mapping[str, int]) -> None:
         with self.transaction() as conn:
             longer = {k: v for k, v in wanted.items() if v > _meta_int(conn, k)}
             for key, lifetime_s in longer.items():
