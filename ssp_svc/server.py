@@ -147,10 +147,16 @@ def create_server(
     served.set_serving(True)
     served.not_serving_once_lost(accounts.on_lost)
     served.on_stop.append(_watch_for_loss(accounts))
+    enabled = accounts.enabled_accounts()
     _log.info(
         "ssp_ready",
         bidders=[b.name for b in config.bidders],
         mode="decrypt" if decryptor else "pass_through",
         tmax_ms=config.tmax_ms,
+        accounts=enabled,
     )
+    if enabled == 0:
+        # A data dir given by mistake (another service's, a typo) starts a new, empty store:
+        # every caller would get UNAUTHENTICATED with nothing here saying why.
+        _log.warning("no_accounts", hint="add them with `uid2-ssp publisher add`")
     return served, served.port

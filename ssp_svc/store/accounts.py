@@ -97,6 +97,9 @@ def _as_registered(domain: str) -> str:
 class AccountStore(Protocol):
     def authenticate(self, api_key: str) -> Account | None: ...
 
+    def enabled_accounts(self) -> int:
+        """How many accounts (publishers and subscribers) a key may authenticate as now."""
+
     def on_lost(self, callback: Callable[[], None]) -> None:
         """`callback` runs once if the store's file is found replaced under the service."""
 
@@ -295,6 +298,11 @@ class SqliteAccountStore:
         )
         return bytes(salt), bytes(key_hash), account
 
+    def enabled_accounts(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM accounts WHERE disabled = 0").fetchone()
+        return int(row[0])
+
     def listing(self, kind: AccountKind) -> list[AccountListing]:
         """The accounts of `kind`, oldest first."""
         with self._lock:
@@ -432,6 +440,9 @@ class FileAccountStore:
 
     def authenticate(self, api_key: str) -> Account | None:
         return self._by_hash.get(_hash(self._salt, api_key))
+
+    def enabled_accounts(self) -> int:
+        return len(self._by_hash)
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         pass  # read once at start: nothing to lose
