@@ -23,6 +23,7 @@ from svc_common.cli_common import (
     both_or_neither,
     fail,
     metrics_settings,
+    os_error_text,
     peer_tls,
     peer_tls_fields,
     server_tls,
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         )
     except OSError as exc:
-        return fail(PROG, f"cannot start: {exc}")
+        return fail(PROG, f"cannot start: {os_error_text(exc)}")
     return 0
 
 

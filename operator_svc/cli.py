@@ -41,6 +41,7 @@ from svc_common.cli_common import (
     add_tls_flags,
     fail,
     metrics_settings,
+    os_error_text,
     print_json,
     server_tls,
     server_tls_fields,
@@ -568,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A valid SQLite file whose tables are not the operator's gets past opening.
         return fail(PROG, f"the store in {_require_dir(args)} cannot be used: {exc}")
     except OSError as exc:
-        return fail(PROG, exc.strerror or str(exc) or type(exc).__name__)
+        return fail(PROG, os_error_text(exc))
 
 
 if __name__ == "__main__":

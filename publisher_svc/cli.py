@@ -33,6 +33,7 @@ from svc_common.cli_common import (
     add_tls_flags,
     fail,
     metrics_settings,
+    os_error_text,
     peer_tls,
     peer_tls_fields,
     server_tls,
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         return fail(PROG, f"cannot start: {exc}")
     except OSError as exc:
-        return fail(PROG, f"cannot start: {exc.strerror or str(exc) or type(exc).__name__}")
+        return fail(PROG, f"cannot start: {os_error_text(exc)}")
 
 
 if __name__ == "__main__":

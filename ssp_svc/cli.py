@@ -48,6 +48,7 @@ from svc_common.cli_common import (
     both_or_neither,
     fail,
     metrics_settings,
+    os_error_text,
     peer_tls,
     peer_tls_fields,
     print_json,
@@ -276,8 +277,10 @@ def _serve(args: argparse.Namespace) -> int:
                 **peer_tls_fields(config.peer_tls),
             },
         )
-    except (StoreError, OSError) as exc:
+    except StoreError as exc:
         return fail(PROG, f"cannot start: {exc}")
+    except OSError as exc:
+        return fail(PROG, f"cannot start: {os_error_text(exc)}")
     return 0
 
 

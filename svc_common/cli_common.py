@@ -326,6 +326,11 @@ class NewKeyPrinter:
 _VOID = "the API key printed above was not saved and does not work"
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError for a one-line message: its text without Python's "[Errno N]" prefix."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def fail(prog: str, message: str) -> int:
     """Prints `prog: error: message` on stderr; returns the exit status for a mistake."""
     print(f"{prog}: error: {message}", file=sys.stderr)

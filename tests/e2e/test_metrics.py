@@ -178,6 +178,7 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(stack: Stack, tmp_path: Pa
     assert r.returncode == 2
     line = one_error_line(r.stderr, "uid2-dsp: error: ")
     assert f"cannot listen on {taken} (metrics)" in line and "in use" in line
+    assert "[Errno" not in line  # as the publisher and operator say it (misconfiguration review)
 
 
 def test_the_publisher_shows_whether_its_refresher_holds_back(stack: Stack) -> None:
