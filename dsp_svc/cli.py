@@ -29,6 +29,7 @@ from svc_common.cli_common import (
     server_tls,
     server_tls_fields,
     show_variables,
+    warn_unknown_variables,
 )
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.logging import configure_logging
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="dsp")
+    warn_unknown_variables(settings, _parser())
     from dsp_svc.server import create_server
     from svc_common import metrics
 

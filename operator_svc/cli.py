@@ -47,6 +47,7 @@ from svc_common.cli_common import (
     server_tls_fields,
     show_variables,
     typed,
+    warn_unknown_variables,
 )
 from svc_common.errors import ServiceError
 from svc_common.sensitive import shown
@@ -385,6 +386,7 @@ def _serve(args: argparse.Namespace) -> int:
     # make usable.
     OperatorStore.open(_existing_dir(args)).close()
     configure_logging(level, service="operator")
+    warn_unknown_variables(settings_of(args), _parser())
 
     started = time.perf_counter()
 

@@ -39,6 +39,7 @@ from svc_common.cli_common import (
     server_tls,
     server_tls_fields,
     show_variables,
+    warn_unknown_variables,
 )
 from svc_common.logging import configure_logging, silenced
 from svc_common.settings import (
@@ -222,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StoreError) as exc:
         return fail(PROG, str(exc))
     configure_logging(config.log_level, service="publisher")
+    warn_unknown_variables(settings_of(args), _parser())
     try:
         return _serve(config, metrics_at)
     except StoreError as exc:

@@ -55,6 +55,7 @@ from svc_common.cli_common import (
     server_tls,
     server_tls_fields,
     show_variables,
+    warn_unknown_variables,
 )
 from svc_common.clock import SystemClock
 from svc_common.logging import configure_logging, silenced
@@ -260,6 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, UsageError) as exc:
         return fail(PROG, str(exc))
     configure_logging(level, service="ssp")
+    warn_unknown_variables(settings, _parser())
     from ssp_svc.server import create_server
     from svc_common import metrics
 

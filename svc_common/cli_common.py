@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
+import structlog
+
 from svc_common.sensitive import NOT_SHOWN, may_be_sensitive
 from svc_common.settings import SettingError, boolean, host_port
 from svc_common.tls import (
@@ -123,6 +125,19 @@ class FlagsWithEnv:
     def env_name(self, flag: str) -> str:
         return self._env_names.get(flag) or self._prefix + flag.upper().replace("-", "_")
 
+    def unknown_variables(
+        self, parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ
+    ) -> list[str]:
+        """The set variables with this prefix that no flag of `parser` (or of any of its
+        commands) reads: a misspelt one (UID2_OPERATOR_TOKEN_LIFETIME for
+        UID2_OPERATOR_TOKEN_LIFETIME_S) was silently ignored, and the default applied."""
+        known = set(self._env_names.values())
+        for flag in _long_flags(parser):
+            known.add(self.env_name(flag))
+        return sorted(
+            name for name in environ if name.startswith(self._prefix) and name not in known
+        )
+
     def spelled(self, flag: str) -> str:
         """`--flag (or VARIABLE)` for a message, naming the alias when the alias (or its
         variable) is what gave the setting."""
@@ -178,6 +193,26 @@ class FlagsWithEnv:
             if found:
                 return next(iter(found.items()))
         return None
+
+
+def _long_flags(parser: argparse.ArgumentParser) -> Iterable[str]:
+    """Every `--flag` of `parser` and of its commands' parsers, without the dashes."""
+    # argparse has no public way to walk its flags.
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                yield option[2:]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _long_flags(sub)
+
+
+def warn_unknown_variables(settings: FlagsWithEnv, parser: argparse.ArgumentParser) -> None:
+    """Logs, at a `serve`'s start, the prefixed variables no setting reads (names only: their
+    values may be keys)."""
+    unknown = settings.unknown_variables(parser)
+    if unknown:
+        structlog.get_logger("cli").warning("unknown_setting_variables", variables=unknown)
 
 
 def both_or_neither(settings: FlagsWithEnv, first: str, second: str) -> None:

@@ -116,3 +116,19 @@ def test_serving_and_stopped_are_logged_at_any_log_level(
     assert lifecycle[0]["port"] > 0
     # Every other line is a warning (the SSP's empty store): the level did apply.
     assert all(line["level"] == "warning" for line in lines if line not in lifecycle), lines
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_serve_names_a_variable_no_setting_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(metrics, "wait_for_signal", lambda stop: None)
+    monkeypatch.setenv("UID2_DSP_BASE_PRICES", "9")  # --base-price's is UID2_DSP_BASE_PRICE
+    monkeypatch.setenv("UID2_DSP_API_KEY", "not shown")
+    capsys.readouterr()
+    assert dsp_cli.main(_dsp(tmp_path)) == 0
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines()]
+    warned = [line for line in lines if line["event"] == "unknown_setting_variables"]
+    assert [line["variables"] for line in warned] == [["UID2_DSP_API_KEY", "UID2_DSP_BASE_PRICES"]]
+    assert "not shown" not in err  # names only: a value may be a key

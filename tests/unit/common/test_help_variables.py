@@ -50,3 +50,29 @@ def test_the_operators_second_suffix_and_the_ssps_bidders_are_shown() -> None:
     assert "(env UID2_SSP_BIDDERS)" in " ".join(
         _subparser(ssp_cli._parser(), "serve").format_help().split()
     )
+
+
+@pytest.mark.parametrize(
+    ("cli", "prefix"),
+    [
+        (operator_cli, "UID2_OPERATOR_"),
+        (publisher_cli, "UID2_PUBLISHER_"),
+        (ssp_cli, "UID2_SSP_"),
+        (dsp_cli, "UID2_DSP_"),
+    ],
+    ids=["operator", "publisher", "ssp", "dsp"],
+)
+def test_a_variable_no_setting_reads_is_named(cli: ModuleType, prefix: str) -> None:
+    """UID2_OPERATOR_TOKEN_LIFETIME (its setting's variable ends _S) was silently ignored and
+    the 3-day default applied (misconfiguration review)."""
+    settings = cli.settings_of(argparse.Namespace())
+    parser = cli._parser()
+    serve = _subparser(parser, "serve")
+    every = [
+        settings.env_name(a.dest.replace("_", "-"))
+        for a in serve._actions
+        if a.option_strings and a.dest != "help"
+    ]
+    misspelt = prefix + "LISTEN_ADDRESS"
+    environ = {name: "x" for name in every} | {misspelt: "1", "UID2_OTHER_THING": "1", "PATH": "/"}
+    assert settings.unknown_variables(parser, environ) == [misspelt]
