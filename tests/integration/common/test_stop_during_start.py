@@ -44,17 +44,18 @@ def _dsp(tmp_path: Path) -> list[str]:
     return ["serve", "--name", "d", "--listen", "127.0.0.1:0"]
 
 
+# (the module whose create_server starts the service, its CLI's main, its serve arguments)
+SERVES = [
+    ("operator_svc.server", operator_cli.main, _operator),
+    ("publisher_svc.server", publisher_cli.main, _publisher),
+    ("ssp_svc.server", ssp_cli.main, _ssp),
+    ("dsp_svc.server", dsp_cli.main, _dsp),
+]
+SERVE_IDS = ["operator", "publisher", "ssp", "dsp"]
+
+
 @pytest.mark.usefixtures("restore_handlers")
-@pytest.mark.parametrize(
-    ("module", "main", "argv"),
-    [
-        ("operator_svc.server", operator_cli.main, _operator),
-        ("publisher_svc.server", publisher_cli.main, _publisher),
-        ("ssp_svc.server", ssp_cli.main, _ssp),
-        ("dsp_svc.server", dsp_cli.main, _dsp),
-    ],
-    ids=["operator", "publisher", "ssp", "dsp"],
-)
+@pytest.mark.parametrize(("module", "main", "argv"), SERVES, ids=SERVE_IDS)
 def test_a_stop_during_start_up_drains_without_logging_serving(
     module: str,
     main: Main,
@@ -82,17 +83,9 @@ def test_a_stop_during_start_up_drains_without_logging_serving(
 
 
 @pytest.mark.usefixtures("restore_handlers")
-@pytest.mark.parametrize(
-    ("main", "argv"),
-    [
-        (operator_cli.main, _operator),
-        (publisher_cli.main, _publisher),
-        (ssp_cli.main, _ssp),
-        (dsp_cli.main, _dsp),
-    ],
-    ids=["operator", "publisher", "ssp", "dsp"],
-)
+@pytest.mark.parametrize(("module", "main", "argv"), SERVES, ids=SERVE_IDS)
 def test_serving_and_stopped_are_logged_at_any_log_level(
+    module: str,
     main: Main,
     argv: Callable[[Path], list[str]],
     tmp_path: Path,

@@ -81,6 +81,16 @@ def test_an_encrypted_key_is_refused(files: TlsFiles, tmp_path: Path) -> None:
         load_server_tls(str(files.cert), str(encrypted))
 
 
+def _load(files: TlsFiles, which: str, path: str) -> None:
+    """Loads `path` as the server's certificate or key, or as the CA file of peer TLS."""
+    if which == "cert":
+        load_server_tls(path, str(files.key))
+    elif which == "key":
+        load_server_tls(str(files.cert), path)
+    else:
+        load_peer_tls(path)
+
+
 @pytest.mark.parametrize("which", ["cert", "key", "ca"])
 def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, which: str) -> None:
     junk = tmp_path / "junk.pem"
@@ -88,12 +98,7 @@ def test_missing_and_non_pem_files_are_refused(files: TlsFiles, tmp_path: Path, 
     missing = str(tmp_path / "missing.pem")
     for path, message in ((missing, "cannot read"), (str(junk), "no PEM|not a PEM")):
         with pytest.raises(SettingError, match=message):
-            if which == "cert":
-                load_server_tls(path, str(files.key))
-            elif which == "key":
-                load_server_tls(str(files.cert), path)
-            else:
-                load_peer_tls(path)
+            _load(files, which, path)
 
 
 @pytest.mark.parametrize("which", ["cert", "key", "ca"])
@@ -114,12 +119,7 @@ def test_only_regular_files_of_a_sane_size_are_read(
     )
     for path, message in cases:
         with pytest.raises(SettingError, match=message):
-            if which == "cert":
-                load_server_tls(path, str(files.key))
-            elif which == "key":
-                load_server_tls(str(files.cert), path)
-            else:
-                load_peer_tls(path)
+            _load(files, which, path)
 
 
 def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path: Path) -> None:

@@ -155,23 +155,28 @@ def test_operator_unavailable_on_login(env: Env) -> None:
     assert exc.value.kind is ErrorKind.UNAVAILABLE and exc.value.reason == "OPERATOR_UNAVAILABLE"
 
 
-def test_operator_refusal_is_failed_precondition(env: Env) -> None:
-    env.op.refuse = True
-    call_context.begin(request_id="rej-1", method="/p.S/Login")
+def _failed_login(env: Env, user: str, email: str) -> tuple[ServiceError, dict[str, Any]]:
+    """The error a Login raised, and the fields its call's log line would carry."""
+    call_context.begin(request_id="login-1", method="/p.S/Login")
     try:
-        with pytest.raises(ServiceError) as exc:
-            env.pub.login("u1", "a@b.com", None, OK)
-        fields = call_context.current()
+        with pytest.raises(ServiceError) as failed:
+            env.pub.login(user, email, None, OK)
+        return failed.value, call_context.current()
     finally:
         call_context.end()
-    assert exc.value.kind is ErrorKind.FAILED_PRECONDITION
-    assert exc.value.reason == "OPERATOR_REJECTED"
+
+
+def test_operator_refusal_is_failed_precondition(env: Env) -> None:
+    env.op.refuse = True
+    exc, fields = _failed_login(env, "u1", "a@b.com")
+    assert exc.kind is ErrorKind.FAILED_PRECONDITION
+    assert exc.reason == "OPERATOR_REJECTED"
     # The call's line says what the operator answered: our key lacks a role, is disabled or
     # unknown, or the address is another service's (misconfiguration review: only the caller
     # heard it, in the ErrorInfo).
     assert (fields["peer_code"], fields["peer_reason"]) == (
-        exc.value.metadata["peerCode"],
-        exc.value.metadata["peerReason"],
+        exc.metadata["peerCode"],
+        exc.metadata["peerReason"],
     )
     assert fields["peer_code"] == "PERMISSION_DENIED"
 
@@ -1113,18 +1118,12 @@ def test_an_operator_unreachable_for_tls_says_so(env: Env) -> None:
     # A wrong --peer-ca or an expired certificate is no outage: the caller and the call's log
     # line hear it is TLS, while the reason stays the documented OPERATOR_UNAVAILABLE.
     env.op.down, env.op.down_reason = True, TLS_HANDSHAKE_FAILED
-    call_context.begin(request_id="tls-1", method="/p.S/Login")
-    try:
-        with pytest.raises(ServiceError) as failed:
-            env.pub.login("u1", "u1@example.com", None, OK)
-        fields = call_context.current()
-    finally:
-        call_context.end()
-    assert (failed.value.kind, failed.value.reason) == (
+    failed, fields = _failed_login(env, "u1", "u1@example.com")
+    assert (failed.kind, failed.reason) == (
         ErrorKind.UNAVAILABLE,
         "OPERATOR_UNAVAILABLE",
     )
-    assert "TLS handshake failed" in failed.value.message
+    assert "TLS handshake failed" in failed.message
     assert fields["peer_failure"] == TLS_HANDSHAKE_FAILED
 
 
