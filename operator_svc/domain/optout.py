@@ -157,7 +157,8 @@ class OptOutService:
         checked again here, every WATCH_POLL_S, and a disabled key's stream ends UNAUTHENTICATED
         within that."""
         index = self._state.optouts
-        position = 0
+        # Every event before it is older than `since`: the loop below would skip them all.
+        position = index.first_position_from(since_ms)
         backlog = True
         while True:
             events, position = index.events_from(position)

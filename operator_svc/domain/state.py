@@ -10,6 +10,7 @@ sequence number; salts are reloaded only when their counter moves."""
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ RESEND_AFTER_ROTATION_MS = 60_000
 # How many opt-outs a salt switch's preparation goes through between two reads of other
 # processes' opt-outs (about 0.1 s of a full rebuild's work on the development box).
 PREPARE_CHUNK = 8192
+# The events' list is split into blocks of this many for `first_position_from`.
+EVENT_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,12 @@ class OptOutIndex:
         self._by_raw: dict[bytes, int] = {}
         # (opted_out_at ms, first-level hash) in the order they were recorded.
         self._events: list[tuple[int, bytes]] = []
+        # The latest time among the events up to the end of each whole block, and among all:
+        # a reader resuming from a time skips the blocks before it in O(log n). A scan of every
+        # event held the first answer of a resumed stream for 0.6 s per 5 million opt-outs,
+        # per reader, all of them sharing one GIL after an operator restart.
+        self._block_latest: list[int] = []
+        self._latest = 0
         # The store's rows up to this sequence number have all been read (`add_synced`). This
         # process's own opt-outs (`add`) do not move it: rows other processes committed just
         # before them, with lower numbers, must still be read at the next sync.
@@ -189,7 +198,7 @@ class OptOutIndex:
                     continue
                 for raw in raw_uids(row.flh, salts):
                     self._by_raw[raw] = row.opted_out_at_ms
-                self._events.append((row.opted_out_at_ms, row.flh))
+                self._record((row.opted_out_at_ms, row.flh))
                 new += 1
             if new:
                 self.cond.notify_all()
@@ -264,7 +273,8 @@ class OptOutIndex:
         # (RESEND_AFTER_ROTATION_MS) goes out again, besides those recorded since prepare.
         again = switch.resend + meanwhile
         if again:
-            self._events.extend(again)
+            for event in again:
+                self._record(event)
             self.cond.notify_all()
 
     def use_salts(self, salts: SaltSet) -> None:
@@ -272,6 +282,21 @@ class OptOutIndex:
         switch = self.prepare_salts(salts)
         with self.cond:
             self.apply_salts(switch)
+
+    def _record(self, event: tuple[int, bytes]) -> None:
+        """Appends `event`; the caller holds `cond`."""
+        self._events.append(event)
+        self._latest = max(self._latest, event[0])
+        if len(self._events) % EVENT_BLOCK == 0:
+            self._block_latest.append(self._latest)
+
+    def first_position_from(self, since_ms: int) -> int:
+        """A list position before which every event is older than `since_ms`: where a stream
+        resuming from `since_ms` starts its backlog. Events are recorded in the order this
+        process learnt of them, not by time, so this is not the first newer event's position
+        but the start of the first block holding one."""
+        with self.cond:
+            return bisect.bisect_left(self._block_latest, since_ms) * EVENT_BLOCK
 
     def events_from(self, position: int) -> tuple[list[tuple[int, bytes]], int]:
         """The events recorded at or after list position `position`, and the next position."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from operator_svc.domain.state import OptOutIndex
+from operator_svc.domain.state import EVENT_BLOCK, OptOutIndex
 from operator_svc.store import OptOutRow
 from uid2_crypto.salts import BUCKET_COUNT, SaltSet, bucket_index, raw_uid2
 
@@ -123,3 +123,37 @@ def test_opt_outs_from_around_a_rotation_on_are_streamed_again_under_the_new_sal
     index.add([OptOutRow(1, old, rotated_at - 10 * 60_000), OptOutRow(2, recent, rotated_at + 5)])
     index.use_salts(s2)
     assert [flh for _, flh in index.events_from(0)[0]] == [old, recent, recent]
+
+
+def test_a_resume_skips_only_blocks_of_older_events() -> None:
+    """`first_position_from` lets a resuming stream skip, in O(log n), the blocks every event
+    of which is older than its `since` (a scan of every event held a resumed stream's first
+    answer 0.6 s per 5 million opt-outs). Events are not in time order: one another process
+    recorded arrives after later-stamped ones, and a salt rotation sends some again."""
+    salts = SaltSet.generate(BUCKET_COUNT, os.urandom, T0)
+    index = OptOutIndex(salts)
+    times = [T0 + 10 * n for n in range(3 * EVENT_BLOCK + 50)]
+    late = 2 * EVENT_BLOCK + 7
+    times[late] = T0 + 5  # recorded late, stamped early
+    times[EVENT_BLOCK - 1] = T0 + 10 * (2 * EVENT_BLOCK + 3)  # stamped later than its block
+    index.add([OptOutRow(n, os.urandom(32), ts) for n, ts in enumerate(times, 1)])
+    assert index.first_position_from(0) == 0
+    sinces = (
+        T0,
+        T0 + 6,
+        T0 + 10 * EVENT_BLOCK,
+        T0 + 10 * (2 * EVENT_BLOCK + 3),  # exactly a block's latest: that event is sent
+        T0 + 10 * (2 * EVENT_BLOCK + 3) + 1,
+        T0 + 10 * (3 * EVENT_BLOCK + 100),
+    )
+    for since in sinces:
+        position = index.first_position_from(since)
+        assert position % EVENT_BLOCK == 0
+        assert all(ts < since for ts in times[:position]), since
+        # Not a block later than need be: the block it starts holds an event from `since`,
+        # or it is the end of the whole blocks.
+        block = times[position : position + EVENT_BLOCK]
+        assert any(ts >= since for ts in block) or position == 3 * EVENT_BLOCK, since
+    # The block with the early-stamped late event is not skipped for a `since` after it: the
+    # loop then sends what is not older, and skips the late one as a full scan would.
+    assert index.first_position_from(T0 + 10 * (2 * EVENT_BLOCK + 3) + 1) == 2 * EVENT_BLOCK
