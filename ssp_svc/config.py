@@ -12,7 +12,7 @@ from bidstream.decryptor.key_cache import KEY_REFRESH_RANGE, MAX_KEY_REFRESH_S, 
 from ssp_svc.bidders import BidderTarget
 from svc_common.names import account_name
 from svc_common.sensitive import shown
-from svc_common.settings import SettingError, dial_address
+from svc_common.settings import UndiallableAddress, dial_address
 from svc_common.sqlite_db import require_data_dir
 from svc_common.tls import PeerTls, ServerTls
 
@@ -33,8 +33,8 @@ def parse_bidder(spec: str) -> BidderTarget:
         raise ConfigError(problem)
     try:
         dial_address(address)
-    except SettingError:
-        raise ConfigError(problem) from None
+    except UndiallableAddress as exc:
+        raise ConfigError(problem + exc.why) from None
     try:
         # Logged with every auction and a /metrics label: an account's name rule.
         name = account_name(name)

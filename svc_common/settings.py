@@ -157,21 +157,35 @@ def dial_address(text: str) -> str:
             _dialled_port(split_host_port(target))
         else:
             _check_resolver_target(resolver.group(1).lower(), resolver.group(2))
-    except SettingError:
-        raise SettingError(
+    except SettingError as exc:
+        why = exc.why if isinstance(exc, UndiallableAddress) else ""
+        raise UndiallableAddress(
             f"must be HOST:PORT or a gRPC resolver target such as dns:///HOST:PORT or "
-            f"ipv4:ADDRESS:PORT,ADDRESS:PORT, got {shown(text, numbers=False)}"
+            f"ipv4:ADDRESS:PORT,ADDRESS:PORT, got {shown(text, numbers=False)}{why}",
+            why,
         ) from None
     return target
+
+
+class UndiallableAddress(SettingError):
+    """A peer address refused; `why` (" (...)", or "") says why when the address has the
+    right shape and still cannot be dialled: the shape alone would not tell."""
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 def _check_resolver_target(scheme: str, rest: str) -> None:
     if scheme == "dns":
         if rest.startswith("//"):
-            # The authority, the DNS server to ask, is passed on as it is.
-            _, sep, rest = rest[2:].partition("/")
+            # The DNS server to ask: gRPC refuses one without a port ("Cannot parse
+            # authority") at the first call, not at start.
+            authority, sep, rest = rest[2:].partition("/")
             if not sep:
-                raise SettingError("no HOST:PORT after the authority")
+                raise UndiallableAddress("", " (no HOST:PORT after the authority)")
+            if authority:
+                _dialled_port(_authority(authority))
         _dialled_port(split_host_port(rest))
         return
     # ipv4: and ipv6: list addresses, each with its port (gRPC refuses one without).
@@ -185,13 +199,19 @@ def _check_resolver_target(scheme: str, rest: str) -> None:
             else:
                 raise ValueError(host)
         except ValueError:
-            raise SettingError(f"not an {scheme} address") from None
+            raise UndiallableAddress("", f" (not an {scheme} address)") from None
+
+
+def _authority(authority: str) -> tuple[str, int]:
+    try:
+        return split_host_port(authority)
+    except SettingError:
+        raise UndiallableAddress("", " (the DNS server's authority needs HOST:PORT)") from None
 
 
 def _dialled_port(split: tuple[str, int]) -> tuple[str, int]:
-    # Port 0 binds a free port; there is nothing to dial at it.
     if split[1] == 0:
-        raise SettingError("port 0")
+        raise UndiallableAddress("", " (port 0 picks a port to listen on: nothing to dial)")
     return split
 
 

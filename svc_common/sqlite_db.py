@@ -493,6 +493,10 @@ def open_db(
             path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         # A garbage file passes connect(); the first statement is what reads the header.
+        if own_table is not None:
+            # Before anything writes: WAL mode rewrites the header of a store in another mode
+            # (an operator backup), which must be left as it was copied.
+            _refuse_foreign(conn, path, error, *own_table)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         # A salt rotation writes tens of MB through the WAL; without a limit the file keeps
@@ -515,8 +519,6 @@ def open_db(
                 f"store {path} has schema version {held}, newer than this release's "
                 f"{version}: run the release that made it, or restore a backup of this one"
             )
-        if own_table is not None:
-            _refuse_foreign(conn, path, error, *own_table)
         if schema:
             conn.executescript(schema)
     except sqlite3.Error as exc:

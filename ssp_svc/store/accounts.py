@@ -436,7 +436,7 @@ class FileAccountStore:
                 self._by_hash[key_hash] = Account(f"{section}-{i}", name, kind, domains, apps)
         if not self._by_hash:
             # Empty lists: an SSP that refuses every key, as with no list at all.
-            raise StoreError("publishers file lists no accounts: it needs at least one")
+            raise StoreError(f"publishers file {path} lists no accounts: it needs at least one")
 
     def authenticate(self, api_key: str) -> Account | None:
         return self._by_hash.get(_hash(self._salt, api_key))

@@ -276,7 +276,7 @@ def test_ipv6_hosts_go_in_brackets_and_only_they_do(text: str, message: str) -> 
     "target",
     ["dns:///operator.internal:50051", "dns:op:443", "ipv4:10.0.0.5:50051,10.0.0.6:50051",
      "ipv6:[::1]:50051", "op.internal:50051", "[::1]:50051", "DNS:///op:443",
-     "dns://10.0.0.53/op.internal:50051", "dns:///[::1]:50051", "IPv4:10.0.0.5:1",
+     "dns://10.0.0.53:53/op.internal:50051", "dns:///[::1]:50051", "IPv4:10.0.0.5:1",
      "ipv6:[::1]:50051,[fe80::1%eth0]:65535"],
 )  # fmt: skip
 def test_a_peer_may_be_a_grpc_resolver_target(target: str) -> None:
@@ -304,6 +304,8 @@ def test_a_peer_address_still_needs_a_port_and_a_known_form(target: str) -> None
         "ipv6:[10.0.0.5]:50051", "ipv6:[::1]:50051,[::g]:50051", "ipv6:[::1]", "dns:op:0",
         "dns://op:50051", "dns:///op:50051:1", "dns:///::1:50051", "dns:///op:\u00b2",
         "dns:/// op:50051", "op:0",
+        # gRPC refuses a DNS server's authority without its port, at the first call.
+        "dns://10.0.0.53/op.internal:50051", "dns://10.0.0.53:0/op:1",
     ],
 )  # fmt: skip
 def test_every_address_of_a_resolver_target_is_checked(
@@ -322,6 +324,24 @@ def test_every_address_of_a_resolver_target_is_checked(
         str(tmp_path),
     ]
     _one_line_exit_2(capsys, publisher_main, argv, "--operator-address", "resolver target")
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("127.0.0.1:0", "(port 0 picks a port to listen on: nothing to dial)"),
+        ("ipv4:999.1.1.1:50051", "(not an ipv4 address)"),
+        ("dns://10.0.0.53/op:1", "(the DNS server's authority needs HOST:PORT)"),
+    ],
+)
+def test_an_address_of_the_right_shape_is_refused_saying_why(target: str, why: str) -> None:
+    """ "must be HOST:PORT ..., got '127.0.0.1:0'" named a HOST:PORT and no reason (diff review)."""
+    with pytest.raises(SettingError) as refused:
+        dial_address(target)
+    assert str(refused.value).endswith(f"got {target!r} {why}")
+    with pytest.raises(ConfigError) as bidder:
+        parse_bidder(f"alpha={target}")
+    assert str(bidder.value).endswith(why)
 
 
 def test_choice_reads_an_enum_value_in_any_case() -> None:
