@@ -68,10 +68,10 @@ def test_a_store_of_the_other_service_copied_into_place_is_refused_untouched(
     shutil.copy(ssp_store / "ssp.sqlite3", pub_dir / SqliteStore.FILE_NAME)
     for suffix in ("-wal", "-shm"):
         (pub_dir / (SqliteStore.FILE_NAME + suffix)).unlink(missing_ok=True)
-    before = _tables(pub_dir / SqliteStore.FILE_NAME)
+    tables = _tables(pub_dir / SqliteStore.FILE_NAME)
     with pytest.raises(PublisherStoreError, match="not a store of the publisher"):
         SqliteStore(pub_dir)
-    assert _tables(pub_dir / SqliteStore.FILE_NAME) == before
+    assert _tables(pub_dir / SqliteStore.FILE_NAME) == tables
 
 
 def test_backup_and_restore_keep_every_account(
