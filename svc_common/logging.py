@@ -172,33 +172,34 @@ def write_call_line(fields: dict[str, Any]) -> None:
     over by this function) plus event "rpc", level, timestamp and service."""
     if not _info_enabled:
         return
-    fields["event"] = "rpc"
-    fields["level"] = "info"
-    fields["timestamp"] = _utc_now_iso()
-    if _service:
-        fields.setdefault("service", _service)
-    _write(dumps(fields))
-
-
-# The date-and-time part changes once a second; rendering it once per second saves most of the
-# timestamp's cost. Same text as structlog's TimeStamper(fmt="iso", utc=True). One tuple, replaced
-# whole, so a thread never pairs one second with another second's text.
-_stamp: tuple[int, str] = (-1, "")
+    _write(_info_line("rpc", fields))
 
 
 def write_lifecycle_line(event: str, **fields: Any) -> None:
     """A `serve`'s "serving" or "stopped" line, written at INFO whatever the log level: a
     supervisor reads the bound port from the first (port 0 picks one) and waits for the
     second. At --log-level WARNING both were dropped, and the port could not be known."""
+    try:  # noqa: SIM105  # as edge_log.end_call for call lines: a broken log stream stops nothing
+        _write(_info_line(event, fields))
+    except (OSError, ValueError):
+        pass
+
+
+def _info_line(event: str, fields: dict[str, Any]) -> str:
+    """`fields` (taken over) as one JSON line at INFO, with `event`, level, timestamp and
+    service."""
     fields["event"] = event
     fields["level"] = "info"
     fields["timestamp"] = _utc_now_iso()
     if _service:
         fields.setdefault("service", _service)
-    try:  # noqa: SIM105  # as write_call_line: a broken log stream stops nothing
-        _write(dumps(fields))
-    except (OSError, ValueError):
-        pass
+    return dumps(fields)
+
+
+# The date-and-time part changes once a second; rendering it once per second saves most of the
+# timestamp's cost. Same text as structlog's TimeStamper(fmt="iso", utc=True). One tuple, replaced
+# whole, so a thread never pairs one second with another second's text.
+_stamp: tuple[int, str] = (-1, "")
 
 
 def _utc_now_iso() -> str:

@@ -267,7 +267,7 @@ def claimed_scope(token: str) -> IdentityScope:
     head = _decode_b64_any(token[:4])
     if head is None or len(head) < 2 or head[1] not in (VERSION_BYTE_V3, VERSION_BYTE_V4):
         return IdentityScope.UID2
-    return IdentityScope.EUID if head[0] & 0x10 else IdentityScope.UID2
+    return _SCOPES[(head[0] >> 4) & 1]  # the bit decryption reads (_decrypt_v3)
 
 
 _NOT_INITIALIZED = DecryptResult(DecryptionStatus.NOT_INITIALIZED)
