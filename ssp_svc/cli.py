@@ -212,11 +212,9 @@ def settings_of(args: argparse.Namespace) -> FlagsWithEnv:
 
 
 def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig:
-    # --bidder repeats; its variable lists NAME=HOST:PORTs comma-separated.
     bidder_specs = bidder_flags
     if bidder_specs is None:
-        listed = settings.text("bidder") or ""
-        bidder_specs = [spec for spec in listed.split(",") if spec.strip()]
+        bidder_specs = listed_bidders(settings.text("bidder") or "")
     data_dir = settings.text("data-dir")
     publishers_file = settings.text("publishers-file")
     if (data_dir is None) == (publishers_file is None):
@@ -243,6 +241,22 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
         tls=server_tls(settings),
         peer_tls=peer_tls(settings),
     )
+
+
+def listed_bidders(listed: str) -> list[str]:
+    """UID2_SSP_BIDDERS: NAME=HOST:PORTs, comma-separated, as --bidder repeats them. A bidder's
+    address may itself be a comma-separated list (`ipv4:10.0.0.1:9000,10.0.0.2:9000`, which
+    gRPC balances over), so a part without `=` continues the bidder before it: no address
+    holds one."""
+    specs: list[str] = []
+    for part in listed.split(","):
+        if not part.strip():
+            continue
+        if specs and "=" not in part:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
 
 
 def _bidders(settings: FlagsWithEnv, specs: list[str]) -> tuple[BidderTarget, ...]:

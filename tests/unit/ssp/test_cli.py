@@ -114,3 +114,34 @@ def test_serve_with_both_account_sources_names_where_each_came_from(
     line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
     assert rc == 2
     assert "UID2_SSP_DATA_DIR" in line and "UID2_SSP_PUBLISHERS_FILE" in line
+
+
+def _bidders_from_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> list[tuple[str, str]]:
+    monkeypatch.setenv("UID2_SSP_BIDDERS", listed)
+    args = cli._parser().parse_args(["serve", "--data-dir", str(tmp_path)])
+    config = cli._config(cli.settings_of(args), args.bidder)
+    return [(bidder.name, bidder.address) for bidder in config.bidders]
+
+
+def test_the_bidders_variable_keeps_a_bidders_own_address_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left by the misconfiguration review: the variable was split at every comma, so a bidder
+    behind an `ipv4:` list (which --bidder takes) was refused as "must be NAME=HOST:PORT"."""
+    listed = "dsp-a=ipv4:10.0.0.1:9000,10.0.0.2:9000,dsp-b=127.0.0.1:9003,"
+    assert _bidders_from_variable(tmp_path, monkeypatch, listed) == [
+        ("dsp-a", "ipv4:10.0.0.1:9000,10.0.0.2:9000"),
+        ("dsp-b", "127.0.0.1:9003"),
+    ]
+
+
+def test_the_bidders_variable_still_refuses_an_address_without_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UID2_SSP_BIDDERS", "127.0.0.1:9003,dsp-b=127.0.0.1:9004")
+    rc = cli.main(["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"])
+    line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
+    assert rc == 2
+    assert "UID2_SSP_BIDDERS" in line and "NAME=HOST:PORT" in line
