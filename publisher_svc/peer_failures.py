@@ -9,6 +9,7 @@ from publisher_svc.limits import OPERATOR_BUSY, SSP_BUSY
 from publisher_svc.model import CALLER_DEADLINE, PeerError
 from svc_common import call_context
 from svc_common.errors import (
+    CONNECTION_CLOSED,
     TLS_HANDSHAKE_FAILED,
     ErrorKind,
     ServiceError,
@@ -28,6 +29,15 @@ def waited_past_deadline() -> ServiceError:
 
 
 _PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
+
+# Unreachable peers that are most likely up but configured apart from us -> what to check.
+_MISCONFIGURED = {
+    TLS_HANDSHAKE_FAILED: "the TLS handshake failed (check --peer-ca and the peer's certificate)",
+    CONNECTION_CLOSED: (
+        "it closed the connection at once (a peer serving TLS does so to a call without it: "
+        "check --peer-ca)"
+    ),
+}
 
 
 def peer_failure(
@@ -55,16 +65,13 @@ def peer_failure(
             return unavailable(
                 err.reason, f"{name} is slow: all the calls allowed already wait on it"
             )
-        if err.reason == TLS_HANDSHAKE_FAILED:
-            # Not an outage: the call's line says so (its reason stays the peer's), and the
-            # caller hears what to check.
-            call_context.bind(peer_failure=TLS_HANDSHAKE_FAILED)
-            return unavailable(
-                f"{peer}_UNAVAILABLE",
-                f"{name} cannot be reached: the TLS handshake failed (check --peer-ca and the "
-                "peer's certificate)",
-            )
-        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
+        hint = _MISCONFIGURED.get(err.reason)
+        if hint is None:
+            return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
+        # Likely not an outage: the call's line says so (its reason stays the peer's), and
+        # the caller hears what to check.
+        call_context.bind(peer_failure=err.reason)
+        return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached: {hint}")
     if caller_input is not None and err.reason and caller_input(err):
         return ServiceError(
             ErrorKind(err.code), err.reason, f"{name} refused the input ({err.reason})"

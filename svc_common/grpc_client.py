@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from svc_common import call_context
 from svc_common.backoff import Backoff
-from svc_common.errors import TLS_HANDSHAKE_FAILED
+from svc_common.errors import CONNECTION_CLOSED, TLS_HANDSHAKE_FAILED
 
 T = TypeVar("T")
 
@@ -59,8 +59,11 @@ def to_remote_error(err: grpc.RpcError) -> RemoteError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or ""
     reason = info.reason if info else ""
-    if not reason and code == grpc.StatusCode.UNAVAILABLE and _TLS_FAILURE.search(details):
-        reason = TLS_HANDSHAKE_FAILED
+    if not reason and code == grpc.StatusCode.UNAVAILABLE:
+        if _TLS_FAILURE.search(details):
+            reason = TLS_HANDSHAKE_FAILED
+        elif "Socket closed" in details:
+            reason = CONNECTION_CLOSED
     return RemoteError(code, reason, details)
 
 

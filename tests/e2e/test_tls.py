@@ -23,6 +23,7 @@ from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
 from demo.processes import ServiceProcess, wait_until
 from demo.stack import PUBLISHER_DOMAIN, Stack, StackTls, bearer
+from svc_common.errors import CONNECTION_CLOSED, TLS_HANDSHAKE_FAILED
 from tests.support.node_client import check_operator
 from tests.support.tls_certs import TlsFiles, make_tls_files
 from uid2.operator.v1 import operator_pb2, operator_pb2_grpc
@@ -152,10 +153,20 @@ def test_a_plaintext_client_is_refused(stack: Stack) -> None:
     assert not [x for x in stack.procs["operator"].lines if not x.startswith("{")]
 
 
+@pytest.mark.parametrize(
+    ("peer_tls", "why", "said"),
+    [
+        ("other-ca", TLS_HANDSHAKE_FAILED, "the TLS handshake failed"),
+        # Left by the misconfiguration review: this read as an operator that is down.
+        ("none", CONNECTION_CLOSED, "check --peer-ca"),
+    ],
+)
 def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, peer_tls: str, why: str, said: str
 ) -> None:
-    other = make_tls_files(tmp_path / "other")  # another CA: not the one that signed the peers
+    # Another CA (not the one that signed the peers), or no TLS at all.
+    other = make_tls_files(tmp_path / "other")
+    peer_flags = ["--peer-ca", str(other.ca)] if peer_tls == "other-ca" else []
     env = {
         "UID2_PUBLISHER_OPERATOR_API_KEY": stack.creds.publisher["api_key"],
         "UID2_PUBLISHER_SSP_API_KEY": stack.creds.ssp_publisher_key,
@@ -163,7 +174,7 @@ def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
     proc = ServiceProcess(
         ["uid2-publisher", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "p"),
          "--operator-address", stack.procs["operator"].address, "--site-id", "101",
-         "--ssp-address", stack.procs["ssp"].address, "--peer-ca", str(other.ca)],
+         "--ssp-address", stack.procs["ssp"].address, *peer_flags],
         env=env,
     ).wait_ready(30)  # fmt: skip
     try:
@@ -176,8 +187,12 @@ def test_a_publisher_that_does_not_trust_the_ca_cannot_log_users_in(
                     ),
                     timeout=20,
                 )
-        # The operator cannot be reached (its certificate is not trusted): said as such.
+        # The operator cannot be reached, and why: to the caller and on the call's line.
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert said in (exc.value.details() or "")
+        assert wait_until(lambda: any(e.get("method") for e in proc.events))
+        call = next(e for e in proc.events if e.get("method", "").endswith("/Login"))
+        assert call["peer_failure"] == why
     finally:
         assert proc.terminate() == 0
 

@@ -20,7 +20,7 @@ from operator_svc import cli as operator_cli
 from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
 from svc_common import tls
-from svc_common.errors import TLS_HANDSHAKE_FAILED, failure_fields
+from svc_common.errors import CONNECTION_CLOSED, TLS_HANDSHAKE_FAILED, failure_fields
 from svc_common.grpc_client import RemoteError, call_with_retry
 from svc_common.settings import SettingError
 from svc_common.tls import (
@@ -143,9 +143,9 @@ def test_a_peer_call_failing_its_tls_handshake_says_so(files: TlsFiles, tmp_path
     assert gone.reason == ""
 
 
-def _health_check_failure(address: str, ca: str, *, timeout_s: float) -> RemoteError:
-    """The RemoteError one health check over TLS (trusting `ca`) ends in."""
-    channel = open_channel(address, load_peer_tls(ca))
+def _health_check_failure(address: str, ca: str | None, *, timeout_s: float) -> RemoteError:
+    """The RemoteError one health check over TLS (trusting `ca`; without TLS if None) ends in."""
+    channel = open_channel(address, None if ca is None else load_peer_tls(ca))
     try:
         with pytest.raises(RemoteError) as failed:
             call_with_retry(
@@ -478,3 +478,18 @@ def test_a_key_openssl_refuses_is_refused_at_start(tmp_path: Path) -> None:
         pass
     with pytest.raises(SettingError, match="refused by OpenSSL"):
         load_server_tls(str(cert_path), str(key_path))
+
+
+def test_a_call_without_tls_to_a_tls_peer_is_told_from_an_outage(files: TlsFiles) -> None:
+    """Left by the misconfiguration review: a publisher without --peer-ca calling a TLS
+    operator heard a bare "cannot be reached", as for an operator that is down."""
+    served = health_only_server("127.0.0.1:0", tls=load_server_tls(str(files.cert), str(files.key)))
+    try:
+        closed = _health_check_failure(f"127.0.0.1:{served.port}", None, timeout_s=5)
+        assert (closed.code, closed.reason) == (grpc.StatusCode.UNAVAILABLE, CONNECTION_CLOSED)
+        assert failure_fields(closed)["reason"] == CONNECTION_CLOSED  # as logged
+    finally:
+        served.stop(0)
+    # A peer that is down is not taken for one.
+    down = _health_check_failure(f"127.0.0.1:{served.port}", None, timeout_s=5)
+    assert (down.code, down.reason) == (grpc.StatusCode.UNAVAILABLE, "")

@@ -26,7 +26,7 @@ from publisher_svc.store import SqliteStore
 from svc_common import call_context
 from svc_common.backoff import Backoff
 from svc_common.clock import ManualClock
-from svc_common.errors import TLS_HANDSHAKE_FAILED, ErrorKind, ServiceError
+from svc_common.errors import CONNECTION_CLOSED, TLS_HANDSHAKE_FAILED, ErrorKind, ServiceError
 from svc_common.logging import configure_logging
 from tests.unit.publisher.fakes import DAY, HOUR, FakeOperator, FakeSsp
 from uid2_crypto.identity import identity_hash
@@ -1114,17 +1114,22 @@ def test_a_burst_of_a_users_calls_to_a_healthy_operator_just_queues(env: Env) ->
         assert [f.result(10).status for f in logins] == [LoginStatus.SUCCESS] * 8
 
 
-def test_an_operator_unreachable_for_tls_says_so(env: Env) -> None:
-    # A wrong --peer-ca or an expired certificate is no outage: the caller and the call's log
-    # line hear it is TLS, while the reason stays the documented OPERATOR_UNAVAILABLE.
-    env.op.down, env.op.down_reason = True, TLS_HANDSHAKE_FAILED
+@pytest.mark.parametrize(
+    ("why", "said"),
+    [(TLS_HANDSHAKE_FAILED, "TLS handshake failed"), (CONNECTION_CLOSED, "check --peer-ca")],
+)
+def test_an_operator_unreachable_for_tls_says_so(env: Env, why: str, said: str) -> None:
+    # A wrong --peer-ca, an expired certificate, or none given to call a TLS operator is no
+    # outage: the caller and the call's log line hear what to check, while the reason stays
+    # the documented OPERATOR_UNAVAILABLE.
+    env.op.down, env.op.down_reason = True, why
     failed, fields = _failed_login(env, "u1", "u1@example.com")
     assert (failed.kind, failed.reason) == (
         ErrorKind.UNAVAILABLE,
         "OPERATOR_UNAVAILABLE",
     )
-    assert "TLS handshake failed" in failed.message
-    assert fields["peer_failure"] == TLS_HANDSHAKE_FAILED
+    assert said in failed.message
+    assert fields["peer_failure"] == why
 
 
 def test_a_dii_stays_opted_out_while_any_of_its_opt_out_writes_runs(env: Env) -> None:
