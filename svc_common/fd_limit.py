@@ -4,9 +4,14 @@ every listener of the process (gRPC, HTTP, /metrics), not only the one being flo
 
 from __future__ import annotations
 
+import errno
 import resource
 
 WANTED = 65536
+# The least a service starts with. gRPC core needs a few descriptors of its own before it
+# listens (at 16 it aborts the process: "epoll_create1 unavailable"), and each server takes a
+# quarter of the limit as its cap on connections (grpc_server.py): 32 at this floor.
+MIN_OPEN_FILES = 128
 
 
 def raise_open_files_limit(wanted: int = WANTED) -> int:
@@ -26,6 +31,19 @@ def raise_open_files_limit(wanted: int = WANTED) -> int:
     except (OSError, ValueError):
         return soft
     return target
+
+
+def ensure_open_files_limit() -> int:
+    """raise_open_files_limit(), then OSError (EMFILE, a one-line message) below
+    MIN_OPEN_FILES, so that a `serve` fails as a usage error, not in gRPC core."""
+    files = raise_open_files_limit()
+    if files < MIN_OPEN_FILES:
+        raise OSError(
+            errno.EMFILE,
+            f"the limit on open files (ulimit -n) is {files}, and its hard limit allows no "
+            f"more; a service needs at least {MIN_OPEN_FILES}",
+        )
+    return files
 
 
 def open_files_limit() -> int:

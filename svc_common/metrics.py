@@ -41,7 +41,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from svc_common import edge_log
 from svc_common.cli_common import MetricsSettings
-from svc_common.fd_limit import raise_open_files_limit
+from svc_common.fd_limit import ensure_open_files_limit
 from svc_common.grpc_server import CountFamily
 from svc_common.logging import write_lifecycle_line
 from svc_common.settings import split_host_port
@@ -294,7 +294,7 @@ def serve_until_stopped(
     for SIGINT/SIGTERM (`stop`, from catch_stop_signals), stop the server (its drain) and log
     "stopped". The "serving" and "stopped" lines are written whatever the log level."""
     log = structlog.get_logger(service)
-    files = raise_open_files_limit()
+    files = ensure_open_files_limit()
     with serving(metrics_at, service) as metrics:
         served, port = start()
         if metrics is not None:
