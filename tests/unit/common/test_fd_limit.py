@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from demo.processes import BIN
 from svc_common.fd_limit import MIN_OPEN_FILES, open_files_limit, raise_open_files_limit
 
 
@@ -37,6 +38,10 @@ def test_a_low_soft_limit_is_raised_up_to_the_hard_one(limits: tuple[int, int]) 
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == wanted
 
 
+# By path: `make test` does not put the venv's bin directory on PATH.
+DSP_SERVE = [str(BIN / "uid2-dsp"), "serve", "--name", "d", "--listen", "127.0.0.1:0"]
+
+
 def _limited_to(files: int) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
@@ -45,7 +50,7 @@ def test_a_service_refuses_a_limit_too_low_to_serve_with_one_line() -> None:
     """Misconfiguration review: under `ulimit -n 16` the operator aborted in gRPC core
     ("epoll_create1 unavailable", SIGABRT, exit 134)."""
     done = subprocess.run(
-        ["uid2-dsp", "serve", "--name", "d", "--listen", "127.0.0.1:0"],
+        DSP_SERVE,
         preexec_fn=_limited_to(16),
         capture_output=True,
         text=True,
@@ -60,7 +65,7 @@ def test_a_service_refuses_a_limit_too_low_to_serve_with_one_line() -> None:
 
 def test_a_service_serves_at_the_least_limit_it_takes() -> None:
     proc = subprocess.Popen(
-        ["uid2-dsp", "serve", "--name", "d", "--listen", "127.0.0.1:0"],
+        DSP_SERVE,
         preexec_fn=_limited_to(MIN_OPEN_FILES),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
