@@ -111,7 +111,7 @@ def _config(settings: FlagsWithEnv) -> DspConfig:
         mode=mode,
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
         tls=server_tls(settings),
-        peer_tls=peer_tls(settings),
+        peer_tls=peer_tls(settings, ("operator", operator)),
     )
 
 

@@ -160,13 +160,15 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
     data_dir = settings.required("data-dir")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError("--data-dir is not a directory")
+    operator_address = settings.required_value("operator-address", dial_address)
+    ssp_address = settings.required_value("ssp-address", dial_address)
     return PublisherConfig(
         listen=settings.required_value("listen", host_port),
         data_dir=data_dir,
-        operator_address=settings.required_value("operator-address", dial_address),
+        operator_address=operator_address,
         operator_api_key=settings.required_value("operator-api-key", api_key),
         site_id=settings.required_value("site-id", integer_in(1, MAX_SITE_ID)),
-        ssp_address=settings.required_value("ssp-address", dial_address),
+        ssp_address=ssp_address,
         ssp_api_key=settings.required_value("ssp-api-key", api_key),
         storage_mode=settings.value("storage-mode", choice(StorageMode), StorageMode.SERVER),
         on_behalf_of_site_id=settings.value("on-behalf-of-site-id", integer_in(0, MAX_SITE_ID), 0),
@@ -184,7 +186,9 @@ def parse_config(args: argparse.Namespace) -> PublisherConfig:
         serve_refresh_budget_s=settings.value("serve-refresh-budget", _seconds, 0.3),
         log_level=settings.value("log-level", log_level, "INFO"),
         tls=server_tls(settings),
-        peer_tls=peer_tls(settings),
+        peer_tls=peer_tls(
+            settings, ("operator-address", operator_address), ("ssp-address", ssp_address)
+        ),
     )
 
 

@@ -228,18 +228,21 @@ def _config(settings: FlagsWithEnv, bidder_flags: list[str] | None) -> SspConfig
     operator = settings.value("operator", dial_address, None)
     operator_api_key = settings.value("operator-api-key", api_key, None)
     both_or_neither(settings, "operator", "operator-api-key")
+    bidders = _bidders(settings, bidder_specs)
     return SspConfig(
         listen=settings.value("listen", host_port, "127.0.0.1:0"),
         data_dir=None if data_dir is None else Path(data_dir),
         publishers_file=None if publishers_file is None else Path(publishers_file),
         operator=operator,
         operator_api_key=operator_api_key,
-        bidders=_bidders(settings, bidder_specs),
+        bidders=bidders,
         tmax_ms=settings.value("tmax-ms", integer_in(1, MAX_TMAX_MS), 150),
         key_refresh_s=settings.value("key-refresh-s", KEY_REFRESH_SECONDS, 3600.0),
         stream_buffer=settings.value("stream-buffer", integer_in(1, MAX_STREAM_BUFFER), 1024),
         tls=server_tls(settings),
-        peer_tls=peer_tls(settings),
+        peer_tls=peer_tls(
+            settings, ("operator", operator), *(("bidder", b.address) for b in bidders)
+        ),
     )
 
 

@@ -22,7 +22,7 @@ from typing import NoReturn, TypeVar
 import structlog
 
 from svc_common.sensitive import NOT_SHOWN, may_be_sensitive
-from svc_common.settings import SettingError, boolean, host_port
+from svc_common.settings import SettingError, boolean, host_port, lists_addresses
 from svc_common.tls import (
     PeerTls,
     ServerTls,
@@ -271,9 +271,28 @@ def server_tls(settings: FlagsWithEnv) -> ServerTls | None:
         raise UsageError(f"--client-ca (or {settings.env_name('client-ca')}): {exc}") from None
 
 
-def peer_tls(settings: FlagsWithEnv) -> PeerTls | None:
+def peer_tls(settings: FlagsWithEnv, *dialled: tuple[str, str | None]) -> PeerTls | None:
     """How a `serve` connects to the servers it calls: the CAs it trusts for them (--peer-ca)
-    and the certificate it presents (--peer-cert and --peer-key), or None for plaintext."""
+    and the certificate it presents (--peer-cert and --peer-key), or None for plaintext.
+    `dialled`: (flag, address) of each peer it calls, checked for a dial TLS cannot make."""
+    tls = _peer_tls(settings)
+    if tls is None:
+        return None
+    for flag, address in dialled:
+        if address is not None and lists_addresses(address):
+            # Review: every call then failed "Hostname Verification Check failed", told to the
+            # caller as a certificate problem, though each peer's certificate was right.
+            raise UsageError(
+                f"{settings.spelled(flag)}: a list of addresses cannot be dialled over TLS "
+                f"({settings.spelled('peer-ca')}): gRPC checks every peer's certificate against "
+                "the whole list as one name, which no certificate holds; give "
+                "dns:///NAME:PORT, a name that resolves to every address and that each "
+                "certificate names"
+            )
+    return tls
+
+
+def _peer_tls(settings: FlagsWithEnv) -> PeerTls | None:
     pair = _cert_and_key(settings, "peer-cert", "peer-key")
     if pair is not None and settings.text("peer-ca") is None:
         raise UsageError(

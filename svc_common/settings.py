@@ -167,6 +167,12 @@ def dial_address(text: str) -> str:
     return target
 
 
+def lists_addresses(address: str) -> bool:
+    """Whether a `dial_address` lists more than one address (ipv4:A:P,B:P or ipv6:...)."""
+    resolver = _RESOLVER_TARGET.fullmatch(address.strip())
+    return resolver is not None and resolver.group(1).lower() != "dns" and "," in address
+
+
 class UndiallableAddress(SettingError):
     """A peer address refused; `why` (" (...)", or "") says why when the address has the
     right shape and still cannot be dialled: the shape alone would not tell."""

@@ -493,3 +493,49 @@ def test_a_call_without_tls_to_a_tls_peer_is_told_from_an_outage(files: TlsFiles
     # A peer that is down is not taken for one.
     down = _health_check_failure(f"127.0.0.1:{served.port}", None, timeout_s=5)
     assert (down.code, down.reason) == (grpc.StatusCode.UNAVAILABLE, "")
+
+
+_LIST = "ipv4:127.0.0.1:50051,127.0.0.1:50052"
+_OPERATOR = ["--operator", _LIST, "--operator-api-key", "k"]
+# (main, its index in SERVES, the peer flags, how the error names them)
+_LISTED_PEERS = [
+    (ssp_cli.main, 1, _OPERATOR, "--operator (or UID2_SSP_OPERATOR)"),
+    (ssp_cli.main, 1, ["--bidder", f"b={_LIST}"], "--bidder (or UID2_SSP_BIDDERS)"),
+    (dsp_cli.main, 2, _OPERATOR, "--operator (or UID2_DSP_OPERATOR)"),
+    (publisher_cli.main, 3, ["--operator-address", _LIST], "UID2_PUBLISHER_OPERATOR_ADDRESS"),
+    (
+        publisher_cli.main,
+        3,
+        ["--ssp-address", _LIST],
+        "--ssp-address (or UID2_PUBLISHER_SSP_ADDRESS)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("main", "service", "peer", "named"), _LISTED_PEERS)
+def test_serve_refuses_a_list_of_addresses_over_tls_in_one_line(
+    main: Main,
+    service: int,
+    peer: list[str],
+    named: str,
+    files: TlsFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deployment review: with TLS every call to an ipv4: list failed "Hostname Verification
+    Check failed" (gRPC checks each certificate against the whole list), told to callers as a
+    certificate problem, while the service reported SERVING."""
+    argv = [*SERVES[service][1](tmp_path), *peer, "--peer-ca", str(files.ca)]
+    err = _one_error_line(main, argv, capsys)
+    assert named in err and "cannot be dialled over TLS" in err and "dns:///NAME:PORT" in err
+
+
+def test_one_address_or_a_name_is_dialled_over_tls(files: TlsFiles, tmp_path: Path) -> None:
+    for operator in ("ipv4:127.0.0.1:50051", "dns:///operator.internal:50051"):
+        argv = [*_publisher(tmp_path), "--operator-address", operator, "--peer-ca", str(files.ca)]
+        config = publisher_cli.parse_config(publisher_cli._parser().parse_args(argv))
+        assert (config.operator_address, config.peer_tls is not None) == (operator, True)
+    # Without TLS the list is dialled as it is: gRPC balances over its addresses.
+    argv = [*_publisher(tmp_path), "--operator-address", _LIST]
+    config = publisher_cli.parse_config(publisher_cli._parser().parse_args(argv))
+    assert config.operator_address == _LIST
