@@ -34,8 +34,9 @@ _PEER_NAMES = {"OPERATOR": "the UID2 operator", "SSP": "the SSP"}
 _MISCONFIGURED = {
     TLS_HANDSHAKE_FAILED: "the TLS handshake failed (check --peer-ca and the peer's certificate)",
     CONNECTION_CLOSED: (
-        "it closed the connection at once (a peer serving TLS does so to a call without it: "
-        "check --peer-ca)"
+        "it closed the connection at once (a peer serving TLS does so to a call without TLS: "
+        "check --peer-ca; one requiring client certificates, to a call without one it trusts: "
+        "check --peer-cert and --peer-key)"
     ),
 }
 

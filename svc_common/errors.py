@@ -70,8 +70,10 @@ _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 # the logs.
 TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
 # The reason of a peer call whose connection the peer closed at once ("Socket closed"): what a
-# TLS server does to a call made without TLS (no --peer-ca), where an outage says "Connection
-# refused". Told apart, so that the logs and the caller can name the likely fix.
+# TLS server does to a call made without TLS (no --peer-ca), or one requiring client
+# certificates to a call without one it trusts, where an outage says "Connection refused" (a
+# peer killed mid-call closes it too). Told apart, so that the logs and the caller can name the
+# likely fix.
 CONNECTION_CLOSED = "CONNECTION_CLOSED"
 # The reason of a call cut short because its caller's deadline passed: logged by the edge for a
 # call the server ended at the deadline, and by a service for a peer call it made with it.

@@ -21,7 +21,7 @@ from publisher_svc import cli as publisher_cli
 from ssp_svc import cli as ssp_cli
 from svc_common import tls
 from svc_common.errors import CONNECTION_CLOSED, TLS_HANDSHAKE_FAILED, failure_fields
-from svc_common.grpc_client import RemoteError, call_with_retry
+from svc_common.grpc_client import RemoteError, call_with_retry, to_remote_error
 from svc_common.settings import SettingError
 from svc_common.tls import (
     load_peer_tls,
@@ -196,6 +196,11 @@ def test_a_server_requiring_client_certs_admits_only_callers_presenting_one_its_
                 with pytest.raises(grpc.RpcError) as exc:
                     health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
                 assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+                # Told from an outage: README names --peer-cert for both reasons.
+                assert to_remote_error(exc.value).reason in (
+                    CONNECTION_CLOSED,
+                    TLS_HANDSHAKE_FAILED,
+                ), exc.value.details()
         admitted = load_peer_tls(str(files.ca), str(files.cert), str(files.key))
         with open_channel(target, admitted) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
