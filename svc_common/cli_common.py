@@ -135,7 +135,11 @@ class FlagsWithEnv:
         for flag in _long_flags(parser):
             known.add(self.env_name(flag))
         return sorted(
-            name for name in environ if name.startswith(self._prefix) and name not in known
+            name
+            for name, value in environ.items()
+            if name.startswith(self._prefix)
+            and name not in known
+            and not _service_link(name, value)
         )
 
     def spelled(self, flag: str) -> str:
@@ -205,6 +209,21 @@ def _long_flags(parser: argparse.ArgumentParser) -> Iterable[str]:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 yield from _long_flags(sub)
+
+
+# The variables Kubernetes sets in every container for each Service of the namespace (a
+# Service "uid2-dsp" gives UID2_DSP_SERVICE_HOST, UID2_DSP_PORT=tcp://10.0.0.5:50061, ...):
+# not settings, and not the deployer's to remove (deployment review).
+_SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://\S+")
+
+
+def _service_link(name: str, value: str) -> bool:
+    if _SERVICE_LINK.fullmatch(name):
+        return True
+    return name.endswith("_PORT") and _SERVICE_LINK_URL.fullmatch(value) is not None
 
 
 def warn_unknown_variables(settings: FlagsWithEnv, parser: argparse.ArgumentParser) -> None:

@@ -76,3 +76,24 @@ def test_a_variable_no_setting_reads_is_named(cli: ModuleType, prefix: str) -> N
     misspelt = prefix + "LISTEN_ADDRESS"
     environ = {name: "x" for name in every} | {misspelt: "1", "UID2_OTHER_THING": "1", "PATH": "/"}
     assert settings.unknown_variables(parser, environ) == [misspelt]
+
+
+def test_kubernetes_service_variables_are_not_taken_for_misspelt_settings() -> None:
+    """Deployment review: a Service named uid2-dsp puts UID2_DSP_SERVICE_HOST, UID2_DSP_PORT
+    and the like in every container of its namespace, and every start warned of them."""
+    settings = dsp_cli.settings_of(argparse.Namespace())
+    linked = {
+        "UID2_DSP_SERVICE_HOST": "10.0.0.5",
+        "UID2_DSP_SERVICE_PORT": "50061",
+        "UID2_DSP_SERVICE_PORT_GRPC": "50061",
+        "UID2_DSP_PORT": "tcp://10.0.0.5:50061",
+        "UID2_DSP_PORT_50061_TCP": "tcp://10.0.0.5:50061",
+        "UID2_DSP_PORT_50061_TCP_PROTO": "tcp",
+        "UID2_DSP_PORT_50061_TCP_PORT": "50061",
+        "UID2_DSP_PORT_50061_TCP_ADDR": "10.0.0.5",
+        "UID2_DSP_METRICS_SERVICE_HOST": "10.0.0.6",
+    }
+    # A variable of that shape that is no Service's is still named.
+    misspelt = {"UID2_DSP_PORT": "50061", "UID2_DSP_OPERATOR_ADDR": "127.0.0.1:1"}
+    assert settings.unknown_variables(dsp_cli._parser(), linked) == []
+    assert settings.unknown_variables(dsp_cli._parser(), misspelt) == sorted(misspelt)
