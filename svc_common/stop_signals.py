@@ -45,6 +45,11 @@ class StopEvent:
     def __init__(self) -> None:
         self._set = False
         self.signal_name: str | None = None
+        # SIGHUPs received: counted, not obeyed (catch_stop_signals says why).
+        self.hangups = 0
+
+    def record_hangup(self, _signum: int, _frame: Any = None) -> None:
+        self.hangups += 1
 
     def record(self, signum: int, _frame: Any = None) -> None:
         if self.signal_name is None:
@@ -107,6 +112,7 @@ def _run_console(cli_module: str) -> int:
     if sys.argv[1:2] == ["serve"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _early_stop.record)
+        signal.signal(signal.SIGHUP, _early_stop.record_hangup)
         _dump_stacks_on_usr1()
         rc = int(importlib.import_module(cli_module).main())
         _exit_anyway_after(EXIT_AFTER_STOP_S, rc)
@@ -172,6 +178,12 @@ def catch_stop_signals() -> StopEvent:
     _dump_stacks_on_usr1()
     signal.signal(signal.SIGINT, stop.record)
     signal.signal(signal.SIGTERM, stop.record)
+    # SIGHUP neither stops nor reloads: by default it killed a service without a drain (exit
+    # 129), when a terminal closed or a supervisor sent its "reload" (s6's svc -h, systemd's
+    # ExecReload). There is nothing to reload: certificates reload on their own, and settings
+    # are read once. `wait_for_signal` logs each one.
+    signal.signal(signal.SIGHUP, stop.record_hangup)
+    stop.hangups = _early_stop.hangups
     # Only now, with the new handlers in place: a stop that came while the service was still
     # importing. Looked at earlier, one arriving in between would have been lost.
     if _early_stop.is_set():
@@ -182,7 +194,7 @@ def catch_stop_signals() -> StopEvent:
 
 def wait_for_signal(stop: StopEvent | None = None) -> None:
     """Blocks the main thread until SIGINT or SIGTERM (or until `stop`, from
-    `catch_stop_signals`, is set), then logs which.
+    `catch_stop_signals`, is set), then logs which; logs `signal_ignored` for SIGHUPs meanwhile.
 
     Why short sleeps, not one long wait: the kernel may deliver a process's SIGTERM to any thread
     that does not block it (grpc's, the refresher's, a pool's). Python then only flags it, and
@@ -190,10 +202,14 @@ def wait_for_signal(stop: StopEvent | None = None) -> None:
     so the service ignored the stop (seen: a publisher still serving 15 s after SIGTERM in a
     loaded test run)."""
     event = stop or catch_stop_signals()
-    event.wait()
     import structlog  # the entry imports nothing heavy before its handlers
 
     log = structlog.get_logger("server")
+    logged_hangups = 0
+    while not event.wait(_SIGNAL_POLL_S):
+        if event.hangups != logged_hangups:
+            logged_hangups = event.hangups
+            log.warning("signal_ignored", signal="SIGHUP", received=logged_hangups)
     if event.signal_name is None:
         log.info("stop_requested")
     else:

@@ -144,3 +144,23 @@ def test_an_admin_command_stopped_by_a_signal_says_so_in_one_line(
     assert stop_signals.run_console(name) == 2
     err = capsys.readouterr().err
     assert err == f"uid2-fake: error: stopped by {signum.name} before it finished\n"
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_sighup_neither_stops_nor_kills_a_service_and_is_logged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deployment review: SIGHUP (a closed terminal, a supervisor's "reload") killed `serve`
+    without a drain, exit 129."""
+    configure_logging(service="test")
+    stop = catch_stop_signals()
+    os.kill(os.getpid(), signal.SIGHUP)  # this process: the default action would end the run
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert not stop.wait(0.5) and stop.hangups == 2
+    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    wait_for_signal(stop)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["event"], e["level"], e.get("received")) for e in lines] == [
+        ("signal_ignored", "warning", 2),
+        ("signal_received", "info", None),
+    ]
