@@ -4,6 +4,7 @@ against the committed baseline (protos/baseline.binpb), rejects a removed field.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -93,3 +94,22 @@ def test_lint_rejects_a_removed_field_even_once_committed(tmp_path: Path) -> Non
     proto.write_text(text.replace(field, ""))
     result = _run(*_lint_breaking_command(), cwd=after)
     assert result.returncode != 0 and "refresh_response_key" in result.stdout + result.stderr
+
+
+def test_the_package_asks_for_a_protobuf_the_generated_stubs_run_on() -> None:
+    """Deployment review: pyproject asked for protobuf>=6.31, while the stubs refuse at import
+    any runtime older than the protoc that made them (7.35.1); only another package's pin kept
+    an install working."""
+    import tomllib
+
+    wanted = re.compile(r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+),")
+    made_for = {
+        tuple(int(n) for n in found.groups())
+        for stub in (REPO / "gen").rglob("*_pb2.py")
+        for found in [wanted.search(stub.read_text())]
+        if found is not None
+    }
+    assert made_for, "no generated stub names its protobuf runtime"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (bound,) = [d.removeprefix("protobuf>=") for d in deps if d.startswith("protobuf")]
+    assert tuple(int(n) for n in bound.split(".")) >= max(made_for), (bound, max(made_for))
