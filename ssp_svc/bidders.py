@@ -15,6 +15,7 @@ import structlog
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
 from svc_common.errors import failure_fields
+from svc_common.grpc_client import to_remote_error
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls
 from svc_common.tls_reload import open_channel
@@ -163,7 +164,9 @@ class BidderPool:
                     outcome, failure = "timeout", exc
                 except grpc.RpcError as err:
                     timed_out = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                    outcome, failure = ("timeout" if timed_out else "error"), err
+                    # As a RemoteError: bidder_failed then tells a bidder that closes our
+                    # connection or fails its TLS handshake from one that is down.
+                    outcome, failure = ("timeout" if timed_out else "error"), to_remote_error(err)
                 except Exception as exc:  # a response that does not parse, or any other surprise
                     outcome, failure = "garbage", exc
             outcomes.append((outcome, failure))

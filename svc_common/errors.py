@@ -80,12 +80,21 @@ CONNECTION_CLOSED = "CONNECTION_CLOSED"
 CALLER_DEADLINE = "CALLER_DEADLINE"
 
 
+def _public_type_name(exc: BaseException) -> str:
+    """The name of the exception's first public class: a library's private class says nothing
+    to whoever reads the log (grpc's _MultiThreadedRendezvous is an RpcError)."""
+    return next(
+        (cls.__name__ for cls in type(exc).__mro__ if not cls.__name__.startswith("_")),
+        type(exc).__name__,
+    )
+
+
 def failure_fields(exc: BaseException) -> dict[str, str]:
     """What to log about a failure: the exception's type and, when it carries them (a peer's
     RemoteError, a raw grpc.RpcError, a ServiceError), its status code and reason. Never its
     message, which may be a peer's text, and a peer's reason only if it has the shape of one.
     Duck-typed so that code knowing nothing of gRPC can log a gRPC failure."""
-    fields = {"error_type": type(exc).__name__}
+    fields = {"error_type": _public_type_name(exc)}
     code: Any = exc.kind if isinstance(exc, ServiceError) else getattr(exc, "code", None)
     if callable(code):  # grpc.RpcError.code() is a method
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,11 @@ from structlog.testing import capture_logs
 from dsp_svc.config import DspConfig
 from dsp_svc.server import create_server as create_dsp
 from ssp_svc.bidders import FAILURE_LOG_INTERVAL_S, BidderPool, BidderTarget, _FailureLog
+from svc_common.errors import CONNECTION_CLOSED, failure_fields
 from svc_common.logging import configure_logging
+from svc_common.tls import load_server_tls
+from tests.support.health_server import health_only_server
+from tests.support.tls_certs import make_tls_files
 from uid2.ssp.v1 import openrtb_pb2
 
 
@@ -85,3 +90,42 @@ def test_failures_held_back_are_written_once_their_interval_is_over_whatever_com
         log.tick(FAILURE_LOG_INTERVAL_S + 2)
     lines = [(e["failures_since_last"], e.get("code")) for e in logs]
     assert lines == [(1, None), (29, "UNAVAILABLE")]
+
+
+def test_a_bidder_that_closes_our_connection_is_told_from_one_that_is_down(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """On-call review: a bidder serving TLS to our plaintext pool (or one requiring client
+    certificates) and one that is down both read `code: UNAVAILABLE, error_type:
+    "_MultiThreadedRendezvous"`, grpc's private class."""
+    files = make_tls_files(tmp_path)
+    served = health_only_server("127.0.0.1:0", tls=load_server_tls(str(files.cert), str(files.key)))
+    configure_logging(service="test")
+    capsys.readouterr()
+    pool = BidderPool(
+        [
+            BidderTarget("tls", f"127.0.0.1:{served.port}"),
+            BidderTarget("gone", f"127.0.0.1:{_closed_port()}"),
+        ]
+    )
+    try:
+        request = openrtb_pb2.BidRequest(id="auction-1")
+        request.imp.add(id="1")
+        assert not pool.fan_out(request, 2000).candidates
+    finally:
+        pool.close()
+        served.stop(0)
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    failed = {x["bidder"]: x for x in lines if x.get("event") == "bidder_failed"}
+    assert failed["tls"]["reason"] == CONNECTION_CLOSED
+    assert "reason" not in failed["gone"]
+    assert {x["error_type"] for x in failed.values()} == {"RemoteError"}
+
+
+def test_a_librarys_private_error_class_is_logged_by_its_public_name() -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{_closed_port()}") as channel:
+        call = channel.unary_unary("/x.Y/Z").future(b"", timeout=5)
+        with pytest.raises(grpc.RpcError) as failed:
+            call.result()
+    assert type(failed.value).__name__.startswith("_")
+    assert failure_fields(failed.value)["error_type"] == "RpcError"
