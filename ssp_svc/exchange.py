@@ -35,6 +35,8 @@ _BY_VERDICT = {
     Verdict.VALID: Disposition.VALID,
     Verdict.EXPIRED: Disposition.DROPPED_EXPIRED,
     Verdict.INVALID: Disposition.DROPPED_INVALID,
+    # The proto's DROPPED_INVALID covers "unknown key"; the call line and /metrics tell it apart.
+    Verdict.KEY_NOT_HELD: Disposition.DROPPED_INVALID,
     Verdict.OPTED_OUT: Disposition.DROPPED_OPTOUT,
     # Privacy first: a token is not sent on while an opt-out for it might still be on its way.
     Verdict.OPTOUTS_LOADING: Disposition.DROPPED_UNVERIFIED,
@@ -50,6 +52,9 @@ class AuctionReport:
     winner: Candidate | None
     disposition: Disposition
     bids_received: int
+    # The decryptor's verdict on the token (None: no token, or tokens pass through unchecked);
+    # finer than the disposition, for the call's log line.
+    verdict: Verdict | None = None
 
 
 def _new_id() -> str:
@@ -134,15 +139,16 @@ class Exchange:
             token=token,
         )
 
-    def disposition(self, imp: Impression) -> Disposition:
+    def disposition(self, imp: Impression) -> tuple[Disposition, Verdict | None]:
+        """What happens to the token, and the decryptor's verdict on it when one was made."""
         if not imp.token:
-            return Disposition.ABSENT
+            return Disposition.ABSENT, None
         if self._checker is None:
-            return Disposition.PASSED_THROUGH
+            return Disposition.PASSED_THROUGH, None
         verdict = self._checker.check(
             imp.token, imp.app_bundle or imp.page_domain, app=bool(imp.app_bundle)
         )
-        return _BY_VERDICT[verdict]
+        return _BY_VERDICT[verdict], verdict
 
     def run(
         self, imp: Impression, *, callers_time_left_ms: Callable[[], int] | None = None
@@ -153,7 +159,7 @@ class Exchange:
         have waited on a key fetch. A caller with no time for an auction is answered
         DEADLINE_EXCEEDED CALLER_DEADLINE and no bid request goes out: an auction nobody waits
         for would still ask every bidder and reach the bid-stream readers."""
-        disposition = self.disposition(imp)
+        disposition, verdict = self.disposition(imp)
         tmax_ms = self._tmax_ms
         if callers_time_left_ms is not None:
             tmax_ms = min(tmax_ms, callers_time_left_ms() - ANSWER_MARGIN_MS)
@@ -168,4 +174,4 @@ class Exchange:
         self._hub.publish(request, self._clock.now_ms())
         fanned = self._fan_out(request, tmax_ms)
         winner = run_auction(fanned.candidates, imp.floor_price)
-        return AuctionReport(auction_id, winner, disposition, len(fanned.candidates))
+        return AuctionReport(auction_id, winner, disposition, len(fanned.candidates), verdict)

@@ -5,7 +5,9 @@ import struct
 import threading
 from typing import Any
 
-from bidstream.decryptor.checker import TokenChecker, Verdict
+from structlog.testing import capture_logs
+
+from bidstream.decryptor.checker import KEY_NOT_HELD_LOG_INTERVAL_S, TokenChecker, Verdict
 from bidstream.decryptor.key_cache import (
     NO_KEYS_RETRY_CAP_S,
     PLAUSIBLE_NEW_KEY_IDS,
@@ -20,6 +22,7 @@ from tests.unit.ssp.support import (
     KeySet,
     fixed_clock,
     loaded_optouts,
+    make_key,
     mint,
     raw_uid_b64,
 )
@@ -140,11 +143,71 @@ def test_only_a_key_id_the_operator_may_have_issued_since_asks_for_keys() -> Non
     fetched = cache.successes
     for key_id in (5, 150, 201 + PLAUSIBLE_NEW_KEY_IDS + 1, 2**32 - 1):
         junk = _naming_master_key(mint(keys), key_id)
-        assert checker.check(junk, DOMAIN) is Verdict.INVALID
+        assert checker.check(junk, DOMAIN) is Verdict.KEY_NOT_HELD
     assert cache.successes == fetched and not cache.due()  # no fetch asked for
     # Just above the highest: perhaps issued since the last fetch, worth asking for.
-    assert checker.check(_naming_master_key(mint(keys), 202), DOMAIN) is Verdict.INVALID
+    assert checker.check(_naming_master_key(mint(keys), 202), DOMAIN) is Verdict.KEY_NOT_HELD
     assert cache.due()
+
+
+def test_a_key_we_are_not_given_is_told_from_a_forged_token() -> None:
+    # A site that stopped sharing with us (`sharing allow` for others only): its tokens decrypt
+    # with the master key but name a site key the operator does not give us. Not INVALID.
+    keys = KeySet(fixed_clock())
+    checker, cache, _ = checker_for(keys, early_min_interval_s=0.0)
+    unshared = make_key(150, 11, 43, now=keys.now_s())  # below 201: no early fetch either
+    token = mint(keys, site_key=unshared)
+    assert checker.check(token, DOMAIN) is Verdict.KEY_NOT_HELD
+    assert not cache.due()
+    assert checker.check(_naming_master_key(mint(keys), 5), DOMAIN) is Verdict.KEY_NOT_HELD
+    # A genuine token tampered with is still INVALID, as is a genuine one on the wrong page.
+    tampered = mint(keys)
+    tampered = tampered[:-5] + ("A" if tampered[-5] != "A" else "B") + tampered[-4:]
+    assert checker.check(tampered, DOMAIN) is Verdict.INVALID
+    assert checker.check(mint(keys, client_side=True), "evil.example.org") is Verdict.INVALID
+
+
+def test_verdicts_are_counted_from_zero() -> None:
+    keys = KeySet(fixed_clock())
+    checker, _, _ = checker_for(keys)
+    assert checker.verdict_counts() == dict.fromkeys(Verdict, 0)
+    checker.check(mint(keys), DOMAIN)
+    checker.check(mint(keys, site_key=make_key(150, 11, 43, now=keys.now_s())), DOMAIN)
+    checker.check(mint(keys, site_key=make_key(151, 11, 43, now=keys.now_s())), DOMAIN)
+    checker.check("garbage!", DOMAIN)
+    counts = checker.verdict_counts()
+    assert counts[Verdict.VALID] == 1 and counts[Verdict.INVALID] == 1
+    assert counts[Verdict.KEY_NOT_HELD] == 2
+    assert set(counts) == set(Verdict) and sum(counts.values()) == 4
+
+
+def test_tokens_naming_keys_not_held_are_logged_once_per_interval() -> None:
+    clock = fixed_clock()
+    keys = KeySet(clock)
+    cache = KeyCache(keys.body, clock)
+    assert cache.refresh()
+    checker = TokenChecker(
+        cache, loaded_optouts(), clock, early_refresh_wait_s=0.0, monotonic=clock.monotonic_s
+    )
+    tokens = [mint(keys, site_key=make_key(k, 11, 43, now=keys.now_s())) for k in (150, 151)]
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert checker.check(tokens[0], DOMAIN) is Verdict.KEY_NOT_HELD
+        assert checker.check(tokens[1], DOMAIN) is Verdict.KEY_NOT_HELD
+        clock.advance(int(KEY_NOT_HELD_LOG_INTERVAL_S * 1000) - 1)
+        assert checker.check(mint(keys), DOMAIN) is Verdict.VALID
+        clock.advance(1)
+        # The interval over: the next check, whatever its verdict, writes what was held back.
+        assert checker.check(mint(keys), DOMAIN) is Verdict.VALID
+        assert checker.check(mint(keys), DOMAIN) is Verdict.VALID
+    lines = [e for e in logs if e["event"] == "tokens_naming_keys_not_held"]
+    assert [(e["tokens_since_last"], e["key_id"], e["status"]) for e in lines] == [
+        (1, 150, "NOT_AUTHORIZED_FOR_KEY"),
+        (3, 151, "NOT_AUTHORIZED_FOR_KEY"),
+    ]
+    assert all(e["log_level"] == "warning" for e in lines)
+    for token in tokens:  # never the token, nor a piece of it
+        assert token[20:60] not in repr(logs)
 
 
 def test_many_threads_share_one_checker() -> None:

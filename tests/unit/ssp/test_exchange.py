@@ -10,11 +10,19 @@ from bidstream.eids import uid2_token
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import Disposition
 from ssp_svc.bidders import FanOutResult
-from ssp_svc.exchange import AuctionReport, Exchange
+from ssp_svc.exchange import _BY_VERDICT, AuctionReport, Exchange
 from ssp_svc.store.accounts import Account, AccountKind
 from ssp_svc.stream_hub import StreamHub
 from svc_common.errors import ErrorKind, ServiceError
-from tests.unit.ssp.support import DOMAIN, KeySet, fixed_clock, loaded_optouts, mint, raw_uid_b64
+from tests.unit.ssp.support import (
+    DOMAIN,
+    KeySet,
+    fixed_clock,
+    loaded_optouts,
+    make_key,
+    mint,
+    raw_uid_b64,
+)
 from uid2.ssp.v1 import openrtb_pb2
 
 PUB = Account("p1", "Pub", AccountKind.PUBLISHER, ("example.com",))
@@ -136,6 +144,28 @@ def test_decrypting_drops_bad_tokens() -> None:
     # The raw UID2 never appears in anything sent.
     for req in bidders.seen:
         assert raw_uid_b64(1).encode() not in req.SerializeToString()
+
+
+def test_a_token_naming_a_key_not_held_is_dropped_invalid_on_the_wire() -> None:
+    # The proto's DROPPED_INVALID covers an unknown key: the report keeps the verdict apart.
+    clock = fixed_clock()
+    keys = KeySet(clock)
+    cache = KeyCache(keys.body, clock)
+    cache.refresh()
+    bidders = Bidders(2.0)
+    ex, _ = exchange(bidders, TokenChecker(cache, loaded_optouts(), clock))
+    unshared = mint(keys, site_key=make_key(150, 11, 43, now=keys.now_s()))
+    report = submit(ex, token=unshared)
+    assert report.disposition is Disposition.DROPPED_INVALID
+    assert report.verdict is Verdict.KEY_NOT_HELD
+    assert uid2_token(bidders.seen[-1]) is None
+    assert submit(ex, token="A4notatoken" * 5).verdict is Verdict.INVALID
+    assert submit(ex, token=mint(keys)).verdict is Verdict.VALID
+    assert submit(ex).verdict is None  # no token, nothing checked
+
+
+def test_every_verdict_has_a_disposition() -> None:
+    assert set(_BY_VERDICT) == set(Verdict)
 
 
 def test_a_checking_ssp_without_keys_sends_no_token_on() -> None:
