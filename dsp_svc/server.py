@@ -71,6 +71,7 @@ def create_server(
         )
     if decryptor is not None:
         served.readings = decryptor.readings
+        served.counts.append(decryptor.verdict_family())
     if stop is not None and stop.is_set():
         # Stopped during start-up (the opt-out wait given up): neither health nor the log
         # says ready for a server whose caller is about to drain it.

@@ -132,6 +132,7 @@ def create_server(
     served.before_drain.append(hub.close)
     if decryptor is not None:
         served.readings = decryptor.readings
+        served.counts.append(decryptor.verdict_family())
     served.counts.append(
         CountFamily(
             "uid2_ssp_bidder_outcomes",

@@ -13,6 +13,7 @@ from bidstream.decryptor.key_cache import KeyCache, KeyRefresher
 from bidstream.decryptor.operator_client import OperatorClient
 from bidstream.decryptor.optouts import OptOutSet, OptOutWatcher
 from svc_common.clock import Clock
+from svc_common.grpc_server import CountFamily
 from svc_common.stop_signals import StopRequested
 from svc_common.tls import PeerTls
 
@@ -55,6 +56,22 @@ class Decryptor:
             "optouts_loaded": 1.0 if self.optouts.loaded.is_set() else 0.0,
             "optout_stream_connected": 1.0 if self.watcher.connected.is_set() else 0.0,
         }
+
+    def verdict_counts(self) -> dict[tuple[str, ...], float]:
+        """(verdict,) -> tokens checked so far, every verdict from 0 (/metrics)."""
+        return {(v.value,): float(n) for v, n in self.checker.verdict_counts().items()}
+
+    def verdict_family(self) -> CountFamily:
+        """The tokens this process checked, by verdict, as a /metrics counter: KEY_NOT_HELD
+        (a key not shared with us, or not yet fetched) told from INVALID (forged, tampered,
+        the wrong page), which the SSP's answer does not tell apart."""
+        return CountFamily(
+            "uid2_decryptor_token_verdicts",
+            "Tokens checked, by verdict: VALID, EXPIRED, INVALID, KEY_NOT_HELD, OPTED_OUT, "
+            "NO_KEYS, OPTOUTS_LOADING",
+            ("verdict",),
+            self.verdict_counts,
+        )
 
 
 def start_decryptor(
