@@ -67,6 +67,13 @@ class Bidder:
         return self._checker.check(token, channel or None, app=app)
 
     def bid(self, request: openrtb_pb2.BidRequest) -> openrtb_pb2.BidResponse:
+        return self.bid_with_verdict(request)[0]
+
+    def bid_with_verdict(
+        self, request: openrtb_pb2.BidRequest
+    ) -> tuple[openrtb_pb2.BidResponse, Verdict | None]:
+        """The answer, and the token's verdict (None: no token, no keys to check it, or the
+        request not looked at: told to fail or answer garbage, or malformed)."""
         if self._delay_s:
             self._sleep(self._delay_s)
         if self._mode is Mode.FAIL or (self._fail_rate and self._rng() < self._fail_rate):
@@ -79,16 +86,16 @@ class Bidder:
                         seat=self.name, bid=[openrtb_pb2.Bid(id="x", impid="?", price=math.nan)]
                     )
                 ],
-            )
+            ), None
         if not 0 < len(request.imp) <= MAX_IMPS or len({i.id for i in request.imp}) != len(
             request.imp
         ):
             # One bid per impression: 1M empty ones in a 2 MB request made a 92 MB answer.
-            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_INVALID_REQUEST)
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_INVALID_REQUEST), None
         verdict = self.verdict(request)
         self._verdicts.add(verdict.value if verdict else "NONE")
         if verdict is Verdict.OPTED_OUT:
-            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNMATCHED_USER)
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNMATCHED_USER), verdict
         identified = verdict is Verdict.VALID
         price = self._base + (self._bonus if identified else 0.0)
         bids = [
@@ -103,7 +110,7 @@ class Bidder:
             if price > 0 and price >= imp.bidfloor
         ]
         if not bids:
-            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNKNOWN)
+            return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNKNOWN), verdict
         return openrtb_pb2.BidResponse(
             id=request.id, cur="USD", seatbid=[openrtb_pb2.SeatBid(seat=self.name, bid=bids)]
-        )
+        ), verdict

@@ -19,6 +19,10 @@ class BidderServicer(openrtb_pb2_grpc.BidderServiceServicer):
         # is not our SSP may send anything there, an email included).
         if loggable_id(request.id):
             call_context.bind(auction_id=request.id)
-        response = self._bidder.bid(request)
+        response, verdict = self._bidder.bid_with_verdict(request)
+        if verdict is not None:
+            # The decryptor's verdict, never the token: KEY_NOT_HELD (a key not shared with us)
+            # is told from INVALID (forged) here, as on /metrics.
+            call_context.bind(token_verdict=verdict.value)
         call_context.bind(bids=sum(len(s.bid) for s in response.seatbid))
         return response

@@ -84,6 +84,10 @@ class SspServicer(ssp_pb2_grpc.SspServiceServicer):
             bids=report.bids_received,
             filled=report.winner is not None,
         )
+        if report.verdict is not None:
+            # Finer than the disposition the caller is answered: KEY_NOT_HELD (a key not shared
+            # with us, or not fetched yet) and INVALID (forged) are both DROPPED_INVALID.
+            call_context.bind(token_verdict=report.verdict.value)
         response = ssp_pb2.SubmitImpressionResponse(
             auction_id=report.auction_id,
             outcome=ssp_pb2.AUCTION_OUTCOME_NO_FILL,
