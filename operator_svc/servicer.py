@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from operator_svc.caller_log import bind_caller
 from operator_svc.domain.mapping import UnmappedReason
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.privacy import Privacy
@@ -94,9 +95,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self._op = operator
 
     def _client(self, context: Any) -> Client:
-        client = self._op.auth.authenticate(bearer_token(context))
-        call_context.bind(site_id=client.site_id)
-        return client
+        return self._op.auth.authenticate(bearer_token(context), known=bind_caller)
 
     def GenerateToken(
         self, request: operator_pb2.GenerateTokenRequest, context: Any

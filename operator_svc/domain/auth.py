@@ -11,6 +11,7 @@ bytes, so a fast hash is enough; only the hash is stored."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from operator_svc.domain.api_keys import api_key_id, hash_api_key
 from operator_svc.domain.state import Client, OperatorState
@@ -23,7 +24,11 @@ class Authenticator:
     def __init__(self, state: OperatorState) -> None:
         self._state = state
 
-    def authenticate(self, api_key: str | None) -> Client:
+    def authenticate(
+        self, api_key: str | None, known: Callable[[Client], None] | None = None
+    ) -> Client:
+        """The client whose key this is. `known` is called with it once the key matches, before
+        it is refused as disabled: the caller's log line then says whose key was refused."""
         if not api_key:
             raise unauthenticated("MISSING_API_KEY", "an API key is required")
         key_id = api_key_id(api_key)
@@ -32,6 +37,8 @@ class Authenticator:
             hash_api_key(client.key_salt, api_key), client.key_hash
         ):
             raise unauthenticated("INVALID_API_KEY", "the API key is not valid")
+        if known is not None:
+            known(client)
         if client.disabled:
             raise unauthenticated("CLIENT_DISABLED", "the API key is disabled")
         return client

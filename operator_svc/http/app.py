@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 
+from operator_svc.caller_log import bind_caller
 from operator_svc.domain.client_side import REQUEST_TOO_OLD
 from operator_svc.domain.operator import Operator
 from operator_svc.domain.state import Client
@@ -418,8 +419,9 @@ class HttpApi:
         op = self._op
 
         async def handle(request: web.Request) -> web.Response:
-            client = op.auth.authenticate(bearer_key(request.headers.getall("Authorization", ())))
-            call_context.bind(site_id=client.site_id)
+            client = op.auth.authenticate(
+                bearer_key(request.headers.getall("Authorization", ())), known=bind_caller
+            )
             body = await self._read(request, held_per_byte=HELD_PER_BODY_BYTE)
             binary = _is_binary(request.headers.get("Content-Type"))
             secret = decode_secret(client.secret)
