@@ -15,6 +15,8 @@ import structlog
 from ssp_svc.auction import Candidate
 from ssp_svc.bid_request import CURRENCY
 from svc_common.errors import failure_fields
+from svc_common.failure_log import FAILURE_LOG_INTERVAL_S as FAILURE_LOG_INTERVAL_S
+from svc_common.failure_log import FailureLog
 from svc_common.grpc_client import to_remote_error
 from svc_common.impression_limits import MAX_FLOOR_PRICE
 from svc_common.tls import PeerTls
@@ -92,38 +94,21 @@ def best_valid_bid(
     return best
 
 
-# At most one `bidder_failed` line per bidder this often.
-FAILURE_LOG_INTERVAL_S = 30.0
-
-
-class _FailureLog:
+class _FailureLog(FailureLog):
     """A bidder down, refusing us or answering garbage otherwise shows only as auctions without
     its bids. Its first failure is logged at once, then at most one line per
     FAILURE_LOG_INTERVAL_S with the failures since (the last one's code): a bidder that misses
     one auction in five (normal in real-time bidding) is a line every 30 s, not two per miss.
     Failures held back are written once their interval is over, at the bidder's next auction
-    whatever its outcome, not at its next failure, which may be hours later. Callers hold the
-    pool's lock."""
+    whatever its outcome (`tick`), not at its next failure, which may be hours later. Callers
+    hold the pool's lock."""
 
     def __init__(self, bidder: str) -> None:
-        self._log = _log.bind(bidder=bidder)
-        self._logged_at: float | None = None
-        self._since = 0
-        self._last: dict[str, str] = {}
+        # At most one `bidder_failed` line per bidder every FAILURE_LOG_INTERVAL_S.
+        super().__init__(_log.bind(bidder=bidder), "bidder_failed", every_s=FAILURE_LOG_INTERVAL_S)
 
     def failed(self, failure: BaseException, now: float) -> None:
-        self._since += 1
-        self._last = failure_fields(failure)
-        self.tick(now)
-
-    def tick(self, now: float) -> None:
-        """Writes the failures held back, if any, once their interval is over."""
-        if not self._since:
-            return
-        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_INTERVAL_S:
-            return
-        self._log.warning("bidder_failed", failures_since_last=self._since, **self._last)
-        self._logged_at, self._since = now, 0
+        self.record(failure_fields(failure), now)
 
 
 class BidderPool:
