@@ -1,13 +1,19 @@
 """What a caller hears when the publisher's call to a peer (the operator, the SSP) fails, or
-waited for another call of the user's past the caller's deadline: one ServiceError each."""
+waited for another call of the user's past the caller's deadline: one ServiceError each. A
+failure that is the peer's or our configuration's is also a `peer_failed` warning (PeerFailures),
+so that it shows at --log-level WARNING, where the per-call lines do not."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+
+import structlog
 
 from publisher_svc.limits import OPERATOR_BUSY, SSP_BUSY
 from publisher_svc.model import CALLER_DEADLINE, PeerError
 from svc_common import call_context
+from svc_common.clock import Monotonic
 from svc_common.errors import (
     CONNECTION_CLOSED,
     TLS_HANDSHAKE_FAILED,
@@ -16,6 +22,9 @@ from svc_common.errors import (
     failure_fields,
     unavailable,
 )
+from svc_common.failure_log import FailureLog
+
+_log = structlog.get_logger("publisher")
 
 _BUSY = frozenset({OPERATOR_BUSY, SSP_BUSY})
 
@@ -41,8 +50,50 @@ _MISCONFIGURED = {
 }
 
 
+class PeerFailures:
+    """The `peer_failed` warnings: a key of the wrong role, an operator or SSP down, otherwise
+    show only on the per-call lines, which are info. One FailureLog per peer and reason
+    (OPERATOR_REJECTED, SSP_UNAVAILABLE, ...): its first failure at once, then at most one line
+    per 30 s with `failures_since_last` and the last one's fields; failures held back are
+    written at the peer's next call after the 30 s (`tick`), whatever its outcome. Shared by
+    the handlers' threads and the background refresher's: every use holds the lock. A line
+    carries the context of the call it is written in (its request id), so `failed` is called
+    before peer_failure binds the failure's own fields to that call: a held-back line of
+    another reason written then must not take them."""
+
+    def __init__(self, monotonic: Monotonic) -> None:
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._logs: dict[tuple[str, str], FailureLog] = {}
+
+    def failed(self, peer: str, fields: dict[str, str]) -> None:
+        now = self._monotonic.monotonic_s()
+        key = (peer, fields["reason"])
+        with self._lock:
+            log = self._logs.get(key)
+            if log is None:
+                log = self._logs[key] = FailureLog(_log.bind(peer=peer.lower()), "peer_failed")
+            log.record(fields, now)
+            self._tick(peer, now)
+
+    def tick(self, peer: str) -> None:
+        """A call to `peer` answered: writes its failures held back past their interval."""
+        now = self._monotonic.monotonic_s()
+        with self._lock:
+            self._tick(peer, now)
+
+    def _tick(self, peer: str, now: float) -> None:
+        for (of, _), log in self._logs.items():
+            if of == peer:
+                log.tick(now)
+
+
 def peer_failure(
-    err: PeerError, peer: str, *, caller_input: Callable[[PeerError], bool] | None = None
+    err: PeerError,
+    peer: str,
+    *,
+    failures: PeerFailures,
+    caller_input: Callable[[PeerError], bool] | None = None,
 ) -> ServiceError:
     """What the caller hears of a failed call to `peer` ("OPERATOR" or "SSP").
 
@@ -52,7 +103,11 @@ def peer_failure(
     which): the caller's own mistake, which it can fix, with the peer's code and reason. Any
     other refusal of a well-formed request means our credentials or configuration are wrong:
     FAILED_PRECONDITION <peer>_REJECTED, with the peer's code and reason in the ErrorInfo
-    metadata (peerCode, peerReason)."""
+    metadata (peerCode, peerReason).
+
+    Only the peer's failures and ours are warned of in `failures` (the caller's deadline and
+    input are its own; BUSY is our own shedding, counted in /metrics, the peer not asked),
+    with no more than the call's line says of them."""
     name = _PEER_NAMES[peer]
     if err.reason == CALLER_DEADLINE:
         # The caller gave up: logged as what it saw, not as the peer's failure.
@@ -68,9 +123,14 @@ def peer_failure(
             )
         hint = _MISCONFIGURED.get(err.reason)
         if hint is None:
+            failures.failed(peer, {"code": "UNAVAILABLE", "reason": f"{peer}_UNAVAILABLE"})
             return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached")
         # Likely not an outage: the call's line says so (its reason stays the peer's), and
         # the caller hears what to check.
+        failures.failed(
+            peer,
+            {"code": "UNAVAILABLE", "reason": f"{peer}_UNAVAILABLE", "peer_failure": err.reason},
+        )
         call_context.bind(peer_failure=err.reason)
         return unavailable(f"{peer}_UNAVAILABLE", f"{name} cannot be reached: {hint}")
     if caller_input is not None and err.reason and caller_input(err):
@@ -80,7 +140,17 @@ def peer_failure(
     # Our key or configuration is wrong: the call's line names the peer's answer (a peer's
     # reason only if it has a reason's shape), so that whoever runs us can see which.
     seen = failure_fields(err)
-    call_context.bind(peer_code=seen.get("code", ""), peer_reason=seen.get("reason", ""))
+    peer_code, peer_reason = seen.get("code", ""), seen.get("reason", "")
+    failures.failed(
+        peer,
+        {
+            "code": "FAILED_PRECONDITION",
+            "reason": f"{peer}_REJECTED",
+            "peer_code": peer_code,
+            "peer_reason": peer_reason,
+        },
+    )
+    call_context.bind(peer_code=peer_code, peer_reason=peer_reason)
     return ServiceError(
         ErrorKind.FAILED_PRECONDITION,
         f"{peer}_REJECTED",
@@ -89,9 +159,16 @@ def peer_failure(
     )
 
 
-def operator_failure(err: PeerError, *, caller_input: bool = False) -> ServiceError:
+def operator_failure(
+    err: PeerError, *, failures: PeerFailures, caller_input: bool = False
+) -> ServiceError:
     # With caller_input, the operator judged the privacy settings the caller gave us.
-    return peer_failure(err, "OPERATOR", caller_input=is_invalid_argument if caller_input else None)
+    return peer_failure(
+        err,
+        "OPERATOR",
+        failures=failures,
+        caller_input=is_invalid_argument if caller_input else None,
+    )
 
 
 def is_invalid_argument(err: PeerError) -> bool:

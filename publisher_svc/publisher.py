@@ -43,6 +43,7 @@ from publisher_svc.model import (
     StorageMode,
 )
 from publisher_svc.peer_failures import (
+    PeerFailures,
     operator_failure,
     peer_failure,
     ssp_input_refused,
@@ -159,6 +160,8 @@ class Publisher:
         # Per-user locks: one refresh per user at a time, and logout / login / opt-out never
         # interleave with a refresh of the same user.
         self._user_locks = UserLocks(monotonic)
+        # The `peer_failed` warnings of every call to the operator and the SSP.
+        self.peer_failures = PeerFailures(monotonic)
         # Users whose refresh the operator just ended (OPTOUT, or the chain over), while that
         # is being written: a call that does not wait for their lock must not serve the token.
         self._ending: dict[str, TokenStatus] = {}
@@ -293,7 +296,8 @@ class Publisher:
         except PeerError as err:
             # The hashed DII is ours and well formed: an INVALID_ARGUMENT is about the
             # caller's privacy settings.
-            raise operator_failure(err, caller_input=True) from None
+            raise operator_failure(err, failures=self.peer_failures, caller_input=True) from None
+        self.peer_failures.tick("OPERATOR")
         now = self.clock.now_ms()
         if result.outcome is GenerateOutcome.OPTOUT:
             _log.info("login_optout")
@@ -430,7 +434,8 @@ class Publisher:
         except PeerError as err:
             if err.unavailable and usable_without_refresh(identity, self.clock.now_ms()):
                 return Step(StepKind.STALE, identity, not_asked=err.reason == OPERATOR_BUSY)
-            raise operator_failure(err) from None
+            raise operator_failure(err, failures=self.peer_failures) from None
+        self.peer_failures.tick("OPERATOR")
         if result.outcome is RefreshOutcome.SUCCESS and result.identity is not None:
             return Step(StepKind.REFRESHED, result.identity)
         if result.outcome is RefreshOutcome.OPTOUT:
@@ -730,7 +735,10 @@ class Publisher:
                 impression = Impression(page_domain, placement_id, floor_price, token, app_bundle)
                 decision = self.ssp.submit_impression(impression)
         except PeerError as err:
-            raise peer_failure(err, "SSP", caller_input=ssp_input_refused) from None
+            raise peer_failure(
+                err, "SSP", failures=self.peer_failures, caller_input=ssp_input_refused
+            ) from None
+        self.peer_failures.tick("SSP")
         return AdResult(decision, bool(token), cookie, clear)
 
     def _ended_meanwhile(
