@@ -240,3 +240,49 @@ def test_a_hung_operator_does_not_hold_up_impressions(
             os.kill(op.proc.pid, signal.SIGCONT)
         assert pub.terminate() == 0
         op.terminate()
+
+
+def test_an_operator_key_of_the_wrong_role_is_a_warning_at_log_level_warning(
+    tmp_path: Path,
+    operator_proc: tuple[ServiceProcess, str],
+    recording_ssp: tuple[RecordingSsp, int],
+) -> None:
+    # The on-call review's repro: an ID_READER key, --log-level WARNING, two Logins. The log
+    # held only the `serving` line: the refusal was on the per-call lines alone (info).
+    op, _ = operator_proc
+    out = run_cli(
+        ["uid2-operator", "client", "add", "--data-dir", str(tmp_path / "op"), "--site-id",
+         "101", "--name", "reader", "--roles", "ID_READER"]
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    reader_key = json.loads(out.stdout)["api_key"]
+    _, ssp_port = recording_ssp
+    pub = _start_publisher(tmp_path, op, reader_key, ssp_port, "--log-level", "WARNING")
+    try:
+        with grpc.insecure_channel(pub.address) as ch:
+            stub = publisher_pb2_grpc.PublisherServiceStub(ch)
+            for user in ("u1", "u2"):
+                with pytest.raises(grpc.RpcError) as failed:
+                    stub.Login(
+                        pb.LoginRequest(
+                            user_id=user,
+                            email=EMAIL,
+                            privacy_settings=operator_pb2.PrivacySettings(
+                                transparency_notice_accepted=True
+                            ),
+                        ),
+                        timeout=10,
+                    )
+                assert failed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        assert pub.terminate() == 0
+    warned = [e for e in pub.events if e.get("event") == "peer_failed"]
+    assert len(warned) == 1, pub.events
+    assert (warned[0]["level"], warned[0]["peer"], warned[0]["reason"]) == (
+        "warning",
+        "operator",
+        "OPERATOR_REJECTED",
+    )
+    assert warned[0]["peer_code"] == "PERMISSION_DENIED" and warned[0]["failures_since_last"] == 1
+    logs = pub.log_text()
+    assert EMAIL not in logs and reader_key not in logs
