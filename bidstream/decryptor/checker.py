@@ -13,6 +13,7 @@ import structlog
 from bidstream.decryptor.key_cache import KeyCache
 from bidstream.decryptor.optouts import OptOutSet
 from svc_common.clock import Clock
+from svc_common.failure_log import FailureLog
 from svc_common.tally import Tally
 from uid2_crypto.tokens import DecryptionStatus, DecryptResult, TokenDecoder
 
@@ -57,29 +58,21 @@ class _KeyNotHeldLog:
     def __init__(self, monotonic: Callable[[], float]) -> None:
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._logged_at: float | None = None
-        self._since = 0
-        self._last: dict[str, object] = {}
+        self._log = FailureLog(
+            _log,
+            "tokens_naming_keys_not_held",
+            every_s=KEY_NOT_HELD_LOG_INTERVAL_S,
+            count_field="tokens_since_last",
+        )
 
     def seen(self, status: DecryptionStatus, key_id: int | None) -> None:
         with self._lock:
-            self._since += 1
-            self._last = {"key_id": key_id, "status": status.name}
-            self._tick()
+            self._log.record({"key_id": key_id, "status": status.name}, self._monotonic())
 
     def tick(self) -> None:
-        if self._since:  # read without the lock: the hot path's usual answer is "nothing held"
+        if self._log.held:  # read without the lock: the hot path's usual answer is "nothing held"
             with self._lock:
-                self._tick()
-
-    def _tick(self) -> None:
-        if not self._since:
-            return
-        now = self._monotonic()
-        if self._logged_at is not None and now - self._logged_at < KEY_NOT_HELD_LOG_INTERVAL_S:
-            return
-        _log.warning("tokens_naming_keys_not_held", tokens_since_last=self._since, **self._last)
-        self._logged_at, self._since = now, 0
+                self._log.tick(self._monotonic())
 
 
 class TokenChecker:
