@@ -115,8 +115,11 @@ class Served:
     readings: Callable[[], Mapping[str, float]] | None = field(default=None, init=False)
     # Its own counters for /metrics, labelled.
     counts: list[CountFamily] = field(default_factory=list, init=False)
+    # What its gRPC health says of it (for /healthz on the /metrics port).
+    serving: bool = field(default=False, init=False)
 
     def set_serving(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

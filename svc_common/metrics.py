@@ -131,6 +131,11 @@ class MetricsServer:
     _server: Any
     _registry: CollectorRegistry
     _service: str
+    _health: _Health
+
+    def serve_health(self, serving: Callable[[], bool]) -> None:
+        """/healthz answers `serving()` from now on (a started server's `Served.serving`)."""
+        self._health.serving = serving
 
     def watch(self, prefix: str, read: Readings | None) -> None:
         """Adds `prefix` + each name `read()` returns, as a gauge, to every scrape (a started
@@ -160,13 +165,14 @@ def start(listen: str, service: str, tls: ServerTls | None = None) -> MetricsSer
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     rpc = RpcMetrics(registry, service)
+    health = _Health()
     try:
-        server = _start_server(host, port, registry, tls)
+        server = _start_server(host, port, _routes(make_wsgi_app(registry), health), tls)
     except OSError as exc:  # named as the gRPC and HTTP listeners' are: three ports to tell apart
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot listen on {listen} (metrics): {reason}") from None
     edge_log.observe_calls(rpc.observe)
-    return MetricsServer(int(server.server_port), server, registry, service)
+    return MetricsServer(int(server.server_port), server, registry, service, health)
 
 
 # Scrapes served at once: past it a connection is closed at once. With the handler's timeout
@@ -192,9 +198,40 @@ class _QuietHandler(WSGIRequestHandler):
         return io.StringIO()
 
 
-def _start_server(
-    host: str, port: int, registry: CollectorRegistry, tls: ServerTls | None
-) -> ThreadingWSGIServer:
+class _Health:
+    """What /healthz says: the gRPC health of the service (`Served.serving`) once it started."""
+
+    def __init__(self) -> None:
+        self.serving: Callable[[], bool] | None = None
+
+    def status(self) -> str:
+        if self.serving is None:
+            return "STARTING"
+        return "SERVING" if self.serving() else "NOT_SERVING"
+
+
+def _routes(metrics_app: Any, health: _Health) -> Any:
+    """/metrics, /healthz (200 SERVING, else 503 and the status: a probe over plain HTTP,
+    without the client certificate --client-ca asks of the gRPC port's health callers), and
+    404 for any other path, where every path answered the metrics before (a probe of "/" then
+    read as healthy)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            status = health.status()
+            code = "200 OK" if status == "SERVING" else "503 Service Unavailable"
+            start_response(code, [("Content-Type", "text/plain; charset=utf-8")])
+            return [status.encode() + b"\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: /metrics or /healthz\n"]
+
+    return app
+
+
+def _start_server(host: str, port: int, app: Any, tls: ServerTls | None) -> ThreadingWSGIServer:
     """prometheus_client's own WSGI app and server class, with a timeout on each connection, a
     bound on them, and (`tls`) the TLS the service's other ports have (its certificate followed
     through renewals). The listening socket is wrapped without a handshake on accept: done
@@ -236,7 +273,7 @@ def _start_server(
             signed) is the scraper's to see: socketserver would print a traceback into the
             service's JSON log."""
 
-    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
     if tls is not None:
         context = ReloadingServerTls(tls, listener="metrics").ssl_context()
         httpd.socket = context.wrap_socket(
@@ -298,6 +335,7 @@ def serve_until_stopped(
     with serving(metrics_at, service) as metrics:
         served, port = start()
         if metrics is not None:
+            metrics.serve_health(lambda: served.serving)
             metrics.watch(readings_prefix, served.readings)
             metrics.count(served.counts)
         # A stop that came during start-up: a supervisor watching for "serving" must not see a

@@ -224,3 +224,13 @@ def test_a_client_side_publisher_shows_its_unrecorded_opt_outs_too(stack: Stack)
         "uid2_publisher_ssp_calls_waiting": 0,
         "uid2_publisher_ssp_calls_shed": 0,
     }
+
+
+def test_every_service_says_its_health_on_the_metrics_port(stack: Stack) -> None:
+    # A plain-HTTP probe (Kubernetes' httpGet) of each running process: SERVING, as its gRPC
+    # health says.
+    for name in stack.procs:
+        serving = next(e for e in stack.procs[name].events if e.get("event") == "serving")
+        url = f"http://127.0.0.1:{serving['metrics_port']}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # the stack's own port
+            assert (name, reply.status, reply.read()) == (name, 200, b"SERVING\n")

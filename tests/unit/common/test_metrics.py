@@ -163,3 +163,31 @@ def test_metrics_over_tls_with_client_cas_answer_only_scrapers_with_a_certificat
         assert "process_" in _scrape(url, scraper)
     finally:
         server.stop()
+
+
+def _status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310  # a test's own 127.0.0.1 URL
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_healthz_says_the_services_health_and_other_paths_are_not_found() -> None:
+    """Deployment review: every path answered 200 with the metrics, so a probe of "/" or
+    "/healthz" said nothing, and a gRPC health probe needs a client certificate under
+    --client-ca (and Kubernetes' own speaks no TLS)."""
+    server = metrics.start("127.0.0.1:0", "svc")
+    base = f"http://127.0.0.1:{server.port}"
+    serving = False
+    try:
+        assert _status(base + "/healthz") == (503, "STARTING\n")
+        server.serve_health(lambda: serving)
+        assert _status(base + "/healthz") == (503, "NOT_SERVING\n")
+        serving = True
+        assert _status(base + "/healthz") == (200, "SERVING\n")
+        assert _status(base + "/metrics")[0] == 200
+        for other in ("/", "/ready", "/metrics/x"):
+            assert _status(base + other)[0] == 404, other
+    finally:
+        server.stop()
