@@ -119,6 +119,7 @@ class Operator:
         syncer, rotator, now_ms = self._syncer, self._rotator, self.clock.now_ms()
         return {
             "optouts": float(len(self.state.optouts)),
+            "optout_streams_open": float(self.optouts.all_open_streams()),
             # Since this process last read the store for other processes' writes.
             "sync_age_seconds": (now_ms - syncer.last_ok_ms) / 1000 if syncer else float("nan"),
             "sync_failures": float(syncer.failures) if syncer else 0.0,

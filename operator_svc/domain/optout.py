@@ -121,6 +121,12 @@ class OptOutService:
         with self._streams_lock:
             return len(self._streams.get(client_name, ()))
 
+    def all_open_streams(self) -> int:
+        """The WatchOptOuts streams open now, every client's (/metrics): a decryptor that
+        drops away, or a fleet nearing the per-client or per-process cap, shows here."""
+        with self._streams_lock:
+            return sum(len(held) for held in self._streams.values())
+
     def _revoked(self, key_id: str) -> bool:
         """The key was disabled, removed or lost ID_READER since the stream opened."""
         client = self._state.clients.get(key_id)

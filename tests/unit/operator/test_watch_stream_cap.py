@@ -32,8 +32,9 @@ def test_a_client_holds_at_most_its_share_of_opt_out_streams(env: Env) -> None:
     with pytest.raises(ServiceError) as exc:
         next(extra)
     assert exc.value.reason == "TOO_MANY_STREAMS_FOR_CLIENT"
-    # Another participant is not affected.
+    # Another participant is not affected; /metrics counts every client's streams.
     other = _opened(env.op.optouts.watch(admin_client, 0, lambda: True))
+    assert env.op.readings()["optout_streams_open"] == MAX_WATCH_STREAMS_PER_CLIENT + 1
     other.close()
     # A closed stream gives its slot back.
     streams[0].close()
@@ -41,6 +42,7 @@ def test_a_client_holds_at_most_its_share_of_opt_out_streams(env: Env) -> None:
     for s in (*streams[1:], again):
         s.close()
     assert env.op.optouts.open_streams(reader.name) == 0
+    assert env.op.readings()["optout_streams_open"] == 0
 
 
 def _active(ended: threading.Event) -> Callable[[], bool]:
