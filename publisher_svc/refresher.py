@@ -92,6 +92,8 @@ class Refresher:
         self.circuit_open_s = circuit_open_s
         self._monotonic: Monotonic = SystemClock() if monotonic is None else monotonic
         self._circuit_until = 0.0
+        # Refreshes in a row that found the operator unreachable (0 once it answers).
+        self._operator_failures = 0
         # While the store refuses writes (a full disk), every refresh would be thrown away
         # after costing the operator a call: passes are skipped for `store_pause_s`.
         self.store_pause_s = store_pause_s
@@ -231,6 +233,7 @@ class Refresher:
                 self._defer(user_id, stored, now)
                 self._open_circuit()
                 return "deferred"
+            self._operator_failures = 0  # the operator answered
             if step.kind is StepKind.REFRESHED:
                 return "refreshed"
             if step.kind is StepKind.OPTOUT:
@@ -244,6 +247,9 @@ class Refresher:
         return {
             "refresh_paused_by_store": 1.0 if now_s < self._store_paused_until else 0.0,
             "refresh_circuit_open": 1.0 if now_s < self._circuit_until else 0.0,
+            # Open for a second at a time, between passes that back off: a scrape seldom
+            # catches it. This stays up for the whole outage (on-call review).
+            "refresh_operator_failures": float(self._operator_failures),
             "refresh_in_flight": float(self.stats.in_flight),
         }
 
@@ -260,8 +266,13 @@ class Refresher:
 
     def _open_circuit(self) -> None:
         now_s = self._monotonic.monotonic_s()
+        self._operator_failures += 1
         if now_s >= self._circuit_until:
-            _log.warning("operator_unavailable", retry_in_s=self.circuit_open_s)
+            _log.warning(
+                "operator_unavailable",
+                retry_in_s=self.circuit_open_s,
+                failures_in_a_row=self._operator_failures,
+            )
         self._circuit_until = now_s + self.circuit_open_s
 
     def _defer(self, user_id: str, stored: StoredIdentity, now: int) -> None:

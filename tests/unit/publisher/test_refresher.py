@@ -207,6 +207,31 @@ def test_circuit_closes_after_its_window_on_the_injected_clock(setup: Setup) -> 
         r.stop()
 
 
+def test_metrics_show_an_operator_outage_between_the_circuits_windows(setup: Setup) -> None:
+    """On-call review: refresh_circuit_open, read every 0.5 s for 20 s of an outage, was 0 in
+    40 samples of 40: the circuit opens for a second, between passes that back off."""
+    clock, op, pub = setup
+    _login_many(pub, 2)
+    clock.advance(HOUR)
+    op.down = True
+    r = Refresher(pub, workers=1, circuit_open_s=1, monotonic=clock)
+    try:
+        assert r.run_once() == 2
+        clock.advance(5_000)  # the window is over; the operator is still down
+        readings = r.readings()
+        assert readings["refresh_circuit_open"] == 0.0
+        assert readings["refresh_operator_failures"] == 1.0
+        clock.advance(HOUR)  # past every backoff: the next pass asks again, and fails again
+        assert r.run_once() == 2
+        assert r.readings()["refresh_operator_failures"] == 2.0
+        op.down = False
+        clock.advance(HOUR)
+        assert r.run_once() == 2 and r.stats.refreshed == 2
+        assert r.readings()["refresh_operator_failures"] == 0.0
+    finally:
+        r.stop()
+
+
 def test_an_identity_the_refresher_ended_is_reported_as_such(setup: Setup) -> None:
     clock, op, pub = setup
     for user in ("oo", "ex", "lo"):
