@@ -33,6 +33,12 @@ RESUME_MARGIN_MS = 3_000
 # ended at a connection's age (logged at info) would only warn then.
 FIRST_ANSWER_S = 5.0
 
+# An operator that refused our key (disabled, unknown, or without ID_READER) refuses it again
+# until someone fixes it: asked again this often, not at the outage backoff's pace (twice a
+# second: 52 refused calls in 25 s from one misconfigured SSP), so a fix is seen within it.
+REFUSED_RETRY_S = 10.0
+_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
 
 class OperatorSilent(TimeoutError):
     """A stream opened, and the operator has sent nothing within FIRST_ANSWER_S."""
@@ -80,9 +86,11 @@ class OptOutWatcher:
         backoff: Backoff | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         first_answer_s: float = FIRST_ANSWER_S,
+        refused_retry_s: float = REFUSED_RETRY_S,
     ) -> None:
         self._open = open_stream
         self._first_answer_s = first_answer_s
+        self._refused_retry_s = refused_retry_s
         self._optouts = optouts
         self._backoff = backoff or Backoff(base_s=0.1, cap_s=1.0)
         self._stop = threading.Event()
@@ -112,6 +120,7 @@ class OptOutWatcher:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            refused = False
             silent = threading.Timer(self._first_answer_s, self._no_answer)
             silent.daemon = True
             silent.start()
@@ -142,6 +151,7 @@ class OptOutWatcher:
                 if self._stop.is_set():
                     return
                 failure = failure_fields(exc)
+                refused = failure.get("code") in _REFUSED
                 # Still set here (`finally` clears it): the stream had delivered.
                 if self.connected.is_set() and failure.get("code") == "UNAVAILABLE":
                     # A stream that was up ends so at every connection's age (10 min, the
@@ -159,7 +169,7 @@ class OptOutWatcher:
                 self.connected.clear()
                 with self._lock:
                     self._current = None
-            self._stop.wait(self._backoff.delay(attempt))
+            self._stop.wait(self._refused_retry_s if refused else self._backoff.delay(attempt))
             attempt += 1
 
     def _answered(self) -> None:

@@ -4,10 +4,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+import grpc
 from structlog.testing import capture_logs
 
 from bidstream.decryptor.optouts import RESUME_MARGIN_MS, OptOutSet, OptOutWatcher
 from svc_common.backoff import Backoff
+from svc_common.grpc_client import RemoteError
 from tests.support.procs import wait_until
 
 
@@ -195,7 +197,10 @@ def _stream_lines(script: list[FakeStream | None], until: str) -> list[str]:
         return step
 
     optouts = OptOutSet()
-    watcher = OptOutWatcher(open_stream, optouts, backoff=Backoff(base_s=0.001, cap_s=0.002))
+    # A refused key's slower retry (REFUSED_RETRY_S) is not what these tests look at.
+    watcher = OptOutWatcher(
+        open_stream, optouts, backoff=Backoff(base_s=0.001, cap_s=0.002), refused_retry_s=0.01
+    )
     with capture_logs() as logs:
         watcher.start()
         try:
@@ -349,3 +354,25 @@ def test_not_connected_from_the_break_until_the_operator_answers_again() -> None
     finally:
         release.set()
         watcher.stop()
+
+
+def test_an_operator_refusing_our_key_is_asked_again_seldom() -> None:
+    """On-call review: a reader whose key was disabled, or lacked ID_READER, reopened its stream
+    twice a second for as long as it ran (52 refused calls in 25 s)."""
+    opened: list[str] = []
+
+    def open_stream(since: int) -> FakeStream:
+        code = "PERMISSION_DENIED" if len(opened) % 2 else "UNAVAILABLE"
+        opened.append(code)
+        raise RemoteError(getattr(grpc.StatusCode, code), "", "")
+
+    watcher = OptOutWatcher(
+        open_stream, OptOutSet(), backoff=Backoff(base_s=0.001, cap_s=0.002), refused_retry_s=0.5
+    ).start()
+    try:
+        time.sleep(1.2)
+    finally:
+        watcher.stop()
+    # Unavailable, refused (0.5 s), unavailable, refused (0.5 s), unavailable, refused: at most
+    # 6 in 1.2 s, where the outage's 2 ms backoff alone would open hundreds.
+    assert 3 <= len(opened) <= 6, opened
