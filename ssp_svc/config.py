@@ -80,8 +80,13 @@ class SspConfig:
         if not 1 <= self.tmax_ms <= MAX_TMAX_MS:
             raise ConfigError(f"tmax must be between 1 and {MAX_TMAX_MS} ms")
         names = [b.name for b in self.bidders]
-        if len(set(names)) != len(names):
-            raise ConfigError("bidder names must be unique")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            # Names pass the account-name rule (parse_bidder): safe to quote.
+            raise ConfigError(
+                f"bidder names must be unique: {', '.join(twice)} given more than once "
+                "(--bidder, or UID2_SSP_BIDDERS)"
+            )
         if not MIN_KEY_REFRESH_S <= self.key_refresh_s <= MAX_KEY_REFRESH_S:
             raise ConfigError(KEY_REFRESH_RANGE)
         if self.early_key_refresh_min_s < 0:

@@ -145,3 +145,17 @@ def test_the_bidders_variable_still_refuses_an_address_without_a_name(
     line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
     assert rc == 2
     assert "UID2_SSP_BIDDERS" in line and "NAME=HOST:PORT" in line
+
+
+def test_a_bidder_named_twice_is_named_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deployment review: "bidder names must be unique" named neither the bidder nor where the
+    list came from."""
+    monkeypatch.setenv(
+        "UID2_SSP_BIDDERS", "dsp-a=127.0.0.1:9001,dsp-b=127.0.0.1:9002,dsp-a=127.0.0.1:9003"
+    )
+    rc = cli.main(["serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"])
+    line = one_error_line(capsys.readouterr().err, "uid2-ssp: ")
+    assert rc == 2
+    assert "dsp-a given more than once" in line and "UID2_SSP_BIDDERS" in line
