@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
+from concurrent import futures
 from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -19,7 +21,7 @@ from svc_common.logging import configure_logging
 from svc_common.tls import load_server_tls
 from tests.support.health_server import health_only_server
 from tests.support.tls_certs import make_tls_files
-from uid2.ssp.v1 import openrtb_pb2
+from uid2.ssp.v1 import openrtb_pb2, openrtb_pb2_grpc
 
 
 def _closed_port() -> int:
@@ -129,3 +131,45 @@ def test_a_librarys_private_error_class_is_logged_by_its_public_name() -> None:
             call.result()
     assert type(failed.value).__name__.startswith("_")
     assert failure_fields(failed.value)["error_type"] == "RpcError"
+
+
+class _GarbledDetails(openrtb_pb2_grpc.BidderServiceServicer):
+    """Fails every Bid with a google.rpc.Status trailer that does not parse."""
+
+    def Bid(self, request: openrtb_pb2.BidRequest, context: Any) -> NoReturn:
+        context.set_trailing_metadata((("grpc-status-details-bin", b"\xff\xff\xff"),))
+        context.abort(grpc.StatusCode.INTERNAL, "x")
+        raise AssertionError("abort raises")
+
+
+def test_a_bidder_failing_with_garbled_details_fails_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Diff review: the details trailer's DecodeError escaped the fan-out, so one such bidder
+    failed every auction, the other bidders' answers lost with it."""
+    bad = grpc.server(futures.ThreadPoolExecutor(2))
+    openrtb_pb2_grpc.add_BidderServiceServicer_to_server(_GarbledDetails(), bad)
+    bad_port = bad.add_insecure_port("127.0.0.1:0")
+    bad.start()
+    good, _ = create_dsp(DspConfig(name="good", base_price=1.0))
+    configure_logging(service="test")
+    capsys.readouterr()
+    pool = BidderPool(
+        [
+            BidderTarget("bad", f"127.0.0.1:{bad_port}"),
+            BidderTarget("good", f"127.0.0.1:{good.port}"),
+        ]
+    )
+    try:
+        request = openrtb_pb2.BidRequest(id="auction-1")
+        request.imp.add(id="1")
+        assert [c.bidder for c in pool.fan_out(request, 2000).candidates] == ["good"]
+        counts = pool.counts()
+    finally:
+        pool.close()
+        bad.stop(0)
+        good.stop(0)
+    assert counts[("bad", "error")] == 1
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    failed = [x for x in lines if x.get("event") == "bidder_failed"]
+    assert [(x["bidder"], x["code"]) for x in failed] == [("bad", "INTERNAL")]
