@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from publisher_svc.limits import OPERATOR_BUSY
 from publisher_svc.publisher import Publisher
 from publisher_svc.refresh_policy import Decision, decide
 from publisher_svc.results import StepKind
@@ -92,8 +93,10 @@ class Refresher:
         self.circuit_open_s = circuit_open_s
         self._monotonic: Monotonic = SystemClock() if monotonic is None else monotonic
         self._circuit_until = 0.0
-        # Refreshes in a row that found the operator unreachable (0 once it answers).
+        # Refreshes in a row that found the operator unreachable (0 once it answers), from
+        # every worker: under its own lock.
         self._operator_failures = 0
+        self._operator_failures_lock = threading.Lock()
         # While the store refuses writes (a full disk), every refresh would be thrown away
         # after costing the operator a call: passes are skipped for `store_pause_s`.
         self.store_pause_s = store_pause_s
@@ -225,6 +228,8 @@ class Refresher:
                 self._defer(user_id, stored, now)
                 if err.reason == "OPERATOR_UNAVAILABLE":
                     self._open_circuit()
+                elif err.reason != OPERATOR_BUSY:  # refused: the operator answered
+                    self._operator_answered()
                 _log.info("refresh_deferred", reason=err.reason)
                 return "deferred"
             if step.kind is StepKind.USE:
@@ -233,7 +238,7 @@ class Refresher:
                 self._defer(user_id, stored, now)
                 self._open_circuit()
                 return "deferred"
-            self._operator_failures = 0  # the operator answered
+            self._operator_answered()
             if step.kind is StepKind.REFRESHED:
                 return "refreshed"
             if step.kind is StepKind.OPTOUT:
@@ -264,14 +269,18 @@ class Refresher:
             _log.warning("refresh_paused", reason=err.reason, retry_in_s=self.store_pause_s)
         self._store_paused_until = now_s + self.store_pause_s
 
+    def _operator_answered(self) -> None:
+        with self._operator_failures_lock:
+            self._operator_failures = 0
+
     def _open_circuit(self) -> None:
         now_s = self._monotonic.monotonic_s()
-        self._operator_failures += 1
+        with self._operator_failures_lock:
+            self._operator_failures += 1
+            failures = self._operator_failures
         if now_s >= self._circuit_until:
             _log.warning(
-                "operator_unavailable",
-                retry_in_s=self.circuit_open_s,
-                failures_in_a_row=self._operator_failures,
+                "operator_unavailable", retry_in_s=self.circuit_open_s, failures_in_a_row=failures
             )
         self._circuit_until = now_s + self.circuit_open_s
 

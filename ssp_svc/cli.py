@@ -256,7 +256,7 @@ def listed_bidders(listed: str) -> list[str]:
         if not part.strip():
             continue
         if specs and "=" not in part:
-            specs[-1] += "," + part
+            specs[-1] += "," + part.strip()
         else:
             specs.append(part)
     return specs

@@ -182,8 +182,8 @@ def catch_stop_signals() -> StopEvent:
     # 129), when a terminal closed or a supervisor sent its "reload" (s6's svc -h, systemd's
     # ExecReload). There is nothing to reload: certificates reload on their own, and settings
     # are read once. `wait_for_signal` logs each one.
+    stop.hangups = _early_stop.hangups  # first: one arriving after the swap is counted on top
     signal.signal(signal.SIGHUP, stop.record_hangup)
-    stop.hangups = _early_stop.hangups
     # Only now, with the new handlers in place: a stop that came while the service was still
     # importing. Looked at earlier, one arriving in between would have been lost.
     if _early_stop.is_set():

@@ -33,11 +33,12 @@ RESUME_MARGIN_MS = 3_000
 # ended at a connection's age (logged at info) would only warn then.
 FIRST_ANSWER_S = 5.0
 
-# An operator that refused our key (disabled, unknown, or without ID_READER) refuses it again
-# until someone fixes it: asked again this often, not at the outage backoff's pace (twice a
-# second: 52 refused calls in 25 s from one misconfigured SSP), so a fix is seen within it.
+# An operator that refused our key (disabled, unknown, or without ID_READER), or our stream
+# (its per-client or per-process cap reached: RESOURCE_EXHAUSTED), refuses it again until
+# someone fixes it or a stream ends: asked again this often, not at the outage backoff's pace
+# (twice a second: 52 refused calls in 25 s from one misconfigured SSP).
 REFUSED_RETRY_S = 10.0
-_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"})
 
 
 class OperatorSilent(TimeoutError):

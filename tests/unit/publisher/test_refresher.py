@@ -224,6 +224,15 @@ def test_metrics_show_an_operator_outage_between_the_circuits_windows(setup: Set
         clock.advance(HOUR)  # past every backoff: the next pass asks again, and fails again
         assert r.run_once() == 2
         assert r.readings()["refresh_operator_failures"] == 2.0
+        # A refusal is an answer: the operator is reachable (diff review).
+        op.down, op.refuse = False, True
+        clock.advance(HOUR)
+        assert r.run_once() == 2
+        assert r.readings()["refresh_operator_failures"] == 0.0
+        clock.advance(HOUR)
+        op.down, op.refuse = True, False
+        assert r.run_once() == 2
+        assert r.readings()["refresh_operator_failures"] == 1.0
         op.down = False
         clock.advance(HOUR)
         assert r.run_once() == 2 and r.stats.refreshed == 2

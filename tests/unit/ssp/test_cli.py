@@ -130,7 +130,8 @@ def test_the_bidders_variable_keeps_a_bidders_own_address_list(
 ) -> None:
     """Left by the misconfiguration review: the variable was split at every comma, so a bidder
     behind an `ipv4:` list (which --bidder takes) was refused as "must be NAME=HOST:PORT"."""
-    listed = "dsp-a=ipv4:10.0.0.1:9000,10.0.0.2:9000,dsp-b=127.0.0.1:9003,"
+    # A space after a comma, within a bidder's list or between bidders, is no part of either.
+    listed = "dsp-a=ipv4:10.0.0.1:9000, 10.0.0.2:9000, dsp-b=127.0.0.1:9003,"
     assert _bidders_from_variable(tmp_path, monkeypatch, listed) == [
         ("dsp-a", "ipv4:10.0.0.1:9000,10.0.0.2:9000"),
         ("dsp-b", "127.0.0.1:9003"),
