@@ -13,7 +13,6 @@ from bidstream.decryptor.checker import TokenChecker, Verdict
 from bidstream.eids import uid2_token
 from dsp_svc.config import Mode
 from svc_common.errors import unavailable
-from svc_common.tally import Tally
 from uid2.ssp.v1 import openrtb_pb2
 
 NBR_UNKNOWN = 0
@@ -49,13 +48,6 @@ class Bidder:
         self._sleep = sleep
         # Bid ids: the caller's source, so a test can predict them.
         self._new_id = new_id
-        # Bumped by every RPC thread that bids: a Tally, so no count is lost.
-        self._verdicts: Tally[str] = Tally()
-
-    @property
-    def verdicts(self) -> dict[str, int]:
-        """Requests seen per token verdict ("NONE" without one), a copy."""
-        return self._verdicts.snapshot()
 
     def verdict(self, request: openrtb_pb2.BidRequest) -> Verdict | None:
         """The token's verdict; None without a token or without keys to check it."""
@@ -93,7 +85,6 @@ class Bidder:
             # One bid per impression: 1M empty ones in a 2 MB request made a 92 MB answer.
             return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_INVALID_REQUEST), None
         verdict = self.verdict(request)
-        self._verdicts.add(verdict.value if verdict else "NONE")
         if verdict is Verdict.OPTED_OUT:
             return openrtb_pb2.BidResponse(id=request.id, nbr=NBR_UNMATCHED_USER), verdict
         identified = verdict is Verdict.VALID

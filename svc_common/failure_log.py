@@ -1,9 +1,9 @@
-"""Logging a peer's failures where each is a call of its own (a bidder's auctions, the
-publisher's calls to the operator and the SSP, tokens naming a key a decryptor lacks), without
-a line per failure: the first failure
-at once, then at most one line per interval with the failures since (the last one's fields).
-Failures held back are written once their interval is over, at the next `tick` (the peer's
-next call, whatever its outcome), not at its next failure, which may be hours later.
+"""Logging failures that come one per call (a bidder's auctions, the publisher's calls to the
+operator and the SSP, tokens naming a key a decryptor lacks) without a line per failure: the
+first failure at once, then at most one line per interval with the failures since (the last
+one's fields). Failures held back are written once their interval is over, at the next `tick`
+(the peer's next call, whatever its outcome), not at its next failure, which may be hours
+later.
 
 Not thread-safe: its owner holds a lock around `record` and `tick`. `svc_common.failure_streak`
 is the counterpart for one recurring job that retries while its peer is down."""

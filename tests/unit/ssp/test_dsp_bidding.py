@@ -6,7 +6,7 @@ from typing import cast
 
 import pytest
 
-from bidstream.decryptor.checker import TokenChecker
+from bidstream.decryptor.checker import TokenChecker, Verdict
 from bidstream.decryptor.key_cache import KeyCache
 from bidstream.decryptor.optouts import OptOutSet
 from dsp_svc.bidding import MAX_IMPS, NBR_INVALID_REQUEST, NBR_UNMATCHED_USER, Bidder
@@ -54,13 +54,14 @@ def test_bids_higher_for_identified_users_and_never_on_opted_out() -> None:
     assert price(resp) is None and resp.nbr == NBR_UNMATCHED_USER and resp.id == "auc"
 
 
-def test_bid_ids_come_from_the_id_source_and_verdicts_are_counted() -> None:
+def test_bid_ids_come_from_the_id_source_and_each_bid_says_its_verdict() -> None:
+    # The verdicts are counted by the decryptor's checker (/metrics), not here as well.
     ids = iter(["id-1", "id-2"])
     b, keys, _ = bidder(new_id=lambda: next(ids))
-    first = b.bid(request(mint(keys, uid=4)))
-    second = b.bid(request(""))
+    first, identified = b.bid_with_verdict(request(mint(keys, uid=4)))
+    second, anonymous = b.bid_with_verdict(request(""))
     assert [r.seatbid[0].bid[0].id for r in (first, second)] == ["id-1", "id-2"]
-    assert b.verdicts == {"VALID": 1, "NONE": 1}
+    assert (identified, anonymous) == (Verdict.VALID, None)
 
 
 def test_respects_floor() -> None:
