@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Mapping
 from concurrent import futures
 from pathlib import Path
 from typing import Any, NoReturn
@@ -94,6 +95,25 @@ def test_failures_held_back_are_written_once_their_interval_is_over_whatever_com
     assert lines == [(1, None), (29, "UNAVAILABLE")]
 
 
+def _one_auction(
+    targets: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> tuple[list[str], Mapping[tuple[str, ...], float], list[dict[str, Any]]]:
+    """One auction among `targets` (name -> address): the bidders that bid, the pool's counts,
+    and the `bidder_failed` lines it wrote."""
+    configure_logging(service="test")
+    capsys.readouterr()
+    pool = BidderPool([BidderTarget(name, address) for name, address in targets.items()])
+    try:
+        request = openrtb_pb2.BidRequest(id="auction-1")
+        request.imp.add(id="1")
+        bidders = [c.bidder for c in pool.fan_out(request, 2000).candidates]
+        counts = pool.counts()
+    finally:
+        pool.close()
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    return bidders, counts, [x for x in lines if x.get("event") == "bidder_failed"]
+
+
 def test_a_bidder_that_closes_our_connection_is_told_from_one_that_is_down(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -102,23 +122,13 @@ def test_a_bidder_that_closes_our_connection_is_told_from_one_that_is_down(
     "_MultiThreadedRendezvous"`, grpc's private class."""
     files = make_tls_files(tmp_path)
     served = health_only_server("127.0.0.1:0", tls=load_server_tls(str(files.cert), str(files.key)))
-    configure_logging(service="test")
-    capsys.readouterr()
-    pool = BidderPool(
-        [
-            BidderTarget("tls", f"127.0.0.1:{served.port}"),
-            BidderTarget("gone", f"127.0.0.1:{_closed_port()}"),
-        ]
-    )
     try:
-        request = openrtb_pb2.BidRequest(id="auction-1")
-        request.imp.add(id="1")
-        assert not pool.fan_out(request, 2000).candidates
+        targets = {"tls": f"127.0.0.1:{served.port}", "gone": f"127.0.0.1:{_closed_port()}"}
+        bidders, _, lines = _one_auction(targets, capsys)
     finally:
-        pool.close()
         served.stop(0)
-    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-    failed = {x["bidder"]: x for x in lines if x.get("event") == "bidder_failed"}
+    assert not bidders
+    failed = {x["bidder"]: x for x in lines}
     assert failed["tls"]["reason"] == CONNECTION_CLOSED
     assert "reason" not in failed["gone"]
     assert {x["error_type"] for x in failed.values()} == {"RemoteError"}
@@ -152,24 +162,12 @@ def test_a_bidder_failing_with_garbled_details_fails_alone(
     bad_port = bad.add_insecure_port("127.0.0.1:0")
     bad.start()
     good, _ = create_dsp(DspConfig(name="good", base_price=1.0))
-    configure_logging(service="test")
-    capsys.readouterr()
-    pool = BidderPool(
-        [
-            BidderTarget("bad", f"127.0.0.1:{bad_port}"),
-            BidderTarget("good", f"127.0.0.1:{good.port}"),
-        ]
-    )
     try:
-        request = openrtb_pb2.BidRequest(id="auction-1")
-        request.imp.add(id="1")
-        assert [c.bidder for c in pool.fan_out(request, 2000).candidates] == ["good"]
-        counts = pool.counts()
+        targets = {"bad": f"127.0.0.1:{bad_port}", "good": f"127.0.0.1:{good.port}"}
+        bidders, counts, failed = _one_auction(targets, capsys)
     finally:
-        pool.close()
         bad.stop(0)
         good.stop(0)
+    assert bidders == ["good"]
     assert counts[("bad", "error")] == 1
-    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-    failed = [x for x in lines if x.get("event") == "bidder_failed"]
     assert [(x["bidder"], x["code"]) for x in failed] == [("bad", "INTERNAL")]
